@@ -1,0 +1,28 @@
+/* The activator's end of the channel to the controller (stoke/routes.h):
+ * connects, receives route tables for the proxy, sends pokes at once and
+ * stats every second; reconnects with backoff when the controller goes away,
+ * while the proxy keeps serving the replicas it knows. Thread: the loop's. */
+#ifndef ACTIVATOR_CTL_H
+#define ACTIVATOR_CTL_H
+
+#include <uv.h>
+
+#include "proxy.h"
+#include "stoke/util.h"
+
+struct ctl;
+
+/* `id` names this activator to the controller (copied). */
+int ctl_new(uv_loop_t *loop, const struct stoke_addr *controller, const char *id,
+            struct ctl **ret);
+
+/* The proxy whose routes this channel feeds; set once, before traffic. */
+void ctl_set_proxy(struct ctl *ctl, struct proxy *px);
+
+/* Tells the controller a request waits for `fn` (dropped while disconnected:
+ * waiting functions are poked again on reconnect). */
+void ctl_poke(struct ctl *ctl, const char *fn);
+
+void ctl_close(struct ctl *ctl, void (*on_closed)(void *data), void *data);
+
+#endif

@@ -1,0 +1,197 @@
+/* stoke-activator: wires the proxy and the controller channel to one loop. */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <uv.h>
+
+#include "ctl.h"
+#include "proxy.h"
+#include "stoke/log.h"
+#include "stoke/spec.h"
+
+#define DEFAULT_CONTROLLER "unix:/run/stoke/ctl.sock"
+
+struct activator {
+    uv_loop_t *loop;
+    struct proxy *px;
+    struct ctl *ctl;
+    uv_signal_t sigint, sigterm;
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: stoke-activator [options]\n"
+            "  --listen ADDR            data port (default 127.0.0.1:8080)\n"
+            "  --controller ADDR        controller channel, unix:/path or IP:port\n"
+            "                           (default " DEFAULT_CONTROLLER ")\n"
+            "  --domain DOMAIN          route Host <name>.DOMAIN (default localhost)\n"
+            "  --id NAME                this activator's name (default activator-<pid>)\n"
+            "  --max-header-bytes N     request head limit, 431 past it (default 16384)\n"
+            "  --max-body-bytes N       request body limit, 413 past it (default 16777216)\n"
+            "  --max-connections N      client connections (default 10000)\n"
+            "  --header-timeout DUR     time to read a request head (default 10s)\n"
+            "  --idle-timeout DUR       keep-alive idle time (default 60s)\n"
+            "  --connect-timeout DUR    replica connect time (default 2s)\n"
+            "  --log-level LEVEL        debug, info, warn, error (default info)\n"
+            "  -h, --help\n"
+            "DUR is like 250ms, 10s, 1m.\n");
+}
+
+static void on_poke(const char *fn, void *data)
+{
+    struct activator *a = data;
+    ctl_poke(a->ctl, fn);
+}
+
+static void on_signal(uv_signal_t *s, int signum)
+{
+    struct activator *a = s->data;
+    stoke_info(NULL, "signal %d: shutting down", signum);
+    proxy_close(a->px, NULL, NULL);
+    ctl_close(a->ctl, NULL, NULL);
+    uv_close((uv_handle_t *)&a->sigint, NULL);
+    uv_close((uv_handle_t *)&a->sigterm, NULL);
+}
+
+static int parse_size(const char *s, size_t *ret)
+{
+    uint64_t v;
+    if (stoke_parse_u64(s, &v) < 0 || v == 0 || v > SIZE_MAX / 4)
+        return -EINVAL;
+    *ret = (size_t)v;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    enum {
+        O_LISTEN = 256, O_CONTROLLER, O_DOMAIN, O_ID, O_MAXHDR, O_MAXBODY, O_MAXCONN,
+        O_HDRTO, O_IDLETO, O_CONNTO, O_LOG,
+    };
+    static const struct option opts[] = {
+        {"listen", required_argument, NULL, O_LISTEN},
+        {"controller", required_argument, NULL, O_CONTROLLER},
+        {"domain", required_argument, NULL, O_DOMAIN},
+        {"id", required_argument, NULL, O_ID},
+        {"max-header-bytes", required_argument, NULL, O_MAXHDR},
+        {"max-body-bytes", required_argument, NULL, O_MAXBODY},
+        {"max-connections", required_argument, NULL, O_MAXCONN},
+        {"header-timeout", required_argument, NULL, O_HDRTO},
+        {"idle-timeout", required_argument, NULL, O_IDLETO},
+        {"connect-timeout", required_argument, NULL, O_CONNTO},
+        {"log-level", required_argument, NULL, O_LOG},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    struct proxy_config cfg;
+    struct stoke_addr ctl_addr;
+    enum stoke_log_level level = STOKE_LOG_INFO;
+    char id[64];
+    size_t sz;
+    uint64_t u;
+    int c, r;
+
+    proxy_config_defaults(&cfg);
+    (void)stoke_addr_parse(DEFAULT_CONTROLLER, &ctl_addr);
+    snprintf(id, sizeof(id), "activator-%d", (int)getpid());
+
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        r = 0;
+        switch (c) {
+        case O_LISTEN:
+            r = stoke_addr_parse(optarg, &cfg.listen);
+            if (r == 0 && cfg.listen.is_unix)
+                r = -EINVAL;
+            break;
+        case O_CONTROLLER:
+            r = stoke_addr_parse(optarg, &ctl_addr);
+            break;
+        case O_DOMAIN:
+            cfg.domain = optarg;
+            break;
+        case O_ID:
+            snprintf(id, sizeof(id), "%s", optarg);
+            break;
+        case O_MAXHDR:
+            r = parse_size(optarg, &cfg.max_header_bytes);
+            break;
+        case O_MAXBODY:
+            r = parse_size(optarg, &cfg.max_body_bytes);
+            break;
+        case O_MAXCONN:
+            r = parse_size(optarg, &sz);
+            cfg.max_connections = (uint32_t)(sz > UINT32_MAX ? UINT32_MAX : sz);
+            break;
+        case O_HDRTO:
+            r = stoke_parse_duration(optarg, &cfg.header_timeout_ms);
+            break;
+        case O_IDLETO:
+            r = stoke_parse_duration(optarg, &cfg.idle_timeout_ms);
+            break;
+        case O_CONNTO:
+            r = stoke_parse_duration(optarg, &u);
+            cfg.connect_timeout_ms = u;
+            break;
+        case O_LOG:
+            r = stoke_log_level_parse(optarg, &level);
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+        if (r < 0) {
+            fprintf(stderr, "stoke-activator: bad value for --%s: %s\n",
+                    opts[c - O_LISTEN].name, optarg);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        usage(stderr);
+        return 2;
+    }
+
+    stoke_log_init("activator", level);
+    signal(SIGPIPE, SIG_IGN);
+
+    struct activator a = {.loop = uv_default_loop()};
+    r = ctl_new(a.loop, &ctl_addr, id, &a.ctl);
+    if (r < 0) {
+        stoke_error(NULL, r, "cannot start the controller channel");
+        return 1;
+    }
+    r = proxy_new(a.loop, &cfg, on_poke, &a, &a.px);
+    if (r < 0) {
+        char addr[80];
+        stoke_addr_format(&cfg.listen, addr, sizeof(addr));
+        stoke_error(NULL, r, "cannot listen on %s", addr);
+        ctl_close(a.ctl, NULL, NULL);
+        uv_run(a.loop, UV_RUN_DEFAULT);
+        return 1;
+    }
+    ctl_set_proxy(a.ctl, a.px);
+
+    uv_signal_init(a.loop, &a.sigint);
+    uv_signal_init(a.loop, &a.sigterm);
+    a.sigint.data = &a;
+    a.sigterm.data = &a;
+    uv_signal_start(&a.sigint, on_signal, SIGINT);
+    uv_signal_start(&a.sigterm, on_signal, SIGTERM);
+
+    char addr[80];
+    stoke_addr_format(&cfg.listen, addr, sizeof(addr));
+    stoke_info(NULL, "listening on %s", addr);
+    uv_run(a.loop, UV_RUN_DEFAULT);
+    r = uv_loop_close(a.loop);
+    if (r < 0)
+        stoke_warn(NULL, r, "loop closed with handles still open");
+    return 0;
+}

@@ -1,0 +1,1565 @@
+#include "proxy.h"
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <llhttp.h>
+
+#include "stoke/list.h"
+#include "stoke/log.h"
+
+#define POKE_INTERVAL_MS 100
+#define DRAIN_BATCH 64           /* queued requests sent on per loop iteration */
+#define WRITE_HIGH_WATER (1 << 20) /* stop reading upstream past this much unsent */
+#define MAX_TRIES 3              /* sends of one request before 502 */
+#define MAX_PENDING_INPUT (64 * 1024) /* pipelined bytes held while busy */
+
+struct proxy;
+struct fn;
+
+/* One ready replica of a function. Held by its function while routed, and
+ * by each upstream connection to it; freed when both let go. */
+struct endpoint {
+    struct stoke_addr addr;
+    struct fn *fn;
+    uint32_t inflight;
+    uint32_t refs;
+    bool gone; /* no longer in the route table */
+    struct stoke_list idle; /* pooled upstream connections */
+    uint32_t n_idle;
+};
+
+/* A routed function. Held by the table while routed and by each request
+ * that was dispatched or queued for it. */
+struct fn {
+    struct proxy *px;
+    struct stoke_route cfg; /* cfg.endpoints unused: see eps */
+    struct endpoint **eps;
+    size_t n_eps;
+    struct stoke_list queue; /* waiting clients, oldest first */
+    uint32_t queued;
+    uint32_t inflight;
+    uint32_t refs;
+    bool gone;
+    bool kicked;
+    struct stoke_list kick; /* in px->kicks while queued work may proceed */
+    /* Time-weighted concurrency since the last stats call. */
+    double integral;
+    uint64_t mark_ms;
+    uint64_t stats_base_ms;
+    uint64_t requests;
+    uint64_t last_poke_ms;
+};
+
+enum client_state {
+    C_IDLE,     /* between requests (idle timer) */
+    C_HEAD,     /* reading the request head (header timer) */
+    C_BODY,     /* reading the request body (header timer, per read) */
+    C_QUEUED,   /* waiting for a replica (queue timer) */
+    C_UPSTREAM, /* sent on; response streaming (request deadline) */
+    C_FLUSH,    /* final bytes written, close when they are flushed */
+    C_CLOSED,
+};
+
+struct upstream;
+
+struct client {
+    uv_tcp_t tcp;
+    uv_timer_t timer;
+    int handles;
+    struct proxy *px;
+    struct stoke_list node;  /* px->clients */
+    struct stoke_list qnode; /* fn->queue while queued */
+    llhttp_t parser;
+    enum client_state state;
+    struct stoke_buf in; /* bytes received while busy with a request */
+    bool read_stopped;
+    unsigned pending_writes;
+    char ip[64];
+
+    /* The request being read. */
+    struct stoke_buf url, field, value, headers, host, xff, body;
+    size_t head_bytes;
+    int error_status;
+    bool expect_continue;
+    bool keep_alive;
+    uint8_t method;
+    uint8_t http_minor;
+
+    /* The request being proxied. */
+    struct fn *fn;
+    struct endpoint *ep;
+    struct upstream *up;
+    struct stoke_buf out; /* the request as sent upstream, kept for retries */
+    int tries;
+    bool response_started;
+    bool close_after;
+};
+
+struct upstream {
+    uv_tcp_t tcp;
+    uv_connect_t connect;
+    uv_timer_t timer;
+    int handles;
+    struct proxy *px;
+    struct endpoint *ep;
+    struct client *c;
+    struct stoke_list node; /* ep->idle while pooled */
+    llhttp_t parser;
+    bool connected;
+    bool reused;
+    bool got_bytes;
+    bool closing;
+    bool reading;
+    bool done;
+    bool rechunk;
+    struct stoke_buf reason, field, value, head;
+};
+
+struct proxy {
+    uv_loop_t *loop;
+    struct proxy_config cfg;
+    uv_tcp_t listener;
+    uv_idle_t drain;
+    int handles;
+    bool closing;
+    void (*on_closed)(void *);
+    void *closed_data;
+    proxy_poke_cb on_poke;
+    void *poke_data;
+    struct fn **fns; /* sorted by name */
+    size_t n_fns;
+    struct stoke_list clients;
+    uint32_t n_clients;
+    struct stoke_list kicks;
+    unsigned rr;
+    llhttp_settings_t req_settings;
+    llhttp_settings_t resp_settings;
+};
+
+static void client_close(struct client *c);
+static void client_abort_upstream(struct client *c);
+static void client_finish_request(struct client *c);
+static void client_parse(struct client *c, const char *data, size_t len);
+static void send_error(struct client *c, int status, bool close_conn);
+static void dispatch(struct client *c);
+static void upstream_close(struct upstream *up);
+static void upstream_failed(struct upstream *up, int err);
+static void kick(struct fn *fn);
+
+void proxy_config_defaults(struct proxy_config *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    (void)stoke_addr_parse("127.0.0.1:8080", &cfg->listen);
+    cfg->domain = "localhost";
+    cfg->max_header_bytes = 16 * 1024;
+    cfg->max_body_bytes = 16 * 1024 * 1024;
+    cfg->header_timeout_ms = 10000;
+    cfg->idle_timeout_ms = 60000;
+    cfg->connect_timeout_ms = 2000;
+    cfg->max_connections = 10000;
+    cfg->max_idle_upstream = 64;
+}
+
+/* ---- functions and endpoints ------------------------------------------ */
+
+static void fn_mark(struct fn *fn)
+{
+    uint64_t now = uv_now(fn->px->loop);
+    fn->integral += (double)(fn->inflight + fn->queued) * (double)(now - fn->mark_ms);
+    fn->mark_ms = now;
+}
+
+static void fn_unref(struct fn *fn)
+{
+    if (--fn->refs > 0)
+        return;
+    free(fn->eps);
+    free(fn);
+}
+
+static void endpoint_unref(struct endpoint *ep)
+{
+    if (--ep->refs > 0)
+        return;
+    free(ep);
+}
+
+static int cmp_fn(const void *a, const void *b)
+{
+    return strcmp((*(struct fn *const *)a)->cfg.name, (*(struct fn *const *)b)->cfg.name);
+}
+
+static struct fn *fn_find(struct proxy *px, const char *name)
+{
+    size_t lo = 0, hi = px->n_fns;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(px->fns[mid]->cfg.name, name);
+        if (c == 0)
+            return px->fns[mid];
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return NULL;
+}
+
+static bool addr_equal(const struct stoke_addr *a, const struct stoke_addr *b)
+{
+    char x[80], y[80];
+    stoke_addr_format(a, x, sizeof(x));
+    stoke_addr_format(b, y, sizeof(y));
+    return strcmp(x, y) == 0;
+}
+
+/* Drops a replica from routing: no new requests; pooled connections close;
+ * requests in flight on it finish. */
+static void endpoint_retire(struct endpoint *ep)
+{
+    ep->gone = true;
+    while (!stoke_list_empty(&ep->idle)) {
+        struct upstream *up =
+            stoke_container_of(stoke_list_first(&ep->idle), struct upstream, node);
+        upstream_close(up);
+    }
+    endpoint_unref(ep);
+}
+
+/* Fails every request queued for a function that left the table. */
+static void fn_retire(struct fn *fn)
+{
+    fn->gone = true;
+    for (size_t i = 0; i < fn->n_eps; i++)
+        endpoint_retire(fn->eps[i]);
+    fn->n_eps = 0;
+    if (fn->kicked) {
+        stoke_list_remove(&fn->kick);
+        fn->kicked = false;
+    }
+    while (!stoke_list_empty(&fn->queue)) {
+        struct client *c = stoke_container_of(stoke_list_first(&fn->queue), struct client, qnode);
+        send_error(c, 404, false);
+    }
+    fn_unref(fn);
+}
+
+/* Builds the new endpoint list of `fn` from route `r`, keeping the state of
+ * replicas that stay. Returns 0 or -ENOMEM (fn unchanged). */
+static int fn_update(struct fn *fn, const struct stoke_route *r)
+{
+    struct endpoint **eps = NULL;
+    if (r->n_endpoints > 0) {
+        eps = calloc(r->n_endpoints, sizeof(*eps));
+        if (!eps)
+            return -ENOMEM;
+    }
+    size_t n = 0;
+    for (size_t i = 0; i < r->n_endpoints; i++) {
+        struct endpoint *ep = NULL;
+        for (size_t j = 0; j < fn->n_eps; j++) {
+            if (fn->eps[j] && addr_equal(&fn->eps[j]->addr, &r->endpoints[i])) {
+                ep = fn->eps[j];
+                fn->eps[j] = NULL;
+                break;
+            }
+        }
+        if (!ep) {
+            ep = calloc(1, sizeof(*ep));
+            if (!ep) {
+                /* Put back what was taken so fn stays as it was. */
+                for (size_t k = 0; k < n; k++)
+                    endpoint_unref(eps[k]);
+                free(eps);
+                return -ENOMEM;
+            }
+            ep->addr = r->endpoints[i];
+            ep->fn = fn;
+            ep->refs = 1;
+            stoke_list_init(&ep->idle);
+        }
+        eps[n++] = ep;
+    }
+    for (size_t j = 0; j < fn->n_eps; j++) {
+        if (fn->eps[j])
+            endpoint_retire(fn->eps[j]);
+    }
+    free(fn->eps);
+    fn->eps = eps;
+    fn->n_eps = n;
+
+    fn->cfg = *r;
+    fn->cfg.endpoints = NULL; /* owned by the table; see fn->eps */
+    fn->cfg.n_endpoints = 0;
+    return 0;
+}
+
+void proxy_set_routes(struct proxy *px, struct stoke_route_table *t)
+{
+    struct fn **fns = calloc(t->n_routes ? t->n_routes : 1, sizeof(*fns));
+    if (!fns) {
+        stoke_error(NULL, -ENOMEM, "route table update dropped, keeping the old one");
+        stoke_route_table_done(t);
+        return;
+    }
+    /* Routes arrive sorted by name (stoke_route_table_parse), so fns is too. */
+    size_t n = 0;
+    for (size_t i = 0; i < t->n_routes; i++) {
+        const struct stoke_route *r = &t->routes[i];
+        struct fn *fn = fn_find(px, r->name);
+        if (fn) {
+            /* Detach from the old array so the sweep below keeps it. */
+            for (size_t j = 0; j < px->n_fns; j++) {
+                if (px->fns[j] == fn)
+                    px->fns[j] = NULL;
+            }
+        } else {
+            fn = calloc(1, sizeof(*fn));
+            if (!fn)
+                continue;
+            fn->px = px;
+            fn->refs = 1;
+            fn->mark_ms = uv_now(px->loop);
+            fn->stats_base_ms = fn->mark_ms;
+            stoke_list_init(&fn->queue);
+            stoke_list_init(&fn->kick);
+        }
+        if (fn_update(fn, r) < 0)
+            stoke_error(r->name, -ENOMEM, "replica list update dropped");
+        fns[n++] = fn;
+    }
+    struct fn **old = px->fns;
+    size_t n_old = px->n_fns;
+    px->fns = fns;
+    px->n_fns = n;
+    qsort(px->fns, px->n_fns, sizeof(*px->fns), cmp_fn);
+    for (size_t j = 0; j < n_old; j++) {
+        if (old[j])
+            fn_retire(old[j]);
+    }
+    free(old);
+    stoke_route_table_done(t);
+
+    for (size_t i = 0; i < px->n_fns; i++) {
+        if (px->fns[i]->queued > 0)
+            kick(px->fns[i]);
+    }
+}
+
+void proxy_stats(struct proxy *px, proxy_stat_cb cb, void *data)
+{
+    for (size_t i = 0; i < px->n_fns; i++) {
+        struct fn *fn = px->fns[i];
+        fn_mark(fn);
+        /* The window is the time since the previous report; at least 1 ms
+         * so a report right after the first does not divide by zero. */
+        static const double min_ms = 1.0;
+        double window = (double)(fn->mark_ms - fn->stats_base_ms);
+        if (window < min_ms)
+            window = min_ms;
+        cb(fn->cfg.name, fn->integral / window, fn->requests, data);
+        fn->integral = 0;
+        fn->requests = 0;
+        fn->stats_base_ms = fn->mark_ms;
+    }
+}
+
+void proxy_waiting(struct proxy *px, proxy_poke_cb cb, void *data)
+{
+    for (size_t i = 0; i < px->n_fns; i++) {
+        if (px->fns[i]->queued > 0)
+            cb(px->fns[i]->cfg.name, data);
+    }
+}
+
+/* ---- client writes ----------------------------------------------------- */
+
+struct wreq {
+    uv_write_t req;
+    struct client *c;
+    char data[];
+};
+
+static void upstream_resume(struct upstream *up);
+
+static void on_client_write(uv_write_t *req, int status)
+{
+    struct wreq *w = stoke_container_of(req, struct wreq, req);
+    struct client *c = w->c;
+    free(w);
+    c->pending_writes--;
+    if (c->state == C_CLOSED)
+        return;
+    if (status < 0) {
+        client_close(c);
+        return;
+    }
+    if (c->state == C_FLUSH && c->pending_writes == 0) {
+        client_close(c);
+        return;
+    }
+    if (c->up && !c->up->reading &&
+        uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) < WRITE_HIGH_WATER / 2)
+        upstream_resume(c->up);
+}
+
+/* Queues `n` pieces as one write. Returns 0 or a negative errno (the client
+ * is then closed by the caller's next step). */
+static int client_writev(struct client *c, const uv_buf_t *parts, size_t n)
+{
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++)
+        total += parts[i].len;
+    struct wreq *w = malloc(sizeof(*w) + total);
+    if (!w)
+        return -ENOMEM;
+    w->c = c;
+    size_t off = 0;
+    for (size_t i = 0; i < n; i++) {
+        memcpy(w->data + off, parts[i].base, parts[i].len);
+        off += parts[i].len;
+    }
+    uv_buf_t b = uv_buf_init(w->data, (unsigned)total);
+    int r = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_client_write);
+    if (r < 0) {
+        free(w);
+        return r;
+    }
+    c->pending_writes++;
+    return 0;
+}
+
+static int client_write(struct client *c, const void *data, size_t len)
+{
+    uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
+    return client_writev(c, &b, 1);
+}
+
+static const char *status_reason(int status)
+{
+    switch (status) {
+    case 400:
+        return "Bad Request";
+    case 404:
+        return "Not Found";
+    case 413:
+        return "Content Too Large";
+    case 414:
+        return "URI Too Long";
+    case 417:
+        return "Expectation Failed";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 501:
+        return "Not Implemented";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    default:
+        return "Error";
+    }
+}
+
+static void timer_start(struct client *c, uv_timer_cb cb, uint64_t ms)
+{
+    uv_timer_start(&c->timer, cb, ms, 0);
+}
+
+static void on_idle_timeout(uv_timer_t *t);
+
+/* Answers the current request with an error. With close_conn the
+ * connection closes once the answer is written; else it stays open for the
+ * next request (the request was read whole). */
+static void send_error(struct client *c, int status, bool close_conn)
+{
+    char head[256], body[128];
+    int bl = snprintf(body, sizeof(body), "%d %s\n", status, status_reason(status));
+    if (!c->keep_alive)
+        close_conn = true;
+    int hl = snprintf(head, sizeof(head),
+                      "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+                      "%s%s\r\n",
+                      status, status_reason(status), bl, status == 503 ? "Retry-After: 1\r\n" : "",
+                      close_conn ? "Connection: close\r\n" : "");
+    uv_buf_t parts[2] = {uv_buf_init(head, (unsigned)hl), uv_buf_init(body, (unsigned)bl)};
+    bool head_only = c->method == HTTP_HEAD;
+    client_abort_upstream(c);
+    int r = client_writev(c, parts, head_only ? 1 : 2);
+    if (r < 0 || close_conn) {
+        if (r < 0 || c->pending_writes == 0) {
+            client_close(c);
+        } else {
+            uv_timer_stop(&c->timer);
+            c->state = C_FLUSH;
+            /* Nothing more is read: the answer is the connection's last. */
+            uv_read_stop((uv_stream_t *)&c->tcp);
+        }
+        return;
+    }
+    client_finish_request(c);
+}
+
+/* ---- request parsing ---------------------------------------------------- */
+
+static struct client *parser_client(llhttp_t *p)
+{
+    return p->data;
+}
+
+static int head_grow(struct client *c, struct stoke_buf *b, const char *at, size_t len, int status)
+{
+    c->head_bytes += len;
+    if (c->head_bytes > c->px->cfg.max_header_bytes || stoke_buf_append(b, at, len) < 0) {
+        c->error_status = status;
+        return -1;
+    }
+    return 0;
+}
+
+static int on_req_begin(llhttp_t *p)
+{
+    struct client *c = parser_client(p);
+    c->state = C_HEAD;
+    timer_start(c, on_idle_timeout, c->px->cfg.header_timeout_ms);
+    return 0;
+}
+
+static int on_req_url(llhttp_t *p, const char *at, size_t len)
+{
+    struct client *c = parser_client(p);
+    return head_grow(c, &c->url, at, len, 414);
+}
+
+static int on_req_field(llhttp_t *p, const char *at, size_t len)
+{
+    struct client *c = parser_client(p);
+    return head_grow(c, &c->field, at, len, 431);
+}
+
+static int on_req_value(llhttp_t *p, const char *at, size_t len)
+{
+    struct client *c = parser_client(p);
+    return head_grow(c, &c->value, at, len, 431);
+}
+
+/* Headers that describe one connection, not the message: never forwarded
+ * (RFC 9110 7.6.1). Content-Length and Expect are dropped too: the body is
+ * read whole here and sent on with its own length. The client's
+ * X-Forwarded-Proto/-Host are replaced by ours. */
+static bool is_dropped_request_header(const char *name, size_t len)
+{
+    static const char *const names[] = {
+        "connection",       "keep-alive",        "proxy-connection", "te",
+        "trailer",          "transfer-encoding", "upgrade",          "content-length",
+        "expect",           "x-forwarded-proto", "x-forwarded-host", "proxy-authorization",
+    };
+    for (size_t i = 0; i < STOKE_ARRAY_SIZE(names); i++) {
+        if (stoke_strieq(name, len, names[i]))
+            return true;
+    }
+    return false;
+}
+
+static void trim_value(struct stoke_buf *v)
+{
+    while (v->len > 0 && (v->data[v->len - 1] == ' ' || v->data[v->len - 1] == '\t'))
+        v->data[--v->len] = '\0';
+}
+
+static int on_req_header_done(llhttp_t *p)
+{
+    struct client *c = parser_client(p);
+    const char *name = c->field.data ? c->field.data : "";
+    size_t nl = c->field.len;
+    trim_value(&c->value);
+    const char *val = c->value.data ? c->value.data : "";
+    int r = 0;
+
+    if (stoke_strieq(name, nl, "host")) {
+        if (c->host.len > 0 || c->value.len == 0) {
+            c->error_status = 400; /* several Host headers, or an empty one */
+            return -1;
+        }
+        r = stoke_buf_append(&c->host, val, c->value.len);
+    } else if (stoke_strieq(name, nl, "x-forwarded-for")) {
+        r = stoke_buf_printf(&c->xff, "%s%s", c->xff.len ? ", " : "", val);
+    } else if (stoke_strieq(name, nl, "expect")) {
+        if (strcasecmp(val, "100-continue") != 0) {
+            c->error_status = 417;
+            return -1;
+        }
+        c->expect_continue = true;
+    } else if (!is_dropped_request_header(name, nl)) {
+        r = stoke_buf_printf(&c->headers, "%s: %s\r\n", name, val);
+    }
+    stoke_buf_clear(&c->field);
+    stoke_buf_clear(&c->value);
+    if (r < 0) {
+        c->error_status = 431;
+        return -1;
+    }
+    return 0;
+}
+
+static int on_req_headers_complete(llhttp_t *p)
+{
+    struct client *c = parser_client(p);
+    c->state = C_BODY;
+    c->method = (uint8_t)llhttp_get_method(p);
+    c->http_minor = llhttp_get_http_minor(p);
+    if (llhttp_get_http_major(p) != 1) {
+        c->error_status = 400;
+        return -1;
+    }
+    if (c->host.len == 0 && c->http_minor >= 1) {
+        c->error_status = 400; /* HTTP/1.1 requires Host (RFC 9112 3.2) */
+        return -1;
+    }
+    if (p->content_length > c->px->cfg.max_body_bytes && !(p->flags & F_CHUNKED)) {
+        c->error_status = 413;
+        return -1;
+    }
+    if (c->expect_continue && (p->content_length > 0 || (p->flags & F_CHUNKED))) {
+        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        if (client_write(c, cont, sizeof(cont) - 1) < 0)
+            return -1;
+    }
+    timer_start(c, on_idle_timeout, c->px->cfg.header_timeout_ms);
+    return 0;
+}
+
+static int on_req_body(llhttp_t *p, const char *at, size_t len)
+{
+    struct client *c = parser_client(p);
+    if (stoke_buf_append(&c->body, at, len) < 0) {
+        c->error_status = 413;
+        return -1;
+    }
+    /* The header timeout also bounds each pause in the body (slow senders). */
+    timer_start(c, on_idle_timeout, c->px->cfg.header_timeout_ms);
+    return 0;
+}
+
+static int on_req_complete(llhttp_t *p)
+{
+    struct client *c = parser_client(p);
+    c->keep_alive = llhttp_should_keep_alive(p);
+    uv_timer_stop(&c->timer);
+    return HPE_PAUSED;
+}
+
+static void request_reset(struct client *c)
+{
+    stoke_buf_clear(&c->url);
+    stoke_buf_clear(&c->field);
+    stoke_buf_clear(&c->value);
+    stoke_buf_clear(&c->headers);
+    stoke_buf_clear(&c->host);
+    stoke_buf_clear(&c->xff);
+    stoke_buf_done(&c->body);
+    stoke_buf_done(&c->out);
+    c->head_bytes = 0;
+    c->error_status = 0;
+    c->expect_continue = false;
+    c->method = HTTP_GET;
+    c->tries = 0;
+    c->response_started = false;
+    c->close_after = false;
+    c->keep_alive = true;
+}
+
+/* ---- client lifecycle -------------------------------------------------- */
+
+static void proxy_handle_closed(struct proxy *px);
+
+static void on_client_handle_closed(uv_handle_t *h)
+{
+    struct client *c = h->data;
+    if (--c->handles > 0)
+        return;
+    struct proxy *px = c->px;
+    stoke_buf_done(&c->in);
+    stoke_buf_done(&c->url);
+    stoke_buf_done(&c->field);
+    stoke_buf_done(&c->value);
+    stoke_buf_done(&c->headers);
+    stoke_buf_done(&c->host);
+    stoke_buf_done(&c->xff);
+    stoke_buf_done(&c->body);
+    stoke_buf_done(&c->out);
+    free(c);
+    proxy_handle_closed(px);
+}
+
+/* Releases the replica slot and function reference of the request. */
+static void client_release(struct client *c)
+{
+    if (c->up) {
+        c->up->c = NULL;
+        c->up = NULL;
+    }
+    if (c->ep) {
+        struct fn *fn = c->ep->fn;
+        fn_mark(fn);
+        c->ep->inflight--;
+        fn->inflight--;
+        if (fn->queued > 0 && !fn->gone)
+            kick(fn);
+        endpoint_unref(c->ep);
+        c->ep = NULL;
+    }
+    if (c->fn) {
+        if (c->state == C_QUEUED) {
+            fn_mark(c->fn);
+            stoke_list_remove(&c->qnode);
+            c->fn->queued--;
+            c->state = C_BODY;
+        }
+        fn_unref(c->fn);
+        c->fn = NULL;
+    }
+}
+
+/* Ends the request's use of its replica; a connection still carrying it is
+ * closed, since a half-read response leaves it unusable. */
+static void client_abort_upstream(struct client *c)
+{
+    struct upstream *up = c->up;
+    client_release(c);
+    if (up)
+        upstream_close(up);
+}
+
+static void client_close(struct client *c)
+{
+    if (c->state == C_CLOSED)
+        return;
+    client_abort_upstream(c);
+    c->state = C_CLOSED;
+    stoke_list_remove(&c->node);
+    c->px->n_clients--;
+    uv_close((uv_handle_t *)&c->timer, on_client_handle_closed);
+    uv_close((uv_handle_t *)&c->tcp, on_client_handle_closed);
+}
+
+static void on_idle_timeout(uv_timer_t *t)
+{
+    struct client *c = t->data;
+    if (c->state == C_HEAD || c->state == C_BODY) {
+        /* A slow sender: answer 408-style by closing; nothing was sent on. */
+        stoke_debug(NULL, "client timed out reading a request");
+    }
+    client_close(c);
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    (void)h;
+    buf->base = malloc(suggested);
+    buf->len = buf->base ? suggested : 0;
+}
+
+static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    struct client *c = s->data;
+    if (nread < 0) {
+        /* EOF or error: a client that left while its request waited or was
+         * in flight is not answered; its replica slot is released. */
+        free(buf->base);
+        client_close(c);
+        return;
+    }
+    if (nread > 0) {
+        if (c->state == C_IDLE || c->state == C_HEAD || c->state == C_BODY) {
+            client_parse(c, buf->base, (size_t)nread);
+        } else if (c->state != C_FLUSH && c->state != C_CLOSED) {
+            /* Pipelined bytes while a request is busy: hold them, bounded. */
+            if (stoke_buf_append(&c->in, buf->base, (size_t)nread) < 0 ||
+                c->in.len >= MAX_PENDING_INPUT) {
+                uv_read_stop(s);
+                c->read_stopped = true;
+            }
+        }
+    }
+    free(buf->base);
+}
+
+static void client_parse(struct client *c, const char *data, size_t len)
+{
+    llhttp_errno_t err = llhttp_execute(&c->parser, data, len);
+    if (err == HPE_OK)
+        return;
+    if (err == HPE_PAUSED) {
+        const char *pos = llhttp_get_error_pos(&c->parser);
+        size_t used = pos ? (size_t)(pos - data) : len;
+        if (used < len && stoke_buf_append(&c->in, data + used, len - used) < 0) {
+            client_close(c);
+            return;
+        }
+        dispatch(c);
+        return;
+    }
+    if (err == HPE_PAUSED_UPGRADE) {
+        send_error(c, 501, true); /* WebSocket tunnels are not supported yet */
+        return;
+    }
+    int status = c->error_status ? c->error_status : 400;
+    stoke_debug(NULL, "bad request (%d): %s", status, llhttp_get_error_reason(&c->parser));
+    send_error(c, status, true);
+}
+
+/* Called when the answer to the current request is fully queued for
+ * writing and the connection stays open: reads the next request. */
+static void client_finish_request(struct client *c)
+{
+    client_release(c);
+    request_reset(c);
+    c->state = C_IDLE;
+    timer_start(c, on_idle_timeout, c->px->cfg.idle_timeout_ms);
+    llhttp_resume(&c->parser);
+
+    if (c->in.len > 0) {
+        size_t n;
+        char *held = stoke_buf_steal(&c->in, &n);
+        client_parse(c, held, n);
+        free(held);
+    }
+    if (c->state != C_CLOSED && c->state != C_FLUSH && c->read_stopped) {
+        c->read_stopped = false;
+        uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_client_read);
+    }
+}
+
+static void on_accept(uv_stream_t *server, int status)
+{
+    struct proxy *px = server->data;
+    if (status < 0) {
+        stoke_warn(NULL, status, "accept failed");
+        return;
+    }
+    struct client *c = calloc(1, sizeof(*c));
+    if (!c)
+        return;
+    c->px = px;
+    uv_tcp_init(px->loop, &c->tcp);
+    uv_timer_init(px->loop, &c->timer);
+    c->tcp.data = c;
+    c->timer.data = c;
+    c->handles = 2;
+    px->handles++;
+    stoke_list_init(&c->qnode);
+    stoke_list_insert_tail(&px->clients, &c->node);
+    px->n_clients++;
+    c->state = C_IDLE;
+    stoke_buf_init(&c->in, MAX_PENDING_INPUT + 65536);
+    stoke_buf_init(&c->url, px->cfg.max_header_bytes);
+    stoke_buf_init(&c->field, px->cfg.max_header_bytes);
+    stoke_buf_init(&c->value, px->cfg.max_header_bytes);
+    stoke_buf_init(&c->headers, 2 * px->cfg.max_header_bytes);
+    stoke_buf_init(&c->host, px->cfg.max_header_bytes);
+    stoke_buf_init(&c->xff, px->cfg.max_header_bytes + 64);
+    stoke_buf_init(&c->body, px->cfg.max_body_bytes);
+    stoke_buf_init(&c->out, 4 * px->cfg.max_header_bytes + px->cfg.max_body_bytes);
+    request_reset(c);
+    llhttp_init(&c->parser, HTTP_REQUEST, &px->req_settings);
+    c->parser.data = c;
+
+    if (uv_accept(server, (uv_stream_t *)&c->tcp) < 0 || px->n_clients > px->cfg.max_connections) {
+        client_close(c);
+        return;
+    }
+    uv_tcp_nodelay(&c->tcp, 1);
+    struct sockaddr_storage ss;
+    int sl = sizeof(ss);
+    snprintf(c->ip, sizeof(c->ip), "unknown");
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sl) == 0) {
+        if (ss.ss_family == AF_INET)
+            uv_ip4_name((struct sockaddr_in *)&ss, c->ip, sizeof(c->ip));
+        else if (ss.ss_family == AF_INET6)
+            uv_ip6_name((struct sockaddr_in6 *)&ss, c->ip, sizeof(c->ip));
+    }
+    timer_start(c, on_idle_timeout, px->cfg.idle_timeout_ms);
+    if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_client_read) < 0)
+        client_close(c);
+}
+
+/* ---- dispatch ------------------------------------------------------------ */
+
+static void on_queue_timeout(uv_timer_t *t)
+{
+    struct client *c = t->data;
+    stoke_info(c->fn ? c->fn->cfg.name : NULL, "request waited past the queue timeout: 504");
+    send_error(c, 504, false);
+}
+
+static void on_request_deadline(uv_timer_t *t)
+{
+    struct client *c = t->data;
+    if (c->response_started) {
+        client_close(c); /* the status is out already: cut the response */
+        return;
+    }
+    send_error(c, 504, false);
+}
+
+/* Least requests in flight among replicas with room; ties go round-robin
+ * from a moving start so no replica is favoured. NULL when none has room. */
+static struct endpoint *pick_endpoint(struct fn *fn, struct endpoint *avoid)
+{
+    struct endpoint *best = NULL;
+    size_t n = fn->n_eps;
+    if (n == 0)
+        return NULL;
+    size_t start = fn->px->rr++ % n;
+    for (size_t k = 0; k < n; k++) {
+        struct endpoint *ep = fn->eps[(start + k) % n];
+        if (fn->cfg.concurrency_limit && ep->inflight >= fn->cfg.concurrency_limit)
+            continue;
+        if (ep == avoid && n > 1)
+            continue;
+        if (!best || ep->inflight < best->inflight)
+            best = ep;
+    }
+    return best;
+}
+
+static void upstream_send(struct client *c, struct endpoint *ep);
+
+static void enqueue(struct client *c)
+{
+    struct fn *fn = c->fn;
+    if (fn->queued >= fn->cfg.queue_max) {
+        send_error(c, 503, false);
+        return;
+    }
+    fn_mark(fn);
+    c->state = C_QUEUED;
+    stoke_list_insert_tail(&fn->queue, &c->qnode);
+    fn->queued++;
+    timer_start(c, on_queue_timeout, fn->cfg.queue_timeout_ms);
+
+    uint64_t now = uv_now(fn->px->loop);
+    if (fn->n_eps == 0 && (fn->last_poke_ms == 0 || now - fn->last_poke_ms >= POKE_INTERVAL_MS)) {
+        fn->last_poke_ms = now;
+        fn->px->on_poke(fn->cfg.name, fn->px->poke_data);
+    }
+}
+
+/* Sends the request to a replica with room, or queues it. */
+static void route_request(struct client *c, struct endpoint *avoid)
+{
+    struct endpoint *ep = pick_endpoint(c->fn, avoid);
+    if (!ep || !stoke_list_empty(&c->fn->queue)) {
+        /* Older waiters go first: join the queue behind them. */
+        enqueue(c);
+        if (ep)
+            kick(c->fn);
+        return;
+    }
+    upstream_send(c, ep);
+}
+
+static int build_upstream_request(struct client *c, const char *path, size_t path_len)
+{
+    struct stoke_buf *o = &c->out;
+    int r = stoke_buf_printf(o, "%s %s%.*s HTTP/1.1\r\n", llhttp_method_name(c->method),
+                             (path_len == 0 || path[0] != '/') ? "/" : "", (int)path_len, path);
+    if (r == 0 && c->host.len)
+        r = stoke_buf_printf(o, "Host: %s\r\nX-Forwarded-Host: %s\r\n", c->host.data,
+                             c->host.data);
+    if (r == 0 && c->headers.len)
+        r = stoke_buf_append(o, c->headers.data, c->headers.len);
+    if (r == 0)
+        r = stoke_buf_printf(o, "X-Forwarded-For: %s%s%s\r\nX-Forwarded-Proto: http\r\n",
+                             c->xff.len ? c->xff.data : "", c->xff.len ? ", " : "", c->ip);
+    bool has_body = c->body.len > 0 || c->method == HTTP_POST || c->method == HTTP_PUT ||
+                    c->method == HTTP_PATCH;
+    if (r == 0 && has_body)
+        r = stoke_buf_printf(o, "Content-Length: %zu\r\n", c->body.len);
+    if (r == 0)
+        r = stoke_buf_append(o, "\r\n", 2);
+    if (r == 0 && c->body.len)
+        r = stoke_buf_append(o, c->body.data, c->body.len);
+    stoke_buf_done(&c->body);
+    return r;
+}
+
+static void dispatch(struct client *c)
+{
+    struct proxy *px = c->px;
+    const char *name, *path;
+    size_t name_len, path_len;
+    char lname[STOKE_NAME_MAX + 1];
+
+    c->state = C_BODY; /* not idle: held bytes wait until this request ends */
+    if (stoke_route_match(c->host.data, c->host.len, c->url.data ? c->url.data : "", c->url.len,
+                          px->cfg.domain, &name, &name_len, &path, &path_len) < 0 ||
+        name_len > STOKE_NAME_MAX) {
+        send_error(c, 404, false);
+        return;
+    }
+    for (size_t i = 0; i < name_len; i++)
+        lname[i] = (char)((name[i] >= 'A' && name[i] <= 'Z') ? name[i] + 32 : name[i]);
+    lname[name_len] = '\0';
+    struct fn *fn = fn_find(px, lname);
+    if (!fn) {
+        send_error(c, 404, false);
+        return;
+    }
+    if (build_upstream_request(c, path, path_len) < 0) {
+        send_error(c, 431, true);
+        return;
+    }
+    fn->refs++;
+    c->fn = fn;
+    fn_mark(fn);
+    fn->requests++;
+    route_request(c, NULL);
+}
+
+/* Sends queued requests of kicked functions on, a batch per loop turn. */
+static void on_drain(uv_idle_t *h)
+{
+    struct proxy *px = h->data;
+    unsigned budget = DRAIN_BATCH;
+    while (budget > 0 && !stoke_list_empty(&px->kicks)) {
+        struct fn *fn = stoke_container_of(stoke_list_first(&px->kicks), struct fn, kick);
+        struct endpoint *ep = NULL;
+        while (budget > 0 && !stoke_list_empty(&fn->queue) && (ep = pick_endpoint(fn, NULL))) {
+            struct client *c =
+                stoke_container_of(stoke_list_first(&fn->queue), struct client, qnode);
+            fn_mark(fn);
+            stoke_list_remove(&c->qnode);
+            fn->queued--;
+            c->state = C_BODY;
+            upstream_send(c, ep);
+            budget--;
+        }
+        if (stoke_list_empty(&fn->queue) || !ep) {
+            stoke_list_remove(&fn->kick);
+            fn->kicked = false;
+        }
+    }
+    if (stoke_list_empty(&px->kicks))
+        uv_idle_stop(h);
+}
+
+static void kick(struct fn *fn)
+{
+    if (fn->kicked || fn->gone)
+        return;
+    fn->kicked = true;
+    stoke_list_insert_tail(&fn->px->kicks, &fn->kick);
+    uv_idle_start(&fn->px->drain, on_drain);
+}
+
+/* ---- upstream connections ---------------------------------------------- */
+
+static void on_upstream_handle_closed(uv_handle_t *h)
+{
+    struct upstream *up = h->data;
+    if (--up->handles > 0)
+        return;
+    struct proxy *px = up->px;
+    stoke_buf_done(&up->reason);
+    stoke_buf_done(&up->field);
+    stoke_buf_done(&up->value);
+    stoke_buf_done(&up->head);
+    endpoint_unref(up->ep);
+    free(up);
+    proxy_handle_closed(px);
+}
+
+static void upstream_close(struct upstream *up)
+{
+    if (up->closing)
+        return;
+    up->closing = true;
+    if (up->c) {
+        up->c->up = NULL;
+        up->c = NULL;
+    }
+    if (!stoke_list_empty(&up->node)) {
+        stoke_list_remove(&up->node);
+        up->ep->n_idle--;
+    }
+    uv_close((uv_handle_t *)&up->timer, on_upstream_handle_closed);
+    uv_close((uv_handle_t *)&up->tcp, on_upstream_handle_closed);
+}
+
+static void on_upstream_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
+static void upstream_resume(struct upstream *up)
+{
+    if (!up->reading && !up->closing) {
+        up->reading = true;
+        uv_read_start((uv_stream_t *)&up->tcp, on_alloc, on_upstream_read);
+    }
+}
+
+static void on_upstream_written(uv_write_t *req, int status)
+{
+    struct upstream *up = req->data;
+    free(req);
+    if (status < 0 && !up->closing)
+        upstream_failed(up, status);
+}
+
+static void upstream_start_request(struct upstream *up)
+{
+    struct client *c = up->c;
+    uv_write_t *w = malloc(sizeof(*w));
+    if (!w) {
+        upstream_failed(up, -ENOMEM);
+        return;
+    }
+    w->data = up;
+    llhttp_init(&up->parser, HTTP_RESPONSE, &up->px->resp_settings);
+    up->parser.data = up;
+    up->got_bytes = false;
+    up->done = false;
+    up->rechunk = false;
+    stoke_buf_clear(&up->head);
+    uv_buf_t b = uv_buf_init(c->out.data, (unsigned)c->out.len);
+    int r = uv_write(w, (uv_stream_t *)&up->tcp, &b, 1, on_upstream_written);
+    if (r < 0) {
+        free(w);
+        upstream_failed(up, r);
+        return;
+    }
+    upstream_resume(up);
+}
+
+static void on_connect_timeout(uv_timer_t *t)
+{
+    struct upstream *up = t->data;
+    upstream_failed(up, -ETIMEDOUT);
+}
+
+static void on_upstream_connected(uv_connect_t *req, int status)
+{
+    struct upstream *up = req->data;
+    if (up->closing)
+        return;
+    uv_timer_stop(&up->timer);
+    if (status < 0) {
+        upstream_failed(up, status);
+        return;
+    }
+    up->connected = true;
+    uv_tcp_nodelay(&up->tcp, 1);
+    if (up->c)
+        upstream_start_request(up);
+    else
+        upstream_close(up);
+}
+
+static struct upstream *upstream_new(struct proxy *px, struct endpoint *ep)
+{
+    struct upstream *up = calloc(1, sizeof(*up));
+    if (!up)
+        return NULL;
+    up->px = px;
+    up->ep = ep;
+    ep->refs++;
+    uv_tcp_init(px->loop, &up->tcp);
+    uv_timer_init(px->loop, &up->timer);
+    up->tcp.data = up;
+    up->timer.data = up;
+    up->connect.data = up;
+    up->handles = 2;
+    px->handles++;
+    stoke_list_init(&up->node);
+    stoke_buf_init(&up->reason, 256);
+    stoke_buf_init(&up->field, px->cfg.max_header_bytes * 4);
+    stoke_buf_init(&up->value, px->cfg.max_header_bytes * 4);
+    stoke_buf_init(&up->head, px->cfg.max_header_bytes * 4);
+    return up;
+}
+
+static void upstream_send(struct client *c, struct endpoint *ep)
+{
+    struct fn *fn = ep->fn;
+    fn_mark(fn);
+    ep->inflight++;
+    fn->inflight++;
+    ep->refs++;
+    c->ep = ep;
+    c->tries++;
+    c->state = C_UPSTREAM;
+    timer_start(c, on_request_deadline, fn->cfg.timeout_ms);
+
+    struct upstream *up = NULL;
+    if (!stoke_list_empty(&ep->idle)) {
+        up = stoke_container_of(stoke_list_first(&ep->idle), struct upstream, node);
+        stoke_list_remove(&up->node);
+        ep->n_idle--;
+        uv_timer_stop(&up->timer);
+        up->reused = true;
+        up->c = c;
+        c->up = up;
+        upstream_start_request(up);
+        return;
+    }
+    up = upstream_new(c->px, ep);
+    if (!up) {
+        client_release(c);
+        send_error(c, 502, false);
+        return;
+    }
+    up->c = c;
+    c->up = up;
+    int r = uv_tcp_connect(&up->connect, &up->tcp, (const struct sockaddr *)&ep->addr.ss,
+                           on_upstream_connected);
+    if (r < 0) {
+        upstream_failed(up, r);
+        return;
+    }
+    uv_timer_start(&up->timer, on_connect_timeout, c->px->cfg.connect_timeout_ms, 0);
+}
+
+static bool is_idempotent(uint8_t m)
+{
+    return m == HTTP_GET || m == HTTP_HEAD || m == HTTP_OPTIONS || m == HTTP_PUT ||
+           m == HTTP_DELETE || m == HTTP_TRACE;
+}
+
+/* The connection to a replica failed. Before any byte of a response came
+ * back, the request is tried again elsewhere when that is safe: always when
+ * the connect itself failed (nothing was sent), and for idempotent methods
+ * when a pooled connection turned out to be closed. Else 502. */
+static void upstream_failed(struct upstream *up, int err)
+{
+    struct client *c = up->c;
+    bool not_sent = !up->connected;
+    bool retry_ok = !up->got_bytes && (not_sent || (up->reused && c && is_idempotent(c->method)));
+    struct endpoint *ep = up->ep;
+    upstream_close(up);
+    if (!c)
+        return;
+    if (c->response_started) {
+        client_close(c);
+        return;
+    }
+    stoke_warn(ep->fn->cfg.name, err, "upstream request failed%s",
+               retry_ok && c->tries < MAX_TRIES ? ", retrying" : "");
+    /* Keep the function (and its reference) while the replica's slot is
+     * given back. */
+    struct fn *fn = c->fn;
+    c->fn = NULL;
+    client_release(c);
+    c->fn = fn;
+    if (retry_ok && c->tries < MAX_TRIES && !fn->gone) {
+        route_request(c, ep);
+        return;
+    }
+    send_error(c, 502, false);
+}
+
+static void on_pooled_timeout(uv_timer_t *t)
+{
+    upstream_close(t->data);
+}
+
+/* The response is complete: the connection goes back to its replica's pool
+ * when both sides allow it. */
+static void upstream_release(struct upstream *up, bool reusable)
+{
+    up->c = NULL;
+    struct endpoint *ep = up->ep;
+    if (!reusable || ep->gone || ep->n_idle >= up->px->cfg.max_idle_upstream) {
+        upstream_close(up);
+        return;
+    }
+    stoke_list_insert_tail(&ep->idle, &up->node);
+    ep->n_idle++;
+    up->reused = true;
+    /* Keep reading so a replica closing an idle connection is noticed. */
+    upstream_resume(up);
+    uv_timer_start(&up->timer, on_pooled_timeout, up->px->cfg.idle_timeout_ms, 0);
+}
+
+static void response_done(struct upstream *up, bool reusable)
+{
+    struct client *c = up->c;
+    upstream_release(up, reusable);
+    if (!c)
+        return;
+    c->up = NULL;
+    if (!c->keep_alive || c->close_after) {
+        client_release(c);
+        if (c->pending_writes == 0) {
+            client_close(c);
+        } else {
+            uv_timer_stop(&c->timer);
+            c->state = C_FLUSH;
+            uv_read_stop((uv_stream_t *)&c->tcp);
+        }
+        return;
+    }
+    client_finish_request(c);
+}
+
+static void on_upstream_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    struct upstream *up = s->data;
+    if (up->closing) {
+        free(buf->base);
+        return;
+    }
+    if (!up->c) {
+        /* Pooled and idle: any event means the replica is done with it. */
+        free(buf->base);
+        if (nread != 0)
+            upstream_close(up);
+        return;
+    }
+    if (nread < 0) {
+        free(buf->base);
+        if (nread == UV_EOF && up->got_bytes && llhttp_finish(&up->parser) == HPE_OK && up->done) {
+            response_done(up, false); /* a response delimited by close */
+            return;
+        }
+        upstream_failed(up, (int)nread);
+        return;
+    }
+    if (nread == 0) {
+        free(buf->base);
+        return;
+    }
+    up->got_bytes = true;
+    llhttp_errno_t err = llhttp_execute(&up->parser, buf->base, (size_t)nread);
+    /* Bytes after the response are a protocol error: do not reuse. */
+    bool clean = err == HPE_PAUSED && llhttp_get_error_pos(&up->parser) == buf->base + nread;
+    free(buf->base);
+    if (up->closing)
+        return;
+    if (err == HPE_PAUSED) {
+        response_done(up, clean && llhttp_should_keep_alive(&up->parser));
+        return;
+    }
+    if (err != HPE_OK) {
+        stoke_warn(up->ep->fn->cfg.name, -EPROTO, "bad response from replica: %s",
+                   llhttp_get_error_reason(&up->parser));
+        up->got_bytes = up->c && up->c->response_started;
+        upstream_failed(up, -EPROTO);
+        return;
+    }
+    if (up->c && uv_stream_get_write_queue_size((uv_stream_t *)&up->c->tcp) > WRITE_HIGH_WATER) {
+        uv_read_stop(s);
+        up->reading = false;
+    }
+}
+
+/* ---- response parsing --------------------------------------------------- */
+
+static int on_resp_begin(llhttp_t *p)
+{
+    struct upstream *up = p->data;
+    stoke_buf_clear(&up->reason);
+    stoke_buf_clear(&up->head);
+    stoke_buf_clear(&up->field);
+    stoke_buf_clear(&up->value);
+    return 0;
+}
+
+static int on_resp_status(llhttp_t *p, const char *at, size_t len)
+{
+    struct upstream *up = p->data;
+    return stoke_buf_append(&up->reason, at, len) < 0 ? -1 : 0;
+}
+
+static int on_resp_field(llhttp_t *p, const char *at, size_t len)
+{
+    struct upstream *up = p->data;
+    return stoke_buf_append(&up->field, at, len) < 0 ? -1 : 0;
+}
+
+static int on_resp_value(llhttp_t *p, const char *at, size_t len)
+{
+    struct upstream *up = p->data;
+    return stoke_buf_append(&up->value, at, len) < 0 ? -1 : 0;
+}
+
+static bool is_dropped_response_header(const char *name, size_t len)
+{
+    static const char *const names[] = {
+        "connection", "keep-alive", "proxy-connection", "te",
+        "trailer",    "transfer-encoding", "upgrade",
+    };
+    for (size_t i = 0; i < STOKE_ARRAY_SIZE(names); i++) {
+        if (stoke_strieq(name, len, names[i]))
+            return true;
+    }
+    return false;
+}
+
+static int on_resp_header_done(llhttp_t *p)
+{
+    struct upstream *up = p->data;
+    int r = 0;
+    trim_value(&up->value);
+    if (!is_dropped_response_header(up->field.data ? up->field.data : "", up->field.len))
+        r = stoke_buf_printf(&up->head, "%s: %s\r\n", up->field.data ? up->field.data : "",
+                             up->value.data ? up->value.data : "");
+    stoke_buf_clear(&up->field);
+    stoke_buf_clear(&up->value);
+    return r < 0 ? -1 : 0;
+}
+
+static int on_resp_headers_complete(llhttp_t *p)
+{
+    struct upstream *up = p->data;
+    struct client *c = up->c;
+    int status = llhttp_get_status_code(p);
+    if (!c)
+        return -1;
+    if (status < 200) {
+        /* Interim responses are not passed on: the body was already read
+         * whole here, so a 100 Continue means nothing to the client. A 101
+         * would need a tunnel, which this proxy does not offer yet. */
+        return status == 101 ? -1 : 0;
+    }
+    bool chunked = (p->flags & F_CHUNKED) != 0;
+    bool has_length = (p->flags & F_CONTENT_LENGTH) != 0;
+    bool bodyless = c->method == HTTP_HEAD || status == 204 || status == 304;
+    int r = 0;
+    if (chunked && !bodyless) {
+        if (c->http_minor >= 1) {
+            up->rechunk = true;
+            r = stoke_buf_append(&up->head, "Transfer-Encoding: chunked\r\n", 28);
+        } else {
+            c->close_after = true; /* HTTP/1.0: the body ends with the connection */
+        }
+    } else if (!has_length && !bodyless) {
+        c->close_after = true;
+    }
+    if (r == 0 && (!c->keep_alive || c->close_after))
+        r = stoke_buf_append(&up->head, "Connection: close\r\n", 19);
+    if (r == 0)
+        r = stoke_buf_append(&up->head, "\r\n", 2);
+    char line[128];
+    int ll = snprintf(line, sizeof(line), "HTTP/1.1 %d %.80s\r\n", status,
+                      up->reason.data ? up->reason.data : "");
+    uv_buf_t parts[2] = {uv_buf_init(line, (unsigned)ll), uv_buf_init(up->head.data, (unsigned)up->head.len)};
+    if (r < 0 || client_writev(c, parts, 2) < 0)
+        return -1;
+    c->response_started = true;
+    return c->method == HTTP_HEAD ? 1 : 0;
+}
+
+static int on_resp_body(llhttp_t *p, const char *at, size_t len)
+{
+    struct upstream *up = p->data;
+    struct client *c = up->c;
+    if (!c)
+        return -1;
+    if (!up->rechunk)
+        return client_write(c, at, len) < 0 ? -1 : 0;
+    char size[24];
+    int n = snprintf(size, sizeof(size), "%zx\r\n", len);
+    uv_buf_t parts[3] = {uv_buf_init(size, (unsigned)n), uv_buf_init((char *)at, (unsigned)len),
+                         uv_buf_init("\r\n", 2)};
+    return client_writev(c, parts, 3) < 0 ? -1 : 0;
+}
+
+static int on_resp_complete(llhttp_t *p)
+{
+    struct upstream *up = p->data;
+    struct client *c = up->c;
+    if (llhttp_get_status_code(p) < 200)
+        return 0;
+    if (c && up->rechunk && client_write(c, "0\r\n\r\n", 5) < 0)
+        return -1;
+    up->done = true;
+    return HPE_PAUSED;
+}
+
+/* ---- setup and teardown ------------------------------------------------- */
+
+int proxy_new(uv_loop_t *loop, const struct proxy_config *cfg, proxy_poke_cb on_poke,
+              void *poke_data, struct proxy **ret)
+{
+    struct proxy *px = calloc(1, sizeof(*px));
+    if (!px)
+        return -ENOMEM;
+    px->loop = loop;
+    px->cfg = *cfg;
+    px->on_poke = on_poke;
+    px->poke_data = poke_data;
+    stoke_list_init(&px->clients);
+    stoke_list_init(&px->kicks);
+
+    llhttp_settings_init(&px->req_settings);
+    px->req_settings.on_message_begin = on_req_begin;
+    px->req_settings.on_url = on_req_url;
+    px->req_settings.on_header_field = on_req_field;
+    px->req_settings.on_header_value = on_req_value;
+    px->req_settings.on_header_value_complete = on_req_header_done;
+    px->req_settings.on_headers_complete = on_req_headers_complete;
+    px->req_settings.on_body = on_req_body;
+    px->req_settings.on_message_complete = on_req_complete;
+
+    llhttp_settings_init(&px->resp_settings);
+    px->resp_settings.on_message_begin = on_resp_begin;
+    px->resp_settings.on_status = on_resp_status;
+    px->resp_settings.on_header_field = on_resp_field;
+    px->resp_settings.on_header_value = on_resp_value;
+    px->resp_settings.on_header_value_complete = on_resp_header_done;
+    px->resp_settings.on_headers_complete = on_resp_headers_complete;
+    px->resp_settings.on_body = on_resp_body;
+    px->resp_settings.on_message_complete = on_resp_complete;
+
+    uv_tcp_init(loop, &px->listener);
+    px->listener.data = px;
+    uv_idle_init(loop, &px->drain);
+    px->drain.data = px;
+    px->handles = 2;
+
+    int r = uv_tcp_bind(&px->listener, (const struct sockaddr *)&cfg->listen.ss, 0);
+    if (r == 0)
+        r = uv_listen((uv_stream_t *)&px->listener, 1024, on_accept);
+    if (r < 0) {
+        proxy_close(px, NULL, NULL);
+        return r;
+    }
+    *ret = px;
+    return 0;
+}
+
+static void proxy_handle_closed(struct proxy *px)
+{
+    if (--px->handles > 0 || !px->closing)
+        return;
+    if (px->on_closed)
+        px->on_closed(px->closed_data);
+    free(px);
+}
+
+static void on_proxy_handle_closed(uv_handle_t *h)
+{
+    proxy_handle_closed(h->data);
+}
+
+void proxy_close(struct proxy *px, void (*on_closed)(void *data), void *data)
+{
+    px->closing = true;
+    px->on_closed = on_closed;
+    px->closed_data = data;
+    while (!stoke_list_empty(&px->clients))
+        client_close(stoke_container_of(stoke_list_first(&px->clients), struct client, node));
+    for (size_t i = 0; i < px->n_fns; i++)
+        fn_retire(px->fns[i]);
+    free(px->fns);
+    px->fns = NULL;
+    px->n_fns = 0;
+    uv_close((uv_handle_t *)&px->listener, on_proxy_handle_closed);
+    uv_close((uv_handle_t *)&px->drain, on_proxy_handle_closed);
+}

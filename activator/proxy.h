@@ -1,0 +1,66 @@
+/* The activator's data path: an HTTP/1.1 reverse proxy on one libuv loop.
+ *
+ * Clients send requests; each is routed to a function (stoke/routes.h),
+ * then either sent to the ready replica with the fewest requests in flight
+ * or, when the function has none with room, held in the function's bounded
+ * queue until one is ready (the controller is poked at once). Request
+ * bodies are read whole (up to max_body_bytes) before they are sent on;
+ * responses stream back as they arrive, with backpressure. Thread: the
+ * loop's. */
+#ifndef ACTIVATOR_PROXY_H
+#define ACTIVATOR_PROXY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "stoke/routes.h"
+#include "stoke/util.h"
+
+struct proxy_config {
+    struct stoke_addr listen;
+    const char *domain;          /* Host routing: <name>.<domain>; borrowed */
+    size_t max_header_bytes;     /* request line + headers; over: 431 */
+    size_t max_body_bytes;       /* over: 413 */
+    uint64_t header_timeout_ms;  /* from the first byte to the end of the head */
+    uint64_t idle_timeout_ms;    /* keep-alive wait for the next request */
+    uint64_t connect_timeout_ms; /* upstream connect */
+    uint32_t max_connections;    /* client connections; over: closed at accept */
+    uint32_t max_idle_upstream;  /* idle pooled connections per replica */
+};
+
+void proxy_config_defaults(struct proxy_config *cfg);
+
+/* Called when a request waits for a function with no ready replica (at most
+ * every 100 ms per function), so the controller starts one now. */
+typedef void (*proxy_poke_cb)(const char *fn, void *data);
+
+/* Called by proxy_stats() once per function. */
+typedef void (*proxy_stat_cb)(const char *fn, double concurrency, uint64_t requests, void *data);
+
+struct proxy;
+
+/* Binds and listens. Returns 0 and *ret, or a negative errno (nothing left
+ * open). `cfg` is copied; `cfg->domain` is borrowed for the proxy's life. */
+int proxy_new(uv_loop_t *loop, const struct proxy_config *cfg, proxy_poke_cb on_poke,
+              void *poke_data, struct proxy **ret);
+
+/* Replaces the route table; takes ownership of `t`'s contents (t is zeroed).
+ * Replicas that left stop getting new requests (in-flight ones finish);
+ * queued requests are sent on to replicas that arrived. */
+void proxy_set_routes(struct proxy *px, struct stoke_route_table *t);
+
+/* Reports, per function, the time-weighted average of requests in flight
+ * plus queued since the previous call, and the requests received. */
+void proxy_stats(struct proxy *px, proxy_stat_cb cb, void *data);
+
+/* Calls `cb` for each function that has requests waiting in its queue (the
+ * channel re-pokes them after reconnecting to the controller). */
+void proxy_waiting(struct proxy *px, proxy_poke_cb cb, void *data);
+
+/* Stops listening, closes every connection and frees the proxy once all
+ * handles have closed; then calls on_closed (may be NULL). */
+void proxy_close(struct proxy *px, void (*on_closed)(void *data), void *data);
+
+#endif

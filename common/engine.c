@@ -1,0 +1,810 @@
+/* Container engine client over the Docker Engine HTTP API; see
+ * stoke/engine.h. One curl easy handle per call, run by stoke/curluv.h on the
+ * caller's loop; libcurl keeps the unix socket connections alive between
+ * calls. */
+#include "stoke/engine.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/un.h>
+
+#include <curl/curl.h>
+
+#include "stoke/curluv.h"
+#include "stoke/util.h"
+
+/* 1.41 is Docker 20.10's and is served by later Dockers and by Podman's
+ * compatible service; every endpoint used here exists in it unchanged. */
+#define ENGINE_API_VERSION "v1.41"
+#define ENGINE_DEFAULT_HOST "unix:///var/run/docker.sock"
+#define ENGINE_DEFAULT_TIMEOUT_MS 30000
+/* A list of a few thousand containers is well under this; anything bigger
+ * is not an answer we can use, and fails the call with -EFBIG. */
+#define ENGINE_BODY_MAX (8u << 20)
+/* Bound on a request URL: ids and names are short, the label filter too. */
+#define ENGINE_URL_MAX 4096
+
+struct stoke_engine {
+    uv_loop_t *loop;
+    struct stoke_curluv *cu;
+    char socket_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+    uint64_t timeout_ms;
+    bool closing;
+    void (*on_closed)(void *data);
+    void *closed_data;
+};
+
+/* One engine API call; dies in call_free() after its callback. */
+struct call {
+    struct stoke_engine *e;
+    CURL *easy;
+    struct curl_slist *headers;
+    struct stoke_buf body; /* response, capped at ENGINE_BODY_MAX */
+    bool too_big;
+    bool want_id; /* create: res->id from "Id" */
+    char errbuf[CURL_ERROR_SIZE];
+    stoke_engine_cb cb;
+    void *data;
+};
+
+enum method { M_GET, M_POST, M_DELETE };
+
+static void call_free(struct call *c)
+{
+    if (!c)
+        return;
+    if (c->easy)
+        curl_easy_cleanup(c->easy);
+    curl_slist_free_all(c->headers);
+    stoke_buf_done(&c->body);
+    free(c);
+}
+
+static int status_to_errno(long status)
+{
+    if (status >= 200 && status < 300)
+        return 0;
+    switch (status) {
+    case 304:
+        return -EALREADY;
+    case 400:
+        return -EINVAL;
+    case 404:
+        return -ENOENT;
+    case 409:
+        return -EEXIST;
+    case 500:
+        return -EIO;
+    default:
+        return -EPROTO;
+    }
+}
+
+static int curlcode_to_errno(const struct call *c, CURLcode rc)
+{
+    switch (rc) {
+    case CURLE_OK:
+        return 0;
+    case CURLE_ABORTED_BY_CALLBACK:
+        return -ECANCELED;
+    case CURLE_COULDNT_CONNECT:
+        return -ECONNREFUSED;
+    case CURLE_OPERATION_TIMEDOUT:
+        return -ETIMEDOUT;
+    case CURLE_OUT_OF_MEMORY:
+        return -ENOMEM;
+    case CURLE_WRITE_ERROR:
+        return c->too_big ? -EFBIG : -EIO;
+    default:
+        return -EIO;
+    }
+}
+
+/* Parses the whole of `s` as one JSON value (trailing whitespace allowed:
+ * the engine ends bodies with a newline). Returns an owned object (put it),
+ * or NULL when it is not JSON. */
+static json_object *parse_json(const char *s, size_t len)
+{
+    json_tokener *tok = json_tokener_new();
+    json_object *obj = NULL;
+
+    if (!tok || len > INT32_MAX)
+        goto out;
+    obj = json_tokener_parse_ex(tok, s, (int)len);
+    if (!obj || json_tokener_get_error(tok) != json_tokener_success)
+        goto fail;
+    for (size_t i = json_tokener_get_parse_end(tok); i < len; i++) {
+        if (!strchr(" \t\r\n", s[i]) || s[i] == '\0')
+            goto fail;
+    }
+    goto out;
+fail:
+    json_object_put(obj);
+    obj = NULL;
+out:
+    if (tok)
+        json_tokener_free(tok);
+    return obj;
+}
+
+static bool is_json_type(CURL *easy)
+{
+    char *ct = NULL;
+    if (curl_easy_getinfo(easy, CURLINFO_CONTENT_TYPE, &ct) != CURLE_OK || !ct)
+        return false;
+    return strncasecmp(ct, "application/json", 16) == 0;
+}
+
+/* Strips trailing whitespace in place so a text error body reads as one
+ * line. */
+static const char *text_message(struct stoke_buf *b)
+{
+    while (b->len > 0 && strchr(" \t\r\n", b->data[b->len - 1]))
+        b->data[--b->len] = '\0';
+    return b->len ? b->data : "";
+}
+
+static void on_done(CURL *easy, CURLcode rc, void *data)
+{
+    struct call *c = data;
+    struct stoke_engine_result res = {.message = ""};
+    json_object *json = NULL;
+
+    assert(c->easy == easy);
+    res.err = curlcode_to_errno(c, rc);
+    if (rc != CURLE_OK) {
+        if (rc == CURLE_ABORTED_BY_CALLBACK)
+            res.message = "engine client closed";
+        else if (c->too_big)
+            res.message = "engine response over the 8 MiB limit";
+        else
+            res.message = c->errbuf[0] ? c->errbuf : curl_easy_strerror(rc);
+        goto out;
+    }
+
+    (void)curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &res.http_status);
+    res.err = status_to_errno(res.http_status);
+    if (c->body.len > 0 && is_json_type(easy)) {
+        json = parse_json(c->body.data, c->body.len);
+        if (!json && res.err == 0) {
+            res.err = -EINVAL;
+            res.message = "engine sent invalid JSON";
+            goto out;
+        }
+    }
+
+    if (res.err < 0) {
+        json_object *msg = NULL;
+        /* _get_ex lends msg: valid while json lives. */
+        if (json && json_object_object_get_ex(json, "message", &msg) &&
+            json_object_is_type(msg, json_type_string))
+            res.message = json_object_get_string(msg);
+        else
+            res.message = text_message(&c->body);
+        res.json = json;
+        goto out;
+    }
+
+    res.json = json;
+    if (c->want_id) {
+        json_object *id = NULL;
+        if (!json || !json_object_object_get_ex(json, "Id", &id) ||
+            !json_object_is_type(id, json_type_string)) {
+            res.err = -EINVAL;
+            res.message = "engine create response has no Id";
+            goto out;
+        }
+        res.id = json_object_get_string(id);
+    }
+out:
+    c->cb(&res, c->data);
+    json_object_put(json);
+    call_free(c);
+}
+
+static size_t on_write(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+    struct call *c = userdata;
+    size_t n = size * nmemb;
+
+    if (stoke_buf_append(&c->body, ptr, n) < 0) {
+        /* -ENOBUFS (over the cap) or -ENOMEM: both abort the transfer. */
+        c->too_big = c->body.len + n > c->body.limit;
+        return 0;
+    }
+    return n;
+}
+
+/* Builds the easy handle for `method` on `path` (already escaped, starting
+ * with '/'), with an optional JSON body (copied) and a time limit of the
+ * engine's timeout plus `extra_ms`. Returns 0 and *ret (owned, not yet
+ * started), or a negative errno. */
+static int call_new(struct stoke_engine *e, enum method method, const char *path,
+                    const char *json_body, uint64_t extra_ms, stoke_engine_cb cb, void *data,
+                    struct call **ret)
+{
+    struct call *c = NULL;
+    struct curl_slist *h;
+    CURL *easy;
+    char url[ENGINE_URL_MAX];
+    uint64_t timeout_ms = e->timeout_ms + extra_ms;
+    int r = -ENOMEM;
+    int n;
+
+    if (e->closing)
+        return -ECANCELED;
+    n = snprintf(url, sizeof(url), "http://localhost/" ENGINE_API_VERSION "%s", path);
+    if (n < 0 || (size_t)n >= sizeof(url))
+        return -ENAMETOOLONG;
+
+    c = calloc(1, sizeof(*c));
+    if (!c)
+        goto out;
+    c->e = e;
+    c->cb = cb;
+    c->data = data;
+    stoke_buf_init(&c->body, ENGINE_BODY_MAX);
+    c->easy = curl_easy_init();
+    if (!c->easy)
+        goto out;
+    /* Without this, curl sends "Expect: 100-continue" for big bodies and
+     * waits for an answer the engine may never send. */
+    h = curl_slist_append(NULL, "Expect:");
+    if (!h)
+        goto out;
+    c->headers = h;
+    if (json_body) {
+        h = curl_slist_append(c->headers, "Content-Type: application/json");
+        if (!h)
+            goto out;
+        c->headers = h;
+    }
+
+    easy = c->easy;
+    if (timeout_ms > LONG_MAX)
+        timeout_ms = LONG_MAX;
+    r = -EINVAL;
+    if (curl_easy_setopt(easy, CURLOPT_URL, url) != CURLE_OK ||
+        curl_easy_setopt(easy, CURLOPT_UNIX_SOCKET_PATH, e->socket_path) != CURLE_OK ||
+        curl_easy_setopt(easy, CURLOPT_HTTPHEADER, c->headers) != CURLE_OK ||
+        curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, on_write) != CURLE_OK ||
+        curl_easy_setopt(easy, CURLOPT_WRITEDATA, c) != CURLE_OK ||
+        curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, c->errbuf) != CURLE_OK ||
+        curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L) != CURLE_OK ||
+        curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, (long)timeout_ms) != CURLE_OK)
+        goto out;
+    switch (method) {
+    case M_GET:
+        break;
+    case M_POST:
+        /* A body is always sent (empty when none) so the engine gets a
+         * Content-Length; COPYPOSTFIELDS keeps no pointer into the caller's. */
+        if (curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE,
+                             (curl_off_t)(json_body ? strlen(json_body) : 0)) != CURLE_OK ||
+            curl_easy_setopt(easy, CURLOPT_COPYPOSTFIELDS, json_body ? json_body : "") != CURLE_OK)
+            goto out;
+        break;
+    case M_DELETE:
+        if (curl_easy_setopt(easy, CURLOPT_CUSTOMREQUEST, "DELETE") != CURLE_OK)
+            goto out;
+        break;
+    }
+    *ret = c;
+    c = NULL;
+    r = 0;
+out:
+    call_free(c);
+    return r;
+}
+
+static int call_start(struct call *c)
+{
+    int r = stoke_curluv_add(c->e->cu, c->easy, on_done, c);
+    if (r < 0)
+        call_free(c);
+    return r;
+}
+
+static int request(struct stoke_engine *e, enum method method, const char *path, uint64_t extra_ms,
+                   stoke_engine_cb cb, void *data)
+{
+    struct call *c = NULL;
+    int r = call_new(e, method, path, NULL, extra_ms, cb, data, &c);
+    if (r < 0)
+        return r;
+    return call_start(c);
+}
+
+/* Returns an owned percent-escaped copy of `s` (curl_free()), or NULL. */
+static char *escape(const char *s)
+{
+    size_t len = strlen(s);
+    if (len > ENGINE_URL_MAX)
+        return NULL;
+    return curl_easy_escape(NULL, s, (int)len);
+}
+
+/* Container ids and names as the engine makes and accepts them. Anything
+ * else could reach another endpoint once the engine's router cleans the
+ * path ("../x" answers a redirect), so it is refused before any request. */
+static bool is_valid_id(const char *id)
+{
+    size_t len = strlen(id);
+    if (len == 0 || len > 255)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        char ch = id[i];
+        bool alnum =
+            (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9');
+        if (!alnum && (i == 0 || !strchr("_.-", ch)))
+            return false;
+    }
+    return true;
+}
+
+/* "/containers/<id><suffix>" on `id`, escaped. */
+static int container_request(struct stoke_engine *e, enum method method, const char *id,
+                             const char *suffix, uint64_t extra_ms, stoke_engine_cb cb, void *data)
+{
+    char path[ENGINE_URL_MAX];
+    char *eid = NULL;
+    int r;
+    int n;
+
+    if (!id || !is_valid_id(id))
+        return -EINVAL;
+    eid = escape(id);
+    if (!eid)
+        return -ENOMEM;
+    n = snprintf(path, sizeof(path), "/containers/%s%s", eid, suffix);
+    curl_free(eid);
+    if (n < 0 || (size_t)n >= sizeof(path))
+        return -ENAMETOOLONG;
+    r = request(e, method, path, extra_ms, cb, data);
+    return r;
+}
+
+int stoke_engine_new(uv_loop_t *loop, const char *docker_host, struct stoke_engine **ret)
+{
+    struct stoke_engine *e = NULL;
+    const char *path;
+    size_t len;
+    int r;
+
+    if (!docker_host)
+        docker_host = getenv("DOCKER_HOST");
+    if (!docker_host || !*docker_host)
+        docker_host = ENGINE_DEFAULT_HOST;
+    if (strncmp(docker_host, "unix://", 7) != 0)
+        return -EINVAL;
+    path = docker_host + 7;
+    len = strlen(path);
+    if (path[0] != '/' || len >= sizeof(e->socket_path))
+        return -EINVAL;
+
+    e = calloc(1, sizeof(*e));
+    if (!e)
+        return -ENOMEM;
+    e->loop = loop;
+    memcpy(e->socket_path, path, len + 1);
+    e->timeout_ms = ENGINE_DEFAULT_TIMEOUT_MS;
+    r = stoke_curluv_new(loop, &e->cu);
+    if (r < 0) {
+        free(e);
+        return r;
+    }
+    *ret = e;
+    return 0;
+}
+
+static void on_cu_closed(void *data)
+{
+    struct stoke_engine *e = data;
+    void (*on_closed)(void *) = e->on_closed;
+    void *closed_data = e->closed_data;
+
+    free(e);
+    if (on_closed)
+        on_closed(closed_data);
+}
+
+void stoke_engine_close(struct stoke_engine *e, void (*on_closed)(void *data), void *data)
+{
+    assert(!e->closing);
+    e->closing = true;
+    e->on_closed = on_closed;
+    e->closed_data = data;
+    /* Runs every in-flight on_done() with CURLE_ABORTED_BY_CALLBACK, so each
+     * callback sees -ECANCELED before this returns. */
+    stoke_curluv_close(e->cu, on_cu_closed, e);
+}
+
+void stoke_engine_set_timeout(struct stoke_engine *e, uint64_t timeout_ms)
+{
+    /* CURLOPT_TIMEOUT_MS takes a long; 0 there would mean "no limit". */
+    if (timeout_ms == 0)
+        timeout_ms = 1;
+    if (timeout_ms > (uint64_t)INT32_MAX)
+        timeout_ms = INT32_MAX;
+    e->timeout_ms = timeout_ms;
+}
+
+int stoke_engine_ping(struct stoke_engine *e, stoke_engine_cb cb, void *data)
+{
+    return request(e, M_GET, "/_ping", 0, cb, data);
+}
+
+int stoke_engine_image_inspect(struct stoke_engine *e, const char *image, stoke_engine_cb cb,
+                               void *data)
+{
+    char path[ENGINE_URL_MAX];
+    char *eimage;
+    int n;
+
+    if (!image || !*image)
+        return -EINVAL;
+    eimage = escape(image);
+    if (!eimage)
+        return -ENOMEM;
+    n = snprintf(path, sizeof(path), "/images/%s/json", eimage);
+    curl_free(eimage);
+    if (n < 0 || (size_t)n >= sizeof(path))
+        return -ENAMETOOLONG;
+    return request(e, M_GET, path, 0, cb, data);
+}
+
+/* Adds `v` to object `o` under `key`; takes ownership of `v` either way.
+ * Returns 0 or -ENOMEM (also when v is NULL, from a failed json_object_new). */
+static int obj_add(json_object *o, const char *key, json_object *v)
+{
+    if (!v)
+        return -ENOMEM;
+    /* json_object_object_add steals v on success only. */
+    if (json_object_object_add(o, key, v) < 0) {
+        json_object_put(v);
+        return -ENOMEM;
+    }
+    return 0;
+}
+
+/* Same for arrays. */
+static int arr_add(json_object *a, json_object *v)
+{
+    if (!v)
+        return -ENOMEM;
+    if (json_object_array_add(a, v) < 0) {
+        json_object_put(v);
+        return -ENOMEM;
+    }
+    return 0;
+}
+
+/* A one-string array, or NULL on OOM. Owned. */
+static json_object *str_array1(const char *s)
+{
+    json_object *a = json_object_new_array();
+    if (a && arr_add(a, json_object_new_string(s)) < 0) {
+        json_object_put(a);
+        return NULL;
+    }
+    return a;
+}
+
+/* The HostConfig of a stoke replica. Returns an owned object or NULL (OOM). */
+static json_object *host_config(const struct stoke_container_config *cfg)
+{
+    json_object *hc = json_object_new_object();
+    json_object *restart = NULL;
+    int r = 0;
+
+    if (!hc)
+        return NULL;
+    r |= obj_add(hc, "NetworkMode",
+                 json_object_new_string(cfg->network_mode ? cfg->network_mode : "host"));
+    if (cfg->memory_bytes > 0) {
+        r |= obj_add(hc, "Memory", json_object_new_int64((int64_t)cfg->memory_bytes));
+        /* Equal to Memory: no swap on top of the limit. */
+        r |= obj_add(hc, "MemorySwap", json_object_new_int64((int64_t)cfg->memory_bytes));
+    }
+    if (cfg->cpu_millis > 0)
+        r |= obj_add(hc, "NanoCpus", json_object_new_int64((int64_t)cfg->cpu_millis * 1000000));
+    if (cfg->pids > 0)
+        r |= obj_add(hc, "PidsLimit", json_object_new_int64((int64_t)cfg->pids));
+    r |= obj_add(hc, "CapDrop", str_array1("ALL"));
+    r |= obj_add(hc, "SecurityOpt", str_array1("no-new-privileges"));
+    r |= obj_add(hc, "ReadonlyRootfs", json_object_new_boolean(cfg->read_only_rootfs));
+    /* The controller replaces replicas itself, with backoff; an engine
+     * restart policy would fight it. */
+    restart = json_object_new_object();
+    if (restart)
+        r |= obj_add(restart, "Name", json_object_new_string("no"));
+    r |= obj_add(hc, "RestartPolicy", restart);
+    r |= obj_add(hc, "AutoRemove", json_object_new_boolean(0));
+    /* LogConfig is left out: the engine's default driver, so `stokectl logs`
+     * can read the logs back through the engine. No Binds or Mounts: the
+     * engine socket is never handed to a function. */
+    if (r != 0) {
+        json_object_put(hc);
+        return NULL;
+    }
+    return hc;
+}
+
+/* The /containers/create body. Returns an owned object, or NULL with *err
+ * set (-EINVAL for a bad config, -ENOMEM). */
+static json_object *create_body(const struct stoke_container_config *cfg, int *err)
+{
+    json_object *body = json_object_new_object();
+    json_object *env = NULL;
+    json_object *labels = NULL;
+    int r = -ENOMEM;
+
+    if (!body)
+        goto out;
+    if (obj_add(body, "Image", json_object_new_string(cfg->image)) < 0)
+        goto out;
+    env = json_object_new_array();
+    if (!env)
+        goto out;
+    for (size_t i = 0; i < cfg->env_len; i++) {
+        if (!cfg->env[i] || !strchr(cfg->env[i], '=')) {
+            r = -EINVAL;
+            goto out;
+        }
+        if (arr_add(env, json_object_new_string(cfg->env[i])) < 0)
+            goto out;
+    }
+    r = obj_add(body, "Env", env);
+    env = NULL;
+    if (r < 0)
+        goto out;
+    r = -ENOMEM;
+    labels = json_object_new_object();
+    if (!labels)
+        goto out;
+    for (size_t i = 0; i < cfg->labels_len; i++) {
+        const struct stoke_label *l = &cfg->labels[i];
+        if (!l->key || !*l->key || !l->value) {
+            r = -EINVAL;
+            goto out;
+        }
+        if (obj_add(labels, l->key, json_object_new_string(l->value)) < 0)
+            goto out;
+    }
+    r = obj_add(body, "Labels", labels);
+    labels = NULL;
+    if (r < 0)
+        goto out;
+    r = obj_add(body, "HostConfig", host_config(cfg));
+    if (r < 0)
+        goto out;
+    *err = 0;
+    return body;
+out:
+    json_object_put(env);
+    json_object_put(labels);
+    json_object_put(body);
+    *err = r;
+    return NULL;
+}
+
+int stoke_engine_create(struct stoke_engine *e, const struct stoke_container_config *cfg,
+                        stoke_engine_cb cb, void *data)
+{
+    char path[ENGINE_URL_MAX] = "/containers/create";
+    json_object *body = NULL;
+    const char *text;
+    struct call *c = NULL;
+    int r = -EINVAL;
+
+    if (!cfg->image || !*cfg->image || (cfg->env_len && !cfg->env) ||
+        (cfg->labels_len && !cfg->labels))
+        goto out;
+    if (cfg->name) {
+        char *ename = escape(cfg->name);
+        if (!ename) {
+            r = -ENOMEM;
+            goto out;
+        }
+        int n = snprintf(path, sizeof(path), "/containers/create?name=%s", ename);
+        curl_free(ename);
+        if (n < 0 || (size_t)n >= sizeof(path)) {
+            r = -ENAMETOOLONG;
+            goto out;
+        }
+    }
+    body = create_body(cfg, &r);
+    if (!body)
+        goto out;
+    /* The string belongs to body; call_new copies it. */
+    text = json_object_to_json_string_ext(body, JSON_C_TO_STRING_PLAIN);
+    if (!text) {
+        r = -ENOMEM;
+        goto out;
+    }
+    r = call_new(e, M_POST, path, text, 0, cb, data, &c);
+    if (r < 0)
+        goto out;
+    c->want_id = true;
+    r = call_start(c);
+out:
+    json_object_put(body);
+    return r;
+}
+
+int stoke_engine_start(struct stoke_engine *e, const char *id, stoke_engine_cb cb, void *data)
+{
+    return container_request(e, M_POST, id, "/start", 0, cb, data);
+}
+
+int stoke_engine_inspect(struct stoke_engine *e, const char *id, stoke_engine_cb cb, void *data)
+{
+    return container_request(e, M_GET, id, "/json", 0, cb, data);
+}
+
+int stoke_engine_pause(struct stoke_engine *e, const char *id, stoke_engine_cb cb, void *data)
+{
+    return container_request(e, M_POST, id, "/pause", 0, cb, data);
+}
+
+int stoke_engine_unpause(struct stoke_engine *e, const char *id, stoke_engine_cb cb, void *data)
+{
+    return container_request(e, M_POST, id, "/unpause", 0, cb, data);
+}
+
+int stoke_engine_stop(struct stoke_engine *e, const char *id, unsigned grace_s, stoke_engine_cb cb,
+                      void *data)
+{
+    char suffix[32];
+    int n = snprintf(suffix, sizeof(suffix), "/stop?t=%u", grace_s);
+    if (n < 0 || (size_t)n >= sizeof(suffix))
+        return -EINVAL;
+    /* The engine answers only once the container is down: the call's
+     * deadline must outlive the grace period. */
+    return container_request(e, M_POST, id, suffix, (uint64_t)grace_s * 1000, cb, data);
+}
+
+int stoke_engine_remove(struct stoke_engine *e, const char *id, bool force, stoke_engine_cb cb,
+                        void *data)
+{
+    return container_request(e, M_DELETE, id, force ? "?force=1&v=1" : "?v=1", 0, cb, data);
+}
+
+int stoke_engine_list(struct stoke_engine *e, const char *key, const char *value,
+                      stoke_engine_cb cb, void *data)
+{
+    char path[ENGINE_URL_MAX];
+    struct stoke_buf label;
+    json_object *filters = NULL;
+    char *efilters = NULL;
+    int r = -EINVAL;
+    int n;
+
+    stoke_buf_init(&label, ENGINE_URL_MAX);
+    if (!key || !*key || strchr(key, '='))
+        goto out;
+    r = value ? stoke_buf_printf(&label, "%s=%s", key, value)
+              : stoke_buf_append(&label, key, strlen(key));
+    if (r < 0) {
+        r = r == -ENOBUFS ? -ENAMETOOLONG : r;
+        goto out;
+    }
+    r = -ENOMEM;
+    filters = json_object_new_object();
+    if (!filters || obj_add(filters, "label", str_array1(label.data)) < 0)
+        goto out;
+    /* The string belongs to filters. */
+    efilters = escape(json_object_to_json_string_ext(filters, JSON_C_TO_STRING_PLAIN));
+    if (!efilters)
+        goto out;
+    n = snprintf(path, sizeof(path), "/containers/json?all=1&filters=%s", efilters);
+    if (n < 0 || (size_t)n >= sizeof(path)) {
+        r = -ENAMETOOLONG;
+        goto out;
+    }
+    r = request(e, M_GET, path, 0, cb, data);
+out:
+    curl_free(efilters);
+    json_object_put(filters);
+    stoke_buf_done(&label);
+    return r;
+}
+
+/* Copies string member `key` of `o` into buf. Returns 0 or -EINVAL (absent,
+ * not a string, or too long). */
+static int get_str(json_object *o, const char *key, char *buf, size_t size)
+{
+    json_object *v = NULL;
+    if (!json_object_object_get_ex(o, key, &v) || !json_object_is_type(v, json_type_string))
+        return -EINVAL;
+    size_t len = (size_t)json_object_get_string_len(v);
+    if (len >= size)
+        return -EINVAL;
+    memcpy(buf, json_object_get_string(v), len);
+    buf[len] = '\0';
+    if (strlen(buf) != len)
+        return -EINVAL; /* embedded NUL */
+    return 0;
+}
+
+static int get_bool(json_object *o, const char *key, bool *ret)
+{
+    json_object *v = NULL;
+    if (!json_object_object_get_ex(o, key, &v) || !json_object_is_type(v, json_type_boolean))
+        return -EINVAL;
+    *ret = json_object_get_boolean(v);
+    return 0;
+}
+
+static int get_int(json_object *o, const char *key, int *ret)
+{
+    json_object *v = NULL;
+    if (!json_object_object_get_ex(o, key, &v) || !json_object_is_type(v, json_type_int))
+        return -EINVAL;
+    int64_t x = json_object_get_int64(v);
+    if (x < INT32_MIN || x > INT32_MAX)
+        return -EINVAL;
+    *ret = (int)x;
+    return 0;
+}
+
+int stoke_engine_state_parse(json_object *inspect, struct stoke_container_state *ret)
+{
+    struct stoke_container_state s = {0};
+    json_object *state = NULL;
+
+    if (!inspect || !json_object_is_type(inspect, json_type_object))
+        return -EINVAL;
+    if (get_str(inspect, "Id", s.id, sizeof(s.id)) < 0)
+        return -EINVAL;
+    if (!json_object_object_get_ex(inspect, "State", &state) ||
+        !json_object_is_type(state, json_type_object))
+        return -EINVAL;
+    if (get_str(state, "Status", s.status, sizeof(s.status)) < 0 ||
+        get_bool(state, "Running", &s.running) < 0 || get_bool(state, "Paused", &s.paused) < 0 ||
+        get_int(state, "Pid", &s.pid) < 0 || get_int(state, "ExitCode", &s.exit_code) < 0 ||
+        get_bool(state, "OOMKilled", &s.oom_killed) < 0)
+        return -EINVAL;
+    *ret = s;
+    return 0;
+}
+
+int stoke_engine_list_get(json_object *list, size_t i, struct stoke_container_summary *ret)
+{
+    struct stoke_container_summary s = {0};
+    json_object *entry;
+    json_object *labels = NULL;
+
+    if (!list || !json_object_is_type(list, json_type_array))
+        return -EINVAL;
+    if (i >= json_object_array_length(list))
+        return -ERANGE;
+    entry = json_object_array_get_idx(list, i);
+    if (!entry || !json_object_is_type(entry, json_type_object))
+        return -EINVAL;
+    if (get_str(entry, "Id", s.id, sizeof(s.id)) < 0 ||
+        get_str(entry, "State", s.state, sizeof(s.state)) < 0)
+        return -EINVAL;
+    /* Labels is null for a container without any. */
+    if (json_object_object_get_ex(entry, "Labels", &labels) && labels) {
+        if (!json_object_is_type(labels, json_type_object))
+            return -EINVAL;
+        s.labels = labels;
+    }
+    *ret = s;
+    return 0;
+}
+
+const char *stoke_engine_label_get(const struct stoke_container_summary *s, const char *key)
+{
+    json_object *v = NULL;
+    if (!s->labels || !json_object_object_get_ex(s->labels, key, &v) ||
+        !json_object_is_type(v, json_type_string))
+        return NULL;
+    return json_object_get_string(v);
+}

@@ -1,0 +1,248 @@
+#include "stoke/routes.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <json-c/json.h>
+
+void stoke_route_table_done(struct stoke_route_table *t)
+{
+    if (!t)
+        return;
+    for (size_t i = 0; i < t->n_routes; i++)
+        free(t->routes[i].endpoints);
+    free(t->routes);
+    memset(t, 0, sizeof(*t));
+}
+
+char *stoke_route_table_format(const struct stoke_route_table *t)
+{
+    char *out = NULL;
+    json_object *root = json_object_new_object();
+    json_object *fns = json_object_new_array();
+    if (!root || !fns)
+        goto out;
+
+    for (size_t i = 0; i < t->n_routes; i++) {
+        const struct stoke_route *r = &t->routes[i];
+        json_object *fn = json_object_new_object();
+        json_object *eps = json_object_new_array();
+        if (!fn || !eps) {
+            json_object_put(fn);
+            json_object_put(eps);
+            goto out;
+        }
+        for (size_t j = 0; j < r->n_endpoints; j++) {
+            char a[80];
+            stoke_addr_format(&r->endpoints[j], a, sizeof(a));
+            json_object_array_add(eps, json_object_new_string(a));
+        }
+        /* json_object_object_add() steals the references. */
+        json_object_object_add(fn, "name", json_object_new_string(r->name));
+        json_object_object_add(fn, "timeout_ms", json_object_new_int64((int64_t)r->timeout_ms));
+        json_object_object_add(fn, "queue_max", json_object_new_int64(r->queue_max));
+        json_object_object_add(fn, "queue_timeout_ms",
+                               json_object_new_int64((int64_t)r->queue_timeout_ms));
+        json_object_object_add(fn, "concurrency_limit",
+                               json_object_new_int64(r->concurrency_limit));
+        json_object_object_add(fn, "endpoints", eps);
+        json_object_array_add(fns, fn);
+    }
+    json_object_object_add(root, "op", json_object_new_string("routes"));
+    json_object_object_add(root, "gen", json_object_new_int64((int64_t)t->gen));
+    json_object_object_add(root, "functions", fns);
+    fns = NULL;
+
+    const char *s = json_object_to_json_string_ext(root, JSON_C_TO_STRING_PLAIN);
+    out = s ? strdup(s) : NULL;
+out:
+    json_object_put(fns);
+    json_object_put(root);
+    return out;
+}
+
+static int get_u64(json_object *o, const char *key, uint64_t max, uint64_t *ret)
+{
+    json_object *v;
+    if (!json_object_object_get_ex(o, key, &v) || !json_object_is_type(v, json_type_int))
+        return -EINVAL;
+    int64_t n = json_object_get_int64(v);
+    if (n < 0 || (uint64_t)n > max)
+        return -EINVAL;
+    *ret = (uint64_t)n;
+    return 0;
+}
+
+static int cmp_route(const void *a, const void *b)
+{
+    return strcmp(((const struct stoke_route *)a)->name, ((const struct stoke_route *)b)->name);
+}
+
+static int parse_route(json_object *fn, struct stoke_route *r)
+{
+    json_object *v, *eps;
+    uint64_t n;
+
+    if (!json_object_is_type(fn, json_type_object))
+        return -EINVAL;
+    if (!json_object_object_get_ex(fn, "name", &v) || !json_object_is_type(v, json_type_string))
+        return -EINVAL;
+    const char *name = json_object_get_string(v);
+    if (!stoke_is_valid_name(name))
+        return -EINVAL;
+    memcpy(r->name, name, strlen(name) + 1);
+
+    if (get_u64(fn, "timeout_ms", UINT32_MAX, &r->timeout_ms) < 0 ||
+        get_u64(fn, "queue_timeout_ms", UINT32_MAX, &r->queue_timeout_ms) < 0)
+        return -EINVAL;
+    if (get_u64(fn, "queue_max", UINT32_MAX, &n) < 0)
+        return -EINVAL;
+    r->queue_max = (uint32_t)n;
+    if (get_u64(fn, "concurrency_limit", UINT32_MAX, &n) < 0)
+        return -EINVAL;
+    r->concurrency_limit = (uint32_t)n;
+
+    if (!json_object_object_get_ex(fn, "endpoints", &eps) ||
+        !json_object_is_type(eps, json_type_array))
+        return -EINVAL;
+    size_t ne = json_object_array_length(eps);
+    if (ne > STOKE_ROUTES_MAX_ENDPOINTS)
+        return -EINVAL;
+    if (ne > 0) {
+        r->endpoints = calloc(ne, sizeof(*r->endpoints));
+        if (!r->endpoints)
+            return -ENOMEM;
+    }
+    for (size_t j = 0; j < ne; j++) {
+        json_object *e = json_object_array_get_idx(eps, j);
+        if (!json_object_is_type(e, json_type_string) ||
+            stoke_addr_parse(json_object_get_string(e), &r->endpoints[j]) < 0 ||
+            r->endpoints[j].is_unix)
+            return -EINVAL;
+        r->n_endpoints++;
+    }
+    return 0;
+}
+
+int stoke_route_table_parse(const char *json, size_t len, struct stoke_route_table *ret)
+{
+    int r = -EINVAL;
+    json_object *root = NULL, *v, *fns;
+    struct json_tokener *tok = json_tokener_new_ex(32);
+
+    memset(ret, 0, sizeof(*ret));
+    if (!tok)
+        return -ENOMEM;
+    root = json_tokener_parse_ex(tok, json, (int)len);
+    if (!root || json_tokener_get_error(tok) != json_tokener_success ||
+        !json_object_is_type(root, json_type_object))
+        goto out;
+    if (!json_object_object_get_ex(root, "op", &v) || !json_object_is_type(v, json_type_string) ||
+        strcmp(json_object_get_string(v), "routes") != 0)
+        goto out;
+    if (get_u64(root, "gen", INT64_MAX, &ret->gen) < 0)
+        goto out;
+    if (!json_object_object_get_ex(root, "functions", &fns) ||
+        !json_object_is_type(fns, json_type_array))
+        goto out;
+    size_t n = json_object_array_length(fns);
+    if (n > STOKE_ROUTES_MAX_FUNCTIONS)
+        goto out;
+    if (n > 0) {
+        ret->routes = calloc(n, sizeof(*ret->routes));
+        if (!ret->routes) {
+            r = -ENOMEM;
+            goto out;
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        /* Count first so a half-parsed route's endpoints are freed too. */
+        ret->n_routes++;
+        r = parse_route(json_object_array_get_idx(fns, i), &ret->routes[i]);
+        if (r < 0)
+            goto out;
+    }
+    qsort(ret->routes, ret->n_routes, sizeof(*ret->routes), cmp_route);
+    for (size_t i = 1; i < ret->n_routes; i++) {
+        if (strcmp(ret->routes[i - 1].name, ret->routes[i].name) == 0) {
+            r = -EINVAL;
+            goto out;
+        }
+    }
+    r = 0;
+out:
+    if (r < 0)
+        stoke_route_table_done(ret);
+    json_object_put(root);
+    json_tokener_free(tok);
+    return r;
+}
+
+const struct stoke_route *stoke_route_table_find(const struct stoke_route_table *t,
+                                                 const char *name, size_t name_len)
+{
+    size_t lo = 0, hi = t->n_routes;
+    if (name_len > STOKE_NAME_MAX)
+        return NULL;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        const char *m = t->routes[mid].name;
+        int c = strncmp(m, name, name_len);
+        if (c == 0 && m[name_len] != '\0')
+            c = 1;
+        if (c == 0)
+            return &t->routes[mid];
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return NULL;
+}
+
+int stoke_route_match(const char *host, size_t host_len, const char *target, size_t target_len,
+                      const char *domain, const char **ret_name, size_t *ret_name_len,
+                      const char **ret_path, size_t *ret_path_len)
+{
+    static const char prefix[] = "/fn/";
+    const size_t plen = sizeof(prefix) - 1;
+
+    if (target_len > plen && memcmp(target, prefix, plen) == 0) {
+        const char *name = target + plen;
+        const char *end = target + target_len;
+        const char *p = name;
+        while (p < end && *p != '/' && *p != '?')
+            p++;
+        if (p > name) {
+            *ret_name = name;
+            *ret_name_len = (size_t)(p - name);
+            /* For "/fn/x" or "/fn/x?q" the rest is "" or "?q": the caller
+             * puts "/" in front of a rest that does not start with '/'. */
+            *ret_path = p;
+            *ret_path_len = (size_t)(end - p);
+            return 0;
+        }
+    }
+
+    if (host && host_len > 0 && domain && *domain) {
+        /* Strip the port; IPv6 literals ("[::1]:8080") never match a name. */
+        size_t hl = host_len;
+        const char *colon = memchr(host, ':', host_len);
+        if (colon)
+            hl = (size_t)(colon - host);
+        if (hl > 0 && host[hl - 1] == '.')
+            hl--; /* a fully qualified "name.domain." */
+        size_t dl = strlen(domain);
+        if (hl > dl + 1 && host[hl - dl - 1] == '.' &&
+            strncasecmp(host + hl - dl, domain, dl) == 0) {
+            *ret_name = host;
+            *ret_name_len = hl - dl - 1;
+            *ret_path = target;
+            *ret_path_len = target_len;
+            return 0;
+        }
+    }
+    return -ENOENT;
+}

@@ -1,0 +1,1437 @@
+/* The stoke/v1 Function spec parser.
+ *
+ * Two passes. The first reads libyaml's events into a small tree, one flat
+ * array of nodes linked by index, without recursion: this is where every
+ * YAML-level refusal happens (syntax, encoding, aliases, tags, duplicate
+ * keys, nesting deeper than STOKE_SPEC_MAX_DEPTH, more than
+ * STOKE_SPEC_MAX_NODES nodes, a second document). The second pass walks that
+ * tree with tables of known fields; its recursion follows the schema, so it
+ * is at most four calls deep whatever the input. Doing the YAML checks first
+ * means a broken file is reported as such before any field is judged. */
+#include "stoke/spec.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <yaml.h>
+
+#define MS_PER_S UINT64_C(1000)
+#define MS_PER_M (60 * MS_PER_S)
+#define MS_PER_H (60 * MS_PER_M)
+
+#define MIB (UINT64_C(1024) * 1024)
+#define MIN_MEMORY (6 * MIB) /* Docker refuses a memory limit under 6 MiB */
+#define MAX_REPLICAS 10000
+#define MAX_CPU_MILLIS UINT64_C(1000000) /* 1000 cores */
+#define MAX_PIDS 4194304          /* the kernel's highest pid_max */
+#define MAX_STRING 1024           /* image and readiness path */
+
+static const char YAML_TAG_PREFIX[] = "tag:yaml.org,2002:";
+
+enum node_kind {
+    NODE_SCALAR,
+    NODE_SEQ,
+    NODE_MAP,
+};
+
+struct node {
+    enum node_kind kind;
+    unsigned line; /* 1-based */
+    unsigned column;
+    int parent;    /* index, -1 for the root */
+    int key;       /* a mapping key or value: index of the key node; else -1 */
+    size_t index;  /* a sequence item: its position */
+    int first;     /* first child, -1 when none; mappings: key, value, key, ... */
+    int last;      /* last child */
+    int next;      /* next sibling */
+    size_t nchild; /* number of children */
+    char *text;    /* scalars: owned, NUL-terminated, no NUL inside */
+    bool plain;    /* a plain scalar without a tag: YAML would resolve its type */
+    bool str_tag;  /* quoted, block, or tagged !!str or !: a string for sure */
+};
+
+struct tree {
+    struct node *nodes;
+    size_t len;
+    size_t cap;
+};
+
+struct ctx {
+    const char *file;
+    struct stoke_diag *err;
+    struct tree t;
+};
+
+/* --- errors --------------------------------------------------------------- */
+
+/* Builds the dotted path of node `i` ("spec.scale.min", "spec.env[2]"), and
+ * appends `.extra` when given. Truncates quietly: it is only for messages. */
+static void node_path(const struct tree *t, int i, const char *extra, char *buf, size_t size)
+{
+    int chain[STOKE_SPEC_MAX_DEPTH * 2 + 4];
+    size_t n = 0, pos = 0;
+
+    buf[0] = '\0';
+    while (i >= 0 && n < sizeof(chain) / sizeof(chain[0])) {
+        const struct node *nd = &t->nodes[i];
+        if (nd->key >= 0 || (nd->parent >= 0 && t->nodes[nd->parent].kind == NODE_SEQ))
+            chain[n++] = i;
+        i = nd->parent;
+    }
+    while (n > 0 && pos < size) {
+        const struct node *nd = &t->nodes[chain[--n]];
+        int w;
+        if (nd->key >= 0)
+            w = snprintf(buf + pos, size - pos, "%s%s", pos ? "." : "",
+                         t->nodes[nd->key].text ? t->nodes[nd->key].text : "*");
+        else
+            w = snprintf(buf + pos, size - pos, "[%zu]", nd->index);
+        if (w < 0)
+            break;
+        pos += (size_t)w;
+    }
+    if (extra && pos < size)
+        (void)snprintf(buf + pos, size - pos, "%s%s", pos ? "." : "", extra);
+}
+
+static int fail_at(struct ctx *c, unsigned line, unsigned column, const char *field, int err,
+                   const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+
+static int fail_at(struct ctx *c, unsigned line, unsigned column, const char *field, int err,
+                   const char *fmt, ...)
+{
+    char msg[sizeof(c->err->message)];
+    va_list ap;
+
+    if (c->err) {
+        va_start(ap, fmt);
+        if (vsnprintf(msg, sizeof(msg), fmt, ap) < 0)
+            msg[0] = '\0';
+        va_end(ap);
+        stoke_diag_set(c->err, c->file, line, column, field, "%s", msg);
+    }
+    return err;
+}
+
+/* Fails at node `i`, naming its path (plus `.extra` when given). */
+static int fail_node(struct ctx *c, int i, const char *extra, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static int fail_node(struct ctx *c, int i, const char *extra, const char *fmt, ...)
+{
+    char msg[sizeof(c->err->message)];
+    char field[sizeof(c->err->field)];
+    const struct node *nd = &c->t.nodes[i];
+    va_list ap;
+
+    if (c->err) {
+        va_start(ap, fmt);
+        if (vsnprintf(msg, sizeof(msg), fmt, ap) < 0)
+            msg[0] = '\0';
+        va_end(ap);
+        node_path(&c->t, i, extra, field, sizeof(field));
+        stoke_diag_set(c->err, c->file, nd->line, nd->column, field, "%s", msg);
+    }
+    return -EINVAL;
+}
+
+/* --- pass 1: events to tree ----------------------------------------------- */
+
+static void tree_done(struct tree *t)
+{
+    for (size_t i = 0; i < t->len; i++)
+        free(t->nodes[i].text);
+    free(t->nodes);
+    memset(t, 0, sizeof(*t));
+}
+
+static unsigned mark_num(size_t v)
+{
+    return v >= UINT_MAX ? UINT_MAX : (unsigned)v + 1;
+}
+
+/* libyaml's reader reports a byte offset, not a line and column: count them
+ * the way its scanner does (columns in characters; \n, \r\n, \r, NEL, LS and
+ * PS end lines) so the position matches the other errors. */
+static void offset_to_mark(const char *buf, size_t len, size_t off, unsigned *line,
+                           unsigned *column)
+{
+    const unsigned char *p = (const unsigned char *)buf;
+    size_t l = 0, col = 0, i = 0;
+
+    if (off > len)
+        off = len;
+    while (i < off) {
+        size_t w = 1;
+        bool brk = false;
+        if (p[i] == '\n') {
+            brk = true;
+        } else if (p[i] == '\r') {
+            brk = true;
+            if (i + 1 < off && p[i + 1] == '\n')
+                w = 2;
+        } else if (p[i] == 0xC2 && i + 1 < off && p[i + 1] == 0x85) {
+            brk = true;
+            w = 2;
+        } else if (p[i] == 0xE2 && i + 2 < off && p[i + 1] == 0x80 &&
+                   (p[i + 2] == 0xA8 || p[i + 2] == 0xA9)) {
+            brk = true;
+            w = 3;
+        } else if (p[i] >= 0xC0) {
+            /* A UTF-8 lead byte: the whole character is one column. */
+            w = p[i] >= 0xF0 ? 4 : p[i] >= 0xE0 ? 3 : 2;
+        }
+        if (brk) {
+            l++;
+            col = 0;
+        } else {
+            col++;
+        }
+        i += w;
+    }
+    *line = mark_num(l);
+    *column = mark_num(col);
+}
+
+static int yaml_failure(struct ctx *c, const yaml_parser_t *p, const char *buf, size_t len)
+{
+    unsigned line, column;
+    const char *problem = p->problem ? p->problem : "unknown error";
+
+    switch (p->error) {
+    case YAML_MEMORY_ERROR:
+        return fail_at(c, 0, 0, "", -ENOMEM, "out of memory");
+    case YAML_READER_ERROR:
+        offset_to_mark(buf, len, p->problem_offset, &line, &column);
+        if (p->problem_value >= 0)
+            return fail_at(c, line, column, "", -EINVAL, "not valid YAML text: %s (0x%02X)",
+                           problem, (unsigned)p->problem_value);
+        return fail_at(c, line, column, "", -EINVAL, "not valid YAML text: %s", problem);
+    default:
+        line = mark_num(p->problem_mark.line);
+        column = mark_num(p->problem_mark.column);
+        if (p->context)
+            return fail_at(c, line, column, "", -EINVAL,
+                           "YAML syntax error: %s (%s at line %u, column %u)", problem, p->context,
+                           mark_num(p->context_mark.line), mark_num(p->context_mark.column));
+        return fail_at(c, line, column, "", -EINVAL, "YAML syntax error: %s", problem);
+    }
+}
+
+static bool tag_is(const char *tag, const char *name)
+{
+    size_t n = sizeof(YAML_TAG_PREFIX) - 1;
+    return strncmp(tag, YAML_TAG_PREFIX, n) == 0 && strcmp(tag + n, name) == 0;
+}
+
+/* Only the standard tags that agree with the node are allowed: !!str, !!int
+ * or the non-specific "!" on scalars, !!map on mappings, !!seq on sequences.
+ * Anything else would ask for a type stoke has no use for. */
+static int check_tag(struct ctx *c, int i, const yaml_char_t *utag)
+{
+    const char *tag = (const char *)utag;
+    struct node *nd = &c->t.nodes[i];
+    bool ok;
+
+    if (!tag)
+        return 0;
+    switch (nd->kind) {
+    case NODE_SCALAR:
+        ok = strcmp(tag, "!") == 0 || tag_is(tag, "str") || tag_is(tag, "int");
+        nd->plain = false;
+        nd->str_tag = !tag_is(tag, "int");
+        break;
+    case NODE_SEQ:
+        ok = tag_is(tag, "seq");
+        break;
+    default:
+        ok = tag_is(tag, "map");
+        break;
+    }
+    if (ok)
+        return 0;
+    if (strncmp(tag, YAML_TAG_PREFIX, sizeof(YAML_TAG_PREFIX) - 1) == 0)
+        return fail_node(c, i, NULL, "tag \"!!%.64s\" is not allowed here",
+                         tag + sizeof(YAML_TAG_PREFIX) - 1);
+    return fail_node(c, i, NULL, "tag \"%.64s\" is not allowed", tag);
+}
+
+struct key_ref {
+    const char *text;
+    int node;
+};
+
+static int key_ref_cmp(const void *a, const void *b)
+{
+    const struct key_ref *x = a, *y = b;
+    int r = strcmp(x->text, y->text);
+    if (r)
+        return r;
+    return (x->node > y->node) - (x->node < y->node);
+}
+
+/* Refuses the first key (in file order) that repeats an earlier one.
+ * Sorting keeps this O(n log n) for mappings with thousands of keys. */
+static int check_duplicates(struct ctx *c, int map)
+{
+    const struct node *m = &c->t.nodes[map];
+    struct key_ref *keys = NULL;
+    size_t n = 0;
+    size_t run = 0;
+    int dup = -1, first = -1;
+    int r = 0;
+
+    if (m->nchild < 4)
+        return 0;
+    keys = calloc(m->nchild / 2, sizeof(*keys));
+    if (!keys)
+        return fail_at(c, 0, 0, "", -ENOMEM, "out of memory");
+    for (int k = m->first; k >= 0; k = c->t.nodes[c->t.nodes[k].next].next) {
+        keys[n].text = c->t.nodes[k].text;
+        keys[n].node = k;
+        n++;
+    }
+    qsort(keys, n, sizeof(*keys), key_ref_cmp);
+    /* Equal keys sort together in file order: the first of a run is the
+     * original, the others repeat it. Report the earliest repeat. */
+    for (size_t i = 1; i < n; i++) {
+        if (strcmp(keys[i].text, keys[i - 1].text) != 0) {
+            run = i;
+            continue;
+        }
+        if (dup < 0 || keys[i].node < dup) {
+            dup = keys[i].node;
+            first = keys[run].node;
+        }
+    }
+    if (dup >= 0)
+        r = fail_node(c, dup, NULL, "duplicate key \"%.64s\" (first at line %u, column %u)",
+                      c->t.nodes[dup].text, c->t.nodes[first].line, c->t.nodes[first].column);
+    free(keys);
+    return r;
+}
+
+/* Appends a node under `parent` (-1 for the root). On error nothing needs
+ * undoing: the caller frees the whole tree. */
+static int node_add(struct ctx *c, int parent, enum node_kind kind, const yaml_mark_t *mark,
+                    int *ret)
+{
+    struct tree *t = &c->t;
+    struct node *nd;
+    int i;
+
+    if (t->len >= STOKE_SPEC_MAX_NODES)
+        return fail_at(c, mark_num(mark->line), mark_num(mark->column), "", -EINVAL,
+                       "too many YAML nodes (the limit is %d)", STOKE_SPEC_MAX_NODES);
+    if (t->len == t->cap) {
+        size_t ncap = t->cap ? t->cap * 2 : 64;
+        struct node *n = realloc(t->nodes, ncap * sizeof(*n));
+        if (!n)
+            return fail_at(c, 0, 0, "", -ENOMEM, "out of memory");
+        t->nodes = n;
+        t->cap = ncap;
+    }
+    i = (int)t->len++;
+    nd = &t->nodes[i];
+    memset(nd, 0, sizeof(*nd));
+    nd->kind = kind;
+    nd->line = mark_num(mark->line);
+    nd->column = mark_num(mark->column);
+    nd->parent = parent;
+    nd->key = -1;
+    nd->first = nd->last = nd->next = -1;
+    if (parent >= 0) {
+        struct node *p = &t->nodes[parent];
+        if (p->kind == NODE_MAP)
+            nd->key = p->nchild % 2 == 0 ? i : p->last;
+        else
+            nd->index = p->nchild;
+        if (p->last >= 0)
+            t->nodes[p->last].next = i;
+        else
+            p->first = i;
+        p->last = i;
+        p->nchild++;
+        if (p->kind == NODE_MAP && nd->key == i && kind != NODE_SCALAR) {
+            nd->key = -1; /* no text to name it by: the path is the mapping's */
+            return fail_node(c, i, NULL, "mapping keys must be strings, not %s",
+                             kind == NODE_MAP ? "mappings" : "sequences");
+        }
+    }
+    *ret = i;
+    return 0;
+}
+
+static int tree_build(struct ctx *c, const char *buf, size_t len)
+{
+    yaml_parser_t parser;
+    yaml_event_t ev;
+    bool have_ev = false, done = false;
+    int stack[STOKE_SPEC_MAX_DEPTH];
+    size_t depth = 0;
+    unsigned docs = 0;
+    int r = 0;
+
+    /* Specs are UTF-8: libyaml is told so rather than left to guess from a
+     * byte order mark (and read UTF-16). A UTF-8 BOM is dropped here, since
+     * libyaml keeps it as text once the encoding is set; marks then count
+     * from after it, as libyaml's own would. */
+    if (len >= 3 && memcmp(buf, "\xEF\xBB\xBF", 3) == 0) {
+        buf += 3;
+        len -= 3;
+    }
+    if (!yaml_parser_initialize(&parser))
+        return fail_at(c, 0, 0, "", -ENOMEM, "out of memory");
+    yaml_parser_set_input_string(&parser, (const unsigned char *)buf, len);
+    yaml_parser_set_encoding(&parser, YAML_UTF8_ENCODING);
+
+    while (!done) {
+        int parent = depth ? stack[depth - 1] : -1;
+        int i = -1;
+
+        if (!yaml_parser_parse(&parser, &ev)) {
+            r = yaml_failure(c, &parser, buf, len);
+            goto out;
+        }
+        have_ev = true;
+        switch (ev.type) {
+        case YAML_STREAM_END_EVENT:
+            done = true;
+            break;
+        case YAML_DOCUMENT_START_EVENT:
+            if (++docs > 1) {
+                r = fail_at(c, mark_num(ev.start_mark.line), mark_num(ev.start_mark.column), "",
+                            -EINVAL, "a second YAML document: a spec file holds one document");
+                goto out;
+            }
+            break;
+        case YAML_ALIAS_EVENT:
+            r = node_add(c, parent, NODE_SCALAR, &ev.start_mark, &i);
+            if (r >= 0)
+                r = fail_node(c, i, NULL, "aliases are not allowed (\"*%.64s\")",
+                              (const char *)ev.data.alias.anchor);
+            goto out;
+        case YAML_SCALAR_EVENT: {
+            struct node *nd;
+            size_t n = ev.data.scalar.length;
+            r = node_add(c, parent, NODE_SCALAR, &ev.start_mark, &i);
+            if (r < 0)
+                goto out;
+            nd = &c->t.nodes[i];
+            nd->text = malloc(n + 1);
+            if (!nd->text) {
+                r = fail_at(c, 0, 0, "", -ENOMEM, "out of memory");
+                goto out;
+            }
+            memcpy(nd->text, ev.data.scalar.value, n);
+            nd->text[n] = '\0';
+            nd->plain = ev.data.scalar.style == YAML_PLAIN_SCALAR_STYLE;
+            nd->str_tag = !nd->plain;
+            if (memchr(nd->text, '\0', n)) {
+                r = fail_node(c, i, NULL, "NUL characters are not allowed");
+                goto out;
+            }
+            r = check_tag(c, i, ev.data.scalar.tag);
+            if (r < 0)
+                goto out;
+            break;
+        }
+        case YAML_SEQUENCE_START_EVENT:
+        case YAML_MAPPING_START_EVENT: {
+            bool map = ev.type == YAML_MAPPING_START_EVENT;
+            r = node_add(c, parent, map ? NODE_MAP : NODE_SEQ, &ev.start_mark, &i);
+            if (r < 0)
+                goto out;
+            r = check_tag(c, i,
+                          map ? ev.data.mapping_start.tag : ev.data.sequence_start.tag);
+            if (r < 0)
+                goto out;
+            if (depth == STOKE_SPEC_MAX_DEPTH) {
+                r = fail_node(c, i, NULL, "nested deeper than %d levels",
+                              STOKE_SPEC_MAX_DEPTH);
+                goto out;
+            }
+            stack[depth++] = i;
+            break;
+        }
+        case YAML_SEQUENCE_END_EVENT:
+        case YAML_MAPPING_END_EVENT:
+            /* libyaml pairs start and end events; depth is never 0 here. */
+            depth--;
+            if (ev.type == YAML_MAPPING_END_EVENT) {
+                r = check_duplicates(c, stack[depth]);
+                if (r < 0)
+                    goto out;
+            }
+            break;
+        default:
+            break;
+        }
+        yaml_event_delete(&ev);
+        have_ev = false;
+    }
+    if (docs == 0)
+        r = fail_at(c, 1, 1, "", -EINVAL, "the file is empty: no YAML document");
+out:
+    if (have_ev)
+        yaml_event_delete(&ev);
+    yaml_parser_delete(&parser);
+    return r;
+}
+
+/* --- pass 2: tree to struct ----------------------------------------------- */
+
+enum ftype {
+    T_CONST,
+    T_NAME,
+    T_IMAGE,
+    T_PATH,
+    T_UINT,
+    T_DURATION,
+    T_MEMORY,
+    T_CPU,
+    T_IDLE,
+    T_MAP,
+    T_ENV,
+    T_STRMAP,
+};
+
+struct field;
+
+/* Checks that involve several fields of one mapping; `at` holds the value
+ * node of each field of the table, or -1 when absent. */
+typedef int (*check_fn)(struct ctx *c, const int *at, struct stoke_spec *s);
+
+struct field {
+    const char *key;
+    enum ftype type;
+    size_t off;  /* where in struct stoke_spec */
+    size_t size; /* T_UINT: the member's size */
+    uint64_t min, max;
+    bool required;
+    const char *value;        /* T_CONST: the only accepted value */
+    const struct field *sub;  /* T_MAP: its fields, ending with a NULL key */
+    check_fn check;           /* T_MAP: run after the mapping's fields */
+};
+
+#define MAX_FIELDS 16
+
+#define UINT_FIELD(k, m, lo, hi)                                                                   \
+    {                                                                                              \
+        .key = (k), .type = T_UINT, .off = offsetof(struct stoke_spec, m),                        \
+        .size = sizeof(((struct stoke_spec *)0)->m), .min = (lo), .max = (hi)                      \
+    }
+#define TYPED_FIELD(k, t, m, lo, hi)                                                               \
+    {                                                                                              \
+        .key = (k), .type = (t), .off = offsetof(struct stoke_spec, m), .min = (lo), .max = (hi)   \
+    }
+
+static bool is_null(const struct node *nd)
+{
+    static const char *const nulls[] = {"", "~", "null", "Null", "NULL"};
+    if (nd->kind != NODE_SCALAR || !nd->plain)
+        return false;
+    for (size_t i = 0; i < sizeof(nulls) / sizeof(nulls[0]); i++)
+        if (strcmp(nd->text, nulls[i]) == 0)
+            return true;
+    return false;
+}
+
+static const char *kind_name(const struct node *nd)
+{
+    if (nd->kind == NODE_MAP)
+        return "a mapping";
+    if (nd->kind == NODE_SEQ)
+        return "a sequence";
+    return is_null(nd) ? "nothing (null)" : "a scalar";
+}
+
+/* A scalar taken as text; null is refused as "no value". */
+static int get_text(struct ctx *c, int i, const char *what, const char **ret)
+{
+    const struct node *nd = &c->t.nodes[i];
+    if (nd->kind != NODE_SCALAR)
+        return fail_node(c, i, NULL, "expected %s, found %s", what, kind_name(nd));
+    if (is_null(nd))
+        return fail_node(c, i, NULL, "expected %s, found nothing (null)", what);
+    *ret = nd->text;
+    return 0;
+}
+
+static void format_ms(uint64_t ms, char *buf, size_t size)
+{
+    if (ms && ms % MS_PER_H == 0)
+        (void)snprintf(buf, size, "%" PRIu64 "h", ms / MS_PER_H);
+    else if (ms && ms % MS_PER_M == 0)
+        (void)snprintf(buf, size, "%" PRIu64 "m", ms / MS_PER_M);
+    else if (ms % MS_PER_S == 0)
+        (void)snprintf(buf, size, "%" PRIu64 "s", ms / MS_PER_S);
+    else
+        (void)snprintf(buf, size, "%" PRIu64 "ms", ms);
+}
+
+static int set_uint(struct ctx *c, const struct field *f, int i, struct stoke_spec *s)
+{
+    const struct node *nd = &c->t.nodes[i];
+    const char *p = nd->text;
+    uint64_t v = 0;
+    bool range = false;
+
+    if (nd->kind != NODE_SCALAR || is_null(nd))
+        return fail_node(c, i, NULL, "expected an integer, found %s", kind_name(nd));
+    if (nd->str_tag)
+        return fail_node(c, i, NULL, "expected an integer, found the string \"%.32s\"", p);
+    if (p[0] == '-' && p[1] >= '0' && p[1] <= '9' && strspn(p + 1, "0123456789") == strlen(p + 1))
+        return fail_node(c, i, NULL, "must not be negative");
+    if (p[0] < '0' || p[0] > '9' || strspn(p, "0123456789") != strlen(p))
+        return fail_node(c, i, NULL, "expected a decimal integer, found \"%.32s\"", p);
+    if (p[0] == '0' && p[1])
+        return fail_node(c, i, NULL,
+                         "leading zeros are not allowed (\"%.32s\"; YAML 1.1 reads it as octal)",
+                         p);
+    for (; *p; p++) {
+        unsigned d = (unsigned)(*p - '0');
+        if (v > (UINT64_MAX - d) / 10) {
+            range = true;
+            break;
+        }
+        v = v * 10 + d;
+    }
+    if (range || v < f->min || v > f->max)
+        return fail_node(c, i, NULL, "must be between %" PRIu64 " and %" PRIu64 " (found %.32s)",
+                         f->min, f->max, nd->text);
+    if (f->size == sizeof(uint16_t))
+        *(uint16_t *)((char *)s + f->off) = (uint16_t)v;
+    else
+        *(uint32_t *)((char *)s + f->off) = (uint32_t)v;
+    return 0;
+}
+
+static int parse_duration(const char *s, uint64_t *ret_ms);
+
+static int set_duration(struct ctx *c, const struct field *f, int i, struct stoke_spec *s)
+{
+    const char *text = NULL;
+    char lo[32], hi[32];
+    uint64_t v;
+    int r = get_text(c, i, "a duration", &text);
+
+    if (r < 0)
+        return r;
+    r = parse_duration(text, &v);
+    format_ms(f->min, lo, sizeof(lo));
+    format_ms(f->max, hi, sizeof(hi));
+    if (r == -EINVAL && text[0] == '-')
+        return fail_node(c, i, NULL, "must not be negative (found \"%.32s\")", text);
+    if (r == -EINVAL)
+        return fail_node(c, i, NULL,
+                         "invalid duration \"%.32s\": use numbers with units ms, s, m or h, "
+                         "e.g. \"30s\" or \"1m30s\"",
+                         text);
+    if (r < 0 || v < f->min || v > f->max)
+        return fail_node(c, i, NULL, "must be between %s and %s (found \"%.32s\")", lo, hi, text);
+    *(uint64_t *)((char *)s + f->off) = v;
+    return 0;
+}
+
+static int parse_memory(const char *s, uint64_t *ret_bytes);
+static int parse_cpu(const char *s, uint64_t *ret_millis);
+
+static int set_memory(struct ctx *c, const struct field *f, int i, struct stoke_spec *s)
+{
+    const char *text = NULL;
+    uint64_t v;
+    int r = get_text(c, i, "a memory quantity", &text);
+
+    if (r < 0)
+        return r;
+    r = parse_memory(text, &v);
+    if (r == -EINVAL && text[0] == '-')
+        return fail_node(c, i, NULL, "must not be negative (found \"%.32s\")", text);
+    if (r == -EINVAL)
+        return fail_node(c, i, NULL,
+                         "invalid memory quantity \"%.32s\": use bytes or a number with Ki, Mi, "
+                         "Gi, Ti, k, M, G or T, e.g. \"128Mi\"",
+                         text);
+    if (r < 0)
+        return fail_node(c, i, NULL, "memory quantity \"%.32s\" is too large", text);
+    if (v < f->min)
+        return fail_node(c, i, NULL,
+                         "must be at least 6Mi, Docker's smallest memory limit (found \"%.32s\")",
+                         text);
+    *(uint64_t *)((char *)s + f->off) = v;
+    return 0;
+}
+
+static int set_cpu(struct ctx *c, const struct field *f, int i, struct stoke_spec *s)
+{
+    const char *text = NULL;
+    uint64_t v;
+    int r = get_text(c, i, "a CPU quantity", &text);
+
+    if (r < 0)
+        return r;
+    r = parse_cpu(text, &v);
+    if (r == -EINVAL && text[0] == '-')
+        return fail_node(c, i, NULL, "must not be negative (found \"%.32s\")", text);
+    if (r == -EINVAL)
+        return fail_node(c, i, NULL,
+                         "invalid CPU quantity \"%.32s\": use cores (\"1\", \"0.5\") or "
+                         "millicores (\"500m\")",
+                         text);
+    if (r < 0 || v < f->min || v > f->max)
+        return fail_node(c, i, NULL, "must be between 1m and %" PRIu64 " cores (found \"%.32s\")",
+                         f->max / 1000, text);
+    *(uint64_t *)((char *)s + f->off) = v;
+    return 0;
+}
+
+/* Image references and probe paths go into engine API bodies and HTTP
+ * request lines: printable ASCII without spaces only. */
+static bool is_token(const char *s)
+{
+    for (; *s; s++)
+        if (*s < 0x21 || *s > 0x7e)
+            return false;
+    return true;
+}
+
+static int dup_into(struct ctx *c, const struct field *f, const char *text, struct stoke_spec *s)
+{
+    char **dst = (char **)((char *)s + f->off);
+    char *d = strdup(text);
+    if (!d)
+        return fail_at(c, 0, 0, "", -ENOMEM, "out of memory");
+    free(*dst);
+    *dst = d;
+    return 0;
+}
+
+static int set_string(struct ctx *c, const struct field *f, int i, struct stoke_spec *s)
+{
+    const char *text = NULL;
+    int r = get_text(c, i, "a string", &text);
+    size_t n;
+
+    if (r < 0)
+        return r;
+    n = strlen(text);
+    switch (f->type) {
+    case T_CONST:
+        if (strcmp(text, f->value) != 0)
+            return fail_node(c, i, NULL, "must be \"%s\" (found \"%.64s\")", f->value, text);
+        return 0;
+    case T_NAME:
+        if (!stoke_is_valid_name(text))
+            return fail_node(c, i, NULL,
+                             "invalid name \"%.64s\": use 1 to 63 lowercase letters, digits and "
+                             "'-', starting with a letter and not ending with '-'",
+                             text);
+        memcpy(s->name, text, n + 1);
+        return 0;
+    case T_IMAGE:
+        if (n == 0)
+            return fail_node(c, i, NULL, "must not be empty");
+        if (n > MAX_STRING || !is_token(text))
+            return fail_node(c, i, NULL,
+                             "invalid image reference \"%.64s\": at most %d printable ASCII "
+                             "characters without spaces",
+                             text, MAX_STRING);
+        return dup_into(c, f, text, s);
+    case T_PATH:
+        if (text[0] != '/')
+            return fail_node(c, i, NULL, "must start with '/' (found \"%.64s\")", text);
+        if (n > MAX_STRING || !is_token(text))
+            return fail_node(c, i, NULL,
+                             "invalid path \"%.64s\": at most %d printable ASCII characters "
+                             "without spaces",
+                             text, MAX_STRING);
+        return dup_into(c, f, text, s);
+    case T_IDLE:
+        if (strcmp(text, "pause") == 0)
+            s->scale.idle = STOKE_IDLE_PAUSE;
+        else if (strcmp(text, "stop") == 0)
+            s->scale.idle = STOKE_IDLE_STOP;
+        else if (strcmp(text, "remove") == 0)
+            s->scale.idle = STOKE_IDLE_REMOVE;
+        else
+            return fail_node(c, i, NULL, "must be pause, stop or remove (found \"%.64s\")", text);
+        return 0;
+    default:
+        return 0;
+    }
+}
+
+static bool is_env_name(const char *s)
+{
+    if (!((*s >= 'A' && *s <= 'Z') || (*s >= 'a' && *s <= 'z') || *s == '_'))
+        return false;
+    for (s++; *s; s++)
+        if (!((*s >= 'A' && *s <= 'Z') || (*s >= 'a' && *s <= 'z') ||
+              (*s >= '0' && *s <= '9') || *s == '_'))
+            return false;
+    return true;
+}
+
+/* A mapping's entries, or none for a null value (a section whose fields are
+ * all commented out): the caller has checked the kind. */
+static int first_key(const struct ctx *c, int map)
+{
+    return c->t.nodes[map].kind == NODE_MAP ? c->t.nodes[map].first : -1;
+}
+
+static int expect_map(struct ctx *c, int i)
+{
+    const struct node *nd = &c->t.nodes[i];
+    if (nd->kind == NODE_MAP || is_null(nd))
+        return 0;
+    return fail_node(c, i, NULL, "expected a mapping, found %s", kind_name(nd));
+}
+
+static int set_env(struct ctx *c, int map, struct stoke_spec *s)
+{
+    size_t n = c->t.nodes[map].nchild / 2;
+    int r = expect_map(c, map);
+
+    if (r < 0)
+        return r;
+    if (n == 0)
+        return 0;
+    if (n > STOKE_SPEC_MAX_ENV) {
+        int k = first_key(c, map);
+        for (size_t j = 0; j < STOKE_SPEC_MAX_ENV; j++)
+            k = c->t.nodes[c->t.nodes[k].next].next;
+        return fail_node(c, k, NULL, "too many environment variables (the limit is %d)",
+                         STOKE_SPEC_MAX_ENV);
+    }
+    s->env = calloc(n, sizeof(*s->env));
+    if (!s->env)
+        return fail_at(c, 0, 0, "", -ENOMEM, "out of memory");
+    for (int k = first_key(c, map); k >= 0; k = c->t.nodes[c->t.nodes[k].next].next) {
+        const char *name = c->t.nodes[k].text;
+        int v = c->t.nodes[k].next;
+        const struct node *vn = &c->t.nodes[v];
+        struct stoke_env_var *e = &s->env[s->env_len];
+
+        if (!is_env_name(name))
+            return fail_node(c, k, NULL,
+                             "invalid environment variable name \"%.64s\": use letters, digits "
+                             "and '_', not starting with a digit",
+                             name);
+        if (strcmp(name, "PORT") == 0)
+            return fail_node(c, k, NULL, "PORT is set by stoke from spec.port");
+        if (vn->kind != NODE_SCALAR)
+            return fail_node(c, v, NULL, "expected a scalar value, found %s", kind_name(vn));
+        e->name = strdup(name);
+        /* YAML null (FOO: with nothing after it) is the empty string. */
+        e->value = strdup(is_null(vn) ? "" : vn->text);
+        s->env_len++;
+        if (!e->name || !e->value)
+            return fail_at(c, 0, 0, "", -ENOMEM, "out of memory");
+    }
+    return 0;
+}
+
+/* metadata.labels and metadata.annotations: accepted for tools that share
+ * manifests with Kubernetes, checked to be flat maps of scalars, ignored. */
+static int check_strmap(struct ctx *c, int map)
+{
+    int r = expect_map(c, map);
+
+    if (r < 0)
+        return r;
+    for (int k = first_key(c, map); k >= 0; k = c->t.nodes[c->t.nodes[k].next].next) {
+        int v = c->t.nodes[k].next;
+        if (c->t.nodes[v].kind != NODE_SCALAR)
+            return fail_node(c, v, NULL, "expected a string, found %s",
+                             kind_name(&c->t.nodes[v]));
+    }
+    return 0;
+}
+
+static int walk_map(struct ctx *c, int map, const struct field *fields, check_fn check,
+                    struct stoke_spec *s);
+
+static int set_field(struct ctx *c, const struct field *f, int v, struct stoke_spec *s)
+{
+    switch (f->type) {
+    case T_UINT:
+        return set_uint(c, f, v, s);
+    case T_DURATION:
+        return set_duration(c, f, v, s);
+    case T_MEMORY:
+        return set_memory(c, f, v, s);
+    case T_CPU:
+        return set_cpu(c, f, v, s);
+    case T_MAP:
+        return walk_map(c, v, f->sub, f->check, s);
+    case T_ENV:
+        return set_env(c, v, s);
+    case T_STRMAP:
+        return check_strmap(c, v);
+    default:
+        return set_string(c, f, v, s);
+    }
+}
+
+static const struct field *find_field(const struct field *fields, const char *key)
+{
+    for (const struct field *f = fields; f->key; f++)
+        if (strcmp(f->key, key) == 0)
+            return f;
+    return NULL;
+}
+
+static int walk_map(struct ctx *c, int map, const struct field *fields, check_fn check,
+                    struct stoke_spec *s)
+{
+    int at[MAX_FIELDS];
+    size_t nf = 0;
+    int r = expect_map(c, map);
+
+    if (r < 0)
+        return r;
+    for (; fields[nf].key; nf++)
+        at[nf] = -1;
+    for (int k = first_key(c, map); k >= 0; k = c->t.nodes[c->t.nodes[k].next].next) {
+        const char *key = c->t.nodes[k].text;
+        const struct field *f = find_field(fields, key);
+        int v = c->t.nodes[k].next;
+
+        if (!f) {
+            for (f = fields; f->key; f++)
+                if (strcasecmp(f->key, key) == 0)
+                    return fail_node(c, k, NULL, "unknown field \"%.64s\" (did you mean \"%s\"?)",
+                                     key, f->key);
+            return fail_node(c, k, NULL, "unknown field \"%.64s\"", key);
+        }
+        at[f - fields] = v;
+        r = set_field(c, f, v, s);
+        if (r < 0)
+            return r;
+    }
+    for (size_t j = 0; j < nf; j++)
+        if (fields[j].required && at[j] < 0)
+            return fail_node(c, map, fields[j].key, "missing required field \"%s\"",
+                             fields[j].key);
+    return check ? check(c, at, s) : 0;
+}
+
+/* Indexes into scale_fields[], for check_scale(). */
+enum { SCALE_MIN, SCALE_MAX, SCALE_INITIAL };
+
+static int check_scale(struct ctx *c, const int *at, struct stoke_spec *s)
+{
+    const struct stoke_scale *sc = &s->scale;
+
+    /* max 0 means unbounded, so there is nothing to exceed. */
+    if (sc->max && sc->min > sc->max)
+        return fail_node(c, at[SCALE_MIN], NULL, "min (%u) must not be greater than max (%u)",
+                         sc->min, sc->max);
+    if (sc->max && sc->initial > sc->max)
+        return fail_node(c, at[SCALE_INITIAL], NULL,
+                         "initial (%u) must not be greater than max (%u)", sc->initial, sc->max);
+    return 0;
+}
+
+static const struct field scale_fields[] = {
+    [SCALE_MIN] = UINT_FIELD("min", scale.min, 0, MAX_REPLICAS),
+    [SCALE_MAX] = UINT_FIELD("max", scale.max, 0, MAX_REPLICAS),
+    [SCALE_INITIAL] = UINT_FIELD("initial", scale.initial, 0, MAX_REPLICAS),
+    UINT_FIELD("target", scale.target, 1, 1000000),
+    UINT_FIELD("utilization", scale.utilization, 1, 100),
+    UINT_FIELD("containerConcurrency", scale.container_concurrency, 0, 1000000),
+    TYPED_FIELD("window", T_DURATION, scale.window_ms, 6 * MS_PER_S, MS_PER_H),
+    UINT_FIELD("panicWindowPercent", scale.panic_window_percent, 1, 100),
+    UINT_FIELD("panicThresholdPercent", scale.panic_threshold_percent, 110, 1000),
+    TYPED_FIELD("scaleToZeroGrace", T_DURATION, scale.scale_to_zero_grace_ms, 0, MS_PER_H),
+    TYPED_FIELD("scaleDownDelay", T_DURATION, scale.scale_down_delay_ms, 0, MS_PER_H),
+    TYPED_FIELD("idle", T_IDLE, scale.idle, 0, 0),
+    {0},
+};
+
+static const struct field queue_fields[] = {
+    UINT_FIELD("max", queue.max, 0, 1000000),
+    TYPED_FIELD("timeout", T_DURATION, queue.timeout_ms, 1, MS_PER_H),
+    {0},
+};
+
+static const struct field resources_fields[] = {
+    TYPED_FIELD("memory", T_MEMORY, resources.memory_bytes, MIN_MEMORY, UINT64_MAX),
+    TYPED_FIELD("cpu", T_CPU, resources.cpu_millis, 1, MAX_CPU_MILLIS),
+    UINT_FIELD("pids", resources.pids, 1, MAX_PIDS),
+    {0},
+};
+
+static const struct field readiness_fields[] = {
+    TYPED_FIELD("path", T_PATH, readiness.path, 0, 0),
+    TYPED_FIELD("period", T_DURATION, readiness.period_ms, 1, MS_PER_H),
+    {0},
+};
+
+static const struct field spec_fields[] = {
+    {.key = "image", .type = T_IMAGE, .off = offsetof(struct stoke_spec, image), .required = true},
+    UINT_FIELD("port", port, 1, 65535),
+    {.key = "env", .type = T_ENV},
+    {.key = "scale", .type = T_MAP, .sub = scale_fields, .check = check_scale},
+    TYPED_FIELD("timeout", T_DURATION, timeout_ms, 1, MS_PER_H),
+    {.key = "queue", .type = T_MAP, .sub = queue_fields},
+    {.key = "resources", .type = T_MAP, .sub = resources_fields},
+    {.key = "readiness", .type = T_MAP, .sub = readiness_fields},
+    {0},
+};
+
+static const struct field metadata_fields[] = {
+    {.key = "name", .type = T_NAME, .required = true},
+    {.key = "labels", .type = T_STRMAP},
+    {.key = "annotations", .type = T_STRMAP},
+    {0},
+};
+
+static const struct field root_fields[] = {
+    {.key = "apiVersion", .type = T_CONST, .value = "stoke/v1", .required = true},
+    {.key = "kind", .type = T_CONST, .value = "Function", .required = true},
+    {.key = "metadata", .type = T_MAP, .sub = metadata_fields, .required = true},
+    {.key = "spec", .type = T_MAP, .sub = spec_fields, .required = true},
+    {0},
+};
+
+static int walk_root(struct ctx *c, struct stoke_spec *s)
+{
+    const struct node *root = &c->t.nodes[0];
+
+    if (root->kind != NODE_MAP) {
+        if (is_null(root))
+            return fail_at(c, root->line, root->column, "", -EINVAL,
+                           "the document is empty: expected a mapping");
+        return fail_at(c, root->line, root->column, "", -EINVAL,
+                       "the document must be a mapping, not %s", kind_name(root));
+    }
+    return walk_map(c, 0, root_fields, NULL, s);
+}
+
+/* --- public ----------------------------------------------------------------- */
+
+void stoke_spec_defaults(struct stoke_spec *spec)
+{
+    memset(spec, 0, sizeof(*spec));
+    spec->port = 8080;
+    spec->scale.min = 0;
+    spec->scale.max = 0;
+    spec->scale.initial = 1;
+    spec->scale.target = 100;
+    spec->scale.utilization = 70;
+    spec->scale.container_concurrency = 0;
+    spec->scale.window_ms = 60 * MS_PER_S;
+    spec->scale.panic_window_percent = 10;
+    spec->scale.panic_threshold_percent = 200;
+    spec->scale.scale_to_zero_grace_ms = 30 * MS_PER_S;
+    spec->scale.scale_down_delay_ms = 0;
+    spec->scale.idle = STOKE_IDLE_PAUSE;
+    spec->timeout_ms = 300 * MS_PER_S;
+    spec->queue.max = 1000;
+    spec->queue.timeout_ms = 60 * MS_PER_S;
+    spec->resources.memory_bytes = 128 * MIB;
+    spec->resources.cpu_millis = 500;
+    spec->resources.pids = 256;
+    spec->readiness.path = NULL;
+    spec->readiness.period_ms = 10;
+}
+
+int stoke_spec_parse(const char *buf, size_t len, const char *filename, struct stoke_spec *ret,
+                     struct stoke_diag *reterr)
+{
+    struct ctx c = {.file = filename ? filename : "", .err = reterr};
+    struct stoke_spec s;
+    int r;
+
+    memset(ret, 0, sizeof(*ret));
+    stoke_spec_defaults(&s);
+    if (reterr)
+        memset(reterr, 0, sizeof(*reterr));
+    if (len > STOKE_SPEC_MAX_BYTES) {
+        r = fail_at(&c, 0, 0, "", -EFBIG, "the file is larger than %d bytes",
+                    STOKE_SPEC_MAX_BYTES);
+        goto out;
+    }
+    r = tree_build(&c, buf ? buf : "", buf ? len : 0);
+    if (r < 0)
+        goto out;
+    r = walk_root(&c, &s);
+    if (r < 0)
+        goto out;
+    *ret = s;
+    memset(&s, 0, sizeof(s));
+out:
+    stoke_spec_done(&s);
+    tree_done(&c.t);
+    return r;
+}
+
+int stoke_spec_load(const char *path, struct stoke_spec *ret, struct stoke_diag *reterr)
+{
+    struct ctx c = {.file = path, .err = reterr};
+    struct stat st;
+    char *buf = NULL;
+    size_t len = 0, cap;
+    int fd = -1;
+    int r;
+
+    memset(ret, 0, sizeof(*ret));
+    if (reterr)
+        memset(reterr, 0, sizeof(*reterr));
+    fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0) {
+        int e = errno;
+        r = fail_at(&c, 0, 0, "", -e, "cannot open: %s", strerrordesc_np(e));
+        goto out;
+    }
+    if (fstat(fd, &st) < 0) {
+        int e = errno;
+        r = fail_at(&c, 0, 0, "", -e, "cannot stat: %s", strerrordesc_np(e));
+        goto out;
+    }
+    if (S_ISDIR(st.st_mode)) {
+        r = fail_at(&c, 0, 0, "", -EISDIR, "is a directory");
+        goto out;
+    }
+    /* Refuse a big file without reading it; the read loop below also stops
+     * one byte past the cap, for files that grow or report no size. */
+    if (S_ISREG(st.st_mode) && st.st_size > STOKE_SPEC_MAX_BYTES) {
+        r = fail_at(&c, 0, 0, "", -EFBIG, "the file is larger than %d bytes",
+                    STOKE_SPEC_MAX_BYTES);
+        goto out;
+    }
+    cap = S_ISREG(st.st_mode) && st.st_size > 0 ? (size_t)st.st_size + 1 : 4096;
+    buf = malloc(cap);
+    if (!buf) {
+        r = fail_at(&c, 0, 0, "", -ENOMEM, "out of memory");
+        goto out;
+    }
+    for (;;) {
+        ssize_t n;
+        if (len == cap) {
+            size_t ncap = cap * 2 > STOKE_SPEC_MAX_BYTES + 1 ? STOKE_SPEC_MAX_BYTES + 1 : cap * 2;
+            char *nb;
+            if (ncap == cap) {
+                r = fail_at(&c, 0, 0, "", -EFBIG, "the file is larger than %d bytes",
+                            STOKE_SPEC_MAX_BYTES);
+                goto out;
+            }
+            nb = realloc(buf, ncap);
+            if (!nb) {
+                r = fail_at(&c, 0, 0, "", -ENOMEM, "out of memory");
+                goto out;
+            }
+            buf = nb;
+            cap = ncap;
+        }
+        n = read(fd, buf + len, cap - len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            int e = errno;
+            r = fail_at(&c, 0, 0, "", -e, "cannot read: %s", strerrordesc_np(e));
+            goto out;
+        }
+        if (n == 0)
+            break;
+        len += (size_t)n;
+    }
+    r = stoke_spec_parse(buf, len, path, ret, reterr);
+out:
+    free(buf);
+    if (fd >= 0)
+        (void)close(fd);
+    return r;
+}
+
+void stoke_spec_done(struct stoke_spec *spec)
+{
+    if (!spec)
+        return;
+    free(spec->image);
+    for (size_t i = 0; i < spec->env_len; i++) {
+        free(spec->env[i].name);
+        free(spec->env[i].value);
+    }
+    free(spec->env);
+    free(spec->readiness.path);
+    memset(spec, 0, sizeof(*spec));
+}
+
+int stoke_spec_dup(const struct stoke_spec *spec, struct stoke_spec *ret)
+{
+    struct stoke_spec d = *spec;
+
+    d.image = NULL;
+    d.env = NULL;
+    d.env_len = 0;
+    d.readiness.path = NULL;
+    if (spec->image) {
+        d.image = strdup(spec->image);
+        if (!d.image)
+            goto fail;
+    }
+    if (spec->readiness.path) {
+        d.readiness.path = strdup(spec->readiness.path);
+        if (!d.readiness.path)
+            goto fail;
+    }
+    if (spec->env_len) {
+        d.env = calloc(spec->env_len, sizeof(*d.env));
+        if (!d.env)
+            goto fail;
+        for (; d.env_len < spec->env_len; d.env_len++) {
+            struct stoke_env_var *e = &d.env[d.env_len];
+            e->name = strdup(spec->env[d.env_len].name);
+            e->value = strdup(spec->env[d.env_len].value);
+            if (!e->name || !e->value) {
+                d.env_len++; /* so stoke_spec_done() frees the half-built entry */
+                goto fail;
+            }
+        }
+    }
+    *ret = d;
+    return 0;
+fail:
+    stoke_spec_done(&d);
+    memset(ret, 0, sizeof(*ret));
+    return -ENOMEM;
+}
+
+static uint64_t fnv_bytes(uint64_t h, const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++) {
+        h ^= b[i];
+        h *= 0x100000001b3ULL;
+    }
+    return h;
+}
+
+/* Strings end with their NUL, which no field can contain, so ("a", "bc")
+ * and ("ab", "c") hash differently. */
+static uint64_t fnv_str(uint64_t h, const char *s)
+{
+    return fnv_bytes(h, s ? s : "", (s ? strlen(s) : 0) + 1);
+}
+
+/* Numbers go in as 8 little-endian bytes, whatever the host. */
+static uint64_t fnv_u64(uint64_t h, uint64_t v)
+{
+    unsigned char b[8];
+    for (size_t i = 0; i < sizeof(b); i++)
+        b[i] = (unsigned char)(v >> (8 * i));
+    return fnv_bytes(h, b, sizeof(b));
+}
+
+void stoke_spec_revision(const struct stoke_spec *spec, char out[17])
+{
+    uint64_t h = 0xcbf29ce484222325ULL;
+
+    h = fnv_str(h, spec->image);
+    h = fnv_u64(h, spec->port);
+    h = fnv_u64(h, spec->env_len);
+    for (size_t i = 0; i < spec->env_len; i++) {
+        h = fnv_str(h, spec->env[i].name);
+        h = fnv_str(h, spec->env[i].value);
+    }
+    h = fnv_u64(h, spec->resources.memory_bytes);
+    h = fnv_u64(h, spec->resources.cpu_millis);
+    h = fnv_u64(h, spec->resources.pids);
+    /* A TCP probe and an HTTP probe of some path differ. */
+    h = fnv_u64(h, spec->readiness.path != NULL);
+    h = fnv_str(h, spec->readiness.path);
+    (void)snprintf(out, 17, "%016" PRIx64, h);
+}
+
+/* --- scalars ---------------------------------------------------------------- */
+
+/* Digits into *v, refusing overflow. Returns the count of digits read, or
+ * -ERANGE. */
+static int read_digits(const char **s, uint64_t *v)
+{
+    const char *p = *s;
+    uint64_t x = 0;
+    int n = 0;
+
+    for (; *p >= '0' && *p <= '9'; p++, n++) {
+        unsigned d = (unsigned)(*p - '0');
+        if (x > (UINT64_MAX - d) / 10)
+            return -ERANGE;
+        x = x * 10 + d;
+    }
+    *s = p;
+    *v = x;
+    return n;
+}
+
+/* As stoke_parse_duration() but tells overflow (-ERANGE) from bad syntax. */
+static int parse_duration(const char *s, uint64_t *ret_ms)
+{
+    uint64_t total = 0;
+
+    if (!s || !*s)
+        return -EINVAL;
+    while (*s) {
+        uint64_t v, mult;
+        int n = read_digits(&s, &v);
+        if (n < 0)
+            return n;
+        if (n == 0)
+            return -EINVAL;
+        if (s[0] == 'm' && s[1] == 's') {
+            mult = 1;
+            s += 2;
+        } else if (s[0] == 's') {
+            mult = MS_PER_S;
+            s++;
+        } else if (s[0] == 'm') {
+            mult = MS_PER_M;
+            s++;
+        } else if (s[0] == 'h') {
+            mult = MS_PER_H;
+            s++;
+        } else {
+            return -EINVAL;
+        }
+        if (v > (UINT64_MAX - total) / mult)
+            return -ERANGE;
+        total += v * mult;
+    }
+    *ret_ms = total;
+    return 0;
+}
+
+int stoke_parse_duration(const char *s, uint64_t *ret_ms)
+{
+    int r = parse_duration(s, ret_ms);
+    return r < 0 ? -EINVAL : 0;
+}
+
+/* "<digits>[.<1 to 3 digits>]" as thousandths. */
+static int read_milli(const char **s, uint64_t *ret)
+{
+    uint64_t whole, frac = 0;
+    int n = read_digits(s, &whole);
+
+    if (n <= 0)
+        return n < 0 ? n : -EINVAL;
+    if (**s == '.') {
+        int k;
+        (*s)++;
+        for (k = 0; k < 3 && **s >= '0' && **s <= '9'; k++, (*s)++)
+            frac = frac * 10 + (uint64_t)(**s - '0');
+        if (k == 0 || (**s >= '0' && **s <= '9'))
+            return -EINVAL;
+        for (; k < 3; k++)
+            frac *= 10;
+    }
+    if (whole > (UINT64_MAX - frac) / 1000)
+        return -ERANGE;
+    *ret = whole * 1000 + frac;
+    return 0;
+}
+
+static int parse_memory(const char *s, uint64_t *ret_bytes)
+{
+    static const struct {
+        const char *suffix;
+        uint64_t mult;
+    } units[] = {
+        {"Ki", 1ULL << 10}, {"Mi", 1ULL << 20}, {"Gi", 1ULL << 30}, {"Ti", 1ULL << 40},
+        {"k", 1000ULL},     {"K", 1000ULL},     {"M", 1000000ULL},  {"G", 1000000000ULL},
+        {"T", 1000000000000ULL},
+    };
+    uint64_t milli, mult = 0;
+    bool frac;
+    int r;
+
+    if (!s || !*s)
+        return -EINVAL;
+    frac = strchr(s, '.') != NULL;
+    r = read_milli(&s, &milli);
+    if (r < 0)
+        return r;
+    if (*s == '\0') {
+        mult = 1;
+    } else {
+        for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++)
+            if (strcmp(s, units[i].suffix) == 0)
+                mult = units[i].mult;
+    }
+    /* A fraction of a byte makes no sense: "1.5" needs a unit. */
+    if (mult == 0 || (frac && mult == 1))
+        return -EINVAL;
+    /* milli * mult / 1000, rounded up, without overflowing on the way. */
+    uint64_t whole = milli / 1000, part = milli % 1000;
+    if (whole > UINT64_MAX / mult)
+        return -ERANGE;
+    uint64_t v = whole * mult;
+    uint64_t extra = (part * mult + 999) / 1000; /* part < 1000, mult <= 1e12: no overflow */
+    if (v > UINT64_MAX - extra)
+        return -ERANGE;
+    *ret_bytes = v + extra;
+    return 0;
+}
+
+int stoke_parse_memory(const char *s, uint64_t *ret_bytes)
+{
+    return parse_memory(s, ret_bytes) < 0 ? -EINVAL : 0;
+}
+
+static int parse_cpu(const char *s, uint64_t *ret_millis)
+{
+    uint64_t v;
+    int r;
+
+    if (!s || !*s)
+        return -EINVAL;
+    if (s[strlen(s) - 1] == 'm') {
+        /* Millicores: a whole number. */
+        const char *p = s;
+        int n = read_digits(&p, &v);
+        if (n < 0)
+            return n;
+        if (n == 0 || strcmp(p, "m") != 0)
+            return -EINVAL;
+        *ret_millis = v;
+        return 0;
+    }
+    r = read_milli(&s, &v);
+    if (r < 0)
+        return r;
+    if (*s)
+        return -EINVAL;
+    *ret_millis = v;
+    return 0;
+}
+
+int stoke_parse_cpu(const char *s, uint64_t *ret_millis)
+{
+    return parse_cpu(s, ret_millis) < 0 ? -EINVAL : 0;
+}
+
+bool stoke_is_valid_name(const char *s)
+{
+    size_t n;
+
+    if (!s || !(*s >= 'a' && *s <= 'z'))
+        return false;
+    n = strlen(s);
+    if (n > STOKE_NAME_MAX || s[n - 1] == '-')
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '-'))
+            return false;
+    return true;
+}

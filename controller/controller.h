@@ -1,0 +1,117 @@
+/* The controller's state: functions from the specs, their replicas on the
+ * container engine, and what the activators are told. Thread: the loop's. */
+#ifndef CONTROLLER_CONTROLLER_H
+#define CONTROLLER_CONTROLLER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "stoke/engine.h"
+#include "stoke/list.h"
+#include "stoke/spec.h"
+#include "stoke/util.h"
+
+struct hub;
+struct probe;
+
+struct ctrl_config {
+    const char *functions_dir;
+    struct stoke_addr ctl_addr;
+    const char *docker_host; /* NULL: $DOCKER_HOST or the default socket */
+    const char *instance;    /* io.stoke.instance label of our containers */
+    uint16_t port_min, port_max;
+    uint64_t tick_ms;
+    uint64_t ready_timeout_ms; /* a replica not ready by then is replaced */
+    uint64_t drain_ms;         /* between leaving the routes and stopping */
+};
+
+enum replica_state {
+    R_CREATING, /* create call in flight */
+    R_STARTING, /* start call in flight */
+    R_PROBING,  /* running, not yet answering */
+    R_READY,    /* routed */
+    R_RETIRING, /* out of the routes; stop + remove pending or in flight */
+};
+
+struct function;
+
+struct replica {
+    struct stoke_list node; /* fn->replicas */
+    struct function *fn;
+    char id[65];
+    char name[96];
+    char revision[17];
+    uint16_t port;
+    enum replica_state state;
+    bool op_pending;  /* an engine call is in flight for it */
+    bool retire_asap; /* retire once the call in flight completes */
+    struct probe *probe;
+    uv_timer_t timer; /* ready deadline, then drain delay */
+    uint64_t created_ms;
+};
+
+struct ctrl;
+
+struct function {
+    struct stoke_list node; /* ctrl->functions */
+    struct ctrl *ctrl;
+    struct stoke_spec spec;
+    char revision[17];
+    struct stoke_list replicas;
+    uint64_t last_active_ms; /* last poke or report of traffic */
+    uint64_t initial_until_ms;
+    uint32_t failures;     /* replicas that failed in a row */
+    uint64_t retry_at_ms;  /* no new replica before this (backoff) */
+    char last_error[256];
+    uint64_t cold_starts;
+    bool deleted;          /* spec gone: scale to zero, then free */
+};
+
+struct ctrl {
+    uv_loop_t *loop;
+    struct ctrl_config cfg;
+    struct stoke_engine *engine;
+    struct hub *hub;
+    struct stoke_list functions;
+    uint64_t route_gen;
+    uint8_t *ports_used; /* one byte per port of the range */
+    unsigned port_cursor;
+    uv_timer_t tick;
+    uint64_t last_check_ms;
+    bool stopping;
+    void (*on_stopped)(struct ctrl *c);
+};
+
+/* reconcile.c */
+struct function *ctrl_function_find(struct ctrl *c, const char *name);
+/* Adds or updates a function from a valid spec (copied). Returns 0 or
+ * -ENOMEM (nothing changed). A changed revision replaces its replicas. */
+int ctrl_function_apply(struct ctrl *c, const struct stoke_spec *spec);
+/* Scales the function to zero and forgets it once its replicas are gone. */
+void ctrl_function_delete(struct ctrl *c, const char *name);
+/* Brings the function's replicas toward what it should have now. */
+void ctrl_reconcile(struct function *fn);
+void ctrl_reconcile_all(struct ctrl *c);
+void ctrl_on_poke(struct ctrl *c, const char *fn);
+void ctrl_on_stats(struct ctrl *c, const char *fn, double concurrency, uint64_t requests);
+/* Sends the current route table to the activators. */
+void ctrl_push_routes(struct ctrl *c);
+/* Compares our replicas with the engine's containers; replaces the gone. */
+void ctrl_check_replicas(struct ctrl *c);
+/* Removes every container of this instance (at startup: nothing is
+ * adopted yet) and calls cb when done. */
+int ctrl_remove_leftovers(struct ctrl *c, void (*cb)(struct ctrl *c, int err));
+/* Retires every replica (for shutdown); cb when the last is removed. */
+void ctrl_shutdown(struct ctrl *c, void (*cb)(struct ctrl *c));
+
+/* fnset.c: the functions directory. */
+struct fnset;
+int fnset_new(struct ctrl *c, const char *dir, struct fnset **ret);
+/* Reads the directory again now: new, changed and removed files apply;
+ * a bad file is reported and changes nothing. */
+void fnset_rescan(struct fnset *fs);
+void fnset_close(struct fnset *fs);
+
+#endif

@@ -1,0 +1,303 @@
+#include "hub.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <json-c/json.h>
+
+#include "stoke/linebuf.h"
+#include "stoke/list.h"
+#include "stoke/log.h"
+#include "stoke/routes.h"
+#include "stoke/spec.h"
+
+/* An activator that lets this much go unread is dropped; it reconnects and
+ * gets the current table again. */
+#define MAX_UNSENT (16 * 1024 * 1024)
+#define MAX_PEER_LINE (1024 * 1024)
+
+struct peer {
+    union {
+        uv_tcp_t tcp;
+        uv_pipe_t pipe;
+        uv_handle_t handle;
+        uv_stream_t stream;
+    } conn;
+    struct hub *hub;
+    struct stoke_list node;
+    struct stoke_linebuf lines;
+    char id[64];
+    bool closing;
+};
+
+struct hub {
+    uv_loop_t *loop;
+    struct stoke_addr addr;
+    union {
+        uv_tcp_t tcp;
+        uv_pipe_t pipe;
+        uv_handle_t handle;
+        uv_stream_t stream;
+    } listener;
+    struct hub_callbacks cbs;
+    struct stoke_list peers;
+    unsigned n_peers;
+    char *last; /* the last broadcast, sent to newcomers */
+    size_t last_len;
+    int handles;
+    bool closing;
+    void (*on_closed)(void *);
+    void *closed_data;
+};
+
+static void hub_handle_closed(struct hub *hub)
+{
+    if (--hub->handles > 0 || !hub->closing)
+        return;
+    if (hub->addr.is_unix)
+        (void)unlink(hub->addr.path);
+    free(hub->last);
+    if (hub->on_closed)
+        hub->on_closed(hub->closed_data);
+    free(hub);
+}
+
+static void on_peer_closed(uv_handle_t *h)
+{
+    struct peer *p = h->data;
+    struct hub *hub = p->hub;
+    stoke_linebuf_done(&p->lines);
+    free(p);
+    hub_handle_closed(hub);
+}
+
+static void peer_close(struct peer *p)
+{
+    if (p->closing)
+        return;
+    p->closing = true;
+    stoke_list_remove(&p->node);
+    p->hub->n_peers--;
+    uv_close(&p->conn.handle, on_peer_closed);
+}
+
+struct hub_write {
+    uv_write_t req;
+    char data[];
+};
+
+static void on_written(uv_write_t *req, int status)
+{
+    (void)status; /* a broken peer shows up as a read error */
+    free(stoke_container_of(req, struct hub_write, req));
+}
+
+static void peer_send(struct peer *p, const char *line, size_t len)
+{
+    if (uv_stream_get_write_queue_size(&p->conn.stream) > MAX_UNSENT) {
+        stoke_warn(NULL, -ENOBUFS, "activator %s is not reading, dropping it", p->id);
+        peer_close(p);
+        return;
+    }
+    struct hub_write *w = malloc(sizeof(*w) + len + 1);
+    if (!w) {
+        peer_close(p);
+        return;
+    }
+    memcpy(w->data, line, len);
+    w->data[len] = '\n';
+    uv_buf_t b = uv_buf_init(w->data, (unsigned)len + 1);
+    if (uv_write(&w->req, &p->conn.stream, &b, 1, on_written) < 0) {
+        free(w);
+        peer_close(p);
+    }
+}
+
+static const char *get_string(json_object *o, const char *key)
+{
+    json_object *v;
+    if (!json_object_object_get_ex(o, key, &v) || !json_object_is_type(v, json_type_string))
+        return NULL;
+    return json_object_get_string(v);
+}
+
+static void handle_stats(struct peer *p, json_object *msg)
+{
+    json_object *fns;
+    if (!json_object_object_get_ex(msg, "fns", &fns) ||
+        !json_object_is_type(fns, json_type_object))
+        return;
+    json_object_object_foreach(fns, name, st)
+    {
+        json_object *c, *n;
+        if (!stoke_is_valid_name(name) || !json_object_is_type(st, json_type_object) ||
+            !json_object_object_get_ex(st, "concurrency", &c) ||
+            !json_object_object_get_ex(st, "requests", &n))
+            continue;
+        double conc = json_object_get_double(c);
+        int64_t reqs = json_object_get_int64(n);
+        if (!(conc >= 0) || conc > 1e9 || reqs < 0)
+            continue;
+        p->hub->cbs.on_stats(p->id, name, conc, (uint64_t)reqs, p->hub->cbs.data);
+    }
+}
+
+static int on_line(char *line, size_t len, void *data)
+{
+    struct peer *p = data;
+    json_object *msg = json_tokener_parse(line);
+    (void)len;
+    if (!msg || !json_object_is_type(msg, json_type_object)) {
+        json_object_put(msg);
+        stoke_warn(NULL, -EINVAL, "activator %s sent a bad message; dropping it", p->id);
+        return -EINVAL;
+    }
+    const char *op = get_string(msg, "op");
+    if (!op) {
+        op = "";
+    }
+    if (strcmp(op, "poke") == 0) {
+        const char *fn = get_string(msg, "fn");
+        if (fn && stoke_is_valid_name(fn))
+            p->hub->cbs.on_poke(fn, p->hub->cbs.data);
+    } else if (strcmp(op, "stats") == 0) {
+        handle_stats(p, msg);
+    } else if (strcmp(op, "hello") == 0) {
+        const char *id = get_string(msg, "activator");
+        if (id)
+            snprintf(p->id, sizeof(p->id), "%s", id);
+        stoke_info(NULL, "activator %s connected", p->id);
+    }
+    /* Unknown ops are ignored so newer activators can talk to this one. */
+    json_object_put(msg);
+    return 0;
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    (void)h;
+    buf->base = malloc(suggested);
+    buf->len = buf->base ? suggested : 0;
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    struct peer *p = s->data;
+    if (nread < 0) {
+        if (!p->closing)
+            stoke_info(NULL, "activator %s disconnected", p->id);
+        peer_close(p);
+    } else if (nread > 0 && !p->closing) {
+        if (stoke_linebuf_feed(&p->lines, buf->base, (size_t)nread, on_line, p) < 0)
+            peer_close(p);
+    }
+    free(buf->base);
+}
+
+static void on_connection(uv_stream_t *server, int status)
+{
+    struct hub *hub = server->data;
+    if (status < 0)
+        return;
+    struct peer *p = calloc(1, sizeof(*p));
+    if (!p)
+        return;
+    p->hub = hub;
+    snprintf(p->id, sizeof(p->id), "?");
+    stoke_linebuf_init(&p->lines, MAX_PEER_LINE);
+    if (hub->addr.is_unix)
+        uv_pipe_init(hub->loop, &p->conn.pipe, 0);
+    else
+        uv_tcp_init(hub->loop, &p->conn.tcp);
+    p->conn.handle.data = p;
+    hub->handles++;
+    stoke_list_insert_tail(&hub->peers, &p->node);
+    hub->n_peers++;
+    if (uv_accept(server, &p->conn.stream) < 0 ||
+        uv_read_start(&p->conn.stream, on_alloc, on_read) < 0) {
+        peer_close(p);
+        return;
+    }
+    if (hub->last)
+        peer_send(p, hub->last, hub->last_len);
+}
+
+static void on_listener_closed(uv_handle_t *h)
+{
+    hub_handle_closed(h->data);
+}
+
+int hub_new(uv_loop_t *loop, const struct stoke_addr *addr, const struct hub_callbacks *cbs,
+            struct hub **ret)
+{
+    int r;
+    struct hub *hub = calloc(1, sizeof(*hub));
+    if (!hub)
+        return -ENOMEM;
+    hub->loop = loop;
+    hub->addr = *addr;
+    hub->cbs = *cbs;
+    stoke_list_init(&hub->peers);
+    hub->handles = 1;
+    if (addr->is_unix) {
+        uv_pipe_init(loop, &hub->listener.pipe, 0);
+        /* A socket file left by a controller that died is in the way. */
+        struct stat st;
+        if (lstat(addr->path, &st) == 0 && S_ISSOCK(st.st_mode))
+            (void)unlink(addr->path);
+        r = uv_pipe_bind(&hub->listener.pipe, addr->path);
+        if (r == 0 && chmod(addr->path, 0660) < 0)
+            r = -errno;
+    } else {
+        uv_tcp_init(loop, &hub->listener.tcp);
+        r = uv_tcp_bind(&hub->listener.tcp, (const struct sockaddr *)&addr->ss, 0);
+    }
+    hub->listener.handle.data = hub;
+    if (r == 0)
+        r = uv_listen(&hub->listener.stream, 128, on_connection);
+    if (r < 0) {
+        hub->closing = true;
+        hub->addr.is_unix = false; /* not ours to unlink */
+        uv_close(&hub->listener.handle, on_listener_closed);
+        return r;
+    }
+    *ret = hub;
+    return 0;
+}
+
+void hub_broadcast(struct hub *hub, const char *line, size_t len)
+{
+    char *copy = malloc(len + 1);
+    if (!copy)
+        return;
+    memcpy(copy, line, len);
+    copy[len] = '\0';
+    free(hub->last);
+    hub->last = copy;
+    hub->last_len = len;
+
+    struct stoke_list *n = hub->peers.next;
+    while (n != &hub->peers) {
+        struct peer *p = stoke_container_of(n, struct peer, node);
+        n = n->next; /* peer_send may drop p */
+        peer_send(p, line, len);
+    }
+}
+
+unsigned hub_activators(const struct hub *hub)
+{
+    return hub->n_peers;
+}
+
+void hub_close(struct hub *hub, void (*on_closed)(void *data), void *data)
+{
+    hub->closing = true;
+    hub->on_closed = on_closed;
+    hub->closed_data = data;
+    while (!stoke_list_empty(&hub->peers))
+        peer_close(stoke_container_of(stoke_list_first(&hub->peers), struct peer, node));
+    uv_close(&hub->listener.handle, on_listener_closed);
+}

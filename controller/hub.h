@@ -1,0 +1,35 @@
+/* The controller's end of the activator channel (stoke/routes.h): listens on
+ * a unix socket or loopback TCP, accepts any number of activators, sends
+ * each the current route table on connect and on every change, and hands
+ * their pokes and stats to the controller. Thread: the loop's. */
+#ifndef CONTROLLER_HUB_H
+#define CONTROLLER_HUB_H
+
+#include <uv.h>
+
+#include "stoke/util.h"
+
+struct hub;
+
+struct hub_callbacks {
+    void (*on_poke)(const char *fn, void *data);
+    /* `activator` names the reporter; one call per function of a report. */
+    void (*on_stats)(const char *activator, const char *fn, double concurrency,
+                     uint64_t requests, void *data);
+    void *data;
+};
+
+/* Binds (a stale unix socket file is replaced; mode 0660) and listens.
+ * Returns 0 and *ret or a negative errno. */
+int hub_new(uv_loop_t *loop, const struct stoke_addr *addr, const struct hub_callbacks *cbs,
+            struct hub **ret);
+
+/* Sends `line` (a whole message without '\n', copied) to every activator
+ * and keeps it for those that connect later. */
+void hub_broadcast(struct hub *hub, const char *line, size_t len);
+
+unsigned hub_activators(const struct hub *hub);
+
+void hub_close(struct hub *hub, void (*on_closed)(void *data), void *data);
+
+#endif

@@ -1,0 +1,259 @@
+/* stoke-controller: wires the functions directory, the engine, the
+ * activator channel and the reconcile loop together. */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <uv.h>
+
+#include "controller.h"
+#include "hub.h"
+#include "stoke/log.h"
+
+#define DEFAULT_FUNCTIONS_DIR "/etc/stoke/functions"
+#define DEFAULT_CTL "unix:/run/stoke/ctl.sock"
+#define CHECK_PERIOD_MS 5000
+
+static struct ctrl ctrl;
+static struct fnset *fnset;
+static uv_signal_t sigint, sigterm;
+static int exit_code;
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: stoke-controller [options]\n"
+            "  --functions-dir DIR   function specs, *.yaml (default " DEFAULT_FUNCTIONS_DIR ")\n"
+            "  --listen ADDR         activator channel, unix:/path or IP:port\n"
+            "                        (default " DEFAULT_CTL ")\n"
+            "  --docker-host URL     engine socket, unix:///path (default $DOCKER_HOST or\n"
+            "                        unix:///var/run/docker.sock)\n"
+            "  --instance NAME       io.stoke.instance label of this controller's\n"
+            "                        containers (default \"default\")\n"
+            "  --port-range LO-HI    ports for replicas on 127.0.0.1 (default 30000-32767)\n"
+            "  --ready-timeout DUR   replace a replica not ready by then (default 60s)\n"
+            "  --drain DUR           wait between unrouting and removing (default 1s)\n"
+            "  --log-level LEVEL     debug, info, warn, error (default info)\n"
+            "  -h, --help\n");
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    struct ctrl *c = t->data;
+    ctrl_reconcile_all(c);
+    uint64_t now = uv_now(c->loop);
+    if (now - c->last_check_ms >= CHECK_PERIOD_MS) {
+        c->last_check_ms = now;
+        ctrl_check_replicas(c);
+    }
+}
+
+static void on_hub_poke(const char *fn, void *data)
+{
+    ctrl_on_poke(data, fn);
+}
+
+static void on_hub_stats(const char *activator, const char *fn, double conc, uint64_t reqs,
+                         void *data)
+{
+    (void)activator;
+    ctrl_on_stats(data, fn, conc, reqs);
+}
+
+static void on_stopped(struct ctrl *c)
+{
+    stoke_info(NULL, "all replicas removed; exiting");
+    if (fnset)
+        fnset_close(fnset);
+    fnset = NULL;
+    if (c->hub)
+        hub_close(c->hub, NULL, NULL);
+    c->hub = NULL;
+    stoke_engine_close(c->engine, NULL, NULL);
+    c->engine = NULL;
+    uv_close((uv_handle_t *)&c->tick, NULL);
+    uv_close((uv_handle_t *)&sigint, NULL);
+    uv_close((uv_handle_t *)&sigterm, NULL);
+}
+
+static void on_signal(uv_signal_t *s, int signum)
+{
+    (void)s;
+    if (ctrl.stopping)
+        return;
+    stoke_info(NULL, "signal %d: removing replicas and shutting down", signum);
+    uv_timer_stop(&ctrl.tick);
+    ctrl_shutdown(&ctrl, on_stopped);
+}
+
+static void on_leftovers_done(struct ctrl *c, int err)
+{
+    if (err < 0) {
+        stoke_error(NULL, err, "cannot list this instance's containers; exiting");
+        exit_code = 1;
+        ctrl_shutdown(c, on_stopped);
+        return;
+    }
+    int r = fnset_new(c, c->cfg.functions_dir, &fnset);
+    if (r < 0) {
+        stoke_error(NULL, r, "cannot use the functions directory %s", c->cfg.functions_dir);
+        exit_code = 1;
+        ctrl_shutdown(c, on_stopped);
+        return;
+    }
+    ctrl_push_routes(c);
+    uv_timer_start(&c->tick, on_tick, c->cfg.tick_ms, c->cfg.tick_ms);
+    stoke_info(NULL, "ready: functions from %s", c->cfg.functions_dir);
+}
+
+static void on_ping(const struct stoke_engine_result *res, void *data)
+{
+    struct ctrl *c = data;
+    if (res->err < 0) {
+        stoke_error(NULL, res->err, "the container engine does not answer: %s; exiting",
+                    res->message);
+        exit_code = 1;
+        ctrl_shutdown(c, on_stopped);
+        return;
+    }
+    int r = ctrl_remove_leftovers(c, on_leftovers_done);
+    if (r < 0)
+        on_leftovers_done(c, r);
+}
+
+static int parse_range(const char *s, uint16_t *lo, uint16_t *hi)
+{
+    char a[16];
+    const char *dash = strchr(s, '-');
+    uint64_t x, y;
+    if (!dash || (size_t)(dash - s) >= sizeof(a))
+        return -EINVAL;
+    memcpy(a, s, (size_t)(dash - s));
+    a[dash - s] = '\0';
+    if (stoke_parse_u64(a, &x) < 0 || stoke_parse_u64(dash + 1, &y) < 0 || x < 1024 || y > 65535 ||
+        x > y)
+        return -EINVAL;
+    *lo = (uint16_t)x;
+    *hi = (uint16_t)y;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    enum { O_DIR = 256, O_LISTEN, O_DOCKER, O_INSTANCE, O_PORTS, O_READY, O_DRAIN, O_LOG };
+    static const struct option opts[] = {
+        {"functions-dir", required_argument, NULL, O_DIR},
+        {"listen", required_argument, NULL, O_LISTEN},
+        {"docker-host", required_argument, NULL, O_DOCKER},
+        {"instance", required_argument, NULL, O_INSTANCE},
+        {"port-range", required_argument, NULL, O_PORTS},
+        {"ready-timeout", required_argument, NULL, O_READY},
+        {"drain", required_argument, NULL, O_DRAIN},
+        {"log-level", required_argument, NULL, O_LOG},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    struct ctrl *c = &ctrl;
+    enum stoke_log_level level = STOKE_LOG_INFO;
+    int opt, r;
+
+    c->cfg.functions_dir = DEFAULT_FUNCTIONS_DIR;
+    (void)stoke_addr_parse(DEFAULT_CTL, &c->cfg.ctl_addr);
+    c->cfg.instance = "default";
+    c->cfg.port_min = 30000;
+    c->cfg.port_max = 32767;
+    c->cfg.tick_ms = 1000;
+    c->cfg.ready_timeout_ms = 60000;
+    c->cfg.drain_ms = 1000;
+
+    while ((opt = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        r = 0;
+        switch (opt) {
+        case O_DIR:
+            c->cfg.functions_dir = optarg;
+            break;
+        case O_LISTEN:
+            r = stoke_addr_parse(optarg, &c->cfg.ctl_addr);
+            break;
+        case O_DOCKER:
+            c->cfg.docker_host = optarg;
+            break;
+        case O_INSTANCE:
+            c->cfg.instance = optarg;
+            r = stoke_is_valid_name(optarg) ? 0 : -EINVAL;
+            break;
+        case O_PORTS:
+            r = parse_range(optarg, &c->cfg.port_min, &c->cfg.port_max);
+            break;
+        case O_READY:
+            r = stoke_parse_duration(optarg, &c->cfg.ready_timeout_ms);
+            break;
+        case O_DRAIN:
+            r = stoke_parse_duration(optarg, &c->cfg.drain_ms);
+            break;
+        case O_LOG:
+            r = stoke_log_level_parse(optarg, &level);
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+        if (r < 0) {
+            fprintf(stderr, "stoke-controller: bad value for --%s: %s\n", opts[opt - O_DIR].name,
+                    optarg);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        usage(stderr);
+        return 2;
+    }
+
+    stoke_log_init("controller", level);
+    signal(SIGPIPE, SIG_IGN);
+    c->loop = uv_default_loop();
+    stoke_list_init(&c->functions);
+    c->ports_used = calloc((size_t)(c->cfg.port_max - c->cfg.port_min) + 1, 1);
+    if (!c->ports_used)
+        return 1;
+
+    r = stoke_engine_new(c->loop, c->cfg.docker_host, &c->engine);
+    if (r < 0) {
+        stoke_error(NULL, r, "bad engine address");
+        return 2;
+    }
+    struct hub_callbacks cbs = {.on_poke = on_hub_poke, .on_stats = on_hub_stats, .data = c};
+    r = hub_new(c->loop, &c->cfg.ctl_addr, &cbs, &c->hub);
+    if (r < 0) {
+        char a[128];
+        stoke_addr_format(&c->cfg.ctl_addr, a, sizeof(a));
+        stoke_error(NULL, r, "cannot listen on %s", a);
+        stoke_engine_close(c->engine, NULL, NULL);
+        uv_run(c->loop, UV_RUN_DEFAULT);
+        return 1;
+    }
+    uv_timer_init(c->loop, &c->tick);
+    c->tick.data = c;
+    uv_signal_init(c->loop, &sigint);
+    uv_signal_init(c->loop, &sigterm);
+    uv_signal_start(&sigint, on_signal, SIGINT);
+    uv_signal_start(&sigterm, on_signal, SIGTERM);
+
+    r = stoke_engine_ping(c->engine, on_ping, c);
+    if (r < 0) {
+        struct stoke_engine_result res = {.err = r, .message = "ping failed"};
+        on_ping(&res, c);
+    }
+    uv_run(c->loop, UV_RUN_DEFAULT);
+    r = uv_loop_close(c->loop);
+    if (r < 0)
+        stoke_warn(NULL, r, "loop closed with handles still open");
+    free(c->ports_used);
+    return exit_code;
+}

@@ -1,0 +1,205 @@
+#include "probe.h"
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <llhttp.h>
+
+#define ATTEMPT_TIMEOUT_MS 1000
+#define MAX_RESPONSE_HEAD 16384
+
+struct probe {
+    uv_loop_t *loop;
+    uv_timer_t timer; /* between attempts, and each attempt's time limit */
+    uv_tcp_t *tcp;    /* the current attempt's socket, or NULL */
+    uv_connect_t connect;
+    uv_write_t write;
+    struct sockaddr_in addr;
+    char *request; /* NULL for a TCP probe */
+    size_t request_len;
+    llhttp_t parser;
+    llhttp_settings_t settings;
+    size_t got;
+    int status;
+    uint64_t period_ms, max_period_ms;
+    probe_ready_cb cb;
+    void *data;
+    bool stopped;
+    bool succeeded;
+};
+
+static void attempt(uv_timer_t *t);
+
+static void on_tcp_closed(uv_handle_t *h)
+{
+    free(h);
+}
+
+static void on_timer_closed(uv_handle_t *h)
+{
+    struct probe *p = h->data;
+    free(p->request);
+    free(p);
+}
+
+static void end_attempt(struct probe *p)
+{
+    if (p->tcp) {
+        uv_close((uv_handle_t *)p->tcp, on_tcp_closed);
+        p->tcp = NULL;
+    }
+}
+
+static void finish(struct probe *p)
+{
+    end_attempt(p);
+    p->stopped = true;
+    uv_close((uv_handle_t *)&p->timer, on_timer_closed);
+}
+
+static void retry_later(struct probe *p)
+{
+    end_attempt(p);
+    uv_timer_start(&p->timer, attempt, p->period_ms, 0);
+    p->period_ms += p->period_ms / 2 + 1;
+    if (p->period_ms > p->max_period_ms)
+        p->period_ms = p->max_period_ms;
+}
+
+static void succeed(struct probe *p)
+{
+    probe_ready_cb cb = p->cb;
+    void *data = p->data;
+    finish(p);
+    cb(data);
+}
+
+static int on_headers_complete(llhttp_t *parser)
+{
+    struct probe *p = parser->data;
+    p->status = llhttp_get_status_code(parser);
+    return HPE_PAUSED;
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    (void)h;
+    buf->base = malloc(suggested);
+    buf->len = buf->base ? suggested : 0;
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    struct probe *p = s->data;
+    if (nread < 0) {
+        free(buf->base);
+        retry_later(p);
+        return;
+    }
+    p->got += (size_t)nread;
+    llhttp_errno_t err = llhttp_execute(&p->parser, buf->base, (size_t)nread);
+    free(buf->base);
+    if (err == HPE_PAUSED) {
+        if (p->status >= 200 && p->status < 400)
+            succeed(p);
+        else
+            retry_later(p);
+    } else if (err != HPE_OK || p->got > MAX_RESPONSE_HEAD) {
+        retry_later(p);
+    }
+}
+
+static void on_written(uv_write_t *req, int status)
+{
+    struct probe *p = req->data;
+    if (status < 0 && status != UV_ECANCELED && p->tcp && !p->stopped)
+        retry_later(p);
+}
+
+static void on_connected(uv_connect_t *req, int status)
+{
+    struct probe *p = req->data;
+    if (status == UV_ECANCELED || p->stopped)
+        return;
+    if (status < 0) {
+        retry_later(p);
+        return;
+    }
+    if (!p->request) {
+        succeed(p);
+        return;
+    }
+    llhttp_init(&p->parser, HTTP_RESPONSE, &p->settings);
+    p->parser.data = p;
+    p->got = 0;
+    p->status = 0;
+    uv_buf_t b = uv_buf_init(p->request, (unsigned)p->request_len);
+    p->write.data = p;
+    if (uv_write(&p->write, (uv_stream_t *)p->tcp, &b, 1, on_written) < 0 ||
+        uv_read_start((uv_stream_t *)p->tcp, on_alloc, on_read) < 0)
+        retry_later(p);
+}
+
+static void on_attempt_timeout(uv_timer_t *t)
+{
+    retry_later(t->data);
+}
+
+static void attempt(uv_timer_t *t)
+{
+    struct probe *p = t->data;
+    p->tcp = malloc(sizeof(*p->tcp));
+    if (!p->tcp) {
+        retry_later(p);
+        return;
+    }
+    uv_tcp_init(p->loop, p->tcp);
+    p->tcp->data = p;
+    p->connect.data = p;
+    if (uv_tcp_connect(&p->connect, p->tcp, (const struct sockaddr *)&p->addr, on_connected) < 0) {
+        retry_later(p);
+        return;
+    }
+    uv_timer_start(&p->timer, on_attempt_timeout, ATTEMPT_TIMEOUT_MS, 0);
+}
+
+int probe_start(uv_loop_t *loop, uint16_t port, const char *path, uint64_t period_ms,
+                uint64_t max_period_ms, probe_ready_cb cb, void *data, struct probe **ret)
+{
+    struct probe *p = calloc(1, sizeof(*p));
+    if (!p)
+        return -ENOMEM;
+    p->loop = loop;
+    p->cb = cb;
+    p->data = data;
+    p->period_ms = period_ms ? period_ms : 1;
+    p->max_period_ms = max_period_ms > p->period_ms ? max_period_ms : p->period_ms;
+    uv_ip4_addr("127.0.0.1", port, &p->addr);
+    if (path) {
+        int n = asprintf(&p->request,
+                         "GET %s HTTP/1.1\r\nHost: 127.0.0.1:%u\r\nUser-Agent: stoke-probe\r\n"
+                         "Connection: close\r\n\r\n",
+                         path, port);
+        if (n < 0) {
+            free(p);
+            return -ENOMEM;
+        }
+        p->request_len = (size_t)n;
+    }
+    llhttp_settings_init(&p->settings);
+    p->settings.on_headers_complete = on_headers_complete;
+    uv_timer_init(loop, &p->timer);
+    p->timer.data = p;
+    uv_timer_start(&p->timer, attempt, 0, 0);
+    *ret = p;
+    return 0;
+}
+
+void probe_stop(struct probe *p)
+{
+    if (p && !p->stopped)
+        finish(p);
+}

@@ -1,0 +1,682 @@
+/* Functions and their replicas: the desired count (a simple idle rule
+ * until the autoscaler lands), and the engine calls that get there. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "controller.h"
+#include "hub.h"
+#include "probe.h"
+#include "stoke/log.h"
+#include "stoke/routes.h"
+
+#define BACKOFF_MIN_MS 500
+#define BACKOFF_MAX_MS 60000
+#define PROBE_MAX_PERIOD_MS 500
+#define STOP_GRACE_S 5
+
+static void replica_retire(struct replica *r);
+static void replica_failed(struct replica *r, int err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+struct function *ctrl_function_find(struct ctrl *c, const char *name)
+{
+    for (struct stoke_list *n = c->functions.next; n != &c->functions; n = n->next) {
+        struct function *fn = stoke_container_of(n, struct function, node);
+        if (strcmp(fn->spec.name, name) == 0)
+            return fn;
+    }
+    return NULL;
+}
+
+/* ---- ports --------------------------------------------------------------- */
+
+static bool port_is_free(uint16_t port)
+{
+    /* A replica on the host network binds 127.0.0.1:port itself; check that
+     * nothing else holds it now. One bind() is a cheap, non-blocking call. */
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return false;
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bool ok = bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
+    close(fd);
+    return ok;
+}
+
+static int port_alloc(struct ctrl *c, uint16_t *ret)
+{
+    unsigned span = (unsigned)(c->cfg.port_max - c->cfg.port_min) + 1;
+    for (unsigned k = 0; k < span; k++) {
+        unsigned i = (c->port_cursor + k) % span;
+        uint16_t port = (uint16_t)(c->cfg.port_min + i);
+        if (c->ports_used[i] || !port_is_free(port))
+            continue;
+        c->ports_used[i] = 1;
+        c->port_cursor = i + 1;
+        *ret = port;
+        return 0;
+    }
+    return -EADDRINUSE;
+}
+
+static void port_free(struct ctrl *c, uint16_t port)
+{
+    if (port >= c->cfg.port_min && port <= c->cfg.port_max)
+        c->ports_used[port - c->cfg.port_min] = 0;
+}
+
+/* ---- routes -------------------------------------------------------------- */
+
+void ctrl_push_routes(struct ctrl *c)
+{
+    struct stoke_route_table t = {.gen = ++c->route_gen};
+    size_t n = 0;
+    for (struct stoke_list *a = c->functions.next; a != &c->functions; a = a->next)
+        n++;
+    t.routes = calloc(n ? n : 1, sizeof(*t.routes));
+    if (!t.routes)
+        goto oom;
+    for (struct stoke_list *a = c->functions.next; a != &c->functions; a = a->next) {
+        struct function *fn = stoke_container_of(a, struct function, node);
+        if (fn->deleted)
+            continue;
+        struct stoke_route *r = &t.routes[t.n_routes++];
+        snprintf(r->name, sizeof(r->name), "%s", fn->spec.name);
+        r->timeout_ms = fn->spec.timeout_ms;
+        r->queue_max = fn->spec.queue.max;
+        r->queue_timeout_ms = fn->spec.queue.timeout_ms;
+        r->concurrency_limit = fn->spec.scale.container_concurrency;
+        size_t ne = 0;
+        for (struct stoke_list *b = fn->replicas.next; b != &fn->replicas; b = b->next)
+            ne++;
+        r->endpoints = calloc(ne ? ne : 1, sizeof(*r->endpoints));
+        if (!r->endpoints)
+            goto oom;
+        for (struct stoke_list *b = fn->replicas.next; b != &fn->replicas; b = b->next) {
+            struct replica *rp = stoke_container_of(b, struct replica, node);
+            if (rp->state != R_READY)
+                continue;
+            char addr[32];
+            snprintf(addr, sizeof(addr), "127.0.0.1:%u", rp->port);
+            (void)stoke_addr_parse(addr, &r->endpoints[r->n_endpoints++]);
+        }
+    }
+    char *line = stoke_route_table_format(&t);
+    if (!line)
+        goto oom;
+    hub_broadcast(c->hub, line, strlen(line));
+    free(line);
+    stoke_route_table_done(&t);
+    return;
+oom:
+    stoke_error(NULL, -ENOMEM, "cannot build the route table; activators keep the old one");
+    stoke_route_table_done(&t);
+}
+
+/* ---- replicas ------------------------------------------------------------ */
+
+static void function_free(struct function *fn)
+{
+    stoke_list_remove(&fn->node);
+    stoke_info(fn->spec.name, "function removed");
+    stoke_spec_done(&fn->spec);
+    free(fn);
+}
+
+static void shutdown_check(struct ctrl *c);
+
+static void on_replica_timer_closed(uv_handle_t *h)
+{
+    struct replica *r = h->data;
+    struct function *fn = r->fn;
+    struct ctrl *c = fn->ctrl;
+    free(r);
+    if (fn->deleted && stoke_list_empty(&fn->replicas))
+        function_free(fn);
+    shutdown_check(c);
+}
+
+static void replica_free(struct replica *r)
+{
+    stoke_list_remove(&r->node);
+    port_free(r->fn->ctrl, r->port);
+    probe_stop(r->probe);
+    r->probe = NULL;
+    uv_close((uv_handle_t *)&r->timer, on_replica_timer_closed);
+}
+
+static void on_removed(const struct stoke_engine_result *res, void *data)
+{
+    struct replica *r = data;
+    r->op_pending = false;
+    if (res->err < 0 && res->err != -ENOENT && res->err != -ECANCELED)
+        stoke_warn(r->fn->spec.name, res->err,
+                   "removing replica %.12s failed: %s; it is removed at the next start", r->id,
+                   res->message);
+    else
+        stoke_debug(r->fn->spec.name, "replica %.12s removed", r->id);
+    replica_free(r);
+}
+
+static void replica_remove_container(struct replica *r)
+{
+    if (r->id[0] == '\0') {
+        replica_free(r);
+        return;
+    }
+    /* Force: SIGKILL. The replica left the routes a drain period ago and a
+     * function is only scaled down when idle, so nothing is cut short that
+     * the drain would have saved; issue #5 brings drain by in-flight count. */
+    int e = stoke_engine_remove(r->fn->ctrl->engine, r->id, true, on_removed, r);
+    if (e < 0) {
+        stoke_warn(r->fn->spec.name, e, "cannot remove replica %.12s", r->id);
+        replica_free(r);
+        return;
+    }
+    r->op_pending = true;
+}
+
+static void on_drained(uv_timer_t *t)
+{
+    replica_remove_container(t->data);
+}
+
+static void replica_retire(struct replica *r)
+{
+    if (r->op_pending) {
+        r->retire_asap = true;
+        return;
+    }
+    if (r->state == R_RETIRING)
+        return;
+    bool was_ready = r->state == R_READY;
+    r->state = R_RETIRING;
+    probe_stop(r->probe);
+    r->probe = NULL;
+    uv_timer_stop(&r->timer);
+    if (was_ready && !r->fn->ctrl->stopping) {
+        ctrl_push_routes(r->fn->ctrl);
+        uv_timer_start(&r->timer, on_drained, r->fn->ctrl->cfg.drain_ms, 0);
+        return;
+    }
+    replica_remove_container(r);
+}
+
+static void replica_failed(struct replica *r, int err, const char *fmt, ...)
+{
+    struct function *fn = r->fn;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(fn->last_error, sizeof(fn->last_error), fmt, ap);
+    va_end(ap);
+    fn->failures++;
+    uint64_t backoff = BACKOFF_MIN_MS;
+    for (uint32_t i = 1; i < fn->failures && backoff < BACKOFF_MAX_MS; i++)
+        backoff *= 2;
+    if (backoff > BACKOFF_MAX_MS)
+        backoff = BACKOFF_MAX_MS;
+    fn->retry_at_ms = uv_now(fn->ctrl->loop) + backoff;
+    stoke_error(fn->spec.name, err, "replica %.12s failed: %s; next try in %llu ms",
+                r->id[0] ? r->id : r->name, fn->last_error, (unsigned long long)backoff);
+    r->retire_asap = false;
+    replica_retire(r);
+}
+
+static void on_probe_ready(void *data)
+{
+    struct replica *r = data;
+    struct function *fn = r->fn;
+    r->probe = NULL;
+    uv_timer_stop(&r->timer);
+    r->state = R_READY;
+    fn->failures = 0;
+    fn->last_error[0] = '\0';
+    stoke_info(fn->spec.name, "replica %.12s ready on 127.0.0.1:%u, %llu ms after create", r->id,
+               r->port, (unsigned long long)(uv_now(fn->ctrl->loop) - r->created_ms));
+    ctrl_push_routes(fn->ctrl);
+}
+
+static void on_ready_timeout(uv_timer_t *t)
+{
+    struct replica *r = t->data;
+    replica_failed(r, -ETIMEDOUT, "not ready %llu ms after start",
+                   (unsigned long long)r->fn->ctrl->cfg.ready_timeout_ms);
+}
+
+static void on_started(const struct stoke_engine_result *res, void *data)
+{
+    struct replica *r = data;
+    struct function *fn = r->fn;
+    r->op_pending = false;
+    if (res->err < 0) {
+        replica_failed(r, res->err, "start: %s", res->message);
+        return;
+    }
+    if (r->retire_asap) {
+        replica_retire(r);
+        return;
+    }
+    r->state = R_PROBING;
+    int e = probe_start(fn->ctrl->loop, r->port, fn->spec.readiness.path,
+                        fn->spec.readiness.period_ms, PROBE_MAX_PERIOD_MS, on_probe_ready, r,
+                        &r->probe);
+    if (e < 0) {
+        replica_failed(r, e, "cannot probe");
+        return;
+    }
+    uv_timer_start(&r->timer, on_ready_timeout, fn->ctrl->cfg.ready_timeout_ms, 0);
+}
+
+static void on_created(const struct stoke_engine_result *res, void *data)
+{
+    struct replica *r = data;
+    r->op_pending = false;
+    if (res->err < 0) {
+        replica_failed(r, res->err, "create: %s", res->message);
+        return;
+    }
+    snprintf(r->id, sizeof(r->id), "%s", res->id ? res->id : "");
+    if (r->retire_asap) {
+        replica_retire(r);
+        return;
+    }
+    r->state = R_STARTING;
+    int e = stoke_engine_start(r->fn->ctrl->engine, r->id, on_started, r);
+    if (e < 0) {
+        replica_failed(r, e, "start");
+        return;
+    }
+    r->op_pending = true;
+}
+
+static void replica_create(struct function *fn)
+{
+    struct ctrl *c = fn->ctrl;
+    const struct stoke_spec *s = &fn->spec;
+    char **env = NULL;
+    size_t n_env = 0;
+    struct replica *r = calloc(1, sizeof(*r));
+    int e = -ENOMEM;
+    if (!r)
+        goto fail;
+    e = port_alloc(c, &r->port);
+    if (e < 0)
+        goto fail;
+    r->fn = fn;
+    memcpy(r->revision, fn->revision, sizeof(r->revision));
+    snprintf(r->name, sizeof(r->name), "stoke-%s-%.8s-%05u", s->name, fn->revision, r->port);
+    uv_timer_init(c->loop, &r->timer);
+    r->timer.data = r;
+    r->created_ms = uv_now(c->loop);
+    stoke_list_insert_tail(&fn->replicas, &r->node);
+
+    e = -ENOMEM;
+    env = calloc(s->env_len + 4, sizeof(*env));
+    if (!env)
+        goto fail_listed;
+    for (size_t i = 0; i < s->env_len; i++) {
+        if (asprintf(&env[n_env], "%s=%s", s->env[i].name, s->env[i].value) < 0)
+            goto fail_listed;
+        n_env++;
+    }
+    /* What stoke tells every replica, like Knative's K_SERVICE/K_REVISION. */
+    if (asprintf(&env[n_env], "PORT=%u", r->port) < 0)
+        goto fail_listed;
+    n_env++;
+    if (asprintf(&env[n_env], "STOKE_FUNCTION=%s", s->name) < 0)
+        goto fail_listed;
+    n_env++;
+    if (asprintf(&env[n_env], "STOKE_REVISION=%s", r->revision) < 0)
+        goto fail_listed;
+    n_env++;
+    if (asprintf(&env[n_env], "STOKE_REPLICA=%s", r->name) < 0)
+        goto fail_listed;
+    n_env++;
+
+    char port[8];
+    snprintf(port, sizeof(port), "%u", r->port);
+    const struct stoke_label labels[] = {
+        {"io.stoke.managed", "true"},       {"io.stoke.function", s->name},
+        {"io.stoke.revision", r->revision}, {"io.stoke.instance", c->cfg.instance},
+        {"io.stoke.port", port},
+    };
+    const struct stoke_container_config cfg = {
+        .name = r->name,
+        .image = s->image,
+        .env = (const char *const *)env,
+        .env_len = n_env,
+        .labels = labels,
+        .labels_len = STOKE_ARRAY_SIZE(labels),
+        .network_mode = "host",
+        .memory_bytes = s->resources.memory_bytes,
+        .cpu_millis = s->resources.cpu_millis,
+        .pids = s->resources.pids,
+    };
+    e = stoke_engine_create(c->engine, &cfg, on_created, r);
+    if (e < 0)
+        goto fail_listed;
+    r->op_pending = true;
+    r->state = R_CREATING;
+    for (size_t i = 0; i < n_env; i++)
+        free(env[i]);
+    free(env);
+    return;
+
+fail_listed:
+    for (size_t i = 0; i < n_env; i++)
+        free(env[i]);
+    free(env);
+    replica_failed(r, e, "cannot create");
+    return;
+fail:
+    free(r);
+    stoke_error(fn->spec.name, e, "cannot create a replica");
+}
+
+/* ---- desired state ------------------------------------------------------- */
+
+/* The skeleton's rule: one replica while there is traffic (or a poke) within
+ * scaleToZeroGrace, else none; `initial` replicas for a grace period after
+ * the function first appears; always within [min, max]. */
+static uint32_t desired_replicas(const struct function *fn, uint64_t now)
+{
+    const struct stoke_scale *sc = &fn->spec.scale;
+    if (fn->deleted)
+        return 0;
+    uint32_t want = 0;
+    if (fn->last_active_ms && now - fn->last_active_ms < sc->scale_to_zero_grace_ms)
+        want = 1;
+    if (now < fn->initial_until_ms && sc->initial > want)
+        want = sc->initial;
+    if (want < sc->min)
+        want = sc->min;
+    if (sc->max && want > sc->max)
+        want = sc->max;
+    return want;
+}
+
+void ctrl_reconcile(struct function *fn)
+{
+    struct ctrl *c = fn->ctrl;
+    if (c->stopping)
+        return;
+    uint64_t now = uv_now(c->loop);
+    uint32_t want = desired_replicas(fn, now);
+    uint32_t live = 0, serving = 0;
+    for (struct stoke_list *n = fn->replicas.next; n != &fn->replicas; n = n->next) {
+        struct replica *r = stoke_container_of(n, struct replica, node);
+        if (r->state != R_RETIRING && !r->retire_asap) {
+            live++;
+            if (r->state == R_READY)
+                serving++;
+        }
+    }
+    if (live < want && now >= fn->retry_at_ms) {
+        if (live == 0) {
+            fn->cold_starts++;
+            stoke_info(fn->spec.name, "cold start: 0 -> %u replicas", want);
+        }
+        while (live < want) {
+            replica_create(fn);
+            live++;
+        }
+    } else if (live > want) {
+        /* Retire those not serving first, then the newest serving ones. */
+        for (int pass = 0; pass < 2 && live > want; pass++) {
+            for (struct stoke_list *n = fn->replicas.prev; n != &fn->replicas && live > want;) {
+                struct replica *r = stoke_container_of(n, struct replica, node);
+                n = n->prev;
+                if (r->state == R_RETIRING || r->retire_asap)
+                    continue;
+                if (pass == 0 && r->state == R_READY)
+                    continue;
+                replica_retire(r);
+                live--;
+            }
+        }
+        if (want == 0)
+            stoke_info(fn->spec.name, "idle for %llu ms: scaled to zero",
+                       (unsigned long long)fn->spec.scale.scale_to_zero_grace_ms);
+    }
+    (void)serving;
+}
+
+void ctrl_reconcile_all(struct ctrl *c)
+{
+    struct stoke_list *n = c->functions.next;
+    while (n != &c->functions) {
+        struct function *fn = stoke_container_of(n, struct function, node);
+        n = n->next;
+        ctrl_reconcile(fn);
+    }
+}
+
+int ctrl_function_apply(struct ctrl *c, const struct stoke_spec *spec)
+{
+    struct stoke_spec copy;
+    int r = stoke_spec_dup(spec, &copy);
+    if (r < 0)
+        return r;
+    char rev[17];
+    stoke_spec_revision(&copy, rev);
+
+    struct function *fn = ctrl_function_find(c, spec->name);
+    if (!fn) {
+        fn = calloc(1, sizeof(*fn));
+        if (!fn) {
+            stoke_spec_done(&copy);
+            return -ENOMEM;
+        }
+        fn->ctrl = c;
+        stoke_list_init(&fn->replicas);
+        stoke_list_insert_tail(&c->functions, &fn->node);
+        if (copy.scale.initial > 0)
+            fn->initial_until_ms = uv_now(c->loop) + copy.scale.scale_to_zero_grace_ms;
+        stoke_info(copy.name, "function added (image %s, revision %s)", copy.image, rev);
+    } else {
+        if (strcmp(rev, fn->revision) != 0) {
+            stoke_info(copy.name, "new revision %s (was %s): replacing replicas", rev,
+                       fn->revision);
+            for (struct stoke_list *n = fn->replicas.next; n != &fn->replicas;) {
+                struct replica *rp = stoke_container_of(n, struct replica, node);
+                n = n->next;
+                replica_retire(rp);
+            }
+        } else {
+            stoke_info(copy.name, "function updated (revision %s)", rev);
+        }
+        fn->deleted = false;
+        stoke_spec_done(&fn->spec);
+    }
+    fn->spec = copy;
+    memcpy(fn->revision, rev, sizeof(rev));
+    ctrl_push_routes(c);
+    ctrl_reconcile(fn);
+    return 0;
+}
+
+void ctrl_function_delete(struct ctrl *c, const char *name)
+{
+    struct function *fn = ctrl_function_find(c, name);
+    if (!fn || fn->deleted)
+        return;
+    stoke_info(name, "spec removed: scaling to zero");
+    fn->deleted = true;
+    ctrl_push_routes(c);
+    for (struct stoke_list *n = fn->replicas.next; n != &fn->replicas;) {
+        struct replica *r = stoke_container_of(n, struct replica, node);
+        n = n->next;
+        replica_retire(r);
+    }
+    if (stoke_list_empty(&fn->replicas))
+        function_free(fn);
+}
+
+void ctrl_on_poke(struct ctrl *c, const char *name)
+{
+    struct function *fn = ctrl_function_find(c, name);
+    if (!fn || fn->deleted)
+        return;
+    fn->last_active_ms = uv_now(c->loop);
+    ctrl_reconcile(fn);
+}
+
+void ctrl_on_stats(struct ctrl *c, const char *name, double concurrency, uint64_t requests)
+{
+    struct function *fn = ctrl_function_find(c, name);
+    if (!fn || fn->deleted)
+        return;
+    if (concurrency > 0 || requests > 0)
+        fn->last_active_ms = uv_now(c->loop);
+}
+
+/* ---- checking the engine ------------------------------------------------- */
+
+struct check {
+    struct ctrl *c;
+    uint64_t sent_ms;
+};
+
+static bool list_has_running(json_object *list, const char *id)
+{
+    struct stoke_container_summary s;
+    for (size_t i = 0; stoke_engine_list_get(list, i, &s) == 0; i++) {
+        if (strcmp(s.id, id) == 0)
+            return strcmp(s.state, "running") == 0;
+    }
+    return false;
+}
+
+static void on_checked(const struct stoke_engine_result *res, void *data)
+{
+    struct check *ck = data;
+    struct ctrl *c = ck->c;
+    uint64_t sent = ck->sent_ms;
+    free(ck);
+    if (res->err < 0 || c->stopping) {
+        if (res->err < 0 && res->err != -ECANCELED)
+            stoke_warn(NULL, res->err, "cannot list containers: %s; serving what is known",
+                       res->message);
+        return;
+    }
+    for (struct stoke_list *a = c->functions.next; a != &c->functions; a = a->next) {
+        struct function *fn = stoke_container_of(a, struct function, node);
+        for (struct stoke_list *b = fn->replicas.next; b != &fn->replicas;) {
+            struct replica *r = stoke_container_of(b, struct replica, node);
+            b = b->next;
+            /* Only replicas that were running before the list was asked for. */
+            if ((r->state != R_READY && r->state != R_PROBING) || r->op_pending ||
+                r->created_ms >= sent)
+                continue;
+            if (!list_has_running(res->json, r->id)) {
+                bool was_ready = r->state == R_READY;
+                replica_failed(r, -ESRCH, "container is no longer running");
+                if (was_ready)
+                    ctrl_reconcile(fn);
+            }
+        }
+    }
+}
+
+void ctrl_check_replicas(struct ctrl *c)
+{
+    struct check *ck = malloc(sizeof(*ck));
+    if (!ck)
+        return;
+    ck->c = c;
+    ck->sent_ms = uv_now(c->loop);
+    if (stoke_engine_list(c->engine, "io.stoke.instance", c->cfg.instance, on_checked, ck) < 0)
+        free(ck);
+}
+
+/* ---- startup and shutdown ------------------------------------------------ */
+
+struct leftovers {
+    struct ctrl *c;
+    void (*cb)(struct ctrl *c, int err);
+    unsigned pending;
+};
+
+static void on_leftover_removed(const struct stoke_engine_result *res, void *data)
+{
+    struct leftovers *lo = data;
+    if (res->err < 0 && res->err != -ENOENT)
+        stoke_warn(NULL, res->err, "cannot remove a leftover container: %s", res->message);
+    if (--lo->pending == 0) {
+        lo->cb(lo->c, 0);
+        free(lo);
+    }
+}
+
+static void on_leftovers_listed(const struct stoke_engine_result *res, void *data)
+{
+    struct leftovers *lo = data;
+    struct stoke_container_summary s;
+    if (res->err < 0) {
+        lo->cb(lo->c, res->err);
+        free(lo);
+        return;
+    }
+    lo->pending = 1;
+    for (size_t i = 0; stoke_engine_list_get(res->json, i, &s) == 0; i++) {
+        stoke_info(NULL, "removing container %.12s left by an earlier run", s.id);
+        if (stoke_engine_remove(lo->c->engine, s.id, true, on_leftover_removed, lo) == 0)
+            lo->pending++;
+    }
+    /* Drop the guard count; completes now when nothing was pending. */
+    struct stoke_engine_result done = {.err = 0, .message = ""};
+    on_leftover_removed(&done, lo);
+}
+
+int ctrl_remove_leftovers(struct ctrl *c, void (*cb)(struct ctrl *c, int err))
+{
+    struct leftovers *lo = calloc(1, sizeof(*lo));
+    if (!lo)
+        return -ENOMEM;
+    lo->c = c;
+    lo->cb = cb;
+    int r = stoke_engine_list(c->engine, "io.stoke.instance", c->cfg.instance,
+                              on_leftovers_listed, lo);
+    if (r < 0)
+        free(lo);
+    return r;
+}
+
+static void shutdown_check(struct ctrl *c)
+{
+    if (!c->stopping || !c->on_stopped)
+        return;
+    for (struct stoke_list *a = c->functions.next; a != &c->functions; a = a->next) {
+        struct function *fn = stoke_container_of(a, struct function, node);
+        if (!stoke_list_empty(&fn->replicas))
+            return;
+    }
+    void (*cb)(struct ctrl *) = c->on_stopped;
+    c->on_stopped = NULL;
+    while (!stoke_list_empty(&c->functions))
+        function_free(stoke_container_of(stoke_list_first(&c->functions), struct function, node));
+    cb(c);
+}
+
+void ctrl_shutdown(struct ctrl *c, void (*cb)(struct ctrl *c))
+{
+    c->stopping = true;
+    c->on_stopped = cb;
+    for (struct stoke_list *a = c->functions.next; a != &c->functions; a = a->next) {
+        struct function *fn = stoke_container_of(a, struct function, node);
+        for (struct stoke_list *b = fn->replicas.next; b != &fn->replicas;) {
+            struct replica *r = stoke_container_of(b, struct replica, node);
+            b = b->next;
+            replica_retire(r);
+        }
+    }
+    shutdown_check(c);
+}

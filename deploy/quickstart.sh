@@ -1,0 +1,96 @@
+#!/bin/sh
+# Runs stoke on this machine with the example function, from nothing:
+# installs what is missing (and starts dockerd when none answers), builds
+# stoke and the example image, starts stoke-controller and stoke-activator
+# in the background, applies deploy/examples/hello/hello.yaml, and sends one
+# request through the activator: the function starts from zero replicas and
+# answers.
+#
+# Usage: deploy/quickstart.sh          start (again) and print the answer
+#        deploy/quickstart.sh stop     stop stoke and remove its replicas
+# Env:   STOKE_HOME   state directory (default /tmp/stoke-quickstart)
+#        STOKE_PORT   activator port (default 8080)
+set -eu
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+home=${STOKE_HOME:-/tmp/stoke-quickstart}
+port=${STOKE_PORT:-8080}
+build=$root/build
+
+say() { printf 'quickstart: %s\n' "$*"; }
+
+stop() {
+    for p in activator controller; do
+        if [ -f "$home/$p.pid" ]; then
+            pid=$(cat "$home/$p.pid")
+            if kill "$pid" 2>/dev/null; then
+                # The controller removes its replicas before it exits.
+                i=0
+                while kill -0 "$pid" 2>/dev/null && [ $i -lt 150 ]; do
+                    sleep 0.2
+                    i=$((i + 1))
+                done
+                kill -9 "$pid" 2>/dev/null || true
+            fi
+            rm -f "$home/$p.pid"
+        fi
+    done
+}
+
+if [ "${1:-}" = stop ]; then
+    stop
+    say "stopped"
+    exit 0
+fi
+
+"$root/deploy/install-deps.sh"
+cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build "$build" -j "$(nproc)" >/dev/null
+STOKE_BUILD_DIR=$build "$root/deploy/build-example.sh" stoke-hello:1
+
+stop
+mkdir -p "$home/functions"
+rm -f "$home/functions/"*.yaml
+: >"$home/controller.log"
+: >"$home/activator.log"
+
+setsid nohup "$build/stoke-controller" --functions-dir "$home/functions" \
+    --listen "unix:$home/ctl.sock" --instance quickstart \
+    >>"$home/controller.log" 2>&1 </dev/null &
+echo $! >"$home/controller.pid"
+setsid nohup "$build/stoke-activator" --listen "127.0.0.1:$port" \
+    --controller "unix:$home/ctl.sock" >>"$home/activator.log" 2>&1 </dev/null &
+echo $! >"$home/activator.pid"
+
+wait_for() { # file needle seconds
+    i=0
+    while ! grep -q "$2" "$1" 2>/dev/null; do
+        i=$((i + 1))
+        if [ $i -gt $(($3 * 10)) ]; then
+            say "timed out waiting for '$2' in $1:"
+            tail -n 20 "$1" >&2
+            exit 1
+        fi
+        sleep 0.1
+    done
+}
+wait_for "$home/controller.log" '"ready: functions' 30
+wait_for "$home/activator.log" 'connected to the controller' 30
+
+# Apply the function: drop its spec into the functions directory.
+cp "$root/deploy/examples/hello/hello.yaml" "$home/functions/hello.yaml"
+wait_for "$home/controller.log" 'function added' 10
+sleep 0.3 # the route reaches the activator
+
+n=$(docker ps -q --filter label=io.stoke.instance=quickstart | wc -l)
+say "hello is applied with $n replicas running; sending the first request"
+say "\$ curl http://127.0.0.1:$port/fn/hello/"
+answer=$(curl -sS --max-time 60 -w '\n%{http_code} in %{time_total}s' "http://127.0.0.1:$port/fn/hello/")
+echo "$answer"
+say "the same function by Host: curl http://hello.localhost:$port/"
+say "logs: $home/controller.log $home/activator.log"
+say "stop with: $0 stop"
+case "$answer" in
+*"200 in"*) exit 0 ;;
+*) exit 1 ;;
+esac

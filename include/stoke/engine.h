@@ -1,0 +1,144 @@
+/* Asynchronous client of the container engine's HTTP API (Docker Engine API;
+ * Podman's compatible service works the same) over its unix socket.
+ *
+ * Every call runs on the caller's libuv loop through libcurl's multi socket
+ * interface (stoke/curluv.h): nothing blocks. Each call either returns a
+ * negative errno and never calls `cb`, or returns 0 and calls `cb` exactly
+ * once, later, from the loop (never from inside the call). Thread: the loop's.
+ *
+ * Engine errors come back as values: `res->err` is 0 or a negative errno
+ * mapped from the HTTP status (404 -ENOENT, 409 -EEXIST, 304 -EALREADY,
+ * 400 -EINVAL, 500 -EIO, others -EPROTO) or from curl (-ECONNREFUSED,
+ * -ETIMEDOUT, -EIO), -EFBIG for a response body over 8 MiB, -EINVAL for a
+ * 2xx body that is not valid JSON, -ECANCELED when the engine is closed
+ * with the call in flight; and `res->message` the engine's own "message"
+ * text (or curl's, or ours). On an engine error `res->json` is the engine's
+ * error object when it sent one.
+ *
+ * The calls return -EINVAL at once for an `id` that is not a container id
+ * or name ([a-zA-Z0-9][a-zA-Z0-9_.-]*, at most 255), -ECANCELED once the
+ * engine is closing, -ENOMEM.
+ *
+ * What Docker 20.10 answers (API 1.41), for callers deciding what to do:
+ * - start on a running container: -EALREADY (304);
+ * - stop on a stopped one: -EALREADY (304); stop on a paused one: 0, the
+ *   engine thaws and stops it (exited, SIGTERM honoured);
+ * - pause on a paused one: -EEXIST (409); pause on a stopped one: -EEXIST
+ *   (409, "is not running");
+ * - unpause on a running, not paused one: -EIO (500, "is not paused");
+ * - remove without force of a running or paused one: -EEXIST (409);
+ *   remove with force of a paused one: 0;
+ * - any call on an unknown id: -ENOENT (404, "No such container: ..."). */
+#ifndef STOKE_ENGINE_H
+#define STOKE_ENGINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <json-c/json.h>
+#include <uv.h>
+
+struct stoke_engine;
+
+struct stoke_engine_result {
+    int err;             /* 0 or negative errno */
+    long http_status;    /* 0 when no response arrived */
+    const char *message; /* borrowed for the callback; engine's message or curl's; "" on success */
+    json_object *json;   /* borrowed for the callback; parsed body or NULL */
+    const char *id;      /* borrowed; the container id for create, else NULL */
+};
+
+typedef void (*stoke_engine_cb)(const struct stoke_engine_result *res, void *data);
+
+struct stoke_label {
+    const char *key;
+    const char *value;
+};
+
+/* What stoke asks of a replica container. Pointers are borrowed for the call
+ * only (the request body is built before stoke_engine_create() returns). */
+struct stoke_container_config {
+    const char *name; /* container name, or NULL for an engine-chosen one */
+    const char *image;
+    const char *const *env; /* "KEY=VALUE" strings */
+    size_t env_len;
+    const struct stoke_label *labels;
+    size_t labels_len;
+    const char *network_mode; /* "host" (default when NULL) or "bridge" */
+    uint64_t memory_bytes;    /* 0 = no limit */
+    uint64_t cpu_millis;      /* 0 = no limit; sent as NanoCpus */
+    uint32_t pids;            /* 0 = no limit */
+    bool read_only_rootfs;
+};
+/* Every container also gets CapDrop ["ALL"], SecurityOpt
+ * ["no-new-privileges"], and no engine socket mounted. */
+
+/* `docker_host` is "unix:///path" (NULL: $DOCKER_HOST, else
+ * unix:///var/run/docker.sock). Other schemes are refused with -EINVAL.
+ * Returns 0 and *ret, or a negative errno. */
+int stoke_engine_new(uv_loop_t *loop, const char *docker_host, struct stoke_engine **ret);
+
+/* Aborts every call in flight (each callback runs once with -ECANCELED from
+ * within this call, so callers may free their state there) and frees the
+ * engine once its libuv handles have closed; `on_closed` may be NULL. */
+void stoke_engine_close(struct stoke_engine *e, void (*on_closed)(void *data), void *data);
+
+/* Per-call time limit in ms (default 30000), for calls started after this;
+ * 0 is taken as 1. */
+void stoke_engine_set_timeout(struct stoke_engine *e, uint64_t timeout_ms);
+
+int stoke_engine_ping(struct stoke_engine *e, stoke_engine_cb cb, void *data);
+/* json: the image inspect object; -ENOENT when the image is not present. */
+int stoke_engine_image_inspect(struct stoke_engine *e, const char *image, stoke_engine_cb cb,
+                               void *data);
+/* res->id: the new container's id. Never pulls: a missing image is -ENOENT
+ * with the engine's message ("No such image: ..."). */
+int stoke_engine_create(struct stoke_engine *e, const struct stoke_container_config *cfg,
+                        stoke_engine_cb cb, void *data);
+int stoke_engine_start(struct stoke_engine *e, const char *id, stoke_engine_cb cb, void *data);
+/* json: the container inspect object; see stoke_engine_state_parse(). */
+int stoke_engine_inspect(struct stoke_engine *e, const char *id, stoke_engine_cb cb, void *data);
+int stoke_engine_pause(struct stoke_engine *e, const char *id, stoke_engine_cb cb, void *data);
+int stoke_engine_unpause(struct stoke_engine *e, const char *id, stoke_engine_cb cb, void *data);
+/* Stop with SIGTERM then SIGKILL after `grace_s` seconds. The engine answers
+ * once the container is down, so this call's time limit is the engine's
+ * timeout plus `grace_s`. */
+int stoke_engine_stop(struct stoke_engine *e, const char *id, unsigned grace_s, stoke_engine_cb cb,
+                      void *data);
+/* force: kill first if running. Also removes anonymous volumes. */
+int stoke_engine_remove(struct stoke_engine *e, const char *id, bool force, stoke_engine_cb cb,
+                        void *data);
+/* All containers (running or not) carrying label `key=value` (value NULL:
+ * any value). json: the engine's array; see stoke_engine_list_get(). */
+int stoke_engine_list(struct stoke_engine *e, const char *key, const char *value,
+                      stoke_engine_cb cb, void *data);
+
+/* A container's state as the engine reports it. */
+struct stoke_container_state {
+    char id[65];
+    char status[16]; /* created, running, paused, restarting, removing, exited, dead */
+    bool running;
+    bool paused;
+    int pid; /* 0 when not running */
+    int exit_code;
+    bool oom_killed;
+};
+
+/* From an inspect object. Returns 0 or -EINVAL. */
+int stoke_engine_state_parse(json_object *inspect, struct stoke_container_state *ret);
+
+/* One entry of a list result. `labels` is borrowed from the json array. */
+struct stoke_container_summary {
+    char id[65];
+    char state[16];      /* as the list reports it: created, running, paused, exited... */
+    json_object *labels; /* borrowed object of string values */
+};
+
+/* Entry `i` of a list result. Returns 0, -ERANGE past the end, -EINVAL. */
+int stoke_engine_list_get(json_object *list, size_t i, struct stoke_container_summary *ret);
+
+/* A label's value from a summary, or NULL. Borrowed. */
+const char *stoke_engine_label_get(const struct stoke_container_summary *s, const char *key);
+
+#endif

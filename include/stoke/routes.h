@@ -1,0 +1,76 @@
+/* The route table the controller pushes to activators, the messages of the
+ * controller <-> activator channel, and the pure request router.
+ *
+ * The channel is one stream connection (unix socket or loopback TCP) that the
+ * activator opens to the controller. Each message is one JSON object on one
+ * line (at most STOKE_CTL_MAX_LINE bytes), with "op" naming it:
+ *   activator -> controller:
+ *     {"op":"hello","activator":"<id>"}
+ *     {"op":"poke","fn":"<name>"}                  a request waits at zero
+ *     {"op":"stats","fns":{"<name>":{"concurrency":1.5,"requests":12}}}
+ *   controller -> activator:
+ *     {"op":"routes","gen":7,"functions":[{"name":..., "timeout_ms":...,
+ *       "queue_max":..., "queue_timeout_ms":..., "concurrency_limit":...,
+ *       "endpoints":["127.0.0.1:31001", ...]}, ...]}
+ * A routes message always carries the whole table; `gen` grows with each. */
+#ifndef STOKE_ROUTES_H
+#define STOKE_ROUTES_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "stoke/spec.h"
+#include "stoke/util.h"
+
+#define STOKE_CTL_MAX_LINE (4 * 1024 * 1024)
+#define STOKE_ROUTES_MAX_FUNCTIONS 10000
+#define STOKE_ROUTES_MAX_ENDPOINTS 1000
+
+struct stoke_route {
+    char name[STOKE_NAME_MAX + 1];
+    uint64_t timeout_ms;
+    uint32_t queue_max;
+    uint64_t queue_timeout_ms;
+    uint32_t concurrency_limit; /* 0 = none */
+    struct stoke_addr *endpoints; /* owned; ready replicas only */
+    size_t n_endpoints;
+};
+
+struct stoke_route_table {
+    uint64_t gen;
+    struct stoke_route *routes; /* owned, sorted by name */
+    size_t n_routes;
+};
+
+/* Frees what the table owns and zeroes it. Safe on a zeroed table. */
+void stoke_route_table_done(struct stoke_route_table *t);
+
+/* Serialises as one "routes" line (without '\n'). Returns an owned string
+ * (free()) or NULL on OOM. */
+char *stoke_route_table_format(const struct stoke_route_table *t);
+
+/* Parses a "routes" message (already decoded JSON text). Validates every
+ * field (names are DNS labels, endpoints IP literals, counts capped) and
+ * sorts by name. Returns 0 and fills `ret` (zeroed on error), or -EINVAL /
+ * -ENOMEM. */
+int stoke_route_table_parse(const char *json, size_t len, struct stoke_route_table *ret);
+
+/* Binary search by name. Returns a pointer borrowed from `t`, or NULL. */
+const struct stoke_route *stoke_route_table_find(const struct stoke_route_table *t,
+                                                 const char *name, size_t name_len);
+
+/* The router: picks the function a request is for.
+ * - A path "/fn/<name>" or "/fn/<name>/..." wins; the function's path is the
+ *   rest, query string kept; the rest may be "" or start with '?', and the
+ *   caller then puts "/" in front.
+ * - Else a Host of "<name>.<domain>" (port ignored, case-insensitive).
+ * On success returns 0 and sets *ret_name and *ret_name_len (borrowed from
+ * `host` or `target`) and *ret_path and *ret_path_len (borrowed from `target`).
+ * Names are returned as sent: the caller lowercases a Host name before the
+ * lookup. Returns -ENOENT when neither matches. Pure. */
+int stoke_route_match(const char *host, size_t host_len, const char *target, size_t target_len,
+                      const char *domain, const char **ret_name, size_t *ret_name_len,
+                      const char **ret_path, size_t *ret_path_len);
+
+#endif

@@ -1,0 +1,113 @@
+/* The stoke/v1 Function spec: parsed from YAML (libyaml) into a plain struct.
+ *
+ * Parsing is all-or-nothing: on any error the output struct is left zeroed
+ * (nothing to free) and `reterr` says where and what, so a caller that keeps
+ * the previous spec of a function changes nothing when a new one is refused.
+ * Pure: no I/O except stoke_spec_load(), which reads one capped file. */
+#ifndef STOKE_SPEC_H
+#define STOKE_SPEC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "stoke/diag.h"
+
+/* Hard caps on input: bigger files are refused before parsing, deeper nesting
+ * is refused while parsing, so hostile input cannot exhaust memory or stack. */
+#define STOKE_SPEC_MAX_BYTES (1024 * 1024)
+#define STOKE_SPEC_MAX_DEPTH 16
+#define STOKE_SPEC_MAX_NODES 16384 /* scalars, sequences and mappings in all */
+#define STOKE_SPEC_MAX_ENV 256
+#define STOKE_NAME_MAX 63
+
+enum stoke_idle {
+    STOKE_IDLE_PAUSE = 0,
+    STOKE_IDLE_STOP,
+    STOKE_IDLE_REMOVE,
+};
+
+struct stoke_env_var {
+    char *name;  /* owned */
+    char *value; /* owned */
+};
+
+struct stoke_scale {
+    uint32_t min;                   /* default 0 */
+    uint32_t max;                   /* default 0 = unbounded */
+    uint32_t initial;               /* default 1 */
+    uint32_t target;                /* default 100, > 0 */
+    uint32_t utilization;           /* percent, default 70, 1..100 */
+    uint32_t container_concurrency; /* default 0 = no limit */
+    uint64_t window_ms;             /* default 60 s, 6 s..1 h */
+    uint32_t panic_window_percent;  /* default 10, 1..100 */
+    uint32_t panic_threshold_percent; /* default 200, 110..1000 */
+    uint64_t scale_to_zero_grace_ms;  /* default 30 s */
+    uint64_t scale_down_delay_ms;     /* default 0, <= 1 h */
+    enum stoke_idle idle;             /* default pause */
+};
+
+struct stoke_spec {
+    char name[STOKE_NAME_MAX + 1]; /* metadata.name, a DNS label */
+    char *image;                   /* owned, required */
+    uint16_t port;                 /* default 8080; container port, $PORT */
+    struct stoke_env_var *env;     /* owned array, in file order */
+    size_t env_len;
+    struct stoke_scale scale;
+    uint64_t timeout_ms; /* default 300 s; per-request deadline */
+    struct {
+        uint32_t max;        /* default 1000 */
+        uint64_t timeout_ms; /* default 60 s */
+    } queue;
+    struct {
+        uint64_t memory_bytes; /* default 128Mi */
+        uint64_t cpu_millis;   /* default 500m */
+        uint32_t pids;         /* default 256 */
+    } resources;
+    struct {
+        char *path;         /* owned; NULL = TCP connect probe */
+        uint64_t period_ms; /* default 10 ms, 1 ms..1 h; the prober backs off */
+    } readiness;
+};
+
+/* Fills `spec` with every default; name and image stay empty. */
+void stoke_spec_defaults(struct stoke_spec *spec);
+
+/* Parses `len` bytes of YAML. `filename` is only used in `reterr`.
+ * Returns 0 and fills `ret` (free with stoke_spec_done()), or -EINVAL (bad
+ * spec), -EFBIG (over STOKE_SPEC_MAX_BYTES), -ENOMEM; on error `ret` is zeroed
+ * and `reterr` (may be NULL) holds file:line:column, the field path (e.g.
+ * "spec.scale.min") and a message. */
+int stoke_spec_parse(const char *buf, size_t len, const char *filename, struct stoke_spec *ret,
+                     struct stoke_diag *reterr);
+
+/* Reads `path` (refusing files over STOKE_SPEC_MAX_BYTES without reading them
+ * whole) and parses it. Blocking file I/O: call at startup or off the loop,
+ * or accept one small read. Same returns as stoke_spec_parse(), plus -errno
+ * from open/read (reterr filled too). */
+int stoke_spec_load(const char *path, struct stoke_spec *ret, struct stoke_diag *reterr);
+
+/* Frees what `spec` owns and zeroes it. Safe on a zeroed or half-built spec. */
+void stoke_spec_done(struct stoke_spec *spec);
+
+/* Deep copy into `ret`. Returns 0 or -ENOMEM (ret zeroed). */
+int stoke_spec_dup(const struct stoke_spec *spec, struct stoke_spec *ret);
+
+/* The revision: 16 lowercase hex digits of a stable hash (FNV-1a 64) over the
+ * fields that shape a replica (image, port, env in order, resources,
+ * readiness path). Two specs with the same revision can share replicas. */
+void stoke_spec_revision(const struct stoke_spec *spec, char out[17]);
+
+/* Parses a duration such as "250ms", "60s", "1m30s", "2h" into ms.
+ * Returns 0 or -EINVAL (empty, no unit, unknown unit, overflow, negative). */
+int stoke_parse_duration(const char *s, uint64_t *ret_ms);
+
+/* Kubernetes-style quantities. Memory: "128Mi", "1Gi", "500M", "1000000".
+ * CPU: "500m", "1", "0.5", "2". Returns 0 or -EINVAL. */
+int stoke_parse_memory(const char *s, uint64_t *ret_bytes);
+int stoke_parse_cpu(const char *s, uint64_t *ret_millis);
+
+/* A DNS label: [a-z0-9-], 1..63, starts with a letter, does not end with '-'. */
+bool stoke_is_valid_name(const char *s);
+
+#endif

@@ -1,0 +1,297 @@
+"""End-to-end harness: runs the real stoke-controller and stoke-activator
+against the real Docker engine, with specs in a temporary functions
+directory, and cleans up every process and container it started, also when
+a test fails or the run is interrupted.
+
+All traffic goes to 127.0.0.1 (the activator, and replicas on the host
+network); the engine is reached over its unix socket.
+"""
+
+import atexit
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import urllib.parse
+
+BUILD = os.environ.get("STOKE_BUILD_DIR", os.path.join(os.path.dirname(__file__), "../../build"))
+IMAGE = os.environ.get("STOKE_HELLO_IMAGE", "stoke-hello:1")
+DOCKER_SOCK = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock").replace("unix://", "")
+
+_live = []  # every Stoke started, for cleanup at exit
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path, timeout=30):
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        s.connect(self.path)
+        self.sock = s
+
+
+def engine(method, path, body=None):
+    """One call to the Docker engine API; returns (status, parsed JSON or text)."""
+    c = UnixHTTPConnection(DOCKER_SOCK)
+    try:
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        c.request(method, path, body=json.dumps(body) if body is not None else None, headers=headers)
+        r = c.getresponse()
+        data = r.read()
+        try:
+            return r.status, json.loads(data) if data else None
+        except ValueError:
+            return r.status, data.decode(errors="replace")
+    finally:
+        c.close()
+
+
+def containers(labels):
+    """Containers (any state) carrying every label of `labels` (a dict)."""
+    f = json.dumps({"label": ["%s=%s" % kv for kv in labels.items()]})
+    st, body = engine("GET", "/containers/json?all=1&filters=" + urllib.parse.quote(f))
+    assert st == 200, (st, body)
+    return body
+
+
+def remove_containers(labels):
+    for c in containers(labels):
+        engine("DELETE", "/containers/%s?force=1&v=1" % c["Id"])
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+class Response:
+    def __init__(self, status, headers, body):
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def __repr__(self):
+        return "<%d %r>" % (self.status, self.body[:80])
+
+
+class Stoke:
+    """A controller and an activator with their own functions directory,
+    channel socket, data port and container label."""
+
+    def __init__(self, name, grace="30s", extra_controller_args=()):
+        self.instance = "e2e-%s-%d" % (name, os.getpid())
+        self.tmp = tempfile.mkdtemp(prefix="stoke-e2e-")
+        self.fndir = os.path.join(self.tmp, "functions")
+        os.mkdir(self.fndir)
+        self.ctl = "unix:" + os.path.join(self.tmp, "ctl.sock")
+        self.port = free_port()
+        self.procs = {}
+        self.logs = {}
+        self.extra = list(extra_controller_args)
+        _live.append(self)
+
+    # -- processes --------------------------------------------------------
+    def _spawn(self, name, argv):
+        log = open(os.path.join(self.tmp, name + ".log"), "wb")
+        self.logs[name] = log.name
+        p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs[name] = p
+        pidfile = os.environ.get("STOKE_TEST_PIDFILE")
+        if pidfile:
+            with open(pidfile, "a") as f:
+                f.write("%d\n" % p.pid)
+        return p
+
+    def start(self):
+        self._spawn("controller", [
+            os.path.join(BUILD, "stoke-controller"), "--functions-dir", self.fndir,
+            "--listen", self.ctl, "--instance", self.instance, "--drain", "200ms",
+            "--log-level", "debug"] + self.extra)
+        self._spawn("activator", [
+            os.path.join(BUILD, "stoke-activator"), "--listen", "127.0.0.1:%d" % self.port,
+            "--controller", self.ctl, "--log-level", "debug"])
+        self.wait_log("controller", '"ready: functions from', 30)
+        self.wait_log("activator", "connected to the controller", 30)
+        return self
+
+    def log(self, name):
+        with open(self.logs[name], "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def wait_log(self, name, needle, timeout, count=1):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.log(name).count(needle) >= count:
+                return
+            p = self.procs[name]
+            if p.poll() is not None:
+                raise AssertionError("%s exited (%s):\n%s" % (name, p.returncode, self.log(name)))
+            time.sleep(0.02)
+        raise AssertionError("no %r in the %s log after %ss:\n%s" % (needle, name, timeout, self.log(name)))
+
+    def stop(self):
+        for name in ("activator", "controller"):
+            p = self.procs.get(name)
+            if p and p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        # The controller removes its replicas on SIGTERM; make sure anyway.
+        remove_containers({"io.stoke.instance": self.instance})
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        if self in _live:
+            _live.remove(self)
+
+    # -- specs ------------------------------------------------------------
+    def write_spec(self, name, scale=None, queue=None, extra="", filename=None, env=None):
+        scale = dict(scale or {})
+        lines = ["apiVersion: stoke/v1", "kind: Function", "metadata:", "  name: " + name,
+                 "spec:", "  image: " + IMAGE, "  readiness: { path: / }"]
+        env = env if env is not None else {"GREETING": "hi from " + name}
+        lines.append("  env:")
+        for k, v in env.items():
+            lines.append("    %s: %s" % (k, json.dumps(v)))
+        if scale:
+            lines.append("  scale:")
+            for k, v in scale.items():
+                lines.append("    %s: %s" % (k, v))
+        if queue:
+            lines.append("  queue: { %s }" % ", ".join("%s: %s" % kv for kv in queue.items()))
+        text = "\n".join(lines) + "\n" + extra
+        self.write_file(filename or name + ".yaml", text)
+
+    def write_file(self, filename, text):
+        # Written beside and renamed, as a careful user (or stokectl) would.
+        tmp = os.path.join(self.fndir, "." + filename + ".tmp")
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.rename(tmp, os.path.join(self.fndir, filename))
+
+    def remove_spec(self, filename):
+        os.unlink(os.path.join(self.fndir, filename))
+
+    # -- traffic ----------------------------------------------------------
+    def request(self, path="/", host=None, timeout=60, method="GET", body=None, headers=None):
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            h = dict(headers or {})
+            if host:
+                h["Host"] = host
+            c.request(method, path, body=body, headers=h)
+            r = c.getresponse()
+            return Response(r.status, dict(r.getheaders()), r.read().decode(errors="replace"))
+        finally:
+            c.close()
+
+    def fn_request(self, fn, path="/", **kw):
+        return self.request("/fn/%s%s" % (fn, path), **kw)
+
+    def wait_status(self, send, status, timeout):
+        """Sends requests until one answers `status`; returns it."""
+        deadline = time.time() + timeout
+        r = None
+        while time.time() < deadline:
+            r = send()
+            if r.status == status:
+                return r
+            time.sleep(0.1)
+        raise AssertionError("wanted %d, last answer %r" % (status, r))
+
+    def containers(self, fn=None):
+        labels = {"io.stoke.instance": self.instance}
+        if fn:
+            labels["io.stoke.function"] = fn
+        return containers(labels)
+
+    def running(self, fn=None):
+        return [c for c in self.containers(fn) if c["State"] == "running"]
+
+    def wait_containers(self, fn, n, timeout):
+        """Waits until `fn` has exactly n containers (any state)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            cs = self.containers(fn)
+            if len(cs) == n:
+                return cs
+            time.sleep(0.1)
+        raise AssertionError("%s: wanted %d containers, have %d" % (fn, n, len(self.containers(fn))))
+
+
+def concurrent(n, fn):
+    """Runs fn(i) in n threads at once; returns the results (or exceptions)."""
+    results = [None] * n
+    start = threading.Barrier(n)
+
+    def run(i):
+        try:
+            start.wait(10)
+            results[i] = fn(i)
+        except Exception as e:  # noqa: BLE001 - reported by the caller
+            results[i] = e
+
+    ts = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(120)
+    return results
+
+
+def _cleanup():
+    for s in list(_live):
+        try:
+            s.stop()
+        except Exception:  # noqa: BLE001 - best effort at exit
+            traceback.print_exc()
+
+
+atexit.register(_cleanup)
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(1))
+
+
+def run_tests(namespace):
+    """Runs every test_* function of the module, each with a fresh cleanup,
+    and prints 'N passed, N failed'. Exit status 1 on any failure."""
+    st, _ = engine("GET", "/images/%s/json" % urllib.parse.quote(IMAGE, safe=""))
+    if st != 200:
+        print("image %s is missing: run deploy/build-example.sh" % IMAGE)
+        sys.exit(1)
+    tests = [(k, v) for k, v in namespace.items() if k.startswith("test_") and callable(v)]
+    only = sys.argv[1:]
+    passed = failed = 0
+    for name, fn in tests:
+        if only and name not in only:
+            continue
+        t0 = time.time()
+        try:
+            fn()
+            passed += 1
+            print("PASS %s (%.1fs)" % (name, time.time() - t0), flush=True)
+        except Exception:  # noqa: BLE001 - any failure fails the test
+            failed += 1
+            print("FAIL %s (%.1fs)" % (name, time.time() - t0), flush=True)
+            traceback.print_exc()
+            for s in list(_live):
+                for log in s.logs:
+                    print("---- %s log ----\n%s" % (log, s.log(log)[-6000:]))
+        finally:
+            _cleanup()
+    print("%d passed, %d failed" % (passed, failed))
+    sys.exit(1 if failed or passed == 0 else 0)

@@ -1,0 +1,84 @@
+"""Routing by Host and by path, unknown functions, and what the controller
+does with specs added, broken and removed while it runs."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+from harness import Stoke, run_tests  # noqa: E402
+
+
+def test_host_and_path_routing_and_404():
+    s = Stoke("route").start()
+    s.write_spec("alpha", scale={"min": 1})
+    s.wait_log("controller", "ready on 127.0.0.1", 30)
+    s.wait_log("activator", "route table", 10)
+
+    r = s.request("/", host="alpha.localhost")
+    assert r.status == 200 and "hi from alpha" in r.body, r
+    r = s.request("/x/y?z=1", host="ALPHA.localhost:%d" % s.port)
+    assert r.status == 200, r
+    r = s.fn_request("alpha", "/deep/path")
+    assert r.status == 200, r
+
+    for resp in (s.fn_request("nope"), s.request("/", host="nope.localhost"),
+                 s.request("/"), s.request("/fn/")):
+        assert resp.status == 404, resp
+    s.stop()
+
+
+def test_bad_spec_is_reported_and_running_functions_keep_serving():
+    s = Stoke("badspec").start()
+    s.write_spec("steady", scale={"min": 1})
+    s.wait_log("controller", "ready on 127.0.0.1", 30)
+    before = [c["Id"] for c in s.containers("steady")]
+    assert len(before) == 1
+
+    # A new file with an error: reported with file:line:column and field.
+    s.write_file("broken.yaml", "apiVersion: stoke/v1\nkind: Function\nmetadata:\n"
+                 "  name: broken\nspec:\n  image: x\n  scale:\n    min: -1\n")
+    s.wait_log("controller", "broken.yaml:8:10: spec.scale.min", 10)
+
+    # The running function's own file broken: it keeps its spec and replica.
+    good = open(os.path.join(s.fndir, "steady.yaml")).read()
+    s.write_file("steady.yaml", good + "  bogusField: 1\n")
+    s.wait_log("controller", "function keeps its current spec", 10)
+    for _ in range(5):
+        r = s.fn_request("steady")
+        assert r.status == 200, r
+    assert [c["Id"] for c in s.containers("steady")] == before
+    assert s.fn_request("broken").status == 404
+
+    # Fixed again: same revision, nothing restarts.
+    s.write_file("steady.yaml", good)
+    s.wait_log("controller", "function updated", 10)
+    assert [c["Id"] for c in s.containers("steady")] == before
+    s.stop()
+
+
+def test_spec_added_changed_and_removed_without_restart():
+    s = Stoke("dir").start()
+    s.write_spec("live", scale={"min": 1})
+    s.wait_log("controller", "ready on 127.0.0.1", 30)
+    r = s.fn_request("live")
+    assert r.status == 200 and "hi from live" in r.body, r
+    first = [c["Id"] for c in s.containers("live")]
+
+    # A changed env is a new revision: the replica is replaced.
+    s.write_spec("live", scale={"min": 1}, env={"GREETING": "changed"})
+    s.wait_log("controller", "new revision", 10)
+    s.wait_log("controller", "ready on 127.0.0.1", 30, count=2)
+    r = s.fn_request("live")
+    assert r.status == 200 and "changed" in r.body, r
+    s.wait_containers("live", 1, 20)
+    assert [c["Id"] for c in s.containers("live")] != first
+
+    # Removed: its containers go and it is unknown.
+    s.remove_spec("live.yaml")
+    s.wait_containers("live", 0, 20)
+    s.wait_status(lambda: s.fn_request("live", timeout=5), 404, 10)
+    s.stop()
+
+
+if __name__ == "__main__":
+    run_tests(globals())

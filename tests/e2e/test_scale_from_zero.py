@@ -1,0 +1,120 @@
+"""A function scales from zero through the activator, back to zero after
+its grace period, and keeps its provisioned minimum."""
+
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+from harness import Stoke, concurrent, run_tests  # noqa: E402
+
+GRACE = "3s"
+
+
+def replica_of(resp):
+    """The replica name the example function puts in its answer."""
+    for word in resp.body.split():
+        if word.startswith("stoke-"):
+            return word
+    raise AssertionError("no replica name in %r" % resp.body)
+
+
+def wait_routed(s, n_functions):
+    s.wait_log("activator", ": %d functions" % n_functions, 20)
+
+
+def test_cold_start_then_back_to_zero():
+    s = Stoke("cold").start()
+    s.write_spec("hello", scale={"min": 0, "initial": 0, "scaleToZeroGrace": GRACE})
+    wait_routed(s, 1)
+    assert s.containers("hello") == [], "min: 0 must start no container"
+
+    r = s.fn_request("hello")
+    assert r.status == 200, r
+    assert "hi from hello" in r.body, r
+    cs = s.containers("hello")
+    assert len(cs) == 1, cs
+    labels = cs[0]["Labels"]
+    assert labels["io.stoke.managed"] == "true", labels
+    assert labels["io.stoke.function"] == "hello", labels
+    assert len(labels["io.stoke.revision"]) == 16, labels
+    assert replica_of(r) == cs[0]["Names"][0].lstrip("/"), (r, cs)
+
+    # Idle for the grace period: back to zero containers.
+    s.wait_containers("hello", 0, 30)
+    # The next request cold-starts a new replica.
+    r2 = s.fn_request("hello")
+    assert r2.status == 200, r2
+    cs2 = s.containers("hello")
+    assert len(cs2) == 1 and cs2[0]["Id"] != cs[0]["Id"], (cs, cs2)
+    assert s.log("controller").count("cold start") == 2
+    s.stop()
+
+
+def test_hundred_concurrent_cold_requests_one_cold_start():
+    s = Stoke("burst").start()
+    s.write_spec("burst", scale={"min": 0, "initial": 0, "scaleToZeroGrace": "30s"})
+    wait_routed(s, 1)
+    assert s.containers("burst") == []
+
+    results = concurrent(100, lambda i: s.fn_request("burst", "/req/%d" % i))
+    bad = [r for r in results if not hasattr(r, "status") or r.status != 200]
+    assert not bad, bad[:5]
+    names = {replica_of(r) for r in results}
+    assert len(names) == 1, names
+    cs = s.containers("burst")
+    assert len(cs) == 1, cs
+    assert s.log("controller").count("cold start") == 1, s.log("controller")
+    s.stop()
+
+
+def test_min_two_keeps_two_ready_replicas():
+    s = Stoke("min2").start()
+    s.write_spec("warm", scale={"min": 2, "scaleToZeroGrace": "1s"})
+    s.wait_log("controller", "ready on 127.0.0.1", 30, count=2)
+    # Well past the grace period, with no traffic: still two.
+    time.sleep(3)
+    running = s.running("warm")
+    assert len(running) == 2, running
+    assert len(s.containers("warm")) == 2
+    # Both are routed: least-in-flight with rotating ties reaches both.
+    seen = {replica_of(s.fn_request("warm")) for _ in range(20)}
+    assert seen == {c["Names"][0].lstrip("/") for c in running}, seen
+    s.stop()
+    assert s.containers("warm") == []
+
+
+def test_queue_full_gives_503_with_retry_after():
+    s = Stoke("queue").start()
+    s.write_spec("tiny", scale={"min": 0, "initial": 0}, queue={"max": 1, "timeout": "30s"})
+    wait_routed(s, 1)
+    results = concurrent(20, lambda i: s.fn_request("tiny"))
+    statuses = [getattr(r, "status", r) for r in results]
+    ok = [r for r in results if getattr(r, "status", None) == 200]
+    full = [r for r in results if getattr(r, "status", None) == 503]
+    assert len(ok) + len(full) == 20, statuses
+    assert len(ok) >= 1 and len(full) >= 1, statuses
+    for r in full:
+        assert r.headers.get("Retry-After") == "1", r.headers
+    s.stop()
+
+
+def test_queue_timeout_gives_504():
+    s = Stoke("qtimeout").start()
+    # The image does not exist: no replica can ever be ready.
+    s.write_spec("ghost", scale={"min": 0, "initial": 0}, queue={"max": 10, "timeout": "1s"},
+                 extra="")
+    text = open(os.path.join(s.fndir, "ghost.yaml")).read().replace(
+        "image: stoke-hello:1", "image: stoke-no-such-image:0")
+    s.write_file("ghost.yaml", text)
+    s.wait_log("controller", "stoke-no-such-image", 10)
+    t0 = time.time()
+    r = s.fn_request("ghost")
+    assert r.status == 504, r
+    assert time.time() - t0 < 20
+    s.wait_log("controller", "No such image", 10)
+    s.stop()
+
+
+if __name__ == "__main__":
+    run_tests(globals())

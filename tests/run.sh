@@ -1,0 +1,53 @@
+#!/bin/sh
+# Runs every stoke test: installs what is missing (deploy/install-deps.sh,
+# which also starts dockerd when none answers), builds with
+# -Wall -Wextra -Werror, builds the example image, then runs the unit,
+# integration (real engine) and end-to-end suites through ctest.
+# Whatever happens, every process and container the tests started is gone
+# at the end.
+#
+# Usage: tests/run.sh [ctest args...]     e.g. tests/run.sh -L unit
+# Env:   STOKE_BUILD_DIR (default build/), STOKE_SANITIZE=1 for ASan+UBSan.
+set -eu
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+build=${STOKE_BUILD_DIR:-$root/build}
+sanitize=OFF
+[ "${STOKE_SANITIZE:-0}" = 1 ] && sanitize=ON
+
+"$root/deploy/install-deps.sh"
+
+cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSTOKE_SANITIZE=$sanitize \
+    >/dev/null
+cmake --build "$build" -j "$(nproc)"
+STOKE_BUILD_DIR=$build "$root/deploy/build-example.sh" stoke-hello:1
+
+pidfile=$(mktemp)
+export STOKE_TEST_PIDFILE=$pidfile
+
+cleanup() {
+    # Processes the harness started, should a test have been killed.
+    while read -r pid; do
+        kill -9 "$pid" 2>/dev/null || true
+    done <"$pidfile"
+    rm -f "$pidfile"
+    # Containers of test runs: controllers in tests use instances "e2e-*";
+    # the engine test labels its own with io.stoke.test.
+    ids=$(docker ps -aq --filter label=io.stoke.test 2>/dev/null || true)
+    for id in $(docker ps -aq --filter label=io.stoke.managed=true 2>/dev/null || true); do
+        case $(docker inspect -f '{{index .Config.Labels "io.stoke.instance"}}' "$id" 2>/dev/null) in
+        e2e-*) ids="$ids $id" ;;
+        esac
+    done
+    if [ -n "$(echo $ids)" ]; then
+        echo "run.sh: removing leftover test containers:$ids" | tr '\n' ' '
+        echo
+        # shellcheck disable=SC2086
+        docker rm -f $ids >/dev/null 2>&1 || true
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+cd "$build"
+ctest --output-on-failure "$@"

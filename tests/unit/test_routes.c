@@ -1,0 +1,209 @@
+/* The router, the route table's wire format and stoke_addr parsing. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdio.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "stoke/routes.h"
+
+struct match_case {
+    const char *host;
+    const char *target;
+    int ret;
+    const char *name;
+    const char *path;
+};
+
+static const struct match_case match_cases[] = {
+    {"hello.localhost", "/", 0, "hello", "/"},
+    {"hello.localhost:8080", "/a/b?c=d", 0, "hello", "/a/b?c=d"},
+    {"HELLO.LocalHost", "/", 0, "HELLO", "/"},
+    {"hello.localhost.", "/x", 0, "hello", "/x"},
+    {"127.0.0.1:8080", "/fn/hello/", 0, "hello", "/"},
+    {"127.0.0.1:8080", "/fn/hello/api/v1?q=1", 0, "hello", "/api/v1?q=1"},
+    {"127.0.0.1:8080", "/fn/hello", 0, "hello", ""},
+    {"127.0.0.1:8080", "/fn/hello?q=1", 0, "hello", "?q=1"},
+    {"other.localhost", "/fn/hello/x", 0, "hello", "/x"}, /* the path wins */
+    {NULL, "/fn/hello/x", 0, "hello", "/x"},
+    {"127.0.0.1:8080", "/fn/", -ENOENT, NULL, NULL},
+    {"127.0.0.1:8080", "/fn", -ENOENT, NULL, NULL},
+    {"127.0.0.1:8080", "/hello", -ENOENT, NULL, NULL},
+    {"localhost", "/", -ENOENT, NULL, NULL},
+    {".localhost", "/", -ENOENT, NULL, NULL},
+    {"hello.localhostx", "/", -ENOENT, NULL, NULL},
+    {"hellolocalhost", "/", -ENOENT, NULL, NULL},
+    {"[::1]:8080", "/", -ENOENT, NULL, NULL},
+    {"", "/", -ENOENT, NULL, NULL},
+    {"a.b.localhost", "/", 0, "a.b", "/"}, /* the caller's lookup refuses "a.b" */
+};
+
+static void test_match_table(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof(match_cases) / sizeof(match_cases[0]); i++) {
+        const struct match_case *mc = &match_cases[i];
+        const char *name = NULL, *path = NULL;
+        size_t nl = 0, pl = 0;
+        int r = stoke_route_match(mc->host, mc->host ? strlen(mc->host) : 0, mc->target,
+                                  strlen(mc->target), "localhost", &name, &nl, &path, &pl);
+        print_message("case %zu: %s %s\n", i, mc->host ? mc->host : "(none)", mc->target);
+        assert_int_equal(r, mc->ret);
+        if (r == 0) {
+            assert_int_equal(nl, strlen(mc->name));
+            assert_memory_equal(name, mc->name, nl);
+            assert_int_equal(pl, strlen(mc->path));
+            assert_memory_equal(path, mc->path, pl);
+        }
+    }
+}
+
+static struct stoke_route_table sample_table(void)
+{
+    struct stoke_route_table t = {.gen = 42, .n_routes = 2};
+    t.routes = calloc(2, sizeof(*t.routes));
+    assert_non_null(t.routes);
+    strcpy(t.routes[0].name, "zeta");
+    t.routes[0].timeout_ms = 300000;
+    t.routes[0].queue_max = 1000;
+    t.routes[0].queue_timeout_ms = 60000;
+    strcpy(t.routes[1].name, "alpha");
+    t.routes[1].timeout_ms = 1000;
+    t.routes[1].queue_max = 1;
+    t.routes[1].queue_timeout_ms = 500;
+    t.routes[1].concurrency_limit = 4;
+    t.routes[1].n_endpoints = 2;
+    t.routes[1].endpoints = calloc(2, sizeof(struct stoke_addr));
+    assert_non_null(t.routes[1].endpoints);
+    assert_int_equal(stoke_addr_parse("127.0.0.1:30001", &t.routes[1].endpoints[0]), 0);
+    assert_int_equal(stoke_addr_parse("[::1]:30002", &t.routes[1].endpoints[1]), 0);
+    return t;
+}
+
+static void test_table_roundtrip(void **state)
+{
+    (void)state;
+    struct stoke_route_table t = sample_table(), back;
+    char *line = stoke_route_table_format(&t);
+    assert_non_null(line);
+    assert_null(strchr(line, '\n'));
+    assert_int_equal(stoke_route_table_parse(line, strlen(line), &back), 0);
+    assert_int_equal(back.gen, 42);
+    assert_int_equal(back.n_routes, 2);
+    /* Sorted by name on parse. */
+    assert_string_equal(back.routes[0].name, "alpha");
+    assert_string_equal(back.routes[1].name, "zeta");
+    assert_int_equal(back.routes[0].concurrency_limit, 4);
+    assert_int_equal(back.routes[0].queue_max, 1);
+    assert_int_equal(back.routes[0].queue_timeout_ms, 500);
+    assert_int_equal(back.routes[0].n_endpoints, 2);
+    char a[80];
+    stoke_addr_format(&back.routes[0].endpoints[1], a, sizeof(a));
+    assert_string_equal(a, "[::1]:30002");
+    assert_int_equal(back.routes[1].n_endpoints, 0);
+
+    assert_ptr_equal(stoke_route_table_find(&back, "zeta", 4), &back.routes[1]);
+    assert_ptr_equal(stoke_route_table_find(&back, "alpha", 5), &back.routes[0]);
+    assert_null(stoke_route_table_find(&back, "alph", 4));
+    assert_null(stoke_route_table_find(&back, "zetaa", 5));
+    assert_null(stoke_route_table_find(&back, "beta", 4));
+
+    free(line);
+    stoke_route_table_done(&t);
+    stoke_route_table_done(&back);
+}
+
+static const char *const bad_tables[] = {
+    "",
+    "[]",
+    "{}",
+    "{\"op\":\"poke\",\"gen\":1,\"functions\":[]}",
+    "{\"op\":\"routes\",\"functions\":[]}",
+    "{\"op\":\"routes\",\"gen\":-1,\"functions\":[]}",
+    "{\"op\":\"routes\",\"gen\":1,\"functions\":{}}",
+    "{\"op\":\"routes\",\"gen\":1,\"functions\":[1]}",
+    /* bad name */
+    "{\"op\":\"routes\",\"gen\":1,\"functions\":[{\"name\":\"Bad_Name\",\"timeout_ms\":1,"
+    "\"queue_max\":1,\"queue_timeout_ms\":1,\"concurrency_limit\":0,\"endpoints\":[]}]}",
+    /* a host name, not an IP literal */
+    "{\"op\":\"routes\",\"gen\":1,\"functions\":[{\"name\":\"a\",\"timeout_ms\":1,"
+    "\"queue_max\":1,\"queue_timeout_ms\":1,\"concurrency_limit\":0,"
+    "\"endpoints\":[\"example.com:80\"]}]}",
+    /* a unix socket is no replica address */
+    "{\"op\":\"routes\",\"gen\":1,\"functions\":[{\"name\":\"a\",\"timeout_ms\":1,"
+    "\"queue_max\":1,\"queue_timeout_ms\":1,\"concurrency_limit\":0,"
+    "\"endpoints\":[\"unix:/tmp/x\"]}]}",
+    /* missing field */
+    "{\"op\":\"routes\",\"gen\":1,\"functions\":[{\"name\":\"a\",\"timeout_ms\":1,"
+    "\"queue_timeout_ms\":1,\"concurrency_limit\":0,\"endpoints\":[]}]}",
+    /* wrong type */
+    "{\"op\":\"routes\",\"gen\":1,\"functions\":[{\"name\":\"a\",\"timeout_ms\":\"1\","
+    "\"queue_max\":1,\"queue_timeout_ms\":1,\"concurrency_limit\":0,\"endpoints\":[]}]}",
+    /* duplicate names */
+    "{\"op\":\"routes\",\"gen\":1,\"functions\":["
+    "{\"name\":\"a\",\"timeout_ms\":1,\"queue_max\":1,\"queue_timeout_ms\":1,"
+    "\"concurrency_limit\":0,\"endpoints\":[\"127.0.0.1:1\"]},"
+    "{\"name\":\"a\",\"timeout_ms\":1,\"queue_max\":1,\"queue_timeout_ms\":1,"
+    "\"concurrency_limit\":0,\"endpoints\":[\"127.0.0.1:2\"]}]}",
+    /* port out of range */
+    "{\"op\":\"routes\",\"gen\":1,\"functions\":[{\"name\":\"a\",\"timeout_ms\":1,"
+    "\"queue_max\":1,\"queue_timeout_ms\":1,\"concurrency_limit\":0,"
+    "\"endpoints\":[\"127.0.0.1:65536\"]}]}",
+    "{\"op\":\"routes\",\"gen\":1,\"functions\":[{\"name\":\"a\"",
+};
+
+static void test_table_parse_refuses(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof(bad_tables) / sizeof(bad_tables[0]); i++) {
+        struct stoke_route_table t;
+        print_message("bad table %zu\n", i);
+        assert_int_equal(stoke_route_table_parse(bad_tables[i], strlen(bad_tables[i]), &t),
+                         -EINVAL);
+        assert_null(t.routes);
+        assert_int_equal(t.n_routes, 0);
+    }
+}
+
+static void test_addr_parse(void **state)
+{
+    (void)state;
+    struct stoke_addr a;
+    char buf[128];
+    assert_int_equal(stoke_addr_parse("127.0.0.1:8080", &a), 0);
+    stoke_addr_format(&a, buf, sizeof(buf));
+    assert_string_equal(buf, "127.0.0.1:8080");
+    assert_int_equal(stoke_addr_parse("[::1]:9", &a), 0);
+    stoke_addr_format(&a, buf, sizeof(buf));
+    assert_string_equal(buf, "[::1]:9");
+    assert_int_equal(stoke_addr_parse("unix:/run/stoke/ctl.sock", &a), 0);
+    assert_true(a.is_unix);
+    assert_string_equal(a.path, "/run/stoke/ctl.sock");
+    assert_int_equal(stoke_addr_parse("unix:///var/run/docker.sock", &a), 0);
+    assert_string_equal(a.path, "/var/run/docker.sock");
+
+    static const char *const bad[] = {
+        "", "127.0.0.1", "127.0.0.1:", "127.0.0.1:x", "127.0.0.1:65536", "localhost:80",
+        "::1:80", "[::1]80", "[::1]:", "unix:", "unix:relative", "1.2.3.4:-1", "1.2.3.4: 80",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        print_message("bad addr %s\n", bad[i]);
+        assert_int_equal(stoke_addr_parse(bad[i], &a), -EINVAL);
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_match_table),
+        cmocka_unit_test(test_table_roundtrip),
+        cmocka_unit_test(test_table_parse_refuses),
+        cmocka_unit_test(test_addr_parse),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
