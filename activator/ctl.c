@@ -230,8 +230,7 @@ static void on_stats(uv_timer_t *t)
         ctl_send(ctl, ctl->msg.data, ctl->msg.len);
 }
 
-int ctl_new(uv_loop_t *loop, const struct stoke_addr *controller, const char *id,
-            struct ctl **ret)
+int ctl_new(uv_loop_t *loop, const struct stoke_addr *controller, const char *id, struct ctl **ret)
 {
     struct ctl *ctl = calloc(1, sizeof(*ctl));
     if (!ctl)

@@ -13,8 +13,7 @@
 struct ctl;
 
 /* `id` names this activator to the controller (copied). */
-int ctl_new(uv_loop_t *loop, const struct stoke_addr *controller, const char *id,
-            struct ctl **ret);
+int ctl_new(uv_loop_t *loop, const struct stoke_addr *controller, const char *id, struct ctl **ret);
 
 /* The proxy whose routes this channel feeds; set once, before traffic. */
 void ctl_set_proxy(struct ctl *ctl, struct proxy *px);

@@ -25,22 +25,21 @@ struct activator {
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: stoke-activator [options]\n"
-            "  --listen ADDR            data port (default 127.0.0.1:8080)\n"
-            "  --controller ADDR        controller channel, unix:/path or IP:port\n"
-            "                           (default " DEFAULT_CONTROLLER ")\n"
-            "  --domain DOMAIN          route Host <name>.DOMAIN (default localhost)\n"
-            "  --id NAME                this activator's name (default activator-<pid>)\n"
-            "  --max-header-bytes N     request head limit, 431 past it (default 16384)\n"
-            "  --max-body-bytes N       request body limit, 413 past it (default 16777216)\n"
-            "  --max-connections N      client connections (default 10000)\n"
-            "  --header-timeout DUR     time to read a request head (default 10s)\n"
-            "  --idle-timeout DUR       keep-alive idle time (default 60s)\n"
-            "  --connect-timeout DUR    replica connect time (default 2s)\n"
-            "  --log-level LEVEL        debug, info, warn, error (default info)\n"
-            "  -h, --help\n"
-            "DUR is like 250ms, 10s, 1m.\n");
+    fprintf(f, "usage: stoke-activator [options]\n"
+               "  --listen ADDR            data port (default 127.0.0.1:8080)\n"
+               "  --controller ADDR        controller channel, unix:/path or IP:port\n"
+               "                           (default " DEFAULT_CONTROLLER ")\n"
+               "  --domain DOMAIN          route Host <name>.DOMAIN (default localhost)\n"
+               "  --id NAME                this activator's name (default activator-<pid>)\n"
+               "  --max-header-bytes N     request head limit, 431 past it (default 16384)\n"
+               "  --max-body-bytes N       request body limit, 413 past it (default 16777216)\n"
+               "  --max-connections N      client connections (default 10000)\n"
+               "  --header-timeout DUR     time to read a request head (default 10s)\n"
+               "  --idle-timeout DUR       keep-alive idle time (default 60s)\n"
+               "  --connect-timeout DUR    replica connect time (default 2s)\n"
+               "  --log-level LEVEL        debug, info, warn, error (default info)\n"
+               "  -h, --help\n"
+               "DUR is like 250ms, 10s, 1m.\n");
 }
 
 static void on_poke(const char *fn, void *data)
@@ -71,8 +70,17 @@ static int parse_size(const char *s, size_t *ret)
 int main(int argc, char **argv)
 {
     enum {
-        O_LISTEN = 256, O_CONTROLLER, O_DOMAIN, O_ID, O_MAXHDR, O_MAXBODY, O_MAXCONN,
-        O_HDRTO, O_IDLETO, O_CONNTO, O_LOG,
+        O_LISTEN = 256,
+        O_CONTROLLER,
+        O_DOMAIN,
+        O_ID,
+        O_MAXHDR,
+        O_MAXBODY,
+        O_MAXCONN,
+        O_HDRTO,
+        O_IDLETO,
+        O_CONNTO,
+        O_LOG,
     };
     static const struct option opts[] = {
         {"listen", required_argument, NULL, O_LISTEN},
@@ -149,8 +157,8 @@ int main(int argc, char **argv)
             return 2;
         }
         if (r < 0) {
-            fprintf(stderr, "stoke-activator: bad value for --%s: %s\n",
-                    opts[c - O_LISTEN].name, optarg);
+            fprintf(stderr, "stoke-activator: bad value for --%s: %s\n", opts[c - O_LISTEN].name,
+                    optarg);
             return 2;
         }
     }

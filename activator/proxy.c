@@ -12,9 +12,9 @@
 #include "stoke/log.h"
 
 #define POKE_INTERVAL_MS 100
-#define DRAIN_BATCH 64           /* queued requests sent on per loop iteration */
-#define WRITE_HIGH_WATER (1 << 20) /* stop reading upstream past this much unsent */
-#define MAX_TRIES 3              /* sends of one request before 502 */
+#define DRAIN_BATCH 64                /* queued requests sent on per loop iteration */
+#define WRITE_HIGH_WATER (1 << 20)    /* stop reading upstream past this much unsent */
+#define MAX_TRIES 3                   /* sends of one request before 502 */
 #define MAX_PENDING_INPUT (64 * 1024) /* pipelined bytes held while busy */
 
 struct proxy;
@@ -27,7 +27,7 @@ struct endpoint {
     struct fn *fn;
     uint32_t inflight;
     uint32_t refs;
-    bool gone; /* no longer in the route table */
+    bool gone;              /* no longer in the route table */
     struct stoke_list idle; /* pooled upstream connections */
     uint32_t n_idle;
 };
@@ -336,7 +336,8 @@ void proxy_set_routes(struct proxy *px, struct stoke_route_table *t)
     size_t n_old = px->n_fns;
     px->fns = fns;
     px->n_fns = n;
-    qsort(px->fns, px->n_fns, sizeof(*px->fns), cmp_fn);
+    if (px->n_fns > 1)
+        qsort(px->fns, px->n_fns, sizeof(*px->fns), cmp_fn);
     for (size_t j = 0; j < n_old; j++) {
         if (old[j])
             fn_retire(old[j]);
@@ -556,9 +557,9 @@ static int on_req_value(llhttp_t *p, const char *at, size_t len)
 static bool is_dropped_request_header(const char *name, size_t len)
 {
     static const char *const names[] = {
-        "connection",       "keep-alive",        "proxy-connection", "te",
-        "trailer",          "transfer-encoding", "upgrade",          "content-length",
-        "expect",           "x-forwarded-proto", "x-forwarded-host", "proxy-authorization",
+        "connection", "keep-alive",        "proxy-connection", "te",
+        "trailer",    "transfer-encoding", "upgrade",          "content-length",
+        "expect",     "x-forwarded-proto", "x-forwarded-host", "proxy-authorization",
     };
     for (size_t i = 0; i < STOKE_ARRAY_SIZE(names); i++) {
         if (stoke_strieq(name, len, names[i]))
@@ -972,8 +973,7 @@ static int build_upstream_request(struct client *c, const char *path, size_t pat
     int r = stoke_buf_printf(o, "%s %s%.*s HTTP/1.1\r\n", llhttp_method_name(c->method),
                              (path_len == 0 || path[0] != '/') ? "/" : "", (int)path_len, path);
     if (r == 0 && c->host.len)
-        r = stoke_buf_printf(o, "Host: %s\r\nX-Forwarded-Host: %s\r\n", c->host.data,
-                             c->host.data);
+        r = stoke_buf_printf(o, "Host: %s\r\nX-Forwarded-Host: %s\r\n", c->host.data, c->host.data);
     if (r == 0 && c->headers.len)
         r = stoke_buf_append(o, c->headers.data, c->headers.len);
     if (r == 0)
@@ -1391,7 +1391,7 @@ static int on_resp_value(llhttp_t *p, const char *at, size_t len)
 static bool is_dropped_response_header(const char *name, size_t len)
 {
     static const char *const names[] = {
-        "connection", "keep-alive", "proxy-connection", "te",
+        "connection", "keep-alive",        "proxy-connection", "te",
         "trailer",    "transfer-encoding", "upgrade",
     };
     for (size_t i = 0; i < STOKE_ARRAY_SIZE(names); i++) {
@@ -1448,7 +1448,8 @@ static int on_resp_headers_complete(llhttp_t *p)
     char line[128];
     int ll = snprintf(line, sizeof(line), "HTTP/1.1 %d %.80s\r\n", status,
                       up->reason.data ? up->reason.data : "");
-    uv_buf_t parts[2] = {uv_buf_init(line, (unsigned)ll), uv_buf_init(up->head.data, (unsigned)up->head.len)};
+    uv_buf_t parts[2] = {uv_buf_init(line, (unsigned)ll),
+                         uv_buf_init(up->head.data, (unsigned)up->head.len)};
     if (r < 0 || client_writev(c, parts, 2) < 0)
         return -1;
     c->response_started = true;

@@ -45,8 +45,8 @@ struct call {
     CURL *easy;
     struct curl_slist *headers;
     struct stoke_buf body; /* response, capped at ENGINE_BODY_MAX */
-    bool too_big;
-    bool want_id; /* create: res->id from "Id" */
+    int write_err;         /* why on_write stopped the transfer: -ENOBUFS, -ENOMEM */
+    bool want_id;          /* create: res->id from "Id" */
     char errbuf[CURL_ERROR_SIZE];
     stoke_engine_cb cb;
     void *data;
@@ -99,7 +99,9 @@ static int curlcode_to_errno(const struct call *c, CURLcode rc)
     case CURLE_OUT_OF_MEMORY:
         return -ENOMEM;
     case CURLE_WRITE_ERROR:
-        return c->too_big ? -EFBIG : -EIO;
+        if (c->write_err == -ENOBUFS)
+            return -EFBIG;
+        return c->write_err == -ENOMEM ? -ENOMEM : -EIO;
     default:
         return -EIO;
     }
@@ -160,7 +162,7 @@ static void on_done(CURL *easy, CURLcode rc, void *data)
     if (rc != CURLE_OK) {
         if (rc == CURLE_ABORTED_BY_CALLBACK)
             res.message = "engine client closed";
-        else if (c->too_big)
+        else if (c->write_err == -ENOBUFS)
             res.message = "engine response over the 8 MiB limit";
         else
             res.message = c->errbuf[0] ? c->errbuf : curl_easy_strerror(rc);
@@ -186,6 +188,12 @@ static void on_done(CURL *easy, CURLcode rc, void *data)
             res.message = json_object_get_string(msg);
         else
             res.message = text_message(&c->body);
+        if (!*res.message) {
+            /* No body (304): the errbuf is unused after a CURLE_OK. */
+            (void)snprintf(c->errbuf, sizeof(c->errbuf), "engine answered HTTP %ld",
+                           res.http_status);
+            res.message = c->errbuf;
+        }
         res.json = json;
         goto out;
     }
@@ -212,9 +220,10 @@ static size_t on_write(char *ptr, size_t size, size_t nmemb, void *userdata)
     struct call *c = userdata;
     size_t n = size * nmemb;
 
-    if (stoke_buf_append(&c->body, ptr, n) < 0) {
-        /* -ENOBUFS (over the cap) or -ENOMEM: both abort the transfer. */
-        c->too_big = c->body.len + n > c->body.limit;
+    int r = stoke_buf_append(&c->body, ptr, n);
+    if (r < 0) {
+        /* Returning less than n makes curl abort with CURLE_WRITE_ERROR. */
+        c->write_err = r;
         return 0;
     }
     return n;

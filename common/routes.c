@@ -164,7 +164,8 @@ int stoke_route_table_parse(const char *json, size_t len, struct stoke_route_tab
         if (r < 0)
             goto out;
     }
-    qsort(ret->routes, ret->n_routes, sizeof(*ret->routes), cmp_route);
+    if (ret->n_routes > 1)
+        qsort(ret->routes, ret->n_routes, sizeof(*ret->routes), cmp_route);
     for (size_t i = 1; i < ret->n_routes; i++) {
         if (strcmp(ret->routes[i - 1].name, ret->routes[i].name) == 0) {
             r = -EINVAL;

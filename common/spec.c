@@ -10,6 +10,7 @@
  * means a broken file is reported as such before any field is judged. */
 #include "stoke/spec.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -31,8 +32,8 @@
 #define MIN_MEMORY (6 * MIB) /* Docker refuses a memory limit under 6 MiB */
 #define MAX_REPLICAS 10000
 #define MAX_CPU_MILLIS UINT64_C(1000000) /* 1000 cores */
-#define MAX_PIDS 4194304          /* the kernel's highest pid_max */
-#define MAX_STRING 1024           /* image and readiness path */
+#define MAX_PIDS 4194304                 /* the kernel's highest pid_max */
+#define MAX_STRING 1024                  /* image and readiness path */
 
 static const char YAML_TAG_PREFIX[] = "tag:yaml.org,2002:";
 
@@ -121,6 +122,16 @@ static int fail_at(struct ctx *c, unsigned line, unsigned column, const char *fi
     return err;
 }
 
+static int oom(struct ctx *c)
+{
+    return fail_at(c, 0, 0, "", -ENOMEM, "out of memory");
+}
+
+static int too_big(struct ctx *c)
+{
+    return fail_at(c, 0, 0, "", -EFBIG, "the file is larger than %d bytes", STOKE_SPEC_MAX_BYTES);
+}
+
 /* Fails at node `i`, naming its path (plus `.extra` when given). */
 static int fail_node(struct ctx *c, int i, const char *extra, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
@@ -188,6 +199,10 @@ static void offset_to_mark(const char *buf, size_t len, size_t off, unsigned *li
         } else if (p[i] >= 0xC0) {
             /* A UTF-8 lead byte: the whole character is one column. */
             w = p[i] >= 0xF0 ? 4 : p[i] >= 0xE0 ? 3 : 2;
+            /* libyaml points at a bad trailing byte; name the character it
+             * was meant to continue instead. */
+            if (i + w > off)
+                break;
         }
         if (brk) {
             l++;
@@ -205,16 +220,18 @@ static int yaml_failure(struct ctx *c, const yaml_parser_t *p, const char *buf, 
 {
     unsigned line, column;
     const char *problem = p->problem ? p->problem : "unknown error";
+    const char *what;
 
     switch (p->error) {
     case YAML_MEMORY_ERROR:
-        return fail_at(c, 0, 0, "", -ENOMEM, "out of memory");
+        return oom(c);
     case YAML_READER_ERROR:
         offset_to_mark(buf, len, p->problem_offset, &line, &column);
+        what = strstr(problem, "UTF-8") ? "not valid UTF-8" : "not valid YAML text";
         if (p->problem_value >= 0)
-            return fail_at(c, line, column, "", -EINVAL, "not valid YAML text: %s (0x%02X)",
-                           problem, (unsigned)p->problem_value);
-        return fail_at(c, line, column, "", -EINVAL, "not valid YAML text: %s", problem);
+            return fail_at(c, line, column, "", -EINVAL, "%s: %s (byte 0x%02X)", what, problem,
+                           (unsigned)p->problem_value);
+        return fail_at(c, line, column, "", -EINVAL, "%s: %s", what, problem);
     default:
         line = mark_num(p->problem_mark.line);
         column = mark_num(p->problem_mark.column);
@@ -293,7 +310,7 @@ static int check_duplicates(struct ctx *c, int map)
         return 0;
     keys = calloc(m->nchild / 2, sizeof(*keys));
     if (!keys)
-        return fail_at(c, 0, 0, "", -ENOMEM, "out of memory");
+        return oom(c);
     for (int k = m->first; k >= 0; k = c->t.nodes[c->t.nodes[k].next].next) {
         keys[n].text = c->t.nodes[k].text;
         keys[n].node = k;
@@ -335,7 +352,7 @@ static int node_add(struct ctx *c, int parent, enum node_kind kind, const yaml_m
         size_t ncap = t->cap ? t->cap * 2 : 64;
         struct node *n = realloc(t->nodes, ncap * sizeof(*n));
         if (!n)
-            return fail_at(c, 0, 0, "", -ENOMEM, "out of memory");
+            return oom(c);
         t->nodes = n;
         t->cap = ncap;
     }
@@ -389,7 +406,7 @@ static int tree_build(struct ctx *c, const char *buf, size_t len)
         len -= 3;
     }
     if (!yaml_parser_initialize(&parser))
-        return fail_at(c, 0, 0, "", -ENOMEM, "out of memory");
+        return oom(c);
     yaml_parser_set_input_string(&parser, (const unsigned char *)buf, len);
     yaml_parser_set_encoding(&parser, YAML_UTF8_ENCODING);
 
@@ -428,7 +445,7 @@ static int tree_build(struct ctx *c, const char *buf, size_t len)
             nd = &c->t.nodes[i];
             nd->text = malloc(n + 1);
             if (!nd->text) {
-                r = fail_at(c, 0, 0, "", -ENOMEM, "out of memory");
+                r = oom(c);
                 goto out;
             }
             memcpy(nd->text, ev.data.scalar.value, n);
@@ -450,13 +467,11 @@ static int tree_build(struct ctx *c, const char *buf, size_t len)
             r = node_add(c, parent, map ? NODE_MAP : NODE_SEQ, &ev.start_mark, &i);
             if (r < 0)
                 goto out;
-            r = check_tag(c, i,
-                          map ? ev.data.mapping_start.tag : ev.data.sequence_start.tag);
+            r = check_tag(c, i, map ? ev.data.mapping_start.tag : ev.data.sequence_start.tag);
             if (r < 0)
                 goto out;
             if (depth == STOKE_SPEC_MAX_DEPTH) {
-                r = fail_node(c, i, NULL, "nested deeper than %d levels",
-                              STOKE_SPEC_MAX_DEPTH);
+                r = fail_node(c, i, NULL, "nested deeper than %d levels", STOKE_SPEC_MAX_DEPTH);
                 goto out;
             }
             stack[depth++] = i;
@@ -464,7 +479,7 @@ static int tree_build(struct ctx *c, const char *buf, size_t len)
         }
         case YAML_SEQUENCE_END_EVENT:
         case YAML_MAPPING_END_EVENT:
-            /* libyaml pairs start and end events; depth is never 0 here. */
+            assert(depth > 0); /* libyaml pairs start and end events */
             depth--;
             if (ev.type == YAML_MAPPING_END_EVENT) {
                 r = check_duplicates(c, stack[depth]);
@@ -506,9 +521,9 @@ enum ftype {
 
 struct field;
 
-/* Checks that involve several fields of one mapping; `at` holds the value
- * node of each field of the table, or -1 when absent. */
-typedef int (*check_fn)(struct ctx *c, const int *at, struct stoke_spec *s);
+/* Checks that involve several fields of mapping `map`; `at` holds the value
+ * node of each field of its table, or -1 when absent. */
+typedef int (*check_fn)(struct ctx *c, int map, const int *at, struct stoke_spec *s);
 
 struct field {
     const char *key;
@@ -517,16 +532,16 @@ struct field {
     size_t size; /* T_UINT: the member's size */
     uint64_t min, max;
     bool required;
-    const char *value;        /* T_CONST: the only accepted value */
-    const struct field *sub;  /* T_MAP: its fields, ending with a NULL key */
-    check_fn check;           /* T_MAP: run after the mapping's fields */
+    const char *value;       /* T_CONST: the only accepted value */
+    const struct field *sub; /* T_MAP: its fields, ending with a NULL key */
+    check_fn check;          /* T_MAP: run after the mapping's fields */
 };
 
 #define MAX_FIELDS 16
 
 #define UINT_FIELD(k, m, lo, hi)                                                                   \
     {                                                                                              \
-        .key = (k), .type = T_UINT, .off = offsetof(struct stoke_spec, m),                        \
+        .key = (k), .type = T_UINT, .off = offsetof(struct stoke_spec, m),                         \
         .size = sizeof(((struct stoke_spec *)0)->m), .min = (lo), .max = (hi)                      \
     }
 #define TYPED_FIELD(k, t, m, lo, hi)                                                               \
@@ -578,12 +593,13 @@ static void format_ms(uint64_t ms, char *buf, size_t size)
         (void)snprintf(buf, size, "%" PRIu64 "ms", ms);
 }
 
+static int read_digits(const char **s, uint64_t *v);
+
 static int set_uint(struct ctx *c, const struct field *f, int i, struct stoke_spec *s)
 {
     const struct node *nd = &c->t.nodes[i];
     const char *p = nd->text;
     uint64_t v = 0;
-    bool range = false;
 
     if (nd->kind != NODE_SCALAR || is_null(nd))
         return fail_node(c, i, NULL, "expected an integer, found %s", kind_name(nd));
@@ -594,24 +610,19 @@ static int set_uint(struct ctx *c, const struct field *f, int i, struct stoke_sp
     if (p[0] < '0' || p[0] > '9' || strspn(p, "0123456789") != strlen(p))
         return fail_node(c, i, NULL, "expected a decimal integer, found \"%.32s\"", p);
     if (p[0] == '0' && p[1])
-        return fail_node(c, i, NULL,
-                         "leading zeros are not allowed (\"%.32s\"; YAML 1.1 reads it as octal)",
-                         p);
-    for (; *p; p++) {
-        unsigned d = (unsigned)(*p - '0');
-        if (v > (UINT64_MAX - d) / 10) {
-            range = true;
-            break;
-        }
-        v = v * 10 + d;
-    }
-    if (range || v < f->min || v > f->max)
+        return fail_node(
+            c, i, NULL, "leading zeros are not allowed (\"%.32s\"; YAML 1.1 reads it as octal)", p);
+    if (read_digits(&p, &v) < 0 || v < f->min || v > f->max)
         return fail_node(c, i, NULL, "must be between %" PRIu64 " and %" PRIu64 " (found %.32s)",
                          f->min, f->max, nd->text);
-    if (f->size == sizeof(uint16_t))
+    /* The bounds in the tables fit the members they fill. */
+    if (f->size == sizeof(uint16_t)) {
+        assert(f->max <= UINT16_MAX);
         *(uint16_t *)((char *)s + f->off) = (uint16_t)v;
-    else
+    } else {
+        assert(f->size == sizeof(uint32_t) && f->max <= UINT32_MAX);
         *(uint32_t *)((char *)s + f->off) = (uint32_t)v;
+    }
     return 0;
 }
 
@@ -709,7 +720,7 @@ static int dup_into(struct ctx *c, const struct field *f, const char *text, stru
     char **dst = (char **)((char *)s + f->off);
     char *d = strdup(text);
     if (!d)
-        return fail_at(c, 0, 0, "", -ENOMEM, "out of memory");
+        return oom(c);
     free(*dst);
     *dst = d;
     return 0;
@@ -775,8 +786,8 @@ static bool is_env_name(const char *s)
     if (!((*s >= 'A' && *s <= 'Z') || (*s >= 'a' && *s <= 'z') || *s == '_'))
         return false;
     for (s++; *s; s++)
-        if (!((*s >= 'A' && *s <= 'Z') || (*s >= 'a' && *s <= 'z') ||
-              (*s >= '0' && *s <= '9') || *s == '_'))
+        if (!((*s >= 'A' && *s <= 'Z') || (*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') ||
+              *s == '_'))
             return false;
     return true;
 }
@@ -814,7 +825,7 @@ static int set_env(struct ctx *c, int map, struct stoke_spec *s)
     }
     s->env = calloc(n, sizeof(*s->env));
     if (!s->env)
-        return fail_at(c, 0, 0, "", -ENOMEM, "out of memory");
+        return oom(c);
     for (int k = first_key(c, map); k >= 0; k = c->t.nodes[c->t.nodes[k].next].next) {
         const char *name = c->t.nodes[k].text;
         int v = c->t.nodes[k].next;
@@ -835,7 +846,7 @@ static int set_env(struct ctx *c, int map, struct stoke_spec *s)
         e->value = strdup(is_null(vn) ? "" : vn->text);
         s->env_len++;
         if (!e->name || !e->value)
-            return fail_at(c, 0, 0, "", -ENOMEM, "out of memory");
+            return oom(c);
     }
     return 0;
 }
@@ -851,8 +862,7 @@ static int check_strmap(struct ctx *c, int map)
     for (int k = first_key(c, map); k >= 0; k = c->t.nodes[c->t.nodes[k].next].next) {
         int v = c->t.nodes[k].next;
         if (c->t.nodes[v].kind != NODE_SCALAR)
-            return fail_node(c, v, NULL, "expected a string, found %s",
-                             kind_name(&c->t.nodes[v]));
+            return fail_node(c, v, NULL, "expected a string, found %s", kind_name(&c->t.nodes[v]));
     }
     return 0;
 }
@@ -899,8 +909,10 @@ static int walk_map(struct ctx *c, int map, const struct field *fields, check_fn
 
     if (r < 0)
         return r;
-    for (; fields[nf].key; nf++)
+    for (; fields[nf].key; nf++) {
+        assert(nf < MAX_FIELDS);
         at[nf] = -1;
+    }
     for (int k = first_key(c, map); k >= 0; k = c->t.nodes[c->t.nodes[k].next].next) {
         const char *key = c->t.nodes[k].text;
         const struct field *f = find_field(fields, key);
@@ -920,24 +932,25 @@ static int walk_map(struct ctx *c, int map, const struct field *fields, check_fn
     }
     for (size_t j = 0; j < nf; j++)
         if (fields[j].required && at[j] < 0)
-            return fail_node(c, map, fields[j].key, "missing required field \"%s\"",
-                             fields[j].key);
-    return check ? check(c, at, s) : 0;
+            return fail_node(c, map, fields[j].key, "missing required field \"%s\"", fields[j].key);
+    return check ? check(c, map, at, s) : 0;
 }
 
 /* Indexes into scale_fields[], for check_scale(). */
 enum { SCALE_MIN, SCALE_MAX, SCALE_INITIAL };
 
-static int check_scale(struct ctx *c, const int *at, struct stoke_spec *s)
+static int check_scale(struct ctx *c, int map, const int *at, struct stoke_spec *s)
 {
     const struct stoke_scale *sc = &s->scale;
 
-    /* max 0 means unbounded, so there is nothing to exceed. */
+    /* max 0 means unbounded, so there is nothing to exceed. A default min
+     * (0) or initial (1) cannot exceed a max that is set, so the value
+     * blamed was written in the file; the mapping is only a fallback. */
     if (sc->max && sc->min > sc->max)
-        return fail_node(c, at[SCALE_MIN], NULL, "min (%u) must not be greater than max (%u)",
-                         sc->min, sc->max);
+        return fail_node(c, at[SCALE_MIN] >= 0 ? at[SCALE_MIN] : map, NULL,
+                         "min (%u) must not be greater than max (%u)", sc->min, sc->max);
     if (sc->max && sc->initial > sc->max)
-        return fail_node(c, at[SCALE_INITIAL], NULL,
+        return fail_node(c, at[SCALE_INITIAL] >= 0 ? at[SCALE_INITIAL] : map, NULL,
                          "initial (%u) must not be greater than max (%u)", sc->initial, sc->max);
     return 0;
 }
@@ -1006,7 +1019,10 @@ static const struct field root_fields[] = {
 
 static int walk_root(struct ctx *c, struct stoke_spec *s)
 {
-    const struct node *root = &c->t.nodes[0];
+    const struct node *root;
+
+    assert(c->t.len > 0); /* a document always has a root node */
+    root = &c->t.nodes[0];
 
     if (root->kind != NODE_MAP) {
         if (is_null(root))
@@ -1058,8 +1074,7 @@ int stoke_spec_parse(const char *buf, size_t len, const char *filename, struct s
     if (reterr)
         memset(reterr, 0, sizeof(*reterr));
     if (len > STOKE_SPEC_MAX_BYTES) {
-        r = fail_at(&c, 0, 0, "", -EFBIG, "the file is larger than %d bytes",
-                    STOKE_SPEC_MAX_BYTES);
+        r = too_big(&c);
         goto out;
     }
     r = tree_build(&c, buf ? buf : "", buf ? len : 0);
@@ -1088,7 +1103,9 @@ int stoke_spec_load(const char *path, struct stoke_spec *ret, struct stoke_diag 
     memset(ret, 0, sizeof(*ret));
     if (reterr)
         memset(reterr, 0, sizeof(*reterr));
-    fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    /* O_NONBLOCK: a FIFO dropped where a spec should be must not hang the
+     * caller in open(); it is refused below as not a regular file. */
+    fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
     if (fd < 0) {
         int e = errno;
         r = fail_at(&c, 0, 0, "", -e, "cannot open: %s", strerrordesc_np(e));
@@ -1103,17 +1120,21 @@ int stoke_spec_load(const char *path, struct stoke_spec *ret, struct stoke_diag 
         r = fail_at(&c, 0, 0, "", -EISDIR, "is a directory");
         goto out;
     }
-    /* Refuse a big file without reading it; the read loop below also stops
-     * one byte past the cap, for files that grow or report no size. */
-    if (S_ISREG(st.st_mode) && st.st_size > STOKE_SPEC_MAX_BYTES) {
-        r = fail_at(&c, 0, 0, "", -EFBIG, "the file is larger than %d bytes",
-                    STOKE_SPEC_MAX_BYTES);
+    if (!S_ISREG(st.st_mode)) {
+        r = fail_at(&c, 0, 0, "", -EINVAL, "not a regular file");
         goto out;
     }
-    cap = S_ISREG(st.st_mode) && st.st_size > 0 ? (size_t)st.st_size + 1 : 4096;
+    /* Refuse a big file without reading it; the read loop below also stops
+     * one byte past the cap, for a file that grows meanwhile or reports no
+     * size (procfs). */
+    if (st.st_size > STOKE_SPEC_MAX_BYTES) {
+        r = too_big(&c);
+        goto out;
+    }
+    cap = st.st_size > 0 ? (size_t)st.st_size + 1 : 4096;
     buf = malloc(cap);
     if (!buf) {
-        r = fail_at(&c, 0, 0, "", -ENOMEM, "out of memory");
+        r = oom(&c);
         goto out;
     }
     for (;;) {
@@ -1122,13 +1143,12 @@ int stoke_spec_load(const char *path, struct stoke_spec *ret, struct stoke_diag 
             size_t ncap = cap * 2 > STOKE_SPEC_MAX_BYTES + 1 ? STOKE_SPEC_MAX_BYTES + 1 : cap * 2;
             char *nb;
             if (ncap == cap) {
-                r = fail_at(&c, 0, 0, "", -EFBIG, "the file is larger than %d bytes",
-                            STOKE_SPEC_MAX_BYTES);
+                r = too_big(&c);
                 goto out;
             }
             nb = realloc(buf, ncap);
             if (!nb) {
-                r = fail_at(&c, 0, 0, "", -ENOMEM, "out of memory");
+                r = oom(&c);
                 goto out;
             }
             buf = nb;
@@ -1318,11 +1338,12 @@ int stoke_parse_duration(const char *s, uint64_t *ret_ms)
     return r < 0 ? -EINVAL : 0;
 }
 
-/* "<digits>[.<1 to 3 digits>]" as thousandths. */
-static int read_milli(const char **s, uint64_t *ret)
+/* "<digits>[.<1 to 3 digits>]": the whole part, and the fraction in
+ * thousandths (0 when there is none). */
+static int read_decimal(const char **s, uint64_t *ret_whole, uint64_t *ret_frac)
 {
-    uint64_t whole, frac = 0;
-    int n = read_digits(s, &whole);
+    uint64_t frac = 0;
+    int n = read_digits(s, ret_whole);
 
     if (n <= 0)
         return n < 0 ? n : -EINVAL;
@@ -1336,9 +1357,7 @@ static int read_milli(const char **s, uint64_t *ret)
         for (; k < 3; k++)
             frac *= 10;
     }
-    if (whole > (UINT64_MAX - frac) / 1000)
-        return -ERANGE;
-    *ret = whole * 1000 + frac;
+    *ret_frac = frac;
     return 0;
 }
 
@@ -1348,18 +1367,18 @@ static int parse_memory(const char *s, uint64_t *ret_bytes)
         const char *suffix;
         uint64_t mult;
     } units[] = {
-        {"Ki", 1ULL << 10}, {"Mi", 1ULL << 20}, {"Gi", 1ULL << 30}, {"Ti", 1ULL << 40},
-        {"k", 1000ULL},     {"K", 1000ULL},     {"M", 1000000ULL},  {"G", 1000000000ULL},
-        {"T", 1000000000000ULL},
+        {"Ki", 1ULL << 10}, {"Mi", 1ULL << 20},   {"Gi", 1ULL << 30},
+        {"Ti", 1ULL << 40}, {"k", 1000ULL},       {"K", 1000ULL},
+        {"M", 1000000ULL},  {"G", 1000000000ULL}, {"T", 1000000000000ULL},
     };
-    uint64_t milli, mult = 0;
-    bool frac;
+    uint64_t whole, frac, mult = 0, v, extra;
+    bool dot;
     int r;
 
     if (!s || !*s)
         return -EINVAL;
-    frac = strchr(s, '.') != NULL;
-    r = read_milli(&s, &milli);
+    dot = strchr(s, '.') != NULL;
+    r = read_decimal(&s, &whole, &frac);
     if (r < 0)
         return r;
     if (*s == '\0') {
@@ -1370,14 +1389,14 @@ static int parse_memory(const char *s, uint64_t *ret_bytes)
                 mult = units[i].mult;
     }
     /* A fraction of a byte makes no sense: "1.5" needs a unit. */
-    if (mult == 0 || (frac && mult == 1))
+    if (mult == 0 || (dot && mult == 1))
         return -EINVAL;
-    /* milli * mult / 1000, rounded up, without overflowing on the way. */
-    uint64_t whole = milli / 1000, part = milli % 1000;
     if (whole > UINT64_MAX / mult)
         return -ERANGE;
-    uint64_t v = whole * mult;
-    uint64_t extra = (part * mult + 999) / 1000; /* part < 1000, mult <= 1e12: no overflow */
+    v = whole * mult;
+    /* The fraction, rounded up to a whole byte: frac < 1000 and mult <= 1e12,
+     * so the product fits. */
+    extra = (frac * mult + 999) / 1000;
     if (v > UINT64_MAX - extra)
         return -ERANGE;
     *ret_bytes = v + extra;
@@ -1391,7 +1410,7 @@ int stoke_parse_memory(const char *s, uint64_t *ret_bytes)
 
 static int parse_cpu(const char *s, uint64_t *ret_millis)
 {
-    uint64_t v;
+    uint64_t v, frac;
     int r;
 
     if (!s || !*s)
@@ -1407,12 +1426,14 @@ static int parse_cpu(const char *s, uint64_t *ret_millis)
         *ret_millis = v;
         return 0;
     }
-    r = read_milli(&s, &v);
+    r = read_decimal(&s, &v, &frac);
     if (r < 0)
         return r;
     if (*s)
         return -EINVAL;
-    *ret_millis = v;
+    if (v > (UINT64_MAX - frac) / 1000)
+        return -ERANGE;
+    *ret_millis = v * 1000 + frac;
     return 0;
 }
 

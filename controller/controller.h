@@ -62,11 +62,11 @@ struct function {
     struct stoke_list replicas;
     uint64_t last_active_ms; /* last poke or report of traffic */
     uint64_t initial_until_ms;
-    uint32_t failures;     /* replicas that failed in a row */
-    uint64_t retry_at_ms;  /* no new replica before this (backoff) */
+    uint32_t failures;    /* replicas that failed in a row */
+    uint64_t retry_at_ms; /* no new replica before this (backoff) */
     char last_error[256];
     uint64_t cold_starts;
-    bool deleted;          /* spec gone: scale to zero, then free */
+    bool deleted; /* spec gone: scale to zero, then free */
 };
 
 struct ctrl {

@@ -127,8 +127,7 @@ static const char *get_string(json_object *o, const char *key)
 static void handle_stats(struct peer *p, json_object *msg)
 {
     json_object *fns;
-    if (!json_object_object_get_ex(msg, "fns", &fns) ||
-        !json_object_is_type(fns, json_type_object))
+    if (!json_object_object_get_ex(msg, "fns", &fns) || !json_object_is_type(fns, json_type_object))
         return;
     json_object_object_foreach(fns, name, st)
     {

@@ -14,8 +14,8 @@ struct hub;
 struct hub_callbacks {
     void (*on_poke)(const char *fn, void *data);
     /* `activator` names the reporter; one call per function of a report. */
-    void (*on_stats)(const char *activator, const char *fn, double concurrency,
-                     uint64_t requests, void *data);
+    void (*on_stats)(const char *activator, const char *fn, double concurrency, uint64_t requests,
+                     void *data);
     void *data;
 };
 

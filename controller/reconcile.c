@@ -2,8 +2,8 @@
  * until the autoscaler lands), and the engine calls that get there. */
 #include <arpa/inet.h>
 #include <errno.h>
-#include <stdarg.h>
 #include <netinet/in.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -265,9 +265,9 @@ static void on_started(const struct stoke_engine_result *res, void *data)
         return;
     }
     r->state = R_PROBING;
-    int e = probe_start(fn->ctrl->loop, r->port, fn->spec.readiness.path,
-                        fn->spec.readiness.period_ms, PROBE_MAX_PERIOD_MS, on_probe_ready, r,
-                        &r->probe);
+    int e =
+        probe_start(fn->ctrl->loop, r->port, fn->spec.readiness.path, fn->spec.readiness.period_ms,
+                    PROBE_MAX_PERIOD_MS, on_probe_ready, r, &r->probe);
     if (e < 0) {
         replica_failed(r, e, "cannot probe");
         return;
@@ -344,8 +344,10 @@ static void replica_create(struct function *fn)
     char port[8];
     snprintf(port, sizeof(port), "%u", r->port);
     const struct stoke_label labels[] = {
-        {"io.stoke.managed", "true"},       {"io.stoke.function", s->name},
-        {"io.stoke.revision", r->revision}, {"io.stoke.instance", c->cfg.instance},
+        {"io.stoke.managed", "true"},
+        {"io.stoke.function", s->name},
+        {"io.stoke.revision", r->revision},
+        {"io.stoke.instance", c->cfg.instance},
         {"io.stoke.port", port},
     };
     const struct stoke_container_config cfg = {
@@ -643,8 +645,8 @@ int ctrl_remove_leftovers(struct ctrl *c, void (*cb)(struct ctrl *c, int err))
         return -ENOMEM;
     lo->c = c;
     lo->cb = cb;
-    int r = stoke_engine_list(c->engine, "io.stoke.instance", c->cfg.instance,
-                              on_leftovers_listed, lo);
+    int r =
+        stoke_engine_list(c->engine, "io.stoke.instance", c->cfg.instance, on_leftovers_listed, lo);
     if (r < 0)
         free(lo);
     return r;

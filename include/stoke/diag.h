@@ -15,8 +15,7 @@ struct stoke_diag {
 
 /* Sets every member (truncating safely); printf-style message. */
 void stoke_diag_set(struct stoke_diag *d, const char *file, unsigned line, unsigned column,
-                    const char *field, const char *fmt, ...)
-    __attribute__((format(printf, 6, 7)));
+                    const char *field, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
 
 /* Formats "file:line:column: field: message" into buf (always terminated).
  * Returns the length snprintf would have produced. */

@@ -32,7 +32,7 @@ struct stoke_route {
     uint64_t timeout_ms;
     uint32_t queue_max;
     uint64_t queue_timeout_ms;
-    uint32_t concurrency_limit; /* 0 = none */
+    uint32_t concurrency_limit;   /* 0 = none */
     struct stoke_addr *endpoints; /* owned; ready replicas only */
     size_t n_endpoints;
 };

@@ -14,7 +14,10 @@
 #include "stoke/diag.h"
 
 /* Hard caps on input: bigger files are refused before parsing, deeper nesting
- * is refused while parsing, so hostile input cannot exhaust memory or stack. */
+ * and more nodes are refused while parsing, so hostile input cannot exhaust
+ * memory or stack. YAML aliases, tags other than !!str !!int !!map !!seq and
+ * "!", duplicate keys, unknown fields and a second document are refused
+ * too. */
 #define STOKE_SPEC_MAX_BYTES (1024 * 1024)
 #define STOKE_SPEC_MAX_DEPTH 16
 #define STOKE_SPEC_MAX_NODES 16384 /* scalars, sequences and mappings in all */
@@ -32,40 +35,45 @@ struct stoke_env_var {
     char *value; /* owned */
 };
 
+/* Bounds are those stoke_spec_parse() enforces. Replica counts: min <= max
+ * and initial <= max unless max is 0. */
 struct stoke_scale {
-    uint32_t min;                   /* default 0 */
-    uint32_t max;                   /* default 0 = unbounded */
-    uint32_t initial;               /* default 1 */
-    uint32_t target;                /* default 100, > 0 */
-    uint32_t utilization;           /* percent, default 70, 1..100 */
-    uint32_t container_concurrency; /* default 0 = no limit */
-    uint64_t window_ms;             /* default 60 s, 6 s..1 h */
-    uint32_t panic_window_percent;  /* default 10, 1..100 */
+    uint32_t min;                     /* default 0, 0..10000 */
+    uint32_t max;                     /* default 0 = unbounded, 0..10000 */
+    uint32_t initial;                 /* default 1, 0..10000 */
+    uint32_t target;                  /* default 100, 1..1000000 */
+    uint32_t utilization;             /* percent, default 70, 1..100 */
+    uint32_t container_concurrency;   /* default 0 = no limit, 0..1000000 */
+    uint64_t window_ms;               /* default 60 s, 6 s..1 h */
+    uint32_t panic_window_percent;    /* default 10, 1..100 */
     uint32_t panic_threshold_percent; /* default 200, 110..1000 */
-    uint64_t scale_to_zero_grace_ms;  /* default 30 s */
-    uint64_t scale_down_delay_ms;     /* default 0, <= 1 h */
+    uint64_t scale_to_zero_grace_ms;  /* default 30 s, 0..1 h */
+    uint64_t scale_down_delay_ms;     /* default 0, 0..1 h */
     enum stoke_idle idle;             /* default pause */
 };
 
 struct stoke_spec {
     char name[STOKE_NAME_MAX + 1]; /* metadata.name, a DNS label */
-    char *image;                   /* owned, required */
-    uint16_t port;                 /* default 8080; container port, $PORT */
-    struct stoke_env_var *env;     /* owned array, in file order */
-    size_t env_len;
+    char *image;                   /* owned, required; printable ASCII, no spaces, <= 1024 bytes */
+    uint16_t port;                 /* default 8080, 1..65535; container port, $PORT */
+    struct stoke_env_var *env;     /* owned array, in file order; names match
+                                      [A-Za-z_][A-Za-z0-9_]*, never PORT; YAML
+                                      null is "", other scalars their text */
+    size_t env_len;                /* <= STOKE_SPEC_MAX_ENV */
     struct stoke_scale scale;
-    uint64_t timeout_ms; /* default 300 s; per-request deadline */
+    uint64_t timeout_ms; /* default 300 s, 1 ms..1 h; per-request deadline */
     struct {
-        uint32_t max;        /* default 1000 */
-        uint64_t timeout_ms; /* default 60 s */
+        uint32_t max;        /* default 1000, 0..1000000 */
+        uint64_t timeout_ms; /* default 60 s, 1 ms..1 h */
     } queue;
     struct {
-        uint64_t memory_bytes; /* default 128Mi */
-        uint64_t cpu_millis;   /* default 500m */
-        uint32_t pids;         /* default 256 */
+        uint64_t memory_bytes; /* default 128Mi, >= 6Mi (Docker's minimum) */
+        uint64_t cpu_millis;   /* default 500m, 1m..1000 cores */
+        uint32_t pids;         /* default 256, 1..4194304 */
     } resources;
     struct {
-        char *path;         /* owned; NULL = TCP connect probe */
+        char *path;         /* owned; NULL = TCP connect probe; starts with '/',
+                               printable ASCII, no spaces, <= 1024 bytes */
         uint64_t period_ms; /* default 10 ms, 1 ms..1 h; the prober backs off */
     } readiness;
 };
@@ -98,12 +106,18 @@ int stoke_spec_dup(const struct stoke_spec *spec, struct stoke_spec *ret);
  * readiness path). Two specs with the same revision can share replicas. */
 void stoke_spec_revision(const struct stoke_spec *spec, char out[17]);
 
-/* Parses a duration such as "250ms", "60s", "1m30s", "2h" into ms.
- * Returns 0 or -EINVAL (empty, no unit, unknown unit, overflow, negative). */
+/* Parses a duration such as "250ms", "60s", "1m30s", "2h" into ms: one or
+ * more <digits><unit>, units ms, s, m, h, in any order; no sign, fraction or
+ * space. Returns 0 or -EINVAL (empty, no unit, unknown unit, overflow,
+ * negative); *ret_ms is untouched on error. */
 int stoke_parse_duration(const char *s, uint64_t *ret_ms);
 
-/* Kubernetes-style quantities. Memory: "128Mi", "1Gi", "500M", "1000000".
- * CPU: "500m", "1", "0.5", "2". Returns 0 or -EINVAL. */
+/* Kubernetes-style quantities; syntax only (0 is accepted), bounds are the
+ * spec's. Memory: plain bytes ("1000000"), or a number with a binary (Ki Mi
+ * Gi Ti) or decimal (k K M G T) suffix, "128Mi", "500M"; with a suffix up to
+ * three decimals ("1.5Gi"), rounded up to a whole byte. CPU: cores with up to
+ * three decimals ("1", "0.5") or whole millicores ("500m"). Returns 0 or
+ * -EINVAL; the output is untouched on error. */
 int stoke_parse_memory(const char *s, uint64_t *ret_bytes);
 int stoke_parse_cpu(const char *s, uint64_t *ret_millis);
 

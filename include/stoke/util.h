@@ -27,7 +27,8 @@ void stoke_buf_init(struct stoke_buf *b, size_t limit);
 void stoke_buf_done(struct stoke_buf *b);
 /* Returns 0, -ENOBUFS past the limit, -ENOMEM. */
 int stoke_buf_append(struct stoke_buf *b, const void *data, size_t len);
-int stoke_buf_printf(struct stoke_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int stoke_buf_printf(struct stoke_buf *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 /* Empties the buffer, keeping its storage (and the NUL terminator). */
 void stoke_buf_clear(struct stoke_buf *b);
 /* Drops the first n bytes (n <= len). */

@@ -28,6 +28,9 @@ DOCKER_SOCK = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock").repla
 
 _live = []  # every Stoke started, for cleanup at exit
 
+# Findings of ASan, UBSan and LeakSanitizer in a daemon's log fail the test.
+SANITIZER_MARKERS = ("runtime error:", "AddressSanitizer", "LeakSanitizer")
+
 
 class UnixHTTPConnection(http.client.HTTPConnection):
     def __init__(self, path, timeout=30):
@@ -155,6 +158,19 @@ class Stoke:
                     p.wait()
         # The controller removes its replicas on SIGTERM; make sure anyway.
         remove_containers({"io.stoke.instance": self.instance})
+        problems = []
+        for name, p in self.procs.items():
+            text = self.log(name)
+            for marker in SANITIZER_MARKERS:
+                if marker in text:
+                    problems.append("%s log has %r" % (name, marker))
+            if p.returncode not in (0, None):
+                problems.append("%s exited with %s" % (name, p.returncode))
+        if problems:
+            # Keep the logs for the report; the directory goes at exit.
+            self.procs = {}
+            raise AssertionError("; ".join(problems) + "\n" + "\n".join(
+                "---- %s ----\n%s" % (n, open(f).read()[-4000:]) for n, f in self.logs.items()))
         shutil.rmtree(self.tmp, ignore_errors=True)
         if self in _live:
             _live.remove(self)

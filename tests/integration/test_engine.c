@@ -34,6 +34,17 @@
 static char g_run[17];      /* hex label value of this run */
 static const char *g_image; /* image the containers run */
 static bool g_in_call;      /* set around every engine call */
+/* The loop a wait runs: callbacks stop it, because one may come from the
+ * loop's timer phase (a reused connection can answer within one
+ * curl_multi_socket_action), and UV_RUN_ONCE would then block in its poll
+ * phase until some other event. */
+static uv_loop_t *g_wait_loop;
+
+static void wake(void)
+{
+    if (g_wait_loop)
+        uv_stop(g_wait_loop);
+}
 
 /* ---- loop fixture ---- */
 
@@ -71,6 +82,7 @@ static void on_reply(const struct stoke_engine_result *res, void *data)
     assert_false(g_in_call);
     rp->calls++;
     rp->done = true;
+    wake();
     rp->err = res->err;
     rp->status = res->http_status;
     assert_non_null(res->message);
@@ -85,16 +97,19 @@ static void on_guard(uv_timer_t *t)
 {
     struct fixture *f = t->data;
     f->timed_out = true;
+    wake();
 }
 
 /* Runs the loop until *flag is set, or fails the test after WAIT_MS. */
 static void wait_flag(struct fixture *f, const bool *flag)
 {
     f->timed_out = false;
+    g_wait_loop = &f->loop;
     assert_int_equal(uv_timer_start(&f->guard, on_guard, WAIT_MS, 0), 0);
     while (!*flag && !f->timed_out)
         (void)uv_run(&f->loop, UV_RUN_ONCE);
     (void)uv_timer_stop(&f->guard);
+    g_wait_loop = NULL;
     assert_false(f->timed_out);
 }
 
@@ -128,6 +143,7 @@ static void loop_finish(struct fixture *f)
 static void on_flag(void *data)
 {
     *(bool *)data = true;
+    wake();
 }
 
 static void engine_close_wait(struct fixture *f)
@@ -530,7 +546,10 @@ static void test_lifecycle(void **state)
     assert_true(st.running);
     assert_false(st.paused);
     assert_true(st.pid > 0);
-    assert_int_equal(op(f, stoke_engine_start, id), -EALREADY);
+    RUN(f, &rp, stoke_engine_start(f->e, id, on_reply, &rp));
+    assert_int_equal(rp.err, -EALREADY);
+    assert_int_equal(rp.status, 304);
+    assert_string_equal(rp.message, "engine answered HTTP 304");
 
     assert_int_equal(op(f, stoke_engine_pause, id), 0);
     inspect_state(f, id, &st);
@@ -551,7 +570,8 @@ static void test_lifecycle(void **state)
     assert_string_equal(st.status, "exited");
     assert_false(st.running);
     assert_int_equal(st.pid, 0);
-    assert_int_equal(st.exit_code, 0); /* SIGTERM handled, not killed */
+    if (strcmp(g_image, TEST_IMAGE_BUILT) == 0)
+        assert_int_equal(st.exit_code, 0); /* SIGTERM handled, not killed */
     assert_false(st.oom_killed);
     assert_int_equal(stop_op(f, id), -EALREADY);
     assert_int_equal(op(f, stoke_engine_pause, id), -EEXIST);
@@ -710,6 +730,7 @@ static void test_parallel(void **state)
     }
     g_in_call = false;
     f->timed_out = false;
+    g_wait_loop = &f->loop;
     assert_int_equal(uv_timer_start(&f->guard, on_guard, WAIT_MS, 0), 0);
     while (!all && !f->timed_out) {
         (void)uv_run(&f->loop, UV_RUN_ONCE);
@@ -718,6 +739,7 @@ static void test_parallel(void **state)
             all = all && rp[i].done;
     }
     (void)uv_timer_stop(&f->guard);
+    g_wait_loop = NULL;
     assert_true(all);
     for (size_t i = 0; i < N; i++) {
         assert_int_equal(rp[i].calls, 1);

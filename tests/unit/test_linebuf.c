@@ -1,10 +1,10 @@
 /* Line framing of the controller channel: split reads, CRLF, the cap. */
 #include <errno.h>
 #include <setjmp.h>
-#include <stdio.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 #include <cmocka.h>

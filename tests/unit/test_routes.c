@@ -1,10 +1,10 @@
 /* The router, the route table's wire format and stoke_addr parsing. */
 #include <errno.h>
 #include <setjmp.h>
-#include <stdio.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -188,8 +188,19 @@ static void test_addr_parse(void **state)
     assert_string_equal(a.path, "/var/run/docker.sock");
 
     static const char *const bad[] = {
-        "", "127.0.0.1", "127.0.0.1:", "127.0.0.1:x", "127.0.0.1:65536", "localhost:80",
-        "::1:80", "[::1]80", "[::1]:", "unix:", "unix:relative", "1.2.3.4:-1", "1.2.3.4: 80",
+        "",
+        "127.0.0.1",
+        "127.0.0.1:",
+        "127.0.0.1:x",
+        "127.0.0.1:65536",
+        "localhost:80",
+        "::1:80",
+        "[::1]80",
+        "[::1]:",
+        "unix:",
+        "unix:relative",
+        "1.2.3.4:-1",
+        "1.2.3.4: 80",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         print_message("bad addr %s\n", bad[i]);

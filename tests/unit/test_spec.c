@@ -137,7 +137,7 @@ static void check_durations(const struct stoke_spec *s)
     assert_int_equal(s->scale.scale_to_zero_grace_ms, 0);
     assert_int_equal(s->scale.scale_down_delay_ms, 3600000);
     assert_int_equal(s->timeout_ms, 250);
-    assert_int_equal(s->queue.timeout_ms, 3723004);
+    assert_int_equal(s->queue.timeout_ms, 62003);
     assert_int_equal(s->readiness.period_ms, 1);
 }
 
@@ -266,6 +266,7 @@ static void check_bounds(const struct stoke_spec *s)
     assert_int_equal(s->scale.window_ms, 6000);
     assert_int_equal(s->scale.panic_window_percent, 1);
     assert_int_equal(s->scale.panic_threshold_percent, 110);
+    assert_int_equal(s->scale.idle, STOKE_IDLE_PAUSE);
     assert_int_equal(s->timeout_ms, 3600000);
     assert_int_equal(s->queue.max, 0);
     assert_int_equal(s->resources.memory_bytes, 6 * MIB);
@@ -308,7 +309,7 @@ static const struct good_case good_cases[] = {
     {"durations of each form",
      BASE "  scale: {window: 1m30s, scaleToZeroGrace: 0s, scaleDownDelay: 1h}\n"
           "  timeout: 250ms\n"
-          "  queue: {timeout: 1h2m3s4ms}\n"
+          "  queue: {timeout: 1m2s3ms}\n"
           "  readiness: {period: 1ms}\n",
      check_durations},
     {"binary memory, whole cores", BASE "  resources: {memory: 1Gi, cpu: 2}\n",
@@ -412,6 +413,7 @@ static const struct good_case good_cases[] = {
           "    window: 6s\n"
           "    panicWindowPercent: 1\n"
           "    panicThresholdPercent: 110\n"
+          "    idle: pause\n"
           "  timeout: 1h\n"
           "  queue: {max: 0}\n"
           "  resources: {memory: 6Mi, cpu: 1000, pids: 4194304}\n",
@@ -457,12 +459,16 @@ struct bad_case {
     const char *message; /* a substring of the diag's message */
 };
 
-#define BAD(w, y, l, c, f, m) {(w), (y), 0, -EINVAL, (l), (c), (f), (m)}
+#define BAD(w, y, l, c, f, m)                                                                      \
+    {                                                                                              \
+        (w), (y), 0, -EINVAL, (l), (c), (f), (m)                                                   \
+    }
 
 static const struct bad_case bad_cases[] = {
     /* unknown fields: the key's position */
     BAD("unknown root field",
-        "apiVersion: stoke/v1\nkind: Function\nstatus: {}\nmetadata:\n  name: a\nspec:\n  image: x\n",
+        "apiVersion: stoke/v1\nkind: Function\nstatus: {}\nmetadata:\n  name: a\nspec:\n  image: "
+        "x\n",
         3, 1, "status", "unknown field \"status\""),
     BAD("unknown spec field", BASE "  imagePullPolicy: Always\n", 7, 3, "spec.imagePullPolicy",
         "unknown field"),
@@ -495,8 +501,8 @@ static const struct bad_case bad_cases[] = {
     BAD("name starting with a digit", HEAD "  name: 1hello\n" SPEC, 4, 9, "metadata.name",
         "invalid name"),
     BAD("name of 64 characters",
-        HEAD "  name: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\n" SPEC, 4, 9,
-        "metadata.name", "1 to 63"),
+        HEAD "  name: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\n" SPEC, 4,
+        9, "metadata.name", "1 to 63"),
     BAD("empty name", HEAD "  name: \"\"\n" SPEC, 4, 9, "metadata.name", "invalid name"),
     BAD("name with _", HEAD "  name: hello_world\n" SPEC, 4, 9, "metadata.name", "invalid name"),
     BAD("null name", HEAD "  name:\n" SPEC, 4, 8, "metadata.name", "found nothing (null)"),
@@ -515,8 +521,7 @@ static const struct bad_case bad_cases[] = {
         "metadata", "expected a mapping"),
     BAD("double-quoted integer", BASE "  port: \"8080\"\n", 7, 9, "spec.port",
         "expected an integer, found the string \"8080\""),
-    BAD("single-quoted integer", BASE "  port: '8080'\n", 7, 9, "spec.port",
-        "expected an integer"),
+    BAD("single-quoted integer", BASE "  port: '8080'\n", 7, 9, "spec.port", "expected an integer"),
     BAD("!!str integer", BASE "  port: !!str 8080\n", 7, 9, "spec.port", "expected an integer"),
     BAD("null integer", BASE "  port:\n", 7, 8, "spec.port", "expected an integer, found nothing"),
     /* integers */
@@ -574,8 +579,8 @@ static const struct bad_case bad_cases[] = {
         "spec.scale.scaleDownDelay", "must be between 0s and 1h"),
     BAD("probe period 0", BASE "  readiness: {period: 0ms}\n", 7, 23, "spec.readiness.period",
         "must be between 1ms and 1h"),
-    BAD("duration as a mapping", BASE "  queue: {timeout: {s: 1}}\n", 7, 20,
-        "spec.queue.timeout", "expected a duration, found a mapping"),
+    BAD("duration as a mapping", BASE "  queue: {timeout: {s: 1}}\n", 7, 20, "spec.queue.timeout",
+        "expected a duration, found a mapping"),
     /* quantities */
     BAD("memory unit", BASE "  resources: {memory: 12Zi}\n", 7, 23, "spec.resources.memory",
         "invalid memory quantity \"12Zi\""),
@@ -605,7 +610,9 @@ static const struct bad_case bad_cases[] = {
     BAD("probe path with a space", BASE "  readiness: {path: \"/a b\"}\n", 7, 21,
         "spec.readiness.path", "invalid path"),
     BAD("probe path with CRLF", BASE "  readiness: {path: \"/a\\r\\nX: y\"}\n", 7, 21,
-        "spec.readiness.path", "invalid path"),
+        "spec.readiness.path", "invalid path \"/a\\r\\nX: y\""),
+    BAD("control characters in a key", BASE "  \"a\\tb\\u00e9\": 1\n", 7, 3, "spec.a\\tb\xc3\xa9",
+        "unknown field \"a\\tb\xc3\xa9\""),
     BAD("empty image", HEAD "  name: a\nspec:\n  image: \"\"\n", 6, 10, "spec.image",
         "must not be empty"),
     BAD("null image", HEAD "  name: a\nspec:\n  image:\n", 6, 9, "spec.image",
@@ -647,35 +654,51 @@ static const struct bad_case bad_cases[] = {
     BAD("empty file", "", 1, 1, "", "the file is empty"),
     BAD("only comments", "# nothing\n\n# here\n", 1, 1, "", "the file is empty"),
     BAD("empty document", "---\n", 2, 1, "", "the document is empty"),
-    BAD("second document", BASE "---\napiVersion: stoke/v1\n", 7, 1, "",
-        "a second YAML document"),
-    BAD("second document after end marker", BASE "...\n---\n", 8, 1, "",
-        "a second YAML document"),
+    BAD("second document", BASE "---\napiVersion: stoke/v1\n", 7, 1, "", "a second YAML document"),
+    BAD("second document after end marker", BASE "...\n---\n", 8, 1, "", "a second YAML document"),
     /* encoding */
-    BAD("Latin-1 byte", HEAD "  name: caf\xe9\n" SPEC, 4, 12, "", "not valid YAML text"),
-    BAD("invalid lead byte", BASE "  env: {A: \"x\xffy\"}\n", 7, 14, "", "not valid YAML text"),
-    BAD("after a multi-byte character", BASE "  env: {A: \"\xc3\xa9\xc3\xa9\xff\"}\n", 7, 15,
-        "", "invalid leading UTF-8 octet"),
-    {"UTF-16", "\xff\xfe" "a\0:\0", 6, -EINVAL, 1, 1, "", "not valid YAML text"},
-    BAD("control character", BASE "  port: 80\x01\n", 7, 11, "", "control characters"),
+    BAD("Latin-1 byte", HEAD "  name: caf\xe9\n" SPEC, 4, 12, "",
+        "not valid UTF-8: invalid trailing UTF-8 octet (byte 0x0A)"),
+    BAD("invalid lead byte", BASE "  env: {A: \"x\xffy\"}\n", 7, 14, "",
+        "not valid UTF-8: invalid leading UTF-8 octet (byte 0xFF)"),
+    BAD("after a multi-byte character", BASE "  env: {A: \"\xc3\xa9\xc3\xa9\xff\"}\n", 7, 15, "",
+        "invalid leading UTF-8 octet"),
+    {"UTF-16",
+     "\xff\xfe"
+     "a\0:\0",
+     6, -EINVAL, 1, 1, "", "not valid UTF-8"},
+    BAD("CR and CRLF line ends", "a: 1\rb: 2\r\nc: \xff\n", 3, 4, "", "not valid UTF-8"),
+    BAD("NEL line end",
+        "# c\xc2\x85"
+        "a: \xff\n",
+        2, 4, "", "not valid UTF-8"),
+    BAD("LS line end",
+        "# c\xe2\x80\xa8"
+        "a: \xff\n",
+        2, 4, "", "not valid UTF-8"),
+    BAD("control character", BASE "  port: 80\x01\n", 7, 11, "",
+        "not valid YAML text: control characters are not allowed (byte 0x01)"),
     BAD("escaped NUL", BASE "  env: {A: \"a\\0b\"}\n", 7, 12, "spec.env.A", "NUL characters"),
     /* aliases and tags */
     BAD("alias", HEAD "  name: &n hello\n  labels: {a: *n}\n" SPEC, 5, 15, "metadata.labels.a",
         "aliases are not allowed"),
-    BAD("merge key", BASE "  scale: &s {min: 1}\n  queue:\n    <<: *s\n", 9, 9,
-        "spec.queue.<<", "aliases are not allowed"),
+    BAD("merge key", BASE "  scale: &s {min: 1}\n  queue:\n    <<: *s\n", 9, 9, "spec.queue.<<",
+        "aliases are not allowed"),
     BAD("!!float", BASE "  port: !!float 8080\n", 7, 9, "spec.port",
         "tag \"!!float\" is not allowed"),
     BAD("custom tag", BASE "  port: !custom 8080\n", 7, 9, "spec.port",
         "tag \"!custom\" is not allowed"),
     BAD("!!seq on a mapping", BASE "  scale: !!seq {min: 1}\n", 7, 10, "spec.scale",
         "tag \"!!seq\" is not allowed"),
+    BAD("!!seq on a sequence", BASE "  scale: !!seq [1]\n", 7, 10, "spec.scale",
+        "expected a mapping, found a sequence"),
     BAD("!!binary", BASE "  env: {A: !!binary aGVsbG8=}\n", 7, 12, "spec.env.A",
         "tag \"!!binary\" is not allowed"),
     /* syntax */
     BAD("unclosed flow mapping", BASE "  scale: {min: 1\n", 8, 1, "",
         "YAML syntax error: did not find expected ',' or '}'"),
-    BAD("bad indentation", BASE "   port: 80\n", 7, 4, "", "YAML syntax error"),
+    BAD("bad indentation", BASE "   port: 80\n", 7, 8, "",
+        "YAML syntax error: mapping values are not allowed"),
     BAD("tab indentation", BASE "\tport: 80\n", 7, 1, "", "YAML syntax error"),
     BAD("sequence as a key", BASE "  ? [a]\n  : b\n", 7, 5, "spec",
         "mapping keys must be strings, not sequences"),
@@ -699,8 +722,8 @@ static void check_bad(const struct bad_case *bc, const char *file)
         print_error("invalid case \"%s\":\n  got  %d %s:%u:%u field \"%s\" \"%s\"%s\n"
                     "  want %d %s:%u:%u field \"%s\" \"...%s...\"\n",
                     bc->what, r, d.file, d.line, d.column, d.field, d.message,
-                    is_zeroed(&s) ? "" : " (spec not zeroed)", bc->err, file, bc->line,
-                    bc->column, bc->field, bc->message);
+                    is_zeroed(&s) ? "" : " (spec not zeroed)", bc->err, file, bc->line, bc->column,
+                    bc->field, bc->message);
         fail();
     }
     /* And with no diag wanted. */
@@ -861,6 +884,31 @@ static void test_null_buffer(void **state)
     assert_non_null(strstr(d.message, "empty"));
 }
 
+static void test_truncations(void **state)
+{
+    /* Every prefix of a full spec: accepted, or refused with a position. */
+    const char *full = good_cases[1].yaml;
+    size_t n = strlen(full), accepted = 0;
+    (void)state;
+
+    for (size_t len = 0; len <= n; len++) {
+        struct stoke_spec s;
+        struct stoke_diag d;
+        int r = stoke_spec_parse(full, len, "cut.yaml", &s, &d);
+        if (r == 0) {
+            accepted++;
+            stoke_spec_done(&s);
+            continue;
+        }
+        assert_int_equal(r, -EINVAL);
+        assert_true(is_zeroed(&s));
+        assert_true(d.line >= 1 && d.column >= 1);
+        assert_true(d.message[0] != '\0');
+    }
+    /* Cuts at the end of a line after the image are complete specs. */
+    assert_true(accepted > 10);
+}
+
 /* --- scalar parsers --------------------------------------------------------- */
 
 struct num_case {
@@ -877,8 +925,8 @@ static void check_nums(const char *what, int (*fn)(const char *, uint64_t *),
         int r = fn(cases[i].s, &v);
         if (r != cases[i].ret || (r == 0 && v != cases[i].v) || (r != 0 && v != 12345)) {
             print_error("%s(\"%s\"): got %d %llu, want %d %llu\n", what,
-                        cases[i].s ? cases[i].s : "(null)", r, (unsigned long long)v,
-                        cases[i].ret, (unsigned long long)cases[i].v);
+                        cases[i].s ? cases[i].s : "(null)", r, (unsigned long long)v, cases[i].ret,
+                        (unsigned long long)cases[i].v);
             fail();
         }
     }
@@ -994,11 +1042,25 @@ static void test_parse_cpu(void **state)
 static void test_is_valid_name(void **state)
 {
     static const char *const good[] = {
-        "a", "hello", "a-b", "a1", "a--b", "x0-9",
+        "a",
+        "hello",
+        "a-b",
+        "a1",
+        "a--b",
+        "x0-9",
         "abcdefghijabcdefghijabcdefghijabcdefghijabcdefghijabcdefghijabc", /* 63 */
     };
     static const char *const bad[] = {
-        "",  "A",   "Hello", "1a",  "-a",        "a-",    "a_b", "a.b", "a b", "h\xc3\xa9llo",
+        "",
+        "A",
+        "Hello",
+        "1a",
+        "-a",
+        "a-",
+        "a_b",
+        "a.b",
+        "a b",
+        "h\xc3\xa9llo",
         "abcdefghijabcdefghijabcdefghijabcdefghijabcdefghijabcdefghijabcd", /* 64 */
     };
     (void)state;
@@ -1075,7 +1137,7 @@ static void test_revision(void **state)
     assert_string_equal(base, again);
     /* Stable across builds and hosts: a changed value would roll out every
      * running function again after an upgrade. */
-    assert_string_equal(base, "0f5b0ec8a8f31c56");
+    assert_string_equal(base, "ccd3384bc26c8db8");
 
     memcpy(revs[n], base, sizeof(base));
     for (size_t i = 0; i < n; i++)
@@ -1109,7 +1171,7 @@ static void test_revision_separators(void **state)
     stoke_spec_revision(&s, r2);
     assert_string_not_equal(r1, r2);
 
-    /* image "im" + env ("g...") cannot collide with image "img" either. */
+    /* Nor can one field's tail pass for the next field's head. */
     s.image = "a";
     s.env = NULL;
     s.env_len = 0;
@@ -1184,6 +1246,13 @@ static void test_diag_format(void **state)
     assert_int_equal(strlen(d.field), sizeof(d.field) - 1);
     assert_int_equal(strlen(d.message), sizeof(d.message) - 1);
     stoke_diag_set(NULL, "x", 1, 1, "", "ignored");
+
+    /* Ready for a log line: control characters escaped, bad UTF-8 replaced,
+     * a character cut short at the end dropped. */
+    stoke_diag_set(&d, "a\nb", 1, 1, "k\x01", "%s", "x\ty\xff\xc3\xa9z\xe2\x82");
+    assert_string_equal(d.file, "a\\nb");
+    assert_string_equal(d.field, "k\\x01");
+    assert_string_equal(d.message, "x\\ty?\xc3\xa9z");
 }
 
 /* --- files ------------------------------------------------------------------ */
@@ -1242,6 +1311,7 @@ static void test_load(void **state)
     y[blen] = '\n';
     write_file(over, y, blen + 1);
     assert_int_equal(stoke_spec_load(over, &s, &d), -EFBIG);
+    assert_int_equal(unlink(over), 0);
     free(y);
 
     /* Errors name the file. */
@@ -1252,6 +1322,11 @@ static void test_load(void **state)
     assert_int_equal(d.column, 9);
 
     assert_int_equal(stoke_spec_load(dir, &s, &d), -EISDIR);
+    /* A FIFO is refused at once rather than waited on. */
+    assert_int_equal(mkfifo(over, 0600), 0);
+    assert_int_equal(stoke_spec_load(over, &s, &d), -EINVAL);
+    assert_non_null(strstr(d.message, "not a regular file"));
+    assert_int_equal(unlink(over), 0);
     assert_int_equal(unlink(path), 0);
     assert_int_equal(stoke_spec_load(path, &s, &d), -ENOENT);
     assert_true(is_zeroed(&s));
@@ -1260,7 +1335,6 @@ static void test_load(void **state)
 
     assert_int_equal(unlink(big), 0);
     assert_int_equal(unlink(edge), 0);
-    assert_int_equal(unlink(over), 0);
     assert_int_equal(rmdir(dir), 0);
 }
 
@@ -1301,7 +1375,7 @@ static void test_fixtures(void **state)
     assert_int_equal(stoke_spec_load(path, &s, &d), -EINVAL);
     assert_int_equal(d.line, 4);
     assert_int_equal(d.column, 12);
-    assert_non_null(strstr(d.message, "not valid YAML text"));
+    assert_non_null(strstr(d.message, "not valid UTF-8"));
 }
 
 int main(void)
@@ -1314,6 +1388,7 @@ int main(void)
         cmocka_unit_test(test_too_many_nodes),
         cmocka_unit_test(test_many_keys_duplicate),
         cmocka_unit_test(test_too_big),
+        cmocka_unit_test(test_truncations),
         cmocka_unit_test(test_null_buffer),
         cmocka_unit_test(test_parse_duration),
         cmocka_unit_test(test_parse_memory),
