@@ -6,8 +6,11 @@
 # Whatever happens, every process and container the tests started is gone
 # at the end.
 #
-# Usage: tests/run.sh [ctest args...]     e.g. tests/run.sh -L unit
-# Env:   STOKE_BUILD_DIR (default build/), STOKE_SANITIZE=1 for ASan+UBSan.
+# With no arguments: every test on a plain build (unit tests under valgrind
+# too), then every test again on an ASan + UBSan build (build-asan/).
+#
+# Usage: tests/run.sh [ctest args...]     e.g. tests/run.sh -L unit (plain only)
+# Env:   STOKE_BUILD_DIR (default build/), STOKE_SANITIZE=1 for one ASan run.
 set -eu
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -17,9 +20,11 @@ sanitize=OFF
 
 "$root/deploy/install-deps.sh"
 
-cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSTOKE_SANITIZE=$sanitize \
-    >/dev/null
-cmake --build "$build" -j "$(nproc)"
+configure() { # dir sanitize
+    cmake -S "$root" -B "$1" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSTOKE_SANITIZE="$2" >/dev/null
+    cmake --build "$1" -j "$(nproc)"
+}
+configure "$build" "$sanitize"
 STOKE_BUILD_DIR=$build "$root/deploy/build-example.sh" stoke-hello:1
 
 pidfile=$(mktemp)
@@ -27,8 +32,13 @@ export STOKE_TEST_PIDFILE=$pidfile
 
 cleanup() {
     # Processes the harness started, should a test have been killed.
+    # Only if the pid is still one of ours: pids of processes that exited
+    # may have been reused.
     while read -r pid; do
-        kill -9 "$pid" 2>/dev/null || true
+        [ -r "/proc/$pid/cmdline" ] || continue
+        case $(tr '\0' ' ' <"/proc/$pid/cmdline") in
+        *stoke-controller* | *stoke-activator*) kill -9 "$pid" 2>/dev/null || true ;;
+        esac
     done <"$pidfile"
     rm -f "$pidfile"
     # Containers of test runs: controllers in tests use instances "e2e-*";
@@ -50,4 +60,17 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 cd "$build"
-ctest --output-on-failure "$@"
+if [ $# -gt 0 ]; then
+    ctest --output-on-failure "$@"
+    exit
+fi
+# Everything on the plain build (unit tests also under valgrind), then the
+# whole suite again with ASan + UBSan, so memory errors and leaks in the
+# daemons fail the run too.
+ctest --output-on-failure
+if [ "$sanitize" = OFF ]; then
+    echo "run.sh: again with AddressSanitizer + UndefinedBehaviorSanitizer"
+    configure "$build-asan" ON
+    cd "$build-asan"
+    ctest --output-on-failure
+fi
