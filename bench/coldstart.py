@@ -89,7 +89,7 @@ def by_stoke(s):
 def row(name, xs, ref):
     xs = sorted(xs)
     med = statistics.median(xs)
-    return "| %-28s | %8.1f | %8.1f | %8.1f | %6.2f |" % (
+    return "| %-28s | %9.1f | %9.1f | %9.1f | %6.2f |" % (
         name, med * 1000, xs[0] * 1000, xs[-1] * 1000, med / ref)
 
 
@@ -110,8 +110,8 @@ def main():
         remove_containers({k: v})
     ref = statistics.median(stoke)
     print("cold start to first 200, %d runs each, image %s" % (N, IMAGE))
-    print("| %-28s | %8s | %8s | %8s | %6s |" % ("path", "median ms", "min ms", "max ms", "×stoke"))
-    print("|%s|%s|%s|%s|%s|" % ("-" * 30, "-" * 10, "-" * 10, "-" * 10, "-" * 8))
+    print("| %-28s | %9s | %9s | %9s | %6s |" % ("path", "median ms", "min ms", "max ms", "×stoke"))
+    print("|%s|%s|%s|%s|%s|" % ("-" * 30, "-" * 11, "-" * 11, "-" * 11, "-" * 8))
     print(row("stoke (activator, from zero)", stoke, ref))
     print(row("engine API create+start+GET", api, ref))
     print(row("docker run -d + GET", run, ref))
