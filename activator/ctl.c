@@ -8,6 +8,7 @@
 
 #include "stoke/linebuf.h"
 #include "stoke/log.h"
+#include "stoke/uvbuf.h"
 
 #define BACKOFF_MIN_MS 50
 #define BACKOFF_MAX_MS 2000
@@ -136,13 +137,6 @@ static int on_line(char *line, size_t len, void *data)
     return 0;
 }
 
-static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
-{
-    (void)h;
-    buf->base = malloc(suggested);
-    buf->len = buf->base ? suggested : 0;
-}
-
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     struct ctl *ctl = s->data;
@@ -177,7 +171,7 @@ static void on_connected(uv_connect_t *req, int status)
     ctl_send(ctl, hello, (size_t)n);
     if (ctl->px)
         proxy_waiting(ctl->px, send_poke, ctl);
-    int r = uv_read_start(&ctl->conn.stream, on_alloc, on_read);
+    int r = uv_read_start(&ctl->conn.stream, stoke_uv_alloc, on_read);
     if (r < 0)
         drop_connection(ctl, r);
 }

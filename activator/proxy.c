@@ -10,6 +10,7 @@
 
 #include "stoke/list.h"
 #include "stoke/log.h"
+#include "stoke/uvbuf.h"
 
 #define POKE_INTERVAL_MS 100
 #define DRAIN_BATCH 64                /* queued requests sent on per loop iteration */
@@ -468,6 +469,19 @@ static const char *status_reason(int status)
     }
 }
 
+/* The answer written so far is the connection's last: nothing more is
+ * read, and the connection closes once the writes are flushed. */
+static void client_close_after_flush(struct client *c)
+{
+    if (c->pending_writes == 0) {
+        client_close(c);
+        return;
+    }
+    uv_timer_stop(&c->timer);
+    c->state = C_FLUSH;
+    uv_read_stop((uv_stream_t *)&c->tcp);
+}
+
 static void timer_start(struct client *c, uv_timer_cb cb, uint64_t ms)
 {
     uv_timer_start(&c->timer, cb, ms, 0);
@@ -493,18 +507,12 @@ static void send_error(struct client *c, int status, bool close_conn)
     bool head_only = c->method == HTTP_HEAD;
     client_abort_upstream(c);
     int r = client_writev(c, parts, head_only ? 1 : 2);
-    if (r < 0 || close_conn) {
-        if (r < 0 || c->pending_writes == 0) {
-            client_close(c);
-        } else {
-            uv_timer_stop(&c->timer);
-            c->state = C_FLUSH;
-            /* Nothing more is read: the answer is the connection's last. */
-            uv_read_stop((uv_stream_t *)&c->tcp);
-        }
-        return;
-    }
-    client_finish_request(c);
+    if (r < 0)
+        client_close(c);
+    else if (close_conn)
+        client_close_after_flush(c);
+    else
+        client_finish_request(c);
 }
 
 /* ---- request parsing ---------------------------------------------------- */
@@ -760,13 +768,6 @@ static void on_idle_timeout(uv_timer_t *t)
     client_close(c);
 }
 
-static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
-{
-    (void)h;
-    buf->base = malloc(suggested);
-    buf->len = buf->base ? suggested : 0;
-}
-
 static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     struct client *c = s->data;
@@ -834,7 +835,7 @@ static void client_finish_request(struct client *c)
     }
     if (c->state != C_CLOSED && c->state != C_FLUSH && c->read_stopped) {
         c->read_stopped = false;
-        uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_client_read);
+        uv_read_start((uv_stream_t *)&c->tcp, stoke_uv_alloc, on_client_read);
     }
 }
 
@@ -887,7 +888,7 @@ static void on_accept(uv_stream_t *server, int status)
             uv_ip6_name((struct sockaddr_in6 *)&ss, c->ip, sizeof(c->ip));
     }
     timer_start(c, on_idle_timeout, px->cfg.idle_timeout_ms);
-    if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_client_read) < 0)
+    if (uv_read_start((uv_stream_t *)&c->tcp, stoke_uv_alloc, on_client_read) < 0)
         client_close(c);
 }
 
@@ -1100,7 +1101,7 @@ static void upstream_resume(struct upstream *up)
 {
     if (!up->reading && !up->closing) {
         up->reading = true;
-        uv_read_start((uv_stream_t *)&up->tcp, on_alloc, on_upstream_read);
+        uv_read_start((uv_stream_t *)&up->tcp, stoke_uv_alloc, on_upstream_read);
     }
 }
 
@@ -1295,13 +1296,7 @@ static void response_done(struct upstream *up, bool reusable)
     c->up = NULL;
     if (!c->keep_alive || c->close_after) {
         client_release(c);
-        if (c->pending_writes == 0) {
-            client_close(c);
-        } else {
-            uv_timer_stop(&c->timer);
-            c->state = C_FLUSH;
-            uv_read_stop((uv_stream_t *)&c->tcp);
-        }
+        client_close_after_flush(c);
         return;
     }
     client_finish_request(c);

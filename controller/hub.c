@@ -13,6 +13,7 @@
 #include "stoke/log.h"
 #include "stoke/routes.h"
 #include "stoke/spec.h"
+#include "stoke/uvbuf.h"
 
 /* An activator that lets this much go unread is dropped; it reconnects and
  * gets the current table again. */
@@ -175,13 +176,6 @@ static int on_line(char *line, size_t len, void *data)
     return 0;
 }
 
-static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
-{
-    (void)h;
-    buf->base = malloc(suggested);
-    buf->len = buf->base ? suggested : 0;
-}
-
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     struct peer *p = s->data;
@@ -216,7 +210,7 @@ static void on_connection(uv_stream_t *server, int status)
     stoke_list_insert_tail(&hub->peers, &p->node);
     hub->n_peers++;
     if (uv_accept(server, &p->conn.stream) < 0 ||
-        uv_read_start(&p->conn.stream, on_alloc, on_read) < 0) {
+        uv_read_start(&p->conn.stream, stoke_uv_alloc, on_read) < 0) {
         peer_close(p);
         return;
     }

@@ -8,6 +8,8 @@
 
 #include <llhttp.h>
 
+#include "stoke/uvbuf.h"
+
 #define ATTEMPT_TIMEOUT_MS 1000
 #define MAX_RESPONSE_HEAD 16384
 
@@ -84,13 +86,6 @@ static int on_headers_complete(llhttp_t *parser)
     return HPE_PAUSED;
 }
 
-static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
-{
-    (void)h;
-    buf->base = malloc(suggested);
-    buf->len = buf->base ? suggested : 0;
-}
-
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     struct probe *p = s->data;
@@ -139,7 +134,7 @@ static void on_connected(uv_connect_t *req, int status)
     uv_buf_t b = uv_buf_init(p->request, (unsigned)p->request_len);
     p->write.data = p;
     if (uv_write(&p->write, (uv_stream_t *)p->tcp, &b, 1, on_written) < 0 ||
-        uv_read_start((uv_stream_t *)p->tcp, on_alloc, on_read) < 0)
+        uv_read_start((uv_stream_t *)p->tcp, stoke_uv_alloc, on_read) < 0)
         retry_later(p);
 }
 
