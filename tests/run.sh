@@ -21,6 +21,9 @@ sanitize=OFF
 
 "$root/deploy/install-deps.sh"
 
+echo "run.sh: clang-format check"
+(cd "$root" && git ls-files '*.c' '*.h' | xargs clang-format --dry-run --Werror)
+
 configure() { # dir sanitize
     cmake -S "$root" -B "$1" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSTOKE_SANITIZE="$2" >/dev/null
     cmake --build "$1" -j "$(nproc)"
