@@ -84,6 +84,28 @@ void ctl_poke(struct ctl *ctl, const char *fn)
     send_poke(fn, ctl);
 }
 
+static void add_draining(const char *addr, void *data)
+{
+    struct stoke_buf *b = data;
+    /* Addresses are IP literals we formatted: no JSON escaping needed. */
+    (void)stoke_buf_printf(b, "%s\"%s\"", b->data[b->len - 1] == '[' ? "" : ",", addr);
+}
+
+void ctl_drain_changed(struct ctl *ctl)
+{
+    if (!ctl->px || !ctl->connected)
+        return;
+    struct stoke_buf b;
+    stoke_buf_init(&b, STOKE_CTL_MAX_LINE);
+    int r = stoke_buf_printf(&b, "{\"op\":\"drain\",\"gen\":%llu,\"draining\":[",
+                             (unsigned long long)proxy_routes_gen(ctl->px));
+    if (r == 0)
+        proxy_draining(ctl->px, add_draining, &b);
+    if (r == 0 && stoke_buf_append(&b, "]}", 2) == 0)
+        ctl_send(ctl, b.data, b.len);
+    stoke_buf_done(&b);
+}
+
 static void on_retry(uv_timer_t *t)
 {
     ctl_connect(t->data);
@@ -130,10 +152,14 @@ static int on_line(char *line, size_t len, void *data)
         return 0;
     }
     stoke_debug(NULL, "route table %llu: %zu functions", (unsigned long long)t.gen, t.n_routes);
-    if (ctl->px)
+    if (ctl->px) {
         proxy_set_routes(ctl->px, &t);
-    else
+        /* Tells the controller this table is in use, and which replicas
+         * that left it still have requests in flight. */
+        ctl_drain_changed(ctl);
+    } else {
         stoke_route_table_done(&t);
+    }
     return 0;
 }
 

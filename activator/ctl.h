@@ -22,6 +22,10 @@ void ctl_set_proxy(struct ctl *ctl, struct proxy *px);
  * waiting functions are poked again on reconnect). */
 void ctl_poke(struct ctl *ctl, const char *fn);
 
+/* Sends the controller the route table generation in use and the replicas
+ * still draining (see proxy_draining()); call when either changes. */
+void ctl_drain_changed(struct ctl *ctl);
+
 void ctl_close(struct ctl *ctl, void (*on_closed)(void *data), void *data);
 
 #endif

@@ -48,6 +48,12 @@ static void on_poke(const char *fn, void *data)
     ctl_poke(a->ctl, fn);
 }
 
+static void on_drained(void *data)
+{
+    struct activator *a = data;
+    ctl_drain_changed(a->ctl);
+}
+
 static void on_signal(uv_signal_t *s, int signum)
 {
     struct activator *a = s->data;
@@ -176,7 +182,8 @@ int main(int argc, char **argv)
         stoke_error(NULL, r, "cannot start the controller channel");
         return 1;
     }
-    r = proxy_new(a.loop, &cfg, on_poke, &a, &a.px);
+    const struct proxy_hooks hooks = {.on_poke = on_poke, .on_drained = on_drained, .data = &a};
+    r = proxy_new(a.loop, &cfg, &hooks, &a.px);
     if (r < 0) {
         char addr[80];
         stoke_addr_format(&cfg.listen, addr, sizeof(addr));

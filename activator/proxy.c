@@ -28,8 +28,9 @@ struct endpoint {
     struct fn *fn;
     uint32_t inflight;
     uint32_t refs;
-    bool gone;              /* no longer in the route table */
-    struct stoke_list idle; /* pooled upstream connections */
+    bool gone;               /* no longer in the route table */
+    struct stoke_list idle;  /* pooled upstream connections */
+    struct stoke_list dnode; /* px->draining while gone with requests in flight */
     uint32_t n_idle;
 };
 
@@ -129,9 +130,10 @@ struct proxy {
     bool closing;
     void (*on_closed)(void *);
     void *closed_data;
-    proxy_poke_cb on_poke;
-    void *poke_data;
-    struct fn **fns; /* sorted by name */
+    struct proxy_hooks hooks;
+    uint64_t gen;               /* of the route table in use */
+    struct stoke_list draining; /* endpoints gone with requests in flight */
+    struct fn **fns;            /* sorted by name */
     size_t n_fns;
     struct stoke_list clients;
     uint32_t n_clients;
@@ -223,6 +225,8 @@ static bool addr_equal(const struct stoke_addr *a, const struct stoke_addr *b)
 static void endpoint_retire(struct endpoint *ep)
 {
     ep->gone = true;
+    if (ep->inflight > 0)
+        stoke_list_insert_tail(&ep->fn->px->draining, &ep->dnode);
     while (!stoke_list_empty(&ep->idle)) {
         struct upstream *up =
             stoke_container_of(stoke_list_first(&ep->idle), struct upstream, node);
@@ -282,6 +286,7 @@ static int fn_update(struct fn *fn, const struct stoke_route *r)
             ep->fn = fn;
             ep->refs = 1;
             stoke_list_init(&ep->idle);
+            stoke_list_init(&ep->dnode);
         }
         eps[n++] = ep;
     }
@@ -344,6 +349,7 @@ void proxy_set_routes(struct proxy *px, struct stoke_route_table *t)
             fn_retire(old[j]);
     }
     free(old);
+    px->gen = t->gen;
     stoke_route_table_done(t);
 
     for (size_t i = 0; i < px->n_fns; i++) {
@@ -367,6 +373,21 @@ void proxy_stats(struct proxy *px, proxy_stat_cb cb, void *data)
         fn->integral = 0;
         fn->requests = 0;
         fn->stats_base_ms = fn->mark_ms;
+    }
+}
+
+uint64_t proxy_routes_gen(const struct proxy *px)
+{
+    return px->gen;
+}
+
+void proxy_draining(struct proxy *px, void (*cb)(const char *addr, void *data), void *data)
+{
+    for (struct stoke_list *n = px->draining.next; n != &px->draining; n = n->next) {
+        struct endpoint *ep = stoke_container_of(n, struct endpoint, dnode);
+        char addr[80];
+        stoke_addr_format(&ep->addr, addr, sizeof(addr));
+        cb(addr, data);
     }
 }
 
@@ -721,6 +742,10 @@ static void client_release(struct client *c)
         fn->inflight--;
         if (fn->queued > 0 && !fn->gone)
             kick(fn);
+        if (c->ep->gone && c->ep->inflight == 0 && !stoke_list_empty(&c->ep->dnode)) {
+            stoke_list_remove(&c->ep->dnode);
+            c->px->hooks.on_drained(c->px->hooks.data);
+        }
         endpoint_unref(c->ep);
         c->ep = NULL;
     }
@@ -950,7 +975,7 @@ static void enqueue(struct client *c)
     uint64_t now = uv_now(fn->px->loop);
     if (fn->n_eps == 0 && (fn->last_poke_ms == 0 || now - fn->last_poke_ms >= POKE_INTERVAL_MS)) {
         fn->last_poke_ms = now;
-        fn->px->on_poke(fn->cfg.name, fn->px->poke_data);
+        fn->px->hooks.on_poke(fn->cfg.name, fn->px->hooks.data);
     }
 }
 
@@ -1480,17 +1505,17 @@ static int on_resp_complete(llhttp_t *p)
 
 /* ---- setup and teardown ------------------------------------------------- */
 
-int proxy_new(uv_loop_t *loop, const struct proxy_config *cfg, proxy_poke_cb on_poke,
-              void *poke_data, struct proxy **ret)
+int proxy_new(uv_loop_t *loop, const struct proxy_config *cfg, const struct proxy_hooks *hooks,
+              struct proxy **ret)
 {
     struct proxy *px = calloc(1, sizeof(*px));
     if (!px)
         return -ENOMEM;
     px->loop = loop;
     px->cfg = *cfg;
-    px->on_poke = on_poke;
-    px->poke_data = poke_data;
+    px->hooks = *hooks;
     stoke_list_init(&px->clients);
+    stoke_list_init(&px->draining);
     stoke_list_init(&px->kicks);
 
     llhttp_settings_init(&px->req_settings);

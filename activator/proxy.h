@@ -36,6 +36,16 @@ void proxy_config_defaults(struct proxy_config *cfg);
  * every 100 ms per function), so the controller starts one now. */
 typedef void (*proxy_poke_cb)(const char *fn, void *data);
 
+/* Called when a replica that left the route table has no request in flight
+ * any more (see proxy_draining()). */
+typedef void (*proxy_drained_cb)(void *data);
+
+struct proxy_hooks {
+    proxy_poke_cb on_poke;
+    proxy_drained_cb on_drained;
+    void *data;
+};
+
 /* Called by proxy_stats() once per function. */
 typedef void (*proxy_stat_cb)(const char *fn, double concurrency, uint64_t requests, void *data);
 
@@ -43,8 +53,8 @@ struct proxy;
 
 /* Binds and listens. Returns 0 and *ret, or a negative errno (nothing left
  * open). `cfg` is copied; `cfg->domain` is borrowed for the proxy's life. */
-int proxy_new(uv_loop_t *loop, const struct proxy_config *cfg, proxy_poke_cb on_poke,
-              void *poke_data, struct proxy **ret);
+int proxy_new(uv_loop_t *loop, const struct proxy_config *cfg, const struct proxy_hooks *hooks,
+              struct proxy **ret);
 
 /* Replaces the route table; takes ownership of `t`'s contents (t is zeroed).
  * Replicas that left stop getting new requests (in-flight ones finish);
@@ -54,6 +64,14 @@ void proxy_set_routes(struct proxy *px, struct stoke_route_table *t);
 /* Reports, per function, the time-weighted average of requests in flight
  * plus queued since the previous call, and the requests received. */
 void proxy_stats(struct proxy *px, proxy_stat_cb cb, void *data);
+
+/* The generation of the route table in use (0 before the first). */
+uint64_t proxy_routes_gen(const struct proxy *px);
+
+/* Calls `cb` with the address ("127.0.0.1:30001") of each replica that left
+ * the route table while requests were in flight on it, until they finish:
+ * the controller stops a replica only once no activator lists it. */
+void proxy_draining(struct proxy *px, void (*cb)(const char *addr, void *data), void *data);
 
 /* Calls `cb` for each function that has requests waiting in its queue (the
  * channel re-pokes them after reconnecting to the controller). */

@@ -24,7 +24,6 @@ struct ctrl_config {
     uint16_t port_min, port_max;
     uint64_t tick_ms;
     uint64_t ready_timeout_ms; /* a replica not ready by then is replaced */
-    uint64_t drain_ms;         /* between leaving the routes and stopping */
 };
 
 enum replica_state {
@@ -48,7 +47,9 @@ struct replica {
     bool op_pending;  /* an engine call is in flight for it */
     bool retire_asap; /* retire once the call in flight completes */
     struct probe *probe;
-    uv_timer_t timer; /* ready deadline, then drain delay */
+    uv_timer_t timer;      /* ready deadline, then drain deadline */
+    bool draining;         /* unrouted, waiting for in-flight requests */
+    uint64_t unrouted_gen; /* the route generation without it */
     uint64_t created_ms;
 };
 
@@ -96,6 +97,8 @@ void ctrl_reconcile(struct function *fn);
 void ctrl_reconcile_all(struct ctrl *c);
 void ctrl_on_poke(struct ctrl *c, const char *fn);
 void ctrl_on_stats(struct ctrl *c, const char *fn, double concurrency, uint64_t requests);
+/* An activator's drain state changed: removes replicas no longer in use. */
+void ctrl_on_drain(struct ctrl *c);
 /* Sends the current route table to the activators. */
 void ctrl_push_routes(struct ctrl *c);
 /* Compares our replicas with the engine's containers; replaces the gone. */

@@ -32,6 +32,9 @@ struct peer {
     struct stoke_linebuf lines;
     char id[64];
     bool closing;
+    uint64_t gen;    /* route table in use, from its last drain message */
+    char **draining; /* replicas it still has requests in flight to */
+    size_t n_draining;
 };
 
 struct hub {
@@ -66,10 +69,20 @@ static void hub_handle_closed(struct hub *hub)
     free(hub);
 }
 
+static void peer_draining_free(struct peer *p)
+{
+    for (size_t i = 0; i < p->n_draining; i++)
+        free(p->draining[i]);
+    free(p->draining);
+    p->draining = NULL;
+    p->n_draining = 0;
+}
+
 static void on_peer_closed(uv_handle_t *h)
 {
     struct peer *p = h->data;
     struct hub *hub = p->hub;
+    peer_draining_free(p);
     stoke_linebuf_done(&p->lines);
     free(p);
     hub_handle_closed(hub);
@@ -145,6 +158,34 @@ static void handle_stats(struct peer *p, json_object *msg)
     }
 }
 
+/* {"op":"drain","gen":N,"draining":["127.0.0.1:30001",...]} */
+static void handle_drain(struct peer *p, json_object *msg)
+{
+    json_object *g, *list;
+    if (!json_object_object_get_ex(msg, "gen", &g) || !json_object_is_type(g, json_type_int) ||
+        !json_object_object_get_ex(msg, "draining", &list) ||
+        !json_object_is_type(list, json_type_array))
+        return;
+    size_t n = json_object_array_length(list);
+    if (n > STOKE_ROUTES_MAX_ENDPOINTS * 16)
+        return;
+    char **d = calloc(n ? n : 1, sizeof(*d));
+    if (!d)
+        return;
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        json_object *e = json_object_array_get_idx(list, i);
+        if (json_object_is_type(e, json_type_string) && (d[k] = strdup(json_object_get_string(e))))
+            k++;
+    }
+    peer_draining_free(p);
+    p->draining = d;
+    p->n_draining = k;
+    int64_t gen = json_object_get_int64(g);
+    p->gen = gen > 0 ? (uint64_t)gen : 0;
+    p->hub->cbs.on_drain(p->hub->cbs.data);
+}
+
 static int on_line(char *line, size_t len, void *data)
 {
     struct peer *p = data;
@@ -165,6 +206,8 @@ static int on_line(char *line, size_t len, void *data)
             p->hub->cbs.on_poke(fn, p->hub->cbs.data);
     } else if (strcmp(op, "stats") == 0) {
         handle_stats(p, msg);
+    } else if (strcmp(op, "drain") == 0) {
+        handle_drain(p, msg);
     } else if (strcmp(op, "hello") == 0) {
         const char *id = get_string(msg, "activator");
         if (id)
@@ -283,6 +326,22 @@ void hub_broadcast(struct hub *hub, const char *line, size_t len)
 unsigned hub_activators(const struct hub *hub)
 {
     return hub->n_peers;
+}
+
+bool hub_is_drained(const struct hub *hub, const char *addr, uint64_t gen)
+{
+    for (const struct stoke_list *n = hub->peers.next; n != &hub->peers; n = n->next) {
+        const struct peer *p = stoke_container_of(n, struct peer, node);
+        if (p->closing)
+            continue;
+        if (p->gen < gen)
+            return false;
+        for (size_t i = 0; i < p->n_draining; i++) {
+            if (strcmp(p->draining[i], addr) == 0)
+                return false;
+        }
+    }
+    return true;
 }
 
 void hub_close(struct hub *hub, void (*on_closed)(void *data), void *data)

@@ -5,6 +5,9 @@
 #ifndef CONTROLLER_HUB_H
 #define CONTROLLER_HUB_H
 
+#include <stdbool.h>
+#include <stdint.h>
+
 #include <uv.h>
 
 #include "stoke/util.h"
@@ -16,6 +19,9 @@ struct hub_callbacks {
     /* `activator` names the reporter; one call per function of a report. */
     void (*on_stats)(const char *activator, const char *fn, double concurrency, uint64_t requests,
                      void *data);
+    /* An activator reported a new route generation or drain state; see
+     * hub_is_drained(). */
+    void (*on_drain)(void *data);
     void *data;
 };
 
@@ -29,6 +35,11 @@ int hub_new(uv_loop_t *loop, const struct stoke_addr *addr, const struct hub_cal
 void hub_broadcast(struct hub *hub, const char *line, size_t len);
 
 unsigned hub_activators(const struct hub *hub);
+
+/* True when every connected activator uses a route table of at least `gen`
+ * (one without `addr`) and no longer lists `addr` as draining, i.e. no
+ * request is in flight to that replica through any activator. */
+bool hub_is_drained(const struct hub *hub, const char *addr, uint64_t gen);
 
 void hub_close(struct hub *hub, void (*on_closed)(void *data), void *data);
 

@@ -35,7 +35,6 @@ static void usage(FILE *f)
             "                        containers (default \"default\")\n"
             "  --port-range LO-HI    ports for replicas on 127.0.0.1 (default 30000-32767)\n"
             "  --ready-timeout DUR   replace a replica not ready by then (default 60s)\n"
-            "  --drain DUR           wait between unrouting and removing (default 1s)\n"
             "  --log-level LEVEL     debug, info, warn, error (default info)\n"
             "  -h, --help\n");
 }
@@ -61,6 +60,11 @@ static void on_hub_stats(const char *activator, const char *fn, double conc, uin
 {
     (void)activator;
     ctrl_on_stats(data, fn, conc, reqs);
+}
+
+static void on_hub_drain(void *data)
+{
+    ctrl_on_drain(data);
 }
 
 static void on_stopped(struct ctrl *c)
@@ -143,7 +147,7 @@ static int parse_range(const char *s, uint16_t *lo, uint16_t *hi)
 
 int main(int argc, char **argv)
 {
-    enum { O_DIR = 256, O_LISTEN, O_DOCKER, O_INSTANCE, O_PORTS, O_READY, O_DRAIN, O_LOG };
+    enum { O_DIR = 256, O_LISTEN, O_DOCKER, O_INSTANCE, O_PORTS, O_READY, O_LOG };
     static const struct option opts[] = {
         {"functions-dir", required_argument, NULL, O_DIR},
         {"listen", required_argument, NULL, O_LISTEN},
@@ -151,7 +155,6 @@ int main(int argc, char **argv)
         {"instance", required_argument, NULL, O_INSTANCE},
         {"port-range", required_argument, NULL, O_PORTS},
         {"ready-timeout", required_argument, NULL, O_READY},
-        {"drain", required_argument, NULL, O_DRAIN},
         {"log-level", required_argument, NULL, O_LOG},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -167,7 +170,6 @@ int main(int argc, char **argv)
     c->cfg.port_max = 32767;
     c->cfg.tick_ms = 1000;
     c->cfg.ready_timeout_ms = 60000;
-    c->cfg.drain_ms = 1000;
 
     while ((opt = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         r = 0;
@@ -190,9 +192,6 @@ int main(int argc, char **argv)
             break;
         case O_READY:
             r = stoke_parse_duration(optarg, &c->cfg.ready_timeout_ms);
-            break;
-        case O_DRAIN:
-            r = stoke_parse_duration(optarg, &c->cfg.drain_ms);
             break;
         case O_LOG:
             r = stoke_log_level_parse(optarg, &level);
@@ -228,7 +227,8 @@ int main(int argc, char **argv)
         stoke_error(NULL, r, "bad engine address");
         return 2;
     }
-    struct hub_callbacks cbs = {.on_poke = on_hub_poke, .on_stats = on_hub_stats, .data = c};
+    struct hub_callbacks cbs = {
+        .on_poke = on_hub_poke, .on_stats = on_hub_stats, .on_drain = on_hub_drain, .data = c};
     r = hub_new(c->loop, &c->cfg.ctl_addr, &cbs, &c->hub);
     if (r < 0) {
         char a[128];

@@ -184,9 +184,38 @@ static void replica_remove_container(struct replica *r)
     r->op_pending = true;
 }
 
-static void on_drained(uv_timer_t *t)
+static void on_drain_timeout(uv_timer_t *t)
 {
-    replica_remove_container(t->data);
+    struct replica *r = t->data;
+    r->draining = false;
+    stoke_warn(r->fn->spec.name, -ETIMEDOUT,
+               "replica %.12s still had requests in flight after %llu ms; removing it", r->id,
+               (unsigned long long)r->fn->spec.timeout_ms);
+    replica_remove_container(r);
+}
+
+static bool replica_drained(struct replica *r)
+{
+    char addr[32];
+    snprintf(addr, sizeof(addr), "127.0.0.1:%u", r->port);
+    return hub_is_drained(r->fn->ctrl->hub, addr, r->unrouted_gen);
+}
+
+void ctrl_on_drain(struct ctrl *c)
+{
+    for (struct stoke_list *a = c->functions.next; a != &c->functions; a = a->next) {
+        struct function *fn = stoke_container_of(a, struct function, node);
+        for (struct stoke_list *b = fn->replicas.next; b != &fn->replicas;) {
+            struct replica *r = stoke_container_of(b, struct replica, node);
+            b = b->next;
+            if (r->draining && replica_drained(r)) {
+                r->draining = false;
+                uv_timer_stop(&r->timer);
+                stoke_debug(fn->spec.name, "replica %.12s drained", r->id);
+                replica_remove_container(r);
+            }
+        }
+    }
 }
 
 static void replica_retire(struct replica *r)
@@ -203,9 +232,16 @@ static void replica_retire(struct replica *r)
     r->probe = NULL;
     uv_timer_stop(&r->timer);
     if (was_ready && !r->fn->ctrl->stopping) {
-        ctrl_push_routes(r->fn->ctrl);
-        uv_timer_start(&r->timer, on_drained, r->fn->ctrl->cfg.drain_ms, 0);
-        return;
+        /* Out of the routes first; removed once no activator has a request
+         * in flight to it (or after the function's timeout). */
+        struct ctrl *c = r->fn->ctrl;
+        ctrl_push_routes(c);
+        r->unrouted_gen = c->route_gen;
+        if (!replica_drained(r)) {
+            r->draining = true;
+            uv_timer_start(&r->timer, on_drain_timeout, r->fn->spec.timeout_ms, 0);
+            return;
+        }
     }
     replica_remove_container(r);
 }

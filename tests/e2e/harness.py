@@ -122,7 +122,7 @@ class Stoke:
     def start(self):
         self._spawn("controller", [
             os.path.join(BUILD, "stoke-controller"), "--functions-dir", self.fndir,
-            "--listen", self.ctl, "--instance", self.instance, "--drain", "200ms",
+            "--listen", self.ctl, "--instance", self.instance,
             "--log-level", "debug"] + self.extra)
         self._spawn("activator", [
             os.path.join(BUILD, "stoke-activator"), "--listen", "127.0.0.1:%d" % self.port,

@@ -3,6 +3,8 @@ does with specs added, broken and removed while it runs."""
 
 import os
 import sys
+import threading
+import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 from harness import Stoke, run_tests  # noqa: E402
@@ -77,6 +79,37 @@ def test_spec_added_changed_and_removed_without_restart():
     s.remove_spec("live.yaml")
     s.wait_containers("live", 0, 20)
     s.wait_status(lambda: s.fn_request("live", timeout=5), 404, 10)
+    s.stop()
+
+
+def test_replica_leaving_finishes_its_requests_in_flight():
+    s = Stoke("drain").start()
+    s.write_spec("slow", scale={"min": 1})
+    s.wait_log("controller", "ready on 127.0.0.1", 30)
+    old = [c["Id"] for c in s.containers("slow")]
+
+    # Requests that take 1.5 s are in flight when a new revision replaces
+    # the replica: they finish on it before it is removed.
+    results = []
+    ts = [threading.Thread(target=lambda: results.append(s.fn_request("slow", "/delay/1500")))
+          for _ in range(5)]
+    for t in ts:
+        t.start()
+    time.sleep(0.5)
+    s.write_spec("slow", scale={"min": 1}, env={"GREETING": "v2"})
+    s.wait_log("controller", "new revision", 10)
+    for t in ts:
+        t.join(30)
+    assert len(results) == 5 and all(r.status == 200 for r in results), results
+    assert s.log("controller").count("drained") >= 1, s.log("controller")
+    assert "still had requests in flight" not in s.log("controller")
+    # And the old replica is gone afterwards.
+    deadline = time.time() + 20
+    while time.time() < deadline and any(c["Id"] in old for c in s.containers("slow")):
+        time.sleep(0.1)
+    assert not any(c["Id"] in old for c in s.containers("slow"))
+    r = s.fn_request("slow")
+    assert r.status == 200 and "v2" in r.body, r
     s.stop()
 
 
