@@ -96,8 +96,10 @@ def row(name, xs, ref):
 def main():
     s = Stoke("bench-cold").start()
     try:
-        # A 1 s grace: the function is back at zero between samples.
-        s.write_spec("cold", scale={"min": 0, "initial": 0, "scaleToZeroGrace": "1s"})
+        # The shortest stable window and a 1 s grace: the function is back at
+        # zero a few seconds after each sample.
+        s.write_spec("cold", scale={"min": 0, "initial": 0, "scaleToZeroGrace": "1s",
+                                    "window": "6s"})
         s.wait_log("activator", ": 1 functions", 20)
         stoke, api, run = [], [], []
         for _ in range(N):

@@ -8,6 +8,7 @@
 
 #include <uv.h>
 
+#include "stoke/autoscale.h"
 #include "stoke/engine.h"
 #include "stoke/list.h"
 #include "stoke/spec.h"
@@ -61,8 +62,11 @@ struct function {
     struct stoke_spec spec;
     char revision[17];
     struct stoke_list replicas;
-    uint64_t last_active_ms; /* last poke or report of traffic */
-    uint64_t initial_until_ms;
+    struct stoke_metric_window metrics; /* per-second concurrency, all activators */
+    struct stoke_autoscaler as;
+    uint32_t desired; /* the autoscaler's last decision */
+    bool panic;
+    uint64_t poked_ms;    /* last poke */
     uint32_t failures;    /* replicas that failed in a row */
     uint64_t retry_at_ms; /* no new replica before this (backoff) */
     char last_error[256];
@@ -96,7 +100,10 @@ void ctrl_function_delete(struct ctrl *c, const char *name);
 void ctrl_reconcile(struct function *fn);
 void ctrl_reconcile_all(struct ctrl *c);
 void ctrl_on_poke(struct ctrl *c, const char *fn);
-void ctrl_on_stats(struct ctrl *c, const char *fn, double concurrency, uint64_t requests);
+/* A report of the average concurrency of `fn` over one second. */
+void ctrl_on_stats(struct ctrl *c, const char *fn, uint64_t second, double concurrency);
+/* Runs the autoscaler of every function (each tick). */
+void ctrl_autoscale_all(struct ctrl *c);
 /* An activator's drain state changed: removes replicas no longer in use. */
 void ctrl_on_drain(struct ctrl *c);
 /* Sends the current route table to the activators. */

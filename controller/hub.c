@@ -32,8 +32,9 @@ struct peer {
     struct stoke_linebuf lines;
     char id[64];
     bool closing;
-    uint64_t gen;    /* route table in use, from its last drain message */
-    char **draining; /* replicas it still has requests in flight to */
+    uint64_t gen;         /* route table in use, from its last drain message */
+    uint64_t last_second; /* the second its last stats report counted for */
+    char **draining;      /* replicas it still has requests in flight to */
     size_t n_draining;
 };
 
@@ -143,6 +144,14 @@ static void handle_stats(struct peer *p, json_object *msg)
     json_object *fns;
     if (!json_object_object_get_ex(msg, "fns", &fns) || !json_object_is_type(fns, json_type_object))
         return;
+    /* An activator reports once a second; timer jitter can bring two
+     * reports into one second of ours and none into the next, so each
+     * report takes the second after the previous one unless it is late. */
+    uint64_t now_s = uv_now(p->hub->loop) / 1000;
+    uint64_t second = now_s;
+    if (p->last_second && p->last_second >= now_s && p->last_second < now_s + 2)
+        second = p->last_second + 1;
+    p->last_second = second;
     json_object_object_foreach(fns, name, st)
     {
         json_object *c, *n;
@@ -154,7 +163,7 @@ static void handle_stats(struct peer *p, json_object *msg)
         int64_t reqs = json_object_get_int64(n);
         if (!(conc >= 0) || conc > 1e9 || reqs < 0)
             continue;
-        p->hub->cbs.on_stats(p->id, name, conc, (uint64_t)reqs, p->hub->cbs.data);
+        p->hub->cbs.on_stats(p->id, name, second, conc, (uint64_t)reqs, p->hub->cbs.data);
     }
 }
 

@@ -16,9 +16,11 @@ struct hub;
 
 struct hub_callbacks {
     void (*on_poke)(const char *fn, void *data);
-    /* `activator` names the reporter; one call per function of a report. */
-    void (*on_stats)(const char *activator, const char *fn, double concurrency, uint64_t requests,
-                     void *data);
+    /* One call per function of an activator's report; `second` is the
+     * second (of uv_now()) the report counts for: one per activator per
+     * second, so reports of several activators add up. */
+    void (*on_stats)(const char *activator, const char *fn, uint64_t second, double concurrency,
+                     uint64_t requests, void *data);
     /* An activator reported a new route generation or drain state; see
      * hub_is_drained(). */
     void (*on_drain)(void *data);

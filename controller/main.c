@@ -42,6 +42,7 @@ static void usage(FILE *f)
 static void on_tick(uv_timer_t *t)
 {
     struct ctrl *c = t->data;
+    ctrl_autoscale_all(c);
     ctrl_reconcile_all(c);
     uint64_t now = uv_now(c->loop);
     if (now - c->last_check_ms >= CHECK_PERIOD_MS) {
@@ -55,11 +56,12 @@ static void on_hub_poke(const char *fn, void *data)
     ctrl_on_poke(data, fn);
 }
 
-static void on_hub_stats(const char *activator, const char *fn, double conc, uint64_t reqs,
-                         void *data)
+static void on_hub_stats(const char *activator, const char *fn, uint64_t second, double conc,
+                         uint64_t reqs, void *data)
 {
     (void)activator;
-    ctrl_on_stats(data, fn, conc, reqs);
+    (void)reqs;
+    ctrl_on_stats(data, fn, second, conc);
 }
 
 static void on_hub_drain(void *data)
@@ -168,7 +170,7 @@ int main(int argc, char **argv)
     c->cfg.instance = "default";
     c->cfg.port_min = 30000;
     c->cfg.port_max = 32767;
-    c->cfg.tick_ms = 1000;
+    c->cfg.tick_ms = STOKE_AUTOSCALE_TICK_MS;
     c->cfg.ready_timeout_ms = 60000;
 
     while ((opt = getopt_long(argc, argv, "h", opts, NULL)) != -1) {

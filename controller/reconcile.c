@@ -127,6 +127,7 @@ static void function_free(struct function *fn)
 {
     stoke_list_remove(&fn->node);
     stoke_info(fn->spec.name, "function removed");
+    stoke_metric_window_done(&fn->metrics);
     stoke_spec_done(&fn->spec);
     free(fn);
 }
@@ -421,24 +422,53 @@ fail:
 
 /* ---- desired state ------------------------------------------------------- */
 
-/* The skeleton's rule: one replica while there is traffic (or a poke) within
- * scaleToZeroGrace, else none; `initial` replicas for a grace period after
- * the function first appears; always within [min, max]. */
-static uint32_t desired_replicas(const struct function *fn, uint64_t now)
+static uint32_t count_ready(const struct function *fn)
 {
-    const struct stoke_scale *sc = &fn->spec.scale;
-    if (fn->deleted)
-        return 0;
-    uint32_t want = 0;
-    if (fn->last_active_ms && now - fn->last_active_ms < sc->scale_to_zero_grace_ms)
-        want = 1;
-    if (now < fn->initial_until_ms && sc->initial > want)
-        want = sc->initial;
-    if (want < sc->min)
-        want = sc->min;
-    if (sc->max && want > sc->max)
-        want = sc->max;
-    return want;
+    uint32_t n = 0;
+    for (const struct stoke_list *b = fn->replicas.next; b != &fn->replicas; b = b->next) {
+        if (stoke_container_of(b, struct replica, node)->state == R_READY)
+            n++;
+    }
+    return n;
+}
+
+/* Runs the autoscaler for `fn` now and keeps its decision in fn->desired.
+ * `cold`: requests wait and no replica is ready. */
+static void autoscale(struct function *fn, bool cold)
+{
+    struct ctrl *c = fn->ctrl;
+    uint64_t now = uv_now(c->loop);
+    uint32_t ready = count_ready(fn);
+    struct stoke_scale_decision d;
+    int r = stoke_autoscale(&fn->as, &fn->spec.scale, &fn->metrics, now, ready, cold, &d);
+    if (r < 0) {
+        stoke_error(fn->spec.name, r, "autoscaler refused its input; keeping %u replicas",
+                    fn->desired);
+        return;
+    }
+    /* One line per decision: the replica count per tick, for operators and
+     * for the end-to-end tests that compare it with `stokectl simulate`. */
+    stoke_log(d.desired != fn->desired || d.panic != fn->panic ? STOKE_LOG_INFO : STOKE_LOG_DEBUG,
+              fn->spec.name, 0,
+              "autoscale: desired %u (was %u), ready %u, stable %.2f, panic %.2f, %s%s", d.desired,
+              fn->desired, ready, d.stable_avg, d.panic_avg, d.panic ? "panicking" : "stable",
+              d.has_data ? "" : ", no data");
+    fn->desired = d.desired;
+    fn->panic = d.panic;
+}
+
+void ctrl_autoscale_all(struct ctrl *c)
+{
+    uint64_t now = uv_now(c->loop);
+    for (struct stoke_list *n = c->functions.next; n != &c->functions; n = n->next) {
+        struct function *fn = stoke_container_of(n, struct function, node);
+        if (fn->deleted)
+            continue;
+        /* A poke since the last tick still counts while nothing is ready. */
+        bool cold =
+            fn->poked_ms && now - fn->poked_ms < STOKE_AUTOSCALE_TICK_MS && count_ready(fn) == 0;
+        autoscale(fn, cold);
+    }
 }
 
 void ctrl_reconcile(struct function *fn)
@@ -447,7 +477,7 @@ void ctrl_reconcile(struct function *fn)
     if (c->stopping)
         return;
     uint64_t now = uv_now(c->loop);
-    uint32_t want = desired_replicas(fn, now);
+    uint32_t want = fn->deleted ? 0 : fn->desired;
     uint32_t live = 0, serving = 0;
     for (struct stoke_list *n = fn->replicas.next; n != &fn->replicas; n = n->next) {
         struct replica *r = stoke_container_of(n, struct replica, node);
@@ -461,6 +491,8 @@ void ctrl_reconcile(struct function *fn)
         if (live == 0) {
             fn->cold_starts++;
             stoke_info(fn->spec.name, "cold start: 0 -> %u replicas", want);
+        } else {
+            stoke_info(fn->spec.name, "scaling up: %u -> %u replicas", live, want);
         }
         while (live < want) {
             replica_create(fn);
@@ -483,6 +515,8 @@ void ctrl_reconcile(struct function *fn)
         if (want == 0)
             stoke_info(fn->spec.name, "idle for %llu ms: scaled to zero",
                        (unsigned long long)fn->spec.scale.scale_to_zero_grace_ms);
+        else
+            stoke_info(fn->spec.name, "scaling down to %u replicas", want);
     }
     (void)serving;
 }
@@ -513,11 +547,23 @@ int ctrl_function_apply(struct ctrl *c, const struct stoke_spec *spec)
             stoke_spec_done(&copy);
             return -ENOMEM;
         }
+        r = stoke_metric_window_init(&fn->metrics, copy.scale.window_ms);
+        if (r < 0) {
+            free(fn);
+            stoke_spec_done(&copy);
+            return r;
+        }
         fn->ctrl = c;
         stoke_list_init(&fn->replicas);
         stoke_list_insert_tail(&c->functions, &fn->node);
-        if (copy.scale.initial > 0)
-            fn->initial_until_ms = uv_now(c->loop) + copy.scale.scale_to_zero_grace_ms;
+        /* `initial` replicas on first deploy; the autoscaler takes it from
+         * there, keeping them until the stable average has been zero for the
+         * grace period. */
+        uint32_t initial = copy.scale.initial;
+        if (initial < copy.scale.min)
+            initial = copy.scale.min;
+        stoke_autoscaler_init(&fn->as, uv_now(c->loop), 0);
+        fn->desired = initial;
         stoke_info(copy.name, "function added (image %s, revision %s)", copy.image, rev);
     } else {
         if (strcmp(rev, fn->revision) != 0) {
@@ -530,6 +576,11 @@ int ctrl_function_apply(struct ctrl *c, const struct stoke_spec *spec)
             }
         } else {
             stoke_info(copy.name, "function updated (revision %s)", rev);
+        }
+        r = stoke_metric_window_reserve(&fn->metrics, copy.scale.window_ms);
+        if (r < 0) {
+            stoke_spec_done(&copy);
+            return r;
         }
         fn->deleted = false;
         stoke_spec_done(&fn->spec);
@@ -563,17 +614,20 @@ void ctrl_on_poke(struct ctrl *c, const char *name)
     struct function *fn = ctrl_function_find(c, name);
     if (!fn || fn->deleted)
         return;
-    fn->last_active_ms = uv_now(c->loop);
-    ctrl_reconcile(fn);
+    fn->poked_ms = uv_now(c->loop);
+    if (count_ready(fn) == 0) {
+        autoscale(fn, true);
+        ctrl_reconcile(fn);
+    }
 }
 
-void ctrl_on_stats(struct ctrl *c, const char *name, double concurrency, uint64_t requests)
+void ctrl_on_stats(struct ctrl *c, const char *name, uint64_t second, double concurrency)
 {
     struct function *fn = ctrl_function_find(c, name);
     if (!fn || fn->deleted)
         return;
-    if (concurrency > 0 || requests > 0)
-        fn->last_active_ms = uv_now(c->loop);
+    /* Reports of several activators for one second add up. */
+    (void)stoke_metric_window_add(&fn->metrics, second, concurrency);
 }
 
 /* ---- checking the engine ------------------------------------------------- */
