@@ -61,17 +61,16 @@ struct fleet {
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: stokectl simulate -f SPEC TRACE.csv [--ready-delay DUR] [--tick DUR] [-v]\n"
-            "\n"
-            "Runs the autoscaler on a trace of per-second concurrency (CSV with the header\n"
-            "\"" TRACE_HEADER "\"; '#' lines are comments; a missing second is a gap\n"
-            "in the metrics, not zero) and prints second,desired,ready,panic per decision.\n"
-            "\n"
-            "  -f SPEC              the function's spec (stoke/v1 or Knative Service)\n"
-            "  --ready-delay DUR    a desired replica is ready this long after (default 1s)\n"
-            "  --tick DUR           decision period, whole seconds (default 2s)\n"
-            "  -v, --verbose        also print the stable and panic averages\n");
+    fprintf(f, "usage: stokectl simulate -f SPEC TRACE.csv [--ready-delay DUR] [--tick DUR] [-v]\n"
+               "\n"
+               "Runs the autoscaler on a trace of per-second concurrency (CSV with the header\n"
+               "\"" TRACE_HEADER "\"; '#' lines are comments; a missing second is a gap\n"
+               "in the metrics, not zero) and prints second,desired,ready,panic per decision.\n"
+               "\n"
+               "  -f SPEC              the function's spec (stoke/v1 or Knative Service)\n"
+               "  --ready-delay DUR    a desired replica is ready this long after (default 1s)\n"
+               "  --tick DUR           decision period, whole seconds (default 2s)\n"
+               "  -v, --verbose        also print the stable and panic averages\n");
 }
 
 static int read_file(const char *path, struct stoke_buf *ret)
@@ -82,13 +81,14 @@ static int read_file(const char *path, struct stoke_buf *ret)
     int r = 0;
     char chunk[65536];
     size_t n;
+    errno = 0;
     while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0) {
         r = stoke_buf_append(ret, chunk, n);
         if (r < 0)
             goto out;
     }
     if (ferror(f))
-        r = -EIO;
+        r = errno > 0 ? -errno : -EIO; /* e.g. -EISDIR */
 out:
     fclose(f);
     return r;
@@ -113,15 +113,27 @@ static int parse_concurrency(const char *s, double *ret)
     return 0;
 }
 
+/* Doubles the array `v` of *cap elements of `size` bytes (or allocates 64
+ * of them) and updates *cap. Returns the new array, or NULL on OOM with `v`
+ * and *cap unchanged. */
+static void *grow(void *v, size_t *cap, size_t size)
+{
+    size_t n = *cap ? *cap * 2 : 64;
+    if (n > SIZE_MAX / size)
+        return NULL;
+    void *nv = realloc(v, n * size);
+    if (nv)
+        *cap = n;
+    return nv;
+}
+
 static int trace_push(struct trace *t, uint64_t second, double value)
 {
     if (t->len == t->cap) {
-        size_t cap = t->cap ? t->cap * 2 : 1024;
-        struct sample *v = realloc(t->v, cap * sizeof(*v));
+        struct sample *v = grow(t->v, &t->cap, sizeof(*v));
         if (!v)
             return -ENOMEM;
         t->v = v;
-        t->cap = cap;
     }
     t->v[t->len].second = second;
     t->v[t->len].value = value;
@@ -169,13 +181,14 @@ static int trace_parse(char *buf, size_t len, const char *path, struct trace *t)
         uint64_t second;
         double value;
         if (stoke_parse_u64(line, &second) < 0 || second > TRACE_MAX_SECOND) {
-            fprintf(stderr, "%s:%u: second: not a whole number of seconds in 0..%u\n", path,
-                    lineno, TRACE_MAX_SECOND);
+            fprintf(stderr, "%s:%u: second: not a whole number of seconds in 0..%u\n", path, lineno,
+                    TRACE_MAX_SECOND);
             return -EINVAL;
         }
         if (t->len > 0 && second <= t->v[t->len - 1].second) {
-            fprintf(stderr, "%s:%u: second: %" PRIu64 " does not follow %" PRIu64 "\n", path,
-                    lineno, second, t->v[t->len - 1].second);
+            fprintf(stderr,
+                    "%s:%u: second: %" PRIu64 " is not after the previous line's %" PRIu64 "\n",
+                    path, lineno, second, t->v[t->len - 1].second);
             return -EINVAL;
         }
         if (parse_concurrency(comma + 1, &value) < 0) {
@@ -215,12 +228,10 @@ static int fleet_apply(struct fleet *f, uint32_t desired, uint64_t now_ms, uint6
                 memmove(f->starting, f->starting + f->first, f->len * sizeof(*f->starting));
                 f->first = 0;
             } else {
-                size_t cap = f->cap ? f->cap * 2 : 64;
-                struct starting *s = realloc(f->starting, cap * sizeof(*s));
-                if (!s)
+                struct starting *st = grow(f->starting, &f->cap, sizeof(*st));
+                if (!st)
                     return -ENOMEM;
-                f->starting = s;
-                f->cap = cap;
+                f->starting = st;
             }
         }
         f->starting[f->first + f->len].at_ms = now_ms + delay_ms;
@@ -319,11 +330,11 @@ static int parse_duration_opt(const char *name, const char *s, uint64_t *ret)
 int simulate_main(int argc, char **argv)
 {
     static const struct option longopts[] = {
-        {"file", required_argument, NULL, 'f'},
-        {"ready-delay", required_argument, NULL, 'r'},
-        {"tick", required_argument, NULL, 't'},
-        {"verbose", no_argument, NULL, 'v'},
-        {"help", no_argument, NULL, 'h'},
+        {"file", required_argument, NULL, 'f'},        /* -f */
+        {"ready-delay", required_argument, NULL, 'r'}, /* no short form */
+        {"tick", required_argument, NULL, 't'},        /* no short form */
+        {"verbose", no_argument, NULL, 'v'},           /* -v */
+        {"help", no_argument, NULL, 'h'},              /* -h */
         {NULL, 0, NULL, 0},
     };
     const char *spec_path = NULL;

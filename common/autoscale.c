@@ -118,6 +118,12 @@ void stoke_autoscaler_init(struct stoke_autoscaler *a, uint64_t now_ms, uint32_t
     }
 }
 
+void stoke_autoscaler_seed(struct stoke_autoscaler *a, uint32_t desired)
+{
+    a->has_last = true;
+    a->last_desired = desired;
+}
+
 /* ceil(x) as a replica count. The small tolerance keeps a quotient such as
  * 2.1 / 0.7 = 3.0000000000000004 at 3 replicas, not 4; it is far below the
  * 1e-6 resolution of the averages. */
@@ -255,8 +261,8 @@ int stoke_autoscale(struct stoke_autoscaler *a, const struct stoke_scale *scale,
     desired = clamp(scale, desired);
     if (desired == 0) {
         uint64_t hold = scale->scale_to_zero_grace_ms + scale->scale_down_delay_ms;
-        bool idle_long = a->zero_known && now_ms >= a->zero_since_ms &&
-                         now_ms - a->zero_since_ms >= hold;
+        bool idle_long =
+            a->zero_known && now_ms >= a->zero_since_ms && now_ms - a->zero_since_ms >= hold;
         bool active = ready > 0 || (a->has_last && a->last_desired > 0);
         if (!idle_long && active)
             desired = 1;

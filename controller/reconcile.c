@@ -437,7 +437,12 @@ static uint32_t count_ready(const struct function *fn)
 static void autoscale(struct function *fn, bool cold)
 {
     struct ctrl *c = fn->ctrl;
+    /* Decide on whole seconds only: the current second may not have every
+     * activator's report yet (each reports once a second, at its own phase),
+     * and a half-counted second would read as a drop in traffic. So the
+     * autoscaler's clock runs one second behind ours. */
     uint64_t now = uv_now(c->loop);
+    now = now >= 1000 ? now - 1000 : 0;
     uint32_t ready = count_ready(fn);
     struct stoke_scale_decision d;
     int r = stoke_autoscale(&fn->as, &fn->spec.scale, &fn->metrics, now, ready, cold, &d);
@@ -563,6 +568,7 @@ int ctrl_function_apply(struct ctrl *c, const struct stoke_spec *spec)
         if (initial < copy.scale.min)
             initial = copy.scale.min;
         stoke_autoscaler_init(&fn->as, uv_now(c->loop), 0);
+        stoke_autoscaler_seed(&fn->as, initial);
         fn->desired = initial;
         stoke_info(copy.name, "function added (image %s, revision %s)", copy.image, rev);
     } else {

@@ -17,7 +17,9 @@
  * reconciler's scale-to-zero rule), with these deliberate differences:
  * - a second no activator reported is missing, not zero: averages are over
  *   the seconds that have data (Knative counts gaps as zeros), and a window
- *   with no data at all changes nothing (Knative likewise skips the tick);
+ *   with no data at all changes nothing (Knative likewise skips the tick).
+ *   So an activator must report 0 for an idle function it routes: silence
+ *   is not idleness, and never scales a function to zero;
  * - scale-up from zero ready replicas has no rate limit at all (Knative
  *   allows 1000 replicas from zero);
  * - the activator is always on the request path, so scale-down is always
@@ -111,6 +113,13 @@ struct stoke_autoscaler {
  * on that alone. Cannot fail. */
 void stoke_autoscaler_init(struct stoke_autoscaler *a, uint64_t now_ms, uint32_t ready);
 
+/* Records that the controller itself decided `desired` replicas (a
+ * function's `initial` scale on first deploy): later decisions take it as
+ * their last one, so those replicas stay until the stable average has been
+ * zero for the grace period, as Knative keeps a new revision's initial
+ * scale. Cannot fail. */
+void stoke_autoscaler_seed(struct stoke_autoscaler *a, uint32_t desired);
+
 struct stoke_scale_decision {
     uint32_t desired;        /* replicas to have, within [min, max] */
     bool panic;              /* in panic mode after this decision */
@@ -127,7 +136,8 @@ struct stoke_scale_decision {
  *
  * - goal per replica = target * utilization / 100;
  * - stable average over window_ms, panic average over
- *   window_ms * panic_window_percent / 100 (at least 1 s);
+ *   window_ms * panic_window_percent / 100 (at least 1 s); with no data in
+ *   the panic window, the panic average is the stable one;
  * - desired = ceil(average / goal) for each, then limited to
  *   [floor(max(1, ready) / 2), ceil(max(1, ready) * 1000)]; no upper limit
  *   when ready is 0;
@@ -147,9 +157,9 @@ struct stoke_scale_decision {
  *   there was none), clamped, with the cold rule; the panic state is not
  *   touched and the scale-to-zero clock restarts.
  *
- * Returns 0 and fills *ret, or -EINVAL (nothing changed) when `history`
- * holds fewer seconds than scale->window_ms needs (see
- * stoke_metric_window_reserve()). */
+ * Returns 0 and fills *ret, or -EINVAL (nothing changed, *ret untouched)
+ * when `history` holds fewer seconds than scale->window_ms needs (see
+ * stoke_metric_window_reserve()) or target or utilization is 0. */
 int stoke_autoscale(struct stoke_autoscaler *a, const struct stoke_scale *scale,
                     const struct stoke_metric_window *history, uint64_t now_ms, uint32_t ready,
                     bool cold, struct stoke_scale_decision *ret);

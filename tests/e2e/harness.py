@@ -131,6 +131,15 @@ class Stoke:
         self.wait_log("activator", "connected to the controller", 30)
         return self
 
+    def add_activator(self, name):
+        """Starts another activator on its own port; returns the port."""
+        port = free_port()
+        self._spawn(name, [
+            os.path.join(BUILD, "stoke-activator"), "--listen", "127.0.0.1:%d" % port,
+            "--controller", self.ctl, "--id", name, "--log-level", "debug"])
+        self.wait_log(name, "connected to the controller", 30)
+        return port
+
     def log(self, name):
         with open(self.logs[name], "rb") as f:
             return f.read().decode(errors="replace")
@@ -147,7 +156,9 @@ class Stoke:
         raise AssertionError("no %r in the %s log after %ss:\n%s" % (needle, name, timeout, self.log(name)))
 
     def stop(self):
-        for name in ("activator", "controller"):
+        # Activators first, then the controller (which removes the replicas).
+        names = [n for n in self.procs if n != "controller"] + ["controller"]
+        for name in names:
             p = self.procs.get(name)
             if p and p.poll() is None:
                 p.send_signal(signal.SIGTERM)

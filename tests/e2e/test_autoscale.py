@@ -105,5 +105,33 @@ def test_load_reaches_predicted_replicas_and_returns_to_min():
     s.stop()
 
 
+def test_two_activators_reports_add_up():
+    s = Stoke("kpa2").start()
+    second = s.add_activator("activator2")
+    s.write_spec("load", scale={"min": 0, "initial": 0, "target": TARGET, "window": "6s",
+                                "scaleToZeroGrace": "6s"})
+    s.wait_log("activator", ": 1 functions", 20)
+    s.wait_log("activator2", ": 1 functions", 20)
+
+    # 20 clients on each activator: neither alone sees more than 20, the
+    # controller must see their sum, 40: ceil(40 / 7) = 6 replicas.
+    procs = [subprocess.Popen(["wrk", "-t1", "-c20", "-d20s", "--timeout", "30s",
+                               "http://127.0.0.1:%d/fn/load/delay/100" % port],
+                              stdout=subprocess.PIPE, text=True)
+             for port in (s.port, second)]
+    outs = [p.communicate(timeout=90)[0] for p in procs]
+    for out in outs:
+        print(out)
+        assert "Non-2xx" not in out and "Socket errors" not in out, out
+    s.wait_containers("load", 0, 60)
+    ds = decisions(s.log("controller"))
+    peak_observed = max(d["panic"] for d in ds)
+    assert 38 <= peak_observed <= 41, peak_observed
+    peak = max(d["desired"] for d in ds)
+    assert peak == math.ceil(peak_observed / (TARGET * UTILIZATION / 100.0) - 1e-9) == 6, (
+        peak, peak_observed)
+    s.stop()
+
+
 if __name__ == "__main__":
     run_tests(globals())

@@ -88,6 +88,18 @@ def test_min_two_keeps_two_ready_replicas():
     assert s.containers("warm") == []
 
 
+def test_initial_replica_kept_then_scaled_to_zero():
+    s = Stoke("initial").start()
+    # initial defaults to 1: one replica on deploy, with no traffic at all,
+    # kept until the stable window has averaged zero for the grace.
+    s.write_spec("first", scale={"min": 0, "window": "6s", "scaleToZeroGrace": "2s"})
+    s.wait_log("controller", "ready on 127.0.0.1", 30)
+    assert len(s.running("first")) == 1
+    s.wait_containers("first", 0, 30)
+    assert s.log("controller").count("scaled to zero") == 1
+    s.stop()
+
+
 def test_queue_full_gives_503_with_retry_after():
     s = Stoke("queue").start()
     s.write_spec("tiny", scale={"min": 0, "initial": 0}, queue={"max": 1, "timeout": "30s"})
