@@ -27,8 +27,12 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: stoke-activator [options]\n"
                "  --listen ADDR            data port (default 127.0.0.1:8080)\n"
-               "  --controller ADDR        controller channel, unix:/path or IP:port\n"
+               "  --controller ADDR        controller channel, unix:/path or IP:port, or none\n"
                "                           (default " DEFAULT_CONTROLLER ")\n"
+               "  --route NAME=IP:PORT[,IP:PORT...]\n"
+               "                           a fixed route (repeatable), used until a\n"
+               "                           controller sends its table; for benchmarks and\n"
+               "                           tests with --controller none\n"
                "  --domain DOMAIN          route Host <name>.DOMAIN (default localhost)\n"
                "  --id NAME                this activator's name (default activator-<pid>)\n"
                "  --max-header-bytes N     request head limit, 431 past it (default 16384)\n"
@@ -45,13 +49,15 @@ static void usage(FILE *f)
 static void on_poke(const char *fn, void *data)
 {
     struct activator *a = data;
-    ctl_poke(a->ctl, fn);
+    if (a->ctl)
+        ctl_poke(a->ctl, fn);
 }
 
 static void on_drained(void *data)
 {
     struct activator *a = data;
-    ctl_drain_changed(a->ctl);
+    if (a->ctl)
+        ctl_drain_changed(a->ctl);
 }
 
 static void on_signal(uv_signal_t *s, int signum)
@@ -59,9 +65,62 @@ static void on_signal(uv_signal_t *s, int signum)
     struct activator *a = s->data;
     stoke_info(NULL, "signal %d: shutting down", signum);
     proxy_close(a->px, NULL, NULL);
-    ctl_close(a->ctl, NULL, NULL);
+    if (a->ctl)
+        ctl_close(a->ctl, NULL, NULL);
     uv_close((uv_handle_t *)&a->sigint, NULL);
     uv_close((uv_handle_t *)&a->sigterm, NULL);
+}
+
+/* "--route name=IP:PORT[,IP:PORT...]": one fixed route, with the spec's
+ * defaults for its timeout and queue. */
+static int add_static_route(struct stoke_route_table *t, const char *arg)
+{
+    char name[STOKE_NAME_MAX + 1];
+    const char *eq = strchr(arg, '=');
+    if (!eq || (size_t)(eq - arg) > STOKE_NAME_MAX)
+        return -EINVAL;
+    memcpy(name, arg, (size_t)(eq - arg));
+    name[eq - arg] = '\0';
+    if (!stoke_is_valid_name(name) || stoke_route_table_find(t, name, strlen(name)))
+        return -EINVAL;
+    struct stoke_route *routes = realloc(t->routes, (t->n_routes + 1) * sizeof(*routes));
+    if (!routes)
+        return -ENOMEM;
+    t->routes = routes;
+    struct stoke_route *r = &t->routes[t->n_routes];
+    struct stoke_spec defaults;
+    stoke_spec_defaults(&defaults);
+    memset(r, 0, sizeof(*r));
+    memcpy(r->name, name, strlen(name) + 1);
+    r->timeout_ms = defaults.timeout_ms;
+    r->queue_max = defaults.queue.max;
+    r->queue_timeout_ms = defaults.queue.timeout_ms;
+    t->n_routes++; /* counted now so stoke_route_table_done() frees it */
+    for (const char *p = eq + 1; *p;) {
+        const char *comma = strchr(p, ',');
+        size_t n = comma ? (size_t)(comma - p) : strlen(p);
+        char addr[80];
+        if (n == 0 || n >= sizeof(addr))
+            return -EINVAL;
+        memcpy(addr, p, n);
+        addr[n] = '\0';
+        struct stoke_addr *eps = realloc(r->endpoints, (r->n_endpoints + 1) * sizeof(*eps));
+        if (!eps)
+            return -ENOMEM;
+        r->endpoints = eps;
+        if (stoke_addr_parse(addr, &eps[r->n_endpoints]) < 0 || eps[r->n_endpoints].is_unix)
+            return -EINVAL;
+        r->n_endpoints++;
+        p += n + (comma ? 1 : 0);
+    }
+    /* The proxy finds functions by binary search: keep the table sorted. */
+    for (size_t i = t->n_routes - 1; i > 0 && strcmp(t->routes[i - 1].name, t->routes[i].name) > 0;
+         i--) {
+        struct stoke_route tmp = t->routes[i];
+        t->routes[i] = t->routes[i - 1];
+        t->routes[i - 1] = tmp;
+    }
+    return 0;
 }
 
 static int parse_size(const char *s, size_t *ret)
@@ -87,6 +146,7 @@ int main(int argc, char **argv)
         O_IDLETO,
         O_CONNTO,
         O_LOG,
+        O_ROUTE,
     };
     static const struct option opts[] = {
         {"listen", required_argument, NULL, O_LISTEN},
@@ -100,11 +160,14 @@ int main(int argc, char **argv)
         {"idle-timeout", required_argument, NULL, O_IDLETO},
         {"connect-timeout", required_argument, NULL, O_CONNTO},
         {"log-level", required_argument, NULL, O_LOG},
+        {"route", required_argument, NULL, O_ROUTE},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     struct proxy_config cfg;
     struct stoke_addr ctl_addr;
+    struct stoke_route_table routes = {.gen = 0};
+    bool use_ctl = true;
     enum stoke_log_level level = STOKE_LOG_INFO;
     char id[64];
     size_t sz;
@@ -124,7 +187,11 @@ int main(int argc, char **argv)
                 r = -EINVAL;
             break;
         case O_CONTROLLER:
-            r = stoke_addr_parse(optarg, &ctl_addr);
+            use_ctl = strcmp(optarg, "none") != 0;
+            r = use_ctl ? stoke_addr_parse(optarg, &ctl_addr) : 0;
+            break;
+        case O_ROUTE:
+            r = add_static_route(&routes, optarg);
             break;
         case O_DOMAIN:
             cfg.domain = optarg;
@@ -165,6 +232,7 @@ int main(int argc, char **argv)
         if (r < 0) {
             fprintf(stderr, "stoke-activator: bad value for --%s: %s\n", opts[c - O_LISTEN].name,
                     optarg);
+            stoke_route_table_done(&routes);
             return 2;
         }
     }
@@ -177,7 +245,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     struct activator a = {.loop = uv_default_loop()};
-    r = ctl_new(a.loop, &ctl_addr, id, &a.ctl);
+    r = use_ctl ? ctl_new(a.loop, &ctl_addr, id, &a.ctl) : 0;
     if (r < 0) {
         stoke_error(NULL, r, "cannot start the controller channel");
         return 1;
@@ -188,11 +256,16 @@ int main(int argc, char **argv)
         char addr[80];
         stoke_addr_format(&cfg.listen, addr, sizeof(addr));
         stoke_error(NULL, r, "cannot listen on %s", addr);
-        ctl_close(a.ctl, NULL, NULL);
+        if (a.ctl)
+            ctl_close(a.ctl, NULL, NULL);
+        stoke_route_table_done(&routes);
         uv_run(a.loop, UV_RUN_DEFAULT);
         return 1;
     }
-    ctl_set_proxy(a.ctl, a.px);
+    if (a.ctl)
+        ctl_set_proxy(a.ctl, a.px);
+    if (routes.n_routes > 0)
+        proxy_set_routes(a.px, &routes); /* takes the table */
 
     uv_signal_init(a.loop, &a.sigint);
     uv_signal_init(a.loop, &a.sigterm);
