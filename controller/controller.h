@@ -86,6 +86,7 @@ struct ctrl {
     uv_timer_t tick;
     uint64_t last_check_ms;
     bool stopping;
+    bool adopting; /* startup: specs load, nothing is started yet */
     void (*on_stopped)(struct ctrl *c);
 };
 
@@ -110,9 +111,12 @@ void ctrl_on_drain(struct ctrl *c);
 void ctrl_push_routes(struct ctrl *c);
 /* Compares our replicas with the engine's containers; replaces the gone. */
 void ctrl_check_replicas(struct ctrl *c);
-/* Removes every container of this instance (at startup: nothing is
- * adopted yet) and calls cb when done. */
-int ctrl_remove_leftovers(struct ctrl *c, void (*cb)(struct ctrl *c, int err));
+/* At startup: lists this instance's containers, calls `load` (which applies
+ * the specs; no replica is started meanwhile), adopts each running
+ * container of a function's current revision as a ready replica, removes
+ * the others, and calls `done` when that is over (err < 0: the engine could
+ * not list, or `load` failed). */
+int ctrl_adopt(struct ctrl *c, int (*load)(struct ctrl *c), void (*done)(struct ctrl *c, int err));
 /* Retires every replica (for shutdown); cb when the last is removed. */
 void ctrl_shutdown(struct ctrl *c, void (*cb)(struct ctrl *c));
 

@@ -95,22 +95,25 @@ static void on_signal(uv_signal_t *s, int signum)
     ctrl_shutdown(&ctrl, on_stopped);
 }
 
-static void on_leftovers_done(struct ctrl *c, int err)
+static int load_functions(struct ctrl *c)
+{
+    int r = fnset_new(c, c->cfg.functions_dir, &fnset);
+    if (r < 0)
+        stoke_error(NULL, r, "cannot use the functions directory %s", c->cfg.functions_dir);
+    return r;
+}
+
+static void on_adopted(struct ctrl *c, int err)
 {
     if (err < 0) {
-        stoke_error(NULL, err, "cannot list this instance's containers; exiting");
-        exit_code = 1;
-        ctrl_shutdown(c, on_stopped);
-        return;
-    }
-    int r = fnset_new(c, c->cfg.functions_dir, &fnset);
-    if (r < 0) {
-        stoke_error(NULL, r, "cannot use the functions directory %s", c->cfg.functions_dir);
+        if (!fnset)
+            stoke_error(NULL, err, "cannot start: no container list or no functions; exiting");
         exit_code = 1;
         ctrl_shutdown(c, on_stopped);
         return;
     }
     ctrl_push_routes(c);
+    ctrl_reconcile_all(c);
     uv_timer_start(&c->tick, on_tick, c->cfg.tick_ms, c->cfg.tick_ms);
     stoke_info(NULL, "ready: functions from %s", c->cfg.functions_dir);
 }
@@ -125,9 +128,9 @@ static void on_ping(const struct stoke_engine_result *res, void *data)
         ctrl_shutdown(c, on_stopped);
         return;
     }
-    int r = ctrl_remove_leftovers(c, on_leftovers_done);
+    int r = ctrl_adopt(c, load_functions, on_adopted);
     if (r < 0)
-        on_leftovers_done(c, r);
+        on_adopted(c, r);
 }
 
 static int parse_range(const char *s, uint16_t *lo, uint16_t *hi)

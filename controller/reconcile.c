@@ -77,6 +77,10 @@ static void port_free(struct ctrl *c, uint16_t port)
 
 void ctrl_push_routes(struct ctrl *c)
 {
+    /* While adopting, the table would lack the replicas being adopted:
+     * activators keep the one they have until adoption is over. */
+    if (c->adopting)
+        return;
     struct stoke_route_table t = {.gen = ++c->route_gen};
     size_t n = 0;
     for (struct stoke_list *a = c->functions.next; a != &c->functions; a = a->next)
@@ -479,7 +483,7 @@ void ctrl_autoscale_all(struct ctrl *c)
 void ctrl_reconcile(struct function *fn)
 {
     struct ctrl *c = fn->ctrl;
-    if (c->stopping)
+    if (c->stopping || c->adopting)
         return;
     uint64_t now = uv_now(c->loop);
     uint32_t want = fn->deleted ? 0 : fn->desired;
@@ -697,54 +701,127 @@ void ctrl_check_replicas(struct ctrl *c)
 
 /* ---- startup and shutdown ------------------------------------------------ */
 
-struct leftovers {
+struct adoption {
     struct ctrl *c;
-    void (*cb)(struct ctrl *c, int err);
+    int (*load)(struct ctrl *c);
+    void (*done)(struct ctrl *c, int err);
     unsigned pending;
 };
 
-static void on_leftover_removed(const struct stoke_engine_result *res, void *data)
+static void adoption_step(struct adoption *ad)
 {
-    struct leftovers *lo = data;
-    if (res->err < 0 && res->err != -ENOENT)
-        stoke_warn(NULL, res->err, "cannot remove a leftover container: %s", res->message);
-    if (--lo->pending == 0) {
-        lo->cb(lo->c, 0);
-        free(lo);
-    }
+    if (--ad->pending > 0)
+        return;
+    struct ctrl *c = ad->c;
+    c->adopting = false;
+    ad->done(c, 0);
+    free(ad);
 }
 
-static void on_leftovers_listed(const struct stoke_engine_result *res, void *data)
+static void on_stray_removed(const struct stoke_engine_result *res, void *data)
 {
-    struct leftovers *lo = data;
+    struct adoption *ad = data;
+    if (res->err < 0 && res->err != -ENOENT)
+        stoke_warn(NULL, res->err, "cannot remove a container of an earlier run: %s", res->message);
+    adoption_step(ad);
+}
+
+/* Takes over a running container of the current revision as a ready
+ * replica: it was serving before this controller started, so it keeps
+ * serving; the engine check replaces it should it be gone. Returns false
+ * when it cannot be adopted (the caller removes it). */
+static bool adopt(struct ctrl *c, const struct stoke_container_summary *s)
+{
+    const char *fname = stoke_engine_label_get(s, "io.stoke.function");
+    const char *rev = stoke_engine_label_get(s, "io.stoke.revision");
+    const char *port_s = stoke_engine_label_get(s, "io.stoke.port");
+    struct function *fn = fname ? ctrl_function_find(c, fname) : NULL;
+    uint64_t port;
+    if (!fn || fn->deleted || !rev || strcmp(rev, fn->revision) != 0 ||
+        strcmp(s->state, "running") != 0 || !port_s || stoke_parse_u64(port_s, &port) < 0 ||
+        port < c->cfg.port_min || port > c->cfg.port_max || c->ports_used[port - c->cfg.port_min])
+        return false;
+    struct replica *r = calloc(1, sizeof(*r));
+    if (!r)
+        return false;
+    r->fn = fn;
+    r->port = (uint16_t)port;
+    c->ports_used[port - c->cfg.port_min] = 1;
+    snprintf(r->id, sizeof(r->id), "%s", s->id);
+    snprintf(r->name, sizeof(r->name), "stoke-%s-%.8s-%05u", fn->spec.name, fn->revision, r->port);
+    memcpy(r->revision, fn->revision, sizeof(r->revision));
+    uv_timer_init(c->loop, &r->timer);
+    r->timer.data = r;
+    r->created_ms = uv_now(c->loop);
+    r->state = R_READY;
+    stoke_list_insert_tail(&fn->replicas, &r->node);
+    stoke_info(fn->spec.name, "adopted replica %.12s on 127.0.0.1:%u", r->id, r->port);
+    return true;
+}
+
+static void on_adoption_listed(const struct stoke_engine_result *res, void *data)
+{
+    struct adoption *ad = data;
+    struct ctrl *c = ad->c;
     struct stoke_container_summary s;
     if (res->err < 0) {
-        lo->cb(lo->c, res->err);
-        free(lo);
+        c->adopting = false;
+        ad->done(c, res->err);
+        free(ad);
         return;
     }
-    lo->pending = 1;
-    for (size_t i = 0; stoke_engine_list_get(res->json, i, &s) == 0; i++) {
-        stoke_info(NULL, "removing container %.12s left by an earlier run", s.id);
-        if (stoke_engine_remove(lo->c->engine, s.id, true, on_leftover_removed, lo) == 0)
-            lo->pending++;
+    /* The specs first (no replica is started while adopting), then every
+     * container of this instance is either adopted or removed. */
+    int r = ad->load(c);
+    if (r < 0) {
+        c->adopting = false;
+        ad->done(c, r);
+        free(ad);
+        return;
     }
-    /* Drop the guard count; completes now when nothing was pending. */
-    struct stoke_engine_result done = {.err = 0, .message = ""};
-    on_leftover_removed(&done, lo);
+    ad->pending = 1;
+    for (size_t i = 0; stoke_engine_list_get(res->json, i, &s) == 0; i++) {
+        if (adopt(c, &s))
+            continue;
+        stoke_info(NULL,
+                   "removing container %.12s (%s) of an earlier run: no current function or "
+                   "revision, or not running",
+                   s.id, s.state);
+        if (stoke_engine_remove(c->engine, s.id, true, on_stray_removed, ad) == 0)
+            ad->pending++;
+    }
+    /* A restarted controller keeps what was serving: each function's
+     * autoscaler starts from its adopted replicas (in panic mode for a
+     * window when there are several, as Knative does), so nothing is
+     * scaled down before the metrics are back. */
+    uint64_t now = uv_now(c->loop);
+    for (struct stoke_list *a = c->functions.next; a != &c->functions; a = a->next) {
+        struct function *fn = stoke_container_of(a, struct function, node);
+        uint32_t ready = count_ready(fn);
+        if (ready == 0)
+            continue;
+        stoke_autoscaler_init(&fn->as, now, ready);
+        stoke_autoscaler_seed(&fn->as, ready);
+        fn->desired = ready;
+    }
+    adoption_step(ad);
 }
 
-int ctrl_remove_leftovers(struct ctrl *c, void (*cb)(struct ctrl *c, int err))
+int ctrl_adopt(struct ctrl *c, int (*load)(struct ctrl *c), void (*done)(struct ctrl *c, int err))
 {
-    struct leftovers *lo = calloc(1, sizeof(*lo));
-    if (!lo)
+    struct adoption *ad = calloc(1, sizeof(*ad));
+    if (!ad)
         return -ENOMEM;
-    lo->c = c;
-    lo->cb = cb;
+    ad->c = c;
+    ad->load = load;
+    ad->done = done;
+    c->adopting = true;
     int r =
-        stoke_engine_list(c->engine, "io.stoke.instance", c->cfg.instance, on_leftovers_listed, lo);
-    if (r < 0)
-        free(lo);
+        stoke_engine_list(c->engine, "io.stoke.instance", c->cfg.instance, on_adoption_listed, ad);
+    if (r < 0) {
+        c->adopting = false;
+        free(ad);
+    }
     return r;
 }
 

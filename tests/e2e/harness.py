@@ -108,8 +108,8 @@ class Stoke:
         _live.append(self)
 
     # -- processes --------------------------------------------------------
-    def _spawn(self, name, argv):
-        log = open(os.path.join(self.tmp, name + ".log"), "wb")
+    def _spawn(self, name, argv, logname=None):
+        log = open(os.path.join(self.tmp, (logname or name) + ".log"), "wb")
         self.logs[name] = log.name
         p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs[name] = p
@@ -119,11 +119,22 @@ class Stoke:
                 f.write("%d\n" % p.pid)
         return p
 
+    def _controller_argv(self):
+        return [os.path.join(BUILD, "stoke-controller"), "--functions-dir", self.fndir,
+                "--listen", self.ctl, "--instance", self.instance,
+                "--log-level", "debug"] + self.extra
+
+    def restart_controller(self, logname):
+        """kill -9 of the controller, then a new one (logging to
+        `logname`.log, which becomes the "controller" log)."""
+        old = self.procs["controller"]
+        old.kill()
+        old.wait()
+        self._spawn("controller", self._controller_argv(), logname=logname)
+        self.wait_log("controller", '"ready: functions from', 30)
+
     def start(self):
-        self._spawn("controller", [
-            os.path.join(BUILD, "stoke-controller"), "--functions-dir", self.fndir,
-            "--listen", self.ctl, "--instance", self.instance,
-            "--log-level", "debug"] + self.extra)
+        self._spawn("controller", self._controller_argv())
         self._spawn("activator", [
             os.path.join(BUILD, "stoke-activator"), "--listen", "127.0.0.1:%d" % self.port,
             "--controller", self.ctl, "--log-level", "debug"])

@@ -1,0 +1,84 @@
+"""A controller killed with SIGKILL under load and started again adopts the
+replicas it left: the same containers keep serving, none is created, and no
+request fails meanwhile (the activator serves the replicas it knows)."""
+
+import os
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+from harness import Stoke, run_tests  # noqa: E402
+
+
+def test_kill_9_and_restart_adopts_replicas_without_failures():
+    s = Stoke("restart").start()
+    s.write_spec("steady", scale={"min": 2})
+    s.wait_log("controller", "ready on 127.0.0.1", 30, count=2)
+    before = sorted(c["Id"] for c in s.running("steady"))
+    assert len(before) == 2
+
+    # Bounded load: 4 clients, 20 ms requests, until told to stop (<= 60 s).
+    stop = threading.Event()
+    results = {"ok": 0, "failed": []}
+    lock = threading.Lock()
+
+    def client():
+        deadline = time.time() + 60
+        while not stop.is_set() and time.time() < deadline:
+            try:
+                r = s.fn_request("steady", "/delay/20", timeout=10)
+                ok = r.status == 200
+            except Exception as e:  # noqa: BLE001 - counted as a failure
+                ok, r = False, e
+            with lock:
+                if ok:
+                    results["ok"] += 1
+                else:
+                    results["failed"].append(r)
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(2)
+        s.restart_controller("controller-2")
+        s.wait_log("controller", "adopted replica", 10, count=2)
+        time.sleep(3)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+
+    print("requests: %d ok, %d failed" % (results["ok"], len(results["failed"])))
+    assert not results["failed"], results["failed"][:5]
+    assert results["ok"] > 100, results["ok"]
+    after = sorted(c["Id"] for c in s.containers("steady"))
+    assert after == before, (before, after)
+    log = s.log("controller")
+    assert "cold start" not in log and "scaling up" not in log, log
+    s.stop()
+
+
+def test_restart_removes_containers_of_an_old_revision():
+    s = Stoke("restart-rev").start()
+    s.write_spec("moving", scale={"min": 1})
+    s.wait_log("controller", "ready on 127.0.0.1", 30)
+    old = [c["Id"] for c in s.containers("moving")]
+    s.procs["controller"].kill()
+    s.procs["controller"].wait()
+    # The spec changes while no controller runs: a new revision.
+    s.write_spec("moving", scale={"min": 1}, env={"GREETING": "v2"})
+    s._spawn("controller", s._controller_argv(), logname="controller-2")
+    s.wait_log("controller", '"ready: functions from', 30)
+    s.wait_log("controller", "ready on 127.0.0.1", 30)
+    assert "of an earlier run" in s.log("controller")
+    s.wait_containers("moving", 1, 20)
+    assert [c["Id"] for c in s.containers("moving")] != old
+    r = s.wait_status(lambda: s.fn_request("moving", timeout=10), 200, 10)
+    assert "v2" in r.body, r
+    s.stop()
+
+
+if __name__ == "__main__":
+    run_tests(globals())
