@@ -283,6 +283,7 @@ static void on_probe_ready(void *data)
     stoke_info(fn->spec.name, "replica %.12s ready on 127.0.0.1:%u, %llu ms after create", r->id,
                r->port, (unsigned long long)(uv_now(fn->ctrl->loop) - r->created_ms));
     ctrl_push_routes(fn->ctrl);
+    ctrl_reconcile(fn); /* a rollout may retire an old replica now */
 }
 
 static void on_ready_timeout(uv_timer_t *t)
@@ -480,6 +481,37 @@ void ctrl_autoscale_all(struct ctrl *c)
     }
 }
 
+static bool is_live(const struct replica *r)
+{
+    return r->state != R_RETIRING && !r->retire_asap;
+}
+
+static bool is_current(const struct replica *r)
+{
+    return strcmp(r->revision, r->fn->revision) == 0;
+}
+
+/* Retires up to `n` live replicas of the current revision (`current`) or of
+ * earlier ones: those not serving first, then the newest serving ones.
+ * Returns how many it retired. */
+static uint32_t retire_some(struct function *fn, uint32_t n, bool current)
+{
+    uint32_t done = 0;
+    for (int pass = 0; pass < 2 && done < n; pass++) {
+        for (struct stoke_list *l = fn->replicas.prev; l != &fn->replicas && done < n;) {
+            struct replica *r = stoke_container_of(l, struct replica, node);
+            l = l->prev;
+            if (!is_live(r) || is_current(r) != current)
+                continue;
+            if (pass == 0 && r->state == R_READY)
+                continue;
+            replica_retire(r);
+            done++;
+        }
+    }
+    return done;
+}
+
 void ctrl_reconcile(struct function *fn)
 {
     struct ctrl *c = fn->ctrl;
@@ -487,17 +519,21 @@ void ctrl_reconcile(struct function *fn)
         return;
     uint64_t now = uv_now(c->loop);
     uint32_t want = fn->deleted ? 0 : fn->desired;
-    uint32_t live = 0, serving = 0;
+    uint32_t live = 0, fresh_ready = 0, old_live = 0, old_ready = 0;
     for (struct stoke_list *n = fn->replicas.next; n != &fn->replicas; n = n->next) {
         struct replica *r = stoke_container_of(n, struct replica, node);
-        if (r->state != R_RETIRING && !r->retire_asap) {
+        if (!is_live(r))
+            continue;
+        if (is_current(r)) {
             live++;
-            if (r->state == R_READY)
-                serving++;
+            fresh_ready += r->state == R_READY;
+        } else {
+            old_live++;
+            old_ready += r->state == R_READY;
         }
     }
     if (live < want && now >= fn->retry_at_ms) {
-        if (live == 0) {
+        if (live == 0 && old_ready == 0) {
             fn->cold_starts++;
             stoke_info(fn->spec.name, "cold start: 0 -> %u replicas", want);
         } else {
@@ -508,26 +544,29 @@ void ctrl_reconcile(struct function *fn)
             live++;
         }
     } else if (live > want) {
-        /* Retire those not serving first, then the newest serving ones. */
-        for (int pass = 0; pass < 2 && live > want; pass++) {
-            for (struct stoke_list *n = fn->replicas.prev; n != &fn->replicas && live > want;) {
-                struct replica *r = stoke_container_of(n, struct replica, node);
-                n = n->prev;
-                if (r->state == R_RETIRING || r->retire_asap)
-                    continue;
-                if (pass == 0 && r->state == R_READY)
-                    continue;
-                replica_retire(r);
-                live--;
-            }
-        }
+        retire_some(fn, live - want, true);
         if (want == 0)
             stoke_info(fn->spec.name, "idle for %llu ms: scaled to zero",
                        (unsigned long long)fn->spec.scale.scale_to_zero_grace_ms);
         else
             stoke_info(fn->spec.name, "scaling down to %u replicas", want);
     }
-    (void)serving;
+
+    /* A rollout: replicas of an earlier revision serve until the current
+     * revision has enough ready ones to take their place; those not ready
+     * never get traffic and go at once. */
+    if (old_live > 0) {
+        uint32_t keep = want > fresh_ready ? want - fresh_ready : 0;
+        if (keep > old_ready)
+            keep = old_ready;
+        if (old_live > keep) {
+            uint32_t n = retire_some(fn, old_live - keep, false);
+            if (n > 0)
+                stoke_info(fn->spec.name,
+                           "rollout: %u ready of revision %s, %u of earlier ones retiring",
+                           fresh_ready, fn->revision, n);
+        }
+    }
 }
 
 void ctrl_reconcile_all(struct ctrl *c)
@@ -577,13 +616,8 @@ int ctrl_function_apply(struct ctrl *c, const struct stoke_spec *spec)
         stoke_info(copy.name, "function added (image %s, revision %s)", copy.image, rev);
     } else {
         if (strcmp(rev, fn->revision) != 0) {
-            stoke_info(copy.name, "new revision %s (was %s): replacing replicas", rev,
-                       fn->revision);
-            for (struct stoke_list *n = fn->replicas.next; n != &fn->replicas;) {
-                struct replica *rp = stoke_container_of(n, struct replica, node);
-                n = n->next;
-                replica_retire(rp);
-            }
+            /* The old replicas keep serving until new ones are ready. */
+            stoke_info(copy.name, "new revision %s (was %s): rolling out", rev, fn->revision);
         } else {
             stoke_info(copy.name, "function updated (revision %s)", rev);
         }

@@ -70,8 +70,13 @@ def test_spec_added_changed_and_removed_without_restart():
     s.write_spec("live", scale={"min": 1}, env={"GREETING": "changed"})
     s.wait_log("controller", "new revision", 10)
     s.wait_log("controller", "ready on 127.0.0.1", 30, count=2)
-    r = s.fn_request("live")
-    assert r.status == 200 and "changed" in r.body, r
+    deadline = time.time() + 10
+    while True:
+        r = s.fn_request("live")
+        assert r.status == 200, r
+        if "changed" in r.body or time.time() > deadline:
+            break
+    assert "changed" in r.body, r
     s.wait_containers("live", 1, 20)
     assert [c["Id"] for c in s.containers("live")] != first
 
