@@ -79,14 +79,18 @@ struct client {
     enum client_state state;
     struct stoke_buf in; /* bytes received while busy with a request */
     bool read_stopped;
+    const char *exec_base; /* the buffer llhttp is parsing, and the byte */
+    char prev_byte;        /* before it: see on_req_value */
     unsigned pending_writes;
     char ip[64];
 
     /* The request being read. */
     struct stoke_buf url, field, value, headers, host, xff, body;
+    struct stoke_buf conn_tokens; /* Connection values, comma-separated */
     size_t head_bytes;
     int error_status;
     bool expect_continue;
+    bool chunked_seen; /* a valid Transfer-Encoding header was read */
     bool keep_alive;
     uint8_t method;
     uint8_t http_minor;
@@ -576,6 +580,16 @@ static int on_req_field(llhttp_t *p, const char *at, size_t len)
 static int on_req_value(llhttp_t *p, const char *at, size_t len)
 {
     struct client *c = parser_client(p);
+    /* llhttp 8 accepts obsolete line folding: it passes the continuation
+     * line as another piece of the value, starting right after the LF. A
+     * value never otherwise starts after one (it follows ':' and OWS), so
+     * this is how a fold is told from a value split across reads. RFC 9112
+     * 5.2 lets a server refuse folds with 400. */
+    char before = at > c->exec_base ? at[-1] : c->prev_byte;
+    if (before == '\n') {
+        c->error_status = 400;
+        return -1;
+    }
     return head_grow(c, &c->value, at, len, 431);
 }
 
@@ -597,6 +611,42 @@ static bool is_dropped_request_header(const char *name, size_t len)
     return false;
 }
 
+/* RFC 9110 5.1: a field name is a token. llhttp 8 lets whitespace before
+ * the colon through ("Transfer-Encoding : chunked"), which other parsers on
+ * the path may read differently: refused. */
+static bool is_token(const char *s, size_t len)
+{
+    if (len == 0)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+              (ch && strchr("!#$%&'*+-.^_`|~", ch))))
+            return false;
+    }
+    return true;
+}
+
+/* Whether `name` is one of the comma-separated tokens of `list` (the
+ * Connection header's options, RFC 9110 7.6.1), ignoring case. */
+static bool is_listed(const struct stoke_buf *list, const char *name, size_t nl)
+{
+    const char *p = list->data, *end = list->data + list->len;
+    while (p < end) {
+        const char *comma = memchr(p, ',', (size_t)(end - p));
+        const char *tend = comma ? comma : end;
+        while (p < tend && (*p == ' ' || *p == '\t'))
+            p++;
+        const char *q = tend;
+        while (q > p && (q[-1] == ' ' || q[-1] == '\t'))
+            q--;
+        if ((size_t)(q - p) == nl && strncasecmp(p, name, nl) == 0)
+            return true;
+        p = tend + 1;
+    }
+    return false;
+}
+
 static void trim_value(struct stoke_buf *v)
 {
     while (v->len > 0 && (v->data[v->len - 1] == ' ' || v->data[v->len - 1] == '\t'))
@@ -612,6 +662,17 @@ static int on_req_header_done(llhttp_t *p)
     const char *val = c->value.data ? c->value.data : "";
     int r = 0;
 
+    if (c->state == C_BODY) {
+        /* A trailer of a chunked body: not forwarded, since the body goes
+         * on with a Content-Length and a trailer must not pass as a header. */
+        stoke_buf_clear(&c->field);
+        stoke_buf_clear(&c->value);
+        return 0;
+    }
+    if (!is_token(name, nl)) {
+        c->error_status = 400;
+        return -1;
+    }
     if (stoke_strieq(name, nl, "host")) {
         if (c->host.len > 0 || c->value.len == 0) {
             c->error_status = 400; /* several Host headers, or an empty one */
@@ -626,6 +687,17 @@ static int on_req_header_done(llhttp_t *p)
             return -1;
         }
         c->expect_continue = true;
+    } else if (stoke_strieq(name, nl, "transfer-encoding")) {
+        /* The body is de-chunked and sent on with a Content-Length, so any
+         * other coding ("gzip, chunked") could not be forwarded as it came;
+         * a second header is how TE.TE smuggling starts. */
+        if (c->chunked_seen || strcasecmp(val, "chunked") != 0) {
+            c->error_status = 400;
+            return -1;
+        }
+        c->chunked_seen = true;
+    } else if (stoke_strieq(name, nl, "connection")) {
+        r = stoke_buf_printf(&c->conn_tokens, "%s%s", c->conn_tokens.len ? "," : "", val);
     } else if (!is_dropped_request_header(name, nl)) {
         r = stoke_buf_printf(&c->headers, "%s: %s\r\n", name, val);
     }
@@ -650,6 +722,20 @@ static int on_req_headers_complete(llhttp_t *p)
     }
     if (c->host.len == 0 && c->http_minor >= 1) {
         c->error_status = 400; /* HTTP/1.1 requires Host (RFC 9112 3.2) */
+        return -1;
+    }
+    if (c->chunked_seen && c->http_minor == 0) {
+        c->error_status = 400; /* framing an HTTP/1.0 peer cannot mean (RFC 9112 6.1) */
+        return -1;
+    }
+    if (c->method == HTTP_CONNECT) {
+        c->error_status = 501; /* no tunnels: this is not a forward proxy */
+        return -1;
+    }
+    if (c->url.len == 0 || c->url.data[0] != '/') {
+        /* Only origin-form: absolute-form is for forward proxies, and
+         * asterisk-form (OPTIONS *) names no function. */
+        c->error_status = 400;
         return -1;
     }
     if (p->content_length > c->px->cfg.max_body_bytes && !(p->flags & F_CHUNKED)) {
@@ -693,11 +779,13 @@ static void request_reset(struct client *c)
     stoke_buf_clear(&c->headers);
     stoke_buf_clear(&c->host);
     stoke_buf_clear(&c->xff);
+    stoke_buf_clear(&c->conn_tokens);
     stoke_buf_done(&c->body);
     stoke_buf_done(&c->out);
     c->head_bytes = 0;
     c->error_status = 0;
     c->expect_continue = false;
+    c->chunked_seen = false;
     c->method = HTTP_GET;
     c->tries = 0;
     c->response_started = false;
@@ -722,6 +810,7 @@ static void on_client_handle_closed(uv_handle_t *h)
     stoke_buf_done(&c->headers);
     stoke_buf_done(&c->host);
     stoke_buf_done(&c->xff);
+    stoke_buf_done(&c->conn_tokens);
     stoke_buf_done(&c->body);
     stoke_buf_done(&c->out);
     free(c);
@@ -820,9 +909,15 @@ static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 
 static void client_parse(struct client *c, const char *data, size_t len)
 {
+    c->exec_base = data;
     llhttp_errno_t err = llhttp_execute(&c->parser, data, len);
-    if (err == HPE_OK)
+    c->exec_base = NULL;
+    if (err == HPE_OK) {
+        if (len > 0)
+            c->prev_byte = data[len - 1];
         return;
+    }
+    c->prev_byte = '\0'; /* a request ended: held bytes start the next */
     if (err == HPE_PAUSED) {
         const char *pos = llhttp_get_error_pos(&c->parser);
         size_t used = pos ? (size_t)(pos - data) : len;
@@ -850,7 +945,13 @@ static void client_finish_request(struct client *c)
     request_reset(c);
     c->state = C_IDLE;
     timer_start(c, on_idle_timeout, c->px->cfg.idle_timeout_ms);
-    llhttp_resume(&c->parser);
+    /* An Upgrade the replica was never asked for (the header is dropped)
+     * was declined by its answer, so HTTP goes on (RFC 9110 7.8); llhttp
+     * would otherwise treat what follows as the tunnel. */
+    if (c->parser.upgrade)
+        llhttp_reset(&c->parser);
+    else
+        llhttp_resume(&c->parser);
 
     if (c->in.len > 0) {
         size_t n;
@@ -892,6 +993,7 @@ static void on_accept(uv_stream_t *server, int status)
     stoke_buf_init(&c->headers, 2 * px->cfg.max_header_bytes);
     stoke_buf_init(&c->host, px->cfg.max_header_bytes);
     stoke_buf_init(&c->xff, px->cfg.max_header_bytes + 64);
+    stoke_buf_init(&c->conn_tokens, px->cfg.max_header_bytes);
     stoke_buf_init(&c->body, px->cfg.max_body_bytes);
     stoke_buf_init(&c->out, 4 * px->cfg.max_header_bytes + px->cfg.max_body_bytes);
     request_reset(c);
@@ -993,15 +1095,38 @@ static void route_request(struct client *c, struct endpoint *avoid)
     upstream_send(c, ep);
 }
 
-static int build_upstream_request(struct client *c, const char *path, size_t path_len)
+/* Appends the client's end-to-end headers ("Name: value\r\n" lines), less
+ * those its Connection header named as hop-by-hop (RFC 9110 7.6.1). */
+static int append_headers(struct client *c, struct stoke_buf *o)
+{
+    if (c->conn_tokens.len == 0)
+        return c->headers.len ? stoke_buf_append(o, c->headers.data, c->headers.len) : 0;
+    const char *p = c->headers.data, *end = c->headers.data + c->headers.len;
+    int r = 0;
+    while (r == 0 && p < end) {
+        const char *colon = memchr(p, ':', (size_t)(end - p));
+        const char *eol = memchr(p, '\n', (size_t)(end - p));
+        if (!colon || !eol)
+            break;
+        if (!is_listed(&c->conn_tokens, p, (size_t)(colon - p)))
+            r = stoke_buf_append(o, p, (size_t)(eol + 1 - p));
+        p = eol + 1;
+    }
+    return r;
+}
+
+static int build_upstream_request(struct client *c, const char *fn_name, const char *path,
+                                  size_t path_len)
 {
     struct stoke_buf *o = &c->out;
     int r = stoke_buf_printf(o, "%s %s%.*s HTTP/1.1\r\n", llhttp_method_name(c->method),
                              (path_len == 0 || path[0] != '/') ? "/" : "", (int)path_len, path);
     if (r == 0 && c->host.len)
         r = stoke_buf_printf(o, "Host: %s\r\nX-Forwarded-Host: %s\r\n", c->host.data, c->host.data);
-    if (r == 0 && c->headers.len)
-        r = stoke_buf_append(o, c->headers.data, c->headers.len);
+    else if (r == 0) /* an HTTP/1.0 client sent none; HTTP/1.1 requires one */
+        r = stoke_buf_printf(o, "Host: %s\r\n", fn_name);
+    if (r == 0)
+        r = append_headers(c, o);
     if (r == 0)
         r = stoke_buf_printf(o, "X-Forwarded-For: %s%s%s\r\nX-Forwarded-Proto: http\r\n",
                              c->xff.len ? c->xff.data : "", c->xff.len ? ", " : "", c->ip);
@@ -1039,7 +1164,7 @@ static void dispatch(struct client *c)
         send_error(c, 404, false);
         return;
     }
-    if (build_upstream_request(c, path, path_len) < 0) {
+    if (build_upstream_request(c, lname, path, path_len) < 0) {
         send_error(c, 431, true);
         return;
     }

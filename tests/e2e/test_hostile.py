@@ -1,0 +1,724 @@
+"""Hostile input against stoke-activator (issue 4): each case is the exact
+bytes a client sends over a raw socket, the answers it must get (or that the
+connection closes without one), and what a recording upstream saw: nothing,
+or exactly the request the activator should forward.
+
+Needs no Docker and no controller: the activator runs with
+`--controller none --route echo=<upstream>`. Run it against the ASan+UBSan
+build (STOKE_BUILD_DIR) to catch memory errors: sanitizer findings in the
+activator's log, or a non-zero exit after SIGTERM, fail the run.
+
+Decisions the cases pin down (see activator/proxy.c):
+- Every malformed request is answered 400 (431 head too large, 414 URL too
+  long, 413 body too large, 417 unknown Expect) and the connection closed;
+  nothing is forwarded.
+- Content-Length given twice is refused even when the values agree (llhttp
+  reports "Duplicate Content-Length"; RFC 9112 6.3 allows either).
+- Transfer-Encoding must be exactly one `chunked`: the activator de-chunks
+  the body and forwards it with a Content-Length, so any other coding
+  ("gzip, chunked" included) could not be forwarded faithfully: 400.
+- Only origin-form targets are accepted (absolute-form, authority-form and
+  asterisk-form get 400: the activator is not a forward proxy); CONNECT gets
+  501 (tunnels are not offered) and the connection closed.
+- `Connection: Upgrade` is ignored (RFC 9110 7.8): the request goes on
+  without Upgrade/Connection and the connection stays HTTP.
+- Trailers of a chunked request body are dropped, never turned into headers.
+- Field names must be tokens: llhttp 8 lets "Name : value" through; 400.
+- An HTTP/1.0 request without Host is forwarded with `Host: <function>`.
+"""
+
+import atexit
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from upstream import BIG, Upstream  # noqa: E402
+
+BUILD = os.environ.get("STOKE_BUILD_DIR", os.path.join(os.path.dirname(__file__), "../../build"))
+SANITIZER_MARKERS = ("runtime error:", "AddressSanitizer", "LeakSanitizer")
+MAX_HEADER = 4096
+MAX_BODY = 65536
+HEADER_TIMEOUT = 1.0
+# Sanitized builds are slower; every wait below is a bound, not a timing assert.
+WAIT = 10.0
+
+_procs = []  # activator processes this file started
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+class Activator:
+    def __init__(self, upstream_port):
+        self.port = free_port()
+        fd, self.logpath = tempfile.mkstemp(prefix="stoke-hostile-", suffix=".log")
+        os.close(fd)
+        self.log_f = open(self.logpath, "wb")
+        self.proc = subprocess.Popen([
+            os.path.join(BUILD, "stoke-activator"), "--listen", "127.0.0.1:%d" % self.port,
+            "--controller", "none", "--route", "echo=127.0.0.1:%d" % upstream_port,
+            "--header-timeout", "%dms" % int(HEADER_TIMEOUT * 1000),
+            "--max-header-bytes", str(MAX_HEADER), "--max-body-bytes", str(MAX_BODY),
+            "--log-level", "debug"], stdout=self.log_f, stderr=subprocess.STDOUT,
+            start_new_session=True)
+        _procs.append(self.proc)
+        pidfile = os.environ.get("STOKE_TEST_PIDFILE")
+        if pidfile:
+            with open(pidfile, "a") as f:
+                f.write("%d\n" % self.proc.pid)
+        deadline = time.time() + WAIT
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 1).close()
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.time() > deadline:
+                    raise AssertionError("activator did not start:\n" + self.log())
+                time.sleep(0.02)
+
+    def log(self):
+        with open(self.logpath, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def fds(self):
+        return len(os.listdir("/proc/%d/fd" % self.proc.pid))
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def stop(self):
+        """SIGTERM, then the exit code and the log's sanitizer findings."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log_f.close()
+        if self.proc in _procs:
+            _procs.remove(self.proc)
+        text = self.log()
+        problems = ["log has %r" % m for m in SANITIZER_MARKERS if m in text]
+        if self.proc.returncode != 0:
+            problems.append("exited with %s" % self.proc.returncode)
+        if problems:
+            raise AssertionError("activator: %s\n%s" % ("; ".join(problems), text[-6000:]))
+        os.unlink(self.logpath)
+
+
+def _kill_ours():
+    for p in list(_procs):
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+atexit.register(_kill_ours)
+
+
+# ---- a raw HTTP/1.1 client ------------------------------------------------
+
+class Closed(Exception):
+    pass
+
+
+class Conn:
+    def __init__(self, port):
+        self.s = socket.create_connection(("127.0.0.1", port), WAIT)
+        self.s.settimeout(WAIT)
+        self.buf = b""
+        self.eof = False
+
+    def send(self, data):
+        self.s.sendall(data)
+
+    def _more(self):
+        d = self.s.recv(65536)
+        if not d:
+            self.eof = True
+            raise Closed()
+        self.buf += d
+
+    def _line(self):
+        while b"\r\n" not in self.buf:
+            self._more()
+        line, _, self.buf = self.buf.partition(b"\r\n")
+        return line
+
+    def response(self, head_request=False):
+        """Reads one response: (status, {lower name: value}, body, raw head)."""
+        line = self._line()
+        parts = line.split(b" ", 2)
+        assert parts[0] == b"HTTP/1.1", line
+        status = int(parts[1])
+        headers = {}
+        raw = [line]
+        while True:
+            h = self._line()
+            raw.append(h)
+            if not h:
+                break
+            k, _, v = h.partition(b":")
+            headers[k.strip().lower().decode()] = v.strip().decode()
+        body = b""
+        if status < 200 or head_request or status in (204, 304):
+            pass
+        elif "content-length" in headers:
+            n = int(headers["content-length"])
+            while len(self.buf) < n:
+                self._more()
+            body, self.buf = self.buf[:n], self.buf[n:]
+        elif headers.get("transfer-encoding", "").lower() == "chunked":
+            while True:
+                size = int(self._line().split(b";")[0], 16)
+                while len(self.buf) < size + 2:
+                    self._more()
+                body += self.buf[:size]
+                self.buf = self.buf[size + 2:]
+                if size == 0:
+                    break
+        else:
+            try:
+                while True:
+                    self._more()
+            except Closed:
+                pass
+            body, self.buf = self.buf, b""
+        return status, headers, body, b"\r\n".join(raw)
+
+    def closed(self, timeout=WAIT):
+        """True when the peer closes with no further bytes within timeout."""
+        if self.eof:
+            return not self.buf
+        self.s.settimeout(timeout)
+        try:
+            while True:
+                d = self.s.recv(65536)
+                if not d:
+                    return not self.buf
+                self.buf += d
+        except socket.timeout:
+            return False
+        except ConnectionResetError:
+            return not self.buf
+        finally:
+            self.s.settimeout(WAIT)
+
+    def close(self):
+        self.s.close()
+
+
+# ---- what the upstream should see ------------------------------------------
+
+def fwd(method, path, host=b"x", headers=b"", body=None, xff=b""):
+    """The exact request the activator forwards: request line, Host and
+    X-Forwarded-Host, the client's end-to-end headers in order, then
+    X-Forwarded-For/-Proto and the body with its own Content-Length."""
+    out = b"%s %s HTTP/1.1\r\n" % (method, path)
+    if host is not None:
+        out += b"Host: %s\r\nX-Forwarded-Host: %s\r\n" % (host, host)
+    out += headers
+    out += b"X-Forwarded-For: %s127.0.0.1\r\nX-Forwarded-Proto: http\r\n" % (
+        xff + b", " if xff else b"")
+    if body is not None:
+        out += b"Content-Length: %d\r\n" % len(body)
+    out += b"\r\n"
+    if body:
+        out += body
+    return out
+
+
+def ok_body(method, path):
+    return b"ok " + method + b" " + path + b"\n"
+
+
+GET = b"GET /fn/echo/ HTTP/1.1\r\nHost: x\r\n\r\n"
+FWD_GET = fwd(b"GET", b"/")
+
+
+def post(headers, body):
+    return b"POST /fn/echo/p HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n" + body
+
+
+# Each case: (name, bytes sent, expected statuses in order, closed after
+# them?, exact requests the upstream must see in order). An empty status
+# list means the connection closes with no answer at all.
+CASES = [
+    # -- baseline -----------------------------------------------------------
+    ("plain GET", GET, [200], False, [FWD_GET]),
+    ("Host routing", b"GET /a?b=1 HTTP/1.1\r\nHost: echo.localhost\r\n\r\n", [200], False,
+     [fwd(b"GET", b"/a?b=1", host=b"echo.localhost")]),
+    ("POST with Content-Length", post(b"Content-Length: 5\r\n", b"hello"), [200], False,
+     [fwd(b"POST", b"/p", body=b"hello")]),
+    ("trailers are not headers",
+     post(b"Transfer-Encoding: chunked\r\n",
+          b"5\r\nhello\r\n0\r\nHost: evil\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n"),
+     [200], False, [fwd(b"POST", b"/p", body=b"hello")]),
+    ("POST chunked is de-chunked, extensions and trailers dropped",
+     post(b"Transfer-Encoding: chunked\r\n",
+          b"3;ext=1\r\nhel\r\n2\r\nlo\r\n0\r\nX-Trailer: t\r\nContent-Length: 99\r\n\r\n"),
+     [200], False, [fwd(b"POST", b"/p", body=b"hello")]),
+    ("HEAD", b"HEAD /fn/echo/h HTTP/1.1\r\nHost: x\r\n\r\n", [200], False,
+     [fwd(b"HEAD", b"/h")]),
+    ("HTTP/1.0 without Host", b"GET /fn/echo/ HTTP/1.0\r\n\r\n", [200], True,
+     [fwd(b"GET", b"/", host=None, headers=b"Host: echo\r\n")]),
+    # -- request line -------------------------------------------------------
+    ("request line without target", b"GET\r\nHost: x\r\n\r\n", [400], True, []),
+    ("request line without version", b"GET /fn/echo/\r\nHost: x\r\n\r\n", [400], True, []),
+    ("request line garbage", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", [400], True, []),
+    ("unknown method", b"FOO /fn/echo/ HTTP/1.1\r\nHost: x\r\n\r\n", [400], True, []),
+    ("lower-case method", b"get /fn/echo/ HTTP/1.1\r\nHost: x\r\n\r\n", [400], True, []),
+    ("bad version HTTP/1.2", b"GET /fn/echo/ HTTP/1.2\r\nHost: x\r\n\r\n", [400], True, []),
+    ("bad version HTTP/2.0", b"GET /fn/echo/ HTTP/2.0\r\nHost: x\r\n\r\n", [400], True, []),
+    ("bad version HTTP/x.y", b"GET /fn/echo/ HTTP/x.y\r\nHost: x\r\n\r\n", [400], True, []),
+    ("space in target", b"GET /fn/echo/a b HTTP/1.1\r\nHost: x\r\n\r\n", [400], True, []),
+    ("absolute-form GET", b"GET http://x/fn/echo/ HTTP/1.1\r\nHost: x\r\n\r\n", [400], True, []),
+    ("asterisk-form GET", b"GET * HTTP/1.1\r\nHost: echo.localhost\r\n\r\n", [400], True, []),
+    ("asterisk-form OPTIONS", b"OPTIONS * HTTP/1.1\r\nHost: echo.localhost\r\n\r\n", [400], True, []),
+    ("authority-form GET", b"GET echo.localhost:80 HTTP/1.1\r\nHost: echo.localhost\r\n\r\n",
+     [400], True, []),
+    ("CONNECT", b"CONNECT echo.localhost:80 HTTP/1.1\r\nHost: echo.localhost:80\r\n\r\n",
+     [501], True, []),
+    ("URL too long", b"GET /fn/echo/" + b"a" * (MAX_HEADER + 10) + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+     [414], True, []),
+    # -- headers ------------------------------------------------------------
+    ("HTTP/1.1 without Host", b"GET /fn/echo/ HTTP/1.1\r\n\r\n", [400], True, []),
+    ("two Host headers", b"GET /fn/echo/ HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", [400], True, []),
+    ("empty Host", b"GET /fn/echo/ HTTP/1.1\r\nHost:\r\n\r\n", [400], True, []),
+    ("header without colon", b"GET /fn/echo/ HTTP/1.1\r\nHost: x\r\nX-Foo bar\r\n\r\n",
+     [400], True, []),
+    ("space before colon", b"GET /fn/echo/ HTTP/1.1\r\nHost: x\r\nX-Foo : bar\r\n\r\n",
+     [400], True, []),
+    ("bad char in header name", b"GET /fn/echo/ HTTP/1.1\r\nHost: x\r\nX@Foo: bar\r\n\r\n",
+     [400], True, []),
+    ("header too large", b"GET /fn/echo/ HTTP/1.1\r\nHost: x\r\nX-Big: " + b"v" * MAX_HEADER +
+     b"\r\n\r\n", [431], True, []),
+    ("too many headers", b"GET /fn/echo/ HTTP/1.1\r\nHost: x\r\n" +
+     b"".join(b"X-H%d: 0123456789\r\n" % i for i in range(400)) + b"\r\n", [431], True, []),
+    ("obsolete line folding", b"GET /fn/echo/ HTTP/1.1\r\nHost: x\r\nX-Foo: a\r\n b\r\n\r\n",
+     [400], True, []),
+    ("NUL in header value", b"GET /fn/echo/ HTTP/1.1\r\nHost: x\r\nX-Foo: a\x00b\r\n\r\n",
+     [400], True, []),
+    ("NUL in header name", b"GET /fn/echo/ HTTP/1.1\r\nHost: x\r\nX-F\x00oo: ab\r\n\r\n",
+     [400], True, []),
+    ("NUL in target", b"GET /fn/echo/\x00 HTTP/1.1\r\nHost: x\r\n\r\n", [400], True, []),
+    ("control char in header value", b"GET /fn/echo/ HTTP/1.1\r\nHost: x\r\nX-Foo: a\x01b\r\n\r\n",
+     [400], True, []),
+    ("bare LF line endings", b"GET /fn/echo/ HTTP/1.1\nHost: x\n\n", [400], True, []),
+    ("bare LF after a header", b"GET /fn/echo/ HTTP/1.1\r\nHost: x\nX-Foo: a\r\n\r\n",
+     [400], True, []),
+    ("bare CR", b"GET /fn/echo/ HTTP/1.1\rHost: x\r\n\r\n", [400], True, []),
+    ("bare CR in header value", b"GET /fn/echo/ HTTP/1.1\r\nHost: x\r\nX-Foo: a\rb\r\n\r\n",
+     [400], True, []),
+    ("Expect other than 100-continue",
+     b"GET /fn/echo/ HTTP/1.1\r\nHost: x\r\nExpect: 200-ok\r\n\r\n", [417], True, []),
+    ("hop-by-hop headers dropped",
+     b"GET /fn/echo/ HTTP/1.1\r\nHost: x\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\n"
+     b"Trailer: X-T\r\nProxy-Connection: keep-alive\r\nProxy-Authorization: Basic eA==\r\n"
+     b"X-End: 1\r\n\r\n", [200], False, [fwd(b"GET", b"/", headers=b"X-End: 1\r\n")]),
+    ("headers named in Connection dropped",
+     b"GET /fn/echo/ HTTP/1.1\r\nHost: x\r\nConnection: X-Foo, keep-alive,x-bar\r\n"
+     b"X-Foo: secret\r\nX-Keep: y\r\nx-BAR: z\r\nX-Foo-Not: n\r\n\r\n", [200], False,
+     [fwd(b"GET", b"/", headers=b"X-Keep: y\r\nX-Foo-Not: n\r\n")]),
+    ("X-Forwarded-* from the client",
+     b"GET /fn/echo/ HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 10.0.0.1\r\n"
+     b"X-Forwarded-Proto: https\r\nX-Forwarded-Host: evil\r\nX-Forwarded-For: 10.0.0.2\r\n\r\n",
+     [200], False, [fwd(b"GET", b"/", xff=b"10.0.0.1, 10.0.0.2")]),
+    ("Connection: close honoured",
+     b"GET /fn/echo/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" + GET, [200], True,
+     [FWD_GET]),
+    ("Upgrade ignored, HTTP goes on",
+     b"GET /fn/echo/ HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+     + GET, [200, 200], False, [FWD_GET, FWD_GET]),
+    # -- bodies and lengths -------------------------------------------------
+    ("body over the limit", post(b"Content-Length: %d\r\n" % (MAX_BODY + 1), b"a" * 100),
+     [413], True, []),
+    ("chunked body over the limit",
+     post(b"Transfer-Encoding: chunked\r\n", (b"%x\r\n" % 40000 + b"a" * 40000 + b"\r\n") * 2 +
+          b"0\r\n\r\n"), [413], True, []),
+    ("two differing Content-Lengths",
+     post(b"Content-Length: 5\r\nContent-Length: 6\r\n", b"hello!"), [400], True, []),
+    ("same Content-Length twice", post(b"Content-Length: 5\r\nContent-Length: 5\r\n", b"hello"),
+     [400], True, []),
+    ("Content-Length list", post(b"Content-Length: 5, 5\r\n", b"hello"), [400], True, []),
+    ("Content-Length with +", post(b"Content-Length: +5\r\n", b"hello"), [400], True, []),
+    ("Content-Length negative", post(b"Content-Length: -5\r\n", b"hello"), [400], True, []),
+    ("Content-Length hex", post(b"Content-Length: 0x5\r\n", b"hello"), [400], True, []),
+    ("Content-Length trailing junk", post(b"Content-Length: 5a\r\n", b"hello"), [400], True, []),
+    ("Content-Length overflow", post(b"Content-Length: 99999999999999999999999\r\n", b"hello"),
+     [400], True, []),
+    ("Content-Length empty", post(b"Content-Length: \r\n", b"hello"), [400], True, []),
+    ("Transfer-Encoding gzip", post(b"Transfer-Encoding: gzip\r\n", b"hello"), [400], True, []),
+    ("Transfer-Encoding chunked, gzip",
+     post(b"Transfer-Encoding: chunked, gzip\r\n", b"5\r\nhello\r\n0\r\n\r\n"), [400], True, []),
+    ("Transfer-Encoding gzip, chunked",
+     post(b"Transfer-Encoding: gzip, chunked\r\n", b"5\r\nhello\r\n0\r\n\r\n"), [400], True, []),
+    ("Transfer-Encoding chunked, chunked",
+     post(b"Transfer-Encoding: chunked, chunked\r\n", b"5\r\nhello\r\n0\r\n\r\n"), [400], True, []),
+    ("Transfer-Encoding identity", post(b"Transfer-Encoding: identity\r\n", b""), [400], True, []),
+    ("Transfer-Encoding in HTTP/1.0",
+     b"POST /fn/echo/p HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+     [400], True, []),
+    ("chunk size hex overflow",
+     post(b"Transfer-Encoding: chunked\r\n", b"10000000000000005\r\nhello\r\n0\r\n\r\n"),
+     [400], True, []),
+    ("chunk size negative", post(b"Transfer-Encoding: chunked\r\n", b"-5\r\nhello\r\n0\r\n\r\n"),
+     [400], True, []),
+    ("chunk size not hex", post(b"Transfer-Encoding: chunked\r\n", b"zz\r\nhello\r\n0\r\n\r\n"),
+     [400], True, []),
+    ("chunk size empty", post(b"Transfer-Encoding: chunked\r\n", b"\r\nhello\r\n0\r\n\r\n"),
+     [400], True, []),
+    ("chunk size with 0x", post(b"Transfer-Encoding: chunked\r\n", b"0x5\r\nhello\r\n0\r\n\r\n"),
+     [400], True, []),
+    ("chunk extension with bare LF",
+     post(b"Transfer-Encoding: chunked\r\n", b"5;a=b\nhello\r\n0\r\n\r\n"), [400], True, []),
+    ("chunk extension with NUL",
+     post(b"Transfer-Encoding: chunked\r\n", b"5;a=\x00\r\nhello\r\n0\r\n\r\n"), [400], True, []),
+    ("chunk extension with space before ;",
+     post(b"Transfer-Encoding: chunked\r\n", b"5 ;a=b\r\nhello\r\n0\r\n\r\n"), [400], True, []),
+    ("chunk data missing its CRLF",
+     post(b"Transfer-Encoding: chunked\r\n", b"5\r\nhelloX0\r\n\r\n"), [400], True, []),
+    ("chunk line with bare LF",
+     post(b"Transfer-Encoding: chunked\r\n", b"5\nhello\r\n0\r\n\r\n"), [400], True, []),
+    # -- smuggling ----------------------------------------------------------
+    ("CL.TE", post(b"Content-Length: 13\r\nTransfer-Encoding: chunked\r\n",
+                   b"0\r\n\r\nSMUGGLED"), [400], True, []),
+    ("TE.CL", post(b"Transfer-Encoding: chunked\r\nContent-Length: 3\r\n",
+                   b"8\r\nSMUGGLED\r\n0\r\n\r\n"), [400], True, []),
+    ("TE.TE space before colon",
+     post(b"Transfer-Encoding : chunked\r\nContent-Length: 3\r\n", b"8\r\nSMUGGLED\r\n0\r\n\r\n"),
+     [400], True, []),
+    ("TE.TE xchunked", post(b"Transfer-Encoding: xchunked\r\n", b"5\r\nhello\r\n0\r\n\r\n"),
+     [400], True, []),
+    ("TE.TE two headers",
+     post(b"Transfer-Encoding: chunked\r\nTransfer-Encoding: x\r\n", b"5\r\nhello\r\n0\r\n\r\n"),
+     [400], True, []),
+    ("TE.TE two chunked headers",
+     post(b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+          b"5\r\nhello\r\n0\r\n\r\n"), [400], True, []),
+    ("TE.TE folded", post(b"Transfer-Encoding: x\r\n chunked\r\n", b"5\r\nhello\r\n0\r\n\r\n"),
+     [400], True, []),
+    ("TE with tab is plain chunked",
+     post(b"Transfer-Encoding:\tchunked\r\n", b"5\r\nhello\r\n0\r\n\r\n"), [200], False,
+     [fwd(b"POST", b"/p", body=b"hello")]),
+    ("TE Chunked in capitals is chunked",
+     post(b"Transfer-Encoding: CHUNKED \r\n", b"5\r\nhello\r\n0\r\n\r\n"), [200], False,
+     [fwd(b"POST", b"/p", body=b"hello")]),
+    ("smuggled request after a body is a separate request",
+     post(b"Content-Length: 5\r\n", b"hello") + b"GET /fn/echo/admin HTTP/1.1\r\nHost: x\r\n\r\n",
+     [200, 200], False, [fwd(b"POST", b"/p", body=b"hello"), fwd(b"GET", b"/admin")]),
+    # -- pipelining -----------------------------------------------------------
+    ("pipelined requests in order",
+     b"GET /fn/echo/1 HTTP/1.1\r\nHost: x\r\n\r\n" + post(b"Content-Length: 2\r\n", b"hi") +
+     b"GET /fn/echo/3 HTTP/1.1\r\nHost: x\r\n\r\n", [200, 200, 200], False,
+     [fwd(b"GET", b"/1"), fwd(b"POST", b"/p", body=b"hi"), fwd(b"GET", b"/3")]),
+    ("pipelined bad request after a good one",
+     GET + b"GET /fn/echo/ HTTP/1.1\r\nHost: x\r\nX: \x00\r\n\r\n" + GET, [200, 400], True,
+     [FWD_GET]),
+    ("pipelined with Connection: close in the middle",
+     GET + b"GET /fn/echo/2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" + GET,
+     [200, 200], True, [FWD_GET, fwd(b"GET", b"/2")]),
+    # -- routing and upstream failures ---------------------------------------
+    ("unknown function by path", b"GET /fn/nope/ HTTP/1.1\r\nHost: x\r\n\r\n", [404], False, []),
+    ("unknown function by Host", b"GET / HTTP/1.1\r\nHost: nope.localhost\r\n\r\n", [404], False,
+     []),
+    ("no route at all", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", [404], False, []),
+    ("upstream closes without answering",
+     b"GET /fn/echo/close HTTP/1.1\r\nHost: x\r\n\r\n", [502], False,
+     [fwd(b"GET", b"/close")]),
+    ("upstream sends a malformed response",
+     b"GET /fn/echo/malformed HTTP/1.1\r\nHost: x\r\n\r\n", [502], False,
+     [fwd(b"GET", b"/malformed")]),
+    ("response without length read to close",
+     b"GET /fn/echo/noclen HTTP/1.1\r\nHost: x\r\n\r\n", [200], True, [fwd(b"GET", b"/noclen")]),
+    ("slow upstream", b"GET /fn/echo/slow HTTP/1.1\r\nHost: x\r\n\r\n", [200], False,
+     [fwd(b"GET", b"/slow")]),
+]
+
+
+def run_case(act, up, name, data, statuses, closed, expect):
+    c = Conn(act.port)
+    try:
+        c.send(data)
+        got = []
+        for i in range(len(statuses)):
+            is_head = data.startswith(b"HEAD")
+            try:
+                st, hdrs, body, _ = c.response(head_request=is_head)
+            except Closed:
+                break
+            got.append(st)
+            if st == 200 and not is_head and not name.startswith("response without"):
+                assert body.startswith(b"ok "), (name, body)
+        assert got == statuses, "%s: statuses %r, wanted %r" % (name, got, statuses)
+        if closed:
+            assert c.closed(), "%s: connection left open" % name
+        else:
+            assert not c.closed(0.2), "%s: connection closed" % name
+        reqs, left = up.take(0.1 if expect else 0.2)
+        seen = [r for _, r in reqs]
+        # A failed request may be retried on a fresh connection: the same
+        # bytes, again.
+        if name.startswith("upstream closes"):
+            assert seen and all(r == expect[0] for r in seen), (name, seen)
+        else:
+            assert seen == expect, "%s: upstream saw\n%r\nwanted\n%r" % (name, seen, expect)
+        assert not left, "%s: upstream got partial bytes %r" % (name, left)
+    finally:
+        c.close()
+
+
+# ---- the tests -----------------------------------------------------------------
+
+_env = {}
+
+
+def setup():
+    up = Upstream()
+    act = Activator(up.port)
+    _env.update(up=up, act=act)
+    # Warm up (the first request opens the pooled connection), then take
+    # the baseline of open descriptors.
+    run_case(act, up, "warm-up", GET, [200], False, [FWD_GET])
+    time.sleep(0.2)
+    _env["fds"] = act.fds()
+
+
+def teardown():
+    act, up = _env.pop("act", None), _env.pop("up", None)
+    try:
+        if act:
+            act.stop()
+    finally:
+        if up:
+            up.close()
+
+
+def test_battery():
+    act, up = _env["act"], _env["up"]
+    failures = []
+    for case in CASES:
+        try:
+            run_case(act, up, *case)
+        except Exception as e:  # noqa: BLE001 - collected and reported together
+            failures.append("%s: %s" % (case[0], e))
+            up.take(0.3)
+        assert act.alive(), "activator died on %r:\n%s" % (case[0], act.log()[-4000:])
+    assert not failures, "%d of %d cases failed:\n  %s" % (
+        len(failures), len(CASES), "\n  ".join(failures))
+
+
+def test_split_reads():
+    """Each head arrives in pieces (separate reads): a value split anywhere
+    is whole again upstream, while a fold is refused even when its
+    continuation line starts a read."""
+    act, up = _env["act"], _env["up"]
+    pieces_ok = [b"GET /fn/echo/ HTTP/1.1\r\nHost: x\r\nX-Foo: a", b" b", b"c\r\n",
+                 b"X-Bar:", b" d\r", b"\n", b"\r\n"]
+    pieces_fold = [b"GET /fn/echo/ HTTP/1.1\r\nHost: x\r\nX-Foo: a\r\n", b" b\r\n\r\n"]
+    for pieces, statuses, expect in (
+            (pieces_ok, [200], [fwd(b"GET", b"/", headers=b"X-Foo: a bc\r\nX-Bar: d\r\n")]),
+            (pieces_fold, [400], [])):
+        c = Conn(act.port)
+        try:
+            c.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for piece in pieces:
+                c.send(piece)
+                time.sleep(0.05)
+            got = [c.response()[0] for _ in statuses]
+            assert got == statuses, (got, statuses)
+            reqs, left = up.take()
+            assert [r for _, r in reqs] == expect and not left, (reqs, left)
+        finally:
+            c.close()
+
+
+def test_expect_100_continue():
+    act, up = _env["act"], _env["up"]
+    c = Conn(act.port)
+    try:
+        c.send(b"POST /fn/echo/e HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+               b"Content-Length: 5\r\n\r\n")
+        st, _, _, _ = c.response()
+        assert st == 100, st
+        reqs, _ = up.take(0.1)
+        assert reqs == [], reqs  # nothing is sent on before the body
+        c.send(b"hello")
+        st, _, body, _ = c.response()
+        assert st == 200 and body == ok_body(b"POST", b"/e"), (st, body)
+        reqs, left = up.take()
+        assert [r for _, r in reqs] == [fwd(b"POST", b"/e", body=b"hello")], reqs
+        assert not left
+    finally:
+        c.close()
+
+
+def test_slowloris():
+    act, up = _env["act"], _env["up"]
+    c = Conn(act.port)
+    try:
+        t0 = time.time()
+        head = b"GET /fn/echo/ HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100
+        closed = False
+        for b in head:
+            try:
+                c.send(bytes([b]))
+            except OSError:
+                closed = True
+                break
+            time.sleep(0.05)
+            if time.time() - t0 > HEADER_TIMEOUT + WAIT:
+                break
+        assert closed or c.closed(), "slow head not timed out"
+        assert time.time() - t0 < HEADER_TIMEOUT + WAIT
+        reqs, left = up.take(0.1)
+        assert reqs == [] and left == [], (reqs, left)
+    finally:
+        c.close()
+
+
+def test_slow_body():
+    act, up = _env["act"], _env["up"]
+    c = Conn(act.port)
+    try:
+        c.send(post(b"Content-Length: 10\r\n", b"hello"))
+        assert c.closed(HEADER_TIMEOUT + WAIT), "stalled body not timed out"
+        reqs, left = up.take(0.1)
+        assert reqs == [] and left == [], (reqs, left)
+    finally:
+        c.close()
+
+
+def test_disconnect_mid_body():
+    act, up = _env["act"], _env["up"]
+    for tail in (b"", b"5\r\nhel"):
+        c = Conn(act.port)
+        if tail:
+            c.send(post(b"Transfer-Encoding: chunked\r\n", tail))
+        else:
+            c.send(post(b"Content-Length: 1000\r\n", b"x" * 500))
+        time.sleep(0.1)
+        c.s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        c.close()  # an RST for the second, a FIN for the first
+        time.sleep(0.1)
+    reqs, left = up.take(0.1)
+    assert reqs == [] and left == [], (reqs, left)
+    run_case(act, up, "after mid-body disconnect", GET, [200], False, [FWD_GET])
+
+
+def test_disconnect_mid_response():
+    act, up = _env["act"], _env["up"]
+    for rst in (False, True):
+        c = Conn(act.port)
+        c.s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        c.send(b"GET /fn/echo/big HTTP/1.1\r\nHost: x\r\n\r\n")
+        c.s.recv(1000)  # the status line is out; the rest is still coming
+        if rst:
+            c.s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        c.close()
+        time.sleep(0.3)
+    reqs, _ = up.take(0.5)
+    assert [r for _, r in reqs] == [fwd(b"GET", b"/big")] * 2, reqs
+    run_case(act, up, "after mid-response disconnect", GET, [200], False, [FWD_GET])
+
+
+def test_partial_response():
+    act, up = _env["act"], _env["up"]
+    c = Conn(act.port)
+    try:
+        c.send(b"GET /fn/echo/partial HTTP/1.1\r\nHost: x\r\n\r\n")
+        try:
+            c.response()
+            raise AssertionError("a cut response arrived whole")
+        except Closed:
+            pass
+        assert c.buf.startswith(b"x") or c.buf == b"", c.buf[:40]
+        reqs, _ = up.take()
+        assert [r for _, r in reqs] == [fwd(b"GET", b"/partial")], reqs
+    finally:
+        c.close()
+
+
+def test_big_response_whole():
+    act, up = _env["act"], _env["up"]
+    c = Conn(act.port)
+    try:
+        c.send(b"GET /fn/echo/big HTTP/1.1\r\nHost: x\r\n\r\n")
+        st, _, body, _ = c.response()
+        assert st == 200 and len(body) == BIG, (st, len(body))
+        up.take(0.1)
+    finally:
+        c.close()
+
+
+def test_many_bad_clients_then_healthy():
+    """Bad requests on many concurrent connections, then the activator still
+    answers and its descriptors are back near the baseline."""
+    act, up = _env["act"], _env["up"]
+    conns = [Conn(act.port) for _ in range(50)]
+    for i, c in enumerate(conns):
+        c.send([b"GET /fn/echo/ HTTP/1.1\r\n", GET, b"\x00\x01\x02\r\n\r\n",
+                post(b"Content-Length: 10\r\n", b"abc")][i % 4])
+    for c in conns:
+        c.close()
+    time.sleep(0.5)
+    up.take(0.1)
+    run_case(act, up, "healthy after the battery", GET, [200], False, [FWD_GET])
+    deadline = time.time() + WAIT
+    while act.fds() > _env["fds"] + 2 and time.time() < deadline:
+        time.sleep(0.1)
+    assert act.fds() <= _env["fds"] + 2, "fds %d, baseline %d: %s" % (
+        act.fds(), _env["fds"], sorted(os.listdir("/proc/%d/fd" % act.proc.pid)))
+
+
+def run_tests(namespace):
+    tests = [(k, v) for k, v in namespace.items() if k.startswith("test_") and callable(v)]
+    only = sys.argv[1:]
+    passed = failed = 0
+    try:
+        setup()
+        for name, fn in tests:
+            if only and name not in only:
+                continue
+            t0 = time.time()
+            try:
+                fn()
+                passed += 1
+                print("PASS %s (%.1fs)" % (name, time.time() - t0), flush=True)
+            except Exception:  # noqa: BLE001 - any failure fails the test
+                failed += 1
+                print("FAIL %s (%.1fs)" % (name, time.time() - t0), flush=True)
+                traceback.print_exc()
+            act = _env.get("act")
+            if act and not act.alive():
+                print("activator died:\n" + act.log()[-6000:])
+                break
+    except Exception:  # noqa: BLE001 - setup failure
+        failed += 1
+        traceback.print_exc()
+    finally:
+        try:
+            teardown()
+        except Exception:  # noqa: BLE001 - sanitizer findings, bad exit
+            failed += 1
+            print("FAIL teardown")
+            traceback.print_exc()
+    print("%d cases in the battery" % len(CASES))
+    print("%d passed, %d failed" % (passed, failed))
+    sys.exit(1 if failed or passed == 0 else 0)
+
+
+if __name__ == "__main__":
+    run_tests(globals())

@@ -1,0 +1,139 @@
+"""A recording upstream for activator tests: a threaded raw-socket HTTP/1.1
+server on 127.0.0.1 that keeps the exact bytes of every request it receives
+(per connection) and answers each with a fixed valid response, unless the
+request's path asks for misbehaviour:
+
+  /close      close the connection without answering
+  /malformed  answer with bytes that are not HTTP
+  /noclen     answer without Content-Length and close (body read to close)
+  /partial    send the head and half the body, then close
+  /big        a 4 MiB body, written in 64 KiB pieces
+  /slow       wait 0.5 s, then answer normally
+
+Any other path gets 200 with the body "ok <method> <path>\n". The activator
+forwards every request with a Content-Length (it reads bodies whole), so
+that is all this server needs to delimit requests.
+"""
+
+import socket
+import threading
+import time
+
+BIG = 4 * 1024 * 1024
+
+
+class Upstream:
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(128)
+        self.port = self.sock.getsockname()[1]
+        self.lock = threading.Lock()
+        self.requests = []   # (connection number, exact bytes) in arrival order
+        self.leftovers = []  # bytes of connections closed mid-request
+        self.conns = 0
+        self.closed = False
+        self.threads = []
+        t = threading.Thread(target=self._accept, daemon=True)
+        t.start()
+
+    def close(self):
+        self.closed = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+    def take(self, settle=0.1):
+        """Returns (and forgets) the requests received so far, after waiting
+        `settle` seconds for stragglers; leftovers are returned as well."""
+        time.sleep(settle)
+        with self.lock:
+            reqs, self.requests = self.requests, []
+            left, self.leftovers = self.leftovers, []
+        return reqs, left
+
+    # -- server ------------------------------------------------------------
+    def _accept(self):
+        while not self.closed:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.conns += 1
+                n = self.conns
+            t = threading.Thread(target=self._serve, args=(conn, n), daemon=True)
+            t.start()
+
+    def _serve(self, conn, n):
+        buf = b""
+        conn.settimeout(30)
+        try:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    d = conn.recv(65536)
+                    if not d:
+                        return
+                    buf += d
+                head, _, rest = buf.partition(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    k, _, v = line.partition(b":")
+                    if k.strip().lower() == b"content-length":
+                        length = int(v.strip())
+                while len(rest) < length:
+                    d = conn.recv(65536)
+                    if not d:
+                        buf = head + b"\r\n\r\n" + rest
+                        return
+                    rest += d
+                req = head + b"\r\n\r\n" + rest[:length]
+                buf = rest[length:]
+                with self.lock:
+                    self.requests.append((n, req))
+                if not self._answer(conn, req):
+                    buf = b""
+                    return
+        except OSError:
+            pass
+        finally:
+            if buf:
+                with self.lock:
+                    self.leftovers.append((n, buf))
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+    def _answer(self, conn, req):
+        """Answers one request; False when the connection is to close."""
+        line = req.split(b"\r\n", 1)[0].split(b" ")
+        method, path = line[0], line[1] if len(line) > 1 else b""
+        p = path.split(b"?")[0]
+        if p == b"/close":
+            return False
+        if p == b"/malformed":
+            conn.sendall(b"HTTP/1.1 abc\r\n\r\nthis is not http\r\n")
+            return False
+        if p == b"/noclen":
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nread to close\n")
+            return False
+        if p == b"/partial":
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 50)
+            time.sleep(0.1)
+            return False
+        if p == b"/big":
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % BIG)
+            piece = b"b" * 65536
+            for _ in range(BIG // len(piece)):
+                conn.sendall(piece)
+            return True
+        if p == b"/slow":
+            time.sleep(0.5)
+        body = b"ok " + method + b" " + path + b"\n"
+        resp = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % len(body)
+        conn.sendall(resp if method == b"HEAD" else resp + body)
+        return True
