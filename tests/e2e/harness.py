@@ -272,6 +272,42 @@ class Stoke:
         raise AssertionError("%s: wanted %d containers, have %d" % (fn, n, len(self.containers(fn))))
 
 
+class Load:
+    """n clients, each sending requests to function `fn` at `path` one after
+    another, until stop() (at most `max_s`). Answers other than 200 and
+    errors go to .failed; 200s are counted in .counts by classify(resp)."""
+
+    def __init__(self, stoke, fn, path, n, max_s=60, classify=lambda r: "ok"):
+        self.counts = {}
+        self.failed = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+
+        def client():
+            deadline = time.time() + max_s
+            while not self._stop.is_set() and time.time() < deadline:
+                try:
+                    r = stoke.fn_request(fn, path, timeout=10)
+                    ok = r.status == 200
+                except Exception as e:  # noqa: BLE001 - counted as a failure
+                    ok, r = False, e
+                with self._lock:
+                    if ok:
+                        k = classify(r)
+                        self.counts[k] = self.counts.get(k, 0) + 1
+                    else:
+                        self.failed.append(r)
+
+        self._threads = [threading.Thread(target=client) for _ in range(n)]
+        for t in self._threads:
+            t.start()
+
+    def stop(self):
+        self._stop.set()
+        for t in self._threads:
+            t.join(30)
+
+
 def concurrent(n, fn):
     """Runs fn(i) in n threads at once; returns the results (or exceptions)."""
     results = [None] * n

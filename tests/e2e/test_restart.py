@@ -4,11 +4,10 @@ request fails meanwhile (the activator serves the replicas it knows)."""
 
 import os
 import sys
-import threading
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import Stoke, run_tests  # noqa: E402
+from harness import Load, Stoke, run_tests  # noqa: E402
 
 
 def test_kill_9_and_restart_adopts_replicas_without_failures():
@@ -18,41 +17,20 @@ def test_kill_9_and_restart_adopts_replicas_without_failures():
     before = sorted(c["Id"] for c in s.running("steady"))
     assert len(before) == 2
 
-    # Bounded load: 4 clients, 20 ms requests, until told to stop (<= 60 s).
-    stop = threading.Event()
-    results = {"ok": 0, "failed": []}
-    lock = threading.Lock()
-
-    def client():
-        deadline = time.time() + 60
-        while not stop.is_set() and time.time() < deadline:
-            try:
-                r = s.fn_request("steady", "/delay/20", timeout=10)
-                ok = r.status == 200
-            except Exception as e:  # noqa: BLE001 - counted as a failure
-                ok, r = False, e
-            with lock:
-                if ok:
-                    results["ok"] += 1
-                else:
-                    results["failed"].append(r)
-
-    threads = [threading.Thread(target=client) for _ in range(4)]
-    for t in threads:
-        t.start()
+    # Bounded load: 4 clients, 20 ms requests, until stopped (<= 60 s).
+    load = Load(s, "steady", "/delay/20", 4)
     try:
         time.sleep(2)
         s.restart_controller("controller-2")
         s.wait_log("controller", "adopted replica", 10, count=2)
         time.sleep(3)
     finally:
-        stop.set()
-        for t in threads:
-            t.join(30)
+        load.stop()
 
-    print("requests: %d ok, %d failed" % (results["ok"], len(results["failed"])))
-    assert not results["failed"], results["failed"][:5]
-    assert results["ok"] > 100, results["ok"]
+    ok = load.counts.get("ok", 0)
+    print("requests: %d ok, %d failed" % (ok, len(load.failed)))
+    assert not load.failed, load.failed[:5]
+    assert ok > 100, ok
     after = sorted(c["Id"] for c in s.containers("steady"))
     assert after == before, (before, after)
     log = s.log("controller")

@@ -3,11 +3,10 @@ new ones are ready, then drain and go; no request fails."""
 
 import os
 import sys
-import threading
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import Stoke, run_tests  # noqa: E402
+from harness import Load, Stoke, run_tests  # noqa: E402
 
 
 def test_rollout_under_load_fails_no_request():
@@ -16,29 +15,7 @@ def test_rollout_under_load_fails_no_request():
     s.wait_log("controller", "ready on 127.0.0.1", 30, count=2)
     old = sorted(c["Id"] for c in s.containers("web"))
 
-    stop = threading.Event()
-    lock = threading.Lock()
-    seen = {"v1": 0, "v2": 0, "failed": []}
-
-    def client():
-        deadline = time.time() + 60
-        while not stop.is_set() and time.time() < deadline:
-            try:
-                r = s.fn_request("web", "/delay/50", timeout=10)
-                ok = r.status == 200
-            except Exception as e:  # noqa: BLE001 - counted as a failure
-                ok, r = False, e
-            with lock:
-                if not ok:
-                    seen["failed"].append(r)
-                elif "v2" in r.body:
-                    seen["v2"] += 1
-                else:
-                    seen["v1"] += 1
-
-    threads = [threading.Thread(target=client) for _ in range(6)]
-    for t in threads:
-        t.start()
+    load = Load(s, "web", "/delay/50", 6, classify=lambda r: "v2" if "v2" in r.body else "v1")
     try:
         time.sleep(1)
         s.write_spec("web", scale={"min": 2}, env={"GREETING": "v2"})
@@ -49,12 +26,10 @@ def test_rollout_under_load_fails_no_request():
             time.sleep(0.1)
         time.sleep(1)
     finally:
-        stop.set()
-        for t in threads:
-            t.join(30)
-    print("v1 %d, v2 %d, failed %d" % (seen["v1"], seen["v2"], len(seen["failed"])))
-    assert not seen["failed"], seen["failed"][:5]
-    assert seen["v1"] > 0 and seen["v2"] > 0, seen
+        load.stop()
+    print("answers %s, failed %d" % (load.counts, len(load.failed)))
+    assert not load.failed, load.failed[:5]
+    assert load.counts.get("v1", 0) > 0 and load.counts.get("v2", 0) > 0, load.counts
     now = s.containers("web")
     assert len(now) == 2 and not any(c["Id"] in old for c in now), now
     assert "rollout:" in s.log("controller")
