@@ -77,7 +77,9 @@ struct client {
     struct stoke_list qnode; /* fn->queue while queued */
     llhttp_t parser;
     enum client_state state;
-    struct stoke_buf in; /* bytes received while busy with a request */
+    struct stoke_buf in;    /* bytes received while busy with a request */
+    struct stoke_buf batch; /* response bytes of one upstream read, see client_flush() */
+    bool batching;
     bool read_stopped;
     const char *exec_base; /* the buffer llhttp is parsing, and the byte */
     char prev_byte;        /* before it: see on_req_value */
@@ -408,6 +410,7 @@ void proxy_waiting(struct proxy *px, proxy_poke_cb cb, void *data)
 struct wreq {
     uv_write_t req;
     struct client *c;
+    char *heap; /* the bytes when not inline (a flushed batch), or NULL */
     char data[];
 };
 
@@ -417,6 +420,7 @@ static void on_client_write(uv_write_t *req, int status)
 {
     struct wreq *w = stoke_container_of(req, struct wreq, req);
     struct client *c = w->c;
+    free(w->heap);
     free(w);
     c->pending_writes--;
     if (c->state == C_CLOSED)
@@ -436,15 +440,33 @@ static void on_client_write(uv_write_t *req, int status)
 
 /* Queues `n` pieces as one write. Returns 0 or a negative errno (the client
  * is then closed by the caller's next step). */
+static int client_flush(struct client *c);
+
 static int client_writev(struct client *c, const uv_buf_t *parts, size_t n)
 {
     size_t total = 0;
     for (size_t i = 0; i < n; i++)
         total += parts[i].len;
+    if (c->batching) {
+        /* Collected and written once the upstream read is parsed: a head
+         * and a body arriving together leave in one write. */
+        if (c->batch.len + total > c->batch.limit) {
+            int r = client_flush(c);
+            if (r < 0)
+                return r;
+        }
+        for (size_t i = 0; i < n; i++) {
+            int r = stoke_buf_append(&c->batch, parts[i].base, parts[i].len);
+            if (r < 0)
+                return r;
+        }
+        return 0;
+    }
     struct wreq *w = malloc(sizeof(*w) + total);
     if (!w)
         return -ENOMEM;
     w->c = c;
+    w->heap = NULL;
     size_t off = 0;
     for (size_t i = 0; i < n; i++) {
         memcpy(w->data + off, parts[i].base, parts[i].len);
@@ -453,6 +475,28 @@ static int client_writev(struct client *c, const uv_buf_t *parts, size_t n)
     uv_buf_t b = uv_buf_init(w->data, (unsigned)total);
     int r = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_client_write);
     if (r < 0) {
+        free(w);
+        return r;
+    }
+    c->pending_writes++;
+    return 0;
+}
+
+/* Writes what was batched, in one write. Returns 0 or a negative errno. */
+static int client_flush(struct client *c)
+{
+    if (c->batch.len == 0)
+        return 0;
+    struct wreq *w = malloc(sizeof(*w));
+    if (!w)
+        return -ENOMEM;
+    size_t len;
+    w->c = c;
+    w->heap = stoke_buf_steal(&c->batch, &len);
+    uv_buf_t b = uv_buf_init(w->heap, (unsigned)len);
+    int r = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_client_write);
+    if (r < 0) {
+        free(w->heap);
         free(w);
         return r;
     }
@@ -804,6 +848,7 @@ static void on_client_handle_closed(uv_handle_t *h)
         return;
     struct proxy *px = c->px;
     stoke_buf_done(&c->in);
+    stoke_buf_done(&c->batch);
     stoke_buf_done(&c->url);
     stoke_buf_done(&c->field);
     stoke_buf_done(&c->value);
@@ -987,6 +1032,7 @@ static void on_accept(uv_stream_t *server, int status)
     px->n_clients++;
     c->state = C_IDLE;
     stoke_buf_init(&c->in, MAX_PENDING_INPUT + 65536);
+    stoke_buf_init(&c->batch, 2 * WRITE_HIGH_WATER);
     stoke_buf_init(&c->url, px->cfg.max_header_bytes);
     stoke_buf_init(&c->field, px->cfg.max_header_bytes);
     stoke_buf_init(&c->value, px->cfg.max_header_bytes);
@@ -1480,10 +1526,19 @@ static void on_upstream_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     up->got_bytes = true;
+    /* The client's memory outlives this call even if it is closed meanwhile
+     * (it is freed in its close callback, on a later loop turn). */
+    struct client *c = up->c;
+    c->batching = true;
     llhttp_errno_t err = llhttp_execute(&up->parser, buf->base, (size_t)nread);
     /* Bytes after the response are a protocol error: do not reuse. */
     bool clean = err == HPE_PAUSED && llhttp_get_error_pos(&up->parser) == buf->base + nread;
     free(buf->base);
+    c->batching = false;
+    if (c->state != C_CLOSED && client_flush(c) < 0) {
+        client_close(c);
+        return;
+    }
     if (up->closing)
         return;
     if (err == HPE_PAUSED) {
