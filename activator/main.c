@@ -16,10 +16,27 @@
 
 #define DEFAULT_CONTROLLER "unix:/run/stoke/ctl.sock"
 
-struct activator {
-    uv_loop_t *loop;
+/* One event loop thread: its own proxy (listening on the shared port with
+ * SO_REUSEPORT when there are several), its own upstream pools and its own
+ * channel to the controller, which sums the workers' reports like those of
+ * separate activators. */
+struct worker {
+    uv_loop_t loop;
+    uv_thread_t thread;
+    uv_async_t stop;
+    uv_sem_t started;
+    int err; /* startup result, read after `started` */
     struct proxy *px;
     struct ctl *ctl;
+    char id[80];
+    const struct proxy_config *cfg;
+    const struct stoke_addr *ctl_addr; /* NULL: --controller none */
+    const char *routes_line;           /* static routes as a routes message, or NULL */
+};
+
+struct activator {
+    struct worker *workers;
+    unsigned n_workers;
     uv_signal_t sigint, sigterm;
 };
 
@@ -41,6 +58,8 @@ static void usage(FILE *f)
                "  --header-timeout DUR     time to read a request head (default 10s)\n"
                "  --idle-timeout DUR       keep-alive idle time (default 60s)\n"
                "  --connect-timeout DUR    replica connect time (default 2s)\n"
+               "  --workers N              event-loop threads sharing the port (SO_REUSEPORT),\n"
+               "                           each with its own upstream pools (default 1)\n"
                "  --log-level LEVEL        debug, info, warn, error (default info)\n"
                "  -h, --help\n"
                "DUR is like 250ms, 10s, 1m.\n");
@@ -48,27 +67,73 @@ static void usage(FILE *f)
 
 static void on_poke(const char *fn, void *data)
 {
-    struct activator *a = data;
-    if (a->ctl)
-        ctl_poke(a->ctl, fn);
+    struct worker *w = data;
+    if (w->ctl)
+        ctl_poke(w->ctl, fn);
 }
 
 static void on_drained(void *data)
 {
-    struct activator *a = data;
-    if (a->ctl)
-        ctl_drain_changed(a->ctl);
+    struct worker *w = data;
+    if (w->ctl)
+        ctl_drain_changed(w->ctl);
+}
+
+static void on_stop(uv_async_t *h)
+{
+    struct worker *w = h->data;
+    proxy_close(w->px, NULL, NULL);
+    if (w->ctl)
+        ctl_close(w->ctl, NULL, NULL);
+    uv_close((uv_handle_t *)&w->stop, NULL);
 }
 
 static void on_signal(uv_signal_t *s, int signum)
 {
     struct activator *a = s->data;
     stoke_info(NULL, "signal %d: shutting down", signum);
-    proxy_close(a->px, NULL, NULL);
-    if (a->ctl)
-        ctl_close(a->ctl, NULL, NULL);
+    for (unsigned i = 0; i < a->n_workers; i++)
+        uv_async_send(&a->workers[i].stop);
     uv_close((uv_handle_t *)&a->sigint, NULL);
     uv_close((uv_handle_t *)&a->sigterm, NULL);
+}
+
+static void worker_main(void *arg)
+{
+    struct worker *w = arg;
+    int r = uv_loop_init(&w->loop);
+    if (r < 0) {
+        w->err = r;
+        uv_sem_post(&w->started);
+        return;
+    }
+    uv_async_init(&w->loop, &w->stop, on_stop);
+    w->stop.data = w;
+    r = w->ctl_addr ? ctl_new(&w->loop, w->ctl_addr, w->id, &w->ctl) : 0;
+    if (r == 0) {
+        const struct proxy_hooks hooks = {.on_poke = on_poke, .on_drained = on_drained, .data = w};
+        r = proxy_new(&w->loop, w->cfg, &hooks, &w->px);
+        if (r < 0)
+            w->px = NULL;
+    }
+    if (r < 0) {
+        if (w->ctl)
+            ctl_close(w->ctl, NULL, NULL);
+        uv_close((uv_handle_t *)&w->stop, NULL);
+    } else {
+        if (w->ctl)
+            ctl_set_proxy(w->ctl, w->px);
+        struct stoke_route_table t;
+        if (w->routes_line &&
+            stoke_route_table_parse(w->routes_line, strlen(w->routes_line), &t) == 0)
+            proxy_set_routes(w->px, &t); /* takes the table */
+    }
+    w->err = r;
+    uv_sem_post(&w->started);
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    r = uv_loop_close(&w->loop);
+    if (r < 0)
+        stoke_warn(NULL, r, "%s: loop closed with handles still open", w->id);
 }
 
 /* "--route name=IP:PORT[,IP:PORT...]": one fixed route, with the spec's
@@ -147,6 +212,7 @@ int main(int argc, char **argv)
         O_CONNTO,
         O_LOG,
         O_ROUTE,
+        O_WORKERS,
     };
     static const struct option opts[] = {
         {"listen", required_argument, NULL, O_LISTEN},
@@ -161,6 +227,7 @@ int main(int argc, char **argv)
         {"connect-timeout", required_argument, NULL, O_CONNTO},
         {"log-level", required_argument, NULL, O_LOG},
         {"route", required_argument, NULL, O_ROUTE},
+        {"workers", required_argument, NULL, O_WORKERS},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -168,6 +235,7 @@ int main(int argc, char **argv)
     struct stoke_addr ctl_addr;
     struct stoke_route_table routes = {.gen = 0};
     bool use_ctl = true;
+    unsigned workers = 1;
     enum stoke_log_level level = STOKE_LOG_INFO;
     char id[64];
     size_t sz;
@@ -192,6 +260,12 @@ int main(int argc, char **argv)
             break;
         case O_ROUTE:
             r = add_static_route(&routes, optarg);
+            break;
+        case O_WORKERS:
+            r = parse_size(optarg, &sz);
+            if (r == 0 && sz > 256)
+                r = -EINVAL;
+            workers = (unsigned)sz;
             break;
         case O_DOMAIN:
             cfg.domain = optarg;
@@ -244,42 +318,81 @@ int main(int argc, char **argv)
     stoke_log_init("activator", level);
     signal(SIGPIPE, SIG_IGN);
 
-    struct activator a = {.loop = uv_default_loop()};
-    r = use_ctl ? ctl_new(a.loop, &ctl_addr, id, &a.ctl) : 0;
-    if (r < 0) {
-        stoke_error(NULL, r, "cannot start the controller channel");
-        return 1;
+    /* Static routes travel to each worker as a routes message, parsed
+     * there into the worker's own table. */
+    char *routes_line = NULL;
+    if (routes.n_routes > 0) {
+        routes_line = stoke_route_table_format(&routes);
+        if (!routes_line) {
+            stoke_route_table_done(&routes);
+            return 1;
+        }
     }
-    const struct proxy_hooks hooks = {.on_poke = on_poke, .on_drained = on_drained, .data = &a};
-    r = proxy_new(a.loop, &cfg, &hooks, &a.px);
-    if (r < 0) {
-        char addr[80];
-        stoke_addr_format(&cfg.listen, addr, sizeof(addr));
-        stoke_error(NULL, r, "cannot listen on %s", addr);
-        if (a.ctl)
-            ctl_close(a.ctl, NULL, NULL);
-        stoke_route_table_done(&routes);
-        uv_run(a.loop, UV_RUN_DEFAULT);
-        return 1;
-    }
-    if (a.ctl)
-        ctl_set_proxy(a.ctl, a.px);
-    if (routes.n_routes > 0)
-        proxy_set_routes(a.px, &routes); /* takes the table */
+    stoke_route_table_done(&routes);
 
-    uv_signal_init(a.loop, &a.sigint);
-    uv_signal_init(a.loop, &a.sigterm);
+    struct activator a = {.n_workers = workers};
+    a.workers = calloc(workers, sizeof(*a.workers));
+    if (!a.workers) {
+        free(routes_line);
+        return 1;
+    }
+    cfg.reuse_port = workers > 1;
+    int status = 0;
+    unsigned started = 0;
+    for (unsigned i = 0; i < workers; i++) {
+        struct worker *w = &a.workers[i];
+        w->cfg = &cfg;
+        w->ctl_addr = use_ctl ? &ctl_addr : NULL;
+        w->routes_line = routes_line;
+        if (workers > 1)
+            snprintf(w->id, sizeof(w->id), "%s-w%u", id, i);
+        else
+            snprintf(w->id, sizeof(w->id), "%s", id);
+        uv_sem_init(&w->started, 0);
+        r = uv_thread_create(&w->thread, worker_main, w);
+        if (r == 0) {
+            uv_sem_wait(&w->started);
+            started++;
+            r = w->err;
+        }
+        uv_sem_destroy(&w->started);
+        if (r < 0) {
+            char addr[80];
+            stoke_addr_format(&cfg.listen, addr, sizeof(addr));
+            stoke_error(NULL, r, "worker %u cannot start (listening on %s)", i, addr);
+            status = 1;
+            break;
+        }
+    }
+
+    uv_loop_t *main_loop = uv_default_loop();
+    uv_signal_init(main_loop, &a.sigint);
+    uv_signal_init(main_loop, &a.sigterm);
     a.sigint.data = &a;
     a.sigterm.data = &a;
-    uv_signal_start(&a.sigint, on_signal, SIGINT);
-    uv_signal_start(&a.sigterm, on_signal, SIGTERM);
-
-    char addr[80];
-    stoke_addr_format(&cfg.listen, addr, sizeof(addr));
-    stoke_info(NULL, "listening on %s", addr);
-    uv_run(a.loop, UV_RUN_DEFAULT);
-    r = uv_loop_close(a.loop);
+    a.n_workers = started;
+    if (status == 0) {
+        uv_signal_start(&a.sigint, on_signal, SIGINT);
+        uv_signal_start(&a.sigterm, on_signal, SIGTERM);
+        char addr[80];
+        stoke_addr_format(&cfg.listen, addr, sizeof(addr));
+        stoke_info(NULL, "listening on %s with %u worker%s", addr, workers,
+                   workers == 1 ? "" : "s");
+        uv_run(main_loop, UV_RUN_DEFAULT);
+    } else {
+        /* Stop the workers that did start. */
+        for (unsigned i = 0; i < started; i++)
+            uv_async_send(&a.workers[i].stop);
+        uv_close((uv_handle_t *)&a.sigint, NULL);
+        uv_close((uv_handle_t *)&a.sigterm, NULL);
+        uv_run(main_loop, UV_RUN_DEFAULT);
+    }
+    for (unsigned i = 0; i < started; i++)
+        uv_thread_join(&a.workers[i].thread);
+    r = uv_loop_close(main_loop);
     if (r < 0)
         stoke_warn(NULL, r, "loop closed with handles still open");
-    return 0;
+    free(a.workers);
+    free(routes_line);
+    return status;
 }

@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <llhttp.h>
 
@@ -1685,6 +1687,30 @@ static int on_resp_complete(llhttp_t *p)
 
 /* ---- setup and teardown ------------------------------------------------- */
 
+/* libuv 1.44 has no UV_TCP_REUSEPORT: the socket is made here, with
+ * SO_REUSEPORT set before bind, and handed to libuv. The kernel then spreads
+ * new connections over the workers' listeners. */
+static int bind_reuseport(uv_tcp_t *listener, const struct stoke_addr *a)
+{
+    int one = 1;
+    socklen_t len =
+        a->ss.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0 ||
+        bind(fd, (const struct sockaddr *)&a->ss, len) < 0) {
+        int e = -errno;
+        close(fd);
+        return e;
+    }
+    int r = uv_tcp_open(listener, fd);
+    if (r < 0)
+        close(fd);
+    return r;
+}
+
 int proxy_new(uv_loop_t *loop, const struct proxy_config *cfg, const struct proxy_hooks *hooks,
               struct proxy **ret)
 {
@@ -1724,7 +1750,9 @@ int proxy_new(uv_loop_t *loop, const struct proxy_config *cfg, const struct prox
     px->drain.data = px;
     px->handles = 2;
 
-    int r = uv_tcp_bind(&px->listener, (const struct sockaddr *)&cfg->listen.ss, 0);
+    int r = cfg->reuse_port
+                ? bind_reuseport(&px->listener, &cfg->listen)
+                : uv_tcp_bind(&px->listener, (const struct sockaddr *)&cfg->listen.ss, 0);
     if (r == 0)
         r = uv_listen((uv_stream_t *)&px->listener, 1024, on_accept);
     if (r < 0) {

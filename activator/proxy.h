@@ -28,6 +28,7 @@ struct proxy_config {
     uint64_t connect_timeout_ms; /* upstream connect */
     uint32_t max_connections;    /* client connections; over: closed at accept */
     uint32_t max_idle_upstream;  /* idle pooled connections per replica */
+    bool reuse_port;             /* SO_REUSEPORT: several workers share the port */
 };
 
 void proxy_config_defaults(struct proxy_config *cfg);

@@ -95,7 +95,7 @@ class Stoke:
     """A controller and an activator with their own functions directory,
     channel socket, data port and container label."""
 
-    def __init__(self, name, grace="30s", extra_controller_args=()):
+    def __init__(self, name, grace="30s", extra_controller_args=(), activator_args=()):
         self.instance = "e2e-%s-%d" % (name, os.getpid())
         self.tmp = tempfile.mkdtemp(prefix="stoke-e2e-")
         self.fndir = os.path.join(self.tmp, "functions")
@@ -105,6 +105,7 @@ class Stoke:
         self.procs = {}
         self.logs = {}
         self.extra = list(extra_controller_args)
+        self.activator_args = list(activator_args)
         _live.append(self)
 
     # -- processes --------------------------------------------------------
@@ -137,7 +138,7 @@ class Stoke:
         self._spawn("controller", self._controller_argv())
         self._spawn("activator", [
             os.path.join(BUILD, "stoke-activator"), "--listen", "127.0.0.1:%d" % self.port,
-            "--controller", self.ctl, "--log-level", "debug"])
+            "--controller", self.ctl, "--log-level", "debug"] + self.activator_args)
         self.wait_log("controller", '"ready: functions from', 30)
         self.wait_log("activator", "connected to the controller", 30)
         return self

@@ -7,7 +7,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import Stoke, run_tests  # noqa: E402
+from harness import Stoke, concurrent, run_tests  # noqa: E402
 
 
 def test_host_and_path_routing_and_404():
@@ -117,6 +117,20 @@ def test_replica_leaving_finishes_its_requests_in_flight():
     assert not any(c["Id"] in old for c in s.containers("slow"))
     r = s.fn_request("slow")
     assert r.status == 200 and "v2" in r.body, r
+    s.stop()
+
+
+def test_two_workers_share_the_port():
+    s = Stoke("workers", activator_args=["--workers", "2", "--id", "act"]).start()
+    s.wait_log("controller", "activator act-w1 connected", 10)
+    s.wait_log("controller", "activator act-w0 connected", 10)
+    s.write_spec("shared", scale={"min": 0, "initial": 0, "target": 1000000})
+    s.wait_log("activator", ": 1 functions", 10, count=2)
+    # Cold requests spread over both workers' queues: each pokes, one cold
+    # start serves them all.
+    results = concurrent(40, lambda i: s.fn_request("shared", "/w/%d" % i))
+    assert all(getattr(r, "status", None) == 200 for r in results), results[:5]
+    assert len(s.containers("shared")) == 1
     s.stop()
 
 
