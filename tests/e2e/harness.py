@@ -341,32 +341,51 @@ atexit.register(_cleanup)
 signal.signal(signal.SIGTERM, lambda *a: sys.exit(1))
 
 
-def run_tests(namespace):
+def run_tests(namespace, setup=None, teardown=None, after_each=None, need_image=True):
     """Runs every test_* function of the module, each with a fresh cleanup,
-    and prints 'N passed, N failed'. Exit status 1 on any failure."""
-    st, _ = engine("GET", "/images/%s/json" % urllib.parse.quote(IMAGE, safe=""))
-    if st != 200:
-        print("image %s is missing: run deploy/build-example.sh" % IMAGE)
-        sys.exit(1)
+    and prints 'N passed, N failed'. Exit status 1 on any failure.
+    `setup`/`teardown` run around all tests (a failure in either counts);
+    `after_each` returning False stops the run."""
+    if need_image:
+        st, _ = engine("GET", "/images/%s/json" % urllib.parse.quote(IMAGE, safe=""))
+        if st != 200:
+            print("image %s is missing: run deploy/build-example.sh" % IMAGE)
+            sys.exit(1)
     tests = [(k, v) for k, v in namespace.items() if k.startswith("test_") and callable(v)]
     only = sys.argv[1:]
     passed = failed = 0
-    for name, fn in tests:
-        if only and name not in only:
-            continue
-        t0 = time.time()
-        try:
-            fn()
-            passed += 1
-            print("PASS %s (%.1fs)" % (name, time.time() - t0), flush=True)
-        except Exception:  # noqa: BLE001 - any failure fails the test
-            failed += 1
-            print("FAIL %s (%.1fs)" % (name, time.time() - t0), flush=True)
-            traceback.print_exc()
-            for s in list(_live):
-                for log in s.logs:
-                    print("---- %s log ----\n%s" % (log, s.log(log)[-6000:]))
-        finally:
-            _cleanup()
+    try:
+        if setup:
+            setup()
+        for name, fn in tests:
+            if only and name not in only:
+                continue
+            t0 = time.time()
+            try:
+                fn()
+                passed += 1
+                print("PASS %s (%.1fs)" % (name, time.time() - t0), flush=True)
+            except Exception:  # noqa: BLE001 - any failure fails the test
+                failed += 1
+                print("FAIL %s (%.1fs)" % (name, time.time() - t0), flush=True)
+                traceback.print_exc()
+                for s in list(_live):
+                    for log in s.logs:
+                        print("---- %s log ----\n%s" % (log, s.log(log)[-6000:]))
+            finally:
+                _cleanup()
+            if after_each and not after_each():
+                break
+    except Exception:  # noqa: BLE001 - a setup failure fails the run
+        failed += 1
+        traceback.print_exc()
+    finally:
+        if teardown:
+            try:
+                teardown()
+            except Exception:  # noqa: BLE001 - sanitizer findings, bad exit
+                failed += 1
+                print("FAIL teardown")
+                traceback.print_exc()
     print("%d passed, %d failed" % (passed, failed))
     sys.exit(1 if failed or passed == 0 else 0)

@@ -35,9 +35,9 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import run_tests  # noqa: E402
 from upstream import BIG, Upstream  # noqa: E402
 
 BUILD = os.environ.get("STOKE_BUILD_DIR", os.path.join(os.path.dirname(__file__), "../../build"))
@@ -683,42 +683,15 @@ def test_many_bad_clients_then_healthy():
         act.fds(), _env["fds"], sorted(os.listdir("/proc/%d/fd" % act.proc.pid)))
 
 
-def run_tests(namespace):
-    tests = [(k, v) for k, v in namespace.items() if k.startswith("test_") and callable(v)]
-    only = sys.argv[1:]
-    passed = failed = 0
-    try:
-        setup()
-        for name, fn in tests:
-            if only and name not in only:
-                continue
-            t0 = time.time()
-            try:
-                fn()
-                passed += 1
-                print("PASS %s (%.1fs)" % (name, time.time() - t0), flush=True)
-            except Exception:  # noqa: BLE001 - any failure fails the test
-                failed += 1
-                print("FAIL %s (%.1fs)" % (name, time.time() - t0), flush=True)
-                traceback.print_exc()
-            act = _env.get("act")
-            if act and not act.alive():
-                print("activator died:\n" + act.log()[-6000:])
-                break
-    except Exception:  # noqa: BLE001 - setup failure
-        failed += 1
-        traceback.print_exc()
-    finally:
-        try:
-            teardown()
-        except Exception:  # noqa: BLE001 - sanitizer findings, bad exit
-            failed += 1
-            print("FAIL teardown")
-            traceback.print_exc()
-    print("%d cases in the battery" % len(CASES))
-    print("%d passed, %d failed" % (passed, failed))
-    sys.exit(1 if failed or passed == 0 else 0)
+def _activator_alive():
+    act = _env.get("act")
+    if act and not act.alive():
+        print("activator died:\n" + act.log()[-6000:])
+        return False
+    return True
 
 
 if __name__ == "__main__":
-    run_tests(globals())
+    print("%d cases in the battery" % len(CASES))
+    run_tests(globals(), setup=setup, teardown=teardown, after_each=_activator_alive,
+              need_image=False)
