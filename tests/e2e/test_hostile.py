@@ -37,7 +37,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import run_tests  # noqa: E402
+from harness import free_port, run_tests  # noqa: E402
 from upstream import BIG, Upstream  # noqa: E402
 
 BUILD = os.environ.get("STOKE_BUILD_DIR", os.path.join(os.path.dirname(__file__), "../../build"))
@@ -49,14 +49,6 @@ HEADER_TIMEOUT = 1.0
 WAIT = 10.0
 
 _procs = []  # activator processes this file started
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 class Activator:
