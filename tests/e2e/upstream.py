@@ -33,6 +33,7 @@ class Upstream:
         self.requests = []   # (connection number, exact bytes) in arrival order
         self.leftovers = []  # bytes of connections closed mid-request
         self.conns = 0
+        self.open = 0  # connections currently open (the activator's pool)
         self.closed = False
         self.threads = []
         t = threading.Thread(target=self._accept, daemon=True)
@@ -64,6 +65,7 @@ class Upstream:
                 return
             with self.lock:
                 self.conns += 1
+                self.open += 1
                 n = self.conns
             t = threading.Thread(target=self._serve, args=(conn, n), daemon=True)
             t.start()
@@ -107,6 +109,8 @@ class Upstream:
                 conn.close()
             except OSError:
                 pass
+            with self.lock:
+                self.open -= 1
 
     def _answer(self, conn, req):
         """Answers one request; False when the connection is to close."""
