@@ -42,27 +42,29 @@ struct activator {
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: stoke-activator [options]\n"
-               "  --listen ADDR            data port (default 127.0.0.1:8080)\n"
-               "  --controller ADDR        controller channel, unix:/path or IP:port, or none\n"
-               "                           (default " DEFAULT_CONTROLLER ")\n"
-               "  --route NAME=IP:PORT[,IP:PORT...]\n"
-               "                           a fixed route (repeatable), used until a\n"
-               "                           controller sends its table; for benchmarks and\n"
-               "                           tests with --controller none\n"
-               "  --domain DOMAIN          route Host <name>.DOMAIN (default localhost)\n"
-               "  --id NAME                this activator's name (default activator-<pid>)\n"
-               "  --max-header-bytes N     request head limit, 431 past it (default 16384)\n"
-               "  --max-body-bytes N       request body limit, 413 past it (default 16777216)\n"
-               "  --max-connections N      client connections (default 10000)\n"
-               "  --header-timeout DUR     time to read a request head (default 10s)\n"
-               "  --idle-timeout DUR       keep-alive idle time (default 60s)\n"
-               "  --connect-timeout DUR    replica connect time (default 2s)\n"
-               "  --workers N              event-loop threads sharing the port (SO_REUSEPORT),\n"
-               "                           each with its own upstream pools (default 1)\n"
-               "  --log-level LEVEL        debug, info, warn, error (default info)\n"
-               "  -h, --help\n"
-               "DUR is like 250ms, 10s, 1m.\n");
+    fprintf(
+        f,
+        "usage: stoke-activator [options]\n"
+        "  --listen ADDR            data port (default 127.0.0.1:8080)\n"
+        "  --controller ADDR        controller channel, unix:/path or IP:port, or none\n"
+        "                           (default " DEFAULT_CONTROLLER ")\n"
+        "  --route NAME=IP:PORT[,IP:PORT...]\n"
+        "                           a fixed route (repeatable), used until a\n"
+        "                           controller sends its table; for benchmarks and\n"
+        "                           tests with --controller none\n"
+        "  --domain DOMAIN          route Host <name>.DOMAIN (default localhost)\n"
+        "  --id NAME                this activator's name (default activator-<pid>)\n"
+        "  --max-header-bytes N     request head limit, 431 past it (default 16384)\n"
+        "  --max-body-bytes N       request body limit, 413 past it; 0: none (default 16777216)\n"
+        "  --max-connections N      client connections (default 10000)\n"
+        "  --header-timeout DUR     time to read a request head (default 10s)\n"
+        "  --idle-timeout DUR       keep-alive idle time (default 60s)\n"
+        "  --connect-timeout DUR    replica connect time (default 2s)\n"
+        "  --workers N              event-loop threads sharing the port (SO_REUSEPORT),\n"
+        "                           each with its own upstream pools (default 1)\n"
+        "  --log-level LEVEL        debug, info, warn, error (default info)\n"
+        "  -h, --help\n"
+        "DUR is like 250ms, 10s, 1m.\n");
 }
 
 static void on_poke(const char *fn, void *data)
@@ -276,8 +278,9 @@ int main(int argc, char **argv)
         case O_MAXHDR:
             r = parse_size(optarg, &cfg.max_header_bytes);
             break;
-        case O_MAXBODY:
-            r = parse_size(optarg, &cfg.max_body_bytes);
+        case O_MAXBODY: /* 0: no limit (bodies stream in constant memory) */
+            r = strcmp(optarg, "0") == 0 ? (cfg.max_body_bytes = 0, 0)
+                                         : parse_size(optarg, &cfg.max_body_bytes);
             break;
         case O_MAXCONN:
             r = parse_size(optarg, &sz);

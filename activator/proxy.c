@@ -1,6 +1,7 @@
 #include "proxy.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +20,8 @@
 #define WRITE_HIGH_WATER (1 << 20)    /* stop reading upstream past this much unsent */
 #define MAX_TRIES 3                   /* sends of one request before 502 */
 #define MAX_PENDING_INPUT (64 * 1024) /* pipelined bytes held while busy */
+#define BODY_HOLD (256 * 1024)        /* request body read before it streams on */
+#define REQUEST_ID_MAX 128            /* longest X-Request-Id passed on as it came */
 
 struct proxy;
 struct fn;
@@ -61,9 +64,10 @@ struct fn {
 enum client_state {
     C_IDLE,     /* between requests (idle timer) */
     C_HEAD,     /* reading the request head (header timer) */
-    C_BODY,     /* reading the request body (header timer, per read) */
+    C_BODY,     /* head read, being routed (transient) */
     C_QUEUED,   /* waiting for a replica (queue timer) */
     C_UPSTREAM, /* sent on; response streaming (request deadline) */
+    C_TUNNEL,   /* after a 101: bytes pass both ways untouched */
     C_FLUSH,    /* final bytes written, close when they are flushed */
     C_CLOSED,
 };
@@ -72,7 +76,8 @@ struct upstream;
 
 struct client {
     uv_tcp_t tcp;
-    uv_timer_t timer;
+    uv_timer_t timer;      /* header, idle, queue or deadline: see the states */
+    uv_timer_t body_timer; /* the longest pause while a request body streams in */
     int handles;
     struct proxy *px;
     struct stoke_list node;  /* px->clients */
@@ -89,13 +94,19 @@ struct client {
     char ip[64];
 
     /* The request being read. */
-    struct stoke_buf url, field, value, headers, host, xff, body;
+    struct stoke_buf url, field, value, headers, host, xff, upgrade;
     struct stoke_buf conn_tokens; /* Connection values, comma-separated */
+    char request_id[REQUEST_ID_MAX + 1];
     size_t head_bytes;
+    uint64_t body_bytes;     /* received so far */
+    uint64_t content_length; /* as declared (llhttp counts its copy down) */
     int error_status;
     bool expect_continue;
     bool chunked_seen; /* a valid Transfer-Encoding header was read */
     bool keep_alive;
+    bool dispatched; /* routed; the body (if any) streams on as it comes */
+    bool in_body;    /* body bytes still to come from the client */
+    bool has_body;   /* the request has a body, even an empty chunked one */
     uint8_t method;
     uint8_t http_minor;
 
@@ -103,10 +114,21 @@ struct client {
     struct fn *fn;
     struct endpoint *ep;
     struct upstream *up;
-    struct stoke_buf out; /* the request as sent upstream, kept for retries */
+    /* The request for the replica. A body is held (de-chunked) until it is
+     * complete, and then sent with a Content-Length, or until it passes
+     * BODY_HOLD, and then it streams on with the client's framing: so a
+     * small request is checked whole before a replica sees a byte of it,
+     * and a large one passes in constant memory. See request_pump(). */
+    struct stoke_buf out;  /* the head, less framing and the blank line */
+    struct stoke_buf hold; /* body bytes not sent yet (or kept for a retry) */
+    bool head_sent;        /* on c->up */
+    bool streaming;        /* the body goes on as it comes */
+    bool last_sent;        /* the end of a streamed chunked body */
+    bool retry_lost;       /* streamed bytes are gone: no retry */
     int tries;
     bool response_started;
     bool close_after;
+    bool tunnel_eof; /* the client half-closed its side of the tunnel */
 };
 
 struct upstream {
@@ -126,7 +148,9 @@ struct upstream {
     bool reading;
     bool done;
     bool rechunk;
-    struct stoke_buf reason, field, value, head;
+    bool has_request_id; /* the response carries its own X-Request-Id */
+    bool tunnel_eof;     /* the replica half-closed its side of the tunnel */
+    struct stoke_buf reason, field, value, head, upgrade;
 };
 
 struct proxy {
@@ -147,6 +171,8 @@ struct proxy {
     uint32_t n_clients;
     struct stoke_list kicks;
     unsigned rr;
+    uint64_t request_seq;
+    char request_id_base[24]; /* random: ids differ across workers and restarts */
     llhttp_settings_t req_settings;
     llhttp_settings_t resp_settings;
 };
@@ -565,15 +591,18 @@ static void on_idle_timeout(uv_timer_t *t);
  * next request (the request was read whole). */
 static void send_error(struct client *c, int status, bool close_conn)
 {
-    char head[256], body[128];
+    char head[256 + REQUEST_ID_MAX], body[128];
     int bl = snprintf(body, sizeof(body), "%d %s\n", status, status_reason(status));
-    if (!c->keep_alive)
+    /* Unread body bytes would be taken for the next request. */
+    if (!c->keep_alive || c->in_body)
         close_conn = true;
     int hl = snprintf(head, sizeof(head),
                       "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
-                      "%s%s\r\n",
+                      "%s%s%s%s%s\r\n",
                       status, status_reason(status), bl, status == 503 ? "Retry-After: 1\r\n" : "",
-                      close_conn ? "Connection: close\r\n" : "");
+                      close_conn ? "Connection: close\r\n" : "",
+                      c->request_id[0] ? "X-Request-Id: " : "", c->request_id,
+                      c->request_id[0] ? "\r\n" : "");
     uv_buf_t parts[2] = {uv_buf_init(head, (unsigned)hl), uv_buf_init(body, (unsigned)bl)};
     bool head_only = c->method == HTTP_HEAD;
     client_abort_upstream(c);
@@ -640,15 +669,17 @@ static int on_req_value(llhttp_t *p, const char *at, size_t len)
 }
 
 /* Headers that describe one connection, not the message: never forwarded
- * (RFC 9110 7.6.1). Content-Length and Expect are dropped too: the body is
- * read whole here and sent on with its own length. The client's
- * X-Forwarded-Proto/-Host are replaced by ours. */
+ * (RFC 9110 7.6.1). Content-Length and Expect are dropped too: the body goes
+ * on with framing set here, and 100 Continue is answered here. The
+ * client's X-Forwarded-Proto/-Host are replaced by ours; X-Request-Id is
+ * checked and sent on by build_upstream_request(). */
 static bool is_dropped_request_header(const char *name, size_t len)
 {
     static const char *const names[] = {
-        "connection", "keep-alive",        "proxy-connection", "te",
-        "trailer",    "transfer-encoding", "upgrade",          "content-length",
-        "expect",     "x-forwarded-proto", "x-forwarded-host", "proxy-authorization",
+        "connection",   "keep-alive",        "proxy-connection", "te",
+        "trailer",      "transfer-encoding", "upgrade",          "content-length",
+        "expect",       "x-forwarded-proto", "x-forwarded-host", "proxy-authorization",
+        "x-request-id",
     };
     for (size_t i = 0; i < STOKE_ARRAY_SIZE(names); i++) {
         if (stoke_strieq(name, len, names[i]))
@@ -708,9 +739,9 @@ static int on_req_header_done(llhttp_t *p)
     const char *val = c->value.data ? c->value.data : "";
     int r = 0;
 
-    if (c->state == C_BODY) {
-        /* A trailer of a chunked body: not forwarded, since the body goes
-         * on with a Content-Length and a trailer must not pass as a header. */
+    if (c->dispatched) {
+        /* A trailer of a chunked body: not forwarded (the head is gone
+         * already, and nothing declared it). */
         stoke_buf_clear(&c->field);
         stoke_buf_clear(&c->value);
         return 0;
@@ -744,6 +775,14 @@ static int on_req_header_done(llhttp_t *p)
         c->chunked_seen = true;
     } else if (stoke_strieq(name, nl, "connection")) {
         r = stoke_buf_printf(&c->conn_tokens, "%s%s", c->conn_tokens.len ? "," : "", val);
+    } else if (stoke_strieq(name, nl, "upgrade")) {
+        r = stoke_buf_printf(&c->upgrade, "%s%s", c->upgrade.len ? ", " : "", val);
+    } else if (stoke_strieq(name, nl, "x-request-id")) {
+        /* Kept when it is a plain token of sane length; else ours replaces
+         * it, so a log line or header never carries what a client made up
+         * to confuse them. */
+        if (c->value.len <= REQUEST_ID_MAX && is_token(val, c->value.len) && !c->request_id[0])
+            memcpy(c->request_id, val, c->value.len + 1);
     } else if (!is_dropped_request_header(name, nl)) {
         r = stoke_buf_printf(&c->headers, "%s: %s\r\n", name, val);
     }
@@ -784,36 +823,133 @@ static int on_req_headers_complete(llhttp_t *p)
         c->error_status = 400;
         return -1;
     }
-    if (p->content_length > c->px->cfg.max_body_bytes && !(p->flags & F_CHUNKED)) {
+    uint64_t limit = c->px->cfg.max_body_bytes;
+    if (limit && p->content_length > limit && !(p->flags & F_CHUNKED)) {
         c->error_status = 413;
         return -1;
     }
-    if (c->expect_continue && (p->content_length > 0 || (p->flags & F_CHUNKED))) {
-        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
-        if (client_write(c, cont, sizeof(cont) - 1) < 0)
-            return -1;
+    c->keep_alive = llhttp_should_keep_alive(p);
+    uv_timer_stop(&c->timer);
+    c->content_length = p->content_length;
+    c->has_body = (p->flags & F_CHUNKED) || p->content_length > 0;
+    if (!c->has_body)
+        return 0; /* routed once complete, see client_parse() */
+    /* Routed now; the body follows as it arrives (client_parse()). */
+    c->in_body = true;
+    uint64_t t = c->px->cfg.header_timeout_ms;
+    uv_timer_start(&c->body_timer, on_idle_timeout, t, t);
+    return HPE_PAUSED;
+}
+
+static void client_stop_reading(struct client *c)
+{
+    if (!c->read_stopped) {
+        c->read_stopped = true;
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        uv_timer_stop(&c->body_timer); /* waiting on us, not on the client */
     }
-    timer_start(c, on_idle_timeout, c->px->cfg.header_timeout_ms);
-    return 0;
+}
+
+static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
+static void client_resume_reading(struct client *c)
+{
+    if (c->read_stopped && c->state != C_CLOSED && c->state != C_FLUSH) {
+        c->read_stopped = false;
+        uv_read_start((uv_stream_t *)&c->tcp, stoke_uv_alloc, on_client_read);
+        uint64_t t = c->px->cfg.header_timeout_ms;
+        if (c->in_body)
+            uv_timer_start(&c->body_timer, on_idle_timeout, t, t);
+    }
+}
+
+static int upstream_writev(struct upstream *up, const uv_buf_t *parts, size_t n);
+
+/* Moves the request on to the replica as far as it can go: nothing before
+ * a connection is ready; the head with the whole held body once it is
+ * complete (or BODY_HOLD passed); then streamed body bytes as they come.
+ * Returns 0 or a negative errno. */
+static int request_pump(struct client *c)
+{
+    struct upstream *up = c->up;
+    if (!up || !up->connected)
+        return 0;
+    uv_buf_t parts[5];
+    size_t n = 0;
+    char framing[64];
+    bool complete = !c->in_body;
+    if (!c->head_sent) {
+        if (!complete && c->hold.len <= BODY_HOLD)
+            return 0;
+        c->head_sent = true;
+        c->streaming = !complete;
+        int fl = 0;
+        if (c->chunked_seen && c->streaming)
+            fl = snprintf(framing, sizeof(framing), "Transfer-Encoding: chunked\r\n\r\n");
+        else if (c->chunked_seen)
+            fl = snprintf(framing, sizeof(framing), "Content-Length: %zu\r\n\r\n", c->hold.len);
+        else if (c->has_body || c->method == HTTP_POST || c->method == HTTP_PUT ||
+                 c->method == HTTP_PATCH)
+            fl = snprintf(framing, sizeof(framing), "Content-Length: %" PRIu64 "\r\n\r\n",
+                          c->content_length);
+        else
+            fl = snprintf(framing, sizeof(framing), "\r\n");
+        parts[n++] = uv_buf_init(c->out.data, (unsigned)c->out.len);
+        parts[n++] = uv_buf_init(framing, (unsigned)fl);
+        if (!c->streaming && c->hold.len)
+            parts[n++] = uv_buf_init(c->hold.data, (unsigned)c->hold.len);
+    }
+    char size[24];
+    if (c->streaming && c->hold.len) {
+        if (c->chunked_seen) {
+            int sl = snprintf(size, sizeof(size), "%zx\r\n", c->hold.len);
+            parts[n++] = uv_buf_init(size, (unsigned)sl);
+        }
+        parts[n++] = uv_buf_init(c->hold.data, (unsigned)c->hold.len);
+        if (c->chunked_seen)
+            parts[n++] = uv_buf_init("\r\n", 2);
+    }
+    if (c->streaming && complete && !c->last_sent) {
+        c->last_sent = true;
+        if (c->chunked_seen)
+            parts[n++] = uv_buf_init("0\r\n\r\n", 5);
+    }
+    if (n == 0)
+        return 0;
+    int r = upstream_writev(up, parts, n);
+    if (c->streaming) {
+        /* What streamed is gone: a failure from here on is a 502. The held
+         * bytes of a complete body stay for a retry instead. */
+        c->retry_lost = true;
+        stoke_buf_clear(&c->hold);
+    }
+    return r;
 }
 
 static int on_req_body(llhttp_t *p, const char *at, size_t len)
 {
     struct client *c = parser_client(p);
-    if (stoke_buf_append(&c->body, at, len) < 0) {
+    uint64_t limit = c->px->cfg.max_body_bytes;
+    c->body_bytes += len;
+    if (limit && c->body_bytes > limit) {
         c->error_status = 413;
         return -1;
     }
-    /* The header timeout also bounds each pause in the body (slow senders). */
-    timer_start(c, on_idle_timeout, c->px->cfg.header_timeout_ms);
+    uv_timer_again(&c->body_timer);
+    if (stoke_buf_append(&c->hold, at, len) < 0) {
+        c->error_status = 413;
+        return -1;
+    }
     return 0;
 }
 
 static int on_req_complete(llhttp_t *p)
 {
     struct client *c = parser_client(p);
-    c->keep_alive = llhttp_should_keep_alive(p);
-    uv_timer_stop(&c->timer);
+    if (c->in_body) {
+        c->in_body = false;
+        uv_timer_stop(&c->body_timer);
+    }
     return HPE_PAUSED;
 }
 
@@ -826,12 +962,22 @@ static void request_reset(struct client *c)
     stoke_buf_clear(&c->host);
     stoke_buf_clear(&c->xff);
     stoke_buf_clear(&c->conn_tokens);
-    stoke_buf_done(&c->body);
+    stoke_buf_clear(&c->upgrade);
     stoke_buf_done(&c->out);
+    stoke_buf_done(&c->hold);
+    c->head_sent = false;
+    c->streaming = false;
+    c->last_sent = false;
+    c->retry_lost = false;
+    c->request_id[0] = '\0';
     c->head_bytes = 0;
+    c->body_bytes = 0;
     c->error_status = 0;
     c->expect_continue = false;
     c->chunked_seen = false;
+    c->dispatched = false;
+    c->in_body = false;
+    c->has_body = false;
     c->method = HTTP_GET;
     c->tries = 0;
     c->response_started = false;
@@ -858,8 +1004,9 @@ static void on_client_handle_closed(uv_handle_t *h)
     stoke_buf_done(&c->host);
     stoke_buf_done(&c->xff);
     stoke_buf_done(&c->conn_tokens);
-    stoke_buf_done(&c->body);
+    stoke_buf_done(&c->upgrade);
     stoke_buf_done(&c->out);
+    stoke_buf_done(&c->hold);
     free(c);
     proxy_handle_closed(px);
 }
@@ -915,6 +1062,7 @@ static void client_close(struct client *c)
     c->state = C_CLOSED;
     stoke_list_remove(&c->node);
     c->px->n_clients--;
+    uv_close((uv_handle_t *)&c->body_timer, on_client_handle_closed);
     uv_close((uv_handle_t *)&c->timer, on_client_handle_closed);
     uv_close((uv_handle_t *)&c->tcp, on_client_handle_closed);
 }
@@ -922,16 +1070,23 @@ static void client_close(struct client *c)
 static void on_idle_timeout(uv_timer_t *t)
 {
     struct client *c = t->data;
-    if (c->state == C_HEAD || c->state == C_BODY) {
-        /* A slow sender: answer 408-style by closing; nothing was sent on. */
-        stoke_debug(NULL, "client timed out reading a request");
+    if (c->state == C_HEAD || c->in_body) {
+        /* A slow sender: closed, and a replica that got part of the
+         * request sees its connection close too. */
+        stoke_debug(NULL, "client timed out sending a request");
     }
     client_close(c);
 }
 
+static void tunnel_client_read(struct client *c, ssize_t nread, const uv_buf_t *buf);
+
 static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     struct client *c = s->data;
+    if (c->state == C_TUNNEL) {
+        tunnel_client_read(c, nread, buf);
+        return;
+    }
     if (nread < 0) {
         /* EOF or error: a client that left while its request waited or was
          * in flight is not answered; its replica slot is released. */
@@ -940,8 +1095,19 @@ static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     if (nread > 0) {
-        if (c->state == C_IDLE || c->state == C_HEAD || c->state == C_BODY) {
+        if (c->state == C_IDLE || c->state == C_HEAD ||
+            (c->in_body && (c->state == C_QUEUED || c->state == C_UPSTREAM))) {
             client_parse(c, buf->base, (size_t)nread);
+            if (c->in_body && c->state != C_CLOSED && request_pump(c) < 0) {
+                send_error(c, 502, true);
+            } else if (c->in_body && c->state != C_CLOSED &&
+                       (c->hold.len > BODY_HOLD ||
+                        (c->up && uv_stream_get_write_queue_size((uv_stream_t *)&c->up->tcp) >
+                                      WRITE_HIGH_WATER))) {
+                /* Backpressure: the replica, or the wait for one, holds
+                 * enough of this body for now. */
+                client_stop_reading(c);
+            }
         } else if (c->state != C_FLUSH && c->state != C_CLOSED) {
             /* Pipelined bytes while a request is busy: hold them, bounded. */
             if (stoke_buf_append(&c->in, buf->base, (size_t)nread) < 0 ||
@@ -968,15 +1134,26 @@ static void client_parse(struct client *c, const char *data, size_t len)
     if (err == HPE_PAUSED) {
         const char *pos = llhttp_get_error_pos(&c->parser);
         size_t used = pos ? (size_t)(pos - data) : len;
+        if (!c->dispatched && c->in_body) {
+            /* The head of a request with a body: route it, then stream the
+             * body to wherever it went (an error answer closes). */
+            dispatch(c);
+            if (c->state != C_QUEUED && c->state != C_UPSTREAM)
+                return;
+            llhttp_resume(&c->parser);
+            if (used < len)
+                client_parse(c, data + used, len - used);
+            return;
+        }
+        /* A request is complete: what follows waits for its answer. */
         if (used < len && stoke_buf_append(&c->in, data + used, len - used) < 0) {
             client_close(c);
             return;
         }
-        dispatch(c);
-        return;
-    }
-    if (err == HPE_PAUSED_UPGRADE) {
-        send_error(c, 501, true); /* WebSocket tunnels are not supported yet */
+        if (!c->dispatched)
+            dispatch(c);
+        else if (request_pump(c) < 0)
+            send_error(c, 502, true);
         return;
     }
     int status = c->error_status ? c->error_status : 400;
@@ -1025,9 +1202,11 @@ static void on_accept(uv_stream_t *server, int status)
     c->px = px;
     uv_tcp_init(px->loop, &c->tcp);
     uv_timer_init(px->loop, &c->timer);
+    uv_timer_init(px->loop, &c->body_timer);
     c->tcp.data = c;
     c->timer.data = c;
-    c->handles = 2;
+    c->body_timer.data = c;
+    c->handles = 3;
     px->handles++;
     stoke_list_init(&c->qnode);
     stoke_list_insert_tail(&px->clients, &c->node);
@@ -1042,8 +1221,11 @@ static void on_accept(uv_stream_t *server, int status)
     stoke_buf_init(&c->host, px->cfg.max_header_bytes);
     stoke_buf_init(&c->xff, px->cfg.max_header_bytes + 64);
     stoke_buf_init(&c->conn_tokens, px->cfg.max_header_bytes);
-    stoke_buf_init(&c->body, px->cfg.max_body_bytes);
-    stoke_buf_init(&c->out, 4 * px->cfg.max_header_bytes + px->cfg.max_body_bytes);
+    stoke_buf_init(&c->upgrade, px->cfg.max_header_bytes);
+    stoke_buf_init(&c->out, 4 * px->cfg.max_header_bytes);
+    /* Reading stops past BODY_HOLD, so the held pipelined input (parsed in
+     * one go) fits on top of it. */
+    stoke_buf_init(&c->hold, BODY_HOLD + MAX_PENDING_INPUT + 4 * 65536);
     request_reset(c);
     llhttp_init(&c->parser, HTTP_REQUEST, &px->req_settings);
     c->parser.data = c;
@@ -1167,6 +1349,10 @@ static int build_upstream_request(struct client *c, const char *fn_name, const c
                                   size_t path_len)
 {
     struct stoke_buf *o = &c->out;
+    struct proxy *px = c->px;
+    if (!c->request_id[0])
+        snprintf(c->request_id, sizeof(c->request_id), "%s%016" PRIx64, px->request_id_base,
+                 ++px->request_seq);
     int r = stoke_buf_printf(o, "%s %s%.*s HTTP/1.1\r\n", llhttp_method_name(c->method),
                              (path_len == 0 || path[0] != '/') ? "/" : "", (int)path_len, path);
     if (r == 0 && c->host.len)
@@ -1176,18 +1362,16 @@ static int build_upstream_request(struct client *c, const char *fn_name, const c
     if (r == 0)
         r = append_headers(c, o);
     if (r == 0)
-        r = stoke_buf_printf(o, "X-Forwarded-For: %s%s%s\r\nX-Forwarded-Proto: http\r\n",
-                             c->xff.len ? c->xff.data : "", c->xff.len ? ", " : "", c->ip);
-    bool has_body = c->body.len > 0 || c->method == HTTP_POST || c->method == HTTP_PUT ||
-                    c->method == HTTP_PATCH;
-    if (r == 0 && has_body)
-        r = stoke_buf_printf(o, "Content-Length: %zu\r\n", c->body.len);
-    if (r == 0)
-        r = stoke_buf_append(o, "\r\n", 2);
-    if (r == 0 && c->body.len)
-        r = stoke_buf_append(o, c->body.data, c->body.len);
-    stoke_buf_done(&c->body);
-    return r;
+        r = stoke_buf_printf(o,
+                             "X-Forwarded-For: %s%s%s\r\nX-Forwarded-Proto: http\r\n"
+                             "X-Request-Id: %s\r\n",
+                             c->xff.len ? c->xff.data : "", c->xff.len ? ", " : "", c->ip,
+                             c->request_id);
+    /* An upgrade (WebSocket) is asked of the replica as the client asked
+     * it; a 101 answer turns both connections into a tunnel. */
+    if (r == 0 && c->parser.upgrade && c->upgrade.len)
+        r = stoke_buf_printf(o, "Connection: upgrade\r\nUpgrade: %s\r\n", c->upgrade.data);
+    return r; /* framing and the blank line: request_pump() */
 }
 
 static void dispatch(struct client *c)
@@ -1198,6 +1382,7 @@ static void dispatch(struct client *c)
     char lname[STOKE_NAME_MAX + 1];
 
     c->state = C_BODY; /* not idle: held bytes wait until this request ends */
+    c->dispatched = true;
     if (stoke_route_match(c->host.data, c->host.len, c->url.data ? c->url.data : "", c->url.len,
                           px->cfg.domain, &name, &name_len, &path, &path_len) < 0 ||
         name_len > STOKE_NAME_MAX) {
@@ -1215,6 +1400,14 @@ static void dispatch(struct client *c)
     if (build_upstream_request(c, lname, path, path_len) < 0) {
         send_error(c, 431, true);
         return;
+    }
+    if (c->expect_continue && c->in_body) {
+        /* Routed: the client may send the body now (RFC 9110 10.1.1). */
+        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        if (client_write(c, cont, sizeof(cont) - 1) < 0) {
+            client_close(c);
+            return;
+        }
     }
     fn->refs++;
     c->fn = fn;
@@ -1271,6 +1464,7 @@ static void on_upstream_handle_closed(uv_handle_t *h)
     stoke_buf_done(&up->field);
     stoke_buf_done(&up->value);
     stoke_buf_done(&up->head);
+    stoke_buf_done(&up->upgrade);
     endpoint_unref(up->ep);
     free(up);
     proxy_handle_closed(px);
@@ -1297,39 +1491,71 @@ static void on_upstream_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 
 static void upstream_resume(struct upstream *up)
 {
-    if (!up->reading && !up->closing) {
+    if (!up->reading && !up->closing && !up->tunnel_eof) {
         up->reading = true;
         uv_read_start((uv_stream_t *)&up->tcp, stoke_uv_alloc, on_upstream_read);
     }
 }
 
+struct uwreq {
+    uv_write_t req;
+    char data[];
+};
+
 static void on_upstream_written(uv_write_t *req, int status)
 {
     struct upstream *up = req->data;
-    free(req);
-    if (status < 0 && !up->closing)
+    free(stoke_container_of(req, struct uwreq, req));
+    if (up->closing)
+        return;
+    if (status < 0) {
         upstream_failed(up, status);
+        return;
+    }
+    /* The client waits while the replica is behind on its body or, in a
+     * tunnel, on anything it sent. */
+    struct client *c = up->c;
+    if (c && c->read_stopped && (c->in_body || c->state == C_TUNNEL) &&
+        uv_stream_get_write_queue_size((uv_stream_t *)&up->tcp) < WRITE_HIGH_WATER / 2)
+        client_resume_reading(c);
+}
+
+/* Queues a copy of `n` pieces as one write to the replica. Returns 0 or a
+ * negative errno. */
+static int upstream_writev(struct upstream *up, const uv_buf_t *parts, size_t n)
+{
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++)
+        total += parts[i].len;
+    struct uwreq *w = malloc(sizeof(*w) + total);
+    if (!w)
+        return -ENOMEM;
+    size_t off = 0;
+    for (size_t i = 0; i < n; i++) {
+        memcpy(w->data + off, parts[i].base, parts[i].len);
+        off += parts[i].len;
+    }
+    w->req.data = up;
+    uv_buf_t b = uv_buf_init(w->data, (unsigned)total);
+    int r = uv_write(&w->req, (uv_stream_t *)&up->tcp, &b, 1, on_upstream_written);
+    if (r < 0)
+        free(w);
+    return r;
 }
 
 static void upstream_start_request(struct upstream *up)
 {
     struct client *c = up->c;
-    uv_write_t *w = malloc(sizeof(*w));
-    if (!w) {
-        upstream_failed(up, -ENOMEM);
-        return;
-    }
-    w->data = up;
     llhttp_init(&up->parser, HTTP_RESPONSE, &up->px->resp_settings);
     up->parser.data = up;
     up->got_bytes = false;
     up->done = false;
     up->rechunk = false;
+    up->has_request_id = false;
     stoke_buf_clear(&up->head);
-    uv_buf_t b = uv_buf_init(c->out.data, (unsigned)c->out.len);
-    int r = uv_write(w, (uv_stream_t *)&up->tcp, &b, 1, on_upstream_written);
+    c->head_sent = false;
+    int r = request_pump(c);
     if (r < 0) {
-        free(w);
         upstream_failed(up, r);
         return;
     }
@@ -1380,6 +1606,7 @@ static struct upstream *upstream_new(struct proxy *px, struct endpoint *ep)
     stoke_buf_init(&up->field, px->cfg.max_header_bytes * 4);
     stoke_buf_init(&up->value, px->cfg.max_header_bytes * 4);
     stoke_buf_init(&up->head, px->cfg.max_header_bytes * 4);
+    stoke_buf_init(&up->upgrade, px->cfg.max_header_bytes);
     return up;
 }
 
@@ -1438,7 +1665,8 @@ static void upstream_failed(struct upstream *up, int err)
 {
     struct client *c = up->c;
     bool not_sent = !up->connected;
-    bool retry_ok = !up->got_bytes && (not_sent || (up->reused && c && is_idempotent(c->method)));
+    bool retry_ok = !up->got_bytes && c && !c->retry_lost &&
+                    (not_sent || (up->reused && is_idempotent(c->method)));
     struct endpoint *ep = up->ep;
     upstream_close(up);
     if (!c)
@@ -1500,11 +1728,112 @@ static void response_done(struct upstream *up, bool reusable)
     client_finish_request(c);
 }
 
+/* ---- tunnels (after a 101) ---------------------------------------------- */
+
+static void on_shutdown(uv_shutdown_t *req, int status)
+{
+    (void)status;
+    free(req);
+}
+
+/* Passes one side's end of stream to the other; both ended: closed once
+ * the last bytes are written. */
+static void tunnel_half_close(struct client *c, uv_stream_t *from, uv_stream_t *to)
+{
+    uv_read_stop(from);
+    if (c->tunnel_eof && c->up && c->up->tunnel_eof) {
+        client_close_after_flush(c);
+        return;
+    }
+    uv_shutdown_t *req = malloc(sizeof(*req));
+    if (!req || uv_shutdown(req, to, on_shutdown) < 0) {
+        free(req);
+        client_close(c);
+    }
+}
+
+static void tunnel_client_read(struct client *c, ssize_t nread, const uv_buf_t *buf)
+{
+    struct upstream *up = c->up;
+    if (nread == UV_EOF && up) {
+        free(buf->base);
+        c->tunnel_eof = true;
+        c->read_stopped = true;
+        tunnel_half_close(c, (uv_stream_t *)&c->tcp, (uv_stream_t *)&up->tcp);
+        return;
+    }
+    if (nread < 0 || !up) {
+        free(buf->base);
+        client_close(c);
+        return;
+    }
+    uv_buf_t b = uv_buf_init(buf->base, (unsigned)nread);
+    int r = nread > 0 ? upstream_writev(up, &b, 1) : 0;
+    free(buf->base);
+    if (r < 0)
+        client_close(c);
+    else if (uv_stream_get_write_queue_size((uv_stream_t *)&up->tcp) > WRITE_HIGH_WATER)
+        client_stop_reading(c);
+}
+
+static void tunnel_upstream_read(struct upstream *up, ssize_t nread, const uv_buf_t *buf)
+{
+    struct client *c = up->c;
+    if (nread == UV_EOF) {
+        free(buf->base);
+        up->tunnel_eof = true;
+        up->reading = false;
+        tunnel_half_close(c, (uv_stream_t *)&up->tcp, (uv_stream_t *)&c->tcp);
+        return;
+    }
+    if (nread < 0) {
+        free(buf->base);
+        client_close(c);
+        return;
+    }
+    int r = nread > 0 ? client_write(c, buf->base, (size_t)nread) : 0;
+    free(buf->base);
+    if (r < 0) {
+        client_close(c);
+    } else if (uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) > WRITE_HIGH_WATER) {
+        uv_read_stop((uv_stream_t *)&up->tcp);
+        up->reading = false;
+    }
+}
+
+/* The replica switched protocols: from here on bytes pass through as they
+ * are, both ways, with backpressure, until both sides end. The replica
+ * slot stays taken (a tunnel is a request in flight to the autoscaler). */
+static void tunnel_start(struct upstream *up, const char *rest, size_t n)
+{
+    struct client *c = up->c;
+    c->state = C_TUNNEL;
+    uv_timer_stop(&c->timer);
+    if (n > 0 && client_write(c, rest, n) < 0) {
+        client_close(c);
+        return;
+    }
+    if (c->in.len > 0) {
+        uv_buf_t b = uv_buf_init(c->in.data, (unsigned)c->in.len);
+        int r = upstream_writev(up, &b, 1);
+        stoke_buf_done(&c->in);
+        if (r < 0) {
+            client_close(c);
+            return;
+        }
+    }
+    client_resume_reading(c);
+}
+
 static void on_upstream_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     struct upstream *up = s->data;
     if (up->closing) {
         free(buf->base);
+        return;
+    }
+    if (up->c && up->c->state == C_TUNNEL) {
+        tunnel_upstream_read(up, nread, buf);
         return;
     }
     if (!up->c) {
@@ -1533,18 +1862,30 @@ static void on_upstream_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     struct client *c = up->c;
     c->batching = true;
     llhttp_errno_t err = llhttp_execute(&up->parser, buf->base, (size_t)nread);
+    const char *pos = llhttp_get_error_pos(&up->parser);
     /* Bytes after the response are a protocol error: do not reuse. */
-    bool clean = err == HPE_PAUSED && llhttp_get_error_pos(&up->parser) == buf->base + nread;
-    free(buf->base);
+    bool clean = err == HPE_PAUSED && pos == buf->base + nread;
     c->batching = false;
     if (c->state != C_CLOSED && client_flush(c) < 0) {
+        free(buf->base);
         client_close(c);
         return;
     }
-    if (up->closing)
+    if (up->closing) {
+        free(buf->base);
         return;
+    }
+    if (err == HPE_PAUSED_UPGRADE && up->c && llhttp_get_status_code(&up->parser) == 101) {
+        c->response_started = true;
+        tunnel_start(up, pos, (size_t)(buf->base + nread - pos));
+        free(buf->base);
+        return;
+    }
+    free(buf->base);
     if (err == HPE_PAUSED) {
-        response_done(up, clean && llhttp_should_keep_alive(&up->parser));
+        /* A replica that answered before reading the whole body may still
+         * expect the rest: its connection is not reused. */
+        response_done(up, clean && llhttp_should_keep_alive(&up->parser) && !c->in_body);
         return;
     }
     if (err != HPE_OK) {
@@ -1567,6 +1908,8 @@ static int on_resp_begin(llhttp_t *p)
     struct upstream *up = p->data;
     stoke_buf_clear(&up->reason);
     stoke_buf_clear(&up->head);
+    stoke_buf_clear(&up->upgrade);
+    up->has_request_id = false;
     stoke_buf_clear(&up->field);
     stoke_buf_clear(&up->value);
     return 0;
@@ -1607,10 +1950,15 @@ static int on_resp_header_done(llhttp_t *p)
 {
     struct upstream *up = p->data;
     int r = 0;
+    const char *name = up->field.data ? up->field.data : "";
     trim_value(&up->value);
-    if (!is_dropped_response_header(up->field.data ? up->field.data : "", up->field.len))
-        r = stoke_buf_printf(&up->head, "%s: %s\r\n", up->field.data ? up->field.data : "",
+    if (stoke_strieq(name, up->field.len, "upgrade"))
+        r = stoke_buf_printf(&up->upgrade, "%s%s", up->upgrade.len ? ", " : "",
                              up->value.data ? up->value.data : "");
+    else if (!is_dropped_response_header(name, up->field.len))
+        r = stoke_buf_printf(&up->head, "%s: %s\r\n", name, up->value.data ? up->value.data : "");
+    if (stoke_strieq(name, up->field.len, "x-request-id"))
+        up->has_request_id = true;
     stoke_buf_clear(&up->field);
     stoke_buf_clear(&up->value);
     return r < 0 ? -1 : 0;
@@ -1623,12 +1971,30 @@ static int on_resp_headers_complete(llhttp_t *p)
     int status = llhttp_get_status_code(p);
     if (!c)
         return -1;
+    char line[128];
+    int ll = snprintf(line, sizeof(line), "HTTP/1.1 %d %.80s\r\n", status,
+                      up->reason.data ? up->reason.data : "");
     if (status < 200) {
-        /* Interim responses are not passed on: the body was already read
-         * whole here, so a 100 Continue means nothing to the client. A 101
-         * would need a tunnel, which this proxy does not offer yet. */
-        return status == 101 ? -1 : 0;
+        /* 100 Continue was answered here already; 101 switches protocols
+         * when the client asked for that upgrade (the tunnel starts when the
+         * head is parsed, see on_upstream_read()); other interim answers
+         * (103 Early Hints) go to clients that know them. */
+        if (status == 100 || (status != 101 && c->http_minor == 0))
+            return 0;
+        if (status == 101 && (!c->parser.upgrade || !c->upgrade.len || !up->upgrade.len))
+            return -1;
+        int r = 0;
+        if (status == 101)
+            r = stoke_buf_printf(&up->head, "Connection: upgrade\r\nUpgrade: %s\r\n",
+                                 up->upgrade.data);
+        if (r == 0)
+            r = stoke_buf_append(&up->head, "\r\n", 2);
+        uv_buf_t parts[2] = {uv_buf_init(line, (unsigned)ll),
+                             uv_buf_init(up->head.data, (unsigned)up->head.len)};
+        return r < 0 || client_writev(c, parts, 2) < 0 ? -1 : 0;
     }
+    if (c->in_body)
+        c->close_after = true; /* answered before the whole body came */
     bool chunked = (p->flags & F_CHUNKED) != 0;
     bool has_length = (p->flags & F_CONTENT_LENGTH) != 0;
     bool bodyless = c->method == HTTP_HEAD || status == 204 || status == 304;
@@ -1645,11 +2011,10 @@ static int on_resp_headers_complete(llhttp_t *p)
     }
     if (r == 0 && (!c->keep_alive || c->close_after))
         r = stoke_buf_append(&up->head, "Connection: close\r\n", 19);
+    if (r == 0 && !up->has_request_id)
+        r = stoke_buf_printf(&up->head, "X-Request-Id: %s\r\n", c->request_id);
     if (r == 0)
         r = stoke_buf_append(&up->head, "\r\n", 2);
-    char line[128];
-    int ll = snprintf(line, sizeof(line), "HTTP/1.1 %d %.80s\r\n", status,
-                      up->reason.data ? up->reason.data : "");
     uv_buf_t parts[2] = {uv_buf_init(line, (unsigned)ll),
                          uv_buf_init(up->head.data, (unsigned)up->head.len)};
     if (r < 0 || client_writev(c, parts, 2) < 0)
@@ -1723,6 +2088,10 @@ int proxy_new(uv_loop_t *loop, const struct proxy_config *cfg, const struct prox
     stoke_list_init(&px->clients);
     stoke_list_init(&px->draining);
     stoke_list_init(&px->kicks);
+    uint64_t seed = 0;
+    if (uv_random(NULL, NULL, &seed, sizeof(seed), 0, NULL) < 0)
+        seed = (uint64_t)uv_hrtime() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)px;
+    snprintf(px->request_id_base, sizeof(px->request_id_base), "%016" PRIx64, seed);
 
     llhttp_settings_init(&px->req_settings);
     px->req_settings.on_message_begin = on_req_begin;

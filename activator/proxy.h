@@ -1,12 +1,14 @@
 /* The activator's data path: an HTTP/1.1 reverse proxy on one libuv loop.
  *
- * Clients send requests; each is routed to a function (stoke/routes.h),
- * then either sent to the ready replica with the fewest requests in flight
- * or, when the function has none with room, held in the function's bounded
- * queue until one is ready (the controller is poked at once). Request
- * bodies are read whole (up to max_body_bytes) before they are sent on;
- * responses stream back as they arrive, with backpressure. Thread: the
- * loop's. */
+ * Clients send requests; each is routed to a function (stoke/routes.h) as
+ * soon as its head is read, then either sent to the ready replica with the
+ * fewest requests in flight or, when the function has none with room, held
+ * in the function's bounded queue until one is ready (the controller is
+ * poked at once). A request body up to 256 KiB is read whole before the
+ * replica sees any of it; a longer one streams on as it arrives. Bodies
+ * and responses flow with backpressure both ways, so memory per request is
+ * bounded whatever their size. An Upgrade answered with 101 becomes a
+ * two-way tunnel. Thread: the loop's. */
 #ifndef ACTIVATOR_PROXY_H
 #define ACTIVATOR_PROXY_H
 
@@ -22,7 +24,7 @@ struct proxy_config {
     struct stoke_addr listen;
     const char *domain;          /* Host routing: <name>.<domain>; borrowed */
     size_t max_header_bytes;     /* request line + headers; over: 431 */
-    size_t max_body_bytes;       /* over: 413 */
+    size_t max_body_bytes;       /* over: 413; 0: no limit */
     uint64_t header_timeout_ms;  /* from the first byte to the end of the head */
     uint64_t idle_timeout_ms;    /* keep-alive wait for the next request */
     uint64_t connect_timeout_ms; /* upstream connect */

@@ -15,13 +15,19 @@ Decisions the cases pin down (see activator/proxy.c):
 - Content-Length given twice is refused even when the values agree (llhttp
   reports "Duplicate Content-Length"; RFC 9112 6.3 allows either).
 - Transfer-Encoding must be exactly one `chunked`: the activator de-chunks
-  the body and forwards it with a Content-Length, so any other coding
-  ("gzip, chunked" included) could not be forwarded faithfully: 400.
+  the body and forwards it with a Content-Length when it is whole within
+  256 KiB (else re-chunked as it streams), so any other coding ("gzip,
+  chunked" included) could not be forwarded faithfully: 400.
+- A body is read whole before anything is forwarded when it fits in 256
+  KiB, so a bad chunk in a small body leaves the upstream untouched.
 - Only origin-form targets are accepted (absolute-form, authority-form and
   asterisk-form get 400: the activator is not a forward proxy); CONNECT gets
   501 (tunnels are not offered) and the connection closed.
-- `Connection: Upgrade` is ignored (RFC 9110 7.8): the request goes on
-  without Upgrade/Connection and the connection stays HTTP.
+- `Connection: Upgrade` with `Upgrade` is asked of the replica; a 101 makes
+  a tunnel (test_websocket), any other answer keeps the connection HTTP
+  (RFC 9110 7.8). `Upgrade` alone is dropped.
+- Every forwarded request carries X-Request-Id (the client's when it is a
+  token of at most 128 bytes, else a new one), echoed in the response.
 - Trailers of a chunked request body are dropped, never turned into headers.
 - Field names must be tokens: llhttp 8 lets "Name : value" through; 400.
 - An HTTP/1.0 request without Host is forwarded with `Host: <function>`.
@@ -52,7 +58,7 @@ _procs = []  # activator processes this file started
 
 
 class Activator:
-    def __init__(self, upstream_port):
+    def __init__(self, upstream_port, extra=()):
         self.port = free_port()
         fd, self.logpath = tempfile.mkstemp(prefix="stoke-hostile-", suffix=".log")
         os.close(fd)
@@ -62,7 +68,7 @@ class Activator:
             "--controller", "none", "--route", "echo=127.0.0.1:%d" % upstream_port,
             "--header-timeout", "%dms" % int(HEADER_TIMEOUT * 1000),
             "--max-header-bytes", str(MAX_HEADER), "--max-body-bytes", str(MAX_BODY),
-            "--log-level", "debug"], stdout=self.log_f, stderr=subprocess.STDOUT,
+            "--log-level", "debug", *extra], stdout=self.log_f, stderr=subprocess.STDOUT,
             start_new_session=True)
         _procs.append(self.proc)
         pidfile = os.environ.get("STOKE_TEST_PIDFILE")
@@ -88,6 +94,13 @@ class Activator:
 
     def alive(self):
         return self.proc.poll() is None
+
+    def check_alive(self):
+        """For run_tests(after_each=...): False (and the log) once it died."""
+        if not self.alive():
+            print("activator died:\n" + self.log()[-6000:])
+            return False
+        return True
 
     def stop(self):
         """SIGTERM, then the exit code and the log's sanitizer findings."""
@@ -222,7 +235,7 @@ def fwd(method, path, host=b"x", headers=b"", body=None, xff=b""):
     if host is not None:
         out += b"Host: %s\r\nX-Forwarded-Host: %s\r\n" % (host, host)
     out += headers
-    out += b"X-Forwarded-For: %s127.0.0.1\r\nX-Forwarded-Proto: http\r\n" % (
+    out += b"X-Forwarded-For: %s127.0.0.1\r\nX-Forwarded-Proto: http\r\nX-Request-Id: *\r\n" % (
         xff + b", " if xff else b"")
     if body is not None:
         out += b"Content-Length: %d\r\n" % len(body)
@@ -331,9 +344,13 @@ CASES = [
     ("Connection: close honoured",
      b"GET /fn/echo/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" + GET, [200], True,
      [FWD_GET]),
-    ("Upgrade ignored, HTTP goes on",
+    ("Upgrade declined by the replica, HTTP goes on",
      b"GET /fn/echo/ HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
-     + GET, [200, 200], False, [FWD_GET, FWD_GET]),
+     + GET, [200, 200], False,
+     [FWD_GET[:-2] + b"Connection: upgrade\r\nUpgrade: websocket\r\n\r\n", FWD_GET]),
+    ("Upgrade without Connection: upgrade is not asked of the replica",
+     b"GET /fn/echo/ HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n", [200], False,
+     [FWD_GET]),
     # -- bodies and lengths -------------------------------------------------
     ("body over the limit", post(b"Content-Length: %d\r\n" % (MAX_BODY + 1), b"a" * 100),
      [413], True, []),
@@ -682,10 +699,7 @@ def test_many_bad_clients_then_healthy():
 
 def _activator_alive():
     act = _env.get("act")
-    if act and not act.alive():
-        print("activator died:\n" + act.log()[-6000:])
-        return False
-    return True
+    return not act or act.check_alive()
 
 
 if __name__ == "__main__":

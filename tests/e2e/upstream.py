@@ -15,6 +15,7 @@ forwards every request with a Content-Length (it reads bodies whole), so
 that is all this server needs to delimit requests.
 """
 
+import re
 import socket
 import threading
 import time
@@ -31,6 +32,7 @@ class Upstream:
         self.port = self.sock.getsockname()[1]
         self.lock = threading.Lock()
         self.requests = []   # (connection number, exact bytes) in arrival order
+        self.request_ids = []  # the X-Request-Id of each request, in the same order
         self.leftovers = []  # bytes of connections closed mid-request
         self.conns = 0
         self.open = 0  # connections currently open (the activator's pool)
@@ -81,11 +83,24 @@ class Upstream:
                         return
                     buf += d
                 head, _, rest = buf.partition(b"\r\n\r\n")
-                length = 0
+                length, chunked = 0, False
                 for line in head.split(b"\r\n")[1:]:
                     k, _, v = line.partition(b":")
                     if k.strip().lower() == b"content-length":
                         length = int(v.strip())
+                    elif k.strip().lower() == b"transfer-encoding":
+                        chunked = v.strip().lower() == b"chunked"
+                if chunked:
+                    # Recorded as sent; the end is "0" CRLF CRLF (no trailers
+                    # are ever forwarded).
+                    while not (rest.startswith(b"0\r\n\r\n") or b"\r\n0\r\n\r\n" in rest):
+                        d = conn.recv(65536)
+                        if not d:
+                            buf = head + b"\r\n\r\n" + rest
+                            return
+                        rest += d
+                    end = 5 if rest.startswith(b"0\r\n\r\n") else rest.index(b"\r\n0\r\n\r\n") + 7
+                    length = end
                 while len(rest) < length:
                     d = conn.recv(65536)
                     if not d:
@@ -94,8 +109,14 @@ class Upstream:
                     rest += d
                 req = head + b"\r\n\r\n" + rest[:length]
                 buf = rest[length:]
+                # The activator's X-Request-Id differs each time: recorded
+                # apart, and as "*" in the request.
+                m = re.search(rb"\r\nX-Request-Id: ([^\r]*)", head)
+                if m:
+                    req = req[:m.start(1)] + b"*" + req[m.end(1):]
                 with self.lock:
                     self.requests.append((n, req))
+                    self.request_ids.append(m.group(1) if m else None)
                 if not self._answer(conn, req):
                     buf = b""
                     return
