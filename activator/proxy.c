@@ -1189,16 +1189,11 @@ static void client_finish_request(struct client *c)
     }
 }
 
-static void on_accept(uv_stream_t *server, int status)
+static struct client *client_new(struct proxy *px)
 {
-    struct proxy *px = server->data;
-    if (status < 0) {
-        stoke_warn(NULL, status, "accept failed");
-        return;
-    }
     struct client *c = calloc(1, sizeof(*c));
     if (!c)
-        return;
+        return NULL;
     c->px = px;
     uv_tcp_init(px->loop, &c->tcp);
     uv_timer_init(px->loop, &c->timer);
@@ -1229,8 +1224,14 @@ static void on_accept(uv_stream_t *server, int status)
     request_reset(c);
     llhttp_init(&c->parser, HTTP_REQUEST, &px->req_settings);
     c->parser.data = c;
+    return c;
+}
 
-    if (uv_accept(server, (uv_stream_t *)&c->tcp) < 0 || px->n_clients > px->cfg.max_connections) {
+/* Serves the connected socket in c->tcp. */
+static void client_start(struct client *c)
+{
+    struct proxy *px = c->px;
+    if (px->n_clients > px->cfg.max_connections) {
         client_close(c);
         return;
     }
@@ -1247,6 +1248,50 @@ static void on_accept(uv_stream_t *server, int status)
     timer_start(c, on_idle_timeout, px->cfg.idle_timeout_ms);
     if (uv_read_start((uv_stream_t *)&c->tcp, stoke_uv_alloc, on_client_read) < 0)
         client_close(c);
+}
+
+static void on_accept(uv_stream_t *server, int status)
+{
+    struct proxy *px = server->data;
+    if (status < 0) {
+        stoke_warn(NULL, status, "accept failed");
+        return;
+    }
+    struct client *c = client_new(px);
+    if (!c)
+        return;
+    if (uv_accept(server, (uv_stream_t *)&c->tcp) < 0) {
+        client_close(c);
+        return;
+    }
+    client_start(c);
+}
+
+bool proxy_busy(const struct proxy *px)
+{
+    for (const struct stoke_list *it = px->clients.next; it != &px->clients; it = it->next) {
+        const struct client *c = stoke_container_of(it, struct client, node);
+        bool waits_on_client = c->state == C_IDLE || c->state == C_HEAD ||
+                               (c->state == C_TUNNEL && !c->read_stopped) ||
+                               (c->in_body && !c->read_stopped && c->state != C_QUEUED);
+        if (c->pending_writes > 0 || !waits_on_client)
+            return true;
+    }
+    return false;
+}
+
+int proxy_serve_fd(struct proxy *px, uv_os_sock_t fd)
+{
+    struct client *c = client_new(px);
+    if (!c)
+        return -ENOMEM;
+    int r = uv_tcp_open(&c->tcp, fd);
+    if (r < 0) {
+        client_close(c); /* fd stays the caller's */
+        return r;
+    }
+    client_start(c);
+    return 0;
 }
 
 /* ---- dispatch ------------------------------------------------------------ */
@@ -1329,8 +1374,10 @@ static void route_request(struct client *c, struct endpoint *avoid)
  * those its Connection header named as hop-by-hop (RFC 9110 7.6.1). */
 static int append_headers(struct client *c, struct stoke_buf *o)
 {
+    if (c->headers.len == 0)
+        return 0;
     if (c->conn_tokens.len == 0)
-        return c->headers.len ? stoke_buf_append(o, c->headers.data, c->headers.len) : 0;
+        return stoke_buf_append(o, c->headers.data, c->headers.len);
     const char *p = c->headers.data, *end = c->headers.data + c->headers.len;
     int r = 0;
     while (r == 0 && p < end) {

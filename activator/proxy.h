@@ -12,6 +12,7 @@
 #ifndef ACTIVATOR_PROXY_H
 #define ACTIVATOR_PROXY_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -79,6 +80,16 @@ void proxy_draining(struct proxy *px, void (*cb)(const char *addr, void *data), 
 /* Calls `cb` for each function that has requests waiting in its queue (the
  * channel re-pokes them after reconnecting to the controller). */
 void proxy_waiting(struct proxy *px, proxy_poke_cb cb, void *data);
+
+/* Serves an already connected stream socket (a socketpair end in tests and
+ * the fuzz target) as a client connection; on success the proxy owns `fd`.
+ * Returns 0 or a negative errno. */
+int proxy_serve_fd(struct proxy *px, uv_os_sock_t fd);
+
+/* Whether some client connection has work in progress that does not wait
+ * on its client (a request queued or in flight, an answer not yet written).
+ * For tests and the fuzz target. */
+bool proxy_busy(const struct proxy *px);
 
 /* Stops listening, closes every connection and frees the proxy once all
  * handles have closed; then calls on_closed (may be NULL). */

@@ -1,6 +1,7 @@
 #!/bin/sh
 # Builds the libFuzzer targets with clang (ASan + UBSan) and runs each for
-# STOKE_FUZZ_SECONDS (default 30) from its committed seed corpus
+# STOKE_FUZZ_SECONDS (default 30; twice that for fuzz_proxy, the activator's
+# request path) from its committed seed corpus
 # (tests/fuzz/corpus/<name>). New inputs go to a scratch directory; a crash
 # leaves its input in the build directory and fails the run.
 #
@@ -10,7 +11,7 @@ set -eu
 root=$(cd "$(dirname "$0")/../.." && pwd)
 build=${STOKE_FUZZ_BUILD_DIR:-$root/build-fuzz}
 seconds=${STOKE_FUZZ_SECONDS:-30}
-targets=${*:-"spec routes"}
+targets=${*:-"spec routes proxy"}
 
 CC=clang cmake -S "$root" -B "$build" -DSTOKE_FUZZ=ON -DSTOKE_TESTS=OFF \
     -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
@@ -18,16 +19,22 @@ for t in $targets; do
     cmake --build "$build" -j "$(nproc)" --target "fuzz_$t" >/dev/null
 done
 
+# Findings of an earlier run would be taken for this run's.
+find "$build/tests/fuzz" -maxdepth 1 \( -name 'crash-*' -o -name 'leak-*' -o -name 'timeout-*' -o \
+    -name 'oom-*' \) -delete
 for t in $targets; do
     work=$(mktemp -d)
-    echo "fuzz: fuzz_$t for ${seconds}s"
-    (cd "$build/tests/fuzz" && "./fuzz_$t" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
+    secs=$seconds
+    [ "$t" = proxy ] && secs=$((seconds * 2))
+    echo "fuzz: fuzz_$t for ${secs}s"
+    (cd "$build/tests/fuzz" && "./fuzz_$t" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 \
         -print_final_stats=1 "$work" "$root/tests/fuzz/corpus/$t" 2>&1) |
         grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb|#[0-9]+ +DONE)|ERROR|SUMMARY' ||
         true
     rm -rf "$work"
     # libFuzzer leaves crash-*/leak-*/timeout-* files on a finding.
-    if ls "$build"/tests/fuzz/crash-* "$build"/tests/fuzz/leak-* "$build"/tests/fuzz/timeout-* >/dev/null 2>&1; then
+    if [ -n "$(find "$build/tests/fuzz" -maxdepth 1 \( -name 'crash-*' -o -name 'leak-*' -o \
+        -name 'timeout-*' -o -name 'oom-*' \) -print)" ]; then
         echo "fuzz: fuzz_$t found a problem; inputs in $build/tests/fuzz" >&2
         exit 1
     fi
