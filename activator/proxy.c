@@ -13,7 +13,6 @@
 
 #include "stoke/list.h"
 #include "stoke/log.h"
-#include "stoke/uvbuf.h"
 
 #define POKE_INTERVAL_MS 100
 #define DRAIN_BATCH 64                /* queued requests sent on per loop iteration */
@@ -198,7 +197,7 @@ void proxy_config_defaults(struct proxy_config *cfg)
     cfg->idle_timeout_ms = 60000;
     cfg->connect_timeout_ms = 2000;
     cfg->max_connections = 10000;
-    cfg->max_idle_upstream = 64;
+    cfg->max_idle_upstream = 256;
 }
 
 /* ---- functions and endpoints ------------------------------------------ */
@@ -444,6 +443,17 @@ struct wreq {
 
 static void upstream_resume(struct upstream *up);
 
+/* Every read lands in this thread's one buffer: a read callback takes what
+ * it needs (the parsers copy, held bytes are copied) before it returns, and
+ * a loop runs one callback at a time. Saves a malloc and free per read. */
+static void read_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    static _Thread_local char bytes[64 * 1024];
+    (void)h;
+    (void)suggested;
+    *buf = uv_buf_init(bytes, sizeof(bytes));
+}
+
 static void on_client_write(uv_write_t *req, int status)
 {
     struct wreq *w = stoke_container_of(req, struct wreq, req);
@@ -466,8 +476,34 @@ static void on_client_write(uv_write_t *req, int status)
         upstream_resume(c->up);
 }
 
-/* Queues `n` pieces as one write. Returns 0 or a negative errno (the client
- * is then closed by the caller's next step). */
+/* Writes what the socket takes at once, without copying: the bytes written,
+ * or a negative errno. Nothing is written while earlier writes wait. */
+static ssize_t try_write(uv_stream_t *s, const uv_buf_t *parts, size_t n)
+{
+    int r = uv_try_write(s, parts, (unsigned)n);
+    return r == UV_EAGAIN ? 0 : r;
+}
+
+/* Copies the bytes of `parts` after the first `skip` to `dst`; returns how
+ * many. */
+static size_t copy_rest(char *dst, const uv_buf_t *parts, size_t n, size_t skip)
+{
+    size_t off = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (skip >= parts[i].len) {
+            skip -= parts[i].len;
+            continue;
+        }
+        memcpy(dst + off, parts[i].base + skip, parts[i].len - skip);
+        off += parts[i].len - skip;
+        skip = 0;
+    }
+    return off;
+}
+
+/* Queues `n` pieces as one write, after writing what the socket takes at
+ * once. Returns 0 or a negative errno (the client is then closed by the
+ * caller's next step). */
 static int client_flush(struct client *c);
 
 static int client_writev(struct client *c, const uv_buf_t *parts, size_t n)
@@ -490,17 +526,18 @@ static int client_writev(struct client *c, const uv_buf_t *parts, size_t n)
         }
         return 0;
     }
-    struct wreq *w = malloc(sizeof(*w) + total);
+    ssize_t done = try_write((uv_stream_t *)&c->tcp, parts, n);
+    if (done < 0)
+        return (int)done;
+    if ((size_t)done == total)
+        return 0;
+    struct wreq *w = malloc(sizeof(*w) + total - (size_t)done);
     if (!w)
         return -ENOMEM;
     w->c = c;
     w->heap = NULL;
-    size_t off = 0;
-    for (size_t i = 0; i < n; i++) {
-        memcpy(w->data + off, parts[i].base, parts[i].len);
-        off += parts[i].len;
-    }
-    uv_buf_t b = uv_buf_init(w->data, (unsigned)total);
+    size_t left = copy_rest(w->data, parts, n, (size_t)done);
+    uv_buf_t b = uv_buf_init(w->data, (unsigned)left);
     int r = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_client_write);
     if (r < 0) {
         free(w);
@@ -515,13 +552,26 @@ static int client_flush(struct client *c)
 {
     if (c->batch.len == 0)
         return 0;
+    uv_buf_t all = uv_buf_init(c->batch.data, (unsigned)c->batch.len);
+    ssize_t done = try_write((uv_stream_t *)&c->tcp, &all, 1);
+    if (done < 0)
+        return (int)done;
+    if ((size_t)done == c->batch.len) {
+        /* Small storage is kept for the next answer; a big one goes, so an
+         * idle connection holds little. */
+        if (c->batch.cap > 4096)
+            stoke_buf_done(&c->batch);
+        else
+            stoke_buf_clear(&c->batch);
+        return 0;
+    }
     struct wreq *w = malloc(sizeof(*w));
     if (!w)
         return -ENOMEM;
     size_t len;
     w->c = c;
     w->heap = stoke_buf_steal(&c->batch, &len);
-    uv_buf_t b = uv_buf_init(w->heap, (unsigned)len);
+    uv_buf_t b = uv_buf_init(w->heap + done, (unsigned)(len - (size_t)done));
     int r = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_client_write);
     if (r < 0) {
         free(w->heap);
@@ -856,7 +906,7 @@ static void client_resume_reading(struct client *c)
 {
     if (c->read_stopped && c->state != C_CLOSED && c->state != C_FLUSH) {
         c->read_stopped = false;
-        uv_read_start((uv_stream_t *)&c->tcp, stoke_uv_alloc, on_client_read);
+        uv_read_start((uv_stream_t *)&c->tcp, read_alloc, on_client_read);
         uint64_t t = c->px->cfg.header_timeout_ms;
         if (c->in_body)
             uv_timer_start(&c->body_timer, on_idle_timeout, t, t);
@@ -1090,7 +1140,6 @@ static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (nread < 0) {
         /* EOF or error: a client that left while its request waited or was
          * in flight is not answered; its replica slot is released. */
-        free(buf->base);
         client_close(c);
         return;
     }
@@ -1117,7 +1166,6 @@ static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
             }
         }
     }
-    free(buf->base);
 }
 
 static void client_parse(struct client *c, const char *data, size_t len)
@@ -1185,7 +1233,7 @@ static void client_finish_request(struct client *c)
     }
     if (c->state != C_CLOSED && c->state != C_FLUSH && c->read_stopped) {
         c->read_stopped = false;
-        uv_read_start((uv_stream_t *)&c->tcp, stoke_uv_alloc, on_client_read);
+        uv_read_start((uv_stream_t *)&c->tcp, read_alloc, on_client_read);
     }
 }
 
@@ -1246,7 +1294,7 @@ static void client_start(struct client *c)
             uv_ip6_name((struct sockaddr_in6 *)&ss, c->ip, sizeof(c->ip));
     }
     timer_start(c, on_idle_timeout, px->cfg.idle_timeout_ms);
-    if (uv_read_start((uv_stream_t *)&c->tcp, stoke_uv_alloc, on_client_read) < 0)
+    if (uv_read_start((uv_stream_t *)&c->tcp, read_alloc, on_client_read) < 0)
         client_close(c);
 }
 
@@ -1540,7 +1588,7 @@ static void upstream_resume(struct upstream *up)
 {
     if (!up->reading && !up->closing && !up->tunnel_eof) {
         up->reading = true;
-        uv_read_start((uv_stream_t *)&up->tcp, stoke_uv_alloc, on_upstream_read);
+        uv_read_start((uv_stream_t *)&up->tcp, read_alloc, on_upstream_read);
     }
 }
 
@@ -1567,23 +1615,24 @@ static void on_upstream_written(uv_write_t *req, int status)
         client_resume_reading(c);
 }
 
-/* Queues a copy of `n` pieces as one write to the replica. Returns 0 or a
+/* Writes `n` pieces to the replica: what the socket takes at once, the rest
+ * copied and queued as one write. Returns 0 or a
  * negative errno. */
 static int upstream_writev(struct upstream *up, const uv_buf_t *parts, size_t n)
 {
     size_t total = 0;
     for (size_t i = 0; i < n; i++)
         total += parts[i].len;
-    struct uwreq *w = malloc(sizeof(*w) + total);
+    ssize_t done = try_write((uv_stream_t *)&up->tcp, parts, n);
+    if (done < 0)
+        return (int)done;
+    if ((size_t)done == total)
+        return 0;
+    struct uwreq *w = malloc(sizeof(*w) + total - (size_t)done);
     if (!w)
         return -ENOMEM;
-    size_t off = 0;
-    for (size_t i = 0; i < n; i++) {
-        memcpy(w->data + off, parts[i].base, parts[i].len);
-        off += parts[i].len;
-    }
     w->req.data = up;
-    uv_buf_t b = uv_buf_init(w->data, (unsigned)total);
+    uv_buf_t b = uv_buf_init(w->data, (unsigned)copy_rest(w->data, parts, n, (size_t)done));
     int r = uv_write(&w->req, (uv_stream_t *)&up->tcp, &b, 1, on_upstream_written);
     if (r < 0)
         free(w);
@@ -1803,20 +1852,17 @@ static void tunnel_client_read(struct client *c, ssize_t nread, const uv_buf_t *
 {
     struct upstream *up = c->up;
     if (nread == UV_EOF && up) {
-        free(buf->base);
         c->tunnel_eof = true;
         c->read_stopped = true;
         tunnel_half_close(c, (uv_stream_t *)&c->tcp, (uv_stream_t *)&up->tcp);
         return;
     }
     if (nread < 0 || !up) {
-        free(buf->base);
         client_close(c);
         return;
     }
     uv_buf_t b = uv_buf_init(buf->base, (unsigned)nread);
     int r = nread > 0 ? upstream_writev(up, &b, 1) : 0;
-    free(buf->base);
     if (r < 0)
         client_close(c);
     else if (uv_stream_get_write_queue_size((uv_stream_t *)&up->tcp) > WRITE_HIGH_WATER)
@@ -1827,19 +1873,16 @@ static void tunnel_upstream_read(struct upstream *up, ssize_t nread, const uv_bu
 {
     struct client *c = up->c;
     if (nread == UV_EOF) {
-        free(buf->base);
         up->tunnel_eof = true;
         up->reading = false;
         tunnel_half_close(c, (uv_stream_t *)&up->tcp, (uv_stream_t *)&c->tcp);
         return;
     }
     if (nread < 0) {
-        free(buf->base);
         client_close(c);
         return;
     }
     int r = nread > 0 ? client_write(c, buf->base, (size_t)nread) : 0;
-    free(buf->base);
     if (r < 0) {
         client_close(c);
     } else if (uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) > WRITE_HIGH_WATER) {
@@ -1876,7 +1919,6 @@ static void on_upstream_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     struct upstream *up = s->data;
     if (up->closing) {
-        free(buf->base);
         return;
     }
     if (up->c && up->c->state == C_TUNNEL) {
@@ -1885,13 +1927,11 @@ static void on_upstream_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
     if (!up->c) {
         /* Pooled and idle: any event means the replica is done with it. */
-        free(buf->base);
         if (nread != 0)
             upstream_close(up);
         return;
     }
     if (nread < 0) {
-        free(buf->base);
         if (nread == UV_EOF && up->got_bytes && llhttp_finish(&up->parser) == HPE_OK && up->done) {
             response_done(up, false); /* a response delimited by close */
             return;
@@ -1900,7 +1940,6 @@ static void on_upstream_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     if (nread == 0) {
-        free(buf->base);
         return;
     }
     up->got_bytes = true;
@@ -1914,21 +1953,17 @@ static void on_upstream_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     bool clean = err == HPE_PAUSED && pos == buf->base + nread;
     c->batching = false;
     if (c->state != C_CLOSED && client_flush(c) < 0) {
-        free(buf->base);
         client_close(c);
         return;
     }
     if (up->closing) {
-        free(buf->base);
         return;
     }
     if (err == HPE_PAUSED_UPGRADE && up->c && llhttp_get_status_code(&up->parser) == 101) {
         c->response_started = true;
         tunnel_start(up, pos, (size_t)(buf->base + nread - pos));
-        free(buf->base);
         return;
     }
-    free(buf->base);
     if (err == HPE_PAUSED) {
         /* A replica that answered before reading the whole body may still
          * expect the rest: its connection is not reused. */
@@ -1938,7 +1973,6 @@ static void on_upstream_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (err != HPE_OK) {
         stoke_warn(up->ep->fn->cfg.name, -EPROTO, "bad response from replica: %s",
                    llhttp_get_error_reason(&up->parser));
-        up->got_bytes = up->c && up->c->response_started;
         upstream_failed(up, -EPROTO);
         return;
     }

@@ -2,7 +2,7 @@
 # Proxy benchmark: the stoke activator against nginx as a reverse proxy, in one run.
 #
 #   backend   nginx, one worker, `return 200 "hello, world\n"` (13 bytes), keep-alive
-#   nginx     nginx, one worker, proxy_pass to the backend with `keepalive 64` upstream
+#   nginx     nginx, one worker, proxy_pass to the backend with `keepalive 256` upstream (the activator's default pool cap)
 #   activator build/stoke-activator (one event loop) --controller none --route bench=backend
 #
 # For each connection count wrk (Debian's package; same -t for every target) runs against
@@ -209,7 +209,7 @@ nginx_conf nginx "$NGINX_PORT" "        location / {
             proxy_set_header Host \$host;
         }" "    upstream bench_backend {
         server 127.0.0.1:$BACKEND_PORT;
-        keepalive 64;
+        keepalive 256;
         keepalive_requests 1000000000;
         keepalive_timeout 300s;
     }"
@@ -234,7 +234,7 @@ cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 rev=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)
 say "- machine: $(nproc) cores (${cpu:-unknown cpu}), $(uname -sr); stoke $rev"
 say "- $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), $(wrk -v 2>&1 | head -n1 | awk '{print "wrk " $2}'), wrk -t$WRK_THREADS -d${DURATION}s --latency"
-say "- backend: nginx, 1 worker, \`return 200\` of 13 bytes, keep-alive; nginx proxy: 1 worker, upstream keepalive 64;"
+say "- backend: nginx, 1 worker, \`return 200\` of 13 bytes, keep-alive; nginx proxy: 1 worker, upstream keepalive 256 (the activator's pool cap);"
 say "  activator: one event loop (as built), --controller none, path route /fn/bench/"
 say "- all of wrk, the proxy and the backend share the $(nproc) cores: through a proxy three busy"
 say "  processes compete for them, so these are relative numbers, not a proxy's ceiling"
