@@ -10,6 +10,7 @@
 
 #include <llhttp.h>
 
+#include "metrics.h"
 #include "stoke/list.h"
 #include "stoke/log.h"
 #include "stoke/uvbuf.h"
@@ -56,6 +57,7 @@ struct fn {
     uint64_t stats_base_ms;
     uint64_t requests;
     uint64_t last_poke_ms;
+    struct metrics_fn *m; /* its counters; outlive it */
 };
 
 enum client_state {
@@ -104,6 +106,9 @@ struct client {
     struct endpoint *ep;
     struct upstream *up;
     struct stoke_buf out; /* the request as sent upstream, kept for retries */
+    struct metrics_fn *m; /* set while a routed request is measured */
+    uint64_t start_ns;    /* uv_hrtime() at the end of the request head */
+    int status;           /* sent to the client, 0 before */
     int tries;
     bool response_started;
     bool close_after;
@@ -118,6 +123,7 @@ struct upstream {
     struct endpoint *ep;
     struct client *c;
     struct stoke_list node; /* ep->idle while pooled */
+    struct metrics_fn *m;
     llhttp_t parser;
     bool connected;
     bool reused;
@@ -339,6 +345,7 @@ void proxy_set_routes(struct proxy *px, struct stoke_route_table *t)
             fn->refs = 1;
             fn->mark_ms = uv_now(px->loop);
             fn->stats_base_ms = fn->mark_ms;
+            fn->m = metrics_fn_get(px->hooks.metrics, r->name);
             stoke_list_init(&fn->queue);
             stoke_list_init(&fn->kick);
         }
@@ -544,6 +551,7 @@ static const char *status_reason(int status)
  * read, and the connection closes once the writes are flushed. */
 static void client_close_after_flush(struct client *c)
 {
+    metrics_request_end(&c->m, c->status, c->start_ns);
     if (c->pending_writes == 0) {
         client_close(c);
         return;
@@ -576,6 +584,8 @@ static void send_error(struct client *c, int status, bool close_conn)
                       close_conn ? "Connection: close\r\n" : "");
     uv_buf_t parts[2] = {uv_buf_init(head, (unsigned)hl), uv_buf_init(body, (unsigned)bl)};
     bool head_only = c->method == HTTP_HEAD;
+    metrics_error(c->px->hooks.metrics, status, c->state == C_QUEUED);
+    c->status = status;
     client_abort_upstream(c);
     int r = client_writev(c, parts, head_only ? 1 : 2);
     if (r < 0)
@@ -760,6 +770,7 @@ static int on_req_headers_complete(llhttp_t *p)
 {
     struct client *c = parser_client(p);
     c->state = C_BODY;
+    c->start_ns = uv_hrtime();
     c->method = (uint8_t)llhttp_get_method(p);
     c->http_minor = llhttp_get_http_minor(p);
     if (llhttp_get_http_major(p) != 1) {
@@ -876,6 +887,7 @@ static void client_release(struct client *c)
         fn_mark(fn);
         c->ep->inflight--;
         fn->inflight--;
+        metrics_gauge(fn->m, METRICS_IN_FLIGHT, -1);
         if (fn->queued > 0 && !fn->gone)
             kick(fn);
         if (c->ep->gone && c->ep->inflight == 0 && !stoke_list_empty(&c->ep->dnode)) {
@@ -890,6 +902,7 @@ static void client_release(struct client *c)
             fn_mark(c->fn);
             stoke_list_remove(&c->qnode);
             c->fn->queued--;
+            metrics_gauge(c->fn->m, METRICS_QUEUED, -1);
             c->state = C_BODY;
         }
         fn_unref(c->fn);
@@ -911,10 +924,12 @@ static void client_close(struct client *c)
 {
     if (c->state == C_CLOSED)
         return;
+    metrics_request_end(&c->m, c->status, c->start_ns);
     client_abort_upstream(c);
     c->state = C_CLOSED;
     stoke_list_remove(&c->node);
     c->px->n_clients--;
+    metrics_connections(c->px->hooks.metrics, -1);
     uv_close((uv_handle_t *)&c->timer, on_client_handle_closed);
     uv_close((uv_handle_t *)&c->tcp, on_client_handle_closed);
 }
@@ -925,6 +940,7 @@ static void on_idle_timeout(uv_timer_t *t)
     if (c->state == C_HEAD || c->state == C_BODY) {
         /* A slow sender: answer 408-style by closing; nothing was sent on. */
         stoke_debug(NULL, "client timed out reading a request");
+        metrics_rejected(c->px->hooks.metrics, METRICS_CLIENT_TIMEOUT);
     }
     client_close(c);
 }
@@ -988,6 +1004,7 @@ static void client_parse(struct client *c, const char *data, size_t len)
  * writing and the connection stays open: reads the next request. */
 static void client_finish_request(struct client *c)
 {
+    metrics_request_end(&c->m, c->status, c->start_ns);
     client_release(c);
     request_reset(c);
     c->state = C_IDLE;
@@ -1032,6 +1049,7 @@ static void on_accept(uv_stream_t *server, int status)
     stoke_list_init(&c->qnode);
     stoke_list_insert_tail(&px->clients, &c->node);
     px->n_clients++;
+    metrics_connections(px->hooks.metrics, 1);
     c->state = C_IDLE;
     stoke_buf_init(&c->in, MAX_PENDING_INPUT + 65536);
     stoke_buf_init(&c->batch, 2 * WRITE_HIGH_WATER);
@@ -1049,6 +1067,8 @@ static void on_accept(uv_stream_t *server, int status)
     c->parser.data = c;
 
     if (uv_accept(server, (uv_stream_t *)&c->tcp) < 0 || px->n_clients > px->cfg.max_connections) {
+        if (px->n_clients > px->cfg.max_connections)
+            metrics_rejected(px->hooks.metrics, METRICS_CONNECTIONS_LIMIT);
         client_close(c);
         return;
     }
@@ -1120,6 +1140,7 @@ static void enqueue(struct client *c)
     c->state = C_QUEUED;
     stoke_list_insert_tail(&fn->queue, &c->qnode);
     fn->queued++;
+    metrics_gauge(fn->m, METRICS_QUEUED, 1);
     timer_start(c, on_queue_timeout, fn->cfg.queue_timeout_ms);
 
     uint64_t now = uv_now(fn->px->loop);
@@ -1218,6 +1239,8 @@ static void dispatch(struct client *c)
     }
     fn->refs++;
     c->fn = fn;
+    c->m = fn->m;
+    c->status = 0;
     fn_mark(fn);
     fn->requests++;
     route_request(c, NULL);
@@ -1237,6 +1260,7 @@ static void on_drain(uv_idle_t *h)
             fn_mark(fn);
             stoke_list_remove(&c->qnode);
             fn->queued--;
+            metrics_gauge(fn->m, METRICS_QUEUED, -1);
             c->state = C_BODY;
             upstream_send(c, ep);
             budget--;
@@ -1281,6 +1305,7 @@ static void upstream_close(struct upstream *up)
     if (up->closing)
         return;
     up->closing = true;
+    metrics_gauge(up->m, METRICS_UPSTREAMS, -1);
     if (up->c) {
         up->c->up = NULL;
         up->c = NULL;
@@ -1367,6 +1392,8 @@ static struct upstream *upstream_new(struct proxy *px, struct endpoint *ep)
         return NULL;
     up->px = px;
     up->ep = ep;
+    up->m = ep->fn->m;
+    metrics_gauge(up->m, METRICS_UPSTREAMS, 1);
     ep->refs++;
     uv_tcp_init(px->loop, &up->tcp);
     uv_timer_init(px->loop, &up->timer);
@@ -1389,6 +1416,7 @@ static void upstream_send(struct client *c, struct endpoint *ep)
     fn_mark(fn);
     ep->inflight++;
     fn->inflight++;
+    metrics_gauge(fn->m, METRICS_IN_FLIGHT, 1);
     ep->refs++;
     c->ep = ep;
     c->tries++;
@@ -1629,6 +1657,7 @@ static int on_resp_headers_complete(llhttp_t *p)
          * would need a tunnel, which this proxy does not offer yet. */
         return status == 101 ? -1 : 0;
     }
+    c->status = status;
     bool chunked = (p->flags & F_CHUNKED) != 0;
     bool has_length = (p->flags & F_CONTENT_LENGTH) != 0;
     bool bodyless = c->method == HTTP_HEAD || status == 204 || status == 304;

@@ -102,6 +102,7 @@ class Stoke:
         os.mkdir(self.fndir)
         self.ctl = "unix:" + os.path.join(self.tmp, "ctl.sock")
         self.port = free_port()
+        self.ops_port = free_port()  # the activator's ops port (/metrics, /healthz)
         self.procs = {}
         self.logs = {}
         self.extra = list(extra_controller_args)
@@ -138,16 +139,19 @@ class Stoke:
         self._spawn("controller", self._controller_argv())
         self._spawn("activator", [
             os.path.join(BUILD, "stoke-activator"), "--listen", "127.0.0.1:%d" % self.port,
+            "--ops-listen", "127.0.0.1:%d" % self.ops_port,
             "--controller", self.ctl, "--log-level", "debug"] + self.activator_args)
         self.wait_log("controller", '"ready: functions from', 30)
         self.wait_log("activator", "connected to the controller", 30)
         return self
 
     def add_activator(self, name):
-        """Starts another activator on its own port; returns the port."""
+        """Starts another activator on its own port (and ops port); returns
+        the port."""
         port = free_port()
         self._spawn(name, [
             os.path.join(BUILD, "stoke-activator"), "--listen", "127.0.0.1:%d" % port,
+            "--ops-listen", "127.0.0.1:%d" % free_port(),
             "--controller", self.ctl, "--id", name, "--log-level", "debug"])
         self.wait_log(name, "connected to the controller", 30)
         return port

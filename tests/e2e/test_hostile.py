@@ -60,6 +60,7 @@ class Activator:
         self.proc = subprocess.Popen([
             os.path.join(BUILD, "stoke-activator"), "--listen", "127.0.0.1:%d" % self.port,
             "--controller", "none", "--route", "echo=127.0.0.1:%d" % upstream_port,
+            "--ops-listen", "none",
             "--header-timeout", "%dms" % int(HEADER_TIMEOUT * 1000),
             "--max-header-bytes", str(MAX_HEADER), "--max-body-bytes", str(MAX_BODY),
             "--log-level", "debug"], stdout=self.log_f, stderr=subprocess.STDOUT,
