@@ -48,31 +48,40 @@ struct activator {
     uv_signal_t sigint, sigterm;
 };
 
+static unsigned default_workers(void)
+{
+    unsigned n = uv_available_parallelism();
+    return n == 0 ? 1 : n > MAX_WORKERS ? MAX_WORKERS : n;
+}
+
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: stoke-activator [options]\n"
-               "  --listen ADDR            data port (default 127.0.0.1:8080)\n"
-               "  --controller ADDR        controller channel, unix:/path or IP:port, or none\n"
-               "                           (default " DEFAULT_CONTROLLER ")\n"
-               "  --route NAME=IP:PORT[,IP:PORT...]\n"
-               "                           a fixed route (repeatable), used until a\n"
-               "                           controller sends its table; for benchmarks and\n"
-               "                           tests with --controller none\n"
-               "  --domain DOMAIN          route Host <name>.DOMAIN (default localhost)\n"
-               "  --id NAME                this activator's name (default activator-<pid>)\n"
-               "  --max-header-bytes N     request head limit, 431 past it (default 16384)\n"
-               "  --max-body-bytes N       request body limit, 413 past it (default 16777216)\n"
-               "  --max-connections N      client connections (default 10000)\n"
-               "  --header-timeout DUR     time to read a request head (default 10s)\n"
-               "  --idle-timeout DUR       keep-alive idle time (default 60s)\n"
-               "  --connect-timeout DUR    replica connect time (default 2s)\n"
-               "  --workers N              event-loop threads sharing the port (SO_REUSEPORT),\n"
-               "                           each with its own upstream pools (default 1)\n"
-               "  --ops-listen ADDR        ops port: GET /healthz and /metrics (Prometheus),\n"
-               "                           IP:port or none (default " DEFAULT_OPS ")\n"
-               "  --log-level LEVEL        debug, info, warn, error (default info)\n"
-               "  -h, --help\n"
-               "DUR is like 250ms, 10s, 1m.\n");
+    fprintf(f,
+            "usage: stoke-activator [options]\n"
+            "  --listen ADDR            data port (default 127.0.0.1:8080)\n"
+            "  --controller ADDR        controller channel, unix:/path or IP:port, or none\n"
+            "                           (default " DEFAULT_CONTROLLER ")\n"
+            "  --route NAME=IP:PORT[,IP:PORT...]\n"
+            "                           a fixed route (repeatable), used until a\n"
+            "                           controller sends its table; for benchmarks and\n"
+            "                           tests with --controller none\n"
+            "  --domain DOMAIN          route Host <name>.DOMAIN (default localhost)\n"
+            "  --id NAME                this activator's name (default activator-<pid>)\n"
+            "  --max-header-bytes N     request head limit, 431 past it (default 16384)\n"
+            "  --max-body-bytes N       request body limit, 413 past it (default 16777216)\n"
+            "  --max-connections N      client connections (default 10000)\n"
+            "  --header-timeout DUR     time to read a request head (default 10s)\n"
+            "  --idle-timeout DUR       keep-alive idle time (default 60s)\n"
+            "  --connect-timeout DUR    replica connect time (default 2s)\n"
+            "  --workers N              event-loop threads sharing the port (SO_REUSEPORT),\n"
+            "                           each with its own upstream pools (default: one per\n"
+            "                           online CPU, here %u)\n"
+            "  --ops-listen ADDR        ops port: GET /healthz and /metrics (Prometheus),\n"
+            "                           IP:port or none (default " DEFAULT_OPS ")\n"
+            "  --log-level LEVEL        debug, info, warn, error (default info)\n"
+            "  -h, --help\n"
+            "DUR is like 250ms, 10s, 1m.\n",
+            default_workers());
 }
 
 static void on_poke(const char *fn, void *data)
@@ -262,7 +271,7 @@ int main(int argc, char **argv)
     struct stoke_addr ctl_addr;
     struct stoke_route_table routes = {.gen = 0};
     bool use_ctl = true;
-    unsigned workers = 1;
+    unsigned workers = default_workers();
     struct stoke_addr ops_addr;
     bool use_ops = true;
     enum stoke_log_level level = STOKE_LOG_INFO;
