@@ -73,6 +73,30 @@ def remove_containers(labels):
         engine("DELETE", "/containers/%s?force=1&v=1" % c["Id"])
 
 
+def terminate(proc):
+    """SIGTERM to a process still running, SIGKILL after 30 s; waits."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def stop_checked(proc, logpath, name="activator"):
+    """terminate(proc); then fails with the log's tail when it exited
+    non-zero or its log at `logpath` has sanitizer findings."""
+    terminate(proc)
+    with open(logpath, "rb") as f:
+        text = f.read().decode(errors="replace")
+    problems = ["log has %r" % m for m in SANITIZER_MARKERS if m in text]
+    if proc.returncode != 0:
+        problems.append("exited with %s" % proc.returncode)
+    if problems:
+        raise AssertionError("%s: %s\n%s" % (name, "; ".join(problems), text[-6000:]))
+
+
 def free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -176,13 +200,8 @@ class Stoke:
         names = [n for n in self.procs if n != "controller"] + ["controller"]
         for name in names:
             p = self.procs.get(name)
-            if p and p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+            if p:
+                terminate(p)
         # The controller removes its replicas on SIGTERM; make sure anyway.
         remove_containers({"io.stoke.instance": self.instance})
         problems = []

@@ -15,7 +15,6 @@ import atexit
 import math
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -24,11 +23,10 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import free_port, run_tests  # noqa: E402
+from harness import SANITIZER_MARKERS, free_port, run_tests, stop_checked  # noqa: E402
 from upstream import Upstream  # noqa: E402
 
 BUILD = os.environ.get("STOKE_BUILD_DIR", os.path.join(os.path.dirname(__file__), "../../build"))
-SANITIZER_MARKERS = ("runtime error:", "AddressSanitizer", "LeakSanitizer")
 MAX_BODY = 65536
 # Sanitized builds are slower; every wait below is a bound, not a timing assert.
 WAIT = 10.0
@@ -89,22 +87,12 @@ class Activator:
 
     def stop(self):
         """SIGTERM, then the exit code and the log's sanitizer findings."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log_f.close()
-        if self.proc in _procs:
-            _procs.remove(self.proc)
-        text = self.log()
-        problems = ["log has %r" % m for m in SANITIZER_MARKERS if m in text]
-        if self.proc.returncode != 0:
-            problems.append("exited with %s" % self.proc.returncode)
-        if problems:
-            raise AssertionError("activator: %s\n%s" % ("; ".join(problems), text[-6000:]))
+        try:
+            stop_checked(self.proc, self.logpath)
+        finally:
+            self.log_f.close()
+            if self.proc in _procs:
+                _procs.remove(self.proc)
         os.unlink(self.logpath)
 
 
