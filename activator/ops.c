@@ -154,7 +154,8 @@ static void conn_answer(struct ops_conn *c, int status, const char *ctype, const
     if (close_conn) {
         c->close_after = true;
         uv_read_stop((uv_stream_t *)&c->tcp);
-        uv_timer_stop(&c->timer);
+        /* A client that does not read its answer is not waited for. */
+        uv_timer_start(&c->timer, on_timeout, OPS_HEAD_TIMEOUT_MS, 0);
     } else if (uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) > OPS_MAX_UNSENT) {
         conn_close(c); /* pipelining without reading the answers */
     }
