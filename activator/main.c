@@ -10,11 +10,16 @@
 #include <uv.h>
 
 #include "ctl.h"
+#include "metrics.h"
+#include "ops.h"
 #include "proxy.h"
 #include "stoke/log.h"
 #include "stoke/spec.h"
 
 #define DEFAULT_CONTROLLER "unix:/run/stoke/ctl.sock"
+#define DEFAULT_OPS "127.0.0.1:9091"
+#define MAX_WORKERS 256
+#define BEAT_MS 250 /* heartbeat period: /healthz calls a worker silent for 3 s stuck */
 
 /* One event loop thread: its own proxy (listening on the shared port with
  * SO_REUSEPORT when there are several), its own upstream pools and its own
@@ -24,10 +29,12 @@ struct worker {
     uv_loop_t loop;
     uv_thread_t thread;
     uv_async_t stop;
+    uv_timer_t beat;
     uv_sem_t started;
     int err; /* startup result, read after `started` */
     struct proxy *px;
     struct ctl *ctl;
+    struct metrics_worker *mw; /* this worker's counters, read by the ops server */
     char id[80];
     const struct proxy_config *cfg;
     const struct stoke_addr *ctl_addr; /* NULL: --controller none */
@@ -37,8 +44,15 @@ struct worker {
 struct activator {
     struct worker *workers;
     unsigned n_workers;
+    struct ops *ops; /* NULL: --ops-listen none */
     uv_signal_t sigint, sigterm;
 };
+
+static unsigned default_workers(void)
+{
+    unsigned n = uv_available_parallelism();
+    return n == 0 ? 1 : n > MAX_WORKERS ? MAX_WORKERS : n;
+}
 
 static void usage(FILE *f)
 {
@@ -61,10 +75,14 @@ static void usage(FILE *f)
         "  --idle-timeout DUR       keep-alive idle time (default 60s)\n"
         "  --connect-timeout DUR    replica connect time (default 2s)\n"
         "  --workers N              event-loop threads sharing the port (SO_REUSEPORT),\n"
-        "                           each with its own upstream pools (default 1)\n"
+        "                           each with its own upstream pools (default: one per\n"
+        "                           online CPU, here %u)\n"
+        "  --ops-listen ADDR        ops port: GET /healthz and /metrics (Prometheus),\n"
+        "                           IP:port or none (default " DEFAULT_OPS ")\n"
         "  --log-level LEVEL        debug, info, warn, error (default info)\n"
         "  -h, --help\n"
-        "DUR is like 250ms, 10s, 1m.\n");
+        "DUR is like 250ms, 10s, 1m.\n",
+        default_workers());
 }
 
 static void on_poke(const char *fn, void *data)
@@ -88,6 +106,13 @@ static void on_stop(uv_async_t *h)
     if (w->ctl)
         ctl_close(w->ctl, NULL, NULL);
     uv_close((uv_handle_t *)&w->stop, NULL);
+    uv_close((uv_handle_t *)&w->beat, NULL);
+}
+
+static void on_beat(uv_timer_t *t)
+{
+    struct worker *w = t->data;
+    metrics_beat(w->mw, uv_hrtime() / 1000000);
 }
 
 static void on_signal(uv_signal_t *s, int signum)
@@ -96,6 +121,8 @@ static void on_signal(uv_signal_t *s, int signum)
     stoke_info(NULL, "signal %d: shutting down", signum);
     for (unsigned i = 0; i < a->n_workers; i++)
         uv_async_send(&a->workers[i].stop);
+    ops_close(a->ops);
+    a->ops = NULL;
     uv_close((uv_handle_t *)&a->sigint, NULL);
     uv_close((uv_handle_t *)&a->sigterm, NULL);
 }
@@ -111,9 +138,14 @@ static void worker_main(void *arg)
     }
     uv_async_init(&w->loop, &w->stop, on_stop);
     w->stop.data = w;
+    uv_timer_init(&w->loop, &w->beat);
+    w->beat.data = w;
+    on_beat(&w->beat);
+    uv_timer_start(&w->beat, on_beat, BEAT_MS, BEAT_MS);
     r = w->ctl_addr ? ctl_new(&w->loop, w->ctl_addr, w->id, &w->ctl) : 0;
     if (r == 0) {
-        const struct proxy_hooks hooks = {.on_poke = on_poke, .on_drained = on_drained, .data = w};
+        const struct proxy_hooks hooks = {
+            .on_poke = on_poke, .on_drained = on_drained, .data = w, .metrics = w->mw};
         r = proxy_new(&w->loop, w->cfg, &hooks, &w->px);
         if (r < 0)
             w->px = NULL;
@@ -122,6 +154,7 @@ static void worker_main(void *arg)
         if (w->ctl)
             ctl_close(w->ctl, NULL, NULL);
         uv_close((uv_handle_t *)&w->stop, NULL);
+        uv_close((uv_handle_t *)&w->beat, NULL);
     } else {
         if (w->ctl)
             ctl_set_proxy(w->ctl, w->px);
@@ -215,6 +248,7 @@ int main(int argc, char **argv)
         O_LOG,
         O_ROUTE,
         O_WORKERS,
+        O_OPS,
     };
     static const struct option opts[] = {
         {"listen", required_argument, NULL, O_LISTEN},
@@ -230,6 +264,7 @@ int main(int argc, char **argv)
         {"log-level", required_argument, NULL, O_LOG},
         {"route", required_argument, NULL, O_ROUTE},
         {"workers", required_argument, NULL, O_WORKERS},
+        {"ops-listen", required_argument, NULL, O_OPS},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -237,7 +272,9 @@ int main(int argc, char **argv)
     struct stoke_addr ctl_addr;
     struct stoke_route_table routes = {.gen = 0};
     bool use_ctl = true;
-    unsigned workers = 1;
+    unsigned workers = default_workers();
+    struct stoke_addr ops_addr;
+    bool use_ops = true;
     enum stoke_log_level level = STOKE_LOG_INFO;
     char id[64];
     size_t sz;
@@ -246,6 +283,7 @@ int main(int argc, char **argv)
 
     proxy_config_defaults(&cfg);
     (void)stoke_addr_parse(DEFAULT_CONTROLLER, &ctl_addr);
+    (void)stoke_addr_parse(DEFAULT_OPS, &ops_addr);
     snprintf(id, sizeof(id), "activator-%d", (int)getpid());
 
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -265,9 +303,15 @@ int main(int argc, char **argv)
             break;
         case O_WORKERS:
             r = parse_size(optarg, &sz);
-            if (r == 0 && sz > 256)
+            if (r == 0 && sz > MAX_WORKERS)
                 r = -EINVAL;
             workers = (unsigned)sz;
+            break;
+        case O_OPS:
+            use_ops = strcmp(optarg, "none") != 0;
+            r = use_ops ? stoke_addr_parse(optarg, &ops_addr) : 0;
+            if (r == 0 && use_ops && ops_addr.is_unix)
+                r = -EINVAL;
             break;
         case O_DOMAIN:
             cfg.domain = optarg;
@@ -334,8 +378,11 @@ int main(int argc, char **argv)
     stoke_route_table_done(&routes);
 
     struct activator a = {.n_workers = workers};
+    struct metrics *metrics = metrics_new(workers);
     a.workers = calloc(workers, sizeof(*a.workers));
-    if (!a.workers) {
+    if (!a.workers || !metrics) {
+        free(a.workers);
+        metrics_free(metrics);
         free(routes_line);
         return 1;
     }
@@ -347,6 +394,7 @@ int main(int argc, char **argv)
         w->cfg = &cfg;
         w->ctl_addr = use_ctl ? &ctl_addr : NULL;
         w->routes_line = routes_line;
+        w->mw = metrics_worker(metrics, i);
         if (workers > 1)
             snprintf(w->id, sizeof(w->id), "%s-w%u", id, i);
         else
@@ -374,6 +422,18 @@ int main(int argc, char **argv)
     a.sigint.data = &a;
     a.sigterm.data = &a;
     a.n_workers = started;
+    if (status == 0 && use_ops) {
+        r = ops_new(main_loop, &ops_addr, metrics, &a.ops);
+        char addr[80];
+        stoke_addr_format(&ops_addr, addr, sizeof(addr));
+        if (r < 0) {
+            stoke_error(NULL, r, "ops port cannot listen on %s (--ops-listen none disables it)",
+                        addr);
+            status = 1;
+        } else {
+            stoke_info(NULL, "ops port listening on %s", addr);
+        }
+    }
     if (status == 0) {
         uv_signal_start(&a.sigint, on_signal, SIGINT);
         uv_signal_start(&a.sigterm, on_signal, SIGTERM);
@@ -396,6 +456,7 @@ int main(int argc, char **argv)
     if (r < 0)
         stoke_warn(NULL, r, "loop closed with handles still open");
     free(a.workers);
+    metrics_free(metrics);
     free(routes_line);
     return status;
 }

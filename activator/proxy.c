@@ -11,6 +11,7 @@
 
 #include <llhttp.h>
 
+#include "metrics.h"
 #include "stoke/list.h"
 #include "stoke/log.h"
 
@@ -58,6 +59,7 @@ struct fn {
     uint64_t stats_base_ms;
     uint64_t requests;
     uint64_t last_poke_ms;
+    struct metrics_fn *m; /* its counters; outlive it */
 };
 
 enum client_state {
@@ -124,6 +126,9 @@ struct client {
     bool streaming;        /* the body goes on as it comes */
     bool last_sent;        /* the end of a streamed chunked body */
     bool retry_lost;       /* streamed bytes are gone: no retry */
+    struct metrics_fn *m;  /* set while a routed request is measured */
+    uint64_t start_ns;     /* uv_hrtime() at the end of the request head */
+    int status;            /* sent to the client, 0 before */
     int tries;
     bool response_started;
     bool close_after;
@@ -139,6 +144,7 @@ struct upstream {
     struct endpoint *ep;
     struct client *c;
     struct stoke_list node; /* ep->idle while pooled */
+    struct metrics_fn *m;
     llhttp_t parser;
     bool connected;
     bool reused;
@@ -364,6 +370,7 @@ void proxy_set_routes(struct proxy *px, struct stoke_route_table *t)
             fn->refs = 1;
             fn->mark_ms = uv_now(px->loop);
             fn->stats_base_ms = fn->mark_ms;
+            fn->m = metrics_fn_get(px->hooks.metrics, r->name);
             stoke_list_init(&fn->queue);
             stoke_list_init(&fn->kick);
         }
@@ -620,6 +627,7 @@ static const char *status_reason(int status)
  * read, and the connection closes once the writes are flushed. */
 static void client_close_after_flush(struct client *c)
 {
+    metrics_request_end(&c->m, c->status, c->start_ns);
     if (c->pending_writes == 0) {
         client_close(c);
         return;
@@ -655,6 +663,8 @@ static void send_error(struct client *c, int status, bool close_conn)
                       c->request_id[0] ? "\r\n" : "");
     uv_buf_t parts[2] = {uv_buf_init(head, (unsigned)hl), uv_buf_init(body, (unsigned)bl)};
     bool head_only = c->method == HTTP_HEAD;
+    metrics_error(c->px->hooks.metrics, status, c->state == C_QUEUED);
+    c->status = status;
     client_abort_upstream(c);
     int r = client_writev(c, parts, head_only ? 1 : 2);
     if (r < 0)
@@ -849,6 +859,7 @@ static int on_req_headers_complete(llhttp_t *p)
 {
     struct client *c = parser_client(p);
     c->state = C_BODY;
+    c->start_ns = uv_hrtime();
     c->method = (uint8_t)llhttp_get_method(p);
     c->http_minor = llhttp_get_http_minor(p);
     if (llhttp_get_http_major(p) != 1) {
@@ -1073,6 +1084,7 @@ static void client_release(struct client *c)
         fn_mark(fn);
         c->ep->inflight--;
         fn->inflight--;
+        metrics_gauge(fn->m, METRICS_IN_FLIGHT, -1);
         if (fn->queued > 0 && !fn->gone)
             kick(fn);
         if (c->ep->gone && c->ep->inflight == 0 && !stoke_list_empty(&c->ep->dnode)) {
@@ -1087,6 +1099,7 @@ static void client_release(struct client *c)
             fn_mark(c->fn);
             stoke_list_remove(&c->qnode);
             c->fn->queued--;
+            metrics_gauge(c->fn->m, METRICS_QUEUED, -1);
             c->state = C_BODY;
         }
         fn_unref(c->fn);
@@ -1108,11 +1121,13 @@ static void client_close(struct client *c)
 {
     if (c->state == C_CLOSED)
         return;
+    metrics_request_end(&c->m, c->status, c->start_ns);
     client_abort_upstream(c);
     c->state = C_CLOSED;
     stoke_list_remove(&c->node);
     c->px->n_clients--;
     uv_close((uv_handle_t *)&c->body_timer, on_client_handle_closed);
+    metrics_connections(c->px->hooks.metrics, -1);
     uv_close((uv_handle_t *)&c->timer, on_client_handle_closed);
     uv_close((uv_handle_t *)&c->tcp, on_client_handle_closed);
 }
@@ -1124,6 +1139,7 @@ static void on_idle_timeout(uv_timer_t *t)
         /* A slow sender: closed, and a replica that got part of the
          * request sees its connection close too. */
         stoke_debug(NULL, "client timed out sending a request");
+        metrics_rejected(c->px->hooks.metrics, METRICS_CLIENT_TIMEOUT);
     }
     client_close(c);
 }
@@ -1213,6 +1229,7 @@ static void client_parse(struct client *c, const char *data, size_t len)
  * writing and the connection stays open: reads the next request. */
 static void client_finish_request(struct client *c)
 {
+    metrics_request_end(&c->m, c->status, c->start_ns);
     client_release(c);
     request_reset(c);
     c->state = C_IDLE;
@@ -1254,6 +1271,7 @@ static struct client *client_new(struct proxy *px)
     stoke_list_init(&c->qnode);
     stoke_list_insert_tail(&px->clients, &c->node);
     px->n_clients++;
+    metrics_connections(px->hooks.metrics, 1);
     c->state = C_IDLE;
     stoke_buf_init(&c->in, MAX_PENDING_INPUT + 65536);
     stoke_buf_init(&c->batch, 2 * WRITE_HIGH_WATER);
@@ -1280,6 +1298,7 @@ static void client_start(struct client *c)
 {
     struct proxy *px = c->px;
     if (px->n_clients > px->cfg.max_connections) {
+        metrics_rejected(px->hooks.metrics, METRICS_CONNECTIONS_LIMIT);
         client_close(c);
         return;
     }
@@ -1395,6 +1414,7 @@ static void enqueue(struct client *c)
     c->state = C_QUEUED;
     stoke_list_insert_tail(&fn->queue, &c->qnode);
     fn->queued++;
+    metrics_gauge(fn->m, METRICS_QUEUED, 1);
     timer_start(c, on_queue_timeout, fn->cfg.queue_timeout_ms);
 
     uint64_t now = uv_now(fn->px->loop);
@@ -1506,6 +1526,8 @@ static void dispatch(struct client *c)
     }
     fn->refs++;
     c->fn = fn;
+    c->m = fn->m;
+    c->status = 0;
     fn_mark(fn);
     fn->requests++;
     route_request(c, NULL);
@@ -1525,6 +1547,7 @@ static void on_drain(uv_idle_t *h)
             fn_mark(fn);
             stoke_list_remove(&c->qnode);
             fn->queued--;
+            metrics_gauge(fn->m, METRICS_QUEUED, -1);
             c->state = C_BODY;
             upstream_send(c, ep);
             budget--;
@@ -1570,6 +1593,7 @@ static void upstream_close(struct upstream *up)
     if (up->closing)
         return;
     up->closing = true;
+    metrics_gauge(up->m, METRICS_UPSTREAMS, -1);
     if (up->c) {
         up->c->up = NULL;
         up->c = NULL;
@@ -1689,6 +1713,8 @@ static struct upstream *upstream_new(struct proxy *px, struct endpoint *ep)
         return NULL;
     up->px = px;
     up->ep = ep;
+    up->m = ep->fn->m;
+    metrics_gauge(up->m, METRICS_UPSTREAMS, 1);
     ep->refs++;
     uv_tcp_init(px->loop, &up->tcp);
     uv_timer_init(px->loop, &up->timer);
@@ -1712,6 +1738,7 @@ static void upstream_send(struct client *c, struct endpoint *ep)
     fn_mark(fn);
     ep->inflight++;
     fn->inflight++;
+    metrics_gauge(fn->m, METRICS_IN_FLIGHT, 1);
     ep->refs++;
     c->ep = ep;
     c->tries++;
@@ -1898,6 +1925,7 @@ static void tunnel_start(struct upstream *up, const char *rest, size_t n)
 {
     struct client *c = up->c;
     c->state = C_TUNNEL;
+    c->status = 101; /* counted when the tunnel ends */
     uv_timer_stop(&c->timer);
     if (n > 0 && client_write(c, rest, n) < 0) {
         client_close(c);
@@ -2076,6 +2104,7 @@ static int on_resp_headers_complete(llhttp_t *p)
     }
     if (c->in_body)
         c->close_after = true; /* answered before the whole body came */
+    c->status = status;
     bool chunked = (p->flags & F_CHUNKED) != 0;
     bool has_length = (p->flags & F_CONTENT_LENGTH) != 0;
     bool bodyless = c->method == HTTP_HEAD || status == 204 || status == 304;

@@ -44,10 +44,13 @@ typedef void (*proxy_poke_cb)(const char *fn, void *data);
  * any more (see proxy_draining()). */
 typedef void (*proxy_drained_cb)(void *data);
 
+struct metrics_worker;
+
 struct proxy_hooks {
     proxy_poke_cb on_poke;
     proxy_drained_cb on_drained;
     void *data;
+    struct metrics_worker *metrics; /* this loop's counters (metrics.h), or NULL */
 };
 
 /* Called by proxy_stats() once per function. */

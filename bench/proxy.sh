@@ -189,7 +189,7 @@ nginx_worker() { # MASTER-PID -> the (single) worker's PID
     die "no nginx worker under master $1"
 }
 start_activator() { # sets ACT_PID
-    "$ACTIVATOR" --listen "127.0.0.1:$ACT_PORT" --controller none \
+    "$ACTIVATOR" --listen "127.0.0.1:$ACT_PORT" --controller none --workers 1 --ops-listen none \
         --route "bench=127.0.0.1:$BACKEND_PORT" --log-level warn \
         --max-connections $((IDLE_CONNS * 2 + 1024)) --idle-timeout 5m \
         >>"$TMP/activator.log" 2>&1 &

@@ -73,6 +73,30 @@ def remove_containers(labels):
         engine("DELETE", "/containers/%s?force=1&v=1" % c["Id"])
 
 
+def terminate(proc):
+    """SIGTERM to a process still running, SIGKILL after 30 s; waits."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def stop_checked(proc, logpath, name="activator"):
+    """terminate(proc); then fails with the log's tail when it exited
+    non-zero or its log at `logpath` has sanitizer findings."""
+    terminate(proc)
+    with open(logpath, "rb") as f:
+        text = f.read().decode(errors="replace")
+    problems = ["log has %r" % m for m in SANITIZER_MARKERS if m in text]
+    if proc.returncode != 0:
+        problems.append("exited with %s" % proc.returncode)
+    if problems:
+        raise AssertionError("%s: %s\n%s" % (name, "; ".join(problems), text[-6000:]))
+
+
 def free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -102,6 +126,7 @@ class Stoke:
         os.mkdir(self.fndir)
         self.ctl = "unix:" + os.path.join(self.tmp, "ctl.sock")
         self.port = free_port()
+        self.ops_port = free_port()  # the activator's ops port (/metrics, /healthz)
         self.procs = {}
         self.logs = {}
         self.extra = list(extra_controller_args)
@@ -138,16 +163,19 @@ class Stoke:
         self._spawn("controller", self._controller_argv())
         self._spawn("activator", [
             os.path.join(BUILD, "stoke-activator"), "--listen", "127.0.0.1:%d" % self.port,
+            "--ops-listen", "127.0.0.1:%d" % self.ops_port,
             "--controller", self.ctl, "--log-level", "debug"] + self.activator_args)
         self.wait_log("controller", '"ready: functions from', 30)
         self.wait_log("activator", "connected to the controller", 30)
         return self
 
     def add_activator(self, name):
-        """Starts another activator on its own port; returns the port."""
+        """Starts another activator on its own port (and ops port); returns
+        the port."""
         port = free_port()
         self._spawn(name, [
             os.path.join(BUILD, "stoke-activator"), "--listen", "127.0.0.1:%d" % port,
+            "--ops-listen", "127.0.0.1:%d" % free_port(),
             "--controller", self.ctl, "--id", name, "--log-level", "debug"])
         self.wait_log(name, "connected to the controller", 30)
         return port
@@ -172,13 +200,8 @@ class Stoke:
         names = [n for n in self.procs if n != "controller"] + ["controller"]
         for name in names:
             p = self.procs.get(name)
-            if p and p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+            if p:
+                terminate(p)
         # The controller removes its replicas on SIGTERM; make sure anyway.
         remove_containers({"io.stoke.instance": self.instance})
         problems = []

@@ -63,9 +63,12 @@ class Activator:
         fd, self.logpath = tempfile.mkstemp(prefix="stoke-hostile-", suffix=".log")
         os.close(fd)
         self.log_f = open(self.logpath, "wb")
+        # One worker: the cases expect one upstream pool, since whether a
+        # request travels on a pooled connection decides what is retried.
         self.proc = subprocess.Popen([
             os.path.join(BUILD, "stoke-activator"), "--listen", "127.0.0.1:%d" % self.port,
             "--controller", "none", "--route", "echo=127.0.0.1:%d" % upstream_port,
+            "--ops-listen", "none", "--workers", "1",
             "--header-timeout", "%dms" % int(HEADER_TIMEOUT * 1000),
             "--max-header-bytes", str(MAX_HEADER), "--max-body-bytes", str(MAX_BODY),
             "--log-level", "debug", *extra], stdout=self.log_f, stderr=subprocess.STDOUT,
