@@ -316,10 +316,12 @@ static const struct {
 } fn_families[F_FAMILIES] = {
     [F_REQUESTS] = {"stoke_activator_requests_total", "counter",
                     "Requests routed to a function, by the status sent to the client (499: the "
-                    "client left before any)."},
+                    "client left before any).",
+                    METRICS_GAUGES},
     [F_DURATION] = {"stoke_activator_request_duration_seconds", "histogram",
                     "Time from a routed request's head to the last byte of its answer queued "
-                    "for the client."},
+                    "for the client.",
+                    METRICS_GAUGES},
     [F_IN_FLIGHT] = {"stoke_activator_requests_in_flight", "gauge",
                      "Requests sent to a replica and not finished.", METRICS_IN_FLIGHT},
     [F_QUEUE] = {"stoke_activator_queue_depth", "gauge",
