@@ -7,7 +7,7 @@
 # at the end.
 #
 # With no arguments: every test on a plain build (unit tests under valgrind
-# too), each libFuzzer target for 30 s (tests/fuzz/run.sh), then every test
+# too), each libFuzzer target for 30 s (fuzz_proxy 60 s; tests/fuzz/run.sh), then every test
 # again on an ASan + UBSan build (build-asan/).
 #
 # Usage: tests/run.sh [ctest args...]     e.g. tests/run.sh -L unit (plain only)
@@ -73,7 +73,7 @@ fi
 # daemons fail the run too.
 ctest --output-on-failure
 if [ "$sanitize" = OFF ]; then
-    echo "run.sh: the fuzz targets, ${STOKE_FUZZ_SECONDS:-30}s each from their seed corpora"
+    echo "run.sh: the fuzz targets, ${STOKE_FUZZ_SECONDS:-30}s each (fuzz_proxy twice that) from their seed corpora"
     STOKE_FUZZ_BUILD_DIR=$build-fuzz "$root/tests/fuzz/run.sh"
     echo "run.sh: again with AddressSanitizer + UndefinedBehaviorSanitizer"
     configure "$build-asan" ON
