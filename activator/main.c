@@ -71,6 +71,7 @@ static void usage(FILE *f)
         "  --max-header-bytes N     request head limit, 431 past it (default 16384)\n"
         "  --max-body-bytes N       request body limit, 413 past it; 0: none (default 16777216)\n"
         "  --max-connections N      client connections (default 10000)\n"
+        "  --upstream-pool N        idle connections kept per replica, per worker (default 256)\n"
         "  --header-timeout DUR     time to read a request head (default 10s)\n"
         "  --idle-timeout DUR       keep-alive idle time (default 60s)\n"
         "  --connect-timeout DUR    replica connect time (default 2s)\n"
@@ -242,6 +243,7 @@ int main(int argc, char **argv)
         O_MAXHDR,
         O_MAXBODY,
         O_MAXCONN,
+        O_POOL,
         O_HDRTO,
         O_IDLETO,
         O_CONNTO,
@@ -258,6 +260,7 @@ int main(int argc, char **argv)
         {"max-header-bytes", required_argument, NULL, O_MAXHDR},
         {"max-body-bytes", required_argument, NULL, O_MAXBODY},
         {"max-connections", required_argument, NULL, O_MAXCONN},
+        {"upstream-pool", required_argument, NULL, O_POOL},
         {"header-timeout", required_argument, NULL, O_HDRTO},
         {"idle-timeout", required_argument, NULL, O_IDLETO},
         {"connect-timeout", required_argument, NULL, O_CONNTO},
@@ -329,6 +332,10 @@ int main(int argc, char **argv)
         case O_MAXCONN:
             r = parse_size(optarg, &sz);
             cfg.max_connections = (uint32_t)(sz > UINT32_MAX ? UINT32_MAX : sz);
+            break;
+        case O_POOL:
+            r = parse_size(optarg, &sz);
+            cfg.max_idle_upstream = (uint32_t)(sz > UINT32_MAX ? UINT32_MAX : sz);
             break;
         case O_HDRTO:
             r = stoke_parse_duration(optarg, &cfg.header_timeout_ms);
