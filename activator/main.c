@@ -72,6 +72,7 @@ static void usage(FILE *f)
         "  --max-body-bytes N       request body limit, 413 past it; 0: none (default 16777216)\n"
         "  --max-connections N      client connections (default 10000)\n"
         "  --upstream-pool N        idle connections kept per replica, per worker (default 256)\n"
+        "  --access-log             a JSON log line per request (off by default)\n"
         "  --header-timeout DUR     time to read a request head (default 10s)\n"
         "  --idle-timeout DUR       keep-alive idle time (default 60s)\n"
         "  --connect-timeout DUR    replica connect time (default 2s)\n"
@@ -244,6 +245,7 @@ int main(int argc, char **argv)
         O_MAXBODY,
         O_MAXCONN,
         O_POOL,
+        O_ACCESSLOG,
         O_HDRTO,
         O_IDLETO,
         O_CONNTO,
@@ -261,6 +263,7 @@ int main(int argc, char **argv)
         {"max-body-bytes", required_argument, NULL, O_MAXBODY},
         {"max-connections", required_argument, NULL, O_MAXCONN},
         {"upstream-pool", required_argument, NULL, O_POOL},
+        {"access-log", no_argument, NULL, O_ACCESSLOG},
         {"header-timeout", required_argument, NULL, O_HDRTO},
         {"idle-timeout", required_argument, NULL, O_IDLETO},
         {"connect-timeout", required_argument, NULL, O_CONNTO},
@@ -332,6 +335,9 @@ int main(int argc, char **argv)
         case O_MAXCONN:
             r = parse_size(optarg, &sz);
             cfg.max_connections = (uint32_t)(sz > UINT32_MAX ? UINT32_MAX : sz);
+            break;
+        case O_ACCESSLOG:
+            cfg.access_log = true;
             break;
         case O_POOL:
             r = parse_size(optarg, &sz);

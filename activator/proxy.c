@@ -623,11 +623,34 @@ static const char *status_reason(int status)
     }
 }
 
+/* The current request is over (answered, or its client left): counted,
+ * and logged when the access log is on. Only once per request. */
+static void request_end(struct client *c)
+{
+    uint64_t start = c->start_ns;
+    c->start_ns = 0;
+    if (c->px->cfg.access_log && start) {
+        uint64_t now = uv_hrtime();
+        struct stoke_log_field f[] = {
+            {.key = "request_id", .str = c->request_id[0] ? c->request_id : "-"},
+            {.key = "client", .str = c->ip},
+            {.key = "method", .str = llhttp_method_name(c->method)},
+            {.key = "target", .str = c->url.data ? c->url.data : ""},
+            {.key = "status", .num = c->status > 0 ? c->status : 499},
+            {.key = "duration_ms", .num = (double)(now - start) / 1e6, .decimals = 3},
+            {.key = "request_body_bytes", .num = (double)c->body_bytes},
+        };
+        stoke_log_fields(STOKE_LOG_INFO, c->fn ? c->fn->cfg.name : NULL, 0, f, STOKE_ARRAY_SIZE(f),
+                         "request");
+    }
+    metrics_request_end(&c->m, c->status, start);
+}
+
 /* The answer written so far is the connection's last: nothing more is
  * read, and the connection closes once the writes are flushed. */
 static void client_close_after_flush(struct client *c)
 {
-    metrics_request_end(&c->m, c->status, c->start_ns);
+    request_end(c);
     if (c->pending_writes == 0) {
         client_close(c);
         return;
@@ -1031,6 +1054,7 @@ static void request_reset(struct client *c)
     c->last_sent = false;
     c->retry_lost = false;
     c->request_id[0] = '\0';
+    c->start_ns = 0;
     c->head_bytes = 0;
     c->body_bytes = 0;
     c->error_status = 0;
@@ -1121,7 +1145,7 @@ static void client_close(struct client *c)
 {
     if (c->state == C_CLOSED)
         return;
-    metrics_request_end(&c->m, c->status, c->start_ns);
+    request_end(c);
     client_abort_upstream(c);
     c->state = C_CLOSED;
     stoke_list_remove(&c->node);
@@ -1229,7 +1253,7 @@ static void client_parse(struct client *c, const char *data, size_t len)
  * writing and the connection stays open: reads the next request. */
 static void client_finish_request(struct client *c)
 {
-    metrics_request_end(&c->m, c->status, c->start_ns);
+    request_end(c);
     client_release(c);
     request_reset(c);
     c->state = C_IDLE;

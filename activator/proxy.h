@@ -32,6 +32,7 @@ struct proxy_config {
     uint32_t max_connections;    /* client connections; over: closed at accept */
     uint32_t max_idle_upstream;  /* idle pooled connections per replica */
     bool reuse_port;             /* SO_REUSEPORT: several workers share the port */
+    bool access_log;             /* a log line per request (info level) */
 };
 
 void proxy_config_defaults(struct proxy_config *cfg);

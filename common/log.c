@@ -76,10 +76,35 @@ static void put_kv(struct line *l, const char *key, const char *value)
     put_raw(l, "\"", 1);
 }
 
+static void log_line(enum stoke_log_level level, const char *fn, int err,
+                     const struct stoke_log_field *fields, size_t n_fields, const char *fmt,
+                     va_list ap) __attribute__((format(printf, 6, 0)));
+
 void stoke_log(enum stoke_log_level level, const char *fn, int err, const char *fmt, ...)
 {
     if (level < log_min)
         return;
+    va_list ap;
+    va_start(ap, fmt);
+    log_line(level, fn, err, NULL, 0, fmt, ap);
+    va_end(ap);
+}
+
+void stoke_log_fields(enum stoke_log_level level, const char *fn, int err,
+                      const struct stoke_log_field *fields, size_t n, const char *fmt, ...)
+{
+    if (level < log_min)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    log_line(level, fn, err, fields, n, fmt, ap);
+    va_end(ap);
+}
+
+static void log_line(enum stoke_log_level level, const char *fn, int err,
+                     const struct stoke_log_field *fields, size_t n_fields, const char *fmt,
+                     va_list ap)
+{
 
     struct line l = {.len = 0};
     struct timeval tv;
@@ -91,10 +116,7 @@ void stoke_log(enum stoke_log_level level, const char *fn, int err, const char *
     size_t n = strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
     snprintf(ts + n, sizeof(ts) - n, ".%03dZ", (int)(tv.tv_usec / 1000));
 
-    va_list ap;
-    va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
 
     put_raw(&l, "{\"ts\":\"", 7);
     put_raw(&l, ts, strlen(ts));
@@ -106,6 +128,18 @@ void stoke_log(enum stoke_log_level level, const char *fn, int err, const char *
         put_kv(&l, "fn", fn);
     if (err < 0)
         put_kv(&l, "err", uv_err_name(err));
+    for (size_t i = 0; i < n_fields; i++) {
+        if (fields[i].str) {
+            put_kv(&l, fields[i].key, fields[i].str);
+            continue;
+        }
+        char num[64];
+        int k = snprintf(num, sizeof(num), "%.*f", fields[i].decimals, fields[i].num);
+        put_raw(&l, ",\"", 2);
+        put_raw(&l, fields[i].key, strlen(fields[i].key));
+        put_raw(&l, "\":", 2);
+        put_raw(&l, num, (size_t)k);
+    }
     l.buf[l.len++] = '}';
     l.buf[l.len++] = '\n';
     /* One write keeps the line whole; a short or failed write to stderr has

@@ -220,6 +220,7 @@ def read_body(s, hdrs, rest, consume):
             buf = buf[size + 2:]
     left = int(hdrs["content-length"])
     consume(rest[:left])
+    after = rest[left:]
     left -= min(left, len(rest))
     while left > 0:
         d = s.recv(min(left, 1 << 20))
@@ -227,7 +228,7 @@ def read_body(s, hdrs, rest, consume):
             raise AssertionError("body cut with %d bytes to go" % left)
         consume(d)
         left -= len(d)
-    return b""
+    return after
 
 
 def connect():
@@ -488,6 +489,36 @@ def test_request_id_and_traceparent():
         assert st == 404 and hdrs.get("x-request-id") == "r-404", (st, hdrs)
     finally:
         s.close()
+
+
+def test_access_log():
+    """--access-log writes one JSON line per request; without it, none."""
+    import json
+    act = Activator(_env["be"].port, extra=["--access-log", "--log-level", "info"])
+    try:
+        s = socket.create_connection(("127.0.0.1", act.port), 10)
+        s.settimeout(TIMEOUT)
+        s.sendall(b"GET /fn/echo/head?q=1 HTTP/1.1\r\nHost: x\r\nX-Request-Id: log-1\r\n\r\n"
+                  b"GET /fn/nosuch/ HTTP/1.1\r\nHost: x\r\nX-Request-Id: log-2\r\n\r\n")
+        st, hdrs, rest = read_head(s)
+        rest = read_body(s, hdrs, rest, lambda d: None)
+        st2, _, _ = read_head(s, rest)
+        s.close()
+        assert (st, st2) == (200, 404), (st, st2)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            lines = [json.loads(x) for x in act.log().splitlines() if '"msg":"request"' in x]
+            if len(lines) >= 2:
+                break
+            time.sleep(0.05)
+        by_id = {x["request_id"]: x for x in lines}
+        a, b = by_id["log-1"], by_id["log-2"]
+        assert a["fn"] == "echo" and a["method"] == "GET" and a["target"] == "/fn/echo/head?q=1"
+        assert a["status"] == 200 and a["duration_ms"] >= 0 and a["client"] == "127.0.0.1", a
+        assert b["status"] == 404 and "fn" not in b, b
+    finally:
+        act.stop()
+    assert '"msg":"request"' not in _env["act"].log()
 
 
 def _activator_alive():
