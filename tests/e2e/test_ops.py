@@ -426,6 +426,31 @@ def test_counts_one_worker():
         act.stop()
 
 
+def test_grafana_dashboard_uses_exported_metrics():
+    """Every metric deploy/grafana/stoke.json queries is one the activator
+    exports (a renamed metric would leave a panel empty)."""
+    import json
+    import re
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../deploy/grafana/stoke.json")
+    with open(path) as f:
+        dash = json.load(f)
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    used = set(re.findall(r"\b(stoke_[a-z_]+)", " ".join(exprs)))
+    assert len(exprs) >= 6 and used, exprs
+    act = Activator(routes(), ["--workers", "1"]).wait_ready()
+    try:
+        _request_mix(act, 3)
+        fams = scrape(act)
+    finally:
+        act.stop()
+    exported = set()
+    for fam, f in fams.items():
+        exported.add(fam)
+        exported.update(n for n, _, _ in f["samples"])
+    missing = sorted(used - exported)
+    assert not missing, "the dashboard queries metrics nobody exports: %s" % missing
+
+
 def test_counts_summed_over_two_workers():
     up = _env["up"]
     act = Activator(routes(), ["--workers", "2"]).wait_ready()
