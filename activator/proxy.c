@@ -236,20 +236,27 @@ static int cmp_fn(const void *a, const void *b)
     return strcmp((*(struct fn *const *)a)->cfg.name, (*(struct fn *const *)b)->cfg.name);
 }
 
-static struct fn *fn_find(struct proxy *px, const char *name)
+/* The index of the function named `name` in px->fns, or -1. */
+static ssize_t fn_index(const struct proxy *px, const char *name)
 {
     size_t lo = 0, hi = px->n_fns;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
         int c = strcmp(px->fns[mid]->cfg.name, name);
         if (c == 0)
-            return px->fns[mid];
+            return (ssize_t)mid;
         if (c < 0)
             lo = mid + 1;
         else
             hi = mid;
     }
-    return NULL;
+    return -1;
+}
+
+static struct fn *fn_find(struct proxy *px, const char *name)
+{
+    ssize_t i = fn_index(px, name);
+    return i < 0 ? NULL : px->fns[i];
 }
 
 static bool addr_equal(const struct stoke_addr *a, const struct stoke_addr *b)
@@ -347,8 +354,13 @@ static int fn_update(struct fn *fn, const struct stoke_route *r)
 void proxy_set_routes(struct proxy *px, struct stoke_route_table *t)
 {
     struct fn **fns = calloc(t->n_routes ? t->n_routes : 1, sizeof(*fns));
-    if (!fns) {
+    /* Which old functions the new table keeps; px->fns stays intact (and
+     * searchable) until the new array replaces it. */
+    bool *kept = calloc(px->n_fns ? px->n_fns : 1, sizeof(*kept));
+    if (!fns || !kept) {
         stoke_error(NULL, -ENOMEM, "route table update dropped, keeping the old one");
+        free(fns);
+        free(kept);
         stoke_route_table_done(t);
         return;
     }
@@ -356,13 +368,10 @@ void proxy_set_routes(struct proxy *px, struct stoke_route_table *t)
     size_t n = 0;
     for (size_t i = 0; i < t->n_routes; i++) {
         const struct stoke_route *r = &t->routes[i];
-        struct fn *fn = fn_find(px, r->name);
+        ssize_t k = fn_index(px, r->name);
+        struct fn *fn = k >= 0 ? px->fns[k] : NULL;
         if (fn) {
-            /* Detach from the old array so the sweep below keeps it. */
-            for (size_t j = 0; j < px->n_fns; j++) {
-                if (px->fns[j] == fn)
-                    px->fns[j] = NULL;
-            }
+            kept[k] = true;
         } else {
             fn = calloc(1, sizeof(*fn));
             if (!fn)
@@ -386,10 +395,11 @@ void proxy_set_routes(struct proxy *px, struct stoke_route_table *t)
     if (px->n_fns > 1)
         qsort(px->fns, px->n_fns, sizeof(*px->fns), cmp_fn);
     for (size_t j = 0; j < n_old; j++) {
-        if (old[j])
+        if (!kept[j])
             fn_retire(old[j]);
     }
     free(old);
+    free(kept);
     px->gen = t->gen;
     stoke_route_table_done(t);
 

@@ -29,6 +29,32 @@ def test_host_and_path_routing_and_404():
     s.stop()
 
 
+def test_route_tables_naming_known_functions():
+    """Functions added one by one: each route table names those the
+    activator already knows (once, five functions crashed it), and every
+    one of them is still routed (a queued request, not a 404)."""
+    s = Stoke("manyfns").start()
+    names = ["f%d" % i for i in range(5)]
+    for i, n in enumerate(names):
+        s.write_spec(n, scale={"min": 0, "initial": 0}, queue={"max": 10, "timeout": "1s"})
+        s.wait_log("controller", "function added", 10, count=i + 1)
+        s.wait_log("activator", ": %d functions" % (i + 1), 10)
+    assert s.procs["activator"].poll() is None, s.log("activator")[-3000:]
+    for n in names:
+        r = s.fn_request(n)  # queued, the function has no replica: 504 after 1 s
+        assert r.status in (200, 504), r
+    assert s.fn_request("nope").status == 404
+    s.write_file("f2.yaml", "")  # refused: f2 keeps its spec
+    os.unlink(os.path.join(s.fndir, "f1.yaml"))
+    s.wait_log("controller", "function removed", 10)
+    deadline = time.time() + 10
+    while s.fn_request("f1").status != 404 and time.time() < deadline:
+        time.sleep(0.1)
+    assert s.fn_request("f1").status == 404
+    assert s.procs["activator"].poll() is None, s.log("activator")[-3000:]
+    s.stop()
+
+
 def test_bad_spec_is_reported_and_running_functions_keep_serving():
     s = Stoke("badspec").start()
     s.write_spec("steady", scale={"min": 1})
