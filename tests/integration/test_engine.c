@@ -24,6 +24,7 @@
 #include <cmocka.h>
 
 #include "stoke/engine.h"
+#include "stoke/freezer.h"
 #include "stoke/util.h"
 
 #define TEST_IMAGE_BUILT "stoke-engine-test:1"
@@ -752,6 +753,66 @@ static void test_event_parse_hostile(void **state)
     }
 }
 
+/* The warm tier's design rests on these: stoke freezes and thaws a
+ * container's cgroup itself and the engine keeps calling it running; and
+ * a container the engine paused but that was thawed behind its back can no
+ * longer be unpaused by the engine (Docker 20.10, runc 1.1, cgroup v1),
+ * which keeps calling it paused, so the two ways must never be mixed. */
+static void test_freezer_direct(void **state)
+{
+    struct fixture *f = *state;
+    struct stoke_container_state st;
+    struct stoke_freezer fz;
+    char *id = create_one(f, NULL, "freezer");
+
+    if (stoke_freezer_init() < 0) {
+        free(id);
+        skip();
+    }
+    assert_int_equal(op(f, stoke_engine_start, id), 0);
+    inspect_state(f, id, &st);
+    assert_int_equal(stoke_freezer_find(st.pid, &fz), 0);
+    assert_int_equal(stoke_freezer_get(&fz), 0);
+
+    assert_int_equal(stoke_freezer_set(&fz, true), 0);
+    assert_int_equal(stoke_freezer_get(&fz), 1);
+    inspect_state(f, id, &st);
+    assert_string_equal(st.status, "running");
+    assert_false(st.paused);
+    assert_int_equal(stoke_freezer_set(&fz, false), 0);
+    assert_int_equal(stoke_freezer_get(&fz), 0);
+
+    /* Frozen by stoke, then stopped by the engine: runc thaws on SIGKILL,
+     * so nothing hangs even should stoke not thaw first (it does). */
+    struct reply rp = {0};
+    assert_int_equal(stoke_freezer_set(&fz, true), 0);
+    RUN(f, &rp, stoke_engine_stop(f->e, id, 1, on_reply, &rp));
+    assert_int_equal(rp.err, 0);
+    inspect_state(f, id, &st);
+    assert_string_equal(st.status, "exited");
+    /* The cgroup went with the container's processes. */
+    assert_true(stoke_freezer_set(&fz, false) < 0);
+
+    /* Mixed: the engine pauses, stoke thaws, the engine cannot unpause
+     * and still calls it paused. */
+    assert_int_equal(op(f, stoke_engine_start, id), 0);
+    inspect_state(f, id, &st);
+    assert_int_equal(stoke_freezer_find(st.pid, &fz), 0);
+    assert_int_equal(op(f, stoke_engine_pause, id), 0);
+    assert_int_equal(stoke_freezer_get(&fz), 1);
+    assert_int_equal(stoke_freezer_set(&fz, false), 0);
+    RUN(f, &rp, stoke_engine_unpause(f->e, id, on_reply, &rp));
+    if (rp.err == 0) {
+        print_message("note: this engine unpauses a container thawed behind its back\n");
+    } else {
+        assert_non_null(strstr(rp.message, "not paused"));
+        inspect_state(f, id, &st);
+        assert_true(st.paused);
+    }
+    reply_done(&rp);
+    free(id);
+}
+
 static void test_list_by_label(void **state)
 {
     struct fixture *f = *state;
@@ -1363,6 +1424,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_paused_stop_remove, setup, teardown),
         cmocka_unit_test_setup_teardown(test_list_by_label, setup, teardown),
         cmocka_unit_test_setup_teardown(test_events, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_freezer_direct, setup, teardown),
         cmocka_unit_test_setup_teardown(test_create_missing_image, setup, teardown),
         cmocka_unit_test_setup_teardown(test_missing_id, setup, teardown),
         cmocka_unit_test_setup_teardown(test_parallel, setup, teardown),
