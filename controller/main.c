@@ -15,7 +15,6 @@
 
 #define DEFAULT_FUNCTIONS_DIR "/etc/stoke/functions"
 #define DEFAULT_CTL "unix:/run/stoke/ctl.sock"
-#define CHECK_PERIOD_MS 5000
 
 static struct ctrl ctrl;
 static struct fnset *fnset;
@@ -45,7 +44,7 @@ static void on_tick(uv_timer_t *t)
     ctrl_autoscale_all(c);
     ctrl_reconcile_all(c);
     uint64_t now = uv_now(c->loop);
-    if (now - c->last_check_ms >= CHECK_PERIOD_MS) {
+    if (now - c->last_check_ms >= CTRL_CHECK_PERIOD_MS) {
         c->last_check_ms = now;
         ctrl_check_replicas(c);
     }
@@ -80,6 +79,7 @@ static void on_stopped(struct ctrl *c)
     c->hub = NULL;
     stoke_engine_close(c->engine, NULL, NULL);
     c->engine = NULL;
+    ctrl_watch_close(c);
     uv_close((uv_handle_t *)&c->tick, NULL);
     uv_close((uv_handle_t *)&sigint, NULL);
     uv_close((uv_handle_t *)&sigterm, NULL);
@@ -129,8 +129,11 @@ static void on_ping(const struct stoke_engine_result *res, void *data)
         return;
     }
     int r = ctrl_adopt(c, load_functions, on_adopted);
-    if (r < 0)
+    if (r < 0) {
         on_adopted(c, r);
+        return;
+    }
+    ctrl_watch_start(c);
 }
 
 static int parse_range(const char *s, uint16_t *lo, uint16_t *hi)
@@ -245,6 +248,12 @@ int main(int argc, char **argv)
     }
     uv_timer_init(c->loop, &c->tick);
     c->tick.data = c;
+    ctrl_watch_init(c);
+    r = stoke_freezer_init();
+    c->freezer_ok = r == 0;
+    if (r < 0)
+        stoke_warn(NULL, r,
+                   "libcgroup finds no cgroups: idle replicas are paused through the engine");
     uv_signal_init(c->loop, &sigint);
     uv_signal_init(c->loop, &sigterm);
     uv_signal_start(&sigint, on_signal, SIGINT);
