@@ -72,6 +72,7 @@ struct replica {
     bool frozen;           /* frozen through its cgroup by us (thaw before any engine call) */
     bool engine_paused;    /* R_PAUSED through the engine's pause (the fallback) */
     bool exited;           /* the engine said it exited while a call was in flight */
+    int exit_code;         /* with it */
     bool oom;              /* the engine said the kernel OOM-killed it */
     const char *woke_from; /* how it last left zero: "create", "thaw", "unpause", "start" */
     struct stoke_freezer freezer;

@@ -353,7 +353,7 @@ static void on_started(const struct stoke_engine_result *res, void *data)
     }
     r->engine_paused = false;
     if (r->exited) {
-        replica_failed(r, -ESRCH, "exited right after start");
+        replica_failed(r, -ESRCH, "exited right after start (exit status %d)", r->exit_code);
         return;
     }
     if (r->retire_asap) {
@@ -1066,6 +1066,7 @@ static void replica_exited(struct replica *r, int exit_code, const char *how)
     if (r->op_pending) {
         /* Start, inspect or pause in flight: its callback sees this. */
         r->exited = true;
+        r->exit_code = exit_code;
         return;
     }
     switch (r->state) {
