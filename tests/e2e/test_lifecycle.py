@@ -99,7 +99,11 @@ def test_stop_tier_then_start_reuses_the_replica():
     assert inspect(c["Id"])["HostConfig"]["ReadonlyRootfs"] is False
     s.wait_log("controller", "paused (idle, cgroup frozen)", 30)
     s.wait_log("controller", "stopped (idle)", 20)
-    assert inspect(c["Id"])["State"]["Status"] == "exited"
+    state = inspect(c["Id"])["State"]
+    assert state["Status"] == "exited", state
+    # Thawed before the stop: SIGTERM reached it and it exited 0 at once; a
+    # frozen one would have been SIGKILLed (137) after the grace period.
+    assert state["ExitCode"] == 0, state
 
     r = s.fn_request("sleeper")
     assert r.status == 200, r
