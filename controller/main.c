@@ -34,6 +34,8 @@ static void usage(FILE *f)
             "                        containers (default \"default\")\n"
             "  --port-range LO-HI    ports for replicas on 127.0.0.1 (default 30000-32767)\n"
             "  --ready-timeout DUR   replace a replica not ready by then (default 60s)\n"
+            "  --pause-with WAY      cgroup (freeze idle replicas through their cgroup,\n"
+            "                        the default) or engine (the engine's pause/unpause)\n"
             "  --log-level LEVEL     debug, info, warn, error (default info)\n"
             "  -h, --help\n");
 }
@@ -155,7 +157,7 @@ static int parse_range(const char *s, uint16_t *lo, uint16_t *hi)
 
 int main(int argc, char **argv)
 {
-    enum { O_DIR = 256, O_LISTEN, O_DOCKER, O_INSTANCE, O_PORTS, O_READY, O_LOG };
+    enum { O_DIR = 256, O_LISTEN, O_DOCKER, O_INSTANCE, O_PORTS, O_READY, O_LOG, O_PAUSE };
     static const struct option opts[] = {
         {"functions-dir", required_argument, NULL, O_DIR},
         {"listen", required_argument, NULL, O_LISTEN},
@@ -164,11 +166,13 @@ int main(int argc, char **argv)
         {"port-range", required_argument, NULL, O_PORTS},
         {"ready-timeout", required_argument, NULL, O_READY},
         {"log-level", required_argument, NULL, O_LOG},
+        {"pause-with", required_argument, NULL, O_PAUSE},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     struct ctrl *c = &ctrl;
     enum stoke_log_level level = STOKE_LOG_INFO;
+    bool pause_with_engine = false;
     int opt, r;
 
     c->cfg.functions_dir = DEFAULT_FUNCTIONS_DIR;
@@ -203,6 +207,10 @@ int main(int argc, char **argv)
             break;
         case O_LOG:
             r = stoke_log_level_parse(optarg, &level);
+            break;
+        case O_PAUSE:
+            pause_with_engine = strcmp(optarg, "engine") == 0;
+            r = pause_with_engine || strcmp(optarg, "cgroup") == 0 ? 0 : -EINVAL;
             break;
         case 'h':
             usage(stdout);
@@ -249,9 +257,9 @@ int main(int argc, char **argv)
     uv_timer_init(c->loop, &c->tick);
     c->tick.data = c;
     ctrl_watch_init(c);
-    r = stoke_freezer_init();
+    r = pause_with_engine ? -ENOTSUP : stoke_freezer_init();
     c->freezer_ok = r == 0;
-    if (r < 0)
+    if (r < 0 && !pause_with_engine)
         stoke_warn(NULL, r,
                    "libcgroup finds no cgroups: idle replicas are paused through the engine");
     uv_signal_init(c->loop, &sigint);

@@ -597,7 +597,9 @@ static void on_engine_paused(const struct stoke_engine_result *res, void *data)
 static void pause_by_engine(struct replica *r, int why)
 {
     struct function *fn = r->fn;
-    if (!fn->pause_fallback)
+    /* Only worth a warning when the cgroup was tried (not --pause-with
+     * engine, nor a host where libcgroup finds no cgroups: said at start). */
+    if (!fn->pause_fallback && fn->ctrl->freezer_ok)
         stoke_warn(fn->spec.name, why,
                    "cannot freeze replica %.12s through its cgroup: pausing through the engine "
                    "instead; waking will take the engine's unpause",
@@ -1264,6 +1266,11 @@ static void on_adopt_inspected(const struct stoke_engine_result *res, void *data
         r->ready_ms = uv_now(r->fn->ctrl->loop);
         stoke_info(r->fn->spec.name, "adopted replica %.12s on 127.0.0.1:%u", r->id, r->port);
     }
+    if (r->retire_asap) {
+        /* Shutdown began while its inspect was in flight. */
+        r->retire_asap = false;
+        replica_retire(r);
+    }
     adoption_step(ad);
 }
 
@@ -1334,6 +1341,8 @@ static bool adopt(struct adoption *ad, const struct stoke_container_summary *s)
         idle_timer(r, fn->spec.scale.stop_after_ms);
         break;
     case R_STOPPED:
+    case R_CREATED:
+        /* Kept by on_step_down() while they make the pre-created floor. */
         idle_timer(r, fn->spec.scale.remove_after_ms);
         break;
     default:

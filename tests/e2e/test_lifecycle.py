@@ -84,8 +84,38 @@ def test_pause_then_thaw_reuses_the_replica():
     assert "cold start from paused" in log, log
     assert "ready on 127.0.0.1:%s" % c["Labels"]["io.stoke.port"] in log
     assert re.search(r"ready on 127\.0\.0\.1:\d+, \d+ ms after thaw", log), log
+
+    # Shut down while it is frozen: thawed and removed, nothing hangs (the
+    # harness fails a controller that does not exit 0 within 30 s).
+    s.wait_log("controller", "paused (idle, cgroup frozen)", 30, count=2)
+    assert freezer_state(c["Id"]) == "FROZEN"
     s.stop()
     assert s.containers("napper") == []
+
+
+def test_engine_pause_when_asked():
+    # The fallback for hosts where the cgroup cannot be written, forced.
+    s = Stoke("life-epause", extra_controller_args=["--pause-with", "engine"]).start()
+    s.write_spec("dozer", scale=dict(QUICK, idle="pause"))
+    s.wait_log("activator", ": 1 functions", 20)
+    r = s.fn_request("dozer")
+    assert r.status == 200, r
+    c = only_container(s, "dozer")
+    s.wait_log("controller", "paused (idle, through the engine)", 30)
+    state = inspect(c["Id"])["State"]
+    assert state["Status"] == "paused" and state["Paused"], state
+
+    r2 = s.fn_request("dozer")
+    assert r2.status == 200, r2
+    assert replica_of(r2) == replica_of(r)
+    state = inspect(c["Id"])["State"]
+    assert state["Status"] == "running" and not state["Paused"], state
+    log = s.log("controller")
+    assert "cold start from paused" in log and "ms after unpause" in log, log
+    assert "cgroup frozen" not in log and "cannot freeze" not in log, log
+    s.wait_log("controller", "paused (idle, through the engine)", 30, count=2)
+    s.stop()
+    assert s.containers("dozer") == []
 
 
 def test_stop_tier_then_start_reuses_the_replica():
