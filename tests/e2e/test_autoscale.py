@@ -53,7 +53,8 @@ def test_load_reaches_predicted_replicas_and_returns_to_min():
             running.append((time.time(), len(s.running("load"))))
             time.sleep(0.5)
 
-    sampler = threading.Thread(target=sample)
+    # A daemon: a failed assert below must not leave it keeping the test alive.
+    sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     t0 = time.time()
     try:
