@@ -1,17 +1,34 @@
 #!/usr/bin/env python3
-"""Cold start, measured side by side in one run on the same image:
+"""Cold start from each tier of stoke's warm tier, beside what the same
+engine API gives without stoke, in one run on the same image.
 
-  stoke      a request through the activator to a function at zero replicas,
-             until its 200 (create + start + probe + route + proxy);
-  engine API the same steps by hand: POST /containers/create, POST /start,
-             then GET / on the replica's port until it answers 200;
-  docker run the CLI a user would type: `docker run -d --network host ...`,
-             then the same GET loop.
+Through the activator (time from sending the request to its response), a
+function at zero whose replica is:
 
-Each is repeated N times (default 10); the table gives the median and the
-spread, and the ratios to stoke. Needs the build (STOKE_BUILD_DIR, default
-build/) and the example image (deploy/build-example.sh). All traffic is on
-127.0.0.1; every container is removed.
+  paused     frozen in its cgroup: stoke thaws it (one write), probes, routes;
+  stopped    exited: stoke starts it;
+  created    created, never started (scale.precreated): stoke starts it;
+  absent     nothing: stoke creates and starts one.
+
+Without stoke, through the same engine API (or the kernel), then GET / on the
+replica's port until it answers 200:
+
+  create+start      POST /containers/create, POST /start (what tools that
+                    start containers on demand do): the reference row;
+  docker run        `docker run -d`, the CLI a user would type;
+  engine unpause    POST /unpause of a container the engine paused;
+  cgroup thaw       THAWED written to the freezer cgroup by hand (the
+                    kernel's own limit for the paused tier);
+  warm (activator)  one request through the activator to a ready replica;
+  warm (direct)     the same request straight to the replica.
+
+Each row is N trials (default 20), taken in rounds: the four stoke tiers,
+then the baselines once the stoke functions are idle again. Prints p50,
+p95, min and max per row and each row's p50 over the create+start p50,
+then what each tier holds in memory and on disk. Needs the build
+(STOKE_BUILD_DIR, default build/) and the example image
+(deploy/build-example.sh). All traffic stays on 127.0.0.1; every container
+it made is removed.
 
 Usage: bench/coldstart.py [N]
 """
@@ -23,45 +40,65 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.parse
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "../tests/e2e"))
 from harness import IMAGE, Stoke, engine, free_port, remove_containers  # noqa: E402
 
-N = int(sys.argv[1]) if len(sys.argv) > 1 else 10
-LABEL = "io.stoke.bench=coldstart-%d" % os.getpid()
+N = int(sys.argv[1]) if len(sys.argv) > 1 else 20
+LABEL_KEY, LABEL_VALUE = "io.stoke.bench", "coldstart-%d" % os.getpid()
+QUICK = {"min": 0, "initial": 0, "window": "6s", "scaleToZeroGrace": "1s"}
+TIERS = [
+    ("paused", dict(QUICK, idle="pause", stopAfter="1h")),
+    ("stopped", dict(QUICK, idle="stop", removeAfter="1h")),
+    ("created", dict(QUICK, idle="remove", precreated=1)),
+    ("absent", dict(QUICK, idle="remove")),
+]
+
+
+def get_once(port):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        c.request("GET", "/")
+        r = c.getresponse()
+        r.read()
+        return r.status
+    finally:
+        c.close()
 
 
 def get_until_200(port, deadline_s=30):
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
         try:
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            c.request("GET", "/")
-            r = c.getresponse()
-            r.read()
-            c.close()
-            if r.status == 200:
+            if get_once(port) == 200:
                 return
         except (ConnectionError, socket.timeout, OSError):
             pass
-        time.sleep(0.001)
+        time.sleep(0.0005)
     raise RuntimeError("no answer on port %d" % port)
 
 
-def by_engine_api():
+def create_body(port):
+    return {"Image": IMAGE, "Env": ["PORT=%d" % port], "Labels": {LABEL_KEY: LABEL_VALUE},
+            "HostConfig": {"NetworkMode": "host", "CapDrop": ["ALL"],
+                           "SecurityOpt": ["no-new-privileges"]}}
+
+
+def engine_ok(method, path, body=None, want=(200, 201, 204)):
+    st, out = engine(method, "/v1.41" + path, body)
+    assert st in want, (method, path, st, out)
+    return out
+
+
+def by_create_start():
     port = free_port()
-    k, v = LABEL.split("=")
     t0 = time.monotonic()
-    st, body = engine("POST", "/v1.41/containers/create", {
-        "Image": IMAGE, "Env": ["PORT=%d" % port], "Labels": {k: v},
-        "HostConfig": {"NetworkMode": "host", "CapDrop": ["ALL"],
-                       "SecurityOpt": ["no-new-privileges"]}})
-    assert st == 201, body
-    st, _ = engine("POST", "/v1.41/containers/%s/start" % body["Id"])
-    assert st == 204, st
+    cid = engine_ok("POST", "/containers/create", create_body(port))["Id"]
+    engine_ok("POST", "/containers/%s/start" % cid)
     get_until_200(port)
     dt = time.monotonic() - t0
-    engine("DELETE", "/v1.41/containers/%s?force=1" % body["Id"])
+    engine("DELETE", "/v1.41/containers/%s?force=1" % cid)
     return dt
 
 
@@ -69,54 +106,203 @@ def by_docker_run():
     port = free_port()
     t0 = time.monotonic()
     cid = subprocess.check_output(
-        ["docker", "run", "-d", "--network", "host", "--label", LABEL, "-e", "PORT=%d" % port,
-         "--cap-drop", "ALL", "--security-opt", "no-new-privileges", IMAGE]).decode().strip()
+        ["docker", "run", "-d", "--network", "host", "--label", "%s=%s" % (LABEL_KEY, LABEL_VALUE),
+         "-e", "PORT=%d" % port, "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+         IMAGE]).decode().strip()
     get_until_200(port)
     dt = time.monotonic() - t0
     subprocess.run(["docker", "rm", "-f", cid], stdout=subprocess.DEVNULL, check=False)
     return dt
 
 
-def by_stoke(s):
-    s.wait_containers("cold", 0, 60)
+class Paused:
+    """One running container for the unpause and thaw baselines."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.id = engine_ok("POST", "/containers/create", create_body(self.port))["Id"]
+        engine_ok("POST", "/containers/%s/start" % self.id)
+        get_until_200(self.port)
+        pid = engine_ok("GET", "/containers/%s/json" % self.id)["State"]["Pid"]
+        self.freezer = freezer_file(pid)
+
+    def by_unpause(self):
+        engine_ok("POST", "/containers/%s/pause" % self.id)
+        time.sleep(0.05)
+        t0 = time.monotonic()
+        engine_ok("POST", "/containers/%s/unpause" % self.id)
+        get_until_200(self.port)
+        return time.monotonic() - t0
+
+    def by_thaw(self):
+        path, frozen, thawed = self.freezer
+        with open(path, "w") as f:
+            f.write(frozen)
+        time.sleep(0.05)
+        t0 = time.monotonic()
+        with open(path, "w") as f:
+            f.write(thawed)
+        get_until_200(self.port)
+        return time.monotonic() - t0
+
+
+def cgroup_lines(pid):
+    with open("/proc/%d/cgroup" % pid) as f:
+        return [line.strip().split(":", 2) for line in f]
+
+
+def freezer_file(pid):
+    """(file, frozen value, thawed value) of the process's freezer cgroup."""
+    lines = cgroup_lines(pid)
+    for _, ctrls, path in lines:
+        if "freezer" in ctrls.split(","):
+            return "/sys/fs/cgroup/freezer%s/freezer.state" % path, "FROZEN", "THAWED"
+    for num, ctrls, path in lines:
+        if num == "0" and ctrls == "":
+            return "/sys/fs/cgroup%s/cgroup.freeze" % path, "1", "0"
+    raise RuntimeError("no freezer cgroup for pid %d" % pid)
+
+
+def memory_bytes(pid):
+    """The container's memory charge (its cgroup's usage), or None."""
+    lines = cgroup_lines(pid)
+    for _, ctrls, path in lines:
+        if "memory" in ctrls.split(","):
+            with open("/sys/fs/cgroup/memory%s/memory.usage_in_bytes" % path) as f:
+                return int(f.read())
+    for num, ctrls, path in lines:
+        if num == "0" and ctrls == "":
+            with open("/sys/fs/cgroup%s/memory.current" % path) as f:
+                return int(f.read())
+    return None
+
+
+def idle(stokes, fn):
+    """True once function `fn` is back in its tier's idle state."""
+    s = stokes[fn]
+    cs = s.containers(fn)
+    states = sorted(c["State"] for c in cs)
+    if fn == "paused":
+        return s.log("controller").count('paused (idle, cgroup frozen)') >= idle.count[fn]
+    if fn == "stopped":
+        return states == ["exited"]
+    if fn == "created":
+        return states == ["created"]
+    return states == []
+
+
+idle.count = {"paused": 1}
+
+
+def measure_memory(stokes):
+    """Memory charge of a paused and a running replica; container layer
+    sizes of each tier's container."""
+    out = {}
+    pc = stokes["paused"].containers("paused")[0]
+    out["paused"] = memory_bytes(engine_ok("GET", "/containers/%s/json" % pc["Id"])["State"]["Pid"])
+    wc = stokes["warm"].running("warm")[0]
+    out["running"] = memory_bytes(engine_ok("GET", "/containers/%s/json" % wc["Id"])["State"]["Pid"])
+    for st in set(stokes.values()):
+        f = urllib.parse.quote('{"label":["io.stoke.instance=%s"]}' % st.instance)
+        for c in engine_ok("GET", "/containers/json?all=1&size=1&filters=" + f):
+            out.setdefault("disk-" + c["Labels"]["io.stoke.function"], c.get("SizeRw", 0))
+    return out
+
+
+def wait_idle(s, fns, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if all(idle(s, fn) for fn in fns):
+            return
+        time.sleep(0.1)
+    raise RuntimeError("functions not idle: %s" % [fn for fn in fns if not idle(s, fn)])
+
+
+def by_stoke(s, fn):
     t0 = time.monotonic()
-    r = s.fn_request("cold")
+    r = s.fn_request(fn)
     dt = time.monotonic() - t0
     assert r.status == 200, r
     return dt
 
 
-def row(name, xs, ref):
+def pct(xs, p):
     xs = sorted(xs)
-    med = statistics.median(xs)
-    return "| %-28s | %9.1f | %9.1f | %9.1f | %6.2f |" % (
-        name, med * 1000, xs[0] * 1000, xs[-1] * 1000, med / ref)
+    return xs[min(len(xs) - 1, int(round(p / 100.0 * (len(xs) - 1))))]
 
 
 def main():
-    s = Stoke("bench-cold").start()
+    # One function per stoke: the activator of this tree crashes on a route
+    # table update naming a second function it knows (its lookup walks
+    # entries it has just cleared; reported with issue 6).
+    stokes = {}
+    rows = {}
+    mem = {}
+    paused = None
+    groups = [[t] for t in TIERS] + [[("warm", {"min": 1})]]
     try:
-        # The shortest stable window and a 1 s grace: the function is back at
-        # zero a few seconds after each sample.
-        s.write_spec("cold", scale={"min": 0, "initial": 0, "scaleToZeroGrace": "1s",
-                                    "window": "6s"})
-        s.wait_log("activator", ": 1 functions", 20)
-        stoke, api, run = [], [], []
-        for _ in range(N):
-            stoke.append(by_stoke(s))
-            api.append(by_engine_api())
-            run.append(by_docker_run())
+        for i, group in enumerate(groups):
+            st = Stoke("bench-cold%d" % i).start()
+            for fn, scale in group:
+                st.write_spec(fn, scale=scale)
+                stokes[fn] = st
+            st.wait_log("activator", ": %d functions" % len(group), 20)
+        stokes["warm"].wait_log("controller", "ready on 127.0.0.1", 30)
+        warm_port = int(stokes["warm"].running("warm")[0]["Labels"]["io.stoke.port"])
+        # Every tier warm once: a first replica for each, then idle.
+        for fn, _ in TIERS:
+            by_stoke(stokes[fn], fn)
+        wait_idle(stokes, [fn for fn, _ in TIERS])
+        paused = Paused()
+        for i in range(N):
+            for fn, _ in TIERS:
+                rows.setdefault(fn, []).append(by_stoke(stokes[fn], fn))
+            idle.count["paused"] += 1
+            wait_idle(stokes, [fn for fn, _ in TIERS])
+            if i == 0:
+                mem.update(measure_memory(stokes))
+            rows.setdefault("create+start", []).append(by_create_start())
+            rows.setdefault("docker run", []).append(by_docker_run())
+            rows.setdefault("engine unpause", []).append(paused.by_unpause())
+            rows.setdefault("cgroup thaw", []).append(paused.by_thaw())
+            rows.setdefault("warm (activator)", []).append(by_stoke(stokes["warm"], "warm"))
+            t0 = time.monotonic()
+            assert get_once(warm_port) == 200
+            rows.setdefault("warm (direct)", []).append(time.monotonic() - t0)
+            print("round %d/%d done" % (i + 1, N), file=sys.stderr, flush=True)
     finally:
-        s.stop()
-        k, v = LABEL.split("=")
-        remove_containers({k: v})
-    ref = statistics.median(stoke)
-    print("cold start to first 200, %d runs each, image %s" % (N, IMAGE))
-    print("| %-28s | %9s | %9s | %9s | %6s |" % ("path", "median ms", "min ms", "max ms", "×stoke"))
-    print("|%s|%s|%s|%s|%s|" % ("-" * 30, "-" * 11, "-" * 11, "-" * 11, "-" * 8))
-    print(row("stoke (activator, from zero)", stoke, ref))
-    print(row("engine API create+start+GET", api, ref))
-    print(row("docker run -d + GET", run, ref))
+        for st in set(stokes.values()):
+            st.stop()
+        remove_containers({LABEL_KEY: LABEL_VALUE})
+
+    ref = statistics.median(rows["create+start"])
+    names = [("stoke from paused", "paused"), ("stoke from stopped", "stopped"),
+             ("stoke from created", "created"), ("stoke from absent", "absent"),
+             ("engine create+start+GET", "create+start"), ("docker run -d + GET", "docker run"),
+             ("engine unpause + GET", "engine unpause"), ("cgroup thaw by hand + GET", "cgroup thaw"),
+             ("warm, through the activator", "warm (activator)"),
+             ("warm, straight to the replica", "warm (direct)")]
+    print("cold start to the first 200, %d trials each, image %s" % (N, IMAGE))
+    print("| %-30s | %8s | %8s | %8s | %8s | %13s |" % (
+        "path", "p50 ms", "p95 ms", "min ms", "max ms", "p50 / c+s p50"))
+    print("|%s|%s|%s|%s|%s|%s|" % ("-" * 32, "-" * 10, "-" * 10, "-" * 10, "-" * 10, "-" * 15))
+    for label, key in names:
+        xs = rows[key]
+        print("| %-30s | %8.2f | %8.2f | %8.2f | %8.2f | %12.3fx |" % (
+            label, statistics.median(xs) * 1000, pct(xs, 95) * 1000, min(xs) * 1000,
+            max(xs) * 1000, statistics.median(xs) / ref))
+    mib = 1024.0 * 1024.0
+    print()
+    print("what an idle replica holds (cgroup memory charge; container layer on disk):")
+    print("| tier | memory | disk (container layer) |")
+    print("|---|---|---|")
+    print("| running (ready) | %.2f MiB | %d B |" % ((mem.get("running") or 0) / mib,
+                                                    mem.get("disk-warm", 0)))
+    print("| paused | %.2f MiB (kept, frozen) | %d B |" % ((mem.get("paused") or 0) / mib,
+                                                          mem.get("disk-paused", 0)))
+    print("| stopped | 0 (no process) | %d B |" % mem.get("disk-stopped", 0))
+    print("| created | 0 (no process) | %d B |" % mem.get("disk-created", 0))
+    print("| absent | 0 | 0 |")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@
 #include <curl/curl.h>
 
 #include "stoke/curluv.h"
+#include "stoke/linebuf.h"
 #include "stoke/util.h"
 
 /* 1.41 is Docker 20.10's and is served by later Dockers and by Podman's
@@ -28,6 +29,10 @@
 #define ENGINE_BODY_MAX (8u << 20)
 /* Bound on a request URL: ids and names are short, the label filter too. */
 #define ENGINE_URL_MAX 4096
+/* The event stream: one event is a few hundred bytes (its labels count);
+ * events waiting for the loop are capped, the stream ends past either. */
+#define EVENT_LINE_MAX (64u << 10)
+#define EVENT_QUEUE_MAX 4096
 
 struct stoke_engine {
     uv_loop_t *loop;
@@ -39,8 +44,11 @@ struct stoke_engine {
     void *closed_data;
 };
 
+struct watch;
+
 /* One engine API call; dies in call_free() after its callback. */
 struct call {
+    struct watch *watch; /* the event stream this transfer feeds, or NULL */
     struct stoke_engine *e;
     CURL *easy;
     struct curl_slist *headers;
@@ -49,6 +57,26 @@ struct call {
     bool want_id;          /* create: res->id from "Id" */
     char errbuf[CURL_ERROR_SIZE];
     stoke_engine_cb cb;
+    void *data;
+};
+
+/* The event stream: its transfer parses lines into a queue from inside
+ * libcurl's write callback; a zero timer delivers them from the loop, where
+ * the caller may start engine calls (libcurl refuses those from its own
+ * callbacks). Freed in the timer's close callback. */
+struct watch {
+    struct stoke_engine *e;
+    uv_timer_t deliver;
+    struct stoke_linebuf lines;
+    json_object **queue; /* owned events, delivered from the head */
+    size_t head, len, cap;
+    int err;          /* why the stream was stopped from our side, or 0 */
+    char message[64]; /* its text */
+    bool ended;       /* the transfer is over; on_end after the queue */
+    struct stoke_engine_result end;
+    char end_message[CURL_ERROR_SIZE];
+    stoke_engine_event_cb on_event;
+    stoke_engine_cb on_end;
     void *data;
 };
 
@@ -151,6 +179,8 @@ static const char *text_message(struct stoke_buf *b)
     return b->len ? b->data : "";
 }
 
+static void watch_end(struct watch *w, const struct stoke_engine_result *res);
+
 static void on_done(CURL *easy, CURLcode rc, void *data)
 {
     struct call *c = data;
@@ -158,6 +188,12 @@ static void on_done(CURL *easy, CURLcode rc, void *data)
     json_object *json = NULL;
 
     assert(c->easy == easy);
+    if (c->watch && c->watch->err < 0 && rc == CURLE_WRITE_ERROR) {
+        /* The stream's own reason for stopping it (bad line, full queue). */
+        res.err = c->watch->err;
+        res.message = c->watch->message;
+        goto out;
+    }
     res.err = curlcode_to_errno(c, rc);
     if (rc != CURLE_OK) {
         if (rc == CURLE_ABORTED_BY_CALLBACK)
@@ -210,16 +246,27 @@ static void on_done(CURL *easy, CURLcode rc, void *data)
         res.id = json_object_get_string(id);
     }
 out:
-    c->cb(&res, c->data);
+    if (c->watch)
+        watch_end(c->watch, &res);
+    else
+        c->cb(&res, c->data);
     json_object_put(json);
     call_free(c);
 }
+
+static int watch_feed(struct watch *w, const char *data, size_t len);
 
 static size_t on_write(char *ptr, size_t size, size_t nmemb, void *userdata)
 {
     struct call *c = userdata;
     size_t n = size * nmemb;
+    long status = 0;
 
+    if (c->watch && curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &status) == CURLE_OK &&
+        status >= 200 && status < 300) {
+        /* Returning less than n makes curl abort with CURLE_WRITE_ERROR. */
+        return watch_feed(c->watch, ptr, n) < 0 ? 0 : n;
+    }
     int r = stoke_buf_append(&c->body, ptr, n);
     if (r < 0) {
         /* Returning less than n makes curl abort with CURLE_WRITE_ERROR. */
@@ -684,10 +731,12 @@ int stoke_engine_remove(struct stoke_engine *e, const char *id, bool force, stok
     return container_request(e, M_DELETE, id, force ? "?force=1&v=1" : "?v=1", 0, cb, data);
 }
 
-int stoke_engine_list(struct stoke_engine *e, const char *key, const char *value,
-                      stoke_engine_cb cb, void *data)
+/* `prefix` followed by an escaped filters={"label":["key=value"]} (and
+ * "type":[type] unless NULL) into path. Returns 0, -EINVAL, -ENAMETOOLONG,
+ * -ENOMEM. */
+static int label_path(const char *prefix, const char *key, const char *value, const char *type,
+                      char path[ENGINE_URL_MAX])
 {
-    char path[ENGINE_URL_MAX];
     struct stoke_buf label;
     json_object *filters = NULL;
     char *efilters = NULL;
@@ -705,23 +754,209 @@ int stoke_engine_list(struct stoke_engine *e, const char *key, const char *value
     }
     r = -ENOMEM;
     filters = json_object_new_object();
-    if (!filters || obj_add(filters, "label", str_array1(label.data)) < 0)
+    if (!filters || obj_add(filters, "label", str_array1(label.data)) < 0 ||
+        (type && obj_add(filters, "type", str_array1(type)) < 0))
         goto out;
     /* The string belongs to filters. */
     efilters = escape(json_object_to_json_string_ext(filters, JSON_C_TO_STRING_PLAIN));
     if (!efilters)
         goto out;
-    n = snprintf(path, sizeof(path), "/containers/json?all=1&filters=%s", efilters);
-    if (n < 0 || (size_t)n >= sizeof(path)) {
-        r = -ENAMETOOLONG;
-        goto out;
-    }
-    r = request(e, M_GET, path, 0, cb, data);
+    n = snprintf(path, ENGINE_URL_MAX, "%s%s", prefix, efilters);
+    r = n < 0 || n >= ENGINE_URL_MAX ? -ENAMETOOLONG : 0;
 out:
     curl_free(efilters);
     json_object_put(filters);
     stoke_buf_done(&label);
     return r;
+}
+
+int stoke_engine_list(struct stoke_engine *e, const char *key, const char *value,
+                      stoke_engine_cb cb, void *data)
+{
+    char path[ENGINE_URL_MAX];
+    int r = label_path("/containers/json?all=1&filters=", key, value, NULL, path);
+    if (r < 0)
+        return r;
+    return request(e, M_GET, path, 0, cb, data);
+}
+
+/* ---- the event stream ---- */
+
+static int get_str(json_object *o, const char *key, char *buf, size_t size);
+
+static void on_watch_closed(uv_handle_t *h)
+{
+    struct watch *w = h->data;
+    for (size_t i = 0; i < w->len; i++)
+        json_object_put(w->queue[(w->head + i) % w->cap]);
+    free(w->queue);
+    stoke_linebuf_done(&w->lines);
+    free(w);
+}
+
+/* Runs from the loop: queued events, then the end once they are out. */
+static void on_deliver(uv_timer_t *t)
+{
+    struct watch *w = t->data;
+    /* A bounded batch per turn of the loop; the rest on the next one. */
+    for (unsigned k = 0; k < 64 && w->len > 0; k++) {
+        json_object *o = w->queue[w->head];
+        struct stoke_container_event ev;
+        w->head = (w->head + 1) % w->cap;
+        w->len--;
+        if (stoke_engine_event_parse(o, &ev) == 0)
+            w->on_event(&ev, w->data);
+        json_object_put(o);
+        if (uv_is_closing((uv_handle_t *)&w->deliver))
+            return; /* the callback closed the engine: the end has run */
+    }
+    if (w->len > 0) {
+        uv_timer_start(&w->deliver, on_deliver, 0, 0);
+        return;
+    }
+    if (w->ended) {
+        w->on_end(&w->end, w->data);
+        uv_close((uv_handle_t *)&w->deliver, on_watch_closed);
+    }
+}
+
+static void watch_end(struct watch *w, const struct stoke_engine_result *res)
+{
+    w->ended = true;
+    w->end = *res;
+    /* The result's strings die with the transfer: keep a copy. */
+    (void)snprintf(w->end_message, sizeof(w->end_message), "%s", res->message);
+    w->end.message = w->end_message;
+    w->end.json = NULL;
+    w->end.id = NULL;
+    if (res->err == -ECANCELED && w->e->closing) {
+        /* From within stoke_engine_close(): the end now, events dropped. */
+        w->on_end(&w->end, w->data);
+        uv_close((uv_handle_t *)&w->deliver, on_watch_closed);
+        return;
+    }
+    uv_timer_start(&w->deliver, on_deliver, 0, 0);
+}
+
+static int watch_stop(struct watch *w, int err, const char *message)
+{
+    w->err = err;
+    (void)snprintf(w->message, sizeof(w->message), "%s", message);
+    return err;
+}
+
+static int on_event_line(char *line, size_t len, void *data)
+{
+    struct watch *w = data;
+    if (len == 0)
+        return 0;
+    json_object *o = parse_json(line, len);
+    if (!o)
+        return watch_stop(w, -EINVAL, "engine sent an event that is not JSON");
+    if (w->len == EVENT_QUEUE_MAX) {
+        json_object_put(o);
+        return watch_stop(w, -ENOBUFS, "too many engine events waiting");
+    }
+    if (w->len == w->cap) {
+        size_t cap = w->cap ? w->cap * 2 : 16;
+        json_object **q = malloc(cap * sizeof(*q));
+        if (!q) {
+            json_object_put(o);
+            return watch_stop(w, -ENOMEM, "out of memory");
+        }
+        for (size_t i = 0; i < w->len; i++)
+            q[i] = w->queue[(w->head + i) % w->cap];
+        free(w->queue);
+        w->queue = q;
+        w->cap = cap;
+        w->head = 0;
+    }
+    w->queue[(w->head + w->len) % w->cap] = o;
+    w->len++;
+    return 0;
+}
+
+static int watch_feed(struct watch *w, const char *data, size_t len)
+{
+    int r = stoke_linebuf_feed(&w->lines, data, len, on_event_line, w);
+    if (r == -ENOBUFS && w->err == 0)
+        return watch_stop(w, -EFBIG, "engine event over 64 KiB");
+    if (r < 0)
+        return r;
+    if (w->len > 0)
+        uv_timer_start(&w->deliver, on_deliver, 0, 0);
+    return 0;
+}
+
+int stoke_engine_events(struct stoke_engine *e, const char *key, const char *value,
+                        stoke_engine_event_cb on_event, stoke_engine_cb on_end, void *data)
+{
+    char path[ENGINE_URL_MAX];
+    struct call *c = NULL;
+    struct watch *w = NULL;
+    int r = label_path("/events?filters=", key, value, "container", path);
+
+    if (r < 0)
+        return r;
+    w = calloc(1, sizeof(*w));
+    if (!w)
+        return -ENOMEM;
+    r = call_new(e, M_GET, path, NULL, 0, on_end, data, &c);
+    if (r < 0) {
+        free(w);
+        return r;
+    }
+    /* A stream has no deadline: it lasts as long as the engine keeps it. */
+    if (curl_easy_setopt(c->easy, CURLOPT_TIMEOUT_MS, 0L) != CURLE_OK) {
+        call_free(c);
+        free(w);
+        return -EINVAL;
+    }
+    w->e = e;
+    w->on_event = on_event;
+    w->on_end = on_end;
+    w->data = data;
+    stoke_linebuf_init(&w->lines, EVENT_LINE_MAX);
+    uv_timer_init(e->loop, &w->deliver);
+    w->deliver.data = w;
+    c->watch = w;
+    r = call_start(c); /* frees c on failure */
+    if (r < 0)
+        uv_close((uv_handle_t *)&w->deliver, on_watch_closed);
+    return r;
+}
+
+int stoke_engine_event_parse(json_object *event, struct stoke_container_event *ret)
+{
+    struct stoke_container_event ev = {.exit_code = -1};
+    json_object *type = NULL, *action = NULL, *actor = NULL, *attrs = NULL, *code = NULL;
+
+    if (!event || !json_object_is_type(event, json_type_object) ||
+        !json_object_object_get_ex(event, "Type", &type) ||
+        !json_object_is_type(type, json_type_string) ||
+        !json_object_object_get_ex(event, "Action", &action) ||
+        !json_object_is_type(action, json_type_string) ||
+        !json_object_object_get_ex(event, "Actor", &actor) ||
+        !json_object_is_type(actor, json_type_object))
+        return -EINVAL;
+    if (strcmp(json_object_get_string(type), "container") != 0)
+        return -ENOENT;
+    if (get_str(actor, "ID", ev.id, sizeof(ev.id)) < 0 || !is_valid_id(ev.id))
+        return -EINVAL;
+    /* A long action ("exec_start: <command>") is cut: only its head matters. */
+    (void)snprintf(ev.action, sizeof(ev.action), "%s", json_object_get_string(action));
+    if (json_object_object_get_ex(actor, "Attributes", &attrs) && attrs) {
+        if (!json_object_is_type(attrs, json_type_object))
+            return -EINVAL;
+        ev.attributes = attrs;
+        uint64_t v;
+        if (json_object_object_get_ex(attrs, "exitCode", &code) &&
+            json_object_is_type(code, json_type_string) &&
+            stoke_parse_u64(json_object_get_string(code), &v) == 0 && v <= INT_MAX)
+            ev.exit_code = (int)v;
+    }
+    *ret = ev;
+    return 0;
 }
 
 /* Copies string member `key` of `o` into buf. Returns 0 or -EINVAL (absent,

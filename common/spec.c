@@ -31,6 +31,7 @@
 #define MIB (UINT64_C(1024) * 1024)
 #define MIN_MEMORY (6 * MIB) /* Docker refuses a memory limit under 6 MiB */
 #define MAX_REPLICAS 10000
+#define MAX_PRECREATED 100               /* created, never started, containers per function */
 #define MAX_CPU_MILLIS UINT64_C(1000000) /* 1000 cores */
 #define MAX_PIDS 4194304                 /* the kernel's highest pid_max */
 #define MAX_STRING 1024                  /* image and readiness path */
@@ -514,6 +515,7 @@ enum ftype {
     T_MEMORY,
     T_CPU,
     T_IDLE,
+    T_BOOL,
     T_MAP,
     T_ENV,
     T_STRMAP,
@@ -799,6 +801,25 @@ static int first_key(const struct ctx *c, int map)
     return c->t.nodes[map].kind == NODE_MAP ? c->t.nodes[map].first : -1;
 }
 
+/* YAML 1.2's core booleans only: yes/no/on/off (YAML 1.1) are refused
+ * rather than guessed, and a quoted "true" is a string. */
+static int set_bool(struct ctx *c, const struct field *f, int i, struct stoke_spec *s)
+{
+    static const char *const yes[] = {"true", "True", "TRUE"};
+    static const char *const no[] = {"false", "False", "FALSE"};
+    const struct node *nd = &c->t.nodes[i];
+
+    if (nd->kind != NODE_SCALAR || is_null(nd))
+        return fail_node(c, i, NULL, "expected true or false, found %s", kind_name(nd));
+    for (size_t k = 0; k < 3 && !nd->str_tag; k++) {
+        if (strcmp(nd->text, yes[k]) == 0 || strcmp(nd->text, no[k]) == 0) {
+            *(bool *)((char *)s + f->off) = strcmp(nd->text, yes[k]) == 0;
+            return 0;
+        }
+    }
+    return fail_node(c, i, NULL, "expected true or false, found \"%.32s\"", nd->text);
+}
+
 static int expect_map(struct ctx *c, int i)
 {
     const struct node *nd = &c->t.nodes[i];
@@ -881,6 +902,8 @@ static int set_field(struct ctx *c, const struct field *f, int v, struct stoke_s
         return set_memory(c, f, v, s);
     case T_CPU:
         return set_cpu(c, f, v, s);
+    case T_BOOL:
+        return set_bool(c, f, v, s);
     case T_MAP:
         return walk_map(c, v, f->sub, f->check, s);
     case T_ENV:
@@ -968,6 +991,9 @@ static const struct field scale_fields[] = {
     TYPED_FIELD("scaleToZeroGrace", T_DURATION, scale.scale_to_zero_grace_ms, 0, MS_PER_H),
     TYPED_FIELD("scaleDownDelay", T_DURATION, scale.scale_down_delay_ms, 0, MS_PER_H),
     TYPED_FIELD("idle", T_IDLE, scale.idle, 0, 0),
+    TYPED_FIELD("stopAfter", T_DURATION, scale.stop_after_ms, 0, 24 * MS_PER_H),
+    TYPED_FIELD("removeAfter", T_DURATION, scale.remove_after_ms, 0, 24 * MS_PER_H),
+    UINT_FIELD("precreated", scale.precreated, 0, MAX_PRECREATED),
     {0},
 };
 
@@ -999,6 +1025,7 @@ static const struct field spec_fields[] = {
     {.key = "queue", .type = T_MAP, .sub = queue_fields},
     {.key = "resources", .type = T_MAP, .sub = resources_fields},
     {.key = "readiness", .type = T_MAP, .sub = readiness_fields},
+    TYPED_FIELD("readOnlyRootFilesystem", T_BOOL, read_only_rootfs, 0, 0),
     {0},
 };
 
@@ -1052,6 +1079,10 @@ void stoke_spec_defaults(struct stoke_spec *spec)
     spec->scale.scale_to_zero_grace_ms = 30 * MS_PER_S;
     spec->scale.scale_down_delay_ms = 0;
     spec->scale.idle = STOKE_IDLE_PAUSE;
+    spec->scale.stop_after_ms = 5 * MS_PER_M;
+    spec->scale.remove_after_ms = 30 * MS_PER_M;
+    spec->scale.precreated = 0;
+    spec->read_only_rootfs = true;
     spec->timeout_ms = 300 * MS_PER_S;
     spec->queue.max = 1000;
     spec->queue.timeout_ms = 60 * MS_PER_S;
@@ -1271,6 +1302,11 @@ void stoke_spec_revision(const struct stoke_spec *spec, char out[17])
     /* A TCP probe and an HTTP probe of some path differ. */
     h = fnv_u64(h, spec->readiness.path != NULL);
     h = fnv_str(h, spec->readiness.path);
+    /* Only the non-default value counts, so specs written before the field
+     * existed keep their revision (their replicas roll out to a read-only
+     * root with the next change of the spec). */
+    if (!spec->read_only_rootfs)
+        h = fnv_str(h, "rw");
     (void)snprintf(out, 17, "%016" PRIx64, h);
 }
 

@@ -10,12 +10,16 @@
 
 #include "stoke/autoscale.h"
 #include "stoke/engine.h"
+#include "stoke/freezer.h"
 #include "stoke/list.h"
 #include "stoke/spec.h"
 #include "stoke/util.h"
 
 struct hub;
 struct probe;
+
+/* The engine is listed this often, for what its event stream missed. */
+#define CTRL_CHECK_PERIOD_MS 5000
 
 struct ctrl_config {
     const char *functions_dir;
@@ -27,15 +31,25 @@ struct ctrl_config {
     uint64_t ready_timeout_ms; /* a replica not ready by then is replaced */
 };
 
+/* absent -> CREATING -> STARTING -> PROBING -> READY -> RETIRING (drain)
+ * -> PAUSING -> PAUSED -> STOPPING -> STOPPED -> removed; a cold request
+ * wakes PAUSED (thaw), STOPPED or CREATED (start) back to PROBING. */
 enum replica_state {
     R_CREATING, /* create call in flight */
-    R_STARTING, /* start call in flight */
+    R_STARTING, /* start (or the engine's unpause) in flight */
     R_PROBING,  /* running, not yet answering */
     R_READY,    /* routed */
-    R_RETIRING, /* out of the routes; stop + remove pending or in flight */
+    R_RETIRING, /* out of the routes; draining, then removed or sent idle */
+    /* The warm tier: idle replicas of the current revision. */
+    R_PAUSING,  /* inspect + freeze, or the engine's pause, in flight */
+    R_PAUSED,   /* frozen: memory kept, no CPU */
+    R_STOPPING, /* stop in flight */
+    R_STOPPED,  /* exited: no memory, container kept */
+    R_CREATED,  /* created, never started (scale.precreated) */
 };
 
 struct function;
+struct adoption;
 
 struct replica {
     struct stoke_list node; /* fn->replicas */
@@ -51,7 +65,18 @@ struct replica {
     uv_timer_t timer;      /* ready deadline, then drain deadline */
     bool draining;         /* unrouted, waiting for in-flight requests */
     uint64_t unrouted_gen; /* the route generation without it */
-    uint64_t created_ms;
+    uint64_t created_ms;   /* created, or last woken */
+    uint64_t ready_ms;     /* became ready, or 0 */
+    bool to_idle;          /* retiring into the warm tier, not removed */
+    bool precreate;        /* R_CREATING: stays created, is not started */
+    bool frozen;           /* frozen through its cgroup by us (thaw before any engine call) */
+    bool engine_paused;    /* R_PAUSED through the engine's pause (the fallback) */
+    bool exited;           /* the engine said it exited while a call was in flight */
+    int exit_code;         /* with it */
+    bool oom;              /* the engine said the kernel OOM-killed it */
+    const char *woke_from; /* how it last left zero: "create", "thaw", "unpause", "start" */
+    struct stoke_freezer freezer;
+    struct adoption *adoption; /* startup: the adoption waiting for its inspect */
 };
 
 struct ctrl;
@@ -69,9 +94,12 @@ struct function {
     uint64_t poked_ms;    /* last poke */
     uint32_t failures;    /* replicas that failed in a row */
     uint64_t retry_at_ms; /* no new replica before this (backoff) */
+    uint64_t backoff_ms;  /* the current back-off; 0 when not failing */
     char last_error[256];
     uint64_t cold_starts;
-    bool deleted; /* spec gone: scale to zero, then free */
+    uint64_t wakes[4];   /* cold starts by tier: paused, stopped, created, new */
+    bool pause_fallback; /* the cgroup could not be written: paused by the engine */
+    bool deleted;        /* spec gone: scale to zero, then free */
 };
 
 struct ctrl {
@@ -85,6 +113,12 @@ struct ctrl {
     unsigned port_cursor;
     uv_timer_t tick;
     uint64_t last_check_ms;
+    bool checking;          /* a list for ctrl_check_replicas() is in flight */
+    uv_timer_t watch_timer; /* reconnects the engine's event stream */
+    uint32_t watch_failures;
+    uint64_t watch_since_ms; /* the stream (re)opened */
+    bool watching;
+    bool freezer_ok; /* libcgroup is usable */
     bool stopping;
     bool adopting; /* startup: specs load, nothing is started yet */
     void (*on_stopped)(struct ctrl *c);
@@ -117,8 +151,16 @@ void ctrl_check_replicas(struct ctrl *c);
  * the others, and calls `done` when that is over (err < 0: the engine could
  * not list, or `load` failed). */
 int ctrl_adopt(struct ctrl *c, int (*load)(struct ctrl *c), void (*done)(struct ctrl *c, int err));
-/* Retires every replica (for shutdown); cb when the last is removed. */
+/* Retires every replica (for shutdown); cb when the last is removed.
+ * Frozen replicas are thawed first. */
 void ctrl_shutdown(struct ctrl *c, void (*cb)(struct ctrl *c));
+/* An event of the engine's stream about one of this instance's containers. */
+void ctrl_on_event(struct ctrl *c, const struct stoke_container_event *ev);
+
+/* events.c: the engine's event stream, reconnected with back-off. */
+void ctrl_watch_init(struct ctrl *c);
+void ctrl_watch_start(struct ctrl *c);
+void ctrl_watch_close(struct ctrl *c);
 
 /* fnset.c: the functions directory. */
 struct fnset;

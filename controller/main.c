@@ -15,7 +15,6 @@
 
 #define DEFAULT_FUNCTIONS_DIR "/etc/stoke/functions"
 #define DEFAULT_CTL "unix:/run/stoke/ctl.sock"
-#define CHECK_PERIOD_MS 5000
 
 static struct ctrl ctrl;
 static struct fnset *fnset;
@@ -35,6 +34,8 @@ static void usage(FILE *f)
             "                        containers (default \"default\")\n"
             "  --port-range LO-HI    ports for replicas on 127.0.0.1 (default 30000-32767)\n"
             "  --ready-timeout DUR   replace a replica not ready by then (default 60s)\n"
+            "  --pause-with WAY      cgroup (freeze idle replicas through their cgroup,\n"
+            "                        the default) or engine (the engine's pause/unpause)\n"
             "  --log-level LEVEL     debug, info, warn, error (default info)\n"
             "  -h, --help\n");
 }
@@ -45,7 +46,7 @@ static void on_tick(uv_timer_t *t)
     ctrl_autoscale_all(c);
     ctrl_reconcile_all(c);
     uint64_t now = uv_now(c->loop);
-    if (now - c->last_check_ms >= CHECK_PERIOD_MS) {
+    if (now - c->last_check_ms >= CTRL_CHECK_PERIOD_MS) {
         c->last_check_ms = now;
         ctrl_check_replicas(c);
     }
@@ -80,6 +81,7 @@ static void on_stopped(struct ctrl *c)
     c->hub = NULL;
     stoke_engine_close(c->engine, NULL, NULL);
     c->engine = NULL;
+    ctrl_watch_close(c);
     uv_close((uv_handle_t *)&c->tick, NULL);
     uv_close((uv_handle_t *)&sigint, NULL);
     uv_close((uv_handle_t *)&sigterm, NULL);
@@ -129,8 +131,11 @@ static void on_ping(const struct stoke_engine_result *res, void *data)
         return;
     }
     int r = ctrl_adopt(c, load_functions, on_adopted);
-    if (r < 0)
+    if (r < 0) {
         on_adopted(c, r);
+        return;
+    }
+    ctrl_watch_start(c);
 }
 
 static int parse_range(const char *s, uint16_t *lo, uint16_t *hi)
@@ -152,7 +157,7 @@ static int parse_range(const char *s, uint16_t *lo, uint16_t *hi)
 
 int main(int argc, char **argv)
 {
-    enum { O_DIR = 256, O_LISTEN, O_DOCKER, O_INSTANCE, O_PORTS, O_READY, O_LOG };
+    enum { O_DIR = 256, O_LISTEN, O_DOCKER, O_INSTANCE, O_PORTS, O_READY, O_LOG, O_PAUSE };
     static const struct option opts[] = {
         {"functions-dir", required_argument, NULL, O_DIR},
         {"listen", required_argument, NULL, O_LISTEN},
@@ -161,11 +166,13 @@ int main(int argc, char **argv)
         {"port-range", required_argument, NULL, O_PORTS},
         {"ready-timeout", required_argument, NULL, O_READY},
         {"log-level", required_argument, NULL, O_LOG},
+        {"pause-with", required_argument, NULL, O_PAUSE},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     struct ctrl *c = &ctrl;
     enum stoke_log_level level = STOKE_LOG_INFO;
+    bool pause_with_engine = false;
     int opt, r;
 
     c->cfg.functions_dir = DEFAULT_FUNCTIONS_DIR;
@@ -200,6 +207,10 @@ int main(int argc, char **argv)
             break;
         case O_LOG:
             r = stoke_log_level_parse(optarg, &level);
+            break;
+        case O_PAUSE:
+            pause_with_engine = strcmp(optarg, "engine") == 0;
+            r = pause_with_engine || strcmp(optarg, "cgroup") == 0 ? 0 : -EINVAL;
             break;
         case 'h':
             usage(stdout);
@@ -245,6 +256,12 @@ int main(int argc, char **argv)
     }
     uv_timer_init(c->loop, &c->tick);
     c->tick.data = c;
+    ctrl_watch_init(c);
+    r = pause_with_engine ? -ENOTSUP : stoke_freezer_init();
+    c->freezer_ok = r == 0;
+    if (r < 0 && !pause_with_engine)
+        stoke_warn(NULL, r,
+                   "libcgroup finds no cgroups: idle replicas are paused through the engine");
     uv_signal_init(c->loop, &sigint);
     uv_signal_init(c->loop, &sigterm);
     uv_signal_start(&sigint, on_signal, SIGINT);

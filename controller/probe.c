@@ -8,17 +8,27 @@
 
 #include <llhttp.h>
 
+#include "stoke/util.h"
 #include "stoke/uvbuf.h"
 
 #define ATTEMPT_TIMEOUT_MS 1000
 #define MAX_RESPONSE_HEAD 16384
 
-struct probe {
-    uv_loop_t *loop;
-    uv_timer_t timer; /* between attempts, and each attempt's time limit */
-    uv_tcp_t *tcp;    /* the current attempt's socket, or NULL */
+/* One try: its socket and the requests on it live and die together, freed
+ * in the socket's close callback, after libuv has cancelled the requests
+ * (a request embedded in the probe could outlive it: libuv runs the probe
+ * timer's close callback, which frees the probe, before the socket's). */
+struct attempt {
+    uv_tcp_t tcp;
     uv_connect_t connect;
     uv_write_t write;
+    struct probe *p; /* NULL once the attempt ended: its callbacks do nothing */
+};
+
+struct probe {
+    uv_loop_t *loop;
+    uv_timer_t timer;    /* between attempts, and each attempt's time limit */
+    struct attempt *att; /* the current attempt, or NULL */
     struct sockaddr_in addr;
     char *request; /* NULL for a TCP probe */
     size_t request_len;
@@ -35,9 +45,9 @@ struct probe {
 
 static void attempt(uv_timer_t *t);
 
-static void on_tcp_closed(uv_handle_t *h)
+static void on_attempt_closed(uv_handle_t *h)
 {
-    free(h);
+    free(stoke_container_of((uv_tcp_t *)h, struct attempt, tcp));
 }
 
 static void on_timer_closed(uv_handle_t *h)
@@ -49,9 +59,10 @@ static void on_timer_closed(uv_handle_t *h)
 
 static void end_attempt(struct probe *p)
 {
-    if (p->tcp) {
-        uv_close((uv_handle_t *)p->tcp, on_tcp_closed);
-        p->tcp = NULL;
+    if (p->att) {
+        p->att->p = NULL;
+        uv_close((uv_handle_t *)&p->att->tcp, on_attempt_closed);
+        p->att = NULL;
     }
 }
 
@@ -88,7 +99,11 @@ static int on_headers_complete(llhttp_t *parser)
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
-    struct probe *p = s->data;
+    struct probe *p = stoke_container_of((uv_tcp_t *)s, struct attempt, tcp)->p;
+    if (!p) {
+        free(buf->base);
+        return;
+    }
     if (nread < 0) {
         free(buf->base);
         retry_later(p);
@@ -109,15 +124,16 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 
 static void on_written(uv_write_t *req, int status)
 {
-    struct probe *p = req->data;
-    if (status < 0 && status != UV_ECANCELED && p->tcp && !p->stopped)
+    struct probe *p = stoke_container_of(req, struct attempt, write)->p;
+    if (p && status < 0 && status != UV_ECANCELED && !p->stopped)
         retry_later(p);
 }
 
 static void on_connected(uv_connect_t *req, int status)
 {
-    struct probe *p = req->data;
-    if (status == UV_ECANCELED || p->stopped)
+    struct attempt *a = stoke_container_of(req, struct attempt, connect);
+    struct probe *p = a->p;
+    if (!p || status == UV_ECANCELED || p->stopped)
         return;
     if (status < 0) {
         retry_later(p);
@@ -132,9 +148,8 @@ static void on_connected(uv_connect_t *req, int status)
     p->got = 0;
     p->status = 0;
     uv_buf_t b = uv_buf_init(p->request, (unsigned)p->request_len);
-    p->write.data = p;
-    if (uv_write(&p->write, (uv_stream_t *)p->tcp, &b, 1, on_written) < 0 ||
-        uv_read_start((uv_stream_t *)p->tcp, stoke_uv_alloc, on_read) < 0)
+    if (uv_write(&a->write, (uv_stream_t *)&a->tcp, &b, 1, on_written) < 0 ||
+        uv_read_start((uv_stream_t *)&a->tcp, stoke_uv_alloc, on_read) < 0)
         retry_later(p);
 }
 
@@ -146,15 +161,15 @@ static void on_attempt_timeout(uv_timer_t *t)
 static void attempt(uv_timer_t *t)
 {
     struct probe *p = t->data;
-    p->tcp = malloc(sizeof(*p->tcp));
-    if (!p->tcp) {
+    struct attempt *a = calloc(1, sizeof(*a));
+    if (!a) {
         retry_later(p);
         return;
     }
-    uv_tcp_init(p->loop, p->tcp);
-    p->tcp->data = p;
-    p->connect.data = p;
-    if (uv_tcp_connect(&p->connect, p->tcp, (const struct sockaddr *)&p->addr, on_connected) < 0) {
+    uv_tcp_init(p->loop, &a->tcp);
+    a->p = p;
+    p->att = a;
+    if (uv_tcp_connect(&a->connect, &a->tcp, (const struct sockaddr *)&p->addr, on_connected) < 0) {
         retry_later(p);
         return;
     }

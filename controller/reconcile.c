@@ -13,15 +13,25 @@
 #include "controller.h"
 #include "hub.h"
 #include "probe.h"
+#include "stoke/backoff.h"
 #include "stoke/log.h"
 #include "stoke/routes.h"
 
 #define BACKOFF_MIN_MS 500
 #define BACKOFF_MAX_MS 60000
+/* A replica ready this long before it failed ends a crash loop: the next
+ * failure starts the back-off from the beginning. */
+#define CRASH_RESET_MS 10000
+/* Failures in a row from which the function is said to crash-loop. */
+#define CRASH_LOOP_FAILURES 3
 #define PROBE_MAX_PERIOD_MS 500
 #define STOP_GRACE_S 5
 
+enum tier { TIER_PAUSED, TIER_STOPPED, TIER_CREATED, TIER_NEW };
+static const char *const tier_names[] = {"paused", "stopped", "created", "new"};
+
 static void replica_retire(struct replica *r);
+static void replica_go_idle(struct replica *r);
 static void replica_failed(struct replica *r, int err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
@@ -171,8 +181,25 @@ static void on_removed(const struct stoke_engine_result *res, void *data)
     replica_free(r);
 }
 
+/* Thaws a replica we froze through its cgroup, before any engine call on
+ * it: a frozen process cannot act on SIGTERM, so a stop would wait out its
+ * whole grace period. Returns 0 or the freezer's negative errno (the
+ * cgroup is gone when the container is). */
+static int replica_thaw(struct replica *r)
+{
+    if (!r->frozen)
+        return 0;
+    r->frozen = false;
+    int e = stoke_freezer_set(&r->freezer, false);
+    if (e < 0 && e != -ENOENT)
+        stoke_warn(r->fn->spec.name, e, "cannot thaw replica %.12s through its cgroup (%s)", r->id,
+                   r->freezer.path);
+    return e;
+}
+
 static void replica_remove_container(struct replica *r)
 {
+    (void)replica_thaw(r);
     if (r->id[0] == '\0') {
         replica_free(r);
         return;
@@ -187,6 +214,14 @@ static void replica_remove_container(struct replica *r)
         return;
     }
     r->op_pending = true;
+}
+
+/* Removes an unrouted replica at once (an idle one, or one that failed
+ * before it served). */
+static void replica_discard(struct replica *r)
+{
+    r->state = R_RETIRING;
+    replica_remove_container(r);
 }
 
 static void on_drain_timeout(uv_timer_t *t)
@@ -217,7 +252,10 @@ void ctrl_on_drain(struct ctrl *c)
                 r->draining = false;
                 uv_timer_stop(&r->timer);
                 stoke_debug(fn->spec.name, "replica %.12s drained", r->id);
-                replica_remove_container(r);
+                if (r->to_idle)
+                    replica_go_idle(r);
+                else
+                    replica_remove_container(r);
             }
         }
     }
@@ -248,7 +286,10 @@ static void replica_retire(struct replica *r)
             return;
         }
     }
-    replica_remove_container(r);
+    if (was_ready && r->to_idle)
+        replica_go_idle(r);
+    else
+        replica_remove_container(r);
 }
 
 static void replica_failed(struct replica *r, int err, const char *fmt, ...)
@@ -258,16 +299,21 @@ static void replica_failed(struct replica *r, int err, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(fn->last_error, sizeof(fn->last_error), fmt, ap);
     va_end(ap);
+    uint64_t now = uv_now(fn->ctrl->loop);
+    if (r->ready_ms && now - r->ready_ms >= CRASH_RESET_MS)
+        fn->failures = 0;
     fn->failures++;
-    uint64_t backoff = BACKOFF_MIN_MS;
-    for (uint32_t i = 1; i < fn->failures && backoff < BACKOFF_MAX_MS; i++)
-        backoff *= 2;
-    if (backoff > BACKOFF_MAX_MS)
-        backoff = BACKOFF_MAX_MS;
-    fn->retry_at_ms = uv_now(fn->ctrl->loop) + backoff;
+    fn->backoff_ms = stoke_backoff_ms(fn->failures, BACKOFF_MIN_MS, BACKOFF_MAX_MS);
+    fn->retry_at_ms = now + fn->backoff_ms;
     stoke_error(fn->spec.name, err, "replica %.12s failed: %s; next try in %llu ms",
-                r->id[0] ? r->id : r->name, fn->last_error, (unsigned long long)backoff);
+                r->id[0] ? r->id : r->name, fn->last_error, (unsigned long long)fn->backoff_ms);
+    if (fn->failures >= CRASH_LOOP_FAILURES)
+        stoke_warn(fn->spec.name, err,
+                   "crash loop: %u failures in a row, back-off %llu ms (at most %u ms); last: %s",
+                   fn->failures, (unsigned long long)fn->backoff_ms, BACKOFF_MAX_MS,
+                   fn->last_error);
     r->retire_asap = false;
+    r->to_idle = false;
     replica_retire(r);
 }
 
@@ -278,10 +324,12 @@ static void on_probe_ready(void *data)
     r->probe = NULL;
     uv_timer_stop(&r->timer);
     r->state = R_READY;
-    fn->failures = 0;
+    r->ready_ms = uv_now(fn->ctrl->loop);
+    /* A crash loop ends once a replica has stayed up (replica_failed). */
+    fn->backoff_ms = 0;
     fn->last_error[0] = '\0';
-    stoke_info(fn->spec.name, "replica %.12s ready on 127.0.0.1:%u, %llu ms after create", r->id,
-               r->port, (unsigned long long)(uv_now(fn->ctrl->loop) - r->created_ms));
+    stoke_info(fn->spec.name, "replica %.12s ready on 127.0.0.1:%u, %llu ms after %s", r->id,
+               r->port, (unsigned long long)(r->ready_ms - r->created_ms), r->woke_from);
     ctrl_push_routes(fn->ctrl);
     ctrl_reconcile(fn); /* a rollout may retire an old replica now */
 }
@@ -293,19 +341,32 @@ static void on_ready_timeout(uv_timer_t *t)
                    (unsigned long long)r->fn->ctrl->cfg.ready_timeout_ms);
 }
 
+static void replica_probe(struct replica *r);
+
 static void on_started(const struct stoke_engine_result *res, void *data)
 {
     struct replica *r = data;
-    struct function *fn = r->fn;
     r->op_pending = false;
     if (res->err < 0) {
-        replica_failed(r, res->err, "start: %s", res->message);
+        replica_failed(r, res->err, "%s: %s", r->engine_paused ? "unpause" : "start", res->message);
+        return;
+    }
+    r->engine_paused = false;
+    if (r->exited) {
+        replica_failed(r, -ESRCH, "exited right after start (exit status %d)", r->exit_code);
         return;
     }
     if (r->retire_asap) {
         replica_retire(r);
         return;
     }
+    replica_probe(r);
+}
+
+/* Running (started, or thawed): probe at once, routed when it answers. */
+static void replica_probe(struct replica *r)
+{
+    struct function *fn = r->fn;
     r->state = R_PROBING;
     int e =
         probe_start(fn->ctrl->loop, r->port, fn->spec.readiness.path, fn->spec.readiness.period_ms,
@@ -330,6 +391,12 @@ static void on_created(const struct stoke_engine_result *res, void *data)
         replica_retire(r);
         return;
     }
+    if (r->precreate) {
+        r->precreate = false;
+        r->state = R_CREATED;
+        stoke_info(r->fn->spec.name, "replica %.12s created and kept for a cold start", r->id);
+        return;
+    }
     r->state = R_STARTING;
     int e = stoke_engine_start(r->fn->ctrl->engine, r->id, on_started, r);
     if (e < 0) {
@@ -339,7 +406,7 @@ static void on_created(const struct stoke_engine_result *res, void *data)
     r->op_pending = true;
 }
 
-static void replica_create(struct function *fn)
+static void replica_create(struct function *fn, bool precreate)
 {
     struct ctrl *c = fn->ctrl;
     const struct stoke_spec *s = &fn->spec;
@@ -353,6 +420,8 @@ static void replica_create(struct function *fn)
     if (e < 0)
         goto fail;
     r->fn = fn;
+    r->precreate = precreate;
+    r->woke_from = "create";
     memcpy(r->revision, fn->revision, sizeof(r->revision));
     snprintf(r->name, sizeof(r->name), "stoke-%s-%.8s-%05u", s->name, fn->revision, r->port);
     uv_timer_init(c->loop, &r->timer);
@@ -403,6 +472,7 @@ static void replica_create(struct function *fn)
         .memory_bytes = s->resources.memory_bytes,
         .cpu_millis = s->resources.cpu_millis,
         .pids = s->resources.pids,
+        .read_only_rootfs = s->read_only_rootfs,
     };
     e = stoke_engine_create(c->engine, &cfg, on_created, r);
     if (e < 0)
@@ -423,6 +493,277 @@ fail_listed:
 fail:
     free(r);
     stoke_error(fn->spec.name, e, "cannot create a replica");
+}
+
+/* ---- the warm tier -------------------------------------------------------- */
+
+static bool is_current(const struct replica *r);
+
+static bool is_idle(const struct replica *r)
+{
+    return !r->op_pending && !r->retire_asap &&
+           (r->state == R_PAUSED || r->state == R_STOPPED || r->state == R_CREATED);
+}
+
+/* Idle replicas of the current revision, and those on their way there. */
+static uint32_t count_pool(const struct function *fn)
+{
+    uint32_t n = 0;
+    for (const struct stoke_list *b = fn->replicas.next; b != &fn->replicas; b = b->next) {
+        const struct replica *r = stoke_container_of(b, struct replica, node);
+        bool warm = r->state >= R_PAUSING || (r->state == R_CREATING && r->precreate) ||
+                    (r->state == R_RETIRING && r->to_idle);
+        if (warm && !r->retire_asap && is_current(r))
+            n++;
+    }
+    return n;
+}
+
+static void on_step_down(uv_timer_t *t);
+
+/* Arms the step down of an idle replica after `ms`. */
+static void idle_timer(struct replica *r, uint64_t ms)
+{
+    uv_timer_start(&r->timer, on_step_down, ms, 0);
+}
+
+static void on_idle_stopped(const struct stoke_engine_result *res, void *data)
+{
+    struct replica *r = data;
+    struct function *fn = r->fn;
+    r->op_pending = false;
+    if (res->err < 0 && res->err != -EALREADY) {
+        stoke_warn(fn->spec.name, res->err, "cannot stop idle replica %.12s: %s; removing it",
+                   r->id, res->message);
+        replica_discard(r);
+        return;
+    }
+    if (r->retire_asap || fn->deleted || fn->ctrl->stopping || !is_current(r)) {
+        r->retire_asap = false;
+        replica_discard(r);
+        return;
+    }
+    r->state = R_STOPPED;
+    r->engine_paused = false;
+    stoke_info(fn->spec.name, "replica %.12s stopped (idle); removed in %llu ms", r->id,
+               (unsigned long long)fn->spec.scale.remove_after_ms);
+    idle_timer(r, fn->spec.scale.remove_after_ms);
+}
+
+static void replica_stop_idle(struct replica *r)
+{
+    (void)replica_thaw(r);
+    int e = stoke_engine_stop(r->fn->ctrl->engine, r->id, STOP_GRACE_S, on_idle_stopped, r);
+    if (e < 0) {
+        stoke_warn(r->fn->spec.name, e, "cannot stop idle replica %.12s; removing it", r->id);
+        replica_discard(r);
+        return;
+    }
+    r->state = R_STOPPING;
+    r->op_pending = true;
+}
+
+static void paused(struct replica *r, const char *how)
+{
+    struct function *fn = r->fn;
+    if (r->retire_asap || fn->deleted || fn->ctrl->stopping || !is_current(r)) {
+        r->retire_asap = false;
+        replica_discard(r);
+        return;
+    }
+    r->state = R_PAUSED;
+    stoke_info(fn->spec.name, "replica %.12s paused (idle, %s); stopped in %llu ms", r->id, how,
+               (unsigned long long)fn->spec.scale.stop_after_ms);
+    idle_timer(r, fn->spec.scale.stop_after_ms);
+}
+
+static void on_engine_paused(const struct stoke_engine_result *res, void *data)
+{
+    struct replica *r = data;
+    r->op_pending = false;
+    if (res->err < 0 || r->exited) {
+        stoke_warn(r->fn->spec.name, res->err, "cannot pause idle replica %.12s: %s; removing it",
+                   r->id, res->err < 0 ? res->message : "it exited");
+        replica_discard(r);
+        return;
+    }
+    r->engine_paused = true;
+    paused(r, "through the engine");
+}
+
+/* The cgroup could not be written: the engine's pause, and its unpause to
+ * wake it (about 28 ms slower). Never both ways on one replica: an engine
+ * cannot unpause what was thawed behind its back (stoke/freezer.h). */
+static void pause_by_engine(struct replica *r, int why)
+{
+    struct function *fn = r->fn;
+    /* Only worth a warning when the cgroup was tried (not --pause-with
+     * engine, nor a host where libcgroup finds no cgroups: said at start). */
+    if (!fn->pause_fallback && fn->ctrl->freezer_ok)
+        stoke_warn(fn->spec.name, why,
+                   "cannot freeze replica %.12s through its cgroup: pausing through the engine "
+                   "instead; waking will take the engine's unpause",
+                   r->id);
+    fn->pause_fallback = true;
+    int e = stoke_engine_pause(fn->ctrl->engine, r->id, on_engine_paused, r);
+    if (e < 0) {
+        stoke_warn(fn->spec.name, e, "cannot pause idle replica %.12s; removing it", r->id);
+        replica_discard(r);
+        return;
+    }
+    r->op_pending = true;
+}
+
+static void on_pause_inspected(const struct stoke_engine_result *res, void *data)
+{
+    struct replica *r = data;
+    struct stoke_container_state st;
+    r->op_pending = false;
+    int e = res->err;
+    if (e == 0)
+        e = stoke_engine_state_parse(res->json, &st);
+    if (e == 0 && (!st.running || st.paused || r->exited))
+        e = -ESRCH;
+    if (e < 0) {
+        stoke_warn(r->fn->spec.name, e, "cannot pause idle replica %.12s: %s; removing it", r->id,
+                   res->err < 0 ? res->message : "not running");
+        replica_discard(r);
+        return;
+    }
+    e = stoke_freezer_find(st.pid, &r->freezer);
+    if (e == 0)
+        e = stoke_freezer_set(&r->freezer, true);
+    if (e < 0) {
+        pause_by_engine(r, e);
+        return;
+    }
+    r->frozen = true;
+    paused(r, "cgroup frozen");
+}
+
+/* A drained replica of the current revision goes to the function's idle
+ * state: paused (then stopped, then removed), stopped, or removed. */
+static void replica_go_idle(struct replica *r)
+{
+    struct function *fn = r->fn;
+    struct ctrl *c = fn->ctrl;
+    r->to_idle = false;
+    if (c->stopping || fn->deleted || !is_current(r) || fn->spec.scale.idle == STOKE_IDLE_REMOVE) {
+        replica_remove_container(r);
+        return;
+    }
+    r->ready_ms = 0;
+    if (fn->spec.scale.idle == STOKE_IDLE_STOP) {
+        replica_stop_idle(r);
+        return;
+    }
+    r->state = R_PAUSING;
+    if (!c->freezer_ok) {
+        pause_by_engine(r, -ENOTSUP);
+        return;
+    }
+    /* The pid, for its cgroup; off the request path, like the freeze. */
+    int e = stoke_engine_inspect(c->engine, r->id, on_pause_inspected, r);
+    if (e < 0) {
+        pause_by_engine(r, e);
+        return;
+    }
+    r->op_pending = true;
+}
+
+static void on_step_down(uv_timer_t *t)
+{
+    struct replica *r = t->data;
+    struct function *fn = r->fn;
+    if (r->op_pending)
+        return;
+    if (r->state == R_PAUSED) {
+        stoke_info(fn->spec.name, "replica %.12s paused for %llu ms: stopping it", r->id,
+                   (unsigned long long)fn->spec.scale.stop_after_ms);
+        replica_stop_idle(r);
+    } else if (r->state == R_STOPPED || r->state == R_CREATED) {
+        /* The pre-created floor stays; a stopped container counts in it. */
+        if (count_pool(fn) <= fn->spec.scale.precreated)
+            return;
+        stoke_info(fn->spec.name, "replica %.12s stopped for %llu ms: removing it", r->id,
+                   (unsigned long long)fn->spec.scale.remove_after_ms);
+        replica_discard(r);
+    }
+}
+
+/* The best idle replica of the current revision for a cold start: paused,
+ * then stopped, then created. */
+static struct replica *pool_pick(struct function *fn, enum tier *ret)
+{
+    struct replica *best = NULL;
+    enum tier bt = TIER_NEW;
+    for (struct stoke_list *b = fn->replicas.next; b != &fn->replicas; b = b->next) {
+        struct replica *r = stoke_container_of(b, struct replica, node);
+        if (!is_idle(r) || !is_current(r))
+            continue;
+        enum tier t = r->state == R_PAUSED    ? TIER_PAUSED
+                      : r->state == R_STOPPED ? TIER_STOPPED
+                                              : TIER_CREATED;
+        if (t < bt) {
+            best = r;
+            bt = t;
+        }
+    }
+    *ret = bt;
+    return best;
+}
+
+/* Wakes an idle replica. Returns false when it could not (it is then
+ * being removed: pick another). */
+static bool replica_wake(struct replica *r, enum tier t)
+{
+    struct function *fn = r->fn;
+    struct ctrl *c = fn->ctrl;
+    uv_timer_stop(&r->timer);
+    r->created_ms = uv_now(c->loop);
+    r->exited = false;
+    r->oom = false;
+    if (t == TIER_PAUSED && r->frozen) {
+        /* The fast path: one write to the freezer, then the probe. */
+        uint64_t t0 = uv_hrtime();
+        int e = stoke_freezer_set(&r->freezer, false);
+        r->frozen = false;
+        if (e < 0) {
+            stoke_warn(fn->spec.name, e, "cannot thaw replica %.12s (%s); removing it", r->id,
+                       r->freezer.path);
+            replica_discard(r);
+            return false;
+        }
+        r->woke_from = "thaw";
+        stoke_debug(fn->spec.name, "replica %.12s thawed in %llu us", r->id,
+                    (unsigned long long)((uv_hrtime() - t0) / 1000));
+        replica_probe(r);
+        return true;
+    }
+    int e = t == TIER_PAUSED ? stoke_engine_unpause(c->engine, r->id, on_started, r)
+                             : stoke_engine_start(c->engine, r->id, on_started, r);
+    if (e < 0) {
+        stoke_warn(fn->spec.name, e, "cannot wake replica %.12s; removing it", r->id);
+        replica_discard(r);
+        return false;
+    }
+    r->woke_from = t == TIER_PAUSED ? "unpause" : "start";
+    r->state = R_STARTING;
+    r->op_pending = true;
+    return true;
+}
+
+/* One more replica: the best idle one, else a new one. */
+static enum tier scale_up_one(struct function *fn)
+{
+    enum tier t;
+    struct replica *r;
+    while ((r = pool_pick(fn, &t)) != NULL) {
+        if (replica_wake(r, t))
+            return t;
+    }
+    replica_create(fn, false);
+    return TIER_NEW;
 }
 
 /* ---- desired state ------------------------------------------------------- */
@@ -483,7 +824,7 @@ void ctrl_autoscale_all(struct ctrl *c)
 
 static bool is_live(const struct replica *r)
 {
-    return r->state != R_RETIRING && !r->retire_asap;
+    return r->state < R_RETIRING && !r->retire_asap && !(r->state == R_CREATING && r->precreate);
 }
 
 static bool is_current(const struct replica *r)
@@ -505,6 +846,9 @@ static uint32_t retire_some(struct function *fn, uint32_t n, bool current)
                 continue;
             if (pass == 0 && r->state == R_READY)
                 continue;
+            /* Scaling down keeps the current revision warm; a rollout
+             * removes the earlier ones. */
+            r->to_idle = current && r->state == R_READY;
             replica_retire(r);
             done++;
         }
@@ -533,16 +877,28 @@ void ctrl_reconcile(struct function *fn)
         }
     }
     if (live < want && now >= fn->retry_at_ms) {
-        if (live == 0 && old_ready == 0) {
-            fn->cold_starts++;
-            stoke_info(fn->spec.name, "cold start: 0 -> %u replicas", want);
-        } else {
-            stoke_info(fn->spec.name, "scaling up: %u -> %u replicas", live, want);
-        }
+        bool cold = live == 0 && old_ready == 0;
+        uint32_t from = live;
+        unsigned by_tier[4] = {0};
         while (live < want) {
-            replica_create(fn);
+            by_tier[scale_up_one(fn)]++;
             live++;
         }
+        if (cold) {
+            fn->cold_starts++;
+            for (int t = 0; t < 4; t++)
+                fn->wakes[t] += by_tier[t] > 0;
+        }
+        int best = TIER_NEW; /* the fastest tier used */
+        for (int t = TIER_NEW; t >= 0; t--)
+            if (by_tier[t] > 0)
+                best = t;
+        stoke_info(fn->spec.name,
+                   "%s from %s: %u -> %u replicas (woken: %u paused, %u stopped, %u created; %u "
+                   "new)",
+                   cold ? "cold start" : "scaling up", tier_names[best], from, want,
+                   by_tier[TIER_PAUSED], by_tier[TIER_STOPPED], by_tier[TIER_CREATED],
+                   by_tier[TIER_NEW]);
     } else if (live > want) {
         retire_some(fn, live - want, true);
         if (want == 0)
@@ -566,6 +922,22 @@ void ctrl_reconcile(struct function *fn)
                            "rollout: %u ready of revision %s, %u of earlier ones retiring",
                            fresh_ready, fn->revision, n);
         }
+    }
+
+    /* Idle replicas of an earlier revision will never be woken. */
+    for (struct stoke_list *n = fn->replicas.next; n != &fn->replicas;) {
+        struct replica *r = stoke_container_of(n, struct replica, node);
+        n = n->next;
+        if (is_idle(r) && (!is_current(r) || fn->deleted)) {
+            stoke_info(fn->spec.name, "removing idle replica %.12s of revision %s", r->id,
+                       r->revision);
+            replica_retire(r);
+        }
+    }
+    /* Keep the pre-created floor: containers that only need a start. */
+    if (!fn->deleted && now >= fn->retry_at_ms) {
+        for (uint32_t pool = count_pool(fn); pool < fn->spec.scale.precreated; pool++)
+            replica_create(fn, true);
     }
 }
 
@@ -674,6 +1046,87 @@ void ctrl_on_stats(struct ctrl *c, const char *name, uint64_t second, double con
     (void)stoke_metric_window_add(&fn->metrics, second, concurrency);
 }
 
+/* ---- what the engine tells ------------------------------------------------ */
+
+static struct replica *replica_find(struct ctrl *c, const char *id)
+{
+    for (struct stoke_list *a = c->functions.next; a != &c->functions; a = a->next) {
+        struct function *fn = stoke_container_of(a, struct function, node);
+        for (struct stoke_list *b = fn->replicas.next; b != &fn->replicas; b = b->next) {
+            struct replica *r = stoke_container_of(b, struct replica, node);
+            if (strcmp(r->id, id) == 0)
+                return r;
+        }
+    }
+    return NULL;
+}
+
+/* Our replica `r` exited (or is gone) without being asked to. */
+static void replica_exited(struct replica *r, int exit_code, const char *how)
+{
+    struct function *fn = r->fn;
+    if (r->op_pending) {
+        /* Start, inspect or pause in flight: its callback sees this. */
+        r->exited = true;
+        r->exit_code = exit_code;
+        return;
+    }
+    switch (r->state) {
+    case R_PROBING:
+    case R_READY: {
+        bool was_ready = r->state == R_READY;
+        if (r->oom)
+            replica_failed(r, -ENOMEM,
+                           "killed by the kernel's OOM killer (memory limit %llu bytes)",
+                           (unsigned long long)fn->spec.resources.memory_bytes);
+        else
+            replica_failed(r, -ESRCH, "%s (exit status %d)", how, exit_code);
+        if (was_ready)
+            ctrl_reconcile(fn);
+        break;
+    }
+    case R_PAUSED:
+        /* Killed while idle: it can still be started again. */
+        r->frozen = false;
+        r->engine_paused = false;
+        r->state = R_STOPPED;
+        stoke_info(fn->spec.name, "idle replica %.12s %s (exit status %d): now stopped", r->id, how,
+                   exit_code);
+        idle_timer(r, fn->spec.scale.remove_after_ms);
+        break;
+    default:
+        break; /* we stopped or are removing it, or it never ran */
+    }
+}
+
+void ctrl_on_event(struct ctrl *c, const struct stoke_container_event *ev)
+{
+    struct replica *r = replica_find(c, ev->id);
+    if (!r || c->stopping)
+        return;
+    struct function *fn = r->fn;
+    stoke_debug(fn->spec.name, "engine event %s on replica %.12s", ev->action, r->id);
+    if (strcmp(ev->action, "oom") == 0) {
+        r->oom = true;
+        stoke_warn(fn->spec.name, -ENOMEM, "replica %.12s ran out of memory (limit %llu bytes)",
+                   r->id, (unsigned long long)fn->spec.resources.memory_bytes);
+    } else if (strcmp(ev->action, "die") == 0) {
+        replica_exited(r, ev->exit_code, "exited");
+    } else if (strcmp(ev->action, "destroy") == 0 && !r->op_pending && r->state != R_RETIRING) {
+        /* Removed by someone else: forget it (replaced when it served). */
+        bool serving = r->state == R_PROBING || r->state == R_READY;
+        stoke_warn(fn->spec.name, -ENOENT, "replica %.12s was removed outside stoke", r->id);
+        r->id[0] = '\0';
+        if (serving) {
+            replica_failed(r, -ENOENT, "removed outside stoke");
+            ctrl_reconcile(fn);
+        } else {
+            r->frozen = false;
+            replica_discard(r);
+        }
+    }
+}
+
 /* ---- checking the engine ------------------------------------------------- */
 
 struct check {
@@ -681,14 +1134,14 @@ struct check {
     uint64_t sent_ms;
 };
 
-static bool list_has_running(json_object *list, const char *id)
+/* The state the list gives for `id`, or NULL when it is not there. */
+static const char *list_state(json_object *list, const char *id, struct stoke_container_summary *s)
 {
-    struct stoke_container_summary s;
-    for (size_t i = 0; stoke_engine_list_get(list, i, &s) == 0; i++) {
-        if (strcmp(s.id, id) == 0)
-            return strcmp(s.state, "running") == 0;
+    for (size_t i = 0; stoke_engine_list_get(list, i, s) == 0; i++) {
+        if (strcmp(s->id, id) == 0)
+            return s->state;
     }
-    return false;
+    return NULL;
 }
 
 static void on_checked(const struct stoke_engine_result *res, void *data)
@@ -697,10 +1150,12 @@ static void on_checked(const struct stoke_engine_result *res, void *data)
     struct ctrl *c = ck->c;
     uint64_t sent = ck->sent_ms;
     free(ck);
+    c->checking = false;
     if (res->err < 0 || c->stopping) {
         if (res->err < 0 && res->err != -ECANCELED)
-            stoke_warn(NULL, res->err, "cannot list containers: %s; serving what is known",
-                       res->message);
+            stoke_warn(NULL, res->err,
+                       "cannot list containers: %s; serving what is known, next check in %u ms",
+                       res->message, CTRL_CHECK_PERIOD_MS);
         return;
     }
     for (struct stoke_list *a = c->functions.next; a != &c->functions; a = a->next) {
@@ -708,15 +1163,22 @@ static void on_checked(const struct stoke_engine_result *res, void *data)
         for (struct stoke_list *b = fn->replicas.next; b != &fn->replicas;) {
             struct replica *r = stoke_container_of(b, struct replica, node);
             b = b->next;
-            /* Only replicas that were running before the list was asked for. */
-            if ((r->state != R_READY && r->state != R_PROBING) || r->op_pending ||
-                r->created_ms >= sent)
+            struct stoke_container_summary s;
+            /* Only replicas that were in their state before the list was
+             * asked for, and with no call in flight. */
+            if (r->op_pending || r->created_ms >= sent || r->id[0] == '\0')
                 continue;
-            if (!list_has_running(res->json, r->id)) {
-                bool was_ready = r->state == R_READY;
-                replica_failed(r, -ESRCH, "container is no longer running");
-                if (was_ready)
-                    ctrl_reconcile(fn);
+            const char *state = list_state(res->json, r->id, &s);
+            if (r->state == R_READY || r->state == R_PROBING) {
+                if (!state || strcmp(state, "running") != 0)
+                    replica_exited(r, -1, state ? "is no longer running" : "is gone");
+            } else if (is_idle(r) && !state) {
+                stoke_warn(fn->spec.name, -ENOENT, "idle replica %.12s is gone", r->id);
+                r->id[0] = '\0';
+                r->frozen = false;
+                replica_discard(r);
+            } else if (r->state == R_PAUSED && strcmp(state, "exited") == 0) {
+                replica_exited(r, -1, "exited");
             }
         }
     }
@@ -724,13 +1186,19 @@ static void on_checked(const struct stoke_engine_result *res, void *data)
 
 void ctrl_check_replicas(struct ctrl *c)
 {
+    /* One list at a time: a slow engine answers late, not many times. */
+    if (c->checking)
+        return;
     struct check *ck = malloc(sizeof(*ck));
     if (!ck)
         return;
     ck->c = c;
     ck->sent_ms = uv_now(c->loop);
-    if (stoke_engine_list(c->engine, "io.stoke.instance", c->cfg.instance, on_checked, ck) < 0)
+    if (stoke_engine_list(c->engine, "io.stoke.instance", c->cfg.instance, on_checked, ck) < 0) {
         free(ck);
+        return;
+    }
+    c->checking = true;
 }
 
 /* ---- startup and shutdown ------------------------------------------------ */
@@ -742,11 +1210,27 @@ struct adoption {
     unsigned pending;
 };
 
+static uint32_t count_ready(const struct function *fn);
+
 static void adoption_step(struct adoption *ad)
 {
     if (--ad->pending > 0)
         return;
     struct ctrl *c = ad->c;
+    /* A restarted controller keeps what was serving: each function's
+     * autoscaler starts from its adopted replicas (in panic mode for a
+     * window when there are several, as Knative does), so nothing is
+     * scaled down before the metrics are back. */
+    uint64_t now = uv_now(c->loop);
+    for (struct stoke_list *a = c->functions.next; a != &c->functions; a = a->next) {
+        struct function *fn = stoke_container_of(a, struct function, node);
+        uint32_t ready = count_ready(fn);
+        if (ready == 0)
+            continue;
+        stoke_autoscaler_init(&fn->as, now, ready);
+        stoke_autoscaler_seed(&fn->as, ready);
+        fn->desired = ready;
+    }
     c->adopting = false;
     ad->done(c, 0);
     free(ad);
@@ -760,20 +1244,69 @@ static void on_stray_removed(const struct stoke_engine_result *res, void *data)
     adoption_step(ad);
 }
 
-/* Takes over a running container of the current revision as a ready
- * replica: it was serving before this controller started, so it keeps
- * serving; the engine check replaces it should it be gone. Returns false
- * when it cannot be adopted (the caller removes it). */
-static bool adopt(struct ctrl *c, const struct stoke_container_summary *s)
+/* A running container may be one we froze before a restart: the engine
+ * calls it running, its freezer says otherwise. */
+static void on_adopt_inspected(const struct stoke_engine_result *res, void *data)
 {
+    struct replica *r = data;
+    struct adoption *ad = r->adoption;
+    struct stoke_container_state st;
+    r->op_pending = false;
+    r->adoption = NULL;
+    if (res->err == 0 && stoke_engine_state_parse(res->json, &st) == 0 && st.running &&
+        !st.paused && stoke_freezer_find(st.pid, &r->freezer) == 0 &&
+        stoke_freezer_get(&r->freezer) == 1) {
+        r->frozen = true;
+        r->state = R_PAUSED;
+        idle_timer(r, r->fn->spec.scale.stop_after_ms);
+        stoke_info(r->fn->spec.name, "adopted paused (frozen) replica %.12s on 127.0.0.1:%u", r->id,
+                   r->port);
+    } else {
+        r->state = R_READY;
+        r->ready_ms = uv_now(r->fn->ctrl->loop);
+        stoke_info(r->fn->spec.name, "adopted replica %.12s on 127.0.0.1:%u", r->id, r->port);
+    }
+    if (r->retire_asap) {
+        /* Shutdown began while its inspect was in flight. */
+        r->retire_asap = false;
+        replica_retire(r);
+    }
+    adoption_step(ad);
+}
+
+/* Takes over a container of the current revision: a running one keeps
+ * serving (or stays frozen, when we froze it), a paused, stopped or created
+ * one joins the warm tier with its timers from the start. The engine check
+ * replaces a serving one should it be gone. Returns false when it cannot be
+ * adopted (the caller removes it). */
+static bool adopt(struct adoption *ad, const struct stoke_container_summary *s)
+{
+    struct ctrl *c = ad->c;
     const char *fname = stoke_engine_label_get(s, "io.stoke.function");
     const char *rev = stoke_engine_label_get(s, "io.stoke.revision");
     const char *port_s = stoke_engine_label_get(s, "io.stoke.port");
     struct function *fn = fname ? ctrl_function_find(c, fname) : NULL;
     uint64_t port;
-    if (!fn || fn->deleted || !rev || strcmp(rev, fn->revision) != 0 ||
-        strcmp(s->state, "running") != 0 || !port_s || stoke_parse_u64(port_s, &port) < 0 ||
-        port < c->cfg.port_min || port > c->cfg.port_max || c->ports_used[port - c->cfg.port_min])
+    enum replica_state state;
+    if (strcmp(s->state, "running") == 0)
+        state = R_READY;
+    else if (strcmp(s->state, "paused") == 0)
+        state = R_PAUSED;
+    else if (strcmp(s->state, "exited") == 0)
+        state = R_STOPPED;
+    else if (strcmp(s->state, "created") == 0)
+        state = R_CREATED;
+    else
+        return false;
+    if (!fn || fn->deleted || !rev || strcmp(rev, fn->revision) != 0 || !port_s ||
+        stoke_parse_u64(port_s, &port) < 0 || port < c->cfg.port_min || port > c->cfg.port_max ||
+        c->ports_used[port - c->cfg.port_min])
+        return false;
+    /* Idle ones only as the idle state asks: no paused ones with
+     * `idle: stop`, none at all with `idle: remove` (but pre-created). */
+    if ((state == R_PAUSED && fn->spec.scale.idle != STOKE_IDLE_PAUSE) ||
+        (state == R_STOPPED && fn->spec.scale.idle == STOKE_IDLE_REMOVE &&
+         count_pool(fn) >= fn->spec.scale.precreated))
         return false;
     struct replica *r = calloc(1, sizeof(*r));
     if (!r)
@@ -787,9 +1320,35 @@ static bool adopt(struct ctrl *c, const struct stoke_container_summary *s)
     uv_timer_init(c->loop, &r->timer);
     r->timer.data = r;
     r->created_ms = uv_now(c->loop);
-    r->state = R_READY;
+    r->woke_from = "adoption";
+    r->state = state;
     stoke_list_insert_tail(&fn->replicas, &r->node);
-    stoke_info(fn->spec.name, "adopted replica %.12s on 127.0.0.1:%u", r->id, r->port);
+    switch (state) {
+    case R_READY:
+        /* Frozen or serving? The engine cannot tell; its cgroup can. */
+        if (c->freezer_ok && stoke_engine_inspect(c->engine, r->id, on_adopt_inspected, r) == 0) {
+            r->state = R_PAUSING;
+            r->op_pending = true;
+            r->adoption = ad;
+            ad->pending++;
+            return true;
+        }
+        r->ready_ms = r->created_ms;
+        stoke_info(fn->spec.name, "adopted replica %.12s on 127.0.0.1:%u", r->id, r->port);
+        return true;
+    case R_PAUSED:
+        r->engine_paused = true;
+        idle_timer(r, fn->spec.scale.stop_after_ms);
+        break;
+    case R_STOPPED:
+    case R_CREATED:
+        /* Kept by on_step_down() while they make the pre-created floor. */
+        idle_timer(r, fn->spec.scale.remove_after_ms);
+        break;
+    default:
+        break;
+    }
+    stoke_info(fn->spec.name, "adopted %s replica %.12s on 127.0.0.1:%u", s->state, r->id, r->port);
     return true;
 }
 
@@ -815,28 +1374,14 @@ static void on_adoption_listed(const struct stoke_engine_result *res, void *data
     }
     ad->pending = 1;
     for (size_t i = 0; stoke_engine_list_get(res->json, i, &s) == 0; i++) {
-        if (adopt(c, &s))
+        if (adopt(ad, &s))
             continue;
         stoke_info(NULL,
                    "removing container %.12s (%s) of an earlier run: no current function or "
-                   "revision, or not running",
+                   "revision, or not in a state its spec keeps",
                    s.id, s.state);
         if (stoke_engine_remove(c->engine, s.id, true, on_stray_removed, ad) == 0)
             ad->pending++;
-    }
-    /* A restarted controller keeps what was serving: each function's
-     * autoscaler starts from its adopted replicas (in panic mode for a
-     * window when there are several, as Knative does), so nothing is
-     * scaled down before the metrics are back. */
-    uint64_t now = uv_now(c->loop);
-    for (struct stoke_list *a = c->functions.next; a != &c->functions; a = a->next) {
-        struct function *fn = stoke_container_of(a, struct function, node);
-        uint32_t ready = count_ready(fn);
-        if (ready == 0)
-            continue;
-        stoke_autoscaler_init(&fn->as, now, ready);
-        stoke_autoscaler_seed(&fn->as, ready);
-        fn->desired = ready;
     }
     adoption_step(ad);
 }

@@ -33,6 +33,9 @@ STOKE_BUILD_DIR=$build "$root/deploy/build-example.sh" stoke-hello:1
 
 pidfile=$(mktemp)
 export STOKE_TEST_PIDFILE=$pidfile
+# Names this run's e2e containers (io.stoke.instance=e2e-r<pid>-...), so the
+# cleanup below leaves alone those of other runs on the same engine.
+export STOKE_E2E_RUN=r$$
 
 cleanup() {
     # Processes the harness started, should a test have been killed.
@@ -45,12 +48,14 @@ cleanup() {
         esac
     done <"$pidfile"
     rm -f "$pidfile"
-    # Containers of test runs: controllers in tests use instances "e2e-*";
-    # the engine test labels its own with io.stoke.test.
+    # Containers of this run: its controllers use instances
+    # "e2e-$STOKE_E2E_RUN-*". The engine test labels its own with
+    # io.stoke.test and a random value per run it does not export, so its
+    # leftovers go whatever run left them (each lives a few seconds).
     ids=$(docker ps -aq --filter label=io.stoke.test 2>/dev/null || true)
     for id in $(docker ps -aq --filter label=io.stoke.managed=true 2>/dev/null || true); do
         case $(docker inspect -f '{{index .Config.Labels "io.stoke.instance"}}' "$id" 2>/dev/null) in
-        e2e-*) ids="$ids $id" ;;
+        "e2e-$STOKE_E2E_RUN-"*) ids="$ids $id" ;;
         esac
     done
     if [ -n "$(echo $ids)" ]; then

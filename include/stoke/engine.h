@@ -114,6 +114,35 @@ int stoke_engine_remove(struct stoke_engine *e, const char *id, bool force, stok
 int stoke_engine_list(struct stoke_engine *e, const char *key, const char *value,
                       stoke_engine_cb cb, void *data);
 
+/* One container event of the engine's stream (GET /events). */
+struct stoke_container_event {
+    char id[65];
+    char action[32];         /* die, oom, kill, stop, start, pause, unpause, destroy...;
+                                longer actions ("exec_start: ...") are cut */
+    int exit_code;           /* die: the container's exit status; otherwise -1 */
+    json_object *attributes; /* borrowed: Actor.Attributes (labels, name, exitCode) */
+};
+
+/* From one event object. Returns 0, -ENOENT for an event that is not about
+ * a container (networks, images...), or -EINVAL. */
+int stoke_engine_event_parse(json_object *event, struct stoke_container_event *ret);
+
+/* Called for each event, from the loop (never from inside libcurl, so it
+ * may start engine calls). `ev` is borrowed for the call. */
+typedef void (*stoke_engine_event_cb)(const struct stoke_container_event *ev, void *data);
+
+/* Follows the engine's event stream for containers carrying label
+ * `key=value` (GET /events, no time limit). `on_event` runs for each event
+ * in order; `on_end` runs once when the stream ends: res->err 0 when the
+ * engine closed it, a negative errno as for the other calls, -EFBIG for a
+ * line over 64 KiB, -EINVAL for one that is not JSON, -ENOBUFS when more
+ * than 4096 events wait to be delivered, -ECANCELED from within
+ * stoke_engine_close() (queued events are then dropped). Events while no
+ * stream is open are lost: reconnect, then list. Returns 0, or a negative
+ * errno and neither callback runs. */
+int stoke_engine_events(struct stoke_engine *e, const char *key, const char *value,
+                        stoke_engine_event_cb on_event, stoke_engine_cb on_end, void *data);
+
 /* A container's state as the engine reports it. */
 struct stoke_container_state {
     char id[65];

@@ -50,6 +50,14 @@ struct stoke_scale {
     uint64_t scale_to_zero_grace_ms;  /* default 30 s, 0..1 h */
     uint64_t scale_down_delay_ms;     /* default 0, 0..1 h */
     enum stoke_idle idle;             /* default pause */
+    /* The warm tier's steps down, from the moment a replica reaches its
+     * idle state: paused -> stopped after stop_after_ms (idle: pause),
+     * stopped -> removed after remove_after_ms (idle: pause or stop). */
+    uint64_t stop_after_ms;   /* default 5 min, 0..24 h */
+    uint64_t remove_after_ms; /* default 30 min, 0..24 h */
+    /* Containers created but never started, kept while the function has no
+     * replica, so even a cold start without a warm replica skips create. */
+    uint32_t precreated; /* default 0, 0..100 */
 };
 
 struct stoke_spec {
@@ -76,6 +84,7 @@ struct stoke_spec {
                                printable ASCII, no spaces, <= 1024 bytes */
         uint64_t period_ms; /* default 10 ms, 1 ms..1 h; the prober backs off */
     } readiness;
+    bool read_only_rootfs; /* readOnlyRootFilesystem, default true */
 };
 
 /* Fills `spec` with every default; name and image stay empty. */
@@ -103,7 +112,8 @@ int stoke_spec_dup(const struct stoke_spec *spec, struct stoke_spec *ret);
 
 /* The revision: 16 lowercase hex digits of a stable hash (FNV-1a 64) over the
  * fields that shape a replica (image, port, env in order, resources,
- * readiness path). Two specs with the same revision can share replicas. */
+ * readiness path, and readOnlyRootFilesystem when false). Two specs with the same revision can
+ * share replicas. */
 void stoke_spec_revision(const struct stoke_spec *spec, char out[17]);
 
 /* Parses a duration such as "250ms", "60s", "1m30s", "2h" into ms: one or

@@ -120,7 +120,10 @@ class Stoke:
     channel socket, data port and container label."""
 
     def __init__(self, name, grace="30s", extra_controller_args=(), activator_args=()):
-        self.instance = "e2e-%s-%d" % (name, os.getpid())
+        # tests/run.sh sets STOKE_E2E_RUN so that its cleanup removes the
+        # containers of its own run only, not those of a run beside it.
+        run = os.environ.get("STOKE_E2E_RUN", "")
+        self.instance = "e2e-%s%s-%d" % (run + "-" if run else "", name, os.getpid())
         self.tmp = tempfile.mkdtemp(prefix="stoke-e2e-")
         self.fndir = os.path.join(self.tmp, "functions")
         os.mkdir(self.fndir)

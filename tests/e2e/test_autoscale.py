@@ -41,7 +41,8 @@ def test_load_reaches_predicted_replicas_and_returns_to_min():
     assert shutil.which("wrk"), "wrk is missing: deploy/install-deps.sh installs it"
     s = Stoke("kpa").start()
     s.write_spec("load", scale={"min": 0, "initial": 0, "target": TARGET, "window": "6s",
-                                "scaleToZeroGrace": "6s", "max": 20})
+                                "scaleToZeroGrace": "6s", "max": 20,
+                                "idle": "remove"})
     s.wait_log("activator", ": 1 functions", 20)
 
     # Every request is held 100 ms by the function, so each client keeps one
@@ -55,7 +56,8 @@ def test_load_reaches_predicted_replicas_and_returns_to_min():
             running.append((time.time(), len(s.running("load"))))
             time.sleep(0.5)
 
-    sampler = threading.Thread(target=sample)
+    # A daemon: a failed assert below must not leave it keeping the test alive.
+    sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     t0 = time.time()
     try:
@@ -114,7 +116,7 @@ def test_two_activators_reports_add_up():
     s = Stoke("kpa2").start()
     second = s.add_activator("activator2")
     s.write_spec("load", scale={"min": 0, "initial": 0, "target": TARGET, "window": "6s",
-                                "scaleToZeroGrace": "6s"})
+                                "scaleToZeroGrace": "6s", "idle": "remove"})
     s.wait_log("activator", ": 1 functions", 20)
     s.wait_log("activator2", ": 1 functions", 20)
 

@@ -27,7 +27,10 @@ def test_cold_start_then_back_to_zero():
     s = Stoke("cold").start()
     # Knative's rule: zero once the stable window's average is zero, plus the
     # grace; the shortest window (6 s) keeps the test short.
-    s.write_spec("hello", scale={"min": 0, "initial": 0, "scaleToZeroGrace": GRACE, "window": "6s"})
+    # idle: remove, so the way back to zero ends with no container (the
+    # warm tier has its own tests in test_lifecycle.py).
+    s.write_spec("hello", scale={"min": 0, "initial": 0, "scaleToZeroGrace": GRACE, "window": "6s",
+                                 "idle": "remove"})
     wait_routed(s, 1)
     assert s.containers("hello") == [], "min: 0 must start no container"
 
@@ -92,7 +95,8 @@ def test_initial_replica_kept_then_scaled_to_zero():
     s = Stoke("initial").start()
     # initial defaults to 1: one replica on deploy, with no traffic at all,
     # kept until the stable window has averaged zero for the grace.
-    s.write_spec("first", scale={"min": 0, "window": "6s", "scaleToZeroGrace": "2s"})
+    s.write_spec("first", scale={"min": 0, "window": "6s", "scaleToZeroGrace": "2s",
+                                 "idle": "remove"})
     s.wait_log("controller", "ready on 127.0.0.1", 30)
     assert len(s.running("first")) == 1
     s.wait_containers("first", 0, 30)

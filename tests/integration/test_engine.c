@@ -24,6 +24,7 @@
 #include <cmocka.h>
 
 #include "stoke/engine.h"
+#include "stoke/freezer.h"
 #include "stoke/util.h"
 
 #define TEST_IMAGE_BUILT "stoke-engine-test:1"
@@ -612,6 +613,204 @@ static void test_paused_stop_remove(void **state)
     reply_done(&rp);
     free(a);
     free(b);
+}
+
+/* What the event stream delivered, for test_events. */
+struct events_seen {
+    char actions[32][32];
+    int exit_codes[32];
+    size_t n;
+    bool ended;
+    int end_err;
+    bool want_more;
+};
+
+static void on_test_event(const struct stoke_container_event *ev, void *data)
+{
+    struct events_seen *es = data;
+    assert_false(g_in_call);
+    assert_int_equal(strlen(ev->id), 64);
+    assert_non_null(ev->attributes);
+    if (es->n < 32) {
+        snprintf(es->actions[es->n], sizeof(es->actions[0]), "%s", ev->action);
+        es->exit_codes[es->n] = ev->exit_code;
+        es->n++;
+    }
+    wake();
+}
+
+static void on_test_events_end(const struct stoke_engine_result *res, void *data)
+{
+    struct events_seen *es = data;
+    es->ended = true;
+    es->end_err = res->err;
+    wake();
+}
+
+/* Waits until the stream delivered `action`; returns its index. */
+static size_t wait_event(struct fixture *f, struct events_seen *es, const char *action)
+{
+    for (;;) {
+        for (size_t i = 0; i < es->n; i++)
+            if (strcmp(es->actions[i], action) == 0)
+                return i;
+        assert_false(es->ended);
+        f->timed_out = false;
+        g_wait_loop = &f->loop;
+        assert_int_equal(uv_timer_start(&f->guard, on_guard, WAIT_MS, 0), 0);
+        size_t before = es->n;
+        while (es->n == before && !es->ended && !f->timed_out)
+            (void)uv_run(&f->loop, UV_RUN_ONCE);
+        (void)uv_timer_stop(&f->guard);
+        g_wait_loop = NULL;
+        assert_false(f->timed_out);
+    }
+}
+
+/* The event stream tells of a start, an exit with its code and a removal;
+ * closing the engine ends it with -ECANCELED from within the close. */
+static void test_events(void **state)
+{
+    struct fixture *f = *state;
+    struct events_seen es = {0};
+    struct reply rp = {0};
+
+    g_in_call = true;
+    int r = stoke_engine_events(f->e, TEST_LABEL, g_run, on_test_event, on_test_events_end, &es);
+    g_in_call = false;
+    assert_int_equal(r, 0);
+    /* The stream has to be open before the container starts: ping after
+     * it on the loop, and give the engine a moment. */
+    RUN(f, &rp, stoke_engine_ping(f->e, on_reply, &rp));
+    usleep(200 * 1000);
+    char *id = create_one(f, NULL, "events");
+    assert_int_equal(op(f, stoke_engine_start, id), 0);
+    wait_event(f, &es, "start");
+    assert_int_equal(stop_op(f, id), 0);
+    size_t die = wait_event(f, &es, "die");
+    if (strcmp(g_image, TEST_IMAGE_BUILT) == 0)
+        assert_int_equal(es.exit_codes[die], 0);
+    assert_int_equal(remove_op(f, id, false, &rp), 0);
+    wait_event(f, &es, "destroy");
+    assert_false(es.ended);
+
+    stoke_engine_close(f->e, NULL, NULL);
+    f->e = NULL;
+    assert_true(es.ended);
+    assert_int_equal(es.end_err, -ECANCELED);
+    reply_done(&rp);
+    free(id);
+}
+
+static void test_event_parse_hostile(void **state)
+{
+    static const struct {
+        const char *json;
+        int err;
+        const char *action;
+        int exit_code;
+    } cases[] = {
+        {"{\"Type\":\"container\",\"Action\":\"die\",\"Actor\":{\"ID\":\"abc\","
+         "\"Attributes\":{\"exitCode\":\"137\",\"name\":\"x\"}}}",
+         0, "die", 137},
+        {"{\"Type\":\"container\",\"Action\":\"oom\",\"Actor\":{\"ID\":\"abc\"}}", 0, "oom", -1},
+        {"{\"Type\":\"container\",\"Action\":\"exec_start: /bin/sh -c a very long command "
+         "line\",\"Actor\":{\"ID\":\"abc\",\"Attributes\":{}}}",
+         0, "exec_start: /bin/sh -c a very l", -1},
+        {"{\"Type\":\"container\",\"Action\":\"die\",\"Actor\":{\"ID\":\"abc\","
+         "\"Attributes\":{\"exitCode\":\"-1\"}}}",
+         0, "die", -1},
+        {"{\"Type\":\"container\",\"Action\":\"die\",\"Actor\":{\"ID\":\"abc\","
+         "\"Attributes\":{\"exitCode\":\"99999999999\"}}}",
+         0, "die", -1},
+        {"{\"Type\":\"network\",\"Action\":\"connect\",\"Actor\":{\"ID\":\"n\"}}", -ENOENT, NULL,
+         0},
+        {"{\"Type\":\"container\",\"Action\":\"die\",\"Actor\":{\"ID\":\"../x\"}}", -EINVAL, NULL,
+         0},
+        {"{\"Type\":\"container\",\"Action\":\"die\",\"Actor\":{\"ID\":\"a\","
+         "\"Attributes\":[]}}",
+         -EINVAL, NULL, 0},
+        {"{\"Type\":\"container\",\"Action\":7,\"Actor\":{\"ID\":\"a\"}}", -EINVAL, NULL, 0},
+        {"{\"Type\":\"container\",\"Action\":\"die\"}", -EINVAL, NULL, 0},
+        {"{\"Type\":\"container\",\"Action\":\"die\",\"Actor\":\"x\"}", -EINVAL, NULL, 0},
+        {"[]", -EINVAL, NULL, 0},
+        {"null", -EINVAL, NULL, 0},
+    };
+    (void)state;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        json_object *o = json_tokener_parse(cases[i].json);
+        struct stoke_container_event ev;
+        int r = stoke_engine_event_parse(o, &ev);
+        if (r != cases[i].err)
+            print_error("case %zu: %d\n", i, r);
+        assert_int_equal(r, cases[i].err);
+        if (r == 0) {
+            assert_string_equal(ev.action, cases[i].action);
+            assert_int_equal(ev.exit_code, cases[i].exit_code);
+            assert_string_equal(ev.id, i == 0 ? "abc" : ev.id);
+        }
+        json_object_put(o);
+    }
+}
+
+/* The warm tier's design rests on these: stoke freezes and thaws a
+ * container's cgroup itself and the engine keeps calling it running; and
+ * a container the engine paused but that was thawed behind its back can no
+ * longer be unpaused by the engine (Docker 20.10, runc 1.1, cgroup v1),
+ * which keeps calling it paused, so the two ways must never be mixed. */
+static void test_freezer_direct(void **state)
+{
+    struct fixture *f = *state;
+    struct stoke_container_state st;
+    struct stoke_freezer fz;
+    char *id = create_one(f, NULL, "freezer");
+
+    if (stoke_freezer_init() < 0) {
+        free(id);
+        skip();
+    }
+    assert_int_equal(op(f, stoke_engine_start, id), 0);
+    inspect_state(f, id, &st);
+    assert_int_equal(stoke_freezer_find(st.pid, &fz), 0);
+    assert_int_equal(stoke_freezer_get(&fz), 0);
+
+    assert_int_equal(stoke_freezer_set(&fz, true), 0);
+    assert_int_equal(stoke_freezer_get(&fz), 1);
+    inspect_state(f, id, &st);
+    assert_string_equal(st.status, "running");
+    assert_false(st.paused);
+    assert_int_equal(stoke_freezer_set(&fz, false), 0);
+    assert_int_equal(stoke_freezer_get(&fz), 0);
+
+    /* Frozen by stoke, then stopped by the engine: runc thaws on SIGKILL,
+     * so nothing hangs even should stoke not thaw first (it does). */
+    struct reply rp = {0};
+    assert_int_equal(stoke_freezer_set(&fz, true), 0);
+    RUN(f, &rp, stoke_engine_stop(f->e, id, 1, on_reply, &rp));
+    assert_int_equal(rp.err, 0);
+    inspect_state(f, id, &st);
+    assert_string_equal(st.status, "exited");
+    /* The cgroup went with the container's processes. */
+    assert_true(stoke_freezer_set(&fz, false) < 0);
+
+    /* Mixed: the engine pauses, stoke thaws, the engine cannot unpause
+     * and still calls it paused. */
+    assert_int_equal(op(f, stoke_engine_start, id), 0);
+    inspect_state(f, id, &st);
+    assert_int_equal(stoke_freezer_find(st.pid, &fz), 0);
+    assert_int_equal(op(f, stoke_engine_pause, id), 0);
+    assert_int_equal(stoke_freezer_get(&fz), 1);
+    assert_int_equal(stoke_freezer_set(&fz, false), 0);
+    RUN(f, &rp, stoke_engine_unpause(f->e, id, on_reply, &rp));
+    if (rp.err == 0) {
+        print_message("note: this engine unpauses a container thawed behind its back\n");
+    } else {
+        assert_non_null(strstr(rp.message, "not paused"));
+        inspect_state(f, id, &st);
+        assert_true(st.paused);
+    }
+    reply_done(&rp);
+    free(id);
 }
 
 static void test_list_by_label(void **state)
@@ -1215,6 +1414,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_state_parse_hostile),
         cmocka_unit_test(test_list_get_hostile),
+        cmocka_unit_test(test_event_parse_hostile),
         cmocka_unit_test_setup_teardown(test_ping, setup, teardown),
         cmocka_unit_test_setup_teardown(test_image_inspect_present, setup, teardown),
         cmocka_unit_test_setup_teardown(test_image_inspect_missing, setup, teardown),
@@ -1223,6 +1423,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_lifecycle, setup, teardown),
         cmocka_unit_test_setup_teardown(test_paused_stop_remove, setup, teardown),
         cmocka_unit_test_setup_teardown(test_list_by_label, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_events, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_freezer_direct, setup, teardown),
         cmocka_unit_test_setup_teardown(test_create_missing_image, setup, teardown),
         cmocka_unit_test_setup_teardown(test_missing_id, setup, teardown),
         cmocka_unit_test_setup_teardown(test_parallel, setup, teardown),

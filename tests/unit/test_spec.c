@@ -70,6 +70,10 @@ static void check_defaults_except_name_image(const struct stoke_spec *s)
     assert_int_equal(s->scale.scale_to_zero_grace_ms, 30000);
     assert_int_equal(s->scale.scale_down_delay_ms, 0);
     assert_int_equal(s->scale.idle, STOKE_IDLE_PAUSE);
+    assert_int_equal(s->scale.stop_after_ms, 300000);
+    assert_int_equal(s->scale.remove_after_ms, 1800000);
+    assert_int_equal(s->scale.precreated, 0);
+    assert_true(s->read_only_rootfs);
     assert_int_equal(s->timeout_ms, 300000);
     assert_int_equal(s->queue.max, 1000);
     assert_int_equal(s->queue.timeout_ms, 60000);
@@ -121,6 +125,10 @@ static void check_full(const struct stoke_spec *s)
     assert_int_equal(s->scale.scale_to_zero_grace_ms, 45000);
     assert_int_equal(s->scale.scale_down_delay_ms, 90000);
     assert_int_equal(s->scale.idle, STOKE_IDLE_STOP);
+    assert_int_equal(s->scale.stop_after_ms, 10000);
+    assert_int_equal(s->scale.remove_after_ms, 7200000);
+    assert_int_equal(s->scale.precreated, 2);
+    assert_false(s->read_only_rootfs);
     assert_int_equal(s->timeout_ms, 30000);
     assert_int_equal(s->queue.max, 50);
     assert_int_equal(s->queue.timeout_ms, 5000);
@@ -280,6 +288,20 @@ static void check_order(const struct stoke_spec *s)
     assert_string_equal(s->image, "stoke-hello:1");
 }
 
+static void check_warm_bounds(const struct stoke_spec *s)
+{
+    assert_int_equal(s->scale.stop_after_ms, 0);
+    assert_int_equal(s->scale.remove_after_ms, 24 * 3600000);
+    assert_int_equal(s->scale.precreated, 100);
+    assert_true(s->read_only_rootfs);
+}
+
+static void check_writable(const struct stoke_spec *s)
+{
+    assert_false(s->read_only_rootfs);
+    assert_int_equal(s->scale.stop_after_ms, 300000);
+}
+
 static const struct good_case good_cases[] = {
     {"minimal: every default", BASE, check_minimal},
     {"every field",
@@ -301,11 +323,20 @@ static const struct good_case good_cases[] = {
           "    scaleToZeroGrace: 45s\n"
           "    scaleDownDelay: 1m30s\n"
           "    idle: stop\n"
+          "    stopAfter: 10s\n"
+          "    removeAfter: 2h\n"
+          "    precreated: 2\n"
           "  timeout: 30s\n"
           "  queue: {max: 50, timeout: 5s}\n"
           "  resources: {memory: 256Mi, cpu: 1.5, pids: 64}\n"
-          "  readiness: {path: /healthz, period: 250ms}\n",
+          "  readiness: {path: /healthz, period: 250ms}\n"
+          "  readOnlyRootFilesystem: false\n",
      check_full},
+    {"warm tier bounds, boolean spellings",
+     BASE "  scale: {stopAfter: 0s, removeAfter: 24h, precreated: 100}\n"
+          "  readOnlyRootFilesystem: True\n",
+     check_warm_bounds},
+    {"read-only root off", BASE "  readOnlyRootFilesystem: FALSE\n", check_writable},
     {"durations of each form",
      BASE "  scale: {window: 1m30s, scaleToZeroGrace: 0s, scaleDownDelay: 1h}\n"
           "  timeout: 250ms\n"
@@ -559,6 +590,26 @@ static const struct bad_case bad_cases[] = {
         "must be between 1 and 1000000"),
     BAD("idle", BASE "  scale: {idle: sleep}\n", 7, 17, "spec.scale.idle",
         "must be pause, stop or remove"),
+    BAD("stopAfter over a day", BASE "  scale: {stopAfter: 25h}\n", 7, 22, "spec.scale.stopAfter",
+        "must be between 0s and 24h"),
+    BAD("removeAfter negative", BASE "  scale: {removeAfter: -1s}\n", 7, 24,
+        "spec.scale.removeAfter", "must not be negative"),
+    BAD("removeAfter without unit", BASE "  scale: {removeAfter: 30}\n", 7, 24,
+        "spec.scale.removeAfter", "invalid duration"),
+    BAD("precreated over 100", BASE "  scale: {precreated: 101}\n", 7, 23, "spec.scale.precreated",
+        "must be between 0 and 100"),
+    BAD("precreated a string", BASE "  scale: {precreated: \"1\"}\n", 7, 23,
+        "spec.scale.precreated", "expected an integer"),
+    BAD("readOnlyRootFilesystem yes", BASE "  readOnlyRootFilesystem: yes\n", 7, 27,
+        "spec.readOnlyRootFilesystem", "expected true or false, found \"yes\""),
+    BAD("readOnlyRootFilesystem quoted", BASE "  readOnlyRootFilesystem: \"true\"\n", 7, 27,
+        "spec.readOnlyRootFilesystem", "expected true or false"),
+    BAD("readOnlyRootFilesystem 1", BASE "  readOnlyRootFilesystem: 1\n", 7, 27,
+        "spec.readOnlyRootFilesystem", "expected true or false"),
+    BAD("readOnlyRootFilesystem null", BASE "  readOnlyRootFilesystem:\n", 7, 26,
+        "spec.readOnlyRootFilesystem", "expected true or false, found nothing"),
+    BAD("readOnlyRootFilesystem map", BASE "  readOnlyRootFilesystem: {a: b}\n", 7, 27,
+        "spec.readOnlyRootFilesystem", "expected true or false, found a mapping"),
     /* durations */
     BAD("window too short", BASE "  scale: {window: 5s}\n", 7, 19, "spec.scale.window",
         "must be between 6s and 1h"),
@@ -1116,12 +1167,15 @@ static void test_revision(void **state)
         BASE "  resources: {pids: 100}\n",
         BASE "  readiness: {path: /}\n",
         BASE "  readiness: {path: /x}\n",
+        BASE "  readOnlyRootFilesystem: false\n",
     };
     /* Each differs from BASE only in fields a replica does not see. */
     static const char *const same[] = {
         BASE "  scale: {min: 1, max: 9, target: 5, window: 2m, idle: stop}\n",
         BASE "  timeout: 10s\n  queue: {max: 1, timeout: 1s}\n",
         BASE "  readiness: {period: 1s}\n",
+        BASE "  readOnlyRootFilesystem: true\n",
+        BASE "  scale: {stopAfter: 1s, removeAfter: 2s, precreated: 3}\n",
         HEAD "  name: other\n  labels: {a: b}\n" SPEC,
         BASE "  port: 8080\n  resources: {memory: 128Mi, cpu: 500m, pids: 256}\n",
     };
