@@ -68,6 +68,10 @@ struct kctx {
 
 /* --- errors and warnings ---------------------------------------------------- */
 
+static void vset(const struct kctx *c, struct stoke_diag *d, unsigned line, unsigned column,
+                 const char *field, const char *fmt, va_list ap)
+    __attribute__((format(printf, 6, 0)));
+
 /* Formats into `d`; the message is cut at the diag's size. */
 static void vset(const struct kctx *c, struct stoke_diag *d, unsigned line, unsigned column,
                  const char *field, const char *fmt, va_list ap)
