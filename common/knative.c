@@ -618,28 +618,34 @@ enum avalue {
     A_DURATION,
 };
 
+/* Knative reads each under its current name and its older camelCase one
+ * (still in many manifests and docs); a mapping that holds both is refused
+ * rather than guessed. */
 struct annotation {
-    const char *name; /* after "autoscaling.knative.dev/" */
+    const char *name, *alt; /* after "autoscaling.knative.dev/" */
     enum avalue type;
     size_t off; /* in struct stoke_scale */
     uint64_t min, max;
 };
 
-#define ANN(n, t, m, lo, hi)                                                                       \
+#define ANN(n, a, t, m, lo, hi)                                                                    \
     {                                                                                              \
-        (n), (t), offsetof(struct stoke_scale, m), (lo), (hi)                                      \
+        (n), (a), (t), offsetof(struct stoke_scale, m), (lo), (hi)                                 \
     }
 
 static const struct annotation annotations[] = {
-    ANN("min-scale", A_COUNT, min, 0, MAX_REPLICAS),
-    ANN("max-scale", A_COUNT, max, 0, MAX_REPLICAS),
-    ANN("initial-scale", A_COUNT, initial, 0, MAX_REPLICAS),
-    ANN("target", A_DECIMAL, target, 1, 1000000),
-    ANN("target-utilization-percentage", A_DECIMAL, utilization, 1, 100),
-    ANN("window", A_DURATION, window_ms, 6 * MS_PER_S, MS_PER_H),
-    ANN("panic-window-percentage", A_DECIMAL, panic_window_percent, 1, 100),
-    ANN("panic-threshold-percentage", A_DECIMAL, panic_threshold_percent, 110, 1000),
-    ANN("scale-down-delay", A_DURATION, scale_down_delay_ms, 0, MS_PER_H),
+    ANN("min-scale", "minScale", A_COUNT, min, 0, MAX_REPLICAS),
+    ANN("max-scale", "maxScale", A_COUNT, max, 0, MAX_REPLICAS),
+    ANN("initial-scale", "initialScale", A_COUNT, initial, 0, MAX_REPLICAS),
+    ANN("target", "target", A_DECIMAL, target, 1, 1000000),
+    ANN("target-utilization-percentage", "targetUtilizationPercentage", A_DECIMAL, utilization, 1,
+        100),
+    ANN("window", "window", A_DURATION, window_ms, 6 * MS_PER_S, MS_PER_H),
+    ANN("panic-window-percentage", "panicWindowPercentage", A_DECIMAL, panic_window_percent, 1,
+        100),
+    ANN("panic-threshold-percentage", "panicThresholdPercentage", A_DECIMAL,
+        panic_threshold_percent, 110, 1000),
+    ANN("scale-down-delay", "scaleDownDelay", A_DURATION, scale_down_delay_ms, 0, MS_PER_H),
 };
 
 /* "<digits>[.<digits>]" rounded half up. Returns 0, or -EINVAL / -ERANGE. */
@@ -717,8 +723,11 @@ static int set_annotation(struct kctx *c, const struct annotation *a, int i, con
 /* One annotations mapping: the Service's or its template's. */
 static int walk_annotations(struct kctx *c, int m, const char *path, struct stoke_spec *s)
 {
+    int seen[sizeof(annotations) / sizeof(annotations[0])]; /* key nodes in this mapping */
     int r = want_map(c, m, path);
 
+    for (size_t j = 0; j < sizeof(seen) / sizeof(seen[0]); j++)
+        seen[j] = -1;
     for (int k = first_key(c, m); r >= 0 && k >= 0; k = next_key(c, k)) {
         const char *key = c->n[k].text;
         int v = c->n[k].next;
@@ -733,9 +742,13 @@ static int walk_annotations(struct kctx *c, int m, const char *path, struct stok
         if (strncmp(key, AS_PREFIX, sizeof(AS_PREFIX) - 1) == 0) {
             const char *name = key + sizeof(AS_PREFIX) - 1;
             for (size_t j = 0; j < sizeof(annotations) / sizeof(annotations[0]); j++)
-                if (strcmp(name, annotations[j].name) == 0)
+                if (strcmp(name, annotations[j].name) == 0 || strcmp(name, annotations[j].alt) == 0)
                     a = &annotations[j];
+            if (a && seen[a - annotations] >= 0)
+                return fail(c, k, sub, "also set as \"%.64s\" at line %u: keep one",
+                            c->n[seen[a - annotations]].text, c->n[seen[a - annotations]].line);
             if (a) {
+                seen[a - annotations] = k;
                 r = set_annotation(c, a, v, sub, s);
                 if (a->off == offsetof(struct stoke_scale, min))
                     c->at_min = v, memcpy(c->path_min, sub, sizeof(sub));

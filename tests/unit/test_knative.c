@@ -249,6 +249,38 @@ static void test_service_level_annotations(void **state)
     stoke_spec_done(&s);
 }
 
+static void test_camel_case_annotations(void **state)
+{
+    static const char yaml[] =
+        HEAD "        autoscaling.knative.dev/minScale: \"1\"\n"
+             "        autoscaling.knative.dev/maxScale: \"7\"\n"
+             "        autoscaling.knative.dev/initialScale: \"2\"\n"
+             "        autoscaling.knative.dev/targetUtilizationPercentage: \"60\"\n"
+             "        autoscaling.knative.dev/panicWindowPercentage: \"5.0\"\n"
+             "        autoscaling.knative.dev/panicThresholdPercentage: \"150.0\"\n"
+             "        autoscaling.knative.dev/scaleDownDelay: \"5m\"\n" REV;
+    struct stoke_spec s;
+    struct stoke_diag d;
+    struct warnings ws;
+    (void)state;
+
+    assert_int_equal(parse(yaml, &s, &d, &ws), 0);
+    assert_int_equal(ws.n, 0);
+    assert_int_equal(s.scale.min, 1);
+    assert_int_equal(s.scale.max, 7);
+    assert_int_equal(s.scale.initial, 2);
+    assert_int_equal(s.scale.utilization, 60);
+    assert_int_equal(s.scale.panic_window_percent, 5);
+    assert_int_equal(s.scale.panic_threshold_percent, 150);
+    assert_int_equal(s.scale.scale_down_delay_ms, 300000);
+    stoke_spec_done(&s);
+    /* Both spellings in one mapping: which one Knative reads is not obvious. */
+    expect_error(HEAD "        autoscaling.knative.dev/min-scale: \"1\"\n"
+                      "        autoscaling.knative.dev/minScale: \"2\"\n" REV,
+                 10, 9, ANN "minScale",
+                 "also set as \"autoscaling.knative.dev/min-scale\" at line 9: keep one");
+}
+
 static void test_fractions_rounded_with_warning(void **state)
 {
     static const char yaml[] =
@@ -706,6 +738,7 @@ int main(void)
         cmocka_unit_test(test_knative_hello_world),
         cmocka_unit_test(test_defaults_without_annotations),
         cmocka_unit_test(test_service_level_annotations),
+        cmocka_unit_test(test_camel_case_annotations),
         cmocka_unit_test(test_fractions_rounded_with_warning),
         cmocka_unit_test(test_same_revision_as_stoke_v1),
         cmocka_unit_test(test_unsupported_fields_warn_exactly),
