@@ -470,6 +470,21 @@ static void test_min_over_max_refused_at_min(void **state)
                  "initial-scale (5) must not be greater than max-scale (2)");
 }
 
+/* The Service's min-scale against the template's max-scale: the error
+ * points at the value that is written, on the Service. */
+static void test_min_over_max_across_levels(void **state)
+{
+    (void)state;
+    expect_error("apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: a\n"
+                 "  annotations: {autoscaling.knative.dev/min-scale: \"4\"}\n"
+                 "spec:\n"
+                 "  template:\n"
+                 "    metadata: {annotations: {autoscaling.knative.dev/max-scale: \"3\"}}\n"
+                 "    spec: {containers: [{image: a}]}\n",
+                 5, 52, "metadata.annotations.autoscaling.knative.dev/min-scale",
+                 "min-scale (4) must not be greater than max-scale (3)");
+}
+
 static void test_multiple_containers_refused(void **state)
 {
     (void)state;
@@ -746,6 +761,7 @@ int main(void)
         cmocka_unit_test(test_warnings_capped),
         cmocka_unit_test(test_bad_annotation_values),
         cmocka_unit_test(test_min_over_max_refused_at_min),
+        cmocka_unit_test(test_min_over_max_across_levels),
         cmocka_unit_test(test_multiple_containers_refused),
         cmocka_unit_test(test_missing_or_empty_containers_refused),
         cmocka_unit_test(test_missing_name_and_template_refused),
