@@ -223,21 +223,30 @@ static void offset_mark(const char *buf, size_t off, unsigned *line, unsigned *c
     *column = mark_num(col);
 }
 
+/* The messages are stoke/v1's, word for word (tests/unit/test_knative.c
+ * compares them). */
 static int yaml_error(struct kctx *c, const yaml_parser_t *p, const char *buf, size_t len)
 {
     const char *problem = p->problem ? p->problem : "unknown error";
+    const char *what = strstr(problem, "UTF-8") ? "not valid UTF-8" : "not valid YAML text";
     unsigned line, column;
 
     if (p->error == YAML_MEMORY_ERROR)
         return nomem(c);
     if (p->error == YAML_READER_ERROR) {
         offset_mark(buf, p->problem_offset > len ? len : p->problem_offset, &line, &column);
-        return fail_at(c, line, column, "", -EINVAL, "%s: %s",
-                       strstr(problem, "UTF-8") ? "not valid UTF-8" : "not valid YAML text",
-                       problem);
+        if (p->problem_value >= 0)
+            return fail_at(c, line, column, "", -EINVAL, "%s: %s (byte 0x%02X)", what, problem,
+                           (unsigned)p->problem_value);
+        return fail_at(c, line, column, "", -EINVAL, "%s: %s", what, problem);
     }
-    return fail_at(c, mark_num(p->problem_mark.line), mark_num(p->problem_mark.column), "", -EINVAL,
-                   "YAML syntax error: %s", problem);
+    line = mark_num(p->problem_mark.line);
+    column = mark_num(p->problem_mark.column);
+    if (p->context)
+        return fail_at(c, line, column, "", -EINVAL,
+                       "YAML syntax error: %s (%s at line %u, column %u)", problem, p->context,
+                       mark_num(p->context_mark.line), mark_num(p->context_mark.column));
+    return fail_at(c, line, column, "", -EINVAL, "YAML syntax error: %s", problem);
 }
 
 static bool is_tag(const char *tag, const char *name)
@@ -345,7 +354,8 @@ static int add_node(struct kctx *c, int parent, enum kind kind, const yaml_mark_
         p->last = i;
         p->nchild++;
         if (is_key && kind != K_SCALAR)
-            return fail_yaml(c, i, "mapping keys must be strings");
+            return fail_yaml(c, i, "mapping keys must be strings, not %s",
+                             kind == K_MAP ? "mappings" : "sequences");
     }
     *ret = i;
     return 0;

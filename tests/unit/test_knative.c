@@ -723,6 +723,49 @@ static void test_hostile_encoding_and_syntax(void **state)
     expect_error(CHEAD "---\nkind: Service\n", 9, 1, "", "a second YAML document");
 }
 
+/* The same hostile lines after a stoke/v1 spec and after a Knative Service,
+ * both four lines long: the same refusal, position, field and message. */
+static void test_hostile_same_as_stoke_v1(void **state)
+{
+    static const char stoke_head[] = "apiVersion: stoke/v1\nkind: Function\n"
+                                     "metadata: {name: a}\nspec: {image: a}\n";
+    static const char kn_head[] = SHEAD "spec: {template: {spec: {containers: [{image: a}]}}}\n";
+    static const char *const tails[] = {
+        "x: &a 1\ny: *a\n",
+        "x: {a: 1, b: 2, a: 3}\n",
+        "x: !!float 1\n",
+        "x: !custom 1\n",
+        "x: [[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]\n",
+        "---\nx: 1\n",
+        "x: caf\xe9\n",
+        "x: \"a\\0b\"\n",
+        "? [a]\n: b\n",
+        "x: [\n",
+        "x: \"\xed\xa0\x80\"\n",
+        "\tx: 1\n",
+    };
+    (void)state;
+
+    for (size_t i = 0; i < sizeof(tails) / sizeof(tails[0]); i++) {
+        char a[512], b[512];
+        struct stoke_spec s;
+        struct stoke_diag da, db;
+        int ra, rb;
+
+        snprintf(a, sizeof(a), "%s%s", stoke_head, tails[i]);
+        snprintf(b, sizeof(b), "%s%s", kn_head, tails[i]);
+        ra = stoke_spec_parse(a, strlen(a), "f.yaml", &s, &da);
+        rb = stoke_knative_parse(b, strlen(b), "f.yaml", &s, &db, NULL, NULL);
+        print_message("case %zu: %u:%u: %s: %s\n", i, db.line, db.column, db.field, db.message);
+        assert_int_equal(ra, -EINVAL);
+        assert_int_equal(rb, -EINVAL);
+        assert_int_equal(da.line, db.line);
+        assert_int_equal(da.column, db.column);
+        assert_string_equal(da.field, db.field);
+        assert_string_equal(da.message, db.message);
+    }
+}
+
 /* stoke/v1 specs are untouched: the committed valid ones still load. */
 static void test_stoke_v1_unchanged(void **state)
 {
@@ -776,6 +819,7 @@ int main(void)
         cmocka_unit_test(test_hostile_huge),
         cmocka_unit_test(test_hostile_many_nodes),
         cmocka_unit_test(test_hostile_encoding_and_syntax),
+        cmocka_unit_test(test_hostile_same_as_stoke_v1),
         cmocka_unit_test(test_stoke_v1_unchanged),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
