@@ -9,6 +9,7 @@
  * is at most four calls deep whatever the input. Doing the YAML checks first
  * means a broken file is reported as such before any field is judged. */
 #include "stoke/spec.h"
+#include "stoke/knative.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -1096,9 +1097,19 @@ void stoke_spec_defaults(struct stoke_spec *spec)
 int stoke_spec_parse(const char *buf, size_t len, const char *filename, struct stoke_spec *ret,
                      struct stoke_diag *reterr)
 {
+    return stoke_spec_parse_ex(buf, len, filename, ret, reterr, NULL, NULL);
+}
+
+int stoke_spec_parse_ex(const char *buf, size_t len, const char *filename, struct stoke_spec *ret,
+                        struct stoke_diag *reterr, stoke_spec_warn_fn warn, void *data)
+{
     struct ctx c = {.file = filename ? filename : "", .err = reterr};
     struct stoke_spec s;
     int r;
+
+    /* Knative Service manifests have their own mapping (common/knative.c). */
+    if (stoke_knative_is_service(buf, len))
+        return stoke_knative_parse(buf, len, filename, ret, reterr, warn, data);
 
     memset(ret, 0, sizeof(*ret));
     stoke_spec_defaults(&s);
@@ -1123,6 +1134,12 @@ out:
 }
 
 int stoke_spec_load(const char *path, struct stoke_spec *ret, struct stoke_diag *reterr)
+{
+    return stoke_spec_load_ex(path, ret, reterr, NULL, NULL);
+}
+
+int stoke_spec_load_ex(const char *path, struct stoke_spec *ret, struct stoke_diag *reterr,
+                       stoke_spec_warn_fn warn, void *data)
 {
     struct ctx c = {.file = path, .err = reterr};
     struct stat st;
@@ -1197,7 +1214,7 @@ int stoke_spec_load(const char *path, struct stoke_spec *ret, struct stoke_diag 
             break;
         len += (size_t)n;
     }
-    r = stoke_spec_parse(buf, len, path, ret, reterr);
+    r = stoke_spec_parse_ex(buf, len, path, ret, reterr, warn, data);
 out:
     free(buf);
     if (fd >= 0)

@@ -98,11 +98,26 @@ void stoke_spec_defaults(struct stoke_spec *spec);
 int stoke_spec_parse(const char *buf, size_t len, const char *filename, struct stoke_spec *ret,
                      struct stoke_diag *reterr);
 
+/* Called once per warning (file:line:column, field, message) of a spec that
+ * was accepted, in file order, before stoke_spec_parse_ex() returns; never
+ * for a refused spec. `warning` is borrowed for the call. */
+typedef void (*stoke_spec_warn_fn)(const struct stoke_diag *warning, void *data);
+
+/* As stoke_spec_parse(), and a Knative serving.knative.dev/v1 Service
+ * manifest (common/knative.c) is mapped too; its warnings (fields stoke does
+ * not support) go to `warn` (may be NULL) with `data`. stoke/v1 specs have
+ * none: their unknown fields are errors. */
+int stoke_spec_parse_ex(const char *buf, size_t len, const char *filename, struct stoke_spec *ret,
+                        struct stoke_diag *reterr, stoke_spec_warn_fn warn, void *data);
+
 /* Reads `path` (refusing files over STOKE_SPEC_MAX_BYTES without reading them
  * whole) and parses it. Blocking file I/O: call at startup or off the loop,
  * or accept one small read. Same returns as stoke_spec_parse(), plus -errno
  * from open/read (reterr filled too). */
 int stoke_spec_load(const char *path, struct stoke_spec *ret, struct stoke_diag *reterr);
+/* stoke_spec_load() with warnings, as stoke_spec_parse_ex(). */
+int stoke_spec_load_ex(const char *path, struct stoke_spec *ret, struct stoke_diag *reterr,
+                       stoke_spec_warn_fn warn, void *data);
 
 /* Frees what `spec` owns and zeroes it. Safe on a zeroed or half-built spec. */
 void stoke_spec_done(struct stoke_spec *spec);

@@ -1,9 +1,12 @@
 /* libFuzzer target for the spec parser: any bytes must give either a spec
  * that keeps every documented invariant, or a refusal with a zeroed spec
- * and a diag; never a crash, a leak or a hang.
+ * and a diag; never a crash, a leak or a hang. The same holds for the
+ * Knative Service parser (common/knative.c), reached both through the loader
+ * and directly (so mutations that break the apiVersion still walk it), and
+ * its warnings come only with an accepted spec, each complete.
  *
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -Iinclude \
- *       tests/fuzz/fuzz_spec.c common/spec.c common/diag.c -lyaml -o fuzz_spec
+ *       tests/fuzz/fuzz_spec.c common/spec.c common/knative.c common/diag.c -lyaml -o fuzz_spec
  *   ./fuzz_spec -max_total_time=60 tests/fuzz/corpus-out tests/fuzz/corpus/spec
  */
 #include <errno.h>
@@ -11,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "stoke/knative.h"
 #include "stoke/spec.h"
 
 static void check(bool ok)
@@ -53,25 +57,47 @@ static void check_spec(const struct stoke_spec *s)
     }
 }
 
+static void on_warning(const struct stoke_diag *w, void *data)
+{
+    char buf[1024];
+
+    check(strcmp(w->file, "fuzz.yaml") == 0);
+    check(w->message[0] != '\0');
+    (void)stoke_diag_format(w, buf, sizeof(buf));
+    (*(size_t *)data)++;
+}
+
+static void check_result(int r, struct stoke_spec *s, const struct stoke_diag *d, size_t warnings)
+{
+    char buf[1024];
+
+    check(warnings <= STOKE_KNATIVE_MAX_WARNINGS);
+    if (r == 0) {
+        check_spec(s);
+        stoke_spec_done(s);
+    } else {
+        check(r == -EINVAL || r == -EFBIG || r == -ENOMEM);
+        check(is_zeroed(s));
+        check(warnings == 0);
+        check(d->message[0] != '\0');
+        (void)stoke_diag_format(d, buf, sizeof(buf));
+    }
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     struct stoke_spec s;
     struct stoke_diag d;
-    char buf[1024];
+    size_t warnings = 0;
     char *str;
     uint64_t v;
     int r;
 
-    r = stoke_spec_parse((const char *)data, size, "fuzz.yaml", &s, &d);
-    if (r == 0) {
-        check_spec(&s);
-        stoke_spec_done(&s);
-    } else {
-        check(r == -EINVAL || r == -EFBIG || r == -ENOMEM);
-        check(is_zeroed(&s));
-        check(d.message[0] != '\0');
-        (void)stoke_diag_format(&d, buf, sizeof(buf));
-    }
+    r = stoke_spec_parse_ex((const char *)data, size, "fuzz.yaml", &s, &d, on_warning, &warnings);
+    check_result(r, &s, &d, warnings);
+    warnings = 0;
+    r = stoke_knative_parse((const char *)data, size, "fuzz.yaml", &s, &d, on_warning, &warnings);
+    check_result(r, &s, &d, warnings);
 
     /* The scalar parsers take C strings. */
     str = malloc(size + 1);
