@@ -73,12 +73,22 @@ static bool unchanged(const struct fnfile *f, const struct stat *st)
            f->mtime.tv_sec == st->st_mtim.tv_sec && f->mtime.tv_nsec == st->st_mtim.tv_nsec;
 }
 
+/* A field of a Knative manifest stoke does not support: logged, never
+ * silently dropped. */
+static void on_spec_warning(const struct stoke_diag *w, void *data)
+{
+    char msg[768];
+    (void)data;
+    stoke_diag_format(w, msg, sizeof(msg));
+    stoke_warn(NULL, 0, "spec: %s", msg);
+}
+
 static void load_file(struct fnset *fs, struct fnfile *f, const char *path)
 {
     struct stoke_spec spec;
     struct stoke_diag d;
     char msg[768];
-    int r = stoke_spec_load(path, &spec, &d);
+    int r = stoke_spec_load_ex(path, &spec, &d, on_spec_warning, NULL);
     if (r < 0) {
         stoke_diag_format(&d, msg, sizeof(msg));
         if (f->fn[0])

@@ -55,6 +55,39 @@ def test_route_tables_naming_known_functions():
     s.stop()
 
 
+def test_knative_service_manifest_is_served():
+    """A Knative serving.knative.dev/v1 Service dropped into the functions
+    directory is mapped and served; what stoke does not support is logged
+    as a warning with its position."""
+    s = Stoke("knative").start()
+    s.write_file("kn.yaml", """apiVersion: serving.knative.dev/v1
+kind: Service
+metadata:
+  name: kn
+spec:
+  template:
+    metadata:
+      annotations:
+        autoscaling.knative.dev/min-scale: "1"
+    spec:
+      serviceAccountName: robot
+      containers:
+        - image: %s
+          env:
+            - name: GREETING
+              value: hello from knative
+          readinessProbe:
+            httpGet:
+              path: /
+""" % os.environ.get("STOKE_HELLO_IMAGE", "stoke-hello:1"))
+    s.wait_log("controller", "kn.yaml:11:7: spec.template.spec.serviceAccountName: not supported", 10)
+    s.wait_log("controller", "ready on 127.0.0.1", 30)
+    r = s.fn_request("kn")
+    assert r.status == 200 and "hello from knative" in r.body, r
+    assert len(s.containers("kn")) == 1
+    s.stop()
+
+
 def test_bad_spec_is_reported_and_running_functions_keep_serving():
     s = Stoke("badspec").start()
     s.write_spec("steady", scale={"min": 1})
