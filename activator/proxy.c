@@ -678,9 +678,9 @@ static void timer_start(struct client *c, uv_timer_cb cb, uint64_t ms)
 
 static void on_idle_timeout(uv_timer_t *t);
 
-/* Answers the current request with an error. With close_conn the
- * connection closes once the answer is written; else it stays open for the
- * next request (the request was read whole). */
+/* Answers the current request with an error. With close_conn, or while
+ * body bytes are still to come, the connection closes once the answer is
+ * written; else it stays open for the next request. */
 static void send_error(struct client *c, int status, bool close_conn)
 {
     char head[256 + REQUEST_ID_MAX], body[128];
@@ -873,9 +873,10 @@ static int on_req_header_done(llhttp_t *p)
         }
         c->expect_continue = true;
     } else if (stoke_strieq(name, nl, "transfer-encoding")) {
-        /* The body is de-chunked and sent on with a Content-Length, so any
-         * other coding ("gzip, chunked") could not be forwarded as it came;
-         * a second header is how TE.TE smuggling starts. */
+        /* The body is de-chunked here (and sent on with a Content-Length,
+         * or re-chunked when it streams), so any other coding ("gzip,
+         * chunked") could not be forwarded as it came; a second header is
+         * how TE.TE smuggling starts. */
         if (c->chunked_seen || strcasecmp(val, "chunked") != 0) {
             c->error_status = 400;
             return -1;
