@@ -105,6 +105,84 @@ def free_port():
     return p
 
 
+_activators = []  # standalone activators (class Activator) still running
+
+
+class Activator:
+    """stoke-activator alone, for proxy tests that need no engine and no
+    controller: --controller none, the given routes ("name=IP:PORT"), then
+    `args` (a later flag overrides an earlier one). .port is the data port,
+    .ops the ops port (None with ops=False). Killed at exit if a test did not
+    stop it."""
+
+    def __init__(self, routes, args=(), ops=True, max_body=65536):
+        self.port = free_port()
+        self.ops = free_port() if ops else None
+        fd, self.logpath = tempfile.mkstemp(prefix="stoke-activator-", suffix=".log")
+        os.close(fd)
+        self.log_f = open(self.logpath, "wb")
+        argv = [os.path.join(BUILD, "stoke-activator"), "--listen", "127.0.0.1:%d" % self.port,
+                "--controller", "none", "--max-body-bytes", str(max_body),
+                "--ops-listen", "127.0.0.1:%d" % self.ops if ops else "none",
+                "--log-level", "debug"]
+        for r in routes:
+            argv += ["--route", r]
+        self.proc = subprocess.Popen(argv + list(args), stdout=self.log_f,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        _activators.append(self)
+        pidfile = os.environ.get("STOKE_TEST_PIDFILE")
+        if pidfile:
+            with open(pidfile, "a") as f:
+                f.write("%d\n" % self.proc.pid)
+
+    def wait_ready(self, timeout=10.0):
+        deadline = time.time() + timeout
+        for port in [self.port] + ([self.ops] if self.ops else []):
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), 1).close()
+                    break
+                except OSError:
+                    if self.proc.poll() is not None or time.time() > deadline:
+                        raise AssertionError("activator did not start:\n" + self.log())
+                    time.sleep(0.02)
+        return self
+
+    def log(self):
+        with open(self.logpath, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def fds(self):
+        return len(os.listdir("/proc/%d/fd" % self.proc.pid))
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def check_alive(self):
+        """For run_tests(after_each=...): False (and the log) once it died."""
+        if not self.alive():
+            print("activator died:\n" + self.log()[-6000:])
+            return False
+        return True
+
+    def discard(self):
+        """Forgets an activator that has exited, with its log."""
+        self.log_f.close()
+        if self in _activators:
+            _activators.remove(self)
+        os.unlink(self.logpath)
+
+    def stop(self):
+        """SIGTERM, then the exit code and the log's sanitizer findings."""
+        try:
+            stop_checked(self.proc, self.logpath)
+        finally:
+            self.log_f.close()
+            if self in _activators:
+                _activators.remove(self)
+        os.unlink(self.logpath)
+
+
 class Response:
     def __init__(self, status, headers, body):
         self.status = status
@@ -353,6 +431,18 @@ def concurrent(n, fn):
     for t in ts:
         t.join(120)
     return results
+
+
+def _kill_activators():
+    """At exit: a standalone activator may live across tests (started in a
+    module's setup), so it is not part of the per-test cleanup."""
+    for a in list(_activators):
+        if a.proc.poll() is None:
+            a.proc.kill()
+            a.proc.wait()
+
+
+atexit.register(_kill_activators)
 
 
 def _cleanup():

@@ -33,107 +33,30 @@ Decisions the cases pin down (see activator/proxy.c):
 - An HTTP/1.0 request without Host is forwarded with `Host: <function>`.
 """
 
-import atexit
 import os
-import signal
 import socket
-import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import free_port, run_tests  # noqa: E402
+from harness import Activator, run_tests  # noqa: E402
 from upstream import BIG, Upstream  # noqa: E402
 
-BUILD = os.environ.get("STOKE_BUILD_DIR", os.path.join(os.path.dirname(__file__), "../../build"))
-SANITIZER_MARKERS = ("runtime error:", "AddressSanitizer", "LeakSanitizer")
 MAX_HEADER = 4096
 MAX_BODY = 65536
 HEADER_TIMEOUT = 1.0
 # Sanitized builds are slower; every wait below is a bound, not a timing assert.
 WAIT = 10.0
 
-_procs = []  # activator processes this file started
-
-
-class Activator:
-    def __init__(self, upstream_port, extra=()):
-        self.port = free_port()
-        fd, self.logpath = tempfile.mkstemp(prefix="stoke-hostile-", suffix=".log")
-        os.close(fd)
-        self.log_f = open(self.logpath, "wb")
-        # One worker: the cases expect one upstream pool, since whether a
-        # request travels on a pooled connection decides what is retried.
-        self.proc = subprocess.Popen([
-            os.path.join(BUILD, "stoke-activator"), "--listen", "127.0.0.1:%d" % self.port,
-            "--controller", "none", "--route", "echo=127.0.0.1:%d" % upstream_port,
-            "--ops-listen", "none", "--workers", "1",
-            "--header-timeout", "%dms" % int(HEADER_TIMEOUT * 1000),
-            "--max-header-bytes", str(MAX_HEADER), "--max-body-bytes", str(MAX_BODY),
-            "--log-level", "debug", *extra], stdout=self.log_f, stderr=subprocess.STDOUT,
-            start_new_session=True)
-        _procs.append(self.proc)
-        pidfile = os.environ.get("STOKE_TEST_PIDFILE")
-        if pidfile:
-            with open(pidfile, "a") as f:
-                f.write("%d\n" % self.proc.pid)
-        deadline = time.time() + WAIT
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 1).close()
-                break
-            except OSError:
-                if self.proc.poll() is not None or time.time() > deadline:
-                    raise AssertionError("activator did not start:\n" + self.log())
-                time.sleep(0.02)
-
-    def log(self):
-        with open(self.logpath, "rb") as f:
-            return f.read().decode(errors="replace")
-
-    def fds(self):
-        return len(os.listdir("/proc/%d/fd" % self.proc.pid))
-
-    def alive(self):
-        return self.proc.poll() is None
-
-    def check_alive(self):
-        """For run_tests(after_each=...): False (and the log) once it died."""
-        if not self.alive():
-            print("activator died:\n" + self.log()[-6000:])
-            return False
-        return True
-
-    def stop(self):
-        """SIGTERM, then the exit code and the log's sanitizer findings."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log_f.close()
-        if self.proc in _procs:
-            _procs.remove(self.proc)
-        text = self.log()
-        problems = ["log has %r" % m for m in SANITIZER_MARKERS if m in text]
-        if self.proc.returncode != 0:
-            problems.append("exited with %s" % self.proc.returncode)
-        if problems:
-            raise AssertionError("activator: %s\n%s" % ("; ".join(problems), text[-6000:]))
-        os.unlink(self.logpath)
-
-
-def _kill_ours():
-    for p in list(_procs):
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-
-
-atexit.register(_kill_ours)
+def start_activator(upstream_port, extra=()):
+    """The activator the battery runs against: route "echo" to the upstream,
+    small limits, a short header timeout; `extra` flags come last."""
+    # One worker: the cases expect one upstream pool, since whether a
+    # request travels on a pooled connection decides what is retried.
+    return Activator(["echo=127.0.0.1:%d" % upstream_port], [
+        "--workers", "1", "--header-timeout", "%dms" % int(HEADER_TIMEOUT * 1000),
+        "--max-header-bytes", str(MAX_HEADER), *extra], ops=False, max_body=MAX_BODY
+    ).wait_ready(WAIT)
 
 
 # ---- a raw HTTP/1.1 client ------------------------------------------------
@@ -499,7 +422,7 @@ _env = {}
 
 def setup():
     up = Upstream()
-    act = Activator(up.port)
+    act = start_activator(up.port)
     _env.update(up=up, act=act)
     # Warm up (the first request opens the pooled connection), then take
     # the baseline of open descriptors.

@@ -11,90 +11,21 @@ Needs no Docker and no controller: the activator runs with
 activator's log, or a non-zero exit after SIGTERM, fail the test.
 """
 
-import atexit
 import math
 import os
 import re
 import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import SANITIZER_MARKERS, free_port, run_tests, stop_checked  # noqa: E402
+from harness import SANITIZER_MARKERS, Activator, free_port, run_tests  # noqa: E402
 from upstream import Upstream  # noqa: E402
 
-BUILD = os.environ.get("STOKE_BUILD_DIR", os.path.join(os.path.dirname(__file__), "../../build"))
 MAX_BODY = 65536
 # Sanitized builds are slower; every wait below is a bound, not a timing assert.
 WAIT = 10.0
-
-_procs = []  # activator processes this file started
-
-
-def _kill_ours():
-    for p in list(_procs):
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-
-
-atexit.register(_kill_ours)
-
-
-class Activator:
-    """stoke-activator with --controller none and the given routes and args;
-    .port is the data port, .ops the ops port (None with ops=False)."""
-
-    def __init__(self, routes, args=(), ops=True):
-        self.port = free_port()
-        self.ops = free_port() if ops else None
-        fd, self.logpath = tempfile.mkstemp(prefix="stoke-ops-", suffix=".log")
-        os.close(fd)
-        self.log_f = open(self.logpath, "wb")
-        argv = [os.path.join(BUILD, "stoke-activator"), "--listen", "127.0.0.1:%d" % self.port,
-                "--controller", "none", "--max-body-bytes", str(MAX_BODY),
-                "--ops-listen", "127.0.0.1:%d" % self.ops if ops else "none",
-                "--log-level", "debug"]
-        for r in routes:
-            argv += ["--route", r]
-        self.proc = subprocess.Popen(argv + list(args), stdout=self.log_f,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        _procs.append(self.proc)
-        pidfile = os.environ.get("STOKE_TEST_PIDFILE")
-        if pidfile:
-            with open(pidfile, "a") as f:
-                f.write("%d\n" % self.proc.pid)
-
-    def wait_ready(self):
-        deadline = time.time() + WAIT
-        for port in [self.port] + ([self.ops] if self.ops else []):
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), 1).close()
-                    break
-                except OSError:
-                    if self.proc.poll() is not None or time.time() > deadline:
-                        raise AssertionError("activator did not start:\n" + self.log())
-                    time.sleep(0.02)
-        return self
-
-    def log(self):
-        with open(self.logpath, "rb") as f:
-            return f.read().decode(errors="replace")
-
-    def stop(self):
-        """SIGTERM, then the exit code and the log's sanitizer findings."""
-        try:
-            stop_checked(self.proc, self.logpath)
-        finally:
-            self.log_f.close()
-            if self.proc in _procs:
-                _procs.remove(self.proc)
-        os.unlink(self.logpath)
-
 
 # ---- raw HTTP/1.1 ------------------------------------------------------------
 
@@ -593,12 +524,10 @@ def test_ops_port_in_use_fails_startup():
         assert "ops port cannot listen on 127.0.0.1:%d" % port in act.log(), act.log()
         for m in SANITIZER_MARKERS:
             assert m not in act.log(), act.log()
-        act.log_f.close()
-        _procs.remove(act.proc)
-        os.unlink(act.logpath)
+        act.discard()
     finally:
         busy.close()
-        if act.proc in _procs:
+        if act.alive():
             act.stop()
 
 

@@ -17,7 +17,7 @@ import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import run_tests  # noqa: E402
-from test_hostile import Activator  # noqa: E402
+from test_hostile import start_activator  # noqa: E402
 
 GIB = 1 << 30
 PIECE = bytes(range(256)) * 4096  # 1 MiB
@@ -269,7 +269,7 @@ def setup():
     os.environ["ASAN_OPTIONS"] = (opts + ":" if opts else "") + \
         "quarantine_size_mb=4:thread_local_quarantine_size_kb=256"
     be = Backend()
-    act = Activator(be.port, extra=["--max-body-bytes", "0"])
+    act = start_activator(be.port, extra=["--max-body-bytes", "0"])
     _env.update(be=be, act=act)
 
 
@@ -494,7 +494,7 @@ def test_request_id_and_traceparent():
 def test_access_log():
     """--access-log writes one JSON line per request; without it, none."""
     import json
-    act = Activator(_env["be"].port, extra=["--access-log", "--log-level", "info"])
+    act = start_activator(_env["be"].port, extra=["--access-log", "--log-level", "info"])
     try:
         s = socket.create_connection(("127.0.0.1", act.port), 10)
         s.settimeout(TIMEOUT)
