@@ -100,6 +100,7 @@ struct function {
     uint64_t wakes[4];   /* cold starts by tier: paused, stopped, created, new */
     bool pause_fallback; /* the cgroup could not be written: paused by the engine */
     bool deleted;        /* spec gone: scale to zero, then free */
+    uint32_t closing;    /* replicas off the list whose handles still close */
 };
 
 struct ctrl {

@@ -148,13 +148,21 @@ static void function_free(struct function *fn)
 
 static void shutdown_check(struct ctrl *c);
 
+/* No replica left, and none still closing (its close callback reads its
+ * function): the function may be freed. */
+static bool function_empty(const struct function *fn)
+{
+    return stoke_list_empty(&fn->replicas) && fn->closing == 0;
+}
+
 static void on_replica_timer_closed(uv_handle_t *h)
 {
     struct replica *r = h->data;
     struct function *fn = r->fn;
     struct ctrl *c = fn->ctrl;
     free(r);
-    if (fn->deleted && stoke_list_empty(&fn->replicas))
+    fn->closing--;
+    if (fn->deleted && function_empty(fn))
         function_free(fn);
     shutdown_check(c);
 }
@@ -165,6 +173,7 @@ static void replica_free(struct replica *r)
     port_free(r->fn->ctrl, r->port);
     probe_stop(r->probe);
     r->probe = NULL;
+    r->fn->closing++;
     uv_close((uv_handle_t *)&r->timer, on_replica_timer_closed);
 }
 
@@ -1021,7 +1030,7 @@ void ctrl_function_delete(struct ctrl *c, const char *name)
         n = n->next;
         replica_retire(r);
     }
-    if (stoke_list_empty(&fn->replicas))
+    if (function_empty(fn))
         function_free(fn);
 }
 
@@ -1410,7 +1419,7 @@ static void shutdown_check(struct ctrl *c)
         return;
     for (struct stoke_list *a = c->functions.next; a != &c->functions; a = a->next) {
         struct function *fn = stoke_container_of(a, struct function, node);
-        if (!stoke_list_empty(&fn->replicas))
+        if (!function_empty(fn))
             return;
     }
     void (*cb)(struct ctrl *) = c->on_stopped;
