@@ -81,6 +81,22 @@ struct replica {
 
 struct ctrl;
 
+/* What the activators reported of a function (ctrl_on_stats). */
+struct fn_traffic {
+    uint64_t requests;  /* all activators, since the controller started: a counter */
+    double rps;         /* requests per second, the last reported second */
+    double concurrency; /* average in flight + queued, the last reported second */
+};
+
+/* Resource use of a function's replicas, read from their cgroups with
+ * libcgroup (usage.c, every tick). Counters include replicas since removed. */
+struct fn_usage {
+    double cpu_seconds;    /* CPU time of all its replicas: a counter */
+    uint64_t memory_bytes; /* memory in use now, all replicas */
+    double gb_seconds;     /* memory limit (GiB) x seconds running, not paused
+                              or stopped: a counter, what serverless bills */
+};
+
 struct function {
     struct stoke_list node; /* ctrl->functions */
     struct ctrl *ctrl;
@@ -101,6 +117,8 @@ struct function {
     bool pause_fallback; /* the cgroup could not be written: paused by the engine */
     bool deleted;        /* spec gone: scale to zero, then free */
     uint32_t closing;    /* replicas off the list whose handles still close */
+    struct fn_traffic traffic;
+    struct fn_usage usage;
 };
 
 struct ctrl {
@@ -157,6 +175,12 @@ int ctrl_adopt(struct ctrl *c, int (*load)(struct ctrl *c), void (*done)(struct 
 void ctrl_shutdown(struct ctrl *c, void (*cb)(struct ctrl *c));
 /* An event of the engine's stream about one of this instance's containers. */
 void ctrl_on_event(struct ctrl *c, const struct stoke_container_event *ev);
+
+/* metrics.c: "creating", "ready"... as the admin API and metrics name them. */
+const char *ctrl_replica_state_name(enum replica_state s);
+/* metrics.c: the controller's metrics, Prometheus text format 0.0.4,
+ * appended to `out`. Returns 0 or -ENOMEM. */
+int ctrl_metrics_render(struct ctrl *c, struct stoke_buf *out);
 
 /* events.c: the engine's event stream, reconnected with back-off. */
 void ctrl_watch_init(struct ctrl *c);
