@@ -11,6 +11,7 @@ import atexit
 import http.client
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -208,6 +209,11 @@ class Stoke:
         self.ctl = "unix:" + os.path.join(self.tmp, "ctl.sock")
         self.port = free_port()
         self.ops_port = free_port()  # the activator's ops port (/metrics, /healthz)
+        # Replica ports: a block of 128 of the controller's default range,
+        # picked at random, so that tests running beside each other (two
+        # runs on one machine) rarely hand out the same port.
+        lo = 30000 + 128 * random.randrange(20)
+        self.port_range = "%d-%d" % (lo, lo + 127)
         self.procs = {}
         self.logs = {}
         self.extra = list(extra_controller_args)
@@ -229,7 +235,7 @@ class Stoke:
     def _controller_argv(self):
         return [os.path.join(BUILD, "stoke-controller"), "--functions-dir", self.fndir,
                 "--listen", self.ctl, "--instance", self.instance,
-                "--log-level", "debug"] + self.extra
+                "--port-range", self.port_range, "--log-level", "debug"] + self.extra
 
     def restart_controller(self, logname):
         """kill -9 of the controller, then a new one (logging to
