@@ -18,6 +18,7 @@ import zlib
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import run_tests  # noqa: E402
 from test_hostile import start_activator  # noqa: E402
+from upstream import ThreadedServer, recv_head  # noqa: E402
 
 GIB = 1 << 30
 PIECE = bytes(range(256)) * 4096  # 1 MiB
@@ -30,7 +31,7 @@ TIMEOUT = 120.0
 _env = {}
 
 
-class Backend:
+class Backend(ThreadedServer):
     """A threaded HTTP/1.1 server for big transfers:
     POST /sink          reads the body (Content-Length or chunked) and
                         answers "<bytes> <crc32> <framing>"
@@ -42,73 +43,36 @@ class Backend:
     """
 
     def __init__(self):
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self.closed = False
-        self.conns = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(backlog=64)
 
-    def close(self):
-        self.closed = True
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
-        for c in self.conns:
-            try:
-                c.close()
-            except OSError:
-                pass
-
-    def _accept(self):
-        while not self.closed:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.conns.append(conn)
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn):
+    def _serve(self, conn, n):
         conn.settimeout(TIMEOUT)
         buf = b""
-        try:
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    d = conn.recv(65536)
-                    if not d:
-                        return
-                    buf += d
-                head, _, buf = buf.partition(b"\r\n\r\n")
-                lines = head.split(b"\r\n")
-                method, target = lines[0].split(b" ")[:2]
-                hdrs = {}
-                for line in lines[1:]:
-                    k, _, v = line.partition(b":")
-                    hdrs[k.strip().lower()] = v.strip()
-                path, _, query = target.partition(b"?")
-                if path == b"/sink":
-                    buf = self._sink(conn, hdrs, buf)
-                elif path == b"/source":
-                    q = dict(kv.split(b"=") for kv in query.split(b"&") if b"=" in kv)
-                    self._source(conn, int(q[b"n"]), q.get(b"chunked") == b"1")
-                elif path == b"/ws":
-                    self._ws(conn, hdrs, buf)
-                    return
-                elif path == b"/early":
-                    conn.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
-                                 b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
-                else:
-                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
-                                 % (len(head), head))
-        except OSError:
-            pass
-        finally:
-            conn.close()
+        while True:
+            head, buf = recv_head(conn, buf)
+            if head is None:
+                return
+            lines = head.split(b"\r\n")
+            method, target = lines[0].split(b" ")[:2]
+            hdrs = {}
+            for line in lines[1:]:
+                k, _, v = line.partition(b":")
+                hdrs[k.strip().lower()] = v.strip()
+            path, _, query = target.partition(b"?")
+            if path == b"/sink":
+                buf = self._sink(conn, hdrs, buf)
+            elif path == b"/source":
+                q = dict(kv.split(b"=") for kv in query.split(b"&") if b"=" in kv)
+                self._source(conn, int(q[b"n"]), q.get(b"chunked") == b"1")
+            elif path == b"/ws":
+                self._ws(conn, hdrs, buf)
+                return
+            elif path == b"/early":
+                conn.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+                             b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+            else:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
+                             % (len(head), head))
 
     def _read(self, conn, buf, n):
         """Reads exactly n bytes (buf first); returns (data, rest)."""

@@ -23,23 +23,24 @@ import time
 BIG = 4 * 1024 * 1024
 
 
-class Upstream:
-    def __init__(self):
+class ThreadedServer:
+    """A listening socket on 127.0.0.1 (an ephemeral port) with one daemon
+    thread per connection: subclasses implement _serve(conn, n), n being
+    the connection's number from 1. close() stops accepting and closes the
+    connections still open."""
+
+    def __init__(self, backlog=128):
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(128)
+        self.sock.listen(backlog)
         self.port = self.sock.getsockname()[1]
         self.lock = threading.Lock()
-        self.requests = []   # (connection number, exact bytes) in arrival order
-        self.request_ids = []  # the X-Request-Id of each request, in the same order
-        self.leftovers = []  # bytes of connections closed mid-request
-        self.conns = 0
-        self.open = 0  # connections currently open (the activator's pool)
+        self.conns = 0  # connections accepted
+        self.open = 0  # connections open now
+        self.live = set()
         self.closed = False
-        self.threads = []
-        t = threading.Thread(target=self._accept, daemon=True)
-        t.start()
+        threading.Thread(target=self._accept, daemon=True).start()
 
     def close(self):
         self.closed = True
@@ -48,6 +49,64 @@ class Upstream:
         except OSError:
             pass
         self.sock.close()
+        with self.lock:
+            live = list(self.live)
+        for c in live:
+            try:
+                c.close()
+            except OSError:
+                pass
+
+    def _accept(self):
+        while not self.closed:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.conns += 1
+                self.open += 1
+                self.live.add(conn)
+                n = self.conns
+            threading.Thread(target=self._run, args=(conn, n), daemon=True).start()
+
+    def _run(self, conn, n):
+        try:
+            self._serve(conn, n)
+        except OSError:
+            pass
+        finally:
+            try:
+                conn.close()
+            except OSError:
+                pass
+            with self.lock:
+                self.open -= 1
+                self.live.discard(conn)
+
+    def _serve(self, conn, n):
+        raise NotImplementedError
+
+
+def recv_head(conn, buf):
+    """Reads from conn until buf holds a whole request or response head.
+    Returns (head without its blank line, the bytes after it), or (None,
+    the bytes read) when the stream ends first."""
+    while b"\r\n\r\n" not in buf:
+        d = conn.recv(65536)
+        if not d:
+            return None, buf
+        buf += d
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    return head, rest
+
+
+class Upstream(ThreadedServer):
+    def __init__(self):
+        self.requests = []   # (connection number, exact bytes) in arrival order
+        self.request_ids = []  # the X-Request-Id of each request, in the same order
+        self.leftovers = []  # bytes of connections closed mid-request
+        super().__init__()
 
     def take(self, settle=0.1):
         """Returns (and forgets) the requests received so far, after waiting
@@ -59,30 +118,16 @@ class Upstream:
         return reqs, left
 
     # -- server ------------------------------------------------------------
-    def _accept(self):
-        while not self.closed:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with self.lock:
-                self.conns += 1
-                self.open += 1
-                n = self.conns
-            t = threading.Thread(target=self._serve, args=(conn, n), daemon=True)
-            t.start()
-
     def _serve(self, conn, n):
         buf = b""
         conn.settimeout(30)
         try:
             while True:
-                while b"\r\n\r\n" not in buf:
-                    d = conn.recv(65536)
-                    if not d:
-                        return
-                    buf += d
-                head, _, rest = buf.partition(b"\r\n\r\n")
+                head, rest = recv_head(conn, buf)
+                if head is None:
+                    buf = rest
+                    return
+                buf = head + b"\r\n\r\n" + rest  # a leftover if the body never ends
                 length, chunked = 0, False
                 for line in head.split(b"\r\n")[1:]:
                     k, _, v = line.partition(b":")
@@ -120,18 +165,10 @@ class Upstream:
                 if not self._answer(conn, req):
                     buf = b""
                     return
-        except OSError:
-            pass
         finally:
             if buf:
                 with self.lock:
                     self.leftovers.append((n, buf))
-            try:
-                conn.close()
-            except OSError:
-                pass
-            with self.lock:
-                self.open -= 1
 
     def _answer(self, conn, req):
         """Answers one request; False when the connection is to close."""
