@@ -282,6 +282,17 @@ class Stoke:
             time.sleep(0.02)
         raise AssertionError("no %r in the %s log after %ss:\n%s" % (needle, name, timeout, self.log(name)))
 
+    def deploy_warm(self, name, n, **spec):
+        """Writes the spec of `name` with scale.min n (other write_spec
+        arguments as given), waits for its n replicas to be ready, and
+        returns their container ids, sorted."""
+        before = self.log("controller").count("ready on 127.0.0.1")
+        self.write_spec(name, scale={"min": n}, **spec)
+        self.wait_log("controller", "ready on 127.0.0.1", 30, count=before + n)
+        ids = sorted(c["Id"] for c in self.running(name))
+        assert len(ids) == n, ids
+        return ids
+
     def stop(self):
         # Activators first, then the controller (which removes the replicas).
         names = [n for n in self.procs if n != "controller"] + ["controller"]
@@ -417,6 +428,17 @@ class Load:
         self._stop.set()
         for t in self._threads:
             t.join(30)
+
+    def finish(self, may_fail=0, min_ok=100):
+        """stop(), print the counts, and assert that at most `may_fail`
+        requests failed and more than `min_ok` got their 200. Returns the
+        number of 200s."""
+        self.stop()
+        ok = sum(self.counts.values())
+        print("requests: %d ok %s, %d failed" % (ok, self.counts, len(self.failed)))
+        assert len(self.failed) <= may_fail, self.failed[:5]
+        assert ok > min_ok, ok
+        return ok
 
 
 def concurrent(n, fn):

@@ -211,10 +211,7 @@ def test_restarted_controller_adopts_paused_and_stopped_replicas():
 
 def test_killed_replica_is_replaced_under_load():
     s = Stoke("life-kill").start()
-    s.write_spec("sturdy", scale={"min": 2})
-    s.wait_log("controller", "ready on 127.0.0.1", 30, count=2)
-    before = sorted(c["Id"] for c in s.running("sturdy"))
-    assert len(before) == 2
+    before = s.deploy_warm("sturdy", 2)
     clients = 4
     load = Load(s, "sturdy", "/delay/20", clients)
     try:
@@ -226,12 +223,9 @@ def test_killed_replica_is_replaced_under_load():
         time.sleep(1)
     finally:
         load.stop()
-    ok = load.counts.get("ok", 0)
-    print("requests: %d ok, %d failed" % (ok, len(load.failed)))
     # Only requests in flight on the killed replica may fail: each client
     # has at most one in flight, and one not yet sent to it is retried.
-    assert len(load.failed) <= clients, load.failed
-    assert ok > 100, ok
+    load.finish(may_fail=clients)
     after = s.running("sturdy")
     assert len(after) == 2 and before[0] not in [c["Id"] for c in after], after
     assert before[1] in [c["Id"] for c in after]
@@ -263,9 +257,7 @@ def dockerd_pid():
 
 def test_stopped_engine_fails_no_request_to_ready_replicas():
     s = Stoke("life-sigstop").start()
-    s.write_spec("steady", scale={"min": 2})
-    s.wait_log("controller", "ready on 127.0.0.1", 30, count=2)
-    ids = sorted(c["Id"] for c in s.running("steady"))
+    ids = s.deploy_warm("steady", 2)
     pid = dockerd_pid()
     load = Load(s, "steady", "/delay/10", 4)
     try:
@@ -279,10 +271,7 @@ def test_stopped_engine_fails_no_request_to_ready_replicas():
         time.sleep(2)
     finally:
         load.stop()
-    ok = load.counts.get("ok", 0)
-    print("requests: %d ok, %d failed" % (ok, len(load.failed)))
-    assert not load.failed, load.failed[:5]
-    assert ok > 100, ok
+    load.finish()
     # Recovered: the engine's events still arrive and a killed replica is
     # replaced.
     assert sorted(c["Id"] for c in s.running("steady")) == ids

@@ -11,9 +11,7 @@ from harness import Load, Stoke, run_tests  # noqa: E402
 
 def test_rollout_under_load_fails_no_request():
     s = Stoke("rollout").start()
-    s.write_spec("web", scale={"min": 2}, env={"GREETING": "v1"})
-    s.wait_log("controller", "ready on 127.0.0.1", 30, count=2)
-    old = sorted(c["Id"] for c in s.containers("web"))
+    old = s.deploy_warm("web", 2, env={"GREETING": "v1"})
 
     load = Load(s, "web", "/delay/50", 6, classify=lambda r: "v2" if "v2" in r.body else "v1")
     try:
@@ -27,8 +25,7 @@ def test_rollout_under_load_fails_no_request():
         time.sleep(1)
     finally:
         load.stop()
-    print("answers %s, failed %d" % (load.counts, len(load.failed)))
-    assert not load.failed, load.failed[:5]
+    load.finish(min_ok=0)
     assert load.counts.get("v1", 0) > 0 and load.counts.get("v2", 0) > 0, load.counts
     now = s.containers("web")
     assert len(now) == 2 and not any(c["Id"] in old for c in now), now
