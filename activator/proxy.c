@@ -188,6 +188,8 @@ static void client_abort_upstream(struct client *c);
 static void client_finish_request(struct client *c);
 static void client_parse(struct client *c, const char *data, size_t len);
 static void send_error(struct client *c, int status, bool close_conn);
+static void client_log(const struct client *c, const char *fn, enum stoke_log_level level, int err,
+                       const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 static void dispatch(struct client *c);
 static void upstream_close(struct upstream *up);
 static void upstream_failed(struct upstream *up, int err);
@@ -681,6 +683,25 @@ static void on_idle_timeout(uv_timer_t *t);
 /* Answers the current request with an error. With close_conn, or while
  * body bytes are still to come, the connection closes once the answer is
  * written; else it stays open for the next request. */
+/* A log line about client c's current request, carrying its request id
+ * once it has one (the id the function and the client see). `fn` NULL: the
+ * client's function, if routed. */
+static void client_log(const struct client *c, const char *fn, enum stoke_log_level level, int err,
+                       const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    struct stoke_log_field f = {.key = "request_id", .str = c->request_id};
+    stoke_log_fields(level,
+                     fn      ? fn
+                     : c->fn ? c->fn->cfg.name
+                             : NULL,
+                     err, &f, c->request_id[0] ? 1 : 0, "%s", msg);
+}
+
 static void send_error(struct client *c, int status, bool close_conn)
 {
     char head[256 + REQUEST_ID_MAX], body[128];
@@ -1188,7 +1209,7 @@ static void on_idle_timeout(uv_timer_t *t)
     if (c->state == C_HEAD || c->in_body) {
         /* A slow sender: closed, and a replica that got part of the
          * request sees its connection close too. */
-        stoke_debug(NULL, "client timed out sending a request");
+        client_log(c, NULL, STOKE_LOG_DEBUG, 0, "client timed out sending a request");
         metrics_rejected(c->px->hooks.metrics, METRICS_CLIENT_TIMEOUT);
     }
     client_close(c);
@@ -1271,7 +1292,8 @@ static void client_parse(struct client *c, const char *data, size_t len)
         return;
     }
     int status = c->error_status ? c->error_status : 400;
-    stoke_debug(NULL, "bad request (%d): %s", status, llhttp_get_error_reason(&c->parser));
+    client_log(c, NULL, STOKE_LOG_DEBUG, 0, "bad request (%d): %s", status,
+               llhttp_get_error_reason(&c->parser));
     send_error(c, status, true);
 }
 
@@ -1416,7 +1438,7 @@ int proxy_serve_fd(struct proxy *px, uv_os_sock_t fd)
 static void on_queue_timeout(uv_timer_t *t)
 {
     struct client *c = t->data;
-    stoke_info(c->fn ? c->fn->cfg.name : NULL, "request waited past the queue timeout: 504");
+    client_log(c, NULL, STOKE_LOG_INFO, 0, "request waited past the queue timeout: 504");
     send_error(c, 504, false);
 }
 
@@ -1856,7 +1878,7 @@ static void upstream_failed(struct upstream *up, int err)
         client_close(c);
         return;
     }
-    stoke_warn(ep->fn->cfg.name, err, "upstream request failed%s",
+    client_log(c, ep->fn->cfg.name, STOKE_LOG_WARN, err, "upstream request failed%s",
                retry_ok && c->tries < MAX_TRIES ? ", retrying" : "");
     /* Keep the function (and its reference) while the replica's slot is
      * given back. */
@@ -2057,8 +2079,12 @@ static void on_upstream_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     if (err != HPE_OK) {
-        stoke_warn(up->ep->fn->cfg.name, -EPROTO, "bad response from replica: %s",
-                   llhttp_get_error_reason(&up->parser));
+        if (up->c)
+            client_log(up->c, up->ep->fn->cfg.name, STOKE_LOG_WARN, -EPROTO,
+                       "bad response from replica: %s", llhttp_get_error_reason(&up->parser));
+        else
+            stoke_warn(up->ep->fn->cfg.name, -EPROTO, "bad response from replica: %s",
+                       llhttp_get_error_reason(&up->parser));
         upstream_failed(up, -EPROTO);
         return;
     }

@@ -33,6 +33,7 @@ Decisions the cases pin down (see activator/proxy.c):
 - An HTTP/1.0 request without Host is forwarded with `Host: <function>`.
 """
 
+import json
 import os
 import socket
 import sys
@@ -584,6 +585,30 @@ def test_partial_response():
         assert [r for _, r in reqs] == [fwd(b"GET", b"/partial")], reqs
     finally:
         c.close()
+
+
+def test_error_log_lines_carry_the_request_id():
+    """The activator's log line about a failed request names the request id
+    the client and the function saw."""
+    act, up = _env["act"], _env["up"]
+    c = Conn(act.port)
+    try:
+        c.send(b"GET /fn/echo/malformed HTTP/1.1\r\nHost: x\r\nX-Request-Id: trace-me-42\r\n\r\n")
+        st, hdrs, _, _ = c.response()
+        assert st == 502, st
+        up.take(0.1)
+    finally:
+        c.close()
+    deadline = time.time() + 5
+    while time.time() < deadline:
+        lines = [json.loads(x) for x in act.log().splitlines()
+                 if x.startswith("{") and "bad response from replica" in x]
+        if lines:
+            break
+        time.sleep(0.05)
+    assert lines, act.log()[-2000:]
+    assert lines[-1].get("request_id") == "trace-me-42", lines[-1]
+    assert lines[-1].get("fn") == "echo" and lines[-1].get("level") == "warn", lines[-1]
 
 
 def test_big_response_whole():
