@@ -132,7 +132,7 @@ static int render_controller(struct ctrl *c, struct stoke_buf *out)
     for_each_fn(c, fn) n += !fn->deleted;
     int r = family(out, "stoke_controller_functions", "gauge", "Functions with a spec.");
     r |= stoke_buf_printf(out, "stoke_controller_functions %u\n", n);
-    r |= family(out, "stoke_controller_activators", "gauge", "Activators connected.");
+    r |= family(out, "stoke_controller_activators", "gauge", "Activator channels connected (each activator worker thread keeps its own).");
     r |= stoke_buf_printf(out, "stoke_controller_activators %u\n",
                           c->hub ? hub_activators(c->hub) : 0);
     return r;
