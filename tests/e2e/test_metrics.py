@@ -114,11 +114,12 @@ def test_controller_ops_port():
         assert (st, body) == (200, b"ok\n"), (st, body)
         st, _, _ = get(s.ctl_ops_port, "/nothing")
         assert st == 404, st
-        fams = scrape_controller(s)
+        # One channel per activator worker thread (the activator may say it
+        # is connected before the controller has accepted).
+        fams = wait_scrape(s, "an activator", lambda f: value(
+            f, "stoke_controller_activators") >= 1)
         assert value(fams, "stoke_controller_engine_up") == 1
         assert value(fams, "stoke_controller_functions") == 0
-        # One channel per activator worker thread.
-        assert value(fams, "stoke_controller_activators") >= 1
         # The controller pinged and listed the engine at startup.
         calls = fams["stoke_controller_engine_calls_total"]["samples"]
         assert sorted(ls["op"] for _, ls, _ in calls) == sorted(OPS), calls
@@ -272,6 +273,9 @@ def test_grafana_dashboard_uses_exported_metrics():
     assert any(u.startswith("stoke_function_") for u in used), used
     s = start("dash", {"min": 0, "initial": 0, "window": "6s"})
     try:
+        # The activator's per-function series start with its first request.
+        r = s.fn_request("hello")
+        assert r.status == 200, r
         exported = set()
         for fams in (scrape_activator(s), scrape_controller(s)):
             for fam, f in fams.items():
