@@ -338,10 +338,7 @@ int main(int argc, char **argv)
             workers = (unsigned)sz;
             break;
         case O_OPS:
-            use_ops = strcmp(optarg, "none") != 0;
-            r = use_ops ? stoke_addr_parse(optarg, &ops_addr) : 0;
-            if (r == 0 && use_ops && ops_addr.is_unix)
-                r = -EINVAL;
+            r = stoke_opsd_parse_addr(optarg, &ops_addr, &use_ops);
             break;
         case O_DOMAIN:
             cfg.domain = optarg;

@@ -7,6 +7,7 @@
 
 #include <libcgroup.h>
 
+#include "cgerr.h"
 #include "stoke/util.h"
 
 #define UNLIMITED_V1 (1ull << 60)
@@ -45,30 +46,6 @@ uint64_t stoke_cgusage_cpu_delta(uint64_t *last_ns, uint64_t now_ns)
     return d;
 }
 
-/* libcgroup's codes as errnos (as in freezer.c, for reads). */
-static int cg_errno(int code)
-{
-    switch (code) {
-    case 0:
-        return 0;
-    case ECGROUPVALUENOTEXIST:
-    case ECGROUPNOTEXIST:
-        return -ENOENT;
-    case ECGROUPNOTINITIALIZED:
-    case ECGROUPNOTMOUNTED:
-    case ECGROUPSUBSYSNOTMOUNTED:
-        return -ENOTSUP;
-    case ECGEOF:
-        return -EINVAL;
-    case ECGOTHER: {
-        int e = cgroup_get_last_errno();
-        return e == ENOENT ? -ENOENT : e > 0 ? -e : -EIO;
-    }
-    default:
-        return -EIO;
-    }
-}
-
 /* The first line of `file` of `controller` in cgroup `path`. */
 static int read_line(const char *controller, const char *path, const char *file, char *buf,
                      int size)
@@ -81,7 +58,7 @@ static int read_line(const char *controller, const char *path, const char *file,
     int r = cgroup_read_value_begin(controller, path, name, &handle, buf, size);
     if (handle)
         (void)cgroup_read_value_end(&handle);
-    return cg_errno(r);
+    return stoke__cg_errno(r);
 }
 
 static int read_u64(const char *controller, const char *path, const char *file, uint64_t *ret)

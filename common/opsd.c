@@ -366,3 +366,17 @@ void stoke_opsd_close(struct stoke_opsd *o)
         conn_close(stoke_container_of(stoke_list_first(&o->conns), struct ops_conn, node));
     uv_close((uv_handle_t *)&o->listener, on_listener_closed);
 }
+
+int stoke_opsd_parse_addr(const char *s, struct stoke_addr *ret, bool *ret_on)
+{
+    struct stoke_addr a;
+    if (strcmp(s, "none") == 0) {
+        *ret_on = false;
+        return 0;
+    }
+    if (stoke_addr_parse(s, &a) < 0 || a.is_unix)
+        return -EINVAL;
+    *ret = a;
+    *ret_on = true;
+    return 0;
+}

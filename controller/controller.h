@@ -57,6 +57,7 @@ struct adoption;
 struct replica_usage {
     struct stoke_cgroup cg;
     bool has_cg;           /* cg found for the container's current run */
+    bool lost;             /* cg went away during this run (it exited) */
     uint64_t last_cpu_ns;  /* the cgroup's CPU counter at the last sample */
     uint64_t limit_bytes;  /* the cgroup's memory limit, or 0 (the spec's then) */
     uint64_t sampled_ms;   /* the last sample, or 0: none yet (count from created_ms) */

@@ -275,10 +275,7 @@ int main(int argc, char **argv)
             r = pause_with_engine || strcmp(optarg, "cgroup") == 0 ? 0 : -EINVAL;
             break;
         case O_OPS:
-            use_ops = strcmp(optarg, "none") != 0;
-            r = use_ops ? stoke_addr_parse(optarg, &ops_addr) : 0;
-            if (r == 0 && use_ops && ops_addr.is_unix)
-                r = -EINVAL;
+            r = stoke_opsd_parse_addr(optarg, &ops_addr, &use_ops);
             break;
         case 'h':
             usage(stdout);

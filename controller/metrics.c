@@ -99,22 +99,29 @@ static int render_cold_starts(struct ctrl *c, struct stoke_buf *out)
     return r;
 }
 
+/* One engine counter family: a series per operation. */
+static int engine_family(struct stoke_buf *out, const char *name, const char *help,
+                         const uint64_t *counts)
+{
+    int r = family(out, name, "counter", help);
+    for (int op = 0; op < STOKE_ENGINE_OPS; op++)
+        r |= stoke_buf_printf(out, "%s{op=\"%s\"} %" PRIu64 "\n", name, stoke_engine_op_name(op),
+                              counts[op]);
+    return r;
+}
+
 static int render_engine(struct ctrl *c, struct stoke_buf *out)
 {
     struct stoke_engine_stats st;
     stoke_engine_stats(c->engine, &st);
-    int r = family(out, "stoke_controller_engine_calls_total", "counter",
-                   "Container engine API calls finished, by operation (an event stream counts "
-                   "when it ends).");
-    for (int op = 0; op < STOKE_ENGINE_OPS; op++)
-        r |= stoke_buf_printf(out, "stoke_controller_engine_calls_total{op=\"%s\"} %" PRIu64 "\n",
-                              stoke_engine_op_name(op), st.calls[op]);
-    r |= family(out, "stoke_controller_engine_errors_total", "counter",
-                "Container engine API calls that failed (engine error status, transport "
-                "error, timeout), by operation.");
-    for (int op = 0; op < STOKE_ENGINE_OPS; op++)
-        r |= stoke_buf_printf(out, "stoke_controller_engine_errors_total{op=\"%s\"} %" PRIu64 "\n",
-                              stoke_engine_op_name(op), st.errors[op]);
+    int r = engine_family(out, "stoke_controller_engine_calls_total",
+                          "Container engine API calls finished, by operation (an event stream "
+                          "counts when it ends).",
+                          st.calls);
+    r |= engine_family(out, "stoke_controller_engine_errors_total",
+                       "Container engine API calls that failed (engine error status, transport "
+                       "error, timeout), by operation.",
+                       st.errors);
     r |= family(out, "stoke_controller_engine_up", "gauge",
                 "1 when the container engine answered the controller's last ping.");
     r |= stoke_buf_printf(out, "stoke_controller_engine_up %d\n", c->engine_err == 0 ? 1 : 0);
@@ -132,68 +139,95 @@ static int render_controller(struct ctrl *c, struct stoke_buf *out)
     for_each_fn(c, fn) n += !fn->deleted;
     int r = family(out, "stoke_controller_functions", "gauge", "Functions with a spec.");
     r |= stoke_buf_printf(out, "stoke_controller_functions %u\n", n);
-    r |= family(out, "stoke_controller_activators", "gauge", "Activator channels connected (each activator worker thread keeps its own).");
+    r |= family(out, "stoke_controller_activators", "gauge",
+                "Activator channels connected (each activator worker thread keeps its own).");
     r |= stoke_buf_printf(out, "stoke_controller_activators %u\n",
                           c->hub ? hub_activators(c->hub) : 0);
     return r;
 }
 
+/* Reports stop when no activator is connected: the last second's rates
+ * are then no longer current. */
+static bool traffic_fresh(const struct function *fn)
+{
+    return fn->traffic.second + 3 >= uv_now(fn->ctrl->loop) / 1000;
+}
+
+static double get_requests(const struct function *fn)
+{
+    return (double)fn->traffic.requests;
+}
+
+static double get_rps(const struct function *fn)
+{
+    return traffic_fresh(fn) ? fn->traffic.rps : 0.0;
+}
+
+static double get_concurrency(const struct function *fn)
+{
+    return traffic_fresh(fn) ? fn->traffic.concurrency : 0.0;
+}
+
+static double get_cpu(const struct function *fn)
+{
+    return fn->usage.cpu_seconds;
+}
+
+static double get_memory(const struct function *fn)
+{
+    return (double)fn->usage.memory_bytes;
+}
+
+static double get_gb_seconds(const struct function *fn)
+{
+    return fn->usage.gb_seconds;
+}
+
+/* The stoke_function_* families: one series per function. */
+static const struct {
+    const char *name, *type, *help;
+    double (*get)(const struct function *fn);
+    int decimals;
+    bool cgroups; /* read from cgroups: left out when libcgroup finds none */
+} fn_families[] = {
+    {"stoke_function_requests_total", "counter",
+     "Requests to the function, as the activators report them (all activators, since the "
+     "controller started).",
+     get_requests, 0, false},
+    {"stoke_function_requests_per_second", "gauge",
+     "Requests per second to the function, the last second all activators reported.", get_rps, 3,
+     false},
+    {"stoke_function_concurrency", "gauge",
+     "Requests in flight plus queued, averaged over the last second all activators reported, "
+     "summed over them.",
+     get_concurrency, 3, false},
+    {"stoke_function_cpu_seconds_total", "counter",
+     "CPU time of the function's replicas (their cgroups), removed ones included, since the "
+     "controller started.",
+     get_cpu, 6, true},
+    {"stoke_function_memory_bytes", "gauge",
+     "Memory charged to the function's replicas' cgroups (paused ones included), at the last "
+     "tick.",
+     get_memory, 0, true},
+    {"stoke_function_gb_seconds_total", "counter",
+     "Memory limit in GiB times seconds each replica ran (not paused, not stopped, not gone), "
+     "summed over its replicas: what serverless platforms bill.",
+     get_gb_seconds, 6, false},
+};
+
 static int render_functions(struct ctrl *c, struct stoke_buf *out)
 {
     struct function *fn;
-    /* Reports stop when no activator is connected: the last second's
-     * rates are then no longer current. */
-    uint64_t now_s = uv_now(c->loop) / 1000;
-    int r = family(out, "stoke_function_requests_total", "counter",
-                   "Requests to the function, as the activators report them (all activators, "
-                   "since the controller started).");
-    for_each_fn(c, fn)
-    {
-        r |= stoke_buf_printf(out, "stoke_function_requests_total{function=\"%s\"} %" PRIu64 "\n",
-                              fn->spec.name, fn->traffic.requests);
-    }
-    r |= family(out, "stoke_function_requests_per_second", "gauge",
-                "Requests per second to the function, the last second all activators reported.");
-    for_each_fn(c, fn)
-    {
-        bool fresh = fn->traffic.second + 3 >= now_s;
-        r |= stoke_buf_printf(out, "stoke_function_requests_per_second{function=\"%s\"} %.3f\n",
-                              fn->spec.name, fresh ? fn->traffic.rps : 0.0);
-    }
-    r |= family(out, "stoke_function_concurrency", "gauge",
-                "Requests in flight plus queued, averaged over the last second all activators "
-                "reported, summed over them.");
-    for_each_fn(c, fn)
-    {
-        bool fresh = fn->traffic.second + 3 >= now_s;
-        r |= stoke_buf_printf(out, "stoke_function_concurrency{function=\"%s\"} %.3f\n",
-                              fn->spec.name, fresh ? fn->traffic.concurrency : 0.0);
-    }
-    if (c->usage_ok) {
-        r |= family(out, "stoke_function_cpu_seconds_total", "counter",
-                    "CPU time of the function's replicas (their cgroups), removed ones "
-                    "included, since the controller started.");
+    int r = 0;
+    for (size_t i = 0; i < STOKE_ARRAY_SIZE(fn_families); i++) {
+        if (fn_families[i].cgroups && !c->usage_ok)
+            continue;
+        r |= family(out, fn_families[i].name, fn_families[i].type, fn_families[i].help);
         for_each_fn(c, fn)
         {
-            r |= stoke_buf_printf(out, "stoke_function_cpu_seconds_total{function=\"%s\"} %.6f\n",
-                                  fn->spec.name, fn->usage.cpu_seconds);
+            r |= stoke_buf_printf(out, "%s{function=\"%s\"} %.*f\n", fn_families[i].name,
+                                  fn->spec.name, fn_families[i].decimals, fn_families[i].get(fn));
         }
-        r |= family(out, "stoke_function_memory_bytes", "gauge",
-                    "Memory charged to the function's replicas' cgroups (paused ones included), "
-                    "at the last tick.");
-        for_each_fn(c, fn)
-        {
-            r |= stoke_buf_printf(out, "stoke_function_memory_bytes{function=\"%s\"} %" PRIu64 "\n",
-                                  fn->spec.name, fn->usage.memory_bytes);
-        }
-    }
-    r |= family(out, "stoke_function_gb_seconds_total", "counter",
-                "Memory limit in GiB times seconds each replica ran (not paused, not stopped, "
-                "not gone), summed over its replicas: what serverless platforms bill.");
-    for_each_fn(c, fn)
-    {
-        r |= stoke_buf_printf(out, "stoke_function_gb_seconds_total{function=\"%s\"} %.6f\n",
-                              fn->spec.name, fn->usage.gb_seconds);
     }
     return r;
 }

@@ -53,6 +53,23 @@ static bool has_no_process(enum replica_state s)
     return s == R_CREATING || s == R_STOPPED || s == R_CREATED;
 }
 
+/* Its container surely runs (or is frozen) in these: a cgroup not found
+ * then is worth a warning. Starting (the engine's start in flight) and
+ * stopping may be either, so a cgroup is only looked for in these. */
+static bool surely_runs(const struct replica *r)
+{
+    switch (r->state) {
+    case R_PROBING:
+    case R_READY:
+    case R_RETIRING:
+    case R_PAUSING:
+    case R_PAUSED:
+        return !r->exited;
+    default:
+        return false;
+    }
+}
+
 /* Finds the replica's cgroup for its container's current run. */
 static int find_cgroup(struct replica *r)
 {
@@ -90,18 +107,21 @@ void usage_sample(struct replica *r)
     u->sampled_ms = now;
     if (!c->usage_ok || r->id[0] == '\0' || has_no_process(r->state)) {
         u->has_cg = false;
+        u->lost = false; /* the next run has a cgroup of its own */
         u->memory_bytes = 0;
         return;
     }
-    if (!u->has_cg && find_cgroup(r) < 0) {
+    if (!u->has_cg && (u->lost || !surely_runs(r) || find_cgroup(r) < 0)) {
         u->memory_bytes = 0;
         return;
     }
     struct stoke_cgusage s;
     int e = stoke_cgusage_read(&u->cg, &s);
     if (e < 0) {
-        /* Gone (exited, or stopping): the next run has a new cgroup. */
+        /* Gone (exited, or stopping): not looked for again in this run;
+         * the next run has a new cgroup. */
         u->has_cg = false;
+        u->lost = true;
         u->memory_bytes = 0;
         if (e != -ENOENT)
             stoke_debug(fn->spec.name, "cannot read the cgroup of replica %.12s (%s): %s", r->id,

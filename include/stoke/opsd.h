@@ -34,6 +34,10 @@ struct stoke_opsd_callbacks {
 
 struct stoke_opsd;
 
+/* An --ops-listen value: "IP:PORT" (*ret filled, *ret_on true) or "none"
+ * (*ret_on false). Returns 0 or -EINVAL (a unix socket too). */
+int stoke_opsd_parse_addr(const char *s, struct stoke_addr *ret, bool *ret_on);
+
 /* Binds `addr` (IP only: -EINVAL for a unix socket) and serves with `cbs`
  * (copied; cbs->data borrowed until stoke_opsd_close()). Returns 0 and
  * *ret, or a negative errno with nothing left open. */

@@ -17,11 +17,15 @@ condition holds and fails only when it never does.
 import json
 import os
 import re
+import shutil
+import socket
+import subprocess
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Load, Stoke, run_tests  # noqa: E402
+from harness import BUILD, SANITIZER_MARKERS, Load, Stoke, run_tests  # noqa: E402
 from test_ops import get, parse_exposition, value  # noqa: E402
 
 WAIT = 20.0  # the ASan build is slower; every wait is a bound
@@ -127,6 +131,40 @@ def test_controller_ops_port():
         assert value(fams, "stoke_controller_engine_calls_total", op="list") >= 1
     finally:
         s.stop()
+
+
+def test_controller_ops_listen_none_and_busy():
+    """--ops-listen none opens no port; a port that cannot be bound stops
+    the controller at startup (exit 1, the address in its log)."""
+    s = Stoke("opsnone", extra_controller_args=["--ops-listen", "none"]).start()
+    try:
+        try:
+            socket.create_connection(("127.0.0.1", s.ctl_ops_port), 2).close()
+            raise AssertionError("the controller listens with --ops-listen none")
+        except ConnectionRefusedError:
+            pass
+        assert "ops port listening" not in s.log("controller")
+    finally:
+        s.stop()
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    port = busy.getsockname()[1]
+    tmp = tempfile.mkdtemp(prefix="stoke-e2e-")
+    try:
+        p = subprocess.run(
+            [os.path.join(BUILD, "stoke-controller"), "--functions-dir", tmp,
+             "--listen", "unix:" + os.path.join(tmp, "ctl.sock"), "--instance", "e2e-opsbusy",
+             "--ops-listen", "127.0.0.1:%d" % port],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+        log = p.stdout.decode(errors="replace")
+        assert p.returncode == 1, (p.returncode, log)
+        assert "ops port cannot listen on 127.0.0.1:%d" % port in log, log
+        for m in SANITIZER_MARKERS:
+            assert m not in log, log
+    finally:
+        busy.close()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_cold_start_and_load_move_both_daemons_counters():
