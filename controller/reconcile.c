@@ -928,13 +928,13 @@ void ctrl_reconcile(struct function *fn)
                    by_tier[TIER_NEW]);
     } else if (live > want) {
         retire_some(fn, live - want, true);
-        if (want == 0)
+        if (want == 0) {
             fn->cold_since_ms = 0; /* back to zero before any replica was ready */
-        if (want == 0)
             stoke_info(fn->spec.name, "idle for %llu ms: scaled to zero",
                        (unsigned long long)fn->spec.scale.scale_to_zero_grace_ms);
-        else
+        } else {
             stoke_info(fn->spec.name, "scaling down to %u replicas", want);
+        }
     }
 
     /* A rollout: replicas of an earlier revision serve until the current
