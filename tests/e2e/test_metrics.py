@@ -297,6 +297,61 @@ def test_usage_running_paused_gone():
         s.stop()
 
 
+def test_wake_from_pause_counts_in_the_paused_tier():
+    """A cold start that thaws a paused replica counts under tier="paused",
+    in the counter and the histogram, and takes no engine call to wake."""
+    fn = "hello"
+    s = start("wake", {"min": 0, "initial": 0, "window": "6s", "scaleToZeroGrace": "1s",
+                       "idle": "pause", "stopAfter": "5m"})
+    try:
+        r = s.fn_request(fn)
+        assert r.status == 200, r
+        c0 = wait_scrape(s, "the replica paused", lambda f: replicas(f, fn, "paused") == 1,
+                         timeout=60)
+        name = "stoke_controller_cold_start_duration_seconds"
+        assert value(c0, "stoke_controller_cold_starts_total", function=fn, tier="new") == 1
+        assert value(c0, "stoke_controller_cold_starts_total", function=fn, tier="paused") == 0
+        assert hist(c0, name, "count", function=fn, tier="paused") == 0
+        r = s.fn_request(fn)
+        assert r.status == 200, r
+        c1 = scrape_controller(s)
+        assert replicas(c1, fn, "ready") == 1
+        assert value(c1, "stoke_controller_cold_starts_total", function=fn, tier="paused") == 1
+        assert value(c1, "stoke_controller_cold_starts_total", function=fn, tier="new") == 1
+        assert hist(c1, name, "count", function=fn, tier="paused") == 1
+        assert hist(c1, name, "count", function=fn, tier="new") == 1
+        for op in ("create", "start"):
+            assert value(c1, "stoke_controller_engine_calls_total", op=op) == value(
+                c0, "stoke_controller_engine_calls_total", op=op), op
+        assert value(c1, "stoke_controller_engine_calls_total", op="unpause") == 0
+        print("cold start from paused: %.3f s, from new: %.3f s" % (
+            hist(c1, name, "sum", function=fn, tier="paused"),
+            hist(c1, name, "sum", function=fn, tier="new")))
+    finally:
+        s.stop()
+
+
+def test_engine_errors_are_counted():
+    """A function whose image is missing: every create fails, and the
+    controller counts each failure under op="create"."""
+    s = Stoke("errors").start()
+    try:
+        s.write_file("ghost.yaml", "apiVersion: stoke/v1\nkind: Function\nmetadata:\n"
+                     "  name: ghost\nspec:\n  image: stoke-no-such-image:0\n"
+                     "  scale: { min: 1 }\n")
+        c = wait_scrape(s, "a failed create", lambda f: value(
+            f, "stoke_controller_engine_errors_total", op="create") >= 1)
+        calls = value(c, "stoke_controller_engine_calls_total", op="create")
+        errors = value(c, "stoke_controller_engine_errors_total", op="create")
+        assert calls >= errors >= 1, (calls, errors)
+        assert value(c, "stoke_controller_engine_errors_total", op="start") == 0
+        assert replicas(c, "ghost", "ready") == 0
+        assert hist(c, "stoke_controller_cold_start_duration_seconds", "count", function="ghost",
+                    tier="new") == 0
+    finally:
+        s.stop()
+
+
 def test_grafana_dashboard_uses_exported_metrics():
     """Every metric deploy/grafana/stoke.json queries is exported by the
     activator or the controller (a renamed metric would leave a panel
