@@ -11,15 +11,16 @@
 
 #include "ctl.h"
 #include "metrics.h"
-#include "ops.h"
 #include "proxy.h"
 #include "stoke/log.h"
+#include "stoke/opsd.h"
 #include "stoke/spec.h"
 
 #define DEFAULT_CONTROLLER "unix:/run/stoke/ctl.sock"
 #define DEFAULT_OPS "127.0.0.1:9091"
 #define MAX_WORKERS 256
 #define BEAT_MS 250 /* heartbeat period: /healthz calls a worker silent for 3 s stuck */
+#define STALE_MS 3000
 
 /* One event loop thread: its own proxy (listening on the shared port with
  * SO_REUSEPORT when there are several), its own upstream pools and its own
@@ -44,7 +45,8 @@ struct worker {
 struct activator {
     struct worker *workers;
     unsigned n_workers;
-    struct ops *ops; /* NULL: --ops-listen none */
+    struct stoke_opsd *ops; /* NULL: --ops-listen none */
+    struct metrics *metrics;
     uv_signal_t sigint, sigterm;
 };
 
@@ -117,13 +119,35 @@ static void on_beat(uv_timer_t *t)
     metrics_beat(w->mw, uv_hrtime() / 1000000);
 }
 
+/* The ops port's callbacks (main thread): the workers' counters, summed,
+ * and their heartbeats. */
+static int ops_metrics(struct stoke_buf *out, void *data)
+{
+    struct activator *a = data;
+    return metrics_format(a->metrics, out);
+}
+
+static bool ops_health(char *msg, size_t size, void *data)
+{
+    struct activator *a = data;
+    unsigned worker = 0;
+    uint64_t age_ms = 0;
+    int stale = metrics_check_health(a->metrics, uv_hrtime() / 1000000, STALE_MS, &worker, &age_ms);
+    if (stale == 0)
+        snprintf(msg, size, "ok");
+    else
+        snprintf(msg, size, "%d worker%s stalled: worker %u silent for %llu ms", stale,
+                 stale == 1 ? "" : "s", worker, (unsigned long long)age_ms);
+    return stale == 0;
+}
+
 static void on_signal(uv_signal_t *s, int signum)
 {
     struct activator *a = s->data;
     stoke_info(NULL, "signal %d: shutting down", signum);
     for (unsigned i = 0; i < a->n_workers; i++)
         uv_async_send(&a->workers[i].stop);
-    ops_close(a->ops);
+    stoke_opsd_close(a->ops);
     a->ops = NULL;
     uv_close((uv_handle_t *)&a->sigint, NULL);
     uv_close((uv_handle_t *)&a->sigterm, NULL);
@@ -314,10 +338,7 @@ int main(int argc, char **argv)
             workers = (unsigned)sz;
             break;
         case O_OPS:
-            use_ops = strcmp(optarg, "none") != 0;
-            r = use_ops ? stoke_addr_parse(optarg, &ops_addr) : 0;
-            if (r == 0 && use_ops && ops_addr.is_unix)
-                r = -EINVAL;
+            r = stoke_opsd_parse_addr(optarg, &ops_addr, &use_ops);
             break;
         case O_DOMAIN:
             cfg.domain = optarg;
@@ -392,6 +413,7 @@ int main(int argc, char **argv)
 
     struct activator a = {.n_workers = workers};
     struct metrics *metrics = metrics_new(workers);
+    a.metrics = metrics;
     a.workers = calloc(workers, sizeof(*a.workers));
     if (!a.workers || !metrics) {
         free(a.workers);
@@ -436,7 +458,9 @@ int main(int argc, char **argv)
     a.sigterm.data = &a;
     a.n_workers = started;
     if (status == 0 && use_ops) {
-        r = ops_new(main_loop, &ops_addr, metrics, &a.ops);
+        struct stoke_opsd_callbacks ops_cbs = {
+            .metrics = ops_metrics, .health = ops_health, .data = &a};
+        r = stoke_opsd_new(main_loop, &ops_addr, &ops_cbs, &a.ops);
         char addr[80];
         stoke_addr_format(&ops_addr, addr, sizeof(addr));
         if (r < 0) {

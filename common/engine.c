@@ -42,6 +42,7 @@ struct stoke_engine {
     bool closing;
     void (*on_closed)(void *data);
     void *closed_data;
+    struct stoke_engine_stats stats;
 };
 
 struct watch;
@@ -180,6 +181,7 @@ static const char *text_message(struct stoke_buf *b)
 }
 
 static void watch_end(struct watch *w, const struct stoke_engine_result *res);
+static void count_call(struct call *c, int err);
 
 static void on_done(CURL *easy, CURLcode rc, void *data)
 {
@@ -246,6 +248,7 @@ static void on_done(CURL *easy, CURLcode rc, void *data)
         res.id = json_object_get_string(id);
     }
 out:
+    count_call(c, res.err);
     if (c->watch)
         watch_end(c->watch, &res);
     else
@@ -1051,4 +1054,102 @@ const char *stoke_engine_label_get(const struct stoke_container_summary *s, cons
         !json_object_is_type(v, json_type_string))
         return NULL;
     return json_object_get_string(v);
+}
+
+/* ---- counters ---- */
+
+static const char *const op_names[STOKE_ENGINE_OPS] = {
+    [STOKE_ENGINE_OP_PING] = "ping",       [STOKE_ENGINE_OP_IMAGE_INSPECT] = "image_inspect",
+    [STOKE_ENGINE_OP_CREATE] = "create",   [STOKE_ENGINE_OP_START] = "start",
+    [STOKE_ENGINE_OP_INSPECT] = "inspect", [STOKE_ENGINE_OP_PAUSE] = "pause",
+    [STOKE_ENGINE_OP_UNPAUSE] = "unpause", [STOKE_ENGINE_OP_STOP] = "stop",
+    [STOKE_ENGINE_OP_REMOVE] = "remove",   [STOKE_ENGINE_OP_LIST] = "list",
+    [STOKE_ENGINE_OP_EVENTS] = "events",   [STOKE_ENGINE_OP_LOGS] = "logs",
+    [STOKE_ENGINE_OP_OTHER] = "other",
+};
+
+const char *stoke_engine_op_name(enum stoke_engine_op op)
+{
+    return (unsigned)op < STOKE_ENGINE_OPS ? op_names[op] : "other";
+}
+
+/* Whether path segment `seg` of `len` bytes is `word`. */
+static bool seg_is(const char *seg, size_t len, const char *word)
+{
+    return strlen(word) == len && memcmp(seg, word, len) == 0;
+}
+
+enum stoke_engine_op stoke_engine_op_of(const char *method, const char *path)
+{
+    /* Up to three segments of the path before its query. */
+    const char *seg[3] = {NULL, NULL, NULL};
+    size_t len[3] = {0, 0, 0}, n = 0;
+    size_t plen = strcspn(path, "?");
+    bool get = strcmp(method, "GET") == 0, post = strcmp(method, "POST") == 0;
+
+    /* An image name may hold '/' (escaped here, but not necessarily). */
+    if (get && plen > 13 && strncmp(path, "/images/", 8) == 0 &&
+        memcmp(path + plen - 5, "/json", 5) == 0)
+        return STOKE_ENGINE_OP_IMAGE_INSPECT;
+    for (size_t i = 0; i < plen; i++) {
+        if (path[i] != '/')
+            continue;
+        if (n == 3)
+            return STOKE_ENGINE_OP_OTHER;
+        seg[n] = path + i + 1;
+        len[n] = strcspn(seg[n], "/?");
+        n++;
+    }
+    if (n == 0)
+        return STOKE_ENGINE_OP_OTHER;
+    if (n == 1 && get && seg_is(seg[0], len[0], "_ping"))
+        return STOKE_ENGINE_OP_PING;
+    if (n == 1 && get && seg_is(seg[0], len[0], "events"))
+        return STOKE_ENGINE_OP_EVENTS;
+    if (!seg_is(seg[0], len[0], "containers") || n < 2 || len[1] == 0)
+        return STOKE_ENGINE_OP_OTHER;
+    if (n == 2) {
+        if (get && seg_is(seg[1], len[1], "json"))
+            return STOKE_ENGINE_OP_LIST;
+        if (post && seg_is(seg[1], len[1], "create"))
+            return STOKE_ENGINE_OP_CREATE;
+        if (strcmp(method, "DELETE") == 0)
+            return STOKE_ENGINE_OP_REMOVE;
+        return STOKE_ENGINE_OP_OTHER;
+    }
+    static const struct {
+        const char *method, *word;
+        enum stoke_engine_op op;
+    } sub[] = {
+        {"POST", "start", STOKE_ENGINE_OP_START}, {"GET", "json", STOKE_ENGINE_OP_INSPECT},
+        {"POST", "pause", STOKE_ENGINE_OP_PAUSE}, {"POST", "unpause", STOKE_ENGINE_OP_UNPAUSE},
+        {"POST", "stop", STOKE_ENGINE_OP_STOP},   {"GET", "logs", STOKE_ENGINE_OP_LOGS},
+    };
+    for (size_t i = 0; i < sizeof(sub) / sizeof(sub[0]); i++) {
+        if (strcmp(method, sub[i].method) == 0 && seg_is(seg[2], len[2], sub[i].word))
+            return sub[i].op;
+    }
+    return STOKE_ENGINE_OP_OTHER;
+}
+
+/* Counts a finished call by the operation its URL and method name: kept
+ * here, on completion, so every call is counted without each caller
+ * saying what it is. */
+static void count_call(struct call *c, int err)
+{
+    static const char prefix[] = "http://localhost/" ENGINE_API_VERSION;
+    char *url = NULL, *method = NULL;
+    enum stoke_engine_op op = STOKE_ENGINE_OP_OTHER;
+    if (curl_easy_getinfo(c->easy, CURLINFO_EFFECTIVE_URL, &url) == CURLE_OK && url &&
+        curl_easy_getinfo(c->easy, CURLINFO_EFFECTIVE_METHOD, &method) == CURLE_OK && method &&
+        strncmp(url, prefix, sizeof(prefix) - 1) == 0)
+        op = stoke_engine_op_of(method, url + sizeof(prefix) - 1);
+    c->e->stats.calls[op]++;
+    if (err < 0)
+        c->e->stats.errors[op]++;
+}
+
+void stoke_engine_stats(const struct stoke_engine *e, struct stoke_engine_stats *ret)
+{
+    *ret = e->stats;
 }

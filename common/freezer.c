@@ -10,6 +10,8 @@
 
 #include <libcgroup.h>
 
+#include "cgerr.h"
+
 /* /proc/PID/cgroup lists one line per hierarchy: a dozen lines. */
 #define PROC_CGROUP_MAX 8192
 
@@ -114,8 +116,7 @@ int stoke_freezer_find(int pid, struct stoke_freezer *ret)
     return stoke_freezer_parse(buf, len, ret);
 }
 
-/* libcgroup's codes as errnos. */
-static int cg_errno(int code)
+int stoke__cg_errno(int code)
 {
     switch (code) {
     case 0:
@@ -129,6 +130,8 @@ static int cg_errno(int code)
     case ECGROUPNOTMOUNTED:
     case ECGROUPSUBSYSNOTMOUNTED:
         return -ENOTSUP;
+    case ECGEOF:
+        return -EINVAL;
     case ECGOTHER: {
         int e = cgroup_get_last_errno();
         return e > 0 ? -e : -ENOTSUP;
@@ -155,10 +158,10 @@ int stoke_freezer_set(const struct stoke_freezer *f, bool frozen)
     ctl = cgroup_add_controller(cg, controller);
     if (!ctl)
         goto out;
-    r = cg_errno(cgroup_add_value_string(ctl, file, value));
+    r = stoke__cg_errno(cgroup_add_value_string(ctl, file, value));
     if (r < 0)
         goto out;
-    r = cg_errno(cgroup_modify_cgroup(cg));
+    r = stoke__cg_errno(cgroup_modify_cgroup(cg));
 out:
     cgroup_free(&cg);
     return r;
@@ -182,7 +185,7 @@ int stoke_freezer_get(const struct stoke_freezer *f)
     if (r == ECGEOF)
         return -EINVAL;
     if (r != 0)
-        return cg_errno(r);
+        return stoke__cg_errno(r);
     if (f->version == 1)
         return strncmp(buf, "THAWED", 6) == 0 ? 0 : 1; /* FROZEN, FREEZING */
     return buf[0] == '1' ? 1 : 0;

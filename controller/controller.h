@@ -9,8 +9,10 @@
 #include <uv.h>
 
 #include "stoke/autoscale.h"
+#include "stoke/cgusage.h"
 #include "stoke/engine.h"
 #include "stoke/freezer.h"
+#include "stoke/histogram.h"
 #include "stoke/list.h"
 #include "stoke/spec.h"
 #include "stoke/util.h"
@@ -51,6 +53,17 @@ enum replica_state {
 struct function;
 struct adoption;
 
+/* What usage.c keeps of a replica between samples. */
+struct replica_usage {
+    struct stoke_cgroup cg;
+    bool has_cg;           /* cg found for the container's current run */
+    bool lost;             /* cg went away during this run (it exited) */
+    uint64_t last_cpu_ns;  /* the cgroup's CPU counter at the last sample */
+    uint64_t limit_bytes;  /* the cgroup's memory limit, or 0 (the spec's then) */
+    uint64_t sampled_ms;   /* the last sample, or 0: none yet (count from created_ms) */
+    uint64_t memory_bytes; /* at the last sample */
+};
+
 struct replica {
     struct stoke_list node; /* fn->replicas */
     struct function *fn;
@@ -77,6 +90,7 @@ struct replica {
     const char *woke_from; /* how it last left zero: "create", "thaw", "unpause", "start" */
     struct stoke_freezer freezer;
     struct adoption *adoption; /* startup: the adoption waiting for its inspect */
+    struct replica_usage usage;
 };
 
 struct ctrl;
@@ -86,6 +100,9 @@ struct fn_traffic {
     uint64_t requests;  /* all activators, since the controller started: a counter */
     double rps;         /* requests per second, the last reported second */
     double concurrency; /* average in flight + queued, the last reported second */
+    uint64_t second;    /* the second being summed (reports of every activator) */
+    uint64_t second_requests;
+    double second_concurrency;
 };
 
 /* Resource use of a function's replicas, read from their cgroups with
@@ -119,6 +136,11 @@ struct function {
     uint32_t closing;    /* replicas off the list whose handles still close */
     struct fn_traffic traffic;
     struct fn_usage usage;
+    /* The cold start in progress: since when (0: none) and from which tier;
+     * its duration goes to cold_start_hist[tier] once a replica is ready. */
+    uint64_t cold_since_ms;
+    int cold_tier;
+    struct stoke_histogram cold_start_hist[4];
 };
 
 struct ctrl {
@@ -139,7 +161,14 @@ struct ctrl {
     bool watching;
     bool freezer_ok; /* libcgroup is usable */
     bool stopping;
-    bool adopting; /* startup: specs load, nothing is started yet */
+    bool adopting;          /* startup: specs load, nothing is started yet */
+    bool usage_ok;          /* libcgroup reads usage (usage.c) */
+    bool usage_warned;      /* a replica's cgroup was not found: said once */
+    uint64_t watch_reopens; /* the engine's event stream ended and was reopened */
+    /* The engine's health for /healthz: pinged every CTRL_CHECK_PERIOD_MS. */
+    bool pinging;
+    int engine_err;         /* the last ping's result: 0 or a negative errno */
+    char engine_error[128]; /* its message */
     void (*on_stopped)(struct ctrl *c);
 };
 
@@ -155,7 +184,8 @@ void ctrl_reconcile(struct function *fn);
 void ctrl_reconcile_all(struct ctrl *c);
 void ctrl_on_poke(struct ctrl *c, const char *fn);
 /* A report of the average concurrency of `fn` over one second. */
-void ctrl_on_stats(struct ctrl *c, const char *fn, uint64_t second, double concurrency);
+void ctrl_on_stats(struct ctrl *c, const char *fn, uint64_t second, double concurrency,
+                   uint64_t requests);
 /* Runs the autoscaler of every function (each tick). */
 void ctrl_autoscale_all(struct ctrl *c);
 /* An activator's drain state changed: removes replicas no longer in use. */
@@ -181,6 +211,19 @@ const char *ctrl_replica_state_name(enum replica_state s);
 /* metrics.c: the controller's metrics, Prometheus text format 0.0.4,
  * appended to `out`. Returns 0 or -ENOMEM. */
 int ctrl_metrics_render(struct ctrl *c, struct stoke_buf *out);
+
+/* usage.c: per-function CPU, memory and GB-seconds from the replicas'
+ * cgroups. usage_init() readies libcgroup (a warning when it finds no
+ * cgroups: CPU and memory are then not measured); usage_sample_all() runs
+ * each tick; usage_sample() samples one replica now, and runs before each
+ * change of a replica's state that matters to its usage (pausing, waking,
+ * stopping, removing), so the time before the change counts as what it
+ * was and the CPU used since the last tick is not lost with its cgroup. */
+void usage_init(struct ctrl *c);
+void usage_sample_all(struct ctrl *c);
+void usage_sample(struct replica *r);
+/* Whether a replica in this state runs (uses CPU and bills GB-seconds). */
+bool usage_is_running(enum replica_state s);
 
 /* events.c: the engine's event stream, reconnected with back-off. */
 void ctrl_watch_init(struct ctrl *c);

@@ -33,6 +33,7 @@ static void on_end(const struct stoke_engine_result *res, void *data)
     if (now - c->watch_since_ms >= WATCH_HEALTHY_MS)
         c->watch_failures = 0;
     c->watch_failures++;
+    c->watch_reopens++;
     uint64_t wait = stoke_backoff_ms(c->watch_failures, WATCH_BACKOFF_MIN_MS, WATCH_BACKOFF_MAX_MS);
     stoke_warn(NULL, res->err, "the engine's event stream ended: %s; reopening in %llu ms",
                res->err < 0 ? res->message : "closed by the engine", (unsigned long long)wait);

@@ -12,12 +12,16 @@
 #include "controller.h"
 #include "hub.h"
 #include "stoke/log.h"
+#include "stoke/opsd.h"
 
 #define DEFAULT_FUNCTIONS_DIR "/etc/stoke/functions"
 #define DEFAULT_CTL "unix:/run/stoke/ctl.sock"
+#define DEFAULT_OPS "127.0.0.1:9092"
 
 static struct ctrl ctrl;
 static struct fnset *fnset;
+static struct stoke_opsd *opsd;
+static bool adopted; /* past adoption: reconciling */
 static uv_signal_t sigint, sigterm;
 static int exit_code;
 
@@ -34,10 +38,59 @@ static void usage(FILE *f)
             "                        containers (default \"default\")\n"
             "  --port-range LO-HI    ports for replicas on 127.0.0.1 (default 30000-32767)\n"
             "  --ready-timeout DUR   replace a replica not ready by then (default 60s)\n"
+            "  --ops-listen IP:PORT  GET /metrics (Prometheus) and /healthz, or none\n"
+            "                        (default " DEFAULT_OPS ")\n"
             "  --pause-with WAY      cgroup (freeze idle replicas through their cgroup,\n"
             "                        the default) or engine (the engine's pause/unpause)\n"
             "  --log-level LEVEL     debug, info, warn, error (default info)\n"
             "  -h, --help\n");
+}
+
+static void on_health_ping(const struct stoke_engine_result *res, void *data)
+{
+    struct ctrl *c = data;
+    c->pinging = false;
+    if (res->err == -ECANCELED)
+        return;
+    if (res->err < 0 && c->engine_err == 0)
+        stoke_warn(NULL, res->err, "the container engine does not answer its ping: %s",
+                   res->message);
+    c->engine_err = res->err;
+    snprintf(c->engine_error, sizeof(c->engine_error), "%s", res->err < 0 ? res->message : "");
+}
+
+/* For /healthz: one ping in flight at most. */
+static void health_ping(struct ctrl *c)
+{
+    if (c->pinging || c->stopping)
+        return;
+    int r = stoke_engine_ping(c->engine, on_health_ping, c);
+    if (r < 0) {
+        c->engine_err = r;
+        snprintf(c->engine_error, sizeof(c->engine_error), "cannot send a ping");
+        return;
+    }
+    c->pinging = true;
+}
+
+static int ops_metrics(struct stoke_buf *out, void *data)
+{
+    return ctrl_metrics_render(data, out);
+}
+
+static bool ops_health(char *msg, size_t size, void *data)
+{
+    struct ctrl *c = data;
+    if (c->stopping)
+        snprintf(msg, size, "shutting down");
+    else if (!adopted)
+        snprintf(msg, size, "starting: adopting the engine's containers");
+    else if (c->engine_err < 0)
+        snprintf(msg, size, "the container engine does not answer: %s (%s)", c->engine_error,
+                 uv_err_name(c->engine_err));
+    else
+        snprintf(msg, size, "ok");
+    return !c->stopping && adopted && c->engine_err == 0;
 }
 
 static void on_tick(uv_timer_t *t)
@@ -45,10 +98,12 @@ static void on_tick(uv_timer_t *t)
     struct ctrl *c = t->data;
     ctrl_autoscale_all(c);
     ctrl_reconcile_all(c);
+    usage_sample_all(c);
     uint64_t now = uv_now(c->loop);
     if (now - c->last_check_ms >= CTRL_CHECK_PERIOD_MS) {
         c->last_check_ms = now;
         ctrl_check_replicas(c);
+        health_ping(c);
     }
 }
 
@@ -61,8 +116,7 @@ static void on_hub_stats(const char *activator, const char *fn, uint64_t second,
                          uint64_t reqs, void *data)
 {
     (void)activator;
-    (void)reqs;
-    ctrl_on_stats(data, fn, second, conc);
+    ctrl_on_stats(data, fn, second, conc, reqs);
 }
 
 static void on_hub_drain(void *data)
@@ -76,6 +130,8 @@ static void on_stopped(struct ctrl *c)
     if (fnset)
         fnset_close(fnset);
     fnset = NULL;
+    stoke_opsd_close(opsd);
+    opsd = NULL;
     if (c->hub)
         hub_close(c->hub, NULL, NULL);
     c->hub = NULL;
@@ -114,6 +170,7 @@ static void on_adopted(struct ctrl *c, int err)
         ctrl_shutdown(c, on_stopped);
         return;
     }
+    adopted = true;
     ctrl_push_routes(c);
     ctrl_reconcile_all(c);
     uv_timer_start(&c->tick, on_tick, c->cfg.tick_ms, c->cfg.tick_ms);
@@ -123,6 +180,7 @@ static void on_adopted(struct ctrl *c, int err)
 static void on_ping(const struct stoke_engine_result *res, void *data)
 {
     struct ctrl *c = data;
+    c->engine_err = res->err;
     if (res->err < 0) {
         stoke_error(NULL, res->err, "the container engine does not answer: %s; exiting",
                     res->message);
@@ -157,7 +215,7 @@ static int parse_range(const char *s, uint16_t *lo, uint16_t *hi)
 
 int main(int argc, char **argv)
 {
-    enum { O_DIR = 256, O_LISTEN, O_DOCKER, O_INSTANCE, O_PORTS, O_READY, O_LOG, O_PAUSE };
+    enum { O_DIR = 256, O_LISTEN, O_DOCKER, O_INSTANCE, O_PORTS, O_READY, O_LOG, O_PAUSE, O_OPS };
     static const struct option opts[] = {
         {"functions-dir", required_argument, NULL, O_DIR},
         {"listen", required_argument, NULL, O_LISTEN},
@@ -167,12 +225,15 @@ int main(int argc, char **argv)
         {"ready-timeout", required_argument, NULL, O_READY},
         {"log-level", required_argument, NULL, O_LOG},
         {"pause-with", required_argument, NULL, O_PAUSE},
+        {"ops-listen", required_argument, NULL, O_OPS},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     struct ctrl *c = &ctrl;
     enum stoke_log_level level = STOKE_LOG_INFO;
     bool pause_with_engine = false;
+    struct stoke_addr ops_addr;
+    bool use_ops = true;
     int opt, r;
 
     c->cfg.functions_dir = DEFAULT_FUNCTIONS_DIR;
@@ -182,6 +243,7 @@ int main(int argc, char **argv)
     c->cfg.port_max = 32767;
     c->cfg.tick_ms = STOKE_AUTOSCALE_TICK_MS;
     c->cfg.ready_timeout_ms = 60000;
+    (void)stoke_addr_parse(DEFAULT_OPS, &ops_addr);
 
     while ((opt = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         r = 0;
@@ -211,6 +273,9 @@ int main(int argc, char **argv)
         case O_PAUSE:
             pause_with_engine = strcmp(optarg, "engine") == 0;
             r = pause_with_engine || strcmp(optarg, "cgroup") == 0 ? 0 : -EINVAL;
+            break;
+        case O_OPS:
+            r = stoke_opsd_parse_addr(optarg, &ops_addr, &use_ops);
             break;
         case 'h':
             usage(stdout);
@@ -254,6 +319,22 @@ int main(int argc, char **argv)
         uv_run(c->loop, UV_RUN_DEFAULT);
         return 1;
     }
+    if (use_ops) {
+        struct stoke_opsd_callbacks ops_cbs = {
+            .metrics = ops_metrics, .health = ops_health, .data = c};
+        char a[80];
+        stoke_addr_format(&ops_addr, a, sizeof(a));
+        r = stoke_opsd_new(c->loop, &ops_addr, &ops_cbs, &opsd);
+        if (r < 0) {
+            stoke_error(NULL, r, "ops port cannot listen on %s (--ops-listen none disables it)", a);
+            hub_close(c->hub, NULL, NULL);
+            stoke_engine_close(c->engine, NULL, NULL);
+            uv_run(c->loop, UV_RUN_DEFAULT);
+            free(c->ports_used);
+            return 1;
+        }
+        stoke_info(NULL, "ops port listening on %s", a);
+    }
     uv_timer_init(c->loop, &c->tick);
     c->tick.data = c;
     ctrl_watch_init(c);
@@ -262,6 +343,7 @@ int main(int argc, char **argv)
     if (r < 0 && !pause_with_engine)
         stoke_warn(NULL, r,
                    "libcgroup finds no cgroups: idle replicas are paused through the engine");
+    usage_init(c);
     uv_signal_init(c->loop, &sigint);
     uv_signal_init(c->loop, &sigterm);
     uv_signal_start(&sigint, on_signal, SIGINT);

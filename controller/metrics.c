@@ -1,10 +1,18 @@
 /* The controller's metrics in Prometheus text format 0.0.4: per function,
- * its replicas by state, the autoscaler's decision and panic state, and
- * cold starts by tier. Rendered on demand from the controller's state. */
+ * its replicas by state, the autoscaler's decision and panic state, cold
+ * starts by tier and how long they took, the traffic the activators
+ * report and the resources its replicas use; for the controller, the
+ * engine API calls and errors by operation, the event stream's reopens,
+ * the activators connected. Rendered on demand from the controller's
+ * state, on its loop (a scrape reads, never waits).
+ *
+ * Function names are DNS labels (validated), so label values need no
+ * escaping. A deleted function's series go with it. */
 #include <errno.h>
 #include <inttypes.h>
 
 #include "controller.h"
+#include "hub.h"
 
 static const char *const state_names[] = {
     [R_CREATING] = "creating", [R_STARTING] = "starting", [R_PROBING] = "probing",
@@ -21,14 +29,24 @@ const char *ctrl_replica_state_name(enum replica_state s)
 
 static const char *const tier_names[4] = {"paused", "stopped", "created", "new"};
 
-int ctrl_metrics_render(struct ctrl *c, struct stoke_buf *out)
+#define for_each_fn(c, fn)                                                                         \
+    for (struct stoke_list *n_ = (c)->functions.next;                                              \
+         n_ != &(c)->functions && ((fn) = stoke_container_of(n_, struct function, node), 1);       \
+         n_ = n_->next)
+
+static int family(struct stoke_buf *out, const char *name, const char *type, const char *help)
 {
-    int r = 0;
-    r |= stoke_buf_printf(out, "# HELP stoke_controller_replicas Replicas of a function by state; "
-                               "state=\"desired\" is the autoscaler's decision.\n"
-                               "# TYPE stoke_controller_replicas gauge\n");
-    for (struct stoke_list *n = c->functions.next; n != &c->functions; n = n->next) {
-        struct function *fn = stoke_container_of(n, struct function, node);
+    return stoke_buf_printf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static int render_replicas(struct ctrl *c, struct stoke_buf *out)
+{
+    struct function *fn;
+    int r = family(out, "stoke_controller_replicas", "gauge",
+                   "Replicas of a function by state; state=\"desired\" is the autoscaler's "
+                   "decision.");
+    for_each_fn(c, fn)
+    {
         unsigned count[N_STATES] = {0};
         for (struct stoke_list *m = fn->replicas.next; m != &fn->replicas; m = m->next)
             count[stoke_container_of(m, struct replica, node)->state]++;
@@ -40,23 +58,186 @@ int ctrl_metrics_render(struct ctrl *c, struct stoke_buf *out)
                                   "stoke_controller_replicas{function=\"%s\",state=\"%s\"} %u\n",
                                   fn->spec.name, state_names[s], count[s]);
     }
-    r |= stoke_buf_printf(out, "# HELP stoke_controller_panic 1 while the function's autoscaler is "
-                               "in panic mode.\n# TYPE stoke_controller_panic gauge\n");
-    for (struct stoke_list *n = c->functions.next; n != &c->functions; n = n->next) {
-        struct function *fn = stoke_container_of(n, struct function, node);
+    r |= family(out, "stoke_controller_panic", "gauge",
+                "1 while the function's autoscaler is in panic mode.");
+    for_each_fn(c, fn)
+    {
         r |= stoke_buf_printf(out, "stoke_controller_panic{function=\"%s\"} %d\n", fn->spec.name,
                               fn->panic ? 1 : 0);
     }
-    r |= stoke_buf_printf(out, "# HELP stoke_controller_cold_starts_total Scale-ups from zero "
-                               "ready replicas, by the tier they woke from.\n"
-                               "# TYPE stoke_controller_cold_starts_total counter\n");
-    for (struct stoke_list *n = c->functions.next; n != &c->functions; n = n->next) {
-        struct function *fn = stoke_container_of(n, struct function, node);
+    return r;
+}
+
+static int render_cold_starts(struct ctrl *c, struct stoke_buf *out)
+{
+    struct function *fn;
+    int r = family(out, "stoke_controller_cold_starts_total", "counter",
+                   "Scale-ups from zero ready replicas, by the tier they woke from.");
+    for_each_fn(c, fn)
+    {
         for (int t = 0; t < 4; t++)
             r |= stoke_buf_printf(out,
                                   "stoke_controller_cold_starts_total{function=\"%s\",tier=\"%s\"} "
                                   "%" PRIu64 "\n",
                                   fn->spec.name, tier_names[t], fn->wakes[t]);
     }
+    r |= family(out, "stoke_controller_cold_start_duration_seconds", "histogram",
+                "From the controller starting a scale-up from zero ready replicas (at once on "
+                "an activator's poke, else at its tick) to the first replica ready, by the "
+                "fastest tier it woke from. A cold start whose function went back to zero "
+                "before any replica was ready is not observed.");
+    for_each_fn(c, fn)
+    {
+        for (int t = 0; t < 4 && r == 0; t++) {
+            char labels[128];
+            snprintf(labels, sizeof(labels), "function=\"%s\",tier=\"%s\"", fn->spec.name,
+                     tier_names[t]);
+            r = stoke_histogram_format(&fn->cold_start_hist[t],
+                                       "stoke_controller_cold_start_duration_seconds", labels, out);
+        }
+    }
+    return r;
+}
+
+/* One engine counter family: a series per operation. */
+static int engine_family(struct stoke_buf *out, const char *name, const char *help,
+                         const uint64_t *counts)
+{
+    int r = family(out, name, "counter", help);
+    for (int op = 0; op < STOKE_ENGINE_OPS; op++)
+        r |= stoke_buf_printf(out, "%s{op=\"%s\"} %" PRIu64 "\n", name, stoke_engine_op_name(op),
+                              counts[op]);
+    return r;
+}
+
+static int render_engine(struct ctrl *c, struct stoke_buf *out)
+{
+    struct stoke_engine_stats st;
+    stoke_engine_stats(c->engine, &st);
+    int r = engine_family(out, "stoke_controller_engine_calls_total",
+                          "Container engine API calls finished, by operation (an event stream "
+                          "counts when it ends).",
+                          st.calls);
+    r |= engine_family(out, "stoke_controller_engine_errors_total",
+                       "Container engine API calls that failed (engine error status, transport "
+                       "error, timeout), by operation.",
+                       st.errors);
+    r |= family(out, "stoke_controller_engine_up", "gauge",
+                "1 when the container engine answered the controller's last ping.");
+    r |= stoke_buf_printf(out, "stoke_controller_engine_up %d\n", c->engine_err == 0 ? 1 : 0);
+    r |= family(out, "stoke_controller_engine_event_stream_reopens_total", "counter",
+                "Times the engine's event stream ended and was reopened.");
+    r |= stoke_buf_printf(out, "stoke_controller_engine_event_stream_reopens_total %" PRIu64 "\n",
+                          c->watch_reopens);
+    return r;
+}
+
+static int render_controller(struct ctrl *c, struct stoke_buf *out)
+{
+    struct function *fn;
+    unsigned n = 0;
+    for_each_fn(c, fn) n += !fn->deleted;
+    int r = family(out, "stoke_controller_functions", "gauge", "Functions with a spec.");
+    r |= stoke_buf_printf(out, "stoke_controller_functions %u\n", n);
+    r |= family(out, "stoke_controller_activators", "gauge",
+                "Activator channels connected (each activator worker thread keeps its own).");
+    r |= stoke_buf_printf(out, "stoke_controller_activators %u\n",
+                          c->hub ? hub_activators(c->hub) : 0);
+    return r;
+}
+
+/* Reports stop when no activator is connected: the last second's rates
+ * are then no longer current. */
+static bool traffic_fresh(const struct function *fn)
+{
+    return fn->traffic.second + 3 >= uv_now(fn->ctrl->loop) / 1000;
+}
+
+static double get_requests(const struct function *fn)
+{
+    return (double)fn->traffic.requests;
+}
+
+static double get_rps(const struct function *fn)
+{
+    return traffic_fresh(fn) ? fn->traffic.rps : 0.0;
+}
+
+static double get_concurrency(const struct function *fn)
+{
+    return traffic_fresh(fn) ? fn->traffic.concurrency : 0.0;
+}
+
+static double get_cpu(const struct function *fn)
+{
+    return fn->usage.cpu_seconds;
+}
+
+static double get_memory(const struct function *fn)
+{
+    return (double)fn->usage.memory_bytes;
+}
+
+static double get_gb_seconds(const struct function *fn)
+{
+    return fn->usage.gb_seconds;
+}
+
+/* The stoke_function_* families: one series per function. */
+static const struct {
+    const char *name, *type, *help;
+    double (*get)(const struct function *fn);
+    int decimals;
+    bool cgroups; /* read from cgroups: left out when libcgroup finds none */
+} fn_families[] = {
+    {"stoke_function_requests_total", "counter",
+     "Requests to the function, as the activators report them (all activators, since the "
+     "controller started).",
+     get_requests, 0, false},
+    {"stoke_function_requests_per_second", "gauge",
+     "Requests per second to the function, the last second all activators reported.", get_rps, 3,
+     false},
+    {"stoke_function_concurrency", "gauge",
+     "Requests in flight plus queued, averaged over the last second all activators reported, "
+     "summed over them.",
+     get_concurrency, 3, false},
+    {"stoke_function_cpu_seconds_total", "counter",
+     "CPU time of the function's replicas (their cgroups), removed ones included, since the "
+     "controller started.",
+     get_cpu, 6, true},
+    {"stoke_function_memory_bytes", "gauge",
+     "Memory charged to the function's replicas' cgroups (paused ones included), at the last "
+     "tick.",
+     get_memory, 0, true},
+    {"stoke_function_gb_seconds_total", "counter",
+     "Memory limit in GiB times seconds each replica ran (not paused, not stopped, not gone), "
+     "summed over its replicas: what serverless platforms bill.",
+     get_gb_seconds, 6, false},
+};
+
+static int render_functions(struct ctrl *c, struct stoke_buf *out)
+{
+    struct function *fn;
+    int r = 0;
+    for (size_t i = 0; i < STOKE_ARRAY_SIZE(fn_families); i++) {
+        if (fn_families[i].cgroups && !c->usage_ok)
+            continue;
+        r |= family(out, fn_families[i].name, fn_families[i].type, fn_families[i].help);
+        for_each_fn(c, fn)
+        {
+            r |= stoke_buf_printf(out, "%s{function=\"%s\"} %.*f\n", fn_families[i].name,
+                                  fn->spec.name, fn_families[i].decimals, fn_families[i].get(fn));
+        }
+    }
+    return r;
+}
+
+int ctrl_metrics_render(struct ctrl *c, struct stoke_buf *out)
+{
+    int r = render_controller(c, out);
+    r |= render_engine(c, out);
+    r |= render_replicas(c, out);
+    r |= render_cold_starts(c, out);
+    r |= render_functions(c, out);
     return r < 0 ? -ENOMEM : 0;
 }

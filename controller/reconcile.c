@@ -208,6 +208,7 @@ static int replica_thaw(struct replica *r)
 
 static void replica_remove_container(struct replica *r)
 {
+    usage_sample(r); /* the CPU it used since the last tick, before its cgroup goes */
     (void)replica_thaw(r);
     if (r->id[0] == '\0') {
         replica_free(r);
@@ -229,6 +230,7 @@ static void replica_remove_container(struct replica *r)
  * before it served). */
 static void replica_discard(struct replica *r)
 {
+    usage_sample(r); /* an idle one's time counts as idle, not running */
     r->state = R_RETIRING;
     replica_remove_container(r);
 }
@@ -279,6 +281,7 @@ static void replica_retire(struct replica *r)
     if (r->state == R_RETIRING)
         return;
     bool was_ready = r->state == R_READY;
+    usage_sample(r);
     r->state = R_RETIRING;
     probe_stop(r->probe);
     r->probe = NULL;
@@ -334,6 +337,11 @@ static void on_probe_ready(void *data)
     uv_timer_stop(&r->timer);
     r->state = R_READY;
     r->ready_ms = uv_now(fn->ctrl->loop);
+    if (fn->cold_since_ms) {
+        stoke_histogram_observe(&fn->cold_start_hist[fn->cold_tier],
+                                (r->ready_ms - fn->cold_since_ms) * 1000);
+        fn->cold_since_ms = 0;
+    }
     /* A crash loop ends once a replica has stayed up (replica_failed). */
     fn->backoff_ms = 0;
     fn->last_error[0] = '\0';
@@ -552,6 +560,7 @@ static void on_idle_stopped(const struct stoke_engine_result *res, void *data)
         replica_discard(r);
         return;
     }
+    usage_sample(r);
     r->state = R_STOPPED;
     r->engine_paused = false;
     stoke_info(fn->spec.name, "replica %.12s stopped (idle); removed in %llu ms", r->id,
@@ -561,6 +570,7 @@ static void on_idle_stopped(const struct stoke_engine_result *res, void *data)
 
 static void replica_stop_idle(struct replica *r)
 {
+    usage_sample(r);
     (void)replica_thaw(r);
     int e = stoke_engine_stop(r->fn->ctrl->engine, r->id, STOP_GRACE_S, on_idle_stopped, r);
     if (e < 0) {
@@ -580,6 +590,7 @@ static void paused(struct replica *r, const char *how)
         replica_discard(r);
         return;
     }
+    usage_sample(r);
     r->state = R_PAUSED;
     stoke_info(fn->spec.name, "replica %.12s paused (idle, %s); stopped in %llu ms", r->id, how,
                (unsigned long long)fn->spec.scale.stop_after_ms);
@@ -729,6 +740,7 @@ static bool replica_wake(struct replica *r, enum tier t)
     struct function *fn = r->fn;
     struct ctrl *c = fn->ctrl;
     uv_timer_stop(&r->timer);
+    usage_sample(r); /* its idle time ends here */
     r->created_ms = uv_now(c->loop);
     r->exited = false;
     r->oom = false;
@@ -902,6 +914,12 @@ void ctrl_reconcile(struct function *fn)
         for (int t = TIER_NEW; t >= 0; t--)
             if (by_tier[t] > 0)
                 best = t;
+        /* Timed until its first replica is ready; a retry after a failed
+         * replica continues the same cold start. */
+        if (cold && fn->cold_since_ms == 0) {
+            fn->cold_since_ms = now;
+            fn->cold_tier = best;
+        }
         stoke_info(fn->spec.name,
                    "%s from %s: %u -> %u replicas (woken: %u paused, %u stopped, %u created; %u "
                    "new)",
@@ -910,11 +928,13 @@ void ctrl_reconcile(struct function *fn)
                    by_tier[TIER_NEW]);
     } else if (live > want) {
         retire_some(fn, live - want, true);
-        if (want == 0)
+        if (want == 0) {
+            fn->cold_since_ms = 0; /* back to zero before any replica was ready */
             stoke_info(fn->spec.name, "idle for %llu ms: scaled to zero",
                        (unsigned long long)fn->spec.scale.scale_to_zero_grace_ms);
-        else
+        } else {
             stoke_info(fn->spec.name, "scaling down to %u replicas", want);
+        }
     }
 
     /* A rollout: replicas of an earlier revision serve until the current
@@ -1046,11 +1066,29 @@ void ctrl_on_poke(struct ctrl *c, const char *name)
     }
 }
 
-void ctrl_on_stats(struct ctrl *c, const char *name, uint64_t second, double concurrency)
+void ctrl_on_stats(struct ctrl *c, const char *name, uint64_t second, double concurrency,
+                   uint64_t requests)
 {
     struct function *fn = ctrl_function_find(c, name);
     if (!fn || fn->deleted)
         return;
+    /* A second's totals are shown once reports for a later one arrive:
+     * by then every activator has reported it. */
+    struct fn_traffic *t = &fn->traffic;
+    t->requests += requests;
+    if (second > t->second) {
+        if (t->second) {
+            t->rps = second == t->second + 1 ? (double)t->second_requests : 0;
+            t->concurrency = second == t->second + 1 ? t->second_concurrency : 0;
+        }
+        t->second = second;
+        t->second_requests = 0;
+        t->second_concurrency = 0;
+    }
+    if (second == t->second) {
+        t->second_requests += requests;
+        t->second_concurrency += concurrency;
+    }
     /* Reports of several activators for one second add up. */
     (void)stoke_metric_window_add(&fn->metrics, second, concurrency);
 }

@@ -143,6 +143,45 @@ typedef void (*stoke_engine_event_cb)(const struct stoke_container_event *ev, vo
 int stoke_engine_events(struct stoke_engine *e, const char *key, const char *value,
                         stoke_engine_event_cb on_event, stoke_engine_cb on_end, void *data);
 
+/* The engine API operations stoke counts (stoke_engine_stats()). */
+enum stoke_engine_op {
+    STOKE_ENGINE_OP_PING,
+    STOKE_ENGINE_OP_IMAGE_INSPECT,
+    STOKE_ENGINE_OP_CREATE,
+    STOKE_ENGINE_OP_START,
+    STOKE_ENGINE_OP_INSPECT,
+    STOKE_ENGINE_OP_PAUSE,
+    STOKE_ENGINE_OP_UNPAUSE,
+    STOKE_ENGINE_OP_STOP,
+    STOKE_ENGINE_OP_REMOVE,
+    STOKE_ENGINE_OP_LIST,
+    STOKE_ENGINE_OP_EVENTS,
+    STOKE_ENGINE_OP_LOGS,
+    STOKE_ENGINE_OP_OTHER,
+    STOKE_ENGINE_OPS
+};
+
+/* Calls finished since the engine was made, by operation: `calls` counts
+ * every call whose callback ran (an event stream counts when it ends),
+ * `errors` those among them that ended with res->err < 0 (engine errors,
+ * transport errors, -ECANCELED at close). A call refused at once (its
+ * function returned an error) is in neither. */
+struct stoke_engine_stats {
+    uint64_t calls[STOKE_ENGINE_OPS];
+    uint64_t errors[STOKE_ENGINE_OPS];
+};
+
+/* Copies the counters into *ret. */
+void stoke_engine_stats(const struct stoke_engine *e, struct stoke_engine_stats *ret);
+
+/* "create", "start"...: the `op` label of the controller's metrics. */
+const char *stoke_engine_op_name(enum stoke_engine_op op);
+
+/* The operation of a request: `method` ("GET", "POST", "DELETE") on the
+ * API path `path` after the version prefix ("/containers/ID/start?x=1",
+ * "/_ping"). Pure; STOKE_ENGINE_OP_OTHER for anything else. */
+enum stoke_engine_op stoke_engine_op_of(const char *method, const char *path);
+
 /* A container's state as the engine reports it. */
 struct stoke_container_state {
     char id[65];

@@ -209,6 +209,7 @@ class Stoke:
         self.ctl = "unix:" + os.path.join(self.tmp, "ctl.sock")
         self.port = free_port()
         self.ops_port = free_port()  # the activator's ops port (/metrics, /healthz)
+        self.ctl_ops_port = free_port()  # the controller's ops port
         # Replica ports: a block of 128 of the controller's default range,
         # picked at random, so that tests running beside each other (two
         # runs on one machine) rarely hand out the same port.
@@ -235,7 +236,8 @@ class Stoke:
     def _controller_argv(self):
         return [os.path.join(BUILD, "stoke-controller"), "--functions-dir", self.fndir,
                 "--listen", self.ctl, "--instance", self.instance,
-                "--port-range", self.port_range, "--log-level", "debug"] + self.extra
+                "--port-range", self.port_range, "--log-level", "debug",
+                "--ops-listen", "127.0.0.1:%d" % self.ctl_ops_port] + self.extra
 
     def restart_controller(self, logname):
         """kill -9 of the controller, then a new one (logging to

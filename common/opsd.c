@@ -1,4 +1,5 @@
-#include "ops.h"
+/* The ops port both daemons serve; see stoke/opsd.h. */
+#include "stoke/opsd.h"
 
 #include <errno.h>
 #include <stdbool.h>
@@ -17,13 +18,11 @@
 #define OPS_IDLE_TIMEOUT_MS 60000
 #define OPS_MAX_UNSENT (16u << 20)  /* answers a pipelining client has not read */
 #define OPS_MAX_METRICS (64u << 20) /* the rendered text; over: 500 */
-/* A worker beats every 250 ms (main.c); one silent this long is stuck. */
-#define OPS_STALE_MS 3000
 
-struct ops {
+struct stoke_opsd {
     uv_loop_t *loop;
     uv_tcp_t listener;
-    struct metrics *m;
+    struct stoke_opsd_callbacks cbs;
     llhttp_settings_t settings;
     struct stoke_list conns;
     unsigned n_conns;
@@ -35,7 +34,7 @@ struct ops_conn {
     uv_tcp_t tcp;
     uv_timer_t timer;
     int handles;
-    struct ops *o;
+    struct stoke_opsd *o;
     struct stoke_list node;
     llhttp_t parser;
     struct stoke_buf url;
@@ -52,7 +51,7 @@ struct ops_write {
     char data[];
 };
 
-static void ops_handle_closed(struct ops *o)
+static void ops_handle_closed(struct stoke_opsd *o)
 {
     if (--o->handles == 0 && o->closing)
         free(o);
@@ -68,7 +67,7 @@ static void on_conn_handle_closed(uv_handle_t *h)
     struct ops_conn *c = h->data;
     if (--c->handles > 0)
         return;
-    struct ops *o = c->o;
+    struct stoke_opsd *o = c->o;
     stoke_buf_done(&c->url);
     free(c);
     ops_handle_closed(o);
@@ -170,16 +169,11 @@ static void conn_error(struct ops_conn *c, int status)
 
 static void answer_health(struct ops_conn *c, bool head_only, bool close_conn)
 {
-    unsigned worker = 0;
-    uint64_t age_ms = 0;
-    int stale =
-        metrics_check_health(c->o->m, uv_hrtime() / 1000000, OPS_STALE_MS, &worker, &age_ms);
-    char body[128];
-    int n = stale == 0 ? snprintf(body, sizeof(body), "ok\n")
-                       : snprintf(body, sizeof(body),
-                                  "%d worker%s stalled: worker %u silent for %llu ms\n", stale,
-                                  stale == 1 ? "" : "s", worker, (unsigned long long)age_ms);
-    conn_answer(c, stale == 0 ? 200 : 503, "text/plain; charset=utf-8", body, (size_t)n, head_only,
+    char msg[256] = "";
+    bool ok = c->o->cbs.health(msg, sizeof(msg), c->o->cbs.data);
+    char body[sizeof(msg) + 1];
+    int n = snprintf(body, sizeof(body), "%s\n", msg);
+    conn_answer(c, ok ? 200 : 503, "text/plain; charset=utf-8", body, (size_t)n, head_only,
                 close_conn);
 }
 
@@ -187,7 +181,7 @@ static void answer_metrics(struct ops_conn *c, bool head_only, bool close_conn)
 {
     struct stoke_buf out;
     stoke_buf_init(&out, OPS_MAX_METRICS);
-    if (metrics_format(c->o->m, &out) < 0) {
+    if (c->o->cbs.metrics(&out, c->o->cbs.data) < 0) {
         stoke_buf_done(&out);
         conn_error(c, 500);
         return;
@@ -305,7 +299,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 
 static void on_accept(uv_stream_t *server, int status)
 {
-    struct ops *o = server->data;
+    struct stoke_opsd *o = server->data;
     if (status < 0)
         return;
     struct ops_conn *c = calloc(1, sizeof(*c));
@@ -331,15 +325,16 @@ static void on_accept(uv_stream_t *server, int status)
     uv_timer_start(&c->timer, on_timeout, OPS_HEAD_TIMEOUT_MS, 0);
 }
 
-int ops_new(uv_loop_t *loop, const struct stoke_addr *addr, struct metrics *m, struct ops **ret)
+int stoke_opsd_new(uv_loop_t *loop, const struct stoke_addr *addr,
+                   const struct stoke_opsd_callbacks *cbs, struct stoke_opsd **ret)
 {
     if (addr->is_unix)
         return -EINVAL;
-    struct ops *o = calloc(1, sizeof(*o));
+    struct stoke_opsd *o = calloc(1, sizeof(*o));
     if (!o)
         return -ENOMEM;
     o->loop = loop;
-    o->m = m;
+    o->cbs = *cbs;
     stoke_list_init(&o->conns);
     llhttp_settings_init(&o->settings);
     o->settings.on_message_begin = on_begin;
@@ -355,14 +350,14 @@ int ops_new(uv_loop_t *loop, const struct stoke_addr *addr, struct metrics *m, s
     if (r == 0)
         r = uv_listen((uv_stream_t *)&o->listener, 64, on_accept);
     if (r < 0) {
-        ops_close(o);
+        stoke_opsd_close(o);
         return r;
     }
     *ret = o;
     return 0;
 }
 
-void ops_close(struct ops *o)
+void stoke_opsd_close(struct stoke_opsd *o)
 {
     if (!o || o->closing)
         return;
@@ -370,4 +365,18 @@ void ops_close(struct ops *o)
     while (!stoke_list_empty(&o->conns))
         conn_close(stoke_container_of(stoke_list_first(&o->conns), struct ops_conn, node));
     uv_close((uv_handle_t *)&o->listener, on_listener_closed);
+}
+
+int stoke_opsd_parse_addr(const char *s, struct stoke_addr *ret, bool *ret_on)
+{
+    struct stoke_addr a;
+    if (strcmp(s, "none") == 0) {
+        *ret_on = false;
+        return 0;
+    }
+    if (stoke_addr_parse(s, &a) < 0 || a.is_unix)
+        return -EINVAL;
+    *ret = a;
+    *ret_on = true;
+    return 0;
 }
