@@ -1,21 +1,16 @@
 /* Knative serving.knative.dev/v1 Service manifests to stoke specs.
  *
- * Like common/spec.c, two passes. The first turns libyaml's events into a
- * flat array of nodes without recursion and does every YAML-level refusal
- * with the same caps as stoke/v1. The second walks the Knative schema by
- * hand: its call depth follows the schema (at most seven levels), whatever
- * the input. Fields are paths as Knative's own validation prints them
- * ("spec.template.metadata.annotations.autoscaling.knative.dev/min-scale").
- *
- * Known gap: pass one repeats spec.c's (the hook there had to stay a few
- * lines while spec.c was being changed elsewhere); the two should become one
- * internal module. */
+ * Like common/spec.c, two passes, and the first is the same: common/yamltree.c
+ * reads the YAML into a tree with every YAML-level refusal and the same caps
+ * as stoke/v1. The second walks the Knative schema by hand: its call depth
+ * follows the schema (at most seven levels), whatever the input. Fields are
+ * paths as Knative's own validation prints them
+ * ("spec.template.metadata.annotations.autoscaling.knative.dev/min-scale"). */
 #include "stoke/knative.h"
+#include "yamltree.h"
 
-#include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
-#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,32 +28,8 @@
 #define MAX_CPU_MILLIS UINT64_C(1000000)
 #define PATH_MAX_LEN 128
 
-static const char TAG_PREFIX[] = "tag:yaml.org,2002:";
-
-enum kind {
-    K_SCALAR,
-    K_SEQ,
-    K_MAP,
-};
-
-struct knode {
-    enum kind kind;
-    unsigned line, column;
-    int first, last, next; /* children (mappings: key, value, ...) and siblings */
-    int parent;            /* -1 for the root */
-    int name;              /* the key naming it in its mapping (itself for a key), else -1 */
-    size_t nchild;
-    size_t index; /* a sequence item: its position */
-    char *text;   /* scalars: owned */
-    bool plain;   /* plain and untagged: YAML would resolve its type */
-    bool str_tag; /* quoted, block, or tagged !!str or "!" */
-};
-
 struct kctx {
-    const char *file;
-    struct stoke_diag *err;
-    struct knode *n;
-    size_t len, cap;
+    struct stoke__yaml y;
     struct stoke_diag *warns; /* up to STOKE_KNATIVE_MAX_WARNINGS */
     size_t nwarn, dropped;
     /* Autoscaling annotations that are checked against each other. */
@@ -66,59 +37,7 @@ struct kctx {
     char path_min[PATH_MAX_LEN], path_initial[PATH_MAX_LEN];
 };
 
-/* --- errors and warnings ---------------------------------------------------- */
-
-static void vset(const struct kctx *c, struct stoke_diag *d, unsigned line, unsigned column,
-                 const char *field, const char *fmt, va_list ap)
-    __attribute__((format(printf, 6, 0)));
-
-/* Formats into `d`; the message is cut at the diag's size. */
-static void vset(const struct kctx *c, struct stoke_diag *d, unsigned line, unsigned column,
-                 const char *field, const char *fmt, va_list ap)
-{
-    char msg[sizeof(d->message)];
-
-    if (vsnprintf(msg, sizeof(msg), fmt, ap) < 0)
-        msg[0] = '\0';
-    stoke_diag_set(d, c->file, line, column, field, "%s", msg);
-}
-
-static int fail_at(struct kctx *c, unsigned line, unsigned column, const char *field, int err,
-                   const char *fmt, ...) __attribute__((format(printf, 6, 7)));
-
-static int fail_at(struct kctx *c, unsigned line, unsigned column, const char *field, int err,
-                   const char *fmt, ...)
-{
-    va_list ap;
-
-    if (c->err) {
-        va_start(ap, fmt);
-        vset(c, c->err, line, column, field, fmt, ap);
-        va_end(ap);
-    }
-    return err;
-}
-
-/* Fails at node `i`, naming `path`. */
-static int fail(struct kctx *c, int i, const char *path, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int fail(struct kctx *c, int i, const char *path, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (c->err) {
-        va_start(ap, fmt);
-        vset(c, c->err, c->n[i].line, c->n[i].column, path, fmt, ap);
-        va_end(ap);
-    }
-    return -EINVAL;
-}
-
-static int nomem(struct kctx *c)
-{
-    return fail_at(c, 0, 0, "", -ENOMEM, "out of memory");
-}
+/* --- warnings ----------------------------------------------------------------- */
 
 static int warn(struct kctx *c, int i, const char *path, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
@@ -135,10 +54,10 @@ static int warn(struct kctx *c, int i, const char *path, const char *fmt, ...)
     if (!c->warns) {
         c->warns = calloc(STOKE_KNATIVE_MAX_WARNINGS, sizeof(*c->warns));
         if (!c->warns)
-            return nomem(c);
+            return stoke__yaml_oom(&c->y);
     }
     va_start(ap, fmt);
-    vset(c, &c->warns[c->nwarn++], c->n[i].line, c->n[i].column, path, fmt, ap);
+    stoke__yaml_vdiag(&c->y, &c->warns[c->nwarn++], i, path, fmt, ap);
     va_end(ap);
     return 0;
 }
@@ -148,327 +67,7 @@ static int unsupported(struct kctx *c, int key, const char *path)
     return warn(c, key, path, "not supported by stoke, ignored");
 }
 
-/* --- pass 1: events to nodes ------------------------------------------------ */
-
-/* The dotted path of node `i` for YAML-level errors, found by walking up:
- * pass 2 knows its paths as it goes, pass 1 does not. */
-static void node_path(const struct kctx *c, int i, char *buf, size_t size)
-{
-    int chain[2 * STOKE_SPEC_MAX_DEPTH + 2];
-    size_t n = 0, pos = 0;
-
-    buf[0] = '\0';
-    for (; i >= 0 && n < sizeof(chain) / sizeof(chain[0]); i = c->n[i].parent)
-        if (c->n[i].parent >= 0 && (c->n[i].name >= 0 || c->n[c->n[i].parent].kind == K_SEQ))
-            chain[n++] = i;
-    while (n > 0 && pos < size) {
-        const struct knode *nd = &c->n[chain[--n]];
-        int w = nd->name >= 0 ? snprintf(buf + pos, size - pos, "%s%s", pos ? "." : "",
-                                         c->n[nd->name].text ? c->n[nd->name].text : "*")
-                              : snprintf(buf + pos, size - pos, "[%zu]", nd->index);
-        if (w < 0)
-            break;
-        pos += (size_t)w;
-    }
-}
-
-static int fail_yaml(struct kctx *c, int i, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int fail_yaml(struct kctx *c, int i, const char *fmt, ...)
-{
-    char field[sizeof(c->err->field)];
-    va_list ap;
-
-    if (c->err) {
-        node_path(c, i, field, sizeof(field));
-        va_start(ap, fmt);
-        vset(c, c->err, c->n[i].line, c->n[i].column, field, fmt, ap);
-        va_end(ap);
-    }
-    return -EINVAL;
-}
-
-static unsigned mark_num(size_t v)
-{
-    return v >= UINT_MAX ? UINT_MAX : (unsigned)v + 1;
-}
-
-/* libyaml's reader errors carry a byte offset: count lines and columns (in
- * characters) up to it as its scanner would. */
-static void offset_mark(const char *buf, size_t off, unsigned *line, unsigned *column)
-{
-    const unsigned char *p = (const unsigned char *)buf;
-    size_t l = 0, col = 0;
-
-    for (size_t i = 0; i < off;) {
-        size_t w = 1;
-        bool brk = p[i] == '\n' || p[i] == '\r';
-        if (p[i] == '\r' && i + 1 < off && p[i + 1] == '\n')
-            w = 2;
-        else if (p[i] == 0xC2 && i + 1 < off && p[i + 1] == 0x85)
-            brk = true, w = 2;
-        else if (p[i] == 0xE2 && i + 2 < off && p[i + 1] == 0x80 &&
-                 (p[i + 2] == 0xA8 || p[i + 2] == 0xA9))
-            brk = true, w = 3;
-        else if (p[i] >= 0xC0)
-            w = p[i] >= 0xF0 ? 4 : p[i] >= 0xE0 ? 3 : 2;
-        if (i + w > off)
-            break;
-        l = brk ? l + 1 : l;
-        col = brk ? 0 : col + 1;
-        i += w;
-    }
-    *line = mark_num(l);
-    *column = mark_num(col);
-}
-
-/* The messages are stoke/v1's, word for word (tests/unit/test_knative.c
- * compares them). */
-static int yaml_error(struct kctx *c, const yaml_parser_t *p, const char *buf, size_t len)
-{
-    const char *problem = p->problem ? p->problem : "unknown error";
-    const char *what = strstr(problem, "UTF-8") ? "not valid UTF-8" : "not valid YAML text";
-    unsigned line, column;
-
-    if (p->error == YAML_MEMORY_ERROR)
-        return nomem(c);
-    if (p->error == YAML_READER_ERROR) {
-        offset_mark(buf, p->problem_offset > len ? len : p->problem_offset, &line, &column);
-        if (p->problem_value >= 0)
-            return fail_at(c, line, column, "", -EINVAL, "%s: %s (byte 0x%02X)", what, problem,
-                           (unsigned)p->problem_value);
-        return fail_at(c, line, column, "", -EINVAL, "%s: %s", what, problem);
-    }
-    line = mark_num(p->problem_mark.line);
-    column = mark_num(p->problem_mark.column);
-    if (p->context)
-        return fail_at(c, line, column, "", -EINVAL,
-                       "YAML syntax error: %s (%s at line %u, column %u)", problem, p->context,
-                       mark_num(p->context_mark.line), mark_num(p->context_mark.column));
-    return fail_at(c, line, column, "", -EINVAL, "YAML syntax error: %s", problem);
-}
-
-static bool is_tag(const char *tag, const char *name)
-{
-    size_t n = sizeof(TAG_PREFIX) - 1;
-    return strncmp(tag, TAG_PREFIX, n) == 0 && strcmp(tag + n, name) == 0;
-}
-
-/* The tags stoke/v1 allows, and no others. */
-static int tag_check(struct kctx *c, int i, const yaml_char_t *utag)
-{
-    const char *tag = (const char *)utag;
-    struct knode *nd = &c->n[i];
-    bool ok = false;
-
-    if (!tag)
-        return 0;
-    if (nd->kind == K_SCALAR) {
-        ok = strcmp(tag, "!") == 0 || is_tag(tag, "str") || is_tag(tag, "int");
-        nd->plain = false;
-        nd->str_tag = !is_tag(tag, "int");
-    } else {
-        ok = is_tag(tag, nd->kind == K_SEQ ? "seq" : "map");
-    }
-    if (ok)
-        return 0;
-    if (strncmp(tag, TAG_PREFIX, sizeof(TAG_PREFIX) - 1) == 0)
-        return fail_yaml(c, i, "tag \"!!%.64s\" is not allowed here", tag + sizeof(TAG_PREFIX) - 1);
-    return fail_yaml(c, i, "tag \"%.64s\" is not allowed", tag);
-}
-
-struct keyent {
-    const char *text;
-    int node;
-};
-
-static int cmp_keyent(const void *a, const void *b)
-{
-    const struct keyent *x = a, *y = b;
-    int r = strcmp(x->text, y->text);
-    return r ? r : (x->node > y->node) - (x->node < y->node);
-}
-
-/* Refuses the earliest key of mapping `m` that repeats another. */
-static int no_duplicates(struct kctx *c, int m)
-{
-    size_t n = 0, run = 0, cnt = c->n[m].nchild / 2;
-    struct keyent *k;
-    int dup = -1, orig = -1, r = 0;
-
-    if (cnt < 2)
-        return 0;
-    k = malloc(cnt * sizeof(*k));
-    if (!k)
-        return nomem(c);
-    for (int i = c->n[m].first; i >= 0; i = c->n[c->n[i].next].next, n++)
-        k[n] = (struct keyent){c->n[i].text, i};
-    qsort(k, n, sizeof(*k), cmp_keyent);
-    for (size_t i = 1; i < n; i++) {
-        if (strcmp(k[i].text, k[i - 1].text) != 0)
-            run = i;
-        else if (dup < 0 || k[i].node < dup)
-            dup = k[i].node, orig = k[run].node;
-    }
-    if (dup >= 0)
-        r = fail_yaml(c, dup, "duplicate key \"%.64s\" (first at line %u, column %u)",
-                      c->n[dup].text, c->n[orig].line, c->n[orig].column);
-    free(k);
-    return r;
-}
-
-static int add_node(struct kctx *c, int parent, enum kind kind, const yaml_mark_t *mark, int *ret)
-{
-    struct knode *nd;
-    int i;
-
-    if (c->len >= STOKE_SPEC_MAX_NODES)
-        return fail_at(c, mark_num(mark->line), mark_num(mark->column), "", -EINVAL,
-                       "too many YAML nodes (the limit is %d)", STOKE_SPEC_MAX_NODES);
-    if (c->len == c->cap) {
-        size_t ncap = c->cap ? c->cap * 2 : 64;
-        struct knode *nn = realloc(c->n, ncap * sizeof(*nn));
-        if (!nn)
-            return nomem(c);
-        c->n = nn;
-        c->cap = ncap;
-    }
-    i = (int)c->len++;
-    nd = &c->n[i];
-    *nd = (struct knode){
-        .kind = kind, .first = -1, .last = -1, .next = -1, .parent = parent, .name = -1};
-    nd->line = mark_num(mark->line);
-    nd->column = mark_num(mark->column);
-    if (parent >= 0) {
-        struct knode *p = &c->n[parent];
-        bool is_key = p->kind == K_MAP && p->nchild % 2 == 0;
-        if (p->kind == K_SEQ)
-            nd->index = p->nchild;
-        else if (kind == K_SCALAR || !is_key)
-            nd->name = is_key ? i : p->last;
-        if (p->last >= 0)
-            c->n[p->last].next = i;
-        else
-            p->first = i;
-        p->last = i;
-        p->nchild++;
-        if (is_key && kind != K_SCALAR)
-            return fail_yaml(c, i, "mapping keys must be strings, not %s",
-                             kind == K_MAP ? "mappings" : "sequences");
-    }
-    *ret = i;
-    return 0;
-}
-
-static int build(struct kctx *c, const char *buf, size_t len)
-{
-    yaml_parser_t parser;
-    yaml_event_t ev;
-    int stack[STOKE_SPEC_MAX_DEPTH];
-    size_t depth = 0;
-    unsigned docs = 0;
-    bool have = false, done = false;
-    int r = 0;
-
-    if (len >= 3 && memcmp(buf, "\xEF\xBB\xBF", 3) == 0)
-        buf += 3, len -= 3;
-    if (!yaml_parser_initialize(&parser))
-        return nomem(c);
-    yaml_parser_set_input_string(&parser, (const unsigned char *)buf, len);
-    yaml_parser_set_encoding(&parser, YAML_UTF8_ENCODING);
-    while (!done && r >= 0) {
-        int parent = depth ? stack[depth - 1] : -1, i = -1;
-
-        if (!yaml_parser_parse(&parser, &ev)) {
-            r = yaml_error(c, &parser, buf, len);
-            break;
-        }
-        have = true;
-        switch (ev.type) {
-        case YAML_STREAM_END_EVENT:
-            done = true;
-            break;
-        case YAML_DOCUMENT_START_EVENT:
-            if (++docs > 1)
-                r = fail_at(c, mark_num(ev.start_mark.line), mark_num(ev.start_mark.column), "",
-                            -EINVAL, "a second YAML document: a spec file holds one document");
-            break;
-        case YAML_ALIAS_EVENT:
-            r = add_node(c, parent, K_SCALAR, &ev.start_mark, &i);
-            if (r >= 0)
-                r = fail_yaml(c, i, "aliases are not allowed (\"*%.64s\")",
-                              (const char *)ev.data.alias.anchor);
-            break;
-        case YAML_SCALAR_EVENT:
-            r = add_node(c, parent, K_SCALAR, &ev.start_mark, &i);
-            if (r < 0)
-                break;
-            c->n[i].text = strndup((const char *)ev.data.scalar.value, ev.data.scalar.length);
-            if (!c->n[i].text) {
-                r = nomem(c);
-                break;
-            }
-            c->n[i].plain = ev.data.scalar.style == YAML_PLAIN_SCALAR_STYLE;
-            c->n[i].str_tag = !c->n[i].plain;
-            if (strlen(c->n[i].text) != ev.data.scalar.length)
-                r = fail_yaml(c, i, "NUL characters are not allowed");
-            else
-                r = tag_check(c, i, ev.data.scalar.tag);
-            break;
-        case YAML_SEQUENCE_START_EVENT:
-        case YAML_MAPPING_START_EVENT: {
-            bool map = ev.type == YAML_MAPPING_START_EVENT;
-            r = add_node(c, parent, map ? K_MAP : K_SEQ, &ev.start_mark, &i);
-            if (r >= 0)
-                r = tag_check(c, i, map ? ev.data.mapping_start.tag : ev.data.sequence_start.tag);
-            if (r >= 0 && depth == STOKE_SPEC_MAX_DEPTH)
-                r = fail_yaml(c, i, "nested deeper than %d levels", STOKE_SPEC_MAX_DEPTH);
-            if (r >= 0)
-                stack[depth++] = i;
-            break;
-        }
-        case YAML_SEQUENCE_END_EVENT:
-        case YAML_MAPPING_END_EVENT:
-            assert(depth > 0);
-            depth--;
-            if (ev.type == YAML_MAPPING_END_EVENT)
-                r = no_duplicates(c, stack[depth]);
-            break;
-        default:
-            break;
-        }
-        yaml_event_delete(&ev);
-        have = false;
-    }
-    if (have)
-        yaml_event_delete(&ev);
-    if (r >= 0 && docs == 0)
-        r = fail_at(c, 1, 1, "", -EINVAL, "the file is empty: no YAML document");
-    yaml_parser_delete(&parser);
-    return r;
-}
-
 /* --- pass 2: helpers ---------------------------------------------------------- */
-
-static bool is_null(const struct knode *nd)
-{
-    static const char *const nulls[] = {"", "~", "null", "Null", "NULL"};
-
-    for (size_t i = 0; nd->kind == K_SCALAR && nd->plain && i < 5; i++)
-        if (strcmp(nd->text, nulls[i]) == 0)
-            return true;
-    return false;
-}
-
-static const char *kind_name(const struct knode *nd)
-{
-    if (nd->kind == K_MAP)
-        return "a mapping";
-    if (nd->kind == K_SEQ)
-        return "a sequence";
-    return is_null(nd) ? "nothing (null)" : "a scalar";
-}
 
 /* Field paths are only for messages: a long one is cut short quietly. */
 static void join(char *out, const char *path, const char *key)
@@ -483,101 +82,63 @@ static void join_index(char *out, const char *path, size_t i)
         out[0] = '\0';
 }
 
-/* A mapping (or null, an empty section), else an error. */
-static int want_map(struct kctx *c, int i, const char *path)
-{
-    if (c->n[i].kind == K_MAP || is_null(&c->n[i]))
-        return 0;
-    return fail(c, i, path, "expected a mapping, found %s", kind_name(&c->n[i]));
-}
-
-static int want_seq(struct kctx *c, int i, const char *path)
-{
-    if (c->n[i].kind == K_SEQ || is_null(&c->n[i]))
-        return 0;
-    return fail(c, i, path, "expected a sequence, found %s", kind_name(&c->n[i]));
-}
-
-static int want_text(struct kctx *c, int i, const char *path, const char *what, const char **ret)
-{
-    if (c->n[i].kind != K_SCALAR || is_null(&c->n[i]))
-        return fail(c, i, path, "expected %s, found %s", what, kind_name(&c->n[i]));
-    *ret = c->n[i].text;
-    return 0;
-}
-
-/* The first key of a mapping, -1 for none or null; next key after `k`. */
-static int first_key(const struct kctx *c, int m)
-{
-    return c->n[m].kind == K_MAP ? c->n[m].first : -1;
-}
-
-static int next_key(const struct kctx *c, int k)
-{
-    return c->n[c->n[k].next].next;
-}
-
 static int lookup(const struct kctx *c, int m, const char *key)
 {
-    for (int k = first_key(c, m); k >= 0; k = next_key(c, k))
-        if (strcmp(c->n[k].text, key) == 0)
-            return c->n[k].next;
+    for (int k = stoke__yaml_first_key(&c->y, m); k >= 0; k = stoke__yaml_next_key(&c->y, k))
+        if (strcmp(c->y.nodes[k].text, key) == 0)
+            return c->y.nodes[k].next;
     return -1;
 }
 
 /* A Kubernetes integer field: plain digits, as the API server would take. */
 static int get_int(struct kctx *c, int i, const char *path, uint64_t lo, uint64_t hi, uint64_t *ret)
 {
-    const struct knode *nd = &c->n[i];
+    const struct stoke__yaml_node *nd = &c->y.nodes[i];
     const char *t = nd->text;
     uint64_t v = 0;
 
-    if (nd->kind != K_SCALAR || is_null(nd))
-        return fail(c, i, path, "expected an integer, found %s", kind_name(nd));
+    if (nd->kind != STOKE__YAML_SCALAR || stoke__yaml_is_null(nd))
+        return stoke__yaml_fail(&c->y, i, path, "expected an integer, found %s",
+                                stoke__yaml_kind_name(nd));
     if (nd->str_tag)
-        return fail(c, i, path, "expected an integer, found the string \"%.32s\"", t);
+        return stoke__yaml_fail(&c->y, i, path, "expected an integer, found the string \"%.32s\"",
+                                t);
     if (t[0] == '-' && t[1])
-        return fail(c, i, path, "must not be negative (found %.32s)", t);
+        return stoke__yaml_fail(&c->y, i, path, "must not be negative (found %.32s)", t);
     if (!t[0] || strspn(t, "0123456789") != strlen(t))
-        return fail(c, i, path, "expected a decimal integer, found \"%.32s\"", t);
+        return stoke__yaml_fail(&c->y, i, path, "expected a decimal integer, found \"%.32s\"", t);
     if (t[0] == '0' && t[1])
-        return fail(c, i, path, "leading zeros are not allowed (\"%.32s\")", t);
+        return stoke__yaml_fail(&c->y, i, path, "leading zeros are not allowed (\"%.32s\")", t);
     for (; *t && v <= hi; t++)
         v = v * 10 + (uint64_t)(*t - '0');
     if (*t || v < lo || v > hi)
-        return fail(c, i, path, "must be between %" PRIu64 " and %" PRIu64 " (found %.32s)", lo, hi,
-                    nd->text);
+        return stoke__yaml_fail(&c->y, i, path,
+                                "must be between %" PRIu64 " and %" PRIu64 " (found %.32s)", lo, hi,
+                                nd->text);
     *ret = v;
     return 0;
-}
-
-static bool is_token(const char *s)
-{
-    for (; *s; s++)
-        if (*s < 0x21 || *s > 0x7e)
-            return false;
-    return true;
 }
 
 static int set_string(struct kctx *c, int i, const char *path, char **dst, bool is_path)
 {
     const char *t = NULL;
-    int r = want_text(c, i, path, "a string", &t);
+    int r = stoke__yaml_text(&c->y, i, path, "a string", &t);
     char *d;
 
     if (r < 0)
         return r;
     if (!t[0])
-        return fail(c, i, path, "must not be empty");
+        return stoke__yaml_fail(&c->y, i, path, "must not be empty");
     if (is_path && t[0] != '/')
-        return fail(c, i, path, "must start with '/' (found \"%.64s\")", t);
-    if (strlen(t) > MAX_STRING || !is_token(t))
-        return fail(c, i, path,
-                    "invalid %s \"%.64s\": at most %d printable ASCII characters without spaces",
-                    is_path ? "path" : "image reference", t, MAX_STRING);
+        return stoke__yaml_fail(&c->y, i, path, "must start with '/' (found \"%.64s\")", t);
+    if (strlen(t) > MAX_STRING || !stoke__yaml_is_token(t))
+        return stoke__yaml_fail(
+            &c->y, i, path,
+            "invalid %s \"%.64s\": at most %d printable ASCII characters without spaces",
+            is_path ? "path" : "image reference", t, MAX_STRING);
     d = strdup(t);
     if (!d)
-        return nomem(c);
+        return stoke__yaml_oom(&c->y);
     free(*dst);
     *dst = d;
     return 0;
@@ -596,12 +157,13 @@ typedef int (*key_fn)(struct kctx *c, const char *key, int v, const char *path,
 static int walk(struct kctx *c, int m, const char *path, key_fn fn, bool quiet,
                 struct stoke_spec *s)
 {
-    int r = want_map(c, m, path);
+    int r = stoke__yaml_want_map(&c->y, m, path);
 
-    for (int k = first_key(c, m); r >= 0 && k >= 0; k = next_key(c, k)) {
+    for (int k = stoke__yaml_first_key(&c->y, m); r >= 0 && k >= 0;
+         k = stoke__yaml_next_key(&c->y, k)) {
         char sub[PATH_MAX_LEN];
-        join(sub, path, c->n[k].text);
-        r = fn(c, c->n[k].text, c->n[k].next, sub, s);
+        join(sub, path, c->y.nodes[k].text);
+        r = fn(c, c->y.nodes[k].text, c->y.nodes[k].next, sub, s);
         if (r == UNSUPPORTED || (r == UNKNOWN && !quiet))
             r = unsupported(c, k, sub);
         else if (r == UNKNOWN)
@@ -614,10 +176,10 @@ static int require(struct kctx *c, int m, const char *path, const char *key)
 {
     char sub[PATH_MAX_LEN];
 
-    if (c->n[m].kind == K_MAP && lookup(c, m, key) >= 0)
+    if (c->y.nodes[m].kind == STOKE__YAML_MAP && lookup(c, m, key) >= 0)
         return 0;
     join(sub, path, key);
-    return fail(c, m, sub, "missing required field \"%s\"", key);
+    return stoke__yaml_fail(&c->y, m, sub, "missing required field \"%s\"", key);
 }
 
 /* --- autoscaling annotations ---------------------------------------------------- */
@@ -694,32 +256,34 @@ static int set_annotation(struct kctx *c, const struct annotation *a, int i, con
     bool rounded = false;
     uint64_t v = 0;
     char *field = (char *)&s->scale + a->off;
-    int r = want_text(c, i, path, "a string", &t);
+    int r = stoke__yaml_text(&c->y, i, path, "a string", &t);
 
     if (r < 0)
         return r;
     if (t[0] == '-')
-        return fail(c, i, path, "must not be negative (found \"%.32s\")", t);
+        return stoke__yaml_fail(&c->y, i, path, "must not be negative (found \"%.32s\")", t);
     if (a->type == A_DURATION) {
         r = stoke_parse_duration(t, &v);
         if (r < 0)
-            return fail(c, i, path,
-                        "invalid duration \"%.32s\": use numbers with units ms, s, m or h, "
-                        "e.g. \"30s\" or \"1m30s\"",
-                        t);
+            return stoke__yaml_fail(
+                &c->y, i, path,
+                "invalid duration \"%.32s\": use numbers with units ms, s, m or h, "
+                "e.g. \"30s\" or \"1m30s\"",
+                t);
     } else {
         r = parse_decimal(t, &v, &rounded);
         if (r == -EINVAL || (a->type == A_COUNT && strchr(t, '.')))
-            return fail(c, i, path, "expected %s, found \"%.32s\"",
-                        a->type == A_COUNT ? "a whole number" : "a number", t);
+            return stoke__yaml_fail(&c->y, i, path, "expected %s, found \"%.32s\"",
+                                    a->type == A_COUNT ? "a whole number" : "a number", t);
     }
     if (r < 0 || v < a->min || v > a->max) {
         if (a->type == A_DURATION)
-            return fail(c, i, path,
-                        "must be between %" PRIu64 "s and %" PRIu64 "s (found \"%.32s\")",
-                        a->min / MS_PER_S, a->max / MS_PER_S, t);
-        return fail(c, i, path, "must be between %" PRIu64 " and %" PRIu64 " (found \"%.32s\")",
-                    a->min, a->max, t);
+            return stoke__yaml_fail(
+                &c->y, i, path, "must be between %" PRIu64 "s and %" PRIu64 "s (found \"%.32s\")",
+                a->min / MS_PER_S, a->max / MS_PER_S, t);
+        return stoke__yaml_fail(&c->y, i, path,
+                                "must be between %" PRIu64 " and %" PRIu64 " (found \"%.32s\")",
+                                a->min, a->max, t);
     }
     if (a->type == A_DURATION)
         *(uint64_t *)(void *)field = v;
@@ -734,19 +298,20 @@ static int set_annotation(struct kctx *c, const struct annotation *a, int i, con
 static int walk_annotations(struct kctx *c, int m, const char *path, struct stoke_spec *s)
 {
     int seen[sizeof(annotations) / sizeof(annotations[0])]; /* key nodes in this mapping */
-    int r = want_map(c, m, path);
+    int r = stoke__yaml_want_map(&c->y, m, path);
 
     for (size_t j = 0; j < sizeof(seen) / sizeof(seen[0]); j++)
         seen[j] = -1;
-    for (int k = first_key(c, m); r >= 0 && k >= 0; k = next_key(c, k)) {
-        const char *key = c->n[k].text;
-        int v = c->n[k].next;
+    for (int k = stoke__yaml_first_key(&c->y, m); r >= 0 && k >= 0;
+         k = stoke__yaml_next_key(&c->y, k)) {
+        const char *key = c->y.nodes[k].text;
+        int v = c->y.nodes[k].next;
         char sub[PATH_MAX_LEN];
         const char *t = NULL;
         const struct annotation *a = NULL;
 
         join(sub, path, key);
-        r = want_text(c, v, sub, "a string", &t);
+        r = stoke__yaml_text(&c->y, v, sub, "a string", &t);
         if (r < 0)
             break;
         if (strncmp(key, AS_PREFIX, sizeof(AS_PREFIX) - 1) == 0) {
@@ -755,8 +320,9 @@ static int walk_annotations(struct kctx *c, int m, const char *path, struct stok
                 if (strcmp(name, annotations[j].name) == 0 || strcmp(name, annotations[j].alt) == 0)
                     a = &annotations[j];
             if (a && seen[a - annotations] >= 0)
-                return fail(c, k, sub, "also set as \"%.64s\" at line %u: keep one",
-                            c->n[seen[a - annotations]].text, c->n[seen[a - annotations]].line);
+                return stoke__yaml_fail(&c->y, k, sub, "also set as \"%.64s\" at line %u: keep one",
+                                        c->y.nodes[seen[a - annotations]].text,
+                                        c->y.nodes[seen[a - annotations]].line);
             if (a) {
                 seen[a - annotations] = k;
                 r = set_annotation(c, a, v, sub, s);
@@ -790,38 +356,32 @@ static int check_scale(struct kctx *c, struct stoke_spec *s)
 
     /* A default min (0) or initial (1) never exceeds a max that is set. */
     if (sc->max && sc->min > sc->max)
-        return fail(c, c->at_min, c->path_min,
-                    "min-scale (%u) must not be greater than max-scale (%u)", sc->min, sc->max);
+        return stoke__yaml_fail(&c->y, c->at_min, c->path_min,
+                                "min-scale (%u) must not be greater than max-scale (%u)", sc->min,
+                                sc->max);
     if (sc->max && sc->initial > sc->max)
-        return fail(c, c->at_initial, c->path_initial,
-                    "initial-scale (%u) must not be greater than max-scale (%u)", sc->initial,
-                    sc->max);
+        return stoke__yaml_fail(&c->y, c->at_initial, c->path_initial,
+                                "initial-scale (%u) must not be greater than max-scale (%u)",
+                                sc->initial, sc->max);
     return 0;
 }
 
 /* --- the container ---------------------------------------------------------- */
 
-static bool is_env_name(const char *s)
-{
-    if (!((*s >= 'A' && *s <= 'Z') || (*s >= 'a' && *s <= 'z') || *s == '_'))
-        return false;
-    return strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_") ==
-           strlen(s);
-}
-
 static int env_entry(struct kctx *c, int item, const char *path, struct stoke_spec *s)
 {
-    int r = want_map(c, item, path), name = -1, value = -1;
+    int r = stoke__yaml_want_map(&c->y, item, path), name = -1, value = -1;
     char sub[PATH_MAX_LEN];
     struct stoke_env_var *e;
 
-    for (int k = first_key(c, item); r >= 0 && k >= 0; k = next_key(c, k)) {
-        const char *key = c->n[k].text;
+    for (int k = stoke__yaml_first_key(&c->y, item); r >= 0 && k >= 0;
+         k = stoke__yaml_next_key(&c->y, k)) {
+        const char *key = c->y.nodes[k].text;
         join(sub, path, key);
         if (strcmp(key, "name") == 0)
-            name = c->n[k].next;
+            name = c->y.nodes[k].next;
         else if (strcmp(key, "value") == 0)
-            value = c->n[k].next;
+            value = c->y.nodes[k].next;
         else
             r = unsupported(c, k, sub); /* valueFrom and anything else */
     }
@@ -830,46 +390,52 @@ static int env_entry(struct kctx *c, int item, const char *path, struct stoke_sp
     r = require(c, item, path, "name");
     join(sub, path, "name");
     if (r >= 0)
-        r = want_text(c, name, sub, "a string", &(const char *){NULL});
+        r = stoke__yaml_text(&c->y, name, sub, "a string", &(const char *){NULL});
     if (r < 0)
         return r;
-    if (!is_env_name(c->n[name].text))
-        return fail(c, name, sub,
-                    "invalid environment variable name \"%.64s\": use letters, digits and '_', "
-                    "not starting with a digit",
-                    c->n[name].text);
-    if (strcmp(c->n[name].text, "PORT") == 0)
-        return fail(c, name, sub, "PORT is set by stoke from ports[0].containerPort");
+    if (!stoke__yaml_is_env_name(c->y.nodes[name].text))
+        return stoke__yaml_fail(
+            &c->y, name, sub,
+            "invalid environment variable name \"%.64s\": use letters, digits and '_', "
+            "not starting with a digit",
+            c->y.nodes[name].text);
+    if (strcmp(c->y.nodes[name].text, "PORT") == 0)
+        return stoke__yaml_fail(&c->y, name, sub,
+                                "PORT is set by stoke from ports[0].containerPort");
     for (size_t j = 0; j < s->env_len; j++)
-        if (strcmp(s->env[j].name, c->n[name].text) == 0)
-            return fail(c, name, sub, "duplicate environment variable \"%.64s\"", c->n[name].text);
-    if (value >= 0 && c->n[value].kind != K_SCALAR) {
+        if (strcmp(s->env[j].name, c->y.nodes[name].text) == 0)
+            return stoke__yaml_fail(&c->y, name, sub, "duplicate environment variable \"%.64s\"",
+                                    c->y.nodes[name].text);
+    if (value >= 0 && c->y.nodes[value].kind != STOKE__YAML_SCALAR) {
         join(sub, path, "value");
-        return fail(c, value, sub, "expected a string, found %s", kind_name(&c->n[value]));
+        return stoke__yaml_fail(&c->y, value, sub, "expected a string, found %s",
+                                stoke__yaml_kind_name(&c->y.nodes[value]));
     }
     if (value < 0 && lookup(c, item, "valueFrom") >= 0)
         return 0; /* warned above: the variable is left out */
     e = &s->env[s->env_len];
-    e->name = strdup(c->n[name].text);
-    e->value = strdup(value < 0 || is_null(&c->n[value]) ? "" : c->n[value].text);
+    e->name = strdup(c->y.nodes[name].text);
+    e->value =
+        strdup(value < 0 || stoke__yaml_is_null(&c->y.nodes[value]) ? "" : c->y.nodes[value].text);
     s->env_len++;
-    return e->name && e->value ? 0 : nomem(c);
+    return e->name && e->value ? 0 : stoke__yaml_oom(&c->y);
 }
 
 static int walk_env(struct kctx *c, int seq, const char *path, struct stoke_spec *s)
 {
-    int r = want_seq(c, seq, path);
+    int r = stoke__yaml_want_seq(&c->y, seq, path);
     size_t i = 0;
 
-    if (r < 0 || c->n[seq].kind != K_SEQ || c->n[seq].nchild == 0)
+    if (r < 0 || c->y.nodes[seq].kind != STOKE__YAML_SEQ || c->y.nodes[seq].nchild == 0)
         return r;
-    if (c->n[seq].nchild > STOKE_SPEC_MAX_ENV)
-        return fail(c, seq, path, "too many environment variables (the limit is %d)",
-                    STOKE_SPEC_MAX_ENV);
-    s->env = calloc(c->n[seq].nchild, sizeof(*s->env));
+    if (c->y.nodes[seq].nchild > STOKE_SPEC_MAX_ENV)
+        return stoke__yaml_fail(&c->y, seq, path,
+                                "too many environment variables (the limit is %d)",
+                                STOKE_SPEC_MAX_ENV);
+    s->env = calloc(c->y.nodes[seq].nchild, sizeof(*s->env));
     if (!s->env)
-        return nomem(c);
-    for (int it = c->n[seq].first; r >= 0 && it >= 0; it = c->n[it].next, i++) {
+        return stoke__yaml_oom(&c->y);
+    for (int it = c->y.nodes[seq].first; r >= 0 && it >= 0; it = c->y.nodes[it].next, i++) {
         char sub[PATH_MAX_LEN];
         join_index(sub, path, i);
         r = env_entry(c, it, sub, s);
@@ -903,15 +469,16 @@ static int limits_key(struct kctx *c, const char *key, int v, const char *path,
 
         if (strcmp(key, q->key) != 0)
             continue;
-        r = want_text(c, v, path, q->what, &t);
+        r = stoke__yaml_text(&c->y, v, path, q->what, &t);
         if (r < 0)
             return r;
         if (t[0] == '-')
-            return fail(c, v, path, "must not be negative (found \"%.32s\")", t);
+            return stoke__yaml_fail(&c->y, v, path, "must not be negative (found \"%.32s\")", t);
         if (q->parse(t, &x) < 0)
-            return fail(c, v, path, "invalid %s \"%.32s\": %s", q->what, t, q->hint);
+            return stoke__yaml_fail(&c->y, v, path, "invalid %s \"%.32s\": %s", q->what, t,
+                                    q->hint);
         if (x < q->min || x > q->max)
-            return fail(c, v, path, "%s (found \"%.32s\")", q->range, t);
+            return stoke__yaml_fail(&c->y, v, path, "%s (found \"%.32s\")", q->range, t);
         *(uint64_t *)(void *)((char *)s + q->off) = x;
         return 0;
     }
@@ -952,10 +519,11 @@ static int port_key(struct kctx *c, const char *key, int v, const char *path, st
         return r;
     }
     /* Names a protocol: "http1" (or none) is what stoke speaks; "h2c" not. */
-    if (strcmp(key, "name") == 0 && c->n[v].kind == K_SCALAR && strcmp(c->n[v].text, "h2c") != 0)
+    if (strcmp(key, "name") == 0 && c->y.nodes[v].kind == STOKE__YAML_SCALAR &&
+        strcmp(c->y.nodes[v].text, "h2c") != 0)
         return 0;
-    if (strcmp(key, "protocol") == 0 && c->n[v].kind == K_SCALAR &&
-        strcmp(c->n[v].text, "TCP") == 0)
+    if (strcmp(key, "protocol") == 0 && c->y.nodes[v].kind == STOKE__YAML_SCALAR &&
+        strcmp(c->y.nodes[v].text, "TCP") == 0)
         return 0;
     return UNKNOWN;
 }
@@ -963,18 +531,18 @@ static int port_key(struct kctx *c, const char *key, int v, const char *path, st
 static int walk_ports(struct kctx *c, int seq, const char *path, struct stoke_spec *s)
 {
     char sub[PATH_MAX_LEN];
-    int r = want_seq(c, seq, path);
+    int r = stoke__yaml_want_seq(&c->y, seq, path);
 
-    if (r < 0 || c->n[seq].kind != K_SEQ || c->n[seq].nchild == 0)
+    if (r < 0 || c->y.nodes[seq].kind != STOKE__YAML_SEQ || c->y.nodes[seq].nchild == 0)
         return r;
-    if (c->n[seq].nchild > 1) {
+    if (c->y.nodes[seq].nchild > 1) {
         join_index(sub, path, 1);
-        return fail(c, c->n[c->n[seq].first].next, sub,
-                    "only one port can be set: stoke sends traffic to one (found %zu)",
-                    c->n[seq].nchild);
+        return stoke__yaml_fail(&c->y, c->y.nodes[c->y.nodes[seq].first].next, sub,
+                                "only one port can be set: stoke sends traffic to one (found %zu)",
+                                c->y.nodes[seq].nchild);
     }
     join_index(sub, path, 0);
-    return walk(c, c->n[seq].first, sub, port_key, false, s);
+    return walk(c, c->y.nodes[seq].first, sub, port_key, false, s);
 }
 
 static int container_key(struct kctx *c, const char *key, int v, const char *path,
@@ -998,21 +566,22 @@ static int container_key(struct kctx *c, const char *key, int v, const char *pat
 static int walk_containers(struct kctx *c, int seq, const char *path, struct stoke_spec *s)
 {
     char sub[PATH_MAX_LEN];
-    int r = want_seq(c, seq, path);
+    int r = stoke__yaml_want_seq(&c->y, seq, path);
 
     if (r < 0)
         return r;
-    if (c->n[seq].kind != K_SEQ || c->n[seq].nchild == 0)
-        return fail(c, seq, path, "one container is required");
-    if (c->n[seq].nchild > 1) {
+    if (c->y.nodes[seq].kind != STOKE__YAML_SEQ || c->y.nodes[seq].nchild == 0)
+        return stoke__yaml_fail(&c->y, seq, path, "one container is required");
+    if (c->y.nodes[seq].nchild > 1) {
         join_index(sub, path, 1);
-        return fail(c, c->n[c->n[seq].first].next, sub,
-                    "stoke runs one container per function (found %zu)", c->n[seq].nchild);
+        return stoke__yaml_fail(&c->y, c->y.nodes[c->y.nodes[seq].first].next, sub,
+                                "stoke runs one container per function (found %zu)",
+                                c->y.nodes[seq].nchild);
     }
     join_index(sub, path, 0);
-    r = walk(c, c->n[seq].first, sub, container_key, false, s);
+    r = walk(c, c->y.nodes[seq].first, sub, container_key, false, s);
     if (r >= 0)
-        r = require(c, c->n[seq].first, sub, "image");
+        r = require(c, c->y.nodes[seq].first, sub, "image");
     return r;
 }
 
@@ -1078,14 +647,15 @@ static int metadata_key(struct kctx *c, const char *key, int v, const char *path
     int r;
 
     if (strcmp(key, "name") == 0) {
-        r = want_text(c, v, path, "a string", &t);
+        r = stoke__yaml_text(&c->y, v, path, "a string", &t);
         if (r < 0)
             return r;
         if (!stoke_is_valid_name(t))
-            return fail(c, v, path,
-                        "invalid name \"%.64s\": use 1 to 63 lowercase letters, digits and '-', "
-                        "starting with a letter and not ending with '-'",
-                        t);
+            return stoke__yaml_fail(
+                &c->y, v, path,
+                "invalid name \"%.64s\": use 1 to 63 lowercase letters, digits and '-', "
+                "starting with a letter and not ending with '-'",
+                t);
         memcpy(s->name, t, strlen(t) + 1);
         return 0;
     }
@@ -1103,9 +673,9 @@ static int root_key(struct kctx *c, const char *key, int v, const char *path, st
 
     if (strcmp(key, "apiVersion") == 0 || strcmp(key, "kind") == 0) {
         const char *want = key[0] == 'a' ? API_VERSION : KIND;
-        r = want_text(c, v, path, "a string", &t);
+        r = stoke__yaml_text(&c->y, v, path, "a string", &t);
         if (r >= 0 && strcmp(t, want) != 0)
-            r = fail(c, v, path, "must be \"%s\" (found \"%.64s\")", want, t);
+            r = stoke__yaml_fail(&c->y, v, path, "must be \"%s\" (found \"%.64s\")", want, t);
         return r;
     }
     if (strcmp(key, "metadata") == 0)
@@ -1120,11 +690,12 @@ static int root_key(struct kctx *c, const char *key, int v, const char *path, st
 static int walk_root(struct kctx *c, struct stoke_spec *s)
 {
     static const char *const required[] = {"apiVersion", "kind", "metadata", "spec"};
-    const struct knode *root = &c->n[0];
+    const struct stoke__yaml_node *root = &c->y.nodes[0];
     int r;
 
-    if (root->kind != K_MAP)
-        return fail(c, 0, "", "the document must be a mapping, not %s", kind_name(root));
+    if (root->kind != STOKE__YAML_MAP)
+        return stoke__yaml_fail(&c->y, 0, "", "the document must be a mapping, not %s",
+                                stoke__yaml_kind_name(root));
     for (size_t j = 0; j < sizeof(required) / sizeof(required[0]); j++) {
         r = require(c, 0, "", required[j]);
         if (r < 0)
@@ -1133,10 +704,11 @@ static int walk_root(struct kctx *c, struct stoke_spec *s)
     r = walk(c, 0, "", root_key, false, s);
     if (r >= 0)
         r = require(c, lookup(c, 0, "metadata"), "metadata", "name");
-    if (r >= 0 && c->n[lookup(c, 0, "spec")].kind == K_MAP)
+    if (r >= 0 && c->y.nodes[lookup(c, 0, "spec")].kind == STOKE__YAML_MAP)
         r = require(c, lookup(c, 0, "spec"), "spec", "template");
     else if (r >= 0)
-        r = fail(c, lookup(c, 0, "spec"), "spec.template", "missing required field \"template\"");
+        r = stoke__yaml_fail(&c->y, lookup(c, 0, "spec"), "spec.template",
+                             "missing required field \"template\"");
     if (r >= 0)
         r = check_scale(c, s);
     return r;
@@ -1205,20 +777,16 @@ bool stoke_knative_is_service(const char *buf, size_t len)
 int stoke_knative_parse(const char *buf, size_t len, const char *filename, struct stoke_spec *ret,
                         struct stoke_diag *reterr, stoke_spec_warn_fn warn_cb, void *data)
 {
-    struct kctx c = {.file = filename ? filename : "", .err = reterr};
+    struct kctx c = {.at_min = -1, .at_initial = -1};
     struct stoke_spec s;
     int r;
 
-    c.at_min = c.at_initial = -1;
     memset(ret, 0, sizeof(*ret));
     stoke_spec_defaults(&s);
     if (reterr)
         memset(reterr, 0, sizeof(*reterr));
-    if (len > STOKE_SPEC_MAX_BYTES) {
-        r = fail_at(&c, 0, 0, "", -EFBIG, "the file is larger than %d bytes", STOKE_SPEC_MAX_BYTES);
-        goto out;
-    }
-    r = build(&c, buf ? buf : "", buf ? len : 0);
+    stoke__yaml_init(&c.y, filename, reterr);
+    r = stoke__yaml_build(&c.y, buf, len);
     if (r < 0)
         goto out;
     r = walk_root(&c, &s);
@@ -1237,9 +805,7 @@ int stoke_knative_parse(const char *buf, size_t len, const char *filename, struc
     memset(&s, 0, sizeof(s));
 out:
     stoke_spec_done(&s);
-    for (size_t j = 0; j < c.len; j++)
-        free(c.n[j].text);
-    free(c.n);
+    stoke__yaml_done(&c.y);
     free(c.warns);
     return r;
 }

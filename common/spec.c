@@ -1,29 +1,28 @@
 /* The stoke/v1 Function spec parser.
  *
- * Two passes. The first reads libyaml's events into a small tree, one flat
- * array of nodes linked by index, without recursion: this is where every
- * YAML-level refusal happens (syntax, encoding, aliases, tags, duplicate
- * keys, nesting deeper than STOKE_SPEC_MAX_DEPTH, more than
- * STOKE_SPEC_MAX_NODES nodes, a second document). The second pass walks that
- * tree with tables of known fields; its recursion follows the schema, so it
- * is at most four calls deep whatever the input. Doing the YAML checks first
- * means a broken file is reported as such before any field is judged. */
+ * Two passes. The first, common/yamltree.c (shared with the Knative mapping
+ * in common/knative.c), reads libyaml's events into a small tree without
+ * recursion: this is where every YAML-level refusal happens (syntax,
+ * encoding, aliases, tags, duplicate keys, nesting deeper than
+ * STOKE_SPEC_MAX_DEPTH, more than STOKE_SPEC_MAX_NODES nodes, a second
+ * document). The second pass, here, walks that tree with tables of known
+ * fields; its recursion follows the schema, so it is at most four calls deep
+ * whatever the input. Doing the YAML checks first means a broken file is
+ * reported as such before any field is judged. */
 #include "stoke/spec.h"
 #include "stoke/knative.h"
+#include "yamltree.h"
 
 #include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <limits.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <yaml.h>
 
 #define MS_PER_S UINT64_C(1000)
 #define MS_PER_M (60 * MS_PER_S)
@@ -36,473 +35,6 @@
 #define MAX_CPU_MILLIS UINT64_C(1000000) /* 1000 cores */
 #define MAX_PIDS 4194304                 /* the kernel's highest pid_max */
 #define MAX_STRING 1024                  /* image and readiness path */
-
-static const char YAML_TAG_PREFIX[] = "tag:yaml.org,2002:";
-
-enum node_kind {
-    NODE_SCALAR,
-    NODE_SEQ,
-    NODE_MAP,
-};
-
-struct node {
-    enum node_kind kind;
-    unsigned line; /* 1-based */
-    unsigned column;
-    int parent;    /* index, -1 for the root */
-    int key;       /* a mapping key or value: index of the key node; else -1 */
-    size_t index;  /* a sequence item: its position */
-    int first;     /* first child, -1 when none; mappings: key, value, key, ... */
-    int last;      /* last child */
-    int next;      /* next sibling */
-    size_t nchild; /* number of children */
-    char *text;    /* scalars: owned, NUL-terminated, no NUL inside */
-    bool plain;    /* a plain scalar without a tag: YAML would resolve its type */
-    bool str_tag;  /* quoted, block, or tagged !!str or !: a string for sure */
-};
-
-struct tree {
-    struct node *nodes;
-    size_t len;
-    size_t cap;
-};
-
-struct ctx {
-    const char *file;
-    struct stoke_diag *err;
-    struct tree t;
-};
-
-/* --- errors --------------------------------------------------------------- */
-
-/* Builds the dotted path of node `i` ("spec.scale.min", "spec.env[2]"), and
- * appends `.extra` when given. Truncates quietly: it is only for messages. */
-static void node_path(const struct tree *t, int i, const char *extra, char *buf, size_t size)
-{
-    int chain[STOKE_SPEC_MAX_DEPTH * 2 + 4];
-    size_t n = 0, pos = 0;
-
-    buf[0] = '\0';
-    while (i >= 0 && n < sizeof(chain) / sizeof(chain[0])) {
-        const struct node *nd = &t->nodes[i];
-        if (nd->key >= 0 || (nd->parent >= 0 && t->nodes[nd->parent].kind == NODE_SEQ))
-            chain[n++] = i;
-        i = nd->parent;
-    }
-    while (n > 0 && pos < size) {
-        const struct node *nd = &t->nodes[chain[--n]];
-        int w;
-        if (nd->key >= 0)
-            w = snprintf(buf + pos, size - pos, "%s%s", pos ? "." : "",
-                         t->nodes[nd->key].text ? t->nodes[nd->key].text : "*");
-        else
-            w = snprintf(buf + pos, size - pos, "[%zu]", nd->index);
-        if (w < 0)
-            break;
-        pos += (size_t)w;
-    }
-    if (extra && pos < size)
-        (void)snprintf(buf + pos, size - pos, "%s%s", pos ? "." : "", extra);
-}
-
-static int fail_at(struct ctx *c, unsigned line, unsigned column, const char *field, int err,
-                   const char *fmt, ...) __attribute__((format(printf, 6, 7)));
-
-static int fail_at(struct ctx *c, unsigned line, unsigned column, const char *field, int err,
-                   const char *fmt, ...)
-{
-    char msg[sizeof(c->err->message)];
-    va_list ap;
-
-    if (c->err) {
-        va_start(ap, fmt);
-        if (vsnprintf(msg, sizeof(msg), fmt, ap) < 0)
-            msg[0] = '\0';
-        va_end(ap);
-        stoke_diag_set(c->err, c->file, line, column, field, "%s", msg);
-    }
-    return err;
-}
-
-static int oom(struct ctx *c)
-{
-    return fail_at(c, 0, 0, "", -ENOMEM, "out of memory");
-}
-
-static int too_big(struct ctx *c)
-{
-    return fail_at(c, 0, 0, "", -EFBIG, "the file is larger than %d bytes", STOKE_SPEC_MAX_BYTES);
-}
-
-/* Fails at node `i`, naming its path (plus `.extra` when given). */
-static int fail_node(struct ctx *c, int i, const char *extra, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int fail_node(struct ctx *c, int i, const char *extra, const char *fmt, ...)
-{
-    char msg[sizeof(c->err->message)];
-    char field[sizeof(c->err->field)];
-    const struct node *nd = &c->t.nodes[i];
-    va_list ap;
-
-    if (c->err) {
-        va_start(ap, fmt);
-        if (vsnprintf(msg, sizeof(msg), fmt, ap) < 0)
-            msg[0] = '\0';
-        va_end(ap);
-        node_path(&c->t, i, extra, field, sizeof(field));
-        stoke_diag_set(c->err, c->file, nd->line, nd->column, field, "%s", msg);
-    }
-    return -EINVAL;
-}
-
-/* --- pass 1: events to tree ----------------------------------------------- */
-
-static void tree_done(struct tree *t)
-{
-    for (size_t i = 0; i < t->len; i++)
-        free(t->nodes[i].text);
-    free(t->nodes);
-    memset(t, 0, sizeof(*t));
-}
-
-static unsigned mark_num(size_t v)
-{
-    return v >= UINT_MAX ? UINT_MAX : (unsigned)v + 1;
-}
-
-/* libyaml's reader reports a byte offset, not a line and column: count them
- * the way its scanner does (columns in characters; \n, \r\n, \r, NEL, LS and
- * PS end lines) so the position matches the other errors. */
-static void offset_to_mark(const char *buf, size_t len, size_t off, unsigned *line,
-                           unsigned *column)
-{
-    const unsigned char *p = (const unsigned char *)buf;
-    size_t l = 0, col = 0, i = 0;
-
-    if (off > len)
-        off = len;
-    while (i < off) {
-        size_t w = 1;
-        bool brk = false;
-        if (p[i] == '\n') {
-            brk = true;
-        } else if (p[i] == '\r') {
-            brk = true;
-            if (i + 1 < off && p[i + 1] == '\n')
-                w = 2;
-        } else if (p[i] == 0xC2 && i + 1 < off && p[i + 1] == 0x85) {
-            brk = true;
-            w = 2;
-        } else if (p[i] == 0xE2 && i + 2 < off && p[i + 1] == 0x80 &&
-                   (p[i + 2] == 0xA8 || p[i + 2] == 0xA9)) {
-            brk = true;
-            w = 3;
-        } else if (p[i] >= 0xC0) {
-            /* A UTF-8 lead byte: the whole character is one column. */
-            w = p[i] >= 0xF0 ? 4 : p[i] >= 0xE0 ? 3 : 2;
-            /* libyaml points at a bad trailing byte; name the character it
-             * was meant to continue instead. */
-            if (i + w > off)
-                break;
-        }
-        if (brk) {
-            l++;
-            col = 0;
-        } else {
-            col++;
-        }
-        i += w;
-    }
-    *line = mark_num(l);
-    *column = mark_num(col);
-}
-
-static int yaml_failure(struct ctx *c, const yaml_parser_t *p, const char *buf, size_t len)
-{
-    unsigned line, column;
-    const char *problem = p->problem ? p->problem : "unknown error";
-    const char *what;
-
-    switch (p->error) {
-    case YAML_MEMORY_ERROR:
-        return oom(c);
-    case YAML_READER_ERROR:
-        offset_to_mark(buf, len, p->problem_offset, &line, &column);
-        what = strstr(problem, "UTF-8") ? "not valid UTF-8" : "not valid YAML text";
-        if (p->problem_value >= 0)
-            return fail_at(c, line, column, "", -EINVAL, "%s: %s (byte 0x%02X)", what, problem,
-                           (unsigned)p->problem_value);
-        return fail_at(c, line, column, "", -EINVAL, "%s: %s", what, problem);
-    default:
-        line = mark_num(p->problem_mark.line);
-        column = mark_num(p->problem_mark.column);
-        if (p->context)
-            return fail_at(c, line, column, "", -EINVAL,
-                           "YAML syntax error: %s (%s at line %u, column %u)", problem, p->context,
-                           mark_num(p->context_mark.line), mark_num(p->context_mark.column));
-        return fail_at(c, line, column, "", -EINVAL, "YAML syntax error: %s", problem);
-    }
-}
-
-static bool tag_is(const char *tag, const char *name)
-{
-    size_t n = sizeof(YAML_TAG_PREFIX) - 1;
-    return strncmp(tag, YAML_TAG_PREFIX, n) == 0 && strcmp(tag + n, name) == 0;
-}
-
-/* Only the standard tags that agree with the node are allowed: !!str, !!int
- * or the non-specific "!" on scalars, !!map on mappings, !!seq on sequences.
- * Anything else would ask for a type stoke has no use for. */
-static int check_tag(struct ctx *c, int i, const yaml_char_t *utag)
-{
-    const char *tag = (const char *)utag;
-    struct node *nd = &c->t.nodes[i];
-    bool ok;
-
-    if (!tag)
-        return 0;
-    switch (nd->kind) {
-    case NODE_SCALAR:
-        ok = strcmp(tag, "!") == 0 || tag_is(tag, "str") || tag_is(tag, "int");
-        nd->plain = false;
-        nd->str_tag = !tag_is(tag, "int");
-        break;
-    case NODE_SEQ:
-        ok = tag_is(tag, "seq");
-        break;
-    default:
-        ok = tag_is(tag, "map");
-        break;
-    }
-    if (ok)
-        return 0;
-    if (strncmp(tag, YAML_TAG_PREFIX, sizeof(YAML_TAG_PREFIX) - 1) == 0)
-        return fail_node(c, i, NULL, "tag \"!!%.64s\" is not allowed here",
-                         tag + sizeof(YAML_TAG_PREFIX) - 1);
-    return fail_node(c, i, NULL, "tag \"%.64s\" is not allowed", tag);
-}
-
-struct key_ref {
-    const char *text;
-    int node;
-};
-
-static int key_ref_cmp(const void *a, const void *b)
-{
-    const struct key_ref *x = a, *y = b;
-    int r = strcmp(x->text, y->text);
-    if (r)
-        return r;
-    return (x->node > y->node) - (x->node < y->node);
-}
-
-/* Refuses the first key (in file order) that repeats an earlier one.
- * Sorting keeps this O(n log n) for mappings with thousands of keys. */
-static int check_duplicates(struct ctx *c, int map)
-{
-    const struct node *m = &c->t.nodes[map];
-    struct key_ref *keys = NULL;
-    size_t n = 0;
-    size_t run = 0;
-    int dup = -1, first = -1;
-    int r = 0;
-
-    if (m->nchild < 4)
-        return 0;
-    keys = calloc(m->nchild / 2, sizeof(*keys));
-    if (!keys)
-        return oom(c);
-    for (int k = m->first; k >= 0; k = c->t.nodes[c->t.nodes[k].next].next) {
-        keys[n].text = c->t.nodes[k].text;
-        keys[n].node = k;
-        n++;
-    }
-    qsort(keys, n, sizeof(*keys), key_ref_cmp);
-    /* Equal keys sort together in file order: the first of a run is the
-     * original, the others repeat it. Report the earliest repeat. */
-    for (size_t i = 1; i < n; i++) {
-        if (strcmp(keys[i].text, keys[i - 1].text) != 0) {
-            run = i;
-            continue;
-        }
-        if (dup < 0 || keys[i].node < dup) {
-            dup = keys[i].node;
-            first = keys[run].node;
-        }
-    }
-    if (dup >= 0)
-        r = fail_node(c, dup, NULL, "duplicate key \"%.64s\" (first at line %u, column %u)",
-                      c->t.nodes[dup].text, c->t.nodes[first].line, c->t.nodes[first].column);
-    free(keys);
-    return r;
-}
-
-/* Appends a node under `parent` (-1 for the root). On error nothing needs
- * undoing: the caller frees the whole tree. */
-static int node_add(struct ctx *c, int parent, enum node_kind kind, const yaml_mark_t *mark,
-                    int *ret)
-{
-    struct tree *t = &c->t;
-    struct node *nd;
-    int i;
-
-    if (t->len >= STOKE_SPEC_MAX_NODES)
-        return fail_at(c, mark_num(mark->line), mark_num(mark->column), "", -EINVAL,
-                       "too many YAML nodes (the limit is %d)", STOKE_SPEC_MAX_NODES);
-    if (t->len == t->cap) {
-        size_t ncap = t->cap ? t->cap * 2 : 64;
-        struct node *n = realloc(t->nodes, ncap * sizeof(*n));
-        if (!n)
-            return oom(c);
-        t->nodes = n;
-        t->cap = ncap;
-    }
-    i = (int)t->len++;
-    nd = &t->nodes[i];
-    memset(nd, 0, sizeof(*nd));
-    nd->kind = kind;
-    nd->line = mark_num(mark->line);
-    nd->column = mark_num(mark->column);
-    nd->parent = parent;
-    nd->key = -1;
-    nd->first = nd->last = nd->next = -1;
-    if (parent >= 0) {
-        struct node *p = &t->nodes[parent];
-        if (p->kind == NODE_MAP)
-            nd->key = p->nchild % 2 == 0 ? i : p->last;
-        else
-            nd->index = p->nchild;
-        if (p->last >= 0)
-            t->nodes[p->last].next = i;
-        else
-            p->first = i;
-        p->last = i;
-        p->nchild++;
-        if (p->kind == NODE_MAP && nd->key == i && kind != NODE_SCALAR) {
-            nd->key = -1; /* no text to name it by: the path is the mapping's */
-            return fail_node(c, i, NULL, "mapping keys must be strings, not %s",
-                             kind == NODE_MAP ? "mappings" : "sequences");
-        }
-    }
-    *ret = i;
-    return 0;
-}
-
-static int tree_build(struct ctx *c, const char *buf, size_t len)
-{
-    yaml_parser_t parser;
-    yaml_event_t ev;
-    bool have_ev = false, done = false;
-    int stack[STOKE_SPEC_MAX_DEPTH];
-    size_t depth = 0;
-    unsigned docs = 0;
-    int r = 0;
-
-    /* Specs are UTF-8: libyaml is told so rather than left to guess from a
-     * byte order mark (and read UTF-16). A UTF-8 BOM is dropped here, since
-     * libyaml keeps it as text once the encoding is set; marks then count
-     * from after it, as libyaml's own would. */
-    if (len >= 3 && memcmp(buf, "\xEF\xBB\xBF", 3) == 0) {
-        buf += 3;
-        len -= 3;
-    }
-    if (!yaml_parser_initialize(&parser))
-        return oom(c);
-    yaml_parser_set_input_string(&parser, (const unsigned char *)buf, len);
-    yaml_parser_set_encoding(&parser, YAML_UTF8_ENCODING);
-
-    while (!done) {
-        int parent = depth ? stack[depth - 1] : -1;
-        int i = -1;
-
-        if (!yaml_parser_parse(&parser, &ev)) {
-            r = yaml_failure(c, &parser, buf, len);
-            goto out;
-        }
-        have_ev = true;
-        switch (ev.type) {
-        case YAML_STREAM_END_EVENT:
-            done = true;
-            break;
-        case YAML_DOCUMENT_START_EVENT:
-            if (++docs > 1) {
-                r = fail_at(c, mark_num(ev.start_mark.line), mark_num(ev.start_mark.column), "",
-                            -EINVAL, "a second YAML document: a spec file holds one document");
-                goto out;
-            }
-            break;
-        case YAML_ALIAS_EVENT:
-            r = node_add(c, parent, NODE_SCALAR, &ev.start_mark, &i);
-            if (r >= 0)
-                r = fail_node(c, i, NULL, "aliases are not allowed (\"*%.64s\")",
-                              (const char *)ev.data.alias.anchor);
-            goto out;
-        case YAML_SCALAR_EVENT: {
-            struct node *nd;
-            size_t n = ev.data.scalar.length;
-            r = node_add(c, parent, NODE_SCALAR, &ev.start_mark, &i);
-            if (r < 0)
-                goto out;
-            nd = &c->t.nodes[i];
-            nd->text = malloc(n + 1);
-            if (!nd->text) {
-                r = oom(c);
-                goto out;
-            }
-            memcpy(nd->text, ev.data.scalar.value, n);
-            nd->text[n] = '\0';
-            nd->plain = ev.data.scalar.style == YAML_PLAIN_SCALAR_STYLE;
-            nd->str_tag = !nd->plain;
-            if (memchr(nd->text, '\0', n)) {
-                r = fail_node(c, i, NULL, "NUL characters are not allowed");
-                goto out;
-            }
-            r = check_tag(c, i, ev.data.scalar.tag);
-            if (r < 0)
-                goto out;
-            break;
-        }
-        case YAML_SEQUENCE_START_EVENT:
-        case YAML_MAPPING_START_EVENT: {
-            bool map = ev.type == YAML_MAPPING_START_EVENT;
-            r = node_add(c, parent, map ? NODE_MAP : NODE_SEQ, &ev.start_mark, &i);
-            if (r < 0)
-                goto out;
-            r = check_tag(c, i, map ? ev.data.mapping_start.tag : ev.data.sequence_start.tag);
-            if (r < 0)
-                goto out;
-            if (depth == STOKE_SPEC_MAX_DEPTH) {
-                r = fail_node(c, i, NULL, "nested deeper than %d levels", STOKE_SPEC_MAX_DEPTH);
-                goto out;
-            }
-            stack[depth++] = i;
-            break;
-        }
-        case YAML_SEQUENCE_END_EVENT:
-        case YAML_MAPPING_END_EVENT:
-            assert(depth > 0); /* libyaml pairs start and end events */
-            depth--;
-            if (ev.type == YAML_MAPPING_END_EVENT) {
-                r = check_duplicates(c, stack[depth]);
-                if (r < 0)
-                    goto out;
-            }
-            break;
-        default:
-            break;
-        }
-        yaml_event_delete(&ev);
-        have_ev = false;
-    }
-    if (docs == 0)
-        r = fail_at(c, 1, 1, "", -EINVAL, "the file is empty: no YAML document");
-out:
-    if (have_ev)
-        yaml_event_delete(&ev);
-    yaml_parser_delete(&parser);
-    return r;
-}
 
 /* --- pass 2: tree to struct ----------------------------------------------- */
 
@@ -526,7 +58,7 @@ struct field;
 
 /* Checks that involve several fields of mapping `map`; `at` holds the value
  * node of each field of its table, or -1 when absent. */
-typedef int (*check_fn)(struct ctx *c, int map, const int *at, struct stoke_spec *s);
+typedef int (*check_fn)(struct stoke__yaml *y, int map, const int *at, struct stoke_spec *s);
 
 struct field {
     const char *key;
@@ -552,38 +84,6 @@ struct field {
         .key = (k), .type = (t), .off = offsetof(struct stoke_spec, m), .min = (lo), .max = (hi)   \
     }
 
-static bool is_null(const struct node *nd)
-{
-    static const char *const nulls[] = {"", "~", "null", "Null", "NULL"};
-    if (nd->kind != NODE_SCALAR || !nd->plain)
-        return false;
-    for (size_t i = 0; i < sizeof(nulls) / sizeof(nulls[0]); i++)
-        if (strcmp(nd->text, nulls[i]) == 0)
-            return true;
-    return false;
-}
-
-static const char *kind_name(const struct node *nd)
-{
-    if (nd->kind == NODE_MAP)
-        return "a mapping";
-    if (nd->kind == NODE_SEQ)
-        return "a sequence";
-    return is_null(nd) ? "nothing (null)" : "a scalar";
-}
-
-/* A scalar taken as text; null is refused as "no value". */
-static int get_text(struct ctx *c, int i, const char *what, const char **ret)
-{
-    const struct node *nd = &c->t.nodes[i];
-    if (nd->kind != NODE_SCALAR)
-        return fail_node(c, i, NULL, "expected %s, found %s", what, kind_name(nd));
-    if (is_null(nd))
-        return fail_node(c, i, NULL, "expected %s, found nothing (null)", what);
-    *ret = nd->text;
-    return 0;
-}
-
 static void format_ms(uint64_t ms, char *buf, size_t size)
 {
     if (ms && ms % MS_PER_H == 0)
@@ -598,26 +98,28 @@ static void format_ms(uint64_t ms, char *buf, size_t size)
 
 static int read_digits(const char **s, uint64_t *v);
 
-static int set_uint(struct ctx *c, const struct field *f, int i, struct stoke_spec *s)
+static int set_uint(struct stoke__yaml *y, const struct field *f, int i, struct stoke_spec *s)
 {
-    const struct node *nd = &c->t.nodes[i];
+    const struct stoke__yaml_node *nd = &y->nodes[i];
     const char *p = nd->text;
     uint64_t v = 0;
 
-    if (nd->kind != NODE_SCALAR || is_null(nd))
-        return fail_node(c, i, NULL, "expected an integer, found %s", kind_name(nd));
+    if (nd->kind != STOKE__YAML_SCALAR || stoke__yaml_is_null(nd))
+        return stoke__yaml_fail(y, i, NULL, "expected an integer, found %s",
+                                stoke__yaml_kind_name(nd));
     if (nd->str_tag)
-        return fail_node(c, i, NULL, "expected an integer, found the string \"%.32s\"", p);
+        return stoke__yaml_fail(y, i, NULL, "expected an integer, found the string \"%.32s\"", p);
     if (p[0] == '-' && p[1] >= '0' && p[1] <= '9' && strspn(p + 1, "0123456789") == strlen(p + 1))
-        return fail_node(c, i, NULL, "must not be negative");
+        return stoke__yaml_fail(y, i, NULL, "must not be negative");
     if (p[0] < '0' || p[0] > '9' || strspn(p, "0123456789") != strlen(p))
-        return fail_node(c, i, NULL, "expected a decimal integer, found \"%.32s\"", p);
+        return stoke__yaml_fail(y, i, NULL, "expected a decimal integer, found \"%.32s\"", p);
     if (p[0] == '0' && p[1])
-        return fail_node(
-            c, i, NULL, "leading zeros are not allowed (\"%.32s\"; YAML 1.1 reads it as octal)", p);
+        return stoke__yaml_fail(
+            y, i, NULL, "leading zeros are not allowed (\"%.32s\"; YAML 1.1 reads it as octal)", p);
     if (read_digits(&p, &v) < 0 || v < f->min || v > f->max)
-        return fail_node(c, i, NULL, "must be between %" PRIu64 " and %" PRIu64 " (found %.32s)",
-                         f->min, f->max, nd->text);
+        return stoke__yaml_fail(y, i, NULL,
+                                "must be between %" PRIu64 " and %" PRIu64 " (found %.32s)", f->min,
+                                f->max, nd->text);
     /* The bounds in the tables fit the members they fill. */
     if (f->size == sizeof(uint16_t)) {
         assert(f->max <= UINT16_MAX);
@@ -631,12 +133,12 @@ static int set_uint(struct ctx *c, const struct field *f, int i, struct stoke_sp
 
 static int parse_duration(const char *s, uint64_t *ret_ms);
 
-static int set_duration(struct ctx *c, const struct field *f, int i, struct stoke_spec *s)
+static int set_duration(struct stoke__yaml *y, const struct field *f, int i, struct stoke_spec *s)
 {
     const char *text = NULL;
     char lo[32], hi[32];
     uint64_t v;
-    int r = get_text(c, i, "a duration", &text);
+    int r = stoke__yaml_text(y, i, NULL, "a duration", &text);
 
     if (r < 0)
         return r;
@@ -644,14 +146,15 @@ static int set_duration(struct ctx *c, const struct field *f, int i, struct stok
     format_ms(f->min, lo, sizeof(lo));
     format_ms(f->max, hi, sizeof(hi));
     if (r == -EINVAL && text[0] == '-')
-        return fail_node(c, i, NULL, "must not be negative (found \"%.32s\")", text);
+        return stoke__yaml_fail(y, i, NULL, "must not be negative (found \"%.32s\")", text);
     if (r == -EINVAL)
-        return fail_node(c, i, NULL,
-                         "invalid duration \"%.32s\": use numbers with units ms, s, m or h, "
-                         "e.g. \"30s\" or \"1m30s\"",
-                         text);
+        return stoke__yaml_fail(y, i, NULL,
+                                "invalid duration \"%.32s\": use numbers with units ms, s, m or h, "
+                                "e.g. \"30s\" or \"1m30s\"",
+                                text);
     if (r < 0 || v < f->min || v > f->max)
-        return fail_node(c, i, NULL, "must be between %s and %s (found \"%.32s\")", lo, hi, text);
+        return stoke__yaml_fail(y, i, NULL, "must be between %s and %s (found \"%.32s\")", lo, hi,
+                                text);
     *(uint64_t *)((char *)s + f->off) = v;
     return 0;
 }
@@ -659,80 +162,73 @@ static int set_duration(struct ctx *c, const struct field *f, int i, struct stok
 static int parse_memory(const char *s, uint64_t *ret_bytes);
 static int parse_cpu(const char *s, uint64_t *ret_millis);
 
-static int set_memory(struct ctx *c, const struct field *f, int i, struct stoke_spec *s)
+static int set_memory(struct stoke__yaml *y, const struct field *f, int i, struct stoke_spec *s)
 {
     const char *text = NULL;
     uint64_t v;
-    int r = get_text(c, i, "a memory quantity", &text);
+    int r = stoke__yaml_text(y, i, NULL, "a memory quantity", &text);
 
     if (r < 0)
         return r;
     r = parse_memory(text, &v);
     if (r == -EINVAL && text[0] == '-')
-        return fail_node(c, i, NULL, "must not be negative (found \"%.32s\")", text);
+        return stoke__yaml_fail(y, i, NULL, "must not be negative (found \"%.32s\")", text);
     if (r == -EINVAL)
-        return fail_node(c, i, NULL,
-                         "invalid memory quantity \"%.32s\": use bytes or a number with Ki, Mi, "
-                         "Gi, Ti, k, M, G or T, e.g. \"128Mi\"",
-                         text);
+        return stoke__yaml_fail(
+            y, i, NULL,
+            "invalid memory quantity \"%.32s\": use bytes or a number with Ki, Mi, "
+            "Gi, Ti, k, M, G or T, e.g. \"128Mi\"",
+            text);
     if (r < 0)
-        return fail_node(c, i, NULL, "memory quantity \"%.32s\" is too large", text);
+        return stoke__yaml_fail(y, i, NULL, "memory quantity \"%.32s\" is too large", text);
     if (v < f->min)
-        return fail_node(c, i, NULL,
-                         "must be at least 6Mi, Docker's smallest memory limit (found \"%.32s\")",
-                         text);
+        return stoke__yaml_fail(
+            y, i, NULL, "must be at least 6Mi, Docker's smallest memory limit (found \"%.32s\")",
+            text);
     *(uint64_t *)((char *)s + f->off) = v;
     return 0;
 }
 
-static int set_cpu(struct ctx *c, const struct field *f, int i, struct stoke_spec *s)
+static int set_cpu(struct stoke__yaml *y, const struct field *f, int i, struct stoke_spec *s)
 {
     const char *text = NULL;
     uint64_t v;
-    int r = get_text(c, i, "a CPU quantity", &text);
+    int r = stoke__yaml_text(y, i, NULL, "a CPU quantity", &text);
 
     if (r < 0)
         return r;
     r = parse_cpu(text, &v);
     if (r == -EINVAL && text[0] == '-')
-        return fail_node(c, i, NULL, "must not be negative (found \"%.32s\")", text);
+        return stoke__yaml_fail(y, i, NULL, "must not be negative (found \"%.32s\")", text);
     if (r == -EINVAL)
-        return fail_node(c, i, NULL,
-                         "invalid CPU quantity \"%.32s\": use cores (\"1\", \"0.5\") or "
-                         "millicores (\"500m\")",
-                         text);
+        return stoke__yaml_fail(y, i, NULL,
+                                "invalid CPU quantity \"%.32s\": use cores (\"1\", \"0.5\") or "
+                                "millicores (\"500m\")",
+                                text);
     if (r < 0 || v < f->min || v > f->max)
-        return fail_node(c, i, NULL, "must be between 1m and %" PRIu64 " cores (found \"%.32s\")",
-                         f->max / 1000, text);
+        return stoke__yaml_fail(y, i, NULL,
+                                "must be between 1m and %" PRIu64 " cores (found \"%.32s\")",
+                                f->max / 1000, text);
     *(uint64_t *)((char *)s + f->off) = v;
     return 0;
 }
 
-/* Image references and probe paths go into engine API bodies and HTTP
- * request lines: printable ASCII without spaces only. */
-static bool is_token(const char *s)
-{
-    for (; *s; s++)
-        if (*s < 0x21 || *s > 0x7e)
-            return false;
-    return true;
-}
-
-static int dup_into(struct ctx *c, const struct field *f, const char *text, struct stoke_spec *s)
+static int dup_into(struct stoke__yaml *y, const struct field *f, const char *text,
+                    struct stoke_spec *s)
 {
     char **dst = (char **)((char *)s + f->off);
     char *d = strdup(text);
     if (!d)
-        return oom(c);
+        return stoke__yaml_oom(y);
     free(*dst);
     *dst = d;
     return 0;
 }
 
-static int set_string(struct ctx *c, const struct field *f, int i, struct stoke_spec *s)
+static int set_string(struct stoke__yaml *y, const struct field *f, int i, struct stoke_spec *s)
 {
     const char *text = NULL;
-    int r = get_text(c, i, "a string", &text);
+    int r = stoke__yaml_text(y, i, NULL, "a string", &text);
     size_t n;
 
     if (r < 0)
@@ -741,34 +237,29 @@ static int set_string(struct ctx *c, const struct field *f, int i, struct stoke_
     switch (f->type) {
     case T_CONST:
         if (strcmp(text, f->value) != 0)
-            return fail_node(c, i, NULL, "must be \"%s\" (found \"%.64s\")", f->value, text);
+            return stoke__yaml_fail(y, i, NULL, "must be \"%s\" (found \"%.64s\")", f->value, text);
         return 0;
     case T_NAME:
         if (!stoke_is_valid_name(text))
-            return fail_node(c, i, NULL,
-                             "invalid name \"%.64s\": use 1 to 63 lowercase letters, digits and "
-                             "'-', starting with a letter and not ending with '-'",
-                             text);
+            return stoke__yaml_fail(
+                y, i, NULL,
+                "invalid name \"%.64s\": use 1 to 63 lowercase letters, digits and "
+                "'-', starting with a letter and not ending with '-'",
+                text);
         memcpy(s->name, text, n + 1);
         return 0;
     case T_IMAGE:
-        if (n == 0)
-            return fail_node(c, i, NULL, "must not be empty");
-        if (n > MAX_STRING || !is_token(text))
-            return fail_node(c, i, NULL,
-                             "invalid image reference \"%.64s\": at most %d printable ASCII "
-                             "characters without spaces",
-                             text, MAX_STRING);
-        return dup_into(c, f, text, s);
     case T_PATH:
-        if (text[0] != '/')
-            return fail_node(c, i, NULL, "must start with '/' (found \"%.64s\")", text);
-        if (n > MAX_STRING || !is_token(text))
-            return fail_node(c, i, NULL,
-                             "invalid path \"%.64s\": at most %d printable ASCII characters "
-                             "without spaces",
-                             text, MAX_STRING);
-        return dup_into(c, f, text, s);
+        if (f->type == T_IMAGE && n == 0)
+            return stoke__yaml_fail(y, i, NULL, "must not be empty");
+        if (f->type == T_PATH && text[0] != '/')
+            return stoke__yaml_fail(y, i, NULL, "must start with '/' (found \"%.64s\")", text);
+        if (n > MAX_STRING || !stoke__yaml_is_token(text))
+            return stoke__yaml_fail(
+                y, i, NULL,
+                "invalid %s \"%.64s\": at most %d printable ASCII characters without spaces",
+                f->type == T_IMAGE ? "image reference" : "path", text, MAX_STRING);
+        return dup_into(y, f, text, s);
     case T_IDLE:
         if (strcmp(text, "pause") == 0)
             s->scale.idle = STOKE_IDLE_PAUSE;
@@ -777,142 +268,121 @@ static int set_string(struct ctx *c, const struct field *f, int i, struct stoke_
         else if (strcmp(text, "remove") == 0)
             s->scale.idle = STOKE_IDLE_REMOVE;
         else
-            return fail_node(c, i, NULL, "must be pause, stop or remove (found \"%.64s\")", text);
+            return stoke__yaml_fail(y, i, NULL, "must be pause, stop or remove (found \"%.64s\")",
+                                    text);
         return 0;
     default:
         return 0;
     }
 }
 
-static bool is_env_name(const char *s)
-{
-    if (!((*s >= 'A' && *s <= 'Z') || (*s >= 'a' && *s <= 'z') || *s == '_'))
-        return false;
-    for (s++; *s; s++)
-        if (!((*s >= 'A' && *s <= 'Z') || (*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') ||
-              *s == '_'))
-            return false;
-    return true;
-}
-
-/* A mapping's entries, or none for a null value (a section whose fields are
- * all commented out): the caller has checked the kind. */
-static int first_key(const struct ctx *c, int map)
-{
-    return c->t.nodes[map].kind == NODE_MAP ? c->t.nodes[map].first : -1;
-}
-
 /* YAML 1.2's core booleans only: yes/no/on/off (YAML 1.1) are refused
  * rather than guessed, and a quoted "true" is a string. */
-static int set_bool(struct ctx *c, const struct field *f, int i, struct stoke_spec *s)
+static int set_bool(struct stoke__yaml *y, const struct field *f, int i, struct stoke_spec *s)
 {
     static const char *const yes[] = {"true", "True", "TRUE"};
     static const char *const no[] = {"false", "False", "FALSE"};
-    const struct node *nd = &c->t.nodes[i];
+    const struct stoke__yaml_node *nd = &y->nodes[i];
 
-    if (nd->kind != NODE_SCALAR || is_null(nd))
-        return fail_node(c, i, NULL, "expected true or false, found %s", kind_name(nd));
+    if (nd->kind != STOKE__YAML_SCALAR || stoke__yaml_is_null(nd))
+        return stoke__yaml_fail(y, i, NULL, "expected true or false, found %s",
+                                stoke__yaml_kind_name(nd));
     for (size_t k = 0; k < 3 && !nd->str_tag; k++) {
         if (strcmp(nd->text, yes[k]) == 0 || strcmp(nd->text, no[k]) == 0) {
             *(bool *)((char *)s + f->off) = strcmp(nd->text, yes[k]) == 0;
             return 0;
         }
     }
-    return fail_node(c, i, NULL, "expected true or false, found \"%.32s\"", nd->text);
+    return stoke__yaml_fail(y, i, NULL, "expected true or false, found \"%.32s\"", nd->text);
 }
 
-static int expect_map(struct ctx *c, int i)
+static int set_env(struct stoke__yaml *y, int map, struct stoke_spec *s)
 {
-    const struct node *nd = &c->t.nodes[i];
-    if (nd->kind == NODE_MAP || is_null(nd))
-        return 0;
-    return fail_node(c, i, NULL, "expected a mapping, found %s", kind_name(nd));
-}
-
-static int set_env(struct ctx *c, int map, struct stoke_spec *s)
-{
-    size_t n = c->t.nodes[map].nchild / 2;
-    int r = expect_map(c, map);
+    size_t n = y->nodes[map].nchild / 2;
+    int r = stoke__yaml_want_map(y, map, NULL);
 
     if (r < 0)
         return r;
     if (n == 0)
         return 0;
     if (n > STOKE_SPEC_MAX_ENV) {
-        int k = first_key(c, map);
+        int k = stoke__yaml_first_key(y, map);
         for (size_t j = 0; j < STOKE_SPEC_MAX_ENV; j++)
-            k = c->t.nodes[c->t.nodes[k].next].next;
-        return fail_node(c, k, NULL, "too many environment variables (the limit is %d)",
-                         STOKE_SPEC_MAX_ENV);
+            k = stoke__yaml_next_key(y, k);
+        return stoke__yaml_fail(y, k, NULL, "too many environment variables (the limit is %d)",
+                                STOKE_SPEC_MAX_ENV);
     }
     s->env = calloc(n, sizeof(*s->env));
     if (!s->env)
-        return oom(c);
-    for (int k = first_key(c, map); k >= 0; k = c->t.nodes[c->t.nodes[k].next].next) {
-        const char *name = c->t.nodes[k].text;
-        int v = c->t.nodes[k].next;
-        const struct node *vn = &c->t.nodes[v];
+        return stoke__yaml_oom(y);
+    for (int k = stoke__yaml_first_key(y, map); k >= 0; k = stoke__yaml_next_key(y, k)) {
+        const char *name = y->nodes[k].text;
+        int v = y->nodes[k].next;
+        const struct stoke__yaml_node *vn = &y->nodes[v];
         struct stoke_env_var *e = &s->env[s->env_len];
 
-        if (!is_env_name(name))
-            return fail_node(c, k, NULL,
-                             "invalid environment variable name \"%.64s\": use letters, digits "
-                             "and '_', not starting with a digit",
-                             name);
+        if (!stoke__yaml_is_env_name(name))
+            return stoke__yaml_fail(
+                y, k, NULL,
+                "invalid environment variable name \"%.64s\": use letters, digits "
+                "and '_', not starting with a digit",
+                name);
         if (strcmp(name, "PORT") == 0)
-            return fail_node(c, k, NULL, "PORT is set by stoke from spec.port");
-        if (vn->kind != NODE_SCALAR)
-            return fail_node(c, v, NULL, "expected a scalar value, found %s", kind_name(vn));
+            return stoke__yaml_fail(y, k, NULL, "PORT is set by stoke from spec.port");
+        if (vn->kind != STOKE__YAML_SCALAR)
+            return stoke__yaml_fail(y, v, NULL, "expected a scalar value, found %s",
+                                    stoke__yaml_kind_name(vn));
         e->name = strdup(name);
         /* YAML null (FOO: with nothing after it) is the empty string. */
-        e->value = strdup(is_null(vn) ? "" : vn->text);
+        e->value = strdup(stoke__yaml_is_null(vn) ? "" : vn->text);
         s->env_len++;
         if (!e->name || !e->value)
-            return oom(c);
+            return stoke__yaml_oom(y);
     }
     return 0;
 }
 
 /* metadata.labels and metadata.annotations: accepted for tools that share
  * manifests with Kubernetes, checked to be flat maps of scalars, ignored. */
-static int check_strmap(struct ctx *c, int map)
+static int check_strmap(struct stoke__yaml *y, int map)
 {
-    int r = expect_map(c, map);
+    int r = stoke__yaml_want_map(y, map, NULL);
 
     if (r < 0)
         return r;
-    for (int k = first_key(c, map); k >= 0; k = c->t.nodes[c->t.nodes[k].next].next) {
-        int v = c->t.nodes[k].next;
-        if (c->t.nodes[v].kind != NODE_SCALAR)
-            return fail_node(c, v, NULL, "expected a string, found %s", kind_name(&c->t.nodes[v]));
+    for (int k = stoke__yaml_first_key(y, map); k >= 0; k = stoke__yaml_next_key(y, k)) {
+        int v = y->nodes[k].next;
+        if (y->nodes[v].kind != STOKE__YAML_SCALAR)
+            return stoke__yaml_fail(y, v, NULL, "expected a string, found %s",
+                                    stoke__yaml_kind_name(&y->nodes[v]));
     }
     return 0;
 }
 
-static int walk_map(struct ctx *c, int map, const struct field *fields, check_fn check,
+static int walk_map(struct stoke__yaml *y, int map, const struct field *fields, check_fn check,
                     struct stoke_spec *s);
 
-static int set_field(struct ctx *c, const struct field *f, int v, struct stoke_spec *s)
+static int set_field(struct stoke__yaml *y, const struct field *f, int v, struct stoke_spec *s)
 {
     switch (f->type) {
     case T_UINT:
-        return set_uint(c, f, v, s);
+        return set_uint(y, f, v, s);
     case T_DURATION:
-        return set_duration(c, f, v, s);
+        return set_duration(y, f, v, s);
     case T_MEMORY:
-        return set_memory(c, f, v, s);
+        return set_memory(y, f, v, s);
     case T_CPU:
-        return set_cpu(c, f, v, s);
+        return set_cpu(y, f, v, s);
     case T_BOOL:
-        return set_bool(c, f, v, s);
+        return set_bool(y, f, v, s);
     case T_MAP:
-        return walk_map(c, v, f->sub, f->check, s);
+        return walk_map(y, v, f->sub, f->check, s);
     case T_ENV:
-        return set_env(c, v, s);
+        return set_env(y, v, s);
     case T_STRMAP:
-        return check_strmap(c, v);
+        return check_strmap(y, v);
     default:
-        return set_string(c, f, v, s);
+        return set_string(y, f, v, s);
     }
 }
 
@@ -924,12 +394,12 @@ static const struct field *find_field(const struct field *fields, const char *ke
     return NULL;
 }
 
-static int walk_map(struct ctx *c, int map, const struct field *fields, check_fn check,
+static int walk_map(struct stoke__yaml *y, int map, const struct field *fields, check_fn check,
                     struct stoke_spec *s)
 {
     int at[MAX_FIELDS];
     size_t nf = 0;
-    int r = expect_map(c, map);
+    int r = stoke__yaml_want_map(y, map, NULL);
 
     if (r < 0)
         return r;
@@ -937,33 +407,37 @@ static int walk_map(struct ctx *c, int map, const struct field *fields, check_fn
         assert(nf < MAX_FIELDS);
         at[nf] = -1;
     }
-    for (int k = first_key(c, map); k >= 0; k = c->t.nodes[c->t.nodes[k].next].next) {
-        const char *key = c->t.nodes[k].text;
+    for (int k = stoke__yaml_first_key(y, map); k >= 0; k = stoke__yaml_next_key(y, k)) {
+        const char *key = y->nodes[k].text;
         const struct field *f = find_field(fields, key);
-        int v = c->t.nodes[k].next;
+        int v = y->nodes[k].next;
 
         if (!f) {
             for (f = fields; f->key; f++)
                 if (strcasecmp(f->key, key) == 0)
-                    return fail_node(c, k, NULL, "unknown field \"%.64s\" (did you mean \"%s\"?)",
-                                     key, f->key);
-            return fail_node(c, k, NULL, "unknown field \"%.64s\"", key);
+                    return stoke__yaml_fail(
+                        y, k, NULL, "unknown field \"%.64s\" (did you mean \"%s\"?)", key, f->key);
+            return stoke__yaml_fail(y, k, NULL, "unknown field \"%.64s\"", key);
         }
         at[f - fields] = v;
-        r = set_field(c, f, v, s);
+        r = set_field(y, f, v, s);
         if (r < 0)
             return r;
     }
-    for (size_t j = 0; j < nf; j++)
-        if (fields[j].required && at[j] < 0)
-            return fail_node(c, map, fields[j].key, "missing required field \"%s\"", fields[j].key);
-    return check ? check(c, map, at, s) : 0;
+    for (size_t j = 0; j < nf; j++) {
+        if (fields[j].required && at[j] < 0) {
+            char field[sizeof(y->err->field)];
+            stoke__yaml_path(y, map, fields[j].key, field, sizeof(field));
+            return stoke__yaml_fail(y, map, field, "missing required field \"%s\"", fields[j].key);
+        }
+    }
+    return check ? check(y, map, at, s) : 0;
 }
 
 /* Indexes into scale_fields[], for check_scale(). */
 enum { SCALE_MIN, SCALE_MAX, SCALE_INITIAL };
 
-static int check_scale(struct ctx *c, int map, const int *at, struct stoke_spec *s)
+static int check_scale(struct stoke__yaml *y, int map, const int *at, struct stoke_spec *s)
 {
     const struct stoke_scale *sc = &s->scale;
 
@@ -971,11 +445,12 @@ static int check_scale(struct ctx *c, int map, const int *at, struct stoke_spec 
      * (0) or initial (1) cannot exceed a max that is set, so the value
      * blamed was written in the file; the mapping is only a fallback. */
     if (sc->max && sc->min > sc->max)
-        return fail_node(c, at[SCALE_MIN] >= 0 ? at[SCALE_MIN] : map, NULL,
-                         "min (%u) must not be greater than max (%u)", sc->min, sc->max);
+        return stoke__yaml_fail(y, at[SCALE_MIN] >= 0 ? at[SCALE_MIN] : map, NULL,
+                                "min (%u) must not be greater than max (%u)", sc->min, sc->max);
     if (sc->max && sc->initial > sc->max)
-        return fail_node(c, at[SCALE_INITIAL] >= 0 ? at[SCALE_INITIAL] : map, NULL,
-                         "initial (%u) must not be greater than max (%u)", sc->initial, sc->max);
+        return stoke__yaml_fail(y, at[SCALE_INITIAL] >= 0 ? at[SCALE_INITIAL] : map, NULL,
+                                "initial (%u) must not be greater than max (%u)", sc->initial,
+                                sc->max);
     return 0;
 }
 
@@ -1045,21 +520,22 @@ static const struct field root_fields[] = {
     {0},
 };
 
-static int walk_root(struct ctx *c, struct stoke_spec *s)
+static int walk_root(struct stoke__yaml *y, struct stoke_spec *s)
 {
-    const struct node *root;
+    const struct stoke__yaml_node *root;
 
-    assert(c->t.len > 0); /* a document always has a root node */
-    root = &c->t.nodes[0];
+    assert(y->len > 0); /* a document always has a root node */
+    root = &y->nodes[0];
 
-    if (root->kind != NODE_MAP) {
-        if (is_null(root))
-            return fail_at(c, root->line, root->column, "", -EINVAL,
-                           "the document is empty: expected a mapping");
-        return fail_at(c, root->line, root->column, "", -EINVAL,
-                       "the document must be a mapping, not %s", kind_name(root));
+    if (root->kind != STOKE__YAML_MAP) {
+        if (stoke__yaml_is_null(root))
+            return stoke__yaml_fail_at(y, root->line, root->column, "", -EINVAL,
+                                       "the document is empty: expected a mapping");
+        return stoke__yaml_fail_at(y, root->line, root->column, "", -EINVAL,
+                                   "the document must be a mapping, not %s",
+                                   stoke__yaml_kind_name(root));
     }
-    return walk_map(c, 0, root_fields, NULL, s);
+    return walk_map(y, 0, root_fields, NULL, s);
 }
 
 /* --- public ----------------------------------------------------------------- */
@@ -1103,7 +579,7 @@ int stoke_spec_parse(const char *buf, size_t len, const char *filename, struct s
 int stoke_spec_parse_ex(const char *buf, size_t len, const char *filename, struct stoke_spec *ret,
                         struct stoke_diag *reterr, stoke_spec_warn_fn warn, void *data)
 {
-    struct ctx c = {.file = filename ? filename : "", .err = reterr};
+    struct stoke__yaml y;
     struct stoke_spec s;
     int r;
 
@@ -1115,21 +591,18 @@ int stoke_spec_parse_ex(const char *buf, size_t len, const char *filename, struc
     stoke_spec_defaults(&s);
     if (reterr)
         memset(reterr, 0, sizeof(*reterr));
-    if (len > STOKE_SPEC_MAX_BYTES) {
-        r = too_big(&c);
-        goto out;
-    }
-    r = tree_build(&c, buf ? buf : "", buf ? len : 0);
+    stoke__yaml_init(&y, filename, reterr);
+    r = stoke__yaml_build(&y, buf, len);
     if (r < 0)
         goto out;
-    r = walk_root(&c, &s);
+    r = walk_root(&y, &s);
     if (r < 0)
         goto out;
     *ret = s;
     memset(&s, 0, sizeof(s));
 out:
     stoke_spec_done(&s);
-    tree_done(&c.t);
+    stoke__yaml_done(&y);
     return r;
 }
 
@@ -1141,7 +614,7 @@ int stoke_spec_load(const char *path, struct stoke_spec *ret, struct stoke_diag 
 int stoke_spec_load_ex(const char *path, struct stoke_spec *ret, struct stoke_diag *reterr,
                        stoke_spec_warn_fn warn, void *data)
 {
-    struct ctx c = {.file = path, .err = reterr};
+    struct stoke__yaml y; /* no tree: only its diagnostics */
     struct stat st;
     char *buf = NULL;
     size_t len = 0, cap;
@@ -1151,38 +624,39 @@ int stoke_spec_load_ex(const char *path, struct stoke_spec *ret, struct stoke_di
     memset(ret, 0, sizeof(*ret));
     if (reterr)
         memset(reterr, 0, sizeof(*reterr));
+    stoke__yaml_init(&y, path, reterr);
     /* O_NONBLOCK: a FIFO dropped where a spec should be must not hang the
      * caller in open(); it is refused below as not a regular file. */
     fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
     if (fd < 0) {
         int e = errno;
-        r = fail_at(&c, 0, 0, "", -e, "cannot open: %s", strerrordesc_np(e));
+        r = stoke__yaml_fail_at(&y, 0, 0, "", -e, "cannot open: %s", strerrordesc_np(e));
         goto out;
     }
     if (fstat(fd, &st) < 0) {
         int e = errno;
-        r = fail_at(&c, 0, 0, "", -e, "cannot stat: %s", strerrordesc_np(e));
+        r = stoke__yaml_fail_at(&y, 0, 0, "", -e, "cannot stat: %s", strerrordesc_np(e));
         goto out;
     }
     if (S_ISDIR(st.st_mode)) {
-        r = fail_at(&c, 0, 0, "", -EISDIR, "is a directory");
+        r = stoke__yaml_fail_at(&y, 0, 0, "", -EISDIR, "is a directory");
         goto out;
     }
     if (!S_ISREG(st.st_mode)) {
-        r = fail_at(&c, 0, 0, "", -EINVAL, "not a regular file");
+        r = stoke__yaml_fail_at(&y, 0, 0, "", -EINVAL, "not a regular file");
         goto out;
     }
     /* Refuse a big file without reading it; the read loop below also stops
      * one byte past the cap, for a file that grows meanwhile or reports no
      * size (procfs). */
     if (st.st_size > STOKE_SPEC_MAX_BYTES) {
-        r = too_big(&c);
+        r = stoke__yaml_too_big(&y);
         goto out;
     }
     cap = st.st_size > 0 ? (size_t)st.st_size + 1 : 4096;
     buf = malloc(cap);
     if (!buf) {
-        r = oom(&c);
+        r = stoke__yaml_oom(&y);
         goto out;
     }
     for (;;) {
@@ -1191,12 +665,12 @@ int stoke_spec_load_ex(const char *path, struct stoke_spec *ret, struct stoke_di
             size_t ncap = cap * 2 > STOKE_SPEC_MAX_BYTES + 1 ? STOKE_SPEC_MAX_BYTES + 1 : cap * 2;
             char *nb;
             if (ncap == cap) {
-                r = too_big(&c);
+                r = stoke__yaml_too_big(&y);
                 goto out;
             }
             nb = realloc(buf, ncap);
             if (!nb) {
-                r = oom(&c);
+                r = stoke__yaml_oom(&y);
                 goto out;
             }
             buf = nb;
@@ -1207,7 +681,7 @@ int stoke_spec_load_ex(const char *path, struct stoke_spec *ret, struct stoke_di
             continue;
         if (n < 0) {
             int e = errno;
-            r = fail_at(&c, 0, 0, "", -e, "cannot read: %s", strerrordesc_np(e));
+            r = stoke__yaml_fail_at(&y, 0, 0, "", -e, "cannot read: %s", strerrordesc_np(e));
             goto out;
         }
         if (n == 0)

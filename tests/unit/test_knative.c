@@ -766,6 +766,73 @@ static void test_hostile_same_as_stoke_v1(void **state)
     }
 }
 
+/* Whole documents refused at the YAML level: the Knative parser called
+ * directly gives what the stoke/v1 parser gives, position, field and
+ * message alike (both read YAML through common/yamltree.c). */
+static void test_yaml_refusals_same_as_stoke_v1(void **state)
+{
+    static const struct {
+        const char *yaml;
+        size_t len; /* 0: strlen */
+    } cases[] = {
+        {"", 0},
+        {"# only a comment\n", 0},
+        {"\xEF\xBB\xBF# a BOM, then nothing\n", 0},
+        {"\xEF\xBB\xBF"
+         "a: \xff\n",
+         0},
+        {"# c\xc2\x85"
+         "a: \xff\n",
+         0},
+        {"# c\xe2\x80\xa8"
+         "a: \xff\n",
+         0},
+        {"a: 1\rb: 2\r\nc: \xc3\n", 0},
+        {"a: \"\xc3\xa9\xe2\x82\n", 0},
+        {"\xff\xfe"
+         "a\0:\0",
+         6},
+        {"{a: 1, b: {c: 2, c: 3}}\n", 0},
+        {"a:\n  - {b: 1}\n  - ? {c: d}\n    : e\n", 0},
+        {"a: [x, *y]\n", 0},
+        {"*y : 1\n", 0},
+        {"a: !!map [1]\n", 0},
+        {"a: !local {b: 1}\n", 0},
+        {"[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]\n", 0},
+        {"a: 1\n...\n---\nb: 2\n", 0},
+        {"a: {b: 1\n", 0},
+    };
+    (void)state;
+
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        size_t len = cases[i].len ? cases[i].len : strlen(cases[i].yaml);
+        struct stoke_spec s;
+        struct stoke_diag da, db;
+        int ra, rb;
+
+        ra = stoke_spec_parse(cases[i].yaml, len, "f.yaml", &s, &da);
+        rb = stoke_knative_parse(cases[i].yaml, len, "f.yaml", &s, &db, NULL, NULL);
+        print_message("case %zu: %u:%u: %s: %s\n", i, db.line, db.column, db.field, db.message);
+        assert_int_equal(ra, -EINVAL);
+        assert_int_equal(rb, -EINVAL);
+        assert_true(is_zeroed(&s));
+        assert_int_equal(da.line, db.line);
+        assert_int_equal(da.column, db.column);
+        assert_string_equal(da.field, db.field);
+        assert_string_equal(da.message, db.message);
+    }
+    /* No bytes at all: an empty file, as for stoke/v1. */
+    {
+        struct stoke_spec s;
+        struct stoke_diag d;
+        assert_int_equal(stoke_knative_parse(NULL, 0, "f.yaml", &s, &d, NULL, NULL), -EINVAL);
+        assert_true(is_zeroed(&s));
+        assert_int_equal(d.line, 1);
+        assert_int_equal(d.column, 1);
+        assert_string_equal(d.message, "the file is empty: no YAML document");
+    }
+}
+
 /* stoke/v1 specs are untouched: the committed valid ones still load. */
 static void test_stoke_v1_unchanged(void **state)
 {
@@ -820,6 +887,7 @@ int main(void)
         cmocka_unit_test(test_hostile_many_nodes),
         cmocka_unit_test(test_hostile_encoding_and_syntax),
         cmocka_unit_test(test_hostile_same_as_stoke_v1),
+        cmocka_unit_test(test_yaml_refusals_same_as_stoke_v1),
         cmocka_unit_test(test_stoke_v1_unchanged),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
