@@ -6,7 +6,8 @@
  * its warnings come only with an accepted spec, each complete.
  *
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -Iinclude \
- *       tests/fuzz/fuzz_spec.c common/spec.c common/knative.c common/diag.c -lyaml -o fuzz_spec
+ *       tests/fuzz/fuzz_spec.c common/spec.c common/knative.c common/yamltree.c \
+ *       common/diag.c -lyaml -o fuzz_spec
  *   ./fuzz_spec -max_total_time=60 tests/fuzz/corpus-out tests/fuzz/corpus/spec
  */
 #include <errno.h>
