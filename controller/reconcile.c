@@ -1017,8 +1017,14 @@ int ctrl_function_apply(struct ctrl *c, const struct stoke_spec *spec)
         stoke_info(copy.name, "function added (image %s, revision %s)", copy.image, rev);
     } else {
         if (strcmp(rev, fn->revision) != 0) {
-            /* The old replicas keep serving until new ones are ready. */
+            /* The old replicas keep serving until new ones are ready. The
+             * old revision's failures say nothing of the new one: its first
+             * replica starts at once, and status shows its own errors. */
             stoke_info(copy.name, "new revision %s (was %s): rolling out", rev, fn->revision);
+            fn->failures = 0;
+            fn->backoff_ms = 0;
+            fn->retry_at_ms = 0;
+            fn->last_error[0] = '\0';
         } else {
             stoke_info(copy.name, "function updated (revision %s)", rev);
         }
