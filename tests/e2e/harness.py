@@ -207,6 +207,7 @@ class Stoke:
         self.fndir = os.path.join(self.tmp, "functions")
         os.mkdir(self.fndir)
         self.ctl = "unix:" + os.path.join(self.tmp, "ctl.sock")
+        self.admin_sock = os.path.join(self.tmp, "admin.sock")
         self.port = free_port()
         self.ops_port = free_port()  # the activator's ops port (/metrics, /healthz)
         # Replica ports: a block of 128 of the controller's default range,
@@ -235,6 +236,7 @@ class Stoke:
     def _controller_argv(self):
         return [os.path.join(BUILD, "stoke-controller"), "--functions-dir", self.fndir,
                 "--listen", self.ctl, "--instance", self.instance,
+                "--admin-socket", self.admin_sock,
                 "--port-range", self.port_range, "--log-level", "debug"] + self.extra
 
     def restart_controller(self, logname):
@@ -348,6 +350,22 @@ class Stoke:
             return Response(r.status, dict(r.getheaders()), r.read().decode(errors="replace"))
         finally:
             c.close()
+
+    def api(self, method, path, body=None, headers=None, timeout=60):
+        """One call to the controller's admin API over its unix socket;
+        .json is the parsed body (None when it is not JSON)."""
+        c = UnixHTTPConnection(self.admin_sock, timeout=timeout)
+        try:
+            c.request(method, path, body=body, headers=dict(headers or {}))
+            r = c.getresponse()
+            resp = Response(r.status, dict(r.getheaders()), r.read().decode(errors="replace"))
+        finally:
+            c.close()
+        try:
+            resp.json = json.loads(resp.body)
+        except ValueError:
+            resp.json = None
+        return resp
 
     def fn_request(self, fn, path="/", **kw):
         return self.request("/fn/%s%s" % (fn, path), **kw)
