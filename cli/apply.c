@@ -286,6 +286,11 @@ static int send_one(struct client *c, struct input *it)
                jstr(r.json, "result", r.status == 201 ? "created" : "configured"));
         fflush(stdout);
         it->sent = true;
+        /* The revision the server put in effect is the one to wait for; the
+         * local hash is only the fallback (they are the same function). */
+        const char *rev = jstr(jget(r.json, "status"), "revision", NULL);
+        if (rev && strlen(rev) == 16)
+            memcpy(it->revision, rev, 17);
         ret = 0;
     } else {
         print_refusal(c, it, &r);
@@ -322,7 +327,7 @@ static void progress_text(json_object *st, char *buf, size_t size)
     for (size_t i = 0; i < n; i++) {
         const char *s = jstr(json_object_array_get_idx(reps, i), "state", "");
         for (size_t k = 0; k < sizeof(states) / sizeof(states[0]); k++) {
-            if (strcmp(s, states[k]) == 0) {
+            if (strcmp(s, states[k]) == 0 && strcmp(s, "ready") != 0) {
                 kinds += counts[k] == 0;
                 counts[k]++;
             }
@@ -335,8 +340,8 @@ static void progress_text(json_object *st, char *buf, size_t size)
     size_t off = (size_t)len;
     const char *sep = " (";
     for (size_t k = 0; k < sizeof(states) / sizeof(states[0]); k++) {
-        if (counts[k] == 0)
-            continue;
+        if (counts[k] == 0 || strcmp(states[k], "ready") == 0)
+            continue; /* the ready ones are counted already */
         int w = kinds == 1 && counts[k] == 1
                     ? snprintf(buf + off, size - off, "%s%s", sep, states[k])
                     : snprintf(buf + off, size - off, "%s%zu %s", sep, counts[k], states[k]);
@@ -432,6 +437,9 @@ static int check_one(struct client *c, struct waiting *w)
         char d[32];
         format_ms(w->timeout_ms, d, sizeof(d));
         fprintf(stderr, "stokectl apply: function/%s is not ready after %s\n", name, d);
+        if (!ours)
+            fprintf(stderr, "%s: the controller still reports revision %s, not %s\n", name,
+                    jstr(r.json, "revision", "-"), w->in->revision);
         print_last_status(name, r.json);
         ret = -1;
     }
