@@ -8,6 +8,7 @@
 
 #include "commands.h"
 #include "output.h"
+#include "stoke/spec.h"
 
 enum format { FMT_TABLE, FMT_JSON, FMT_YAML };
 
@@ -209,8 +210,22 @@ static const char *or_dash(const char *s)
     return s && s[0] ? s : "-";
 }
 
+/* A duration of the spec ("300s", "10ms") the short way ("5m"); as sent
+ * when it does not parse. Returns `buf`. */
+static const char *dur(json_object *obj, const char *key, char *buf, size_t size)
+{
+    const char *s = jstr(obj, key, NULL);
+    uint64_t ms;
+    if (s && stoke_parse_duration(s, &ms) == 0)
+        format_ms(ms, buf, size);
+    else
+        snprintf(buf, size, "%s", or_dash(s));
+    return buf;
+}
+
 static void describe_spec(json_object *spec)
 {
+    char d1[32], d2[32], d3[32];
     json_object *scale = jget(spec, "scale"), *queue = jget(spec, "queue");
     json_object *res = jget(spec, "resources"), *rd = jget(spec, "readiness");
     field("Image:", "%s", or_dash(jstr(spec, "image", NULL)));
@@ -237,16 +252,16 @@ static void describe_spec(json_object *spec)
     field("", "target %" PRId64 " in flight per replica at %" PRId64 "%%, containerConcurrency %s",
           jint(scale, "target", 0), jint(scale, "utilization", 0), cc == 0 ? "unlimited" : ccs);
     field("", "window %s, panic window %" PRId64 "%%, panic threshold %" PRId64 "%%",
-          or_dash(jstr(scale, "window", NULL)), jint(scale, "panicWindowPercent", 0),
+          dur(scale, "window", d1, sizeof(d1)), jint(scale, "panicWindowPercent", 0),
           jint(scale, "panicThresholdPercent", 0));
-    field("", "scale to zero after %s (+ delay %s)", or_dash(jstr(scale, "scaleToZeroGrace", NULL)),
-          or_dash(jstr(scale, "scaleDownDelay", NULL)));
+    field("", "scale to zero after %s (+ delay %s)", dur(scale, "scaleToZeroGrace", d1, sizeof(d1)),
+          dur(scale, "scaleDownDelay", d2, sizeof(d2)));
     field("", "idle: %s, stop after %s, remove after %s, precreated %" PRId64,
-          or_dash(jstr(scale, "idle", NULL)), or_dash(jstr(scale, "stopAfter", NULL)),
-          or_dash(jstr(scale, "removeAfter", NULL)), jint(scale, "precreated", 0));
-    field("Timeout:", "%s per request", or_dash(jstr(spec, "timeout", NULL)));
+          or_dash(jstr(scale, "idle", NULL)), dur(scale, "stopAfter", d2, sizeof(d2)),
+          dur(scale, "removeAfter", d3, sizeof(d3)), jint(scale, "precreated", 0));
+    field("Timeout:", "%s per request", dur(spec, "timeout", d1, sizeof(d1)));
     field("Queue:", "%" PRId64 " requests, %s", jint(queue, "max", 0),
-          or_dash(jstr(queue, "timeout", NULL)));
+          dur(queue, "timeout", d1, sizeof(d1)));
     char mem[32] = "-";
     const char *ms = jstr(res, "memory", NULL);
     uint64_t bytes;
@@ -258,7 +273,7 @@ static void describe_spec(json_object *spec)
           jint(res, "pids", 0));
     const char *rpath = jstr(rd, "path", NULL);
     field("Readiness:", "%s%s, every %s (backing off)", rpath ? "HTTP GET " : "TCP connect",
-          rpath ? rpath : "", or_dash(jstr(rd, "period", NULL)));
+          rpath ? rpath : "", dur(rd, "period", d1, sizeof(d1)));
     field("Root fs:", "%s", jbool(spec, "readOnlyRootFilesystem", 1) ? "read-only" : "writable");
 }
 
