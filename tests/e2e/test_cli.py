@@ -18,7 +18,8 @@ import time
 import urllib.parse
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import BUILD, IMAGE, Stoke, engine, free_port, run_tests  # noqa: E402
+from harness import (BUILD, IMAGE, SANITIZER_MARKERS, Stoke, engine, free_port,  # noqa: E402
+                     run_tests)
 
 STOKECTL = os.path.join(BUILD, "stokectl")
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -51,8 +52,11 @@ def ctl(s, *args, stdin=None, timeout=120, server=None):
     env = dict(os.environ)
     env.pop("STOKE_SERVER", None)
     env.pop("STOKE_TOKEN_FILE", None)
-    return subprocess.run([STOKECTL, "--server", srv] + list(args), input=stdin,
-                          capture_output=True, text=True, timeout=timeout, env=env)
+    p = subprocess.run([STOKECTL, "--server", srv] + list(args), input=stdin,
+                       capture_output=True, text=True, timeout=timeout, env=env)
+    for marker in SANITIZER_MARKERS:
+        assert marker not in p.stderr, "stokectl %s:\n%s" % (" ".join(args), p.stderr)
+    return p
 
 
 def ok(p):
@@ -143,6 +147,7 @@ def test_round_trip_apply_get_describe_logs_top_delete():
         f.send_signal(signal.SIGINT)
         out, err = f.communicate(timeout=30)
         assert f.returncode == 0, (f.returncode, err)
+        assert not [m for m in SANITIZER_MARKERS if m in err], err
     finally:
         if f.poll() is None:
             f.kill()
