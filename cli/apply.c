@@ -262,8 +262,10 @@ static void print_refusal(const struct client *c, const struct input *it, const 
     char what[128];
     snprintf(what, sizeof(what), "function/%s", it->spec.name);
     if (r->status == 400 && err && strncmp(err, "body:", 5) == 0) {
+        const char *field = jstr(r->json, "field", NULL);
         fprintf(stderr, "%s:%s\n", it->path, err + 5);
-        fprintf(stderr, "stokectl apply: the controller refused %s from %s\n", what, it->path);
+        fprintf(stderr, "stokectl apply: the controller refused %s from %s%s%s%s\n", what, it->path,
+                field ? " (field " : "", field ? field : "", field ? ")" : "");
         return;
     }
     client_print_error(c, what, r);

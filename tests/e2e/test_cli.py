@@ -241,6 +241,31 @@ def test_wait_fails_on_a_missing_image_with_the_engines_message():
     s.stop()
 
 
+def test_wait_fails_on_a_crash_loop_with_the_exit_code():
+    s = start("clicrash")
+    # The example exits 1 when it cannot listen on BIND_ADDR.
+    path = write(s.tmp, "crash.yaml", spec_text("crash", extra="  scale: { initial: 1 }\n").replace(
+        'env: { GREETING: "hi from crash" }', 'env: { BIND_ADDR: "not-an-address" }'))
+    p = ctl(s, "apply", "-f", path, "--wait")
+    assert p.returncode == 1, (p.returncode, p.stdout, p.stderr)
+    assert "function/crash cannot become ready: " in p.stderr, p.stderr
+    assert "exit status 1" in p.stderr, p.stderr
+    s.stop()
+
+
+def test_server_refusal_is_shown_with_its_field():
+    s = start("clirefused")
+    # x.yaml in the functions directory defines another function: the
+    # controller refuses to overwrite it with function x (409).
+    s.write_file("x.yaml", spec_text("zzz", extra="  scale: { initial: 0 }\n"))
+    s.wait_log("controller", "zzz", 10)
+    p = ctl(s, "apply", "-f", "-", stdin=spec_text("x"))
+    assert p.returncode == 1, (p.returncode, p.stdout, p.stderr)
+    assert p.stdout == "", p.stdout
+    assert "function/x: " in p.stderr and "(field metadata.name)" in p.stderr, p.stderr
+    s.stop()
+
+
 def test_wait_deadline_passes():
     s = start("clideadline")
     # A replica that never answers its readiness path (/status/500) and does
