@@ -651,11 +651,7 @@ static void handle(struct http_req *req, void *data)
         if (method_ok(req, M(HTTP_GET), "Allow: GET\r\n") && ready(a, req))
             get_one(a, req, name, true);
     } else if (strcmp(sub, "logs") == 0) {
-        if (!method_ok(req, M(HTTP_GET), "Allow: GET\r\n") || !ready(a, req))
-            return;
-        if (!find_live(a, name))
-            not_found(req, name);
-        else
+        if (method_ok(req, M(HTTP_GET), "Allow: GET\r\n") && ready(a, req))
             api_logs_serve(a->logs, req, name);
     } else {
         http_reply_error(req, 404, NULL, NULL, "no such path");
