@@ -153,12 +153,30 @@ def test_round_trip_apply_get_describe_logs_top_delete():
             f.kill()
             f.wait()
 
+    p = ok(ctl(s, "logs", "rt", "--since", str(int(time.time()) + 3600)))
+    assert p.stdout == "", p.stdout
+    p = ok(ctl(s, "logs", "rt", "--since", "1h"))
+    assert '"msg":"listening"' in p.stdout, p.stdout
+    p = ctl(s, "logs", "nosuch")
+    assert p.returncode == 1 and "function/nosuch" in p.stderr, (p.returncode, p.stderr)
+
     t = ok(ctl(s, "top")).stdout.splitlines()
     assert t[0].split()[:3] == ["NAME", "REPLICAS", "REQ/S"], t
     assert any(ln.split()[0] == "rt" and ln.split()[1] == "1/1" for ln in t[1:]), t
 
-    p = ok(ctl(s, "delete", "rt"))
-    assert p.stdout.strip() == "function/rt deleted", p.stdout
+    # A follower's answer ends when its function is deleted.
+    f = subprocess.Popen([STOKECTL, "logs", "rt", "-f"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert f.stdout.readline().startswith("[%s] " % replica)
+        p = ok(ctl(s, "delete", "rt"))
+        assert p.stdout.strip() == "function/rt deleted", p.stdout
+        out, err = f.communicate(timeout=60)
+        assert f.returncode == 0, (f.returncode, err)
+    finally:
+        if f.poll() is None:
+            f.kill()
+            f.wait()
     assert not os.path.exists(os.path.join(s.fndir, "rt.yaml"))
     p = ctl(s, "get", "rt")
     assert p.returncode == 1 and "function/rt" in p.stderr, (p.returncode, p.stderr)
