@@ -41,6 +41,14 @@ enum {
  * (0 after --help, 2 after a bad option). */
 int common_option(struct globals *g, const char *cmd, int opt, char **argv);
 
+/* Parses the options of a command that has only COMMON_LONGOPTS. Returns
+ * -1 with optind at the first operand, or the exit status to return. */
+int parse_common_options(struct globals *g, const char *cmd, int argc, char **argv);
+
+/* The index of the first NAME operand from optind: past a kubectl-style
+ * "function", "functions" or "fn". */
+int first_name_arg(int argc, char **argv);
+
 /* Prints "stokectl CMD: message" and the hint to --help on stderr; returns
  * EXIT_USAGE. */
 int usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -161,6 +161,29 @@ int common_option(struct globals *g, const char *cmd, int opt, char **argv)
     }
 }
 
+int parse_common_options(struct globals *g, const char *cmd, int argc, char **argv)
+{
+    static const struct option longopts[] = {COMMON_LONGOPTS};
+    optind = 0;
+    opterr = 0;
+    int opt;
+    while ((opt = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
+        int status = common_option(g, cmd, opt, argv);
+        if (status >= 0)
+            return status;
+    }
+    return -1;
+}
+
+int first_name_arg(int argc, char **argv)
+{
+    int first = optind;
+    if (first < argc && (strcmp(argv[first], "function") == 0 ||
+                         strcmp(argv[first], "functions") == 0 || strcmp(argv[first], "fn") == 0))
+        first++;
+    return first;
+}
+
 int connect_client(const struct globals *g, struct client *c)
 {
     return client_init(c, g->server, g->token_file) < 0 ? 1 : 0;

@@ -10,21 +10,13 @@
 
 int cmd_delete(struct globals *g, int argc, char **argv)
 {
-    static const struct option longopts[] = {COMMON_LONGOPTS};
     struct client c = {0};
     int status;
 
-    optind = 0;
-    opterr = 0;
-    int opt;
-    while ((opt = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
-        status = common_option(g, "delete", opt, argv);
-        if (status >= 0)
-            return status;
-    }
-    int first = optind;
-    if (first < argc && (strcmp(argv[first], "function") == 0 || strcmp(argv[first], "fn") == 0))
-        first++;
+    status = parse_common_options(g, "delete", argc, argv);
+    if (status >= 0)
+        return status;
+    int first = first_name_arg(argc, argv);
     if (first >= argc)
         return usage_error("delete", "NAME is required");
     if (connect_client(g, &c) != 0)
@@ -170,18 +162,12 @@ out:
 
 int cmd_version(struct globals *g, int argc, char **argv)
 {
-    static const struct option longopts[] = {COMMON_LONGOPTS};
     struct client c = {0};
     int status;
 
-    optind = 0;
-    opterr = 0;
-    int opt;
-    while ((opt = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
-        status = common_option(g, "version", opt, argv);
-        if (status >= 0)
-            return status;
-    }
+    status = parse_common_options(g, "version", argc, argv);
+    if (status >= 0)
+        return status;
     if (optind < argc)
         return usage_error("version", "unexpected argument %s", argv[optind]);
     printf("stokectl " STOKE_VERSION "\n");

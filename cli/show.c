@@ -152,10 +152,7 @@ int cmd_get(struct globals *g, int argc, char **argv)
             return status;
     }
     /* kubectl habits: "get functions" and "get function NAME". */
-    int first = optind;
-    if (first < argc && (strcmp(argv[first], "functions") == 0 ||
-                         strcmp(argv[first], "function") == 0 || strcmp(argv[first], "fn") == 0))
-        first++;
+    int first = first_name_arg(argc, argv);
     if (connect_client(g, &c) != 0)
         return 1;
     status = fetch_functions(&c, "get", first, argc, argv, &items);
@@ -352,22 +349,14 @@ static void describe_status(json_object *st)
 
 int cmd_describe(struct globals *g, int argc, char **argv)
 {
-    static const struct option longopts[] = {COMMON_LONGOPTS};
     struct client c = {0};
     json_object *items = NULL;
     int status;
 
-    optind = 0;
-    opterr = 0;
-    int opt;
-    while ((opt = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
-        status = common_option(g, "describe", opt, argv);
-        if (status >= 0)
-            return status;
-    }
-    int first = optind;
-    if (first < argc && (strcmp(argv[first], "function") == 0 || strcmp(argv[first], "fn") == 0))
-        first++;
+    status = parse_common_options(g, "describe", argc, argv);
+    if (status >= 0)
+        return status;
+    int first = first_name_arg(argc, argv);
     if (first >= argc)
         return usage_error("describe", "NAME is required");
     if (connect_client(g, &c) != 0)
@@ -390,21 +379,15 @@ int cmd_describe(struct globals *g, int argc, char **argv)
 
 int cmd_top(struct globals *g, int argc, char **argv)
 {
-    static const struct option longopts[] = {COMMON_LONGOPTS};
     static const char *const header[] = {"NAME",     "REPLICAS", "REQ/S",  "CONCURRENCY",
                                          "REQUESTS", "CPU(s)",   "MEMORY", "GB-S"};
     struct client c = {0};
     json_object *items = NULL;
     int status;
 
-    optind = 0;
-    opterr = 0;
-    int opt;
-    while ((opt = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
-        status = common_option(g, "top", opt, argv);
-        if (status >= 0)
-            return status;
-    }
+    status = parse_common_options(g, "top", argc, argv);
+    if (status >= 0)
+        return status;
     if (connect_client(g, &c) != 0)
         return 1;
     status = fetch_functions(&c, "top", optind, argc, argv, &items);

@@ -77,6 +77,16 @@ def write(dirname, filename, text):
     return path
 
 
+def apply_wait_fails(s, name, text, *args):
+    """`apply --wait` of `text` (written as NAME.yaml) sends it and then
+    fails; returns stderr."""
+    path = write(s.tmp, name + ".yaml", text)
+    p = ctl(s, "apply", "-f", path, "--wait", *args)
+    assert p.returncode == 1, (p.returncode, p.stdout, p.stderr)
+    assert "function/%s created" % name in p.stdout, p.stdout
+    return p.stderr
+
+
 def test_round_trip_apply_get_describe_logs_top_delete():
     s = start("cli")
     path = write(s.tmp, "rt.yaml", spec_text("rt", extra="  scale: { min: 0, initial: 1 }\n"))
@@ -244,16 +254,13 @@ def test_wait_fails_on_a_missing_image_with_the_engines_message():
     s = start("cliwait")
     # A short queue timeout is --wait's deadline: if the engine's message did
     # not come through, the failure would say "not ready after" instead.
-    path = write(s.tmp, "ghost.yaml", spec_text(
+    err = apply_wait_fails(s, "ghost", spec_text(
         "ghost", image="stoke-no-such-image:0",
         extra="  scale: { initial: 1 }\n  queue: { max: 10, timeout: 30s }\n"))
-    p = ctl(s, "apply", "-f", path, "--wait")
-    assert p.returncode == 1, (p.returncode, p.stdout, p.stderr)
-    assert "function/ghost created" in p.stdout, p.stdout
-    assert "function/ghost cannot become ready: " in p.stderr, p.stderr
-    assert "No such image" in p.stderr and "stoke-no-such-image" in p.stderr, p.stderr
-    assert "not ready after" not in p.stderr, p.stderr
-    assert "last status:" in p.stderr, p.stderr
+    assert "function/ghost cannot become ready: " in err, err
+    assert "No such image" in err and "stoke-no-such-image" in err, err
+    assert "not ready after" not in err, err
+    assert "last status:" in err, err
     d = ok(ctl(s, "describe", "ghost")).stdout
     assert "No such image" in d, d
     s.stop()
@@ -262,12 +269,10 @@ def test_wait_fails_on_a_missing_image_with_the_engines_message():
 def test_wait_fails_on_a_crash_loop_with_the_exit_code():
     s = start("clicrash")
     # The example exits 1 when it cannot listen on BIND_ADDR.
-    path = write(s.tmp, "crash.yaml", spec_text("crash", extra="  scale: { initial: 1 }\n").replace(
+    err = apply_wait_fails(s, "crash", spec_text("crash", extra="  scale: { initial: 1 }\n").replace(
         'env: { GREETING: "hi from crash" }', 'env: { BIND_ADDR: "not-an-address" }'))
-    p = ctl(s, "apply", "-f", path, "--wait")
-    assert p.returncode == 1, (p.returncode, p.stdout, p.stderr)
-    assert "function/crash cannot become ready: " in p.stderr, p.stderr
-    assert "exit status 1" in p.stderr, p.stderr
+    assert "function/crash cannot become ready: " in err, err
+    assert "exit status 1" in err, err
     s.stop()
 
 
@@ -288,12 +293,10 @@ def test_wait_deadline_passes():
     s = start("clideadline")
     # A replica that never answers its readiness path (/status/500) and does
     # not crash: only the deadline ends the wait.
-    path = write(s.tmp, "slow.yaml", spec_text("slow", extra="  scale: { initial: 1 }\n").replace(
-        "readiness: { path: / }", "readiness: { path: /status/500 }"))
-    p = ctl(s, "apply", "-f", path, "--wait", "--timeout", "3s")
-    assert p.returncode == 1, (p.returncode, p.stdout, p.stderr)
-    assert "function/slow is not ready after 3s" in p.stderr, p.stderr
-    assert "slow: last status: 0/1 ready" in p.stderr, p.stderr
+    err = apply_wait_fails(s, "slow", spec_text("slow", extra="  scale: { initial: 1 }\n").replace(
+        "readiness: { path: / }", "readiness: { path: /status/500 }"), "--timeout", "3s")
+    assert "function/slow is not ready after 3s" in err, err
+    assert "slow: last status: 0/1 ready" in err, err
     s.stop()
 
 
