@@ -278,6 +278,8 @@ static int perform(struct client *c, const char *method, const char *path, const
 out:
     curl_slist_free_all(headers);
     curl_easy_cleanup(h);
+    if (r < 0)
+        reply_done(ret); /* callers free a reply only when one came */
     return r;
 }
 
