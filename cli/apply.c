@@ -196,14 +196,9 @@ out:
     return r;
 }
 
-static int add_arg(struct inputs *in, const char *arg, bool *stdin_used)
+static int add_arg(struct inputs *in, const char *arg)
 {
     if (strcmp(arg, "-") == 0) {
-        if (*stdin_used) {
-            fprintf(stderr, "stokectl apply: -f - given twice\n");
-            return -EINVAL;
-        }
-        *stdin_used = true;
         struct input *it = inputs_add(in, "<stdin>");
         return it ? read_input(it, stdin) : -ENOMEM;
     }
@@ -499,7 +494,7 @@ int cmd_apply(struct globals *g, int argc, char **argv)
     };
     const char **files = NULL;
     size_t nfiles = 0;
-    bool wait = false, have_timeout = false;
+    bool wait = false, have_timeout = false, stdin_used = false;
     uint64_t timeout_ms = 0;
     struct inputs in = {0};
     struct client c = {0};
@@ -516,6 +511,11 @@ int cmd_apply(struct globals *g, int argc, char **argv)
     while ((opt = getopt_long(argc, argv, ":f:wh", longopts, NULL)) != -1) {
         switch (opt) {
         case 'f':
+            if (strcmp(optarg, "-") == 0 && stdin_used) {
+                status = usage_error("apply", "-f - given twice");
+                goto out;
+            }
+            stdin_used |= strcmp(optarg, "-") == 0;
             files[nfiles++] = optarg;
             break;
         case 'w':
@@ -550,9 +550,8 @@ int cmd_apply(struct globals *g, int argc, char **argv)
     }
 
     status = 1;
-    bool stdin_used = false;
     for (size_t i = 0; i < nfiles; i++) {
-        if (add_arg(&in, files[i], &stdin_used) < 0)
+        if (add_arg(&in, files[i]) < 0)
             goto out;
     }
     size_t bad = parse_all(&in);

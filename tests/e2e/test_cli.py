@@ -365,6 +365,7 @@ def test_usage_errors_exit_2():
         ["apply"],
         ["apply", "-f"],
         ["apply", "-f", "x.yaml", "extra"],
+        ["apply", "-f", "-", "-f", "-"],
         ["apply", "-f", "x.yaml", "--timeout", "soon", "--wait"],
         ["apply", "-f", "x.yaml", "--timeout", "5s"],
         ["get", "-o", "xml"],
