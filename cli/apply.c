@@ -25,6 +25,10 @@ struct input {
     struct stoke_spec spec;
     char revision[17];
     bool sent;
+    /* The error the status showed when the PUT was answered: an error of
+     * the previous revision that --wait must not take for the new one's. */
+    char *old_error; /* owned; "" when none */
+    int64_t old_failures;
 };
 
 struct inputs {
@@ -36,6 +40,7 @@ static void inputs_done(struct inputs *in)
 {
     for (size_t i = 0; i < in->len; i++) {
         free(in->v[i].path);
+        free(in->v[i].old_error);
         stoke_buf_done(&in->v[i].bytes);
         stoke_spec_done(&in->v[i].spec);
     }
@@ -285,9 +290,12 @@ static int send_one(struct client *c, struct input *it)
         it->sent = true;
         /* The revision the server put in effect is the one to wait for; the
          * local hash is only the fallback (they are the same function). */
-        const char *rev = jstr(jget(r.json, "status"), "revision", NULL);
+        json_object *st = jget(r.json, "status");
+        const char *rev = jstr(st, "revision", NULL);
         if (rev && strlen(rev) == 16)
             memcpy(it->revision, rev, 17);
+        it->old_error = strdup(jstr(st, "last_error", ""));
+        it->old_failures = jint(st, "failures", 0);
         ret = 0;
     } else {
         print_refusal(c, it, &r);
@@ -347,11 +355,9 @@ static void progress_text(json_object *st, char *buf, size_t size)
         off += (size_t)w;
         sep = ", ";
     }
-    int64_t backoff = jint(st, "backoff_ms", 0);
-    if (backoff > 0) {
-        char d[32];
-        format_ms((uint64_t)backoff, d, sizeof(d));
-        int w = snprintf(buf + off, size - off, "%sbacking off %s", sep, d);
+    /* Without the time left: a countdown would print a line every poll. */
+    if (jint(st, "backoff_ms", 0) > 0) {
+        int w = snprintf(buf + off, size - off, "%sbacking off", sep);
         if (w < 0 || (size_t)w >= size - off)
             return;
         off += (size_t)w;
@@ -376,8 +382,13 @@ static void print_last_status(const char *name, json_object *st)
     }
     char prog[256];
     progress_text(st, prog, sizeof(prog));
-    fprintf(stderr, "%s: last status: %s; revision %s; failures %" PRId64 "; last error: %s\n",
-            name, prog, jstr(st, "revision", "-"), jint(st, "failures", 0),
+    char backoff[32];
+    int64_t ms = jint(st, "backoff_ms", 0);
+    format_ms(ms > 0 ? (uint64_t)ms : 0, backoff, sizeof(backoff));
+    fprintf(stderr,
+            "%s: last status: %s; revision %s; failures %" PRId64
+            ", next try in %s; last error: %s\n",
+            name, prog, jstr(st, "revision", "-"), jint(st, "failures", 0), backoff,
             jstr(st, "last_error", "")[0] ? jstr(st, "last_error", "") : "none");
 }
 
@@ -422,11 +433,18 @@ static int check_one(struct client *c, struct waiting *w)
     /* The status may still be the previous revision's for a moment. */
     bool ours = strcmp(jstr(r.json, "revision", w->in->revision), w->in->revision) == 0;
     const char *err = jstr(r.json, "last_error", "");
+    int64_t failures = jint(r.json, "failures", 0);
+    /* An error is the new spec's once the count went down (a replica came
+     * up, or the count restarted) and up again, or the error is another. */
+    if (failures < w->in->old_failures)
+        w->in->old_failures = failures;
+    bool new_error =
+        failures > w->in->old_failures || (w->in->old_error && strcmp(err, w->in->old_error) != 0);
     if (ours && jbool(r.json, "ready_condition", 0)) {
         printf("function/%s ready\n", name);
         fflush(stdout);
         ret = 1;
-    } else if (ours && err[0] && jint(r.json, "failures", 0) > 0) {
+    } else if (ours && err[0] && failures > 0 && new_error) {
         fprintf(stderr, "stokectl apply: function/%s cannot become ready: %s\n", name, err);
         print_last_status(name, r.json);
         ret = -1;

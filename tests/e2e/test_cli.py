@@ -263,6 +263,11 @@ def test_wait_fails_on_a_missing_image_with_the_engines_message():
     assert "last status:" in err, err
     d = ok(ctl(s, "describe", "ghost")).stdout
     assert "No such image" in d, d
+    # The image fixed: the previous revision's error is not taken for the
+    # new one's.
+    p = ok(ctl(s, "apply", "-f", "-", "--wait", stdin=spec_text(
+        "ghost", extra="  scale: { initial: 1 }\n  queue: { max: 10, timeout: 30s }\n")))
+    assert p.stdout.splitlines() == ["function/ghost configured", "function/ghost ready"], p.stdout
     s.stop()
 
 
