@@ -10,10 +10,12 @@ server; a wrong token over TCP.
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 
@@ -57,6 +59,24 @@ def ctl(s, *args, stdin=None, timeout=120, server=None):
     for marker in SANITIZER_MARKERS:
         assert marker not in p.stderr, "stokectl %s:\n%s" % (" ".join(args), p.stderr)
     return p
+
+
+def follow_logs(s, name):
+    """`stokectl logs NAME -f` in the background, killed after 60 s at the
+    latest so that a stuck stream fails the test instead of hanging it."""
+    env = dict(os.environ, STOKE_SERVER="unix:" + admin_sock(s))
+    f = subprocess.Popen([STOKECTL, "logs", name, "-f"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=env)
+    watchdog = threading.Timer(60, f.kill)
+    watchdog.daemon = True
+    watchdog.start()
+    return f
+
+
+def stop_process(f):
+    if f.poll() is None:
+        f.kill()
+        f.wait()
 
 
 def ok(p):
@@ -148,9 +168,7 @@ def test_round_trip_apply_get_describe_logs_top_delete():
     p = ok(ctl(s, "logs", "function/rt", "--tail", "1", "--timestamps"))
     assert len(p.stdout.splitlines()) == 1, p.stdout
     # -f keeps the answer open until Ctrl-C, which ends it with status 0.
-    env = dict(os.environ, STOKE_SERVER="unix:" + admin_sock(s))
-    f = subprocess.Popen([STOKECTL, "logs", "rt", "-f"], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env=env)
+    f = follow_logs(s, "rt")
     try:
         first = f.stdout.readline()
         assert first.startswith("[%s] " % replica), first
@@ -159,9 +177,7 @@ def test_round_trip_apply_get_describe_logs_top_delete():
         assert f.returncode == 0, (f.returncode, err)
         assert not [m for m in SANITIZER_MARKERS if m in err], err
     finally:
-        if f.poll() is None:
-            f.kill()
-            f.wait()
+        stop_process(f)
 
     p = ok(ctl(s, "logs", "rt", "--since", str(int(time.time()) + 3600)))
     assert p.stdout == "", p.stdout
@@ -175,8 +191,7 @@ def test_round_trip_apply_get_describe_logs_top_delete():
     assert any(ln.split()[0] == "rt" and ln.split()[1] == "1/1" for ln in t[1:]), t
 
     # A follower's answer ends when its function is deleted.
-    f = subprocess.Popen([STOKECTL, "logs", "rt", "-f"], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env=env)
+    f = follow_logs(s, "rt")
     try:
         assert f.stdout.readline().startswith("[%s] " % replica)
         p = ok(ctl(s, "delete", "rt"))
@@ -184,9 +199,7 @@ def test_round_trip_apply_get_describe_logs_top_delete():
         out, err = f.communicate(timeout=60)
         assert f.returncode == 0, (f.returncode, err)
     finally:
-        if f.poll() is None:
-            f.kill()
-            f.wait()
+        stop_process(f)
     assert not os.path.exists(os.path.join(s.fndir, "rt.yaml"))
     p = ctl(s, "get", "rt")
     assert p.returncode == 1 and "function/rt" in p.stderr, (p.returncode, p.stderr)
@@ -429,6 +442,13 @@ def test_wrong_token_over_tcp():
         return
     port = free_port()
     tmp = tempfile.mkdtemp(prefix="stoke-cli-token-")
+    try:
+        tcp_with_tokens(tmp, port)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def tcp_with_tokens(tmp, port):
     good = write(tmp, "token", "0123456789abcdef0123456789abcdef\n")
     bad = write(tmp, "wrong", "fedcba9876543210fedcba9876543210\n")
     s = start("clitcp", extra=["--admin-listen", "127.0.0.1:%d" % port,
