@@ -71,7 +71,7 @@ static int fetch_functions(struct client *c, const char *cmd, int first, int arg
 
 static int parse_format(const char *s, enum format *ret)
 {
-    if (strcmp(s, "table") == 0 || strcmp(s, "wide") == 0)
+    if (strcmp(s, "table") == 0)
         *ret = FMT_TABLE;
     else if (strcmp(s, "json") == 0)
         *ret = FMT_JSON;
