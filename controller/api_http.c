@@ -30,6 +30,12 @@
 
 /* Pipelined bytes kept while a request is answered; reading stops past it. */
 #define REST_MAX (64 * 1024)
+/* After an error answer to a request whose body was not read: how long, and
+ * how much, the rest is read and dropped before closing, so that closing
+ * with unread bytes does not reset the connection (and lose the answer)
+ * before the client has read it. */
+#define LINGER_MS 2000
+#define LINGER_MAX_BYTES (4u << 20)
 
 struct http_server {
     uv_loop_t *loop;
@@ -90,6 +96,10 @@ struct http_conn {
     bool closed;      /* uv_close() called */
     bool close_after; /* the last answer is queued: close once it is written */
     bool broken;      /* a write failed: closing from the timer */
+    bool linger;      /* close_after: drain input after the answer (see LINGER_MS) */
+    bool shut;        /* uv_shutdown() called */
+    size_t lingered;  /* bytes dropped while lingering */
+    uv_shutdown_t shutdown;
     unsigned pending; /* writes not yet completed */
 };
 
@@ -203,10 +213,33 @@ static void conn_break(struct http_conn *c)
 /* ---- writing ----------------------------------------------------------- */
 
 static void conn_resume(struct http_conn *c);
+static void conn_finish(struct http_conn *c);
 
 static size_t unsent(struct http_conn *c)
 {
     return uv_stream_get_write_queue_size(&c->io.stream);
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status)
+{
+    (void)req;
+    (void)status; /* the linger timer or the client's FIN closes */
+}
+
+/* The last answer is out: close, or with `linger`, send FIN and drop what
+ * the client still sends until it closes too or LINGER_MS pass. */
+static void conn_finish(struct http_conn *c)
+{
+    if (!c->linger || c->shut) {
+        conn_close(c);
+        return;
+    }
+    c->shut = true;
+    if (uv_shutdown(&c->shutdown, &c->io.stream, on_shutdown) < 0) {
+        conn_close(c);
+        return;
+    }
+    uv_timer_start(&c->timer, on_timeout, LINGER_MS, 0);
 }
 
 static void on_written(uv_write_t *wr, int status)
@@ -222,7 +255,7 @@ static void on_written(uv_write_t *wr, int status)
         return;
     }
     if (c->close_after && c->pending == 0) {
-        conn_close(c);
+        conn_finish(c);
         return;
     }
     if (c->streaming) {
@@ -282,11 +315,11 @@ static void req_done(struct http_conn *c)
         return;
     if (!c->keep_alive) {
         c->close_after = true;
-        if (c->reading)
+        if (c->reading && !c->linger)
             uv_read_stop(&c->io.stream);
-        c->reading = false;
+        c->reading = c->reading && c->linger;
         if (c->pending == 0) {
-            conn_close(c);
+            conn_finish(c);
             return;
         }
         /* A client that does not read its answer is not waited for. */
@@ -467,6 +500,7 @@ static void conn_fail(struct http_conn *c, int status, const char *field, const 
     if (status == 401)
         extra = "WWW-Authenticate: Bearer realm=\"stoke\"\r\n";
     c->keep_alive = false;
+    c->linger = true;
     conn_reply_json(c, status, extra, error_object(field, msg), false);
     c->busy = true; /* req_done() clears it; no handler has it */
     req_done(c);
@@ -713,6 +747,10 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
     if (nread < 0) {
         /* The client went (or sent FIN: nothing more to answer it with). */
         conn_close(c);
+    } else if (nread > 0 && c->close_after && c->linger) {
+        c->lingered += (size_t)nread;
+        if (c->lingered > LINGER_MAX_BYTES)
+            conn_close(c);
     } else if (nread > 0 && !c->closed) {
         conn_feed(c, buf->base, (size_t)nread);
     }
