@@ -70,6 +70,22 @@ static json_object *ju64(uint64_t v)
     return json_object_new_uint64(v);
 }
 
+/* {k1: v1, k2: v2}, both strings; NULL on OOM. */
+static json_object *jpair(const char *k1, const char *v1, const char *k2, const char *v2)
+{
+    int err = 0;
+    json_object *o = json_object_new_object();
+    if (!o)
+        return NULL;
+    jadd(o, k1, jstr(v1), &err);
+    jadd(o, k2, jstr(v2), &err);
+    if (err < 0) {
+        json_object_put(o);
+        return NULL;
+    }
+    return o;
+}
+
 /* Whole seconds as "NNs", else "NNNms": what stoke_parse_duration() reads. */
 static json_object *jduration(uint64_t ms)
 {
@@ -382,11 +398,14 @@ static void on_pending_abort(struct http_req *req, void *data)
     pending_free(p);
 }
 
+/* NULL (out of memory) once `req` is answered 500. */
 static struct pending *pending_new(struct api *a, struct http_req *req, const char *name)
 {
     struct pending *p = calloc(1, sizeof(*p));
-    if (!p)
+    if (!p) {
+        http_reply_error(req, 500, NULL, NULL, "out of memory");
         return NULL;
+    }
     p->a = a;
     p->req = req;
     snprintf(p->name, sizeof(p->name), "%s", name);
@@ -394,11 +413,37 @@ static struct pending *pending_new(struct api *a, struct http_req *req, const ch
     return p;
 }
 
-static void pending_start(struct pending *p, struct fnset_op *op)
+/* fnset answered: frees `p` and returns its request, with its api and the
+ * function's name copied to `name`. */
+static struct http_req *pending_done(struct pending *p, struct api **ret_a,
+                                     char name[sizeof(p->name)])
 {
-    p->op = op;
-    p->req->on_abort = on_pending_abort;
-    p->req->handler_data = p;
+    struct http_req *req = p->req;
+    *ret_a = p->a;
+    memcpy(name, p->name, sizeof(p->name));
+    pending_free(p);
+    req->on_abort = NULL;
+    return req;
+}
+
+/* After fnset_put() or fnset_delete() returned `r`: waits for the answer,
+ * or answers the failure now. */
+static void pending_start(struct pending *p, struct fnset_op *op, int r)
+{
+    struct http_req *req = p->req;
+    if (r == 0) {
+        p->op = op;
+        req->on_abort = on_pending_abort;
+        req->handler_data = p;
+        return;
+    }
+    pending_free(p);
+    if (r == -EFBIG)
+        http_reply_error(req, 413, NULL, NULL, "body over 1 MiB");
+    else if (r == -ECANCELED)
+        http_reply_error(req, 503, RETRY_AFTER, NULL, "the controller is shutting down");
+    else
+        http_reply_error(req, 500, NULL, NULL, "cannot queue the change: %s", strerror(-r));
 }
 
 /* A spec error: 400 with "body:LINE:COLUMN: FIELD: message", the field, and
@@ -427,13 +472,9 @@ static void reply_spec_error(struct http_req *req, const struct stoke_diag *d)
 
 static void on_put_done(const struct fnset_put_result *res, void *data)
 {
-    struct pending *p = data;
-    struct http_req *req = p->req;
-    struct api *a = p->a;
-    char name[sizeof(p->name)];
-    memcpy(name, p->name, sizeof(name));
-    pending_free(p);
-    req->on_abort = NULL;
+    char name[sizeof(((struct pending *)0)->name)];
+    struct api *a;
+    struct http_req *req = pending_done(data, &a, name);
 
     if (res->err == -EINVAL) {
         reply_spec_error(req, res->diag);
@@ -489,45 +530,22 @@ static void put_one(struct api *a, struct http_req *req, const char *name)
         return;
     }
     struct pending *p = pending_new(a, req, name);
-    struct fnset_op *op = NULL;
-    int r = p ? fnset_put(a->fs, name, req->body, req->body_len, on_put_done, p, &op) : -ENOMEM;
-    if (r < 0) {
-        if (p)
-            pending_free(p);
-        if (r == -EFBIG)
-            http_reply_error(req, 413, NULL, NULL, "body over 1 MiB");
-        else if (r == -ECANCELED)
-            http_reply_error(req, 503, RETRY_AFTER, NULL, "the controller is shutting down");
-        else
-            http_reply_error(req, 500, NULL, NULL, "cannot queue the change: %s", strerror(-r));
+    if (!p)
         return;
-    }
-    pending_start(p, op);
+    struct fnset_op *op = NULL;
+    int r = fnset_put(a->fs, name, req->body, req->body_len, on_put_done, p, &op);
+    pending_start(p, op, r);
 }
 
 static void on_delete_done(int err, void *data)
 {
-    struct pending *p = data;
-    struct http_req *req = p->req;
-    struct api *a = p->a;
-    char name[sizeof(p->name)];
-    memcpy(name, p->name, sizeof(name));
-    pending_free(p);
-    req->on_abort = NULL;
+    char name[sizeof(((struct pending *)0)->name)];
+    struct api *a;
+    struct http_req *req = pending_done(data, &a, name);
 
     if (err == 0) {
         api_logs_function_gone(a->logs, name);
-        int e = 0;
-        json_object *o = json_object_new_object();
-        if (o) {
-            jadd(o, "name", jstr(name), &e);
-            jadd(o, "result", jstr("deleted"), &e);
-            if (e < 0) {
-                json_object_put(o);
-                o = NULL;
-            }
-        }
-        http_reply_json(req, 200, NULL, o);
+        http_reply_json(req, 200, NULL, jpair("name", name, "result", "deleted"));
     } else if (err == -ENOENT) {
         not_found(req, name);
     } else if (err == -ECANCELED) {
@@ -545,33 +563,16 @@ static void delete_one(struct api *a, struct http_req *req, const char *name)
         return;
     }
     struct pending *p = pending_new(a, req, name);
-    struct fnset_op *op = NULL;
-    int r = p ? fnset_delete(a->fs, name, on_delete_done, p, &op) : -ENOMEM;
-    if (r < 0) {
-        if (p)
-            pending_free(p);
-        if (r == -ECANCELED)
-            http_reply_error(req, 503, RETRY_AFTER, NULL, "the controller is shutting down");
-        else
-            http_reply_error(req, 500, NULL, NULL, "cannot queue the change: %s", strerror(-r));
+    if (!p)
         return;
-    }
-    pending_start(p, op);
+    struct fnset_op *op = NULL;
+    int r = fnset_delete(a->fs, name, on_delete_done, p, &op);
+    pending_start(p, op, r);
 }
 
 static void get_version(struct http_req *req)
 {
-    int err = 0;
-    json_object *o = json_object_new_object();
-    if (o) {
-        jadd(o, "version", jstr(STOKE_VERSION), &err);
-        jadd(o, "api", jstr("v1"), &err);
-        if (err < 0) {
-            json_object_put(o);
-            o = NULL;
-        }
-    }
-    http_reply_json(req, 200, NULL, o);
+    http_reply_json(req, 200, NULL, jpair("version", STOKE_VERSION, "api", "v1"));
 }
 
 static bool method_ok(struct http_req *req, unsigned allowed, const char *allow_header)

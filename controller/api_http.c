@@ -161,16 +161,26 @@ static void on_listener_closed(uv_handle_t *h)
     server_unref(h->data);
 }
 
+/* Empties what was read of the last request; the token it carried is
+ * wiped, not just dropped. */
+static void forget_request(struct http_conn *c)
+{
+    stoke_buf_clear(&c->url);
+    stoke_buf_clear(&c->body);
+    if (c->auth.data)
+        explicit_bzero(c->auth.data, c->auth.len);
+    stoke_buf_clear(&c->auth);
+}
+
 static void on_conn_handle_closed(uv_handle_t *h)
 {
     struct http_conn *c = h->data;
     if (--c->handles > 0)
         return;
     struct http_server *s = c->s;
+    forget_request(c);
     stoke_buf_done(&c->url);
     stoke_buf_done(&c->body);
-    if (c->auth.data)
-        explicit_bzero(c->auth.data, c->auth.len);
     stoke_buf_done(&c->auth);
     stoke_buf_done(&c->rest);
     free(c);
@@ -525,11 +535,7 @@ static int count_head(struct http_conn *c, size_t len)
 static int on_begin(llhttp_t *p)
 {
     struct http_conn *c = p->data;
-    stoke_buf_clear(&c->url);
-    stoke_buf_clear(&c->body);
-    if (c->auth.data)
-        explicit_bzero(c->auth.data, c->auth.len);
-    stoke_buf_clear(&c->auth);
+    forget_request(c);
     c->field_len = 0;
     c->expect_len = 0;
     c->hdr = H_OTHER;

@@ -510,6 +510,17 @@ static void delete_done(struct fnset *fs, struct fnset_op *op, int status)
         op->delete_cb(err, op->data);
 }
 
+/* Off the queue, answered (unless forgotten) and freed. */
+static void op_finish(struct fnset *fs, struct fnset_op *op, int status)
+{
+    stoke_list_remove(&op->node);
+    if (op->kind == OP_PUT)
+        put_done(fs, op, status);
+    else
+        delete_done(fs, op, status);
+    op_free(op);
+}
+
 static void fs_unref(struct fnset *fs);
 
 static void op_after(uv_work_t *w, int status)
@@ -518,12 +529,7 @@ static void op_after(uv_work_t *w, int status)
     struct fnset *fs = op->fs;
 
     fs->running = NULL;
-    stoke_list_remove(&op->node);
-    if (op->kind == OP_PUT)
-        put_done(fs, op, status);
-    else
-        delete_done(fs, op, status);
-    op_free(op);
+    op_finish(fs, op, status);
     if (fs->closing) {
         fs_unref(fs); /* the reference the work held */
         return;
@@ -560,12 +566,7 @@ static void ops_next(struct fnset *fs)
         /* Cannot happen with a valid loop and callbacks; answered, not lost. */
         op->err = r;
         stoke_diag_set(&op->diag, "", 0, 0, "", "cannot queue the file work: %s", uv_strerror(r));
-        stoke_list_remove(&op->node);
-        if (op->kind == OP_PUT)
-            put_done(fs, op, r);
-        else
-            delete_done(fs, op, r);
-        op_free(op);
+        op_finish(fs, op, r);
     }
 }
 
@@ -655,13 +656,8 @@ void fnset_close(struct fnset *fs)
         n = n->next;
         if (op == fs->running)
             continue;
-        stoke_list_remove(&op->node);
         op->err = -ECANCELED;
-        if (op->kind == OP_PUT)
-            put_done(fs, op, 0);
-        else
-            delete_done(fs, op, 0);
-        op_free(op);
+        op_finish(fs, op, 0);
     }
     uv_close((uv_handle_t *)&fs->watch, on_closed);
     uv_close((uv_handle_t *)&fs->debounce, on_closed);

@@ -194,6 +194,23 @@ class Response:
         return "<%d %r>" % (self.status, self.body[:80])
 
 
+def spec_text(name, scale=None, queue=None, extra="", env=None, image=IMAGE):
+    """A stoke/v1 Function as YAML text (no env: section when env is empty)."""
+    lines = ["apiVersion: stoke/v1", "kind: Function", "metadata:", "  name: " + name,
+             "spec:", "  image: " + image, "  readiness: { path: / }"]
+    if env:
+        lines.append("  env:")
+        for k, v in env.items():
+            lines.append("    %s: %s" % (k, json.dumps(v)))
+    if scale:
+        lines.append("  scale:")
+        for k, v in scale.items():
+            lines.append("    %s: %s" % (k, v))
+    if queue:
+        lines.append("  queue: { %s }" % ", ".join("%s: %s" % kv for kv in queue.items()))
+    return "\n".join(lines) + "\n" + extra
+
+
 class Stoke:
     """A controller and an activator with their own functions directory,
     channel socket, data port and container label."""
@@ -312,21 +329,8 @@ class Stoke:
 
     # -- specs ------------------------------------------------------------
     def write_spec(self, name, scale=None, queue=None, extra="", filename=None, env=None):
-        scale = dict(scale or {})
-        lines = ["apiVersion: stoke/v1", "kind: Function", "metadata:", "  name: " + name,
-                 "spec:", "  image: " + IMAGE, "  readiness: { path: / }"]
         env = env if env is not None else {"GREETING": "hi from " + name}
-        lines.append("  env:")
-        for k, v in env.items():
-            lines.append("    %s: %s" % (k, json.dumps(v)))
-        if scale:
-            lines.append("  scale:")
-            for k, v in scale.items():
-                lines.append("    %s: %s" % (k, v))
-        if queue:
-            lines.append("  queue: { %s }" % ", ".join("%s: %s" % kv for kv in queue.items()))
-        text = "\n".join(lines) + "\n" + extra
-        self.write_file(filename or name + ".yaml", text)
+        self.write_file(filename or name + ".yaml", spec_text(name, scale, queue, extra, env))
 
     def write_file(self, filename, text):
         # Written beside and renamed, as a careful user (or stokectl) would.

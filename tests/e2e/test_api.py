@@ -16,24 +16,14 @@ import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 from harness import (BUILD, IMAGE, Stoke, UnixHTTPConnection, concurrent,  # noqa: E402
-                     free_port, run_tests)
+                     free_port, run_tests, spec_text)
 
 FN = "/api/v1/functions/"
 
 
 def spec(name, image=IMAGE, env=None, scale=None, extra=""):
     """A stoke/v1 Function as YAML text."""
-    lines = ["apiVersion: stoke/v1", "kind: Function", "metadata:", "  name: " + name, "spec:",
-             "  image: " + image, "  readiness: { path: / }"]
-    if env:
-        lines.append("  env:")
-        for k, v in env.items():
-            lines.append("    %s: %s" % (k, json.dumps(v)))
-    if scale:
-        lines.append("  scale:")
-        for k, v in scale.items():
-            lines.append("    %s: %s" % (k, v))
-    return "\n".join(lines) + "\n" + extra
+    return spec_text(name, scale=scale, extra=extra, env=env, image=image)
 
 
 def error_of(r, status, field):
