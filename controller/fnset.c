@@ -531,9 +531,10 @@ static void op_after(uv_work_t *w, int status)
     fs->running = NULL;
     op_finish(fs, op, status);
     if (fs->closing) {
-        fs_unref(fs); /* the reference the work held */
+        fs_unref(fs); /* the reference the work held: may be the last */
         return;
     }
+    fs_unref(fs); /* the handles still hold it */
     ops_next(fs);
     if (!fs->running && fs->rescan_wanted) {
         fs->rescan_wanted = false;

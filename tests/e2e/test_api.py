@@ -54,6 +54,13 @@ def test_put_get_list_status_delete():
     r = s.api("GET", "/api/v1/functions")
     assert r.status == 200 and r.json == {"items": []}, r
 
+    # JSON is YAML too.
+    r = s.api("PUT", FN + "json", body=json.dumps({
+        "apiVersion": "stoke/v1", "kind": "Function", "metadata": {"name": "json"},
+        "spec": {"image": IMAGE, "scale": {"min": 0, "initial": 0}}}))
+    assert r.status == 201 and r.json["spec"]["scale"]["initial"] == 0, r
+    assert s.api("DELETE", FN + "json").status == 200
+
     body = spec("hello", env={"GREETING": "hi"}, scale={"min": 1})
     r = s.api("PUT", FN + "hello", body=body)
     assert r.status == 201, r
@@ -537,7 +544,52 @@ def test_logs():
         g.wait_for(lambda x: '"listening"' in x)
         g.close()
     assert s.api("GET", "/api/v1/version").status == 200
+    # A follower still reading at SIGTERM gets the end of its answer; the
+    # controller exits 0 with nothing for the sanitizers (checked by stop).
+    h = Follow(s, "talk2")
+    h.wait_for(lambda x: '"listening"' in x)
     s.stop()
+    assert h.done.wait(30) and h.error is None, (h.lines, h.error)
+    h.close()
+
+
+def test_503_while_the_controller_starts():
+    """An engine that accepts and never answers keeps the controller at its
+    start (the ping waits): the functions answer 503 with Retry-After, the
+    version 200."""
+    tmp = tempfile.mkdtemp(prefix="stoke-api-")
+    mute = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    mute.bind(os.path.join(tmp, "engine.sock"))
+    mute.listen(16)
+    sock = os.path.join(tmp, "admin.sock")
+    os.mkdir(os.path.join(tmp, "fn"))
+    log = open(os.path.join(tmp, "controller.log"), "wb")
+    p = subprocess.Popen([os.path.join(BUILD, "stoke-controller"),
+                          "--functions-dir", os.path.join(tmp, "fn"),
+                          "--listen", "unix:" + os.path.join(tmp, "ctl.sock"),
+                          "--docker-host", "unix://" + os.path.join(tmp, "engine.sock"),
+                          "--admin-socket", sock, "--instance", "e2e-api-503-%d" % os.getpid()],
+                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 20
+        while not os.path.exists(sock) and time.time() < deadline:
+            time.sleep(0.02)
+        s = type("S", (), {"admin_sock": sock})()
+        for path in ["/api/v1/functions", FN + "x", FN + "x/status", FN + "x/logs"]:
+            r = Stoke.api(s, "GET", path)
+            error_of(r, 503, None)
+            assert r.headers.get("Retry-After") == "1", r.headers
+        r = Stoke.api(s, "PUT", FN + "x", body=spec("x"))
+        error_of(r, 503, None)
+        assert os.listdir(os.path.join(tmp, "fn")) == []
+        r = Stoke.api(s, "GET", "/api/v1/version")
+        assert r.status == 200, r
+    finally:
+        p.kill()
+        p.wait()
+        log.close()
+        mute.close()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
