@@ -258,8 +258,8 @@ static void on_written(uv_write_t *wr, int status)
     struct http_conn *c = w->c;
     free(w);
     c->pending--;
-    if (c->closed)
-        return;
+    if (c->closed || c->broken)
+        return; /* closing (from the timer, if broken) */
     if (status < 0) {
         conn_close(c);
         return;

@@ -345,6 +345,11 @@ def test_concurrent_puts_leave_one_consistent_spec():
     r2 = s.api("GET", FN + "race")
     assert r2.json["spec"] == r.json["spec"], (r2.json, r.json)
     assert s.log("controller").count("spec refused") == 0
+    # Each PUT applied its spec once, and the directory watch none again.
+    log = s.log("controller")
+    applied = sum(log.count(m) for m in ('"function added', '"function updated',
+                                          '"new revision'))
+    assert applied == n, (applied, log[-3000:])
     s.stop()
 
 
@@ -381,6 +386,14 @@ def test_bad_put_changes_nothing():
     error_of(s.api("PUT", FN + "steady2", body=spec("steady2")), 409, "metadata.name")
     assert "name: elsewhere" in open(os.path.join(s.fndir, "steady2.yaml")).read()
     error_of(s.api("GET", FN + "steady2"), 404, "name")
+
+    # 500: the file cannot be written (a directory is in its place).
+    os.mkdir(os.path.join(s.fndir, "blocked.yaml"))
+    j = error_of(s.api("PUT", FN + "blocked", body=spec("blocked")), 500, None)
+    assert "blocked.yaml" in j["error"], j
+    error_of(s.api("GET", FN + "blocked"), 404, "name")
+    assert sorted(os.listdir(s.fndir)) == ["blocked.yaml", "steady.yaml", "steady2.yaml"], \
+        os.listdir(s.fndir)
     s.stop()
 
 
@@ -551,6 +564,44 @@ def test_logs():
     s.stop()
     assert h.done.wait(30) and h.error is None, (h.lines, h.error)
     h.close()
+
+
+def test_connection_cap_and_slow_head():
+    import select
+    s = Stoke("api-conns").start()
+    # 300 connections: those past the cap (256) are closed at once, the
+    # others still answer.
+    conns = []
+    for _ in range(300):
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        c.connect(s.admin_sock)
+        conns.append(c)
+    closed = set()
+    deadline = time.time() + 30
+    while len(closed) < 44 and time.time() < deadline:
+        ready, _, _ = select.select([c for c in conns if c not in closed], [], [], 1)
+        for c in ready:
+            if c.recv(1) == b"":
+                closed.add(c)
+    assert len(closed) == 44, len(closed)
+    open_ones = [c for c in conns if c not in closed]
+    for c in (open_ones[0], open_ones[-1]):
+        c.sendall(b"GET /api/v1/version HTTP/1.1\r\nHost: x\r\n\r\n")
+        st, body = read_answer(c.makefile("rb"))
+        assert st == 200, (st, body)
+    for c in conns:
+        c.close()
+    assert s.api("GET", "/api/v1/functions").status == 200
+
+    # A head that never ends is dropped (after 10 s), and so is the rest.
+    c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    c.settimeout(60)
+    c.connect(s.admin_sock)
+    c.sendall(b"GET /api/v1/version HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+    assert c.recv(1) == b""
+    c.close()
+    assert s.api("GET", "/api/v1/version").status == 200
+    s.stop()
 
 
 def test_503_while_the_controller_starts():
