@@ -566,6 +566,35 @@ def test_logs():
     h.close()
 
 
+def test_logs_follow_a_replica_stopped_and_woken():
+    s = Stoke("api-wake").start()
+    quick = {"min": 0, "initial": 0, "window": "6s", "scaleToZeroGrace": "1s", "idle": "stop",
+             "removeAfter": "1h"}
+    assert s.api("PUT", FN + "nap", body=spec("nap", scale=quick)).status == 201
+    s.wait_log("activator", ": 1 functions", 20)
+    r = s.fn_request("nap")
+    assert r.status == 200, r
+    name = [w for w in r.body.split() if w.startswith("stoke-")][0]
+    f = Follow(s, "nap")
+    f.wait_for(lambda x: x.startswith("[%s] " % name) and '"listening"' in x)
+    # Idle: stopped (the example says so on SIGTERM), and the engine's
+    # stream of it ends; the answer goes on.
+    s.wait_log("controller", "stopped (idle)", 60)
+    f.wait_for(lambda x: x.startswith("[%s] " % name) and "signal received" in x)
+    assert not f.done.is_set()
+    # Woken: the same container's new output, from where it ended, once.
+    r = s.fn_request("nap")
+    assert r.status == 200 and name in r.body, r
+    f.wait_for(lambda x: sum('"listening"' in y for y in f.lines) == 2)
+    assert s.api("DELETE", FN + "nap").status == 200
+    assert f.done.wait(30), f.lines
+    mine = [x for x in f.lines if x.startswith("[%s] " % name)]
+    assert sum('"listening"' in x for x in mine) == 2, mine
+    assert sum("signal received" in x for x in mine) >= 1, mine
+    f.close()
+    s.stop()
+
+
 def test_connection_cap_and_slow_head():
     import select
     s = Stoke("api-conns").start()
