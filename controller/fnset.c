@@ -378,8 +378,9 @@ static void op_work(uv_work_t *w)
         }
         if (unlink(path) < 0 && errno != ENOENT) {
             op->err = -errno;
+            /* uv_strerror: static strings, fine on a worker thread. */
             stoke_diag_set(&op->diag, op->file, 0, 0, "", "cannot remove %s: %s", op->file,
-                           strerror(errno));
+                           uv_strerror(op->err));
             return;
         }
         (void)fsync_dir(op->dir);
@@ -405,7 +406,7 @@ static void op_work(uv_work_t *w)
     op->err = write_atomic(op);
     if (op->err < 0)
         stoke_diag_set(&op->diag, op->file, 0, 0, "", "cannot write %s/%s: %s", op->dir, op->file,
-                       strerror(-op->err));
+                       uv_strerror(op->err));
 }
 
 /* The fields that shape what a function does, beyond its revision. */
