@@ -262,6 +262,21 @@ int stoke_curluv_add(struct stoke_curluv *m, CURL *easy, stoke_curluv_done_cb cb
     return 0;
 }
 
+int stoke_curluv_remove(struct stoke_curluv *m, CURL *easy)
+{
+    struct transfer *t = NULL;
+
+    if (m->closing || curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **)&t) != CURLE_OK || !t ||
+        t->easy != easy)
+        return -ENOENT;
+    /* Its sockets are reported removed (CURL_POLL_REMOVE) from in here. */
+    (void)curl_multi_remove_handle(m->multi, easy);
+    (void)curl_easy_setopt(easy, CURLOPT_PRIVATE, NULL);
+    stoke_list_remove(&t->link);
+    free(t);
+    return 0;
+}
+
 void stoke_curluv_close(struct stoke_curluv *m, void (*on_closed)(void *data), void *data)
 {
     assert(!m->closing);

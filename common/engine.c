@@ -1153,3 +1153,311 @@ void stoke_engine_stats(const struct stoke_engine *e, struct stoke_engine_stats 
 {
     *ret = e->stats;
 }
+
+/* ---- container logs ---- */
+
+/* Output waiting for the loop, above which the transfer is paused, and the
+ * most that may wait (one paused write of curl's on top of the mark). */
+#define LOGS_HIGH (256u << 10)
+#define LOGS_MAX (1u << 20)
+#define LOGS_ERR_MAX (64u << 10)
+#define LOGS_RECORD 5 /* stream byte and u32 length before each piece in `out` */
+
+int stoke_log_demux_feed(struct stoke_log_demux *d, const char *data, size_t len,
+                         stoke_log_demux_cb cb, void *cbdata)
+{
+    while (len > 0) {
+        if (d->raw)
+            return cb(1, data, len, cbdata);
+        if (d->left == 0) {
+            size_t take = sizeof(d->hdr) - d->hdr_len;
+            if (take > len)
+                take = len;
+            memcpy(d->hdr + d->hdr_len, data, take);
+            d->hdr_len += take;
+            data += take;
+            len -= take;
+            if (d->hdr_len < sizeof(d->hdr))
+                return 0;
+            d->hdr_len = 0;
+            const unsigned char *h = d->hdr;
+            bool ok = h[0] <= 2 && h[1] == 0 && h[2] == 0 && h[3] == 0;
+            if (!ok && !d->started) {
+                /* Not the engine's framing at all: a TTY's raw output. */
+                d->raw = true;
+                d->started = true;
+                int r = cb(1, (const char *)h, sizeof(d->hdr), cbdata);
+                if (r < 0)
+                    return r;
+                continue;
+            }
+            if (!ok)
+                return -EINVAL;
+            d->started = true;
+            d->stream = h[0] == 2 ? 2 : 1;
+            d->left = (uint32_t)h[4] << 24 | (uint32_t)h[5] << 16 | (uint32_t)h[6] << 8 | h[7];
+            continue;
+        }
+        size_t take = len < d->left ? len : d->left;
+        int r = cb(d->stream, data, take, cbdata);
+        if (r < 0)
+            return r;
+        d->left -= (uint32_t)take;
+        data += take;
+        len -= take;
+    }
+    return 0;
+}
+
+struct stoke_engine_logs {
+    struct stoke_engine *e; /* used only while the transfer runs */
+    CURL *easy;             /* NULL once the transfer is over */
+    char errbuf[CURL_ERROR_SIZE];
+    uv_timer_t deliver;
+    struct stoke_log_demux demux;
+    struct stoke_buf out;     /* records for the loop: stream, length, bytes */
+    struct stoke_buf errbody; /* the body of an answer other than 2xx */
+    int err;                  /* why we stopped the transfer, or 0 */
+    bool paused;              /* by the consumer */
+    bool curl_paused;         /* on_write answered CURL_WRITEFUNC_PAUSE */
+    bool ended;               /* the transfer is over: on_end once `out` is out */
+    bool cancelled;
+    bool finished; /* on_end has run */
+    struct stoke_engine_result end;
+    char end_message[CURL_ERROR_SIZE];
+    stoke_engine_log_cb on_data;
+    stoke_engine_cb on_end;
+    void *data;
+};
+
+static void on_logs_closed(uv_handle_t *h)
+{
+    struct stoke_engine_logs *l = h->data;
+    stoke_buf_done(&l->out);
+    stoke_buf_done(&l->errbody);
+    free(l);
+}
+
+static void logs_finish(struct stoke_engine_logs *l)
+{
+    l->finished = true;
+    l->on_end(&l->end, l->data);
+    uv_close((uv_handle_t *)&l->deliver, on_logs_closed);
+}
+
+/* From the loop: the waiting output, then the end once it is all out. */
+static void logs_deliver(uv_timer_t *t)
+{
+    struct stoke_engine_logs *l = t->data;
+    size_t off = 0;
+    while (!l->paused && !l->cancelled && off + LOGS_RECORD <= l->out.len) {
+        uint32_t len;
+        int stream = (unsigned char)l->out.data[off];
+        memcpy(&len, l->out.data + off + 1, sizeof(len));
+        l->on_data(stream, l->out.data + off + LOGS_RECORD, len, l->data);
+        off += LOGS_RECORD + len;
+    }
+    if (l->cancelled)
+        stoke_buf_clear(&l->out);
+    else
+        stoke_buf_consume(&l->out, off);
+    if (l->easy && l->curl_paused && !l->paused && l->out.len < LOGS_HIGH) {
+        l->curl_paused = false;
+        /* May call logs_on_write() at once with what curl kept. */
+        (void)curl_easy_pause(l->easy, CURLPAUSE_CONT);
+    }
+    if (l->ended && !l->finished && (l->out.len == 0 || l->cancelled))
+        logs_finish(l);
+}
+
+static int logs_record(int stream, const char *data, size_t len, void *cbdata)
+{
+    struct stoke_engine_logs *l = cbdata;
+    unsigned char head[LOGS_RECORD];
+    uint32_t n = (uint32_t)len;
+    if (len == 0)
+        return 0;
+    head[0] = (unsigned char)stream;
+    memcpy(head + 1, &n, sizeof(n));
+    if (l->out.len + sizeof(head) + len > l->out.limit)
+        return -ENOBUFS;
+    int r = stoke_buf_append(&l->out, head, sizeof(head));
+    if (r == 0)
+        r = stoke_buf_append(&l->out, data, len);
+    return r;
+}
+
+static size_t logs_on_write(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+    struct stoke_engine_logs *l = userdata;
+    size_t n = size * nmemb;
+    long status = 0;
+
+    (void)curl_easy_getinfo(l->easy, CURLINFO_RESPONSE_CODE, &status);
+    if (status < 200 || status >= 300) {
+        /* An error's body; what does not fit is not needed. */
+        if (l->errbody.len + n <= LOGS_ERR_MAX)
+            (void)stoke_buf_append(&l->errbody, ptr, n);
+        return n;
+    }
+    if (l->paused || l->out.len >= LOGS_HIGH) {
+        /* curl keeps this piece and hands it again after CURLPAUSE_CONT. */
+        l->curl_paused = true;
+        return CURL_WRITEFUNC_PAUSE;
+    }
+    int r = stoke_log_demux_feed(&l->demux, ptr, n, logs_record, l);
+    if (r < 0) {
+        l->err = r;
+        return 0; /* less than n: curl ends the transfer with CURLE_WRITE_ERROR */
+    }
+    uv_timer_start(&l->deliver, logs_deliver, 0, 0);
+    return n;
+}
+
+static void logs_on_done(CURL *easy, CURLcode rc, void *data)
+{
+    struct stoke_engine_logs *l = data;
+    struct stoke_engine_result *res = &l->end;
+    const char *msg = "";
+    json_object *json = NULL;
+
+    memset(res, 0, sizeof(*res));
+    if (rc == CURLE_WRITE_ERROR && l->err < 0) {
+        res->err = l->err == -ENOBUFS ? -ENOBUFS : -EINVAL;
+        msg = l->err == -ENOBUFS ? "over 1 MiB of logs waiting" : "not the engine's log stream";
+    } else if (rc != CURLE_OK) {
+        res->err = rc == CURLE_ABORTED_BY_CALLBACK  ? -ECANCELED
+                   : rc == CURLE_COULDNT_CONNECT    ? -ECONNREFUSED
+                   : rc == CURLE_OPERATION_TIMEDOUT ? -ETIMEDOUT
+                   : rc == CURLE_OUT_OF_MEMORY      ? -ENOMEM
+                                                    : -EIO;
+        msg = rc == CURLE_ABORTED_BY_CALLBACK ? "engine client closed"
+              : l->errbuf[0]                  ? l->errbuf
+                                              : curl_easy_strerror(rc);
+    } else {
+        (void)curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &res->http_status);
+        res->err = status_to_errno(res->http_status);
+        if (res->err < 0) {
+            json_object *m = NULL;
+            json = parse_json(l->errbody.data ? l->errbody.data : "", l->errbody.len);
+            /* _get_ex lends m: valid while json lives. */
+            if (json && json_object_object_get_ex(json, "message", &m) &&
+                json_object_is_type(m, json_type_string))
+                msg = json_object_get_string(m);
+            else
+                msg = text_message(&l->errbody);
+        }
+    }
+    (void)snprintf(l->end_message, sizeof(l->end_message), "%s", msg);
+    res->message = l->end_message;
+    json_object_put(json);
+    curl_easy_cleanup(easy);
+    l->easy = NULL;
+    l->ended = true;
+    if (rc == CURLE_ABORTED_BY_CALLBACK && l->e->closing) {
+        /* From within stoke_engine_close(): the end now, the output dropped. */
+        l->cancelled = true;
+        logs_finish(l);
+        return;
+    }
+    uv_timer_start(&l->deliver, logs_deliver, 0, 0);
+}
+
+int stoke_engine_logs(struct stoke_engine *e, const char *id,
+                      const struct stoke_engine_logs_opts *opts, stoke_engine_log_cb on_data,
+                      stoke_engine_cb on_end, void *data, struct stoke_engine_logs **ret)
+{
+    char url[ENGINE_URL_MAX], tail[32] = "all", since[48] = "";
+    struct stoke_engine_logs *l = NULL;
+    char *eid = NULL;
+    int r = -EINVAL;
+    int n;
+
+    if (e->closing)
+        return -ECANCELED;
+    if (!id || !is_valid_id(id))
+        return -EINVAL;
+    if (opts->tail >= 0)
+        (void)snprintf(tail, sizeof(tail), "%lld", (long long)opts->tail);
+    if (opts->since_ms)
+        (void)snprintf(since, sizeof(since), "&since=%llu.%03llu",
+                       (unsigned long long)(opts->since_ms / 1000),
+                       (unsigned long long)(opts->since_ms % 1000));
+    eid = escape(id);
+    if (!eid)
+        return -ENOMEM;
+    n = snprintf(url, sizeof(url),
+                 "http://localhost/" ENGINE_API_VERSION
+                 "/containers/%s/logs?stdout=1&stderr=1&follow=%d&timestamps=%d&tail=%s%s",
+                 eid, opts->follow ? 1 : 0, opts->timestamps ? 1 : 0, tail, since);
+    curl_free(eid);
+    if (n < 0 || (size_t)n >= sizeof(url))
+        return -ENAMETOOLONG;
+
+    l = calloc(1, sizeof(*l));
+    if (!l)
+        return -ENOMEM;
+    l->e = e;
+    l->on_data = on_data;
+    l->on_end = on_end;
+    l->data = data;
+    stoke_buf_init(&l->out, LOGS_MAX);
+    stoke_buf_init(&l->errbody, LOGS_ERR_MAX);
+    l->easy = curl_easy_init();
+    if (!l->easy) {
+        r = -ENOMEM;
+        goto fail;
+    }
+    /* No time limit: a follow lasts as long as the container runs, and a
+     * paused transfer as long as its reader is slow. Connecting has one. */
+    if (curl_easy_setopt(l->easy, CURLOPT_URL, url) != CURLE_OK ||
+        curl_easy_setopt(l->easy, CURLOPT_UNIX_SOCKET_PATH, e->socket_path) != CURLE_OK ||
+        curl_easy_setopt(l->easy, CURLOPT_WRITEFUNCTION, logs_on_write) != CURLE_OK ||
+        curl_easy_setopt(l->easy, CURLOPT_WRITEDATA, l) != CURLE_OK ||
+        curl_easy_setopt(l->easy, CURLOPT_ERRORBUFFER, l->errbuf) != CURLE_OK ||
+        curl_easy_setopt(l->easy, CURLOPT_NOSIGNAL, 1L) != CURLE_OK ||
+        curl_easy_setopt(l->easy, CURLOPT_CONNECTTIMEOUT_MS, (long)e->timeout_ms) != CURLE_OK)
+        goto fail;
+    r = stoke_curluv_add(e->cu, l->easy, logs_on_done, l);
+    if (r < 0)
+        goto fail;
+    uv_timer_init(e->loop, &l->deliver);
+    l->deliver.data = l;
+    *ret = l;
+    return 0;
+fail:
+    if (l->easy)
+        curl_easy_cleanup(l->easy);
+    stoke_buf_done(&l->out);
+    stoke_buf_done(&l->errbody);
+    free(l);
+    return r;
+}
+
+void stoke_engine_logs_pause(struct stoke_engine_logs *l, bool pause)
+{
+    if (l->finished || l->paused == pause)
+        return;
+    l->paused = pause;
+    if (!pause)
+        uv_timer_start(&l->deliver, logs_deliver, 0, 0);
+}
+
+void stoke_engine_logs_cancel(struct stoke_engine_logs *l)
+{
+    if (l->cancelled || l->finished)
+        return;
+    l->cancelled = true;
+    if (l->easy && stoke_curluv_remove(l->e->cu, l->easy) == 0) {
+        curl_easy_cleanup(l->easy);
+        l->easy = NULL;
+        l->ended = true;
+    }
+    if (!l->easy) {
+        memset(&l->end, 0, sizeof(l->end));
+        l->end.err = -ECANCELED;
+        (void)snprintf(l->end_message, sizeof(l->end_message), "cancelled");
+        l->end.message = l->end_message;
+    }
+    uv_timer_start(&l->deliver, logs_deliver, 0, 0);
+}

@@ -9,6 +9,7 @@
 
 #include <uv.h>
 
+#include "api.h"
 #include "controller.h"
 #include "hub.h"
 #include "stoke/log.h"
@@ -17,11 +18,15 @@
 #define DEFAULT_FUNCTIONS_DIR "/etc/stoke/functions"
 #define DEFAULT_CTL "unix:/run/stoke/ctl.sock"
 #define DEFAULT_OPS "127.0.0.1:9092"
+#define DEFAULT_ADMIN_SOCKET "/run/stoke/admin.sock"
+#define ADMIN_TOKEN_MIN 16
+#define ADMIN_TOKEN_MAX 4096
 
 static struct ctrl ctrl;
 static struct fnset *fnset;
 static struct stoke_opsd *opsd;
 static bool adopted; /* past adoption: reconciling */
+static struct api *api;
 static uv_signal_t sigint, sigterm;
 static int exit_code;
 
@@ -42,6 +47,11 @@ static void usage(FILE *f)
             "                        (default " DEFAULT_OPS ")\n"
             "  --pause-with WAY      cgroup (freeze idle replicas through their cgroup,\n"
             "                        the default) or engine (the engine's pause/unpause)\n"
+            "  --admin-socket PATH   admin API unix socket, mode 0660, or none\n"
+            "                        (default " DEFAULT_ADMIN_SOCKET ")\n"
+            "  --admin-listen IP:PORT  admin API on TCP too (needs --admin-token-file)\n"
+            "  --admin-token-file FILE  bearer token of the TCP admin API: the file's\n"
+            "                        first line, at least 16 bytes, no spaces\n"
             "  --log-level LEVEL     debug, info, warn, error (default info)\n"
             "  -h, --help\n");
 }
@@ -127,6 +137,9 @@ static void on_hub_drain(void *data)
 static void on_stopped(struct ctrl *c)
 {
     stoke_info(NULL, "all replicas removed; exiting");
+    /* Before the fnset: the API forgets the changes it still waits for. */
+    api_close(api);
+    api = NULL;
     if (fnset)
         fnset_close(fnset);
     fnset = NULL;
@@ -149,6 +162,7 @@ static void on_signal(uv_signal_t *s, int signum)
     if (ctrl.stopping)
         return;
     stoke_info(NULL, "signal %d: removing replicas and shutting down", signum);
+    api_stop_streams(api);
     uv_timer_stop(&ctrl.tick);
     ctrl_shutdown(&ctrl, on_stopped);
 }
@@ -158,6 +172,8 @@ static int load_functions(struct ctrl *c)
     int r = fnset_new(c, c->cfg.functions_dir, &fnset);
     if (r < 0)
         stoke_error(NULL, r, "cannot use the functions directory %s", c->cfg.functions_dir);
+    else if (api)
+        api_set_fnset(api, fnset);
     return r;
 }
 
@@ -213,9 +229,56 @@ static int parse_range(const char *s, uint16_t *lo, uint16_t *hi)
     return 0;
 }
 
+/* The admin token: the first line of `path`, without its line end; at
+ * least ADMIN_TOKEN_MIN bytes, printable, no spaces. Startup only (blocking
+ * read). Returns 0 and an owned string in *ret, or prints why and returns
+ * a negative errno. */
+static int read_token(const char *path, char **ret)
+{
+    char buf[ADMIN_TOKEN_MAX + 2];
+    FILE *f = fopen(path, "re");
+    if (!f) {
+        int e = -errno;
+        fprintf(stderr, "stoke-controller: cannot read --admin-token-file %s: %s\n", path,
+                strerror(-e));
+        return e;
+    }
+    bool got = fgets(buf, sizeof(buf), f) != NULL;
+    (void)fclose(f);
+    size_t len = got ? strcspn(buf, "\r\n") : 0;
+    buf[len] = '\0';
+    bool ok = len >= ADMIN_TOKEN_MIN && len <= ADMIN_TOKEN_MAX;
+    for (size_t i = 0; ok && i < len; i++)
+        ok = buf[i] > ' ' && buf[i] < 0x7f;
+    if (!ok) {
+        fprintf(stderr,
+                "stoke-controller: --admin-token-file %s: the first line must be a token of "
+                "%d to %d printable bytes without spaces\n",
+                path, ADMIN_TOKEN_MIN, ADMIN_TOKEN_MAX);
+        explicit_bzero(buf, sizeof(buf));
+        return -EINVAL;
+    }
+    *ret = strdup(buf);
+    explicit_bzero(buf, sizeof(buf));
+    return *ret ? 0 : -ENOMEM;
+}
+
 int main(int argc, char **argv)
 {
-    enum { O_DIR = 256, O_LISTEN, O_DOCKER, O_INSTANCE, O_PORTS, O_READY, O_LOG, O_PAUSE, O_OPS };
+    enum {
+        O_DIR = 256,
+        O_LISTEN,
+        O_DOCKER,
+        O_INSTANCE,
+        O_PORTS,
+        O_READY,
+        O_LOG,
+        O_PAUSE,
+        O_OPS,
+        O_ADMIN_SOCKET,
+        O_ADMIN_LISTEN,
+        O_ADMIN_TOKEN,
+    };
     static const struct option opts[] = {
         {"functions-dir", required_argument, NULL, O_DIR},
         {"listen", required_argument, NULL, O_LISTEN},
@@ -226,6 +289,9 @@ int main(int argc, char **argv)
         {"log-level", required_argument, NULL, O_LOG},
         {"pause-with", required_argument, NULL, O_PAUSE},
         {"ops-listen", required_argument, NULL, O_OPS},
+        {"admin-socket", required_argument, NULL, O_ADMIN_SOCKET},
+        {"admin-listen", required_argument, NULL, O_ADMIN_LISTEN},
+        {"admin-token-file", required_argument, NULL, O_ADMIN_TOKEN},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -234,6 +300,11 @@ int main(int argc, char **argv)
     bool pause_with_engine = false;
     struct stoke_addr ops_addr;
     bool use_ops = true;
+    const char *admin_socket = DEFAULT_ADMIN_SOCKET;
+    const char *admin_token_file = NULL;
+    struct stoke_addr admin_addr;
+    bool admin_tcp = false;
+    char *admin_token = NULL;
     int opt, r;
 
     c->cfg.functions_dir = DEFAULT_FUNCTIONS_DIR;
@@ -277,6 +348,21 @@ int main(int argc, char **argv)
         case O_OPS:
             r = stoke_opsd_parse_addr(optarg, &ops_addr, &use_ops);
             break;
+        case O_ADMIN_SOCKET:
+            admin_socket = strcmp(optarg, "none") == 0 ? NULL : optarg;
+            r = !admin_socket || (optarg[0] == '/' && strlen(optarg) < sizeof(admin_addr.path))
+                    ? 0
+                    : -EINVAL;
+            break;
+        case O_ADMIN_LISTEN:
+            r = stoke_addr_parse(optarg, &admin_addr);
+            if (r == 0 && admin_addr.is_unix)
+                r = -EINVAL; /* the unix socket is --admin-socket */
+            admin_tcp = r == 0;
+            break;
+        case O_ADMIN_TOKEN:
+            admin_token_file = optarg;
+            break;
         case 'h':
             usage(stdout);
             return 0;
@@ -294,6 +380,13 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    if (admin_tcp && !admin_token_file) {
+        fprintf(stderr, "stoke-controller: --admin-listen needs --admin-token-file: the admin "
+                        "API is never on TCP without a token\n");
+        return 2;
+    }
+    if (admin_token_file && read_token(admin_token_file, &admin_token) < 0)
+        return 2;
 
     stoke_log_init("controller", level);
     signal(SIGPIPE, SIG_IGN);
@@ -334,6 +427,22 @@ int main(int argc, char **argv)
             return 1;
         }
         stoke_info(NULL, "ops port listening on %s", a);
+    }
+    struct api_config acfg = {
+        .unix_path = admin_socket, .tcp = admin_tcp ? &admin_addr : NULL, .token = admin_token};
+    r = admin_socket || admin_tcp ? api_new(c, &acfg, &api) : 0;
+    if (admin_token) {
+        explicit_bzero(admin_token, strlen(admin_token));
+        free(admin_token);
+    }
+    if (r < 0) {
+        if (opsd)
+            stoke_opsd_close(opsd);
+        hub_close(c->hub, NULL, NULL);
+        stoke_engine_close(c->engine, NULL, NULL);
+        uv_run(c->loop, UV_RUN_DEFAULT);
+        free(c->ports_used);
+        return 1;
     }
     uv_timer_init(c->loop, &c->tick);
     c->tick.data = c;

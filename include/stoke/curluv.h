@@ -27,6 +27,12 @@ int stoke_curluv_new(uv_loop_t *loop, struct stoke_curluv **ret);
  * CURLOPT_PRIVATE while the transfer runs: callers must not set it. */
 int stoke_curluv_add(struct stoke_curluv *m, CURL *easy, stoke_curluv_done_cb cb, void *data);
 
+/* Stops one transfer started with stoke_curluv_add() whose callback has not
+ * run: its callback never runs and the caller owns `easy` again. Call it
+ * from the loop, never from inside a libcurl callback. Returns 0, or
+ * -ENOENT when `easy` is not in flight here. */
+int stoke_curluv_remove(struct stoke_curluv *m, CURL *easy);
+
 /* Aborts transfers in flight (each cb runs once with CURLE_ABORTED_BY_CALLBACK
  * from within this call, so callers may free their state; stoke_curluv_add()
  * from those callbacks fails with -ECANCELED), closes the libuv handles and

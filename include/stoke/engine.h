@@ -209,4 +209,64 @@ int stoke_engine_list_get(json_object *list, size_t i, struct stoke_container_su
 /* A label's value from a summary, or NULL. Borrowed. */
 const char *stoke_engine_label_get(const struct stoke_container_summary *s, const char *key);
 
+/* ---- container logs (GET /containers/{id}/logs) ---- */
+
+/* The engine's stream of a container without a TTY: frames of an 8-byte
+ * header (stream 0 stdin, 1 stdout, 2 stderr; three zero bytes; the payload
+ * size, big-endian u32) and the payload. A stream whose first header does
+ * not look like one (a container with a TTY) is taken as raw stdout. */
+struct stoke_log_demux {
+    unsigned char hdr[8];
+    size_t hdr_len;
+    uint32_t left; /* payload bytes still to come of the current frame */
+    int stream;
+    bool started;
+    bool raw;
+};
+
+/* Called for each payload piece (a frame may come in several); `data` is
+ * borrowed for the call. A negative return stops the feed and is returned. */
+typedef int (*stoke_log_demux_cb)(int stream, const char *data, size_t len, void *cbdata);
+
+/* Feeds `len` bytes. Returns 0, the callback's negative value, or -EINVAL
+ * for a header that is not one past the first (the stream is unusable).
+ * Pure: no I/O, no allocation. */
+int stoke_log_demux_feed(struct stoke_log_demux *d, const char *data, size_t len,
+                         stoke_log_demux_cb cb, void *cbdata);
+
+struct stoke_engine_logs_opts {
+    bool follow;       /* keep streaming new output until the container stops */
+    bool timestamps;   /* each line starts with the engine's RFC 3339 time and a space */
+    int64_t tail;      /* the last `tail` lines only; < 0: all */
+    uint64_t since_ms; /* Unix time in ms: only output since then; 0: all */
+};
+
+struct stoke_engine_logs;
+
+/* One piece of output (stream 1 stdout, 2 stderr), borrowed for the call.
+ * Runs from the loop (never from inside libcurl), so it may pause, cancel
+ * or start engine calls. */
+typedef void (*stoke_engine_log_cb)(int stream, const char *bytes, size_t len, void *data);
+
+/* Streams the output of container `id` (stdout and stderr, demultiplexed).
+ * `on_data` runs for each piece in order; `on_end` once at the end, as for
+ * stoke_engine_events(): err 0 when the engine ended the stream (without
+ * follow: all was sent; with follow: the container stopped), -ENOENT for an
+ * unknown container, -EINVAL for a stream that is not the engine's format,
+ * -ENOBUFS when more than 1 MiB waits while not paused, -ECANCELED after
+ * stoke_engine_logs_cancel() (later, from the loop) or from within
+ * stoke_engine_close(). No time limit. Returns 0 and *ret (valid until
+ * on_end has run), or a negative errno and neither callback runs. */
+int stoke_engine_logs(struct stoke_engine *e, const char *id,
+                      const struct stoke_engine_logs_opts *opts, stoke_engine_log_cb on_data,
+                      stoke_engine_cb on_end, void *data, struct stoke_engine_logs **ret);
+
+/* Backpressure: while paused, on_data does not run and the engine's socket
+ * is not read (libcurl's pause), so at most about 256 KiB wait here. */
+void stoke_engine_logs_pause(struct stoke_engine_logs *l, bool pause);
+
+/* Ends the stream: on_data does not run any more; on_end runs later, from
+ * the loop, with -ECANCELED. Not from inside on_end. */
+void stoke_engine_logs_cancel(struct stoke_engine_logs *l);
+
 #endif

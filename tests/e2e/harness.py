@@ -194,6 +194,23 @@ class Response:
         return "<%d %r>" % (self.status, self.body[:80])
 
 
+def spec_text(name, scale=None, queue=None, extra="", env=None, image=IMAGE):
+    """A stoke/v1 Function as YAML text (no env: section when env is empty)."""
+    lines = ["apiVersion: stoke/v1", "kind: Function", "metadata:", "  name: " + name,
+             "spec:", "  image: " + image, "  readiness: { path: / }"]
+    if env:
+        lines.append("  env:")
+        for k, v in env.items():
+            lines.append("    %s: %s" % (k, json.dumps(v)))
+    if scale:
+        lines.append("  scale:")
+        for k, v in scale.items():
+            lines.append("    %s: %s" % (k, v))
+    if queue:
+        lines.append("  queue: { %s }" % ", ".join("%s: %s" % kv for kv in queue.items()))
+    return "\n".join(lines) + "\n" + extra
+
+
 class Stoke:
     """A controller and an activator with their own functions directory,
     channel socket, data port and container label."""
@@ -207,6 +224,7 @@ class Stoke:
         self.fndir = os.path.join(self.tmp, "functions")
         os.mkdir(self.fndir)
         self.ctl = "unix:" + os.path.join(self.tmp, "ctl.sock")
+        self.admin_sock = os.path.join(self.tmp, "admin.sock")
         self.port = free_port()
         self.ops_port = free_port()  # the activator's ops port (/metrics, /healthz)
         self.ctl_ops_port = free_port()  # the controller's ops port
@@ -236,6 +254,7 @@ class Stoke:
     def _controller_argv(self):
         return [os.path.join(BUILD, "stoke-controller"), "--functions-dir", self.fndir,
                 "--listen", self.ctl, "--instance", self.instance,
+                "--admin-socket", self.admin_sock,
                 "--port-range", self.port_range, "--log-level", "debug",
                 "--ops-listen", "127.0.0.1:%d" % self.ctl_ops_port] + self.extra
 
@@ -323,21 +342,8 @@ class Stoke:
 
     # -- specs ------------------------------------------------------------
     def write_spec(self, name, scale=None, queue=None, extra="", filename=None, env=None):
-        scale = dict(scale or {})
-        lines = ["apiVersion: stoke/v1", "kind: Function", "metadata:", "  name: " + name,
-                 "spec:", "  image: " + IMAGE, "  readiness: { path: / }"]
         env = env if env is not None else {"GREETING": "hi from " + name}
-        lines.append("  env:")
-        for k, v in env.items():
-            lines.append("    %s: %s" % (k, json.dumps(v)))
-        if scale:
-            lines.append("  scale:")
-            for k, v in scale.items():
-                lines.append("    %s: %s" % (k, v))
-        if queue:
-            lines.append("  queue: { %s }" % ", ".join("%s: %s" % kv for kv in queue.items()))
-        text = "\n".join(lines) + "\n" + extra
-        self.write_file(filename or name + ".yaml", text)
+        self.write_file(filename or name + ".yaml", spec_text(name, scale, queue, extra, env))
 
     def write_file(self, filename, text):
         # Written beside and renamed, as a careful user (or stokectl) would.
@@ -361,6 +367,22 @@ class Stoke:
             return Response(r.status, dict(r.getheaders()), r.read().decode(errors="replace"))
         finally:
             c.close()
+
+    def api(self, method, path, body=None, headers=None, timeout=60):
+        """One call to the controller's admin API over its unix socket;
+        .json is the parsed body (None when it is not JSON)."""
+        c = UnixHTTPConnection(self.admin_sock, timeout=timeout)
+        try:
+            c.request(method, path, body=body, headers=dict(headers or {}))
+            r = c.getresponse()
+            resp = Response(r.status, dict(r.getheaders()), r.read().decode(errors="replace"))
+        finally:
+            c.close()
+        try:
+            resp.json = json.loads(resp.body)
+        except ValueError:
+            resp.json = None
+        return resp
 
     def fn_request(self, fn, path="/", **kw):
         return self.request("/fn/%s%s" % (fn, path), **kw)

@@ -1,7 +1,8 @@
 /* libFuzzer target for what stoke reads from the engine and the kernel:
  * the same bytes as one JSON value given to the event, inspect and list
- * parsers (stoke/engine.h), and as the text of /proc/PID/cgroup
- * (stoke/freezer.h). Each either fills its output with what its header
+ * parsers (stoke/engine.h), as the text of /proc/PID/cgroup
+ * (stoke/freezer.h), and as a container's multiplexed log stream fed in
+ * two pieces (stoke_log_demux_feed()). Each either fills its output with what its header
  * promises or refuses the input. */
 #include <stdbool.h>
 #include <stdint.h>
@@ -19,8 +20,34 @@ static void check(bool ok)
         abort();
 }
 
+struct demuxed {
+    size_t total;
+};
+
+static int on_piece(int stream, const char *piece, size_t len, void *cbdata)
+{
+    struct demuxed *d = cbdata;
+    check(stream == 1 || stream == 2);
+    check(piece != NULL && len > 0);
+    d->total += len;
+    return 0;
+}
+
+/* Payload never exceeds the input, whatever the split. */
+static void fuzz_demux(const uint8_t *data, size_t size)
+{
+    struct stoke_log_demux dm = {0};
+    struct demuxed d = {0};
+    size_t cut = size ? data[0] % (size + 1) : 0;
+    if (stoke_log_demux_feed(&dm, (const char *)data, cut, on_piece, &d) == 0)
+        (void)stoke_log_demux_feed(&dm, (const char *)data + cut, size - cut, on_piece, &d);
+    check(d.total <= size);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+    fuzz_demux(data, size);
+
     struct stoke_freezer f;
     if (stoke_freezer_parse((const char *)data, size, &f) == 0) {
         check(f.version == 1 || f.version == 2);

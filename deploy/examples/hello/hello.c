@@ -7,6 +7,8 @@
  * /status/<code> (that status) and /delay/<ms> (200 after <ms>, without blocking other
  * connections). Keep-alive, pipelining and request bodies (Content-Length or chunked, read
  * and discarded) are supported. Env: PORT (8080), BIND_ADDR (127.0.0.1), GREETING (hello).
+ * When TARGET is set and not empty, the answer is "Hello <TARGET>!\n" instead, as Knative's
+ * helloworld-go sample answers, so its manifest (tests/knative/) can run this image.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE 1
@@ -581,11 +583,16 @@ int main(void)
         snprintf(host, sizeof host, "%s", replica);
     else
         (void)gethostname(host, sizeof host - 1);
-    greeting_len = strlen(g) + strlen(host) + 7;
+    const char *target = getenv("TARGET");
+    bool knative = target && *target;
+    greeting_len = knative ? strlen(target) + 8 : strlen(g) + strlen(host) + 7;
     greeting = malloc(greeting_len + 1);
     if (!greeting)
         return 1;
-    snprintf(greeting, greeting_len + 1, "%s from %s\n", g, host);
+    if (knative)
+        snprintf(greeting, greeting_len + 1, "Hello %s!\n", target);
+    else
+        snprintf(greeting, greeting_len + 1, "%s from %s\n", g, host);
 
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
