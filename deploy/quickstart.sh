@@ -2,7 +2,8 @@
 # Runs stoke on this machine with the example function, from nothing:
 # installs what is missing (and starts dockerd when none answers), builds
 # stoke and the example image, starts stoke-controller and stoke-activator
-# in the background, applies deploy/examples/hello/hello.yaml, and sends one
+# in the background, applies deploy/examples/hello/hello.yaml with
+# `stokectl apply` (through the controller's admin API), and sends one
 # request through the activator: the function starts from zero replicas and
 # answers.
 #
@@ -55,7 +56,7 @@ rm -f "$home/functions/"*.yaml
 : >"$home/activator.log"
 
 setsid nohup "$build/stoke-controller" --functions-dir "$home/functions" \
-    --listen "unix:$home/ctl.sock" --instance quickstart \
+    --listen "unix:$home/ctl.sock" --admin-socket "$home/admin.sock" --instance quickstart \
     >>"$home/controller.log" 2>&1 </dev/null &
 echo $! >"$home/controller.pid"
 setsid nohup "$build/stoke-activator" --listen "127.0.0.1:$port" \
@@ -77,9 +78,12 @@ wait_for() { # file needle seconds
 wait_for "$home/controller.log" '"ready: functions' 30
 wait_for "$home/activator.log" 'connected to the controller' 30
 
-# Apply the function: drop its spec into the functions directory.
-cp "$root/deploy/examples/hello/hello.yaml" "$home/functions/hello.yaml"
-wait_for "$home/controller.log" 'function added' 10
+# Apply the function through the admin API (dropping the file into
+# $home/functions would do the same); --wait returns once it is as the spec
+# asks: here, applied at zero replicas.
+stokectl="$build/stokectl --server unix:$home/admin.sock"
+say "\$ stokectl apply -f deploy/examples/hello/hello.yaml --wait"
+$stokectl apply -f "$root/deploy/examples/hello/hello.yaml" --wait
 sleep 0.3 # the route reaches the activator
 
 n=$(docker ps -q --filter label=io.stoke.instance=quickstart | wc -l)
@@ -88,6 +92,8 @@ say "\$ curl http://127.0.0.1:$port/fn/hello/"
 answer=$(curl -sS --max-time 60 -w '%{http_code} in %{time_total}s' "http://127.0.0.1:$port/fn/hello/")
 echo "$answer"
 say "the same function by Host: curl http://hello.localhost:$port/"
+say "the function's state: $build/stokectl --server unix:$home/admin.sock get (or describe hello, top, logs hello)"
+say "metrics: curl http://127.0.0.1:9091/metrics (activator), http://127.0.0.1:9092/metrics (controller)"
 say "logs: $home/controller.log $home/activator.log"
 say "stop with: $0 stop"
 case "$answer" in
