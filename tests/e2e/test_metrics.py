@@ -226,10 +226,10 @@ def test_cold_start_and_load_move_both_daemons_counters():
 
 
 def test_usage_running_paused_gone():
-    # Idle after the 6 s window and a 1 s grace: paused (frozen) for 12 s,
+    # Idle after the 6 s window and a 1 s grace: paused (frozen) for 20 s,
     # then stopped, then removed a second later.
     s = start("usage", {"min": 0, "initial": 0, "window": "6s", "scaleToZeroGrace": "1s",
-                        "idle": "pause", "stopAfter": "12s", "removeAfter": "1s"})
+                        "idle": "pause", "stopAfter": "20s", "removeAfter": "1s"})
     fn = "hello"
     try:
         r = s.fn_request(fn)
@@ -256,8 +256,21 @@ def test_usage_running_paused_gone():
         assert value(c2, "stoke_function_memory_bytes", function=fn) > 0
 
         # Paused (frozen): two scrapes more than two ticks apart agree.
-        p1 = wait_scrape(s, "the replica paused", lambda f: replicas(f, fn, "paused") == 1,
-                         timeout=60)
+        wait_scrape(s, "the replica paused", lambda f: replicas(f, fn, "paused") == 1, timeout=60)
+        # Writing FROZEN starts the freeze (FREEZING); the tasks use a few
+        # microseconds of CPU on their way into it, which the next sample may
+        # still see. Compare samples taken once the kernel says FROZEN.
+        cid = s.containers(fn)[0]["Id"]
+        state = "/sys/fs/cgroup/freezer/docker/%s/freezer.state" % cid
+        deadline = time.time() + 10
+        while os.path.exists(state) and time.time() < deadline:
+            with open(state) as f:
+                if f.read().strip() == "FROZEN":
+                    break
+            time.sleep(0.05)
+        time.sleep(2.5)  # a tick: a sample taken after the freeze completed
+        p1 = scrape_controller(s)
+        assert replicas(p1, fn, "paused") == 1, "it must still be paused for this check"
         time.sleep(4.5)
         p2 = scrape_controller(s)
         assert replicas(p2, fn, "paused") == 1, "it must still be paused for this check"
