@@ -21,15 +21,17 @@
  * connections. A client that reads nothing of its last answer for 10 s is
  * dropped, and one that pipelines without reading is not read past 16 MiB
  * of unsent answers. No bodies: check() answers 400 first. */
-static const struct stoke_httpd_limits ops_limits = {.max_head = 8192,
-                                                     .max_body = 0,
-                                                     .max_conns = 64,
-                                                     .stream_high = 16u << 20,
-                                                     .first_timeout_ms = 10000,
-                                                     .head_timeout_ms = 10000,
-                                                     .body_timeout_ms = 10000,
-                                                     .idle_timeout_ms = 60000,
-                                                     .write_timeout_ms = 10000};
+static const struct stoke_httpd_limits ops_limits = {
+    .max_head = 8192,
+    .max_body = 0,
+    .max_conns = 64,
+    .stream_high = 16u << 20,
+    .first_timeout_ms = 10000,
+    .head_timeout_ms = 10000,
+    .body_timeout_ms = 10000,
+    .idle_timeout_ms = 60000,
+    .write_timeout_ms = 10000,
+};
 
 struct stoke_opsd {
     struct stoke_httpd *httpd;
@@ -104,13 +106,15 @@ int stoke_opsd_new(uv_loop_t *loop, const struct stoke_addr *addr,
     if (!o)
         return -ENOMEM;
     o->cbs = *cbs;
-    struct stoke_httpd_config cfg = {.tcp = addr,
-                                     .headers = "Cache-Control: no-store\r\n",
-                                     .limits = ops_limits,
-                                     .check = check,
-                                     .handler = handle,
-                                     .on_error = on_error,
-                                     .data = o};
+    struct stoke_httpd_config cfg = {
+        .tcp = addr,
+        .headers = "Cache-Control: no-store\r\n",
+        .limits = ops_limits,
+        .check = check,
+        .handler = handle,
+        .on_error = on_error,
+        .data = o,
+    };
     int r = stoke_httpd_new(loop, &cfg, &o->httpd, NULL);
     if (r < 0) {
         free(o);

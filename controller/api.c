@@ -30,15 +30,17 @@
  * within 30 s of the head; 60 s idle before and between requests; 256
  * connections; a client that reads nothing of an answer for 60 s is
  * dropped; log streams pause past 256 KiB unsent. */
-static const struct stoke_httpd_limits api_limits = {.max_head = 16 * 1024,
-                                                     .max_body = STOKE_SPEC_MAX_BYTES,
-                                                     .max_conns = 256,
-                                                     .stream_high = 256 * 1024,
-                                                     .first_timeout_ms = 60000,
-                                                     .head_timeout_ms = 10000,
-                                                     .body_timeout_ms = 30000,
-                                                     .idle_timeout_ms = 60000,
-                                                     .write_timeout_ms = 60000};
+static const struct stoke_httpd_limits api_limits = {
+    .max_head = 16 * 1024,
+    .max_body = STOKE_SPEC_MAX_BYTES,
+    .max_conns = 256,
+    .stream_high = 256 * 1024,
+    .first_timeout_ms = 60000,
+    .head_timeout_ms = 10000,
+    .body_timeout_ms = 30000,
+    .idle_timeout_ms = 60000,
+    .write_timeout_ms = 60000,
+};
 
 struct api {
     struct ctrl *c;
@@ -704,7 +706,8 @@ int api_new(struct ctrl *c, const struct api_config *cfg, struct api **ret)
         .limits = api_limits,
         .handler = handle,
         .on_error = on_error,
-        .data = a};
+        .data = a,
+    };
     const char *what = "";
     /* Never on TCP without a token. */
     r = cfg->tcp && (!cfg->token || !*cfg->token) ? -EINVAL
