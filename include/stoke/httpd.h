@@ -40,11 +40,12 @@ struct stoke_httpd_req {
  * set) and `req` is gone after it. */
 typedef void (*stoke_httpd_handler)(struct stoke_httpd_req *req, void *data);
 
-/* Checks a request's head before its body is read: `req` has method, path,
- * query and is_tcp; `has_body` is a chunked body or a Content-Length over 0.
- * Returns 0 to go on, or a status refusing the request (answered by the
- * error answerer with the status's reason as message; the connection
- * closes). */
+/* Checks a request's head before its body is read (after the token, before
+ * the server's own 411 for a PUT without Content-Length or chunking and 413
+ * past max_body): `req` has method, path, query and is_tcp; `has_body` is a
+ * chunked body or a Content-Length over 0. Returns 0 to go on, or a status
+ * refusing the request (answered by the error answerer with the status's
+ * reason as message; the connection closes). */
 typedef int (*stoke_httpd_check)(const struct stoke_httpd_req *req, bool has_body, void *data);
 
 /* Answers an error the server found in a request (unreadable, over a limit,
