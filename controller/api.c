@@ -12,9 +12,9 @@
 #include <json-c/json.h>
 #include <llhttp.h>
 
-#include "api_http.h"
 #include "api_logs.h"
 #include "fnset.h"
+#include "stoke/httpd.h"
 #include "stoke/list.h"
 #include "stoke/log.h"
 
@@ -25,10 +25,27 @@
 #define API_PREFIX "/api/v1/"
 #define RETRY_AFTER "Retry-After: 1\r\n"
 
+/* The transport's limits (docs/admin-api.md): a request head of 16 KiB
+ * (431) within 10 s of its first byte, a body of STOKE_SPEC_MAX_BYTES (413)
+ * within 30 s of the head; 60 s idle before and between requests; 256
+ * connections; a client that reads nothing of an answer for 60 s is
+ * dropped; log streams pause past 256 KiB unsent. */
+static const struct stoke_httpd_limits api_limits = {
+    .max_head = 16 * 1024,
+    .max_body = STOKE_SPEC_MAX_BYTES,
+    .max_conns = 256,
+    .stream_high = 256 * 1024,
+    .first_timeout_ms = 60000,
+    .head_timeout_ms = 10000,
+    .body_timeout_ms = 30000,
+    .idle_timeout_ms = 60000,
+    .write_timeout_ms = 60000,
+};
+
 struct api {
     struct ctrl *c;
     struct fnset *fs;
-    struct http_server *http;
+    struct stoke_httpd *http;
     struct api_logs *logs;
     struct stoke_list pending; /* struct pending.node: PUTs and DELETEs waiting for fnset */
 };
@@ -37,7 +54,7 @@ struct api {
 struct pending {
     struct stoke_list node;
     struct api *a;
-    struct http_req *req;
+    struct stoke_httpd_req *req;
     struct fnset_op *op;
     char name[STOKE_NAME_MAX + 2]; /* as handle() cuts it */
 };
@@ -321,7 +338,7 @@ static int by_name(const void *x, const void *y)
     return strcmp((*a)->spec.name, (*b)->spec.name);
 }
 
-static void get_list(struct api *a, struct http_req *req)
+static void get_list(struct api *a, struct stoke_httpd_req *req)
 {
     size_t n = 0;
     for (struct stoke_list *l = a->c->functions.next; l != &a->c->functions; l = l->next)
@@ -353,17 +370,17 @@ static void get_list(struct api *a, struct http_req *req)
     json_object_put(items);
     if (err < 0) {
         json_object_put(o);
-        o = NULL; /* http_reply_json answers 500 */
+        o = NULL; /* stoke_httpd_reply_json answers 500 */
     }
-    http_reply_json(req, 200, NULL, o);
+    stoke_httpd_reply_json(req, 200, NULL, o);
 }
 
-static void not_found(struct http_req *req, const char *name)
+static void not_found(struct stoke_httpd_req *req, const char *name)
 {
-    http_reply_error(req, 404, NULL, "name", "no function named \"%s\"", name);
+    stoke_httpd_reply_error(req, 404, NULL, "name", "no function named \"%s\"", name);
 }
 
-static void get_one(struct api *a, struct http_req *req, const char *name, bool status_only)
+static void get_one(struct api *a, struct stoke_httpd_req *req, const char *name, bool status_only)
 {
     struct function *fn = find_live(a, name);
     if (!fn) {
@@ -381,7 +398,7 @@ static void get_one(struct api *a, struct http_req *req, const char *name, bool 
     } else {
         o = function_json(fn);
     }
-    http_reply_json(req, 200, NULL, o);
+    stoke_httpd_reply_json(req, 200, NULL, o);
 }
 
 static void pending_free(struct pending *p)
@@ -390,7 +407,7 @@ static void pending_free(struct pending *p)
     free(p);
 }
 
-static void on_pending_abort(struct http_req *req, void *data)
+static void on_pending_abort(struct stoke_httpd_req *req, void *data)
 {
     struct pending *p = data;
     (void)req;
@@ -399,11 +416,11 @@ static void on_pending_abort(struct http_req *req, void *data)
 }
 
 /* NULL (out of memory) once `req` is answered 500. */
-static struct pending *pending_new(struct api *a, struct http_req *req, const char *name)
+static struct pending *pending_new(struct api *a, struct stoke_httpd_req *req, const char *name)
 {
     struct pending *p = calloc(1, sizeof(*p));
     if (!p) {
-        http_reply_error(req, 500, NULL, NULL, "out of memory");
+        stoke_httpd_reply_error(req, 500, NULL, NULL, "out of memory");
         return NULL;
     }
     p->a = a;
@@ -415,10 +432,10 @@ static struct pending *pending_new(struct api *a, struct http_req *req, const ch
 
 /* fnset answered: frees `p` and returns its request, with its api and the
  * function's name copied to `name`. */
-static struct http_req *pending_done(struct pending *p, struct api **ret_a,
-                                     char name[sizeof(p->name)])
+static struct stoke_httpd_req *pending_done(struct pending *p, struct api **ret_a,
+                                            char name[sizeof(p->name)])
 {
-    struct http_req *req = p->req;
+    struct stoke_httpd_req *req = p->req;
     *ret_a = p->a;
     memcpy(name, p->name, sizeof(p->name));
     pending_free(p);
@@ -430,7 +447,7 @@ static struct http_req *pending_done(struct pending *p, struct api **ret_a,
  * or answers the failure now. */
 static void pending_start(struct pending *p, struct fnset_op *op, int r)
 {
-    struct http_req *req = p->req;
+    struct stoke_httpd_req *req = p->req;
     if (r == 0) {
         p->op = op;
         req->on_abort = on_pending_abort;
@@ -439,16 +456,16 @@ static void pending_start(struct pending *p, struct fnset_op *op, int r)
     }
     pending_free(p);
     if (r == -EFBIG)
-        http_reply_error(req, 413, NULL, NULL, "body over 1 MiB");
+        stoke_httpd_reply_error(req, 413, NULL, NULL, "body over 1 MiB");
     else if (r == -ECANCELED)
-        http_reply_error(req, 503, RETRY_AFTER, NULL, "the controller is shutting down");
+        stoke_httpd_reply_error(req, 503, RETRY_AFTER, NULL, "the controller is shutting down");
     else
-        http_reply_error(req, 500, NULL, NULL, "cannot queue the change: %s", strerror(-r));
+        stoke_httpd_reply_error(req, 500, NULL, NULL, "cannot queue the change: %s", strerror(-r));
 }
 
 /* A spec error: 400 with "body:LINE:COLUMN: FIELD: message", the field, and
  * line and column as numbers (0 when not known). */
-static void reply_spec_error(struct http_req *req, const struct stoke_diag *d)
+static void reply_spec_error(struct stoke_httpd_req *req, const struct stoke_diag *d)
 {
     char msg[768];
     int err = 0;
@@ -467,29 +484,29 @@ static void reply_spec_error(struct http_req *req, const struct stoke_diag *d)
             o = NULL;
         }
     }
-    http_reply_json(req, 400, NULL, o);
+    stoke_httpd_reply_json(req, 400, NULL, o);
 }
 
 static void on_put_done(const struct fnset_put_result *res, void *data)
 {
     char name[sizeof(((struct pending *)0)->name)];
     struct api *a;
-    struct http_req *req = pending_done(data, &a, name);
+    struct stoke_httpd_req *req = pending_done(data, &a, name);
 
     if (res->err == -EINVAL) {
         reply_spec_error(req, res->diag);
         return;
     }
     if (res->err == -EEXIST) {
-        http_reply_error(req, 409, NULL, "metadata.name", "%s", res->diag->message);
+        stoke_httpd_reply_error(req, 409, NULL, "metadata.name", "%s", res->diag->message);
         return;
     }
     if (res->err == -ECANCELED) {
-        http_reply_error(req, 503, RETRY_AFTER, NULL, "the controller is shutting down");
+        stoke_httpd_reply_error(req, 503, RETRY_AFTER, NULL, "the controller is shutting down");
         return;
     }
     if (res->err < 0) {
-        http_reply_error(req, 500, NULL, NULL, "%s", res->diag->message);
+        stoke_httpd_reply_error(req, 500, NULL, NULL, "%s", res->diag->message);
         return;
     }
     struct function *fn = find_live(a, name);
@@ -517,16 +534,16 @@ static void on_put_done(const struct fnset_put_result *res, void *data)
         json_object_put(o);
         o = NULL;
     }
-    http_reply_json(req, res->created ? 201 : 200, NULL, o);
+    stoke_httpd_reply_json(req, res->created ? 201 : 200, NULL, o);
 }
 
-static void put_one(struct api *a, struct http_req *req, const char *name)
+static void put_one(struct api *a, struct stoke_httpd_req *req, const char *name)
 {
     if (!stoke_is_valid_name(name)) {
-        http_reply_error(req, 400, NULL, "name",
-                         "\"%s\" is not a function name (a DNS label: [a-z0-9-], 1..63 "
-                         "characters, starting with a letter)",
-                         name);
+        stoke_httpd_reply_error(req, 400, NULL, "name",
+                                "\"%s\" is not a function name (a DNS label: [a-z0-9-], 1..63 "
+                                "characters, starting with a letter)",
+                                name);
         return;
     }
     struct pending *p = pending_new(a, req, name);
@@ -541,22 +558,22 @@ static void on_delete_done(int err, void *data)
 {
     char name[sizeof(((struct pending *)0)->name)];
     struct api *a;
-    struct http_req *req = pending_done(data, &a, name);
+    struct stoke_httpd_req *req = pending_done(data, &a, name);
 
     if (err == 0) {
         api_logs_function_gone(a->logs, name);
-        http_reply_json(req, 200, NULL, jpair("name", name, "result", "deleted"));
+        stoke_httpd_reply_json(req, 200, NULL, jpair("name", name, "result", "deleted"));
     } else if (err == -ENOENT) {
         not_found(req, name);
     } else if (err == -ECANCELED) {
-        http_reply_error(req, 503, RETRY_AFTER, NULL, "the controller is shutting down");
+        stoke_httpd_reply_error(req, 503, RETRY_AFTER, NULL, "the controller is shutting down");
     } else {
-        http_reply_error(req, 500, NULL, NULL, "cannot remove the spec of \"%s\": %s", name,
-                         strerror(-err));
+        stoke_httpd_reply_error(req, 500, NULL, NULL, "cannot remove the spec of \"%s\": %s", name,
+                                strerror(-err));
     }
 }
 
-static void delete_one(struct api *a, struct http_req *req, const char *name)
+static void delete_one(struct api *a, struct stoke_httpd_req *req, const char *name)
 {
     if (!stoke_is_valid_name(name)) {
         not_found(req, name);
@@ -570,17 +587,17 @@ static void delete_one(struct api *a, struct http_req *req, const char *name)
     pending_start(p, op, r);
 }
 
-static void get_version(struct http_req *req)
+static void get_version(struct stoke_httpd_req *req)
 {
-    http_reply_json(req, 200, NULL, jpair("version", STOKE_VERSION, "api", "v1"));
+    stoke_httpd_reply_json(req, 200, NULL, jpair("version", STOKE_VERSION, "api", "v1"));
 }
 
-static bool method_ok(struct http_req *req, unsigned allowed, const char *allow_header)
+static bool method_ok(struct stoke_httpd_req *req, unsigned allowed, const char *allow_header)
 {
     if (req->method >= 0 && req->method < 32 && (allowed & (1u << req->method)))
         return true;
-    http_reply_error(req, 405, allow_header, NULL, "method %s not allowed here",
-                     llhttp_method_name((llhttp_method_t)req->method));
+    stoke_httpd_reply_error(req, 405, allow_header, NULL, "method %s not allowed here",
+                            llhttp_method_name((llhttp_method_t)req->method));
     return false;
 }
 
@@ -588,23 +605,31 @@ static bool method_ok(struct http_req *req, unsigned allowed, const char *allow_
 
 /* 503 while there is no functions directory yet, or the controller adopts
  * its containers or stops. */
-static bool ready(struct api *a, struct http_req *req)
+static bool ready(struct api *a, struct stoke_httpd_req *req)
 {
     if (a->fs && !a->c->adopting && !a->c->stopping)
         return true;
-    http_reply_error(req, 503, RETRY_AFTER, NULL,
-                     a->c->stopping ? "the controller is shutting down"
-                                    : "the controller is starting");
+    stoke_httpd_reply_error(req, 503, RETRY_AFTER, NULL,
+                            a->c->stopping ? "the controller is shutting down"
+                                           : "the controller is starting");
     return false;
 }
 
-static void handle(struct http_req *req, void *data)
+/* Errors the transport finds are JSON like the endpoints'. */
+static void on_error(struct stoke_httpd_req *req, int status, const char *extra, const char *field,
+                     const char *msg, void *data)
+{
+    (void)data;
+    stoke_httpd_reply_error(req, status, extra, field, "%s", msg);
+}
+
+static void handle(struct stoke_httpd_req *req, void *data)
 {
     struct api *a = data;
     const char *path = req->path;
 
     if (strncmp(path, API_PREFIX, strlen(API_PREFIX)) != 0) {
-        http_reply_error(req, 404, NULL, NULL, "no such path");
+        stoke_httpd_reply_error(req, 404, NULL, NULL, "no such path");
         return;
     }
     path += strlen(API_PREFIX);
@@ -619,7 +644,7 @@ static void handle(struct http_req *req, void *data)
         return;
     }
     if (strncmp(path, "functions/", 10) != 0) {
-        http_reply_error(req, 404, NULL, NULL, "no such path");
+        stoke_httpd_reply_error(req, 404, NULL, NULL, "no such path");
         return;
     }
     path += 10;
@@ -628,7 +653,7 @@ static void handle(struct http_req *req, void *data)
     const char *sub = slash ? slash + 1 : "";
     char name[STOKE_NAME_MAX + 2];
     if (nlen == 0 || strchr(sub, '/')) {
-        http_reply_error(req, 404, NULL, NULL, "no such path");
+        stoke_httpd_reply_error(req, 404, NULL, NULL, "no such path");
         return;
     }
     /* Longer than any name: kept cut, so it is refused as a name below. */
@@ -655,7 +680,7 @@ static void handle(struct http_req *req, void *data)
         if (method_ok(req, M(HTTP_GET), "Allow: GET\r\n") && ready(a, req))
             api_logs_serve(a->logs, req, name);
     } else {
-        http_reply_error(req, 404, NULL, NULL, "no such path");
+        stoke_httpd_reply_error(req, 404, NULL, NULL, "no such path");
     }
 }
 
@@ -673,15 +698,20 @@ int api_new(struct ctrl *c, const struct api_config *cfg, struct api **ret)
         free(a);
         return r;
     }
-    struct http_config hc = {
+    struct stoke_httpd_config hc = {
         .unix_path = cfg->unix_path,
         .tcp = cfg->tcp,
         .token = cfg->token,
+        .headers = "Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n",
+        .limits = api_limits,
         .handler = handle,
+        .on_error = on_error,
         .data = a,
     };
     const char *what = "";
-    r = http_server_new(c->loop, &hc, &a->http, &what);
+    /* Never on TCP without a token. */
+    r = cfg->tcp && (!cfg->token || !*cfg->token) ? -EINVAL
+                                                  : stoke_httpd_new(c->loop, &hc, &a->http, &what);
     if (r < 0) {
         stoke_error(NULL, r, "admin API: cannot listen on %s", what);
         api_logs_free(a->logs);
@@ -717,7 +747,7 @@ void api_close(struct api *a)
     /* Connections close with their requests: each pending PUT or DELETE is
      * forgotten by on_pending_abort(), each log stream ends. */
     api_logs_stop(a->logs);
-    http_server_close(a->http);
+    stoke_httpd_close(a->http);
     api_logs_free(a->logs);
     free(a);
 }

@@ -1,5 +1,5 @@
 /* The controller's admin API (docs/admin-api.md): the endpoints, on the
- * HTTP transport of api_http.h. Thread: the loop's. */
+ * HTTP server of stoke/httpd.h. Thread: the loop's. */
 #ifndef CONTROLLER_API_H
 #define CONTROLLER_API_H
 

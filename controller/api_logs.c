@@ -33,7 +33,7 @@ struct api_logs {
 struct lstream {
     struct stoke_list node;
     struct api_logs *l;
-    struct http_req *req; /* NULL once answered or the client went */
+    struct stoke_httpd_req *req; /* NULL once answered or the client went */
     char fn[STOKE_NAME_MAX + 1];
     struct stoke_engine_logs_opts opts;
     bool follow;
@@ -115,12 +115,12 @@ static void stream_end(struct lstream *st, bool send_end)
         return;
     st->ended = true;
     if (st->req) {
-        struct http_req *req = st->req;
+        struct stoke_httpd_req *req = st->req;
         st->req = NULL;
         req->on_abort = NULL;
         req->on_drain = NULL;
         if (send_end)
-            http_stream_end(req);
+            stoke_httpd_stream_end(req);
     }
     if (st->poll_open && !uv_is_closing((uv_handle_t *)&st->poll))
         uv_close((uv_handle_t *)&st->poll, on_poll_closed);
@@ -149,7 +149,7 @@ static void flush_out(struct lstream *st)
 {
     if (st->out.len == 0)
         return;
-    bool keeps_up = st->req && http_stream_write(st->req, st->out.data, st->out.len);
+    bool keeps_up = st->req && stoke_httpd_stream_write(st->req, st->out.data, st->out.len);
     stoke_buf_clear(&st->out);
     if (!keeps_up)
         set_paused(st, true);
@@ -341,7 +341,7 @@ static void on_poll(uv_timer_t *t)
 
 /* ---- the request --------------------------------------------------------- */
 
-static void on_abort(struct http_req *req, void *data)
+static void on_abort(struct stoke_httpd_req *req, void *data)
 {
     struct lstream *st = data;
     (void)req;
@@ -350,7 +350,7 @@ static void on_abort(struct http_req *req, void *data)
     stream_maybe_free(st);
 }
 
-static void on_drain(struct http_req *req, void *data)
+static void on_drain(struct stoke_httpd_req *req, void *data)
 {
     struct lstream *st = data;
     (void)req;
@@ -431,23 +431,23 @@ static const char *parse_query(const char *query, struct stoke_engine_logs_opts 
     return NULL;
 }
 
-void api_logs_serve(struct api_logs *l, struct http_req *req, const char *name)
+void api_logs_serve(struct api_logs *l, struct stoke_httpd_req *req, const char *name)
 {
     struct stoke_engine_logs_opts opts = {0};
     const char *why = "";
     const char *field = parse_query(req->query, &opts, &why);
     if (field) {
-        http_reply_error(req, 400, NULL, field, "%s", why);
+        stoke_httpd_reply_error(req, 400, NULL, field, "%s", why);
         return;
     }
     struct function *fn = live_function(l, name);
     if (!fn) {
-        http_reply_error(req, 404, NULL, "name", "no function named \"%s\"", name);
+        stoke_httpd_reply_error(req, 404, NULL, "name", "no function named \"%s\"", name);
         return;
     }
     struct lstream *st = calloc(1, sizeof(*st));
     if (!st) {
-        http_reply_error(req, 500, NULL, NULL, "out of memory");
+        stoke_httpd_reply_error(req, 500, NULL, NULL, "out of memory");
         return;
     }
     st->l = l;
@@ -463,14 +463,14 @@ void api_logs_serve(struct api_logs *l, struct http_req *req, const char *name)
         if (r->id[0] && !source_add(st, r)) {
             stream_end(st, false);
             stream_maybe_free(st);
-            http_reply_error(req, 500, NULL, NULL, "out of memory");
+            stoke_httpd_reply_error(req, 500, NULL, NULL, "out of memory");
             return;
         }
     }
     req->on_abort = on_abort;
     req->on_drain = on_drain;
     req->handler_data = st;
-    http_stream_begin(req, "text/plain; charset=utf-8");
+    stoke_httpd_stream_begin(req, "text/plain; charset=utf-8");
     if (!st->follow) {
         start_next(st);
         stream_maybe_free(st);

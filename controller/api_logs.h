@@ -5,15 +5,15 @@
 #ifndef CONTROLLER_API_LOGS_H
 #define CONTROLLER_API_LOGS_H
 
-#include "api_http.h"
 #include "controller.h"
+#include "stoke/httpd.h"
 
 struct api_logs;
 
 int api_logs_new(struct ctrl *c, struct api_logs **ret);
 /* Answers `req` for function `name` (known to exist): checks the query
  * (400 with its field), then streams. */
-void api_logs_serve(struct api_logs *l, struct http_req *req, const char *name);
+void api_logs_serve(struct api_logs *l, struct stoke_httpd_req *req, const char *name);
 /* Function `name` is gone: its streams end. */
 void api_logs_function_gone(struct api_logs *l, const char *name);
 /* Every stream ends now. */

@@ -1,5 +1,5 @@
 /* The ops port both daemons serve: a small HTTP/1.1 server for operators
- * and Prometheus, on the caller's loop.
+ * and Prometheus (a handler over stoke/httpd.h), on the caller's loop.
  *
  *   GET /healthz  200 with the health callback's message when it says
  *                 healthy, 503 with its message otherwise.

@@ -1,4 +1,4 @@
-/* The admin API's HTTP/1.1 transport; see api_http.h.
+/* A small HTTP/1.1 server; see stoke/httpd.h.
  *
  * A connection reads, parses with llhttp (strict: conflicting or duplicate
  * Content-Length, Content-Length with Transfer-Encoding, bad chunking are
@@ -6,11 +6,12 @@
  * pipelined requests that arrive meanwhile wait in `rest` (bounded; reading
  * stops past it) and are parsed once the answer is queued, so answers go out
  * in request order. A client that does not read its answers is not given
- * more: parsing waits while more than HTTP_STREAM_HIGH bytes are unsent.
- * Errors found while reading a request are answered with JSON and
+ * more: parsing waits while more than limits.stream_high bytes are unsent.
+ * Errors found while reading a request are answered by cfg->on_error with
  * `Connection: close` (its body may not have been read). */
-#include "api_http.h"
+#include "stoke/httpd.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -25,7 +26,6 @@
 #include <llhttp.h>
 
 #include "stoke/list.h"
-#include "stoke/log.h"
 #include "stoke/uvbuf.h"
 
 /* Pipelined bytes kept while a request is answered; reading stops past it. */
@@ -37,17 +37,17 @@
 #define LINGER_MS 2000
 #define LINGER_MAX_BYTES (4u << 20)
 
-struct http_server {
+struct stoke_httpd {
     uv_loop_t *loop;
     uv_pipe_t ux;
     uv_tcp_t tcp;
     bool has_ux, has_tcp;
     char unix_path[sizeof(((struct sockaddr_un *)0)->sun_path)]; /* unlinked at close; "" */
-    char *token;
+    char *token;                                                 /* NULL: none */
     size_t token_len;
+    char *headers;
+    struct stoke_httpd_config cfg; /* its strings are not kept */
     llhttp_settings_t settings;
-    http_handler handler;
-    void *data;
     struct stoke_list conns;
     unsigned n_conns;
     int handles;
@@ -56,7 +56,7 @@ struct http_server {
 
 enum hdr_kind { H_OTHER, H_AUTH, H_EXPECT };
 
-struct http_conn {
+struct conn {
     union {
         uv_tcp_t tcp;
         uv_pipe_t pipe;
@@ -65,9 +65,10 @@ struct http_conn {
     } io;
     uv_timer_t timer;
     int handles;
-    struct http_server *s;
+    struct stoke_httpd *s;
     struct stoke_list node;
     bool is_tcp;
+    bool needs_auth; /* over TCP with a token */
     llhttp_t parser;
 
     /* The request being read. */
@@ -85,7 +86,7 @@ struct http_conn {
     bool keep_alive;
 
     /* The request being answered. */
-    struct http_req req;
+    struct stoke_httpd_req req;
     bool busy;       /* the handler has it */
     bool streaming;  /* a chunked answer is open */
     bool want_drain; /* the producer waits for on_drain */
@@ -103,13 +104,13 @@ struct http_conn {
     unsigned pending; /* writes not yet completed */
 };
 
-struct http_write {
+struct write_req {
     uv_write_t req;
-    struct http_conn *c;
+    struct conn *c;
     char data[];
 };
 
-static const char *reason(int status)
+const char *stoke_httpd_reason(int status)
 {
     switch (status) {
     case 200:
@@ -143,7 +144,7 @@ static const char *reason(int status)
 
 /* ---- lifetimes ----------------------------------------------------------- */
 
-static void server_unref(struct http_server *s)
+static void server_unref(struct stoke_httpd *s)
 {
     if (--s->handles > 0 || !s->closing)
         return;
@@ -153,6 +154,7 @@ static void server_unref(struct http_server *s)
         explicit_bzero(s->token, s->token_len);
         free(s->token);
     }
+    free(s->headers);
     free(s);
 }
 
@@ -163,7 +165,7 @@ static void on_listener_closed(uv_handle_t *h)
 
 /* Empties what was read of the last request; the token it carried is
  * wiped, not just dropped. */
-static void forget_request(struct http_conn *c)
+static void forget_request(struct conn *c)
 {
     stoke_buf_clear(&c->url);
     stoke_buf_clear(&c->body);
@@ -174,10 +176,10 @@ static void forget_request(struct http_conn *c)
 
 static void on_conn_handle_closed(uv_handle_t *h)
 {
-    struct http_conn *c = h->data;
+    struct conn *c = h->data;
     if (--c->handles > 0)
         return;
-    struct http_server *s = c->s;
+    struct stoke_httpd *s = c->s;
     forget_request(c);
     stoke_buf_done(&c->url);
     stoke_buf_done(&c->body);
@@ -189,7 +191,7 @@ static void on_conn_handle_closed(uv_handle_t *h)
 
 /* The one way a connection ends. A handler still answering gets on_abort
  * first; the handles close and the memory goes in their close callbacks. */
-static void conn_close(struct http_conn *c)
+static void conn_close(struct conn *c)
 {
     if (c->closed)
         return;
@@ -212,7 +214,7 @@ static void on_timeout(uv_timer_t *t)
 
 /* A failed write: closing now could run on_abort inside the handler's own
  * call, so the close comes from the timer, on the loop. */
-static void conn_break(struct http_conn *c)
+static void conn_break(struct conn *c)
 {
     if (c->broken || c->closed)
         return;
@@ -222,10 +224,10 @@ static void conn_break(struct http_conn *c)
 
 /* ---- writing ----------------------------------------------------------- */
 
-static void conn_resume(struct http_conn *c);
-static void conn_finish(struct http_conn *c);
+static void conn_resume(struct conn *c);
+static void conn_finish(struct conn *c);
 
-static size_t unsent(struct http_conn *c)
+static size_t unsent(struct conn *c)
 {
     return uv_stream_get_write_queue_size(&c->io.stream);
 }
@@ -238,7 +240,7 @@ static void on_shutdown(uv_shutdown_t *req, int status)
 
 /* The last answer is out: close, or with `linger`, send FIN and drop what
  * the client still sends until it closes too or LINGER_MS pass. */
-static void conn_finish(struct http_conn *c)
+static void conn_finish(struct conn *c)
 {
     if (!c->linger || c->shut) {
         conn_close(c);
@@ -254,8 +256,8 @@ static void conn_finish(struct http_conn *c)
 
 static void on_written(uv_write_t *wr, int status)
 {
-    struct http_write *w = stoke_container_of(wr, struct http_write, req);
-    struct http_conn *c = w->c;
+    struct write_req *w = stoke_container_of(wr, struct write_req, req);
+    struct conn *c = w->c;
     free(w);
     c->pending--;
     if (c->closed || c->broken)
@@ -270,29 +272,29 @@ static void on_written(uv_write_t *wr, int status)
     }
     if (c->streaming) {
         if (unsent(c) > 0)
-            uv_timer_start(&c->timer, on_timeout, HTTP_STALL_TIMEOUT_MS, 0);
+            uv_timer_start(&c->timer, on_timeout, c->s->cfg.limits.write_timeout_ms, 0);
         else
             uv_timer_stop(&c->timer);
-        if (c->want_drain && unsent(c) < HTTP_STREAM_HIGH / 2) {
+        if (c->want_drain && unsent(c) < c->s->cfg.limits.stream_high / 2) {
             c->want_drain = false;
             if (c->req.on_drain)
                 c->req.on_drain(&c->req, c->req.handler_data);
         }
-    } else if (c->wait_drain && unsent(c) < HTTP_STREAM_HIGH / 2) {
+    } else if (c->wait_drain && unsent(c) < c->s->cfg.limits.stream_high / 2) {
         c->wait_drain = false;
         conn_resume(c);
     }
 }
 
 /* Queues the concatenation of `n` pieces as one write. */
-static int conn_write(struct http_conn *c, const uv_buf_t *pieces, size_t n)
+static int conn_write(struct conn *c, const uv_buf_t *pieces, size_t n)
 {
     size_t total = 0;
     if (c->closed || c->broken)
         return -EPIPE;
     for (size_t i = 0; i < n; i++)
         total += pieces[i].len;
-    struct http_write *w = malloc(sizeof(*w) + total);
+    struct write_req *w = malloc(sizeof(*w) + total);
     if (!w) {
         conn_break(c);
         return -ENOMEM;
@@ -316,7 +318,7 @@ static int conn_write(struct http_conn *c, const uv_buf_t *pieces, size_t n)
 }
 
 /* The answer to the current request is queued: on to the next one. */
-static void req_done(struct http_conn *c)
+static void req_done(struct conn *c)
 {
     c->busy = false;
     c->streaming = false;
@@ -333,11 +335,11 @@ static void req_done(struct http_conn *c)
             return;
         }
         /* A client that does not read its answer is not waited for. */
-        uv_timer_start(&c->timer, on_timeout, HTTP_STALL_TIMEOUT_MS, 0);
+        uv_timer_start(&c->timer, on_timeout, c->s->cfg.limits.write_timeout_ms, 0);
         return;
     }
-    uv_timer_start(&c->timer, on_timeout, HTTP_IDLE_TIMEOUT_MS, 0);
-    if (unsent(c) > HTTP_STREAM_HIGH) {
+    uv_timer_start(&c->timer, on_timeout, c->s->cfg.limits.idle_timeout_ms, 0);
+    if (unsent(c) > c->s->cfg.limits.stream_high) {
         c->wait_drain = true; /* on_written resumes */
         return;
     }
@@ -345,78 +347,73 @@ static void req_done(struct http_conn *c)
         conn_resume(c);
 }
 
-static int head_printf(char *head, size_t size, int status, const char *ctype, const char *extra,
-                       bool close_conn, const char *length_or_chunked)
+static int head_printf(const struct conn *c, char *head, size_t size, int status, const char *ctype,
+                       const char *extra, const char *length_or_chunked)
 {
-    return snprintf(head, size,
-                    "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n%sCache-Control: no-store\r\n"
-                    "X-Content-Type-Options: nosniff\r\n%s%s\r\n",
-                    status, reason(status), ctype, length_or_chunked, extra ? extra : "",
-                    close_conn ? "Connection: close\r\n" : "");
+    return snprintf(head, size, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n%s%s%s%s\r\n", status,
+                    stoke_httpd_reason(status), ctype, length_or_chunked, c->s->headers,
+                    extra ? extra : "", c->keep_alive ? "" : "Connection: close\r\n");
 }
 
-static struct http_conn *conn_of(struct http_req *req)
+static struct conn *conn_of(struct stoke_httpd_req *req)
 {
-    return stoke_container_of(req, struct http_conn, req);
+    return stoke_container_of(req, struct conn, req);
 }
 
-/* An answer without a request object (errors found while parsing) or with. */
-static void conn_reply(struct http_conn *c, int status, const char *extra, const char *ctype,
-                       const char *body, size_t len, bool head_only)
+void stoke_httpd_close_after(struct stoke_httpd_req *req)
 {
+    conn_of(req)->keep_alive = false;
+}
+
+/* Queues the answer to `req`, its body the concatenation of `n` pieces
+ * (none for a HEAD), and goes on to the next request. */
+static void reply(struct stoke_httpd_req *req, int status, const char *extra, const char *ctype,
+                  const uv_buf_t *body, size_t n)
+{
+    struct conn *c = conn_of(req);
     char head[1024], clen[64];
+    uv_buf_t pieces[3];
+    size_t len = 0;
+    assert(n < 3);
+    for (size_t i = 0; i < n; i++)
+        len += body[i].len;
     (void)snprintf(clen, sizeof(clen), "Content-Length: %zu\r\n", len);
-    int hl = head_printf(head, sizeof(head), status, ctype, extra, !c->keep_alive, clen);
+    int hl = head_printf(c, head, sizeof(head), status, ctype, extra, clen);
     if (hl < 0 || (size_t)hl >= sizeof(head)) {
         conn_break(c);
-        return;
+    } else {
+        pieces[0] = uv_buf_init(head, (unsigned)hl);
+        if (req->method == HTTP_HEAD)
+            n = 0;
+        for (size_t i = 0; i < n; i++)
+            pieces[1 + i] = body[i];
+        (void)conn_write(c, pieces, 1 + n);
     }
-    uv_buf_t pieces[2] = {uv_buf_init(head, (unsigned)hl),
-                          uv_buf_init((char *)body, head_only ? 0 : (unsigned)len)};
-    (void)conn_write(c, pieces, 2);
-}
-
-void http_reply(struct http_req *req, int status, const char *extra_headers, const char *ctype,
-                const char *body, size_t len)
-{
-    struct http_conn *c = conn_of(req);
-    conn_reply(c, status, extra_headers, ctype, body, len, req->method == HTTP_HEAD);
     req_done(c);
 }
 
-/* Takes `obj`. NULL (OOM) or a formatting failure: 500 with a fixed body. */
-static void conn_reply_json(struct http_conn *c, int status, const char *extra, json_object *obj,
-                            bool head_only)
+void stoke_httpd_reply(struct stoke_httpd_req *req, int status, const char *extra_headers,
+                       const char *ctype, const char *body, size_t len)
+{
+    uv_buf_t b = uv_buf_init((char *)body, (unsigned)len);
+    reply(req, status, extra_headers, ctype, &b, 1);
+}
+
+void stoke_httpd_reply_json(struct stoke_httpd_req *req, int status, const char *extra_headers,
+                            json_object *obj)
 {
     static const char oom[] = "{\"error\":\"out of memory\",\"field\":null}\n";
     size_t len = 0;
     const char *text =
         obj ? json_object_to_json_string_length(obj, JSON_C_TO_STRING_PLAIN, &len) : NULL;
     if (!text) {
-        conn_reply(c, 500, NULL, "application/json", oom, sizeof(oom) - 1, head_only);
+        stoke_httpd_reply(req, 500, NULL, "application/json", oom, sizeof(oom) - 1);
     } else {
-        /* The text belongs to obj; conn_reply copies it, and a newline. */
-        char head[1024], clen[64];
-        (void)snprintf(clen, sizeof(clen), "Content-Length: %zu\r\n", len + 1);
-        int hl = head_printf(head, sizeof(head), status, "application/json", extra, !c->keep_alive,
-                             clen);
-        if (hl < 0 || (size_t)hl >= sizeof(head)) {
-            conn_break(c);
-        } else {
-            uv_buf_t pieces[3] = {uv_buf_init(head, (unsigned)hl),
-                                  uv_buf_init((char *)text, head_only ? 0 : (unsigned)len),
-                                  uv_buf_init("\n", head_only ? 0 : 1)};
-            (void)conn_write(c, pieces, 3);
-        }
+        /* The text belongs to obj; reply() copies it, and a newline. */
+        uv_buf_t body[2] = {uv_buf_init((char *)text, (unsigned)len), uv_buf_init("\n", 1)};
+        reply(req, status, extra_headers, "application/json", body, 2);
     }
     json_object_put(obj);
-}
-
-void http_reply_json(struct http_req *req, int status, const char *extra_headers, json_object *obj)
-{
-    struct http_conn *c = conn_of(req);
-    conn_reply_json(c, status, extra_headers, obj, req->method == HTTP_HEAD);
-    req_done(c);
 }
 
 /* {"error": msg, "field": field|null}; NULL on OOM. */
@@ -442,23 +439,22 @@ static json_object *error_object(const char *field, const char *msg)
     return o;
 }
 
-void http_reply_error(struct http_req *req, int status, const char *extra_headers,
-                      const char *field, const char *fmt, ...)
+void stoke_httpd_reply_error(struct stoke_httpd_req *req, int status, const char *extra_headers,
+                             const char *field, const char *fmt, ...)
 {
     char msg[1024];
     va_list ap;
     va_start(ap, fmt);
     (void)vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    http_reply_json(req, status, extra_headers, error_object(field, msg));
+    stoke_httpd_reply_json(req, status, extra_headers, error_object(field, msg));
 }
 
-void http_stream_begin(struct http_req *req, const char *ctype)
+void stoke_httpd_stream_begin(struct stoke_httpd_req *req, const char *ctype)
 {
-    struct http_conn *c = conn_of(req);
+    struct conn *c = conn_of(req);
     char head[512];
-    int hl = head_printf(head, sizeof(head), 200, ctype, NULL, !c->keep_alive,
-                         "Transfer-Encoding: chunked\r\n");
+    int hl = head_printf(c, head, sizeof(head), 200, ctype, NULL, "Transfer-Encoding: chunked\r\n");
     if (hl < 0 || (size_t)hl >= sizeof(head)) {
         conn_break(c);
         return;
@@ -469,9 +465,9 @@ void http_stream_begin(struct http_req *req, const char *ctype)
     (void)conn_write(c, &piece, 1);
 }
 
-bool http_stream_write(struct http_req *req, const char *data, size_t len)
+bool stoke_httpd_stream_write(struct stoke_httpd_req *req, const char *data, size_t len)
 {
-    struct http_conn *c = conn_of(req);
+    struct conn *c = conn_of(req);
     if (c->closed || c->broken)
         return false;
     if (len > 0) {
@@ -482,18 +478,18 @@ bool http_stream_write(struct http_req *req, const char *data, size_t len)
         if (conn_write(c, pieces, 3) < 0)
             return false;
         if (!uv_is_active((uv_handle_t *)&c->timer))
-            uv_timer_start(&c->timer, on_timeout, HTTP_STALL_TIMEOUT_MS, 0);
+            uv_timer_start(&c->timer, on_timeout, c->s->cfg.limits.write_timeout_ms, 0);
     }
-    if (unsent(c) > HTTP_STREAM_HIGH) {
+    if (unsent(c) > c->s->cfg.limits.stream_high) {
         c->want_drain = true;
         return false;
     }
     return true;
 }
 
-void http_stream_end(struct http_req *req)
+void stoke_httpd_stream_end(struct stoke_httpd_req *req)
 {
-    struct http_conn *c = conn_of(req);
+    struct conn *c = conn_of(req);
     uv_buf_t piece = uv_buf_init("0\r\n\r\n", 5);
     if (c->streaming)
         (void)conn_write(c, &piece, 1);
@@ -504,37 +500,61 @@ void http_stream_end(struct http_req *req)
 
 /* An error found while reading a request: answered, then the connection
  * closes (the rest of the request may not have been read). */
-static void conn_fail(struct http_conn *c, int status, const char *field, const char *msg)
+static void conn_fail(struct conn *c, int status, const char *field, const char *msg)
 {
     const char *extra = NULL;
     if (status == 401)
         extra = "WWW-Authenticate: Bearer realm=\"stoke\"\r\n";
     c->keep_alive = false;
     c->linger = true;
-    conn_reply_json(c, status, extra, error_object(field, msg), false);
-    c->busy = true; /* req_done() clears it; no handler has it */
-    req_done(c);
+    memset(&c->req, 0, sizeof(c->req));
+    c->req.method = -1; /* the body is sent whatever the method */
+    c->req.path = c->req.query = c->req.body = "";
+    c->req.is_tcp = c->is_tcp;
+    c->busy = true; /* the answer's req_done() clears it */
+    c->s->cfg.on_error(&c->req, status, extra, field, msg, c->s->cfg.data);
+    assert(!c->busy);
 }
 
-static int parse_error(struct http_conn *c, int status, const char *field, const char *msg)
+static int parse_error(struct conn *c, int status, const char *field, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static int parse_error(struct conn *c, int status, const char *field, const char *fmt, ...)
 {
+    va_list ap;
     c->error = status;
     c->error_field = field;
-    (void)snprintf(c->error_msg, sizeof(c->error_msg), "%s", msg);
+    va_start(ap, fmt);
+    (void)vsnprintf(c->error_msg, sizeof(c->error_msg), fmt, ap);
+    va_end(ap);
     return -1;
 }
 
-static int count_head(struct http_conn *c, size_t len)
+/* "16 KiB", "1 MiB": a limit in an error message. */
+static const char *size_text(size_t n, char *buf, size_t size)
 {
+    if (n >= (1u << 20) && n % (1u << 20) == 0)
+        (void)snprintf(buf, size, "%zu MiB", n >> 20);
+    else if (n >= 1024 && n % 1024 == 0)
+        (void)snprintf(buf, size, "%zu KiB", n >> 10);
+    else
+        (void)snprintf(buf, size, "%zu bytes", n);
+    return buf;
+}
+
+static int count_head(struct conn *c, size_t len)
+{
+    char limit[32];
     c->head_bytes += len;
-    if (c->head_bytes > HTTP_MAX_HEAD)
-        return parse_error(c, 431, NULL, "request head over 16 KiB");
+    if (c->head_bytes > c->s->cfg.limits.max_head)
+        return parse_error(c, 431, NULL, "request head over %s",
+                           size_text(c->s->cfg.limits.max_head, limit, sizeof(limit)));
     return 0;
 }
 
 static int on_begin(llhttp_t *p)
 {
-    struct http_conn *c = p->data;
+    struct conn *c = p->data;
     forget_request(c);
     c->field_len = 0;
     c->expect_len = 0;
@@ -542,13 +562,13 @@ static int on_begin(llhttp_t *p)
     c->n_auth = 0;
     c->head_bytes = 0;
     c->error = 0;
-    uv_timer_start(&c->timer, on_timeout, HTTP_HEAD_TIMEOUT_MS, 0);
+    uv_timer_start(&c->timer, on_timeout, c->s->cfg.limits.head_timeout_ms, 0);
     return 0;
 }
 
 static int on_url(llhttp_t *p, const char *at, size_t len)
 {
-    struct http_conn *c = p->data;
+    struct conn *c = p->data;
     if (count_head(c, len) < 0)
         return -1;
     return stoke_buf_append(&c->url, at, len) < 0 ? parse_error(c, 431, NULL, "URL too long") : 0;
@@ -556,7 +576,7 @@ static int on_url(llhttp_t *p, const char *at, size_t len)
 
 static int on_header_field(llhttp_t *p, const char *at, size_t len)
 {
-    struct http_conn *c = p->data;
+    struct conn *c = p->data;
     if (count_head(c, len) < 0)
         return -1;
     for (size_t i = 0; i < len; i++) {
@@ -567,7 +587,7 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len)
     return 0;
 }
 
-static bool field_is(const struct http_conn *c, const char *name)
+static bool field_is(const struct conn *c, const char *name)
 {
     size_t n = strlen(name);
     return c->field_len == n && memcmp(c->field, name, n) == 0;
@@ -575,9 +595,9 @@ static bool field_is(const struct http_conn *c, const char *name)
 
 static int on_header_field_complete(llhttp_t *p)
 {
-    struct http_conn *c = p->data;
+    struct conn *c = p->data;
     c->hdr = H_OTHER;
-    if (field_is(c, "authorization")) {
+    if (c->needs_auth && field_is(c, "authorization")) {
         c->hdr = H_AUTH;
         c->n_auth++;
     } else if (field_is(c, "expect")) {
@@ -589,7 +609,7 @@ static int on_header_field_complete(llhttp_t *p)
 
 static int on_header_value(llhttp_t *p, const char *at, size_t len)
 {
-    struct http_conn *c = p->data;
+    struct conn *c = p->data;
     if (count_head(c, len) < 0)
         return -1;
     if (c->hdr == H_AUTH && stoke_buf_append(&c->auth, at, len) < 0)
@@ -606,15 +626,30 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len)
 
 static int on_header_value_complete(llhttp_t *p)
 {
-    struct http_conn *c = p->data;
+    struct conn *c = p->data;
     c->field_len = 0;
     c->hdr = H_OTHER;
     return 0;
 }
 
+/* The head is read: the request as the check and the handler see it. */
+static void req_start(struct conn *c)
+{
+    char *url = c->url.data ? c->url.data : "";
+    char *q = strchr(url, '?');
+    if (q)
+        *q++ = '\0';
+    memset(&c->req, 0, sizeof(c->req));
+    c->req.method = llhttp_get_method(&c->parser);
+    c->req.path = url;
+    c->req.query = q ? q : "";
+    c->req.body = "";
+    c->req.is_tcp = c->is_tcp;
+}
+
 /* Constant time in the token's content: every byte of the expected token
  * is compared whatever the given one holds. */
-static bool token_ok(const struct http_server *s, const char *given, size_t len)
+static bool token_ok(const struct stoke_httpd *s, const char *given, size_t len)
 {
     unsigned char diff = (unsigned char)(len != s->token_len);
     for (size_t i = 0; i < s->token_len; i++)
@@ -623,7 +658,7 @@ static bool token_ok(const struct http_server *s, const char *given, size_t len)
 }
 
 /* "Bearer <token>": scheme case-insensitive, one or more spaces. */
-static const char *check_auth(struct http_conn *c)
+static const char *check_auth(struct conn *c)
 {
     const char *v = c->auth.data ? c->auth.data : "";
     size_t len = c->auth.len;
@@ -645,72 +680,74 @@ static const char *check_auth(struct http_conn *c)
 
 static int on_headers_complete(llhttp_t *p)
 {
-    struct http_conn *c = p->data;
-    if (c->is_tcp) {
+    struct conn *c = p->data;
+    const struct stoke_httpd_config *cfg = &c->s->cfg;
+    char limit[32];
+    if (c->needs_auth) {
         const char *why = check_auth(c);
         if (why)
-            return parse_error(c, 401, "Authorization", why);
+            return parse_error(c, 401, "Authorization", "%s", why);
     }
     bool chunked = (p->flags & F_CHUNKED) != 0;
     bool has_length = (p->flags & F_CONTENT_LENGTH) != 0;
+    bool has_body = chunked || (has_length && p->content_length > 0);
+    req_start(c);
+    if (cfg->check) {
+        int status = cfg->check(&c->req, has_body, cfg->data);
+        if (status > 0)
+            return parse_error(c, status, NULL, "%s", stoke_httpd_reason(status));
+    }
     if (llhttp_get_method(p) == HTTP_PUT && !chunked && !has_length)
         return parse_error(c, 411, "Content-Length",
                            "a PUT needs a Content-Length or a chunked body");
-    if (has_length && p->content_length > HTTP_MAX_BODY)
-        return parse_error(c, 413, NULL, "body over 1 MiB");
-    if ((chunked || (has_length && p->content_length > 0)) && c->expect_len == 12 &&
-        strncasecmp(c->expect, "100-continue", 12) == 0) {
+    if (has_length && p->content_length > cfg->limits.max_body)
+        return parse_error(c, 413, NULL, "body over %s",
+                           size_text(cfg->limits.max_body, limit, sizeof(limit)));
+    if (has_body && c->expect_len == 12 && strncasecmp(c->expect, "100-continue", 12) == 0) {
         static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
         uv_buf_t piece = uv_buf_init((char *)cont, sizeof(cont) - 1);
         (void)conn_write(c, &piece, 1);
     }
-    uv_timer_start(&c->timer, on_timeout, HTTP_BODY_TIMEOUT_MS, 0);
+    uv_timer_start(&c->timer, on_timeout, cfg->limits.body_timeout_ms, 0);
     return 0;
 }
 
 static int on_body(llhttp_t *p, const char *at, size_t len)
 {
-    struct http_conn *c = p->data;
+    struct conn *c = p->data;
+    char limit[32];
     int r = stoke_buf_append(&c->body, at, len);
     if (r == -ENOBUFS)
-        return parse_error(c, 413, NULL, "body over 1 MiB");
+        return parse_error(c, 413, NULL, "body over %s",
+                           size_text(c->s->cfg.limits.max_body, limit, sizeof(limit)));
     return r < 0 ? parse_error(c, 500, NULL, "out of memory") : 0;
 }
 
 static int on_complete(llhttp_t *p)
 {
-    struct http_conn *c = p->data;
+    struct conn *c = p->data;
     c->keep_alive = llhttp_should_keep_alive(p);
     return HPE_PAUSED;
 }
 
 /* Hands the request just parsed to the handler. */
-static void conn_dispatch(struct http_conn *c)
+static void conn_dispatch(struct conn *c)
 {
-    char *url = c->url.data ? c->url.data : "";
-    char *q = strchr(url, '?');
-    if (q)
-        *q++ = '\0';
-    memset(&c->req, 0, sizeof(c->req));
-    c->req.method = llhttp_get_method(&c->parser);
-    c->req.path = url;
-    c->req.query = q ? q : "";
     c->req.body = c->body.data ? c->body.data : "";
     c->req.body_len = c->body.len;
-    c->req.is_tcp = c->is_tcp;
     c->busy = true;
     uv_timer_stop(&c->timer);
-    c->s->handler(&c->req, c->s->data);
+    c->s->cfg.handler(&c->req, c->s->cfg.data);
 }
 
-static bool can_parse(const struct http_conn *c)
+static bool can_parse(const struct conn *c)
 {
     return !c->closed && !c->close_after && !c->broken && !c->busy && !c->wait_drain;
 }
 
 /* Parses `len` bytes, handing each complete request on in turn; what cannot
  * be parsed yet (a request is being answered) goes to `rest`. */
-static void conn_feed(struct http_conn *c, const char *data, size_t len)
+static void conn_feed(struct conn *c, const char *data, size_t len)
 {
     c->in_feed = true;
     while (len > 0 && !c->closed && !c->close_after && !c->broken) {
@@ -749,7 +786,7 @@ static void conn_feed(struct http_conn *c, const char *data, size_t len)
 
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 {
-    struct http_conn *c = st->data;
+    struct conn *c = st->data;
     if (nread < 0) {
         /* The client went (or sent FIN: nothing more to answer it with). */
         conn_close(c);
@@ -765,7 +802,7 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 
 /* The answer went out: the pipelined bytes kept meanwhile are parsed, and
  * the client read again. */
-static void conn_resume(struct http_conn *c)
+static void conn_resume(struct conn *c)
 {
     if (c->rest.len > 0) {
         size_t len;
@@ -783,14 +820,15 @@ static void conn_resume(struct http_conn *c)
 
 static void on_accept(uv_stream_t *server, int status)
 {
-    struct http_server *s = server->data;
+    struct stoke_httpd *s = server->data;
     if (status < 0 || s->closing)
         return;
-    struct http_conn *c = calloc(1, sizeof(*c));
+    struct conn *c = calloc(1, sizeof(*c));
     if (!c)
         return;
     c->s = s;
     c->is_tcp = server == (uv_stream_t *)&s->tcp;
+    c->needs_auth = c->is_tcp && s->token;
     if (c->is_tcp)
         uv_tcp_init(s->loop, &c->io.tcp);
     else
@@ -802,20 +840,20 @@ static void on_accept(uv_stream_t *server, int status)
     s->handles++;
     stoke_list_insert_tail(&s->conns, &c->node);
     s->n_conns++;
-    stoke_buf_init(&c->url, HTTP_MAX_HEAD);
-    stoke_buf_init(&c->body, HTTP_MAX_BODY);
+    stoke_buf_init(&c->url, s->cfg.limits.max_head);
+    stoke_buf_init(&c->body, s->cfg.limits.max_body);
     stoke_buf_init(&c->auth, 4096);
     stoke_buf_init(&c->rest, REST_MAX + (64 << 10));
     llhttp_init(&c->parser, HTTP_REQUEST, &s->settings);
     c->parser.data = c;
     c->keep_alive = true;
-    if (uv_accept(server, &c->io.stream) < 0 || s->n_conns > HTTP_MAX_CONNS ||
+    if (uv_accept(server, &c->io.stream) < 0 || s->n_conns > s->cfg.limits.max_conns ||
         uv_read_start(&c->io.stream, stoke_uv_alloc, on_read) < 0) {
         conn_close(c);
         return;
     }
     c->reading = true;
-    uv_timer_start(&c->timer, on_timeout, HTTP_IDLE_TIMEOUT_MS, 0);
+    uv_timer_start(&c->timer, on_timeout, s->cfg.limits.first_timeout_ms, 0);
 }
 
 /* ---- listeners ----------------------------------------------------------- */
@@ -857,7 +895,7 @@ static bool socket_answers(const char *path)
     return ok;
 }
 
-static int listen_unix(struct http_server *s, const char *path)
+static int listen_unix(struct stoke_httpd *s, const char *path)
 {
     int r = make_parent(path);
     if (r < 0)
@@ -866,8 +904,8 @@ static int listen_unix(struct http_server *s, const char *path)
     s->ux.data = s;
     s->has_ux = true;
     s->handles++;
-    /* A socket file left by a controller that died is in the way; one that
-     * answers is another controller's, and any other kind of file is not
+    /* A socket file left by a server that died is in the way; one that
+     * answers is another server's, and any other kind of file is not
      * ours to remove. */
     struct stat st;
     if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode)) {
@@ -884,7 +922,7 @@ static int listen_unix(struct http_server *s, const char *path)
     return uv_listen((uv_stream_t *)&s->ux, 128, on_accept);
 }
 
-static int listen_tcp(struct http_server *s, const struct stoke_addr *addr)
+static int listen_tcp(struct stoke_httpd *s, const struct stoke_addr *addr)
 {
     uv_tcp_init(s->loop, &s->tcp);
     s->tcp.data = s;
@@ -896,18 +934,19 @@ static int listen_tcp(struct http_server *s, const struct stoke_addr *addr)
     return r;
 }
 
-int http_server_new(uv_loop_t *loop, const struct http_config *cfg, struct http_server **ret,
+int stoke_httpd_new(uv_loop_t *loop, const struct stoke_httpd_config *cfg, struct stoke_httpd **ret,
                     const char **ret_what)
 {
-    int r;
-    if (cfg->tcp && (!cfg->token || !*cfg->token))
-        return -EINVAL;
-    struct http_server *s = calloc(1, sizeof(*s));
+    const char *what = "";
+    int r = -ENOMEM;
+    assert(cfg->handler && cfg->on_error);
+    struct stoke_httpd *s = calloc(1, sizeof(*s));
     if (!s)
         return -ENOMEM;
     s->loop = loop;
-    s->handler = cfg->handler;
-    s->data = cfg->data;
+    s->cfg = *cfg;
+    s->cfg.unix_path = s->cfg.token = s->cfg.headers = NULL;
+    s->cfg.tcp = NULL;
     stoke_list_init(&s->conns);
     s->handles = 1; /* ours, until the end of this call or the close */
     llhttp_settings_init(&s->settings);
@@ -920,45 +959,46 @@ int http_server_new(uv_loop_t *loop, const struct http_config *cfg, struct http_
     s->settings.on_headers_complete = on_headers_complete;
     s->settings.on_body = on_body;
     s->settings.on_message_complete = on_complete;
+    s->headers = strdup(cfg->headers ? cfg->headers : "");
+    if (!s->headers)
+        goto fail;
     if (cfg->token) {
         s->token = strdup(cfg->token);
-        if (!s->token) {
-            free(s);
-            return -ENOMEM;
-        }
+        if (!s->token)
+            goto fail;
         s->token_len = strlen(s->token);
     }
     if (cfg->unix_path) {
+        what = cfg->unix_path;
         r = listen_unix(s, cfg->unix_path);
-        if (r < 0) {
-            *ret_what = cfg->unix_path;
+        if (r < 0)
             goto fail;
-        }
     }
     if (cfg->tcp) {
+        what = "the TCP address";
         r = listen_tcp(s, cfg->tcp);
-        if (r < 0) {
-            *ret_what = "the TCP address";
+        if (r < 0)
             goto fail;
-        }
     }
     s->handles--;
     *ret = s;
     return 0;
 fail:
+    if (ret_what)
+        *ret_what = what;
     /* unix_path is set once bound by us: then the file is ours to remove. */
-    http_server_close(s);
+    stoke_httpd_close(s);
     server_unref(s);
     return r;
 }
 
-void http_server_close(struct http_server *s)
+void stoke_httpd_close(struct stoke_httpd *s)
 {
     if (!s || s->closing)
         return;
     s->closing = true;
     while (!stoke_list_empty(&s->conns))
-        conn_close(stoke_container_of(stoke_list_first(&s->conns), struct http_conn, node));
+        conn_close(stoke_container_of(stoke_list_first(&s->conns), struct conn, node));
     if (s->has_ux)
         uv_close((uv_handle_t *)&s->ux, on_listener_closed);
     if (s->has_tcp)
