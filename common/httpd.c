@@ -89,6 +89,7 @@ struct conn {
     struct stoke_httpd_req req;
     bool busy;       /* the handler has it */
     bool streaming;  /* a chunked answer is open */
+    bool head_only;  /* ... to a HEAD: its chunks are not sent */
     bool want_drain; /* the producer waits for on_drain */
     bool in_feed;    /* inside conn_feed(): it goes on by itself */
     bool wait_drain; /* parsing waits for unsent answers to go out */
@@ -322,6 +323,7 @@ static void req_done(struct conn *c)
 {
     c->busy = false;
     c->streaming = false;
+    c->head_only = false;
     c->want_drain = false;
     if (c->closed || c->broken)
         return;
@@ -460,6 +462,9 @@ void stoke_httpd_stream_begin(struct stoke_httpd_req *req, const char *ctype)
         return;
     }
     c->streaming = true;
+    /* A HEAD gets the head alone, as from stoke_httpd_reply(): chunks after
+     * it would be read as the start of the next answer. */
+    c->head_only = req->method == HTTP_HEAD;
     uv_timer_stop(&c->timer);
     uv_buf_t piece = uv_buf_init(head, (unsigned)hl);
     (void)conn_write(c, &piece, 1);
@@ -470,7 +475,7 @@ bool stoke_httpd_stream_write(struct stoke_httpd_req *req, const char *data, siz
     struct conn *c = conn_of(req);
     if (c->closed || c->broken)
         return false;
-    if (len > 0) {
+    if (len > 0 && !c->head_only) {
         char size[24];
         int n = snprintf(size, sizeof(size), "%zx\r\n", len);
         uv_buf_t pieces[3] = {uv_buf_init(size, (unsigned)n),
@@ -491,7 +496,7 @@ void stoke_httpd_stream_end(struct stoke_httpd_req *req)
 {
     struct conn *c = conn_of(req);
     uv_buf_t piece = uv_buf_init("0\r\n\r\n", 5);
-    if (c->streaming)
+    if (c->streaming && !c->head_only)
         (void)conn_write(c, &piece, 1);
     req_done(c);
 }
@@ -818,18 +823,17 @@ static void conn_resume(struct conn *c)
     }
 }
 
-static void on_accept(uv_stream_t *server, int status)
+/* A connection on `s`, its stream handle not yet opened: a TCP one with
+ * `tcp_handle`, else a pipe. NULL on OOM. */
+static struct conn *conn_new(struct stoke_httpd *s, bool tcp_handle, bool is_tcp)
 {
-    struct stoke_httpd *s = server->data;
-    if (status < 0 || s->closing)
-        return;
     struct conn *c = calloc(1, sizeof(*c));
     if (!c)
-        return;
+        return NULL;
     c->s = s;
-    c->is_tcp = server == (uv_stream_t *)&s->tcp;
-    c->needs_auth = c->is_tcp && s->token;
-    if (c->is_tcp)
+    c->is_tcp = is_tcp;
+    c->needs_auth = is_tcp && s->token;
+    if (tcp_handle)
         uv_tcp_init(s->loop, &c->io.tcp);
     else
         uv_pipe_init(s->loop, &c->io.pipe, 0);
@@ -847,13 +851,54 @@ static void on_accept(uv_stream_t *server, int status)
     llhttp_init(&c->parser, HTTP_REQUEST, &s->settings);
     c->parser.data = c;
     c->keep_alive = true;
-    if (uv_accept(server, &c->io.stream) < 0 || s->n_conns > s->cfg.limits.max_conns ||
-        uv_read_start(&c->io.stream, stoke_uv_alloc, on_read) < 0) {
-        conn_close(c);
-        return;
-    }
+    return c;
+}
+
+/* The stream is open: read, and wait for the first request. */
+static int conn_start(struct conn *c)
+{
+    int r = uv_read_start(&c->io.stream, stoke_uv_alloc, on_read);
+    if (r < 0)
+        return r;
     c->reading = true;
-    uv_timer_start(&c->timer, on_timeout, s->cfg.limits.first_timeout_ms, 0);
+    uv_timer_start(&c->timer, on_timeout, c->s->cfg.limits.first_timeout_ms, 0);
+    return 0;
+}
+
+static void on_accept(uv_stream_t *server, int status)
+{
+    struct stoke_httpd *s = server->data;
+    if (status < 0 || s->closing)
+        return;
+    bool tcp = server == (uv_stream_t *)&s->tcp;
+    struct conn *c = conn_new(s, tcp, tcp);
+    if (!c)
+        return;
+    if (uv_accept(server, &c->io.stream) < 0 || s->n_conns > s->cfg.limits.max_conns ||
+        conn_start(c) < 0)
+        conn_close(c);
+}
+
+int stoke_httpd_serve_fd(struct stoke_httpd *s, uv_os_sock_t fd, bool is_tcp)
+{
+    int r = s->closing ? -EINVAL : s->n_conns >= s->cfg.limits.max_conns ? -EAGAIN : 0;
+    struct conn *c = r == 0 ? conn_new(s, false, is_tcp) : NULL;
+    if (!c) {
+        (void)close(fd);
+        return r < 0 ? r : -ENOMEM;
+    }
+    r = uv_pipe_open(&c->io.pipe, fd);
+    if (r < 0) {
+        (void)close(fd); /* not the pipe's: closing the handle leaves it open */
+        conn_close(c);
+        return r;
+    }
+    r = conn_start(c);
+    if (r < 0) {
+        conn_close(c); /* closes fd */
+        return r;
+    }
+    return 0;
 }
 
 /* ---- listeners ----------------------------------------------------------- */
@@ -997,10 +1042,15 @@ void stoke_httpd_close(struct stoke_httpd *s)
     if (!s || s->closing)
         return;
     s->closing = true;
+    /* Held across the closes: a server with no listener (connections from
+     * stoke_httpd_serve_fd() only) has no close callback to free it, and is
+     * freed by the unref at the end once nothing is left open. */
+    s->handles++;
     while (!stoke_list_empty(&s->conns))
         conn_close(stoke_container_of(stoke_list_first(&s->conns), struct conn, node));
     if (s->has_ux)
         uv_close((uv_handle_t *)&s->ux, on_listener_closed);
     if (s->has_tcp)
         uv_close((uv_handle_t *)&s->tcp, on_listener_closed);
+    server_unref(s);
 }

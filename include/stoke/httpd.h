@@ -95,6 +95,15 @@ struct stoke_httpd_config {
 int stoke_httpd_new(uv_loop_t *loop, const struct stoke_httpd_config *cfg, struct stoke_httpd **ret,
                     const char **ret_what);
 
+/* Serves a connected stream socket `fd` (one end of a socketpair, say) as
+ * if accepted, on a pipe handle; its requests are marked `is_tcp` as asked
+ * (then the token is required, when there is one). For tests and fuzzing:
+ * a server needs no listener for it. Takes `fd` whatever the result: it is
+ * closed with the connection, or at once on failure. Returns 0, -EAGAIN at
+ * limits.max_conns, -EINVAL once closing, or another negative errno. No
+ * callback runs from this call. */
+int stoke_httpd_serve_fd(struct stoke_httpd *s, uv_os_sock_t fd, bool is_tcp);
+
 /* Closes the listeners and every connection (handlers in the middle of an
  * answer get on_abort; no other callback runs after this), removes the
  * socket file, and frees the server once its handles are closed (run the
@@ -120,7 +129,8 @@ void stoke_httpd_reply_error(struct stoke_httpd_req *req, int status, const char
                              const char *field, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
 
-/* A chunked 200 answer of type `ctype`. */
+/* A chunked 200 answer of type `ctype`. A HEAD gets the head alone: the
+ * producer writes and ends as for any other request, and no chunk is sent. */
 void stoke_httpd_stream_begin(struct stoke_httpd_req *req, const char *ctype);
 /* One chunk (copied; empty data sends nothing). Returns true while the
  * client keeps up, false once more than limits.stream_high bytes wait: the

@@ -227,6 +227,18 @@ static void test_stream_and_close_after(void **state)
                 "Content-Length: 4\r\n" CLOSE "bye\n");
 }
 
+/* Found by fuzz_httpd: chunks after the head of a HEAD answer were read as
+ * the next answer. */
+static void test_stream_to_head(void **state)
+{
+    (void)state;
+    exchange(false,
+             S("HEAD /stream HTTP/1.1\r\nHost: x\r\n\r\nGET /close HTTP/1.1\r\nHost: x\r\n\r\n"),
+             OK "Transfer-Encoding: chunked\r\nX-Test: 1\r\n\r\n"
+                "HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\n"
+                "Content-Length: 4\r\n" CLOSE "bye\n");
+}
+
 static void test_errors_close(void **state)
 {
     (void)state;
@@ -275,9 +287,8 @@ static void test_token_on_tcp(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_pipelined_in_order),
-        cmocka_unit_test(test_stream_and_close_after),
-        cmocka_unit_test(test_errors_close),
+        cmocka_unit_test(test_pipelined_in_order), cmocka_unit_test(test_stream_and_close_after),
+        cmocka_unit_test(test_stream_to_head),     cmocka_unit_test(test_errors_close),
         cmocka_unit_test(test_token_on_tcp),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
