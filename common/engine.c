@@ -53,9 +53,10 @@ struct call {
     struct stoke_engine *e;
     CURL *easy;
     struct curl_slist *headers;
-    struct stoke_buf body; /* response, capped at ENGINE_BODY_MAX */
-    int write_err;         /* why on_write stopped the transfer: -ENOBUFS, -ENOMEM */
-    bool want_id;          /* create: res->id from "Id" */
+    struct stoke_buf body;   /* response, capped at ENGINE_BODY_MAX */
+    int write_err;           /* why on_write stopped the transfer: -ENOBUFS, -ENOMEM */
+    bool want_id;            /* create: res->id from "Id" */
+    enum stoke_engine_op op; /* what it is counted as (stoke_engine_stats()) */
     char errbuf[CURL_ERROR_SIZE];
     stoke_engine_cb cb;
     void *data;
@@ -283,9 +284,9 @@ static size_t on_write(char *ptr, size_t size, size_t nmemb, void *userdata)
  * with '/'), with an optional JSON body (copied) and a time limit of the
  * engine's timeout plus `extra_ms`. Returns 0 and *ret (owned, not yet
  * started), or a negative errno. */
-static int call_new(struct stoke_engine *e, enum method method, const char *path,
-                    const char *json_body, uint64_t extra_ms, stoke_engine_cb cb, void *data,
-                    struct call **ret)
+static int call_new(struct stoke_engine *e, enum stoke_engine_op op, enum method method,
+                    const char *path, const char *json_body, uint64_t extra_ms, stoke_engine_cb cb,
+                    void *data, struct call **ret)
 {
     struct call *c = NULL;
     struct curl_slist *h;
@@ -306,6 +307,7 @@ static int call_new(struct stoke_engine *e, enum method method, const char *path
         goto out;
     c->e = e;
     c->cb = cb;
+    c->op = op;
     c->data = data;
     stoke_buf_init(&c->body, ENGINE_BODY_MAX);
     c->easy = curl_easy_init();
@@ -369,11 +371,11 @@ static int call_start(struct call *c)
     return r;
 }
 
-static int request(struct stoke_engine *e, enum method method, const char *path, uint64_t extra_ms,
-                   stoke_engine_cb cb, void *data)
+static int request(struct stoke_engine *e, enum stoke_engine_op op, enum method method,
+                   const char *path, uint64_t extra_ms, stoke_engine_cb cb, void *data)
 {
     struct call *c = NULL;
-    int r = call_new(e, method, path, NULL, extra_ms, cb, data, &c);
+    int r = call_new(e, op, method, path, NULL, extra_ms, cb, data, &c);
     if (r < 0)
         return r;
     return call_start(c);
@@ -407,8 +409,9 @@ static bool is_valid_id(const char *id)
 }
 
 /* "/containers/<id><suffix>" on `id`, escaped. */
-static int container_request(struct stoke_engine *e, enum method method, const char *id,
-                             const char *suffix, uint64_t extra_ms, stoke_engine_cb cb, void *data)
+static int container_request(struct stoke_engine *e, enum stoke_engine_op op, enum method method,
+                             const char *id, const char *suffix, uint64_t extra_ms,
+                             stoke_engine_cb cb, void *data)
 {
     char path[ENGINE_URL_MAX];
     char *eid = NULL;
@@ -424,7 +427,7 @@ static int container_request(struct stoke_engine *e, enum method method, const c
     curl_free(eid);
     if (n < 0 || (size_t)n >= sizeof(path))
         return -ENAMETOOLONG;
-    r = request(e, method, path, extra_ms, cb, data);
+    r = request(e, op, method, path, extra_ms, cb, data);
     return r;
 }
 
@@ -495,7 +498,7 @@ void stoke_engine_set_timeout(struct stoke_engine *e, uint64_t timeout_ms)
 
 int stoke_engine_ping(struct stoke_engine *e, stoke_engine_cb cb, void *data)
 {
-    return request(e, M_GET, "/_ping", 0, cb, data);
+    return request(e, STOKE_ENGINE_OP_PING, M_GET, "/_ping", 0, cb, data);
 }
 
 int stoke_engine_image_inspect(struct stoke_engine *e, const char *image, stoke_engine_cb cb,
@@ -514,7 +517,7 @@ int stoke_engine_image_inspect(struct stoke_engine *e, const char *image, stoke_
     curl_free(eimage);
     if (n < 0 || (size_t)n >= sizeof(path))
         return -ENAMETOOLONG;
-    return request(e, M_GET, path, 0, cb, data);
+    return request(e, STOKE_ENGINE_OP_IMAGE_INSPECT, M_GET, path, 0, cb, data);
 }
 
 /* Adds `v` to object `o` under `key`; takes ownership of `v` either way.
@@ -686,7 +689,7 @@ int stoke_engine_create(struct stoke_engine *e, const struct stoke_container_con
         r = -ENOMEM;
         goto out;
     }
-    r = call_new(e, M_POST, path, text, 0, cb, data, &c);
+    r = call_new(e, STOKE_ENGINE_OP_CREATE, M_POST, path, text, 0, cb, data, &c);
     if (r < 0)
         goto out;
     c->want_id = true;
@@ -698,22 +701,22 @@ out:
 
 int stoke_engine_start(struct stoke_engine *e, const char *id, stoke_engine_cb cb, void *data)
 {
-    return container_request(e, M_POST, id, "/start", 0, cb, data);
+    return container_request(e, STOKE_ENGINE_OP_START, M_POST, id, "/start", 0, cb, data);
 }
 
 int stoke_engine_inspect(struct stoke_engine *e, const char *id, stoke_engine_cb cb, void *data)
 {
-    return container_request(e, M_GET, id, "/json", 0, cb, data);
+    return container_request(e, STOKE_ENGINE_OP_INSPECT, M_GET, id, "/json", 0, cb, data);
 }
 
 int stoke_engine_pause(struct stoke_engine *e, const char *id, stoke_engine_cb cb, void *data)
 {
-    return container_request(e, M_POST, id, "/pause", 0, cb, data);
+    return container_request(e, STOKE_ENGINE_OP_PAUSE, M_POST, id, "/pause", 0, cb, data);
 }
 
 int stoke_engine_unpause(struct stoke_engine *e, const char *id, stoke_engine_cb cb, void *data)
 {
-    return container_request(e, M_POST, id, "/unpause", 0, cb, data);
+    return container_request(e, STOKE_ENGINE_OP_UNPAUSE, M_POST, id, "/unpause", 0, cb, data);
 }
 
 int stoke_engine_stop(struct stoke_engine *e, const char *id, unsigned grace_s, stoke_engine_cb cb,
@@ -725,13 +728,15 @@ int stoke_engine_stop(struct stoke_engine *e, const char *id, unsigned grace_s, 
         return -EINVAL;
     /* The engine answers only once the container is down: the call's
      * deadline must outlive the grace period. */
-    return container_request(e, M_POST, id, suffix, (uint64_t)grace_s * 1000, cb, data);
+    return container_request(e, STOKE_ENGINE_OP_STOP, M_POST, id, suffix, (uint64_t)grace_s * 1000,
+                             cb, data);
 }
 
 int stoke_engine_remove(struct stoke_engine *e, const char *id, bool force, stoke_engine_cb cb,
                         void *data)
 {
-    return container_request(e, M_DELETE, id, force ? "?force=1&v=1" : "?v=1", 0, cb, data);
+    return container_request(e, STOKE_ENGINE_OP_REMOVE, M_DELETE, id,
+                             force ? "?force=1&v=1" : "?v=1", 0, cb, data);
 }
 
 /* `prefix` followed by an escaped filters={"label":["key=value"]} (and
@@ -780,7 +785,7 @@ int stoke_engine_list(struct stoke_engine *e, const char *key, const char *value
     int r = label_path("/containers/json?all=1&filters=", key, value, NULL, path);
     if (r < 0)
         return r;
-    return request(e, M_GET, path, 0, cb, data);
+    return request(e, STOKE_ENGINE_OP_LIST, M_GET, path, 0, cb, data);
 }
 
 /* ---- the event stream ---- */
@@ -904,7 +909,7 @@ int stoke_engine_events(struct stoke_engine *e, const char *key, const char *val
     w = calloc(1, sizeof(*w));
     if (!w)
         return -ENOMEM;
-    r = call_new(e, M_GET, path, NULL, 0, on_end, data, &c);
+    r = call_new(e, STOKE_ENGINE_OP_EVENTS, M_GET, path, NULL, 0, on_end, data, &c);
     if (r < 0) {
         free(w);
         return r;
@@ -1065,88 +1070,24 @@ static const char *const op_names[STOKE_ENGINE_OPS] = {
     [STOKE_ENGINE_OP_UNPAUSE] = "unpause", [STOKE_ENGINE_OP_STOP] = "stop",
     [STOKE_ENGINE_OP_REMOVE] = "remove",   [STOKE_ENGINE_OP_LIST] = "list",
     [STOKE_ENGINE_OP_EVENTS] = "events",   [STOKE_ENGINE_OP_LOGS] = "logs",
-    [STOKE_ENGINE_OP_OTHER] = "other",
 };
 
 const char *stoke_engine_op_name(enum stoke_engine_op op)
 {
-    return (unsigned)op < STOKE_ENGINE_OPS ? op_names[op] : "other";
+    return (unsigned)op < STOKE_ENGINE_OPS ? op_names[op] : "?";
 }
 
-/* Whether path segment `seg` of `len` bytes is `word`. */
-static bool seg_is(const char *seg, size_t len, const char *word)
+/* Counts a finished call as the operation its caller started. */
+static void count(struct stoke_engine *e, enum stoke_engine_op op, int err)
 {
-    return strlen(word) == len && memcmp(seg, word, len) == 0;
+    e->stats.calls[op]++;
+    if (err < 0)
+        e->stats.errors[op]++;
 }
 
-enum stoke_engine_op stoke_engine_op_of(const char *method, const char *path)
-{
-    /* Up to three segments of the path before its query. */
-    const char *seg[3] = {NULL, NULL, NULL};
-    size_t len[3] = {0, 0, 0}, n = 0;
-    size_t plen = strcspn(path, "?");
-    bool get = strcmp(method, "GET") == 0, post = strcmp(method, "POST") == 0;
-
-    /* An image name may hold '/' (escaped here, but not necessarily). */
-    if (get && plen > 13 && strncmp(path, "/images/", 8) == 0 &&
-        memcmp(path + plen - 5, "/json", 5) == 0)
-        return STOKE_ENGINE_OP_IMAGE_INSPECT;
-    for (size_t i = 0; i < plen; i++) {
-        if (path[i] != '/')
-            continue;
-        if (n == 3)
-            return STOKE_ENGINE_OP_OTHER;
-        seg[n] = path + i + 1;
-        len[n] = strcspn(seg[n], "/?");
-        n++;
-    }
-    if (n == 0)
-        return STOKE_ENGINE_OP_OTHER;
-    if (n == 1 && get && seg_is(seg[0], len[0], "_ping"))
-        return STOKE_ENGINE_OP_PING;
-    if (n == 1 && get && seg_is(seg[0], len[0], "events"))
-        return STOKE_ENGINE_OP_EVENTS;
-    if (!seg_is(seg[0], len[0], "containers") || n < 2 || len[1] == 0)
-        return STOKE_ENGINE_OP_OTHER;
-    if (n == 2) {
-        if (get && seg_is(seg[1], len[1], "json"))
-            return STOKE_ENGINE_OP_LIST;
-        if (post && seg_is(seg[1], len[1], "create"))
-            return STOKE_ENGINE_OP_CREATE;
-        if (strcmp(method, "DELETE") == 0)
-            return STOKE_ENGINE_OP_REMOVE;
-        return STOKE_ENGINE_OP_OTHER;
-    }
-    static const struct {
-        const char *method, *word;
-        enum stoke_engine_op op;
-    } sub[] = {
-        {"POST", "start", STOKE_ENGINE_OP_START}, {"GET", "json", STOKE_ENGINE_OP_INSPECT},
-        {"POST", "pause", STOKE_ENGINE_OP_PAUSE}, {"POST", "unpause", STOKE_ENGINE_OP_UNPAUSE},
-        {"POST", "stop", STOKE_ENGINE_OP_STOP},   {"GET", "logs", STOKE_ENGINE_OP_LOGS},
-    };
-    for (size_t i = 0; i < sizeof(sub) / sizeof(sub[0]); i++) {
-        if (strcmp(method, sub[i].method) == 0 && seg_is(seg[2], len[2], sub[i].word))
-            return sub[i].op;
-    }
-    return STOKE_ENGINE_OP_OTHER;
-}
-
-/* Counts a finished call by the operation its URL and method name: kept
- * here, on completion, so every call is counted without each caller
- * saying what it is. */
 static void count_call(struct call *c, int err)
 {
-    static const char prefix[] = "http://localhost/" ENGINE_API_VERSION;
-    char *url = NULL, *method = NULL;
-    enum stoke_engine_op op = STOKE_ENGINE_OP_OTHER;
-    if (curl_easy_getinfo(c->easy, CURLINFO_EFFECTIVE_URL, &url) == CURLE_OK && url &&
-        curl_easy_getinfo(c->easy, CURLINFO_EFFECTIVE_METHOD, &method) == CURLE_OK && method &&
-        strncmp(url, prefix, sizeof(prefix) - 1) == 0)
-        op = stoke_engine_op_of(method, url + sizeof(prefix) - 1);
-    c->e->stats.calls[op]++;
-    if (err < 0)
-        c->e->stats.errors[op]++;
+    count(c->e, c->op, err);
 }
 
 void stoke_engine_stats(const struct stoke_engine *e, struct stoke_engine_stats *ret)
@@ -1354,6 +1295,8 @@ static void logs_on_done(CURL *easy, CURLcode rc, void *data)
     curl_easy_cleanup(easy);
     l->easy = NULL;
     l->ended = true;
+    /* Counted now: the engine may be gone by the time the end is delivered. */
+    count(l->e, STOKE_ENGINE_OP_LOGS, res->err);
     if (rc == CURLE_ABORTED_BY_CALLBACK && l->e->closing) {
         /* From within stoke_engine_close(): the end now, the output dropped. */
         l->cancelled = true;
@@ -1452,6 +1395,7 @@ void stoke_engine_logs_cancel(struct stoke_engine_logs *l)
         curl_easy_cleanup(l->easy);
         l->easy = NULL;
         l->ended = true;
+        count(l->e, STOKE_ENGINE_OP_LOGS, -ECANCELED);
     }
     if (!l->easy) {
         memset(&l->end, 0, sizeof(l->end));

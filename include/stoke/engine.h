@@ -157,7 +157,6 @@ enum stoke_engine_op {
     STOKE_ENGINE_OP_LIST,
     STOKE_ENGINE_OP_EVENTS,
     STOKE_ENGINE_OP_LOGS,
-    STOKE_ENGINE_OP_OTHER,
     STOKE_ENGINE_OPS
 };
 
@@ -176,11 +175,6 @@ void stoke_engine_stats(const struct stoke_engine *e, struct stoke_engine_stats 
 
 /* "create", "start"...: the `op` label of the controller's metrics. */
 const char *stoke_engine_op_name(enum stoke_engine_op op);
-
-/* The operation of a request: `method` ("GET", "POST", "DELETE") on the
- * API path `path` after the version prefix ("/containers/ID/start?x=1",
- * "/_ping"). Pure; STOKE_ENGINE_OP_OTHER for anything else. */
-enum stoke_engine_op stoke_engine_op_of(const char *method, const char *path);
 
 /* A container's state as the engine reports it. */
 struct stoke_container_state {

@@ -32,7 +32,7 @@ WAIT = 20.0  # the ASan build is slower; every wait is a bound
 N = 25
 TIERS = ("paused", "stopped", "created", "new")
 OPS = ("ping", "image_inspect", "create", "start", "inspect", "pause", "unpause", "stop",
-       "remove", "list", "events", "logs", "other")
+       "remove", "list", "events", "logs")
 # Label names each family of the controller may carry ("le" is the
 # histograms' own).
 LABELS = {
