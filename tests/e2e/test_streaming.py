@@ -31,6 +31,18 @@ TIMEOUT = 120.0
 _env = {}
 
 
+def send_body(sock, n, chunked):
+    """Sends n bytes of PIECE, in 1 MiB chunks when `chunked` (then the last
+    chunk too), else as they are."""
+    left = n
+    while left > 0:
+        piece = PIECE[:min(left, len(PIECE))]
+        sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+        left -= len(piece)
+    if chunked:
+        sock.sendall(b"0\r\n\r\n")
+
+
 class Backend(ThreadedServer):
     """A threaded HTTP/1.1 server for big transfers:
     POST /sink          reads the body (Content-Length or chunked) and
@@ -123,13 +135,7 @@ class Backend(ThreadedServer):
             conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
         else:
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % n)
-        left = n
-        while left > 0:
-            piece = PIECE[:min(left, len(PIECE))]
-            conn.sendall(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
-            left -= len(piece)
-        if chunked:
-            conn.sendall(b"0\r\n\r\n")
+        send_body(conn, n, chunked)
 
     def _ws(self, conn, hdrs, buf):
         if hdrs.get(b"upgrade", b"").lower() != b"websocket":
@@ -252,13 +258,7 @@ def upload(n, chunked):
     try:
         framing = b"Transfer-Encoding: chunked" if chunked else b"Content-Length: %d" % n
         s.sendall(b"POST /fn/echo/sink HTTP/1.1\r\nHost: x\r\n%s\r\n\r\n" % framing)
-        left = n
-        while left > 0:
-            piece = PIECE[:min(left, len(PIECE))]
-            s.sendall(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
-            left -= len(piece)
-        if chunked:
-            s.sendall(b"0\r\n\r\n")
+        send_body(s, n, chunked)
         st, hdrs, rest = read_head(s)
         got = []
         read_body(s, hdrs, rest, got.append)
