@@ -208,11 +208,16 @@ static json_object *replica_json(const struct replica *r, uint64_t now, int *err
         *err = -ENOMEM;
         return NULL;
     }
-    jadd(o, "id", jstr(r->id), err);
-    jadd(o, "name", jstr(r->name), err);
+    const char *colon = strrchr(r->br.addr, ':');
+    uint64_t port = 0;
+    if (!colon || stoke_parse_u64(colon + 1, &port) < 0)
+        port = 0;
+    jadd(o, "id", jstr(r->br.id), err);
+    jadd(o, "name", jstr(r->br.name), err);
     jadd(o, "state", jstr(ctrl_replica_state_name(r->state)), err);
     jadd(o, "revision", jstr(r->revision), err);
-    jadd(o, "port", ju64(r->port), err);
+    jadd(o, "address", jstr(r->br.addr), err);
+    jadd(o, "port", ju64(port), err);
     jadd(o, "age_ms", ju64(now > r->created_ms ? now - r->created_ms : 0), err);
     return o;
 }
@@ -288,6 +293,14 @@ static json_object *status_json(struct function *fn, int *err)
     jadd(o, "stopped", ju64(stopped), err);
     jadd(o, "created", ju64(created), err);
     jadd(o, "panic", json_object_new_boolean(fn->panic), err);
+    /* What `idle` does here: the spec's, unless the backend cannot. */
+    static const char *const idle_names[] = {"pause", "stop", "remove"};
+    const char *idle_why = NULL;
+    enum stoke_idle idle = ctrl_idle_effective(fn->ctrl, fn, &idle_why);
+    jadd(o, "backend", jstr(fn->ctrl->be->name), err);
+    jadd(o, "idle", jstr(idle_names[idle]), err);
+    if (idle_why)
+        jadd(o, "idle_note", jstr(idle_why), err);
     jadd(o, "last_error", jstr(fn->last_error), err);
     jadd(o, "failures", ju64(fn->failures), err);
     jadd(o, "backoff_ms", ju64(fn->retry_at_ms > now ? fn->retry_at_ms - now : 0), err);

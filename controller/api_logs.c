@@ -1,13 +1,13 @@
 /* GET /api/v1/functions/{name}/logs: see api_logs.h.
  *
- * One stream (struct lstream) per request, reading one engine log stream
- * (struct lsource) per container. Without follow the containers are read
+ * One stream (struct lstream) per request, reading one backend log stream
+ * (struct lsource) per replica. Without follow the containers are read
  * one after the other, so each replica's lines come together; with follow
  * all at once, and a timer looks for replicas started later (and for
  * stopped ones woken again, read from where they ended) until the function
  * is gone. Output is cut into lines, each sent as "[<replica>] <line>\n".
- * When the client does not keep up, every engine stream of the request is
- * paused (libcurl stops reading the engine's socket) until the answer
+ * When the client does not keep up, every backend stream of the request is
+ * paused (on Docker libcurl stops reading the engine's socket) until the answer
  * drains, so memory stays bounded whatever the client does. */
 #include "api_logs.h"
 
@@ -35,13 +35,13 @@ struct lstream {
     struct api_logs *l;
     struct stoke_httpd_req *req; /* NULL once answered or the client went */
     char fn[STOKE_NAME_MAX + 1];
-    struct stoke_engine_logs_opts opts;
+    struct backend_logs_opts opts;
     bool follow;
     uv_timer_t poll; /* follow: replicas started later, the function gone */
     bool poll_open;
     struct stoke_list sources; /* struct lsource.node */
     bool ended;                /* no more output; freed once the sources are over */
-    bool paused;               /* the client is behind: engine streams paused */
+    bool paused;               /* the client is behind: backend streams paused */
     struct stoke_buf out;      /* lines of one delivery, sent as one chunk */
 };
 
@@ -50,7 +50,7 @@ struct lsource {
     struct lstream *st;
     char id[65];
     char name[96];
-    struct stoke_engine_logs *h; /* NULL while not reading */
+    struct backend_logs *h;      /* NULL while not reading */
     bool done;                   /* read (without follow), or its container is gone */
     uint64_t woke_ms;            /* the replica's created_ms when last attached */
     uint64_t ended_wall_ms;      /* when its stream last ended (Unix ms) */
@@ -80,7 +80,7 @@ static void source_free(struct lsource *src)
     free(src);
 }
 
-/* Frees the stream once nothing of it runs: its sources' engine streams
+/* Frees the stream once nothing of it runs: its sources' log streams
  * have ended and its timer is closed. */
 static void stream_maybe_free(struct lstream *st)
 {
@@ -107,7 +107,7 @@ static void on_poll_closed(uv_handle_t *h)
 }
 
 /* Ends the answer (its last chunk, when `send_end` and the client is still
- * there) and every engine stream of it. Never frees `st`: the caller calls
+ * there) and every log stream of it. Never frees `st`: the caller calls
  * stream_maybe_free() last, once it is done with it. */
 static void stream_end(struct lstream *st, bool send_end)
 {
@@ -127,7 +127,7 @@ static void stream_end(struct lstream *st, bool send_end)
     for (struct stoke_list *n = st->sources.next; n != &st->sources; n = n->next) {
         struct lsource *src = stoke_container_of(n, struct lsource, node);
         if (src->h)
-            stoke_engine_logs_cancel(src->h); /* on_end comes later */
+            st->l->c->be->ops->logs_cancel(src->h); /* on_end comes later */
     }
 }
 
@@ -141,7 +141,7 @@ static void set_paused(struct lstream *st, bool paused)
     for (struct stoke_list *n = st->sources.next; n != &st->sources; n = n->next) {
         struct lsource *src = stoke_container_of(n, struct lsource, node);
         if (src->h)
-            stoke_engine_logs_pause(src->h, paused);
+            st->l->c->be->ops->logs_pause(src->h, paused);
     }
 }
 
@@ -209,7 +209,7 @@ static void on_source_data(int stream, const char *bytes, size_t len, void *data
 static bool all_done(struct lstream *st);
 static void start_next(struct lstream *st);
 
-static void on_source_end(const struct stoke_engine_result *res, void *data)
+static void on_source_end(const struct backend_result *res, void *data)
 {
     struct lsource *src = data;
     struct lstream *st = src->st;
@@ -236,11 +236,11 @@ static void on_source_end(const struct stoke_engine_result *res, void *data)
     stream_maybe_free(st);
 }
 
-static int source_start(struct lsource *src, const struct stoke_engine_logs_opts *opts)
+static int source_start(struct lsource *src, const struct backend_logs_opts *opts)
 {
     struct lstream *st = src->st;
-    int r = stoke_engine_logs(st->l->c->engine, src->id, opts, on_source_data, on_source_end, src,
-                              &src->h);
+    struct backend *be = st->l->c->be;
+    int r = be->ops->logs(be, src->id, opts, on_source_data, on_source_end, src, &src->h);
     if (r < 0) {
         src->h = NULL;
         src->done = true;
@@ -248,7 +248,7 @@ static int source_start(struct lsource *src, const struct stoke_engine_logs_opts
         return r;
     }
     if (st->paused)
-        stoke_engine_logs_pause(src->h, true);
+        st->l->c->be->ops->logs_pause(src->h, true);
     return 0;
 }
 
@@ -258,8 +258,8 @@ static struct lsource *source_add(struct lstream *st, const struct replica *r)
     if (!src)
         return NULL;
     src->st = st;
-    snprintf(src->id, sizeof(src->id), "%s", r->id);
-    snprintf(src->name, sizeof(src->name), "%s", r->name);
+    snprintf(src->id, sizeof(src->id), "%s", r->br.id);
+    snprintf(src->name, sizeof(src->name), "%s", r->br.name);
     src->woke_ms = r->created_ms;
     for (int i = 0; i < 3; i++)
         stoke_buf_init(&src->partial[i], LINE_MAX_BYTES);
@@ -317,22 +317,22 @@ static void on_poll(uv_timer_t *t)
     }
     for (struct stoke_list *n = fn->replicas.next; n != &fn->replicas; n = n->next) {
         const struct replica *r = stoke_container_of(n, struct replica, node);
-        if (!r->id[0])
+        if (!r->br.id[0])
             continue;
-        struct lsource *src = source_find(st, r->id);
+        struct lsource *src = source_find(st, r->br.id);
         if (!src) {
             /* Started after the request: all of its output. */
-            struct stoke_engine_logs_opts all = {
+            struct backend_logs_opts all = {
                 .follow = true, .timestamps = st->opts.timestamps, .tail = -1};
             src = source_add(st, r);
             if (src)
                 (void)source_start(src, &all);
         } else if (!src->h && !src->done && r->created_ms != src->woke_ms &&
                    r->state != R_CREATED && r->state != R_STOPPED) {
-            struct stoke_engine_logs_opts again = {.follow = true,
-                                                   .timestamps = st->opts.timestamps,
-                                                   .tail = -1,
-                                                   .since_ms = src->ended_wall_ms};
+            struct backend_logs_opts again = {.follow = true,
+                                              .timestamps = st->opts.timestamps,
+                                              .tail = -1,
+                                              .since_ms = src->ended_wall_ms};
             src->woke_ms = r->created_ms;
             (void)source_start(src, &again);
         }
@@ -373,8 +373,7 @@ static bool parse_bool(const char *v, bool *ret)
 /* The query: tail=N|all, since=DURATION|UNIX-SECONDS, follow=0|1,
  * timestamps=0|1 (true/false too). Returns NULL, or the parameter at fault
  * with *why set. Pure but for the clock of since=DURATION. */
-static const char *parse_query(const char *query, struct stoke_engine_logs_opts *o,
-                               const char **why)
+static const char *parse_query(const char *query, struct backend_logs_opts *o, const char **why)
 {
     char buf[1024];
     o->tail = -1;
@@ -433,7 +432,7 @@ static const char *parse_query(const char *query, struct stoke_engine_logs_opts 
 
 void api_logs_serve(struct api_logs *l, struct stoke_httpd_req *req, const char *name)
 {
-    struct stoke_engine_logs_opts opts = {0};
+    struct backend_logs_opts opts = {0};
     const char *why = "";
     const char *field = parse_query(req->query, &opts, &why);
     if (field) {
@@ -460,7 +459,7 @@ void api_logs_serve(struct api_logs *l, struct stoke_httpd_req *req, const char 
     stoke_list_insert_tail(&l->streams, &st->node);
     for (struct stoke_list *n = fn->replicas.next; n != &fn->replicas; n = n->next) {
         const struct replica *r = stoke_container_of(n, struct replica, node);
-        if (r->id[0] && !source_add(st, r)) {
+        if (r->br.id[0] && !source_add(st, r)) {
             stream_end(st, false);
             stream_maybe_free(st);
             stoke_httpd_reply_error(req, 500, NULL, NULL, "out of memory");

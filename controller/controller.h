@@ -1,5 +1,5 @@
 /* The controller's state: functions from the specs, their replicas on the
- * container engine, and what the activators are told. Thread: the loop's. */
+ * backend (backend.h), and what the activators are told. Thread: the loop's. */
 #ifndef CONTROLLER_CONTROLLER_H
 #define CONTROLLER_CONTROLLER_H
 
@@ -8,10 +8,8 @@
 
 #include <uv.h>
 
+#include "backend.h"
 #include "stoke/autoscale.h"
-#include "stoke/cgusage.h"
-#include "stoke/engine.h"
-#include "stoke/freezer.h"
 #include "stoke/histogram.h"
 #include "stoke/list.h"
 #include "stoke/spec.h"
@@ -20,15 +18,12 @@
 struct hub;
 struct probe;
 
-/* The engine is listed this often, for what its event stream missed. */
+/* The backend is listed this often, for what its watch missed. */
 #define CTRL_CHECK_PERIOD_MS 5000
 
 struct ctrl_config {
     const char *functions_dir;
     struct stoke_addr ctl_addr;
-    const char *docker_host; /* NULL: $DOCKER_HOST or the default socket */
-    const char *instance;    /* io.stoke.instance label of our containers */
-    uint16_t port_min, port_max;
     uint64_t tick_ms;
     uint64_t ready_timeout_ms; /* a replica not ready by then is replaced */
 };
@@ -38,12 +33,12 @@ struct ctrl_config {
  * wakes PAUSED (thaw), STOPPED or CREATED (start) back to PROBING. */
 enum replica_state {
     R_CREATING, /* create call in flight */
-    R_STARTING, /* start (or the engine's unpause) in flight */
+    R_STARTING, /* start (or the backend's thaw) in flight */
     R_PROBING,  /* running, not yet answering */
     R_READY,    /* routed */
     R_RETIRING, /* out of the routes; draining, then removed or sent idle */
     /* The warm tier: idle replicas of the current revision. */
-    R_PAUSING,  /* inspect + freeze, or the engine's pause, in flight */
+    R_PAUSING,  /* freeze in flight */
     R_PAUSED,   /* frozen: memory kept, no CPU */
     R_STOPPING, /* stop in flight */
     R_STOPPED,  /* exited: no memory, container kept */
@@ -55,11 +50,8 @@ struct adoption;
 
 /* What usage.c keeps of a replica between samples. */
 struct replica_usage {
-    struct stoke_cgroup cg;
-    bool has_cg;           /* cg found for the container's current run */
-    bool lost;             /* cg went away during this run (it exited) */
-    uint64_t last_cpu_ns;  /* the cgroup's CPU counter at the last sample */
-    uint64_t limit_bytes;  /* the cgroup's memory limit, or 0 (the spec's then) */
+    uint64_t last_cpu_ns;  /* the backend's CPU counter at the last sample */
+    uint64_t limit_bytes;  /* the memory limit it reported, or 0 (the spec's then) */
     uint64_t sampled_ms;   /* the last sample, or 0: none yet (count from created_ms) */
     uint64_t memory_bytes; /* at the last sample */
 };
@@ -67,28 +59,23 @@ struct replica_usage {
 struct replica {
     struct stoke_list node; /* fn->replicas */
     struct function *fn;
-    char id[65];
-    char name[96];
+    struct backend_replica br; /* id, name, address: the backend's */
     char revision[17];
-    uint16_t port;
     enum replica_state state;
-    bool op_pending;  /* an engine call is in flight for it */
+    bool op_pending;  /* a backend operation is in flight for it */
     bool retire_asap; /* retire once the call in flight completes */
     struct probe *probe;
-    uv_timer_t timer;      /* ready deadline, then drain deadline */
-    bool draining;         /* unrouted, waiting for in-flight requests */
-    uint64_t unrouted_gen; /* the route generation without it */
-    uint64_t created_ms;   /* created, or last woken */
-    uint64_t ready_ms;     /* became ready, or 0 */
-    bool to_idle;          /* retiring into the warm tier, not removed */
-    bool precreate;        /* R_CREATING: stays created, is not started */
-    bool frozen;           /* frozen through its cgroup by us (thaw before any engine call) */
-    bool engine_paused;    /* R_PAUSED through the engine's pause (the fallback) */
-    bool exited;           /* the engine said it exited while a call was in flight */
-    int exit_code;         /* with it */
-    bool oom;              /* the engine said the kernel OOM-killed it */
-    const char *woke_from; /* how it last left zero: "create", "thaw", "unpause", "start" */
-    struct stoke_freezer freezer;
+    uv_timer_t timer;          /* ready deadline, then drain deadline */
+    bool draining;             /* unrouted, waiting for in-flight requests */
+    uint64_t unrouted_gen;     /* the route generation without it */
+    uint64_t created_ms;       /* created, or last woken */
+    uint64_t ready_ms;         /* became ready, or 0 */
+    bool to_idle;              /* retiring into the warm tier, not removed */
+    bool precreate;            /* R_CREATING: stays created, is not started */
+    bool exited;               /* the backend said it exited while a call was in flight */
+    int exit_code;             /* with it */
+    bool oom;                  /* the backend said the kernel OOM-killed it */
+    const char *woke_from;     /* how it last left zero: "create", "thaw", "unpause", "start" */
     struct adoption *adoption; /* startup: the adoption waiting for its inspect */
     struct replica_usage usage;
 };
@@ -105,8 +92,9 @@ struct fn_traffic {
     double second_concurrency;
 };
 
-/* Resource use of a function's replicas, read from their cgroups with
- * libcgroup (usage.c, every tick). Counters include replicas since removed. */
+/* Resource use of a function's replicas, read through the backend (from
+ * their cgroups on Docker; usage.c, every tick). Counters include replicas
+ * since removed. */
 struct fn_usage {
     double cpu_seconds;    /* CPU time of all its replicas: a counter */
     uint64_t memory_bytes; /* memory in use now, all replicas */
@@ -130,10 +118,9 @@ struct function {
     uint64_t backoff_ms;  /* the current back-off; 0 when not failing */
     char last_error[256];
     uint64_t cold_starts;
-    uint64_t wakes[4];   /* cold starts by tier: paused, stopped, created, new */
-    bool pause_fallback; /* the cgroup could not be written: paused by the engine */
-    bool deleted;        /* spec gone: scale to zero, then free */
-    uint32_t closing;    /* replicas off the list whose handles still close */
+    uint64_t wakes[4]; /* cold starts by tier: paused, stopped, created, new */
+    bool deleted;      /* spec gone: scale to zero, then free */
+    uint32_t closing;  /* replicas off the list whose handles still close */
     struct fn_traffic traffic;
     struct fn_usage usage;
     /* The cold start in progress: since when (0: none) and from which tier;
@@ -146,29 +133,24 @@ struct function {
 struct ctrl {
     uv_loop_t *loop;
     struct ctrl_config cfg;
-    struct stoke_engine *engine;
+    struct backend *be;
     struct hub *hub;
     struct stoke_list functions;
     uint64_t route_gen;
-    uint8_t *ports_used; /* one byte per port of the range */
-    unsigned port_cursor;
     uv_timer_t tick;
     uint64_t last_check_ms;
     bool checking;          /* a list for ctrl_check_replicas() is in flight */
-    uv_timer_t watch_timer; /* reconnects the engine's event stream */
+    uv_timer_t watch_timer; /* reopens the backend's watch */
     uint32_t watch_failures;
     uint64_t watch_since_ms; /* the stream (re)opened */
     bool watching;
-    bool freezer_ok; /* libcgroup is usable */
     bool stopping;
     bool adopting;          /* startup: specs load, nothing is started yet */
-    bool usage_ok;          /* libcgroup reads usage (usage.c) */
-    bool usage_warned;      /* a replica's cgroup was not found: said once */
-    uint64_t watch_reopens; /* the engine's event stream ended and was reopened */
-    /* The engine's health for /healthz: pinged every CTRL_CHECK_PERIOD_MS. */
+    uint64_t watch_reopens; /* the backend's watch ended and was reopened */
+    /* The backend's health for /healthz: pinged every CTRL_CHECK_PERIOD_MS. */
     bool pinging;
-    int engine_err;         /* the last ping's result: 0 or a negative errno */
-    char engine_error[128]; /* its message */
+    int backend_err;         /* the last ping's result: 0 or a negative errno */
+    char backend_error[128]; /* its message */
     void (*on_stopped)(struct ctrl *c);
 };
 
@@ -192,19 +174,23 @@ void ctrl_autoscale_all(struct ctrl *c);
 void ctrl_on_drain(struct ctrl *c);
 /* Sends the current route table to the activators. */
 void ctrl_push_routes(struct ctrl *c);
-/* Compares our replicas with the engine's containers; replaces the gone. */
+/* Compares our replicas with the backend's list; replaces the gone. */
 void ctrl_check_replicas(struct ctrl *c);
-/* At startup: lists this instance's containers, calls `load` (which applies
+/* At startup: lists this instance's replicas, calls `load` (which applies
  * the specs; no replica is started meanwhile), adopts each running
- * container of a function's current revision as a ready replica, removes
- * the others, and calls `done` when that is over (err < 0: the engine could
+ * replica of a function's current revision as a ready replica, removes
+ * the others, and calls `done` when that is over (err < 0: the backend could
  * not list, or `load` failed). */
 int ctrl_adopt(struct ctrl *c, int (*load)(struct ctrl *c), void (*done)(struct ctrl *c, int err));
 /* Retires every replica (for shutdown); cb when the last is removed.
  * Frozen replicas are thawed first. */
 void ctrl_shutdown(struct ctrl *c, void (*cb)(struct ctrl *c));
-/* An event of the engine's stream about one of this instance's containers. */
-void ctrl_on_event(struct ctrl *c, const struct stoke_container_event *ev);
+/* A change the backend's watch saw of one of this instance's replicas. */
+void ctrl_on_event(struct ctrl *c, const struct backend_event *ev);
+/* What `idle` does for the function on this backend (its spec's, unless the
+ * backend lacks what it needs); *ret_why says why when it differs. */
+enum stoke_idle ctrl_idle_effective(const struct ctrl *c, const struct function *fn,
+                                    const char **ret_why);
 
 /* metrics.c: "creating", "ready"... as the admin API and metrics name them. */
 const char *ctrl_replica_state_name(enum replica_state s);
@@ -212,20 +198,19 @@ const char *ctrl_replica_state_name(enum replica_state s);
  * appended to `out`. Returns 0 or -ENOMEM. */
 int ctrl_metrics_render(struct ctrl *c, struct stoke_buf *out);
 
-/* usage.c: per-function CPU, memory and GB-seconds from the replicas'
- * cgroups. usage_init() readies libcgroup (a warning when it finds no
- * cgroups: CPU and memory are then not measured); usage_sample_all() runs
+/* usage.c: per-function CPU, memory and GB-seconds from what the backend
+ * reads of the replicas (BACKEND_HAS_CGROUPS; without it CPU and memory
+ * are not measured, GB-seconds use the specs' limits); usage_sample_all() runs
  * each tick; usage_sample() samples one replica now, and runs before each
  * change of a replica's state that matters to its usage (pausing, waking,
  * stopping, removing), so the time before the change counts as what it
  * was and the CPU used since the last tick is not lost with its cgroup. */
-void usage_init(struct ctrl *c);
 void usage_sample_all(struct ctrl *c);
 void usage_sample(struct replica *r);
 /* Whether a replica in this state runs (uses CPU and bills GB-seconds). */
 bool usage_is_running(enum replica_state s);
 
-/* events.c: the engine's event stream, reconnected with back-off. */
+/* events.c: the backend's watch, reopened with back-off. */
 void ctrl_watch_init(struct ctrl *c);
 void ctrl_watch_start(struct ctrl *c);
 void ctrl_watch_close(struct ctrl *c);

@@ -1,7 +1,8 @@
-/* The engine's event stream for this instance's containers: exits, OOM
- * kills and removals are learned at once instead of at the next engine
- * check. The stream is reopened with back-off when it ends, and the
- * replicas are checked against a list then, for what happened meanwhile. */
+/* The backend's watch of this instance's replicas (the engine's event
+ * stream on Docker): exits, OOM kills and removals are learned at once
+ * instead of at the next check. The watch is reopened with back-off when it
+ * ends, and the replicas are checked against a list then, for what
+ * happened meanwhile. */
 #include "controller.h"
 #include "stoke/backoff.h"
 #include "stoke/log.h"
@@ -11,7 +12,7 @@
 /* A stream that stayed open this long resets the back-off. */
 #define WATCH_HEALTHY_MS 10000
 
-static void on_event(const struct stoke_container_event *ev, void *data)
+static void on_event(const struct backend_event *ev, void *data)
 {
     struct ctrl *c = data;
     c->watch_failures = 0;
@@ -23,7 +24,7 @@ static void on_watch_timer(uv_timer_t *t)
     ctrl_watch_start(t->data);
 }
 
-static void on_end(const struct stoke_engine_result *res, void *data)
+static void on_end(const struct backend_result *res, void *data)
 {
     struct ctrl *c = data;
     c->watching = false;
@@ -35,8 +36,8 @@ static void on_end(const struct stoke_engine_result *res, void *data)
     c->watch_failures++;
     c->watch_reopens++;
     uint64_t wait = stoke_backoff_ms(c->watch_failures, WATCH_BACKOFF_MIN_MS, WATCH_BACKOFF_MAX_MS);
-    stoke_warn(NULL, res->err, "the engine's event stream ended: %s; reopening in %llu ms",
-               res->err < 0 ? res->message : "closed by the engine", (unsigned long long)wait);
+    stoke_warn(NULL, res->err, "the %s watch ended: %s; reopening in %llu ms", c->be->name,
+               res->err < 0 ? res->message : "closed by the other side", (unsigned long long)wait);
     uv_timer_start(&c->watch_timer, on_watch_timer, wait, 0);
 }
 
@@ -50,17 +51,16 @@ void ctrl_watch_start(struct ctrl *c)
 {
     if (c->stopping || c->watching)
         return;
-    int r =
-        stoke_engine_events(c->engine, "io.stoke.instance", c->cfg.instance, on_event, on_end, c);
+    int r = c->be->ops->watch(c->be, on_event, on_end, c);
     if (r < 0) {
-        struct stoke_engine_result res = {.err = r, .message = "cannot open the stream"};
+        struct backend_result res = {.err = r, .message = "cannot open the watch", .how = ""};
         c->watching = true;
         on_end(&res, c);
         return;
     }
     c->watching = true;
     c->watch_since_ms = uv_now(c->loop);
-    stoke_debug(NULL, "following the engine's events");
+    stoke_debug(NULL, "watching the %s backend's replicas", c->be->name);
     /* What happened while no stream was open. */
     if (!c->adopting)
         ctrl_check_replicas(c);

@@ -1,5 +1,5 @@
-/* stoke-controller: wires the functions directory, the engine, the
- * activator channel and the reconcile loop together. */
+/* stoke-controller: wires the functions directory, the backend (the Docker
+ * engine), the activator channel and the reconcile loop together. */
 #include <errno.h>
 #include <getopt.h>
 #include <signal.h>
@@ -23,6 +23,7 @@
 #define ADMIN_TOKEN_MAX 4096
 
 static struct ctrl ctrl;
+static struct backend_docker_config docker_cfg;
 static struct fnset *fnset;
 static struct stoke_opsd *opsd;
 static bool adopted; /* past adoption: reconciling */
@@ -56,17 +57,16 @@ static void usage(FILE *f)
             "  -h, --help\n");
 }
 
-static void on_health_ping(const struct stoke_engine_result *res, void *data)
+static void on_health_ping(const struct backend_result *res, void *data)
 {
     struct ctrl *c = data;
     c->pinging = false;
     if (res->err == -ECANCELED)
         return;
-    if (res->err < 0 && c->engine_err == 0)
-        stoke_warn(NULL, res->err, "the container engine does not answer its ping: %s",
-                   res->message);
-    c->engine_err = res->err;
-    snprintf(c->engine_error, sizeof(c->engine_error), "%s", res->err < 0 ? res->message : "");
+    if (res->err < 0 && c->backend_err == 0)
+        stoke_warn(NULL, res->err, "%s does not answer its ping: %s", c->be->what, res->message);
+    c->backend_err = res->err;
+    snprintf(c->backend_error, sizeof(c->backend_error), "%s", res->err < 0 ? res->message : "");
 }
 
 /* For /healthz: one ping in flight at most. */
@@ -74,10 +74,10 @@ static void health_ping(struct ctrl *c)
 {
     if (c->pinging || c->stopping)
         return;
-    int r = stoke_engine_ping(c->engine, on_health_ping, c);
+    int r = c->be->ops->ping(c->be, on_health_ping, c);
     if (r < 0) {
-        c->engine_err = r;
-        snprintf(c->engine_error, sizeof(c->engine_error), "cannot send a ping");
+        c->backend_err = r;
+        snprintf(c->backend_error, sizeof(c->backend_error), "cannot send a ping");
         return;
     }
     c->pinging = true;
@@ -94,13 +94,13 @@ static bool ops_health(char *msg, size_t size, void *data)
     if (c->stopping)
         snprintf(msg, size, "shutting down");
     else if (!adopted)
-        snprintf(msg, size, "starting: adopting the engine's containers");
-    else if (c->engine_err < 0)
-        snprintf(msg, size, "the container engine does not answer: %s (%s)", c->engine_error,
-                 uv_err_name(c->engine_err));
+        snprintf(msg, size, "starting: adopting the %s backend's replicas", c->be->name);
+    else if (c->backend_err < 0)
+        snprintf(msg, size, "%s does not answer: %s (%s)", c->be->what, c->backend_error,
+                 uv_err_name(c->backend_err));
     else
         snprintf(msg, size, "ok");
-    return !c->stopping && adopted && c->engine_err == 0;
+    return !c->stopping && adopted && c->backend_err == 0;
 }
 
 static void on_tick(uv_timer_t *t)
@@ -148,8 +148,8 @@ static void on_stopped(struct ctrl *c)
     if (c->hub)
         hub_close(c->hub, NULL, NULL);
     c->hub = NULL;
-    stoke_engine_close(c->engine, NULL, NULL);
-    c->engine = NULL;
+    c->be->ops->close(c->be);
+    c->be = NULL;
     ctrl_watch_close(c);
     uv_close((uv_handle_t *)&c->tick, NULL);
     uv_close((uv_handle_t *)&sigint, NULL);
@@ -181,7 +181,7 @@ static void on_adopted(struct ctrl *c, int err)
 {
     if (err < 0) {
         if (!fnset)
-            stoke_error(NULL, err, "cannot start: no container list or no functions; exiting");
+            stoke_error(NULL, err, "cannot start: no replica list or no functions; exiting");
         exit_code = 1;
         ctrl_shutdown(c, on_stopped);
         return;
@@ -193,13 +193,12 @@ static void on_adopted(struct ctrl *c, int err)
     stoke_info(NULL, "ready: functions from %s", c->cfg.functions_dir);
 }
 
-static void on_ping(const struct stoke_engine_result *res, void *data)
+static void on_ping(const struct backend_result *res, void *data)
 {
     struct ctrl *c = data;
-    c->engine_err = res->err;
+    c->backend_err = res->err;
     if (res->err < 0) {
-        stoke_error(NULL, res->err, "the container engine does not answer: %s; exiting",
-                    res->message);
+        stoke_error(NULL, res->err, "%s does not answer: %s; exiting", c->be->what, res->message);
         exit_code = 1;
         ctrl_shutdown(c, on_stopped);
         return;
@@ -297,7 +296,6 @@ int main(int argc, char **argv)
     };
     struct ctrl *c = &ctrl;
     enum stoke_log_level level = STOKE_LOG_INFO;
-    bool pause_with_engine = false;
     struct stoke_addr ops_addr;
     bool use_ops = true;
     const char *admin_socket = DEFAULT_ADMIN_SOCKET;
@@ -309,9 +307,9 @@ int main(int argc, char **argv)
 
     c->cfg.functions_dir = DEFAULT_FUNCTIONS_DIR;
     (void)stoke_addr_parse(DEFAULT_CTL, &c->cfg.ctl_addr);
-    c->cfg.instance = "default";
-    c->cfg.port_min = 30000;
-    c->cfg.port_max = 32767;
+    docker_cfg.instance = "default";
+    docker_cfg.port_min = 30000;
+    docker_cfg.port_max = 32767;
     c->cfg.tick_ms = STOKE_AUTOSCALE_TICK_MS;
     c->cfg.ready_timeout_ms = 60000;
     (void)stoke_addr_parse(DEFAULT_OPS, &ops_addr);
@@ -326,14 +324,14 @@ int main(int argc, char **argv)
             r = stoke_addr_parse(optarg, &c->cfg.ctl_addr);
             break;
         case O_DOCKER:
-            c->cfg.docker_host = optarg;
+            docker_cfg.docker_host = optarg;
             break;
         case O_INSTANCE:
-            c->cfg.instance = optarg;
+            docker_cfg.instance = optarg;
             r = stoke_is_valid_name(optarg) ? 0 : -EINVAL;
             break;
         case O_PORTS:
-            r = parse_range(optarg, &c->cfg.port_min, &c->cfg.port_max);
+            r = parse_range(optarg, &docker_cfg.port_min, &docker_cfg.port_max);
             break;
         case O_READY:
             r = stoke_parse_duration(optarg, &c->cfg.ready_timeout_ms);
@@ -342,8 +340,8 @@ int main(int argc, char **argv)
             r = stoke_log_level_parse(optarg, &level);
             break;
         case O_PAUSE:
-            pause_with_engine = strcmp(optarg, "engine") == 0;
-            r = pause_with_engine || strcmp(optarg, "cgroup") == 0 ? 0 : -EINVAL;
+            docker_cfg.freeze_with_engine = strcmp(optarg, "engine") == 0;
+            r = docker_cfg.freeze_with_engine || strcmp(optarg, "cgroup") == 0 ? 0 : -EINVAL;
             break;
         case O_OPS:
             r = stoke_opsd_parse_addr(optarg, &ops_addr, &use_ops);
@@ -392,11 +390,8 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     c->loop = uv_default_loop();
     stoke_list_init(&c->functions);
-    c->ports_used = calloc((size_t)(c->cfg.port_max - c->cfg.port_min) + 1, 1);
-    if (!c->ports_used)
-        return 1;
 
-    r = stoke_engine_new(c->loop, c->cfg.docker_host, &c->engine);
+    r = backend_docker_new(c->loop, &docker_cfg, &c->be);
     if (r < 0) {
         stoke_error(NULL, r, "bad engine address");
         return 2;
@@ -408,7 +403,7 @@ int main(int argc, char **argv)
         char a[128];
         stoke_addr_format(&c->cfg.ctl_addr, a, sizeof(a));
         stoke_error(NULL, r, "cannot listen on %s", a);
-        stoke_engine_close(c->engine, NULL, NULL);
+        c->be->ops->close(c->be);
         uv_run(c->loop, UV_RUN_DEFAULT);
         return 1;
     }
@@ -421,9 +416,8 @@ int main(int argc, char **argv)
         if (r < 0) {
             stoke_error(NULL, r, "ops port cannot listen on %s (--ops-listen none disables it)", a);
             hub_close(c->hub, NULL, NULL);
-            stoke_engine_close(c->engine, NULL, NULL);
+            c->be->ops->close(c->be);
             uv_run(c->loop, UV_RUN_DEFAULT);
-            free(c->ports_used);
             return 1;
         }
         stoke_info(NULL, "ops port listening on %s", a);
@@ -439,34 +433,26 @@ int main(int argc, char **argv)
         if (opsd)
             stoke_opsd_close(opsd);
         hub_close(c->hub, NULL, NULL);
-        stoke_engine_close(c->engine, NULL, NULL);
+        c->be->ops->close(c->be);
         uv_run(c->loop, UV_RUN_DEFAULT);
-        free(c->ports_used);
         return 1;
     }
     uv_timer_init(c->loop, &c->tick);
     c->tick.data = c;
     ctrl_watch_init(c);
-    r = pause_with_engine ? -ENOTSUP : stoke_freezer_init();
-    c->freezer_ok = r == 0;
-    if (r < 0 && !pause_with_engine)
-        stoke_warn(NULL, r,
-                   "libcgroup finds no cgroups: idle replicas are paused through the engine");
-    usage_init(c);
     uv_signal_init(c->loop, &sigint);
     uv_signal_init(c->loop, &sigterm);
     uv_signal_start(&sigint, on_signal, SIGINT);
     uv_signal_start(&sigterm, on_signal, SIGTERM);
 
-    r = stoke_engine_ping(c->engine, on_ping, c);
+    r = c->be->ops->ping(c->be, on_ping, c);
     if (r < 0) {
-        struct stoke_engine_result res = {.err = r, .message = "ping failed"};
+        struct backend_result res = {.err = r, .message = "ping failed", .how = ""};
         on_ping(&res, c);
     }
     uv_run(c->loop, UV_RUN_DEFAULT);
     r = uv_loop_close(c->loop);
     if (r < 0)
         stoke_warn(NULL, r, "loop closed with handles still open");
-    free(c->ports_used);
     return exit_code;
 }

@@ -99,32 +99,14 @@ static int render_cold_starts(struct ctrl *c, struct stoke_buf *out)
     return r;
 }
 
-/* One engine counter family: a series per operation. */
-static int engine_family(struct stoke_buf *out, const char *name, const char *help,
-                         const uint64_t *counts)
+/* The backend's own families (the engine's calls by operation on Docker),
+ * its health and its watch. */
+static int render_backend(struct ctrl *c, struct stoke_buf *out)
 {
-    int r = family(out, name, "counter", help);
-    for (int op = 0; op < STOKE_ENGINE_OPS; op++)
-        r |= stoke_buf_printf(out, "%s{op=\"%s\"} %" PRIu64 "\n", name, stoke_engine_op_name(op),
-                              counts[op]);
-    return r;
-}
-
-static int render_engine(struct ctrl *c, struct stoke_buf *out)
-{
-    struct stoke_engine_stats st;
-    stoke_engine_stats(c->engine, &st);
-    int r = engine_family(out, "stoke_controller_engine_calls_total",
-                          "Container engine API calls finished, by operation (an event stream "
-                          "counts when it ends).",
-                          st.calls);
-    r |= engine_family(out, "stoke_controller_engine_errors_total",
-                       "Container engine API calls that failed (engine error status, transport "
-                       "error, timeout), by operation.",
-                       st.errors);
+    int r = c->be->ops->metrics(c->be, out);
     r |= family(out, "stoke_controller_engine_up", "gauge",
                 "1 when the container engine answered the controller's last ping.");
-    r |= stoke_buf_printf(out, "stoke_controller_engine_up %d\n", c->engine_err == 0 ? 1 : 0);
+    r |= stoke_buf_printf(out, "stoke_controller_engine_up %d\n", c->backend_err == 0 ? 1 : 0);
     r |= family(out, "stoke_controller_engine_event_stream_reopens_total", "counter",
                 "Times the engine's event stream ended and was reopened.");
     r |= stoke_buf_printf(out, "stoke_controller_engine_event_stream_reopens_total %" PRIu64 "\n",
@@ -220,7 +202,7 @@ static int render_functions(struct ctrl *c, struct stoke_buf *out)
     struct function *fn;
     int r = 0;
     for (size_t i = 0; i < STOKE_ARRAY_SIZE(fn_families); i++) {
-        if (fn_families[i].cgroups && !c->usage_ok)
+        if (fn_families[i].cgroups && !backend_can(c->be, BACKEND_HAS_CGROUPS))
             continue;
         r |= family(out, fn_families[i].name, fn_families[i].type, fn_families[i].help);
         for_each_fn(c, fn)
@@ -235,7 +217,7 @@ static int render_functions(struct ctrl *c, struct stoke_buf *out)
 int ctrl_metrics_render(struct ctrl *c, struct stoke_buf *out)
 {
     int r = render_controller(c, out);
-    r |= render_engine(c, out);
+    r |= render_backend(c, out);
     r |= render_replicas(c, out);
     r |= render_cold_starts(c, out);
     r |= render_functions(c, out);

@@ -29,7 +29,7 @@ struct probe {
     uv_loop_t *loop;
     uv_timer_t timer;    /* between attempts, and each attempt's time limit */
     struct attempt *att; /* the current attempt, or NULL */
-    struct sockaddr_in addr;
+    struct sockaddr_storage addr;
     char *request; /* NULL for a TCP probe */
     size_t request_len;
     llhttp_t parser;
@@ -176,9 +176,12 @@ static void attempt(uv_timer_t *t)
     uv_timer_start(&p->timer, on_attempt_timeout, ATTEMPT_TIMEOUT_MS, 0);
 }
 
-int probe_start(uv_loop_t *loop, uint16_t port, const char *path, uint64_t period_ms,
+int probe_start(uv_loop_t *loop, const char *addr, const char *path, uint64_t period_ms,
                 uint64_t max_period_ms, probe_ready_cb cb, void *data, struct probe **ret)
 {
+    struct stoke_addr a;
+    if (stoke_addr_parse(addr, &a) < 0 || a.is_unix)
+        return -EINVAL;
     struct probe *p = calloc(1, sizeof(*p));
     if (!p)
         return -ENOMEM;
@@ -187,12 +190,12 @@ int probe_start(uv_loop_t *loop, uint16_t port, const char *path, uint64_t perio
     p->data = data;
     p->period_ms = period_ms ? period_ms : 1;
     p->max_period_ms = max_period_ms > p->period_ms ? max_period_ms : p->period_ms;
-    uv_ip4_addr("127.0.0.1", port, &p->addr);
+    p->addr = a.ss;
     if (path) {
         int n = asprintf(&p->request,
-                         "GET %s HTTP/1.1\r\nHost: 127.0.0.1:%u\r\nUser-Agent: stoke-probe\r\n"
+                         "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: stoke-probe\r\n"
                          "Connection: close\r\n\r\n",
-                         path, port);
+                         path, addr);
         if (n < 0) {
             free(p);
             return -ENOMEM;

@@ -1,4 +1,4 @@
-/* Readiness probe of one replica: TCP connect to 127.0.0.1:port, or an HTTP
+/* Readiness probe of one replica: TCP connect to its address, or an HTTP
  * GET of a path answered with a 2xx or 3xx status, tried every period with
  * backoff until it succeeds or is stopped. Thread: the loop's. */
 #ifndef CONTROLLER_PROBE_H
@@ -14,10 +14,12 @@ struct probe;
  * stopped and freed: do not call probe_stop() on it after this. */
 typedef void (*probe_ready_cb)(void *data);
 
-/* `path` NULL: TCP connect only (copied otherwise). The first try starts at
+/* `addr`: "host:port" (an IP address; sent as the Host header too).
+ * `path` NULL: TCP connect only (copied otherwise). The first try starts at
  * once; later ones after `period_ms`, growing by half each time up to
- * `max_period_ms`. Returns 0 and *ret, or -ENOMEM. */
-int probe_start(uv_loop_t *loop, uint16_t port, const char *path, uint64_t period_ms,
+ * `max_period_ms`. Returns 0 and *ret, -EINVAL for a bad address, or
+ * -ENOMEM. */
+int probe_start(uv_loop_t *loop, const char *addr, const char *path, uint64_t period_ms,
                 uint64_t max_period_ms, probe_ready_cb cb, void *data, struct probe **ret);
 
 /* Stops probing and frees the probe (asynchronously); the callback will not

@@ -1,14 +1,11 @@
-/* Functions and their replicas: the desired count (a simple idle rule
- * until the autoscaler lands), and the engine calls that get there. */
-#include <arpa/inet.h>
+/* Functions and their replicas: the autoscaler's desired count, and the
+ * backend operations that get there (backend.h): the lifecycle, the warm
+ * tier, drain, rollout, back-off and adoption, one copy for every backend. */
 #include <errno.h>
-#include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include "controller.h"
 #include "hub.h"
@@ -43,44 +40,6 @@ struct function *ctrl_function_find(struct ctrl *c, const char *name)
             return fn;
     }
     return NULL;
-}
-
-/* ---- ports --------------------------------------------------------------- */
-
-static bool port_is_free(uint16_t port)
-{
-    /* A replica on the host network binds 127.0.0.1:port itself; check that
-     * nothing else holds it now. One bind() is a cheap, non-blocking call. */
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return false;
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    bool ok = bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
-    close(fd);
-    return ok;
-}
-
-static int port_alloc(struct ctrl *c, uint16_t *ret)
-{
-    unsigned span = (unsigned)(c->cfg.port_max - c->cfg.port_min) + 1;
-    for (unsigned k = 0; k < span; k++) {
-        unsigned i = (c->port_cursor + k) % span;
-        uint16_t port = (uint16_t)(c->cfg.port_min + i);
-        if (c->ports_used[i] || !port_is_free(port))
-            continue;
-        c->ports_used[i] = 1;
-        c->port_cursor = i + 1;
-        *ret = port;
-        return 0;
-    }
-    return -EADDRINUSE;
-}
-
-static void port_free(struct ctrl *c, uint16_t port)
-{
-    if (port >= c->cfg.port_min && port <= c->cfg.port_max)
-        c->ports_used[port - c->cfg.port_min] = 0;
 }
 
 /* ---- routes -------------------------------------------------------------- */
@@ -118,9 +77,8 @@ void ctrl_push_routes(struct ctrl *c)
             struct replica *rp = stoke_container_of(b, struct replica, node);
             if (rp->state != R_READY)
                 continue;
-            char addr[32];
-            snprintf(addr, sizeof(addr), "127.0.0.1:%u", rp->port);
-            (void)stoke_addr_parse(addr, &r->endpoints[r->n_endpoints++]);
+            if (stoke_addr_parse(rp->br.addr, &r->endpoints[r->n_endpoints]) == 0)
+                r->n_endpoints++;
         }
     }
     char *line = stoke_route_table_format(&t);
@@ -170,56 +128,39 @@ static void on_replica_timer_closed(uv_handle_t *h)
 static void replica_free(struct replica *r)
 {
     stoke_list_remove(&r->node);
-    port_free(r->fn->ctrl, r->port);
+    r->fn->ctrl->be->ops->forget(r->fn->ctrl->be, &r->br);
     probe_stop(r->probe);
     r->probe = NULL;
     r->fn->closing++;
     uv_close((uv_handle_t *)&r->timer, on_replica_timer_closed);
 }
 
-static void on_removed(const struct stoke_engine_result *res, void *data)
+static void on_removed(const struct backend_result *res, void *data)
 {
     struct replica *r = data;
     r->op_pending = false;
     if (res->err < 0 && res->err != -ENOENT && res->err != -ECANCELED)
         stoke_warn(r->fn->spec.name, res->err,
-                   "removing replica %.12s failed: %s; it is removed at the next start", r->id,
+                   "removing replica %.12s failed: %s; it is removed at the next start", r->br.id,
                    res->message);
     else
-        stoke_debug(r->fn->spec.name, "replica %.12s removed", r->id);
+        stoke_debug(r->fn->spec.name, "replica %.12s removed", r->br.id);
     replica_free(r);
-}
-
-/* Thaws a replica we froze through its cgroup, before any engine call on
- * it: a frozen process cannot act on SIGTERM, so a stop would wait out its
- * whole grace period. Returns 0 or the freezer's negative errno (the
- * cgroup is gone when the container is). */
-static int replica_thaw(struct replica *r)
-{
-    if (!r->frozen)
-        return 0;
-    r->frozen = false;
-    int e = stoke_freezer_set(&r->freezer, false);
-    if (e < 0 && e != -ENOENT)
-        stoke_warn(r->fn->spec.name, e, "cannot thaw replica %.12s through its cgroup (%s)", r->id,
-                   r->freezer.path);
-    return e;
 }
 
 static void replica_remove_container(struct replica *r)
 {
     usage_sample(r); /* the CPU it used since the last tick, before its cgroup goes */
-    (void)replica_thaw(r);
-    if (r->id[0] == '\0') {
+    if (r->br.id[0] == '\0') {
         replica_free(r);
         return;
     }
-    /* Force: SIGKILL. The replica left the routes a drain period ago and a
-     * function is only scaled down when idle, so nothing is cut short that
-     * the drain would have saved; issue #5 brings drain by in-flight count. */
-    int e = stoke_engine_remove(r->fn->ctrl->engine, r->id, true, on_removed, r);
+    /* At once: the replica left the routes and drained (or its drain timed
+     * out), or never served. */
+    struct backend *be = r->fn->ctrl->be;
+    int e = be->ops->remove(be, &r->br, on_removed, r);
     if (e < 0) {
-        stoke_warn(r->fn->spec.name, e, "cannot remove replica %.12s", r->id);
+        stoke_warn(r->fn->spec.name, e, "cannot remove replica %.12s", r->br.id);
         replica_free(r);
         return;
     }
@@ -240,16 +181,14 @@ static void on_drain_timeout(uv_timer_t *t)
     struct replica *r = t->data;
     r->draining = false;
     stoke_warn(r->fn->spec.name, -ETIMEDOUT,
-               "replica %.12s still had requests in flight after %llu ms; removing it", r->id,
+               "replica %.12s still had requests in flight after %llu ms; removing it", r->br.id,
                (unsigned long long)r->fn->spec.timeout_ms);
     replica_remove_container(r);
 }
 
 static bool replica_drained(struct replica *r)
 {
-    char addr[32];
-    snprintf(addr, sizeof(addr), "127.0.0.1:%u", r->port);
-    return hub_is_drained(r->fn->ctrl->hub, addr, r->unrouted_gen);
+    return hub_is_drained(r->fn->ctrl->hub, r->br.addr, r->unrouted_gen);
 }
 
 void ctrl_on_drain(struct ctrl *c)
@@ -262,7 +201,7 @@ void ctrl_on_drain(struct ctrl *c)
             if (r->draining && replica_drained(r)) {
                 r->draining = false;
                 uv_timer_stop(&r->timer);
-                stoke_debug(fn->spec.name, "replica %.12s drained", r->id);
+                stoke_debug(fn->spec.name, "replica %.12s drained", r->br.id);
                 if (r->to_idle)
                     replica_go_idle(r);
                 else
@@ -318,7 +257,8 @@ static void replica_failed(struct replica *r, int err, const char *fmt, ...)
     fn->backoff_ms = stoke_backoff_ms(fn->failures, BACKOFF_MIN_MS, BACKOFF_MAX_MS);
     fn->retry_at_ms = now + fn->backoff_ms;
     stoke_error(fn->spec.name, err, "replica %.12s failed: %s; next try in %llu ms",
-                r->id[0] ? r->id : r->name, fn->last_error, (unsigned long long)fn->backoff_ms);
+                r->br.id[0] ? r->br.id : r->br.name, fn->last_error,
+                (unsigned long long)fn->backoff_ms);
     if (fn->failures >= CRASH_LOOP_FAILURES)
         stoke_warn(fn->spec.name, err,
                    "crash loop: %u failures in a row, back-off %llu ms (at most %u ms); last: %s",
@@ -345,8 +285,8 @@ static void on_probe_ready(void *data)
     /* A crash loop ends once a replica has stayed up (replica_failed). */
     fn->backoff_ms = 0;
     fn->last_error[0] = '\0';
-    stoke_info(fn->spec.name, "replica %.12s ready on 127.0.0.1:%u, %llu ms after %s", r->id,
-               r->port, (unsigned long long)(r->ready_ms - r->created_ms), r->woke_from);
+    stoke_info(fn->spec.name, "replica %.12s ready on %s, %llu ms after %s", r->br.id, r->br.addr,
+               (unsigned long long)(r->ready_ms - r->created_ms), r->woke_from);
     ctrl_push_routes(fn->ctrl);
     ctrl_reconcile(fn); /* a rollout may retire an old replica now */
 }
@@ -360,15 +300,15 @@ static void on_ready_timeout(uv_timer_t *t)
 
 static void replica_probe(struct replica *r);
 
-static void on_started(const struct stoke_engine_result *res, void *data)
+static void on_started(const struct backend_result *res, void *data)
 {
     struct replica *r = data;
     r->op_pending = false;
     if (res->err < 0) {
-        replica_failed(r, res->err, "%s: %s", r->engine_paused ? "unpause" : "start", res->message);
+        replica_failed(r, res->err, "%s: %s",
+                       strcmp(r->woke_from, "unpause") == 0 ? "unpause" : "start", res->message);
         return;
     }
-    r->engine_paused = false;
     if (r->exited) {
         replica_failed(r, -ESRCH, "exited right after start (exit status %d)", r->exit_code);
         return;
@@ -380,14 +320,24 @@ static void on_started(const struct stoke_engine_result *res, void *data)
     replica_probe(r);
 }
 
-/* Running (started, or thawed): probe at once, routed when it answers. */
+/* Probes a running replica whose address is known. */
+static int probe_addr(struct replica *r)
+{
+    struct function *fn = r->fn;
+    return probe_start(fn->ctrl->loop, r->br.addr, fn->spec.readiness.path,
+                       fn->spec.readiness.period_ms, PROBE_MAX_PERIOD_MS, on_probe_ready, r,
+                       &r->probe);
+}
+
+/* Running (started, or thawed): probe at once, routed when it answers. A
+ * replica whose address is not known yet (a pod's IP comes later) is
+ * probed once the backend tells it (ctrl_on_event); the ready deadline
+ * runs meanwhile. */
 static void replica_probe(struct replica *r)
 {
     struct function *fn = r->fn;
     r->state = R_PROBING;
-    int e =
-        probe_start(fn->ctrl->loop, r->port, fn->spec.readiness.path, fn->spec.readiness.period_ms,
-                    PROBE_MAX_PERIOD_MS, on_probe_ready, r, &r->probe);
+    int e = r->br.addr[0] ? probe_addr(r) : 0;
     if (e < 0) {
         replica_failed(r, e, "cannot probe");
         return;
@@ -395,7 +345,7 @@ static void replica_probe(struct replica *r)
     uv_timer_start(&r->timer, on_ready_timeout, fn->ctrl->cfg.ready_timeout_ms, 0);
 }
 
-static void on_created(const struct stoke_engine_result *res, void *data)
+static void on_created(const struct backend_result *res, void *data)
 {
     struct replica *r = data;
     r->op_pending = false;
@@ -403,7 +353,6 @@ static void on_created(const struct stoke_engine_result *res, void *data)
         replica_failed(r, res->err, "create: %s", res->message);
         return;
     }
-    snprintf(r->id, sizeof(r->id), "%s", res->id ? res->id : "");
     if (r->retire_asap) {
         replica_retire(r);
         return;
@@ -411,11 +360,12 @@ static void on_created(const struct stoke_engine_result *res, void *data)
     if (r->precreate) {
         r->precreate = false;
         r->state = R_CREATED;
-        stoke_info(r->fn->spec.name, "replica %.12s created and kept for a cold start", r->id);
+        stoke_info(r->fn->spec.name, "replica %.12s created and kept for a cold start", r->br.id);
         return;
     }
     r->state = R_STARTING;
-    int e = stoke_engine_start(r->fn->ctrl->engine, r->id, on_started, r);
+    struct backend *be = r->fn->ctrl->be;
+    int e = be->ops->start(be, &r->br, on_started, r);
     if (e < 0) {
         replica_failed(r, e, "start");
         return;
@@ -426,90 +376,27 @@ static void on_created(const struct stoke_engine_result *res, void *data)
 static void replica_create(struct function *fn, bool precreate)
 {
     struct ctrl *c = fn->ctrl;
-    const struct stoke_spec *s = &fn->spec;
-    char **env = NULL;
-    size_t n_env = 0;
     struct replica *r = calloc(1, sizeof(*r));
-    int e = -ENOMEM;
-    if (!r)
-        goto fail;
-    e = port_alloc(c, &r->port);
-    if (e < 0)
-        goto fail;
+    if (!r) {
+        stoke_error(fn->spec.name, -ENOMEM, "cannot create a replica");
+        return;
+    }
     r->fn = fn;
     r->precreate = precreate;
     r->woke_from = "create";
     memcpy(r->revision, fn->revision, sizeof(r->revision));
-    snprintf(r->name, sizeof(r->name), "stoke-%s-%.8s-%05u", s->name, fn->revision, r->port);
+    snprintf(r->br.function, sizeof(r->br.function), "%s", fn->spec.name);
     uv_timer_init(c->loop, &r->timer);
     r->timer.data = r;
     r->created_ms = uv_now(c->loop);
     stoke_list_insert_tail(&fn->replicas, &r->node);
-
-    e = -ENOMEM;
-    env = calloc(s->env_len + 4, sizeof(*env));
-    if (!env)
-        goto fail_listed;
-    for (size_t i = 0; i < s->env_len; i++) {
-        if (asprintf(&env[n_env], "%s=%s", s->env[i].name, s->env[i].value) < 0)
-            goto fail_listed;
-        n_env++;
+    int e = c->be->ops->create(c->be, &r->br, &fn->spec, r->revision, on_created, r);
+    if (e < 0) {
+        replica_failed(r, e, "cannot create");
+        return;
     }
-    /* What stoke tells every replica, like Knative's K_SERVICE/K_REVISION. */
-    if (asprintf(&env[n_env], "PORT=%u", r->port) < 0)
-        goto fail_listed;
-    n_env++;
-    if (asprintf(&env[n_env], "STOKE_FUNCTION=%s", s->name) < 0)
-        goto fail_listed;
-    n_env++;
-    if (asprintf(&env[n_env], "STOKE_REVISION=%s", r->revision) < 0)
-        goto fail_listed;
-    n_env++;
-    if (asprintf(&env[n_env], "STOKE_REPLICA=%s", r->name) < 0)
-        goto fail_listed;
-    n_env++;
-
-    char port[8];
-    snprintf(port, sizeof(port), "%u", r->port);
-    const struct stoke_label labels[] = {
-        {"io.stoke.managed", "true"},
-        {"io.stoke.function", s->name},
-        {"io.stoke.revision", r->revision},
-        {"io.stoke.instance", c->cfg.instance},
-        {"io.stoke.port", port},
-    };
-    const struct stoke_container_config cfg = {
-        .name = r->name,
-        .image = s->image,
-        .env = (const char *const *)env,
-        .env_len = n_env,
-        .labels = labels,
-        .labels_len = STOKE_ARRAY_SIZE(labels),
-        .network_mode = "host",
-        .memory_bytes = s->resources.memory_bytes,
-        .cpu_millis = s->resources.cpu_millis,
-        .pids = s->resources.pids,
-        .read_only_rootfs = s->read_only_rootfs,
-    };
-    e = stoke_engine_create(c->engine, &cfg, on_created, r);
-    if (e < 0)
-        goto fail_listed;
     r->op_pending = true;
     r->state = R_CREATING;
-    for (size_t i = 0; i < n_env; i++)
-        free(env[i]);
-    free(env);
-    return;
-
-fail_listed:
-    for (size_t i = 0; i < n_env; i++)
-        free(env[i]);
-    free(env);
-    replica_failed(r, e, "cannot create");
-    return;
-fail:
-    free(r);
-    stoke_error(fn->spec.name, e, "cannot create a replica");
 }
 
 /* ---- the warm tier -------------------------------------------------------- */
@@ -544,14 +431,14 @@ static void idle_timer(struct replica *r, uint64_t ms)
     uv_timer_start(&r->timer, on_step_down, ms, 0);
 }
 
-static void on_idle_stopped(const struct stoke_engine_result *res, void *data)
+static void on_idle_stopped(const struct backend_result *res, void *data)
 {
     struct replica *r = data;
     struct function *fn = r->fn;
     r->op_pending = false;
-    if (res->err < 0 && res->err != -EALREADY) {
+    if (res->err < 0) {
         stoke_warn(fn->spec.name, res->err, "cannot stop idle replica %.12s: %s; removing it",
-                   r->id, res->message);
+                   r->br.id, res->message);
         replica_discard(r);
         return;
     }
@@ -562,8 +449,7 @@ static void on_idle_stopped(const struct stoke_engine_result *res, void *data)
     }
     usage_sample(r);
     r->state = R_STOPPED;
-    r->engine_paused = false;
-    stoke_info(fn->spec.name, "replica %.12s stopped (idle); removed in %llu ms", r->id,
+    stoke_info(fn->spec.name, "replica %.12s stopped (idle); removed in %llu ms", r->br.id,
                (unsigned long long)fn->spec.scale.remove_after_ms);
     idle_timer(r, fn->spec.scale.remove_after_ms);
 }
@@ -571,10 +457,10 @@ static void on_idle_stopped(const struct stoke_engine_result *res, void *data)
 static void replica_stop_idle(struct replica *r)
 {
     usage_sample(r);
-    (void)replica_thaw(r);
-    int e = stoke_engine_stop(r->fn->ctrl->engine, r->id, STOP_GRACE_S, on_idle_stopped, r);
+    struct backend *be = r->fn->ctrl->be;
+    int e = be->ops->stop(be, &r->br, STOP_GRACE_S, on_idle_stopped, r);
     if (e < 0) {
-        stoke_warn(r->fn->spec.name, e, "cannot stop idle replica %.12s; removing it", r->id);
+        stoke_warn(r->fn->spec.name, e, "cannot stop idle replica %.12s; removing it", r->br.id);
         replica_discard(r);
         return;
     }
@@ -592,73 +478,22 @@ static void paused(struct replica *r, const char *how)
     }
     usage_sample(r);
     r->state = R_PAUSED;
-    stoke_info(fn->spec.name, "replica %.12s paused (idle, %s); stopped in %llu ms", r->id, how,
+    stoke_info(fn->spec.name, "replica %.12s paused (idle, %s); stopped in %llu ms", r->br.id, how,
                (unsigned long long)fn->spec.scale.stop_after_ms);
     idle_timer(r, fn->spec.scale.stop_after_ms);
 }
 
-static void on_engine_paused(const struct stoke_engine_result *res, void *data)
+static void on_frozen(const struct backend_result *res, void *data)
 {
     struct replica *r = data;
     r->op_pending = false;
     if (res->err < 0 || r->exited) {
         stoke_warn(r->fn->spec.name, res->err, "cannot pause idle replica %.12s: %s; removing it",
-                   r->id, res->err < 0 ? res->message : "it exited");
+                   r->br.id, res->err < 0 ? res->message : "it exited");
         replica_discard(r);
         return;
     }
-    r->engine_paused = true;
-    paused(r, "through the engine");
-}
-
-/* The cgroup could not be written: the engine's pause, and its unpause to
- * wake it (about 28 ms slower). Never both ways on one replica: an engine
- * cannot unpause what was thawed behind its back (stoke/freezer.h). */
-static void pause_by_engine(struct replica *r, int why)
-{
-    struct function *fn = r->fn;
-    /* Only worth a warning when the cgroup was tried (not --pause-with
-     * engine, nor a host where libcgroup finds no cgroups: said at start). */
-    if (!fn->pause_fallback && fn->ctrl->freezer_ok)
-        stoke_warn(fn->spec.name, why,
-                   "cannot freeze replica %.12s through its cgroup: pausing through the engine "
-                   "instead; waking will take the engine's unpause",
-                   r->id);
-    fn->pause_fallback = true;
-    int e = stoke_engine_pause(fn->ctrl->engine, r->id, on_engine_paused, r);
-    if (e < 0) {
-        stoke_warn(fn->spec.name, e, "cannot pause idle replica %.12s; removing it", r->id);
-        replica_discard(r);
-        return;
-    }
-    r->op_pending = true;
-}
-
-static void on_pause_inspected(const struct stoke_engine_result *res, void *data)
-{
-    struct replica *r = data;
-    struct stoke_container_state st;
-    r->op_pending = false;
-    int e = res->err;
-    if (e == 0)
-        e = stoke_engine_state_parse(res->json, &st);
-    if (e == 0 && (!st.running || st.paused || r->exited))
-        e = -ESRCH;
-    if (e < 0) {
-        stoke_warn(r->fn->spec.name, e, "cannot pause idle replica %.12s: %s; removing it", r->id,
-                   res->err < 0 ? res->message : "not running");
-        replica_discard(r);
-        return;
-    }
-    e = stoke_freezer_find(st.pid, &r->freezer);
-    if (e == 0)
-        e = stoke_freezer_set(&r->freezer, true);
-    if (e < 0) {
-        pause_by_engine(r, e);
-        return;
-    }
-    r->frozen = true;
-    paused(r, "cgroup frozen");
+    paused(r, res->how);
 }
 
 /* A drained replica of the current revision goes to the function's idle
@@ -667,28 +502,43 @@ static void replica_go_idle(struct replica *r)
 {
     struct function *fn = r->fn;
     struct ctrl *c = fn->ctrl;
+    enum stoke_idle idle = ctrl_idle_effective(c, fn, NULL);
     r->to_idle = false;
-    if (c->stopping || fn->deleted || !is_current(r) || fn->spec.scale.idle == STOKE_IDLE_REMOVE) {
+    if (c->stopping || fn->deleted || !is_current(r) || idle == STOKE_IDLE_REMOVE) {
         replica_remove_container(r);
         return;
     }
     r->ready_ms = 0;
-    if (fn->spec.scale.idle == STOKE_IDLE_STOP) {
+    if (idle == STOKE_IDLE_STOP) {
         replica_stop_idle(r);
         return;
     }
     r->state = R_PAUSING;
-    if (!c->freezer_ok) {
-        pause_by_engine(r, -ENOTSUP);
-        return;
-    }
-    /* The pid, for its cgroup; off the request path, like the freeze. */
-    int e = stoke_engine_inspect(c->engine, r->id, on_pause_inspected, r);
+    int e = c->be->ops->freeze(c->be, &r->br, on_frozen, r);
     if (e < 0) {
-        pause_by_engine(r, e);
+        stoke_warn(fn->spec.name, e, "cannot pause idle replica %.12s; removing it", r->br.id);
+        replica_discard(r);
         return;
     }
     r->op_pending = true;
+}
+
+enum stoke_idle ctrl_idle_effective(const struct ctrl *c, const struct function *fn,
+                                    const char **ret_why)
+{
+    enum stoke_idle idle = fn->spec.scale.idle;
+    const char *why = NULL;
+    if (idle == STOKE_IDLE_PAUSE && !backend_can(c->be, BACKEND_CAN_FREEZE)) {
+        idle = STOKE_IDLE_STOP;
+        why = "this backend cannot freeze a replica: idle replicas are stopped instead";
+    }
+    if (idle == STOKE_IDLE_STOP && !backend_can(c->be, BACKEND_CAN_STOP_KEEP)) {
+        idle = STOKE_IDLE_REMOVE;
+        why = "this backend keeps no idle replica: idle replicas are removed";
+    }
+    if (ret_why)
+        *ret_why = why;
+    return idle;
 }
 
 static void on_step_down(uv_timer_t *t)
@@ -698,14 +548,14 @@ static void on_step_down(uv_timer_t *t)
     if (r->op_pending)
         return;
     if (r->state == R_PAUSED) {
-        stoke_info(fn->spec.name, "replica %.12s paused for %llu ms: stopping it", r->id,
+        stoke_info(fn->spec.name, "replica %.12s paused for %llu ms: stopping it", r->br.id,
                    (unsigned long long)fn->spec.scale.stop_after_ms);
         replica_stop_idle(r);
     } else if (r->state == R_STOPPED || r->state == R_CREATED) {
         /* The pre-created floor stays; a stopped container counts in it. */
         if (count_pool(fn) <= fn->spec.scale.precreated)
             return;
-        stoke_info(fn->spec.name, "replica %.12s stopped for %llu ms: removing it", r->id,
+        stoke_info(fn->spec.name, "replica %.12s stopped for %llu ms: removing it", r->br.id,
                    (unsigned long long)fn->spec.scale.remove_after_ms);
         replica_discard(r);
     }
@@ -744,31 +594,23 @@ static bool replica_wake(struct replica *r, enum tier t)
     r->created_ms = uv_now(c->loop);
     r->exited = false;
     r->oom = false;
-    if (t == TIER_PAUSED && r->frozen) {
-        /* The fast path: one write to the freezer, then the probe. */
-        uint64_t t0 = uv_hrtime();
-        int e = stoke_freezer_set(&r->freezer, false);
-        r->frozen = false;
-        if (e < 0) {
-            stoke_warn(fn->spec.name, e, "cannot thaw replica %.12s (%s); removing it", r->id,
-                       r->freezer.path);
-            replica_discard(r);
-            return false;
-        }
-        r->woke_from = "thaw";
-        stoke_debug(fn->spec.name, "replica %.12s thawed in %llu us", r->id,
+    const char *how = "start";
+    uint64_t t0 = uv_hrtime();
+    int e = t == TIER_PAUSED ? c->be->ops->thaw(c->be, &r->br, on_started, r, &how)
+                             : c->be->ops->start(c->be, &r->br, on_started, r);
+    if (e < 0) {
+        stoke_warn(fn->spec.name, e, "cannot wake replica %.12s (%s); removing it", r->br.id, how);
+        replica_discard(r);
+        return false;
+    }
+    r->woke_from = how;
+    if (e == 1) {
+        /* The fast path (a thaw done at once): the probe next. */
+        stoke_debug(fn->spec.name, "replica %.12s thawed in %llu us", r->br.id,
                     (unsigned long long)((uv_hrtime() - t0) / 1000));
         replica_probe(r);
         return true;
     }
-    int e = t == TIER_PAUSED ? stoke_engine_unpause(c->engine, r->id, on_started, r)
-                             : stoke_engine_start(c->engine, r->id, on_started, r);
-    if (e < 0) {
-        stoke_warn(fn->spec.name, e, "cannot wake replica %.12s; removing it", r->id);
-        replica_discard(r);
-        return false;
-    }
-    r->woke_from = t == TIER_PAUSED ? "unpause" : "start";
     r->state = R_STARTING;
     r->op_pending = true;
     return true;
@@ -958,13 +800,13 @@ void ctrl_reconcile(struct function *fn)
         struct replica *r = stoke_container_of(n, struct replica, node);
         n = n->next;
         if (is_idle(r) && (!is_current(r) || fn->deleted)) {
-            stoke_info(fn->spec.name, "removing idle replica %.12s of revision %s", r->id,
+            stoke_info(fn->spec.name, "removing idle replica %.12s of revision %s", r->br.id,
                        r->revision);
             replica_retire(r);
         }
     }
-    /* Keep the pre-created floor: containers that only need a start. */
-    if (!fn->deleted && now >= fn->retry_at_ms) {
+    /* Keep the pre-created floor: replicas that only need a start. */
+    if (!fn->deleted && now >= fn->retry_at_ms && backend_can(c->be, BACKEND_CAN_PRECREATE)) {
         for (uint32_t pool = count_pool(fn); pool < fn->spec.scale.precreated; pool++)
             replica_create(fn, true);
     }
@@ -1099,7 +941,7 @@ void ctrl_on_stats(struct ctrl *c, const char *name, uint64_t second, double con
     (void)stoke_metric_window_add(&fn->metrics, second, concurrency);
 }
 
-/* ---- what the engine tells ------------------------------------------------ */
+/* ---- what the backend tells ---------------------------------------------- */
 
 static struct replica *replica_find(struct ctrl *c, const char *id)
 {
@@ -1107,7 +949,7 @@ static struct replica *replica_find(struct ctrl *c, const char *id)
         struct function *fn = stoke_container_of(a, struct function, node);
         for (struct stoke_list *b = fn->replicas.next; b != &fn->replicas; b = b->next) {
             struct replica *r = stoke_container_of(b, struct replica, node);
-            if (strcmp(r->id, id) == 0)
+            if (r->br.id[0] && strcmp(r->br.id, id) == 0)
                 return r;
         }
     }
@@ -1140,11 +982,10 @@ static void replica_exited(struct replica *r, int exit_code, const char *how)
     }
     case R_PAUSED:
         /* Killed while idle: it can still be started again. */
-        r->frozen = false;
-        r->engine_paused = false;
+        fn->ctrl->be->ops->note(fn->ctrl->be, &r->br, BACKEND_EV_EXITED);
         r->state = R_STOPPED;
-        stoke_info(fn->spec.name, "idle replica %.12s %s (exit status %d): now stopped", r->id, how,
-                   exit_code);
+        stoke_info(fn->spec.name, "idle replica %.12s %s (exit status %d): now stopped", r->br.id,
+                   how, exit_code);
         idle_timer(r, fn->spec.scale.remove_after_ms);
         break;
     default:
@@ -1152,52 +993,74 @@ static void replica_exited(struct replica *r, int exit_code, const char *how)
     }
 }
 
-void ctrl_on_event(struct ctrl *c, const struct stoke_container_event *ev)
+/* The replica is gone without being asked to: forget it (replaced when it
+ * served). */
+static void replica_gone(struct replica *r, const char *how)
+{
+    struct function *fn = r->fn;
+    bool serving = r->state == R_PROBING || r->state == R_READY;
+    stoke_warn(fn->spec.name, -ENOENT, "%sreplica %.12s %s", serving ? "" : "idle ", r->br.id, how);
+    fn->ctrl->be->ops->note(fn->ctrl->be, &r->br, BACKEND_EV_GONE);
+    r->br.id[0] = '\0';
+    if (serving) {
+        replica_failed(r, -ENOENT, "%s", how);
+        ctrl_reconcile(fn);
+    } else {
+        replica_discard(r);
+    }
+}
+
+void ctrl_on_event(struct ctrl *c, const struct backend_event *ev)
 {
     struct replica *r = replica_find(c, ev->id);
     if (!r || c->stopping)
         return;
     struct function *fn = r->fn;
-    stoke_debug(fn->spec.name, "engine event %s on replica %.12s", ev->action, r->id);
-    if (strcmp(ev->action, "oom") == 0) {
+    stoke_debug(fn->spec.name, "backend event %s on replica %.12s", ev->what, r->br.id);
+    switch (ev->kind) {
+    case BACKEND_EV_OOM:
         r->oom = true;
         stoke_warn(fn->spec.name, -ENOMEM, "replica %.12s ran out of memory (limit %llu bytes)",
-                   r->id, (unsigned long long)fn->spec.resources.memory_bytes);
-    } else if (strcmp(ev->action, "die") == 0) {
+                   r->br.id, (unsigned long long)fn->spec.resources.memory_bytes);
+        break;
+    case BACKEND_EV_EXITED:
         replica_exited(r, ev->exit_code, "exited");
-    } else if (strcmp(ev->action, "destroy") == 0 && !r->op_pending && r->state != R_RETIRING) {
-        /* Removed by someone else: forget it (replaced when it served). */
-        bool serving = r->state == R_PROBING || r->state == R_READY;
-        stoke_warn(fn->spec.name, -ENOENT, "replica %.12s was removed outside stoke", r->id);
-        r->id[0] = '\0';
-        if (serving) {
-            replica_failed(r, -ENOENT, "removed outside stoke");
-            ctrl_reconcile(fn);
-        } else {
-            r->frozen = false;
-            replica_discard(r);
-        }
+        break;
+    case BACKEND_EV_GONE:
+        if (!r->op_pending && r->state != R_RETIRING)
+            replica_gone(r, "was removed outside stoke");
+        break;
+    case BACKEND_EV_ADDRESS:
+        /* A replica's address learnt late: probe it now if it waits. */
+        snprintf(r->br.addr, sizeof(r->br.addr), "%s", ev->addr ? ev->addr : "");
+        if (r->state == R_PROBING && !r->probe && r->br.addr[0] && probe_addr(r) < 0)
+            replica_failed(r, -ENOMEM, "cannot probe");
+        break;
+    case BACKEND_EV_OTHER:
+        break;
     }
 }
 
-/* ---- checking the engine ------------------------------------------------- */
+/* ---- checking the backend ------------------------------------------------ */
 
 struct check {
     struct ctrl *c;
     uint64_t sent_ms;
 };
 
-/* The state the list gives for `id`, or NULL when it is not there. */
-static const char *list_state(json_object *list, const char *id, struct stoke_container_summary *s)
+/* The listed replica `id`, or NULL when it is not there. */
+static const struct backend_listed *list_find(const struct backend_listed *items, size_t n,
+                                              const char *id)
 {
-    for (size_t i = 0; stoke_engine_list_get(list, i, s) == 0; i++) {
-        if (strcmp(s->id, id) == 0)
-            return s->state;
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(items[i].id, id) == 0)
+            return &items[i];
     }
     return NULL;
 }
 
-static void on_checked(const struct stoke_engine_result *res, void *data)
+static void on_checked(const struct backend_result *res, const struct backend_listed *items,
+                       size_t n, void *data)
 {
     struct check *ck = data;
     struct ctrl *c = ck->c;
@@ -1207,7 +1070,7 @@ static void on_checked(const struct stoke_engine_result *res, void *data)
     if (res->err < 0 || c->stopping) {
         if (res->err < 0 && res->err != -ECANCELED)
             stoke_warn(NULL, res->err,
-                       "cannot list containers: %s; serving what is known, next check in %u ms",
+                       "cannot list replicas: %s; serving what is known, next check in %u ms",
                        res->message, CTRL_CHECK_PERIOD_MS);
         return;
     }
@@ -1216,21 +1079,17 @@ static void on_checked(const struct stoke_engine_result *res, void *data)
         for (struct stoke_list *b = fn->replicas.next; b != &fn->replicas;) {
             struct replica *r = stoke_container_of(b, struct replica, node);
             b = b->next;
-            struct stoke_container_summary s;
             /* Only replicas that were in their state before the list was
              * asked for, and with no call in flight. */
-            if (r->op_pending || r->created_ms >= sent || r->id[0] == '\0')
+            if (r->op_pending || r->created_ms >= sent || r->br.id[0] == '\0')
                 continue;
-            const char *state = list_state(res->json, r->id, &s);
+            const struct backend_listed *l = list_find(items, n, r->br.id);
             if (r->state == R_READY || r->state == R_PROBING) {
-                if (!state || strcmp(state, "running") != 0)
-                    replica_exited(r, -1, state ? "is no longer running" : "is gone");
-            } else if (is_idle(r) && !state) {
-                stoke_warn(fn->spec.name, -ENOENT, "idle replica %.12s is gone", r->id);
-                r->id[0] = '\0';
-                r->frozen = false;
-                replica_discard(r);
-            } else if (r->state == R_PAUSED && strcmp(state, "exited") == 0) {
+                if (!l || l->state != BACKEND_RUNNING)
+                    replica_exited(r, -1, l ? "is no longer running" : "is gone");
+            } else if (is_idle(r) && !l) {
+                replica_gone(r, "is gone");
+            } else if (r->state == R_PAUSED && l && l->state == BACKEND_STOPPED) {
                 replica_exited(r, -1, "exited");
             }
         }
@@ -1239,7 +1098,7 @@ static void on_checked(const struct stoke_engine_result *res, void *data)
 
 void ctrl_check_replicas(struct ctrl *c)
 {
-    /* One list at a time: a slow engine answers late, not many times. */
+    /* One list at a time: a slow backend answers late, not many times. */
     if (c->checking)
         return;
     struct check *ck = malloc(sizeof(*ck));
@@ -1247,7 +1106,7 @@ void ctrl_check_replicas(struct ctrl *c)
         return;
     ck->c = c;
     ck->sent_ms = uv_now(c->loop);
-    if (stoke_engine_list(c->engine, "io.stoke.instance", c->cfg.instance, on_checked, ck) < 0) {
+    if (c->be->ops->list(c->be, on_checked, ck) < 0) {
         free(ck);
         return;
     }
@@ -1289,35 +1148,31 @@ static void adoption_step(struct adoption *ad)
     free(ad);
 }
 
-static void on_stray_removed(const struct stoke_engine_result *res, void *data)
+static void on_stray_removed(const struct backend_result *res, void *data)
 {
     struct adoption *ad = data;
     if (res->err < 0 && res->err != -ENOENT)
-        stoke_warn(NULL, res->err, "cannot remove a container of an earlier run: %s", res->message);
+        stoke_warn(NULL, res->err, "cannot remove a replica of an earlier run: %s", res->message);
     adoption_step(ad);
 }
 
-/* A running container may be one we froze before a restart: the engine
- * calls it running, its freezer says otherwise. */
-static void on_adopt_inspected(const struct stoke_engine_result *res, void *data)
+/* A running replica may be one we froze before a restart: the backend
+ * tells (BACKEND_CAN_FREEZE). */
+static void on_adopt_inspected(const struct backend_result *res, void *data)
 {
     struct replica *r = data;
     struct adoption *ad = r->adoption;
-    struct stoke_container_state st;
     r->op_pending = false;
     r->adoption = NULL;
-    if (res->err == 0 && stoke_engine_state_parse(res->json, &st) == 0 && st.running &&
-        !st.paused && stoke_freezer_find(st.pid, &r->freezer) == 0 &&
-        stoke_freezer_get(&r->freezer) == 1) {
-        r->frozen = true;
+    if (res->err == 0 && res->state == BACKEND_FROZEN) {
         r->state = R_PAUSED;
         idle_timer(r, r->fn->spec.scale.stop_after_ms);
-        stoke_info(r->fn->spec.name, "adopted paused (frozen) replica %.12s on 127.0.0.1:%u", r->id,
-                   r->port);
+        stoke_info(r->fn->spec.name, "adopted paused (frozen) replica %.12s on %s", r->br.id,
+                   r->br.addr);
     } else {
         r->state = R_READY;
         r->ready_ms = uv_now(r->fn->ctrl->loop);
-        stoke_info(r->fn->spec.name, "adopted replica %.12s on 127.0.0.1:%u", r->id, r->port);
+        stoke_info(r->fn->spec.name, "adopted replica %.12s on %s", r->br.id, r->br.addr);
     }
     if (r->retire_asap) {
         /* Shutdown began while its inspect was in flight. */
@@ -1327,48 +1182,63 @@ static void on_adopt_inspected(const struct stoke_engine_result *res, void *data
     adoption_step(ad);
 }
 
-/* Takes over a container of the current revision: a running one keeps
+/* The state a listed replica is adopted in, and its word for the log;
+ * false when it is in none the reconciler keeps. */
+static bool adopt_state(enum backend_state st, enum replica_state *ret, const char **ret_word)
+{
+    switch (st) {
+    case BACKEND_RUNNING:
+        *ret = R_READY;
+        *ret_word = "running";
+        return true;
+    case BACKEND_PAUSED:
+        *ret = R_PAUSED;
+        *ret_word = "paused";
+        return true;
+    case BACKEND_STOPPED:
+        *ret = R_STOPPED;
+        *ret_word = "exited";
+        return true;
+    case BACKEND_CREATED:
+        *ret = R_CREATED;
+        *ret_word = "created";
+        return true;
+    default:
+        return false;
+    }
+}
+
+/* Takes over a replica of the current revision: a running one keeps
  * serving (or stays frozen, when we froze it), a paused, stopped or created
- * one joins the warm tier with its timers from the start. The engine check
+ * one joins the warm tier with its timers from the start. The backend check
  * replaces a serving one should it be gone. Returns false when it cannot be
  * adopted (the caller removes it). */
-static bool adopt(struct adoption *ad, const struct stoke_container_summary *s)
+static bool adopt(struct adoption *ad, const struct backend_listed *l)
 {
     struct ctrl *c = ad->c;
-    const char *fname = stoke_engine_label_get(s, "io.stoke.function");
-    const char *rev = stoke_engine_label_get(s, "io.stoke.revision");
-    const char *port_s = stoke_engine_label_get(s, "io.stoke.port");
-    struct function *fn = fname ? ctrl_function_find(c, fname) : NULL;
-    uint64_t port;
+    struct function *fn = l->function ? ctrl_function_find(c, l->function) : NULL;
     enum replica_state state;
-    if (strcmp(s->state, "running") == 0)
-        state = R_READY;
-    else if (strcmp(s->state, "paused") == 0)
-        state = R_PAUSED;
-    else if (strcmp(s->state, "exited") == 0)
-        state = R_STOPPED;
-    else if (strcmp(s->state, "created") == 0)
-        state = R_CREATED;
-    else
-        return false;
-    if (!fn || fn->deleted || !rev || strcmp(rev, fn->revision) != 0 || !port_s ||
-        stoke_parse_u64(port_s, &port) < 0 || port < c->cfg.port_min || port > c->cfg.port_max ||
-        c->ports_used[port - c->cfg.port_min])
+    const char *word;
+    if (!adopt_state(l->state, &state, &word) || !fn || fn->deleted || !l->revision ||
+        strcmp(l->revision, fn->revision) != 0)
         return false;
     /* Idle ones only as the idle state asks: no paused ones with
      * `idle: stop`, none at all with `idle: remove` (but pre-created). */
-    if ((state == R_PAUSED && fn->spec.scale.idle != STOKE_IDLE_PAUSE) ||
-        (state == R_STOPPED && fn->spec.scale.idle == STOKE_IDLE_REMOVE &&
+    enum stoke_idle idle = ctrl_idle_effective(c, fn, NULL);
+    if ((state == R_PAUSED && idle != STOKE_IDLE_PAUSE) ||
+        (state == R_STOPPED && idle == STOKE_IDLE_REMOVE &&
          count_pool(fn) >= fn->spec.scale.precreated))
         return false;
     struct replica *r = calloc(1, sizeof(*r));
     if (!r)
         return false;
     r->fn = fn;
-    r->port = (uint16_t)port;
-    c->ports_used[port - c->cfg.port_min] = 1;
-    snprintf(r->id, sizeof(r->id), "%s", s->id);
-    snprintf(r->name, sizeof(r->name), "stoke-%s-%.8s-%05u", fn->spec.name, fn->revision, r->port);
+    snprintf(r->br.function, sizeof(r->br.function), "%s", fn->spec.name);
+    if (c->be->ops->adopt(c->be, &r->br, l) < 0) {
+        c->be->ops->forget(c->be, &r->br);
+        free(r);
+        return false;
+    }
     memcpy(r->revision, fn->revision, sizeof(r->revision));
     uv_timer_init(c->loop, &r->timer);
     r->timer.data = r;
@@ -1378,8 +1248,9 @@ static bool adopt(struct adoption *ad, const struct stoke_container_summary *s)
     stoke_list_insert_tail(&fn->replicas, &r->node);
     switch (state) {
     case R_READY:
-        /* Frozen or serving? The engine cannot tell; its cgroup can. */
-        if (c->freezer_ok && stoke_engine_inspect(c->engine, r->id, on_adopt_inspected, r) == 0) {
+        /* Frozen or serving? The backend's list cannot tell; it may. */
+        if (backend_can(c->be, BACKEND_CAN_FREEZE) &&
+            c->be->ops->inspect(c->be, &r->br, on_adopt_inspected, r) == 0) {
             r->state = R_PAUSING;
             r->op_pending = true;
             r->adoption = ad;
@@ -1387,10 +1258,9 @@ static bool adopt(struct adoption *ad, const struct stoke_container_summary *s)
             return true;
         }
         r->ready_ms = r->created_ms;
-        stoke_info(fn->spec.name, "adopted replica %.12s on 127.0.0.1:%u", r->id, r->port);
+        stoke_info(fn->spec.name, "adopted replica %.12s on %s", r->br.id, r->br.addr);
         return true;
     case R_PAUSED:
-        r->engine_paused = true;
         idle_timer(r, fn->spec.scale.stop_after_ms);
         break;
     case R_STOPPED:
@@ -1401,15 +1271,15 @@ static bool adopt(struct adoption *ad, const struct stoke_container_summary *s)
     default:
         break;
     }
-    stoke_info(fn->spec.name, "adopted %s replica %.12s on 127.0.0.1:%u", s->state, r->id, r->port);
+    stoke_info(fn->spec.name, "adopted %s replica %.12s on %s", word, r->br.id, r->br.addr);
     return true;
 }
 
-static void on_adoption_listed(const struct stoke_engine_result *res, void *data)
+static void on_adoption_listed(const struct backend_result *res, const struct backend_listed *items,
+                               size_t n, void *data)
 {
     struct adoption *ad = data;
     struct ctrl *c = ad->c;
-    struct stoke_container_summary s;
     if (res->err < 0) {
         c->adopting = false;
         ad->done(c, res->err);
@@ -1417,7 +1287,7 @@ static void on_adoption_listed(const struct stoke_engine_result *res, void *data
         return;
     }
     /* The specs first (no replica is started while adopting), then every
-     * container of this instance is either adopted or removed. */
+     * replica of this instance is either adopted or removed. */
     int r = ad->load(c);
     if (r < 0) {
         c->adopting = false;
@@ -1426,14 +1296,14 @@ static void on_adoption_listed(const struct stoke_engine_result *res, void *data
         return;
     }
     ad->pending = 1;
-    for (size_t i = 0; stoke_engine_list_get(res->json, i, &s) == 0; i++) {
-        if (adopt(ad, &s))
+    for (size_t i = 0; i < n; i++) {
+        if (adopt(ad, &items[i]))
             continue;
         stoke_info(NULL,
-                   "removing container %.12s (%s) of an earlier run: no current function or "
+                   "removing replica %.12s of an earlier run: no current function or "
                    "revision, or not in a state its spec keeps",
-                   s.id, s.state);
-        if (stoke_engine_remove(c->engine, s.id, true, on_stray_removed, ad) == 0)
+                   items[i].id);
+        if (c->be->ops->remove_listed(c->be, &items[i], on_stray_removed, ad) == 0)
             ad->pending++;
     }
     adoption_step(ad);
@@ -1448,8 +1318,7 @@ int ctrl_adopt(struct ctrl *c, int (*load)(struct ctrl *c), void (*done)(struct 
     ad->load = load;
     ad->done = done;
     c->adopting = true;
-    int r =
-        stoke_engine_list(c->engine, "io.stoke.instance", c->cfg.instance, on_adoption_listed, ad);
+    int r = c->be->ops->list(c->be, on_adoption_listed, ad);
     if (r < 0) {
         c->adopting = false;
         free(ad);

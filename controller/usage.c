@@ -1,10 +1,11 @@
-/* Per-function resource use from the replicas' cgroups (libcgroup).
+/* Per-function resource use from what the backend reads of its replicas
+ * (backend_usage(): their cgroups through libcgroup on Docker).
  *
- * Every tick each replica is sampled once: two small reads of cgroupfs
- * (CPU counter, memory in use; the memory limit once per run of its
- * container). That is in-memory kernel state, a few microseconds a read,
- * so it stays on the loop: a thread (uv_queue_work) would cost more in
- * copying replica state back and forth than the reads themselves take.
+ * Every tick each replica is sampled once: on Docker two small reads of
+ * cgroupfs (CPU counter, memory in use; the memory limit once per run of
+ * its container). That is in-memory kernel state, a few microseconds a
+ * read, so it stays on the loop: a thread (uv_queue_work) would cost more
+ * in copying replica state back and forth than the reads themselves take.
  * Nothing here is on the request path: the activators never wait for it.
  *
  * The function's counters only grow. CPU: each sample adds the growth of
@@ -18,19 +19,9 @@
 #include <errno.h>
 
 #include "controller.h"
-#include "stoke/log.h"
+#include "stoke/cgusage.h"
 
 #define GIB (1024.0 * 1024.0 * 1024.0)
-
-void usage_init(struct ctrl *c)
-{
-    int r = stoke_freezer_init();
-    c->usage_ok = r == 0;
-    if (r < 0)
-        stoke_warn(NULL, r,
-                   "libcgroup finds no cgroups: per-function CPU and memory metrics are off "
-                   "(GB-seconds use the specs' memory limits)");
-}
 
 bool usage_is_running(enum replica_state s)
 {
@@ -47,49 +38,26 @@ bool usage_is_running(enum replica_state s)
     }
 }
 
-/* The replica's container has no live cgroup in these states. */
-static bool has_no_process(enum replica_state s)
-{
-    return s == R_CREATING || s == R_STOPPED || s == R_CREATED;
-}
-
-/* Its container surely runs (or is frozen) in these: a cgroup not found
- * then is worth a warning. Starting (the engine's start in flight) and
- * stopping may be either, so a cgroup is only looked for in these. */
-static bool surely_runs(const struct replica *r)
+/* What the reconciler knows of the replica's process: none in these
+ * states; surely one (running or frozen) in the second set, where not
+ * finding it is worth a warning. Starting (the start in flight) and
+ * stopping may be either. */
+static enum backend_run run_of(const struct replica *r)
 {
     switch (r->state) {
+    case R_CREATING:
+    case R_STOPPED:
+    case R_CREATED:
+        return BACKEND_RUN_NO;
     case R_PROBING:
     case R_READY:
     case R_RETIRING:
     case R_PAUSING:
     case R_PAUSED:
-        return !r->exited;
+        return r->exited ? BACKEND_RUN_MAYBE : BACKEND_RUN_SURELY;
     default:
-        return false;
+        return BACKEND_RUN_MAYBE;
     }
-}
-
-/* Finds the replica's cgroup for its container's current run. */
-static int find_cgroup(struct replica *r)
-{
-    struct ctrl *c = r->fn->ctrl;
-    const char *hint = r->freezer.version == 1 ? r->freezer.path : NULL;
-    int e = stoke_cgusage_find(r->id, hint, &r->usage.cg);
-    if (e < 0) {
-        if (!c->usage_warned)
-            stoke_warn(r->fn->spec.name, e,
-                       "cannot find the cgroup of replica %.12s: its CPU and memory count as 0 "
-                       "(said once for all replicas)",
-                       r->id);
-        c->usage_warned = true;
-        return e;
-    }
-    r->usage.has_cg = true;
-    r->usage.last_cpu_ns = 0;
-    if (stoke_cgusage_limit(&r->usage.cg, &r->usage.limit_bytes) < 0)
-        r->usage.limit_bytes = 0;
-    return 0;
 }
 
 void usage_sample(struct replica *r)
@@ -105,29 +73,15 @@ void usage_sample(struct replica *r)
         fn->usage.gb_seconds += (double)limit / GIB * (double)(now - since) / 1000.0;
     }
     u->sampled_ms = now;
-    if (!c->usage_ok || r->id[0] == '\0' || has_no_process(r->state)) {
-        u->has_cg = false;
-        u->lost = false; /* the next run has a cgroup of its own */
+    struct backend_usage s;
+    enum backend_run run = r->br.id[0] ? run_of(r) : BACKEND_RUN_NO;
+    if (!backend_can(c->be, BACKEND_HAS_CGROUPS) || c->be->ops->usage(c->be, &r->br, run, &s) < 0) {
         u->memory_bytes = 0;
         return;
     }
-    if (!u->has_cg && (u->lost || !surely_runs(r) || find_cgroup(r) < 0)) {
-        u->memory_bytes = 0;
-        return;
-    }
-    struct stoke_cgusage s;
-    int e = stoke_cgusage_read(&u->cg, &s);
-    if (e < 0) {
-        /* Gone (exited, or stopping): not looked for again in this run;
-         * the next run has a new cgroup. */
-        u->has_cg = false;
-        u->lost = true;
-        u->memory_bytes = 0;
-        if (e != -ENOENT)
-            stoke_debug(fn->spec.name, "cannot read the cgroup of replica %.12s (%s): %s", r->id,
-                        u->cg.path, uv_err_name(e));
-        return;
-    }
+    if (s.cpu_restarted)
+        u->last_cpu_ns = 0;
+    u->limit_bytes = s.limit_bytes;
     fn->usage.cpu_seconds += (double)stoke_cgusage_cpu_delta(&u->last_cpu_ns, s.cpu_ns) / 1e9;
     u->memory_bytes = s.memory_bytes;
 }
