@@ -320,6 +320,11 @@ static void describe_status(json_object *st)
           ", created %" PRId64,
           jint(st, "starting", 0), jint(st, "retiring", 0), jint(st, "paused", 0),
           jint(st, "stopped", 0), jint(st, "created", 0));
+    /* Only when the backend cannot do what the spec's `idle` asks. */
+    const char *idle_note = jstr(st, "idle_note", NULL);
+    if (idle_note)
+        field("Idle:", "%s on the %s backend: %s", or_dash(jstr(st, "idle", NULL)),
+              or_dash(jstr(st, "backend", NULL)), idle_note);
     describe_replicas(st);
     json_object *tiers = jget(st, "cold_starts_by_tier");
     field("Cold starts:",
