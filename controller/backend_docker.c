@@ -176,14 +176,15 @@ static void thaw_before_engine(struct dreplica *p)
 struct cb_op {
     backend_cb cb;
     backend_event_cb on_event; /* watch */
+    backend_log_cb on_log;     /* logs */
     void *data;
 };
 
-static struct cb_op *cb_op_new(backend_cb cb, backend_event_cb on_event, void *data)
+static struct cb_op *cb_op_new(backend_cb cb, void *data)
 {
-    struct cb_op *op = malloc(sizeof(*op));
+    struct cb_op *op = calloc(1, sizeof(*op));
     if (op)
-        *op = (struct cb_op){.cb = cb, .on_event = on_event, .data = data};
+        *op = (struct cb_op){.cb = cb, .data = data};
     return op;
 }
 
@@ -556,7 +557,7 @@ static int dk_adopt(struct backend *b, struct backend_replica *r, const struct b
 static int dk_remove_listed(struct backend *b, const struct backend_listed *l, backend_cb cb,
                             void *data)
 {
-    struct cb_op *op = cb_op_new(cb, NULL, data);
+    struct cb_op *op = cb_op_new(cb, data);
     if (!op)
         return -ENOMEM;
     int e = stoke_engine_remove(to_docker(b)->engine, l->id, true, on_forward, op);
@@ -585,9 +586,10 @@ static void on_engine_event(const struct stoke_container_event *ev, void *data)
 static int dk_watch(struct backend *b, backend_event_cb on_event, backend_cb on_end, void *data)
 {
     struct docker *d = to_docker(b);
-    struct cb_op *op = cb_op_new(on_end, on_event, data);
+    struct cb_op *op = cb_op_new(on_end, data);
     if (!op)
         return -ENOMEM;
+    op->on_event = on_event;
     int e = stoke_engine_events(d->engine, LABEL_INSTANCE, d->cfg.instance, on_engine_event,
                                 on_forward, op);
     if (e < 0)
@@ -597,19 +599,25 @@ static int dk_watch(struct backend *b, backend_event_cb on_event, backend_cb on_
 
 /* ---- logs ------------------------------------------------------------------- */
 
+static void on_log_data(int stream, const char *bytes, size_t len, void *data)
+{
+    struct cb_op *op = data;
+    op->on_log(stream, bytes, len, op->data);
+}
+
 static int dk_logs(struct backend *b, const char *id, const struct backend_logs_opts *opts,
                    backend_log_cb on_data, backend_cb on_end, void *data, struct backend_logs **ret)
 {
-    struct cb_op *op = cb_op_new(on_end, NULL, data);
+    struct cb_op *op = cb_op_new(on_end, data);
     if (!op)
         return -ENOMEM;
+    op->on_log = on_data;
     const struct stoke_engine_logs_opts eo = {.follow = opts->follow,
                                               .timestamps = opts->timestamps,
                                               .tail = opts->tail,
                                               .since_ms = opts->since_ms};
     struct stoke_engine_logs *h = NULL;
-    /* on_data's signature is the engine's: stoke_engine_log_cb. */
-    int e = stoke_engine_logs(to_docker(b)->engine, id, &eo, on_data, on_forward, op, &h);
+    int e = stoke_engine_logs(to_docker(b)->engine, id, &eo, on_log_data, on_forward, op, &h);
     if (e < 0) {
         free(op);
         return e;
@@ -692,7 +700,7 @@ static int dk_usage(struct backend *b, struct backend_replica *r, enum backend_r
 
 static int dk_ping(struct backend *b, backend_cb cb, void *data)
 {
-    struct cb_op *op = cb_op_new(cb, NULL, data);
+    struct cb_op *op = cb_op_new(cb, data);
     if (!op)
         return -ENOMEM;
     int e = stoke_engine_ping(to_docker(b)->engine, on_forward, op);
