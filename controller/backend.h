@@ -143,10 +143,14 @@ struct backend_ops {
     /* A new replica of `spec` at `revision`, labelled with the function,
      * the revision and the controller instance. Fills r->name and, when it
      * is known at once, r->addr before returning; r->id when the callback
-     * reports success. The replica is not started (see start). */
+     * reports success. The reconciler calls start next, unless it
+     * pre-creates (BACKEND_CAN_PRECREATE): a backend whose create also
+     * starts the replica (a pod) completes start once it runs. */
     int (*create)(struct backend *b, struct backend_replica *r, const struct stoke_spec *spec,
                   const char *revision, backend_cb cb, void *data);
-    /* Starts a created or stopped replica. */
+    /* Starts a created or stopped replica: success once its process runs
+     * (the reconciler then probes r->addr, or waits for BACKEND_EV_ADDRESS
+     * while it is ""). */
     int (*start)(struct backend *b, struct backend_replica *r, backend_cb cb, void *data);
     /* Freezes a running replica (BACKEND_CAN_FREEZE); res->how says how.
      * -ESRCH when it is not running. */
