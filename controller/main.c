@@ -48,6 +48,9 @@ static void usage(FILE *f)
             "                        (default " DEFAULT_OPS ")\n"
             "  --pause-with WAY      cgroup (freeze idle replicas through their cgroup,\n"
             "                        the default) or engine (the engine's pause/unpause)\n"
+            "  --backend-without CAPS  act as a backend without these: a comma list of\n"
+            "                        freeze, stop, precreate, cgroups (idle tiers then\n"
+            "                        degrade as on a backend that lacks them)\n"
             "  --admin-socket PATH   admin API unix socket, mode 0660, or none\n"
             "                        (default " DEFAULT_ADMIN_SOCKET ")\n"
             "  --admin-listen IP:PORT  admin API on TCP too (needs --admin-token-file)\n"
@@ -211,6 +214,34 @@ static void on_ping(const struct backend_result *res, void *data)
     ctrl_watch_start(c);
 }
 
+/* "freeze,stop": the capability bits named, in *ret. Returns 0 or -EINVAL. */
+static int parse_caps(const char *s, unsigned *ret)
+{
+    static const struct {
+        const char *name;
+        unsigned bit;
+    } names[] = {
+        {"freeze", BACKEND_CAN_FREEZE},
+        {"stop", BACKEND_CAN_STOP_KEEP},
+        {"precreate", BACKEND_CAN_PRECREATE},
+        {"cgroups", BACKEND_HAS_CGROUPS},
+    };
+    unsigned caps = 0;
+    while (*s) {
+        size_t len = strcspn(s, ",");
+        size_t i = 0;
+        while (i < STOKE_ARRAY_SIZE(names) &&
+               !(strlen(names[i].name) == len && strncmp(names[i].name, s, len) == 0))
+            i++;
+        if (i == STOKE_ARRAY_SIZE(names))
+            return -EINVAL;
+        caps |= names[i].bit;
+        s += len + (s[len] == ',');
+    }
+    *ret = caps;
+    return 0;
+}
+
 static int parse_range(const char *s, uint16_t *lo, uint16_t *hi)
 {
     char a[16];
@@ -277,6 +308,7 @@ int main(int argc, char **argv)
         O_ADMIN_SOCKET,
         O_ADMIN_LISTEN,
         O_ADMIN_TOKEN,
+        O_WITHOUT,
     };
     static const struct option opts[] = {
         {"functions-dir", required_argument, NULL, O_DIR},
@@ -291,6 +323,7 @@ int main(int argc, char **argv)
         {"admin-socket", required_argument, NULL, O_ADMIN_SOCKET},
         {"admin-listen", required_argument, NULL, O_ADMIN_LISTEN},
         {"admin-token-file", required_argument, NULL, O_ADMIN_TOKEN},
+        {"backend-without", required_argument, NULL, O_WITHOUT},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -303,6 +336,7 @@ int main(int argc, char **argv)
     struct stoke_addr admin_addr;
     bool admin_tcp = false;
     char *admin_token = NULL;
+    unsigned without = 0;
     int opt, r;
 
     c->cfg.functions_dir = DEFAULT_FUNCTIONS_DIR;
@@ -361,6 +395,9 @@ int main(int argc, char **argv)
         case O_ADMIN_TOKEN:
             admin_token_file = optarg;
             break;
+        case O_WITHOUT:
+            r = parse_caps(optarg, &without);
+            break;
         case 'h':
             usage(stdout);
             return 0;
@@ -395,6 +432,10 @@ int main(int argc, char **argv)
     if (r < 0) {
         stoke_error(NULL, r, "bad engine address");
         return 2;
+    }
+    if (without) {
+        c->be->caps &= ~without;
+        stoke_info(NULL, "acting as a backend without some capabilities (--backend-without)");
     }
     struct hub_callbacks cbs = {
         .on_poke = on_hub_poke, .on_stats = on_hub_stats, .on_drain = on_hub_drain, .data = c};
