@@ -10,15 +10,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
 from harness import Stoke, run_tests  # noqa: E402
-
-QUICK = {"min": 0, "initial": 0, "window": "6s", "scaleToZeroGrace": "1s"}
-
-
-def replica_of(resp):
-    for word in resp.body.split():
-        if word.startswith("stoke-"):
-            return word
-    raise AssertionError("no replica name in %r" % resp.body)
+from test_lifecycle import QUICK, replica_of  # noqa: E402
 
 
 def status(s, fn):
