@@ -2,14 +2,15 @@
 with some masked (--backend-without), as a Kubernetes backend will be
 without freeze, stopped replicas and pre-creation. The idle tiers degrade
 (pause -> stop -> remove), the function's status says what `idle` does
-there and why, and a request after idle still gets 200 from a new
-replica."""
+there and why (and `stokectl describe`), and a request after idle still
+gets 200 from a new replica."""
 
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
 from harness import Stoke, run_tests  # noqa: E402
+from test_cli import ctl  # noqa: E402
 from test_lifecycle import QUICK, replica_of  # noqa: E402
 
 
@@ -26,6 +27,9 @@ def test_without_freeze_or_stop_idle_replicas_are_removed():
     st = status(s, "bare")
     assert st["backend"] == "docker" and st["idle"] == "remove", st
     assert "removed" in st["idle_note"], st
+    p = ctl(s, "describe", "bare")
+    assert p.returncode == 0, p.stderr
+    assert "Idle:" in p.stdout and "remove on the docker backend" in p.stdout, p.stdout
     r = s.fn_request("bare")
     assert r.status == 200, r
     first = replica_of(r)
@@ -66,6 +70,8 @@ def test_spec_idle_kept_where_the_backend_can():
     s.wait_log("activator", ": 1 functions", 20)
     st = status(s, "full")
     assert st["idle"] == "stop" and "idle_note" not in st, st
+    p = ctl(s, "describe", "full")
+    assert p.returncode == 0 and "Idle:" not in p.stdout, (p.stdout, p.stderr)
     s.stop()
 
 
