@@ -71,8 +71,8 @@ struct field {
     uint64_t min, max;
     bool required;
     const char *const *values; /* T_CONST, T_ENUM: the accepted values, NULL-terminated */
-    const struct field *sub; /* T_MAP: its fields, ending with a NULL key */
-    check_fn check;          /* T_MAP: run after the mapping's fields */
+    const struct field *sub;   /* T_MAP: its fields, ending with a NULL key */
+    check_fn check;            /* T_MAP: run after the mapping's fields */
 };
 
 #define MAX_FIELDS 16
@@ -488,7 +488,9 @@ static const struct field scale_fields[] = {
     UINT_FIELD("panicThresholdPercent", scale.panic_threshold_percent, 110, 1000),
     TYPED_FIELD("scaleToZeroGrace", T_DURATION, scale.scale_to_zero_grace_ms, 0, MS_PER_H),
     TYPED_FIELD("scaleDownDelay", T_DURATION, scale.scale_down_delay_ms, 0, MS_PER_H),
-    {.key = "idle", .type = T_ENUM, .off = offsetof(struct stoke_spec, scale.idle),
+    {.key = "idle",
+     .type = T_ENUM,
+     .off = offsetof(struct stoke_spec, scale.idle),
      .values = stoke_idle_names},
     TYPED_FIELD("stopAfter", T_DURATION, scale.stop_after_ms, 0, 24 * MS_PER_H),
     TYPED_FIELD("removeAfter", T_DURATION, scale.remove_after_ms, 0, 24 * MS_PER_H),
