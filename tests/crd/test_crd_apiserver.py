@@ -258,6 +258,11 @@ class TestChart(Base):
         self.assertEqual(secret["data"]["token"], token)
         dep = self.c.admin.get("/apis/apps/v1/namespaces/stoke/deployments/s1-stoke-activator")
         self.assertEqual(dep["spec"]["replicas"], 3)
+        # `helm test`'s hooks (a Function and the calling pod) pass the server's checks too.
+        hooks = self.helm("template", "s1", CHART, "-n", "stoke", "--show-only",
+                          "templates/tests/test-call.yaml").stdout
+        r = self.c.kubectl("apply", "--dry-run=server", "-n", "stoke", "-f", "-", input=hooks)
+        self.assertEqual(r.stdout.count("(server dry run)"), 2, r.stdout)
         # Uninstall keeps the CRD (and so the Functions).
         self.helm("uninstall", "s1", "-n", "stoke", "--wait")
         st, _ = self.c.admin.request("GET", "/apis/apiextensions.k8s.io/v1/"
