@@ -97,8 +97,9 @@ tar --numeric-owner --owner=0 --group=0 --mtime=@0 --sort=name -C "$root" -cf "$
     --change "USER $uid:$uid" \
     --change 'EXPOSE 8080/tcp 9000/tcp 9091/tcp 9092/tcp' \
     --change "LABEL $label=$sum" \
-    --change "LABEL org.opencontainers.image.title=stoke org.opencontainers.image.version=$version" \
-    --message "stoke $version: stoke-controller, stoke-activator, stokectl (deploy/k8s/build-image.sh)" \
+    --change "LABEL org.opencontainers.image.title=stoke" \
+    --change "LABEL org.opencontainers.image.version=$version" \
+    --message "stoke $version: the daemons and stokectl (deploy/k8s/build-image.sh)" \
     "$tmp/rootfs.tar" "$image" >/dev/null || die "docker import failed"
 
 new=$("$docker" image inspect -f '{{.Id}}' "$image")

@@ -31,7 +31,8 @@ class TestFields(unittest.TestCase):
 
     def test_names(self):
         names = self.crd["spec"]["names"]
-        self.assertEqual(self.crd["metadata"]["name"], f'{names["plural"]}.{self.crd["spec"]["group"]}')
+        self.assertEqual(self.crd["metadata"]["name"],
+                         f'{names["plural"]}.{self.crd["spec"]["group"]}')
         self.assertEqual(names["kind"], "Function")
         self.assertIn("fn", names["shortNames"])
         self.assertEqual(self.crd["spec"]["scope"], "Namespaced")
