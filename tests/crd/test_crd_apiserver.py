@@ -12,7 +12,9 @@ source by tests/k8s/build.sh; no node is needed here):
 - the status subresource takes the status the controller writes, the main resource ignores
   it, and `kubectl get functions` prints the columns;
 - the chart: `helm install` into the API server (every object validated by it, the CRD from
-  the chart), `helm upgrade` keeps the channel token, `helm uninstall` keeps the CRD.
+  the chart) in a namespace enforcing Pod Security "restricted", where the controller's and
+  activators' pods must be admitted; the RBAC each ServiceAccount gets (kubectl auth can-i);
+  `helm upgrade` keeps the channel token, `helm uninstall` keeps the CRD.
 
 The binaries must be built (tests/k8s/build.sh): without them this fails, it does not skip.
 Run: STOKE_BUILD_DIR=build python3 tests/crd/test_crd_apiserver.py
@@ -21,7 +23,7 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
+import time
 import unittest
 import urllib.parse
 
@@ -223,10 +225,30 @@ class TestChart(Base):
 
     def test_install_upgrade_uninstall(self):
         self.c.create_namespace("stoke")
+        # Pod Security Admission at "restricted": the ReplicaSets' pods (made by
+        # kube-controller-manager) and helm test's pod are refused unless the chart's
+        # security contexts meet it.
+        self.c.kubectl("label", "namespace", "stoke",
+                       "pod-security.kubernetes.io/enforce=restricted",
+                       "pod-security.kubernetes.io/enforce-version=latest")
         # Everything but the ServiceMonitor (no Prometheus Operator here) on.
         sets = ["--set", "networkPolicy.enabled=true", "--set", "activator.ingress.enabled=true",
                 "--set", "activator.ingress.hosts={fn.example.com}"]
         self.helm("install", "s1", CHART, "-n", "stoke", *sets)
+        want = {"controller": 2, "activator": 2}
+        pods = {}
+        deadline = time.monotonic() + 60
+        while pods != want:
+            items = self.c.admin.get("/api/v1/namespaces/stoke/pods?labelSelector="
+                                     "app.kubernetes.io%2Finstance%3Ds1")["items"]
+            pods = {}
+            for p in items:
+                comp = p["metadata"]["labels"]["app.kubernetes.io/component"]
+                pods[comp] = pods.get(comp, 0) + 1
+            if time.monotonic() > deadline:
+                events = self.c.kubectl("get", "events", "-n", "stoke").stdout
+                self.fail(f"pods {pods}, want {want}; events:\n{events}")
+            time.sleep(0.2)
         secret = self.c.admin.get("/api/v1/namespaces/stoke/secrets/s1-stoke-channel-token")
         token = secret["data"]["token"]
         self.assertGreaterEqual(len(token), 48)
