@@ -254,7 +254,12 @@ class TestChart(Base):
         # Everything but the ServiceMonitor (no Prometheus Operator here) on.
         sets = ["--set", "networkPolicy.enabled=true", "--set", "activator.ingress.enabled=true",
                 "--set", "activator.ingress.hosts={fn.example.com}"]
-        self.helm("install", "s1", CHART, "-n", "stoke", *sets)
+        notes = self.helm("install", "s1", CHART, "-n", "stoke", *sets).stdout
+        # NOTES.txt: how to apply a Function and call it, with this release's names.
+        for line in ("apiVersion: stoke.dev/v1", "kubectl get functions -n stoke",
+                     "svc/s1-stoke-activator 8080:80", "helm test s1 -n stoke",
+                     "Lease s1-stoke-controller"):
+            self.assertIn(line, notes)
         want = {"controller": 2, "activator": 2}
         pods = {}
         deadline = time.monotonic() + 60
