@@ -2471,7 +2471,10 @@ static void on_upstream_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     if (nread < 0) {
-        if (nread == UV_EOF && up->got_bytes && llhttp_finish(&up->parser) == HPE_OK && up->done) {
+        /* llhttp_finish() passes on_resp_complete()'s pause on. */
+        llhttp_errno_t fe =
+            nread == UV_EOF && up->got_bytes ? llhttp_finish(&up->parser) : HPE_USER;
+        if ((fe == HPE_OK || fe == HPE_PAUSED) && up->done) {
             response_done(up, false); /* a response delimited by close */
             return;
         }
