@@ -13,6 +13,10 @@ request's path asks for misbehaviour:
   /early      answered (a 4 MiB body) as soon as the head is in, before
               any of the request body is read; what follows is dropped
   /upgrade    101 Switching Protocols, then every byte is echoed back
+  /badchunk   a chunked body whose first chunk's data runs past its size
+  /fold       a header folded over two lines
+  /badname    a header with a space before its colon
+  /connhdr    a header named hop-by-hop by the response's Connection header
 
 Any other path gets 200 with the body "ok <method> <path>\n". The activator
 forwards every request with a Content-Length (it reads bodies whole), so
@@ -199,6 +203,14 @@ class Upstream(ThreadedServer):
         if p == b"/bigclose":
             conn.sendall(b"HTTP/1.1 200 OK\r\n\r\n" + b"c" * BIG)
             return False
+        bad = {b"/badchunk": b"Transfer-Encoding: chunked\r\n\r\n5\r\nhelloXY5\r\nworld\r\n0\r\n\r\n",
+               b"/fold": b"X-A: a\r\n b\r\nContent-Length: 2\r\n\r\nok",
+               b"/badname": b"X-A : a\r\nContent-Length: 2\r\n\r\nok",
+               b"/connhdr": b"Connection: X-Secret\r\nX-Secret: s\r\nX-Kept: k\r\n"
+                            b"Content-Length: 2\r\n\r\nok"}
+        if p in bad:
+            conn.sendall(b"HTTP/1.1 200 OK\r\n" + bad[p])
+            return p == b"/connhdr"
         if p == b"/upgrade":
             conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\n"
                          b"Upgrade: test\r\n\r\n")
