@@ -286,7 +286,11 @@ static int tokens_parse(struct tokens *tk, const struct stoke_buf *list)
     tk->n = 0;
     if (list->len == 0)
         return 0;
-    tk->t = malloc((list->len / 2 + 1) * sizeof(*tk->t));
+    size_t n = 1;
+    for (const char *q = list->data; (q = memchr(q, ',', list->len - (size_t)(q - list->data)));
+         q++)
+        n++;
+    tk->t = malloc(n * sizeof(*tk->t));
     if (!tk->t)
         return -ENOMEM;
     const char *p = list->data, *end = list->data + list->len;
@@ -746,7 +750,7 @@ static void on_client_write(uv_write_t *req, int status)
         return;
     if (c->up && !c->up->reading)
         upstream_resume(c->up);
-    else if (c->state == C_IDLE && c->read_stopped)
+    else if ((c->state == C_IDLE || c->state == C_HEAD) && c->read_stopped)
         client_drive(c); /* it caught up: its held requests are next */
 }
 

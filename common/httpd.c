@@ -37,8 +37,9 @@
 #define LINGER_MS 2000
 #define LINGER_MAX_BYTES (4u << 20)
 
-/* Connections that have not yet sent an accepted request (authenticated,
- * with a token) are "unproven": at most a quarter of max_conns of them (at
+/* TCP connections that have not yet sent an accepted request (authenticated,
+ * with a token) are "unproven" (the unix socket's mode vouches for its
+ * clients): at most a quarter of max_conns of them (at
  * least 1), the oldest closed when a new one would pass that, and each has
  * at most UNPROVEN_TIMEOUT_MS to send its head. So clients holding
  * connections open without a token can neither fill the server nor keep a
@@ -879,8 +880,13 @@ static struct conn *conn_new(struct stoke_httpd *s, bool tcp_handle, bool is_tcp
     s->handles++;
     stoke_list_insert_tail(&s->conns, &c->node);
     s->n_conns++;
-    stoke_list_insert_tail(&s->unproven, &c->unode);
-    s->n_unproven++;
+    /* A unix socket's mode is its clients' proof; over TCP, a request is. */
+    c->proven = !is_tcp;
+    stoke_list_init(&c->unode);
+    if (!c->proven) {
+        stoke_list_insert_tail(&s->unproven, &c->unode);
+        s->n_unproven++;
+    }
     stoke_buf_init(&c->url, s->cfg.limits.max_head);
     stoke_buf_init(&c->body, s->cfg.limits.max_body);
     stoke_buf_init(&c->auth, 4096);
