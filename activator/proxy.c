@@ -1721,8 +1721,12 @@ static void client_drive(struct client *c)
     if (c->driving)
         return; /* a caller up the stack runs the loop */
     c->driving = true;
-    while (c->state == C_IDLE && c->in_off < c->in.len && !client_backlogged(c))
-        c->in_off += client_parse(c, c->in.data + c->in_off, c->in.len - c->in_off);
+    while (c->state == C_IDLE && c->in_off < c->in.len && !client_backlogged(c)) {
+        size_t used = client_parse(c, c->in.data + c->in_off, c->in.len - c->in_off);
+        c->in_off += used;
+        if (used == 0)
+            break; /* the parser took nothing: waits on something else */
+    }
     c->driving = false;
     if (c->in_off > 0) {
         stoke_buf_consume(&c->in, c->in_off);
