@@ -83,6 +83,10 @@ static void usage(FILE *f)
         "                           online CPU, here %u)\n"
         "  --ops-listen ADDR        ops port: GET /healthz and /metrics (Prometheus),\n"
         "                           IP:port or none (default " DEFAULT_OPS ")\n"
+        "  --trusted-proxies CIDR[,CIDR...]\n"
+        "                           peers whose X-Forwarded-For, Forwarded and\n"
+        "                           X-Real-IP are passed on (default none: they\n"
+        "                           are replaced or dropped)\n"
         "  --log-level LEVEL        debug, info, warn, error (default info)\n"
         "  -h, --help\n"
         "DUR is like 250ms, 10s, 1m.\n",
@@ -277,6 +281,7 @@ int main(int argc, char **argv)
         O_ROUTE,
         O_WORKERS,
         O_OPS,
+        O_TRUSTED,
     };
     static const struct option opts[] = {
         {"listen", required_argument, NULL, O_LISTEN},
@@ -295,6 +300,7 @@ int main(int argc, char **argv)
         {"route", required_argument, NULL, O_ROUTE},
         {"workers", required_argument, NULL, O_WORKERS},
         {"ops-listen", required_argument, NULL, O_OPS},
+        {"trusted-proxies", required_argument, NULL, O_TRUSTED},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -376,6 +382,9 @@ int main(int argc, char **argv)
             break;
         case O_LOG:
             r = stoke_log_level_parse(optarg, &level);
+            break;
+        case O_TRUSTED:
+            r = proxy_parse_trusted(optarg, &cfg);
             break;
         case 'h':
             usage(stdout);

@@ -1,7 +1,10 @@
 #include "proxy.h"
 
+#include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <netinet/in.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -23,9 +26,19 @@
 #define MAX_PENDING_INPUT (64 * 1024) /* pipelined bytes held while busy */
 #define BODY_HOLD (256 * 1024)        /* request body read before it streams on */
 #define REQUEST_ID_MAX 128            /* longest X-Request-Id passed on as it came */
+#define LINGER_MS 2000                /* reading what a closed-on client still sends */
+#define LINGER_MAX_BYTES (1u << 20)   /* ... and at most this much of it */
 
 struct proxy;
 struct fn;
+
+/* RFC 9112 7.1: chunk data ends with CRLF. llhttp 8.1 takes any two bytes
+ * there, so both parsers count each chunk's data and check those two bytes
+ * themselves (chunk_data(), chunk_start_read()). */
+struct chunk_check {
+    uint64_t left; /* data bytes of the current chunk still to come */
+    uint8_t crlf;  /* bytes of its CRLF still to check (2, 1, 0) */
+};
 
 /* One ready replica of a function. Held by its function while routed, and
  * by each upstream connection to it; freed when both let go. */
@@ -71,6 +84,7 @@ enum client_state {
     C_UPSTREAM, /* sent on; response streaming (request deadline) */
     C_TUNNEL,   /* after a 101: bytes pass both ways untouched */
     C_FLUSH,    /* final bytes written, close when they are flushed */
+    C_LINGER,   /* FIN sent; what the client still sends is dropped (LINGER_MS) */
     C_CLOSED,
 };
 
@@ -87,11 +101,17 @@ struct client {
     llhttp_t parser;
     enum client_state state;
     struct stoke_buf in;    /* bytes received while busy with a request */
+    size_t in_off;          /* ... of which those before this are parsed */
+    bool driving;           /* in client_drive(): held input is parsed in its loop */
+    bool trusted;           /* the peer is a trusted proxy (--trusted-proxies) */
+    size_t lingered;        /* bytes dropped in C_LINGER */
     struct stoke_buf batch; /* response bytes of one upstream read, see client_flush() */
     bool batching;
     bool read_stopped;
     const char *exec_base; /* the buffer llhttp is parsing, and the byte */
     char prev_byte;        /* before it: see on_req_value */
+    const char *exec_end;
+    struct chunk_check chunk;
     unsigned pending_writes;
     char ip[64];
 
@@ -154,9 +174,13 @@ struct upstream {
     bool reading;
     bool done;
     bool rechunk;
-    bool has_request_id; /* the response carries its own X-Request-Id */
-    bool tunnel_eof;     /* the replica half-closed its side of the tunnel */
+    bool has_request_id;              /* the response carries its own X-Request-Id */
+    bool tunnel_eof;                  /* the replica half-closed its side of the tunnel */
+    const char *exec_base, *exec_end; /* as in struct client */
+    char prev_byte;
+    struct chunk_check chunk;
     struct stoke_buf reason, field, value, head, upgrade;
+    struct stoke_buf conn_tokens; /* the response's Connection values */
 };
 
 struct proxy {
@@ -183,10 +207,155 @@ struct proxy {
     llhttp_settings_t resp_settings;
 };
 
+/* ---- checks both parsers share ------------------------------------------ */
+
+/* A chunk's size line was parsed (llhttp holds the size in content_length). */
+static void chunk_header(struct chunk_check *k, const llhttp_t *p)
+{
+    k->left = p->content_length;
+    k->crlf = 0;
+}
+
+/* Checks the bytes from `p` to `end` against the rest of a chunk's CRLF.
+ * Returns false on anything else. */
+static bool chunk_crlf_ok(struct chunk_check *k, const char *p, const char *end)
+{
+    for (; k->crlf > 0 && p < end; p++, k->crlf--) {
+        if (*p != (k->crlf == 2 ? '\r' : '\n'))
+            return false;
+    }
+    return true;
+}
+
+/* `len` data bytes of a chunked body were parsed, ending at `at + len` in
+ * the buffer ending at `end`. Returns false when the chunk's data is over
+ * and what follows it is not CRLF (as far as the buffer shows; the rest is
+ * checked by chunk_start_read()). */
+static bool chunk_data(struct chunk_check *k, const char *at, size_t len, const char *end)
+{
+    k->left = len >= k->left ? 0 : k->left - len;
+    if (k->left > 0)
+        return true;
+    k->crlf = 2;
+    return chunk_crlf_ok(k, at + len, end);
+}
+
+/* Before the parser sees a new read: a chunk's CRLF split across reads. */
+static bool chunk_start_read(struct chunk_check *k, const char *data, size_t len)
+{
+    return k->crlf == 0 || chunk_crlf_ok(k, data, data + len);
+}
+
+/* llhttp 8 accepts obsolete line folding: it passes the continuation line
+ * as another piece of the value, starting right after the LF. A value never
+ * otherwise starts after one (it follows ':' and OWS), so this is how a fold
+ * is told from a value split across reads. RFC 9112 5.2 lets a recipient
+ * refuse folds (a server with 400, a proxy taking a response with 502). */
+static bool is_fold(const char *at, const char *exec_base, char prev_byte)
+{
+    return (at > exec_base ? at[-1] : prev_byte) == '\n';
+}
+
+/* The comma-separated tokens of a Connection header (RFC 9110 7.6.1),
+ * sorted ignoring case, so that filtering n header lines by m tokens costs
+ * O((n + m) log m), not O(n * m). */
+struct tokens {
+    struct token {
+        const char *p;
+        size_t n;
+    } * t;
+    size_t n;
+};
+
+static int token_cmp(const char *a, size_t an, const char *b, size_t bn)
+{
+    int c = strncasecmp(a, b, an < bn ? an : bn);
+    return c ? c : (an > bn) - (an < bn);
+}
+
+static int token_sort_cmp(const void *a, const void *b)
+{
+    const struct token *x = a, *y = b;
+    return token_cmp(x->p, x->n, y->p, y->n);
+}
+
+/* Returns 0 or -ENOMEM; `list` must outlive `tk`. */
+static int tokens_parse(struct tokens *tk, const struct stoke_buf *list)
+{
+    tk->t = NULL;
+    tk->n = 0;
+    if (list->len == 0)
+        return 0;
+    size_t n = 1;
+    for (const char *q = list->data; (q = memchr(q, ',', list->len - (size_t)(q - list->data)));
+         q++)
+        n++;
+    tk->t = malloc(n * sizeof(*tk->t));
+    if (!tk->t)
+        return -ENOMEM;
+    const char *p = list->data, *end = list->data + list->len;
+    while (p < end) {
+        const char *comma = memchr(p, ',', (size_t)(end - p));
+        const char *tend = comma ? comma : end;
+        while (p < tend && (*p == ' ' || *p == '\t'))
+            p++;
+        const char *q = tend;
+        while (q > p && (q[-1] == ' ' || q[-1] == '\t'))
+            q--;
+        if (q > p)
+            tk->t[tk->n++] = (struct token){p, (size_t)(q - p)};
+        p = tend + 1;
+    }
+    qsort(tk->t, tk->n, sizeof(*tk->t), token_sort_cmp);
+    return 0;
+}
+
+static bool tokens_has(const struct tokens *tk, const char *name, size_t nl)
+{
+    size_t lo = 0, hi = tk->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = token_cmp(tk->t[mid].p, tk->t[mid].n, name, nl);
+        if (c == 0)
+            return true;
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return false;
+}
+
+/* Appends the "Name: value\r\n" lines of `src` to `dst`, less those named
+ * by the Connection tokens in `list` (hop-by-hop, RFC 9110 7.6.1). Returns 0
+ * or a negative errno. */
+static int append_filtered(struct stoke_buf *dst, const struct stoke_buf *src,
+                           const struct stoke_buf *list)
+{
+    if (src->len == 0)
+        return 0;
+    if (list->len == 0)
+        return stoke_buf_append(dst, src->data, src->len);
+    struct tokens tk;
+    int r = tokens_parse(&tk, list);
+    const char *p = src->data, *end = src->data + src->len;
+    while (r == 0 && p < end) {
+        const char *colon = memchr(p, ':', (size_t)(end - p));
+        const char *eol = memchr(p, '\n', (size_t)(end - p));
+        if (!colon || !eol)
+            break;
+        if (!tokens_has(&tk, p, (size_t)(colon - p)))
+            r = stoke_buf_append(dst, p, (size_t)(eol + 1 - p));
+        p = eol + 1;
+    }
+    free(tk.t);
+    return r;
+}
+
 static void client_close(struct client *c);
 static void client_abort_upstream(struct client *c);
 static void client_finish_request(struct client *c);
-static void client_parse(struct client *c, const char *data, size_t len);
+static size_t client_parse(struct client *c, const char *data, size_t len);
 static void send_error(struct client *c, int status, bool close_conn);
 static void client_log(const struct client *c, const char *fn, enum stoke_log_level level, int err,
                        const char *fmt, ...) __attribute__((format(printf, 5, 6)));
@@ -194,6 +363,10 @@ static void dispatch(struct client *c);
 static void upstream_close(struct upstream *up);
 static void upstream_failed(struct upstream *up, int err);
 static void kick(struct fn *fn);
+static void client_linger(struct client *c);
+static void client_drive(struct client *c);
+static void timer_start(struct client *c, uv_timer_cb cb, uint64_t ms);
+static void on_idle_timeout(uv_timer_t *t);
 
 void proxy_config_defaults(struct proxy_config *cfg)
 {
@@ -207,6 +380,85 @@ void proxy_config_defaults(struct proxy_config *cfg)
     cfg->connect_timeout_ms = 2000;
     cfg->max_connections = 10000;
     cfg->max_idle_upstream = 256;
+}
+
+static void cidr_mask(unsigned char *a, size_t len, unsigned bits)
+{
+    for (size_t i = 0; i < len; i++) {
+        unsigned keep = bits >= 8 * (i + 1) ? 8 : bits > 8 * i ? bits - 8 * (unsigned)i : 0;
+        a[i] &= (unsigned char)(0xff00u >> keep);
+    }
+}
+
+int proxy_parse_trusted(const char *list, struct proxy_config *cfg)
+{
+    const char *p = list;
+    while (*p) {
+        const char *comma = strchr(p, ',');
+        size_t n = comma ? (size_t)(comma - p) : strlen(p);
+        char item[64];
+        if (n == 0 || n >= sizeof(item) || cfg->n_trusted >= PROXY_MAX_TRUSTED)
+            return -EINVAL;
+        memcpy(item, p, n);
+        item[n] = '\0';
+        struct proxy_cidr *t = &cfg->trusted[cfg->n_trusted];
+        char *slash = strchr(item, '/');
+        if (slash)
+            *slash = '\0';
+        memset(t, 0, sizeof(*t));
+        t->family = strchr(item, ':') ? AF_INET6 : AF_INET;
+        unsigned max = t->family == AF_INET6 ? 128 : 32;
+        if (inet_pton(t->family, item, t->a) != 1)
+            return -EINVAL;
+        t->bits = max;
+        if (slash) {
+            char *end;
+            errno = 0;
+            unsigned long b = strtoul(slash + 1, &end, 10);
+            if (!isdigit((unsigned char)slash[1]) || *end || b > max)
+                return -EINVAL;
+            t->bits = (unsigned)b;
+        }
+        cidr_mask(t->a, max / 8, t->bits);
+        cfg->n_trusted++;
+        p += n;
+        if (*p == ',')
+            p++;
+    }
+    return 0;
+}
+
+/* Whether the peer address `ss` is in one of the trusted networks (an
+ * IPv4-mapped IPv6 peer is matched as IPv4). */
+static bool peer_trusted(const struct proxy_config *cfg, const struct sockaddr_storage *ss)
+{
+    unsigned char a[16];
+    int family = ss->ss_family;
+    if (family == AF_INET) {
+        memcpy(a, &((const struct sockaddr_in *)ss)->sin_addr, 4);
+    } else if (family == AF_INET6) {
+        const struct in6_addr *v6 = &((const struct sockaddr_in6 *)ss)->sin6_addr;
+        if (IN6_IS_ADDR_V4MAPPED(v6)) {
+            family = AF_INET;
+            memcpy(a, v6->s6_addr + 12, 4);
+        } else {
+            memcpy(a, v6->s6_addr, 16);
+        }
+    } else {
+        return false;
+    }
+    for (size_t i = 0; i < cfg->n_trusted; i++) {
+        const struct proxy_cidr *t = &cfg->trusted[i];
+        if (t->family != family)
+            continue;
+        unsigned char m[16];
+        size_t len = family == AF_INET ? 4 : 16;
+        memcpy(m, a, len);
+        cidr_mask(m, len, t->bits);
+        if (memcmp(m, t->a, len) == 0)
+            return true;
+    }
+    return false;
 }
 
 /* ---- functions and endpoints ------------------------------------------ */
@@ -487,13 +739,19 @@ static void on_client_write(uv_write_t *req, int status)
         client_close(c);
         return;
     }
-    if (c->state == C_FLUSH && c->pending_writes == 0) {
-        client_close(c);
+    if (c->state == C_FLUSH) {
+        if (c->pending_writes == 0)
+            client_linger(c);
+        else /* the client reads on: it gets the time to read the rest */
+            timer_start(c, on_idle_timeout, c->px->cfg.idle_timeout_ms);
         return;
     }
-    if (c->up && !c->up->reading &&
-        uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) < WRITE_HIGH_WATER / 2)
+    if (uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) >= WRITE_HIGH_WATER / 2)
+        return;
+    if (c->up && !c->up->reading)
         upstream_resume(c->up);
+    else if ((c->state == C_IDLE || c->state == C_HEAD) && c->read_stopped)
+        client_drive(c); /* it caught up: its held requests are next */
 }
 
 /* Writes what the socket takes at once, without copying: the bytes written,
@@ -659,26 +917,55 @@ static void request_end(struct client *c)
     metrics_request_end(&c->m, c->status, start);
 }
 
-/* The answer written so far is the connection's last: nothing more is
- * read, and the connection closes once the writes are flushed. */
-static void client_close_after_flush(struct client *c)
-{
-    request_end(c);
-    if (c->pending_writes == 0) {
-        client_close(c);
-        return;
-    }
-    uv_timer_stop(&c->timer);
-    c->state = C_FLUSH;
-    uv_read_stop((uv_stream_t *)&c->tcp);
-}
-
 static void timer_start(struct client *c, uv_timer_cb cb, uint64_t ms)
 {
     uv_timer_start(&c->timer, cb, ms, 0);
 }
 
 static void on_idle_timeout(uv_timer_t *t);
+static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
+static void on_client_shutdown(uv_shutdown_t *req, int status)
+{
+    (void)status; /* the client's FIN, or the linger timer, closes */
+    free(req);
+}
+
+/* The last answer is out: FIN is sent, and what the client still sends (the
+ * rest of an upload it was answered early, pipelined requests) is read and
+ * dropped until it closes too or LINGER_MS pass. Closing with unread bytes
+ * would send an RST, which may destroy the answer before the client reads
+ * it (RFC 9112 9.6). */
+static void client_linger(struct client *c)
+{
+    uv_shutdown_t *req = malloc(sizeof(*req));
+    if (!req || uv_shutdown(req, (uv_stream_t *)&c->tcp, on_client_shutdown) < 0) {
+        free(req);
+        client_close(c);
+        return;
+    }
+    c->state = C_LINGER;
+    uv_timer_stop(&c->body_timer);
+    timer_start(c, on_idle_timeout, LINGER_MS);
+    if (uv_read_start((uv_stream_t *)&c->tcp, read_alloc, on_client_read) < 0)
+        client_close(c);
+}
+
+/* The answer written so far is the connection's last: nothing more is
+ * parsed, and the connection closes (lingering) once the writes are
+ * flushed, or when the client reads nothing of them for the idle time. */
+static void client_close_after_flush(struct client *c)
+{
+    request_end(c);
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    uv_timer_stop(&c->body_timer);
+    if (c->pending_writes == 0) {
+        client_linger(c);
+        return;
+    }
+    timer_start(c, on_idle_timeout, c->px->cfg.idle_timeout_ms);
+    c->state = C_FLUSH;
+}
 
 /* Answers the current request with an error. With close_conn, or while
  * body bytes are still to come, the connection closes once the answer is
@@ -702,6 +989,16 @@ static void client_log(const struct client *c, const char *fn, enum stoke_log_le
                      err, &f, c->request_id[0] ? 1 : 0, "%s", msg);
 }
 
+/* The Connection header of an answer: "close" when the connection closes
+ * after it; "keep-alive" to an HTTP/1.0 client when it stays open (its
+ * default is to close, RFC 9112 9.3). */
+static const char *connection_header(const struct client *c, bool close_conn)
+{
+    if (close_conn)
+        return "Connection: close\r\n";
+    return c->http_minor == 0 ? "Connection: keep-alive\r\n" : "";
+}
+
 static void send_error(struct client *c, int status, bool close_conn)
 {
     char head[256 + REQUEST_ID_MAX], body[128];
@@ -713,9 +1010,8 @@ static void send_error(struct client *c, int status, bool close_conn)
                       "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
                       "%s%s%s%s%s\r\n",
                       status, status_reason(status), bl, status == 503 ? "Retry-After: 1\r\n" : "",
-                      close_conn ? "Connection: close\r\n" : "",
-                      c->request_id[0] ? "X-Request-Id: " : "", c->request_id,
-                      c->request_id[0] ? "\r\n" : "");
+                      connection_header(c, close_conn), c->request_id[0] ? "X-Request-Id: " : "",
+                      c->request_id, c->request_id[0] ? "\r\n" : "");
     uv_buf_t parts[2] = {uv_buf_init(head, (unsigned)hl), uv_buf_init(body, (unsigned)bl)};
     bool head_only = c->method == HTTP_HEAD;
     metrics_error(c->px->hooks.metrics, status, c->state == C_QUEUED);
@@ -772,6 +1068,12 @@ static int on_req_begin(llhttp_t *p)
 static int on_req_url(llhttp_t *p, const char *at, size_t len)
 {
     struct client *c = parser_client(p);
+    /* A line end right after the target is an HTTP/0.9 request ("GET /"),
+     * which llhttp 8 would wait on for a version: refused now. */
+    if (at + len < c->exec_end && (at[len] == '\r' || at[len] == '\n')) {
+        c->error_status = 400;
+        return -1;
+    }
     return head_grow(c, &c->url, at, len, 414);
 }
 
@@ -784,13 +1086,7 @@ static int on_req_field(llhttp_t *p, const char *at, size_t len)
 static int on_req_value(llhttp_t *p, const char *at, size_t len)
 {
     struct client *c = parser_client(p);
-    /* llhttp 8 accepts obsolete line folding: it passes the continuation
-     * line as another piece of the value, starting right after the LF. A
-     * value never otherwise starts after one (it follows ':' and OWS), so
-     * this is how a fold is told from a value split across reads. RFC 9112
-     * 5.2 lets a server refuse folds with 400. */
-    char before = at > c->exec_base ? at[-1] : c->prev_byte;
-    if (before == '\n') {
+    if (is_fold(at, c->exec_base, c->prev_byte)) {
         c->error_status = 400;
         return -1;
     }
@@ -833,24 +1129,41 @@ static bool is_token(const char *s, size_t len)
     return true;
 }
 
-/* Whether `name` is one of the comma-separated tokens of `list` (the
- * Connection header's options, RFC 9110 7.6.1), ignoring case. */
-static bool is_listed(const struct stoke_buf *list, const char *name, size_t nl)
+/* RFC 9110 7.2 and RFC 3986 3.2.2: a Host (or an absolute-form target's
+ * authority) is a host, IP literal or name, and an optional port; no
+ * userinfo, path or whitespace. */
+static bool is_valid_host(const char *s, size_t len)
 {
-    const char *p = list->data, *end = list->data + list->len;
-    while (p < end) {
-        const char *comma = memchr(p, ',', (size_t)(end - p));
-        const char *tend = comma ? comma : end;
-        while (p < tend && (*p == ' ' || *p == '\t'))
-            p++;
-        const char *q = tend;
-        while (q > p && (q[-1] == ' ' || q[-1] == '\t'))
-            q--;
-        if ((size_t)(q - p) == nl && strncasecmp(p, name, nl) == 0)
-            return true;
-        p = tend + 1;
+    size_t i = 0;
+    if (len == 0)
+        return false;
+    if (s[0] == '[') {
+        for (i = 1; i < len && s[i] != ']'; i++) {
+            unsigned char ch = (unsigned char)s[i];
+            if (!(isxdigit(ch) || ch == ':' || ch == '.'))
+                return false;
+        }
+        if (i == len || i == 1)
+            return false;
+        i++;
+    } else {
+        for (; i < len && s[i] != ':'; i++) {
+            unsigned char ch = (unsigned char)s[i];
+            if (!(isalnum(ch) || (ch && strchr("-._~!$&'()*+,;=%", ch))))
+                return false;
+        }
+        if (i == 0)
+            return false;
     }
-    return false;
+    if (i == len)
+        return true;
+    if (s[i] != ':' || len - i - 1 > 5)
+        return false;
+    for (i++; i < len; i++) {
+        if (!isdigit((unsigned char)s[i]))
+            return false;
+    }
+    return true;
 }
 
 static void trim_value(struct stoke_buf *v)
@@ -880,13 +1193,19 @@ static int on_req_header_done(llhttp_t *p)
         return -1;
     }
     if (stoke_strieq(name, nl, "host")) {
-        if (c->host.len > 0 || c->value.len == 0) {
-            c->error_status = 400; /* several Host headers, or an empty one */
+        if (c->host.len > 0 || !is_valid_host(val, c->value.len)) {
+            c->error_status = 400; /* several Host headers, or a bad one */
             return -1;
         }
         r = stoke_buf_append(&c->host, val, c->value.len);
     } else if (stoke_strieq(name, nl, "x-forwarded-for")) {
-        r = stoke_buf_printf(&c->xff, "%s%s", c->xff.len ? ", " : "", val);
+        /* A client's own claim is dropped: the replica sees the peer's
+         * address alone, unless the peer is a trusted proxy. */
+        if (c->trusted)
+            r = stoke_buf_printf(&c->xff, "%s%s", c->xff.len ? ", " : "", val);
+    } else if (!c->trusted &&
+               (stoke_strieq(name, nl, "forwarded") || stoke_strieq(name, nl, "x-real-ip"))) {
+        /* dropped: claims about the client only a trusted proxy may make */
     } else if (stoke_strieq(name, nl, "expect")) {
         if (strcasecmp(val, "100-continue") != 0) {
             c->error_status = 417;
@@ -925,6 +1244,41 @@ static int on_req_header_done(llhttp_t *p)
     return 0;
 }
 
+/* An absolute-form target ("http://host:port/path?q", RFC 9112 3.2.2):
+ * its authority replaces the Host header, which it must match in form, and
+ * the target becomes the origin-form rest. Returns 0 or -EINVAL. */
+static int absolute_form(struct client *c)
+{
+    const char *u = c->url.data;
+    size_t n = c->url.len, skip;
+    if (n > 7 && strncasecmp(u, "http://", 7) == 0)
+        skip = 7;
+    else if (n > 8 && strncasecmp(u, "https://", 8) == 0)
+        skip = 8;
+    else
+        return -EINVAL;
+    const char *auth = u + skip, *end = u + n, *rest = auth;
+    while (rest < end && *rest != '/' && *rest != '?')
+        rest++;
+    if (!is_valid_host(auth, (size_t)(rest - auth)))
+        return -EINVAL;
+    stoke_buf_clear(&c->host);
+    struct stoke_buf path;
+    stoke_buf_init(&path, c->url.limit);
+    int r = stoke_buf_append(&c->host, auth, (size_t)(rest - auth));
+    if (r == 0)
+        r = buf_cat(&path, *rest == '/' ? "" : "/", (char *)NULL);
+    if (r == 0)
+        r = stoke_buf_append(&path, rest, (size_t)(end - rest));
+    if (r < 0) {
+        stoke_buf_done(&path);
+        return -EINVAL;
+    }
+    stoke_buf_done(&c->url);
+    c->url = path;
+    return 0;
+}
+
 static int on_req_headers_complete(llhttp_t *p)
 {
     struct client *c = parser_client(p);
@@ -948,9 +1302,13 @@ static int on_req_headers_complete(llhttp_t *p)
         c->error_status = 501; /* no tunnels: this is not a forward proxy */
         return -1;
     }
-    if (c->url.len == 0 || c->url.data[0] != '/') {
-        /* Only origin-form: absolute-form is for forward proxies, and
-         * asterisk-form (OPTIONS *) names no function. */
+    if (c->url.len > 0 && c->url.data[0] != '/' && absolute_form(c) < 0) {
+        /* Origin-form or absolute-form only: authority-form is CONNECT's,
+         * and asterisk-form (OPTIONS *) names no function. */
+        c->error_status = 400;
+        return -1;
+    }
+    if (c->url.len == 0) {
         c->error_status = 400;
         return -1;
     }
@@ -989,7 +1347,7 @@ static void client_resume_reading(struct client *c)
         c->read_stopped = false;
         uv_read_start((uv_stream_t *)&c->tcp, read_alloc, on_client_read);
         uint64_t t = c->px->cfg.header_timeout_ms;
-        if (c->in_body)
+        if (c->in_body && !c->response_started)
             uv_timer_start(&c->body_timer, on_idle_timeout, t, t);
     }
 }
@@ -1066,11 +1424,22 @@ static int on_req_body(llhttp_t *p, const char *at, size_t len)
         c->error_status = 413;
         return -1;
     }
-    uv_timer_again(&c->body_timer);
+    if (!c->response_started)
+        uv_timer_again(&c->body_timer);
+    if ((p->flags & F_CHUNKED) && !chunk_data(&c->chunk, at, len, c->exec_end)) {
+        c->error_status = 400;
+        return -1;
+    }
     if (stoke_buf_append(&c->hold, at, len) < 0) {
         c->error_status = 413;
         return -1;
     }
+    return 0;
+}
+
+static int on_req_chunk_header(llhttp_t *p)
+{
+    chunk_header(&parser_client(p)->chunk, p);
     return 0;
 }
 
@@ -1107,6 +1476,7 @@ static void request_reset(struct client *c)
     c->error_status = 0;
     c->expect_continue = false;
     c->chunked_seen = false;
+    c->chunk = (struct chunk_check){0};
     c->dispatched = false;
     c->in_body = false;
     c->has_body = false;
@@ -1206,7 +1576,7 @@ static void client_close(struct client *c)
 static void on_idle_timeout(uv_timer_t *t)
 {
     struct client *c = t->data;
-    if (c->state == C_HEAD || c->in_body) {
+    if (c->state == C_HEAD || (c->in_body && c->state != C_FLUSH && c->state != C_LINGER)) {
         /* A slow sender: closed, and a replica that got part of the
          * request sees its connection close too. */
         client_log(c, NULL, STOKE_LOG_DEBUG, 0, "client timed out sending a request");
@@ -1217,11 +1587,24 @@ static void on_idle_timeout(uv_timer_t *t)
 
 static void tunnel_client_read(struct client *c, ssize_t nread, const uv_buf_t *buf);
 
+/* Whether the client is behind on reading its answers: past this, nothing
+ * more is read or parsed from it until they drain (see on_client_write). */
+static bool client_backlogged(struct client *c)
+{
+    return uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) > WRITE_HIGH_WATER;
+}
+
 static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     struct client *c = s->data;
     if (c->state == C_TUNNEL) {
         tunnel_client_read(c, nread, buf);
+        return;
+    }
+    if (c->state == C_LINGER) {
+        c->lingered += nread > 0 ? (size_t)nread : 0;
+        if (nread < 0 || c->lingered > LINGER_MAX_BYTES)
+            client_close(c);
         return;
     }
     if (nread < 0) {
@@ -1233,37 +1616,72 @@ static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (nread > 0) {
         if (c->state == C_IDLE || c->state == C_HEAD ||
             (c->in_body && (c->state == C_QUEUED || c->state == C_UPSTREAM))) {
-            client_parse(c, buf->base, (size_t)nread);
-            if (c->in_body && c->state != C_CLOSED && request_pump(c) < 0) {
+            /* Parsed in place; what follows a complete request is held
+             * until its answer is out (client_drive() parses it then). */
+            c->driving = true;
+            size_t used = client_parse(c, buf->base, (size_t)nread);
+            c->driving = false;
+            if (c->state == C_CLOSED || c->state == C_FLUSH || c->state == C_LINGER)
+                return;
+            if (used < (size_t)nread &&
+                stoke_buf_append(&c->in, buf->base + used, (size_t)nread - used) < 0) {
+                client_close(c);
+                return;
+            }
+            if (c->in_body && request_pump(c) < 0) {
                 send_error(c, 502, true);
-            } else if (c->in_body && c->state != C_CLOSED &&
+            } else if (c->in_body &&
                        (c->hold.len > BODY_HOLD ||
                         (c->up && uv_stream_get_write_queue_size((uv_stream_t *)&c->up->tcp) >
                                       WRITE_HIGH_WATER))) {
                 /* Backpressure: the replica, or the wait for one, holds
                  * enough of this body for now. */
                 client_stop_reading(c);
+            } else {
+                client_drive(c);
             }
         } else if (c->state != C_FLUSH && c->state != C_CLOSED) {
             /* Pipelined bytes while a request is busy: hold them, bounded. */
             if (stoke_buf_append(&c->in, buf->base, (size_t)nread) < 0 ||
-                c->in.len >= MAX_PENDING_INPUT) {
-                uv_read_stop(s);
-                c->read_stopped = true;
-            }
+                c->in.len >= MAX_PENDING_INPUT)
+                client_stop_reading(c);
         }
     }
 }
 
-static void client_parse(struct client *c, const char *data, size_t len)
+/* The request is malformed at llhttp's method: an unknown method that is
+ * still a well-formed token ("FOO /x HTTP/1.1") is not a bad request but
+ * one this server does not implement (RFC 9110 9.1: 501). */
+static int bad_method_status(const char *data, size_t len)
 {
+    size_t i = 0;
+    while (i < len && (data[i] == '\r' || data[i] == '\n'))
+        i++;
+    size_t start = i;
+    for (; i < len && data[i] != ' '; i++) {
+        if (!is_token(data + i, 1))
+            return 400;
+    }
+    return i > start ? 501 : 400;
+}
+
+/* Parses client bytes: up to the end of a complete request (what follows
+ * waits for its answer) or all of them. Returns the bytes used. */
+static size_t client_parse(struct client *c, const char *data, size_t len)
+{
+    if (!chunk_start_read(&c->chunk, data, len)) {
+        client_log(c, NULL, STOKE_LOG_DEBUG, 0, "bad request (400): no CRLF after chunk data");
+        send_error(c, 400, true);
+        return len;
+    }
     c->exec_base = data;
+    c->exec_end = data + len;
     llhttp_errno_t err = llhttp_execute(&c->parser, data, len);
-    c->exec_base = NULL;
+    c->exec_base = c->exec_end = NULL;
     if (err == HPE_OK) {
         if (len > 0)
             c->prev_byte = data[len - 1];
-        return;
+        return len;
     }
     c->prev_byte = '\0'; /* a request ended: held bytes start the next */
     if (err == HPE_PAUSED) {
@@ -1274,27 +1692,60 @@ static void client_parse(struct client *c, const char *data, size_t len)
              * body to wherever it went (an error answer closes). */
             dispatch(c);
             if (c->state != C_QUEUED && c->state != C_UPSTREAM)
-                return;
+                return len;
             llhttp_resume(&c->parser);
-            if (used < len)
-                client_parse(c, data + used, len - used);
-            return;
+            return used < len ? used + client_parse(c, data + used, len - used) : len;
         }
         /* A request is complete: what follows waits for its answer. */
-        if (used < len && stoke_buf_append(&c->in, data + used, len - used) < 0) {
-            client_close(c);
-            return;
-        }
         if (!c->dispatched)
             dispatch(c);
         else if (request_pump(c) < 0)
             send_error(c, 502, true);
-        return;
+        return used;
     }
     int status = c->error_status ? c->error_status : 400;
+    if (err == HPE_INVALID_METHOD)
+        status = bad_method_status(data, len);
     client_log(c, NULL, STOKE_LOG_DEBUG, 0, "bad request (%d): %s", status,
                llhttp_get_error_reason(&c->parser));
     send_error(c, status, true);
+    return len;
+}
+
+/* Parses the held input while the connection is between requests and the
+ * client keeps up with its answers: a loop, so that a thousand pipelined
+ * requests answered at once (errors, say) take no stack and no more memory
+ * than the write high-water mark. Then reads on, or not, by the same rule. */
+static void client_drive(struct client *c)
+{
+    if (c->driving)
+        return; /* a caller up the stack runs the loop */
+    c->driving = true;
+    while (c->state == C_IDLE && c->in_off < c->in.len && !client_backlogged(c)) {
+        size_t used = client_parse(c, c->in.data + c->in_off, c->in.len - c->in_off);
+        c->in_off += used;
+        if (used == 0)
+            break; /* the parser took nothing: waits on something else */
+    }
+    c->driving = false;
+    if (c->in_off > 0) {
+        stoke_buf_consume(&c->in, c->in_off);
+        c->in_off = 0;
+    }
+    if (c->state == C_CLOSED || c->state == C_FLUSH || c->state == C_LINGER)
+        return;
+    if (c->in_body) {
+        if (c->hold.len <= BODY_HOLD)
+            client_resume_reading(c);
+    } else if (!client_backlogged(c) && c->in.len < MAX_PENDING_INPUT) {
+        if (c->read_stopped) {
+            c->read_stopped = false;
+            uv_read_start((uv_stream_t *)&c->tcp, read_alloc, on_client_read);
+        }
+    } else if (!c->read_stopped) {
+        c->read_stopped = true;
+        uv_read_stop((uv_stream_t *)&c->tcp);
+    }
 }
 
 /* Called when the answer to the current request is fully queued for
@@ -1313,17 +1764,7 @@ static void client_finish_request(struct client *c)
         llhttp_reset(&c->parser);
     else
         llhttp_resume(&c->parser);
-
-    if (c->in.len > 0) {
-        size_t n;
-        char *held = stoke_buf_steal(&c->in, &n);
-        client_parse(c, held, n);
-        free(held);
-    }
-    if (c->state != C_CLOSED && c->state != C_FLUSH && c->read_stopped) {
-        c->read_stopped = false;
-        uv_read_start((uv_stream_t *)&c->tcp, read_alloc, on_client_read);
-    }
+    client_drive(c);
 }
 
 static struct client *client_new(struct proxy *px)
@@ -1383,6 +1824,7 @@ static void client_start(struct client *c)
             uv_ip4_name((struct sockaddr_in *)&ss, c->ip, sizeof(c->ip));
         else if (ss.ss_family == AF_INET6)
             uv_ip6_name((struct sockaddr_in6 *)&ss, c->ip, sizeof(c->ip));
+        c->trusted = peer_trusted(&px->cfg, &ss);
     }
     timer_start(c, on_idle_timeout, px->cfg.idle_timeout_ms);
     if (uv_read_start((uv_stream_t *)&c->tcp, read_alloc, on_client_read) < 0)
@@ -1410,7 +1852,7 @@ bool proxy_busy(const struct proxy *px)
 {
     for (const struct stoke_list *it = px->clients.next; it != &px->clients; it = it->next) {
         const struct client *c = stoke_container_of(it, struct client, node);
-        bool waits_on_client = c->state == C_IDLE || c->state == C_HEAD ||
+        bool waits_on_client = c->state == C_IDLE || c->state == C_HEAD || c->state == C_LINGER ||
                                (c->state == C_TUNNEL && !c->read_stopped) ||
                                (c->in_body && !c->read_stopped && c->state != C_QUEUED);
         if (c->pending_writes > 0 || !waits_on_client)
@@ -1510,28 +1952,6 @@ static void route_request(struct client *c, struct endpoint *avoid)
     upstream_send(c, ep);
 }
 
-/* Appends the client's end-to-end headers ("Name: value\r\n" lines), less
- * those its Connection header named as hop-by-hop (RFC 9110 7.6.1). */
-static int append_headers(struct client *c, struct stoke_buf *o)
-{
-    if (c->headers.len == 0)
-        return 0;
-    if (c->conn_tokens.len == 0)
-        return stoke_buf_append(o, c->headers.data, c->headers.len);
-    const char *p = c->headers.data, *end = c->headers.data + c->headers.len;
-    int r = 0;
-    while (r == 0 && p < end) {
-        const char *colon = memchr(p, ':', (size_t)(end - p));
-        const char *eol = memchr(p, '\n', (size_t)(end - p));
-        if (!colon || !eol)
-            break;
-        if (!is_listed(&c->conn_tokens, p, (size_t)(colon - p)))
-            r = stoke_buf_append(o, p, (size_t)(eol + 1 - p));
-        p = eol + 1;
-    }
-    return r;
-}
-
 static int build_upstream_request(struct client *c, const char *fn_name, const char *path,
                                   size_t path_len)
 {
@@ -1557,7 +1977,7 @@ static int build_upstream_request(struct client *c, const char *fn_name, const c
     if (r == 0 && c->host.len)
         r = buf_cat(o, "X-Forwarded-Host: ", c->host.data, "\r\n", (char *)NULL);
     if (r == 0)
-        r = append_headers(c, o);
+        r = append_filtered(o, &c->headers, &c->conn_tokens);
     if (r == 0)
         r = buf_cat(o, "X-Forwarded-For: ", c->xff.len ? c->xff.data : "", c->xff.len ? ", " : "",
                     c->ip, "\r\nX-Forwarded-Proto: http\r\nX-Request-Id: ", c->request_id, "\r\n",
@@ -1578,16 +1998,26 @@ static void dispatch(struct client *c)
 
     c->state = C_BODY; /* not idle: held bytes wait until this request ends */
     c->dispatched = true;
-    if (stoke_route_match(c->host.data, c->host.len, c->url.data ? c->url.data : "", c->url.len,
-                          px->cfg.domain, &name, &name_len, &path, &path_len) < 0 ||
-        name_len > STOKE_NAME_MAX) {
-        send_error(c, 404, false);
-        return;
+    /* A Host that names a function is that function's origin: its path is
+     * its own, never routed to another function by /fn/<name>/ (which
+     * would hand it this origin's cookies). Path routing is for other
+     * Hosts only. */
+    struct fn *fn = NULL;
+    const char *url = c->url.data ? c->url.data : "";
+    for (int by_host = 1; by_host >= 0 && !fn; by_host--) {
+        if (stoke_route_match(c->host.data, c->host.len, url, by_host ? 0 : c->url.len,
+                              px->cfg.domain, &name, &name_len, &path, &path_len) < 0 ||
+            name_len > STOKE_NAME_MAX)
+            continue;
+        for (size_t i = 0; i < name_len; i++)
+            lname[i] = (char)((name[i] >= 'A' && name[i] <= 'Z') ? name[i] + 32 : name[i]);
+        lname[name_len] = '\0';
+        fn = fn_find(px, lname);
+        if (by_host) {
+            path = url;
+            path_len = c->url.len;
+        }
     }
-    for (size_t i = 0; i < name_len; i++)
-        lname[i] = (char)((name[i] >= 'A' && name[i] <= 'Z') ? name[i] + 32 : name[i]);
-    lname[name_len] = '\0';
-    struct fn *fn = fn_find(px, lname);
     if (!fn) {
         send_error(c, 404, false);
         return;
@@ -1663,6 +2093,7 @@ static void on_upstream_handle_closed(uv_handle_t *h)
     stoke_buf_done(&up->value);
     stoke_buf_done(&up->head);
     stoke_buf_done(&up->upgrade);
+    stoke_buf_done(&up->conn_tokens);
     endpoint_unref(up->ep);
     free(up);
     proxy_handle_closed(px);
@@ -1809,6 +2240,7 @@ static struct upstream *upstream_new(struct proxy *px, struct endpoint *ep)
     stoke_buf_init(&up->value, px->cfg.max_header_bytes * 4);
     stoke_buf_init(&up->head, px->cfg.max_header_bytes * 4);
     stoke_buf_init(&up->upgrade, px->cfg.max_header_bytes);
+    stoke_buf_init(&up->conn_tokens, px->cfg.max_header_bytes);
     return up;
 }
 
@@ -1969,6 +2401,8 @@ static void tunnel_client_read(struct client *c, ssize_t nread, const uv_buf_t *
         return;
     }
     uv_buf_t b = uv_buf_init(buf->base, (unsigned)nread);
+    if (nread > 0)
+        uv_timer_again(&c->timer);
     int r = nread > 0 ? upstream_writev(up, &b, 1) : 0;
     if (r < 0)
         client_close(c);
@@ -1989,6 +2423,8 @@ static void tunnel_upstream_read(struct upstream *up, ssize_t nread, const uv_bu
         client_close(c);
         return;
     }
+    if (nread > 0)
+        uv_timer_again(&c->timer);
     int r = nread > 0 ? client_write(c, buf->base, (size_t)nread) : 0;
     if (r < 0) {
         client_close(c);
@@ -2006,15 +2442,18 @@ static void tunnel_start(struct upstream *up, const char *rest, size_t n)
     struct client *c = up->c;
     c->state = C_TUNNEL;
     c->status = 101; /* counted when the tunnel ends */
-    uv_timer_stop(&c->timer);
+    /* Closed when no byte passes either way for the idle timeout. */
+    uint64_t idle = c->px->cfg.idle_timeout_ms;
+    uv_timer_start(&c->timer, on_idle_timeout, idle, idle);
     if (n > 0 && client_write(c, rest, n) < 0) {
         client_close(c);
         return;
     }
-    if (c->in.len > 0) {
-        uv_buf_t b = uv_buf_init(c->in.data, (unsigned)c->in.len);
+    if (c->in.len > c->in_off) {
+        uv_buf_t b = uv_buf_init(c->in.data + c->in_off, (unsigned)(c->in.len - c->in_off));
         int r = upstream_writev(up, &b, 1);
         stoke_buf_done(&c->in);
+        c->in_off = 0;
         if (r < 0) {
             client_close(c);
             return;
@@ -2040,7 +2479,10 @@ static void on_upstream_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     if (nread < 0) {
-        if (nread == UV_EOF && up->got_bytes && llhttp_finish(&up->parser) == HPE_OK && up->done) {
+        /* llhttp_finish() passes on_resp_complete()'s pause on. */
+        llhttp_errno_t fe =
+            nread == UV_EOF && up->got_bytes ? llhttp_finish(&up->parser) : HPE_USER;
+        if ((fe == HPE_OK || fe == HPE_PAUSED) && up->done) {
             response_done(up, false); /* a response delimited by close */
             return;
         }
@@ -2054,8 +2496,17 @@ static void on_upstream_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     /* The client's memory outlives this call even if it is closed meanwhile
      * (it is freed in its close callback, on a later loop turn). */
     struct client *c = up->c;
+    if (!chunk_start_read(&up->chunk, buf->base, (size_t)nread)) {
+        client_log(c, up->ep->fn->cfg.name, STOKE_LOG_WARN, -EPROTO,
+                   "bad response from replica: no CRLF after chunk data");
+        upstream_failed(up, -EPROTO);
+        return;
+    }
     c->batching = true;
+    up->exec_base = buf->base;
+    up->exec_end = buf->base + nread;
     llhttp_errno_t err = llhttp_execute(&up->parser, buf->base, (size_t)nread);
+    up->prev_byte = buf->base[nread - 1];
     const char *pos = llhttp_get_error_pos(&up->parser);
     /* Bytes after the response are a protocol error: do not reuse. */
     bool clean = err == HPE_PAUSED && pos == buf->base + nread;
@@ -2102,7 +2553,9 @@ static int on_resp_begin(llhttp_t *p)
     stoke_buf_clear(&up->reason);
     stoke_buf_clear(&up->head);
     stoke_buf_clear(&up->upgrade);
+    stoke_buf_clear(&up->conn_tokens);
     up->has_request_id = false;
+    up->chunk = (struct chunk_check){0};
     stoke_buf_clear(&up->field);
     stoke_buf_clear(&up->value);
     return 0;
@@ -2123,6 +2576,8 @@ static int on_resp_field(llhttp_t *p, const char *at, size_t len)
 static int on_resp_value(llhttp_t *p, const char *at, size_t len)
 {
     struct upstream *up = p->data;
+    if (is_fold(at, up->exec_base, up->prev_byte))
+        return -1;
     return stoke_buf_append(&up->value, at, len) < 0 ? -1 : 0;
 }
 
@@ -2145,7 +2600,12 @@ static int on_resp_header_done(llhttp_t *p)
     int r = 0;
     const char *name = up->field.data ? up->field.data : "";
     trim_value(&up->value);
-    if (stoke_strieq(name, up->field.len, "upgrade"))
+    if (!is_token(name, up->field.len))
+        return -1;
+    if (stoke_strieq(name, up->field.len, "connection"))
+        r = stoke_buf_printf(&up->conn_tokens, "%s%s", up->conn_tokens.len ? "," : "",
+                             up->value.data ? up->value.data : "");
+    else if (stoke_strieq(name, up->field.len, "upgrade"))
         r = stoke_buf_printf(&up->upgrade, "%s%s", up->upgrade.len ? ", " : "",
                              up->value.data ? up->value.data : "");
     else if (!is_dropped_response_header(name, up->field.len))
@@ -2165,6 +2625,18 @@ static int on_resp_headers_complete(llhttp_t *p)
     int status = llhttp_get_status_code(p);
     if (!c)
         return -1;
+    if (up->conn_tokens.len > 0) {
+        /* Headers the replica's Connection header named are hop-by-hop. */
+        struct stoke_buf kept;
+        stoke_buf_init(&kept, up->head.limit);
+        if (append_filtered(&kept, &up->head, &up->conn_tokens) < 0) {
+            stoke_buf_done(&kept);
+            return -1;
+        }
+        stoke_buf_done(&up->head);
+        up->head = kept;
+        stoke_buf_clear(&up->conn_tokens);
+    }
     char line[128];
     int ll = snprintf(line, sizeof(line), "HTTP/1.1 %d %.80s\r\n", status,
                       up->reason.data ? up->reason.data : "");
@@ -2187,8 +2659,13 @@ static int on_resp_headers_complete(llhttp_t *p)
                              uv_buf_init(up->head.data, (unsigned)up->head.len)};
         return r < 0 || client_writev(c, parts, 2) < 0 ? -1 : 0;
     }
-    if (c->in_body)
-        c->close_after = true; /* answered before the whole body came */
+    if (c->in_body) {
+        /* Answered before the whole body came: the connection closes after
+         * the answer, and the client may stop sending to read it (its
+         * pace is now the request deadline's, not the body timer's). */
+        c->close_after = true;
+        uv_timer_stop(&c->body_timer);
+    }
     c->status = status;
     bool chunked = (p->flags & F_CHUNKED) != 0;
     bool has_length = (p->flags & F_CONTENT_LENGTH) != 0;
@@ -2204,8 +2681,9 @@ static int on_resp_headers_complete(llhttp_t *p)
     } else if (!has_length && !bodyless) {
         c->close_after = true;
     }
-    if (r == 0 && (!c->keep_alive || c->close_after))
-        r = stoke_buf_append(&up->head, "Connection: close\r\n", 19);
+    if (r == 0)
+        r = buf_cat(&up->head, connection_header(c, !c->keep_alive || c->close_after),
+                    (char *)NULL);
     if (r == 0 && !up->has_request_id)
         r = buf_cat(&up->head, "X-Request-Id: ", c->request_id, "\r\n", (char *)NULL);
     if (r == 0)
@@ -2222,7 +2700,7 @@ static int on_resp_body(llhttp_t *p, const char *at, size_t len)
 {
     struct upstream *up = p->data;
     struct client *c = up->c;
-    if (!c)
+    if (!c || ((p->flags & F_CHUNKED) && !chunk_data(&up->chunk, at, len, up->exec_end)))
         return -1;
     if (!up->rechunk)
         return client_write(c, at, len) < 0 ? -1 : 0;
@@ -2231,6 +2709,12 @@ static int on_resp_body(llhttp_t *p, const char *at, size_t len)
     uv_buf_t parts[3] = {uv_buf_init(size, (unsigned)n), uv_buf_init((char *)at, (unsigned)len),
                          uv_buf_init("\r\n", 2)};
     return client_writev(c, parts, 3) < 0 ? -1 : 0;
+}
+
+static int on_resp_chunk_header(llhttp_t *p)
+{
+    chunk_header(&((struct upstream *)p->data)->chunk, p);
+    return 0;
 }
 
 static int on_resp_complete(llhttp_t *p)
@@ -2296,6 +2780,7 @@ int proxy_new(uv_loop_t *loop, const struct proxy_config *cfg, const struct prox
     px->req_settings.on_header_value_complete = on_req_header_done;
     px->req_settings.on_headers_complete = on_req_headers_complete;
     px->req_settings.on_body = on_req_body;
+    px->req_settings.on_chunk_header = on_req_chunk_header;
     px->req_settings.on_message_complete = on_req_complete;
 
     llhttp_settings_init(&px->resp_settings);
@@ -2306,6 +2791,7 @@ int proxy_new(uv_loop_t *loop, const struct proxy_config *cfg, const struct prox
     px->resp_settings.on_header_value_complete = on_resp_header_done;
     px->resp_settings.on_headers_complete = on_resp_headers_complete;
     px->resp_settings.on_body = on_resp_body;
+    px->resp_settings.on_chunk_header = on_resp_chunk_header;
     px->resp_settings.on_message_complete = on_resp_complete;
 
     uv_tcp_init(loop, &px->listener);

@@ -21,6 +21,8 @@
 #include "stoke/routes.h"
 #include "stoke/util.h"
 
+#define PROXY_MAX_TRUSTED 32
+
 struct proxy_config {
     struct stoke_addr listen;
     const char *domain;          /* Host routing: <name>.<domain>; borrowed */
@@ -33,7 +35,21 @@ struct proxy_config {
     uint32_t max_idle_upstream;  /* idle pooled connections per replica */
     bool reuse_port;             /* SO_REUSEPORT: several workers share the port */
     bool access_log;             /* a log line per request (info level) */
+    /* Peers whose forwarding headers (X-Forwarded-For, Forwarded,
+     * X-Real-IP) are passed on; from anyone else they are replaced or
+     * dropped. */
+    struct proxy_cidr {
+        int family;          /* AF_INET or AF_INET6 */
+        unsigned char a[16]; /* the network, host bits zero */
+        unsigned bits;
+    } trusted[PROXY_MAX_TRUSTED];
+    size_t n_trusted;
 };
+
+/* Adds the comma-separated "IP[/bits]" networks of `list` to
+ * cfg->trusted. Returns 0 or -EINVAL (a bad entry, or more than
+ * PROXY_MAX_TRUSTED in all). */
+int proxy_parse_trusted(const char *list, struct proxy_config *cfg);
 
 void proxy_config_defaults(struct proxy_config *cfg);
 

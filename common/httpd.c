@@ -37,6 +37,16 @@
 #define LINGER_MS 2000
 #define LINGER_MAX_BYTES (4u << 20)
 
+/* TCP connections that have not yet sent an accepted request (authenticated,
+ * with a token) are "unproven" (the unix socket's mode vouches for its
+ * clients): at most a quarter of max_conns of them (at
+ * least 1), the oldest closed when a new one would pass that, and each has
+ * at most UNPROVEN_TIMEOUT_MS to send its head. So clients holding
+ * connections open without a token can neither fill the server nor keep a
+ * new client out for long; the rest of max_conns is for proven ones. */
+#define UNPROVEN_SHARE 4
+#define UNPROVEN_TIMEOUT_MS 5000
+
 struct stoke_httpd {
     uv_loop_t *loop;
     uv_pipe_t ux;
@@ -50,6 +60,8 @@ struct stoke_httpd {
     llhttp_settings_t settings;
     struct stoke_list conns;
     unsigned n_conns;
+    struct stoke_list unproven; /* oldest first */
+    unsigned n_unproven;
     int handles;
     bool closing;
 };
@@ -67,6 +79,8 @@ struct conn {
     int handles;
     struct stoke_httpd *s;
     struct stoke_list node;
+    struct stoke_list unode; /* s->unproven until a request is accepted */
+    bool proven;
     bool is_tcp;
     bool needs_auth; /* over TCP with a token */
     llhttp_t parser;
@@ -204,6 +218,10 @@ static void conn_close(struct conn *c)
     }
     stoke_list_remove(&c->node);
     c->s->n_conns--;
+    if (!c->proven) {
+        stoke_list_remove(&c->unode);
+        c->s->n_unproven--;
+    }
     uv_close((uv_handle_t *)&c->timer, on_conn_handle_closed);
     uv_close(&c->io.handle, on_conn_handle_closed);
 }
@@ -211,6 +229,23 @@ static void conn_close(struct conn *c)
 static void on_timeout(uv_timer_t *t)
 {
     conn_close(t->data);
+}
+
+/* A head timeout: shorter for a connection not yet proven. */
+static uint64_t head_time(const struct conn *c, uint64_t ms)
+{
+    return c->proven || ms < UNPROVEN_TIMEOUT_MS ? ms : UNPROVEN_TIMEOUT_MS;
+}
+
+/* A request of c's passed the token (or needed none): c has the full
+ * budget from now on. */
+static void conn_prove(struct conn *c)
+{
+    if (c->proven)
+        return;
+    c->proven = true;
+    stoke_list_remove(&c->unode);
+    c->s->n_unproven--;
 }
 
 /* A failed write: closing now could run on_abort inside the handler's own
@@ -567,7 +602,7 @@ static int on_begin(llhttp_t *p)
     c->n_auth = 0;
     c->head_bytes = 0;
     c->error = 0;
-    uv_timer_start(&c->timer, on_timeout, c->s->cfg.limits.head_timeout_ms, 0);
+    uv_timer_start(&c->timer, on_timeout, head_time(c, c->s->cfg.limits.head_timeout_ms), 0);
     return 0;
 }
 
@@ -693,6 +728,7 @@ static int on_headers_complete(llhttp_t *p)
         if (why)
             return parse_error(c, 401, "Authorization", "%s", why);
     }
+    conn_prove(c);
     bool chunked = (p->flags & F_CHUNKED) != 0;
     bool has_length = (p->flags & F_CONTENT_LENGTH) != 0;
     bool has_body = chunked || (has_length && p->content_length > 0);
@@ -844,6 +880,13 @@ static struct conn *conn_new(struct stoke_httpd *s, bool tcp_handle, bool is_tcp
     s->handles++;
     stoke_list_insert_tail(&s->conns, &c->node);
     s->n_conns++;
+    /* A unix socket's mode is its clients' proof; over TCP, a request is. */
+    c->proven = !is_tcp;
+    stoke_list_init(&c->unode);
+    if (!c->proven) {
+        stoke_list_insert_tail(&s->unproven, &c->unode);
+        s->n_unproven++;
+    }
     stoke_buf_init(&c->url, s->cfg.limits.max_head);
     stoke_buf_init(&c->body, s->cfg.limits.max_body);
     stoke_buf_init(&c->auth, 4096);
@@ -861,8 +904,24 @@ static int conn_start(struct conn *c)
     if (r < 0)
         return r;
     c->reading = true;
-    uv_timer_start(&c->timer, on_timeout, c->s->cfg.limits.first_timeout_ms, 0);
+    uv_timer_start(&c->timer, on_timeout, head_time(c, c->s->cfg.limits.first_timeout_ms), 0);
     return 0;
+}
+
+/* Makes room for a new connection (counted already): the oldest unproven
+ * one goes when they pass their share, or when all connections are taken.
+ * Returns false when there is no room (every other one is proven). */
+static bool make_room(struct stoke_httpd *s)
+{
+    unsigned max = s->cfg.limits.max_conns;
+    unsigned share = max / UNPROVEN_SHARE ? max / UNPROVEN_SHARE : 1;
+    while (s->n_unproven > share || s->n_conns > max) {
+        struct conn *old = stoke_container_of(stoke_list_first(&s->unproven), struct conn, unode);
+        if (s->n_unproven <= 1)
+            return false; /* only the new one: the rest are proven */
+        conn_close(old);
+    }
+    return true;
 }
 
 static void on_accept(uv_stream_t *server, int status)
@@ -874,8 +933,7 @@ static void on_accept(uv_stream_t *server, int status)
     struct conn *c = conn_new(s, tcp, tcp);
     if (!c)
         return;
-    if (uv_accept(server, &c->io.stream) < 0 || s->n_conns > s->cfg.limits.max_conns ||
-        conn_start(c) < 0)
+    if (uv_accept(server, &c->io.stream) < 0 || !make_room(s) || conn_start(c) < 0)
         conn_close(c);
 }
 
@@ -993,6 +1051,7 @@ int stoke_httpd_new(uv_loop_t *loop, const struct stoke_httpd_config *cfg, struc
     s->cfg.unix_path = s->cfg.token = s->cfg.headers = NULL;
     s->cfg.tcp = NULL;
     stoke_list_init(&s->conns);
+    stoke_list_init(&s->unproven);
     s->handles = 1; /* ours, until the end of this call or the close */
     llhttp_settings_init(&s->settings);
     s->settings.on_message_begin = on_begin;

@@ -317,6 +317,44 @@ def test_tcp_needs_the_bearer_token():
     s.stop()
 
 
+def test_tcp_unauthenticated_clients_cannot_lock_out():
+    """300 TCP connections that send no token (nothing at all, or half a
+    head) neither cut an authenticated client's keep-alive connection nor
+    keep a new authenticated client out: they share a quarter of the 256
+    connections, the oldest closed first, with 5 s for a head."""
+    port = free_port()
+    token = "s3cret-token-0123456789abcdef"
+    s = Stoke("api-unauth")
+    tfile = write_token(s, token + "\n")
+    s.extra += ["--admin-listen", "127.0.0.1:%d" % port, "--admin-token-file", tfile]
+    s.start()
+    ask = b"GET /api/v1/version HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n\r\n" % (
+        token.encode())
+    hold = []
+    try:
+        kept = socket.create_connection(("127.0.0.1", port), 30)
+        kept.sendall(ask)
+        f = kept.makefile("rb")
+        assert read_answer(f)[0] == 200
+        for i in range(300):
+            c = socket.create_connection(("127.0.0.1", port), 30)
+            if i % 2:
+                c.sendall(b"GET /api/v1/functions HTTP/1.1\r\nHost: x\r\n")
+            hold.append(c)
+        time.sleep(0.3)
+        kept.sendall(ask)
+        assert read_answer(f)[0] == 200
+        fresh = socket.create_connection(("127.0.0.1", port), 30)
+        fresh.sendall(ask)
+        assert read_answer(fresh.makefile("rb"))[0] == 200
+        fresh.close()
+        kept.close()
+    finally:
+        for c in hold:
+            c.close()
+    s.stop()
+
+
 def test_concurrent_puts_leave_one_consistent_spec():
     s = Stoke("api-race").start()
     n = 20

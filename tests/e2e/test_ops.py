@@ -479,6 +479,48 @@ def test_ops_port_bad_input():
         act.stop()
 
 
+def test_ops_port_serves_while_idle_clients_hold_connections():
+    """Clients that open connections and send nothing (128, twice the ops
+    port's 64) neither cut a client that already made a request nor keep a
+    new one out: connections without an accepted request have their own
+    smaller budget, oldest closed first, and a short head timeout."""
+    act = Activator(routes(), ["--workers", "1"]).wait_ready()
+    idle = []
+    try:
+        kept = socket.create_connection(("127.0.0.1", act.ops), WAIT)
+        kept.settimeout(WAIT)
+
+        def ask(s):
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                d = s.recv(65536)
+                assert d, "connection closed"
+                buf += d
+            head, _, rest = buf.partition(b"\r\n\r\n")
+            n = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+            while len(rest) < n:
+                rest += s.recv(65536)
+            return int(head.split(b" ")[1])
+
+        assert ask(kept) == 200
+        for _ in range(128):
+            idle.append(socket.create_connection(("127.0.0.1", act.ops), WAIT))
+        time.sleep(0.2)
+        assert ask(kept) == 200
+        fresh = socket.create_connection(("127.0.0.1", act.ops), WAIT)
+        fresh.settimeout(WAIT)
+        try:
+            assert ask(fresh) == 200
+        finally:
+            fresh.close()
+        kept.close()
+    finally:
+        for s in idle:
+            s.close()
+        act.stop()
+
+
 def test_ops_listen_none():
     act = Activator(routes(), ["--workers", "2"], ops=False).wait_ready()
     try:

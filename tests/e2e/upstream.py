@@ -9,6 +9,14 @@ request's path asks for misbehaviour:
   /partial    send the head and half the body, then close
   /big        a 4 MiB body, written in 64 KiB pieces
   /slow       wait 0.5 s, then answer normally
+  /bigclose   a 4 MiB body without Content-Length, ended by closing
+  /early      answered (a 4 MiB body) as soon as the head is in, before
+              any of the request body is read; what follows is dropped
+  /upgrade    101 Switching Protocols, then every byte is echoed back
+  /badchunk   a chunked body whose first chunk's data runs past its size
+  /fold       a header folded over two lines
+  /badname    a header with a space before its colon
+  /connhdr    a header named hop-by-hop by the response's Connection header
 
 Any other path gets 200 with the body "ok <method> <path>\n". The activator
 forwards every request with a Content-Length (it reads bodies whole), so
@@ -128,6 +136,15 @@ class Upstream(ThreadedServer):
                     buf = rest
                     return
                 buf = head + b"\r\n\r\n" + rest  # a leftover if the body never ends
+                if head.split(b" ", 2)[1:2] == [b"/early"]:
+                    with self.lock:
+                        self.requests.append((n, head + b"\r\n\r\n"))
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % BIG +
+                                 b"e" * BIG)
+                    while conn.recv(65536):  # the body, unread: no reset for it
+                        pass
+                    buf = b""
+                    return
                 length, chunked = 0, False
                 for line in head.split(b"\r\n")[1:]:
                     k, _, v = line.partition(b":")
@@ -183,6 +200,25 @@ class Upstream(ThreadedServer):
         if p == b"/noclen":
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nread to close\n")
             return False
+        if p == b"/bigclose":
+            conn.sendall(b"HTTP/1.1 200 OK\r\n\r\n" + b"c" * BIG)
+            return False
+        bad = {b"/badchunk": b"Transfer-Encoding: chunked\r\n\r\n5\r\nhelloXY5\r\nworld\r\n0\r\n\r\n",
+               b"/fold": b"X-A: a\r\n b\r\nContent-Length: 2\r\n\r\nok",
+               b"/badname": b"X-A : a\r\nContent-Length: 2\r\n\r\nok",
+               b"/connhdr": b"Connection: X-Secret\r\nX-Secret: s\r\nX-Kept: k\r\n"
+                            b"Content-Length: 2\r\n\r\nok"}
+        if p in bad:
+            conn.sendall(b"HTTP/1.1 200 OK\r\n" + bad[p])
+            return p == b"/connhdr"
+        if p == b"/upgrade":
+            conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\n"
+                         b"Upgrade: test\r\n\r\n")
+            while True:
+                d = conn.recv(65536)
+                if not d:
+                    return False
+                conn.sendall(d)
         if p == b"/partial":
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 50)
             time.sleep(0.1)

@@ -2,7 +2,8 @@
 # Builds the libFuzzer targets with clang (ASan + UBSan) and runs each for
 # STOKE_FUZZ_SECONDS (default 30; twice that for fuzz_proxy, the activator's
 # request path) from its committed seed corpus
-# (tests/fuzz/corpus/<name>). New inputs go to a scratch directory; a crash
+# (tests/fuzz/corpus/<name>), with its dictionary (tests/fuzz/<name>.dict)
+# when there is one. New inputs go to a scratch directory; a crash
 # leaves its input in the build directory and fails the run.
 #
 # Usage: tests/fuzz/run.sh [target...]     (default: all)
@@ -27,8 +28,10 @@ for t in $targets; do
     secs=$seconds
     [ "$t" = proxy ] && secs=$((seconds * 2))
     echo "fuzz: fuzz_$t for ${secs}s"
+    dict=
+    [ -f "$root/tests/fuzz/$t.dict" ] && dict="-dict=$root/tests/fuzz/$t.dict"
     (cd "$build/tests/fuzz" && "./fuzz_$t" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 \
-        -print_final_stats=1 "$work" "$root/tests/fuzz/corpus/$t" 2>&1) |
+        -print_final_stats=1 $dict "$work" "$root/tests/fuzz/corpus/$t" 2>&1) |
         grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb|#[0-9]+ +DONE)|ERROR|SUMMARY' ||
         true
     rm -rf "$work"
