@@ -48,6 +48,7 @@ enum ftype {
     T_MEMORY,
     T_CPU,
     T_IDLE,
+    T_NETWORK,
     T_BOOL,
     T_MAP,
     T_ENV,
@@ -270,6 +271,14 @@ static int set_string(struct stoke__yaml *y, const struct field *f, int i, struc
         else
             return stoke__yaml_fail(y, i, NULL, "must be pause, stop or remove (found \"%.64s\")",
                                     text);
+        return 0;
+    case T_NETWORK:
+        if (strcmp(text, "bridge") == 0)
+            s->network = STOKE_NETWORK_BRIDGE;
+        else if (strcmp(text, "host") == 0)
+            s->network = STOKE_NETWORK_HOST;
+        else
+            return stoke__yaml_fail(y, i, NULL, "must be bridge or host (found \"%.64s\")", text);
         return 0;
     default:
         return 0;
@@ -502,6 +511,7 @@ static const struct field spec_fields[] = {
     {.key = "resources", .type = T_MAP, .sub = resources_fields},
     {.key = "readiness", .type = T_MAP, .sub = readiness_fields},
     TYPED_FIELD("readOnlyRootFilesystem", T_BOOL, read_only_rootfs, 0, 0),
+    TYPED_FIELD("network", T_NETWORK, network, 0, 0),
     {0},
 };
 
@@ -798,6 +808,11 @@ void stoke_spec_revision(const struct stoke_spec *spec, char out[17])
      * root with the next change of the spec). */
     if (!spec->read_only_rootfs)
         h = fnv_str(h, "rw");
+    /* Here the default counts: replicas of a revision from before the field
+     * existed ran on the host network, and a new controller replaces them
+     * (a rollout) rather than adopting them. Host keeps those revisions. */
+    if (spec->network == STOKE_NETWORK_BRIDGE)
+        h = fnv_str(h, "net:bridge");
     (void)snprintf(out, 17, "%016" PRIx64, h);
 }
 
