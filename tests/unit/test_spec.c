@@ -138,6 +138,7 @@ static void check_full(const struct stoke_spec *s)
     assert_int_equal(s->resources.pids, 64);
     assert_string_equal(s->readiness.path, "/healthz");
     assert_int_equal(s->readiness.period_ms, 250);
+    assert_int_equal(s->network, STOKE_NETWORK_HOST);
 }
 
 static void check_durations(const struct stoke_spec *s)
@@ -341,7 +342,8 @@ static const struct good_case good_cases[] = {
           "  queue: {max: 50, timeout: 5s}\n"
           "  resources: {memory: 256Mi, cpu: 1.5, pids: 64}\n"
           "  readiness: {path: /healthz, period: 250ms}\n"
-          "  readOnlyRootFilesystem: false\n",
+          "  readOnlyRootFilesystem: false\n"
+          "  network: host\n",
      check_full},
     {"warm tier bounds, boolean spellings",
      BASE "  scale: {stopAfter: 0s, removeAfter: 24h, precreated: 100}\n"
