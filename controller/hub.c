@@ -451,21 +451,24 @@ void hub_broadcast(struct hub *hub, const char *line, size_t len)
     struct stoke_list *n = hub->peers.next;
     while (n != &hub->peers) {
         struct peer *p = stoke_container_of(n, struct peer, node);
-        n = n->next; /* peer_send may drop p */
-        peer_send(p, line, len);
+        n = n->next;   /* peer_send may drop p */
+        if (p->authed) /* the others get it once they send the token */
+            peer_send(p, line, len);
     }
 }
 
 unsigned hub_activators(const struct hub *hub)
 {
-    return hub->n_peers;
+    return hub->n_peers - hub->n_pending;
 }
 
 bool hub_is_drained(const struct hub *hub, const char *addr, uint64_t gen)
 {
     for (const struct stoke_list *n = hub->peers.next; n != &hub->peers; n = n->next) {
         const struct peer *p = stoke_container_of(n, struct peer, node);
-        if (p->closing)
+        /* One that never sent the token has no routes: nothing to wait for
+         * (and it must not hold a drain up). */
+        if (p->closing || !p->authed)
             continue;
         if (p->gen < gen)
             return false;

@@ -41,6 +41,7 @@ int hub_new(uv_loop_t *loop, const struct stoke_addr *addr, const char *token,
  * and keeps it for those that connect later. */
 void hub_broadcast(struct hub *hub, const char *line, size_t len);
 
+/* Connected activators (on TCP: those that sent the token). */
 unsigned hub_activators(const struct hub *hub);
 
 /* True when every connected activator uses a route table of at least `gen`

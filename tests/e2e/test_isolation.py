@@ -197,8 +197,11 @@ def test_tcp_channel_needs_the_token():
         assert closed, data
         assert b'"op":"error"' in data and why in data, data
         assert b'"gen"' not in data, data  # no route table
-    # Saying nothing: closed after the hello's deadline, sent nothing.
+    # Saying nothing: closed after the hello's deadline, sent nothing, not
+    # even the route table broadcast meanwhile.
     with socket.create_connection(("127.0.0.1", s.ctl_port), 5) as c:
+        s.write_spec("other", scale={"min": 0, "initial": 0})
+        s.wait_log("activator", ": 2 functions", 20)
         data, closed = read_all(c, 15)
     assert closed and data == b"", data
     assert "sent no token in 5 s" in s.log("controller")
