@@ -61,8 +61,10 @@ struct hub {
     uv_timer_t reaper; /* TCP with a token: closes peers past their hello's deadline */
     struct stoke_list peers;
     unsigned n_peers;
-    unsigned n_pending; /* TCP peers yet to send the token */
-    char *last;         /* the last broadcast, sent to newcomers */
+    unsigned n_pending;         /* TCP peers yet to send the token */
+    uint64_t refused_logged_ms; /* the last refusal logged: at most one a second */
+    unsigned refused_quiet;     /* refusals since, not logged */
+    char *last;                 /* the last broadcast, sent to newcomers */
     size_t last_len;
     int handles;
     bool closing;
@@ -215,6 +217,22 @@ static void handle_drain(struct peer *p, json_object *msg)
 
 static void peer_send(struct peer *p, const char *line, size_t len);
 
+/* Logs a refused channel connection, at most once a second (anyone who can
+ * connect could fill the log otherwise), with how many went unlogged. */
+static void log_refusal(struct hub *hub, int err, const char *what)
+{
+    uint64_t now = uv_now(hub->loop);
+    if (hub->refused_logged_ms && now - hub->refused_logged_ms < 1000) {
+        hub->refused_quiet++;
+        return;
+    }
+    stoke_warn(NULL, err,
+               "channel connection %s; closing it (%u more refused since the last one logged)",
+               what, hub->refused_quiet);
+    hub->refused_logged_ms = now;
+    hub->refused_quiet = 0;
+}
+
 static void on_refused(uv_shutdown_t *req, int status)
 {
     struct peer *p = req->data;
@@ -249,7 +267,7 @@ static int authenticate(struct peer *p, const char *op, json_object *msg)
               stoke_token_equal(hub->token, json_object_get_string(t),
                                 (size_t)json_object_get_string_len(t));
     if (!ok) {
-        stoke_warn(NULL, -EACCES, "activator connection without the channel token; closing it");
+        log_refusal(hub, -EACCES, "without the channel token");
         peer_refuse(p, strcmp(op, "hello") == 0 && t
                            ? "wrong channel token"
                            : "the channel needs the controller's token (--channel-token-file)");
@@ -353,8 +371,7 @@ static void on_connection(uv_stream_t *server, int status)
         return;
     }
     if (!p->authed && hub->n_pending > AUTH_PENDING_MAX) {
-        stoke_warn(NULL, -EAGAIN, "over %d channel connections wait to send the token; closing one",
-                   AUTH_PENDING_MAX);
+        log_refusal(hub, -EAGAIN, "over the 64 waiting to send the token");
         peer_close(p);
         return;
     }
@@ -377,8 +394,7 @@ static void on_reap(uv_timer_t *t)
         struct peer *p = stoke_container_of(n, struct peer, node);
         n = n->next; /* peer_close takes p off the list */
         if (!p->authed && now - p->accepted_ms >= AUTH_TIMEOUT_MS) {
-            stoke_warn(NULL, -ETIMEDOUT, "channel connection sent no token in %d s; closing it",
-                       AUTH_TIMEOUT_MS / 1000);
+            log_refusal(hub, -ETIMEDOUT, "sent no token in 5 s");
             peer_close(p);
         }
     }
