@@ -19,6 +19,7 @@ struct ctl {
     uv_loop_t *loop;
     struct stoke_addr addr;
     char id[64];
+    char *token; /* NULL: none; wiped at free */
     struct proxy *px;
     union {
         uv_tcp_t tcp;
@@ -127,6 +128,10 @@ static void on_handle_closed(uv_handle_t *h)
         return;
     stoke_linebuf_done(&ctl->lines);
     stoke_buf_done(&ctl->msg);
+    if (ctl->token) {
+        explicit_bzero(ctl->token, strlen(ctl->token));
+        free(ctl->token);
+    }
     if (ctl->on_closed)
         ctl->on_closed(ctl->closed_data);
     free(ctl);
@@ -146,6 +151,17 @@ static int on_line(char *line, size_t len, void *data)
 {
     struct ctl *ctl = data;
     struct stoke_route_table t;
+    if (strncmp(line, "{\"op\":\"error\"", 13) == 0) {
+        /* The controller refuses this connection and closes it. */
+        json_object *o = json_tokener_parse(line);
+        json_object *m = NULL;
+        /* _get_ex lends m: valid while o lives. */
+        stoke_warn(NULL, -EACCES, "the controller refuses the channel: %s",
+                   o && json_object_object_get_ex(o, "message", &m) ? json_object_get_string(m)
+                                                                    : "?");
+        json_object_put(o);
+        return 0;
+    }
     int r = stoke_route_table_parse(line, len, &t);
     if (r < 0) {
         stoke_warn(NULL, r, "ignoring a bad message from the controller");
@@ -176,6 +192,27 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     free(buf->base);
 }
 
+/* {"op":"hello","activator":ID[,"token":T]}: the first line. */
+static void send_hello(struct ctl *ctl)
+{
+    json_object *o = json_object_new_object();
+    const char *text;
+    /* json_object_object_add steals the new strings; a NULL one is skipped
+     * and the hello goes without it (the controller then says what it
+     * misses). */
+    if (!o)
+        return;
+    (void)json_object_object_add(o, "op", json_object_new_string("hello"));
+    (void)json_object_object_add(o, "activator", json_object_new_string(ctl->id));
+    if (ctl->token)
+        (void)json_object_object_add(o, "token", json_object_new_string(ctl->token));
+    text = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN);
+    if (text)
+        ctl_send(ctl, text, strlen(text));
+    /* The copy json-c made of the token dies with o. */
+    json_object_put(o);
+}
+
 static void on_connected(uv_connect_t *req, int status)
 {
     struct ctl *ctl = req->data;
@@ -192,9 +229,7 @@ static void on_connected(uv_connect_t *req, int status)
     stoke_linebuf_done(&ctl->lines);
     stoke_linebuf_init(&ctl->lines, STOKE_CTL_MAX_LINE);
 
-    char hello[128];
-    int n = snprintf(hello, sizeof(hello), "{\"op\":\"hello\",\"activator\":\"%s\"}", ctl->id);
-    ctl_send(ctl, hello, (size_t)n);
+    send_hello(ctl);
     if (ctl->px)
         proxy_waiting(ctl->px, send_poke, ctl);
     int r = uv_read_start(&ctl->conn.stream, stoke_uv_alloc, on_read);
@@ -250,11 +285,19 @@ static void on_stats(uv_timer_t *t)
         ctl_send(ctl, ctl->msg.data, ctl->msg.len);
 }
 
-int ctl_new(uv_loop_t *loop, const struct stoke_addr *controller, const char *id, struct ctl **ret)
+int ctl_new(uv_loop_t *loop, const struct stoke_addr *controller, const char *id, const char *token,
+            struct ctl **ret)
 {
     struct ctl *ctl = calloc(1, sizeof(*ctl));
     if (!ctl)
         return -ENOMEM;
+    if (token) {
+        ctl->token = strdup(token);
+        if (!ctl->token) {
+            free(ctl);
+            return -ENOMEM;
+        }
+    }
     ctl->loop = loop;
     ctl->addr = *controller;
     snprintf(ctl->id, sizeof(ctl->id), "%s", id);

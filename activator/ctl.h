@@ -12,8 +12,11 @@
 
 struct ctl;
 
-/* `id` names this activator to the controller (copied). */
-int ctl_new(uv_loop_t *loop, const struct stoke_addr *controller, const char *id, struct ctl **ret);
+/* `id` names this activator to the controller (copied). `token` (copied,
+ * may be NULL) is sent in the hello that opens each connection: a TCP
+ * channel refuses a connection without the controller's token. */
+int ctl_new(uv_loop_t *loop, const struct stoke_addr *controller, const char *id, const char *token,
+            struct ctl **ret);
 
 /* The proxy whose routes this channel feeds; set once, before traffic. */
 void ctl_set_proxy(struct ctl *ctl, struct proxy *px);

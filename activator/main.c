@@ -39,6 +39,7 @@ struct worker {
     char id[80];
     const struct proxy_config *cfg;
     const struct stoke_addr *ctl_addr; /* NULL: --controller none */
+    const char *ctl_token;             /* --channel-token-file's, or NULL */
     const char *routes_line;           /* static routes as a routes message, or NULL */
 };
 
@@ -64,6 +65,8 @@ static void usage(FILE *f)
         "  --listen ADDR            data port (default 127.0.0.1:8080)\n"
         "  --controller ADDR        controller channel, unix:/path or IP:port, or none\n"
         "                           (default " DEFAULT_CONTROLLER ")\n"
+        "  --channel-token-file FILE  the controller's channel token (its first line),\n"
+        "                           required with a TCP --controller\n"
         "  --route NAME=IP:PORT[,IP:PORT...]\n"
         "                           a fixed route (repeatable), used until a\n"
         "                           controller sends its table; for benchmarks and\n"
@@ -91,6 +94,14 @@ static void usage(FILE *f)
         "  -h, --help\n"
         "DUR is like 250ms, 10s, 1m.\n",
         default_workers());
+}
+
+static void free_token(char *token)
+{
+    if (token) {
+        explicit_bzero(token, strlen(token));
+        free(token);
+    }
 }
 
 static void on_poke(const char *fn, void *data)
@@ -172,7 +183,7 @@ static void worker_main(void *arg)
     w->beat.data = w;
     on_beat(&w->beat);
     uv_timer_start(&w->beat, on_beat, BEAT_MS, BEAT_MS);
-    r = w->ctl_addr ? ctl_new(&w->loop, w->ctl_addr, w->id, &w->ctl) : 0;
+    r = w->ctl_addr ? ctl_new(&w->loop, w->ctl_addr, w->id, w->ctl_token, &w->ctl) : 0;
     if (r == 0) {
         const struct proxy_hooks hooks = {
             .on_poke = on_poke, .on_drained = on_drained, .data = w, .metrics = w->mw};
@@ -282,6 +293,7 @@ int main(int argc, char **argv)
         O_WORKERS,
         O_OPS,
         O_TRUSTED,
+        O_TOKEN,
     };
     static const struct option opts[] = {
         {"listen", required_argument, NULL, O_LISTEN},
@@ -301,6 +313,7 @@ int main(int argc, char **argv)
         {"workers", required_argument, NULL, O_WORKERS},
         {"ops-listen", required_argument, NULL, O_OPS},
         {"trusted-proxies", required_argument, NULL, O_TRUSTED},
+        {"channel-token-file", required_argument, NULL, O_TOKEN},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -308,6 +321,8 @@ int main(int argc, char **argv)
     struct stoke_addr ctl_addr;
     struct stoke_route_table routes = {.gen = 0};
     bool use_ctl = true;
+    const char *token_file = NULL;
+    char *token = NULL;
     unsigned workers = default_workers();
     struct stoke_addr ops_addr;
     bool use_ops = true;
@@ -345,6 +360,9 @@ int main(int argc, char **argv)
             break;
         case O_OPS:
             r = stoke_opsd_parse_addr(optarg, &ops_addr, &use_ops);
+            break;
+        case O_TOKEN:
+            token_file = optarg;
             break;
         case O_DOMAIN:
             cfg.domain = optarg;
@@ -402,7 +420,25 @@ int main(int argc, char **argv)
     }
     if (optind < argc) {
         usage(stderr);
+        stoke_route_table_done(&routes);
         return 2;
+    }
+    if (use_ctl && !ctl_addr.is_unix && !token_file) {
+        fprintf(stderr, "stoke-activator: a TCP --controller needs --channel-token-file (the "
+                        "controller refuses the channel without its token)\n");
+        stoke_route_table_done(&routes);
+        return 2;
+    }
+    if (token_file) {
+        r = stoke_token_read(token_file, &token);
+        if (r < 0) {
+            fprintf(stderr, "stoke-activator: --channel-token-file %s: %s\n", token_file,
+                    r == -EINVAL ? "the first line must be a token of 16 to 4096 printable bytes "
+                                   "without spaces"
+                                 : strerror(-r));
+            stoke_route_table_done(&routes);
+            return 2;
+        }
     }
 
     stoke_log_init("activator", level);
@@ -415,6 +451,7 @@ int main(int argc, char **argv)
         routes_line = stoke_route_table_format(&routes);
         if (!routes_line) {
             stoke_route_table_done(&routes);
+            free_token(token);
             return 1;
         }
     }
@@ -428,6 +465,7 @@ int main(int argc, char **argv)
         free(a.workers);
         metrics_free(metrics);
         free(routes_line);
+        free_token(token);
         return 1;
     }
     cfg.reuse_port = workers > 1;
@@ -437,6 +475,7 @@ int main(int argc, char **argv)
         struct worker *w = &a.workers[i];
         w->cfg = &cfg;
         w->ctl_addr = use_ctl ? &ctl_addr : NULL;
+        w->ctl_token = token;
         w->routes_line = routes_line;
         w->mw = metrics_worker(metrics, i);
         if (workers > 1)
@@ -504,5 +543,6 @@ int main(int argc, char **argv)
     free(a.workers);
     metrics_free(metrics);
     free(routes_line);
+    free_token(token);
     return status;
 }

@@ -22,8 +22,14 @@ replica's port until it answers 200:
   warm (activator)  one request through the activator to a ready replica;
   warm (direct)     the same request straight to the replica.
 
-Each row is N trials (default 20), taken in rounds: the four stoke tiers,
-then the baselines once the stoke functions are idle again. Prints p50,
+Each path runs on each network (STOKE_BENCH_NETWORKS, default "bridge,host"):
+bridge, stoke's default, a network namespace per replica with its port
+published on 127.0.0.1 (the engine's NAT, or its userland proxy when it keeps
+one); host, the opt-in, the host's network. The paused-container baselines
+(unpause, thaw) do not depend on it and run once, on the host network.
+
+Each row is N trials (default 20), taken in rounds: the stoke tiers of every
+network, then the baselines once the stoke functions are idle again. Prints p50,
 p95, min and max per row and each row's p50 over the create+start p50,
 then what each tier holds in memory and on disk. Needs the build
 (STOKE_BUILD_DIR, default build/) and the example image
@@ -46,6 +52,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "../tests/e2e"))
 from harness import IMAGE, Stoke, engine, free_port, remove_containers  # noqa: E402
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 20
+NETWORKS = [n for n in os.environ.get("STOKE_BENCH_NETWORKS", "bridge,host").split(",") if n]
+assert NETWORKS and all(n in ("bridge", "host") for n in NETWORKS), NETWORKS
 LABEL_KEY, LABEL_VALUE = "io.stoke.bench", "coldstart-%d" % os.getpid()
 QUICK = {"min": 0, "initial": 0, "window": "6s", "scaleToZeroGrace": "1s"}
 TIERS = [
@@ -79,10 +87,19 @@ def get_until_200(port, deadline_s=30):
     raise RuntimeError("no answer on port %d" % port)
 
 
-def create_body(port):
-    return {"Image": IMAGE, "Env": ["PORT=%d" % port], "Labels": {LABEL_KEY: LABEL_VALUE},
-            "HostConfig": {"NetworkMode": "host", "CapDrop": ["ALL"],
-                           "SecurityOpt": ["no-new-privileges"]}}
+def create_body(port, net):
+    """What stoke asks for, without stoke: on the host network the replica
+    listens on `port` of 127.0.0.1; on the bridge on 8080 of its own
+    namespace, published on 127.0.0.1:`port`."""
+    hc = {"NetworkMode": net, "CapDrop": ["ALL"], "SecurityOpt": ["no-new-privileges"]}
+    body = {"Image": IMAGE, "Labels": {LABEL_KEY: LABEL_VALUE}, "HostConfig": hc}
+    if net == "host":
+        body["Env"] = ["PORT=%d" % port, "BIND_ADDR=127.0.0.1"]
+    else:
+        body["Env"] = ["PORT=8080"]
+        body["ExposedPorts"] = {"8080/tcp": {}}
+        hc["PortBindings"] = {"8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(port)}]}
+    return body
 
 
 def engine_ok(method, path, body=None, want=(200, 201, 204)):
@@ -91,10 +108,10 @@ def engine_ok(method, path, body=None, want=(200, 201, 204)):
     return out
 
 
-def by_create_start():
+def by_create_start(net):
     port = free_port()
     t0 = time.monotonic()
-    cid = engine_ok("POST", "/containers/create", create_body(port))["Id"]
+    cid = engine_ok("POST", "/containers/create", create_body(port, net))["Id"]
     engine_ok("POST", "/containers/%s/start" % cid)
     get_until_200(port)
     dt = time.monotonic() - t0
@@ -102,13 +119,15 @@ def by_create_start():
     return dt
 
 
-def by_docker_run():
+def by_docker_run(net):
     port = free_port()
+    where = (["--network", "host", "-e", "PORT=%d" % port, "-e", "BIND_ADDR=127.0.0.1"]
+             if net == "host" else ["-p", "127.0.0.1:%d:8080" % port])
     t0 = time.monotonic()
     cid = subprocess.check_output(
-        ["docker", "run", "-d", "--network", "host", "--label", "%s=%s" % (LABEL_KEY, LABEL_VALUE),
-         "-e", "PORT=%d" % port, "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
-         IMAGE]).decode().strip()
+        ["docker", "run", "-d"] + where + ["--label", "%s=%s" % (LABEL_KEY, LABEL_VALUE),
+                                           "--cap-drop", "ALL", "--security-opt",
+                                           "no-new-privileges", IMAGE]).decode().strip()
     get_until_200(port)
     dt = time.monotonic() - t0
     subprocess.run(["docker", "rm", "-f", cid], stdout=subprocess.DEVNULL, check=False)
@@ -120,7 +139,7 @@ class Paused:
 
     def __init__(self):
         self.port = free_port()
-        self.id = engine_ok("POST", "/containers/create", create_body(self.port))["Id"]
+        self.id = engine_ok("POST", "/containers/create", create_body(self.port, "host"))["Id"]
         engine_ok("POST", "/containers/%s/start" % self.id)
         get_until_200(self.port)
         pid = engine_ok("GET", "/containers/%s/json" % self.id)["State"]["Pid"]
@@ -178,34 +197,38 @@ def memory_bytes(pid):
 
 
 def idle(stokes, fn):
-    """True once function `fn` is back in its tier's idle state."""
+    """True once function `fn` (<tier>-<network>) is back in its tier's idle
+    state."""
     s = stokes[fn]
+    tier = fn.split("-")[0]
     cs = s.containers(fn)
     states = sorted(c["State"] for c in cs)
-    if fn == "paused":
-        return s.log("controller").count('paused (idle, cgroup frozen)') >= idle.count[fn]
-    if fn == "stopped":
+    if tier == "paused":
+        return s.log("controller").count('paused (idle, cgroup frozen)') >= idle.count
+    if tier == "stopped":
         return states == ["exited"]
-    if fn == "created":
+    if tier == "created":
         return states == ["created"]
     return states == []
 
 
-idle.count = {"paused": 1}
+idle.count = 1  # of each paused function's stoke
 
 
 def measure_memory(stokes):
     """Memory charge of a paused and a running replica; container layer
     sizes of each tier's container."""
     out = {}
-    pc = stokes["paused"].containers("paused")[0]
+    net = NETWORKS[0]
+    pc = stokes["paused-" + net].containers("paused-" + net)[0]
     out["paused"] = memory_bytes(engine_ok("GET", "/containers/%s/json" % pc["Id"])["State"]["Pid"])
-    wc = stokes["warm"].running("warm")[0]
+    wc = stokes["warm-" + net].running("warm-" + net)[0]
     out["running"] = memory_bytes(engine_ok("GET", "/containers/%s/json" % wc["Id"])["State"]["Pid"])
     for st in set(stokes.values()):
         f = urllib.parse.quote('{"label":["io.stoke.instance=%s"]}' % st.instance)
         for c in engine_ok("GET", "/containers/json?all=1&size=1&filters=" + f):
-            out.setdefault("disk-" + c["Labels"]["io.stoke.function"], c.get("SizeRw", 0))
+            fn = c["Labels"]["io.stoke.function"]
+            out.setdefault("disk-" + fn.split("-")[0], c.get("SizeRw", 0))
     return out
 
 
@@ -231,6 +254,13 @@ def pct(xs, p):
     return xs[min(len(xs) - 1, int(round(p / 100.0 * (len(xs) - 1))))]
 
 
+def spec_args(net):
+    """write_spec() arguments for a function on network `net`."""
+    if net == "host":
+        return {"extra": "  network: host\n", "env": {"BIND_ADDR": "127.0.0.1"}}
+    return {}
+
+
 def main():
     # One function per stoke: the activator of this tree crashes on a route
     # table update naming a second function it knows (its lookup walks
@@ -239,58 +269,79 @@ def main():
     rows = {}
     mem = {}
     paused = None
-    groups = [[t] for t in TIERS] + [[("warm", {"min": 1})]]
+    cold = ["%s-%s" % (t, n) for n in NETWORKS for t, _ in TIERS]
+    groups = [[("%s-%s" % (t, n), sc, n)] for n in NETWORKS for t, sc in TIERS]
+    groups += [[("warm-" + n, {"min": 1}, n)] for n in NETWORKS]
+    warm_port = {}
     try:
         for i, group in enumerate(groups):
             st = Stoke("bench-cold%d" % i).start()
-            for fn, scale in group:
-                st.write_spec(fn, scale=scale)
+            for fn, scale, net in group:
+                st.write_spec(fn, scale=scale, **spec_args(net))
                 stokes[fn] = st
             st.wait_log("activator", ": %d functions" % len(group), 20)
-        stokes["warm"].wait_log("controller", "ready on 127.0.0.1", 30)
-        warm_port = int(stokes["warm"].running("warm")[0]["Labels"]["io.stoke.port"])
+        for n in NETWORKS:
+            stokes["warm-" + n].wait_log("controller", "ready on 127.0.0.1", 30)
+            warm_port[n] = int(stokes["warm-" + n].running("warm-" + n)[0]["Labels"]["io.stoke.port"])
         # Every tier warm once: a first replica for each, then idle.
-        for fn, _ in TIERS:
+        for fn in cold:
             by_stoke(stokes[fn], fn)
-        wait_idle(stokes, [fn for fn, _ in TIERS])
+        wait_idle(stokes, cold)
         paused = Paused()
         for i in range(N):
-            for fn, _ in TIERS:
+            for fn in cold:
                 rows.setdefault(fn, []).append(by_stoke(stokes[fn], fn))
-            idle.count["paused"] += 1
-            wait_idle(stokes, [fn for fn, _ in TIERS])
+            idle.count += 1
+            wait_idle(stokes, cold)
             if i == 0:
                 mem.update(measure_memory(stokes))
-            rows.setdefault("create+start", []).append(by_create_start())
-            rows.setdefault("docker run", []).append(by_docker_run())
+            for n in NETWORKS:
+                rows.setdefault("create+start-" + n, []).append(by_create_start(n))
+                rows.setdefault("docker run-" + n, []).append(by_docker_run(n))
             rows.setdefault("engine unpause", []).append(paused.by_unpause())
             rows.setdefault("cgroup thaw", []).append(paused.by_thaw())
-            rows.setdefault("warm (activator)", []).append(by_stoke(stokes["warm"], "warm"))
-            t0 = time.monotonic()
-            assert get_once(warm_port) == 200
-            rows.setdefault("warm (direct)", []).append(time.monotonic() - t0)
+            for n in NETWORKS:
+                rows.setdefault("warm (activator)-" + n, []).append(
+                    by_stoke(stokes["warm-" + n], "warm-" + n))
+                t0 = time.monotonic()
+                assert get_once(warm_port[n]) == 200
+                rows.setdefault("warm (direct)-" + n, []).append(time.monotonic() - t0)
             print("round %d/%d done" % (i + 1, N), file=sys.stderr, flush=True)
     finally:
         for st in set(stokes.values()):
             st.stop()
         remove_containers({LABEL_KEY: LABEL_VALUE})
 
-    ref = statistics.median(rows["create+start"])
-    names = [("stoke from paused", "paused"), ("stoke from stopped", "stopped"),
-             ("stoke from created", "created"), ("stoke from absent", "absent"),
-             ("engine create+start+GET", "create+start"), ("docker run -d + GET", "docker run"),
-             ("engine unpause + GET", "engine unpause"), ("cgroup thaw by hand + GET", "cgroup thaw"),
-             ("warm, through the activator", "warm (activator)"),
-             ("warm, straight to the replica", "warm (direct)")]
-    print("cold start to the first 200, %d trials each, image %s" % (N, IMAGE))
-    print("| %-30s | %8s | %8s | %8s | %8s | %13s |" % (
+    ref_key = "create+start-" + ("host" if "host" in NETWORKS else NETWORKS[0])
+    ref = statistics.median(rows[ref_key])
+    per_net = [("stoke from paused", "paused-%s"), ("stoke from stopped", "stopped-%s"),
+               ("stoke from created", "created-%s"), ("stoke from absent", "absent-%s"),
+               ("engine create+start+GET", "create+start-%s"),
+               ("docker run -d + GET", "docker run-%s"),
+               ("warm, through the activator", "warm (activator)-%s"),
+               ("warm, straight to the replica", "warm (direct)-%s")]
+    names = [("%s (%s)" % (label, n), key % n) for label, key in per_net for n in NETWORKS]
+    names += [("engine unpause + GET", "engine unpause"),
+              ("cgroup thaw by hand + GET", "cgroup thaw")]
+    print("cold start to the first 200, %d trials each, image %s, networks %s" % (
+        N, IMAGE, ", ".join(NETWORKS)))
+    print("| %-38s | %8s | %8s | %8s | %8s | %13s |" % (
         "path", "p50 ms", "p95 ms", "min ms", "max ms", "p50 / c+s p50"))
-    print("|%s|%s|%s|%s|%s|%s|" % ("-" * 32, "-" * 10, "-" * 10, "-" * 10, "-" * 10, "-" * 15))
+    print("|%s|%s|%s|%s|%s|%s|" % ("-" * 40, "-" * 10, "-" * 10, "-" * 10, "-" * 10, "-" * 15))
     for label, key in names:
         xs = rows[key]
-        print("| %-30s | %8.2f | %8.2f | %8.2f | %8.2f | %12.3fx |" % (
+        print("| %-38s | %8.2f | %8.2f | %8.2f | %8.2f | %12.3fx |" % (
             label, statistics.median(xs) * 1000, pct(xs, 95) * 1000, min(xs) * 1000,
             max(xs) * 1000, statistics.median(xs) / ref))
+    print("(c+s: %s)" % ref_key.replace("-", ", "))
+    if len(NETWORKS) == 2:
+        print()
+        print("what the bridge costs: p50 on the bridge over p50 on the host network")
+        print("| path | bridge p50 ms | host p50 ms | bridge / host |")
+        print("|---|---|---|---|")
+        for label, key in per_net:
+            b, h = statistics.median(rows[key % "bridge"]), statistics.median(rows[key % "host"])
+            print("| %s | %.2f | %.2f | %.2fx |" % (label, b * 1000, h * 1000, b / h))
     mib = 1024.0 * 1024.0
     print()
     print("what an idle replica holds (cgroup memory charge; container layer on disk):")

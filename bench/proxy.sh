@@ -8,6 +8,9 @@
 # For each connection count wrk (Debian's package; same -t for every target) runs against
 # (a) the backend directly, (b) the nginx proxy, (c) the activator; a markdown table gives
 # requests/s, p50, p99 and errors, then the ratios activator/nginx and activator/direct.
+# Then the replica's network: the example function (a container) on the host network and on
+# the engine's bridge with its port published on 127.0.0.1 (stoke's default), each straight
+# and through the activator, in the same run, with the ratios bridge/host.
 # Then 10,000 idle keep-alive client connections (each sends one request, reads the answer
 # and stays open) are held against a freshly started activator and nginx proxy, and the
 # growth of the proxy's VmRSS is reported per connection.
@@ -20,6 +23,9 @@
 #   DURATION=10        seconds per wrk run (9 runs; total about 2 minutes at 10)
 #   WRK_THREADS=1      wrk threads, the same for every target
 #   IDLE_CONNS=10000   idle keep-alive connections for the RSS test (0 skips it)
+#   NETWORKS="host bridge"  replica networks to compare ("" skips that part; needs the engine
+#                      and the image)
+#   STOKE_HELLO_IMAGE  the example image for it (default stoke-hello:1)
 #   STOKE_BUILD_DIR    use the stoke-activator already built there; unset: configure and
 #                      build <repo>/build (RelWithDebInfo) first
 #   KEEP_TMP=1         keep the temp dir (configs, logs) for inspection
@@ -33,6 +39,8 @@ CONNS=${CONNS:-"10 50 200"}
 DURATION=${DURATION:-10}
 WRK_THREADS=${WRK_THREADS:-1}
 IDLE_CONNS=${IDLE_CONNS:-10000}
+NETWORKS=${NETWORKS-"host bridge"}
+HELLO_IMAGE=${STOKE_HELLO_IMAGE:-stoke-hello:1}
 BODY='hello, world\n' # nginx `return` text; 13 bytes on the wire
 
 say() { printf '%s\n' "$*"; }
@@ -42,7 +50,7 @@ die() { printf 'bench/proxy.sh: error: %s\n' "$*" >&2; exit 1; }
 say "# stoke proxy benchmark"
 say
 say '```'
-say "CONNS=\"$CONNS\" DURATION=$DURATION WRK_THREADS=$WRK_THREADS IDLE_CONNS=$IDLE_CONNS${STOKE_BUILD_DIR:+ STOKE_BUILD_DIR=$STOKE_BUILD_DIR} bench/proxy.sh"
+say "CONNS=\"$CONNS\" DURATION=$DURATION WRK_THREADS=$WRK_THREADS IDLE_CONNS=$IDLE_CONNS NETWORKS=\"$NETWORKS\"${STOKE_BUILD_DIR:+ STOKE_BUILD_DIR=$STOKE_BUILD_DIR} bench/proxy.sh"
 say '```'
 say
 
@@ -95,6 +103,7 @@ fi
 # --- temp dir, process bookkeeping, cleanup ---------------------------------------------
 TMP=$(mktemp -d /tmp/stoke-bench-proxy.XXXXXX)
 PIDS="" # every process this script started, stopped on exit
+CIDS="" # every container this script started, removed on exit
 
 stop_pid() { # PID: TERM, wait up to 5 s, then KILL; only PIDs this script started
     local pid=$1
@@ -111,6 +120,7 @@ cleanup() {
     local rc=$? pid
     trap - EXIT INT TERM
     for pid in $PIDS; do stop_pid "$pid"; done
+    for cid in $CIDS; do docker rm -f "$cid" >/dev/null 2>&1 || true; done
     if [ "${KEEP_TMP:-0}" = 1 ] || [ "$rc" -ne 0 ]; then
         say "(temp dir with configs and logs kept: $TMP)" >&2
     else
@@ -190,7 +200,7 @@ nginx_worker() { # MASTER-PID -> the (single) worker's PID
 }
 start_activator() { # sets ACT_PID
     "$ACTIVATOR" --listen "127.0.0.1:$ACT_PORT" --controller none --workers 1 --ops-listen none \
-        --route "bench=127.0.0.1:$BACKEND_PORT" --log-level warn \
+        --route "bench=127.0.0.1:$BACKEND_PORT" $NET_ROUTES --log-level warn \
         --max-connections $((IDLE_CONNS * 2 + 1024)) --idle-timeout 5m \
         >>"$TMP/activator.log" 2>&1 &
     ACT_PID=$!
@@ -200,6 +210,27 @@ start_activator() { # sets ACT_PID
 BACKEND_PORT=$(free_port)
 NGINX_PORT=$(free_port)
 ACT_PORT=$(free_port)
+
+# The example function on each network: host (it listens on 127.0.0.1:PORT itself) and
+# bridge (8080 in its own namespace, published by the engine on 127.0.0.1 only), as stoke
+# runs replicas. Routes hello-host and hello-bridge on the activator.
+NET_ROUTES=""
+for net in $NETWORKS; do
+    case $net in host | bridge) ;; *) die "NETWORKS: host and/or bridge, got '$net'" ;; esac
+    port=$(free_port)
+    if [ "$net" = host ]; then
+        where="--network host -e PORT=$port -e BIND_ADDR=127.0.0.1"
+    else
+        where="-p 127.0.0.1:$port:8080"
+    fi
+    # shellcheck disable=SC2086 # word splitting intended
+    cid=$(docker run -d --label io.stoke.bench=proxy-$$ --cap-drop ALL \
+        --security-opt no-new-privileges $where "$HELLO_IMAGE") ||
+        die "cannot run $HELLO_IMAGE on the $net network (NETWORKS=\"\" skips this part)"
+    CIDS="$cid $CIDS"
+    eval "NET_PORT_$net=$port NET_CID_$net=$cid"
+    NET_ROUTES="$NET_ROUTES --route hello-$net=127.0.0.1:$port"
+done
 
 nginx_conf backend "$BACKEND_PORT" "        location / { return 200 \"$BODY\"; }"
 nginx_conf nginx "$NGINX_PORT" "        location / {
@@ -311,6 +342,55 @@ say "CPU µs/req: user + system CPU of the serving process alone (the backend's 
 say "the proxy's worker for nginx, the activator) over the run, divided by the requests served;"
 say "it is what a request costs the proxy, and depends less on how the 2 cores were shared.)"
 say
+
+# --- the replica's network: host against bridge --------------------------------------------
+if [ -n "$NETWORKS" ]; then
+    for net in $NETWORKS; do
+        eval "port=\$NET_PORT_$net"
+        for _ in $(seq 100); do
+            python3 -c "import urllib.request,sys; urllib.request.urlopen(sys.argv[1], timeout=1).read()" \
+                "http://127.0.0.1:$port/" 2>/dev/null && break
+            sleep 0.1
+        done
+        wrk -t1 -c10 -d1s "http://127.0.0.1:$port/" >/dev/null 2>&1 || true
+        wrk -t1 -c10 -d1s "http://127.0.0.1:$ACT_PORT/fn/hello-$net/" >/dev/null 2>&1 || true
+    done
+    proxies=0
+    [ -z "${NET_PORT_bridge:-}" ] ||
+        proxies=$(ps -eo args | grep -c "^[^ ]*docker-proxy .*-host-port $NET_PORT_bridge\b" || true)
+    say "## The replica's network: host against bridge"
+    say
+    say "The example function ($HELLO_IMAGE, a container) on the host network and on the engine's"
+    say "bridge with its port published on 127.0.0.1 (stoke's default); straight to it, and"
+    say "through the activator (path route). The engine's userland proxy: $([ "$proxies" -gt 0 ] && echo "on (docker-proxy carries the published port)" || echo "off (the kernel's NAT carries it)")."
+    say
+    say "| path | network | connections | requests/s | p50 | p99 | errors |"
+    say "|---|---|---:|---:|---:|---:|---:|"
+    NRATIOS=""
+    for c in $CONNS; do
+        for net in $NETWORKS; do
+            eval "port=\$NET_PORT_$net cid=\$NET_CID_$net"
+            pid=$(docker inspect -f '{{.State.Pid}}' "$cid")
+            wrk_run "direct-$net" "http://127.0.0.1:$port/" "$c" "$pid"
+            eval "d_$net=$RPS"
+            say "| straight to the replica | $net | $c | $(printf '%.0f' "$RPS") | $(fmt_ms "$P50") | $(fmt_ms "$P99") | $ERRS |"
+            wrk_run "activator-$net" "http://127.0.0.1:$ACT_PORT/fn/hello-$net/" "$c" "$ACT_PID"
+            eval "a_$net=$RPS"
+            say "| through the activator | $net | $c | $(printf '%.0f' "$RPS") | $(fmt_ms "$P50") | $(fmt_ms "$P99") | $ERRS |"
+        done
+        if [ -n "${d_host:-}" ] && [ -n "${d_bridge:-}" ]; then
+            NRATIOS="$NRATIOS| $c | $(ratio "$d_bridge" "$d_host") | $(ratio "$a_bridge" "$a_host") |
+"
+        fi
+    done
+    if [ -n "$NRATIOS" ]; then
+        say
+        say "| connections | bridge/host req/s, straight | bridge/host req/s, through the activator |"
+        say "|---:|---:|---:|"
+        printf '%s' "$NRATIOS"
+    fi
+    say
+fi
 
 # --- idle keep-alive connections: RSS per connection -----------------------------------------
 [ "$IDLE_CONNS" -gt 0 ] || exit 0

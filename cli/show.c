@@ -272,6 +272,11 @@ static void describe_spec(json_object *spec)
     field("Readiness:", "%s%s, every %s (backing off)", rpath ? "HTTP GET " : "TCP connect",
           rpath ? rpath : "", dur(rd, "period", d1, sizeof(d1)));
     field("Root fs:", "%s", jbool(spec, "readOnlyRootFilesystem", 1) ? "read-only" : "writable");
+    const char *net = jstr(spec, "network", NULL);
+    field("Network:", "%s",
+          !net                       ? "-"
+          : strcmp(net, "host") == 0 ? "host (shares the host's network: not isolated)"
+                                     : "bridge (own namespace, port on 127.0.0.1)");
 }
 
 static void describe_replicas(json_object *st)

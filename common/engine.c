@@ -557,6 +557,47 @@ static json_object *str_array1(const char *s)
     return a;
 }
 
+static bool is_bridge(const struct stoke_container_config *cfg)
+{
+    return !cfg->network_mode || strcmp(cfg->network_mode, "bridge") == 0;
+}
+
+/* "<port>/tcp", the engine's key of a container port. */
+static void port_key(const struct stoke_container_config *cfg, char key[16])
+{
+    (void)snprintf(key, 16, "%u/tcp", (unsigned)cfg->container_port);
+}
+
+/* {"<port>/tcp": [{"HostIp": "127.0.0.1", "HostPort": "<host port>"}]}:
+ * published on loopback only, so nothing off the machine reaches a replica
+ * but through the activator. Returns an owned object or NULL (OOM). */
+static json_object *port_bindings(const struct stoke_container_config *cfg)
+{
+    json_object *pb = json_object_new_object();
+    json_object *list = json_object_new_array();
+    json_object *b = json_object_new_object();
+    char key[16], hport[8];
+    int r = 0;
+
+    if (!pb || !list || !b) {
+        json_object_put(pb);
+        json_object_put(list);
+        json_object_put(b);
+        return NULL;
+    }
+    port_key(cfg, key);
+    (void)snprintf(hport, sizeof(hport), "%u", (unsigned)cfg->host_port);
+    r |= obj_add(b, "HostIp", json_object_new_string("127.0.0.1"));
+    r |= obj_add(b, "HostPort", json_object_new_string(hport));
+    r |= arr_add(list, b);
+    r |= obj_add(pb, key, list);
+    if (r != 0) {
+        json_object_put(pb);
+        return NULL;
+    }
+    return pb;
+}
+
 /* The HostConfig of a stoke replica. Returns an owned object or NULL (OOM). */
 static json_object *host_config(const struct stoke_container_config *cfg)
 {
@@ -566,8 +607,9 @@ static json_object *host_config(const struct stoke_container_config *cfg)
 
     if (!hc)
         return NULL;
-    r |= obj_add(hc, "NetworkMode",
-                 json_object_new_string(cfg->network_mode ? cfg->network_mode : "host"));
+    r |= obj_add(hc, "NetworkMode", json_object_new_string(is_bridge(cfg) ? "bridge" : "host"));
+    if (is_bridge(cfg))
+        r |= obj_add(hc, "PortBindings", port_bindings(cfg));
     if (cfg->memory_bytes > 0) {
         r |= obj_add(hc, "Memory", json_object_new_int64((int64_t)cfg->memory_bytes));
         /* Equal to Memory: no swap on top of the limit. */
@@ -642,6 +684,20 @@ static json_object *create_body(const struct stoke_container_config *cfg, int *e
     labels = NULL;
     if (r < 0)
         goto out;
+    if (is_bridge(cfg)) {
+        /* The engine publishes only ports the container exposes. */
+        json_object *exposed = json_object_new_object();
+        char key[16];
+        port_key(cfg, key);
+        if (exposed && obj_add(exposed, key, json_object_new_object()) < 0) {
+            json_object_put(exposed);
+            exposed = NULL;
+        }
+        /* obj_add() takes exposed either way (NULL: -ENOMEM). */
+        r = obj_add(body, "ExposedPorts", exposed);
+        if (r < 0)
+            goto out;
+    }
     r = obj_add(body, "HostConfig", host_config(cfg));
     if (r < 0)
         goto out;
@@ -666,6 +722,11 @@ int stoke_engine_create(struct stoke_engine *e, const struct stoke_container_con
 
     if (!cfg->image || !*cfg->image || (cfg->env_len && !cfg->env) ||
         (cfg->labels_len && !cfg->labels))
+        goto out;
+    if (cfg->network_mode && strcmp(cfg->network_mode, "bridge") != 0 &&
+        strcmp(cfg->network_mode, "host") != 0)
+        goto out;
+    if (is_bridge(cfg) && (cfg->container_port == 0 || cfg->host_port == 0))
         goto out;
     if (cfg->name) {
         char *ename = escape(cfg->name);

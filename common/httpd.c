@@ -54,7 +54,6 @@ struct stoke_httpd {
     bool has_ux, has_tcp;
     char unix_path[sizeof(((struct sockaddr_un *)0)->sun_path)]; /* unlinked at close; "" */
     char *token;                                                 /* NULL: none */
-    size_t token_len;
     char *headers;
     struct stoke_httpd_config cfg; /* its strings are not kept */
     llhttp_settings_t settings;
@@ -166,7 +165,7 @@ static void server_unref(struct stoke_httpd *s)
     if (s->unix_path[0])
         (void)unlink(s->unix_path);
     if (s->token) {
-        explicit_bzero(s->token, s->token_len);
+        explicit_bzero(s->token, strlen(s->token));
         free(s->token);
     }
     free(s->headers);
@@ -687,16 +686,6 @@ static void req_start(struct conn *c)
     c->req.is_tcp = c->is_tcp;
 }
 
-/* Constant time in the token's content: every byte of the expected token
- * is compared whatever the given one holds. */
-static bool token_ok(const struct stoke_httpd *s, const char *given, size_t len)
-{
-    unsigned char diff = (unsigned char)(len != s->token_len);
-    for (size_t i = 0; i < s->token_len; i++)
-        diff |= (unsigned char)s->token[i] ^ (unsigned char)(i < len ? given[i] : 0);
-    return diff == 0;
-}
-
 /* "Bearer <token>": scheme case-insensitive, one or more spaces. */
 static const char *check_auth(struct conn *c)
 {
@@ -713,7 +702,7 @@ static const char *check_auth(struct conn *c)
         i++;
     while (len > i && (v[len - 1] == ' ' || v[len - 1] == '\t'))
         len--;
-    if (!token_ok(c->s, v + i, len - i))
+    if (!stoke_token_equal(c->s->token, v + i, len - i))
         return "wrong bearer token";
     return NULL;
 }
@@ -1022,6 +1011,8 @@ static int listen_unix(struct stoke_httpd *s, const char *path)
     snprintf(s->unix_path, sizeof(s->unix_path), "%s", path);
     if (chmod(path, 0660) < 0)
         return -errno;
+    if (s->cfg.unix_gid && chown(path, (uid_t)-1, s->cfg.unix_gid) < 0)
+        return -errno;
     return uv_listen((uv_stream_t *)&s->ux, 128, on_accept);
 }
 
@@ -1070,7 +1061,6 @@ int stoke_httpd_new(uv_loop_t *loop, const struct stoke_httpd_config *cfg, struc
         s->token = strdup(cfg->token);
         if (!s->token)
             goto fail;
-        s->token_len = strlen(s->token);
     }
     if (cfg->unix_path) {
         what = cfg->unix_path;

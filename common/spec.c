@@ -476,6 +476,12 @@ const char *const stoke_idle_names[] = {
     NULL,
 };
 
+const char *const stoke_network_names[] = {
+    [STOKE_NETWORK_BRIDGE] = "bridge",
+    [STOKE_NETWORK_HOST] = "host",
+    NULL,
+};
+
 static const struct field scale_fields[] = {
     [SCALE_MIN] = UINT_FIELD("min", scale.min, 0, MAX_REPLICAS),
     [SCALE_MAX] = UINT_FIELD("max", scale.max, 0, MAX_REPLICAS),
@@ -532,6 +538,10 @@ static const struct field spec_fields[] = {
     {.key = "resources", .type = T_MAP, .sub = resources_fields},
     {.key = "readiness", .type = T_MAP, .sub = readiness_fields},
     TYPED_FIELD("readOnlyRootFilesystem", T_BOOL, read_only_rootfs, 0, 0),
+    {.key = "network",
+     .type = T_ENUM,
+     .off = offsetof(struct stoke_spec, network),
+     .values = stoke_network_names},
     {0},
 };
 
@@ -859,6 +869,11 @@ void stoke_spec_revision(const struct stoke_spec *spec, char out[17])
      * root with the next change of the spec). */
     if (!spec->read_only_rootfs)
         h = fnv_str(h, "rw");
+    /* Here the default counts: replicas of a revision from before the field
+     * existed ran on the host network, and a new controller replaces them
+     * (a rollout) rather than adopting them. Host keeps those revisions. */
+    if (spec->network == STOKE_NETWORK_BRIDGE)
+        h = fnv_str(h, "net:bridge");
     (void)snprintf(out, 17, "%016" PRIx64, h);
 }
 

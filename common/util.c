@@ -189,3 +189,32 @@ bool stoke_strieq(const char *a, size_t alen, const char *b)
 {
     return strlen(b) == alen && strncasecmp(a, b, alen) == 0;
 }
+
+int stoke_token_read(const char *path, char **ret)
+{
+    char buf[STOKE_TOKEN_MAX + 2];
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return -errno;
+    bool got = fgets(buf, sizeof(buf), f) != NULL;
+    (void)fclose(f);
+    size_t len = got ? strcspn(buf, "\r\n") : 0;
+    buf[len] = '\0';
+    bool ok = len >= STOKE_TOKEN_MIN && len <= STOKE_TOKEN_MAX;
+    for (size_t i = 0; ok && i < len; i++)
+        ok = buf[i] > ' ' && buf[i] < 0x7f;
+    *ret = ok ? strdup(buf) : NULL;
+    explicit_bzero(buf, sizeof(buf));
+    if (!ok)
+        return -EINVAL;
+    return *ret ? 0 : -ENOMEM;
+}
+
+bool stoke_token_equal(const char *expected, const char *given, size_t len)
+{
+    size_t elen = strlen(expected);
+    unsigned char diff = (unsigned char)(len != elen);
+    for (size_t i = 0; i < elen; i++)
+        diff |= (unsigned char)expected[i] ^ (unsigned char)(i < len ? given[i] : 0);
+    return diff == 0;
+}

@@ -192,6 +192,7 @@ static json_object *spec_json(const struct stoke_spec *s, int *err)
     jadd(ready, "period", jduration(s->readiness.period_ms), err);
     jadd(o, "readiness", ready, err);
     jadd(o, "readOnlyRootFilesystem", json_object_new_boolean(s->read_only_rootfs), err);
+    jadd(o, "network", jstr(s->network == STOKE_NETWORK_HOST ? "host" : "bridge"), err);
     return o;
 }
 
@@ -713,6 +714,7 @@ int api_new(struct ctrl *c, const struct api_config *cfg, struct api **ret)
     }
     struct stoke_httpd_config hc = {
         .unix_path = cfg->unix_path,
+        .unix_gid = cfg->unix_gid,
         .tcp = cfg->tcp,
         .token = cfg->token,
         .headers = "Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n",

@@ -10,6 +10,7 @@ struct api;
 
 struct api_config {
     const char *unix_path;        /* NULL: no unix socket */
+    gid_t unix_gid;               /* its group; 0: the process's */
     const struct stoke_addr *tcp; /* NULL: no TCP */
     const char *token;            /* required with tcp; copied */
 };

@@ -67,8 +67,9 @@ static struct docker *to_docker(struct backend *b)
 
 static bool port_is_free(uint16_t port)
 {
-    /* A replica on the host network binds 127.0.0.1:port itself; check that
-     * nothing else holds it now. One bind() is a cheap, non-blocking call. */
+    /* A replica binds 127.0.0.1:port when it starts (on the host network
+     * itself, on the bridge the engine for it); check that nothing else
+     * holds it now. One bind() is a cheap, non-blocking call. */
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return false;
@@ -231,8 +232,12 @@ static int dk_create(struct backend *b, struct backend_replica *r, const struct 
             goto out;
         n_env++;
     }
-    /* What stoke tells every replica, like Knative's K_SERVICE/K_REVISION. */
-    if (asprintf(&env[n_env], "PORT=%u", p->port) < 0)
+    /* What stoke tells every replica, like Knative's K_SERVICE/K_REVISION.
+     * On the bridge it listens on the spec's port in its own namespace and
+     * p->port is where the engine publishes it on 127.0.0.1; on the host
+     * network it listens on p->port itself. */
+    bool host_net = s->network == STOKE_NETWORK_HOST;
+    if (asprintf(&env[n_env], "PORT=%u", host_net ? p->port : s->port) < 0)
         goto out;
     n_env++;
     if (asprintf(&env[n_env], "STOKE_FUNCTION=%s", s->name) < 0)
@@ -259,7 +264,9 @@ static int dk_create(struct backend *b, struct backend_replica *r, const struct 
         .env_len = n_env,
         .labels = labels,
         .labels_len = STOKE_ARRAY_SIZE(labels),
-        .network_mode = "host",
+        .network_mode = host_net ? "host" : "bridge",
+        .container_port = s->port,
+        .host_port = p->port,
         .memory_bytes = s->resources.memory_bytes,
         .cpu_millis = s->resources.cpu_millis,
         .pids = s->resources.pids,

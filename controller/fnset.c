@@ -325,10 +325,16 @@ static int write_atomic(struct fnset_op *op)
     if (snprintf(path, sizeof(path), "%s/%s", op->dir, op->file) >= (int)sizeof(path) ||
         snprintf(tmp, sizeof(tmp), "%s/.%s.api-tmp", op->dir, op->file) >= (int)sizeof(tmp))
         return -ENAMETOOLONG;
-    /* A temp file left by a crash in the middle of a write is reused. */
-    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
+    /* A temp file left by a crash in the middle of a write is reused. Mode
+     * 0600 (fchmod too: a reused file keeps its mode): a spec's env may hold
+     * secrets, and only the controller reads the directory. */
+    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (fd < 0)
         return -errno;
+    if (fchmod(fd, 0600) < 0) {
+        r = -errno;
+        goto fail;
+    }
     for (size_t off = 0; off < op->len;) {
         ssize_t n = write(fd, op->body + off, op->len - off);
         if (n < 0) {

@@ -19,6 +19,12 @@
  * gets the current table again. */
 #define MAX_UNSENT (16 * 1024 * 1024)
 #define MAX_PEER_LINE (1024 * 1024)
+/* Over TCP with a token, a connection's first line must be its hello with
+ * the token, within AUTH_TIMEOUT_MS and AUTH_LINE_MAX bytes; at most
+ * AUTH_PENDING_MAX connections wait to say it (more are closed at once). */
+#define AUTH_TIMEOUT_MS 5000
+#define AUTH_LINE_MAX 8192
+#define AUTH_PENDING_MAX 64
 
 struct peer {
     union {
@@ -32,10 +38,13 @@ struct peer {
     struct stoke_linebuf lines;
     char id[64];
     bool closing;
+    bool authed;          /* may talk: a unix socket peer, or a TCP one that sent the token */
+    uint64_t accepted_ms; /* for the hello's deadline */
     uint64_t gen;         /* route table in use, from its last drain message */
     uint64_t last_second; /* the second its last stats report counted for */
     char **draining;      /* replicas it still has requests in flight to */
     size_t n_draining;
+    uv_shutdown_t shutdown; /* refused: the error line goes out, then it closes */
 };
 
 struct hub {
@@ -48,9 +57,14 @@ struct hub {
         uv_stream_t stream;
     } listener;
     struct hub_callbacks cbs;
+    char *token;       /* TCP: the channel token every peer must send first; NULL on unix */
+    uv_timer_t reaper; /* TCP with a token: closes peers past their hello's deadline */
     struct stoke_list peers;
     unsigned n_peers;
-    char *last; /* the last broadcast, sent to newcomers */
+    unsigned n_pending;         /* TCP peers yet to send the token */
+    uint64_t refused_logged_ms; /* the last refusal logged: at most one a second */
+    unsigned refused_quiet;     /* refusals since, not logged */
+    char *last;                 /* the last broadcast, sent to newcomers */
     size_t last_len;
     int handles;
     bool closing;
@@ -64,6 +78,10 @@ static void hub_handle_closed(struct hub *hub)
         return;
     if (hub->addr.is_unix)
         (void)unlink(hub->addr.path);
+    if (hub->token) {
+        explicit_bzero(hub->token, strlen(hub->token));
+        free(hub->token);
+    }
     free(hub->last);
     if (hub->on_closed)
         hub->on_closed(hub->closed_data);
@@ -96,6 +114,8 @@ static void peer_close(struct peer *p)
     p->closing = true;
     stoke_list_remove(&p->node);
     p->hub->n_peers--;
+    if (!p->authed)
+        p->hub->n_pending--;
     uv_close(&p->conn.handle, on_peer_closed);
 }
 
@@ -195,6 +215,76 @@ static void handle_drain(struct peer *p, json_object *msg)
     p->hub->cbs.on_drain(p->hub->cbs.data);
 }
 
+static void peer_send(struct peer *p, const char *line, size_t len);
+
+/* Logs a refused channel connection, at most once a second (anyone who can
+ * connect could fill the log otherwise), with how many went unlogged. */
+static void log_refusal(struct hub *hub, int err, const char *what)
+{
+    uint64_t now = uv_now(hub->loop);
+    if (hub->refused_logged_ms && now - hub->refused_logged_ms < 1000) {
+        hub->refused_quiet++;
+        return;
+    }
+    stoke_warn(NULL, err,
+               "channel connection %s; closing it (%u more refused since the last one logged)",
+               what, hub->refused_quiet);
+    hub->refused_logged_ms = now;
+    hub->refused_quiet = 0;
+}
+
+static void on_refused(uv_shutdown_t *req, int status)
+{
+    struct peer *p = req->data;
+    (void)status;
+    peer_close(p); /* does nothing when hub_close() came first */
+}
+
+/* Tells the peer why it is refused, then closes it: a shutdown runs after
+ * the queued writes (a close would drop them). Nothing more is read. */
+static void peer_refuse(struct peer *p, const char *why)
+{
+    char line[160];
+    int n = snprintf(line, sizeof(line), "{\"op\":\"error\",\"message\":\"%s\"}", why);
+    (void)uv_read_stop(&p->conn.stream);
+    peer_send(p, line, (size_t)n);
+    if (p->closing)
+        return;
+    p->shutdown.data = p;
+    if (uv_shutdown(&p->shutdown, &p->conn.stream, on_refused) < 0)
+        peer_close(p);
+}
+
+/* The first line of a TCP peer: {"op":"hello","activator":ID,"token":T}.
+ * Returns 0 when it may talk (it is sent the route table), or -EACCES. */
+static int authenticate(struct peer *p, const char *op, json_object *msg)
+{
+    struct hub *hub = p->hub;
+    json_object *t = NULL;
+    const char *id = get_string(msg, "activator");
+    bool ok = strcmp(op, "hello") == 0 && json_object_object_get_ex(msg, "token", &t) &&
+              json_object_is_type(t, json_type_string) &&
+              stoke_token_equal(hub->token, json_object_get_string(t),
+                                (size_t)json_object_get_string_len(t));
+    if (!ok) {
+        log_refusal(hub, -EACCES, "without the channel token");
+        peer_refuse(p, strcmp(op, "hello") == 0 && t
+                           ? "wrong channel token"
+                           : "the channel needs the controller's token (--channel-token-file)");
+        return -EACCES;
+    }
+    p->authed = true;
+    hub->n_pending--;
+    if (id)
+        snprintf(p->id, sizeof(p->id), "%s", id);
+    stoke_info(NULL, "activator %s connected (token checked)", p->id);
+    /* Lines may now be as long as any message. */
+    p->lines.buf.limit = MAX_PEER_LINE + 1;
+    if (hub->last)
+        peer_send(p, hub->last, hub->last_len);
+    return 0;
+}
+
 static int on_line(char *line, size_t len, void *data)
 {
     struct peer *p = data;
@@ -208,6 +298,11 @@ static int on_line(char *line, size_t len, void *data)
     const char *op = get_string(msg, "op");
     if (!op) {
         op = "";
+    }
+    if (!p->authed) {
+        int r = authenticate(p, op, msg);
+        json_object_put(msg);
+        return r;
     }
     if (strcmp(op, "poke") == 0) {
         const char *fn = get_string(msg, "fn");
@@ -236,7 +331,12 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
             stoke_info(NULL, "activator %s disconnected", p->id);
         peer_close(p);
     } else if (nread > 0 && !p->closing) {
-        if (stoke_linebuf_feed(&p->lines, buf->base, (size_t)nread, on_line, p) < 0)
+        int r = stoke_linebuf_feed(&p->lines, buf->base, (size_t)nread, on_line, p);
+        if (r == -EACCES)
+            ; /* refused: closes once the error is out */
+        else if (r == -ENOBUFS && !p->authed)
+            peer_refuse(p, "the first line must be the hello with the channel token");
+        else if (r < 0)
             peer_close(p);
     }
     free(buf->base);
@@ -252,7 +352,9 @@ static void on_connection(uv_stream_t *server, int status)
         return;
     p->hub = hub;
     snprintf(p->id, sizeof(p->id), "?");
-    stoke_linebuf_init(&p->lines, MAX_PEER_LINE);
+    p->authed = !hub->token;
+    p->accepted_ms = uv_now(hub->loop);
+    stoke_linebuf_init(&p->lines, p->authed ? MAX_PEER_LINE : AUTH_LINE_MAX);
     if (hub->addr.is_unix)
         uv_pipe_init(hub->loop, &p->conn.pipe, 0);
     else
@@ -261,12 +363,19 @@ static void on_connection(uv_stream_t *server, int status)
     hub->handles++;
     stoke_list_insert_tail(&hub->peers, &p->node);
     hub->n_peers++;
+    if (!p->authed)
+        hub->n_pending++;
     if (uv_accept(server, &p->conn.stream) < 0 ||
         uv_read_start(&p->conn.stream, stoke_uv_alloc, on_read) < 0) {
         peer_close(p);
         return;
     }
-    if (hub->last)
+    if (!p->authed && hub->n_pending > AUTH_PENDING_MAX) {
+        log_refusal(hub, -EAGAIN, "over the 64 waiting to send the token");
+        peer_close(p);
+        return;
+    }
+    if (p->authed && hub->last)
         peer_send(p, hub->last, hub->last_len);
 }
 
@@ -275,13 +384,38 @@ static void on_listener_closed(uv_handle_t *h)
     hub_handle_closed(h->data);
 }
 
-int hub_new(uv_loop_t *loop, const struct stoke_addr *addr, const struct hub_callbacks *cbs,
-            struct hub **ret)
+/* Every second: peers that did not send the token in time go. */
+static void on_reap(uv_timer_t *t)
+{
+    struct hub *hub = t->data;
+    uint64_t now = uv_now(hub->loop);
+    struct stoke_list *n = hub->peers.next;
+    while (n != &hub->peers) {
+        struct peer *p = stoke_container_of(n, struct peer, node);
+        n = n->next; /* peer_close takes p off the list */
+        if (!p->authed && now - p->accepted_ms >= AUTH_TIMEOUT_MS) {
+            log_refusal(hub, -ETIMEDOUT, "sent no token in 5 s");
+            peer_close(p);
+        }
+    }
+}
+
+int hub_new(uv_loop_t *loop, const struct stoke_addr *addr, const char *token,
+            const struct hub_callbacks *cbs, struct hub **ret)
 {
     int r;
+    if (!addr->is_unix && (!token || !*token))
+        return -EACCES; /* never on TCP without a token */
     struct hub *hub = calloc(1, sizeof(*hub));
     if (!hub)
         return -ENOMEM;
+    if (!addr->is_unix) {
+        hub->token = strdup(token);
+        if (!hub->token) {
+            free(hub);
+            return -ENOMEM;
+        }
+    }
     hub->loop = loop;
     hub->addr = *addr;
     hub->cbs = *cbs;
@@ -309,6 +443,12 @@ int hub_new(uv_loop_t *loop, const struct stoke_addr *addr, const struct hub_cal
         uv_close(&hub->listener.handle, on_listener_closed);
         return r;
     }
+    if (hub->token) {
+        uv_timer_init(loop, &hub->reaper);
+        hub->reaper.data = hub;
+        hub->handles++;
+        uv_timer_start(&hub->reaper, on_reap, 1000, 1000);
+    }
     *ret = hub;
     return 0;
 }
@@ -327,21 +467,24 @@ void hub_broadcast(struct hub *hub, const char *line, size_t len)
     struct stoke_list *n = hub->peers.next;
     while (n != &hub->peers) {
         struct peer *p = stoke_container_of(n, struct peer, node);
-        n = n->next; /* peer_send may drop p */
-        peer_send(p, line, len);
+        n = n->next;   /* peer_send may drop p */
+        if (p->authed) /* the others get it once they send the token */
+            peer_send(p, line, len);
     }
 }
 
 unsigned hub_activators(const struct hub *hub)
 {
-    return hub->n_peers;
+    return hub->n_peers - hub->n_pending;
 }
 
 bool hub_is_drained(const struct hub *hub, const char *addr, uint64_t gen)
 {
     for (const struct stoke_list *n = hub->peers.next; n != &hub->peers; n = n->next) {
         const struct peer *p = stoke_container_of(n, struct peer, node);
-        if (p->closing)
+        /* One that never sent the token has no routes: nothing to wait for
+         * (and it must not hold a drain up). */
+        if (p->closing || !p->authed)
             continue;
         if (p->gen < gen)
             return false;
@@ -360,5 +503,7 @@ void hub_close(struct hub *hub, void (*on_closed)(void *data), void *data)
     hub->closed_data = data;
     while (!stoke_list_empty(&hub->peers))
         peer_close(stoke_container_of(stoke_list_first(&hub->peers), struct peer, node));
+    if (hub->token)
+        uv_close((uv_handle_t *)&hub->reaper, on_listener_closed);
     uv_close(&hub->listener.handle, on_listener_closed);
 }

@@ -27,15 +27,21 @@ struct hub_callbacks {
     void *data;
 };
 
-/* Binds (a stale unix socket file is replaced; mode 0660) and listens.
- * Returns 0 and *ret or a negative errno. */
-int hub_new(uv_loop_t *loop, const struct stoke_addr *addr, const struct hub_callbacks *cbs,
-            struct hub **ret);
+/* Binds (a stale unix socket file is replaced; mode 0660: who may connect
+ * is the file's group) and listens. On TCP `token` is required (copied):
+ * a connection's first line must be {"op":"hello","token":...} with it,
+ * within 5 s, compared in constant time; anything else gets an
+ * {"op":"error","message":...} line and is closed, and it is sent nothing
+ * before. Returns 0 and *ret, -EACCES for TCP without a token, or a
+ * negative errno. */
+int hub_new(uv_loop_t *loop, const struct stoke_addr *addr, const char *token,
+            const struct hub_callbacks *cbs, struct hub **ret);
 
 /* Sends `line` (a whole message without '\n', copied) to every activator
  * and keeps it for those that connect later. */
 void hub_broadcast(struct hub *hub, const char *line, size_t len);
 
+/* Connected activators (on TCP: those that sent the token). */
 unsigned hub_activators(const struct hub *hub);
 
 /* True when every connected activator uses a route table of at least `gen`

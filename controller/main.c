@@ -2,6 +2,7 @@
  * engine), the activator channel and the reconcile loop together. */
 #include <errno.h>
 #include <getopt.h>
+#include <grp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,8 +20,6 @@
 #define DEFAULT_CTL "unix:/run/stoke/ctl.sock"
 #define DEFAULT_OPS "127.0.0.1:9092"
 #define DEFAULT_ADMIN_SOCKET "/run/stoke/admin.sock"
-#define ADMIN_TOKEN_MIN 16
-#define ADMIN_TOKEN_MAX 4096
 
 static struct ctrl ctrl;
 static struct backend_docker_config docker_cfg;
@@ -36,8 +35,12 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: stoke-controller [options]\n"
             "  --functions-dir DIR   function specs, *.yaml (default " DEFAULT_FUNCTIONS_DIR ")\n"
-            "  --listen ADDR         activator channel, unix:/path or IP:port\n"
-            "                        (default " DEFAULT_CTL ")\n"
+            "  --listen ADDR         activator channel, unix:/path (mode 0660, the\n"
+            "                        process's group) or IP:port (needs\n"
+            "                        --channel-token-file) (default " DEFAULT_CTL ")\n"
+            "  --channel-token-file FILE  token every activator must send first on a\n"
+            "                        TCP channel: the file's first line, at least 16\n"
+            "                        bytes, no spaces (the activators read the same file)\n"
             "  --docker-host URL     engine socket, unix:///path (default $DOCKER_HOST or\n"
             "                        unix:///var/run/docker.sock)\n"
             "  --instance NAME       io.stoke.instance label of this controller's\n"
@@ -53,6 +56,8 @@ static void usage(FILE *f)
             "                        degrade as on a backend that lacks them)\n"
             "  --admin-socket PATH   admin API unix socket, mode 0660, or none\n"
             "                        (default " DEFAULT_ADMIN_SOCKET ")\n"
+            "  --admin-socket-group GROUP  the admin socket's group (default the\n"
+            "                        process's); the controller must be a member\n"
             "  --admin-listen IP:PORT  admin API on TCP too (needs --admin-token-file)\n"
             "  --admin-token-file FILE  bearer token of the TCP admin API: the file's\n"
             "                        first line, at least 16 bytes, no spaces\n"
@@ -259,38 +264,37 @@ static int parse_range(const char *s, uint16_t *lo, uint16_t *hi)
     return 0;
 }
 
-/* The admin token: the first line of `path`, without its line end; at
- * least ADMIN_TOKEN_MIN bytes, printable, no spaces. Startup only (blocking
- * read). Returns 0 and an owned string in *ret, or prints why and returns
- * a negative errno. */
-static int read_token(const char *path, char **ret)
+/* A token file's token (stoke_token_read()), or prints why not naming
+ * `flag` and returns a negative errno. */
+static int read_token(const char *flag, const char *path, char **ret)
 {
-    char buf[ADMIN_TOKEN_MAX + 2];
-    FILE *f = fopen(path, "re");
-    if (!f) {
-        int e = -errno;
-        fprintf(stderr, "stoke-controller: cannot read --admin-token-file %s: %s\n", path,
-                strerror(-e));
-        return e;
-    }
-    bool got = fgets(buf, sizeof(buf), f) != NULL;
-    (void)fclose(f);
-    size_t len = got ? strcspn(buf, "\r\n") : 0;
-    buf[len] = '\0';
-    bool ok = len >= ADMIN_TOKEN_MIN && len <= ADMIN_TOKEN_MAX;
-    for (size_t i = 0; ok && i < len; i++)
-        ok = buf[i] > ' ' && buf[i] < 0x7f;
-    if (!ok) {
+    int r = stoke_token_read(path, ret);
+    if (r == -EINVAL)
         fprintf(stderr,
-                "stoke-controller: --admin-token-file %s: the first line must be a token of "
-                "%d to %d printable bytes without spaces\n",
-                path, ADMIN_TOKEN_MIN, ADMIN_TOKEN_MAX);
-        explicit_bzero(buf, sizeof(buf));
-        return -EINVAL;
+                "stoke-controller: --%s %s: the first line must be a token of %d to %d "
+                "printable bytes without spaces\n",
+                flag, path, STOKE_TOKEN_MIN, STOKE_TOKEN_MAX);
+    else if (r < 0)
+        fprintf(stderr, "stoke-controller: cannot read --%s %s: %s\n", flag, path, strerror(-r));
+    return r;
+}
+
+/* A group name or number, for --admin-socket-group. Startup only (NSS may
+ * block). Returns 0 or -EINVAL. */
+static int group_parse(const char *s, gid_t *ret)
+{
+    uint64_t n;
+    if (stoke_parse_u64(s, &n) == 0) {
+        if (n == 0 || n > INT32_MAX)
+            return -EINVAL;
+        *ret = (gid_t)n;
+        return 0;
     }
-    *ret = strdup(buf);
-    explicit_bzero(buf, sizeof(buf));
-    return *ret ? 0 : -ENOMEM;
+    const struct group *g = getgrnam(s);
+    if (!g || g->gr_gid == 0)
+        return -EINVAL;
+    *ret = g->gr_gid;
+    return 0;
 }
 
 int main(int argc, char **argv)
@@ -309,6 +313,8 @@ int main(int argc, char **argv)
         O_ADMIN_LISTEN,
         O_ADMIN_TOKEN,
         O_WITHOUT,
+        O_CHANNEL_TOKEN,
+        O_ADMIN_GROUP,
     };
     static const struct option opts[] = {
         {"functions-dir", required_argument, NULL, O_DIR},
@@ -324,6 +330,8 @@ int main(int argc, char **argv)
         {"admin-listen", required_argument, NULL, O_ADMIN_LISTEN},
         {"admin-token-file", required_argument, NULL, O_ADMIN_TOKEN},
         {"backend-without", required_argument, NULL, O_WITHOUT},
+        {"channel-token-file", required_argument, NULL, O_CHANNEL_TOKEN},
+        {"admin-socket-group", required_argument, NULL, O_ADMIN_GROUP},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -337,6 +345,9 @@ int main(int argc, char **argv)
     bool admin_tcp = false;
     char *admin_token = NULL;
     unsigned without = 0;
+    const char *channel_token_file = NULL;
+    char *channel_token = NULL;
+    gid_t admin_gid = 0;
     int opt, r;
 
     c->cfg.functions_dir = DEFAULT_FUNCTIONS_DIR;
@@ -398,6 +409,12 @@ int main(int argc, char **argv)
         case O_WITHOUT:
             r = parse_caps(optarg, &without);
             break;
+        case O_CHANNEL_TOKEN:
+            channel_token_file = optarg;
+            break;
+        case O_ADMIN_GROUP:
+            r = group_parse(optarg, &admin_gid);
+            break;
         case 'h':
             usage(stdout);
             return 0;
@@ -420,7 +437,15 @@ int main(int argc, char **argv)
                         "API is never on TCP without a token\n");
         return 2;
     }
-    if (admin_token_file && read_token(admin_token_file, &admin_token) < 0)
+    if (!c->cfg.ctl_addr.is_unix && !channel_token_file) {
+        fprintf(stderr, "stoke-controller: a TCP --listen needs --channel-token-file: the "
+                        "activator channel is never on TCP without a token\n");
+        return 2;
+    }
+    if (admin_token_file && read_token("admin-token-file", admin_token_file, &admin_token) < 0)
+        return 2;
+    if (channel_token_file &&
+        read_token("channel-token-file", channel_token_file, &channel_token) < 0)
         return 2;
 
     stoke_log_init("controller", level);
@@ -439,7 +464,11 @@ int main(int argc, char **argv)
     }
     struct hub_callbacks cbs = {
         .on_poke = on_hub_poke, .on_stats = on_hub_stats, .on_drain = on_hub_drain, .data = c};
-    r = hub_new(c->loop, &c->cfg.ctl_addr, &cbs, &c->hub);
+    r = hub_new(c->loop, &c->cfg.ctl_addr, channel_token, &cbs, &c->hub);
+    if (channel_token) {
+        explicit_bzero(channel_token, strlen(channel_token));
+        free(channel_token);
+    }
     if (r < 0) {
         char a[128];
         stoke_addr_format(&c->cfg.ctl_addr, a, sizeof(a));
@@ -463,8 +492,10 @@ int main(int argc, char **argv)
         }
         stoke_info(NULL, "ops port listening on %s", a);
     }
-    struct api_config acfg = {
-        .unix_path = admin_socket, .tcp = admin_tcp ? &admin_addr : NULL, .token = admin_token};
+    struct api_config acfg = {.unix_path = admin_socket,
+                              .unix_gid = admin_gid,
+                              .tcp = admin_tcp ? &admin_addr : NULL,
+                              .token = admin_token};
     r = admin_socket || admin_tcp ? api_new(c, &acfg, &api) : 0;
     if (admin_token) {
         explicit_bzero(admin_token, strlen(admin_token));

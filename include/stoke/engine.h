@@ -65,10 +65,16 @@ struct stoke_container_config {
     size_t env_len;
     const struct stoke_label *labels;
     size_t labels_len;
-    const char *network_mode; /* "host" (default when NULL) or "bridge" */
-    uint64_t memory_bytes;    /* 0 = no limit */
-    uint64_t cpu_millis;      /* 0 = no limit; sent as NanoCpus */
-    uint32_t pids;            /* 0 = no limit */
+    /* "bridge" (default when NULL): the replica gets its own network
+     * namespace on the engine's default bridge, and `container_port`/tcp is
+     * published on 127.0.0.1:`host_port` only (never on another address).
+     * "host": the host's namespace; nothing is published. */
+    const char *network_mode;
+    uint16_t container_port; /* bridge: the port the replica listens on inside */
+    uint16_t host_port;      /* bridge: its 127.0.0.1 port on the host */
+    uint64_t memory_bytes;   /* 0 = no limit */
+    uint64_t cpu_millis;     /* 0 = no limit; sent as NanoCpus */
+    uint32_t pids;           /* 0 = no limit */
     bool read_only_rootfs;
 };
 /* Every container also gets CapDrop ["ALL"], SecurityOpt
@@ -93,7 +99,11 @@ int stoke_engine_ping(struct stoke_engine *e, stoke_engine_cb cb, void *data);
 int stoke_engine_image_inspect(struct stoke_engine *e, const char *image, stoke_engine_cb cb,
                                void *data);
 /* res->id: the new container's id. Never pulls: a missing image is -ENOENT
- * with the engine's message ("No such image: ..."). */
+ * with the engine's message ("No such image: ..."). -EINVAL at once for a
+ * bridge config without both ports, or a network mode other than the two.
+ * The engine binds the published port when the container starts (and
+ * releases it when it stops): a start then fails with -EIO when something
+ * else holds 127.0.0.1:host_port. */
 int stoke_engine_create(struct stoke_engine *e, const struct stoke_container_config *cfg,
                         stoke_engine_cb cb, void *data);
 int stoke_engine_start(struct stoke_engine *e, const char *id, stoke_engine_cb cb, void *data);

@@ -12,6 +12,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include <json-c/json.h>
 #include <uv.h>
@@ -72,7 +73,11 @@ struct stoke_httpd_limits {
 };
 
 struct stoke_httpd_config {
-    const char *unix_path;        /* NULL: no unix socket */
+    const char *unix_path; /* NULL: no unix socket */
+    /* The unix socket's group (its mode is 0660): 0 keeps the process's,
+     * another is set with chown(), which needs the process to be a member
+     * of it (or CAP_CHOWN). */
+    gid_t unix_gid;
     const struct stoke_addr *tcp; /* NULL: no TCP listener; IP only */
     /* NULL: none. Else requests over TCP need "Authorization: Bearer
      * <token>" (401 otherwise); copied, wiped at close. */
@@ -88,7 +93,8 @@ struct stoke_httpd_config {
 };
 
 /* Listens as `cfg` says (the unix socket's directory is created if missing,
- * a stale socket file replaced, the socket made mode 0660). Returns 0 and
+ * a stale socket file replaced, the socket made mode 0660 and given
+ * `unix_gid`). Returns 0 and
  * *ret, or a negative errno with nothing left open (`*ret_what`, if not
  * NULL, names the address that failed: the unix path or "the TCP address").
  * A callback never runs from this call. */

@@ -30,6 +30,12 @@ enum stoke_idle {
     STOKE_IDLE_REMOVE,
 };
 
+/* Where a replica's network lives. */
+enum stoke_network {
+    STOKE_NETWORK_BRIDGE = 0, /* its own namespace; port published on 127.0.0.1 */
+    STOKE_NETWORK_HOST,       /* the host's namespace (opt-in: no isolation) */
+};
+
 struct stoke_env_var {
     char *name;  /* owned */
     char *value; /* owned */
@@ -84,7 +90,8 @@ struct stoke_spec {
                                printable ASCII, no spaces, <= 1024 bytes */
         uint64_t period_ms; /* default 10 ms, 1 ms..1 h; the prober backs off */
     } readiness;
-    bool read_only_rootfs; /* readOnlyRootFilesystem, default true */
+    bool read_only_rootfs;      /* readOnlyRootFilesystem, default true */
+    enum stoke_network network; /* default bridge */
 };
 
 /* Fills `spec` with every default; name and image stay empty. */
@@ -127,7 +134,8 @@ int stoke_spec_dup(const struct stoke_spec *spec, struct stoke_spec *ret);
 
 /* The revision: 16 lowercase hex digits of a stable hash (FNV-1a 64) over the
  * fields that shape a replica (image, port, env in order, resources,
- * readiness path, and readOnlyRootFilesystem when false). Two specs with the same revision can
+ * readiness path, readOnlyRootFilesystem when false, and network when
+ * bridge). Two specs with the same revision can
  * share replicas. */
 void stoke_spec_revision(const struct stoke_spec *spec, char out[17]);
 
@@ -187,7 +195,9 @@ struct stoke_spec_field_info {
  * scale.max when it is not 0) are not in the tree. */
 void stoke_spec_fields(void (*fn)(const struct stoke_spec_field_info *f, void *data), void *data);
 
-/* The names of enum stoke_idle, in its order, NULL-terminated. */
+/* The names of enum stoke_idle and of enum stoke_network, in their order,
+ * NULL-terminated. */
 extern const char *const stoke_idle_names[];
+extern const char *const stoke_network_names[];
 
 #endif

@@ -58,4 +58,20 @@ void stoke_addr_format(const struct stoke_addr *a, char *buf, size_t size);
 /* Case-insensitive ASCII compare of a counted string with a C string. */
 bool stoke_strieq(const char *a, size_t alen, const char *b);
 
+/* A shared secret read from a file (the admin API's bearer token, the
+ * activator channel's token): the file's first line without its line end,
+ * STOKE_TOKEN_MIN..STOKE_TOKEN_MAX printable ASCII bytes, no spaces. */
+#define STOKE_TOKEN_MIN 16
+#define STOKE_TOKEN_MAX 4096
+
+/* Reads the token of `path`. Blocking: startup only. Returns 0 and an owned
+ * string in *ret (wipe it with explicit_bzero() before free()), -errno when
+ * the file cannot be read, or -EINVAL when its first line is not a token. */
+int stoke_token_read(const char *path, char **ret);
+
+/* Whether `given` (`len` bytes, not NUL-terminated) is `expected`. Constant
+ * time in the content: every byte of `expected` is compared whatever
+ * `given` holds; only the length of `expected` shows. */
+bool stoke_token_equal(const char *expected, const char *given, size_t len);
+
 #endif

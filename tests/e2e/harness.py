@@ -3,8 +3,8 @@ against the real Docker engine, with specs in a temporary functions
 directory, and cleans up every process and container it started, also when
 a test fails or the run is interrupted.
 
-All traffic goes to 127.0.0.1 (the activator, and replicas on the host
-network); the engine is reached over its unix socket.
+All traffic goes to 127.0.0.1 (the activator, and the replicas' ports the
+engine publishes there); the engine is reached over its unix socket.
 """
 
 import atexit
@@ -215,7 +215,8 @@ class Stoke:
     """A controller and an activator with their own functions directory,
     channel socket, data port and container label."""
 
-    def __init__(self, name, grace="30s", extra_controller_args=(), activator_args=()):
+    def __init__(self, name, grace="30s", extra_controller_args=(), activator_args=(),
+                 channel_tcp=False):
         # tests/run.sh sets STOKE_E2E_RUN so that its cleanup removes the
         # containers of its own run only, not those of a run beside it.
         run = os.environ.get("STOKE_E2E_RUN", "")
@@ -224,6 +225,16 @@ class Stoke:
         self.fndir = os.path.join(self.tmp, "functions")
         os.mkdir(self.fndir)
         self.ctl = "unix:" + os.path.join(self.tmp, "ctl.sock")
+        self.channel_args = []  # both daemons'
+        self.ctl_port = None
+        if channel_tcp:
+            # The channel on loopback TCP, with a token file for both daemons.
+            self.ctl_port = free_port()
+            self.ctl = "127.0.0.1:%d" % self.ctl_port
+            self.token_file = os.path.join(self.tmp, "channel.token")
+            with open(self.token_file, "w") as f:
+                f.write("%032x\n" % random.getrandbits(128))
+            self.channel_args = ["--channel-token-file", self.token_file]
         self.admin_sock = os.path.join(self.tmp, "admin.sock")
         self.port = free_port()
         self.ops_port = free_port()  # the activator's ops port (/metrics, /healthz)
@@ -256,7 +267,7 @@ class Stoke:
                 "--listen", self.ctl, "--instance", self.instance,
                 "--admin-socket", self.admin_sock,
                 "--port-range", self.port_range, "--log-level", "debug",
-                "--ops-listen", "127.0.0.1:%d" % self.ctl_ops_port] + self.extra
+                "--ops-listen", "127.0.0.1:%d" % self.ctl_ops_port] + self.channel_args + self.extra
 
     def restart_controller(self, logname):
         """kill -9 of the controller, then a new one (logging to
@@ -272,7 +283,8 @@ class Stoke:
         self._spawn("activator", [
             os.path.join(BUILD, "stoke-activator"), "--listen", "127.0.0.1:%d" % self.port,
             "--ops-listen", "127.0.0.1:%d" % self.ops_port,
-            "--controller", self.ctl, "--log-level", "debug"] + self.activator_args)
+            "--controller", self.ctl, "--log-level", "debug"] + self.channel_args +
+            self.activator_args)
         self.wait_log("controller", '"ready: functions from', 30)
         self.wait_log("activator", "connected to the controller", 30)
         return self
@@ -284,7 +296,7 @@ class Stoke:
         self._spawn(name, [
             os.path.join(BUILD, "stoke-activator"), "--listen", "127.0.0.1:%d" % port,
             "--ops-listen", "127.0.0.1:%d" % free_port(),
-            "--controller", self.ctl, "--id", name, "--log-level", "debug"])
+            "--controller", self.ctl, "--id", name, "--log-level", "debug"] + self.channel_args)
         self.wait_log(name, "connected to the controller", 30)
         return port
 

@@ -6,7 +6,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import Stoke, concurrent, run_tests  # noqa: E402
+from harness import IMAGE, Stoke, concurrent, run_tests  # noqa: E402
 
 GRACE = "3s"
 
@@ -125,7 +125,7 @@ def test_queue_timeout_gives_504():
     s.write_spec("ghost", scale={"min": 0, "initial": 0}, queue={"max": 10, "timeout": "1s"},
                  extra="")
     text = open(os.path.join(s.fndir, "ghost.yaml")).read().replace(
-        "image: stoke-hello:1", "image: stoke-no-such-image:0")
+        "image: " + IMAGE, "image: stoke-no-such-image:0")
     s.write_file("ghost.yaml", text)
     s.wait_log("controller", "stoke-no-such-image", 10)
     t0 = time.time()

@@ -21,6 +21,10 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
 #include <cmocka.h>
 
 #include "stoke/engine.h"
@@ -510,6 +514,75 @@ static void test_create_config(void **state)
     free(id);
 }
 
+/* A port nothing holds now on 127.0.0.1 (the kernel's pick). */
+static uint16_t free_port(void)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    socklen_t len = sizeof(a);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+/* The bridge: the container port is exposed and published on 127.0.0.1
+ * only, at the host port asked for, as the engine reports it once started. */
+static void test_create_bridge(void **state)
+{
+    struct fixture *f = *state;
+    char name[64], function[64], hport[8];
+    struct stoke_label labels[] = {
+        {"io.stoke.managed", "true"},
+        {"io.stoke.function", function},
+        {TEST_LABEL, g_run},
+    };
+    struct stoke_container_config cfg = {
+        .name = name,
+        .image = g_image,
+        .labels = labels,
+        .labels_len = 3,
+        .network_mode = NULL, /* the default: bridge */
+        .container_port = 8080,
+        .host_port = free_port(),
+    };
+    struct reply rp = {0};
+    json_object *b;
+    char *id;
+
+    (void)snprintf(name, sizeof(name), "stoke-enginetest-%s-br", g_run);
+    (void)snprintf(function, sizeof(function), "br-%s", g_run);
+    (void)snprintf(hport, sizeof(hport), "%u", (unsigned)cfg.host_port);
+    RUN(f, &rp, stoke_engine_create(f->e, &cfg, on_reply, &rp));
+    assert_int_equal(rp.err, 0);
+    id = strdup(rp.id);
+    assert_non_null(id);
+    RUN(f, &rp, stoke_engine_start(f->e, id, on_reply, &rp));
+    assert_int_equal(rp.err, 0);
+
+    RUN(f, &rp, stoke_engine_inspect(f->e, id, on_reply, &rp));
+    assert_int_equal(rp.err, 0);
+    assert_string_equal(json_object_get_string(path_get(rp.json, "HostConfig", "NetworkMode")),
+                        "bridge");
+    assert_non_null(path_get(path_get(rp.json, "Config", "ExposedPorts"), "8080/tcp", NULL));
+    /* Asked for, and in effect. */
+    json_object *where[] = {path_get(rp.json, "HostConfig", "PortBindings"),
+                            path_get(rp.json, "NetworkSettings", "Ports")};
+    for (size_t i = 0; i < 2; i++) {
+        assert_int_equal(json_object_object_length(where[i]), 1);
+        json_object *list = path_get(where[i], "8080/tcp", NULL);
+        assert_int_equal(json_object_array_length(list), 1);
+        b = json_object_array_get_idx(list, 0);
+        assert_string_equal(json_object_get_string(path_get(b, "HostIp", NULL)), "127.0.0.1");
+        assert_string_equal(json_object_get_string(path_get(b, "HostPort", NULL)), hport);
+    }
+    assert_int_equal(remove_op(f, id, true, &rp), 0);
+    reply_done(&rp);
+    free(id);
+}
+
 static void test_create_refused_locally(void **state)
 {
     struct fixture *f = *state;
@@ -527,6 +600,18 @@ static void test_create_refused_locally(void **state)
     cfg.env_len = 0;
     cfg.labels = bad_label;
     cfg.labels_len = 1;
+    assert_int_equal(stoke_engine_create(f->e, &cfg, on_reply, &rp), -EINVAL);
+    cfg.labels_len = 0;
+    /* The bridge needs both ports; a network mode is one of the two. */
+    cfg.network_mode = "bridge";
+    cfg.container_port = 8080;
+    assert_int_equal(stoke_engine_create(f->e, &cfg, on_reply, &rp), -EINVAL);
+    cfg.network_mode = NULL;
+    cfg.host_port = 30000;
+    cfg.container_port = 0;
+    assert_int_equal(stoke_engine_create(f->e, &cfg, on_reply, &rp), -EINVAL);
+    cfg.network_mode = "none";
+    cfg.container_port = 8080;
     assert_int_equal(stoke_engine_create(f->e, &cfg, on_reply, &rp), -EINVAL);
     assert_int_equal(stoke_engine_list(f->e, "a=b", NULL, on_reply, &rp), -EINVAL);
     assert_int_equal(stoke_engine_image_inspect(f->e, "", on_reply, &rp), -EINVAL);
@@ -871,6 +956,7 @@ static void test_create_missing_image(void **state)
         .image = "stoke-engine-missing:0",
         .labels = labels,
         .labels_len = 1,
+        .network_mode = "host",
     };
     struct reply rp = {0};
 
@@ -1227,7 +1313,7 @@ static void test_fake_bad_answers(void **state)
     struct fixture *f = *state;
     struct fake fk;
     struct stoke_engine *e;
-    struct stoke_container_config cfg = {.image = "x:1"};
+    struct stoke_container_config cfg = {.image = "x:1", .network_mode = "host"};
     struct reply rp = {0};
 
     fake_start(f, &fk);
@@ -1420,6 +1506,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_image_inspect_missing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_create_config, setup, teardown),
         cmocka_unit_test_setup_teardown(test_create_refused_locally, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_create_bridge, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lifecycle, setup, teardown),
         cmocka_unit_test_setup_teardown(test_paused_stop_remove, setup, teardown),
         cmocka_unit_test_setup_teardown(test_list_by_label, setup, teardown),

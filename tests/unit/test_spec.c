@@ -74,6 +74,7 @@ static void check_defaults_except_name_image(const struct stoke_spec *s)
     assert_int_equal(s->scale.remove_after_ms, 1800000);
     assert_int_equal(s->scale.precreated, 0);
     assert_true(s->read_only_rootfs);
+    assert_int_equal(s->network, STOKE_NETWORK_BRIDGE);
     assert_int_equal(s->timeout_ms, 300000);
     assert_int_equal(s->queue.max, 1000);
     assert_int_equal(s->queue.timeout_ms, 60000);
@@ -137,6 +138,7 @@ static void check_full(const struct stoke_spec *s)
     assert_int_equal(s->resources.pids, 64);
     assert_string_equal(s->readiness.path, "/healthz");
     assert_int_equal(s->readiness.period_ms, 250);
+    assert_int_equal(s->network, STOKE_NETWORK_HOST);
 }
 
 static void check_durations(const struct stoke_spec *s)
@@ -302,6 +304,16 @@ static void check_warm_bounds(const struct stoke_spec *s)
     assert_true(s->read_only_rootfs);
 }
 
+static void check_host_network(const struct stoke_spec *s)
+{
+    assert_int_equal(s->network, STOKE_NETWORK_HOST);
+}
+
+static void check_bridge_network(const struct stoke_spec *s)
+{
+    assert_int_equal(s->network, STOKE_NETWORK_BRIDGE);
+}
+
 static void check_writable(const struct stoke_spec *s)
 {
     assert_false(s->read_only_rootfs);
@@ -336,13 +348,16 @@ static const struct good_case good_cases[] = {
           "  queue: {max: 50, timeout: 5s}\n"
           "  resources: {memory: 256Mi, cpu: 1.5, pids: 64}\n"
           "  readiness: {path: /healthz, period: 250ms}\n"
-          "  readOnlyRootFilesystem: false\n",
+          "  readOnlyRootFilesystem: false\n"
+          "  network: host\n",
      check_full},
     {"warm tier bounds, boolean spellings",
      BASE "  scale: {stopAfter: 0s, removeAfter: 24h, precreated: 100}\n"
           "  readOnlyRootFilesystem: True\n",
      check_warm_bounds},
     {"read-only root off", BASE "  readOnlyRootFilesystem: FALSE\n", check_writable},
+    {"host network", BASE "  network: host\n", check_host_network},
+    {"bridge network", BASE "  network: bridge\n", check_bridge_network},
     {"durations of each form",
      BASE "  scale: {window: 1m30s, scaleToZeroGrace: 0s, scaleDownDelay: 1h}\n"
           "  timeout: 250ms\n"
@@ -667,6 +682,12 @@ static const struct bad_case bad_cases[] = {
         "must be between 0 and 100"),
     BAD("precreated a string", BASE "  scale: {precreated: \"1\"}\n", 7, 23,
         "spec.scale.precreated", "expected an integer"),
+    BAD("network none", BASE "  network: none\n", 7, 12, "spec.network",
+        "must be bridge or host (found \"none\")"),
+    BAD("network capitalised", BASE "  network: Host\n", 7, 12, "spec.network",
+        "must be bridge or host"),
+    BAD("network map", BASE "  network: {mode: host}\n", 7, 12, "spec.network",
+        "expected a string"),
     BAD("readOnlyRootFilesystem yes", BASE "  readOnlyRootFilesystem: yes\n", 7, 27,
         "spec.readOnlyRootFilesystem", "expected true or false, found \"yes\""),
     BAD("readOnlyRootFilesystem quoted", BASE "  readOnlyRootFilesystem: \"true\"\n", 7, 27,
@@ -1235,6 +1256,7 @@ static void test_revision(void **state)
         BASE "  readiness: {path: /}\n",
         BASE "  readiness: {path: /x}\n",
         BASE "  readOnlyRootFilesystem: false\n",
+        BASE "  network: host\n",
     };
     /* Each differs from BASE only in fields a replica does not see. */
     static const char *const same[] = {
@@ -1242,6 +1264,7 @@ static void test_revision(void **state)
         BASE "  timeout: 10s\n  queue: {max: 1, timeout: 1s}\n",
         BASE "  readiness: {period: 1s}\n",
         BASE "  readOnlyRootFilesystem: true\n",
+        BASE "  network: bridge\n",
         BASE "  scale: {stopAfter: 1s, removeAfter: 2s, precreated: 3}\n",
         HEAD "  name: other\n  labels: {a: b}\n" SPEC,
         BASE "  port: 8080\n  resources: {memory: 128Mi, cpu: 500m, pids: 256}\n",
@@ -1257,8 +1280,13 @@ static void test_revision(void **state)
     revision_of(BASE, again);
     assert_string_equal(base, again);
     /* Stable across builds and hosts: a changed value would roll out every
-     * running function again after an upgrade. */
-    assert_string_equal(base, "ccd3384bc26c8db8");
+     * running function again after an upgrade (as the bridge network did
+     * once, on purpose: from ccd3384bc26c8db8, the host network's). */
+    assert_string_equal(base, "81fe2e6a1bc41d66");
+    /* On the host network, the revision it had before the field existed:
+     * those replicas are adopted, bridge ones replace them. */
+    revision_of(BASE "  network: host\n", again);
+    assert_string_equal(again, "ccd3384bc26c8db8");
 
     memcpy(revs[n], base, sizeof(base));
     for (size_t i = 0; i < n; i++)

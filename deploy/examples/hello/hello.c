@@ -6,7 +6,7 @@
  * $STOKE_REPLICA (the replica's container name, set by stoke) or else the hostname, except
  * /status/<code> (that status) and /delay/<ms> (200 after <ms>, without blocking other
  * connections). Keep-alive, pipelining and request bodies (Content-Length or chunked, read
- * and discarded) are supported. Env: PORT (8080), BIND_ADDR (127.0.0.1), GREETING (hello).
+ * and discarded) are supported. Env: PORT (8080), BIND_ADDR (0.0.0.0), GREETING (hello).
  * When TARGET is set and not empty, the answer is "Hello <TARGET>!\n" instead, as Knative's
  * helloworld-go sample answers, so its manifest (tests/knative/) can run this image.
  */
@@ -573,7 +573,10 @@ int main(void)
         fprintf(stderr, "{\"level\":\"error\",\"msg\":\"PORT must be 1..65535\"}\n");
         return 2;
     }
-    addr = addr && *addr ? addr : "127.0.0.1";
+    /* Every address of the replica's own network namespace: stoke publishes
+     * the port on the host's 127.0.0.1 only. On the host network
+     * (spec.network: host) set BIND_ADDR=127.0.0.1. */
+    addr = addr && *addr ? addr : "0.0.0.0";
     g = g ? g : "hello";
     /* On the host network a container shares the host's name, so stoke passes the
      * replica's own name. */
