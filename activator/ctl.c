@@ -19,6 +19,7 @@ struct ctl {
     uv_loop_t *loop;
     struct stoke_addr addr;
     char id[64];
+    char process[64];
     struct proxy *px;
     union {
         uv_tcp_t tcp;
@@ -192,8 +193,10 @@ static void on_connected(uv_connect_t *req, int status)
     stoke_linebuf_done(&ctl->lines);
     stoke_linebuf_init(&ctl->lines, STOKE_CTL_MAX_LINE);
 
-    char hello[128];
-    int n = snprintf(hello, sizeof(hello), "{\"op\":\"hello\",\"activator\":\"%s\"}", ctl->id);
+    char hello[256];
+    int n = snprintf(hello, sizeof(hello),
+                     "{\"op\":\"hello\",\"activator\":\"%s\",\"process\":\"%s\"}", ctl->id,
+                     ctl->process);
     ctl_send(ctl, hello, (size_t)n);
     if (ctl->px)
         proxy_waiting(ctl->px, send_poke, ctl);
@@ -250,7 +253,8 @@ static void on_stats(uv_timer_t *t)
         ctl_send(ctl, ctl->msg.data, ctl->msg.len);
 }
 
-int ctl_new(uv_loop_t *loop, const struct stoke_addr *controller, const char *id, struct ctl **ret)
+int ctl_new(uv_loop_t *loop, const struct stoke_addr *controller, const char *id,
+            const char *process, struct ctl **ret)
 {
     struct ctl *ctl = calloc(1, sizeof(*ctl));
     if (!ctl)
@@ -258,6 +262,7 @@ int ctl_new(uv_loop_t *loop, const struct stoke_addr *controller, const char *id
     ctl->loop = loop;
     ctl->addr = *controller;
     snprintf(ctl->id, sizeof(ctl->id), "%s", id);
+    snprintf(ctl->process, sizeof(ctl->process), "%s", process);
     ctl->backoff_ms = BACKOFF_MIN_MS;
     stoke_linebuf_init(&ctl->lines, STOKE_CTL_MAX_LINE);
     stoke_buf_init(&ctl->msg, STOKE_CTL_MAX_LINE);

@@ -12,8 +12,11 @@
 
 struct ctl;
 
-/* `id` names this activator to the controller (copied). */
-int ctl_new(uv_loop_t *loop, const struct stoke_addr *controller, const char *id, struct ctl **ret);
+/* `id` names this channel (one per worker) to the controller, `process` the
+ * activator process it belongs to (copied): the controller divides limits
+ * among processes. */
+int ctl_new(uv_loop_t *loop, const struct stoke_addr *controller, const char *id,
+            const char *process, struct ctl **ret);
 
 /* The proxy whose routes this channel feeds; set once, before traffic. */
 void ctl_set_proxy(struct ctl *ctl, struct proxy *px);

@@ -29,7 +29,8 @@ struct proxy_config {
     uint64_t header_timeout_ms;  /* from the first byte to the end of the head */
     uint64_t idle_timeout_ms;    /* keep-alive wait for the next request */
     uint64_t connect_timeout_ms; /* upstream connect */
-    uint32_t max_connections;    /* client connections; over: closed at accept */
+    uint32_t max_connections;    /* client connections; over: closed at accept (the
+                                    process's cap, in struct limits, when shared) */
     uint32_t max_idle_upstream;  /* idle pooled connections per replica */
     bool reuse_port;             /* SO_REUSEPORT: several workers share the port */
     bool access_log;             /* a log line per request (info level) */
@@ -46,12 +47,17 @@ typedef void (*proxy_poke_cb)(const char *fn, void *data);
 typedef void (*proxy_drained_cb)(void *data);
 
 struct metrics_worker;
+struct limits;
 
 struct proxy_hooks {
     proxy_poke_cb on_poke;
     proxy_drained_cb on_drained;
     void *data;
     struct metrics_worker *metrics; /* this loop's counters (metrics.h), or NULL */
+    /* The limits the process's workers share (shared.h), with this proxy's
+     * worker number; NULL: the proxy keeps its own (one worker). */
+    struct limits *limits;
+    unsigned worker;
 };
 
 /* Called by proxy_stats() once per function. */

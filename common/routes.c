@@ -11,8 +11,10 @@ void stoke_route_table_done(struct stoke_route_table *t)
 {
     if (!t)
         return;
-    for (size_t i = 0; i < t->n_routes; i++)
+    for (size_t i = 0; i < t->n_routes; i++) {
         free(t->routes[i].endpoints);
+        free(t->routes[i].shares);
+    }
     free(t->routes);
     memset(t, 0, sizeof(*t));
 }
@@ -48,6 +50,16 @@ char *stoke_route_table_format(const struct stoke_route_table *t)
         json_object_object_add(fn, "concurrency_limit",
                                json_object_new_int64(r->concurrency_limit));
         json_object_object_add(fn, "endpoints", eps);
+        if (r->shares) {
+            json_object *sh = json_object_new_array();
+            if (!sh) {
+                json_object_put(fn);
+                goto out;
+            }
+            for (size_t j = 0; j < r->n_endpoints; j++)
+                json_object_array_add(sh, json_object_new_int64(r->shares[j]));
+            json_object_object_add(fn, "shares", sh);
+        }
         json_object_array_add(fns, fn);
     }
     json_object_object_add(root, "op", json_object_new_string("routes"));
@@ -122,6 +134,22 @@ static int parse_route(json_object *fn, struct stoke_route *r)
             r->endpoints[j].is_unix)
             return -EINVAL;
         r->n_endpoints++;
+    }
+    /* Optional: a share of concurrency_limit per endpoint, each 1..limit. */
+    if (json_object_object_get_ex(fn, "shares", &v)) {
+        if (!json_object_is_type(v, json_type_array) || json_object_array_length(v) != ne ||
+            r->concurrency_limit == 0)
+            return -EINVAL;
+        r->shares = calloc(ne ? ne : 1, sizeof(*r->shares));
+        if (!r->shares)
+            return -ENOMEM;
+        for (size_t j = 0; j < ne; j++) {
+            json_object *e = json_object_array_get_idx(v, j);
+            int64_t s = json_object_is_type(e, json_type_int) ? json_object_get_int64(e) : 0;
+            if (s < 1 || s > r->concurrency_limit)
+                return -EINVAL;
+            r->shares[j] = (uint32_t)s;
+        }
     }
     return 0;
 }

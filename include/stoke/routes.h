@@ -5,14 +5,19 @@
  * activator opens to the controller. Each message is one JSON object on one
  * line (at most STOKE_CTL_MAX_LINE bytes), with "op" naming it:
  *   activator -> controller:
- *     {"op":"hello","activator":"<id>"}
+ *     {"op":"hello","activator":"<id>","process":"<id of its process>"}
+ *                  (a process's workers each open a channel: the controller
+ *                  divides limits per process; no "process": its own)
  *     {"op":"poke","fn":"<name>"}                  a request waits at zero
  *     {"op":"stats","fns":{"<name>":{"concurrency":1.5,"requests":12}}}
  *   controller -> activator:
  *     {"op":"routes","gen":7,"functions":[{"name":..., "timeout_ms":...,
  *       "queue_max":..., "queue_timeout_ms":..., "concurrency_limit":...,
- *       "endpoints":["127.0.0.1:31001", ...]}, ...]}
- * A routes message always carries the whole table; `gen` grows with each. */
+ *       "endpoints":["127.0.0.1:31001", ...], "shares":[1, ...]}, ...]}
+ *     ("shares", optional, parallel to "endpoints": this activator's
+ *     concurrency on each replica; "queue_max" is its share of queue.max)
+ * A routes message always carries the whole table, made for the process the
+ * channel belongs to; `gen` grows with each. */
 #ifndef STOKE_ROUTES_H
 #define STOKE_ROUTES_H
 
@@ -34,6 +39,11 @@ struct stoke_route {
     uint64_t queue_timeout_ms;
     uint32_t concurrency_limit;   /* 0 = none */
     struct stoke_addr *endpoints; /* owned; ready replicas only */
+    /* Owned, parallel to endpoints, or NULL: the requests this activator may
+     * have in flight on each replica at once, its share of
+     * concurrency_limit when several activators divide it (see
+     * controller/shares.h). NULL: concurrency_limit on each. */
+    uint32_t *shares;
     size_t n_endpoints;
 };
 

@@ -1,0 +1,299 @@
+/* See shared.h for the design. */
+#include "shared.h"
+
+#include <errno.h>
+#include <sched.h>
+#include <stdalign.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "stoke/spec.h"
+
+#define CACHE_LINE 64
+#define BUCKETS 4096 /* functions hashed by name; chains are walked under the mutex only */
+#define MASK_WORDS (LIMITS_MAX_WORKERS / 64)
+
+struct lim_ep {
+    alignas(CACHE_LINE) atomic_uint inflight;
+    atomic_uint limit; /* 0: none */
+    /* Below: under the registry mutex. */
+    alignas(CACHE_LINE) struct lim_fn *fn;
+    struct lim_ep *next;
+    uint64_t gen;
+    unsigned refs;
+    char addr[80];
+};
+
+struct lim_fn {
+    alignas(CACHE_LINE) atomic_uint queued;
+    atomic_uint queue_max;
+    alignas(CACHE_LINE) _Atomic uint64_t waiting[MASK_WORDS]; /* workers with queued requests */
+    /* Below: under the registry mutex. */
+    alignas(CACHE_LINE) struct limits *l;
+    struct lim_fn *next;
+    struct lim_ep *eps;
+    uint64_t gen;
+    unsigned refs;
+    char name[STOKE_NAME_MAX + 1];
+};
+
+struct wake {
+    alignas(CACHE_LINE) _Atomic(uv_async_t *) async;
+    atomic_uint senders; /* sends in progress: see limits_set_wake() */
+};
+
+struct limits {
+    alignas(CACHE_LINE) atomic_uint connections;
+    uint32_t max_connections;
+    unsigned n_workers;
+    uv_mutex_t mu;
+    struct lim_fn *buckets[BUCKETS];
+    struct wake *wakes;
+};
+
+int limits_new(unsigned n_workers, uint32_t max_connections, struct limits **ret)
+{
+    if (n_workers == 0 || n_workers > LIMITS_MAX_WORKERS)
+        return -EINVAL;
+    struct limits *l = aligned_alloc(CACHE_LINE, sizeof(*l));
+    struct wake *w = aligned_alloc(CACHE_LINE, n_workers * sizeof(*w));
+    if (!l || !w || uv_mutex_init(&l->mu) < 0) {
+        free(l);
+        free(w);
+        return -ENOMEM;
+    }
+    atomic_init(&l->connections, 0);
+    l->max_connections = max_connections;
+    l->n_workers = n_workers;
+    memset(l->buckets, 0, sizeof(l->buckets));
+    for (unsigned i = 0; i < n_workers; i++) {
+        atomic_init(&w[i].async, NULL);
+        atomic_init(&w[i].senders, 0);
+    }
+    l->wakes = w;
+    *ret = l;
+    return 0;
+}
+
+void limits_free(struct limits *l)
+{
+    if (!l)
+        return;
+    uv_mutex_destroy(&l->mu);
+    free(l->wakes);
+    free(l);
+}
+
+void limits_set_wake(struct limits *l, unsigned w, uv_async_t *wake)
+{
+    if (w >= l->n_workers)
+        return;
+    atomic_store(&l->wakes[w].async, wake);
+    /* A sender that loaded the old handle has counted itself first: once
+     * the count is zero no send can reach a handle the caller closes. */
+    while (!wake && atomic_load(&l->wakes[w].senders) > 0)
+        sched_yield();
+}
+
+bool limits_conn_take(struct limits *l)
+{
+    if (atomic_fetch_add(&l->connections, 1) < l->max_connections)
+        return true;
+    atomic_fetch_sub(&l->connections, 1);
+    return false;
+}
+
+void limits_conn_put(struct limits *l)
+{
+    atomic_fetch_sub(&l->connections, 1);
+}
+
+static unsigned hash_name(const char *s)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 16777619u;
+    return h % BUCKETS;
+}
+
+struct lim_fn *limits_fn_get(struct limits *l, const char *name)
+{
+    struct lim_fn **slot = &l->buckets[hash_name(name)];
+    uv_mutex_lock(&l->mu);
+    struct lim_fn *f = *slot;
+    while (f && strcmp(f->name, name) != 0)
+        f = f->next;
+    if (!f && strlen(name) <= STOKE_NAME_MAX && (f = aligned_alloc(CACHE_LINE, sizeof(*f)))) {
+        memset(f, 0, sizeof(*f));
+        atomic_init(&f->queued, 0);
+        atomic_init(&f->queue_max, 0);
+        for (unsigned i = 0; i < MASK_WORDS; i++)
+            atomic_init(&f->waiting[i], 0);
+        f->l = l;
+        strcpy(f->name, name);
+        f->next = *slot;
+        *slot = f;
+    }
+    if (f)
+        f->refs++;
+    uv_mutex_unlock(&l->mu);
+    return f;
+}
+
+void limits_fn_put(struct lim_fn *f)
+{
+    struct limits *l = f->l;
+    uv_mutex_lock(&l->mu);
+    if (--f->refs == 0) {
+        struct lim_fn **p = &l->buckets[hash_name(f->name)];
+        while (*p != f)
+            p = &(*p)->next;
+        *p = f->next;
+        free(f); /* its replicas hold references: none is left */
+    }
+    uv_mutex_unlock(&l->mu);
+}
+
+void limits_fn_configure(struct lim_fn *f, uint64_t gen, uint32_t queue_max)
+{
+    uv_mutex_lock(&f->l->mu);
+    if (gen >= f->gen) {
+        f->gen = gen;
+        atomic_store(&f->queue_max, queue_max);
+    }
+    uv_mutex_unlock(&f->l->mu);
+}
+
+struct lim_ep *limits_ep_get(struct lim_fn *f, const char *addr)
+{
+    uv_mutex_lock(&f->l->mu);
+    struct lim_ep *e = f->eps;
+    while (e && strcmp(e->addr, addr) != 0)
+        e = e->next;
+    if (!e && strlen(addr) < sizeof(e->addr) && (e = aligned_alloc(CACHE_LINE, sizeof(*e)))) {
+        memset(e, 0, sizeof(*e));
+        atomic_init(&e->inflight, 0);
+        atomic_init(&e->limit, 0);
+        e->fn = f;
+        strcpy(e->addr, addr);
+        e->next = f->eps;
+        f->eps = e;
+        f->refs++;
+    }
+    if (e)
+        e->refs++;
+    uv_mutex_unlock(&f->l->mu);
+    return e;
+}
+
+void limits_ep_put(struct lim_ep *e)
+{
+    struct lim_fn *f = e->fn;
+    bool fn_unused = false;
+    uv_mutex_lock(&f->l->mu);
+    if (--e->refs == 0) {
+        struct lim_ep **p = &f->eps;
+        while (*p != e)
+            p = &(*p)->next;
+        *p = e->next;
+        free(e);
+        fn_unused = true;
+    }
+    uv_mutex_unlock(&f->l->mu);
+    if (fn_unused)
+        limits_fn_put(f);
+}
+
+void limits_ep_configure(struct lim_ep *e, uint64_t gen, uint32_t limit)
+{
+    uv_mutex_lock(&e->fn->l->mu);
+    if (gen >= e->gen) {
+        e->gen = gen;
+        atomic_store(&e->limit, limit);
+    }
+    uv_mutex_unlock(&e->fn->l->mu);
+}
+
+uint32_t lim_ep_inflight(const struct lim_ep *e)
+{
+    return atomic_load_explicit(&e->inflight, memory_order_relaxed);
+}
+
+bool lim_ep_has_room(const struct lim_ep *e)
+{
+    unsigned limit = atomic_load_explicit(&e->limit, memory_order_relaxed);
+    return limit == 0 || atomic_load_explicit(&e->inflight, memory_order_relaxed) < limit;
+}
+
+bool lim_ep_take(struct lim_ep *e)
+{
+    unsigned limit = atomic_load_explicit(&e->limit, memory_order_relaxed);
+    if (limit == 0) {
+        atomic_fetch_add(&e->inflight, 1);
+        return true;
+    }
+    unsigned v = atomic_load(&e->inflight);
+    do {
+        if (v >= limit)
+            return false;
+    } while (!atomic_compare_exchange_weak(&e->inflight, &v, v + 1));
+    return true;
+}
+
+void lim_ep_put(struct lim_ep *e)
+{
+    atomic_fetch_sub(&e->inflight, 1);
+}
+
+uint32_t lim_fn_queued(const struct lim_fn *f)
+{
+    return atomic_load(&f->queued);
+}
+
+bool lim_fn_queue_take(struct lim_fn *f)
+{
+    unsigned max = atomic_load_explicit(&f->queue_max, memory_order_relaxed);
+    unsigned v = atomic_load(&f->queued);
+    do {
+        if (v >= max)
+            return false;
+    } while (!atomic_compare_exchange_weak(&f->queued, &v, v + 1));
+    return true;
+}
+
+void lim_fn_queue_put(struct lim_fn *f)
+{
+    atomic_fetch_sub(&f->queued, 1);
+}
+
+void lim_fn_set_waiting(struct lim_fn *f, unsigned w, bool waiting)
+{
+    if (w >= LIMITS_MAX_WORKERS)
+        return;
+    uint64_t bit = (uint64_t)1 << (w % 64);
+    if (waiting)
+        atomic_fetch_or(&f->waiting[w / 64], bit);
+    else
+        atomic_fetch_and(&f->waiting[w / 64], ~bit);
+}
+
+void lim_fn_wake(struct lim_fn *f, unsigned self)
+{
+    struct limits *l = f->l;
+    for (unsigned i = 0; i < MASK_WORDS && i * 64 < l->n_workers; i++) {
+        uint64_t mask = atomic_load(&f->waiting[i]);
+        while (mask) {
+            unsigned w = i * 64 + (unsigned)__builtin_ctzll(mask);
+            mask &= mask - 1;
+            if (w == self || w >= l->n_workers)
+                continue;
+            struct wake *k = &l->wakes[w];
+            atomic_fetch_add(&k->senders, 1);
+            uv_async_t *a = atomic_load(&k->async);
+            if (a)
+                uv_async_send(a);
+            atomic_fetch_sub(&k->senders, 1);
+        }
+    }
+}
