@@ -194,9 +194,9 @@ static void on_connected(uv_connect_t *req, int status)
     stoke_linebuf_init(&ctl->lines, STOKE_CTL_MAX_LINE);
 
     char hello[256];
-    int n = snprintf(hello, sizeof(hello),
-                     "{\"op\":\"hello\",\"activator\":\"%s\",\"process\":\"%s\"}", ctl->id,
-                     ctl->process);
+    int n =
+        snprintf(hello, sizeof(hello), "{\"op\":\"hello\",\"activator\":\"%s\",\"process\":\"%s\"}",
+                 ctl->id, ctl->process);
     ctl_send(ctl, hello, (size_t)n);
     if (ctl->px)
         proxy_waiting(ctl->px, send_poke, ctl);

@@ -10,9 +10,9 @@
 #include <uv.h>
 
 #include "ctl.h"
-#include "shared.h"
 #include "metrics.h"
 #include "proxy.h"
+#include "shared.h"
 #include "stoke/log.h"
 #include "stoke/opsd.h"
 #include "stoke/spec.h"

@@ -12,8 +12,8 @@
 
 #include <llhttp.h>
 
-#include "shared.h"
 #include "metrics.h"
+#include "shared.h"
 #include "stoke/list.h"
 #include "stoke/log.h"
 

@@ -5,6 +5,9 @@
 #include <string.h>
 #include <strings.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
 #include <json-c/json.h>
 
 void stoke_route_table_done(struct stoke_route_table *t)
@@ -207,6 +210,64 @@ out:
     json_object_put(root);
     json_tokener_free(tok);
     return r;
+}
+
+uint32_t stoke_share(uint32_t total, unsigned n, unsigned i, unsigned start)
+{
+    if (n <= 1)
+        return total;
+    unsigned pos = (i + n - start % n) % n; /* i's place in the deal */
+    return total / n + (pos < total % n ? 1 : 0);
+}
+
+static unsigned name_hash(const char *s)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 16777619u;
+    return h;
+}
+
+static uint16_t addr_port(const struct stoke_addr *a)
+{
+    if (a->ss.ss_family == AF_INET)
+        return ntohs(((const struct sockaddr_in *)&a->ss)->sin_port);
+    if (a->ss.ss_family == AF_INET6)
+        return ntohs(((const struct sockaddr_in6 *)&a->ss)->sin6_port);
+    return 0;
+}
+
+int stoke_route_share(const struct stoke_route *in, unsigned i, unsigned k, struct stoke_route *out)
+{
+    *out = *in;
+    out->endpoints = NULL;
+    out->shares = NULL;
+    out->n_endpoints = 0;
+    bool divide = k > 1 && in->concurrency_limit > 0;
+    if (k > 1)
+        out->queue_max = stoke_share(in->queue_max, k, i, name_hash(in->name) % k);
+    if (in->n_endpoints == 0)
+        return 0;
+    out->endpoints = calloc(in->n_endpoints, sizeof(*out->endpoints));
+    if (divide)
+        out->shares = calloc(in->n_endpoints, sizeof(*out->shares));
+    if (!out->endpoints || (divide && !out->shares)) {
+        free(out->endpoints);
+        free(out->shares);
+        memset(out, 0, sizeof(*out));
+        return -ENOMEM;
+    }
+    for (size_t j = 0; j < in->n_endpoints; j++) {
+        uint32_t s = in->concurrency_limit;
+        if (divide) {
+            s = stoke_share(in->concurrency_limit, k, i, addr_port(&in->endpoints[j]) % k);
+            if (s == 0)
+                continue; /* its slots are the other activators' */
+            out->shares[out->n_endpoints] = s;
+        }
+        out->endpoints[out->n_endpoints++] = in->endpoints[j];
+    }
+    return 0;
 }
 
 const struct stoke_route *stoke_route_table_find(const struct stoke_route_table *t,

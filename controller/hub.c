@@ -31,6 +31,7 @@ struct peer {
     struct stoke_list node;
     struct stoke_linebuf lines;
     char id[64];
+    char process[64]; /* from its hello; "" before */
     bool closing;
     uint64_t gen;         /* route table in use, from its last drain message */
     uint64_t last_second; /* the second its last stats report counted for */
@@ -50,8 +51,8 @@ struct hub {
     struct hub_callbacks cbs;
     struct stoke_list peers;
     unsigned n_peers;
-    char *last; /* the last broadcast, sent to newcomers */
-    size_t last_len;
+    bool sending;         /* in hub_send_routes() */
+    bool members_changed; /* a peer left meanwhile: on_members after it */
     int handles;
     bool closing;
     void (*on_closed)(void *);
@@ -64,7 +65,6 @@ static void hub_handle_closed(struct hub *hub)
         return;
     if (hub->addr.is_unix)
         (void)unlink(hub->addr.path);
-    free(hub->last);
     if (hub->on_closed)
         hub->on_closed(hub->closed_data);
     free(hub);
@@ -97,6 +97,12 @@ static void peer_close(struct peer *p)
     stoke_list_remove(&p->node);
     p->hub->n_peers--;
     uv_close(&p->conn.handle, on_peer_closed);
+    if (p->process[0] && !p->hub->closing) {
+        if (p->hub->sending)
+            p->hub->members_changed = true;
+        else
+            p->hub->cbs.on_members(p->hub->cbs.data);
+    }
 }
 
 struct hub_write {
@@ -219,9 +225,15 @@ static int on_line(char *line, size_t len, void *data)
         handle_drain(p, msg);
     } else if (strcmp(op, "hello") == 0) {
         const char *id = get_string(msg, "activator");
+        const char *proc = get_string(msg, "process");
         if (id)
             snprintf(p->id, sizeof(p->id), "%s", id);
-        stoke_info(NULL, "activator %s connected", p->id);
+        /* An activator that names no process is one of its own. */
+        snprintf(p->process, sizeof(p->process), "%s", proc && *proc ? proc : p->id);
+        stoke_info(NULL, "activator %s (process %s) connected", p->id, p->process);
+        json_object_put(msg);
+        p->hub->cbs.on_members(p->hub->cbs.data); /* may send on p */
+        return 0;
     }
     /* Unknown ops are ignored so newer activators can talk to this one. */
     json_object_put(msg);
@@ -266,8 +278,7 @@ static void on_connection(uv_stream_t *server, int status)
         peer_close(p);
         return;
     }
-    if (hub->last)
-        peer_send(p, hub->last, hub->last_len);
+    /* Its route table follows its hello, made for its process. */
 }
 
 static void on_listener_closed(uv_handle_t *h)
@@ -313,22 +324,57 @@ int hub_new(uv_loop_t *loop, const struct stoke_addr *addr, const struct hub_cal
     return 0;
 }
 
-void hub_broadcast(struct hub *hub, const char *line, size_t len)
+static int cmp_str(const void *a, const void *b)
 {
-    char *copy = malloc(len + 1);
-    if (!copy)
-        return;
-    memcpy(copy, line, len);
-    copy[len] = '\0';
-    free(hub->last);
-    hub->last = copy;
-    hub->last_len = len;
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
 
-    struct stoke_list *n = hub->peers.next;
-    while (n != &hub->peers) {
-        struct peer *p = stoke_container_of(n, struct peer, node);
-        n = n->next; /* peer_send may drop p */
-        peer_send(p, line, len);
+void hub_send_routes(struct hub *hub, char *(*make)(unsigned i, unsigned n, void *data), void *data)
+{
+    /* The processes that said hello, sorted and each once. */
+    const char **procs = calloc(hub->n_peers ? hub->n_peers : 1, sizeof(*procs));
+    if (!procs)
+        return;
+    unsigned n = 0;
+    for (struct stoke_list *it = hub->peers.next; it != &hub->peers; it = it->next) {
+        struct peer *p = stoke_container_of(it, struct peer, node);
+        if (p->process[0])
+            procs[n++] = p->process;
+    }
+    qsort(procs, n, sizeof(*procs), cmp_str);
+    unsigned k = 0;
+    for (unsigned i = 0; i < n; i++) {
+        if (k == 0 || strcmp(procs[k - 1], procs[i]) != 0)
+            procs[k++] = procs[i];
+    }
+    /* Lines first: sending may drop a peer, and with it a name in procs. */
+    char **lines = calloc(k ? k : 1, sizeof(*lines));
+    char(*names)[64] = calloc(k ? k : 1, sizeof(*names));
+    for (unsigned i = 0; lines && names && i < k; i++) {
+        snprintf(names[i], sizeof(names[i]), "%s", procs[i]);
+        lines[i] = make(i, k, data);
+    }
+    free(procs);
+    hub->sending = true;
+    struct stoke_list *it = hub->peers.next;
+    while (lines && names && it != &hub->peers) {
+        struct peer *p = stoke_container_of(it, struct peer, node);
+        it = it->next; /* peer_send may drop p */
+        for (unsigned i = 0; i < k; i++) {
+            if (lines[i] && strcmp(names[i], p->process) == 0) {
+                peer_send(p, lines[i], strlen(lines[i]));
+                break;
+            }
+        }
+    }
+    hub->sending = false;
+    for (unsigned i = 0; lines && i < k; i++)
+        free(lines[i]);
+    free(lines);
+    free(names);
+    if (hub->members_changed) {
+        hub->members_changed = false;
+        hub->cbs.on_members(hub->cbs.data);
     }
 }
 

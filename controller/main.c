@@ -134,6 +134,13 @@ static void on_hub_drain(void *data)
     ctrl_on_drain(data);
 }
 
+/* An activator came or went: limits are divided among the activators, so
+ * every table is made again. */
+static void on_hub_members(void *data)
+{
+    ctrl_push_routes(data);
+}
+
 static void on_stopped(struct ctrl *c)
 {
     stoke_info(NULL, "all replicas removed; exiting");
@@ -401,8 +408,11 @@ int main(int argc, char **argv)
         stoke_error(NULL, r, "bad engine address");
         return 2;
     }
-    struct hub_callbacks cbs = {
-        .on_poke = on_hub_poke, .on_stats = on_hub_stats, .on_drain = on_hub_drain, .data = c};
+    struct hub_callbacks cbs = {.on_poke = on_hub_poke,
+                                .on_stats = on_hub_stats,
+                                .on_drain = on_hub_drain,
+                                .on_members = on_hub_members,
+                                .data = c};
     r = hub_new(c->loop, &c->cfg.ctl_addr, &cbs, &c->hub);
     if (r < 0) {
         char a[128];

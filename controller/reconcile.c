@@ -85,6 +85,29 @@ static void port_free(struct ctrl *c, uint16_t port)
 
 /* ---- routes -------------------------------------------------------------- */
 
+/* The table of activator process i of n: each function's limits divided
+ * among the processes (stoke_route_share(), rules in stoke/routes.h). */
+static char *make_routes(unsigned i, unsigned n, void *data)
+{
+    const struct stoke_route_table *all = data;
+    struct stoke_route_table t = {.gen = all->gen};
+    t.routes = calloc(all->n_routes ? all->n_routes : 1, sizeof(*t.routes));
+    char *line = NULL;
+    if (!t.routes)
+        goto out;
+    for (size_t j = 0; j < all->n_routes; j++) {
+        if (stoke_route_share(&all->routes[j], i, n, &t.routes[j]) < 0)
+            goto out;
+        t.n_routes++;
+    }
+    line = stoke_route_table_format(&t);
+out:
+    if (!line)
+        stoke_error(NULL, -ENOMEM, "cannot build a route table; an activator keeps the old one");
+    stoke_route_table_done(&t);
+    return line;
+}
+
 void ctrl_push_routes(struct ctrl *c)
 {
     /* While adopting, the table would lack the replicas being adopted:
@@ -123,11 +146,7 @@ void ctrl_push_routes(struct ctrl *c)
             (void)stoke_addr_parse(addr, &r->endpoints[r->n_endpoints++]);
         }
     }
-    char *line = stoke_route_table_format(&t);
-    if (!line)
-        goto oom;
-    hub_broadcast(c->hub, line, strlen(line));
-    free(line);
+    hub_send_routes(c->hub, make_routes, &t);
     stoke_route_table_done(&t);
     return;
 oom:

@@ -66,6 +66,32 @@ char *stoke_route_table_format(const struct stoke_route_table *t);
  * -ENOMEM. */
 int stoke_route_table_parse(const char *json, size_t len, struct stoke_route_table *ret);
 
+/* Several activator processes: how a function's limits are divided so that
+ * they hold exactly whatever activator a request comes through (there is no
+ * proxy in the replica to enforce them there).
+ * - containerConcurrency C, k activators: each replica's C slots are dealt
+ *   one at a time to the activators, starting at index (port mod k) and
+ *   going round: activator i gets C/k, plus one when it is among the first
+ *   C mod k from that start. The shares of a replica sum to C exactly; a
+ *   replica with fewer slots than activators is given to C of them, one
+ *   slot each, and the others do not list it (keyed by port, so a replica
+ *   keeps its shares while others come and go).
+ * - queue.max Q is dealt the same way, starting at a hash of the name:
+ *   the shares sum to Q exactly.
+ * - No containerConcurrency: every activator lists every replica; the
+ *   queue is still divided.
+ * Activators are numbered by their process ids in sorted order. */
+
+/* `total` dealt to `n` parts one at a time from part `start` on: part i's
+ * share. The shares sum to `total`. */
+uint32_t stoke_share(uint32_t total, unsigned n, unsigned i, unsigned start);
+
+/* Fills `out` with `in` as activator `i` of `k` gets it (rules above):
+ * its queue share, the replicas it has slots on and its slots on each.
+ * With k <= 1, a copy of `in`. Returns 0 or -ENOMEM (out zeroed). */
+int stoke_route_share(const struct stoke_route *in, unsigned i, unsigned k,
+                      struct stoke_route *out);
+
 /* Binary search by name. Returns a pointer borrowed from `t`, or NULL. */
 const struct stoke_route *stoke_route_table_find(const struct stoke_route_table *t,
                                                  const char *name, size_t name_len);

@@ -6,10 +6,11 @@
  * $STOKE_REPLICA (the replica's container name, set by stoke) or else the hostname, except
  * /status/<code> (that status), /delay/<ms> (200 after <ms>, without blocking other
  * connections) and /concurrency ("<now> <max>\n": the /delay requests in progress now, and
- * the most ever in progress at once, so a test can check the concurrency this replica saw). Keep-alive, pipelining and request bodies (Content-Length or chunked, read
- * and discarded) are supported. Env: PORT (8080), BIND_ADDR (127.0.0.1), GREETING (hello).
- * When TARGET is set and not empty, the answer is "Hello <TARGET>!\n" instead, as Knative's
- * helloworld-go sample answers, so its manifest (tests/knative/) can run this image.
+ * the most ever in progress at once, so a test can check the concurrency this replica saw).
+ * Keep-alive, pipelining and request bodies (Content-Length or chunked, read and discarded) are
+ * supported. Env: PORT (8080), BIND_ADDR (127.0.0.1), GREETING (hello). When TARGET is set and not
+ * empty, the answer is "Hello <TARGET>!\n" instead, as Knative's helloworld-go sample answers, so
+ * its manifest (tests/knative/) can run this image.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE 1
@@ -55,9 +56,9 @@ enum state {
 
 struct resp {
     int status;
-    bool head; /* HEAD: headers only */
-    bool keep; /* keep the connection open afterwards */
-    bool ka10; /* HTTP/1.0 keep-alive: must be confirmed in the response */
+    bool head;        /* HEAD: headers only */
+    bool keep;        /* keep the connection open afterwards */
+    bool ka10;        /* HTTP/1.0 keep-alive: must be confirmed in the response */
     bool concurrency; /* /concurrency: the body is the counts below */
     uint64_t delay_ms;
 };
