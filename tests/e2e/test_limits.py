@@ -1,0 +1,168 @@
+"""Per-function limits hold across an activator's workers and across several
+activators (README: "Limits across workers and activators").
+
+Each test runs a function whose replica counts the /delay requests it has in
+progress at once (the example server's /concurrency: "<now> <max>"), sends
+many requests at once, and checks the exact number served, refused with 503
+(and Retry-After) and, where an activator has no slot at all, timed out in
+the queue with 504; and that the replica never saw more requests at once
+than containerConcurrency.
+"""
+
+import http.client
+import os
+import socket
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+from harness import Stoke, concurrent, run_tests  # noqa: E402
+
+DELAY_MS = 1500  # long enough for every request to arrive while the first is in flight
+BURST = 16  # per activator: over two workers, all on one has odds 2**-15
+
+
+def get(port, path, timeout=60):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        c.request("GET", path)
+        r = c.getresponse()
+        return r.status, dict(r.getheaders()), r.read().decode(errors="replace")
+    finally:
+        c.close()
+
+
+def deploy(s, fn, cc, queue_max, replicas, queue_timeout="30s"):
+    before = s.log("controller").count("ready on 127.0.0.1")
+    s.write_spec(fn, scale={"min": replicas, "max": replicas, "containerConcurrency": cc},
+                 queue={"max": queue_max, "timeout": queue_timeout})
+    s.wait_log("controller", "ready on 127.0.0.1", 60, count=before + replicas)
+
+
+def wait_routed(port, fn, timeout=30):
+    """Until the activator on `port` answers the function (its tables came)."""
+    deadline = time.time() + timeout
+    while get(port, "/fn/%s/" % fn)[0] != 200:
+        assert time.time() < deadline, "%s not routed through port %d" % (fn, port)
+        time.sleep(0.1)
+
+
+def burst(ports, fn):
+    """BURST requests to /delay at once through each port; returns the
+    statuses and checks that every 503 says Retry-After."""
+    targets = [p for p in ports for _ in range(BURST)]
+    res = concurrent(len(targets), lambda i: get(targets[i], "/fn/%s/delay/%d" % (fn, DELAY_MS)))
+    statuses = []
+    for r in res:
+        assert not isinstance(r, Exception), r
+        status, headers, _ = r
+        if status == 503:
+            assert headers.get("Retry-After") == "1", headers
+        statuses.append(status)
+    return sorted(statuses)
+
+
+def replica_max(s, fn):
+    """The most /delay requests each replica of fn had in progress at once,
+    asked of every replica directly on its published 127.0.0.1 port."""
+    out = []
+    for c in s.running(fn):
+        port = int(c["Labels"]["io.stoke.port"])
+        status, _, body = get(port, "/concurrency", timeout=10)
+        assert status == 200, (status, body)
+        now, most = body.split()
+        assert now == "0", body
+        out.append(int(most))
+    return out
+
+
+def test_two_workers_one_slot_queue_two():
+    """The issue's case: --workers 2, containerConcurrency 1, queue.max 2, one
+    replica: 1 in flight + 2 queued are served, the rest refused."""
+    s = Stoke("limits-w", activator_args=["--workers", "2"]).start()
+    deploy(s, "one", cc=1, queue_max=2, replicas=1)
+    wait_routed(s.port, "one")
+    statuses = burst([s.port], "one")
+    assert statuses.count(200) == 3, statuses
+    assert statuses.count(503) == BURST - 3, statuses
+    assert replica_max(s, "one") == [1]
+    s.stop()
+
+
+def test_two_workers_two_replicas():
+    """containerConcurrency 2 on two replicas, queue.max 3: 4 in flight (2 per
+    replica, never more) + 3 queued are served."""
+    s = Stoke("limits-w2", activator_args=["--workers", "2"]).start()
+    deploy(s, "two", cc=2, queue_max=3, replicas=2)
+    wait_routed(s.port, "two")
+    statuses = burst([s.port], "two")
+    assert statuses.count(200) == 7, statuses
+    assert statuses.count(503) == BURST - 7, statuses
+    assert replica_max(s, "two") == [2, 2]
+    s.stop()
+
+
+def test_max_connections_across_workers():
+    """--max-connections 3 with two workers: a fourth open connection is
+    closed at once, whichever worker took it."""
+    s = Stoke("limits-c", activator_args=["--workers", "2", "--max-connections", "3"]).start()
+    held = []
+    try:
+        for _ in range(3):
+            held.append(socket.create_connection(("127.0.0.1", s.port), timeout=10))
+        # The three are served: a request on each gets an answer (404: no function).
+        for k in held:
+            k.sendall(b"GET /fn/none/ HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert k.recv(64).startswith(b"HTTP/1.1 404"), "a held connection was not served"
+        for _ in range(8):
+            k = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+            k.sendall(b"GET /fn/none/ HTTP/1.1\r\nHost: x\r\n\r\n")
+            try:
+                data = k.recv(64)
+            except ConnectionResetError:
+                data = b""
+            k.close()
+            assert data == b"", data
+    finally:
+        for k in held:
+            k.close()
+    s.stop()
+
+
+def test_two_activators_divide_slots_and_queue():
+    """Two activator processes (two workers each), containerConcurrency 2 on
+    one replica, queue.max 2: each activator has 1 slot and 1 queue place, so
+    4 requests are served in all, and the replica never sees more than 2."""
+    s = Stoke("limits-a", activator_args=["--workers", "2"]).start()
+    port2 = s.add_activator("act2")
+    deploy(s, "div", cc=2, queue_max=2, replicas=1)
+    wait_routed(s.port, "div")
+    wait_routed(port2, "div")
+    statuses = burst([s.port, port2], "div")
+    assert statuses.count(200) == 4, statuses
+    assert statuses.count(503) == 2 * BURST - 4, statuses
+    assert replica_max(s, "div") == [2]
+    s.stop()
+
+
+def test_two_activators_one_slot():
+    """containerConcurrency 1 on one replica over two activators: the replica
+    is the one activator's (1 in flight + its 1 queue place served); the other
+    has no slot, so its 1 queue place waits out queue.timeout (504) and the
+    rest are refused. The replica never sees 2 at once."""
+    s = Stoke("limits-a1", activator_args=["--workers", "2"]).start()
+    port2 = s.add_activator("act2")
+    deploy(s, "solo", cc=1, queue_max=2, replicas=1, queue_timeout="4s")
+    # The owner answers (once its table came); the other queues, then 504.
+    owners = [p for p in (s.port, port2) if get(p, "/fn/solo/")[0] == 200]
+    statuses = burst([s.port, port2], "solo")
+    assert len(owners) == 1, owners
+    assert statuses.count(200) == 2, statuses
+    assert statuses.count(504) == 1, statuses
+    assert statuses.count(503) == 2 * BURST - 3, statuses
+    assert replica_max(s, "solo") == [1]
+    s.stop()
+
+
+if __name__ == "__main__":
+    run_tests(globals())
