@@ -36,6 +36,7 @@ struct endpoint {
     struct stoke_addr addr;
     struct fn *fn;
     struct lim_ep *lim;
+    unsigned worker; /* its proxy's, for lim (fn may be gone first) */
     uint32_t inflight;
     uint32_t refs;
     bool gone;               /* no longer in the route table */
@@ -256,7 +257,7 @@ static void fn_unref(struct fn *fn)
     if (--fn->refs > 0)
         return;
     if (fn->lim)
-        limits_fn_put(fn->lim);
+        limits_fn_put(fn->lim, fn->px->worker);
     free(fn->eps);
     free(fn);
 }
@@ -266,7 +267,7 @@ static void endpoint_unref(struct endpoint *ep)
     if (--ep->refs > 0)
         return;
     if (ep->lim)
-        limits_ep_put(ep->lim);
+        limits_ep_put(ep->lim, ep->worker);
     free(ep);
 }
 
@@ -339,10 +340,10 @@ static void fn_retire(struct fn *fn)
     fn_unref(fn);
 }
 
-/* Builds the new endpoint list of `fn` from route `r` of table `gen`,
- * keeping the state of replicas that stay, and sets the process's limits.
+/* Builds the new endpoint list of `fn` from route `r`, keeping the state of
+ * replicas that stay, and sets this worker's wish for the process's limits.
  * Returns 0 or -ENOMEM (fn unchanged). */
-static int fn_update(struct fn *fn, const struct stoke_route *r, uint64_t gen)
+static int fn_update(struct fn *fn, const struct stoke_route *r)
 {
     struct endpoint **eps = NULL;
     if (r->n_endpoints > 0) {
@@ -364,7 +365,9 @@ static int fn_update(struct fn *fn, const struct stoke_route *r, uint64_t gen)
             char a[80];
             stoke_addr_format(&r->endpoints[i], a, sizeof(a));
             ep = calloc(1, sizeof(*ep));
-            if (ep && !(ep->lim = limits_ep_get(fn->lim, a))) {
+            if (ep)
+                ep->worker = fn->px->worker;
+            if (ep && !(ep->lim = limits_ep_get(fn->lim, fn->px->worker, a))) {
                 free(ep);
                 ep = NULL;
             }
@@ -393,8 +396,9 @@ static int fn_update(struct fn *fn, const struct stoke_route *r, uint64_t gen)
     /* A replica's slots: this activator's share when the controller divides
      * them among several, else containerConcurrency (0: no limit). */
     for (size_t i = 0; i < n; i++)
-        limits_ep_configure(eps[i]->lim, gen, r->shares ? r->shares[i] : r->concurrency_limit);
-    limits_fn_configure(fn->lim, gen, r->queue_max);
+        limits_ep_configure(eps[i]->lim, fn->px->worker,
+                            r->shares ? r->shares[i] : r->concurrency_limit);
+    limits_fn_configure(fn->lim, fn->px->worker, r->queue_max);
     /* Waiters in other workers may fit now. */
     lim_fn_wake(fn->lim, fn->px->worker);
 
@@ -428,7 +432,7 @@ void proxy_set_routes(struct proxy *px, struct stoke_route_table *t)
             kept[k] = true;
         } else {
             fn = calloc(1, sizeof(*fn));
-            if (fn && !(fn->lim = limits_fn_get(px->limits, r->name))) {
+            if (fn && !(fn->lim = limits_fn_get(px->limits, px->worker, r->name))) {
                 free(fn);
                 fn = NULL;
             }
@@ -443,7 +447,7 @@ void proxy_set_routes(struct proxy *px, struct stoke_route_table *t)
             stoke_list_init(&fn->kick);
             stoke_list_init(&fn->wnode);
         }
-        if (fn_update(fn, r, t->gen) < 0)
+        if (fn_update(fn, r) < 0)
             stoke_error(r->name, -ENOMEM, "replica list update dropped");
         fns[n++] = fn;
     }

@@ -14,13 +14,22 @@
 #define BUCKETS 4096 /* functions hashed by name; chains are walked under the mutex only */
 #define MASK_WORDS (LIMITS_MAX_WORKERS / 64)
 
+/* What each worker's table asks for one limit; the lowest holds. Under
+ * the registry mutex. */
+struct wants {
+    unsigned *held; /* per worker: its references */
+    int64_t *want;  /* per worker: its table's limit, NO_LIMIT, or -1: none set */
+};
+
+#define NO_LIMIT INT64_MAX
+
 struct lim_ep {
     alignas(CACHE_LINE) atomic_uint inflight;
     atomic_uint limit; /* 0: none */
     /* Below: under the registry mutex. */
     alignas(CACHE_LINE) struct lim_fn *fn;
     struct lim_ep *next;
-    uint64_t gen;
+    struct wants w;
     unsigned refs;
     char addr[80];
 };
@@ -33,8 +42,8 @@ struct lim_fn {
     alignas(CACHE_LINE) struct limits *l;
     struct lim_fn *next;
     struct lim_ep *eps;
-    uint64_t gen;
-    unsigned refs;
+    struct wants w;
+    unsigned refs; /* the workers' and its replicas' */
     char name[STOKE_NAME_MAX + 1];
 };
 
@@ -109,6 +118,44 @@ void limits_conn_put(struct limits *l)
     atomic_fetch_sub(&l->connections, 1);
 }
 
+static int wants_init(struct wants *w, unsigned n)
+{
+    w->held = calloc(n, sizeof(*w->held));
+    w->want = malloc(n * sizeof(*w->want));
+    if (!w->held || !w->want) {
+        free(w->held);
+        free(w->want);
+        return -ENOMEM;
+    }
+    for (unsigned i = 0; i < n; i++)
+        w->want[i] = -1;
+    return 0;
+}
+
+static void wants_done(struct wants *w)
+{
+    free(w->held);
+    free(w->want);
+}
+
+/* The lowest limit the workers' tables set, or -1 when none has. */
+static int64_t wants_min(const struct wants *w, unsigned n)
+{
+    int64_t min = -1;
+    for (unsigned i = 0; i < n; i++) {
+        if (w->want[i] >= 0 && (min < 0 || w->want[i] < min))
+            min = w->want[i];
+    }
+    return min;
+}
+
+/* A worker let go of its last reference: its wish no longer counts. */
+static void wants_release(struct wants *w, unsigned worker)
+{
+    if (--w->held[worker] == 0)
+        w->want[worker] = -1;
+}
+
 static unsigned hash_name(const char *s)
 {
     uint32_t h = 2166136261u; /* FNV-1a */
@@ -117,15 +164,22 @@ static unsigned hash_name(const char *s)
     return h % BUCKETS;
 }
 
-struct lim_fn *limits_fn_get(struct limits *l, const char *name)
+struct lim_fn *limits_fn_get(struct limits *l, unsigned w, const char *name)
 {
     struct lim_fn **slot = &l->buckets[hash_name(name)];
+    if (w >= l->n_workers)
+        return NULL;
     uv_mutex_lock(&l->mu);
     struct lim_fn *f = *slot;
     while (f && strcmp(f->name, name) != 0)
         f = f->next;
     if (!f && strlen(name) <= STOKE_NAME_MAX && (f = aligned_alloc(CACHE_LINE, sizeof(*f)))) {
         memset(f, 0, sizeof(*f));
+        if (wants_init(&f->w, l->n_workers) < 0) {
+            free(f);
+            uv_mutex_unlock(&l->mu);
+            return NULL;
+        }
         atomic_init(&f->queued, 0);
         atomic_init(&f->queue_max, 0);
         for (unsigned i = 0; i < MASK_WORDS; i++)
@@ -135,37 +189,53 @@ struct lim_fn *limits_fn_get(struct limits *l, const char *name)
         f->next = *slot;
         *slot = f;
     }
-    if (f)
+    if (f) {
         f->refs++;
+        f->w.held[w]++;
+    }
     uv_mutex_unlock(&l->mu);
     return f;
 }
 
-void limits_fn_put(struct lim_fn *f)
+/* Under the mutex. */
+static void fn_unref_locked(struct lim_fn *f)
+{
+    if (--f->refs > 0)
+        return;
+    struct lim_fn **p = &f->l->buckets[hash_name(f->name)];
+    while (*p != f)
+        p = &(*p)->next;
+    *p = f->next;
+    wants_done(&f->w);
+    free(f); /* its replicas hold references: none is left */
+}
+
+static void fn_apply_locked(struct lim_fn *f)
+{
+    int64_t min = wants_min(&f->w, f->l->n_workers);
+    if (min >= 0)
+        atomic_store(&f->queue_max, (unsigned)min);
+}
+
+void limits_fn_put(struct lim_fn *f, unsigned w)
 {
     struct limits *l = f->l;
     uv_mutex_lock(&l->mu);
-    if (--f->refs == 0) {
-        struct lim_fn **p = &l->buckets[hash_name(f->name)];
-        while (*p != f)
-            p = &(*p)->next;
-        *p = f->next;
-        free(f); /* its replicas hold references: none is left */
-    }
+    wants_release(&f->w, w);
+    fn_apply_locked(f);
+    fn_unref_locked(f);
     uv_mutex_unlock(&l->mu);
 }
 
-void limits_fn_configure(struct lim_fn *f, uint64_t gen, uint32_t queue_max)
+void limits_fn_configure(struct lim_fn *f, unsigned w, uint32_t queue_max)
 {
     uv_mutex_lock(&f->l->mu);
-    if (gen >= f->gen) {
-        f->gen = gen;
-        atomic_store(&f->queue_max, queue_max);
-    }
+    f->w.want[w] = queue_max;
+    fn_apply_locked(f);
     uv_mutex_unlock(&f->l->mu);
 }
 
-struct lim_ep *limits_ep_get(struct lim_fn *f, const char *addr)
+struct lim_ep *limits_ep_get(struct lim_fn *f, unsigned w, const char *addr)
 {
     uv_mutex_lock(&f->l->mu);
     struct lim_ep *e = f->eps;
@@ -173,6 +243,11 @@ struct lim_ep *limits_ep_get(struct lim_fn *f, const char *addr)
         e = e->next;
     if (!e && strlen(addr) < sizeof(e->addr) && (e = aligned_alloc(CACHE_LINE, sizeof(*e)))) {
         memset(e, 0, sizeof(*e));
+        if (wants_init(&e->w, f->l->n_workers) < 0) {
+            free(e);
+            uv_mutex_unlock(&f->l->mu);
+            return NULL;
+        }
         atomic_init(&e->inflight, 0);
         atomic_init(&e->limit, 0);
         e->fn = f;
@@ -181,37 +256,44 @@ struct lim_ep *limits_ep_get(struct lim_fn *f, const char *addr)
         f->eps = e;
         f->refs++;
     }
-    if (e)
+    if (e) {
         e->refs++;
+        e->w.held[w]++;
+    }
     uv_mutex_unlock(&f->l->mu);
     return e;
 }
 
-void limits_ep_put(struct lim_ep *e)
+static void ep_apply_locked(struct lim_ep *e)
+{
+    int64_t min = wants_min(&e->w, e->fn->l->n_workers);
+    if (min >= 0)
+        atomic_store(&e->limit, min == NO_LIMIT ? 0 : (unsigned)min);
+}
+
+void limits_ep_put(struct lim_ep *e, unsigned w)
 {
     struct lim_fn *f = e->fn;
-    bool fn_unused = false;
     uv_mutex_lock(&f->l->mu);
+    wants_release(&e->w, w);
+    ep_apply_locked(e);
     if (--e->refs == 0) {
         struct lim_ep **p = &f->eps;
         while (*p != e)
             p = &(*p)->next;
         *p = e->next;
+        wants_done(&e->w);
         free(e);
-        fn_unused = true;
+        fn_unref_locked(f);
     }
     uv_mutex_unlock(&f->l->mu);
-    if (fn_unused)
-        limits_fn_put(f);
 }
 
-void limits_ep_configure(struct lim_ep *e, uint64_t gen, uint32_t limit)
+void limits_ep_configure(struct lim_ep *e, unsigned w, uint32_t limit)
 {
     uv_mutex_lock(&e->fn->l->mu);
-    if (gen >= e->gen) {
-        e->gen = gen;
-        atomic_store(&e->limit, limit);
-    }
+    e->w.want[w] = limit == 0 ? NO_LIMIT : limit;
+    ep_apply_locked(e);
     uv_mutex_unlock(&e->fn->l->mu);
 }
 

@@ -24,10 +24,10 @@
  *   channel, or the --route flags) holds references to the shared state of
  *   the functions and replicas it lists, so the workers count the same
  *   replica in the same place even while their tables differ for a moment
- *   (a table reaches each worker's channel on its own). The limits a table
- *   sets are applied only when the table's generation is not older than
- *   the one that set them last, so a worker still applying an older table
- *   cannot undo a newer one.
+ *   (a table reaches each worker's channel on its own). Each worker sets
+ *   the limits its own table gives, and the lowest of them holds: while
+ *   the workers' tables differ for a moment (a share lowered or raised),
+ *   the process never goes past the old limit or the new one.
  * - Lifetimes: the registry (a mutex, taken only when a worker's table
  *   adds or drops a function or replica, never per request) hands out
  *   references; shared state is freed when its last reference goes.
@@ -64,21 +64,23 @@ void limits_set_wake(struct limits *l, unsigned w, uv_async_t *wake);
 bool limits_conn_take(struct limits *l);
 void limits_conn_put(struct limits *l);
 
-/* The function named `name` (created on first use) with a new reference,
- * or NULL on OOM. */
-struct lim_fn *limits_fn_get(struct limits *l, const char *name);
-void limits_fn_put(struct lim_fn *f);
+/* The function named `name` (created on first use) with a new reference
+ * for worker `w` (one per worker at most), or NULL on OOM. */
+struct lim_fn *limits_fn_get(struct limits *l, unsigned w, const char *name);
+void limits_fn_put(struct lim_fn *f, unsigned w);
 
-/* Sets the function's queue bound, unless a table newer than `gen` did. */
-void limits_fn_configure(struct lim_fn *f, uint64_t gen, uint32_t queue_max);
+/* Worker `w`'s table bounds the function's queue at `queue_max`: the
+ * lowest bound of the workers that hold the function holds. */
+void limits_fn_configure(struct lim_fn *f, unsigned w, uint32_t queue_max);
 
 /* The replica at `addr` ("127.0.0.1:30001") of the function, created on
- * first use, with a new reference; NULL on OOM. */
-struct lim_ep *limits_ep_get(struct lim_fn *f, const char *addr);
-void limits_ep_put(struct lim_ep *e);
+ * first use, with a new reference for worker `w`; NULL on OOM. */
+struct lim_ep *limits_ep_get(struct lim_fn *f, unsigned w, const char *addr);
+void limits_ep_put(struct lim_ep *e, unsigned w);
 
-/* Sets the replica's slot limit (0: none), unless a newer table did. */
-void limits_ep_configure(struct lim_ep *e, uint64_t gen, uint32_t limit);
+/* Worker `w`'s table gives the replica `limit` slots (0: no limit): the
+ * lowest limit of the workers that hold the replica holds. */
+void limits_ep_configure(struct lim_ep *e, unsigned w, uint32_t limit);
 
 /* ---- the hot path: lock-free ---- */
 
