@@ -503,6 +503,18 @@ void proxy_draining(struct proxy *px, void (*cb)(const char *addr, void *data), 
         stoke_addr_format(&ep->addr, addr, sizeof(addr));
         cb(addr, data);
     }
+    /* And those with more requests in flight than a lowered share allows:
+     * the controller gives the slots to another activator once they end. */
+    for (size_t i = 0; i < px->n_fns; i++) {
+        for (size_t j = 0; j < px->fns[i]->n_eps; j++) {
+            struct endpoint *ep = px->fns[i]->eps[j];
+            char addr[80];
+            if (!lim_ep_over(ep->lim))
+                continue;
+            stoke_addr_format(&ep->addr, addr, sizeof(addr));
+            cb(addr, data);
+        }
+    }
 }
 
 void proxy_waiting(struct proxy *px, proxy_poke_cb cb, void *data)
@@ -1216,7 +1228,8 @@ static void client_release(struct client *c)
         fn_mark(fn);
         c->ep->inflight--;
         fn->inflight--;
-        lim_ep_put(c->ep->lim);
+        if (lim_ep_put(c->ep->lim))
+            limits_drain_changed(c->px->limits); /* back within a lowered share */
         metrics_gauge(fn->m, METRICS_IN_FLIGHT, -1);
         if (fn->queued > 0 && !fn->gone)
             kick(fn);
@@ -1736,6 +1749,8 @@ static void on_wake(uv_async_t *h)
     struct proxy *px = h->data;
     for (struct stoke_list *n = px->waiting.next; n != &px->waiting; n = n->next)
         kick(stoke_container_of(n, struct fn, wnode));
+    if (limits_take_drain_changed(px->limits, px->worker))
+        px->hooks.on_drained(px->hooks.data);
 }
 
 /* ---- upstream connections ---------------------------------------------- */

@@ -83,8 +83,11 @@ void proxy_stats(struct proxy *px, proxy_stat_cb cb, void *data);
 uint64_t proxy_routes_gen(const struct proxy *px);
 
 /* Calls `cb` with the address ("127.0.0.1:30001") of each replica that left
- * the route table while requests were in flight on it, until they finish:
- * the controller stops a replica only once no activator lists it. */
+ * the route table while requests were in flight on it, until they finish
+ * (the controller stops a replica only once no activator lists it), and of
+ * each replica with more requests in flight through this process than its
+ * lowered share (the controller raises another activator's share only once
+ * none lists it). */
 void proxy_draining(struct proxy *px, void (*cb)(const char *addr, void *data), void *data);
 
 /* Calls `cb` for each function that has requests waiting in its queue (the

@@ -49,7 +49,8 @@ struct lim_fn {
 
 struct wake {
     alignas(CACHE_LINE) _Atomic(uv_async_t *) async;
-    atomic_uint senders; /* sends in progress: see limits_set_wake() */
+    atomic_uint senders;       /* sends in progress: see limits_set_wake() */
+    atomic_bool drain_changed; /* see limits_drain_changed() */
 };
 
 struct limits {
@@ -79,6 +80,7 @@ int limits_new(unsigned n_workers, uint32_t max_connections, struct limits **ret
     for (unsigned i = 0; i < n_workers; i++) {
         atomic_init(&w[i].async, NULL);
         atomic_init(&w[i].senders, 0);
+        atomic_init(&w[i].drain_changed, false);
     }
     l->wakes = w;
     *ret = l;
@@ -323,9 +325,17 @@ bool lim_ep_take(struct lim_ep *e)
     return true;
 }
 
-void lim_ep_put(struct lim_ep *e)
+bool lim_ep_put(struct lim_ep *e)
 {
-    atomic_fetch_sub(&e->inflight, 1);
+    unsigned before = atomic_fetch_sub(&e->inflight, 1);
+    unsigned limit = atomic_load_explicit(&e->limit, memory_order_relaxed);
+    return limit > 0 && before == limit + 1;
+}
+
+bool lim_ep_over(const struct lim_ep *e)
+{
+    unsigned limit = atomic_load_explicit(&e->limit, memory_order_relaxed);
+    return limit > 0 && atomic_load_explicit(&e->inflight, memory_order_relaxed) > limit;
 }
 
 uint32_t lim_fn_queued(const struct lim_fn *f)
@@ -360,6 +370,16 @@ void lim_fn_set_waiting(struct lim_fn *f, unsigned w, bool waiting)
         atomic_fetch_and(&f->waiting[w / 64], ~bit);
 }
 
+static void wake(struct limits *l, unsigned w)
+{
+    struct wake *k = &l->wakes[w];
+    atomic_fetch_add(&k->senders, 1);
+    uv_async_t *a = atomic_load(&k->async);
+    if (a)
+        uv_async_send(a);
+    atomic_fetch_sub(&k->senders, 1);
+}
+
 void lim_fn_wake(struct lim_fn *f, unsigned self)
 {
     struct limits *l = f->l;
@@ -368,14 +388,21 @@ void lim_fn_wake(struct lim_fn *f, unsigned self)
         while (mask) {
             unsigned w = i * 64 + (unsigned)__builtin_ctzll(mask);
             mask &= mask - 1;
-            if (w == self || w >= l->n_workers)
-                continue;
-            struct wake *k = &l->wakes[w];
-            atomic_fetch_add(&k->senders, 1);
-            uv_async_t *a = atomic_load(&k->async);
-            if (a)
-                uv_async_send(a);
-            atomic_fetch_sub(&k->senders, 1);
+            if (w != self && w < l->n_workers)
+                wake(l, w);
         }
     }
+}
+
+void limits_drain_changed(struct limits *l)
+{
+    for (unsigned w = 0; w < l->n_workers; w++) {
+        atomic_store(&l->wakes[w].drain_changed, true);
+        wake(l, w);
+    }
+}
+
+bool limits_take_drain_changed(struct limits *l, unsigned w)
+{
+    return w < l->n_workers && atomic_exchange(&l->wakes[w].drain_changed, false);
 }

@@ -93,8 +93,22 @@ bool lim_ep_has_room(const struct lim_ep *e);
 /* Takes a slot: false when none is free (nothing taken). */
 bool lim_ep_take(struct lim_ep *e);
 
-/* Frees a slot taken with lim_ep_take(). Then call lim_fn_wake(). */
-void lim_ep_put(struct lim_ep *e);
+/* Frees a slot taken with lim_ep_take(). Then call lim_fn_wake(). Returns
+ * true when the replica was over its limit (lowered below the requests in
+ * flight) and is no longer: then call limits_drain_changed(). */
+bool lim_ep_put(struct lim_ep *e);
+
+/* More requests in flight on the replica than its limit, which was lowered
+ * under them: the activator lists it as draining until they finish, and the
+ * controller gives those slots to another activator only then. */
+bool lim_ep_over(const struct lim_ep *e);
+
+/* Every worker is to tell the controller its draining replicas again (a
+ * replica's requests fell to its lowered limit): wakes them all. */
+void limits_drain_changed(struct limits *l);
+
+/* Whether worker `w` was asked to (and clears it). */
+bool limits_take_drain_changed(struct limits *l, unsigned w);
 
 /* Requests queued for the function in the whole process. */
 uint32_t lim_fn_queued(const struct lim_fn *f);

@@ -91,6 +91,20 @@ struct replica {
     struct stoke_freezer freezer;
     struct adoption *adoption; /* startup: the adoption waiting for its inspect */
     struct replica_usage usage;
+    /* containerConcurrency divided among activator processes (routes.h):
+     * the slots each was last given. A share is lowered at once; a raise
+     * waits until every activator has taken the table of the last lowering
+     * (`lowered_gen`) and none has more requests in flight on the replica
+     * than its share (hub_is_drained()), so the replica never sees more. */
+    struct replica_grant *grants;
+    unsigned n_grants;
+    uint64_t lowered_gen;
+    bool raise_waiting; /* some activator has fewer slots than its share */
+};
+
+struct replica_grant {
+    char process[64]; /* HUB_PROCESS_MAX */
+    uint32_t slots;
 };
 
 struct ctrl;

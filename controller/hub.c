@@ -31,7 +31,7 @@ struct peer {
     struct stoke_list node;
     struct stoke_linebuf lines;
     char id[64];
-    char process[64]; /* from its hello; "" before */
+    char process[HUB_PROCESS_MAX]; /* from its hello; "" before */
     bool closing;
     uint64_t gen;         /* route table in use, from its last drain message */
     uint64_t last_second; /* the second its last stats report counted for */
@@ -230,7 +230,7 @@ static int on_line(char *line, size_t len, void *data)
             snprintf(p->id, sizeof(p->id), "%s", id);
         /* An activator that names no process is one of its own. */
         snprintf(p->process, sizeof(p->process), "%s", proc && *proc ? proc : p->id);
-        stoke_info(NULL, "activator %s (process %s) connected", p->id, p->process);
+        stoke_info(NULL, "activator %s connected (process %s)", p->id, p->process);
         json_object_put(msg);
         p->hub->cbs.on_members(p->hub->cbs.data); /* may send on p */
         return 0;
@@ -324,37 +324,43 @@ int hub_new(uv_loop_t *loop, const struct stoke_addr *addr, const struct hub_cal
     return 0;
 }
 
-static int cmp_str(const void *a, const void *b)
+static int cmp_name(const void *a, const void *b)
 {
-    return strcmp(*(const char *const *)a, *(const char *const *)b);
+    return strcmp(a, b);
 }
 
-void hub_send_routes(struct hub *hub, char *(*make)(unsigned i, unsigned n, void *data), void *data)
+char (*hub_processes(const struct hub *hub, unsigned *ret_n))[HUB_PROCESS_MAX]
 {
-    /* The processes that said hello, sorted and each once. */
-    const char **procs = calloc(hub->n_peers ? hub->n_peers : 1, sizeof(*procs));
-    if (!procs)
-        return;
+    char(*names)[HUB_PROCESS_MAX] = calloc(hub->n_peers ? hub->n_peers : 1, sizeof(*names));
+    *ret_n = 0;
+    if (!names)
+        return NULL;
     unsigned n = 0;
-    for (struct stoke_list *it = hub->peers.next; it != &hub->peers; it = it->next) {
-        struct peer *p = stoke_container_of(it, struct peer, node);
+    for (const struct stoke_list *it = hub->peers.next; it != &hub->peers; it = it->next) {
+        const struct peer *p = stoke_container_of(it, struct peer, node);
         if (p->process[0])
-            procs[n++] = p->process;
+            memcpy(names[n++], p->process, sizeof(names[0]));
     }
-    qsort(procs, n, sizeof(*procs), cmp_str);
+    qsort(names, n, sizeof(names[0]), cmp_name);
     unsigned k = 0;
     for (unsigned i = 0; i < n; i++) {
-        if (k == 0 || strcmp(procs[k - 1], procs[i]) != 0)
-            procs[k++] = procs[i];
+        if (k == 0 || strcmp(names[k - 1], names[i]) != 0)
+            memmove(names[k++], names[i], sizeof(names[0]));
     }
-    /* Lines first: sending may drop a peer, and with it a name in procs. */
+    *ret_n = k;
+    return names;
+}
+
+void hub_send_routes(struct hub *hub,
+                     char *(*make)(const char *process, unsigned i, unsigned n, void *data),
+                     void *data)
+{
+    unsigned k;
+    char(*names)[HUB_PROCESS_MAX] = hub_processes(hub, &k);
+    /* Lines first, then sends: a send may drop a peer. */
     char **lines = calloc(k ? k : 1, sizeof(*lines));
-    char(*names)[64] = calloc(k ? k : 1, sizeof(*names));
-    for (unsigned i = 0; lines && names && i < k; i++) {
-        snprintf(names[i], sizeof(names[i]), "%s", procs[i]);
-        lines[i] = make(i, k, data);
-    }
-    free(procs);
+    for (unsigned i = 0; lines && names && i < k; i++)
+        lines[i] = make(names[i], i, k, data);
     hub->sending = true;
     struct stoke_list *it = hub->peers.next;
     while (lines && names && it != &hub->peers) {

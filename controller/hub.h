@@ -38,11 +38,18 @@ struct hub_callbacks {
 int hub_new(uv_loop_t *loop, const struct stoke_addr *addr, const struct hub_callbacks *cbs,
             struct hub **ret);
 
+#define HUB_PROCESS_MAX 64 /* a process id's size, with its NUL */
+
+/* The ids of the activator processes connected (that said hello), sorted,
+ * each once: a malloc'd array (free()) of *n, or NULL on OOM (*n = 0). */
+char (*hub_processes(const struct hub *hub, unsigned *n))[HUB_PROCESS_MAX];
+
 /* Makes one routes message per activator process (`make` is called with
- * the process's index among the `n` connected ones, sorted by process id;
- * it returns a malloc'd line without '\n', or NULL on OOM: that process
- * keeps its table) and sends it on each of that process's channels. */
-void hub_send_routes(struct hub *hub, char *(*make)(unsigned i, unsigned n, void *data),
+ * the process's id and index among the `n` of hub_processes(); it returns
+ * a malloc'd line without '\n', or NULL on OOM: that process keeps its
+ * table) and sends it on each of that process's channels. */
+void hub_send_routes(struct hub *hub,
+                     char *(*make)(const char *process, unsigned i, unsigned n, void *data),
                      void *data);
 
 unsigned hub_activators(const struct hub *hub);

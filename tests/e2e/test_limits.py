@@ -13,6 +13,7 @@ import http.client
 import os
 import socket
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -161,6 +162,36 @@ def test_two_activators_one_slot():
     assert statuses.count(504) == 1, statuses
     assert statuses.count(503) == 2 * BURST - 3, statuses
     assert replica_max(s, "solo") == [1]
+    s.stop()
+
+
+def test_activator_joins_under_load():
+    """containerConcurrency 2, one replica, 2 requests in flight through the
+    first activator when a second one connects: the first's share drops to 1,
+    and the second gets its slot only once the first has no more than 1 in
+    flight, so the replica never sees 3 at once; the second's requests wait
+    in its queue meanwhile and are all served."""
+    s = Stoke("limits-j", activator_args=["--workers", "2"]).start()
+    deploy(s, "join", cc=2, queue_max=4, replicas=1)
+    wait_routed(s.port, "join")
+    first = []
+    ts = [threading.Thread(target=lambda: first.append(get(s.port, "/fn/join/delay/3000")))
+          for _ in range(2)]
+    for t in ts:
+        t.start()
+    (c,) = s.running("join")
+    rport = int(c["Labels"]["io.stoke.port"])
+    deadline = time.time() + 10
+    while get(rport, "/concurrency")[2].split()[0] != "2":
+        assert time.time() < deadline, "the two requests never got in flight"
+        time.sleep(0.05)
+    port2 = s.add_activator("act2")
+    second = concurrent(2, lambda i: get(port2, "/fn/join/delay/200"))
+    for t in ts:
+        t.join(30)
+    assert [r[0] for r in first] == [200, 200], first
+    assert [r[0] for r in second] == [200, 200], second
+    assert replica_max(s, "join") == [2]
     s.stop()
 
 
