@@ -276,7 +276,8 @@ static void ep_apply_locked(struct lim_ep *e)
 void limits_ep_put(struct lim_ep *e, unsigned w)
 {
     struct lim_fn *f = e->fn;
-    uv_mutex_lock(&f->l->mu);
+    struct limits *l = f->l; /* f may go with e */
+    uv_mutex_lock(&l->mu);
     wants_release(&e->w, w);
     ep_apply_locked(e);
     if (--e->refs == 0) {
@@ -288,7 +289,7 @@ void limits_ep_put(struct lim_ep *e, unsigned w)
         free(e);
         fn_unref_locked(f);
     }
-    uv_mutex_unlock(&f->l->mu);
+    uv_mutex_unlock(&l->mu);
 }
 
 void limits_ep_configure(struct lim_ep *e, unsigned w, uint32_t limit)

@@ -71,6 +71,8 @@ def replica_max(s, fn):
         port = int(c["Labels"]["io.stoke.port"])
         status, _, body = get(port, "/concurrency", timeout=10)
         assert status == 200, (status, body)
+        assert len(body.split()) == 2, (
+            "%r: the image has no /concurrency; rebuild it (deploy/build-example.sh)" % body)
         now, most = body.split()
         assert now == "0", body
         out.append(int(most))
