@@ -228,13 +228,21 @@ static unsigned name_hash(const char *s)
     return h;
 }
 
-static uint16_t addr_port(const struct stoke_addr *a)
+unsigned stoke_share_start(const struct stoke_addr *a)
 {
-    if (a->ss.ss_family == AF_INET)
-        return ntohs(((const struct sockaddr_in *)&a->ss)->sin_port);
-    if (a->ss.ss_family == AF_INET6)
-        return ntohs(((const struct sockaddr_in6 *)&a->ss)->sin6_port);
-    return 0;
+    char ip[64] = "";
+    unsigned port = 0;
+    if (a->ss.ss_family == AF_INET) {
+        const struct sockaddr_in *s = (const struct sockaddr_in *)&a->ss;
+        inet_ntop(AF_INET, &s->sin_addr, ip, sizeof(ip));
+        port = ntohs(s->sin_port);
+    } else if (a->ss.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *s = (const struct sockaddr_in6 *)&a->ss;
+        inet_ntop(AF_INET6, &s->sin6_addr, ip, sizeof(ip));
+        port = ntohs(s->sin6_port);
+    }
+    /* Unsigned arithmetic wraps: the sum is a fine start for any k. */
+    return name_hash(ip) + port;
 }
 
 int stoke_route_share(const struct stoke_route *in, unsigned i, unsigned k, struct stoke_route *out)
@@ -260,7 +268,7 @@ int stoke_route_share(const struct stoke_route *in, unsigned i, unsigned k, stru
     for (size_t j = 0; j < in->n_endpoints; j++) {
         uint32_t s = in->concurrency_limit;
         if (divide) {
-            s = stoke_share(in->concurrency_limit, k, i, addr_port(&in->endpoints[j]) % k);
+            s = stoke_share(in->concurrency_limit, k, i, stoke_share_start(&in->endpoints[j]) % k);
             if (s == 0)
                 continue; /* its slots are the other activators' */
             out->shares[out->n_endpoints] = s;

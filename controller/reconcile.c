@@ -96,13 +96,15 @@ struct push {
 
 /* The slots each of the k activator processes `procs` gets on replica `rp`
  * now, into out[0..k) (out[k..2k) is scratch): its share (stoke_share(),
- * keyed by port), but a raise only once every lowering of the replica's
+ * keyed by address), but a raise only once every lowering of the replica's
  * shares has taken effect; until then, what it had. */
 static void replica_grant(struct ctrl *c, struct replica *rp, uint32_t cc,
                           char (*procs)[HUB_PROCESS_MAX], unsigned k, uint32_t *out)
 {
     char addr[32];
     snprintf(addr, sizeof(addr), "127.0.0.1:%u", rp->port);
+    struct stoke_addr a;
+    unsigned start = stoke_addr_parse(addr, &a) == 0 ? stoke_share_start(&a) : rp->port;
     uint32_t *held = out + k; /* min(share, what it had) */
     bool lowering = false;
     for (unsigned i = 0; i < k; i++) {
@@ -111,7 +113,7 @@ static void replica_grant(struct ctrl *c, struct replica *rp, uint32_t cc,
             if (strcmp(rp->grants[g].process, procs[i]) == 0)
                 old = rp->grants[g].slots;
         }
-        out[i] = stoke_share(cc, k, i, rp->port % k);
+        out[i] = stoke_share(cc, k, i, start % k);
         lowering |= out[i] < old;
         held[i] = out[i] < old ? out[i] : old;
     }

@@ -70,12 +70,13 @@ int stoke_route_table_parse(const char *json, size_t len, struct stoke_route_tab
  * they hold exactly whatever activator a request comes through (there is no
  * proxy in the replica to enforce them there).
  * - containerConcurrency C, k activators: each replica's C slots are dealt
- *   one at a time to the activators, starting at index (port mod k) and
- *   going round: activator i gets C/k, plus one when it is among the first
- *   C mod k from that start. The shares of a replica sum to C exactly; a
- *   replica with fewer slots than activators is given to C of them, one
- *   slot each, and the others do not list it (keyed by port, so a replica
- *   keeps its shares while others come and go).
+ *   one at a time to the activators, starting at index
+ *   (stoke_share_start(address) mod k) and going round: activator i gets
+ *   C/k, plus one when it is among the first C mod k from that start. The
+ *   shares of a replica sum to C exactly; a replica with fewer slots than
+ *   activators is given to C of them, one slot each, and the others do not
+ *   list it (keyed by the replica's address, so a replica keeps its shares
+ *   while others come and go).
  * - queue.max Q is dealt the same way, starting at a hash of the name:
  *   the shares sum to Q exactly.
  * - No containerConcurrency: every activator lists every replica; the
@@ -85,6 +86,12 @@ int stoke_route_table_parse(const char *json, size_t len, struct stoke_route_tab
 /* `total` dealt to `n` parts one at a time from part `start` on: part i's
  * share. The shares sum to `total`. */
 uint32_t stoke_share(uint32_t total, unsigned n, unsigned i, unsigned start);
+
+/* Where the deal of a replica's slots starts (before mod k): a hash of its
+ * IP plus its port, so that replicas on one IP (consecutive ports) and
+ * replicas on one port (pods, each its own IP) both spread over the
+ * activators. */
+unsigned stoke_share_start(const struct stoke_addr *replica);
 
 /* Fills `out` with `in` as activator `i` of `k` gets it (rules above):
  * its queue share, the replicas it has slots on and its slots on each.

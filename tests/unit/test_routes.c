@@ -234,7 +234,8 @@ static void test_share_sums(void **state)
 }
 
 /* containerConcurrency 1 over two activators: each replica is listed by
- * exactly one of them, with one slot; queue.max 3 is split 2 + 1. */
+ * exactly one of them, with one slot; queue.max 3 is split 2 + 1. Pods
+ * on one port spread by their IPs. */
 static void test_route_share(void **state)
 {
     (void)state;
@@ -249,14 +250,32 @@ static void test_route_share(void **state)
     assert_int_equal(stoke_route_share(&in, 1, 2, &b), 0);
     assert_int_equal(a.queue_max + b.queue_max, 3);
     assert_int_equal(a.n_endpoints + b.n_endpoints, 3);
-    assert_int_equal(a.n_endpoints, 2); /* ports 30000 and 30002: start 0 */
-    for (size_t j = 0; j < a.n_endpoints; j++)
-        assert_int_equal(a.shares[j], 1);
-    assert_int_equal(b.shares[0], 1);
+    /* One IP, consecutive ports: the replicas alternate. */
+    assert_int_equal(stoke_share_start(&eps[0]) % 2, stoke_share_start(&eps[2]) % 2);
+    assert_int_not_equal(stoke_share_start(&eps[0]) % 2, stoke_share_start(&eps[1]) % 2);
+    struct stoke_route *own0 = stoke_share_start(&eps[0]) % 2 == 0 ? &a : &b;
+    struct stoke_route *own1 = own0 == &a ? &b : &a;
+    assert_int_equal(own0->n_endpoints, 2);
+    assert_int_equal(own1->n_endpoints, 1);
+    assert_memory_equal(&own1->endpoints[0], &eps[1], sizeof(eps[1]));
+    for (size_t j = 0; j < own0->n_endpoints; j++)
+        assert_int_equal(own0->shares[j], 1);
+    assert_int_equal(own1->shares[0], 1);
     free(a.endpoints);
     free(a.shares);
     free(b.endpoints);
     free(b.shares);
+
+    /* Pods: one port, many IPs: the starts differ (not all to one). */
+    struct stoke_addr pod;
+    unsigned seen = 0;
+    for (int i = 1; i <= 8; i++) {
+        char addr[32];
+        snprintf(addr, sizeof(addr), "10.0.0.%d:8080", i);
+        assert_int_equal(stoke_addr_parse(addr, &pod), 0);
+        seen |= 1u << (stoke_share_start(&pod) % 2);
+    }
+    assert_int_equal(seen, 3);
 
     /* 5 slots, 2 activators: 3 + 2 on every replica. */
     in.concurrency_limit = 5;
