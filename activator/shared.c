@@ -311,6 +311,17 @@ bool lim_ep_has_room(const struct lim_ep *e)
     return limit == 0 || atomic_load_explicit(&e->inflight, memory_order_relaxed) < limit;
 }
 
+/* One more in *n unless that would pass max: false then (nothing taken). */
+static bool take_bounded(atomic_uint *n, unsigned max)
+{
+    unsigned v = atomic_load(n);
+    do {
+        if (v >= max)
+            return false;
+    } while (!atomic_compare_exchange_weak(n, &v, v + 1));
+    return true;
+}
+
 bool lim_ep_take(struct lim_ep *e)
 {
     unsigned limit = atomic_load_explicit(&e->limit, memory_order_relaxed);
@@ -318,12 +329,7 @@ bool lim_ep_take(struct lim_ep *e)
         atomic_fetch_add(&e->inflight, 1);
         return true;
     }
-    unsigned v = atomic_load(&e->inflight);
-    do {
-        if (v >= limit)
-            return false;
-    } while (!atomic_compare_exchange_weak(&e->inflight, &v, v + 1));
-    return true;
+    return take_bounded(&e->inflight, limit);
 }
 
 bool lim_ep_put(struct lim_ep *e)
@@ -346,13 +352,7 @@ uint32_t lim_fn_queued(const struct lim_fn *f)
 
 bool lim_fn_queue_take(struct lim_fn *f)
 {
-    unsigned max = atomic_load_explicit(&f->queue_max, memory_order_relaxed);
-    unsigned v = atomic_load(&f->queued);
-    do {
-        if (v >= max)
-            return false;
-    } while (!atomic_compare_exchange_weak(&f->queued, &v, v + 1));
-    return true;
+    return take_bounded(&f->queued, atomic_load_explicit(&f->queue_max, memory_order_relaxed));
 }
 
 void lim_fn_queue_put(struct lim_fn *f)

@@ -79,30 +79,29 @@ def replica_max(s, fn):
     return out
 
 
+def two_workers(name, cc, queue_max, replicas, served, most):
+    """One activator with two workers, BURST requests at once: `served` get
+    200, the rest 503, and each replica saw `most` at once."""
+    s = Stoke("limits-" + name, activator_args=["--workers", "2"]).start()
+    deploy(s, name, cc=cc, queue_max=queue_max, replicas=replicas)
+    wait_routed(s.port, name)
+    statuses = burst([s.port], name)
+    assert statuses.count(200) == served, statuses
+    assert statuses.count(503) == BURST - served, statuses
+    assert replica_max(s, name) == [most] * replicas
+    s.stop()
+
+
 def test_two_workers_one_slot_queue_two():
     """The issue's case: --workers 2, containerConcurrency 1, queue.max 2, one
     replica: 1 in flight + 2 queued are served, the rest refused."""
-    s = Stoke("limits-w", activator_args=["--workers", "2"]).start()
-    deploy(s, "one", cc=1, queue_max=2, replicas=1)
-    wait_routed(s.port, "one")
-    statuses = burst([s.port], "one")
-    assert statuses.count(200) == 3, statuses
-    assert statuses.count(503) == BURST - 3, statuses
-    assert replica_max(s, "one") == [1]
-    s.stop()
+    two_workers("one", cc=1, queue_max=2, replicas=1, served=3, most=1)
 
 
 def test_two_workers_two_replicas():
     """containerConcurrency 2 on two replicas, queue.max 3: 4 in flight (2 per
     replica, never more) + 3 queued are served."""
-    s = Stoke("limits-w2", activator_args=["--workers", "2"]).start()
-    deploy(s, "two", cc=2, queue_max=3, replicas=2)
-    wait_routed(s.port, "two")
-    statuses = burst([s.port], "two")
-    assert statuses.count(200) == 7, statuses
-    assert statuses.count(503) == BURST - 7, statuses
-    assert replica_max(s, "two") == [2, 2]
-    s.stop()
+    two_workers("two", cc=2, queue_max=3, replicas=2, served=7, most=2)
 
 
 def test_max_connections_across_workers():
