@@ -177,6 +177,14 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     free(buf->base);
 }
 
+static void add_slots(const char *fn, const char *addr, uint32_t slots, void *data)
+{
+    struct stoke_buf *b = data;
+    /* A DNS label and an IP literal: no JSON escaping needed. */
+    (void)stoke_buf_printf(b, "%s[\"%s\",\"%s\",%u]", b->data[b->len - 1] == '[' ? "" : ",", fn,
+                           addr, (unsigned)slots);
+}
+
 static void on_connected(uv_connect_t *req, int status)
 {
     struct ctl *ctl = req->data;
@@ -193,14 +201,23 @@ static void on_connected(uv_connect_t *req, int status)
     stoke_linebuf_done(&ctl->lines);
     stoke_linebuf_init(&ctl->lines, STOKE_CTL_MAX_LINE);
 
-    char hello[256];
-    int n =
-        snprintf(hello, sizeof(hello), "{\"op\":\"hello\",\"activator\":\"%s\",\"process\":\"%s\"}",
-                 ctl->id, ctl->process);
-    ctl_send(ctl, hello, (size_t)n);
+    /* The hello names the process, and the slots the process has on each
+     * replica whose slots are divided: a restarted controller starts from
+     * them. */
+    struct stoke_buf hello;
+    stoke_buf_init(&hello, STOKE_CTL_MAX_LINE);
+    int r = stoke_buf_printf(&hello,
+                             "{\"op\":\"hello\",\"activator\":\"%s\",\"process\":\"%s\","
+                             "\"slots\":[",
+                             ctl->id, ctl->process);
+    if (r == 0 && ctl->px)
+        proxy_slots(ctl->px, add_slots, &hello);
+    if (r == 0 && stoke_buf_append(&hello, "]}", 2) == 0)
+        ctl_send(ctl, hello.data, hello.len);
+    stoke_buf_done(&hello);
     if (ctl->px)
         proxy_waiting(ctl->px, send_poke, ctl);
-    int r = uv_read_start(&ctl->conn.stream, stoke_uv_alloc, on_read);
+    r = uv_read_start(&ctl->conn.stream, stoke_uv_alloc, on_read);
     if (r < 0)
         drop_connection(ctl, r);
 }

@@ -37,6 +37,7 @@ struct endpoint {
     struct fn *fn;
     struct lim_ep *lim;
     unsigned worker; /* its proxy's, for lim (fn may be gone first) */
+    uint32_t share;  /* the slots the controller gave this activator, 0: not divided */
     uint32_t inflight;
     uint32_t refs;
     bool gone;               /* no longer in the route table */
@@ -395,9 +396,11 @@ static int fn_update(struct fn *fn, const struct stoke_route *r)
     fn->n_eps = n;
     /* A replica's slots: this activator's share when the controller divides
      * them among several, else containerConcurrency (0: no limit). */
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
+        eps[i]->share = r->shares ? r->shares[i] : 0;
         limits_ep_configure(eps[i]->lim, fn->px->worker,
                             r->shares ? r->shares[i] : r->concurrency_limit);
+    }
     limits_fn_configure(fn->lim, fn->px->worker, r->queue_max);
     /* Waiters in other workers may fit now. */
     lim_fn_wake(fn->lim, fn->px->worker);
@@ -513,6 +516,20 @@ void proxy_draining(struct proxy *px, void (*cb)(const char *addr, void *data), 
                 continue;
             stoke_addr_format(&ep->addr, addr, sizeof(addr));
             cb(addr, data);
+        }
+    }
+}
+
+void proxy_slots(struct proxy *px, proxy_slots_cb cb, void *data)
+{
+    for (size_t i = 0; i < px->n_fns; i++) {
+        for (size_t j = 0; j < px->fns[i]->n_eps; j++) {
+            const struct endpoint *ep = px->fns[i]->eps[j];
+            char addr[80];
+            if (ep->share == 0)
+                continue;
+            stoke_addr_format(&ep->addr, addr, sizeof(addr));
+            cb(px->fns[i]->cfg.name, addr, ep->share, data);
         }
     }
 }

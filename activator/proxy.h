@@ -90,6 +90,11 @@ uint64_t proxy_routes_gen(const struct proxy *px);
  * none lists it). */
 void proxy_draining(struct proxy *px, void (*cb)(const char *addr, void *data), void *data);
 
+/* Calls `cb` with each replica this activator has a share of slots on, as
+ * the controller divided them (the channel tells a restarted controller). */
+typedef void (*proxy_slots_cb)(const char *fn, const char *addr, uint32_t slots, void *data);
+void proxy_slots(struct proxy *px, proxy_slots_cb cb, void *data);
+
 /* Calls `cb` for each function that has requests waiting in its queue (the
  * channel re-pokes them after reconnecting to the controller). */
 void proxy_waiting(struct proxy *px, proxy_poke_cb cb, void *data);

@@ -157,6 +157,11 @@ struct function {
     struct stoke_histogram cold_start_hist[4];
 };
 
+/* After it starts, a controller raises no activator's share for this long:
+ * longer than the activators' reconnect backoff (2 s), so every activator
+ * still running has said hello, with the slots it has, by then. */
+#define CTRL_SHARES_SETTLE_MS 3000
+
 struct ctrl {
     uv_loop_t *loop;
     struct ctrl_config cfg;
@@ -164,7 +169,11 @@ struct ctrl {
     struct hub *hub;
     struct stoke_list functions;
     uint64_t route_gen;
-    uint8_t *ports_used; /* one byte per port of the range */
+    /* Until then no activator's share of a replica's slots is raised: the
+     * activators a restarted controller has not heard from yet may still
+     * use the shares they had (see replica_grant()). */
+    uint64_t shares_settle_ms; /* start + CTRL_SHARES_SETTLE_MS */
+    uint8_t *ports_used;       /* one byte per port of the range */
     unsigned port_cursor;
     uv_timer_t tick;
     uint64_t last_check_ms;
@@ -206,6 +215,11 @@ void ctrl_autoscale_all(struct ctrl *c);
 void ctrl_on_drain(struct ctrl *c);
 /* Sends the current route table to the activators. */
 void ctrl_push_routes(struct ctrl *c);
+
+/* Pushes the tables again when an activator's share of a replica's slots
+ * waits to be raised and may be now (on each activator drain message and
+ * each tick). */
+void ctrl_push_settled_raises(struct ctrl *c);
 /* Compares our replicas with the engine's containers; replaces the gone. */
 void ctrl_check_replicas(struct ctrl *c);
 /* At startup: lists this instance's containers, calls `load` (which applies

@@ -32,11 +32,21 @@ struct peer {
     struct stoke_linebuf lines;
     char id[64];
     char process[HUB_PROCESS_MAX]; /* from its hello; "" before */
+    struct reported_slots *slots;  /* from its hello: see hub_reported_slots() */
+    size_t n_slots;
     bool closing;
     uint64_t gen;         /* route table in use, from its last drain message */
     uint64_t last_second; /* the second its last stats report counted for */
     char **draining;      /* replicas it still has requests in flight to */
     size_t n_draining;
+};
+
+#define MAX_REPORTED_SLOTS 100000
+
+struct reported_slots {
+    char fn[STOKE_NAME_MAX + 1];
+    char addr[64];
+    uint32_t slots;
 };
 
 struct hub {
@@ -84,6 +94,7 @@ static void on_peer_closed(uv_handle_t *h)
     struct peer *p = h->data;
     struct hub *hub = p->hub;
     peer_draining_free(p);
+    free(p->slots);
     stoke_linebuf_done(&p->lines);
     free(p);
     hub_handle_closed(hub);
@@ -201,6 +212,70 @@ static void handle_drain(struct peer *p, json_object *msg)
     p->hub->cbs.on_drain(p->hub->cbs.data);
 }
 
+/* "slots":[["fn","127.0.0.1:30001",2],...] of a hello; bad entries are
+ * skipped. */
+static void parse_slots(struct peer *p, json_object *msg)
+{
+    json_object *list;
+    if (!json_object_object_get_ex(msg, "slots", &list) ||
+        !json_object_is_type(list, json_type_array))
+        return;
+    size_t n = json_object_array_length(list);
+    if (n == 0 || n > MAX_REPORTED_SLOTS)
+        return;
+    struct reported_slots *s = calloc(n, sizeof(*s));
+    if (!s)
+        return;
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        json_object *e = json_object_array_get_idx(list, i);
+        if (!json_object_is_type(e, json_type_array) || json_object_array_length(e) != 3)
+            continue;
+        json_object *f = json_object_array_get_idx(e, 0), *a = json_object_array_get_idx(e, 1),
+                    *v = json_object_array_get_idx(e, 2);
+        if (!json_object_is_type(f, json_type_string) ||
+            !json_object_is_type(a, json_type_string) || !json_object_is_type(v, json_type_int) ||
+            !stoke_is_valid_name(json_object_get_string(f)) ||
+            json_object_get_string_len(a) >= (int)sizeof(s[k].addr) ||
+            json_object_get_int64(v) < 0 || json_object_get_int64(v) > UINT32_MAX)
+            continue;
+        snprintf(s[k].fn, sizeof(s[k].fn), "%s", json_object_get_string(f));
+        snprintf(s[k].addr, sizeof(s[k].addr), "%s", json_object_get_string(a));
+        s[k++].slots = (uint32_t)json_object_get_int64(v);
+    }
+    free(p->slots);
+    p->slots = s;
+    p->n_slots = k;
+}
+
+bool hub_reported_slots(const struct hub *hub, const char *process, const char *fn,
+                        const char *addr, uint32_t *ret)
+{
+    bool found = false;
+    for (const struct stoke_list *it = hub->peers.next; it != &hub->peers; it = it->next) {
+        const struct peer *p = stoke_container_of(it, struct peer, node);
+        if (strcmp(p->process, process) != 0)
+            continue;
+        for (size_t i = 0; i < p->n_slots; i++) {
+            if (strcmp(p->slots[i].fn, fn) == 0 && strcmp(p->slots[i].addr, addr) == 0 &&
+                (!found || p->slots[i].slots > *ret)) {
+                *ret = p->slots[i].slots; /* its workers may differ for a moment: the most */
+                found = true;
+            }
+        }
+    }
+    return found;
+}
+
+bool hub_any_reported_slots(const struct hub *hub)
+{
+    for (const struct stoke_list *it = hub->peers.next; it != &hub->peers; it = it->next) {
+        if (stoke_container_of(it, struct peer, node)->n_slots > 0)
+            return true;
+    }
+    return false;
+}
+
 static int on_line(char *line, size_t len, void *data)
 {
     struct peer *p = data;
@@ -230,6 +305,7 @@ static int on_line(char *line, size_t len, void *data)
             snprintf(p->id, sizeof(p->id), "%s", id);
         /* An activator that names no process is one of its own. */
         snprintf(p->process, sizeof(p->process), "%s", proc && *proc ? proc : p->id);
+        parse_slots(p, msg);
         stoke_info(NULL, "activator %s connected (process %s)", p->id, p->process);
         json_object_put(msg);
         p->hub->cbs.on_members(p->hub->cbs.data); /* may send on p */

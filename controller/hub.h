@@ -44,6 +44,16 @@ int hub_new(uv_loop_t *loop, const struct stoke_addr *addr, const struct hub_cal
  * each once: a malloc'd array (free()) of *n, or NULL on OOM (*n = 0). */
 char (*hub_processes(const struct hub *hub, unsigned *n))[HUB_PROCESS_MAX];
 
+/* The slots activator process `process` said in its hello it has on replica
+ * `addr` of function `fn` (as a controller before this one divided them):
+ * true and *ret, or false when none of its channels said. */
+bool hub_reported_slots(const struct hub *hub, const char *process, const char *fn,
+                        const char *addr, uint32_t *ret);
+
+/* Whether any connected activator said it has slots (a controller before
+ * this one divided some replica's). */
+bool hub_any_reported_slots(const struct hub *hub);
+
 /* Makes one routes message per activator process (`make` is called with
  * the process's id and index among the `n` of hub_processes(); it returns
  * a malloc'd line without '\n', or NULL on OOM: that process keeps its

@@ -115,6 +115,7 @@ static void on_tick(uv_timer_t *t)
         ctrl_check_replicas(c);
         health_ping(c);
     }
+    ctrl_push_settled_raises(c);
 }
 
 static void on_hub_poke(const char *fn, void *data)
@@ -414,6 +415,7 @@ int main(int argc, char **argv)
                                 .on_members = on_hub_members,
                                 .data = c};
     r = hub_new(c->loop, &c->cfg.ctl_addr, &cbs, &c->hub);
+    c->shares_settle_ms = uv_now(c->loop) + CTRL_SHARES_SETTLE_MS;
     if (r < 0) {
         char a[128];
         stoke_addr_format(&c->cfg.ctl_addr, a, sizeof(a));

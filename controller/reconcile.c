@@ -94,10 +94,22 @@ struct push {
     unsigned k;
 };
 
+/* A restarted controller waits before raising shares while the activators
+ * that had some from the controller before may not all be back. (When the
+ * first back had none, one that had may still come: that window is not
+ * covered.) */
+static bool ctrl_shares_settling(struct ctrl *c)
+{
+    return uv_now(c->loop) < c->shares_settle_ms && hub_any_reported_slots(c->hub);
+}
+
 /* The slots each of the k activator processes `procs` gets on replica `rp`
  * now, into out[0..k) (out[k..2k) is scratch): its share (stoke_share(),
  * keyed by address), but a raise only once every lowering of the replica's
- * shares has taken effect; until then, what it had. */
+ * shares has taken effect, and none in the first CTRL_SHARES_SETTLE_MS;
+ * until then, what it had. An activator this controller has given nothing
+ * yet may have slots from a controller before it: what its hello said
+ * counts as what it had. */
 static void replica_grant(struct ctrl *c, struct replica *rp, uint32_t cc,
                           char (*procs)[HUB_PROCESS_MAX], unsigned k, uint32_t *out)
 {
@@ -109,15 +121,21 @@ static void replica_grant(struct ctrl *c, struct replica *rp, uint32_t cc,
     bool lowering = false;
     for (unsigned i = 0; i < k; i++) {
         uint32_t old = 0;
+        bool known = false;
         for (unsigned g = 0; g < rp->n_grants; g++) {
-            if (strcmp(rp->grants[g].process, procs[i]) == 0)
+            if (strcmp(rp->grants[g].process, procs[i]) == 0) {
                 old = rp->grants[g].slots;
+                known = true;
+            }
         }
+        if (!known && !hub_reported_slots(c->hub, procs[i], rp->fn->spec.name, addr, &old))
+            old = 0;
         out[i] = stoke_share(cc, k, i, start % k);
         lowering |= out[i] < old;
         held[i] = out[i] < old ? out[i] : old;
     }
-    bool settled = !lowering && hub_is_drained(c->hub, addr, rp->lowered_gen);
+    bool settled =
+        !lowering && !ctrl_shares_settling(c) && hub_is_drained(c->hub, addr, rp->lowered_gen);
     rp->raise_waiting = false;
     for (unsigned i = 0; i < k; i++) {
         if (!settled && held[i] < out[i]) {
@@ -246,10 +264,10 @@ done:
     stoke_route_table_done(t);
 }
 
-/* Some replica's raise waits (replica_grant()); once the lowering it waits
- * for has taken effect, the tables are pushed again. */
-static void push_settled_raises(struct ctrl *c)
+void ctrl_push_settled_raises(struct ctrl *c)
 {
+    if (ctrl_shares_settling(c))
+        return;
     for (struct stoke_list *a = c->functions.next; a != &c->functions; a = a->next) {
         struct function *fn = stoke_container_of(a, struct function, node);
         for (struct stoke_list *b = fn->replicas.next; b != &fn->replicas; b = b->next) {
@@ -401,7 +419,7 @@ void ctrl_on_drain(struct ctrl *c)
             }
         }
     }
-    push_settled_raises(c);
+    ctrl_push_settled_raises(c);
 }
 
 static void replica_retire(struct replica *r)

@@ -5,9 +5,12 @@
  * activator opens to the controller. Each message is one JSON object on one
  * line (at most STOKE_CTL_MAX_LINE bytes), with "op" naming it:
  *   activator -> controller:
- *     {"op":"hello","activator":"<id>","process":"<id of its process>"}
+ *     {"op":"hello","activator":"<id>","process":"<id of its process>",
+ *      "slots":[["<fn>","127.0.0.1:31001",1], ...]}
  *                  (a process's workers each open a channel: the controller
- *                  divides limits per process; no "process": its own)
+ *                  divides limits per process; no "process": its own;
+ *                  "slots": the replicas it has a share of and its share,
+ *                  for a controller that restarted)
  *     {"op":"poke","fn":"<name>"}                  a request waits at zero
  *     {"op":"stats","fns":{"<name>":{"concurrency":1.5,"requests":12}}}
  *   controller -> activator:

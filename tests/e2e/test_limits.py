@@ -11,6 +11,7 @@ than containerConcurrency.
 
 import http.client
 import os
+import signal
 import socket
 import sys
 import threading
@@ -193,6 +194,44 @@ def test_activator_joins_under_load():
     assert [r[0] for r in first] == [200, 200], first
     assert [r[0] for r in second] == [200, 200], second
     assert replica_max(s, "join") == [2]
+    s.stop()
+
+
+def test_controller_restart_keeps_the_division():
+    """containerConcurrency 2, one replica, two activators with a slot each;
+    the second holds a long request while the controller is killed and
+    restarted, and is stopped (SIGSTOP) so that the first says hello alone:
+    the new controller starts from the slot the first says it has and raises
+    no share for a while, so the first's burst still runs one at a time
+    beside the second's request (never 3 at once), and every request is
+    served."""
+    s = Stoke("limits-r", activator_args=["--workers", "2"]).start()
+    port2 = s.add_activator("act2")
+    deploy(s, "keep", cc=2, queue_max=8, replicas=1)
+    wait_routed(s.port, "keep")
+    wait_routed(port2, "keep")
+    (c,) = s.running("keep")
+    rport = int(c["Labels"]["io.stoke.port"])
+    long = []
+    t = threading.Thread(target=lambda: long.append(get(port2, "/fn/keep/delay/5000")))
+    t.start()
+    deadline = time.time() + 10
+    while get(rport, "/concurrency")[2].split()[0] != "1":
+        assert time.time() < deadline, "the long request never got in flight"
+        time.sleep(0.05)
+    act2 = s.procs["act2"]
+    os.kill(act2.pid, signal.SIGSTOP)
+    try:
+        hellos = s.log("activator").count("connected to the controller")
+        s.restart_controller("controller2")
+        s.wait_log("activator", "connected to the controller", 30, count=hellos + 2)
+        burst_res = concurrent(3, lambda i: get(s.port, "/fn/keep/delay/700"))
+    finally:
+        os.kill(act2.pid, signal.SIGCONT)
+    t.join(30)
+    assert [r[0] for r in burst_res] == [200, 200, 200], burst_res
+    assert [r[0] for r in long] == [200], long
+    assert replica_max(s, "keep") == [2]
     s.stop()
 
 
