@@ -20,6 +20,7 @@ struct ctl {
     struct stoke_addr addr;
     char id[64];
     char *token; /* NULL: none; wiped at free */
+    char process[64];
     struct proxy *px;
     union {
         uv_tcp_t tcp;
@@ -192,24 +193,64 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     free(buf->base);
 }
 
-/* {"op":"hello","activator":ID[,"token":T]}: the first line. */
-static void send_hello(struct ctl *ctl)
+/* One [function, replica address, slots] entry of the hello's "slots". */
+static void add_slots(const char *fn, const char *addr, uint32_t slots, void *data)
+{
+    json_object *list = data;
+    json_object *e = json_object_new_array_ext(3);
+    /* A failed allocation leaves the entry out: the controller then counts
+     * the process as holding no slot there and raises none past its share. */
+    if (!e)
+        return;
+    (void)json_object_array_add(e, json_object_new_string(fn));
+    (void)json_object_array_add(e, json_object_new_string(addr));
+    (void)json_object_array_add(e, json_object_new_int64(slots));
+    if (json_object_array_add(list, e) < 0)
+        json_object_put(e);
+}
+
+/* {"op":"auth","token":T}, when there is a token: the first line, short, as
+ * the controller wants the first line of a TCP connection. */
+static void send_auth(struct ctl *ctl)
 {
     json_object *o = json_object_new_object();
     const char *text;
-    /* json_object_object_add steals the new strings; a NULL one is skipped
-     * and the hello goes without it (the controller then says what it
-     * misses). */
     if (!o)
         return;
-    (void)json_object_object_add(o, "op", json_object_new_string("hello"));
-    (void)json_object_object_add(o, "activator", json_object_new_string(ctl->id));
-    if (ctl->token)
-        (void)json_object_object_add(o, "token", json_object_new_string(ctl->token));
+    (void)json_object_object_add(o, "op", json_object_new_string("auth"));
+    (void)json_object_object_add(o, "token", json_object_new_string(ctl->token));
     text = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN);
     if (text)
         ctl_send(ctl, text, strlen(text));
     /* The copy json-c made of the token dies with o. */
+    json_object_put(o);
+}
+
+/* {"op":"hello","activator":ID,"process":P,"slots":[...]}: it names the
+ * process, and the slots the process has on each replica whose slots are
+ * divided: a restarted controller starts from them. */
+static void send_hello(struct ctl *ctl)
+{
+    json_object *o = json_object_new_object();
+    json_object *slots = json_object_new_array();
+    const char *text;
+    /* json_object_object_add steals the new strings; a NULL one is skipped
+     * and the hello goes without it (the controller then says what it
+     * misses). */
+    if (!o || !slots) {
+        json_object_put(o);
+        json_object_put(slots);
+        return;
+    }
+    (void)json_object_object_add(o, "op", json_object_new_string("hello"));
+    (void)json_object_object_add(o, "activator", json_object_new_string(ctl->id));
+    (void)json_object_object_add(o, "process", json_object_new_string(ctl->process));
+    if (ctl->px)
+        proxy_slots(ctl->px, add_slots, slots);
+    (void)json_object_object_add(o, "slots", slots);
+    text = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN);
+    if (text)
+        ctl_send(ctl, text, strlen(text));
     json_object_put(o);
 }
 
@@ -229,6 +270,8 @@ static void on_connected(uv_connect_t *req, int status)
     stoke_linebuf_done(&ctl->lines);
     stoke_linebuf_init(&ctl->lines, STOKE_CTL_MAX_LINE);
 
+    if (ctl->token)
+        send_auth(ctl);
     send_hello(ctl);
     if (ctl->px)
         proxy_waiting(ctl->px, send_poke, ctl);
@@ -285,8 +328,8 @@ static void on_stats(uv_timer_t *t)
         ctl_send(ctl, ctl->msg.data, ctl->msg.len);
 }
 
-int ctl_new(uv_loop_t *loop, const struct stoke_addr *controller, const char *id, const char *token,
-            struct ctl **ret)
+int ctl_new(uv_loop_t *loop, const struct stoke_addr *controller, const char *id,
+            const char *process, const char *token, struct ctl **ret)
 {
     struct ctl *ctl = calloc(1, sizeof(*ctl));
     if (!ctl)
@@ -301,6 +344,7 @@ int ctl_new(uv_loop_t *loop, const struct stoke_addr *controller, const char *id
     ctl->loop = loop;
     ctl->addr = *controller;
     snprintf(ctl->id, sizeof(ctl->id), "%s", id);
+    snprintf(ctl->process, sizeof(ctl->process), "%s", process);
     ctl->backoff_ms = BACKOFF_MIN_MS;
     stoke_linebuf_init(&ctl->lines, STOKE_CTL_MAX_LINE);
     stoke_buf_init(&ctl->msg, STOKE_CTL_MAX_LINE);

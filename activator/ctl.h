@@ -12,11 +12,13 @@
 
 struct ctl;
 
-/* `id` names this activator to the controller (copied). `token` (copied,
- * may be NULL) is sent in the hello that opens each connection: a TCP
- * channel refuses a connection without the controller's token. */
-int ctl_new(uv_loop_t *loop, const struct stoke_addr *controller, const char *id, const char *token,
-            struct ctl **ret);
+/* `id` names this channel (one per worker) to the controller, `process` the
+ * activator process it belongs to (both copied): the controller divides
+ * limits among processes. `token` (copied, may be NULL) is sent in the hello
+ * that opens each connection: a TCP channel refuses a connection without the
+ * controller's token. */
+int ctl_new(uv_loop_t *loop, const struct stoke_addr *controller, const char *id,
+            const char *process, const char *token, struct ctl **ret);
 
 /* The proxy whose routes this channel feeds; set once, before traffic. */
 void ctl_set_proxy(struct ctl *ctl, struct proxy *px);

@@ -12,20 +12,24 @@
 #include "ctl.h"
 #include "metrics.h"
 #include "proxy.h"
+#include "shared.h"
 #include "stoke/log.h"
 #include "stoke/opsd.h"
 #include "stoke/spec.h"
 
 #define DEFAULT_CONTROLLER "unix:/run/stoke/ctl.sock"
 #define DEFAULT_OPS "127.0.0.1:9091"
-#define MAX_WORKERS 256
+#define MAX_WORKERS LIMITS_MAX_WORKERS
 #define BEAT_MS 250 /* heartbeat period: /healthz calls a worker silent for 3 s stuck */
 #define STALE_MS 3000
 
 /* One event loop thread: its own proxy (listening on the shared port with
  * SO_REUSEPORT when there are several), its own upstream pools and its own
  * channel to the controller, which sums the workers' reports like those of
- * separate activators. */
+ * separate activators but divides limits per process (the channel's hello
+ * names the process). The limits themselves (replica slots, queue bounds,
+ * connections) are the process's: one struct limits (shared.h) that every
+ * worker's proxy counts in. */
 struct worker {
     uv_loop_t loop;
     uv_thread_t thread;
@@ -37,6 +41,9 @@ struct worker {
     struct ctl *ctl;
     struct metrics_worker *mw; /* this worker's counters, read by the ops server */
     char id[80];
+    unsigned index;
+    struct limits *limits;
+    const char *process; /* the activator's id, which its workers share */
     const struct proxy_config *cfg;
     const struct stoke_addr *ctl_addr; /* NULL: --controller none */
     const char *ctl_token;             /* --channel-token-file's, or NULL */
@@ -75,7 +82,7 @@ static void usage(FILE *f)
         "  --id NAME                this activator's name (default activator-<pid>)\n"
         "  --max-header-bytes N     request head limit, 431 past it (default 16384)\n"
         "  --max-body-bytes N       request body limit, 413 past it; 0: none (default 16777216)\n"
-        "  --max-connections N      client connections (default 10000)\n"
+        "  --max-connections N      client connections, over all workers (default 10000)\n"
         "  --upstream-pool N        idle connections kept per replica, per worker (default 256)\n"
         "  --access-log             a JSON log line per request (off by default)\n"
         "  --header-timeout DUR     time to read a request head (default 10s)\n"
@@ -183,10 +190,14 @@ static void worker_main(void *arg)
     w->beat.data = w;
     on_beat(&w->beat);
     uv_timer_start(&w->beat, on_beat, BEAT_MS, BEAT_MS);
-    r = w->ctl_addr ? ctl_new(&w->loop, w->ctl_addr, w->id, w->ctl_token, &w->ctl) : 0;
+    r = w->ctl_addr ? ctl_new(&w->loop, w->ctl_addr, w->id, w->process, w->ctl_token, &w->ctl) : 0;
     if (r == 0) {
-        const struct proxy_hooks hooks = {
-            .on_poke = on_poke, .on_drained = on_drained, .data = w, .metrics = w->mw};
+        const struct proxy_hooks hooks = {.on_poke = on_poke,
+                                          .on_drained = on_drained,
+                                          .data = w,
+                                          .metrics = w->mw,
+                                          .limits = w->limits,
+                                          .worker = w->index};
         r = proxy_new(&w->loop, w->cfg, &hooks, &w->px);
         if (r < 0)
             w->px = NULL;
@@ -459,9 +470,10 @@ int main(int argc, char **argv)
 
     struct activator a = {.n_workers = workers};
     struct metrics *metrics = metrics_new(workers);
+    struct limits *limits = NULL;
     a.metrics = metrics;
     a.workers = calloc(workers, sizeof(*a.workers));
-    if (!a.workers || !metrics) {
+    if (!a.workers || !metrics || limits_new(workers, cfg.max_connections, &limits) < 0) {
         free(a.workers);
         metrics_free(metrics);
         free(routes_line);
@@ -478,6 +490,9 @@ int main(int argc, char **argv)
         w->ctl_token = token;
         w->routes_line = routes_line;
         w->mw = metrics_worker(metrics, i);
+        w->index = i;
+        w->limits = limits;
+        w->process = id;
         if (workers > 1)
             snprintf(w->id, sizeof(w->id), "%s-w%u", id, i);
         else
@@ -542,6 +557,7 @@ int main(int argc, char **argv)
         stoke_warn(NULL, r, "loop closed with handles still open");
     free(a.workers);
     metrics_free(metrics);
+    limits_free(limits); /* the workers that used it have ended */
     free(routes_line);
     free_token(token);
     return status;

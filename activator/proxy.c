@@ -16,6 +16,7 @@
 #include <llhttp.h>
 
 #include "metrics.h"
+#include "shared.h"
 #include "stoke/list.h"
 #include "stoke/log.h"
 
@@ -41,10 +42,15 @@ struct chunk_check {
 };
 
 /* One ready replica of a function. Held by its function while routed, and
- * by each upstream connection to it; freed when both let go. */
+ * by each upstream connection to it; freed when both let go. Its slots are
+ * counted for the whole process in `lim` (shared.h); `inflight` counts this
+ * worker's requests only, for draining. */
 struct endpoint {
     struct stoke_addr addr;
     struct fn *fn;
+    struct lim_ep *lim;
+    unsigned worker; /* its proxy's, for lim (fn may be gone first) */
+    uint32_t share;  /* the slots the controller gave this activator, 0: not divided */
     uint32_t inflight;
     uint32_t refs;
     bool gone;               /* no longer in the route table */
@@ -57,11 +63,13 @@ struct endpoint {
  * that was dispatched or queued for it. */
 struct fn {
     struct proxy *px;
+    struct lim_fn *lim;     /* the process's queue count and waiters (shared.h) */
     struct stoke_route cfg; /* cfg.endpoints unused: see eps */
     struct endpoint **eps;
     size_t n_eps;
     struct stoke_list queue; /* waiting clients, oldest first */
-    uint32_t queued;
+    struct stoke_list wnode; /* px->waiting while queued > 0 */
+    uint32_t queued;         /* this worker's; the process's: lim */
     uint32_t inflight;
     uint32_t refs;
     bool gone;
@@ -113,6 +121,7 @@ struct client {
     const char *exec_end;
     struct chunk_check chunk;
     unsigned pending_writes;
+    bool counted; /* holds a place under --max-connections */
     char ip[64];
 
     /* The request being read. */
@@ -200,6 +209,11 @@ struct proxy {
     struct stoke_list clients;
     uint32_t n_clients;
     struct stoke_list kicks;
+    struct stoke_list waiting; /* functions with requests in this worker's queue */
+    struct limits *limits;     /* shared by the workers (hooks), or this proxy's own */
+    bool own_limits;
+    unsigned worker;
+    uv_async_t wake; /* another worker freed a slot a queued request may take */
     unsigned rr;
     uint64_t request_seq;
     char request_id_base[24]; /* random: ids differ across workers and restarts */
@@ -470,10 +484,33 @@ static void fn_mark(struct fn *fn)
     fn->mark_ms = now;
 }
 
+/* One more or one less request in this worker's queue of `fn` (the
+ * caller moves the client): keeps the process's count, and this worker's
+ * bit among the function's waiters, in step. */
+static void fn_queued_add(struct fn *fn, int delta)
+{
+    fn_mark(fn);
+    metrics_gauge(fn->m, METRICS_QUEUED, delta);
+    if (delta > 0) {
+        if (fn->queued++ == 0) {
+            stoke_list_insert_tail(&fn->px->waiting, &fn->wnode);
+            lim_fn_set_waiting(fn->lim, fn->px->worker, true);
+        }
+        return;
+    }
+    lim_fn_queue_put(fn->lim);
+    if (--fn->queued == 0) {
+        stoke_list_remove(&fn->wnode);
+        lim_fn_set_waiting(fn->lim, fn->px->worker, false);
+    }
+}
+
 static void fn_unref(struct fn *fn)
 {
     if (--fn->refs > 0)
         return;
+    if (fn->lim)
+        limits_fn_put(fn->lim, fn->px->worker);
     free(fn->eps);
     free(fn);
 }
@@ -482,6 +519,8 @@ static void endpoint_unref(struct endpoint *ep)
 {
     if (--ep->refs > 0)
         return;
+    if (ep->lim)
+        limits_ep_put(ep->lim, ep->worker);
     free(ep);
 }
 
@@ -555,7 +594,8 @@ static void fn_retire(struct fn *fn)
 }
 
 /* Builds the new endpoint list of `fn` from route `r`, keeping the state of
- * replicas that stay. Returns 0 or -ENOMEM (fn unchanged). */
+ * replicas that stay, and sets this worker's wish for the process's limits.
+ * Returns 0 or -ENOMEM (fn unchanged). */
 static int fn_update(struct fn *fn, const struct stoke_route *r)
 {
     struct endpoint **eps = NULL;
@@ -575,7 +615,15 @@ static int fn_update(struct fn *fn, const struct stoke_route *r)
             }
         }
         if (!ep) {
+            char a[80];
+            stoke_addr_format(&r->endpoints[i], a, sizeof(a));
             ep = calloc(1, sizeof(*ep));
+            if (ep)
+                ep->worker = fn->px->worker;
+            if (ep && !(ep->lim = limits_ep_get(fn->lim, fn->px->worker, a))) {
+                free(ep);
+                ep = NULL;
+            }
             if (!ep) {
                 /* Put back what was taken so fn stays as it was. */
                 for (size_t k = 0; k < n; k++)
@@ -598,9 +646,20 @@ static int fn_update(struct fn *fn, const struct stoke_route *r)
     free(fn->eps);
     fn->eps = eps;
     fn->n_eps = n;
+    /* A replica's slots: this activator's share when the controller divides
+     * them among several, else containerConcurrency (0: no limit). */
+    for (size_t i = 0; i < n; i++) {
+        eps[i]->share = r->shares ? r->shares[i] : 0;
+        limits_ep_configure(eps[i]->lim, fn->px->worker,
+                            r->shares ? r->shares[i] : r->concurrency_limit);
+    }
+    limits_fn_configure(fn->lim, fn->px->worker, r->queue_max);
+    /* Waiters in other workers may fit now. */
+    lim_fn_wake(fn->lim, fn->px->worker);
 
     fn->cfg = *r;
     fn->cfg.endpoints = NULL; /* owned by the table; see fn->eps */
+    fn->cfg.shares = NULL;
     fn->cfg.n_endpoints = 0;
     return 0;
 }
@@ -628,6 +687,10 @@ void proxy_set_routes(struct proxy *px, struct stoke_route_table *t)
             kept[k] = true;
         } else {
             fn = calloc(1, sizeof(*fn));
+            if (fn && !(fn->lim = limits_fn_get(px->limits, px->worker, r->name))) {
+                free(fn);
+                fn = NULL;
+            }
             if (!fn)
                 continue;
             fn->px = px;
@@ -637,6 +700,7 @@ void proxy_set_routes(struct proxy *px, struct stoke_route_table *t)
             fn->m = metrics_fn_get(px->hooks.metrics, r->name);
             stoke_list_init(&fn->queue);
             stoke_list_init(&fn->kick);
+            stoke_list_init(&fn->wnode);
         }
         if (fn_update(fn, r) < 0)
             stoke_error(r->name, -ENOMEM, "replica list update dropped");
@@ -693,6 +757,32 @@ void proxy_draining(struct proxy *px, void (*cb)(const char *addr, void *data), 
         char addr[80];
         stoke_addr_format(&ep->addr, addr, sizeof(addr));
         cb(addr, data);
+    }
+    /* And those with more requests in flight than a lowered share allows:
+     * the controller gives the slots to another activator once they end. */
+    for (size_t i = 0; i < px->n_fns; i++) {
+        for (size_t j = 0; j < px->fns[i]->n_eps; j++) {
+            struct endpoint *ep = px->fns[i]->eps[j];
+            char addr[80];
+            if (!lim_ep_over(ep->lim))
+                continue;
+            stoke_addr_format(&ep->addr, addr, sizeof(addr));
+            cb(addr, data);
+        }
+    }
+}
+
+void proxy_slots(struct proxy *px, proxy_slots_cb cb, void *data)
+{
+    for (size_t i = 0; i < px->n_fns; i++) {
+        for (size_t j = 0; j < px->fns[i]->n_eps; j++) {
+            const struct endpoint *ep = px->fns[i]->eps[j];
+            char addr[80];
+            if (ep->share == 0)
+                continue;
+            stoke_addr_format(&ep->addr, addr, sizeof(addr));
+            cb(px->fns[i]->cfg.name, addr, ep->share, data);
+        }
     }
 }
 
@@ -1525,9 +1615,14 @@ static void client_release(struct client *c)
         fn_mark(fn);
         c->ep->inflight--;
         fn->inflight--;
+        if (lim_ep_put(c->ep->lim))
+            limits_drain_changed(c->px->limits); /* back within a lowered share */
         metrics_gauge(fn->m, METRICS_IN_FLIGHT, -1);
         if (fn->queued > 0 && !fn->gone)
             kick(fn);
+        /* A queued request of another worker may take the slot. */
+        if (lim_fn_queued(fn->lim) > fn->queued)
+            lim_fn_wake(fn->lim, c->px->worker);
         if (c->ep->gone && c->ep->inflight == 0 && !stoke_list_empty(&c->ep->dnode)) {
             stoke_list_remove(&c->ep->dnode);
             c->px->hooks.on_drained(c->px->hooks.data);
@@ -1537,10 +1632,8 @@ static void client_release(struct client *c)
     }
     if (c->fn) {
         if (c->state == C_QUEUED) {
-            fn_mark(c->fn);
             stoke_list_remove(&c->qnode);
-            c->fn->queued--;
-            metrics_gauge(c->fn->m, METRICS_QUEUED, -1);
+            fn_queued_add(c->fn, -1);
             c->state = C_BODY;
         }
         fn_unref(c->fn);
@@ -1567,6 +1660,8 @@ static void client_close(struct client *c)
     c->state = C_CLOSED;
     stoke_list_remove(&c->node);
     c->px->n_clients--;
+    if (c->counted)
+        limits_conn_put(c->px->limits);
     uv_close((uv_handle_t *)&c->body_timer, on_client_handle_closed);
     metrics_connections(c->px->hooks.metrics, -1);
     uv_close((uv_handle_t *)&c->timer, on_client_handle_closed);
@@ -1810,7 +1905,9 @@ static struct client *client_new(struct proxy *px)
 static void client_start(struct client *c)
 {
     struct proxy *px = c->px;
-    if (px->n_clients > px->cfg.max_connections) {
+    /* --max-connections counts the connections of every worker. */
+    c->counted = limits_conn_take(px->limits);
+    if (!c->counted) {
         metrics_rejected(px->hooks.metrics, METRICS_CONNECTIONS_LIMIT);
         client_close(c);
         return;
@@ -1894,25 +1991,33 @@ static void on_request_deadline(uv_timer_t *t)
     send_error(c, 504, false);
 }
 
-/* Least requests in flight among replicas with room; ties go round-robin
- * from a moving start so no replica is favoured. NULL when none has room. */
+/* Takes a slot on the replica with the fewest requests in flight through
+ * the whole process, among those with room; ties go round-robin from a
+ * moving start so no replica is favoured. NULL when none has room. Another
+ * worker may take the chosen slot first: then the choice is made again
+ * (each retry means some worker got a slot, so this ends). */
 static struct endpoint *pick_endpoint(struct fn *fn, struct endpoint *avoid)
 {
-    struct endpoint *best = NULL;
     size_t n = fn->n_eps;
     if (n == 0)
         return NULL;
-    size_t start = fn->px->rr++ % n;
-    for (size_t k = 0; k < n; k++) {
-        struct endpoint *ep = fn->eps[(start + k) % n];
-        if (fn->cfg.concurrency_limit && ep->inflight >= fn->cfg.concurrency_limit)
-            continue;
-        if (ep == avoid && n > 1)
-            continue;
-        if (!best || ep->inflight < best->inflight)
-            best = ep;
+    for (;;) {
+        struct endpoint *best = NULL;
+        uint32_t best_inflight = 0;
+        size_t start = fn->px->rr++ % n;
+        for (size_t k = 0; k < n; k++) {
+            struct endpoint *ep = fn->eps[(start + k) % n];
+            if (!lim_ep_has_room(ep->lim) || (ep == avoid && n > 1))
+                continue;
+            uint32_t inflight = lim_ep_inflight(ep->lim);
+            if (!best || inflight < best_inflight) {
+                best = ep;
+                best_inflight = inflight;
+            }
+        }
+        if (!best || lim_ep_take(best->lim))
+            return best;
     }
-    return best;
 }
 
 static void upstream_send(struct client *c, struct endpoint *ep);
@@ -1920,16 +2025,20 @@ static void upstream_send(struct client *c, struct endpoint *ep);
 static void enqueue(struct client *c)
 {
     struct fn *fn = c->fn;
-    if (fn->queued >= fn->cfg.queue_max) {
+    /* queue.max (or this activator's share of it) bounds the process's
+     * queue, whichever worker holds the requests. */
+    if (!lim_fn_queue_take(fn->lim)) {
         send_error(c, 503, false);
         return;
     }
-    fn_mark(fn);
     c->state = C_QUEUED;
     stoke_list_insert_tail(&fn->queue, &c->qnode);
-    fn->queued++;
-    metrics_gauge(fn->m, METRICS_QUEUED, 1);
+    fn_queued_add(fn, 1);
     timer_start(c, on_queue_timeout, fn->cfg.queue_timeout_ms);
+    /* A slot freed before this worker counted as waiting woke nobody: the
+     * queue is tried once more (see shared.h). */
+    if (fn->n_eps > 0)
+        kick(fn);
 
     uint64_t now = uv_now(fn->px->loop);
     if (fn->n_eps == 0 && (fn->last_poke_ms == 0 || now - fn->last_poke_ms >= POKE_INTERVAL_MS)) {
@@ -1938,15 +2047,17 @@ static void enqueue(struct client *c)
     }
 }
 
-/* Sends the request to a replica with room, or queues it. */
+/* Sends the request to a replica with room, or queues it. Older waiters go
+ * first: while any worker has requests queued for the function, a new one
+ * joins the queue (each worker's queue is oldest first; the workers' queues
+ * take freed slots as they come). */
 static void route_request(struct client *c, struct endpoint *avoid)
 {
-    struct endpoint *ep = pick_endpoint(c->fn, avoid);
-    if (!ep || !stoke_list_empty(&c->fn->queue)) {
-        /* Older waiters go first: join the queue behind them. */
+    struct endpoint *ep = NULL;
+    if (lim_fn_queued(c->fn->lim) == 0)
+        ep = pick_endpoint(c->fn, avoid);
+    if (!ep) {
         enqueue(c);
-        if (ep)
-            kick(c->fn);
         return;
     }
     upstream_send(c, ep);
@@ -2054,10 +2165,8 @@ static void on_drain(uv_idle_t *h)
         while (budget > 0 && !stoke_list_empty(&fn->queue) && (ep = pick_endpoint(fn, NULL))) {
             struct client *c =
                 stoke_container_of(stoke_list_first(&fn->queue), struct client, qnode);
-            fn_mark(fn);
             stoke_list_remove(&c->qnode);
-            fn->queued--;
-            metrics_gauge(fn->m, METRICS_QUEUED, -1);
+            fn_queued_add(fn, -1);
             c->state = C_BODY;
             upstream_send(c, ep);
             budget--;
@@ -2078,6 +2187,17 @@ static void kick(struct fn *fn)
     fn->kicked = true;
     stoke_list_insert_tail(&fn->px->kicks, &fn->kick);
     uv_idle_start(&fn->px->drain, on_drain);
+}
+
+/* Another worker freed a slot of a function this one has requests queued
+ * for (or its limits changed): the queues try again. */
+static void on_wake(uv_async_t *h)
+{
+    struct proxy *px = h->data;
+    for (struct stoke_list *n = px->waiting.next; n != &px->waiting; n = n->next)
+        kick(stoke_container_of(n, struct fn, wnode));
+    if (limits_take_drain_changed(px->limits, px->worker))
+        px->hooks.on_drained(px->hooks.data);
 }
 
 /* ---- upstream connections ---------------------------------------------- */
@@ -2767,6 +2887,17 @@ int proxy_new(uv_loop_t *loop, const struct proxy_config *cfg, const struct prox
     stoke_list_init(&px->clients);
     stoke_list_init(&px->draining);
     stoke_list_init(&px->kicks);
+    stoke_list_init(&px->waiting);
+    px->limits = hooks->limits;
+    px->worker = hooks->limits ? hooks->worker : 0;
+    if (!px->limits) {
+        int r = limits_new(1, cfg->max_connections, &px->limits);
+        if (r < 0) {
+            free(px);
+            return r;
+        }
+        px->own_limits = true;
+    }
     uint64_t seed = 0;
     if (uv_random(NULL, NULL, &seed, sizeof(seed), 0, NULL) < 0)
         seed = (uint64_t)uv_hrtime() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)px;
@@ -2798,7 +2929,10 @@ int proxy_new(uv_loop_t *loop, const struct proxy_config *cfg, const struct prox
     px->listener.data = px;
     uv_idle_init(loop, &px->drain);
     px->drain.data = px;
-    px->handles = 2;
+    uv_async_init(loop, &px->wake, on_wake);
+    px->wake.data = px;
+    limits_set_wake(px->limits, px->worker, &px->wake);
+    px->handles = 3;
 
     int r = cfg->reuse_port
                 ? bind_reuseport(&px->listener, &cfg->listen)
@@ -2817,6 +2951,8 @@ static void proxy_handle_closed(struct proxy *px)
 {
     if (--px->handles > 0 || !px->closing)
         return;
+    if (px->own_limits)
+        limits_free(px->limits);
     if (px->on_closed)
         px->on_closed(px->closed_data);
     free(px);
@@ -2841,4 +2977,6 @@ void proxy_close(struct proxy *px, void (*on_closed)(void *data), void *data)
     px->n_fns = 0;
     uv_close((uv_handle_t *)&px->listener, on_proxy_handle_closed);
     uv_close((uv_handle_t *)&px->drain, on_proxy_handle_closed);
+    limits_set_wake(px->limits, px->worker, NULL); /* no send reaches it after this */
+    uv_close((uv_handle_t *)&px->wake, on_proxy_handle_closed);
 }

@@ -31,7 +31,8 @@ struct proxy_config {
     uint64_t header_timeout_ms;  /* from the first byte to the end of the head */
     uint64_t idle_timeout_ms;    /* keep-alive wait for the next request */
     uint64_t connect_timeout_ms; /* upstream connect */
-    uint32_t max_connections;    /* client connections; over: closed at accept */
+    uint32_t max_connections;    /* client connections; over: closed at accept (the
+                                    process's cap, in struct limits, when shared) */
     uint32_t max_idle_upstream;  /* idle pooled connections per replica */
     bool reuse_port;             /* SO_REUSEPORT: several workers share the port */
     bool access_log;             /* a log line per request (info level) */
@@ -62,12 +63,17 @@ typedef void (*proxy_poke_cb)(const char *fn, void *data);
 typedef void (*proxy_drained_cb)(void *data);
 
 struct metrics_worker;
+struct limits;
 
 struct proxy_hooks {
     proxy_poke_cb on_poke;
     proxy_drained_cb on_drained;
     void *data;
     struct metrics_worker *metrics; /* this loop's counters (metrics.h), or NULL */
+    /* The limits the process's workers share (shared.h), with this proxy's
+     * worker number; NULL: the proxy keeps its own (one worker). */
+    struct limits *limits;
+    unsigned worker;
 };
 
 /* Called by proxy_stats() once per function. */
@@ -93,9 +99,17 @@ void proxy_stats(struct proxy *px, proxy_stat_cb cb, void *data);
 uint64_t proxy_routes_gen(const struct proxy *px);
 
 /* Calls `cb` with the address ("127.0.0.1:30001") of each replica that left
- * the route table while requests were in flight on it, until they finish:
- * the controller stops a replica only once no activator lists it. */
+ * the route table while requests were in flight on it, until they finish
+ * (the controller stops a replica only once no activator lists it), and of
+ * each replica with more requests in flight through this process than its
+ * lowered share (the controller raises another activator's share only once
+ * none lists it). */
 void proxy_draining(struct proxy *px, void (*cb)(const char *addr, void *data), void *data);
+
+/* Calls `cb` with each replica this activator has a share of slots on, as
+ * the controller divided them (the channel tells a restarted controller). */
+typedef void (*proxy_slots_cb)(const char *fn, const char *addr, uint32_t slots, void *data);
+void proxy_slots(struct proxy *px, proxy_slots_cb cb, void *data);
 
 /* Calls `cb` for each function that has requests waiting in its queue (the
  * channel re-pokes them after reconnecting to the controller). */

@@ -3,7 +3,7 @@
 #
 #   backend   nginx, one worker, `return 200 "hello, world\n"` (13 bytes), keep-alive
 #   nginx     nginx, one worker, proxy_pass to the backend with `keepalive 256` upstream (the activator's default pool cap)
-#   activator build/stoke-activator (one event loop) --controller none --route bench=backend
+#   activator build/stoke-activator (ACT_WORKERS event loops) --controller none --route bench=backend
 #
 # For each connection count wrk (Debian's package; same -t for every target) runs against
 # (a) the backend directly, (b) the nginx proxy, (c) the activator; a markdown table gives
@@ -26,6 +26,9 @@
 #   NETWORKS="host bridge"  replica networks to compare ("" skips that part; needs the engine
 #                      and the image)
 #   STOKE_HELLO_IMAGE  the example image for it (default stoke-hello:1)
+#   ACT_WORKERS=1      the activator's --workers; 2 or more shows what the workers' shared
+#                      counters (replica slots, queue, connections: activator/shared.h) cost
+#                      when the loops contend for them
 #   STOKE_BUILD_DIR    use the stoke-activator already built there; unset: configure and
 #                      build <repo>/build (RelWithDebInfo) first
 #   KEEP_TMP=1         keep the temp dir (configs, logs) for inspection
@@ -41,6 +44,7 @@ WRK_THREADS=${WRK_THREADS:-1}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 NETWORKS=${NETWORKS-"host bridge"}
 HELLO_IMAGE=${STOKE_HELLO_IMAGE:-stoke-hello:1}
+ACT_WORKERS=${ACT_WORKERS:-1}
 BODY='hello, world\n' # nginx `return` text; 13 bytes on the wire
 
 say() { printf '%s\n' "$*"; }
@@ -50,12 +54,12 @@ die() { printf 'bench/proxy.sh: error: %s\n' "$*" >&2; exit 1; }
 say "# stoke proxy benchmark"
 say
 say '```'
-say "CONNS=\"$CONNS\" DURATION=$DURATION WRK_THREADS=$WRK_THREADS IDLE_CONNS=$IDLE_CONNS NETWORKS=\"$NETWORKS\"${STOKE_BUILD_DIR:+ STOKE_BUILD_DIR=$STOKE_BUILD_DIR} bench/proxy.sh"
+say "CONNS=\"$CONNS\" DURATION=$DURATION WRK_THREADS=$WRK_THREADS IDLE_CONNS=$IDLE_CONNS NETWORKS=\"$NETWORKS\" ACT_WORKERS=$ACT_WORKERS${STOKE_BUILD_DIR:+ STOKE_BUILD_DIR=$STOKE_BUILD_DIR} bench/proxy.sh"
 say '```'
 say
 
-for v in "$DURATION" "$WRK_THREADS" "$IDLE_CONNS"; do
-    case $v in '' | *[!0-9]*) die "DURATION, WRK_THREADS and IDLE_CONNS must be integers" ;; esac
+for v in "$DURATION" "$WRK_THREADS" "$IDLE_CONNS" "$ACT_WORKERS"; do
+    case $v in '' | *[!0-9]*) die "DURATION, WRK_THREADS, IDLE_CONNS and ACT_WORKERS must be integers" ;; esac
 done
 for c in $CONNS; do
     case $c in '' | *[!0-9]*) die "CONNS must be a list of integers, got '$c'" ;; esac
@@ -199,7 +203,7 @@ nginx_worker() { # MASTER-PID -> the (single) worker's PID
     die "no nginx worker under master $1"
 }
 start_activator() { # sets ACT_PID
-    "$ACTIVATOR" --listen "127.0.0.1:$ACT_PORT" --controller none --workers 1 --ops-listen none \
+    "$ACTIVATOR" --listen "127.0.0.1:$ACT_PORT" --controller none --workers "$ACT_WORKERS" --ops-listen none \
         --route "bench=127.0.0.1:$BACKEND_PORT" $NET_ROUTES --log-level warn \
         --max-connections $((IDLE_CONNS * 2 + 1024)) --idle-timeout 5m \
         >>"$TMP/activator.log" 2>&1 &
@@ -266,7 +270,7 @@ rev=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)
 say "- machine: $(nproc) cores (${cpu:-unknown cpu}), $(uname -sr); stoke $rev"
 say "- $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), $(wrk -v 2>&1 | head -n1 | awk '{print "wrk " $2}'), wrk -t$WRK_THREADS -d${DURATION}s --latency"
 say "- backend: nginx, 1 worker, \`return 200\` of 13 bytes, keep-alive; nginx proxy: 1 worker, upstream keepalive 256 (the activator's pool cap);"
-say "  activator: one event loop (as built), --controller none, path route /fn/bench/"
+say "  activator: $ACT_WORKERS event loop(s) (--workers), --controller none, path route /fn/bench/"
 say "- all of wrk, the proxy and the backend share the $(nproc) cores: through a proxy three busy"
 say "  processes compete for them, so these are relative numbers, not a proxy's ceiling"
 say

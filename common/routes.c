@@ -5,14 +5,19 @@
 #include <string.h>
 #include <strings.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
 #include <json-c/json.h>
 
 void stoke_route_table_done(struct stoke_route_table *t)
 {
     if (!t)
         return;
-    for (size_t i = 0; i < t->n_routes; i++)
+    for (size_t i = 0; i < t->n_routes; i++) {
         free(t->routes[i].endpoints);
+        free(t->routes[i].shares);
+    }
     free(t->routes);
     memset(t, 0, sizeof(*t));
 }
@@ -48,6 +53,16 @@ char *stoke_route_table_format(const struct stoke_route_table *t)
         json_object_object_add(fn, "concurrency_limit",
                                json_object_new_int64(r->concurrency_limit));
         json_object_object_add(fn, "endpoints", eps);
+        if (r->shares) {
+            json_object *sh = json_object_new_array();
+            if (!sh) {
+                json_object_put(fn);
+                goto out;
+            }
+            for (size_t j = 0; j < r->n_endpoints; j++)
+                json_object_array_add(sh, json_object_new_int64(r->shares[j]));
+            json_object_object_add(fn, "shares", sh);
+        }
         json_object_array_add(fns, fn);
     }
     json_object_object_add(root, "op", json_object_new_string("routes"));
@@ -123,6 +138,22 @@ static int parse_route(json_object *fn, struct stoke_route *r)
             return -EINVAL;
         r->n_endpoints++;
     }
+    /* Optional: a share of concurrency_limit per endpoint, each 1..limit. */
+    if (json_object_object_get_ex(fn, "shares", &v)) {
+        if (!json_object_is_type(v, json_type_array) || json_object_array_length(v) != ne ||
+            r->concurrency_limit == 0)
+            return -EINVAL;
+        r->shares = calloc(ne ? ne : 1, sizeof(*r->shares));
+        if (!r->shares)
+            return -ENOMEM;
+        for (size_t j = 0; j < ne; j++) {
+            json_object *e = json_object_array_get_idx(v, j);
+            int64_t s = json_object_is_type(e, json_type_int) ? json_object_get_int64(e) : 0;
+            if (s < 1 || s > r->concurrency_limit)
+                return -EINVAL;
+            r->shares[j] = (uint32_t)s;
+        }
+    }
     return 0;
 }
 
@@ -179,6 +210,72 @@ out:
     json_object_put(root);
     json_tokener_free(tok);
     return r;
+}
+
+uint32_t stoke_share(uint32_t total, unsigned n, unsigned i, unsigned start)
+{
+    if (n <= 1)
+        return total;
+    unsigned pos = (i + n - start % n) % n; /* i's place in the deal */
+    return total / n + (pos < total % n ? 1 : 0);
+}
+
+static unsigned name_hash(const char *s)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 16777619u;
+    return h;
+}
+
+unsigned stoke_share_start(const struct stoke_addr *a)
+{
+    char ip[64] = "";
+    unsigned port = 0;
+    if (a->ss.ss_family == AF_INET) {
+        const struct sockaddr_in *s = (const struct sockaddr_in *)&a->ss;
+        inet_ntop(AF_INET, &s->sin_addr, ip, sizeof(ip));
+        port = ntohs(s->sin_port);
+    } else if (a->ss.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *s = (const struct sockaddr_in6 *)&a->ss;
+        inet_ntop(AF_INET6, &s->sin6_addr, ip, sizeof(ip));
+        port = ntohs(s->sin6_port);
+    }
+    /* Unsigned arithmetic wraps: the sum is a fine start for any k. */
+    return name_hash(ip) + port;
+}
+
+int stoke_route_share(const struct stoke_route *in, unsigned i, unsigned k, struct stoke_route *out)
+{
+    *out = *in;
+    out->endpoints = NULL;
+    out->shares = NULL;
+    out->n_endpoints = 0;
+    bool divide = k > 1 && in->concurrency_limit > 0;
+    if (k > 1)
+        out->queue_max = stoke_share(in->queue_max, k, i, name_hash(in->name) % k);
+    if (in->n_endpoints == 0)
+        return 0;
+    out->endpoints = calloc(in->n_endpoints, sizeof(*out->endpoints));
+    if (divide)
+        out->shares = calloc(in->n_endpoints, sizeof(*out->shares));
+    if (!out->endpoints || (divide && !out->shares)) {
+        free(out->endpoints);
+        free(out->shares);
+        memset(out, 0, sizeof(*out));
+        return -ENOMEM;
+    }
+    for (size_t j = 0; j < in->n_endpoints; j++) {
+        uint32_t s = in->concurrency_limit;
+        if (divide) {
+            s = stoke_share(in->concurrency_limit, k, i, stoke_share_start(&in->endpoints[j]) % k);
+            if (s == 0)
+                continue; /* its slots are the other activators' */
+            out->shares[out->n_endpoints] = s;
+        }
+        out->endpoints[out->n_endpoints++] = in->endpoints[j];
+    }
+    return 0;
 }
 
 const struct stoke_route *stoke_route_table_find(const struct stoke_route_table *t,

@@ -78,6 +78,20 @@ struct replica {
     const char *woke_from;     /* how it last left zero: "create", "thaw", "unpause", "start" */
     struct adoption *adoption; /* startup: the adoption waiting for its inspect */
     struct replica_usage usage;
+    /* containerConcurrency divided among activator processes (routes.h):
+     * the slots each was last given. A share is lowered at once; a raise
+     * waits until every activator has taken the table of the last lowering
+     * (`lowered_gen`) and none has more requests in flight on the replica
+     * than its share (hub_is_drained()), so the replica never sees more. */
+    struct replica_grant *grants;
+    unsigned n_grants;
+    uint64_t lowered_gen;
+    bool raise_waiting; /* some activator has fewer slots than its share */
+};
+
+struct replica_grant {
+    char process[64]; /* HUB_PROCESS_MAX */
+    uint32_t slots;
 };
 
 struct ctrl;
@@ -130,6 +144,11 @@ struct function {
     struct stoke_histogram cold_start_hist[4];
 };
 
+/* After it starts, a controller raises no activator's share for this long:
+ * longer than the activators' reconnect backoff (2 s), so every activator
+ * still running has said hello, with the slots it has, by then. */
+#define CTRL_SHARES_SETTLE_MS 3000
+
 struct ctrl {
     uv_loop_t *loop;
     struct ctrl_config cfg;
@@ -137,6 +156,10 @@ struct ctrl {
     struct hub *hub;
     struct stoke_list functions;
     uint64_t route_gen;
+    /* Until then no activator's share of a replica's slots is raised: the
+     * activators a restarted controller has not heard from yet may still
+     * use the shares they had (see replica_grant()). */
+    uint64_t shares_settle_ms; /* start + CTRL_SHARES_SETTLE_MS */
     uv_timer_t tick;
     uint64_t last_check_ms;
     bool checking;          /* a list for ctrl_check_replicas() is in flight */
@@ -174,6 +197,11 @@ void ctrl_autoscale_all(struct ctrl *c);
 void ctrl_on_drain(struct ctrl *c);
 /* Sends the current route table to the activators. */
 void ctrl_push_routes(struct ctrl *c);
+
+/* Pushes the tables again when an activator's share of a replica's slots
+ * waits to be raised and may be now (on each activator drain message and
+ * each tick). */
+void ctrl_push_settled_raises(struct ctrl *c);
 /* Compares our replicas with the backend's list; replaces the gone. */
 void ctrl_check_replicas(struct ctrl *c);
 /* At startup: lists this instance's replicas, calls `load` (which applies

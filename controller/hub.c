@@ -37,6 +37,9 @@ struct peer {
     struct stoke_list node;
     struct stoke_linebuf lines;
     char id[64];
+    char process[HUB_PROCESS_MAX]; /* from its hello; "" before */
+    struct reported_slots *slots;  /* from its hello: see hub_reported_slots() */
+    size_t n_slots;
     bool closing;
     bool authed;          /* may talk: a unix socket peer, or a TCP one that sent the token */
     uint64_t accepted_ms; /* for the hello's deadline */
@@ -45,6 +48,14 @@ struct peer {
     char **draining;      /* replicas it still has requests in flight to */
     size_t n_draining;
     uv_shutdown_t shutdown; /* refused: the error line goes out, then it closes */
+};
+
+#define MAX_REPORTED_SLOTS 100000
+
+struct reported_slots {
+    char fn[STOKE_NAME_MAX + 1];
+    char addr[64];
+    uint32_t slots;
 };
 
 struct hub {
@@ -64,8 +75,8 @@ struct hub {
     unsigned n_pending;         /* TCP peers yet to send the token */
     uint64_t refused_logged_ms; /* the last refusal logged: at most one a second */
     unsigned refused_quiet;     /* refusals since, not logged */
-    char *last;                 /* the last broadcast, sent to newcomers */
-    size_t last_len;
+    bool sending;               /* in hub_send_routes() */
+    bool members_changed;       /* a peer left meanwhile: on_members after it */
     int handles;
     bool closing;
     void (*on_closed)(void *);
@@ -82,7 +93,6 @@ static void hub_handle_closed(struct hub *hub)
         explicit_bzero(hub->token, strlen(hub->token));
         free(hub->token);
     }
-    free(hub->last);
     if (hub->on_closed)
         hub->on_closed(hub->closed_data);
     free(hub);
@@ -102,6 +112,7 @@ static void on_peer_closed(uv_handle_t *h)
     struct peer *p = h->data;
     struct hub *hub = p->hub;
     peer_draining_free(p);
+    free(p->slots);
     stoke_linebuf_done(&p->lines);
     free(p);
     hub_handle_closed(hub);
@@ -117,6 +128,12 @@ static void peer_close(struct peer *p)
     if (!p->authed)
         p->hub->n_pending--;
     uv_close(&p->conn.handle, on_peer_closed);
+    if (p->process[0] && !p->hub->closing) {
+        if (p->hub->sending)
+            p->hub->members_changed = true;
+        else
+            p->hub->cbs.on_members(p->hub->cbs.data);
+    }
 }
 
 struct hub_write {
@@ -255,34 +272,95 @@ static void peer_refuse(struct peer *p, const char *why)
         peer_close(p);
 }
 
-/* The first line of a TCP peer: {"op":"hello","activator":ID,"token":T}.
- * Returns 0 when it may talk (it is sent the route table), or -EACCES. */
+/* The first line of a TCP peer, short enough for the limit on lines before
+ * it: {"op":"auth","token":T}, its hello (which may be long) following, or a
+ * hello with the token in it. Returns 0 when it may talk, or -EACCES. */
 static int authenticate(struct peer *p, const char *op, json_object *msg)
 {
     struct hub *hub = p->hub;
     json_object *t = NULL;
-    const char *id = get_string(msg, "activator");
-    bool ok = strcmp(op, "hello") == 0 && json_object_object_get_ex(msg, "token", &t) &&
+    bool first = strcmp(op, "auth") == 0 || strcmp(op, "hello") == 0;
+    bool ok = first && json_object_object_get_ex(msg, "token", &t) &&
               json_object_is_type(t, json_type_string) &&
               stoke_token_equal(hub->token, json_object_get_string(t),
                                 (size_t)json_object_get_string_len(t));
     if (!ok) {
         log_refusal(hub, -EACCES, "without the channel token");
-        peer_refuse(p, strcmp(op, "hello") == 0 && t
+        peer_refuse(p, first && t
                            ? "wrong channel token"
                            : "the channel needs the controller's token (--channel-token-file)");
         return -EACCES;
     }
     p->authed = true;
     hub->n_pending--;
-    if (id)
-        snprintf(p->id, sizeof(p->id), "%s", id);
-    stoke_info(NULL, "activator %s connected (token checked)", p->id);
+    stoke_info(NULL, "activator channel connected (token checked)");
     /* Lines may now be as long as any message. */
     p->lines.buf.limit = MAX_PEER_LINE + 1;
-    if (hub->last)
-        peer_send(p, hub->last, hub->last_len);
     return 0;
+}
+
+/* "slots":[["fn","127.0.0.1:30001",2],...] of a hello; bad entries are
+ * skipped. */
+static void parse_slots(struct peer *p, json_object *msg)
+{
+    json_object *list;
+    if (!json_object_object_get_ex(msg, "slots", &list) ||
+        !json_object_is_type(list, json_type_array))
+        return;
+    size_t n = json_object_array_length(list);
+    if (n == 0 || n > MAX_REPORTED_SLOTS)
+        return;
+    struct reported_slots *s = calloc(n, sizeof(*s));
+    if (!s)
+        return;
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        json_object *e = json_object_array_get_idx(list, i);
+        if (!json_object_is_type(e, json_type_array) || json_object_array_length(e) != 3)
+            continue;
+        json_object *f = json_object_array_get_idx(e, 0), *a = json_object_array_get_idx(e, 1),
+                    *v = json_object_array_get_idx(e, 2);
+        if (!json_object_is_type(f, json_type_string) ||
+            !json_object_is_type(a, json_type_string) || !json_object_is_type(v, json_type_int) ||
+            !stoke_is_valid_name(json_object_get_string(f)) ||
+            json_object_get_string_len(a) >= (int)sizeof(s[k].addr) ||
+            json_object_get_int64(v) < 0 || json_object_get_int64(v) > UINT32_MAX)
+            continue;
+        snprintf(s[k].fn, sizeof(s[k].fn), "%s", json_object_get_string(f));
+        snprintf(s[k].addr, sizeof(s[k].addr), "%s", json_object_get_string(a));
+        s[k++].slots = (uint32_t)json_object_get_int64(v);
+    }
+    free(p->slots);
+    p->slots = s;
+    p->n_slots = k;
+}
+
+bool hub_reported_slots(const struct hub *hub, const char *process, const char *fn,
+                        const char *addr, uint32_t *ret)
+{
+    bool found = false;
+    for (const struct stoke_list *it = hub->peers.next; it != &hub->peers; it = it->next) {
+        const struct peer *p = stoke_container_of(it, struct peer, node);
+        if (strcmp(p->process, process) != 0)
+            continue;
+        for (size_t i = 0; i < p->n_slots; i++) {
+            if (strcmp(p->slots[i].fn, fn) == 0 && strcmp(p->slots[i].addr, addr) == 0 &&
+                (!found || p->slots[i].slots > *ret)) {
+                *ret = p->slots[i].slots; /* its workers may differ for a moment: the most */
+                found = true;
+            }
+        }
+    }
+    return found;
+}
+
+bool hub_any_reported_slots(const struct hub *hub)
+{
+    for (const struct stoke_list *it = hub->peers.next; it != &hub->peers; it = it->next) {
+        if (stoke_container_of(it, struct peer, node)->n_slots > 0)
+            return true;
+    }
+    return false;
 }
 
 static int on_line(char *line, size_t len, void *data)
@@ -301,8 +379,14 @@ static int on_line(char *line, size_t len, void *data)
     }
     if (!p->authed) {
         int r = authenticate(p, op, msg);
-        json_object_put(msg);
-        return r;
+        if (r < 0) {
+            json_object_put(msg);
+            return r;
+        }
+        if (strcmp(op, "hello") != 0) {
+            json_object_put(msg);
+            return 0; /* an auth line: the hello follows */
+        }
     }
     if (strcmp(op, "poke") == 0) {
         const char *fn = get_string(msg, "fn");
@@ -314,9 +398,16 @@ static int on_line(char *line, size_t len, void *data)
         handle_drain(p, msg);
     } else if (strcmp(op, "hello") == 0) {
         const char *id = get_string(msg, "activator");
+        const char *proc = get_string(msg, "process");
         if (id)
             snprintf(p->id, sizeof(p->id), "%s", id);
-        stoke_info(NULL, "activator %s connected", p->id);
+        /* An activator that names no process is one of its own. */
+        snprintf(p->process, sizeof(p->process), "%s", proc && *proc ? proc : p->id);
+        parse_slots(p, msg);
+        stoke_info(NULL, "activator %s connected (process %s)", p->id, p->process);
+        json_object_put(msg);
+        p->hub->cbs.on_members(p->hub->cbs.data); /* may send on p */
+        return 0;
     }
     /* Unknown ops are ignored so newer activators can talk to this one. */
     json_object_put(msg);
@@ -335,7 +426,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         if (r == -EACCES)
             ; /* refused: closes once the error is out */
         else if (r == -ENOBUFS && !p->authed)
-            peer_refuse(p, "the first line must be the hello with the channel token");
+            peer_refuse(p, "the first line must be the hello (or auth) with the channel token");
         else if (r < 0)
             peer_close(p);
     }
@@ -375,8 +466,7 @@ static void on_connection(uv_stream_t *server, int status)
         peer_close(p);
         return;
     }
-    if (p->authed && hub->last)
-        peer_send(p, hub->last, hub->last_len);
+    /* Its route table follows its hello, made for its process. */
 }
 
 static void on_listener_closed(uv_handle_t *h)
@@ -453,23 +543,63 @@ int hub_new(uv_loop_t *loop, const struct stoke_addr *addr, const char *token,
     return 0;
 }
 
-void hub_broadcast(struct hub *hub, const char *line, size_t len)
+static int cmp_name(const void *a, const void *b)
 {
-    char *copy = malloc(len + 1);
-    if (!copy)
-        return;
-    memcpy(copy, line, len);
-    copy[len] = '\0';
-    free(hub->last);
-    hub->last = copy;
-    hub->last_len = len;
+    return strcmp(a, b);
+}
 
-    struct stoke_list *n = hub->peers.next;
-    while (n != &hub->peers) {
-        struct peer *p = stoke_container_of(n, struct peer, node);
-        n = n->next;   /* peer_send may drop p */
-        if (p->authed) /* the others get it once they send the token */
-            peer_send(p, line, len);
+char (*hub_processes(const struct hub *hub, unsigned *ret_n))[HUB_PROCESS_MAX]
+{
+    char(*names)[HUB_PROCESS_MAX] = calloc(hub->n_peers ? hub->n_peers : 1, sizeof(*names));
+    *ret_n = 0;
+    if (!names)
+        return NULL;
+    unsigned n = 0;
+    for (const struct stoke_list *it = hub->peers.next; it != &hub->peers; it = it->next) {
+        const struct peer *p = stoke_container_of(it, struct peer, node);
+        if (p->process[0])
+            memcpy(names[n++], p->process, sizeof(names[0]));
+    }
+    qsort(names, n, sizeof(names[0]), cmp_name);
+    unsigned k = 0;
+    for (unsigned i = 0; i < n; i++) {
+        if (k == 0 || strcmp(names[k - 1], names[i]) != 0)
+            memmove(names[k++], names[i], sizeof(names[0]));
+    }
+    *ret_n = k;
+    return names;
+}
+
+void hub_send_routes(struct hub *hub,
+                     char *(*make)(const char *process, unsigned i, unsigned n, void *data),
+                     void *data)
+{
+    unsigned k;
+    char(*names)[HUB_PROCESS_MAX] = hub_processes(hub, &k);
+    /* Lines first, then sends: a send may drop a peer. */
+    char **lines = calloc(k ? k : 1, sizeof(*lines));
+    for (unsigned i = 0; lines && names && i < k; i++)
+        lines[i] = make(names[i], i, k, data);
+    hub->sending = true;
+    struct stoke_list *it = hub->peers.next;
+    while (lines && names && it != &hub->peers) {
+        struct peer *p = stoke_container_of(it, struct peer, node);
+        it = it->next; /* peer_send may drop p */
+        for (unsigned i = 0; i < k; i++) {
+            if (p->authed && lines[i] && strcmp(names[i], p->process) == 0) {
+                peer_send(p, lines[i], strlen(lines[i]));
+                break;
+            }
+        }
+    }
+    hub->sending = false;
+    for (unsigned i = 0; lines && i < k; i++)
+        free(lines[i]);
+    free(lines);
+    free(names);
+    if (hub->members_changed) {
+        hub->members_changed = false;
+        hub->cbs.on_members(hub->cbs.data);
     }
 }
 

@@ -1,7 +1,10 @@
 /* The controller's end of the activator channel (stoke/routes.h): listens on
  * a unix socket or loopback TCP, accepts any number of activators, sends
- * each the current route table on connect and on every change, and hands
- * their pokes and stats to the controller. Thread: the loop's. */
+ * each the route table made for its process once it has said hello and on
+ * every change, and hands their pokes and stats to the controller. An
+ * activator process opens one channel per worker; its hello names the
+ * process, and limits are divided among processes (stoke_route_share()).
+ * Thread: the loop's. */
 #ifndef CONTROLLER_HUB_H
 #define CONTROLLER_HUB_H
 
@@ -24,6 +27,9 @@ struct hub_callbacks {
     /* An activator reported a new route generation or drain state; see
      * hub_is_drained(). */
     void (*on_drain)(void *data);
+    /* A channel said hello or one that had went away: the tables are to be
+     * made again (hub_send_routes()). */
+    void (*on_members)(void *data);
     void *data;
 };
 
@@ -37,9 +43,29 @@ struct hub_callbacks {
 int hub_new(uv_loop_t *loop, const struct stoke_addr *addr, const char *token,
             const struct hub_callbacks *cbs, struct hub **ret);
 
-/* Sends `line` (a whole message without '\n', copied) to every activator
- * and keeps it for those that connect later. */
-void hub_broadcast(struct hub *hub, const char *line, size_t len);
+#define HUB_PROCESS_MAX 64 /* a process id's size, with its NUL */
+
+/* The ids of the activator processes connected (that said hello), sorted,
+ * each once: a malloc'd array (free()) of *n, or NULL on OOM (*n = 0). */
+char (*hub_processes(const struct hub *hub, unsigned *n))[HUB_PROCESS_MAX];
+
+/* The slots activator process `process` said in its hello it has on replica
+ * `addr` of function `fn` (as a controller before this one divided them):
+ * true and *ret, or false when none of its channels said. */
+bool hub_reported_slots(const struct hub *hub, const char *process, const char *fn,
+                        const char *addr, uint32_t *ret);
+
+/* Whether any connected activator said it has slots (a controller before
+ * this one divided some replica's). */
+bool hub_any_reported_slots(const struct hub *hub);
+
+/* Makes one routes message per activator process (`make` is called with
+ * the process's id and index among the `n` of hub_processes(); it returns
+ * a malloc'd line without '\n', or NULL on OOM: that process keeps its
+ * table) and sends it on each of that process's channels. */
+void hub_send_routes(struct hub *hub,
+                     char *(*make)(const char *process, unsigned i, unsigned n, void *data),
+                     void *data);
 
 /* Connected activators (on TCP: those that sent the token). */
 unsigned hub_activators(const struct hub *hub);

@@ -123,6 +123,7 @@ static void on_tick(uv_timer_t *t)
         ctrl_check_replicas(c);
         health_ping(c);
     }
+    ctrl_push_settled_raises(c);
 }
 
 static void on_hub_poke(const char *fn, void *data)
@@ -140,6 +141,13 @@ static void on_hub_stats(const char *activator, const char *fn, uint64_t second,
 static void on_hub_drain(void *data)
 {
     ctrl_on_drain(data);
+}
+
+/* An activator came or went: limits are divided among the activators, so
+ * every table is made again. */
+static void on_hub_members(void *data)
+{
+    ctrl_push_routes(data);
 }
 
 static void on_stopped(struct ctrl *c)
@@ -462,9 +470,13 @@ int main(int argc, char **argv)
         c->be->caps &= ~without;
         stoke_info(NULL, "acting as a backend without some capabilities (--backend-without)");
     }
-    struct hub_callbacks cbs = {
-        .on_poke = on_hub_poke, .on_stats = on_hub_stats, .on_drain = on_hub_drain, .data = c};
+    struct hub_callbacks cbs = {.on_poke = on_hub_poke,
+                                .on_stats = on_hub_stats,
+                                .on_drain = on_hub_drain,
+                                .on_members = on_hub_members,
+                                .data = c};
     r = hub_new(c->loop, &c->cfg.ctl_addr, channel_token, &cbs, &c->hub);
+    c->shares_settle_ms = uv_now(c->loop) + CTRL_SHARES_SETTLE_MS;
     if (channel_token) {
         explicit_bzero(channel_token, strlen(channel_token));
         free(channel_token);

@@ -44,24 +44,142 @@ struct function *ctrl_function_find(struct ctrl *c, const char *name)
 
 /* ---- routes -------------------------------------------------------------- */
 
+/* A route table being pushed: the whole table, and for each function with
+ * containerConcurrency the slots each activator process gets on each of its
+ * replicas. */
+struct push {
+    struct stoke_route_table t;
+    uint32_t **slots; /* per route, NULL or [endpoint * k + process] */
+    unsigned k;
+};
+
+/* A restarted controller waits before raising shares while the activators
+ * that had some from the controller before may not all be back. (When the
+ * first back had none, one that had may still come: that window is not
+ * covered.) */
+static bool ctrl_shares_settling(struct ctrl *c)
+{
+    return uv_now(c->loop) < c->shares_settle_ms && hub_any_reported_slots(c->hub);
+}
+
+/* The slots each of the k activator processes `procs` gets on replica `rp`
+ * now, into out[0..k) (out[k..2k) is scratch): its share (stoke_share(),
+ * keyed by address), but a raise only once every lowering of the replica's
+ * shares has taken effect, and none in the first CTRL_SHARES_SETTLE_MS;
+ * until then, what it had. An activator this controller has given nothing
+ * yet may have slots from a controller before it: what its hello said
+ * counts as what it had. */
+static void replica_grant(struct ctrl *c, struct replica *rp, uint32_t cc,
+                          char (*procs)[HUB_PROCESS_MAX], unsigned k, uint32_t *out)
+{
+    const char *addr = rp->br.addr;
+    struct stoke_addr a;
+    unsigned start = stoke_addr_parse(addr, &a) == 0 ? stoke_share_start(&a) : 0;
+    uint32_t *held = out + k; /* min(share, what it had) */
+    bool lowering = false;
+    for (unsigned i = 0; i < k; i++) {
+        uint32_t old = 0;
+        bool known = false;
+        for (unsigned g = 0; g < rp->n_grants; g++) {
+            if (strcmp(rp->grants[g].process, procs[i]) == 0) {
+                old = rp->grants[g].slots;
+                known = true;
+            }
+        }
+        if (!known && !hub_reported_slots(c->hub, procs[i], rp->fn->spec.name, addr, &old))
+            old = 0;
+        out[i] = stoke_share(cc, k, i, start % k);
+        lowering |= out[i] < old;
+        held[i] = out[i] < old ? out[i] : old;
+    }
+    bool settled =
+        !lowering && !ctrl_shares_settling(c) && hub_is_drained(c->hub, addr, rp->lowered_gen);
+    rp->raise_waiting = false;
+    for (unsigned i = 0; i < k; i++) {
+        if (!settled && held[i] < out[i]) {
+            out[i] = held[i];
+            rp->raise_waiting = true;
+        }
+    }
+    if (lowering)
+        rp->lowered_gen = c->route_gen;
+    struct replica_grant *g = realloc(rp->grants, (k ? k : 1) * sizeof(*g));
+    if (!g)
+        return; /* the old grants stay: the next push starts from them */
+    for (unsigned i = 0; i < k; i++) {
+        snprintf(g[i].process, sizeof(g[i].process), "%s", procs[i]);
+        g[i].slots = out[i];
+    }
+    rp->grants = g;
+    rp->n_grants = k;
+}
+
+/* The table of activator process i of n: each function's limits divided
+ * among the processes (stoke_route_share(), rules in stoke/routes.h), with
+ * the slots replica_grant() gave. */
+static char *make_routes(const char *process, unsigned i, unsigned n, void *data)
+{
+    const struct push *p = data;
+    const struct stoke_route_table *all = &p->t;
+    struct stoke_route_table t = {.gen = all->gen};
+    t.routes = calloc(all->n_routes ? all->n_routes : 1, sizeof(*t.routes));
+    char *line = NULL;
+    (void)process;
+    if (!t.routes || n != p->k)
+        goto out;
+    for (size_t j = 0; j < all->n_routes; j++) {
+        const struct stoke_route *in = &all->routes[j];
+        struct stoke_route *r = &t.routes[j];
+        if (stoke_route_share(in, i, n, r) < 0)
+            goto out;
+        t.n_routes++;
+        if (!p->slots[j])
+            continue;
+        /* The replicas it has slots on now, with those slots. */
+        free(r->shares);
+        r->shares = calloc(in->n_endpoints ? in->n_endpoints : 1, sizeof(*r->shares));
+        if (!r->shares)
+            goto out;
+        r->n_endpoints = 0;
+        for (size_t e = 0; e < in->n_endpoints; e++) {
+            uint32_t s = p->slots[j][e * n + i];
+            if (s == 0)
+                continue;
+            r->endpoints[r->n_endpoints] = in->endpoints[e];
+            r->shares[r->n_endpoints++] = s;
+        }
+    }
+    line = stoke_route_table_format(&t);
+out:
+    if (!line)
+        stoke_error(NULL, -ENOMEM, "cannot build a route table; an activator keeps the old one");
+    stoke_route_table_done(&t);
+    return line;
+}
+
 void ctrl_push_routes(struct ctrl *c)
 {
     /* While adopting, the table would lack the replicas being adopted:
      * activators keep the one they have until adoption is over. */
     if (c->adopting)
         return;
-    struct stoke_route_table t = {.gen = ++c->route_gen};
+    struct push p = {.t = {.gen = ++c->route_gen}};
+    struct stoke_route_table *t = &p.t;
+    char(*procs)[HUB_PROCESS_MAX] = hub_processes(c->hub, &p.k);
+    uint32_t *grant = calloc(2 * (p.k + 1), sizeof(*grant));
     size_t n = 0;
     for (struct stoke_list *a = c->functions.next; a != &c->functions; a = a->next)
         n++;
-    t.routes = calloc(n ? n : 1, sizeof(*t.routes));
-    if (!t.routes)
+    t->routes = calloc(n ? n : 1, sizeof(*t->routes));
+    p.slots = calloc(n ? n : 1, sizeof(*p.slots));
+    if (!t->routes || !p.slots || !procs || !grant)
         goto oom;
     for (struct stoke_list *a = c->functions.next; a != &c->functions; a = a->next) {
         struct function *fn = stoke_container_of(a, struct function, node);
         if (fn->deleted)
             continue;
-        struct stoke_route *r = &t.routes[t.n_routes++];
+        uint32_t **slots = &p.slots[t->n_routes];
+        struct stoke_route *r = &t->routes[t->n_routes++];
         snprintf(r->name, sizeof(r->name), "%s", fn->spec.name);
         r->timeout_ms = fn->spec.timeout_ms;
         r->queue_max = fn->spec.queue.max;
@@ -73,24 +191,52 @@ void ctrl_push_routes(struct ctrl *c)
         r->endpoints = calloc(ne ? ne : 1, sizeof(*r->endpoints));
         if (!r->endpoints)
             goto oom;
+        if (r->concurrency_limit && p.k > 0) {
+            *slots = calloc((ne ? ne : 1) * p.k, sizeof(**slots));
+            if (!*slots)
+                goto oom;
+        }
         for (struct stoke_list *b = fn->replicas.next; b != &fn->replicas; b = b->next) {
             struct replica *rp = stoke_container_of(b, struct replica, node);
             if (rp->state != R_READY)
                 continue;
-            if (stoke_addr_parse(rp->br.addr, &r->endpoints[r->n_endpoints]) == 0)
-                r->n_endpoints++;
+            if (stoke_addr_parse(rp->br.addr, &r->endpoints[r->n_endpoints]) < 0)
+                continue;
+            if (*slots) {
+                replica_grant(c, rp, r->concurrency_limit, procs, p.k, grant);
+                memcpy(*slots + r->n_endpoints * p.k, grant, p.k * sizeof(*grant));
+            }
+            r->n_endpoints++;
         }
     }
-    char *line = stoke_route_table_format(&t);
-    if (!line)
-        goto oom;
-    hub_broadcast(c->hub, line, strlen(line));
-    free(line);
-    stoke_route_table_done(&t);
-    return;
+    hub_send_routes(c->hub, make_routes, &p);
+    goto done;
 oom:
     stoke_error(NULL, -ENOMEM, "cannot build the route table; activators keep the old one");
-    stoke_route_table_done(&t);
+done:
+    for (size_t j = 0; p.slots && j < t->n_routes; j++)
+        free(p.slots[j]);
+    free(p.slots);
+    free(procs);
+    free(grant);
+    stoke_route_table_done(t);
+}
+
+void ctrl_push_settled_raises(struct ctrl *c)
+{
+    if (ctrl_shares_settling(c))
+        return;
+    for (struct stoke_list *a = c->functions.next; a != &c->functions; a = a->next) {
+        struct function *fn = stoke_container_of(a, struct function, node);
+        for (struct stoke_list *b = fn->replicas.next; b != &fn->replicas; b = b->next) {
+            struct replica *r = stoke_container_of(b, struct replica, node);
+            if (r->raise_waiting && r->state == R_READY &&
+                hub_is_drained(c->hub, r->br.addr, r->lowered_gen)) {
+                ctrl_push_routes(c);
+                return;
+            }
+        }
+    }
 }
 
 /* ---- replicas ------------------------------------------------------------ */
@@ -118,6 +264,7 @@ static void on_replica_timer_closed(uv_handle_t *h)
     struct replica *r = h->data;
     struct function *fn = r->fn;
     struct ctrl *c = fn->ctrl;
+    free(r->grants);
     free(r);
     fn->closing--;
     if (fn->deleted && function_empty(fn))
@@ -209,6 +356,7 @@ void ctrl_on_drain(struct ctrl *c)
             }
         }
     }
+    ctrl_push_settled_raises(c);
 }
 
 static void replica_retire(struct replica *r)

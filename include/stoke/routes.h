@@ -5,14 +5,22 @@
  * activator opens to the controller. Each message is one JSON object on one
  * line (at most STOKE_CTL_MAX_LINE bytes), with "op" naming it:
  *   activator -> controller:
- *     {"op":"hello","activator":"<id>"}
+ *     {"op":"hello","activator":"<id>","process":"<id of its process>",
+ *      "slots":[["<fn>","127.0.0.1:31001",1], ...]}
+ *                  (a process's workers each open a channel: the controller
+ *                  divides limits per process; no "process": its own;
+ *                  "slots": the replicas it has a share of and its share,
+ *                  for a controller that restarted)
  *     {"op":"poke","fn":"<name>"}                  a request waits at zero
  *     {"op":"stats","fns":{"<name>":{"concurrency":1.5,"requests":12}}}
  *   controller -> activator:
  *     {"op":"routes","gen":7,"functions":[{"name":..., "timeout_ms":...,
  *       "queue_max":..., "queue_timeout_ms":..., "concurrency_limit":...,
- *       "endpoints":["127.0.0.1:31001", ...]}, ...]}
- * A routes message always carries the whole table; `gen` grows with each. */
+ *       "endpoints":["127.0.0.1:31001", ...], "shares":[1, ...]}, ...]}
+ *     ("shares", optional, parallel to "endpoints": this activator's
+ *     concurrency on each replica; "queue_max" is its share of queue.max)
+ * A routes message always carries the whole table, made for the process the
+ * channel belongs to; `gen` grows with each. */
 #ifndef STOKE_ROUTES_H
 #define STOKE_ROUTES_H
 
@@ -34,6 +42,11 @@ struct stoke_route {
     uint64_t queue_timeout_ms;
     uint32_t concurrency_limit;   /* 0 = none */
     struct stoke_addr *endpoints; /* owned; ready replicas only */
+    /* Owned, parallel to endpoints, or NULL: the requests this activator may
+     * have in flight on each replica at once, its share of
+     * concurrency_limit when several activators divide it (see
+     * controller/shares.h). NULL: concurrency_limit on each. */
+    uint32_t *shares;
     size_t n_endpoints;
 };
 
@@ -55,6 +68,39 @@ char *stoke_route_table_format(const struct stoke_route_table *t);
  * sorts by name. Returns 0 and fills `ret` (zeroed on error), or -EINVAL /
  * -ENOMEM. */
 int stoke_route_table_parse(const char *json, size_t len, struct stoke_route_table *ret);
+
+/* Several activator processes: how a function's limits are divided so that
+ * they hold exactly whatever activator a request comes through (there is no
+ * proxy in the replica to enforce them there).
+ * - containerConcurrency C, k activators: each replica's C slots are dealt
+ *   one at a time to the activators, starting at index
+ *   (stoke_share_start(address) mod k) and going round: activator i gets
+ *   C/k, plus one when it is among the first C mod k from that start. The
+ *   shares of a replica sum to C exactly; a replica with fewer slots than
+ *   activators is given to C of them, one slot each, and the others do not
+ *   list it (keyed by the replica's address, so a replica keeps its shares
+ *   while others come and go).
+ * - queue.max Q is dealt the same way, starting at a hash of the name:
+ *   the shares sum to Q exactly.
+ * - No containerConcurrency: every activator lists every replica; the
+ *   queue is still divided.
+ * Activators are numbered by their process ids in sorted order. */
+
+/* `total` dealt to `n` parts one at a time from part `start` on: part i's
+ * share. The shares sum to `total`. */
+uint32_t stoke_share(uint32_t total, unsigned n, unsigned i, unsigned start);
+
+/* Where the deal of a replica's slots starts (before mod k): a hash of its
+ * IP plus its port, so that replicas on one IP (consecutive ports) and
+ * replicas on one port (pods, each its own IP) both spread over the
+ * activators. */
+unsigned stoke_share_start(const struct stoke_addr *replica);
+
+/* Fills `out` with `in` as activator `i` of `k` gets it (rules above):
+ * its queue share, the replicas it has slots on and its slots on each.
+ * With k <= 1, a copy of `in`. Returns 0 or -ENOMEM (out zeroed). */
+int stoke_route_share(const struct stoke_route *in, unsigned i, unsigned k,
+                      struct stoke_route *out);
 
 /* Binary search by name. Returns a pointer borrowed from `t`, or NULL. */
 const struct stoke_route *stoke_route_table_find(const struct stoke_route_table *t,

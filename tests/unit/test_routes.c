@@ -208,13 +208,135 @@ static void test_addr_parse(void **state)
     }
 }
 
+/* The shares of any total over any number of parts sum to the total, and
+ * differ by at most one. */
+static void test_share_sums(void **state)
+{
+    (void)state;
+    for (uint32_t total = 0; total < 40; total++) {
+        for (unsigned n = 1; n < 9; n++) {
+            for (unsigned start = 0; start < 2 * n; start++) {
+                uint32_t sum = 0, lo = UINT32_MAX, hi = 0;
+                for (unsigned i = 0; i < n; i++) {
+                    uint32_t s = stoke_share(total, n, i, start);
+                    sum += s;
+                    lo = s < lo ? s : lo;
+                    hi = s > hi ? s : hi;
+                }
+                assert_int_equal(sum, total);
+                assert_true(hi - lo <= 1);
+            }
+        }
+    }
+    /* One slot over three activators: the one the start names. */
+    assert_int_equal(stoke_share(1, 3, 2, 5), 1);
+    assert_int_equal(stoke_share(1, 3, 0, 5), 0);
+}
+
+/* containerConcurrency 1 over two activators: each replica is listed by
+ * exactly one of them, with one slot; queue.max 3 is split 2 + 1. Pods
+ * on one port spread by their IPs. */
+static void test_route_share(void **state)
+{
+    (void)state;
+    struct stoke_addr eps[3];
+    assert_int_equal(stoke_addr_parse("127.0.0.1:30000", &eps[0]), 0);
+    assert_int_equal(stoke_addr_parse("127.0.0.1:30001", &eps[1]), 0);
+    assert_int_equal(stoke_addr_parse("127.0.0.1:30002", &eps[2]), 0);
+    struct stoke_route in = {
+        .name = "f", .queue_max = 3, .concurrency_limit = 1, .endpoints = eps, .n_endpoints = 3};
+    struct stoke_route a, b;
+    assert_int_equal(stoke_route_share(&in, 0, 2, &a), 0);
+    assert_int_equal(stoke_route_share(&in, 1, 2, &b), 0);
+    assert_int_equal(a.queue_max + b.queue_max, 3);
+    assert_int_equal(a.n_endpoints + b.n_endpoints, 3);
+    /* One IP, consecutive ports: the replicas alternate. */
+    assert_int_equal(stoke_share_start(&eps[0]) % 2, stoke_share_start(&eps[2]) % 2);
+    assert_int_not_equal(stoke_share_start(&eps[0]) % 2, stoke_share_start(&eps[1]) % 2);
+    struct stoke_route *own0 = stoke_share_start(&eps[0]) % 2 == 0 ? &a : &b;
+    struct stoke_route *own1 = own0 == &a ? &b : &a;
+    assert_int_equal(own0->n_endpoints, 2);
+    assert_int_equal(own1->n_endpoints, 1);
+    assert_memory_equal(&own1->endpoints[0], &eps[1], sizeof(eps[1]));
+    for (size_t j = 0; j < own0->n_endpoints; j++)
+        assert_int_equal(own0->shares[j], 1);
+    assert_int_equal(own1->shares[0], 1);
+    free(a.endpoints);
+    free(a.shares);
+    free(b.endpoints);
+    free(b.shares);
+
+    /* Pods: one port, many IPs: the starts differ (not all to one). */
+    struct stoke_addr pod;
+    unsigned seen = 0;
+    for (int i = 1; i <= 8; i++) {
+        char addr[32];
+        snprintf(addr, sizeof(addr), "10.0.0.%d:8080", i);
+        assert_int_equal(stoke_addr_parse(addr, &pod), 0);
+        seen |= 1u << (stoke_share_start(&pod) % 2);
+    }
+    assert_int_equal(seen, 3);
+
+    /* 5 slots, 2 activators: 3 + 2 on every replica. */
+    in.concurrency_limit = 5;
+    assert_int_equal(stoke_route_share(&in, 0, 2, &a), 0);
+    assert_int_equal(stoke_route_share(&in, 1, 2, &b), 0);
+    assert_int_equal(a.n_endpoints, 3);
+    assert_int_equal(b.n_endpoints, 3);
+    for (size_t j = 0; j < 3; j++)
+        assert_int_equal(a.shares[j] + b.shares[j], 5);
+    free(a.endpoints);
+    free(a.shares);
+    free(b.endpoints);
+    free(b.shares);
+
+    /* One activator, or no limit: every replica, no shares. */
+    assert_int_equal(stoke_route_share(&in, 0, 1, &a), 0);
+    assert_null(a.shares);
+    assert_int_equal(a.n_endpoints, 3);
+    assert_int_equal(a.queue_max, 3);
+    free(a.endpoints);
+    in.concurrency_limit = 0;
+    assert_int_equal(stoke_route_share(&in, 1, 2, &b), 0);
+    assert_null(b.shares);
+    assert_int_equal(b.n_endpoints, 3);
+    free(b.endpoints);
+
+    /* Shares travel in the table and are checked on the way in. */
+    in.concurrency_limit = 5;
+    assert_int_equal(stoke_route_share(&in, 0, 2, &a), 0);
+    struct stoke_route_table t = {.gen = 3, .routes = &a, .n_routes = 1}, back;
+    char *line = stoke_route_table_format(&t);
+    assert_non_null(line);
+    assert_int_equal(stoke_route_table_parse(line, strlen(line), &back), 0);
+    assert_non_null(back.routes[0].shares);
+    for (size_t j = 0; j < 3; j++)
+        assert_int_equal(back.routes[0].shares[j], a.shares[j]);
+    stoke_route_table_done(&back);
+    free(line);
+    free(a.endpoints);
+    free(a.shares);
+    static const char *const bad[] = {
+        "{\"op\":\"routes\",\"gen\":1,\"functions\":[{\"name\":\"f\",\"timeout_ms\":1,"
+        "\"queue_max\":1,\"queue_timeout_ms\":1,\"concurrency_limit\":2,"
+        "\"endpoints\":[\"127.0.0.1:1\"],\"shares\":[3]}]}",
+        "{\"op\":\"routes\",\"gen\":1,\"functions\":[{\"name\":\"f\",\"timeout_ms\":1,"
+        "\"queue_max\":1,\"queue_timeout_ms\":1,\"concurrency_limit\":2,"
+        "\"endpoints\":[\"127.0.0.1:1\"],\"shares\":[1,1]}]}",
+        "{\"op\":\"routes\",\"gen\":1,\"functions\":[{\"name\":\"f\",\"timeout_ms\":1,"
+        "\"queue_max\":1,\"queue_timeout_ms\":1,\"concurrency_limit\":0,"
+        "\"endpoints\":[\"127.0.0.1:1\"],\"shares\":[1]}]}",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        assert_int_equal(stoke_route_table_parse(bad[i], strlen(bad[i]), &back), -EINVAL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_match_table),
-        cmocka_unit_test(test_table_roundtrip),
-        cmocka_unit_test(test_table_parse_refuses),
-        cmocka_unit_test(test_addr_parse),
+        cmocka_unit_test(test_match_table),         cmocka_unit_test(test_table_roundtrip),
+        cmocka_unit_test(test_table_parse_refuses), cmocka_unit_test(test_addr_parse),
+        cmocka_unit_test(test_share_sums),          cmocka_unit_test(test_route_share),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

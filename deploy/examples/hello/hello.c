@@ -4,11 +4,13 @@
  *
  * Every request gets 200 text/plain "<GREETING> from <name>\n", where <name> is
  * $STOKE_REPLICA (the replica's container name, set by stoke) or else the hostname, except
- * /status/<code> (that status) and /delay/<ms> (200 after <ms>, without blocking other
- * connections). Keep-alive, pipelining and request bodies (Content-Length or chunked, read
- * and discarded) are supported. Env: PORT (8080), BIND_ADDR (0.0.0.0), GREETING (hello).
- * When TARGET is set and not empty, the answer is "Hello <TARGET>!\n" instead, as Knative's
- * helloworld-go sample answers, so its manifest (tests/knative/) can run this image.
+ * /status/<code> (that status), /delay/<ms> (200 after <ms>, without blocking other
+ * connections) and /concurrency ("<now> <max>\n": the /delay requests in progress now, and
+ * the most ever in progress at once, so a test can check the concurrency this replica saw).
+ * Keep-alive, pipelining and request bodies (Content-Length or chunked, read and discarded) are
+ * supported. Env: PORT (8080), BIND_ADDR (0.0.0.0), GREETING (hello). When TARGET is set and not
+ * empty, the answer is "Hello <TARGET>!\n" instead, as Knative's helloworld-go sample answers, so
+ * its manifest (tests/knative/) can run this image.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE 1
@@ -54,9 +56,10 @@ enum state {
 
 struct resp {
     int status;
-    bool head; /* HEAD: headers only */
-    bool keep; /* keep the connection open afterwards */
-    bool ka10; /* HTTP/1.0 keep-alive: must be confirmed in the response */
+    bool head;        /* HEAD: headers only */
+    bool keep;        /* keep the connection open afterwards */
+    bool ka10;        /* HTTP/1.0 keep-alive: must be confirmed in the response */
+    bool concurrency; /* /concurrency: the body is the counts below */
     uint64_t delay_ms;
 };
 
@@ -82,6 +85,7 @@ static struct conn *timers; /* connections with a deadline; few, so a plain list
 static char *greeting;
 static size_t greeting_len;
 static char tag_listen, tag_signal;
+static unsigned delaying, delaying_max; /* /delay requests in progress, and the most at once */
 
 static uint64_t now_ms(void)
 {
@@ -121,8 +125,15 @@ static int set_events(int fd, void *ptr, uint32_t events, int op)
     return epoll_ctl(ep, op, fd, &ev);
 }
 
+static void delay_end(struct conn *c)
+{
+    if (c->st == ST_DELAY)
+        delaying--;
+}
+
 static void conn_free(struct conn *c)
 {
+    delay_end(c);
     timer_clear(c);
     close(c->fd);
     free(c->in);
@@ -177,7 +188,10 @@ static void emit(struct conn *c, const struct resp *r)
     char ebody[64];
     const char *body = greeting;
     size_t blen = greeting_len;
-    if (r->status == 400 || r->status == 431 || r->status == 501) {
+    if (r->concurrency && r->status == 200) {
+        blen = (size_t)snprintf(ebody, sizeof ebody, "%u %u\n", delaying, delaying_max);
+        body = ebody;
+    } else if (r->status == 400 || r->status == 431 || r->status == 501) {
         blen = (size_t)snprintf(ebody, sizeof ebody, "%s\n", reason(r->status));
         body = ebody;
     }
@@ -314,6 +328,8 @@ static int parse_head(const char *p, size_t len, struct resp *r, uint64_t *ret_b
         if (!parse_uint(target + 7, (size_t)(pe - target - 7), MAX_DELAY_MS, &n))
             return 400;
         r->delay_ms = n;
+    } else if (pe - target == 12 && memcmp(target, "/concurrency", 12) == 0) {
+        r->concurrency = true;
     }
     *ret_body = cl;
     *ret_chunked = te;
@@ -325,6 +341,8 @@ static void request_done(struct conn *c)
     c->st = ST_HEAD;
     if (c->pending.delay_ms) {
         c->st = ST_DELAY;
+        if (++delaying > delaying_max)
+            delaying_max = delaying;
         timer_set(c, c->pending.delay_ms);
     } else {
         emit(c, &c->pending);
@@ -528,6 +546,7 @@ static void fire_timers(void)
         if (c->st == ST_LINGER) {
             conn_free(c);
         } else {
+            delay_end(c);
             c->st = ST_HEAD;
             emit(c, &c->pending);
             conn_run(c);
