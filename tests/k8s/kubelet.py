@@ -411,6 +411,7 @@ class PodWorker(threading.Thread):
         self.last_status = None
         self.hosts_path = os.path.join(self.dir, "etc-hosts")
         self.finished = False
+        self.terminating = False
 
     # -- events from the kubelet
     def update(self, pod):
@@ -718,6 +719,8 @@ class PodWorker(threading.Thread):
 
     def create_and_start(self, name, body):
         docker = self.kl.docker
+        if self.kl.stopping.is_set():
+            raise ConfigError("CreateContainerError", "the stand-in is stopping")
         st, out = docker.request("POST", "/containers/create?name=" + urllib.parse.quote(name),
                                  body)
         if st == 409:  # a leftover of ours with the same name
@@ -864,7 +867,7 @@ class PodWorker(threading.Thread):
         self.kl.docker.remove(info["Id"])
         self.record_exit(cs, term)
         policy = self.pod["spec"].get("restartPolicy", "Always")
-        if cs.init and code == 0:
+        if self.terminating or (cs.init and code == 0):
             cs.done = True
         elif policy == "Always" or (policy == "OnFailure" and code != 0):
             if ran >= 600:
@@ -1045,6 +1048,8 @@ class PodWorker(threading.Thread):
         try:
             self.setup()
             while True:
+                if self.kl.stopping.is_set():
+                    return  # shutdown() removes the containers
                 if self.gone:
                     self.teardown()
                     return
@@ -1139,6 +1144,7 @@ class PodWorker(threading.Thread):
         """Graceful deletion: stop the containers within the grace period, report the
         terminal status, then finish the deletion with grace 0."""
         self.term_started = time.monotonic()
+        self.terminating = True
         md = self.pod["metadata"]
         grace = md.get("deletionGracePeriodSeconds")
         if grace is None:
@@ -1482,10 +1488,20 @@ class Kubelet:
         self.stopping.set()
         for i in getattr(self, "informers", []):
             i.stop()
-        try:
-            self.docker.remove_labelled({L_OWNER: self.owner})
-        except OSError as e:
-            log("cleanup: %s" % e)
+        # Twice: a worker may be creating a container as the first sweep runs; the workers
+        # create none once they see `stopping`, and end.
+        for sweep in range(2):
+            try:
+                self.docker.remove_labelled({L_OWNER: self.owner})
+            except OSError as e:
+                log("cleanup: %s" % e)
+            if sweep == 0:
+                deadline = time.monotonic() + 10
+                with self.lock:
+                    ws = list(self.workers.values())
+                for w in ws:
+                    w.wake.set()
+                    w.join(max(0.0, deadline - time.monotonic()))
         shutil.rmtree(self.root, ignore_errors=True)
 
 

@@ -243,6 +243,75 @@ def test_pod_token_is_real_and_rbac_judges_it():
                   "the pod's token to be refused")
 
 
+def test_env_volumes_services_and_probes():
+    C.admin.create(api("secrets"), {"apiVersion": "v1", "kind": "Secret",
+                                    "metadata": {"name": "s"}, "stringData": {"greet": "hi"}})
+    C.admin.create(api("configmaps"), {"apiVersion": "v1", "kind": "ConfigMap",
+                                       "metadata": {"name": "cm"},
+                                       "data": {"who": "world", "file.txt": "content"}})
+    C.admin.create(api("services"), {"apiVersion": "v1", "kind": "Service",
+                                     "metadata": {"name": "feat"},
+                                     "spec": {"selector": {"app": "feat"},
+                                              "ports": [{"port": 8080, "targetPort": 8080}]}})
+    ctr = hello_container([
+        {"name": "PORT", "value": "8080"}, {"name": "BIND_ADDR", "value": "0.0.0.0"},
+        {"name": "WHO", "valueFrom": {"configMapKeyRef": {"name": "cm", "key": "who"}}},
+        {"name": "GREETING", "value": "$(SECRET_greet) $(WHO) in $(NS)"},
+        {"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}])
+    # $(NS) is defined after GREETING: left as it is, as the kubelet does.
+    ctr["envFrom"] = [{"secretRef": {"name": "s"}, "prefix": "SECRET_"}]
+    ctr["volumeMounts"] = [{"name": "cfg", "mountPath": "/cfg"},
+                           {"name": "scratch", "mountPath": "/scratch"}]
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": "feat", "labels": {"app": "feat"}},
+           "spec": {"terminationGracePeriodSeconds": 5, "containers": [ctr],
+                    "volumes": [{"name": "cfg", "configMap": {"name": "cm"}},
+                                {"name": "scratch", "emptyDir": {}}]}}
+    C.admin.create(api("pods"), pod)
+    p = wait_ready_pod("app=feat")
+    ip = p["status"]["podIP"]
+    st, body = get(ip, 8080)
+    assert st == 200 and body.startswith(b"hi world in $(NS) from "), (st, body)
+    cid = p["status"]["containerStatuses"][0]["containerID"].replace("docker://", "")
+    assert read_in_container(cid, "/cfg/file.txt") == b"content"
+    # The Service names the ready pod in every pod's /etc/hosts.
+    names = "feat feat.%s feat.%s.svc feat.%s.svc.cluster.local" % (NS, NS, NS)
+
+    def hosts_has_service():
+        return ("%s\t%s" % (ip, names)) in read_in_container(cid, "/etc/hosts").decode()
+    kapi.wait_for(hosts_has_service, 30, "the Service in /etc/hosts")
+
+    # A liveness probe that fails: the container is killed and restarted.
+    live = hello_container([{"name": "BIND_ADDR", "value": "0.0.0.0"}], probe=False)
+    live["livenessProbe"] = {"tcpSocket": {"port": 9}, "periodSeconds": 1,
+                             "failureThreshold": 1}
+    C.admin.create(api("pods"), {"apiVersion": "v1", "kind": "Pod",
+                                 "metadata": {"name": "live", "labels": {"app": "live"}},
+                                 "spec": {"terminationGracePeriodSeconds": 2,
+                                          "containers": [live]}})
+
+    def restarted():
+        cs = (C.admin.get(api("pods/live"))["status"].get("containerStatuses") or [{}])[0]
+        return cs.get("restartCount", 0) >= 1 and "terminated" in cs.get("lastState", {}) \
+            and cs
+    cs = kapi.wait_for(restarted, 60, "the liveness probe to restart the container")
+    assert "liveness probe failed" in cs["lastState"]["terminated"].get("message", ""), cs
+
+    # A container that fails with restartPolicy Never: phase Failed, its exit code and log.
+    bad = hello_container([{"name": "PORT", "value": "0"}], probe=False)
+    bad["terminationMessagePolicy"] = "FallbackToLogsOnError"
+    C.admin.create(api("pods"), {"apiVersion": "v1", "kind": "Pod",
+                                 "metadata": {"name": "bad"},
+                                 "spec": {"restartPolicy": "Never", "containers": [bad]}})
+    p = kapi.wait_for(lambda: (lambda p: p["status"].get("phase") == "Failed" and p)(
+        C.admin.get(api("pods/bad"))), 60, "the pod to fail")
+    t = p["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert t["exitCode"] != 0 and t["reason"] == "Error", t
+    assert "PORT must be 1..65535" in t.get("message", ""), t
+    for name in ("feat", "live", "bad"):
+        C.admin.delete(api("pods/" + name))
+
+
 def test_kill_9_of_the_test_leaves_nothing():
     # A child test process starts its own cluster, node and pod, and is killed -9: the
     # control plane dies with it (PDEATHSIG) and the stand-in removes its containers.
