@@ -950,15 +950,38 @@ class PodWorker(threading.Thread):
             nxt = min(nxt, p.next)
         return nxt
 
+    def pre_stop(self, cs, grace):
+        """The container's preStop hook (exec, httpGet or sleep), within the grace period."""
+        h = ((cs.spec.get("lifecycle") or {}).get("preStop")) or {}
+        try:
+            if "exec" in h:
+                self.kl.docker.exec(cs.id, h["exec"]["command"], grace)
+            elif "httpGet" in h:
+                g = h["httpGet"]
+                ports = {pp.get("name"): pp["containerPort"] for pp in cs.spec.get("ports") or []}
+                port = g["port"] if str(g["port"]).isdigit() else ports.get(g["port"])
+                conn = http.client.HTTPConnection(g.get("host") or self.ip, int(port),
+                                                  timeout=max(grace, 1))
+                try:
+                    conn.request("GET", g.get("path", "/"))
+                    conn.getresponse().read(10240)
+                finally:
+                    conn.close()
+            elif "sleep" in h:
+                self.wake.wait(min(grace, h["sleep"].get("seconds", 0)))
+        except (OSError, http.client.HTTPException, TypeError, ValueError) as e:
+            log("%s/%s: %s preStop hook: %s" % (self.ns, self.pname, cs.spec["name"], e))
+
     def stop_one(self, cs, grace):
         """The stop signal, then SIGKILL after `grace` s (a shorter grace given meanwhile by a
         second deletion wins)."""
         if not cs.id:
             return
+        deadline = time.monotonic() + grace
+        self.pre_stop(cs, grace)
         info = self.kl.docker.inspect(cs.id)
         sig = ((info or {}).get("Config") or {}).get("StopSignal") or "SIGTERM"
         self.kl.docker.kill(cs.id, sig)
-        deadline = time.monotonic() + grace
         while True:
             info = self.kl.docker.inspect(cs.id)
             if not info or not info["State"]["Running"]:
