@@ -363,6 +363,22 @@ class Cluster:
                 p.kill()
                 p.wait()
 
+    def pod_logs(self, ns, name, container=None, previous=False):
+        """The log (stdout and stderr) of a pod's newest container, read from the engine: the
+        stand-in has no kubelet API, so `kubectl logs` cannot. previous=True: the newest one
+        that exited (kept until the next exit, as the kubelet keeps it)."""
+        import kubelet
+        d = kubelet.Docker()
+        cs = [c for c in d.list({kubelet.L_RUN: self.run_id, kubelet.L_POD: ns + "/" + name})
+              if c["Labels"][kubelet.L_CONTAINER] != "POD" and
+              container in (None, c["Labels"][kubelet.L_CONTAINER]) and
+              not (previous and c["State"] == "running")]
+        if not cs:
+            raise AssertionError("no %scontainer of pod %s/%s" % (
+                "exited " if previous else "", ns, name))
+        newest = max(cs, key=lambda c: int(c["Labels"][kubelet.L_ATTEMPT]))
+        return d.logs_tail(newest["Id"], lines=100000)
+
     # --- tools -------------------------------------------------------------------------
     def env(self):
         """Environment for kubectl/helm/stoke against this cluster."""

@@ -364,6 +364,7 @@ class CState:
         self.spec = spec
         self.init = init
         self.id = None
+        self.prev_id = None
         self.attempt = 0  # containers created so far (restartCount = attempt - 1)
         self.started_at = None
         self.last_term = None  # lastState.terminated
@@ -864,7 +865,11 @@ class PodWorker(threading.Thread):
         if msg:
             term["message"] = msg
         ran = (docker_time(st.get("FinishedAt")) or time.time()) - (cs.started_at or time.time())
-        self.kl.docker.remove(info["Id"])
+        # The exited container stays (for its log, Cluster.pod_logs(previous=True)) until the
+        # next one exits, as the kubelet keeps the previous one.
+        if cs.prev_id:
+            self.kl.docker.remove(cs.prev_id)
+        cs.prev_id = info["Id"]
         self.record_exit(cs, term)
         policy = self.pod["spec"].get("restartPolicy", "Always")
         if self.terminating or (cs.init and code == 0):
@@ -1228,6 +1233,7 @@ class Kubelet:
         self.svc_choice = {}  # (ns, name) -> pod IP
         self.hosts_dirty = threading.Event()
         self.bind_queue = []
+        self.ready_nodes = set()
         self.bind_wake = threading.Event()
         self.stopping = threading.Event()
         self.labels = {"kubernetes.io/hostname": self.node, "kubernetes.io/os": "linux",
@@ -1369,17 +1375,53 @@ class Kubelet:
         if not all(self.labels.get(k) == v for k, v in (spec.get("nodeSelector") or {}).items()):
             return
         with self.lock:
-            self.bind_queue.append(pod)
+            self.bind_queue.append((time.monotonic(), pod))
         self.bind_wake.set()
+
+    def on_nodes(self, items):
+        with self.lock:
+            self.ready_nodes = {n["metadata"]["name"] for n in items if any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in n.get("status", {}).get("conditions") or [])}
+
+    def on_node(self, typ, n):
+        items = [] if typ == "DELETED" else [n]
+        with self.lock:
+            others = {x for x in self.ready_nodes if x != n["metadata"]["name"]}
+        self.on_nodes(items)
+        with self.lock:
+            self.ready_nodes |= others
+
+    def least_loaded(self):
+        """Whether this node runs no more pods than any other Ready stand-in node (the
+        spreading a scheduler would do, roughly)."""
+        with self.lock:
+            load = {n: 0 for n in self.ready_nodes | {self.node}}
+            for p in self.all_pods.values():
+                n = p["spec"].get("nodeName")
+                if n in load and not p["metadata"].get("deletionTimestamp") and \
+                        p.get("status", {}).get("phase") not in ("Succeeded", "Failed"):
+                    load[n] += 1
+        return load[self.node] <= min(load.values())
 
     def bind_loop(self):
         while not self.stopping.is_set():
-            self.bind_wake.wait(1)
+            self.bind_wake.wait(0.2 if self.bind_queue else 1)
             self.bind_wake.clear()
             with self.lock:
                 q, self.bind_queue = self.bind_queue, []
-            for pod in q:
+            for seen, pod in q:
                 md = pod["metadata"]
+                with self.lock:
+                    cur = self.all_pods.get(md["uid"])
+                if cur is None or cur["spec"].get("nodeName"):
+                    continue  # gone, or bound meanwhile
+                # Another node runs fewer pods: leave it the pod for a second, then take it
+                # should that node not have.
+                if time.monotonic() - seen < 1.0 and not self.least_loaded():
+                    with self.lock:
+                        self.bind_queue.append((seen, pod))
+                    continue
                 st, body = self.sched.request(
                     "POST", "/api/v1/namespaces/%s/pods/%s/binding" % (md["namespace"], md["name"]),
                     {"apiVersion": "v1", "kind": "Binding",
@@ -1387,6 +1429,11 @@ class Kubelet:
                      "target": {"apiVersion": "v1", "kind": "Node", "name": self.node}})
                 if st == 201:
                     log("bound %s/%s to %s" % (md["namespace"], md["name"], self.node))
+                    with self.lock:  # counts for the next one before the watch says so
+                        if md["uid"] in self.all_pods:
+                            p = dict(self.all_pods[md["uid"]])
+                            p["spec"] = dict(p["spec"], nodeName=self.node)
+                            self.all_pods[md["uid"]] = p
                 elif st not in (409, 404):
                     log("binding %s/%s: %s %s" % (md["namespace"], md["name"], st, body))
 
@@ -1496,6 +1543,8 @@ class Kubelet:
         self.informers = [
             kapi.Informer(self.sched, "/api/v1/pods", self.on_all_pods, self.on_all_pod,
                           "all-pods", log),
+            kapi.Informer(self.sched, "/api/v1/nodes?labelSelector=" + urllib.parse.quote(
+                "stoke.dev/kubelet-stand-in=true"), self.on_nodes, self.on_node, "nodes", log),
             kapi.Informer(self.api, "/api/v1/services", self.on_services, self.on_service,
                           "services", log),
             kapi.Informer(self.api, "/api/v1/pods?fieldSelector=" + urllib.parse.quote(

@@ -297,6 +297,20 @@ def test_env_volumes_services_and_probes():
     cs = kapi.wait_for(restarted, 60, "the liveness probe to restart the container")
     assert "liveness probe failed" in cs["lastState"]["terminated"].get("message", ""), cs
 
+    # A container that keeps failing with restartPolicy Always: restarted at once, then
+    # held in back-off.
+    crash = hello_container([{"name": "PORT", "value": "0"}], probe=False)
+    C.admin.create(api("pods"), {"apiVersion": "v1", "kind": "Pod",
+                                 "metadata": {"name": "crash"}, "spec": {"containers": [crash]}})
+
+    def backing_off():
+        cs = (C.admin.get(api("pods/crash"))["status"].get("containerStatuses") or [{}])[0]
+        w = cs.get("state", {}).get("waiting", {})
+        return w.get("reason") == "CrashLoopBackOff" and cs["restartCount"] >= 1 and cs
+    cs = kapi.wait_for(backing_off, 60, "CrashLoopBackOff")
+    assert cs["lastState"]["terminated"]["exitCode"] != 0, cs
+    assert "PORT must be 1..65535" in C.pod_logs(NS, "crash", previous=True)
+
     # A container that fails with restartPolicy Never: phase Failed, its exit code and log.
     bad = hello_container([{"name": "PORT", "value": "0"}], probe=False)
     bad["terminationMessagePolicy"] = "FallbackToLogsOnError"
@@ -308,8 +322,44 @@ def test_env_volumes_services_and_probes():
     t = p["status"]["containerStatuses"][0]["state"]["terminated"]
     assert t["exitCode"] != 0 and t["reason"] == "Error", t
     assert "PORT must be 1..65535" in t.get("message", ""), t
-    for name in ("feat", "live", "bad"):
+    for name in ("feat", "live", "crash", "bad"):
         C.admin.delete(api("pods/" + name))
+
+
+def test_node_that_goes_away_has_its_pods_replaced():
+    # Its own cluster: a node monitor grace period of 10 s instead of 50 s.
+    c = kcluster.Cluster(kcm_args=["--node-monitor-grace-period=10s"]).start()
+    try:
+        c.add_node()
+        c.add_node()
+        tol = [{"key": "node.kubernetes.io/" + k, "operator": "Exists", "effect": "NoExecute",
+                "tolerationSeconds": 2} for k in ("unreachable", "not-ready")]
+        c.admin.create("/apis/apps/v1/namespaces/default/deployments", {
+            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "h"},
+            "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "h"}},
+                     "template": {"metadata": {"labels": {"app": "h"}},
+                                  "spec": {"tolerations": tol, "containers": [hello_container(
+                                      [{"name": "BIND_ADDR", "value": "0.0.0.0"}])]}}}})
+
+        def live_pods():
+            return [p for p in c.admin.get("/api/v1/namespaces/default/pods")["items"]
+                    if not p["metadata"].get("deletionTimestamp") and is_ready(p)]
+        ps = kapi.wait_for(lambda: (lambda ps: len(ps) == 2 and ps)(live_pods()), 90,
+                           "2 ready pods")
+        # Spread over the two nodes, as a scheduler would.
+        assert sorted(p["spec"]["nodeName"] for p in ps) == sorted(c.nodes), ps
+        victim = ps[0]["spec"]["nodeName"]
+        c.stop_node(victim)
+        ps = kapi.wait_for(lambda: (lambda ps: len(ps) == 2 and all(
+            p["spec"]["nodeName"] != victim for p in ps) and ps)(live_pods()), 120,
+            "the lost node's pod to be replaced on the other")
+        node = c.admin.get("/api/v1/nodes/" + victim)
+        assert any(t["key"] == "node.kubernetes.io/unreachable"
+                   for t in node["spec"].get("taints") or []), node["spec"]
+        for p in ps:
+            assert get(p["status"]["podIP"], 8080)[0] == 200
+    finally:
+        c.stop()
 
 
 def test_kill_9_of_the_test_leaves_nothing():
