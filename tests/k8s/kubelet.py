@@ -617,7 +617,7 @@ class PodWorker(threading.Thread):
                         t = src["serviceAccountToken"]
                         tok, exp = self.request_token(t)
                         self.write_files(path, [(t["path"], tok, None)], mode)
-                        self.tokens.append([time.time() + 0.8 * exp, path, t])
+                        self.tokens.append([time.time() + self.kl.token_life(exp), path, t])
                     elif "configMap" in src:
                         s = src["configMap"]
                         self.write_files(path, self.keyed_files(self.obj_data(
@@ -644,7 +644,7 @@ class PodWorker(threading.Thread):
             if time.time() >= t[0]:
                 tok, exp = self.request_token(t[2])
                 self.write_files(t[1], [(t[2]["path"], tok, None)], 0o644)
-                t[0] = time.time() + 0.8 * exp
+                t[0] = time.time() + self.kl.token_life(exp)
                 log("%s/%s: service account token rotated" % (self.ns, self.pname))
 
     def write_hosts(self):
@@ -921,7 +921,7 @@ class PodWorker(threading.Thread):
                 return code == 0, "exec probe: exit %s" % code
             return False, "probe type not supported by the stand-in kubelet"
         except (OSError, http.client.HTTPException) as e:
-            return False, "%s probe failed: %s" % (p.kind, e)
+            return False, str(e)
 
     def probes(self, cs):
         """Runs the probes that are due; returns the time of the next one."""
@@ -945,7 +945,7 @@ class PodWorker(threading.Thread):
                         else:
                             log("%s/%s: %s %s probe failed: %s; killing it" % (
                                 self.ns, self.pname, cs.spec["name"], p.kind, msg))
-                            cs.killed_for = "%s probe failed: %s" % (p.kind, msg)
+                            cs.killed_for = "%s probe failed: %s" % (p.kind.capitalize(), msg)
                             grace = spec_grace = p.spec.get("terminationGracePeriodSeconds")
                             if spec_grace is None:
                                 grace = self.pod["spec"].get("terminationGracePeriodSeconds", 30)
@@ -1224,6 +1224,7 @@ class Kubelet:
         self.owner = "%d:%s" % (os.getpid(), proc_start_time(os.getpid()))
         self.podnet = PodNet(a.pod_net)
         self.backoff_base, self.backoff_max = a.backoff_base, a.backoff_max
+        self.token_rotate = a.token_rotate_after
         with open("/proc/meminfo") as f:
             self.mem_bytes = int(f.readline().split()[1]) * 1024
         self.lock = threading.RLock()
@@ -1239,6 +1240,11 @@ class Kubelet:
         self.labels = {"kubernetes.io/hostname": self.node, "kubernetes.io/os": "linux",
                        "kubernetes.io/arch": "amd64", "stoke.dev/kubelet-stand-in": "true"}
         os.makedirs(self.root, exist_ok=True)
+
+    def token_life(self, exp):
+        """Seconds until a token valid for `exp` s is replaced: 80 % of its life, as the
+        kubelet does, or --token-rotate-after."""
+        return self.token_rotate if self.token_rotate else 0.8 * exp
 
     # -- node
     def register(self):
@@ -1592,6 +1598,9 @@ def main():
     ap.add_argument("--pod-net", help="127.A.B to use for pod IPs (default: a free one)")
     ap.add_argument("--backoff-base", type=float, default=10.0)
     ap.add_argument("--backoff-max", type=float, default=300.0)
+    ap.add_argument("--token-rotate-after", type=float, default=0,
+                    help="replace service account tokens after this many seconds (default: "
+                    "80%% of their life), to test clients that must re-read them")
     a = ap.parse_args()
     kl = Kubelet(a)
 

@@ -96,7 +96,7 @@ def hello_container(env, port=8080, probe=True):
 
 def test_tools_talk_to_the_api_server():
     nodes = C.kubectl("get", "nodes", "-o", "jsonpath={.items[*].metadata.name}").stdout
-    assert nodes.split() == C.nodes, nodes
+    assert sorted(nodes.split()) == sorted(C.nodes), nodes
     v = json.loads(C.kubectl("version", "-o", "json").stdout)
     assert v["serverVersion"]["gitVersion"] == "v1.37.2", v
     r = subprocess.run([os.path.join(C.bin, "helm"), "version", "--short"], env=C.env(),
@@ -205,9 +205,13 @@ def read_in_container(cid, path):
 def test_pod_token_is_real_and_rbac_judges_it():
     C.admin.create(api("serviceaccounts"), {"apiVersion": "v1", "kind": "ServiceAccount",
                                             "metadata": {"name": "nobody"}})
+    # On a node of its own that replaces tokens every 2 s (--token-rotate-after).
+    if "rot" not in C.nodes:
+        C.add_node("rot", ["--token-rotate-after", "2"])
     pod = {"apiVersion": "v1", "kind": "Pod",
            "metadata": {"name": "tok", "labels": {"app": "tok"}},
            "spec": {"serviceAccountName": "nobody", "terminationGracePeriodSeconds": 5,
+                    "nodeSelector": {"kubernetes.io/hostname": "rot"},
                     "containers": [hello_container([{"name": "BIND_ADDR",
                                                      "value": "0.0.0.0"}])]}}
     C.admin.create(api("pods"), pod)
@@ -222,6 +226,12 @@ def test_pod_token_is_real_and_rbac_judges_it():
     st, body = as_pod.request("GET", api("pods"))
     assert st == 403, (st, body)
     assert "system:serviceaccount:%s:nobody" % NS in body["message"], body
+    # The token is replaced in place; the new one is as valid.
+    token2 = kapi.wait_for(lambda: (lambda t: t != token and t)(
+        read_in_container(cid, sa + "/token").decode()), 30, "the token to be rotated")
+    as_pod = kapi.Client(C.server, C.ca, token=token2)
+    st, body = as_pod.request("GET", api("pods"))
+    assert st == 403, (st, body)
     # Granted by RBAC, the same token may.
     C.admin.create("/apis/rbac.authorization.k8s.io/v1/namespaces/%s/roles" % NS, {
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
@@ -295,7 +305,7 @@ def test_env_volumes_services_and_probes():
         return cs.get("restartCount", 0) >= 1 and "terminated" in cs.get("lastState", {}) \
             and cs
     cs = kapi.wait_for(restarted, 60, "the liveness probe to restart the container")
-    assert "liveness probe failed" in cs["lastState"]["terminated"].get("message", ""), cs
+    assert "Liveness probe failed" in cs["lastState"]["terminated"].get("message", ""), cs
 
     # A container that keeps failing with restartPolicy Always: restarted at once, then
     # held in back-off.
