@@ -141,6 +141,23 @@ class ConfigError(Exception):
         self.reason = reason
 
 
+def post_event(client, pod, component, host, reason, message, typ="Normal"):
+    """A core/v1 Event about `pod` (what kubectl describe shows); failures only logged."""
+    md = pod["metadata"]
+    t = now_rfc3339()
+    st, body = client.request("POST", "/api/v1/namespaces/%s/events" % md["namespace"], {
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"generateName": md["name"] + ".", "namespace": md["namespace"]},
+        "involvedObject": {"apiVersion": "v1", "kind": "Pod", "namespace": md["namespace"],
+                           "name": md["name"], "uid": md["uid"]},
+        "reason": reason, "message": message[:1024], "type": typ,
+        "source": {"component": component, "host": host}, "firstTimestamp": t,
+        "lastTimestamp": t, "count": 1, "reportingComponent": component,
+        "reportingInstance": host})
+    if st != 201:
+        log("event %s on %s/%s: %s %s" % (reason, md["namespace"], md["name"], st, body))
+
+
 # --- the Docker engine ----------------------------------------------------------------------
 class _UnixConn(http.client.HTTPConnection):
     def __init__(self, path, timeout):
@@ -413,6 +430,7 @@ class PodWorker(threading.Thread):
         self.hosts_path = os.path.join(self.dir, "etc-hosts")
         self.finished = False
         self.terminating = False
+        self.last_event = None
 
     # -- events from the kubelet
     def update(self, pod):
@@ -424,6 +442,13 @@ class PodWorker(threading.Thread):
         self.wake.set()
 
     # -- helpers
+    def event(self, reason, message, typ="Normal"):
+        """An Event, unless it repeats the last one of this pod."""
+        if self.last_event == (reason, message):
+            return
+        self.last_event = (reason, message)
+        post_event(self.kl.api, self.pod, "kubelet", self.kl.node, reason, message, typ)
+
     def labels(self, cname, attempt):
         return {L_OWNER: self.kl.owner, L_RUN: self.kl.run_id, L_NODE: self.kl.node,
                 L_UID: self.uid, L_POD: "%s/%s" % (self.ns, self.pname), L_CONTAINER: cname,
@@ -941,8 +966,13 @@ class PodWorker(threading.Thread):
                     p.fail, p.succ = p.fail + 1, 0
                     if p.fail >= p.spec.get("failureThreshold", 3):
                         if p.kind == "readiness":
+                            if p.ok:
+                                self.event("Unhealthy", "Readiness probe failed: " + msg,
+                                           "Warning")
                             p.ok = False
                         else:
+                            self.event("Unhealthy", "%s probe failed: %s" % (
+                                p.kind.capitalize(), msg), "Warning")
                             log("%s/%s: %s %s probe failed: %s; killing it" % (
                                 self.ns, self.pname, cs.spec["name"], p.kind, msg))
                             cs.killed_for = "%s probe failed: %s" % (p.kind.capitalize(), msg)
@@ -1153,12 +1183,16 @@ class PodWorker(threading.Thread):
         if cs.restart_at and t < cs.restart_at:
             cs.waiting = ("CrashLoopBackOff", "back-off %ds restarting failed container=%s pod=%s"
                           % (round(cs.delay), cs.spec["name"], self.pname))
+            self.event("BackOff", "Back-off restarting failed container %s" % cs.spec["name"],
+                       "Warning")
             return cs.restart_at
         try:
             self.start_container(cs)
             cs.restart_at = None
+            self.event("Started", "Started container %s" % cs.spec["name"])
         except ConfigError as e:
             cs.waiting = (e.reason, str(e))
+            self.event("Failed", "Error: %s" % e, "Warning")
             if e.reason in ("RunContainerError", "CreateContainerError"):
                 cs.restart_at = t + max(cs.delay, 1.0)
                 cs.delay = self.kl.backoff_base if cs.delay == 0 else min(
@@ -1179,6 +1213,8 @@ class PodWorker(threading.Thread):
             grace = self.pod["spec"].get("terminationGracePeriodSeconds", 30)
         log("%s/%s: deleting (grace %ss)" % (self.ns, self.pname, grace))
         live = [cs for cs in self.inits + self.ctrs if cs.id]
+        for cs in live:
+            self.event("Killing", "Stopping container %s" % cs.spec["name"])
         threads = [threading.Thread(target=self.stop_one, args=(cs, grace)) for cs in live]
         for th in threads:
             th.start()
@@ -1435,6 +1471,9 @@ class Kubelet:
                      "target": {"apiVersion": "v1", "kind": "Node", "name": self.node}})
                 if st == 201:
                     log("bound %s/%s to %s" % (md["namespace"], md["name"], self.node))
+                    post_event(self.sched, pod, "default-scheduler", "", "Scheduled",
+                               "Successfully assigned %s/%s to %s (stoke's kubelet stand-in)"
+                               % (md["namespace"], md["name"], self.node))
                     with self.lock:  # counts for the next one before the watch says so
                         if md["uid"] in self.all_pods:
                             p = dict(self.all_pods[md["uid"]])

@@ -306,6 +306,11 @@ def test_env_volumes_services_and_probes():
             and cs
     cs = kapi.wait_for(restarted, 60, "the liveness probe to restart the container")
     assert "Liveness probe failed" in cs["lastState"]["terminated"].get("message", ""), cs
+    # What happened is in the pod's Events, as kubectl describe shows them.
+    evs = C.admin.get(api("events?fieldSelector=" + urllib.parse.quote(
+        "involvedObject.name=live")))["items"]
+    reasons = {e["reason"] for e in evs}
+    assert {"Scheduled", "Started", "Unhealthy"} <= reasons, reasons
 
     # A container that keeps failing with restartPolicy Always: restarted at once, then
     # held in back-off.
