@@ -424,7 +424,6 @@ class PodWorker(threading.Thread):
         self.start_time = pod.get("status", {}).get("startTime") or now_rfc3339()
         self.volumes = None  # name -> host path once prepared
         self.tokens = []  # [refresh_at, path, source]
-        self.volume_error = None
         self.conds = {}
         self.last_status = None
         self.hosts_path = os.path.join(self.dir, "etc-hosts")
@@ -1137,10 +1136,8 @@ class PodWorker(threading.Thread):
 
     def setup(self):
         os.makedirs(self.dir, exist_ok=True)
-        if self.host_net:
-            self.ip = self.kl.podnet.alloc(self.pod.get("status", {}).get("podIP"))
-        else:
-            self.ip = self.kl.podnet.alloc(self.pod.get("status", {}).get("podIP"))
+        # The address the pod had (a stand-in restarted with the same --pod-net), if free.
+        self.ip = self.kl.podnet.alloc(self.pod.get("status", {}).get("podIP"))
         self.write_hosts()
         log("%s/%s: pod IP %s%s" % (self.ns, self.pname, self.ip,
                                     " (host network)" if self.host_net else ""))
@@ -1149,7 +1146,6 @@ class PodWorker(threading.Thread):
         if self.volumes is None:
             try:
                 self.prepare_volumes()
-                self.volume_error = None
             except ConfigError as e:
                 for cs in self.inits + self.ctrs:
                     cs.waiting = ("ContainerCreating", str(e))

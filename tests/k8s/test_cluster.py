@@ -13,11 +13,11 @@ import http.client
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tarfile
-import time
 import urllib.parse
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -184,7 +184,6 @@ def test_owner_deleted_dependents_are_garbage_collected():
 
 def read_in_container(cid, path):
     """A file as the container sees it, through the engine's archive API."""
-    st, _ = None, None
     d = kubelet.Docker()
     c = kubelet._UnixConn(d.sock, 30)
     try:
@@ -412,7 +411,6 @@ sys.stdin.read()
         kapi.wait_for(gone, 60, "the killed test's processes and containers to go")
     finally:
         kcluster.remove_run_containers(info["run"])
-        import shutil
         shutil.rmtree(info["dir"], ignore_errors=True)
 
 
