@@ -1075,7 +1075,7 @@ class PodWorker(threading.Thread):
         return "Running"
 
     def push_status(self):
-        inits_done = all(cs.done for cs in self.inits)
+        inits_done = all(cs.done and cs.term and cs.term["exitCode"] == 0 for cs in self.inits)
         ready = inits_done and all(cs.ready() for cs in self.ctrs)
         st = {"phase": self.phase(), "hostIP": self.kl.host_ip,
               "hostIPs": [{"ip": self.kl.host_ip}], "startTime": self.start_time,
@@ -1155,8 +1155,10 @@ class PodWorker(threading.Thread):
         nxt = time.monotonic() + 2
         todo = self.ctrs
         for cs in self.inits:
-            if not cs.done:
-                todo = [cs]
+            if not cs.done or (cs.term or {}).get("exitCode", 1) != 0:
+                todo = [cs] if not cs.done else []
+                for c in self.ctrs:
+                    c.waiting = ("PodInitializing", None)
                 break
         for cs in todo:
             nxt = min(nxt, self.sync_container(cs))

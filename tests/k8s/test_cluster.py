@@ -336,7 +336,18 @@ def test_env_volumes_services_and_probes():
     t = p["status"]["containerStatuses"][0]["state"]["terminated"]
     assert t["exitCode"] != 0 and t["reason"] == "Error", t
     assert "PORT must be 1..65535" in t.get("message", ""), t
-    for name in ("feat", "live", "crash", "bad"):
+    # An init container that fails: the pod fails, its containers never start.
+    C.admin.create(api("pods"), {"apiVersion": "v1", "kind": "Pod",
+                                 "metadata": {"name": "init"},
+                                 "spec": {"restartPolicy": "Never",
+                                          "initContainers": [dict(bad, name="init")],
+                                          "containers": [hello_container([], probe=False)]}})
+    p = kapi.wait_for(lambda: (lambda p: p["status"].get("phase") == "Failed" and p)(
+        C.admin.get(api("pods/init"))), 60, "the pod to fail")
+    assert p["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"] != 0
+    assert p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "PodInitializing"
+    assert {c["type"]: c["status"] for c in p["status"]["conditions"]}["Initialized"] == "False"
+    for name in ("feat", "live", "crash", "bad", "init"):
         C.admin.delete(api("pods/" + name))
 
 
