@@ -15,6 +15,7 @@
 #include "kubeint.h"
 #include "stoke/curluv.h"
 #include "stoke/diag.h"
+#include "stoke/json.h"
 #include "stoke/kube.h"
 #include "stoke/list.h"
 #include "stoke/util.h"
@@ -111,14 +112,6 @@ int stoke_kube_errno(long http_status, const char *reason)
     }
 }
 
-static const char *get_string(json_object *o, const char *key)
-{
-    json_object *v = NULL;
-    if (!json_object_object_get_ex(o, key, &v) || !json_object_is_type(v, json_type_string))
-        return NULL;
-    return json_object_get_string(v);
-}
-
 int stoke_kube_status_parse(json_object *obj, struct stoke_kube_status *ret)
 {
     struct stoke_kube_status st = {0};
@@ -127,9 +120,9 @@ int stoke_kube_status_parse(json_object *obj, struct stoke_kube_status *ret)
 
     if (!json_object_is_type(obj, json_type_object))
         return -EINVAL;
-    kind = get_string(obj, "kind");
-    reason = get_string(obj, "reason");
-    message = get_string(obj, "message");
+    kind = stoke_json_str(obj, "kind");
+    reason = stoke_json_str(obj, "reason");
+    message = stoke_json_str(obj, "message");
     (void)json_object_object_get_ex(obj, "code", &code);
     if (kind && strcmp(kind, "Status") != 0)
         return -EINVAL;
@@ -154,54 +147,6 @@ int stoke_kube_status_parse(json_object *obj, struct stoke_kube_status *ret)
     }
     *ret = st;
     return 0;
-}
-
-static int curlcode_to_errno(const struct stoke__kube_call *c, CURLcode rc)
-{
-    switch (rc) {
-    case CURLE_OK:
-        return 0;
-    case CURLE_ABORTED_BY_CALLBACK:
-        return -ECANCELED;
-    case CURLE_COULDNT_CONNECT:
-        return -ECONNREFUSED;
-    case CURLE_OPERATION_TIMEDOUT:
-        return -ETIMEDOUT;
-    case CURLE_OUT_OF_MEMORY:
-        return -ENOMEM;
-    case CURLE_PEER_FAILED_VERIFICATION:
-    case CURLE_SSL_CACERT_BADFILE:
-    case CURLE_SSL_CERTPROBLEM:
-        return -EKEYREJECTED;
-    case CURLE_WRITE_ERROR:
-        return c->write_err == -ENOBUFS ? -EFBIG : c->write_err < 0 ? c->write_err : -EIO;
-    default:
-        return -EIO;
-    }
-}
-
-/* The whole of s as one JSON value, trailing whitespace allowed. Owned. */
-json_object *stoke__kube_parse_json(const char *s, size_t len)
-{
-    json_tokener *tok = json_tokener_new_ex(64);
-    json_object *obj = NULL;
-
-    if (!tok || len > INT32_MAX)
-        goto out;
-    obj = json_tokener_parse_ex(tok, s, (int)len);
-    if (!obj || json_tokener_get_error(tok) != json_tokener_success)
-        goto fail;
-    for (size_t i = json_tokener_get_parse_end(tok); i < len; i++)
-        if (!strchr(" \t\r\n", s[i]) || s[i] == '\0')
-            goto fail;
-    goto out;
-fail:
-    json_object_put(obj);
-    obj = NULL;
-out:
-    if (tok)
-        json_tokener_free(tok);
-    return obj;
 }
 
 /* --- the token ---------------------------------------------------------------- */
@@ -338,7 +283,7 @@ static void on_done(CURL *easy, CURLcode rc, void *data)
         k->inflight--;
     stoke_list_remove(&c->link);
     if (rc != CURLE_OK) {
-        res.err = curlcode_to_errno(c, rc);
+        res.err = stoke_curluv_errno(rc, c->write_err);
         if (rc == CURLE_ABORTED_BY_CALLBACK)
             (void)snprintf(res.status.message, sizeof(res.status.message), "client closed");
         else if (c->write_err == -ENOBUFS)
@@ -361,7 +306,7 @@ static void on_done(CURL *easy, CURLcode rc, void *data)
             return;
     }
     if (c->resp.len > 0)
-        json = stoke__kube_parse_json(c->resp.data, c->resp.len);
+        json = stoke_json_parse(c->resp.data, c->resp.len);
     if (res.http_status >= 200 && res.http_status < 300) {
         if (!json && !c->on_data) {
             res.err = -EBADMSG;

@@ -13,10 +13,6 @@
  * -errno of open/read, -EINVAL (not a regular file), -EFBIG. */
 int stoke__kube_read_file(const char *path, size_t max, char **ret, size_t *ret_len);
 
-/* The whole of s as one JSON value, trailing whitespace allowed. Owned,
- * NULL when it is not JSON. */
-json_object *stoke__kube_parse_json(const char *s, size_t len);
-
 /* One request in flight or waiting, to cancel it. */
 struct stoke__kube_call;
 

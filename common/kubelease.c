@@ -16,6 +16,7 @@
 #include <time.h>
 
 #include "kubeint.h"
+#include "stoke/json.h"
 #include "stoke/kube.h"
 
 int stoke_kube_time_parse(const char *s, int64_t *ret_ms)
@@ -69,23 +70,6 @@ void stoke_kube_time_format(int64_t ms, char buf[32])
         buf[31] = '\0';
 }
 
-static json_object *spec_of(json_object *lease)
-{
-    json_object *spec = NULL;
-    if (!json_object_object_get_ex(lease, "spec", &spec) ||
-        !json_object_is_type(spec, json_type_object))
-        return NULL;
-    return spec;
-}
-
-static const char *str_of(json_object *o, const char *key)
-{
-    json_object *v = NULL;
-    if (!json_object_object_get_ex(o, key, &v) || !json_object_is_type(v, json_type_string))
-        return NULL;
-    return json_object_get_string(v);
-}
-
 static int64_t int_of(json_object *o, const char *key, int64_t def)
 {
     json_object *v = NULL;
@@ -97,15 +81,15 @@ static int64_t int_of(json_object *o, const char *key, int64_t def)
 enum stoke_kube_lease_action stoke_kube_lease_decide(json_object *lease, int64_t now_ms,
                                                      const char *me, int64_t *ret_expiry_ms)
 {
-    json_object *spec = spec_of(lease);
-    const char *holder = str_of(spec, "holderIdentity");
-    const char *when = str_of(spec, "renewTime");
+    json_object *spec = stoke_json_obj(lease, "spec");
+    const char *holder = stoke_json_str(spec, "holderIdentity");
+    const char *when = stoke_json_str(spec, "renewTime");
     int64_t dur = int_of(spec, "leaseDurationSeconds", 0), t;
 
     if (ret_expiry_ms)
         *ret_expiry_ms = 0;
     if (!when)
-        when = str_of(spec, "acquireTime");
+        when = stoke_json_str(spec, "acquireTime");
     if (!holder || !*holder || !when || dur <= 0 || stoke_kube_time_parse(when, &t) < 0)
         return STOKE_KUBE_LEASE_ACQUIRE;
     if (ret_expiry_ms)
@@ -113,17 +97,6 @@ enum stoke_kube_lease_action stoke_kube_lease_decide(json_object *lease, int64_t
     if (strcmp(holder, me) == 0)
         return STOKE_KUBE_LEASE_RENEW;
     return now_ms < t + dur * 1000 ? STOKE_KUBE_LEASE_WAIT : STOKE_KUBE_LEASE_ACQUIRE;
-}
-
-static int add(json_object *o, const char *key, json_object *v)
-{
-    if (!v)
-        return -ENOMEM;
-    if (json_object_object_add(o, key, v) < 0) {
-        json_object_put(v);
-        return -ENOMEM;
-    }
-    return 0;
 }
 
 json_object *stoke_kube_lease_next(json_object *lease, const char *ns, const char *name,
@@ -143,40 +116,40 @@ json_object *stoke_kube_lease_next(json_object *lease, const char *ns, const cha
     } else {
         obj = json_object_new_object();
         md = json_object_new_object();
-        if (!obj || add(obj, "metadata", md) < 0)
+        if (!obj || stoke_json_add(obj, "metadata", md) < 0)
             goto fail;
-        r |= add(obj, "apiVersion", json_object_new_string("coordination.k8s.io/v1"));
-        r |= add(obj, "kind", json_object_new_string("Lease"));
-        r |= add(md, "name", json_object_new_string(name));
-        r |= add(md, "namespace", json_object_new_string(ns));
+        r |= stoke_json_add(obj, "apiVersion", json_object_new_string("coordination.k8s.io/v1"));
+        r |= stoke_json_add(obj, "kind", json_object_new_string("Lease"));
+        r |= stoke_json_add(md, "name", json_object_new_string(name));
+        r |= stoke_json_add(md, "namespace", json_object_new_string(ns));
         if (r < 0)
             goto fail;
     }
-    spec = spec_of(obj);
+    spec = stoke_json_obj(obj, "spec");
     if (!spec) {
         spec = json_object_new_object();
-        if (add(obj, "spec", spec) < 0)
+        if (stoke_json_add(obj, "spec", spec) < 0)
             goto fail;
     }
-    prev = str_of(spec, "holderIdentity");
+    prev = stoke_json_str(spec, "holderIdentity");
     /* prev dies when the holder is replaced below. */
     other = prev && *prev && strcmp(prev, me) != 0;
     transitions = int_of(spec, "leaseTransitions", 0);
     stoke_kube_time_format(now_ms, now);
     if (release) {
-        r |= add(spec, "holderIdentity", json_object_new_string(""));
-        r |= add(spec, "leaseDurationSeconds", json_object_new_int(1));
-        r |= add(spec, "renewTime", json_object_new_string(now));
+        r |= stoke_json_add(spec, "holderIdentity", json_object_new_string(""));
+        r |= stoke_json_add(spec, "leaseDurationSeconds", json_object_new_int(1));
+        r |= stoke_json_add(spec, "renewTime", json_object_new_string(now));
         return r < 0 ? (json_object_put(obj), NULL) : obj;
     }
-    r |= add(spec, "holderIdentity", json_object_new_string(me));
-    r |= add(spec, "leaseDurationSeconds", json_object_new_int((int32_t)duration_s));
-    r |= add(spec, "renewTime", json_object_new_string(now));
+    r |= stoke_json_add(spec, "holderIdentity", json_object_new_string(me));
+    r |= stoke_json_add(spec, "leaseDurationSeconds", json_object_new_int((int32_t)duration_s));
+    r |= stoke_json_add(spec, "renewTime", json_object_new_string(now));
     if (action == STOKE_KUBE_LEASE_ACQUIRE) {
-        r |= add(spec, "acquireTime", json_object_new_string(now));
+        r |= stoke_json_add(spec, "acquireTime", json_object_new_string(now));
         if (other)
             transitions++;
-        r |= add(spec, "leaseTransitions", json_object_new_int64(transitions));
+        r |= stoke_json_add(spec, "leaseTransitions", json_object_new_int64(transitions));
     }
     if (r < 0)
         goto fail;

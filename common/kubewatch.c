@@ -17,6 +17,7 @@
 
 #include "kubeint.h"
 #include "stoke/backoff.h"
+#include "stoke/json.h"
 #include "stoke/kube.h"
 #include "stoke/linebuf.h"
 
@@ -30,31 +31,15 @@
 #define BACKOFF_MAX_MS 30000
 #define KEY_MAX 512
 
-static json_object *get_obj(json_object *o, const char *key)
-{
-    json_object *v = NULL;
-    if (!json_object_object_get_ex(o, key, &v) || !json_object_is_type(v, json_type_object))
-        return NULL;
-    return v;
-}
-
-static const char *get_str(json_object *o, const char *key)
-{
-    json_object *v = NULL;
-    if (!json_object_object_get_ex(o, key, &v) || !json_object_is_type(v, json_type_string))
-        return NULL;
-    return json_object_get_string(v);
-}
-
 const char *stoke_kube_object_rv(json_object *obj)
 {
-    return get_str(get_obj(obj, "metadata"), "resourceVersion");
+    return stoke_json_str(stoke_json_obj(obj, "metadata"), "resourceVersion");
 }
 
 int stoke_kube_object_key(json_object *obj, char *buf, size_t size)
 {
-    json_object *md = get_obj(obj, "metadata");
-    const char *name = get_str(md, "name"), *ns = get_str(md, "namespace");
+    json_object *md = stoke_json_obj(obj, "metadata");
+    const char *name = stoke_json_str(md, "name"), *ns = stoke_json_str(md, "namespace");
     int n;
 
     if (!name || !*name)
@@ -69,7 +54,7 @@ int stoke_kube_event_parse(const char *line, size_t len, enum stoke_kube_event_t
                            json_object **ret_obj, struct stoke_kube_status *ret_status)
 {
     static const char *const names[] = {"ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR"};
-    json_object *ev = stoke__kube_parse_json(line, len), *obj;
+    json_object *ev = stoke_json_parse(line, len), *obj;
     const char *type;
     struct stoke_kube_status st;
     char key[KEY_MAX];
@@ -78,8 +63,8 @@ int stoke_kube_event_parse(const char *line, size_t len, enum stoke_kube_event_t
 
     if (!ev)
         return -EINVAL;
-    type = get_str(ev, "type");
-    obj = get_obj(ev, "object");
+    type = stoke_json_str(ev, "type");
+    obj = stoke_json_obj(ev, "object");
     if (!type || !obj)
         goto out;
     for (t = 0; t < 5; t++)
@@ -344,8 +329,8 @@ static void on_list(const struct stoke_kube_result *res, void *data)
     md = NULL;
     (void)json_object_object_get_ex(res->json, "metadata", &md);
     (void)json_object_object_get_ex(res->json, "items", &items);
-    rv = md ? get_str(md, "resourceVersion") : NULL;
-    cont = md ? get_str(md, "continue") : NULL;
+    rv = md ? stoke_json_str(md, "resourceVersion") : NULL;
+    cont = md ? stoke_json_str(md, "continue") : NULL;
     if (!json_object_is_type(items, json_type_array) || !rv || strlen(rv) >= sizeof(inf->rv)) {
         report(inf, -EBADMSG, "LIST answer without items or resourceVersion");
         retry_later(inf);

@@ -623,6 +623,11 @@ static void test_informer(void **state)
         fail_msg("no relist: gone %lu lists %lu errors %lu; events:\n%s", (unsigned long)st.gone,
                  (unsigned long)st.lists, (unsigned long)st.errors, w.log);
     }
+    struct stoke_kube_informer_stats st;
+    stoke_kube_informer_stats(inf, &st);
+    fprintf(stderr, "informer after the cut: lists %lu watches %lu gone %lu errors %lu\n",
+            (unsigned long)st.lists, (unsigned long)st.watches, (unsigned long)st.gone,
+            (unsigned long)st.errors);
     static const char *const missed[] = {"DELETED w3=1", "MODIFIED w4=3", "ADDED w7=1", NULL};
     assert_events(w.log, missed);
     assert_int_equal(w.syncs, 2);
