@@ -5,7 +5,7 @@
  *   STOKE_TEST_NS         a namespace of this run
  *   STOKE_TEST_TOKEN      a service account token allowed to read configmaps there
  *   STOKE_TEST_WIDGETS    "1": the Widget CRD (test.stoke.dev/v1, status subresource) exists
- * For the 410 test this program prints "PARTITION <rv>" and waits for a line on stdin:
+ * For the 410 test this program prints "PARTITION <rv>" (and BLOCK, UNBLOCK) and waits for "GO":
  * meanwhile the driver cuts the proxy, changes configmaps and compacts etcd.
  *
  * Every wait has a deadline; nothing sleeps a fixed time. */
@@ -550,6 +550,27 @@ static void assert_events(const char *log, const char *const *want)
         fail_msg("expected %zu events, got:\n%s", n, log);
 }
 
+struct errors_since {
+    struct watched *w;
+    int want;
+};
+
+static bool errors_reached(void *arg)
+{
+    struct errors_since *es = arg;
+    return es->w->errors >= es->want;
+}
+
+/* Tells the driver `what` and waits for its "GO". */
+static void ask_driver(const char *what)
+{
+    char line[64];
+    printf("%s\n", what);
+    fflush(stdout);
+    assert_non_null(fgets(line, sizeof(line), stdin));
+    assert_string_equal(line, "GO\n");
+}
+
 static void test_informer(void **state)
 {
     (void)state;
@@ -609,11 +630,9 @@ static void test_informer(void **state)
      * resourceVersion is gone: 410, relist, and the difference is what was
      * missed. */
     w.log[0] = '\0';
-    printf("PARTITION %s\n", stoke_kube_informer_rv(inf));
-    fflush(stdout);
-    char line[64];
-    assert_non_null(fgets(line, sizeof(line), stdin));
-    assert_string_equal(line, "GO\n");
+    char what[96];
+    (void)snprintf(what, sizeof(what), "PARTITION %s", stoke_kube_informer_rv(inf));
+    ask_driver(what);
     static const char *const third[] = {"w1=2", "w4=3", "w5=1", "w6=1", "w7=1", NULL};
     iw.want = third;
     iw.min_gone = 1;
@@ -640,6 +659,22 @@ static void test_informer(void **state)
     assert_true(run_until(cache_is, &iw, WAIT_MS));
     static const char *const last[] = {"DELETED w5=1", NULL};
     assert_events(w.log, last);
+
+    /* The API server out of reach for a while (the proxy closes every
+     * connection) while w8 is made: the informer fails and backs off, and
+     * once it can reach the server again resumes its watch where it was: no
+     * relist, w8 arrives as a watch event. */
+    w.log[0] = '\0';
+    struct errors_since es = {&w, w.errors + 2};
+    ask_driver("BLOCK");
+    assert_true(run_until(errors_reached, &es, WAIT_MS));
+    ask_driver("UNBLOCK");
+    static const char *const fifth[] = {"w1=2", "w4=3", "w6=1", "w7=1", "w8=1", NULL};
+    iw.want = fifth;
+    assert_true(run_until(cache_is, &iw, WAIT_MS));
+    static const char *const back[] = {"ADDED w8=1", NULL};
+    assert_events(w.log, back);
+    assert_int_equal(w.syncs, 2);
 
     stoke_kube_informer_stop(inf);
     reply_reset(&rp);
