@@ -443,6 +443,8 @@ static void deliver_one(struct stoke_kube_informer *inf, struct queued *q)
         }
         return;
     }
+    if (q->type == STOKE_KUBE_BOOKMARK)
+        inf->stats.bookmarks++;
     if (inf->relist)
         return; /* the relist will bring the cache up to date */
     rv = stoke_kube_object_rv(q->obj);

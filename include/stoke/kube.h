@@ -283,11 +283,12 @@ json_object *stoke_kube_informer_cache(const struct stoke_kube_informer *inf);
 
 /* The resourceVersion it is at, and counters for tests and metrics. */
 struct stoke_kube_informer_stats {
-    uint64_t lists;   /* LISTs completed */
-    uint64_t watches; /* WATCHes started */
-    uint64_t gone;    /* 410 Gone seen (status or ERROR event) */
-    uint64_t errors;  /* failed LISTs and WATCHes */
-    uint64_t events;  /* watch events read */
+    uint64_t lists;     /* LISTs completed */
+    uint64_t watches;   /* WATCHes started */
+    uint64_t gone;      /* 410 Gone seen (status or ERROR event) */
+    uint64_t errors;    /* failed LISTs and WATCHes */
+    uint64_t events;    /* watch events read */
+    uint64_t bookmarks; /* of which BOOKMARKs */
 };
 const char *stoke_kube_informer_rv(const struct stoke_kube_informer *inf);
 void stoke_kube_informer_stats(const struct stoke_kube_informer *inf,

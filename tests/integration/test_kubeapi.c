@@ -680,6 +680,49 @@ static void test_informer(void **state)
     reply_reset(&rp);
 }
 
+/* Widgets have the API server's watch cache (configmaps do not: see the
+ * driver), which sends BOOKMARK events to watches that ask for them, at the
+ * latest shortly before each watch's timeout. They move the informer's
+ * resourceVersion and are not reported as changes. */
+static bool bookmarked(void *arg)
+{
+    struct inf_wait *iw = arg;
+    struct stoke_kube_informer_stats st;
+    stoke_kube_informer_stats(iw->inf, &st);
+    return iw->w->synced && st.bookmarks >= 1;
+}
+
+static void test_bookmarks(void **state)
+{
+    (void)state;
+    struct reply rp = {0};
+    struct watched w = {0};
+    struct stoke_kube_informer *inf;
+    struct stoke_kube_informer_opts o = {
+        .res = &widgets,
+        .ns = g_ns,
+        .watch_timeout_s = 4,
+        .on_event = on_event,
+        .on_synced = on_synced,
+        .on_error = on_error,
+        .data = &w,
+    };
+    assert_int_equal(stoke_kube_informer_start(g_k, &o, &inf), 0);
+    json_object *obj = parse("{\"apiVersion\":\"test.stoke.dev/v1\",\"kind\":\"Widget\","
+                             "\"metadata\":{\"name\":\"bm\"},\"spec\":{}}");
+    assert_int_equal(stoke_kube_create(g_k, &widgets, g_ns, obj, on_reply, &rp), 0);
+    json_object_put(obj);
+    wait_reply(&rp);
+    assert_int_equal(rp.err, 0);
+    /* A bookmark, read and not reported as a change. */
+    struct inf_wait iw = {.inf = inf, .w = &w};
+    assert_true(run_until(bookmarked, &iw, WAIT_MS));
+    assert_non_null(strstr(w.log, "bm="));
+    assert_null(strstr(w.log, "BOOKMARK"));
+    stoke_kube_informer_stop(inf);
+    reply_reset(&rp);
+}
+
 /* --- leader election --------------------------------------------------------------------- */
 
 struct cand {
@@ -823,6 +866,7 @@ int main(void)
         cmocka_unit_test(test_inflight_bound),
         cmocka_unit_test(test_token_file_and_in_cluster),
         cmocka_unit_test(test_informer),
+        cmocka_unit_test(test_bookmarks),
         cmocka_unit_test(test_leader_election),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

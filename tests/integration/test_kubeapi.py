@@ -2,9 +2,10 @@
 kube-apiserver and etcd built from source (tests/k8s/build.sh), started by tests/k8s/cluster.py.
 
 The C program talks to the API server through a TCP proxy here, so this driver can cut its
-connections. The API server runs without its watch cache (--watch-cache=false), so a watch
-from a resourceVersion that etcd compacted away answers 410 Gone, as it would after a long
-disconnection. When the program prints "PARTITION <rv>", the driver cuts and blocks the proxy,
+connections. The API server keeps no watch cache for configmaps
+(--watch-cache-sizes=configmaps#0), so a watch of configmaps from a resourceVersion that etcd
+compacted away answers 410 Gone, as it would after a long disconnection; other resources (the
+test's Widgets) keep the cache, which sends watch bookmarks. When the program prints "PARTITION <rv>", the driver cuts and blocks the proxy,
 deletes/changes/adds configmaps the program's informer watches, compacts etcd to its current
 revision, unblocks, and answers "GO". On "BLOCK" it cuts and blocks the proxy and adds a
 configmap; on "UNBLOCK" it lets connections through again; each answered "GO".
@@ -143,7 +144,7 @@ def main():
     # Checked above; a test never starts an hour-long build.
     k8s.bindir = lambda build=True: bindir
 
-    c = k8s.Cluster(apiserver_args=["--watch-cache=false"])
+    c = k8s.Cluster(apiserver_args=["--watch-cache-sizes=configmaps#0"])
     proxy = None
     proc = None
     try:
