@@ -38,20 +38,23 @@
 
 /* --- pass 2: tree to struct ----------------------------------------------- */
 
+/* The public types (spec.h) are the table's, so stoke_spec_fields() tells
+ * what the parser checks; T_ENUM is a STOKE_SPEC_STRING whose value is
+ * stored as its index in `values`. */
 enum ftype {
-    T_CONST,
-    T_NAME,
-    T_IMAGE,
-    T_PATH,
-    T_UINT,
-    T_DURATION,
-    T_MEMORY,
-    T_CPU,
-    T_IDLE,
-    T_BOOL,
-    T_MAP,
-    T_ENV,
-    T_STRMAP,
+    T_CONST = STOKE_SPEC_STRING,
+    T_NAME = STOKE_SPEC_NAME,
+    T_IMAGE = STOKE_SPEC_IMAGE,
+    T_PATH = STOKE_SPEC_PATH,
+    T_UINT = STOKE_SPEC_UINT,
+    T_DURATION = STOKE_SPEC_DURATION,
+    T_MEMORY = STOKE_SPEC_MEMORY,
+    T_CPU = STOKE_SPEC_CPU,
+    T_BOOL = STOKE_SPEC_BOOL,
+    T_MAP = STOKE_SPEC_MAP,
+    T_ENV = STOKE_SPEC_ENV,
+    T_STRMAP = STOKE_SPEC_STRMAP,
+    T_ENUM,
 };
 
 struct field;
@@ -67,9 +70,9 @@ struct field {
     size_t size; /* T_UINT: the member's size */
     uint64_t min, max;
     bool required;
-    const char *value;       /* T_CONST: the only accepted value */
-    const struct field *sub; /* T_MAP: its fields, ending with a NULL key */
-    check_fn check;          /* T_MAP: run after the mapping's fields */
+    const char *const *values; /* T_CONST, T_ENUM: the accepted values, NULL-terminated */
+    const struct field *sub;   /* T_MAP: its fields, ending with a NULL key */
+    check_fn check;            /* T_MAP: run after the mapping's fields */
 };
 
 #define MAX_FIELDS 16
@@ -225,6 +228,22 @@ static int dup_into(struct stoke__yaml *y, const struct field *f, const char *te
     return 0;
 }
 
+/* "must be "a" or "b"" for constants, "must be a, b or c" for enums. */
+static int fail_values(struct stoke__yaml *y, int i, const struct field *f, const char *text)
+{
+    const char *q = f->type == T_CONST ? "\"" : "";
+    char list[128];
+    size_t n = 0;
+
+    list[0] = '\0';
+    for (size_t k = 0; f->values[k] && n < sizeof(list); k++) {
+        const char *sep = k == 0 ? "" : f->values[k + 1] ? ", " : " or ";
+        int w = snprintf(list + n, sizeof(list) - n, "%s%s%s%s", sep, q, f->values[k], q);
+        n += w > 0 ? (size_t)w : 0;
+    }
+    return stoke__yaml_fail(y, i, NULL, "must be %s (found \"%.64s\")", list, text);
+}
+
 static int set_string(struct stoke__yaml *y, const struct field *f, int i, struct stoke_spec *s)
 {
     const char *text = NULL;
@@ -236,9 +255,16 @@ static int set_string(struct stoke__yaml *y, const struct field *f, int i, struc
     n = strlen(text);
     switch (f->type) {
     case T_CONST:
-        if (strcmp(text, f->value) != 0)
-            return stoke__yaml_fail(y, i, NULL, "must be \"%s\" (found \"%.64s\")", f->value, text);
-        return 0;
+    case T_ENUM:
+        for (size_t k = 0; f->values[k]; k++) {
+            if (strcmp(text, f->values[k]) == 0) {
+                static_assert(sizeof(enum stoke_idle) == sizeof(int), "T_ENUM stores an int");
+                if (f->type == T_ENUM)
+                    *(int *)((char *)s + f->off) = (int)k;
+                return 0;
+            }
+        }
+        return fail_values(y, i, f, text);
     case T_NAME:
         if (!stoke_is_valid_name(text))
             return stoke__yaml_fail(
@@ -254,23 +280,12 @@ static int set_string(struct stoke__yaml *y, const struct field *f, int i, struc
             return stoke__yaml_fail(y, i, NULL, "must not be empty");
         if (f->type == T_PATH && text[0] != '/')
             return stoke__yaml_fail(y, i, NULL, "must start with '/' (found \"%.64s\")", text);
-        if (n > MAX_STRING || !stoke__yaml_is_token(text))
+        if (n > f->max || !stoke__yaml_is_token(text))
             return stoke__yaml_fail(
                 y, i, NULL,
                 "invalid %s \"%.64s\": at most %d printable ASCII characters without spaces",
-                f->type == T_IMAGE ? "image reference" : "path", text, MAX_STRING);
+                f->type == T_IMAGE ? "image reference" : "path", text, (int)f->max);
         return dup_into(y, f, text, s);
-    case T_IDLE:
-        if (strcmp(text, "pause") == 0)
-            s->scale.idle = STOKE_IDLE_PAUSE;
-        else if (strcmp(text, "stop") == 0)
-            s->scale.idle = STOKE_IDLE_STOP;
-        else if (strcmp(text, "remove") == 0)
-            s->scale.idle = STOKE_IDLE_REMOVE;
-        else
-            return stoke__yaml_fail(y, i, NULL, "must be pause, stop or remove (found \"%.64s\")",
-                                    text);
-        return 0;
     default:
         return 0;
     }
@@ -454,6 +469,13 @@ static int check_scale(struct stoke__yaml *y, int map, const int *at, struct sto
     return 0;
 }
 
+const char *const stoke_idle_names[] = {
+    [STOKE_IDLE_PAUSE] = "pause",
+    [STOKE_IDLE_STOP] = "stop",
+    [STOKE_IDLE_REMOVE] = "remove",
+    NULL,
+};
+
 static const struct field scale_fields[] = {
     [SCALE_MIN] = UINT_FIELD("min", scale.min, 0, MAX_REPLICAS),
     [SCALE_MAX] = UINT_FIELD("max", scale.max, 0, MAX_REPLICAS),
@@ -466,7 +488,10 @@ static const struct field scale_fields[] = {
     UINT_FIELD("panicThresholdPercent", scale.panic_threshold_percent, 110, 1000),
     TYPED_FIELD("scaleToZeroGrace", T_DURATION, scale.scale_to_zero_grace_ms, 0, MS_PER_H),
     TYPED_FIELD("scaleDownDelay", T_DURATION, scale.scale_down_delay_ms, 0, MS_PER_H),
-    TYPED_FIELD("idle", T_IDLE, scale.idle, 0, 0),
+    {.key = "idle",
+     .type = T_ENUM,
+     .off = offsetof(struct stoke_spec, scale.idle),
+     .values = stoke_idle_names},
     TYPED_FIELD("stopAfter", T_DURATION, scale.stop_after_ms, 0, 24 * MS_PER_H),
     TYPED_FIELD("removeAfter", T_DURATION, scale.remove_after_ms, 0, 24 * MS_PER_H),
     UINT_FIELD("precreated", scale.precreated, 0, MAX_PRECREATED),
@@ -487,15 +512,20 @@ static const struct field resources_fields[] = {
 };
 
 static const struct field readiness_fields[] = {
-    TYPED_FIELD("path", T_PATH, readiness.path, 0, 0),
+    TYPED_FIELD("path", T_PATH, readiness.path, 1, MAX_STRING),
     TYPED_FIELD("period", T_DURATION, readiness.period_ms, 1, MS_PER_H),
     {0},
 };
 
 static const struct field spec_fields[] = {
-    {.key = "image", .type = T_IMAGE, .off = offsetof(struct stoke_spec, image), .required = true},
+    {.key = "image",
+     .type = T_IMAGE,
+     .off = offsetof(struct stoke_spec, image),
+     .min = 1,
+     .max = MAX_STRING,
+     .required = true},
     UINT_FIELD("port", port, 1, 65535),
-    {.key = "env", .type = T_ENV},
+    {.key = "env", .type = T_ENV, .max = STOKE_SPEC_MAX_ENV},
     {.key = "scale", .type = T_MAP, .sub = scale_fields, .check = check_scale},
     TYPED_FIELD("timeout", T_DURATION, timeout_ms, 1, MS_PER_H),
     {.key = "queue", .type = T_MAP, .sub = queue_fields},
@@ -506,15 +536,18 @@ static const struct field spec_fields[] = {
 };
 
 static const struct field metadata_fields[] = {
-    {.key = "name", .type = T_NAME, .required = true},
+    {.key = "name", .type = T_NAME, .min = 1, .max = STOKE_NAME_MAX, .required = true},
     {.key = "labels", .type = T_STRMAP},
     {.key = "annotations", .type = T_STRMAP},
     {0},
 };
 
+static const char *const api_versions[] = {STOKE_API_VERSION, STOKE_API_VERSION_SHORT, NULL};
+static const char *const kinds[] = {"Function", NULL};
+
 static const struct field root_fields[] = {
-    {.key = "apiVersion", .type = T_CONST, .value = "stoke/v1", .required = true},
-    {.key = "kind", .type = T_CONST, .value = "Function", .required = true},
+    {.key = "apiVersion", .type = T_CONST, .values = api_versions, .required = true},
+    {.key = "kind", .type = T_CONST, .values = kinds, .required = true},
     {.key = "metadata", .type = T_MAP, .sub = metadata_fields, .required = true},
     {.key = "spec", .type = T_MAP, .sub = spec_fields, .required = true},
     {0},
@@ -539,6 +572,34 @@ static int walk_root(struct stoke__yaml *y, struct stoke_spec *s)
 }
 
 /* --- public ----------------------------------------------------------------- */
+
+static void walk_fields(const struct field *fields, char *path, size_t len,
+                        void (*fn)(const struct stoke_spec_field_info *f, void *data), void *data)
+{
+    for (const struct field *f = fields; f->key; f++) {
+        struct stoke_spec_field_info info = {
+            .path = path,
+            .type = f->type == T_ENUM ? STOKE_SPEC_STRING : (enum stoke_spec_type)f->type,
+            .min = f->min,
+            .max = f->max,
+            .required = f->required,
+            .values = f->values,
+        };
+        /* The tables are four levels deep with short keys. */
+        int n = snprintf(path + len, 128 - len, "%s%s", len ? "." : "", f->key);
+        assert(n > 0 && (size_t)n < 128 - len);
+        fn(&info, data);
+        if (f->type == T_MAP)
+            walk_fields(f->sub, path, len + (size_t)n, fn, data);
+        path[len] = '\0';
+    }
+}
+
+void stoke_spec_fields(void (*fn)(const struct stoke_spec_field_info *f, void *data), void *data)
+{
+    char path[128] = "";
+    walk_fields(root_fields, path, 0, fn, data);
+}
 
 void stoke_spec_defaults(struct stoke_spec *spec)
 {

@@ -149,4 +149,45 @@ int stoke_parse_cpu(const char *s, uint64_t *ret_millis);
 /* A DNS label: [a-z0-9-], 1..63, starts with a letter, does not end with '-'. */
 bool stoke_is_valid_name(const char *s);
 
+/* The apiVersion of stoke/v1 specs: the Kubernetes form (group stoke.dev,
+ * the Function custom resource's) and the short form of stoke's first
+ * specs. Both are accepted alike; the group form is the one to write, so one
+ * file applies to Docker and with `kubectl apply -f` to a cluster. */
+#define STOKE_API_GROUP "stoke.dev"
+#define STOKE_API_VERSION STOKE_API_GROUP "/v1"
+#define STOKE_API_VERSION_SHORT "stoke/v1"
+
+/* The field tree the parser checks, taken from its own tables, for what must
+ * agree with it (the CRD's schema in charts/stoke, tests/k8s). */
+enum stoke_spec_type {
+    STOKE_SPEC_STRING,   /* one of `values` */
+    STOKE_SPEC_NAME,     /* stoke_is_valid_name(); max = the longest */
+    STOKE_SPEC_IMAGE,    /* printable ASCII, no spaces, 1..max bytes */
+    STOKE_SPEC_PATH,     /* as IMAGE, and starts with '/' */
+    STOKE_SPEC_UINT,     /* a plain decimal integer, min..max */
+    STOKE_SPEC_DURATION, /* stoke_parse_duration(), min..max ms */
+    STOKE_SPEC_MEMORY,   /* stoke_parse_memory(), min..max bytes */
+    STOKE_SPEC_CPU,      /* stoke_parse_cpu(), min..max millicores */
+    STOKE_SPEC_BOOL,     /* true or false */
+    STOKE_SPEC_MAP,      /* a mapping of the fields whose paths follow it */
+    STOKE_SPEC_ENV,      /* a mapping of env names to scalars, at most max */
+    STOKE_SPEC_STRMAP,   /* a mapping of any keys to scalars */
+};
+
+struct stoke_spec_field_info {
+    const char *path; /* dotted, e.g. "spec.scale.min"; valid for the call only */
+    enum stoke_spec_type type;
+    uint64_t min, max;
+    bool required;
+    const char *const *values; /* STRING: the accepted values, NULL-terminated */
+};
+
+/* Calls `fn` for every field the parser knows, parents before their fields,
+ * in table order. Cross-field rules (scale.min and scale.initial at most
+ * scale.max when it is not 0) are not in the tree. */
+void stoke_spec_fields(void (*fn)(const struct stoke_spec_field_info *f, void *data), void *data);
+
+/* The names of enum stoke_idle, in its order, NULL-terminated. */
+extern const char *const stoke_idle_names[];
+
 #endif

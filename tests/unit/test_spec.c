@@ -207,6 +207,12 @@ static void check_flow(const struct stoke_spec *s)
     assert_string_equal(s->readiness.path, "/r");
 }
 
+static void check_group(const struct stoke_spec *s)
+{
+    assert_string_equal(s->name, "grouped");
+    assert_int_equal(s->scale.idle, STOKE_IDLE_STOP);
+}
+
 static void check_quoted(const struct stoke_spec *s)
 {
     assert_string_equal(s->name, "quoted");
@@ -376,6 +382,10 @@ static const struct good_case good_cases[] = {
      "        scale: {min: 1, max: 4, idle: remove}, queue: {max: 10},\n"
      "        readiness: {path: /r}}}\n",
      check_flow},
+    {"the group's apiVersion",
+     "apiVersion: stoke.dev/v1\nkind: Function\nmetadata: {name: grouped}\n"
+     "spec: {image: stoke-hello:1, scale: {idle: stop}}\n",
+     check_group},
     {"quoted strings",
      "apiVersion: \"stoke/v1\"\n"
      "kind: 'Function'\n"
@@ -458,6 +468,60 @@ static const struct good_case good_cases[] = {
      check_order},
 };
 
+struct fields_seen {
+    size_t count;
+    bool idle, api_version, min, image, env;
+};
+
+static void see_field(const struct stoke_spec_field_info *f, void *data)
+{
+    struct fields_seen *seen = data;
+
+    seen->count++;
+    assert_non_null(f->path);
+    assert_true(f->path[0] != '\0' && f->path[0] != '.');
+    if (strcmp(f->path, "spec.scale.idle") == 0) {
+        assert_int_equal(f->type, STOKE_SPEC_STRING);
+        for (int k = 0; k <= STOKE_IDLE_REMOVE; k++)
+            assert_string_equal(f->values[k], stoke_idle_names[k]);
+        assert_null(f->values[STOKE_IDLE_REMOVE + 1]);
+        seen->idle = true;
+    } else if (strcmp(f->path, "apiVersion") == 0) {
+        assert_true(f->required);
+        assert_string_equal(f->values[0], "stoke.dev/v1");
+        assert_string_equal(f->values[1], "stoke/v1");
+        assert_null(f->values[2]);
+        seen->api_version = true;
+    } else if (strcmp(f->path, "spec.scale.panicThresholdPercent") == 0) {
+        assert_int_equal(f->type, STOKE_SPEC_UINT);
+        assert_int_equal(f->min, 110);
+        assert_int_equal(f->max, 1000);
+        seen->min = true;
+    } else if (strcmp(f->path, "spec.image") == 0) {
+        assert_int_equal(f->type, STOKE_SPEC_IMAGE);
+        assert_true(f->required);
+        assert_int_equal(f->max, 1024);
+        seen->image = true;
+    } else if (strcmp(f->path, "spec.env") == 0) {
+        assert_int_equal(f->type, STOKE_SPEC_ENV);
+        assert_int_equal(f->max, STOKE_SPEC_MAX_ENV);
+        seen->env = true;
+    }
+}
+
+/* The field tree is the parser's own table: spot checks here, the whole of
+ * it against the CRD in tests/crd. */
+static void test_fields(void **state)
+{
+    struct fields_seen seen = {0};
+
+    (void)state;
+    stoke_spec_fields(see_field, &seen);
+    /* 4 at the root, 3 in metadata, 9 in spec, 15 + 2 + 3 + 2 below it */
+    assert_int_equal(seen.count, 38);
+    assert_true(seen.idle && seen.api_version && seen.min && seen.image && seen.env);
+}
+
 static void test_valid(void **state)
 {
     (void)state;
@@ -511,8 +575,11 @@ static const struct bad_case bad_cases[] = {
         "metadata.namespace", "unknown field"),
     /* apiVersion and kind */
     BAD("apiVersion", "apiVersion: stoke/v2\nkind: Function\n", 1, 13, "apiVersion",
-        "must be \"stoke/v1\""),
-    BAD("apiVersion as a number", "apiVersion: 1\n", 1, 13, "apiVersion", "must be \"stoke/v1\""),
+        "must be \"stoke.dev/v1\" or \"stoke/v1\" (found \"stoke/v2\")"),
+    BAD("apiVersion of another group", "apiVersion: stoke.io/v1\nkind: Function\n", 1, 13,
+        "apiVersion", "must be \"stoke.dev/v1\" or \"stoke/v1\""),
+    BAD("apiVersion as a number", "apiVersion: 1\n", 1, 13, "apiVersion",
+        "must be \"stoke.dev/v1\" or \"stoke/v1\""),
     BAD("kind", "apiVersion: stoke/v1\nkind: Service\n", 2, 7, "kind", "must be \"Function\""),
     BAD("kind as a mapping", "apiVersion: stoke/v1\nkind: {a: b}\n", 2, 7, "kind",
         "expected a string, found a mapping"),
@@ -589,7 +656,7 @@ static const struct bad_case bad_cases[] = {
     BAD("target 0", BASE "  scale: {target: 0}\n", 7, 19, "spec.scale.target",
         "must be between 1 and 1000000"),
     BAD("idle", BASE "  scale: {idle: sleep}\n", 7, 17, "spec.scale.idle",
-        "must be pause, stop or remove"),
+        "must be pause, stop or remove (found \"sleep\")"),
     BAD("stopAfter over a day", BASE "  scale: {stopAfter: 25h}\n", 7, 22, "spec.scale.stopAfter",
         "must be between 0s and 24h"),
     BAD("removeAfter negative", BASE "  scale: {removeAfter: -1s}\n", 7, 24,
@@ -1436,6 +1503,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_valid),
+        cmocka_unit_test(test_fields),
         cmocka_unit_test(test_invalid),
         cmocka_unit_test(test_env_limit),
         cmocka_unit_test(test_deep_nesting),
