@@ -309,3 +309,29 @@ void stoke_curluv_close(struct stoke_curluv *m, void (*on_closed)(void *data), v
     (void)uv_timer_stop(&m->timer);
     uv_close((uv_handle_t *)&m->timer, on_timer_closed);
 }
+
+int stoke_curluv_errno(CURLcode rc, int write_err)
+{
+    switch (rc) {
+    case CURLE_OK:
+        return 0;
+    case CURLE_ABORTED_BY_CALLBACK:
+        return -ECANCELED;
+    case CURLE_COULDNT_CONNECT:
+        return -ECONNREFUSED;
+    case CURLE_OPERATION_TIMEDOUT:
+        return -ETIMEDOUT;
+    case CURLE_OUT_OF_MEMORY:
+        return -ENOMEM;
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_CERTPROBLEM:
+        return -EKEYREJECTED;
+    case CURLE_WRITE_ERROR:
+        if (write_err == -ENOBUFS)
+            return -EFBIG;
+        return write_err < 0 ? write_err : -EIO;
+    default:
+        return -EIO;
+    }
+}

@@ -16,6 +16,7 @@
 #include <curl/curl.h>
 
 #include "stoke/curluv.h"
+#include "stoke/json.h"
 #include "stoke/linebuf.h"
 #include "stoke/util.h"
 
@@ -115,55 +116,6 @@ static int status_to_errno(long status)
     }
 }
 
-static int curlcode_to_errno(const struct call *c, CURLcode rc)
-{
-    switch (rc) {
-    case CURLE_OK:
-        return 0;
-    case CURLE_ABORTED_BY_CALLBACK:
-        return -ECANCELED;
-    case CURLE_COULDNT_CONNECT:
-        return -ECONNREFUSED;
-    case CURLE_OPERATION_TIMEDOUT:
-        return -ETIMEDOUT;
-    case CURLE_OUT_OF_MEMORY:
-        return -ENOMEM;
-    case CURLE_WRITE_ERROR:
-        if (c->write_err == -ENOBUFS)
-            return -EFBIG;
-        return c->write_err == -ENOMEM ? -ENOMEM : -EIO;
-    default:
-        return -EIO;
-    }
-}
-
-/* Parses the whole of `s` as one JSON value (trailing whitespace allowed:
- * the engine ends bodies with a newline). Returns an owned object (put it),
- * or NULL when it is not JSON. */
-static json_object *parse_json(const char *s, size_t len)
-{
-    json_tokener *tok = json_tokener_new();
-    json_object *obj = NULL;
-
-    if (!tok || len > INT32_MAX)
-        goto out;
-    obj = json_tokener_parse_ex(tok, s, (int)len);
-    if (!obj || json_tokener_get_error(tok) != json_tokener_success)
-        goto fail;
-    for (size_t i = json_tokener_get_parse_end(tok); i < len; i++) {
-        if (!strchr(" \t\r\n", s[i]) || s[i] == '\0')
-            goto fail;
-    }
-    goto out;
-fail:
-    json_object_put(obj);
-    obj = NULL;
-out:
-    if (tok)
-        json_tokener_free(tok);
-    return obj;
-}
-
 static bool is_json_type(CURL *easy)
 {
     char *ct = NULL;
@@ -197,7 +149,7 @@ static void on_done(CURL *easy, CURLcode rc, void *data)
         res.message = c->watch->message;
         goto out;
     }
-    res.err = curlcode_to_errno(c, rc);
+    res.err = stoke_curluv_errno(rc, c->write_err);
     if (rc != CURLE_OK) {
         if (rc == CURLE_ABORTED_BY_CALLBACK)
             res.message = "engine client closed";
@@ -211,7 +163,7 @@ static void on_done(CURL *easy, CURLcode rc, void *data)
     (void)curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &res.http_status);
     res.err = status_to_errno(res.http_status);
     if (c->body.len > 0 && is_json_type(easy)) {
-        json = parse_json(c->body.data, c->body.len);
+        json = stoke_json_parse(c->body.data, c->body.len);
         if (!json && res.err == 0) {
             res.err = -EINVAL;
             res.message = "engine sent invalid JSON";
@@ -520,20 +472,6 @@ int stoke_engine_image_inspect(struct stoke_engine *e, const char *image, stoke_
     return request(e, STOKE_ENGINE_OP_IMAGE_INSPECT, M_GET, path, 0, cb, data);
 }
 
-/* Adds `v` to object `o` under `key`; takes ownership of `v` either way.
- * Returns 0 or -ENOMEM (also when v is NULL, from a failed json_object_new). */
-static int obj_add(json_object *o, const char *key, json_object *v)
-{
-    if (!v)
-        return -ENOMEM;
-    /* json_object_object_add steals v on success only. */
-    if (json_object_object_add(o, key, v) < 0) {
-        json_object_put(v);
-        return -ENOMEM;
-    }
-    return 0;
-}
-
 /* Same for arrays. */
 static int arr_add(json_object *a, json_object *v)
 {
@@ -566,27 +504,28 @@ static json_object *host_config(const struct stoke_container_config *cfg)
 
     if (!hc)
         return NULL;
-    r |= obj_add(hc, "NetworkMode",
-                 json_object_new_string(cfg->network_mode ? cfg->network_mode : "host"));
+    r |= stoke_json_add(hc, "NetworkMode",
+                        json_object_new_string(cfg->network_mode ? cfg->network_mode : "host"));
     if (cfg->memory_bytes > 0) {
-        r |= obj_add(hc, "Memory", json_object_new_int64((int64_t)cfg->memory_bytes));
+        r |= stoke_json_add(hc, "Memory", json_object_new_int64((int64_t)cfg->memory_bytes));
         /* Equal to Memory: no swap on top of the limit. */
-        r |= obj_add(hc, "MemorySwap", json_object_new_int64((int64_t)cfg->memory_bytes));
+        r |= stoke_json_add(hc, "MemorySwap", json_object_new_int64((int64_t)cfg->memory_bytes));
     }
     if (cfg->cpu_millis > 0)
-        r |= obj_add(hc, "NanoCpus", json_object_new_int64((int64_t)cfg->cpu_millis * 1000000));
+        r |= stoke_json_add(hc, "NanoCpus",
+                            json_object_new_int64((int64_t)cfg->cpu_millis * 1000000));
     if (cfg->pids > 0)
-        r |= obj_add(hc, "PidsLimit", json_object_new_int64((int64_t)cfg->pids));
-    r |= obj_add(hc, "CapDrop", str_array1("ALL"));
-    r |= obj_add(hc, "SecurityOpt", str_array1("no-new-privileges"));
-    r |= obj_add(hc, "ReadonlyRootfs", json_object_new_boolean(cfg->read_only_rootfs));
+        r |= stoke_json_add(hc, "PidsLimit", json_object_new_int64((int64_t)cfg->pids));
+    r |= stoke_json_add(hc, "CapDrop", str_array1("ALL"));
+    r |= stoke_json_add(hc, "SecurityOpt", str_array1("no-new-privileges"));
+    r |= stoke_json_add(hc, "ReadonlyRootfs", json_object_new_boolean(cfg->read_only_rootfs));
     /* The controller replaces replicas itself, with backoff; an engine
      * restart policy would fight it. */
     restart = json_object_new_object();
     if (restart)
-        r |= obj_add(restart, "Name", json_object_new_string("no"));
-    r |= obj_add(hc, "RestartPolicy", restart);
-    r |= obj_add(hc, "AutoRemove", json_object_new_boolean(0));
+        r |= stoke_json_add(restart, "Name", json_object_new_string("no"));
+    r |= stoke_json_add(hc, "RestartPolicy", restart);
+    r |= stoke_json_add(hc, "AutoRemove", json_object_new_boolean(0));
     /* LogConfig is left out: the engine's default driver, so `stokectl logs`
      * can read the logs back through the engine. No Binds or Mounts: the
      * engine socket is never handed to a function. */
@@ -608,7 +547,7 @@ static json_object *create_body(const struct stoke_container_config *cfg, int *e
 
     if (!body)
         goto out;
-    if (obj_add(body, "Image", json_object_new_string(cfg->image)) < 0)
+    if (stoke_json_add(body, "Image", json_object_new_string(cfg->image)) < 0)
         goto out;
     env = json_object_new_array();
     if (!env)
@@ -621,7 +560,7 @@ static json_object *create_body(const struct stoke_container_config *cfg, int *e
         if (arr_add(env, json_object_new_string(cfg->env[i])) < 0)
             goto out;
     }
-    r = obj_add(body, "Env", env);
+    r = stoke_json_add(body, "Env", env);
     env = NULL;
     if (r < 0)
         goto out;
@@ -635,14 +574,14 @@ static json_object *create_body(const struct stoke_container_config *cfg, int *e
             r = -EINVAL;
             goto out;
         }
-        if (obj_add(labels, l->key, json_object_new_string(l->value)) < 0)
+        if (stoke_json_add(labels, l->key, json_object_new_string(l->value)) < 0)
             goto out;
     }
-    r = obj_add(body, "Labels", labels);
+    r = stoke_json_add(body, "Labels", labels);
     labels = NULL;
     if (r < 0)
         goto out;
-    r = obj_add(body, "HostConfig", host_config(cfg));
+    r = stoke_json_add(body, "HostConfig", host_config(cfg));
     if (r < 0)
         goto out;
     *err = 0;
@@ -762,8 +701,8 @@ static int label_path(const char *prefix, const char *key, const char *value, co
     }
     r = -ENOMEM;
     filters = json_object_new_object();
-    if (!filters || obj_add(filters, "label", str_array1(label.data)) < 0 ||
-        (type && obj_add(filters, "type", str_array1(type)) < 0))
+    if (!filters || stoke_json_add(filters, "label", str_array1(label.data)) < 0 ||
+        (type && stoke_json_add(filters, "type", str_array1(type)) < 0))
         goto out;
     /* The string belongs to filters. */
     efilters = escape(json_object_to_json_string_ext(filters, JSON_C_TO_STRING_PLAIN));
@@ -858,7 +797,7 @@ static int on_event_line(char *line, size_t len, void *data)
     struct watch *w = data;
     if (len == 0)
         return 0;
-    json_object *o = parse_json(line, len);
+    json_object *o = stoke_json_parse(line, len);
     if (!o)
         return watch_stop(w, -EINVAL, "engine sent an event that is not JSON");
     if (w->len == EVENT_QUEUE_MAX) {
@@ -1280,7 +1219,7 @@ static void logs_on_done(CURL *easy, CURLcode rc, void *data)
         res->err = status_to_errno(res->http_status);
         if (res->err < 0) {
             json_object *m = NULL;
-            json = parse_json(l->errbody.data ? l->errbody.data : "", l->errbody.len);
+            json = stoke_json_parse(l->errbody.data ? l->errbody.data : "", l->errbody.len);
             /* _get_ex lends m: valid while json lives. */
             if (json && json_object_object_get_ex(json, "message", &m) &&
                 json_object_is_type(m, json_type_string))

@@ -40,4 +40,11 @@ int stoke_curluv_remove(struct stoke_curluv *m, CURL *easy);
  * loop. `m` must not be used after this call. Call it once. */
 void stoke_curluv_close(struct stoke_curluv *m, void (*on_closed)(void *data), void *data);
 
+/* The errno for a transfer's CURLcode: 0, -ECANCELED (aborted, as by
+ * stoke_curluv_close()), -ECONNREFUSED, -ETIMEDOUT, -ENOMEM, -EKEYREJECTED
+ * (the peer's certificate or ours refused), and for CURLE_WRITE_ERROR the
+ * reason the write callback stopped it, `write_err` (-ENOBUFS, a buffer
+ * over its cap, becomes -EFBIG; -EIO when it gave none); else -EIO. */
+int stoke_curluv_errno(CURLcode rc, int write_err);
+
 #endif
