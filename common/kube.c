@@ -219,35 +219,33 @@ static int launch(struct stoke__kube_call *c)
 {
     struct stoke_kube *k = c->k;
     struct curl_slist *h = NULL;
+    char ct[64] = "", *auth = NULL;
+    /* Expect: empty, or curl waits for a 100-continue before big bodies. */
+    const char *lines[4] = {"Accept: application/json", "Expect:", ct, NULL};
     int r = -ENOMEM;
 
     token_refresh(k, false);
+    if (c->content_type)
+        (void)snprintf(ct, sizeof(ct), "Content-Type: %s", c->content_type);
+    if (!k->auth && k->cfg.token && asprintf(&auth, "Authorization: Bearer %s", k->cfg.token) < 0)
+        return r;
+    lines[3] = k->auth ? k->auth : auth;
     curl_slist_free_all(c->headers);
     c->headers = NULL;
-    if (!(h = curl_slist_append(NULL, "Accept: application/json")) ||
-        !(c->headers = h, h = curl_slist_append(c->headers, "Expect:")))
-        return r;
-    c->headers = h;
-    if (c->content_type) {
-        char ct[64];
-        (void)snprintf(ct, sizeof(ct), "Content-Type: %s", c->content_type);
-        if (!(h = curl_slist_append(c->headers, ct)))
-            return r;
-        c->headers = h;
-    }
-    if (k->auth || k->cfg.token) {
-        char *tok = NULL;
-        if (!k->auth && asprintf(&tok, "Authorization: Bearer %s", k->cfg.token) < 0)
-            return r;
-        h = curl_slist_append(c->headers, k->auth ? k->auth : tok);
-        if (tok) {
-            explicit_bzero(tok, strlen(tok));
-            free(tok);
-        }
+    for (size_t i = 0; i < 4; i++) {
+        if (!lines[i] || !lines[i][0])
+            continue;
+        h = curl_slist_append(c->headers, lines[i]);
         if (!h)
-            return r;
+            break;
         c->headers = h;
     }
+    if (auth) {
+        explicit_bzero(auth, strlen(auth));
+        free(auth);
+    }
+    if (!h)
+        return r;
     if (curl_easy_setopt(c->easy, CURLOPT_HTTPHEADER, c->headers) != CURLE_OK)
         return -EINVAL;
     stoke_buf_clear(&c->resp);

@@ -308,7 +308,9 @@ int stoke_kube_elector_start(struct stoke_kube *k, const struct stoke_kube_elect
     el->lease_s = opts->lease_s ? opts->lease_s : 15;
     el->renew_s = opts->renew_s ? opts->renew_s : 10;
     el->retry_s = opts->retry_s ? opts->retry_s : 2;
-    if (el->renew_s >= el->lease_s || el->retry_s >= el->renew_s) {
+    /* A leader notices a missed renewal on its next try: it must have
+     * stepped down before the lease can expire for the others. */
+    if (el->renew_s + el->retry_s >= el->lease_s || el->retry_s >= el->renew_s) {
         free(el);
         return -EINVAL;
     }

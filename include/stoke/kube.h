@@ -185,13 +185,12 @@ int stoke_kube_delete(struct stoke_kube *k, const struct stoke_kube_resource *re
                       const char *name, const struct stoke_kube_delete_opts *opts, stoke_kube_cb cb,
                       void *data);
 
-/* Read, modify, update: GETs the object, calls `mutate` on it (owned by the
- * helper, changed in place; return 0 to write it, 1 when nothing needs
- * writing: cb then gets the object as read, or a negative errno to stop with
- * it), PUTs it (to `subresource` NULL or "status") with the resourceVersion
- * it was read at, and on 409 Conflict reads again, up to `attempts` times
- * (0: 5). cb gets the written object, or the last error (-ESTALE once the
- * attempts are spent). mutate runs from the loop. */
+/* Read, modify, update (`res` must outlive the call): GETs the object, calls `mutate` on it (owned
+ * by the helper, changed in place; return 0 to write it, 1 when nothing needs writing: cb then gets
+ * the object as read, or a negative errno to stop with it), PUTs it (to `subresource` NULL or
+ * "status") with the resourceVersion it was read at, and on 409 Conflict reads again, up to
+ * `attempts` times (0: 5). cb gets the written object, or the last error (-ESTALE once the attempts
+ * are spent). mutate runs from the loop. */
 typedef int (*stoke_kube_mutate_fn)(json_object *obj, void *data);
 int stoke_kube_update(struct stoke_kube *k, const struct stoke_kube_resource *res, const char *ns,
                       const char *name, const char *subresource, unsigned attempts,
@@ -325,7 +324,7 @@ struct stoke_kube_elector_opts {
     const char *identity; /* this candidate's holderIdentity */
     unsigned lease_s;     /* leaseDurationSeconds (0: 15) */
     unsigned renew_s;     /* a leader that could not renew for this long steps down (0: 10) */
-    unsigned retry_s;     /* how often to try (0: 2) */
+    unsigned retry_s;     /* how often to try (0: 2); renew_s + retry_s < lease_s */
     /* Leading started (true) or stopped (false). */
     void (*on_change)(bool leading, void *data);
     void *data;
@@ -333,6 +332,9 @@ struct stoke_kube_elector_opts {
 
 struct stoke_kube_elector;
 
+/* Starts trying at once, then every retry_s. Returns 0 and *ret, or
+ * -EINVAL (no name, identity or on_change; names too long; timings out of
+ * order), -ENOMEM. */
 int stoke_kube_elector_start(struct stoke_kube *k, const struct stoke_kube_elector_opts *opts,
                              struct stoke_kube_elector **ret);
 bool stoke_kube_elector_leading(const struct stoke_kube_elector *el);

@@ -697,7 +697,7 @@ static void test_leader_election(void **state)
         struct stoke_kube_elector_opts o = {.ns = g_ns,
                                             .name = "stoke-test-leader",
                                             .identity = c[i].id,
-                                            .lease_s = 4,
+                                            .lease_s = 5,
                                             .renew_s = 3,
                                             .retry_s = 1,
                                             .on_change = on_change,

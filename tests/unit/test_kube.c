@@ -522,6 +522,51 @@ static void test_lease(void **state)
     json_object_put(l);
 }
 
+static void on_lead(bool leading, void *data)
+{
+    (void)leading;
+    (void)data;
+    fail_msg("no elector should have started");
+}
+
+/* Options are checked before anything starts; nothing reaches the network. */
+static void test_elector_opts(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    struct stoke_kube_config c = {.server = "https://127.0.0.1:1", .namespace = "n"};
+    struct stoke_kube *k;
+    struct stoke_kube_elector *el = NULL;
+
+    assert_int_equal(uv_loop_init(&loop), 0);
+    assert_int_equal(stoke_kube_new(&loop, &c, &k), 0);
+    static const unsigned bad[][3] = {{4, 3, 1}, {15, 10, 5}, {15, 2, 2}, {10, 10, 1}};
+    for (size_t i = 0; i < 4; i++) {
+        struct stoke_kube_elector_opts o = {.name = "l",
+                                            .identity = "me",
+                                            .lease_s = bad[i][0],
+                                            .renew_s = bad[i][1],
+                                            .retry_s = bad[i][2],
+                                            .on_change = on_lead};
+        assert_int_equal(stoke_kube_elector_start(k, &o, &el), -EINVAL);
+    }
+    struct stoke_kube_elector_opts o = {.name = "l", .on_change = on_lead};
+    assert_int_equal(stoke_kube_elector_start(k, &o, &el), -EINVAL); /* no identity */
+    assert_null(el);
+    /* Neither a client without https nor a certificate without its key. */
+    struct stoke_kube *k2 = NULL;
+    c.server = "http://127.0.0.1:1";
+    assert_int_equal(stoke_kube_new(&loop, &c, &k2), -EINVAL);
+    c.server = "https://127.0.0.1:1";
+    c.cert = "x";
+    c.cert_len = 1;
+    assert_int_equal(stoke_kube_new(&loop, &c, &k2), -EINVAL);
+    assert_null(k2);
+    stoke_kube_close(k, NULL, NULL);
+    assert_int_equal(uv_run(&loop, UV_RUN_DEFAULT), 0);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -535,6 +580,7 @@ int main(void)
         cmocka_unit_test(test_path),
         cmocka_unit_test(test_time),
         cmocka_unit_test(test_lease),
+        cmocka_unit_test(test_elector_opts),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
