@@ -211,6 +211,19 @@ static void format_addr(char *buf, size_t size, const char *ip, uint16_t port)
         snprintf(buf, size, "%s:%u", ip, port);
 }
 
+/* A memory quantity as people write it (the API server keeps it as sent):
+ * 128Mi, not 134217728. */
+static void format_memory(char *buf, size_t size, uint64_t bytes)
+{
+    static const char *const units[] = {"Ki", "Mi", "Gi", "Ti"};
+    int u = -1;
+    while (u < 3 && bytes >= 1024 && bytes % 1024 == 0) {
+        bytes /= 1024;
+        u++;
+    }
+    snprintf(buf, size, "%" PRIu64 "%s", bytes, u < 0 ? "" : units[u]);
+}
+
 static int add_str(json_object *o, const char *key, const char *v)
 {
     return stoke_json_add(o, key, json_object_new_string(v));
@@ -324,7 +337,7 @@ static json_object *pod_manifest(struct kube_be *k, const struct stoke_spec *s,
     snprintf(buf, sizeof(buf), "%" PRIu64 "m", s->resources.cpu_millis);
     r |= add_str(req, "cpu", buf);
     r |= add_str(lim, "cpu", buf);
-    snprintf(buf, sizeof(buf), "%" PRIu64, s->resources.memory_bytes);
+    format_memory(buf, sizeof(buf), s->resources.memory_bytes);
     r |= add_str(req, "memory", buf);
     r |= add_str(lim, "memory", buf);
     r |= stoke_json_add(res, "requests", req);

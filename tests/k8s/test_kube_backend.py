@@ -1,0 +1,316 @@
+"""stoke on Kubernetes, end to end, against the real kube-apiserver of tests/k8s (with
+kube-controller-manager's garbage collector) and the kubelet stand-in (pods on the local
+Docker engine, 127.0.0.x pod IPs).
+
+stoke-controller runs as a host process with `--backend kubernetes`, under the chart's own
+ServiceAccount and Role (rendered from charts/stoke with helm, token from the TokenRequest
+API), so a permission the chart lacks fails here; with `--leader-elect` on the chart's
+Lease. stoke-activator runs as a host process beside it. A Function applied with kubectl
+scales from zero on the first request through the activator, to a pod the controller
+created (owned by the Function), back to zero when idle; deleting the Function removes its
+pods; a bad Function is refused by the API server's schema while the running one serves.
+Prints the cold start (first request to 200) from zero, median of 10.
+
+Needs the binaries of tests/k8s/build.sh (fails, never skips, without them: the cluster
+builds them when missing) and the image stoke-hello:1 (deploy/build-example.sh).
+Run: python3 tests/k8s/test_kube_backend.py [test_name ...]   (ctest -L k8s)
+"""
+
+import concurrent.futures
+import http.client
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.normpath(os.path.join(HERE, "..", ".."))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, "..", "e2e"))
+import cluster as kcluster  # noqa: E402
+import harness  # noqa: E402
+import kapi  # noqa: E402
+import kubelet  # noqa: E402
+
+BUILD = harness.BUILD
+IMAGE = harness.IMAGE
+NS = "stoke-e2e"
+RELEASE = "stoke"  # the chart's names: stoke-controller (SA, Role, Lease), stoke-function
+CRD_FILE = os.path.join(ROOT, "charts", "stoke", "files", "functions.stoke.dev.yaml")
+C = None
+S = {}  # processes, ports, files
+
+
+def log(m):
+    print("test: " + m, file=sys.stderr, flush=True)
+
+
+def fn_doc(name, extra_spec=None):
+    spec = {"image": IMAGE,
+            # The pod's own network namespace (a bridge pod): listen on every address.
+            "env": {"BIND_ADDR": "0.0.0.0"},
+            "scale": {"min": 0, "initial": 0, "max": 5, "window": "6s",
+                      "scaleToZeroGrace": "0s"},
+            "readiness": {"path": "/"}}
+    spec.update(extra_spec or {})
+    return {"apiVersion": "stoke.dev/v1", "kind": "Function",
+            "metadata": {"name": name, "namespace": NS}, "spec": spec}
+
+
+def kubectl(*args, check=True, input=None):
+    return C.kubectl(*args, check=check, input=input)
+
+
+def apply(doc, check=True):
+    return kubectl("apply", "-f", "-", input=json.dumps(doc), check=check)
+
+
+def pods(fn=None):
+    sel = "stoke.dev/managed=true,stoke.dev/instance=%s" % RELEASE
+    if fn:
+        sel += ",stoke.dev/function=" + fn
+    path = "/api/v1/namespaces/%s/pods?labelSelector=%s" % (NS, urllib.parse.quote(sel))
+    return C.admin.get(path)["items"]
+
+
+def live_pods(fn):
+    return [p for p in pods(fn) if not p["metadata"].get("deletionTimestamp")]
+
+
+def function(name):
+    return C.admin.get("/apis/stoke.dev/v1/namespaces/%s/functions/%s" % (NS, name))
+
+
+def call(fn, timeout=90):
+    c = http.client.HTTPConnection("127.0.0.1", S["port"], timeout=timeout)
+    try:
+        c.request("GET", "/fn/%s/" % fn)
+        r = c.getresponse()
+        return r.status, r.read().decode(errors="replace")
+    finally:
+        c.close()
+
+
+def ctl_log():
+    with open(S["ctl_log"], "rb") as f:
+        return f.read().decode(errors="replace")
+
+
+def wait_log(needle, timeout):
+    def seen():
+        if S["ctl"].poll() is not None:
+            raise AssertionError("controller exited %s:\n%s" % (S["ctl"].returncode,
+                                                                ctl_log()[-6000:]))
+        return needle in ctl_log()
+    kapi.wait_for(seen, timeout, "controller log: " + needle)
+
+
+def controller_kubeconfig():
+    """A kubeconfig with a token of the chart's controller ServiceAccount: the controller
+    has exactly the chart's Role."""
+    r = kubectl("create", "token", "-n", NS, "%s-controller" % RELEASE, "--duration=2h")
+    token = r.stdout.strip()
+    path = os.path.join(S["tmp"], "controller.kubeconfig")
+    with open(path, "w") as f:
+        f.write("""apiVersion: v1
+kind: Config
+clusters:
+- name: c
+  cluster: {server: "%s", certificate-authority: "%s"}
+users:
+- name: u
+  user: {token: "%s"}
+contexts:
+- name: x
+  context: {cluster: c, user: u, namespace: %s}
+current-context: x
+""" % (C.server, C.ca, token, NS))
+    return path
+
+
+def setup():
+    global C
+    C = kcluster.Cluster().start()
+    C.add_node()
+    C.create_namespace(NS)
+    S["tmp"] = tempfile.mkdtemp(prefix="stoke-kube-e2e-")
+    kubectl("apply", "--server-side", "-f", CRD_FILE)
+    kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/functions.stoke.dev")
+    # The chart's ServiceAccounts and the controller's Role, as helm renders them.
+    r = subprocess.run([os.path.join(C.bin, "helm"), "template", RELEASE,
+                        os.path.join(ROOT, "charts", "stoke"), "-n", NS,
+                        "--show-only", "templates/serviceaccounts.yaml",
+                        "--show-only", "templates/rbac.yaml"],
+                       env=C.env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    kubectl("apply", "-n", NS, "-f", "-", input=r.stdout)
+    S["ctl_port"] = harness.free_port()
+    S["port"] = harness.free_port()
+    S["ctl_log"] = os.path.join(S["tmp"], "controller.log")
+    S["act_log"] = os.path.join(S["tmp"], "activator.log")
+    argv = [os.path.join(BUILD, "stoke-controller"), "--backend", "kubernetes",
+            "--kubeconfig", controller_kubeconfig(), "--namespace", NS,
+            "--instance", RELEASE, "--listen", "127.0.0.1:%d" % S["ctl_port"],
+            "--ops-listen", "127.0.0.1:%d" % harness.free_port(), "--admin-socket", "none",
+            "--pod-service-account", "%s-function" % RELEASE,
+            "--url-prefix", "http://%s-activator.%s.svc:80/fn/" % (RELEASE, NS),
+            "--ready-timeout", "60s", "--leader-elect", "--lease-name",
+            "%s-controller" % RELEASE, "--lease-duration", "15s", "--identity", "e2e-1",
+            "--log-level", "debug"]
+    S["ctl"] = subprocess.Popen(argv, stdout=open(S["ctl_log"], "wb"),
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    S["act"] = subprocess.Popen(
+        [os.path.join(BUILD, "stoke-activator"), "--listen", "127.0.0.1:%d" % S["port"],
+         "--ops-listen", "127.0.0.1:%d" % harness.free_port(),
+         "--controller", "127.0.0.1:%d" % S["ctl_port"]],
+        stdout=open(S["act_log"], "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    wait_log('"ready: Functions of namespace %s' % NS, 60)
+
+
+def teardown():
+    failed = False
+    for name in ("act", "ctl"):
+        p = S.get(name)
+        if p and p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+                failed = True
+    if S.get("ctl_log") and os.environ.get("STOKE_K8S_KEEP"):
+        print(ctl_log()[-4000:])
+    run = C.run_id if C else None
+    if C:
+        C.stop()
+    if run:
+        left = kubelet.Docker().list({kubelet.L_RUN: run})
+        assert not left, "containers left: %s" % [c["Names"] for c in left]
+    assert not failed, "a daemon did not stop on SIGTERM"
+
+
+def test_1_scale_from_zero_to_an_owned_pod():
+    apply(fn_doc("hello"))
+    fn = kapi.wait_for(lambda: (lambda f: f if f.get("status", {}).get("observedGeneration")
+                                == 1 else None)(function("hello")), 30, "status written")
+    st = fn["status"]
+    ready = [c for c in st["conditions"] if c["type"] == "Ready"][0]
+    assert ready["status"] == "True" and ready["reason"] == "ScaledToZero", st
+    assert st["url"] == "http://%s-activator.%s.svc:80/fn/hello/" % (RELEASE, NS), st
+    assert st["desiredReplicas"] == 0 and st["readyReplicas"] == 0, st
+    assert "idle: remove" in ready["message"], ready  # what idle does on this backend
+    assert pods("hello") == [], "pods before any request"
+
+    status, body = call("hello")
+    assert status == 200, (status, body)
+    ps = live_pods("hello")
+    assert len(ps) == 1, [p["metadata"]["name"] for p in ps]
+    p = ps[0]
+    assert body.strip() == "hello from %s" % p["metadata"]["name"], body
+    md = p["metadata"]
+    assert md["ownerReferences"] == [{
+        "apiVersion": "stoke.dev/v1", "kind": "Function", "name": "hello",
+        "uid": fn["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}], md
+    assert md["labels"]["stoke.dev/function"] == "hello"
+    assert md["labels"]["stoke.dev/instance"] == RELEASE
+    assert md["annotations"]["stoke.dev/spec-hash"] == md["labels"]["stoke.dev/revision"]
+    spec = p["spec"]
+    assert spec["serviceAccountName"] == "%s-function" % RELEASE
+    assert spec["automountServiceAccountToken"] is False
+    assert spec["terminationGracePeriodSeconds"] >= 300  # the default request timeout
+    ctr = spec["containers"][0]
+    assert ctr["securityContext"] == {
+        "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True, "runAsNonRoot": True,
+        "seccompProfile": {"type": "RuntimeDefault"}}, ctr["securityContext"]
+    assert ctr["resources"]["limits"] == {"cpu": "500m", "memory": "128Mi"}, ctr["resources"]
+    assert {"name": "PORT", "value": "8080"} in ctr["env"]
+    assert ctr["ports"][0]["containerPort"] == 8080
+    assert ctr["readinessProbe"]["httpGet"]["path"] == "/"
+
+    def ready_status():
+        st = function("hello").get("status", {})
+        return st if st.get("readyReplicas") == 1 else None
+    kapi.wait_for(ready_status, 30, "status readyReplicas 1")
+
+
+def test_2_idle_back_to_zero_pods():
+    kapi.wait_for(lambda: pods("hello") == [], 90, "hello back to 0 pods")
+    st = function("hello")["status"]
+    kapi.wait_for(lambda: function("hello")["status"].get("readyReplicas") == 0, 30,
+                  "status readyReplicas 0")
+    assert st["lastError"] == "", st
+
+
+def test_3_concurrent_requests_at_zero_one_pod():
+    kapi.wait_for(lambda: pods("hello") == [], 90, "hello at 0 pods")
+    created = []
+    # Every pod of the function from now on, seen by a watch of our own.
+    rv = C.admin.get("/api/v1/namespaces/%s/pods?limit=1" % NS)["metadata"]["resourceVersion"]
+    n = 30
+    with concurrent.futures.ThreadPoolExecutor(n) as ex:
+        results = list(ex.map(lambda i: call("hello"), range(n)))
+    bad = [r for r in results if r[0] != 200]
+    assert not bad, "%d of %d failed: %s" % (len(bad), n, bad[:3])
+    names = {r[1].strip() for r in results}
+    assert len(names) == 1, names
+    path = "/api/v1/namespaces/%s/pods?labelSelector=%s" % (
+        NS, urllib.parse.quote("stoke.dev/function=hello"))
+    for ev in C.admin.watch_stream(path, rv, timeout_seconds=2):
+        if ev["type"] == "ADDED":
+            created.append(ev["object"]["metadata"]["name"])
+    assert len(created) == 1, "pods created for %d requests at zero: %s" % (n, created)
+    assert len(live_pods("hello")) == 1, [p["metadata"]["name"] for p in live_pods("hello")]
+
+
+def test_4_cold_start_median_of_10():
+    times = []
+    for i in range(10):
+        name = "cold-%d" % i
+        apply(fn_doc(name))
+        wait_log('"function added (image %s' % IMAGE, 30)
+        kapi.wait_for(lambda: (function(name).get("status") or {}).get("observedGeneration")
+                      == 1, 30, "%s applied" % name)
+        assert pods(name) == []
+        t0 = time.monotonic()
+        status, body = call(name)
+        times.append(time.monotonic() - t0)
+        assert status == 200, (status, body)
+    times.sort()
+    print("cold start from zero on Kubernetes (first request to 200), 10 functions: "
+          "median %.0f ms, min %.0f ms, max %.0f ms" % (
+              statistics.median(times) * 1000, times[0] * 1000, times[-1] * 1000), flush=True)
+    for i in range(10):
+        kubectl("delete", "function", "-n", NS, "cold-%d" % i, "--wait=false")
+
+
+def test_5_bad_function_refused_running_one_serves():
+    r = apply(fn_doc("bad", {"scale": {"min": -1}}), check=False)
+    assert r.returncode != 0, r.stdout
+    assert "spec.scale.min" in r.stderr, r.stderr
+    bad = fn_doc("hello", {"timeout": "forever"})
+    r = apply(bad, check=False)
+    assert r.returncode != 0 and "spec.timeout" in r.stderr, r.stderr
+    status, body = call("hello")
+    assert status == 200, (status, body)
+    assert function("hello")["metadata"]["generation"] == 1
+
+
+def test_6_delete_function_removes_its_pods():
+    status, _ = call("hello")
+    assert status == 200
+    assert len(live_pods("hello")) == 1
+    kubectl("delete", "function", "-n", NS, "hello", "--wait=false")
+    kapi.wait_for(lambda: pods("hello") == [], 90, "hello's pods gone")
+    kapi.wait_for(lambda: all(pods("cold-%d" % i) == [] for i in range(10)), 120,
+                  "the cold-* functions' pods gone")
+    assert S["ctl"].poll() is None, ctl_log()[-4000:]
+
+
+if __name__ == "__main__":
+    harness.run_tests(dict(globals()), setup=setup, teardown=teardown)
