@@ -224,180 +224,138 @@ static void format_memory(char *buf, size_t size, uint64_t bytes)
     snprintf(buf, size, "%" PRIu64 "%s", bytes, u < 0 ? "" : units[u]);
 }
 
+/* Building JSON: each helper adds to `o` (which owns what it is given) and
+ * returns 0 or -ENOMEM; `o` NULL (a failed child()) fails too, so a
+ * manifest is built without checking each step and checked once. */
+static int put(json_object *o, const char *key, json_object *v)
+{
+    if (!o) {
+        json_object_put(v);
+        return -ENOMEM;
+    }
+    return stoke_json_add(o, key, v);
+}
+
 static int add_str(json_object *o, const char *key, const char *v)
 {
-    return stoke_json_add(o, key, json_object_new_string(v));
+    return put(o, key, json_object_new_string(v));
 }
 
-static json_object *env_var(const char *name, const char *value)
+static int add_int(json_object *o, const char *key, int64_t v)
 {
-    json_object *e = json_object_new_object();
-    if (e && (add_str(e, "name", name) < 0 || add_str(e, "value", value) < 0)) {
-        json_object_put(e);
+    return put(o, key, json_object_new_int64(v));
+}
+
+static int add_bool(json_object *o, const char *key, bool v)
+{
+    return put(o, key, json_object_new_boolean(v));
+}
+
+/* A new object (or array) under `key` of `o`, borrowed (o owns it); NULL
+ * when out of memory. */
+static json_object *child(json_object *o, const char *key, bool array)
+{
+    json_object *c = array ? json_object_new_array() : json_object_new_object();
+    if (!o || !c || json_object_object_add(o, key, c) < 0) {
+        json_object_put(c);
         return NULL;
     }
-    return e;
+    return c;
 }
 
-static json_object *restricted_context(bool read_only)
+/* A new object appended to array `a`, borrowed; NULL when out of memory. */
+static json_object *append(json_object *a)
 {
-    json_object *sc = json_object_new_object(), *caps = json_object_new_object();
-    json_object *drop = json_object_new_array(), *sec = json_object_new_object();
-    int r = -ENOMEM;
-    if (sc && caps && drop && sec) {
-        r = json_object_array_add(drop, json_object_new_string("ALL"));
-        r |= stoke_json_add(caps, "drop", drop);
-        drop = NULL;
-        r |= add_str(sec, "type", "RuntimeDefault");
-        r |= stoke_json_add(sc, "allowPrivilegeEscalation", json_object_new_boolean(false));
-        r |= stoke_json_add(sc, "capabilities", caps);
-        caps = NULL;
-        r |= stoke_json_add(sc, "readOnlyRootFilesystem", json_object_new_boolean(read_only));
-        r |= stoke_json_add(sc, "runAsNonRoot", json_object_new_boolean(true));
-        r |= stoke_json_add(sc, "seccompProfile", sec);
-        sec = NULL;
-    }
-    json_object_put(caps);
-    json_object_put(drop);
-    json_object_put(sec);
-    if (r != 0) {
-        json_object_put(sc);
+    json_object *c = json_object_new_object();
+    if (!a || !c || json_object_array_add(a, c) < 0) {
+        json_object_put(c);
         return NULL;
     }
-    return sc;
+    return c;
 }
 
-/* The Pod of a replica of `s` at `revision`, named `name`. */
+static int add_env(json_object *env, const char *name, const char *value)
+{
+    json_object *e = append(env);
+    return add_str(e, "name", name) | add_str(e, "value", value);
+}
+
+/* The restricted Pod Security profile's container settings. */
+static int restricted_context(json_object *ctr, bool read_only)
+{
+    json_object *sc = child(ctr, "securityContext", false);
+    json_object *drop = child(child(sc, "capabilities", false), "drop", true);
+    int r = add_bool(sc, "allowPrivilegeEscalation", false);
+    r |= drop ? json_object_array_add(drop, json_object_new_string("ALL")) : -ENOMEM;
+    r |= add_bool(sc, "readOnlyRootFilesystem", read_only);
+    r |= add_bool(sc, "runAsNonRoot", true);
+    r |= add_str(child(sc, "seccompProfile", false), "type", "RuntimeDefault");
+    return r;
+}
+
+/* The Pod of a replica of `s` at `revision`, named `name`; owned, or NULL. */
 static json_object *pod_manifest(struct kube_be *k, const struct stoke_spec *s,
                                  const char *revision, const char *name, const char *owner_uid)
 {
-    json_object *pod = json_object_new_object(), *md = json_object_new_object();
-    json_object *labels = json_object_new_object(), *ann = json_object_new_object();
-    json_object *owner = json_object_new_object(), *owners = json_object_new_array();
-    json_object *spec = json_object_new_object(), *ctr = json_object_new_object();
-    json_object *ctrs = json_object_new_array(), *env = json_object_new_array();
-    json_object *ports = json_object_new_array(), *port = json_object_new_object();
-    json_object *res = json_object_new_object(), *req = json_object_new_object();
-    json_object *lim = json_object_new_object(), *probe = json_object_new_object();
-    json_object *how = json_object_new_object(), *psc = json_object_new_object();
-    json_object *psec = json_object_new_object();
-    char buf[64];
-    int r = -ENOMEM;
+    json_object *pod = json_object_new_object();
+    char port[8], buf[64];
+    snprintf(port, sizeof(port), "%u", s->port);
+    int r = add_str(pod, "apiVersion", "v1") | add_str(pod, "kind", "Pod");
 
-    if (!pod || !md || !labels || !ann || !owner || !owners || !spec || !ctr || !ctrs || !env ||
-        !ports || !port || !res || !req || !lim || !probe || !how || !psc || !psec)
-        goto out;
-    r = add_str(pod, "apiVersion", "v1");
-    r |= add_str(pod, "kind", "Pod");
-    /* metadata */
-    r |= add_str(md, "name", name);
-    r |= add_str(md, "namespace", k->ns);
-    r |= add_str(labels, L_MANAGED, "true");
-    r |= add_str(labels, L_INSTANCE, k->instance);
-    r |= add_str(labels, L_FUNCTION, s->name);
-    r |= add_str(labels, L_REVISION, revision);
-    r |= add_str(ann, A_SPEC_HASH, revision);
-    snprintf(buf, sizeof(buf), "%u", s->port);
-    r |= add_str(ann, A_PORT, buf);
-    r |= add_str(owner, "apiVersion", "stoke.dev/v1");
-    r |= add_str(owner, "kind", "Function");
-    r |= add_str(owner, "name", s->name);
-    r |= add_str(owner, "uid", owner_uid);
-    r |= stoke_json_add(owner, "controller", json_object_new_boolean(true));
-    r |= stoke_json_add(owner, "blockOwnerDeletion", json_object_new_boolean(true));
-    r |= json_object_array_add(owners, owner);
-    owner = NULL;
-    r |= stoke_json_add(md, "labels", labels);
-    labels = NULL;
-    r |= stoke_json_add(md, "annotations", ann);
-    ann = NULL;
-    r |= stoke_json_add(md, "ownerReferences", owners);
-    owners = NULL;
-    r |= stoke_json_add(pod, "metadata", md);
-    md = NULL;
-    /* the container */
-    r |= add_str(ctr, "name", "function");
-    r |= add_str(ctr, "image", s->image);
+    json_object *md = child(pod, "metadata", false);
+    r |= add_str(md, "name", name) | add_str(md, "namespace", k->ns);
+    json_object *labels = child(md, "labels", false);
+    r |= add_str(labels, L_MANAGED, "true") | add_str(labels, L_INSTANCE, k->instance);
+    r |= add_str(labels, L_FUNCTION, s->name) | add_str(labels, L_REVISION, revision);
+    json_object *ann = child(md, "annotations", false);
+    r |= add_str(ann, A_SPEC_HASH, revision) | add_str(ann, A_PORT, port);
+    /* Deleting the Function deletes its pods (the garbage collector). */
+    json_object *owner = append(child(md, "ownerReferences", true));
+    r |= add_str(owner, "apiVersion", "stoke.dev/v1") | add_str(owner, "kind", "Function");
+    r |= add_str(owner, "name", s->name) | add_str(owner, "uid", owner_uid);
+    r |= add_bool(owner, "controller", true) | add_bool(owner, "blockOwnerDeletion", true);
+
+    json_object *spec = child(pod, "spec", false);
+    json_object *ctr = append(child(spec, "containers", true));
+    r |= add_str(ctr, "name", "function") | add_str(ctr, "image", s->image);
     r |= add_str(ctr, "imagePullPolicy", "IfNotPresent");
+    json_object *env = child(ctr, "env", true);
     for (size_t i = 0; i < s->env_len; i++)
-        r |= json_object_array_add(env, env_var(s->env[i].name, s->env[i].value));
-    r |= json_object_array_add(env, env_var("PORT", buf));
-    r |= json_object_array_add(env, env_var("STOKE_FUNCTION", s->name));
-    r |= json_object_array_add(env, env_var("STOKE_REVISION", revision));
-    r |= json_object_array_add(env, env_var("STOKE_REPLICA", name));
-    r |= stoke_json_add(ctr, "env", env);
-    env = NULL;
-    r |= add_str(port, "name", "http");
-    r |= stoke_json_add(port, "containerPort", json_object_new_int(s->port));
-    r |= add_str(port, "protocol", "TCP");
-    r |= json_object_array_add(ports, port);
-    port = NULL;
-    r |= stoke_json_add(ctr, "ports", ports);
-    ports = NULL;
+        r |= add_env(env, s->env[i].name, s->env[i].value);
+    /* What stoke tells every replica, as on Docker. */
+    r |= add_env(env, "PORT", port) | add_env(env, "STOKE_FUNCTION", s->name);
+    r |= add_env(env, "STOKE_REVISION", revision) | add_env(env, "STOKE_REPLICA", name);
+    json_object *cport = append(child(ctr, "ports", true));
+    r |= add_str(cport, "name", "http") | add_int(cport, "containerPort", s->port);
+    r |= add_str(cport, "protocol", "TCP");
+    /* Requests = limits: the spec's resources are what the pod gets. */
+    json_object *res = child(ctr, "resources", false);
+    json_object *req = child(res, "requests", false), *lim = child(res, "limits", false);
     snprintf(buf, sizeof(buf), "%" PRIu64 "m", s->resources.cpu_millis);
-    r |= add_str(req, "cpu", buf);
-    r |= add_str(lim, "cpu", buf);
+    r |= add_str(req, "cpu", buf) | add_str(lim, "cpu", buf);
     format_memory(buf, sizeof(buf), s->resources.memory_bytes);
-    r |= add_str(req, "memory", buf);
-    r |= add_str(lim, "memory", buf);
-    r |= stoke_json_add(res, "requests", req);
-    req = NULL;
-    r |= stoke_json_add(res, "limits", lim);
-    lim = NULL;
-    r |= stoke_json_add(ctr, "resources", res);
-    res = NULL;
+    r |= add_str(req, "memory", buf) | add_str(lim, "memory", buf);
+    json_object *probe = child(ctr, "readinessProbe", false);
+    json_object *how = child(probe, s->readiness.path ? "httpGet" : "tcpSocket", false);
     if (s->readiness.path)
         r |= add_str(how, "path", s->readiness.path);
-    r |= stoke_json_add(how, "port", json_object_new_int(s->port));
-    r |= stoke_json_add(probe, s->readiness.path ? "httpGet" : "tcpSocket", how);
-    how = NULL;
+    r |= add_int(how, "port", s->port);
     uint64_t period_s = (s->readiness.period_ms + 999) / 1000;
-    r |= stoke_json_add(probe, "periodSeconds", json_object_new_int64(period_s ? period_s : 1));
-    r |= stoke_json_add(ctr, "readinessProbe", probe);
-    probe = NULL;
-    r |= stoke_json_add(ctr, "securityContext", restricted_context(s->read_only_rootfs));
-    r |= json_object_array_add(ctrs, ctr);
-    ctr = NULL;
-    /* the pod */
-    r |= stoke_json_add(spec, "containers", ctrs);
-    ctrs = NULL;
+    r |= add_int(probe, "periodSeconds", (int64_t)period_s);
+    r |= restricted_context(ctr, s->read_only_rootfs);
+
     r |= add_str(spec, "restartPolicy", "Never");
-    r |= stoke_json_add(spec, "automountServiceAccountToken", json_object_new_boolean(false));
-    r |= stoke_json_add(spec, "enableServiceLinks", json_object_new_boolean(false));
+    r |= add_bool(spec, "automountServiceAccountToken", false);
+    r |= add_bool(spec, "enableServiceLinks", false);
     if (k->sa)
         r |= add_str(spec, "serviceAccountName", k->sa);
     /* Drained before it is deleted, but a request may still run its whole
      * timeout when a pod is deleted by someone else. */
-    r |= stoke_json_add(
-        spec, "terminationGracePeriodSeconds",
-        json_object_new_int64((int64_t)((s->timeout_ms + 999) / 1000) + GRACE_EXTRA_S));
-    r |= stoke_json_add(psc, "runAsNonRoot", json_object_new_boolean(true));
-    r |= add_str(psec, "type", "RuntimeDefault");
-    r |= stoke_json_add(psc, "seccompProfile", psec);
-    psec = NULL;
-    r |= stoke_json_add(spec, "securityContext", psc);
-    psc = NULL;
-    r |= stoke_json_add(pod, "spec", spec);
-    spec = NULL;
-out:
-    json_object_put(md);
-    json_object_put(labels);
-    json_object_put(ann);
-    json_object_put(owner);
-    json_object_put(owners);
-    json_object_put(spec);
-    json_object_put(ctr);
-    json_object_put(ctrs);
-    json_object_put(env);
-    json_object_put(ports);
-    json_object_put(port);
-    json_object_put(res);
-    json_object_put(req);
-    json_object_put(lim);
-    json_object_put(probe);
-    json_object_put(how);
-    json_object_put(psc);
-    json_object_put(psec);
+    r |= add_int(spec, "terminationGracePeriodSeconds",
+                 (int64_t)((s->timeout_ms + 999) / 1000) + GRACE_EXTRA_S);
+    json_object *psc = child(spec, "securityContext", false);
+    r |= add_bool(psc, "runAsNonRoot", true);
+    r |= add_str(child(psc, "seccompProfile", false), "type", "RuntimeDefault");
     if (r != 0) {
         json_object_put(pod);
         return NULL;

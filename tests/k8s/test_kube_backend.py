@@ -95,8 +95,8 @@ def call(fn, timeout=90):
         c.close()
 
 
-def ctl_log():
-    with open(S["ctl_log"], "rb") as f:
+def ctl_log(path=None):
+    with open(path or S["ctl_log"], "rb") as f:
         return f.read().decode(errors="replace")
 
 
@@ -106,7 +106,11 @@ def wait_log(needle, timeout):
             raise AssertionError("controller exited %s:\n%s" % (S["ctl"].returncode,
                                                                 ctl_log()[-6000:]))
         return needle in ctl_log()
-    kapi.wait_for(seen, timeout, "controller log: " + needle)
+    try:
+        kapi.wait_for(seen, timeout, "controller log: " + needle)
+    except AssertionError:
+        print("---- controller log ----\n" + ctl_log()[-6000:], flush=True)
+        raise
 
 
 def controller_kubeconfig():
@@ -132,6 +136,26 @@ current-context: x
     return path
 
 
+def start_controller(identity):
+    logpath = os.path.join(S["tmp"], "controller-%s.log" % identity)
+    argv = [os.path.join(BUILD, "stoke-controller"), "--backend", "kubernetes",
+            "--kubeconfig", S["kubeconfig"], "--namespace", NS,
+            "--instance", RELEASE, "--listen", "127.0.0.1:%d" % S["ctl_port"],
+            "--ops-listen", "127.0.0.1:%d" % harness.free_port(), "--admin-socket", "none",
+            "--pod-service-account", "%s-function" % RELEASE,
+            "--url-prefix", "http://%s-activator.%s.svc:80/fn/" % (RELEASE, NS),
+            "--ready-timeout", "60s", "--leader-elect", "--lease-name",
+            "%s-controller" % RELEASE, "--lease-duration", "15s", "--identity", identity,
+            "--log-level", "debug"]
+    p = subprocess.Popen(argv, stdout=open(logpath, "wb"), stderr=subprocess.STDOUT,
+                         start_new_session=True)
+    pidfile = os.environ.get("STOKE_TEST_PIDFILE")
+    if pidfile:
+        with open(pidfile, "a") as f:
+            f.write("%d\n" % p.pid)
+    return p, logpath
+
+
 def setup():
     global C
     C = kcluster.Cluster().start()
@@ -150,30 +174,25 @@ def setup():
     kubectl("apply", "-n", NS, "-f", "-", input=r.stdout)
     S["ctl_port"] = harness.free_port()
     S["port"] = harness.free_port()
-    S["ctl_log"] = os.path.join(S["tmp"], "controller.log")
     S["act_log"] = os.path.join(S["tmp"], "activator.log")
-    argv = [os.path.join(BUILD, "stoke-controller"), "--backend", "kubernetes",
-            "--kubeconfig", controller_kubeconfig(), "--namespace", NS,
-            "--instance", RELEASE, "--listen", "127.0.0.1:%d" % S["ctl_port"],
-            "--ops-listen", "127.0.0.1:%d" % harness.free_port(), "--admin-socket", "none",
-            "--pod-service-account", "%s-function" % RELEASE,
-            "--url-prefix", "http://%s-activator.%s.svc:80/fn/" % (RELEASE, NS),
-            "--ready-timeout", "60s", "--leader-elect", "--lease-name",
-            "%s-controller" % RELEASE, "--lease-duration", "15s", "--identity", "e2e-1",
-            "--log-level", "debug"]
-    S["ctl"] = subprocess.Popen(argv, stdout=open(S["ctl_log"], "wb"),
-                                stderr=subprocess.STDOUT, start_new_session=True)
+    S["kubeconfig"] = controller_kubeconfig()
+    S["ctl"], S["ctl_log"] = start_controller("e2e-1")
     S["act"] = subprocess.Popen(
         [os.path.join(BUILD, "stoke-activator"), "--listen", "127.0.0.1:%d" % S["port"],
          "--ops-listen", "127.0.0.1:%d" % harness.free_port(),
          "--controller", "127.0.0.1:%d" % S["ctl_port"]],
         stdout=open(S["act_log"], "wb"), stderr=subprocess.STDOUT, start_new_session=True)
     wait_log('"ready: Functions of namespace %s' % NS, 60)
+    # A second controller on the same channel address: it follows (and does not
+    # listen) until the leader's Lease is gone.
+    S["standby"], S["standby_log"] = start_controller("e2e-2")
+    kapi.wait_for(lambda: '"following: waiting for Lease' in ctl_log(S["standby_log"]), 30,
+                  "the standby to follow")
 
 
 def teardown():
     failed = False
-    for name in ("act", "ctl"):
+    for name in ("act", "ctl", "standby"):
         p = S.get(name)
         if p and p.poll() is None:
             p.terminate()
@@ -268,7 +287,89 @@ def test_3_concurrent_requests_at_zero_one_pod():
     assert len(live_pods("hello")) == 1, [p["metadata"]["name"] for p in live_pods("hello")]
 
 
-def test_4_cold_start_median_of_10():
+class Load:
+    """Requests to `fn` through the activator in a loop, in a thread, until stopped."""
+
+    def __init__(self, fn):
+        import threading
+        self.fn, self.results, self.stopping = fn, [], threading.Event()
+        self.t = threading.Thread(target=self.run, daemon=True)
+        self.t.start()
+
+    def run(self):
+        while not self.stopping.is_set():
+            try:
+                self.results.append(call(self.fn, timeout=60))
+            except OSError as e:
+                self.results.append((0, str(e)))
+            time.sleep(0.05)
+
+    def stop(self):
+        self.stopping.set()
+        self.t.join(90)
+        return self.results
+
+
+def test_4_pod_deleted_outside_is_replaced():
+    status, body = call("hello")
+    assert status == 200, (status, body)
+    old = live_pods("hello")
+    assert len(old) == 1, old
+    old = old[0]["metadata"]["name"]
+    load = Load("hello")
+    try:
+        C.admin.delete("/api/v1/namespaces/%s/pods/%s" % (NS, old))
+        wait_log("was removed outside stoke", 30)
+
+        def replaced():
+            ps = live_pods("hello")
+            return ps if len(ps) == 1 and ps[0]["metadata"]["name"] != old else None
+        new = kapi.wait_for(replaced, 60, "a new pod for hello")[0]["metadata"]["name"]
+        kapi.wait_for(lambda: any(r[0] == 200 and new in r[1] for r in load.results[-5:]),
+                      60, "answers from the new pod %s" % new)
+    finally:
+        results = load.stop()
+    assert len(live_pods("hello")) == 1, [p["metadata"]["name"] for p in live_pods("hello")]
+    log("pod %s deleted outside stoke: replaced by %s; %d requests, %d not 200 (in flight to "
+        "the deleted pod)" % (old, new, len(results), sum(r[0] != 200 for r in results)))
+
+
+def test_5_leader_killed_standby_takes_over_and_adopts():
+    status, body = call("hello")
+    assert status == 200, (status, body)
+    before = [p["metadata"]["name"] for p in live_pods("hello")]
+    assert len(before) == 1, before
+    load = Load("hello")
+    try:
+        kapi.wait_for(lambda: len(load.results) >= 5, 30, "requests before the kill")
+        S["ctl"].kill()
+        S["ctl"].wait()
+        t0 = time.monotonic()
+        wait_standby = '"leading: holding Lease %s/%s-controller as e2e-2' % (NS, RELEASE)
+        kapi.wait_for(lambda: wait_standby in ctl_log(S["standby_log"]), 40,
+                      "the standby to take the Lease")
+        took = time.monotonic() - t0
+        kapi.wait_for(lambda: '"adopted replica %s' % before[0][:12] in
+                      ctl_log(S["standby_log"]), 30, "the standby to adopt " + before[0])
+        kapi.wait_for(lambda: '"ready: Functions of namespace' in ctl_log(S["standby_log"]), 30,
+                      "the standby ready")
+        n = len(load.results)
+        kapi.wait_for(lambda: len(load.results) >= n + 5, 30, "requests after the takeover")
+    finally:
+        results = load.stop()
+    S["ctl"], S["ctl_log"] = S.pop("standby"), S.pop("standby_log")
+    bad = [r for r in results if r[0] != 200]
+    assert not bad, "%d of %d failed: %s" % (len(bad), len(results), bad[:3])
+    after = [p["metadata"]["name"] for p in live_pods("hello")]
+    assert after == before, (before, after)
+    lease = C.admin.get("/apis/coordination.k8s.io/v1/namespaces/%s/leases/%s-controller" %
+                        (NS, RELEASE))
+    assert lease["spec"]["holderIdentity"] == "e2e-2", lease["spec"]
+    print("leader kill -9: the standby held the Lease %.1f s later (lease 15 s), adopted %s; "
+          "%d requests meanwhile, all 200" % (took, before[0], len(results)), flush=True)
+
+
+def test_6_cold_start_median_of_10():
     times = []
     for i in range(10):
         name = "cold-%d" % i
@@ -289,7 +390,7 @@ def test_4_cold_start_median_of_10():
         kubectl("delete", "function", "-n", NS, "cold-%d" % i, "--wait=false")
 
 
-def test_5_bad_function_refused_running_one_serves():
+def test_7_bad_function_refused_running_one_serves():
     r = apply(fn_doc("bad", {"scale": {"min": -1}}), check=False)
     assert r.returncode != 0, r.stdout
     assert "spec.scale.min" in r.stderr, r.stderr
@@ -301,7 +402,7 @@ def test_5_bad_function_refused_running_one_serves():
     assert function("hello")["metadata"]["generation"] == 1
 
 
-def test_6_delete_function_removes_its_pods():
+def test_8_delete_function_removes_its_pods():
     status, _ = call("hello")
     assert status == 200
     assert len(live_pods("hello")) == 1
