@@ -155,6 +155,9 @@ static void fn_delete(struct kubefn *kf, json_object *obj)
     struct kfn *f = name ? kfn_find(kf, name, false) : NULL;
     if (!name)
         return;
+    struct function *fn = ctrl_function_find(kf->c, name);
+    if ((!fn || fn->deleted) && !f)
+        return; /* said already */
     stoke_info(name, "Function %s/%s deleted: scaling to zero", kf->ns, name);
     ctrl_function_delete(kf->c, name);
     if (f) {
@@ -164,15 +167,21 @@ static void fn_delete(struct kubefn *kf, json_object *obj)
     }
 }
 
-static void on_fn_event(enum stoke_kube_event_type type, json_object *obj, void *data)
+static void fn_changed(struct kubefn *kf, enum stoke_kube_event_type type, json_object *obj)
 {
-    struct kubefn *kf = data;
-    if (!kf->loaded)
-        return; /* kubefn_load() reads the cache */
-    if (type == STOKE_KUBE_DELETED)
+    /* Being deleted (foreground deletion waits for its pods): deleted. */
+    if (type == STOKE_KUBE_DELETED ||
+        json_object_object_get(stoke_json_obj(obj, "metadata"), "deletionTimestamp"))
         fn_delete(kf, obj);
     else
         fn_apply(kf, obj);
+}
+
+static void on_fn_event(enum stoke_kube_event_type type, json_object *obj, void *data)
+{
+    struct kubefn *kf = data;
+    if (kf->loaded) /* before, kubefn_load() reads the cache */
+        fn_changed(kf, type, obj);
 }
 
 static void on_fn_synced(void *data)
@@ -198,7 +207,7 @@ int kubefn_load(struct ctrl *c)
     json_object_object_foreach(cache, key, obj)
     {
         (void)key;
-        fn_apply(kf, obj);
+        fn_changed(kf, STOKE_KUBE_ADDED, obj);
     }
     return 0;
 }
