@@ -20,6 +20,7 @@ import concurrent.futures
 import http.client
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -191,26 +192,37 @@ def setup():
 
 
 def teardown():
-    failed = False
-    for name in ("act", "ctl", "standby"):
+    problems = []
+    for name in ("act", "ctl", "standby", "old_ctl"):
         p = S.get(name)
-        if p and p.poll() is None:
+        if not p:
+            continue
+        if p.poll() is None:
             p.terminate()
             try:
                 p.wait(30)
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-                failed = True
-    if S.get("ctl_log") and os.environ.get("STOKE_K8S_KEEP"):
-        print(ctl_log()[-4000:])
+                problems.append("%s did not stop on SIGTERM" % name)
+        if p.returncode != 0 and p is not S.get("killed"):
+            problems.append("%s exited %s" % (name, p.returncode))
+    # Sanitizer builds (STOKE_BUILD_DIR=build-asan) report into the daemons' logs.
+    for f in sorted(os.listdir(S.get("tmp", "/nonexistent"))) if S.get("tmp") else []:
+        if f.endswith(".log"):
+            text = ctl_log(os.path.join(S["tmp"], f))
+            if "Sanitizer" in text or "runtime error:" in text:
+                problems.append("%s:\n%s" % (f, text[-4000:]))
     run = C.run_id if C else None
     if C:
         C.stop()
     if run:
         left = kubelet.Docker().list({kubelet.L_RUN: run})
-        assert not left, "containers left: %s" % [c["Names"] for c in left]
-    assert not failed, "a daemon did not stop on SIGTERM"
+        if left:
+            problems.append("containers left: %s" % [c["Names"] for c in left])
+    if S.get("tmp") and not os.environ.get("STOKE_K8S_KEEP"):
+        shutil.rmtree(S["tmp"], ignore_errors=True)  # it holds a token
+    assert not problems, "\n".join(problems)
 
 
 def test_1_scale_from_zero_to_an_owned_pod():
@@ -344,6 +356,7 @@ def test_5_leader_killed_standby_takes_over_and_adopts():
         kapi.wait_for(lambda: len(load.results) >= 5, 30, "requests before the kill")
         S["ctl"].kill()
         S["ctl"].wait()
+        S["killed"] = S["ctl"]
         t0 = time.monotonic()
         wait_standby = '"leading: holding Lease %s/%s-controller as e2e-2' % (NS, RELEASE)
         kapi.wait_for(lambda: wait_standby in ctl_log(S["standby_log"]), 40,
@@ -358,6 +371,7 @@ def test_5_leader_killed_standby_takes_over_and_adopts():
     finally:
         results = load.stop()
     S["ctl"], S["ctl_log"] = S.pop("standby"), S.pop("standby_log")
+    S["old_ctl"] = S["killed"]
     bad = [r for r in results if r[0] != 200]
     assert not bad, "%d of %d failed: %s" % (len(bad), len(results), bad[:3])
     after = [p["metadata"]["name"] for p in live_pods("hello")]
@@ -369,7 +383,36 @@ def test_5_leader_killed_standby_takes_over_and_adopts():
           "%d requests meanwhile, all 200" % (took, before[0], len(results)), flush=True)
 
 
-def test_6_cold_start_median_of_10():
+def test_6_spec_change_rolls_the_pod_over_without_a_failed_request():
+    status, body = call("hello")
+    assert status == 200, (status, body)
+    old = live_pods("hello")
+    assert len(old) == 1
+    old_rev = old[0]["metadata"]["labels"]["stoke.dev/revision"]
+    load = Load("hello")
+    try:
+        kapi.wait_for(lambda: len(load.results) >= 5, 30, "requests before the change")
+        apply(fn_doc("hello", {"env": {"BIND_ADDR": "0.0.0.0", "GREETING": "bonjour"}}))
+
+        def rolled():
+            ps = pods("hello")
+            return ps if ps and all(p["metadata"]["labels"]["stoke.dev/revision"] != old_rev
+                                    for p in ps) else None
+        new = kapi.wait_for(rolled, 90, "only pods of the new revision")
+        kapi.wait_for(lambda: any(r[1].startswith("bonjour from") for r in load.results[-3:]),
+                      30, "answers of the new revision")
+    finally:
+        results = load.stop()
+    bad = [r for r in results if r[0] != 200]
+    assert not bad, "%d of %d failed: %s" % (len(bad), len(results), bad[:3])
+    assert len(new) == 1, [p["metadata"]["name"] for p in new]
+    kapi.wait_for(lambda: function("hello")["status"].get("observedGeneration") == 2, 30,
+                  "status of generation 2")
+    log("rollout: %s -> %s, %d requests, all 200" % (
+        old[0]["metadata"]["name"], new[0]["metadata"]["name"], len(results)))
+
+
+def test_7_cold_start_median_of_10():
     times = []
     for i in range(10):
         name = "cold-%d" % i
@@ -390,7 +433,7 @@ def test_6_cold_start_median_of_10():
         kubectl("delete", "function", "-n", NS, "cold-%d" % i, "--wait=false")
 
 
-def test_7_bad_function_refused_running_one_serves():
+def test_8_bad_function_refused_running_one_serves():
     r = apply(fn_doc("bad", {"scale": {"min": -1}}), check=False)
     assert r.returncode != 0, r.stdout
     assert "spec.scale.min" in r.stderr, r.stderr
@@ -399,10 +442,10 @@ def test_7_bad_function_refused_running_one_serves():
     assert r.returncode != 0 and "spec.timeout" in r.stderr, r.stderr
     status, body = call("hello")
     assert status == 200, (status, body)
-    assert function("hello")["metadata"]["generation"] == 1
+    assert function("hello")["metadata"]["generation"] == 2  # test_6's
 
 
-def test_8_delete_function_removes_its_pods():
+def test_9_delete_function_removes_its_pods():
     status, _ = call("hello")
     assert status == 200
     assert len(live_pods("hello")) == 1
