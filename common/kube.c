@@ -607,32 +607,35 @@ int stoke_kube_delete(struct stoke_kube *k, const struct stoke_kube_resource *re
                       void *data)
 {
     json_object *body = NULL, *pre = NULL;
-    int r = -ENOMEM;
+    int r = 0;
 
     if (!name)
         return -EINVAL;
     if (opts && (opts->propagation || opts->uid || opts->resource_version)) {
         body = json_object_new_object();
         if (!body)
-            goto out;
-        if (json_object_object_add(body, "kind", json_object_new_string("DeleteOptions")) < 0 ||
-            json_object_object_add(body, "apiVersion", json_object_new_string("v1")) < 0)
-            goto out;
-        if (opts->propagation &&
-            json_object_object_add(body, "propagationPolicy",
-                                   json_object_new_string(opts->propagation)) < 0)
-            goto out;
+            return -ENOMEM;
+        r |= stoke_json_add(body, "kind", json_object_new_string("DeleteOptions"));
+        r |= stoke_json_add(body, "apiVersion", json_object_new_string("v1"));
+        if (opts->propagation)
+            r |= stoke_json_add(body, "propagationPolicy",
+                                json_object_new_string(opts->propagation));
         if (opts->uid || opts->resource_version) {
             pre = json_object_new_object();
-            if (!pre || json_object_object_add(body, "preconditions", pre) < 0)
+            /* On failure pre is gone; on success body holds it. */
+            if (stoke_json_add(body, "preconditions", pre) < 0) {
+                r = -ENOMEM;
                 goto out;
-            if (opts->uid &&
-                json_object_object_add(pre, "uid", json_object_new_string(opts->uid)) < 0)
-                goto out;
-            if (opts->resource_version &&
-                json_object_object_add(pre, "resourceVersion",
-                                       json_object_new_string(opts->resource_version)) < 0)
-                goto out;
+            }
+            if (opts->uid)
+                r |= stoke_json_add(pre, "uid", json_object_new_string(opts->uid));
+            if (opts->resource_version)
+                r |= stoke_json_add(pre, "resourceVersion",
+                                    json_object_new_string(opts->resource_version));
+        }
+        if (r < 0) {
+            r = -ENOMEM;
+            goto out;
         }
     }
     r = object_request(k, STOKE_KUBE_DELETE, res, ns, name, NULL, body, cb, data);

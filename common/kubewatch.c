@@ -431,7 +431,7 @@ static void start_list(struct stoke_kube_informer *inf)
 static void deliver_one(struct stoke_kube_informer *inf, struct queued *q)
 {
     const char *rv;
-    struct stoke_kube_status st;
+    struct stoke_kube_status st = {0};
 
     inf->stats.events++;
     if (q->type == STOKE_KUBE_ERROR) {
@@ -443,6 +443,8 @@ static void deliver_one(struct stoke_kube_informer *inf, struct queued *q)
         }
         return;
     }
+    if (q->type == STOKE_KUBE_BOOKMARK)
+        inf->stats.bookmarks++;
     if (inf->relist)
         return; /* the relist will bring the cache up to date */
     rv = stoke_kube_object_rv(q->obj);
@@ -468,11 +470,31 @@ static bool deliver(struct stoke_kube_informer *inf, size_t max)
     return !inf->stopped;
 }
 
+static void drop_queue(struct stoke_kube_informer *inf)
+{
+    for (; inf->len > 0; inf->len--) {
+        json_object_put(inf->queue[inf->head].obj);
+        inf->head = (inf->head + 1) % WATCH_QUEUE_MAX;
+    }
+    inf->bytes = 0;
+}
+
 static void on_deliver(uv_timer_t *t)
 {
     struct stoke_kube_informer *inf = t->data;
     /* A bounded batch per turn of the loop; the rest on the next one. */
-    if (deliver(inf, 64) && inf->len > 0)
+    if (!deliver(inf, 64))
+        return;
+    if (inf->relist && inf->call) {
+        /* 410 as an ERROR event: the server ends the watch after it, but
+         * we need not wait for that. */
+        stoke__kube_cancel(inf->call);
+        inf->call = NULL;
+        drop_queue(inf);
+        start_list(inf);
+        return;
+    }
+    if (inf->len > 0)
         (void)uv_timer_start(&inf->deliver, on_deliver, 0, 0);
 }
 
@@ -579,8 +601,7 @@ static void on_timer_closed(uv_handle_t *h)
     struct stoke_kube_informer *inf = h->data;
     if (--inf->open_timers > 0)
         return;
-    for (size_t i = 0; i < inf->len; i++)
-        json_object_put(inf->queue[(inf->head + i) % WATCH_QUEUE_MAX].obj);
+    drop_queue(inf);
     free(inf->queue);
     stoke_linebuf_done(&inf->lines);
     json_object_put(inf->cache);

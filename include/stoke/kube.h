@@ -8,7 +8,14 @@
  *
  * Thread: the loop's. Every callback runs from the loop, never from inside a
  * call that takes it; callbacks may start further calls. Library code does
- * not log: failures come back as a negative errno and a message. */
+ * not log: failures come back as a negative errno and a message.
+ *
+ * Blocking: the config loaders read their files synchronously (call them at
+ * start-up), and the client re-reads a token file synchronously: a few KiB,
+ * at most once a minute and after a 401. Nothing else blocks the loop.
+ * Bounds: an answer 32 MiB, a watch line 3 MiB, watch events waiting for the
+ * loop 16 MiB (past that the watch is dropped and a relist catches up), an
+ * informer's cache max_objects, requests waiting for a slot 4096. */
 #ifndef STOKE_KUBE_H
 #define STOKE_KUBE_H
 
@@ -276,11 +283,12 @@ json_object *stoke_kube_informer_cache(const struct stoke_kube_informer *inf);
 
 /* The resourceVersion it is at, and counters for tests and metrics. */
 struct stoke_kube_informer_stats {
-    uint64_t lists;   /* LISTs completed */
-    uint64_t watches; /* WATCHes started */
-    uint64_t gone;    /* 410 Gone seen (status or ERROR event) */
-    uint64_t errors;  /* failed LISTs and WATCHes */
-    uint64_t events;  /* watch events read */
+    uint64_t lists;     /* LISTs completed */
+    uint64_t watches;   /* WATCHes started */
+    uint64_t gone;      /* 410 Gone seen (status or ERROR event) */
+    uint64_t errors;    /* failed LISTs and WATCHes */
+    uint64_t events;    /* watch events read */
+    uint64_t bookmarks; /* of which BOOKMARKs */
 };
 const char *stoke_kube_informer_rv(const struct stoke_kube_informer *inf);
 void stoke_kube_informer_stats(const struct stoke_kube_informer *inf,

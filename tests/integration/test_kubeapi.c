@@ -5,7 +5,7 @@
  *   STOKE_TEST_NS         a namespace of this run
  *   STOKE_TEST_TOKEN      a service account token allowed to read configmaps there
  *   STOKE_TEST_WIDGETS    "1": the Widget CRD (test.stoke.dev/v1, status subresource) exists
- * For the 410 test this program prints "PARTITION <rv>" and waits for a line on stdin:
+ * For the 410 test this program prints "PARTITION <rv>" (and BLOCK, UNBLOCK) and waits for "GO":
  * meanwhile the driver cuts the proxy, changes configmaps and compacts etcd.
  *
  * Every wait has a deadline; nothing sleeps a fixed time. */
@@ -550,6 +550,27 @@ static void assert_events(const char *log, const char *const *want)
         fail_msg("expected %zu events, got:\n%s", n, log);
 }
 
+struct errors_since {
+    struct watched *w;
+    int want;
+};
+
+static bool errors_reached(void *arg)
+{
+    struct errors_since *es = arg;
+    return es->w->errors >= es->want;
+}
+
+/* Tells the driver `what` and waits for its "GO". */
+static void ask_driver(const char *what)
+{
+    char line[64];
+    printf("%s\n", what);
+    fflush(stdout);
+    assert_non_null(fgets(line, sizeof(line), stdin));
+    assert_string_equal(line, "GO\n");
+}
+
 static void test_informer(void **state)
 {
     (void)state;
@@ -609,11 +630,9 @@ static void test_informer(void **state)
      * resourceVersion is gone: 410, relist, and the difference is what was
      * missed. */
     w.log[0] = '\0';
-    printf("PARTITION %s\n", stoke_kube_informer_rv(inf));
-    fflush(stdout);
-    char line[64];
-    assert_non_null(fgets(line, sizeof(line), stdin));
-    assert_string_equal(line, "GO\n");
+    char what[96];
+    (void)snprintf(what, sizeof(what), "PARTITION %s", stoke_kube_informer_rv(inf));
+    ask_driver(what);
     static const char *const third[] = {"w1=2", "w4=3", "w5=1", "w6=1", "w7=1", NULL};
     iw.want = third;
     iw.min_gone = 1;
@@ -641,6 +660,65 @@ static void test_informer(void **state)
     static const char *const last[] = {"DELETED w5=1", NULL};
     assert_events(w.log, last);
 
+    /* The API server out of reach for a while (the proxy closes every
+     * connection) while w8 is made: the informer fails and backs off, and
+     * once it can reach the server again resumes its watch where it was: no
+     * relist, w8 arrives as a watch event. */
+    w.log[0] = '\0';
+    struct errors_since es = {&w, w.errors + 2};
+    ask_driver("BLOCK");
+    assert_true(run_until(errors_reached, &es, WAIT_MS));
+    ask_driver("UNBLOCK");
+    static const char *const fifth[] = {"w1=2", "w4=3", "w6=1", "w7=1", "w8=1", NULL};
+    iw.want = fifth;
+    assert_true(run_until(cache_is, &iw, WAIT_MS));
+    static const char *const back[] = {"ADDED w8=1", NULL};
+    assert_events(w.log, back);
+    assert_int_equal(w.syncs, 2);
+
+    stoke_kube_informer_stop(inf);
+    reply_reset(&rp);
+}
+
+/* Widgets have the API server's watch cache (configmaps do not: see the
+ * driver), which sends BOOKMARK events to watches that ask for them, at the
+ * latest shortly before each watch's timeout. They move the informer's
+ * resourceVersion and are not reported as changes. */
+static bool bookmarked(void *arg)
+{
+    struct inf_wait *iw = arg;
+    struct stoke_kube_informer_stats st;
+    stoke_kube_informer_stats(iw->inf, &st);
+    return iw->w->synced && st.bookmarks >= 1;
+}
+
+static void test_bookmarks(void **state)
+{
+    (void)state;
+    struct reply rp = {0};
+    struct watched w = {0};
+    struct stoke_kube_informer *inf;
+    struct stoke_kube_informer_opts o = {
+        .res = &widgets,
+        .ns = g_ns,
+        .watch_timeout_s = 4,
+        .on_event = on_event,
+        .on_synced = on_synced,
+        .on_error = on_error,
+        .data = &w,
+    };
+    assert_int_equal(stoke_kube_informer_start(g_k, &o, &inf), 0);
+    json_object *obj = parse("{\"apiVersion\":\"test.stoke.dev/v1\",\"kind\":\"Widget\","
+                             "\"metadata\":{\"name\":\"bm\"},\"spec\":{}}");
+    assert_int_equal(stoke_kube_create(g_k, &widgets, g_ns, obj, on_reply, &rp), 0);
+    json_object_put(obj);
+    wait_reply(&rp);
+    assert_int_equal(rp.err, 0);
+    /* A bookmark, read and not reported as a change. */
+    struct inf_wait iw = {.inf = inf, .w = &w};
+    assert_true(run_until(bookmarked, &iw, WAIT_MS));
+    assert_non_null(strstr(w.log, "bm="));
+    assert_null(strstr(w.log, "BOOKMARK"));
     stoke_kube_informer_stop(inf);
     reply_reset(&rp);
 }
@@ -788,6 +866,7 @@ int main(void)
         cmocka_unit_test(test_inflight_bound),
         cmocka_unit_test(test_token_file_and_in_cluster),
         cmocka_unit_test(test_informer),
+        cmocka_unit_test(test_bookmarks),
         cmocka_unit_test(test_leader_election),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

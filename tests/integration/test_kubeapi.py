@@ -2,11 +2,13 @@
 kube-apiserver and etcd built from source (tests/k8s/build.sh), started by tests/k8s/cluster.py.
 
 The C program talks to the API server through a TCP proxy here, so this driver can cut its
-connections. The API server runs without its watch cache (--watch-cache=false), so a watch
-from a resourceVersion that etcd compacted away answers 410 Gone, as it would after a long
-disconnection. When the program prints "PARTITION <rv>", the driver cuts and blocks the proxy,
+connections. The API server keeps no watch cache for configmaps
+(--watch-cache-sizes=configmaps#0), so a watch of configmaps from a resourceVersion that etcd
+compacted away answers 410 Gone, as it would after a long disconnection; other resources (the
+test's Widgets) keep the cache, which sends watch bookmarks. When the program prints "PARTITION <rv>", the driver cuts and blocks the proxy,
 deletes/changes/adds configmaps the program's informer watches, compacts etcd to its current
-revision, unblocks, and answers "GO".
+revision, unblocks, and answers "GO". On "BLOCK" it cuts and blocks the proxy and adds a
+configmap; on "UNBLOCK" it lets connections through again; each answered "GO".
 
 Needs the binaries: it fails (never skips) when they are missing; `tests/k8s/build.sh` builds
 them. Environment: STOKE_BUILD_DIR (the build with tests/test_kubeapi), STOKE_K8S_HARNESS (default
@@ -142,7 +144,7 @@ def main():
     # Checked above; a test never starts an hour-long build.
     k8s.bindir = lambda build=True: bindir
 
-    c = k8s.Cluster(apiserver_args=["--watch-cache=false"])
+    c = k8s.Cluster(apiserver_args=["--watch-cache-sizes=configmaps#0"])
     proxy = None
     proc = None
     try:
@@ -172,7 +174,7 @@ def main():
             crd = a.get("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/"
                         "widgets.test.stoke.dev")
             return any(x["type"] == "Established" and x["status"] == "True"
-                       for x in crd.get("status", {}).get("conditions", [])) and \
+                       for x in (crd.get("status") or {}).get("conditions") or []) and \
                 a.request("GET", "/apis/test.stoke.dev/v1/namespaces/%s/widgets" % ns)[0] == 200
         k8s.kapi.wait_for(established, 60, "the Widget CRD to be served")
         # A service account that may read configmaps, and its token.
@@ -218,12 +220,31 @@ def main():
                               "metadata": {"name": "w7", "labels": {"stoke-test": "watch"}},
                               "data": {"k": "1"}})
                 rev = compact(c)
+                # What the API server answers a watch from the client's version now (for the
+                # log: a 410 status, or an ERROR event in a 200 stream).
+                st, body = a.request("GET", cm + "?watch=1&resourceVersion=%s&timeoutSeconds=1"
+                                     % line.split()[1], raw=True)
+                print("test_kubeapi.py: a watch from %s now answers HTTP %d: %s"
+                      % (line.split()[1], st, body.decode(errors="replace").strip()[:200]),
+                      flush=True)
                 print("test_kubeapi.py: cut %d connections, compacted etcd to %s (client at %s)"
                       % (n, rev, line.split()[1]), flush=True)
                 proxy.unblock()
                 proc.stdin.write("GO\n")
                 proc.stdin.flush()
                 partitioned = True
+            if line.strip() == "BLOCK":
+                proxy.cut()
+                a.create("/api/v1/namespaces/%s/configmaps" % ns, {
+                    "apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": "w8", "labels": {"stoke-test": "watch"}},
+                    "data": {"k": "1"}})
+                proc.stdin.write("GO\n")
+                proc.stdin.flush()
+            if line.strip() == "UNBLOCK":
+                proxy.unblock()
+                proc.stdin.write("GO\n")
+                proc.stdin.flush()
             if time.monotonic() > deadline:
                 proc.kill()
                 die("test_kubeapi did not finish within 600 s")
