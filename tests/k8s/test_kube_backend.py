@@ -496,7 +496,32 @@ def test_9_bad_function_refused_running_one_serves():
     assert function("hello")["metadata"]["generation"] == 3  # test_7's
 
 
-def test_10_delete_function_removes_its_pods():
+def test_10_unstartable_pod_is_reported_and_retried_with_back_off():
+    apply(fn_doc("noimage", {"image": "stoke-no-such-image:1", "queue": {"timeout": "3s"}}))
+    kapi.wait_for(lambda: (function("noimage").get("status") or {}).get("observedGeneration")
+                  == 1, 30, "noimage applied")
+    rv = C.admin.get("/api/v1/namespaces/%s/pods?limit=1" % NS)["metadata"]["resourceVersion"]
+    status, body = call("noimage", timeout=30)
+    assert status in (502, 503, 504), (status, body)
+
+    def failed():
+        st = function("noimage")["status"]
+        ready = [c for c in st["conditions"] if c["type"] == "Ready"][0]
+        return st if ready["status"] == "False" and ready["reason"] == "ReplicaFailed" else None
+    st = kapi.wait_for(failed, 60, "noimage's status ReplicaFailed")
+    assert "ErrImageNeverPull" in st["lastError"], st
+    # Back-off (0.5 s doubling), not a pod a moment: the pods created in 8 s.
+    path = "/api/v1/namespaces/%s/pods?labelSelector=%s" % (
+        NS, urllib.parse.quote("stoke.dev/function=noimage"))
+    created = {ev["object"]["metadata"]["name"] for ev in
+               C.admin.watch_stream(path, rv, timeout_seconds=8) if ev["type"] == "ADDED"}
+    assert 1 <= len(created) <= 6, created
+    kubectl("delete", "function", "-n", NS, "noimage")
+    kapi.wait_for(lambda: pods("noimage") == [], 60, "noimage's pods gone")
+    log("unstartable pod: %s; %d pods created in 8 s" % (st["lastError"], len(created)))
+
+
+def test_11_delete_function_removes_its_pods():
     status, _ = call("hello")
     assert status == 200
     assert len(live_pods("hello")) == 1
