@@ -434,8 +434,10 @@ static void on_created(const struct stoke_kube_result *res, void *data)
     if (res->err == 0 && !k->closing) {
         json_object *md = stoke_json_obj(res->json, "metadata");
         const char *uid = stoke_json_str(md, "uid");
+        const char *name = stoke_json_str(md, "name");
         snprintf(q->p->uid, sizeof(q->p->uid), "%s", uid ? uid : "");
-        snprintf(q->p->r->id, sizeof(q->p->r->id), "%s", stoke_json_str(md, "name"));
+        /* The name we gave it (the API server keeps it). */
+        snprintf(q->p->r->id, sizeof(q->p->r->id), "%.64s", name ? name : q->p->r->name);
         k->pods_created++;
     }
     out.state = BACKEND_CREATED;
@@ -469,7 +471,9 @@ static int kb_create(struct backend *b, struct backend_replica *r, const struct 
         return -ENOMEM;
     char sfx[6];
     random_suffix(sfx);
-    snprintf(r->name, sizeof(r->name), "%s-%.8s-%s", s->name, revision, sfx);
+    /* At most 63 characters (a DNS label, and the replica's id): the labels,
+     * not the name, say whose pod it is. */
+    snprintf(r->name, sizeof(r->name), "%.48s-%.8s-%s", s->name, revision, sfx);
     p->port = s->port;
     json_object *pod = pod_manifest(k, s, revision, r->name, uid);
     struct req *q = req_new(k, cb, data);
@@ -690,6 +694,8 @@ static int kb_adopt(struct backend *b, struct backend_replica *r, const struct b
 {
     struct kube_be *k = to_kube(b);
     json_object *pod = pod_by_name(k, l->id);
+    if (strlen(l->id) >= sizeof(r->id))
+        return -ENAMETOOLONG; /* not a name we give */
     if (!pod || !l->addr || !l->addr[0] || krep_find(k, l->id))
         return -EADDRINUSE;
     struct krep *p = krep_get(k, r);
