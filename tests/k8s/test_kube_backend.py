@@ -21,6 +21,7 @@ import http.client
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -55,7 +56,7 @@ def fn_doc(name, extra_spec=None):
             # The pod's own network namespace (a bridge pod): listen on every address.
             "env": {"BIND_ADDR": "0.0.0.0"},
             "scale": {"min": 0, "initial": 0, "max": 5, "window": "6s",
-                      "scaleToZeroGrace": "0s"},
+                      "scaleToZeroGrace": "5s"},
             "readiness": {"path": "/"}}
     spec.update(extra_spec or {})
     return {"apiVersion": "stoke.dev/v1", "kind": "Function",
@@ -526,7 +527,53 @@ def test_10_unstartable_pod_is_reported_and_retried_with_back_off():
     log("unstartable pod: %s; %d pods created in 8 s" % (st["lastError"], len(created)))
 
 
-def test_11_delete_function_removes_its_pods():
+def test_11_api_server_stopped_10s_under_load():
+    status, body = call("hello")
+    assert status == 200, (status, body)
+    before = sorted(p["metadata"]["name"] for p in live_pods("hello"))
+    connected = act_log().count("connected to the controller")
+    api = C.procs["kube-apiserver"]
+    load = Load("hello")
+    try:
+        kapi.wait_for(lambda: len(load.results) >= 5, 30, "requests before the stop")
+        os.kill(api.pid, signal.SIGSTOP)
+        try:
+            time.sleep(10)  # the fault: the API server does not answer for 10 s
+        finally:
+            os.kill(api.pid, signal.SIGCONT)
+        n = len(load.results)
+        kapi.wait_for(lambda: len(load.results) >= n + 5, 30, "requests after the stop")
+    finally:
+        results = load.stop()
+    bad = [r for r in results if r[0] != 200]
+    assert not bad, "%d of %d failed: %s" % (len(bad), len(results), bad[:3])
+    # A leader that could not renew its Lease for 10 s steps down and exits 1, leaving
+    # the pods; its pod's container restarts (here: the test) and takes the Lease again.
+    stepped_down = False
+    if S["ctl"].poll() is not None or "lost Lease" in ctl_log():
+        S["ctl"].wait(30)
+        assert S["ctl"].returncode == 1, (S["ctl"].returncode, ctl_log()[-3000:])
+        stepped_down = True
+        S["killed"].append(S["ctl"])
+        S["ctl"], S["ctl_log"] = start_controller("e2e-2")
+        wait_log('"ready: Functions of namespace %s' % NS, 60)
+        kapi.wait_for(lambda: act_log().count("connected to the controller") > connected, 30,
+                      "the activator back on the channel")
+    # The controller acts again: a new function scales from zero; no duplicate of hello.
+    apply(fn_doc("after"))
+    kapi.wait_for(lambda: (function("after").get("status") or {}).get("observedGeneration")
+                  == 1, 30, "after applied")
+    status, body = call("after")
+    assert status == 200, (status, body)
+    after = sorted(p["metadata"]["name"] for p in live_pods("hello"))
+    assert after == before, (before, after)
+    kubectl("delete", "function", "-n", NS, "after", "--wait=false")
+    log("API server stopped 10 s: %d requests, all 200; the leader %s" % (
+        len(results), "stepped down and its restart adopted the pods" if stepped_down
+        else "kept its Lease"))
+
+
+def test_12_delete_function_removes_its_pods():
     status, _ = call("hello")
     assert status == 200
     assert len(live_pods("hello")) == 1
