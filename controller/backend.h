@@ -241,4 +241,22 @@ struct backend_docker_config {
 int backend_docker_new(uv_loop_t *loop, const struct backend_docker_config *cfg,
                        struct backend **ret);
 
+/* backend_kube.c: Pods through the Kubernetes API server. */
+struct stoke_kube;
+struct backend_kube_config {
+    struct stoke_kube *kube;     /* borrowed: closed after the backend */
+    const char *ns;              /* the namespace of the Functions and their pods */
+    const char *instance;        /* stoke.dev/instance label of our pods */
+    const char *service_account; /* of the pods; NULL: the namespace's default */
+    uint64_t start_timeout_ms;   /* a pod not running by then failed to start */
+    /* The uid of Function `function` (the pods' owner), or NULL when there
+     * is none now. */
+    const char *(*owner_uid)(const char *function, void *data);
+    void *owner_data;
+};
+
+/* Starts the informer of the instance's pods. Returns 0 and *ret, or a
+ * negative errno. */
+int backend_kube_new(uv_loop_t *loop, const struct backend_kube_config *cfg, struct backend **ret);
+
 #endif

@@ -175,6 +175,11 @@ struct ctrl {
     int backend_err;         /* the last ping's result: 0 or a negative errno */
     char backend_error[128]; /* its message */
     void (*on_stopped)(struct ctrl *c);
+    /* Shutdown leaves the replicas running for the next controller to
+     * adopt (Kubernetes: a restart or a new leader) instead of removing
+     * them. */
+    bool keep_on_stop;
+    struct kubefn *kubefn; /* the Kubernetes backend's specs, or NULL */
 };
 
 /* reconcile.c */

@@ -1,5 +1,9 @@
-/* stoke-controller: wires the functions directory, the backend (the Docker
- * engine), the activator channel and the reconcile loop together. */
+/* stoke-controller: wires the spec source (the functions directory, or the
+ * Function objects of a namespace), the backend (the Docker engine, or Pods
+ * through the Kubernetes API server), the activator channel and the
+ * reconcile loop together. On Kubernetes with --leader-elect, only the
+ * holder of the Lease starts the backend, the channel and the reconciler; a
+ * follower serves /healthz and waits. */
 #include <errno.h>
 #include <getopt.h>
 #include <grp.h>
@@ -13,6 +17,8 @@
 #include "api.h"
 #include "controller.h"
 #include "hub.h"
+#include "kubefn.h"
+#include "stoke/kube.h"
 #include "stoke/log.h"
 #include "stoke/opsd.h"
 
@@ -23,6 +29,18 @@
 
 static struct ctrl ctrl;
 static struct backend_docker_config docker_cfg;
+/* --backend kubernetes */
+static bool kube_mode;
+static struct backend_kube_config kube_cfg;
+static struct stoke_kube *kube;
+static const char *kubeconfig_path, *url_prefix, *lease_name, *identity;
+static bool leader_elect;
+static uint64_t lease_ms = 15000;
+static struct stoke_kube_elector *elector;
+static bool leading;
+static uv_timer_t release_timer;
+static unsigned without;
+static char *channel_token; /* --channel-token-file's; hub_new() copies it */
 static struct fnset *fnset;
 static struct stoke_opsd *opsd;
 static bool adopted; /* past adoption: reconciling */
@@ -61,6 +79,19 @@ static void usage(FILE *f)
             "  --admin-listen IP:PORT  admin API on TCP too (needs --admin-token-file)\n"
             "  --admin-token-file FILE  bearer token of the TCP admin API: the file's\n"
             "                        first line, at least 16 bytes, no spaces\n"
+            "  --backend NAME        docker (default) or kubernetes: replicas are Pods,\n"
+            "                        specs the Function objects of --namespace\n"
+            "  --namespace NS        kubernetes: the namespace of the Functions and pods\n"
+            "                        (default: the pod's, or the kubeconfig context's)\n"
+            "  --kubeconfig FILE     kubernetes: outside a pod (default $KUBECONFIG or\n"
+            "                        ~/.kube/config; in a pod its service account)\n"
+            "  --pod-service-account NAME  kubernetes: the function pods' service account\n"
+            "  --url-prefix URL      kubernetes: status.url is URL + name + /\n"
+            "  --leader-elect        kubernetes: act only while holding the Lease\n"
+            "  --lease-name NAME     the coordination.k8s.io/v1 Lease (default\n"
+            "                        stoke-controller)\n"
+            "  --lease-duration DUR  its leaseDurationSeconds (default 15s)\n"
+            "  --identity ID         holderIdentity (default $POD_NAME, else the host name)\n"
             "  --log-level LEVEL     debug, info, warn, error (default info)\n"
             "  -h, --help\n");
 }
@@ -93,7 +124,16 @@ static void health_ping(struct ctrl *c)
 
 static int ops_metrics(struct stoke_buf *out, void *data)
 {
-    return ctrl_metrics_render(data, out);
+    struct ctrl *c = data;
+    int r = 0;
+    if (kube_mode)
+        r = stoke_buf_printf(out,
+                             "# HELP stoke_controller_leader 1 while this controller acts (holds "
+                             "the Lease, or runs without leader election).\n"
+                             "# TYPE stoke_controller_leader gauge\nstoke_controller_leader %d\n",
+                             c->be ? 1 : 0);
+    /* A follower has no backend and no functions yet. */
+    return c->be ? r | ctrl_metrics_render(c, out) : r;
 }
 
 static bool ops_health(char *msg, size_t size, void *data)
@@ -101,6 +141,8 @@ static bool ops_health(char *msg, size_t size, void *data)
     struct ctrl *c = data;
     if (c->stopping)
         snprintf(msg, size, "shutting down");
+    else if (kube_mode && !leading)
+        snprintf(msg, size, "following: another controller holds the Lease");
     else if (!adopted)
         snprintf(msg, size, "starting: adopting the %s backend's replicas", c->be->name);
     else if (c->backend_err < 0)
@@ -108,6 +150,9 @@ static bool ops_health(char *msg, size_t size, void *data)
                  uv_err_name(c->backend_err));
     else
         snprintf(msg, size, "ok");
+    /* A follower is healthy: it waits for the Lease. */
+    if (kube_mode && !leading)
+        return !c->stopping;
     return !c->stopping && adopted && c->backend_err == 0;
 }
 
@@ -117,6 +162,8 @@ static void on_tick(uv_timer_t *t)
     ctrl_autoscale_all(c);
     ctrl_reconcile_all(c);
     usage_sample_all(c);
+    if (c->kubefn)
+        kubefn_write_status(c->kubefn);
     uint64_t now = uv_now(c->loop);
     if (now - c->last_check_ms >= CTRL_CHECK_PERIOD_MS) {
         c->last_check_ms = now;
@@ -150,9 +197,24 @@ static void on_hub_members(void *data)
     ctrl_push_routes(data);
 }
 
+static void on_kube_closed(void *data)
+{
+    (void)data;
+}
+
+static void on_release_timer(uv_timer_t *t)
+{
+    uv_close((uv_handle_t *)t, NULL);
+    stoke_kube_close(kube, on_kube_closed, NULL);
+    kube = NULL;
+}
+
 static void on_stopped(struct ctrl *c)
 {
-    stoke_info(NULL, "all replicas removed; exiting");
+    stoke_info(NULL, c->keep_on_stop ? "replicas left running for the next controller; exiting"
+                                     : "all replicas removed; exiting");
+    kubefn_close(c->kubefn);
+    c->kubefn = NULL;
     /* Before the fnset: the API forgets the changes it still waits for. */
     api_close(api);
     api = NULL;
@@ -164,8 +226,17 @@ static void on_stopped(struct ctrl *c)
     if (c->hub)
         hub_close(c->hub, NULL, NULL);
     c->hub = NULL;
-    c->be->ops->close(c->be);
+    if (c->be)
+        c->be->ops->close(c->be);
     c->be = NULL;
+    if (kube) {
+        /* The Lease is written free (best effort) before the client closes:
+         * the next leader needs not wait for it to expire. */
+        stoke_kube_elector_stop(elector, true);
+        elector = NULL;
+        uv_timer_init(c->loop, &release_timer);
+        uv_timer_start(&release_timer, on_release_timer, 1000, 0);
+    }
     ctrl_watch_close(c);
     uv_close((uv_handle_t *)&c->tick, NULL);
     uv_close((uv_handle_t *)&sigint, NULL);
@@ -177,7 +248,8 @@ static void on_signal(uv_signal_t *s, int signum)
     (void)s;
     if (ctrl.stopping)
         return;
-    stoke_info(NULL, "signal %d: removing replicas and shutting down", signum);
+    stoke_info(NULL, "signal %d: %s and shutting down", signum,
+               ctrl.keep_on_stop ? "leaving the replicas running" : "removing replicas");
     api_stop_streams(api);
     uv_timer_stop(&ctrl.tick);
     ctrl_shutdown(&ctrl, on_stopped);
@@ -206,7 +278,10 @@ static void on_adopted(struct ctrl *c, int err)
     ctrl_push_routes(c);
     ctrl_reconcile_all(c);
     uv_timer_start(&c->tick, on_tick, c->cfg.tick_ms, c->cfg.tick_ms);
-    stoke_info(NULL, "ready: functions from %s", c->cfg.functions_dir);
+    if (kube_mode)
+        stoke_info(NULL, "ready: Functions of namespace %s", kube_cfg.ns);
+    else
+        stoke_info(NULL, "ready: functions from %s", c->cfg.functions_dir);
 }
 
 static void on_ping(const struct backend_result *res, void *data)
@@ -219,12 +294,135 @@ static void on_ping(const struct backend_result *res, void *data)
         ctrl_shutdown(c, on_stopped);
         return;
     }
-    int r = ctrl_adopt(c, load_functions, on_adopted);
+    int r = ctrl_adopt(c, kube_mode ? kubefn_load : load_functions, on_adopted);
     if (r < 0) {
         on_adopted(c, r);
         return;
     }
     ctrl_watch_start(c);
+}
+
+static void on_hub_poke(const char *fn, void *data);
+static void on_hub_stats(const char *activator, const char *fn, uint64_t second, double conc,
+                         uint64_t reqs, void *data);
+static void on_hub_drain(void *data);
+
+/* Opens the activator channel: at start on Docker, when it starts leading
+ * on Kubernetes. */
+static int start_hub(struct ctrl *c)
+{
+    struct hub_callbacks cbs = {.on_poke = on_hub_poke,
+                                .on_stats = on_hub_stats,
+                                .on_drain = on_hub_drain,
+                                .on_members = on_hub_members,
+                                .data = c};
+    int r = hub_new(c->loop, &c->cfg.ctl_addr, channel_token, &cbs, &c->hub);
+    c->shares_settle_ms = uv_now(c->loop) + CTRL_SHARES_SETTLE_MS;
+    if (r < 0) {
+        char a[128];
+        stoke_addr_format(&c->cfg.ctl_addr, a, sizeof(a));
+        stoke_error(NULL, r, "cannot listen on %s", a);
+    }
+    return r;
+}
+
+static void ping_backend(struct ctrl *c)
+{
+    int r = c->be->ops->ping(c->be, on_ping, c);
+    if (r < 0) {
+        struct backend_result res = {.err = r, .message = "ping failed", .how = ""};
+        on_ping(&res, c);
+    }
+}
+
+/* Kubernetes: the Functions are listed; adopt the pods, then reconcile. */
+static void on_functions_synced(struct ctrl *c)
+{
+    if (!c->stopping)
+        ping_backend(c);
+}
+
+/* Kubernetes: this controller acts from now on (the Lease is ours, or there
+ * is no election): the pods' and Functions' informers, the channel, then
+ * adoption once both have listed. */
+static void begin_leading(struct ctrl *c)
+{
+    /* The Functions first: the pods' owners are looked up there. Both
+     * informers list from the loop, later. */
+    const struct kubefn_config kc = {.kube = kube,
+                                     .ns = kube_cfg.ns,
+                                     .url_prefix = url_prefix,
+                                     .on_synced = on_functions_synced};
+    int r = kubefn_new(c, &kc, &c->kubefn);
+    if (r < 0) {
+        stoke_error(NULL, r, "cannot start the Functions' informer");
+        goto fail;
+    }
+    kube_cfg.owner_data = c->kubefn;
+    r = backend_kube_new(c->loop, &kube_cfg, &c->be);
+    if (r < 0) {
+        stoke_error(NULL, r, "cannot start the pods' informer");
+        goto fail;
+    }
+    c->be->caps &= ~without;
+    if (start_hub(c) < 0)
+        goto fail;
+    stoke_info(NULL, "acting on namespace %s: listing its Functions and pods", kube_cfg.ns);
+    return;
+fail:
+    exit_code = 1;
+    ctrl_shutdown(c, on_stopped);
+}
+
+static void on_lead_change(bool lead, void *data)
+{
+    struct ctrl *c = data;
+    if (lead && !leading && !c->stopping) {
+        leading = true;
+        stoke_info(NULL, "leading: holding Lease %s/%s as %s", kube_cfg.ns, lease_name, identity);
+        begin_leading(c);
+    } else if (!lead && leading) {
+        leading = false;
+        if (c->stopping)
+            return;
+        /* Another controller may act now: stop at once, leave the pods to it
+         * (the process restarts and follows). */
+        stoke_error(NULL, -EBUSY, "lost Lease %s/%s: stopping; the new leader adopts the pods",
+                    kube_cfg.ns, lease_name);
+        exit_code = 1;
+        uv_timer_stop(&c->tick);
+        ctrl_shutdown(c, on_stopped);
+    }
+}
+
+/* Kubernetes: the client, from inside a pod or from a kubeconfig. */
+static int kube_connect(void)
+{
+    struct stoke_kube_config kc;
+    struct stoke_diag d;
+    memset(&d, 0, sizeof(d));
+    int r = kubeconfig_path ? -ENOENT : stoke_kube_config_in_cluster(NULL, &kc, &d);
+    if (r == -ENOENT) {
+        memset(&d, 0, sizeof(d));
+        r = stoke_kube_config_load(kubeconfig_path, NULL, false, &kc, &d);
+    }
+    if (r < 0) {
+        char msg[800];
+        stoke_diag_format(&d, msg, sizeof(msg));
+        stoke_error(NULL, r, "no Kubernetes API server configuration: %s", msg);
+        return r;
+    }
+    if (!kube_cfg.ns)
+        kube_cfg.ns = strdup(kc.namespace ? kc.namespace : "default");
+    r = kube_cfg.ns ? stoke_kube_new(uv_default_loop(), &kc, &kube) : -ENOMEM;
+    kube_cfg.kube = kube;
+    if (r < 0)
+        stoke_error(NULL, r, "cannot start the Kubernetes client");
+    else
+        stoke_info(NULL, "Kubernetes API server %s, namespace %s", kc.server ? kc.server : "?",
+                   kube_cfg.ns);
+    stoke_kube_config_done(&kc);
+    return r;
 }
 
 /* "freeze,stop": the capability bits named, in *ret. Returns 0 or -EINVAL. */
@@ -323,6 +521,15 @@ int main(int argc, char **argv)
         O_WITHOUT,
         O_CHANNEL_TOKEN,
         O_ADMIN_GROUP,
+        O_BACKEND,
+        O_NAMESPACE,
+        O_KUBECONFIG,
+        O_POD_SA,
+        O_URL_PREFIX,
+        O_LEADER_ELECT,
+        O_LEASE_NAME,
+        O_LEASE_DURATION,
+        O_IDENTITY,
     };
     static const struct option opts[] = {
         {"functions-dir", required_argument, NULL, O_DIR},
@@ -340,6 +547,15 @@ int main(int argc, char **argv)
         {"backend-without", required_argument, NULL, O_WITHOUT},
         {"channel-token-file", required_argument, NULL, O_CHANNEL_TOKEN},
         {"admin-socket-group", required_argument, NULL, O_ADMIN_GROUP},
+        {"backend", required_argument, NULL, O_BACKEND},
+        {"namespace", required_argument, NULL, O_NAMESPACE},
+        {"kubeconfig", required_argument, NULL, O_KUBECONFIG},
+        {"pod-service-account", required_argument, NULL, O_POD_SA},
+        {"url-prefix", required_argument, NULL, O_URL_PREFIX},
+        {"leader-elect", no_argument, NULL, O_LEADER_ELECT},
+        {"lease-name", required_argument, NULL, O_LEASE_NAME},
+        {"lease-duration", required_argument, NULL, O_LEASE_DURATION},
+        {"identity", required_argument, NULL, O_IDENTITY},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -352,10 +568,9 @@ int main(int argc, char **argv)
     struct stoke_addr admin_addr;
     bool admin_tcp = false;
     char *admin_token = NULL;
-    unsigned without = 0;
     const char *channel_token_file = NULL;
-    char *channel_token = NULL;
     gid_t admin_gid = 0;
+    bool admin_socket_set = false;
     int opt, r;
 
     c->cfg.functions_dir = DEFAULT_FUNCTIONS_DIR;
@@ -401,6 +616,7 @@ int main(int argc, char **argv)
             break;
         case O_ADMIN_SOCKET:
             admin_socket = strcmp(optarg, "none") == 0 ? NULL : optarg;
+            admin_socket_set = true;
             r = !admin_socket || (optarg[0] == '/' && strlen(optarg) < sizeof(admin_addr.path))
                     ? 0
                     : -EINVAL;
@@ -422,6 +638,40 @@ int main(int argc, char **argv)
             break;
         case O_ADMIN_GROUP:
             r = group_parse(optarg, &admin_gid);
+            break;
+        case O_BACKEND:
+            kube_mode = strcmp(optarg, "kubernetes") == 0;
+            r = kube_mode || strcmp(optarg, "docker") == 0 ? 0 : -EINVAL;
+            break;
+        case O_NAMESPACE:
+            kube_cfg.ns = optarg;
+            r = stoke_is_valid_name(optarg) ? 0 : -EINVAL;
+            break;
+        case O_KUBECONFIG:
+            kubeconfig_path = optarg;
+            break;
+        case O_POD_SA:
+            kube_cfg.service_account = optarg;
+            r = stoke_is_valid_name(optarg) ? 0 : -EINVAL;
+            break;
+        case O_URL_PREFIX:
+            url_prefix = optarg;
+            break;
+        case O_LEADER_ELECT:
+            leader_elect = true;
+            break;
+        case O_LEASE_NAME:
+            lease_name = optarg;
+            r = stoke_is_valid_name(optarg) ? 0 : -EINVAL;
+            break;
+        case O_LEASE_DURATION:
+            r = stoke_parse_duration(optarg, &lease_ms);
+            if (r == 0 && (lease_ms < 3000 || lease_ms > 3600000))
+                r = -EINVAL;
+            break;
+        case O_IDENTITY:
+            identity = optarg;
+            r = *optarg && strlen(optarg) <= 128 ? 0 : -EINVAL;
             break;
         case 'h':
             usage(stdout);
@@ -450,41 +700,52 @@ int main(int argc, char **argv)
                         "activator channel is never on TCP without a token\n");
         return 2;
     }
+    if (kube_mode && (admin_tcp || (admin_socket_set && admin_socket))) {
+        fprintf(stderr, "stoke-controller: --backend kubernetes has no admin API (the Function "
+                        "objects are the specs): use --admin-socket none\n");
+        return 2;
+    }
+    if (kube_mode)
+        admin_socket = NULL;
     if (admin_token_file && read_token("admin-token-file", admin_token_file, &admin_token) < 0)
         return 2;
     if (channel_token_file &&
         read_token("channel-token-file", channel_token_file, &channel_token) < 0)
         return 2;
+    char host[65];
+    if (kube_mode && !identity) {
+        identity = getenv("POD_NAME");
+        if (!identity || !*identity)
+            identity = gethostname(host, sizeof(host) - 1) == 0 ? host : "stoke-controller";
+        host[sizeof(host) - 1] = '\0';
+    }
+    if (!lease_name)
+        lease_name = "stoke-controller";
 
     stoke_log_init("controller", level);
     signal(SIGPIPE, SIG_IGN);
     c->loop = uv_default_loop();
     stoke_list_init(&c->functions);
 
-    r = backend_docker_new(c->loop, &docker_cfg, &c->be);
-    if (r < 0) {
-        stoke_error(NULL, r, "bad engine address");
-        return 2;
-    }
-    if (without) {
+    if (kube_mode) {
+        /* The pods stay for the next controller (a restart, a new leader). */
+        c->keep_on_stop = true;
+        kube_cfg.instance = docker_cfg.instance;
+        kube_cfg.start_timeout_ms = c->cfg.ready_timeout_ms;
+        kube_cfg.owner_uid = kubefn_owner_uid;
+        if (kube_connect() < 0)
+            return 1;
+    } else {
+        r = backend_docker_new(c->loop, &docker_cfg, &c->be);
+        if (r < 0) {
+            stoke_error(NULL, r, "bad engine address");
+            return 2;
+        }
         c->be->caps &= ~without;
+    }
+    if (without)
         stoke_info(NULL, "acting as a backend without some capabilities (--backend-without)");
-    }
-    struct hub_callbacks cbs = {.on_poke = on_hub_poke,
-                                .on_stats = on_hub_stats,
-                                .on_drain = on_hub_drain,
-                                .on_members = on_hub_members,
-                                .data = c};
-    r = hub_new(c->loop, &c->cfg.ctl_addr, channel_token, &cbs, &c->hub);
-    c->shares_settle_ms = uv_now(c->loop) + CTRL_SHARES_SETTLE_MS;
-    if (channel_token) {
-        explicit_bzero(channel_token, strlen(channel_token));
-        free(channel_token);
-    }
-    if (r < 0) {
-        char a[128];
-        stoke_addr_format(&c->cfg.ctl_addr, a, sizeof(a));
-        stoke_error(NULL, r, "cannot listen on %s", a);
+    if (!kube_mode && start_hub(c) < 0) {
         c->be->ops->close(c->be);
         uv_run(c->loop, UV_RUN_DEFAULT);
         return 1;
@@ -497,8 +758,12 @@ int main(int argc, char **argv)
         r = stoke_opsd_new(c->loop, &ops_addr, &ops_cbs, &opsd);
         if (r < 0) {
             stoke_error(NULL, r, "ops port cannot listen on %s (--ops-listen none disables it)", a);
-            hub_close(c->hub, NULL, NULL);
-            c->be->ops->close(c->be);
+            if (kube) {
+                stoke_kube_close(kube, NULL, NULL);
+            } else {
+                hub_close(c->hub, NULL, NULL);
+                c->be->ops->close(c->be);
+            }
             uv_run(c->loop, UV_RUN_DEFAULT);
             return 1;
         }
@@ -529,14 +794,46 @@ int main(int argc, char **argv)
     uv_signal_start(&sigint, on_signal, SIGINT);
     uv_signal_start(&sigterm, on_signal, SIGTERM);
 
-    r = c->be->ops->ping(c->be, on_ping, c);
-    if (r < 0) {
-        struct backend_result res = {.err = r, .message = "ping failed", .how = ""};
-        on_ping(&res, c);
+    if (!kube_mode) {
+        ping_backend(c);
+    } else if (leader_elect) {
+        /* The elector wants renew + retry < lease: a leader steps down
+         * before its Lease can expire under another's eyes. */
+        unsigned lease_s = (unsigned)(lease_ms / 1000), retry_s = lease_s / 5 ? lease_s / 5 : 1;
+        unsigned renew_s = lease_s - retry_s - 1;
+        if (renew_s > lease_s * 2 / 3)
+            renew_s = lease_s * 2 / 3;
+        const struct stoke_kube_elector_opts eo = {
+            .ns = kube_cfg.ns,
+            .name = lease_name,
+            .identity = identity,
+            .lease_s = lease_s,
+            .renew_s = renew_s,
+            .retry_s = retry_s,
+            .on_change = on_lead_change,
+            .data = c,
+        };
+        r = stoke_kube_elector_start(kube, &eo, &elector);
+        if (r < 0) {
+            stoke_error(NULL, r, "cannot start the leader election on Lease %s/%s", kube_cfg.ns,
+                        lease_name);
+            exit_code = 1;
+            ctrl_shutdown(c, on_stopped);
+        } else {
+            stoke_info(NULL, "following: waiting for Lease %s/%s as %s", kube_cfg.ns, lease_name,
+                       identity);
+        }
+    } else {
+        leading = true;
+        begin_leading(c);
     }
     uv_run(c->loop, UV_RUN_DEFAULT);
     r = uv_loop_close(c->loop);
     if (r < 0)
         stoke_warn(NULL, r, "loop closed with handles still open");
+    if (channel_token) {
+        explicit_bzero(channel_token, strlen(channel_token));
+        free(channel_token);
+    }
     return exit_code;
 }

@@ -298,7 +298,7 @@ static void on_removed(const struct backend_result *res, void *data)
 static void replica_remove_container(struct replica *r)
 {
     usage_sample(r); /* the CPU it used since the last tick, before its cgroup goes */
-    if (r->br.id[0] == '\0') {
+    if (r->br.id[0] == '\0' || (r->fn->ctrl->stopping && r->fn->ctrl->keep_on_stop)) {
         replica_free(r);
         return;
     }

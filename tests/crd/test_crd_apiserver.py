@@ -281,6 +281,7 @@ class TestChart(Base):
         for verb, res, want in (("create", "pods", "yes"), ("delete", "pods", "yes"),
                                 ("watch", "functions.stoke.dev", "yes"),
                                 ("update", "functions.stoke.dev/status", "yes"),
+                                ("update", "functions.stoke.dev/finalizers", "yes"),
                                 ("update", "functions.stoke.dev", "no"),
                                 ("get", "pods/log", "yes"), ("create", "leases", "yes"),
                                 ("update", "leases/s1-stoke-controller", "yes"),
