@@ -347,6 +347,11 @@ static json_object *pod_manifest(struct kube_be *k, const struct stoke_spec *s,
     r |= add_str(spec, "restartPolicy", "Never");
     r |= add_bool(spec, "automountServiceAccountToken", false);
     r |= add_bool(spec, "enableServiceLinks", false);
+    /* network: host is the opt-in it is on Docker: the node's network (a
+     * namespace enforcing Pod Security "restricted" refuses such a pod, and
+     * the Function's status says so). */
+    if (s->network == STOKE_NETWORK_HOST)
+        r |= add_bool(spec, "hostNetwork", true);
     if (k->sa)
         r |= add_str(spec, "serviceAccountName", k->sa);
     /* Drained before it is deleted, but a request may still run its whole
