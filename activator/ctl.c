@@ -311,7 +311,7 @@ static void add_stat(const char *fn, double concurrency, uint64_t requests, void
 {
     struct stats_ctx *sc = data;
     /* Names are DNS labels (validated), so they need no JSON escaping. */
-    (void)stoke_buf_printf(sc->msg, "%s\"%s\":{\"concurrency\":%.3f,\"requests\":%llu}",
+    (void)stoke_buf_printf(sc->msg, "%s\"%s\":{\"concurrency\":%.6g,\"requests\":%llu}",
                            sc->n++ ? "," : "", fn, concurrency, (unsigned long long)requests);
 }
 

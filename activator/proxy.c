@@ -75,10 +75,13 @@ struct fn {
     bool gone;
     bool kicked;
     struct stoke_list kick; /* in px->kicks while queued work may proceed */
-    /* Time-weighted concurrency since the last stats call. */
+    /* Time-weighted concurrency since the last stats call, in request-ns:
+     * the monotonic clock, not the loop's millisecond, or requests that
+     * end within a millisecond would add nothing and light traffic would
+     * read as idle. */
     double integral;
-    uint64_t mark_ms;
-    uint64_t stats_base_ms;
+    uint64_t mark_ns;
+    uint64_t stats_base_ns;
     uint64_t requests;
     uint64_t last_poke_ms;
     struct metrics_fn *m; /* its counters; outlive it */
@@ -479,9 +482,9 @@ static bool peer_trusted(const struct proxy_config *cfg, const struct sockaddr_s
 
 static void fn_mark(struct fn *fn)
 {
-    uint64_t now = uv_now(fn->px->loop);
-    fn->integral += (double)(fn->inflight + fn->queued) * (double)(now - fn->mark_ms);
-    fn->mark_ms = now;
+    uint64_t now = uv_hrtime();
+    fn->integral += (double)(fn->inflight + fn->queued) * (double)(now - fn->mark_ns);
+    fn->mark_ns = now;
 }
 
 /* One more or one less request in this worker's queue of `fn` (the
@@ -695,8 +698,8 @@ void proxy_set_routes(struct proxy *px, struct stoke_route_table *t)
                 continue;
             fn->px = px;
             fn->refs = 1;
-            fn->mark_ms = uv_now(px->loop);
-            fn->stats_base_ms = fn->mark_ms;
+            fn->mark_ns = uv_hrtime();
+            fn->stats_base_ns = fn->mark_ns;
             fn->m = metrics_fn_get(px->hooks.metrics, r->name);
             stoke_list_init(&fn->queue);
             stoke_list_init(&fn->kick);
@@ -734,14 +737,14 @@ void proxy_stats(struct proxy *px, proxy_stat_cb cb, void *data)
         fn_mark(fn);
         /* The window is the time since the previous report; at least 1 ms
          * so a report right after the first does not divide by zero. */
-        static const double min_ms = 1.0;
-        double window = (double)(fn->mark_ms - fn->stats_base_ms);
-        if (window < min_ms)
-            window = min_ms;
+        static const double min_ns = 1e6;
+        double window = (double)(fn->mark_ns - fn->stats_base_ns);
+        if (window < min_ns)
+            window = min_ns;
         cb(fn->cfg.name, fn->integral / window, fn->requests, data);
         fn->integral = 0;
         fn->requests = 0;
-        fn->stats_base_ms = fn->mark_ms;
+        fn->stats_base_ns = fn->mark_ns;
     }
 }
 

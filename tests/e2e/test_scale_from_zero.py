@@ -56,6 +56,30 @@ def test_cold_start_then_back_to_zero():
     s.stop()
 
 
+def test_light_steady_load_keeps_its_replica():
+    """Requests that each take well under a millisecond, one every 2 s, are
+    traffic: the function is not taken to zero under them (Knative's rule:
+    any concurrency above 0 keeps a replica). Measured on the loop's
+    millisecond clock, most such seconds read as 0 and a 6 s window of
+    them as idle."""
+    s = Stoke("light").start()
+    s.write_spec("light", scale={"min": 0, "initial": 0, "scaleToZeroGrace": "1s",
+                                 "window": "6s", "idle": "remove"})
+    wait_routed(s, 1)
+    first = s.fn_request("light")
+    assert first.status == 200, first
+    # Past the stable window plus the grace, several times over.
+    replicas, deadline = set(), time.time() + 24
+    while time.time() < deadline:
+        r = s.fn_request("light")
+        assert r.status == 200, r
+        replicas.add(replica_of(r))
+        time.sleep(2)
+    assert replicas == {replica_of(first)}, replicas
+    assert s.log("controller").count("cold start") == 1, s.log("controller")
+    s.stop()
+
+
 def test_hundred_concurrent_cold_requests_one_cold_start():
     s = Stoke("burst").start()
     # A target no burst reaches: one replica is what the autoscaler wants, so
