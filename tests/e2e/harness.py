@@ -98,6 +98,15 @@ def stop_checked(proc, logpath, name="activator"):
         raise AssertionError("%s: %s\n%s" % (name, "; ".join(problems), text[-6000:]))
 
 
+def record_pid(pid):
+    """Lists a daemon the test started in $STOKE_TEST_PIDFILE, so tests/run.sh
+    kills it should the test itself be killed."""
+    pidfile = os.environ.get("STOKE_TEST_PIDFILE")
+    if pidfile:
+        with open(pidfile, "a") as f:
+            f.write("%d\n" % pid)
+
+
 def free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -131,10 +140,7 @@ class Activator:
         self.proc = subprocess.Popen(argv + list(args), stdout=self.log_f,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         _activators.append(self)
-        pidfile = os.environ.get("STOKE_TEST_PIDFILE")
-        if pidfile:
-            with open(pidfile, "a") as f:
-                f.write("%d\n" % self.proc.pid)
+        record_pid(self.proc.pid)
 
     def wait_ready(self, timeout=10.0):
         deadline = time.time() + timeout
@@ -256,10 +262,7 @@ class Stoke:
         self.logs[name] = log.name
         p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs[name] = p
-        pidfile = os.environ.get("STOKE_TEST_PIDFILE")
-        if pidfile:
-            with open(pidfile, "a") as f:
-                f.write("%d\n" % p.pid)
+        record_pid(p.pid)
         return p
 
     def _controller_argv(self):

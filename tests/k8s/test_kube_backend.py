@@ -157,10 +157,7 @@ def start_controller(identity):
             "--channel-token-file", S["token"], "--log-level", "debug"]
     p = subprocess.Popen(argv, stdout=open(logpath, "wb"), stderr=subprocess.STDOUT,
                          start_new_session=True)
-    pidfile = os.environ.get("STOKE_TEST_PIDFILE")
-    if pidfile:
-        with open(pidfile, "a") as f:
-            f.write("%d\n" % p.pid)
+    harness.record_pid(p.pid)
     return p, logpath
 
 
