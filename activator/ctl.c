@@ -1,6 +1,8 @@
 #include "ctl.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netdb.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -14,10 +16,18 @@
 #define BACKOFF_MAX_MS 2000
 #define STATS_PERIOD_MS 1000
 #define MAX_UNSENT (4 * 1024 * 1024) /* a controller not reading: reconnect */
+#define MAX_CANDIDATES 32
 
 struct ctl {
     uv_loop_t *loop;
-    struct stoke_addr addr;
+    struct ctl_targets targets;
+    /* One connection cycle: the addresses the targets resolved to, tried in
+     * turn until one takes the channel. */
+    struct sockaddr_storage cand[MAX_CANDIDATES];
+    size_t n_cand, i_cand, i_target;
+    uv_getaddrinfo_t gai;
+    bool got_table;    /* the current connection has delivered a route table */
+    bool cycle_warned; /* said that no address took the channel */
     char id[64];
     char *token; /* NULL: none; wiped at free */
     char process[64];
@@ -43,6 +53,92 @@ struct ctl {
 };
 
 static void ctl_connect(struct ctl *ctl);
+
+/* A DNS name as a resolver takes it: labels of letters, digits and '-',
+ * not starting or ending with '-', dot-separated; or an IPv4 literal. */
+static bool valid_name(const char *h, size_t n)
+{
+    size_t label = 0;
+    if (n == 0 || n > 253)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = h[i];
+        if (c == '.') {
+            if (label == 0 || h[i - 1] == '-')
+                return false;
+            label = 0;
+        } else if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                   (c == '-' && label > 0)) {
+            if (++label > 63)
+                return false;
+        } else {
+            return false;
+        }
+    }
+    return h[n - 1] != '-';
+}
+
+static int parse_target(const char *s, size_t len, char *host, size_t host_size, char *port)
+{
+    const char *hs = s, *colon;
+    size_t hn;
+    if (len > 0 && s[0] == '[') {
+        const char *end = memchr(s, ']', len);
+        if (!end || end + 1 == s + len || end[1] != ':')
+            return -EINVAL;
+        hs = s + 1;
+        hn = (size_t)(end - hs);
+        colon = end + 1;
+        struct in6_addr a6;
+        if (hn >= host_size)
+            return -EINVAL;
+        memcpy(host, hs, hn);
+        host[hn] = '\0';
+        if (inet_pton(AF_INET6, host, &a6) != 1)
+            return -EINVAL;
+    } else {
+        colon = memchr(s, ':', len);
+        if (!colon)
+            return -EINVAL;
+        hn = (size_t)(colon - s);
+        if (hn >= host_size || !valid_name(s, hn))
+            return -EINVAL;
+        memcpy(host, s, hn);
+        host[hn] = '\0';
+    }
+    size_t pn = (size_t)(s + len - colon - 1);
+    char pbuf[8];
+    uint64_t p;
+    if (pn == 0 || pn > 5)
+        return -EINVAL;
+    memcpy(pbuf, colon + 1, pn);
+    pbuf[pn] = '\0';
+    if (stoke_parse_u64(pbuf, &p) < 0 || p == 0 || p > 65535)
+        return -EINVAL;
+    snprintf(port, 6, "%u", (unsigned)p);
+    return 0;
+}
+
+int ctl_parse_targets(const char *s, struct ctl_targets *ret)
+{
+    memset(ret, 0, sizeof(*ret));
+    if (strncmp(s, "unix:", 5) == 0) {
+        ret->is_unix = true;
+        return stoke_addr_parse(s, &ret->unix_addr);
+    }
+    for (;;) {
+        const char *end = strchr(s, ',');
+        size_t len = end ? (size_t)(end - s) : strlen(s);
+        if (ret->n == CTL_MAX_TARGETS ||
+            parse_target(s, len, ret->t[ret->n].host, sizeof(ret->t[0].host), ret->t[ret->n].port) <
+                0)
+            return -EINVAL;
+        ret->n++;
+        if (!end)
+            return 0;
+        s = end + 1;
+    }
+}
 
 struct ctl_write {
     uv_write_t req;
@@ -113,18 +209,21 @@ static void on_retry(uv_timer_t *t)
     ctl_connect(t->data);
 }
 
-static void on_handle_closed(uv_handle_t *h)
+static void connect_candidate(struct ctl *ctl);
+
+/* No address took the channel, or the one that did went away: a new cycle,
+ * resolving the names again, after the back-off. */
+static void retry_later(struct ctl *ctl)
 {
-    struct ctl *ctl = h->data;
-    if (h == &ctl->conn.handle) {
-        ctl->conn_open = false;
-        if (!ctl->closing) {
-            uv_timer_start(&ctl->retry, on_retry, ctl->backoff_ms, 0);
-            ctl->backoff_ms *= 2;
-            if (ctl->backoff_ms > BACKOFF_MAX_MS)
-                ctl->backoff_ms = BACKOFF_MAX_MS;
-        }
-    }
+    uv_timer_start(&ctl->retry, on_retry, ctl->backoff_ms, 0);
+    ctl->backoff_ms *= 2;
+    if (ctl->backoff_ms > BACKOFF_MAX_MS)
+        ctl->backoff_ms = BACKOFF_MAX_MS;
+}
+
+/* One handle or request fewer; the last one of a closing ctl frees it. */
+static void ctl_unref(struct ctl *ctl)
+{
     if (--ctl->handles > 0 || !ctl->closing)
         return;
     stoke_linebuf_done(&ctl->lines);
@@ -136,6 +235,31 @@ static void on_handle_closed(uv_handle_t *h)
     if (ctl->on_closed)
         ctl->on_closed(ctl->closed_data);
     free(ctl);
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    struct ctl *ctl = h->data;
+    if (h == &ctl->conn.handle) {
+        ctl->conn_open = false;
+        if (!ctl->closing) {
+            /* Refused, or closed before any table (a controller that does
+             * not lead, or is going away): the next address at once. */
+            if (!ctl->targets.is_unix && !ctl->got_table && ctl->i_cand + 1 < ctl->n_cand) {
+                ctl->i_cand++;
+                connect_candidate(ctl);
+            } else {
+                if (!ctl->got_table && !ctl->cycle_warned && !ctl->targets.is_unix) {
+                    stoke_warn(NULL, -ECONNREFUSED,
+                               "no controller address takes the channel (%zu tried), retrying",
+                               ctl->n_cand);
+                    ctl->cycle_warned = true;
+                }
+                retry_later(ctl);
+            }
+        }
+    }
+    ctl_unref(ctl);
 }
 
 static void drop_connection(struct ctl *ctl, int err)
@@ -167,6 +291,12 @@ static int on_line(char *line, size_t len, void *data)
     if (r < 0) {
         stoke_warn(NULL, r, "ignoring a bad message from the controller");
         return 0;
+    }
+    if (!ctl->got_table) {
+        /* This controller took the channel. */
+        ctl->got_table = true;
+        ctl->cycle_warned = false;
+        ctl->backoff_ms = BACKOFF_MIN_MS;
     }
     stoke_debug(NULL, "route table %llu: %zu functions", (unsigned long long)t.gen, t.n_routes);
     if (ctl->px) {
@@ -265,8 +395,14 @@ static void on_connected(uv_connect_t *req, int status)
         return;
     }
     ctl->connected = true;
-    ctl->backoff_ms = BACKOFF_MIN_MS;
-    stoke_info(NULL, "connected to the controller");
+    if (ctl->targets.is_unix) {
+        stoke_info(NULL, "connected to the controller");
+    } else {
+        char a[INET6_ADDRSTRLEN + 16];
+        struct stoke_addr sa = {.is_unix = false, .ss = ctl->cand[ctl->i_cand]};
+        stoke_addr_format(&sa, a, sizeof(a));
+        stoke_info(NULL, "connected to the controller at %s", a);
+    }
     stoke_linebuf_done(&ctl->lines);
     stoke_linebuf_init(&ctl->lines, STOKE_CTL_MAX_LINE);
 
@@ -280,26 +416,101 @@ static void on_connected(uv_connect_t *req, int status)
         drop_connection(ctl, r);
 }
 
-static void ctl_connect(struct ctl *ctl)
+static void open_conn(struct ctl *ctl)
 {
-    int r;
-    ctl->connect.data = ctl;
-    if (ctl->addr.is_unix) {
+    if (ctl->targets.is_unix)
         uv_pipe_init(ctl->loop, &ctl->conn.pipe, 0);
-    } else {
+    else
         uv_tcp_init(ctl->loop, &ctl->conn.tcp);
-    }
     ctl->conn.handle.data = ctl;
     ctl->conn_open = true;
     ctl->handles++;
-    if (ctl->addr.is_unix) {
-        uv_pipe_connect(&ctl->connect, &ctl->conn.pipe, ctl->addr.path, on_connected);
-        return;
-    }
-    r = uv_tcp_connect(&ctl->connect, &ctl->conn.tcp, (const struct sockaddr *)&ctl->addr.ss,
-                       on_connected);
+    ctl->connect.data = ctl;
+    ctl->got_table = false;
+}
+
+static void connect_candidate(struct ctl *ctl)
+{
+    open_conn(ctl);
+    int r = uv_tcp_connect(&ctl->connect, &ctl->conn.tcp,
+                           (const struct sockaddr *)&ctl->cand[ctl->i_cand], on_connected);
     if (r < 0)
         drop_connection(ctl, r);
+}
+
+static void resolve_next(struct ctl *ctl);
+
+static void add_candidate(struct ctl *ctl, const struct sockaddr *sa, socklen_t len)
+{
+    if ((sa->sa_family != AF_INET && sa->sa_family != AF_INET6) || len > sizeof(ctl->cand[0]))
+        return;
+    for (size_t i = 0; i < ctl->n_cand; i++)
+        if (memcmp(&ctl->cand[i], sa, len) == 0)
+            return;
+    if (ctl->n_cand == MAX_CANDIDATES)
+        return;
+    memset(&ctl->cand[ctl->n_cand], 0, sizeof(ctl->cand[0]));
+    memcpy(&ctl->cand[ctl->n_cand++], sa, len);
+}
+
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    struct ctl *ctl = req->data;
+    if (!ctl->closing) {
+        if (status < 0)
+            stoke_debug(NULL, "controller name %s: %s", ctl->targets.t[ctl->i_target].host,
+                        uv_strerror(status));
+        for (struct addrinfo *ai = res; ai; ai = ai->ai_next)
+            add_candidate(ctl, ai->ai_addr, ai->ai_addrlen);
+        ctl->i_target++;
+        resolve_next(ctl);
+    }
+    uv_freeaddrinfo(res);
+    ctl_unref(ctl);
+}
+
+/* Resolves the targets one after the other (on the loop's thread pool),
+ * then tries the addresses in turn. */
+static void resolve_next(struct ctl *ctl)
+{
+    const struct addrinfo hints = {
+        .ai_family = AF_UNSPEC,
+        .ai_socktype = SOCK_STREAM,
+        .ai_flags = AI_NUMERICSERV,
+    };
+    while (ctl->i_target < ctl->targets.n) {
+        ctl->gai.data = ctl;
+        int r =
+            uv_getaddrinfo(ctl->loop, &ctl->gai, on_resolved, ctl->targets.t[ctl->i_target].host,
+                           ctl->targets.t[ctl->i_target].port, &hints);
+        if (r == 0) {
+            ctl->handles++; /* the request holds the ctl until its callback */
+            return;
+        }
+        ctl->i_target++;
+    }
+    if (ctl->n_cand == 0) {
+        if (!ctl->cycle_warned) {
+            stoke_warn(NULL, -ENOENT, "no address for the controller, retrying");
+            ctl->cycle_warned = true;
+        }
+        retry_later(ctl);
+        return;
+    }
+    ctl->i_cand = 0;
+    connect_candidate(ctl);
+}
+
+static void ctl_connect(struct ctl *ctl)
+{
+    if (ctl->targets.is_unix) {
+        open_conn(ctl);
+        uv_pipe_connect(&ctl->connect, &ctl->conn.pipe, ctl->targets.unix_addr.path, on_connected);
+        return;
+    }
+    ctl->n_cand = 0;
+    ctl->i_target = 0;
+    resolve_next(ctl);
 }
 
 struct stats_ctx {
@@ -328,7 +539,7 @@ static void on_stats(uv_timer_t *t)
         ctl_send(ctl, ctl->msg.data, ctl->msg.len);
 }
 
-int ctl_new(uv_loop_t *loop, const struct stoke_addr *controller, const char *id,
+int ctl_new(uv_loop_t *loop, const struct ctl_targets *controller, const char *id,
             const char *process, const char *token, struct ctl **ret)
 {
     struct ctl *ctl = calloc(1, sizeof(*ctl));
@@ -342,7 +553,7 @@ int ctl_new(uv_loop_t *loop, const struct stoke_addr *controller, const char *id
         }
     }
     ctl->loop = loop;
-    ctl->addr = *controller;
+    ctl->targets = *controller;
     snprintf(ctl->id, sizeof(ctl->id), "%s", id);
     snprintf(ctl->process, sizeof(ctl->process), "%s", process);
     ctl->backoff_ms = BACKOFF_MIN_MS;

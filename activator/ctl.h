@@ -12,12 +12,33 @@
 
 struct ctl;
 
-/* `id` names this channel (one per worker) to the controller, `process` the
+#define CTL_MAX_TARGETS 8
+
+/* Where the controller is: one unix socket, or up to CTL_MAX_TARGETS
+ * "host:port" entries (an IP literal, "[IPv6]", or a DNS name such as a
+ * headless Service's, resolved again at every connection attempt). */
+struct ctl_targets {
+    bool is_unix;
+    struct stoke_addr unix_addr;
+    size_t n;
+    struct {
+        char host[254];
+        char port[6];
+    } t[CTL_MAX_TARGETS];
+};
+
+/* Parses "unix:/path" or "host:port[,host:port...]". Returns 0 or -EINVAL. */
+int ctl_parse_targets(const char *s, struct ctl_targets *ret);
+
+/* Connects to `controller` (copied): every address of every target in turn,
+ * until one takes the channel (a controller that is not the leader does not
+ * listen), then again from the first after a back-off once none did or the
+ * connection is lost. `id` names this channel (one per worker) to the controller, `process` the
  * activator process it belongs to (both copied): the controller divides
  * limits among processes. `token` (copied, may be NULL) is sent in the hello
  * that opens each connection: a TCP channel refuses a connection without the
  * controller's token. */
-int ctl_new(uv_loop_t *loop, const struct stoke_addr *controller, const char *id,
+int ctl_new(uv_loop_t *loop, const struct ctl_targets *controller, const char *id,
             const char *process, const char *token, struct ctl **ret);
 
 /* The proxy whose routes this channel feeds; set once, before traffic. */

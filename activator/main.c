@@ -45,9 +45,9 @@ struct worker {
     struct limits *limits;
     const char *process; /* the activator's id, which its workers share */
     const struct proxy_config *cfg;
-    const struct stoke_addr *ctl_addr; /* NULL: --controller none */
-    const char *ctl_token;             /* --channel-token-file's, or NULL */
-    const char *routes_line;           /* static routes as a routes message, or NULL */
+    const struct ctl_targets *ctl_targets; /* NULL: --controller none */
+    const char *ctl_token;                 /* --channel-token-file's, or NULL */
+    const char *routes_line;               /* static routes as a routes message, or NULL */
 };
 
 struct activator {
@@ -70,7 +70,9 @@ static void usage(FILE *f)
         f,
         "usage: stoke-activator [options]\n"
         "  --listen ADDR            data port (default 127.0.0.1:8080)\n"
-        "  --controller ADDR        controller channel, unix:/path or IP:port, or none\n"
+        "  --controller ADDR        controller channel: unix:/path, or host:port[,...]\n"
+        "                           (IPs or DNS names, every address tried until the\n"
+        "                           leader takes it), or none\n"
         "                           (default " DEFAULT_CONTROLLER ")\n"
         "  --channel-token-file FILE  the controller's channel token (its first line),\n"
         "                           required with a TCP --controller\n"
@@ -190,7 +192,8 @@ static void worker_main(void *arg)
     w->beat.data = w;
     on_beat(&w->beat);
     uv_timer_start(&w->beat, on_beat, BEAT_MS, BEAT_MS);
-    r = w->ctl_addr ? ctl_new(&w->loop, w->ctl_addr, w->id, w->process, w->ctl_token, &w->ctl) : 0;
+    r = w->ctl_targets ? ctl_new(&w->loop, w->ctl_targets, w->id, w->process, w->ctl_token, &w->ctl)
+                       : 0;
     if (r == 0) {
         const struct proxy_hooks hooks = {.on_poke = on_poke,
                                           .on_drained = on_drained,
@@ -329,7 +332,7 @@ int main(int argc, char **argv)
         {NULL, 0, NULL, 0},
     };
     struct proxy_config cfg;
-    struct stoke_addr ctl_addr;
+    struct ctl_targets ctl_targets;
     struct stoke_route_table routes = {.gen = 0};
     bool use_ctl = true;
     const char *token_file = NULL;
@@ -344,7 +347,7 @@ int main(int argc, char **argv)
     int c, r;
 
     proxy_config_defaults(&cfg);
-    (void)stoke_addr_parse(DEFAULT_CONTROLLER, &ctl_addr);
+    (void)ctl_parse_targets(DEFAULT_CONTROLLER, &ctl_targets);
     (void)stoke_addr_parse(DEFAULT_OPS, &ops_addr);
     snprintf(id, sizeof(id), "activator-%d", (int)getpid());
 
@@ -358,7 +361,7 @@ int main(int argc, char **argv)
             break;
         case O_CONTROLLER:
             use_ctl = strcmp(optarg, "none") != 0;
-            r = use_ctl ? stoke_addr_parse(optarg, &ctl_addr) : 0;
+            r = use_ctl ? ctl_parse_targets(optarg, &ctl_targets) : 0;
             break;
         case O_ROUTE:
             r = add_static_route(&routes, optarg);
@@ -434,7 +437,7 @@ int main(int argc, char **argv)
         stoke_route_table_done(&routes);
         return 2;
     }
-    if (use_ctl && !ctl_addr.is_unix && !token_file) {
+    if (use_ctl && !ctl_targets.is_unix && !token_file) {
         fprintf(stderr, "stoke-activator: a TCP --controller needs --channel-token-file (the "
                         "controller refuses the channel without its token)\n");
         stoke_route_table_done(&routes);
@@ -486,7 +489,7 @@ int main(int argc, char **argv)
     for (unsigned i = 0; i < workers; i++) {
         struct worker *w = &a.workers[i];
         w->cfg = &cfg;
-        w->ctl_addr = use_ctl ? &ctl_addr : NULL;
+        w->ctl_targets = use_ctl ? &ctl_targets : NULL;
         w->ctl_token = token;
         w->routes_line = routes_line;
         w->mw = metrics_worker(metrics, i);

@@ -292,14 +292,16 @@ class Stoke:
         self.wait_log("activator", "connected to the controller", 30)
         return self
 
-    def add_activator(self, name):
-        """Starts another activator on its own port (and ops port); returns
-        the port."""
+    def add_activator(self, name, controller=None):
+        """Starts another activator on its own port (and ops port), given
+        `controller` as its --controller (default: the controller's channel);
+        returns the port."""
         port = free_port()
         self._spawn(name, [
             os.path.join(BUILD, "stoke-activator"), "--listen", "127.0.0.1:%d" % port,
             "--ops-listen", "127.0.0.1:%d" % free_port(),
-            "--controller", self.ctl, "--id", name, "--log-level", "debug"] + self.channel_args)
+            "--controller", controller or self.ctl, "--id", name, "--log-level", "debug"] +
+            self.channel_args)
         self.wait_log(name, "connected to the controller", 30)
         return port
 

@@ -18,6 +18,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -218,6 +219,52 @@ def test_tcp_channel_needs_the_token():
                         "127.0.0.1:%d" % free_port(), "--ops-listen", "none"],
                        capture_output=True, text=True, timeout=30)
     assert p.returncode == 2 and "--channel-token-file" in p.stderr, (p.returncode, p.stderr)
+
+
+def test_channel_addresses_tried_in_turn_and_names_resolved():
+    """--controller host:port[,...]: names resolve (as a headless Service's
+    do, to every controller pod), and each address is tried in turn until one
+    takes the channel; one that refuses, or accepts and closes before any
+    route table (a controller that does not lead), is passed over."""
+    s = Stoke("iso-addrs", channel_tcp=True).start()
+    s.write_spec("quiet", scale={"min": 0, "initial": 0})
+    s.wait_log("activator", ": 1 functions", 20)
+    refused = free_port()
+    closer = socket.socket()
+    closer.bind(("127.0.0.1", 0))
+    closer.listen(8)
+    accepted = []
+
+    def close_each():
+        while True:
+            try:
+                c, _ = closer.accept()
+            except OSError:
+                return
+            accepted.append(c)
+            c.close()
+
+    threading.Thread(target=close_each, daemon=True).start()
+    try:
+        s.add_activator("a2", controller="127.0.0.1:%d,127.0.0.1:%d,localhost:%d" % (
+            refused, closer.getsockname()[1], s.ctl_port))
+        s.wait_log("a2", "connected to the controller at 127.0.0.1:%d" % s.ctl_port, 20)
+        s.wait_log("a2", ": 1 functions", 20)
+        assert accepted, "the closing address was never tried"
+        # The controller restarts: the activator goes round again and finds it.
+        s.restart_controller("controller2")
+        s.wait_log("a2", "connected to the controller at 127.0.0.1:%d" % s.ctl_port, 30, count=2)
+        s.wait_log("a2", ": 1 functions", 30, count=2)
+    finally:
+        closer.close()
+        s.stop()
+
+    for bad in ("bad_name:80", "nohost", "h:0", "h:65536", "h:", ":80", "-h:80", "h-:80",
+                "a:1,", "[::1:80", "[nothex]:80", ",".join(["h:1"] * 9)):
+        p = subprocess.run([os.path.join(BUILD, "stoke-activator"), "--controller", bad,
+                            "--ops-listen", "none", "--channel-token-file", "/dev/null"],
+                           capture_output=True, text=True, timeout=30)
+        assert p.returncode == 2 and "bad value for --controller" in p.stderr, (bad, p.stderr)
 
 
 def test_admin_socket_group_and_spec_files_0600():
