@@ -17,221 +17,22 @@ Run: python3 tests/k8s/test_kube_backend.py [test_name ...]   (ctest -L k8s)
 """
 
 import concurrent.futures
-import http.client
-import json
 import os
-import secrets
-import shutil
 import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import urllib.parse
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.normpath(os.path.join(HERE, "..", ".."))
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(HERE, "..", "e2e"))
-import cluster as kcluster  # noqa: E402
-import harness  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import kapi  # noqa: E402
-import kubelet  # noqa: E402
+import stokek8s as k8s  # noqa: E402
+from stokek8s import (  # noqa: E402
+    IMAGE, NS, RELEASE, S, Load, act_log, apply, call, cold_name, ctl_log, fn_doc,
+    function, kubectl, live_pods, log, pods, start_controller, steady_pods, wait_log)
 
-BUILD = harness.BUILD
-IMAGE = harness.IMAGE
-NS = "stoke-e2e"
-RELEASE = "stoke"  # the chart's names: stoke-controller (SA, Role, Lease), stoke-function
-CRD_FILE = os.path.join(ROOT, "charts", "stoke", "files", "functions.stoke.dev.yaml")
-C = None
-S = {"killed": []}  # processes, ports, files
+harness = k8s.harness
 
-
-def log(m):
-    print("test: " + m, file=sys.stderr, flush=True)
-
-
-def fn_doc(name, extra_spec=None):
-    spec = {"image": IMAGE,
-            # The pod's own network namespace (a bridge pod): listen on every address.
-            "env": {"BIND_ADDR": "0.0.0.0"},
-            "scale": {"min": 0, "initial": 0, "max": 5, "window": "6s",
-                      "scaleToZeroGrace": "5s"},
-            "readiness": {"path": "/"}}
-    spec.update(extra_spec or {})
-    return {"apiVersion": "stoke.dev/v1", "kind": "Function",
-            "metadata": {"name": name, "namespace": NS}, "spec": spec}
-
-
-def kubectl(*args, check=True, input=None):
-    return C.kubectl(*args, check=check, input=input)
-
-
-def apply(doc, check=True):
-    return kubectl("apply", "-f", "-", input=json.dumps(doc), check=check)
-
-
-def pods(fn=None):
-    sel = "stoke.dev/managed=true,stoke.dev/instance=%s" % RELEASE
-    if fn:
-        sel += ",stoke.dev/function=" + fn
-    path = "/api/v1/namespaces/%s/pods?labelSelector=%s" % (NS, urllib.parse.quote(sel))
-    return C.admin.get(path)["items"]
-
-
-def live_pods(fn):
-    return [p for p in pods(fn) if not p["metadata"].get("deletionTimestamp")]
-
-
-def function(name):
-    return C.admin.get("/apis/stoke.dev/v1/namespaces/%s/functions/%s" % (NS, name))
-
-
-def call(fn, timeout=90):
-    c = http.client.HTTPConnection("127.0.0.1", S["port"], timeout=timeout)
-    try:
-        c.request("GET", "/fn/%s/" % fn)
-        r = c.getresponse()
-        return r.status, r.read().decode(errors="replace")
-    finally:
-        c.close()
-
-
-def ctl_log(path=None):
-    with open(path or S["ctl_log"], "rb") as f:
-        return f.read().decode(errors="replace")
-
-
-def act_log():
-    return ctl_log(S["act_log"])
-
-
-def wait_log(needle, timeout):
-    def seen():
-        if S["ctl"].poll() is not None:
-            raise AssertionError("controller exited %s:\n%s" % (S["ctl"].returncode,
-                                                                ctl_log()[-6000:]))
-        return needle in ctl_log()
-    try:
-        kapi.wait_for(seen, timeout, "controller log: " + needle)
-    except AssertionError:
-        print("---- controller log ----\n" + ctl_log()[-6000:], flush=True)
-        raise
-
-
-def controller_kubeconfig():
-    """A kubeconfig with a token of the chart's controller ServiceAccount: the controller
-    has exactly the chart's Role."""
-    r = kubectl("create", "token", "-n", NS, "%s-controller" % RELEASE, "--duration=2h")
-    token = r.stdout.strip()
-    path = os.path.join(S["tmp"], "controller.kubeconfig")
-    with open(path, "w") as f:
-        f.write("""apiVersion: v1
-kind: Config
-clusters:
-- name: c
-  cluster: {server: "%s", certificate-authority: "%s"}
-users:
-- name: u
-  user: {token: "%s"}
-contexts:
-- name: x
-  context: {cluster: c, user: u, namespace: %s}
-current-context: x
-""" % (C.server, C.ca, token, NS))
-    return path
-
-
-def start_controller(identity):
-    S["starts"] = S.get("starts", 0) + 1
-    logpath = os.path.join(S["tmp"], "controller-%d-%s.log" % (S["starts"], identity))
-    argv = [os.path.join(BUILD, "stoke-controller"), "--backend", "kubernetes",
-            "--kubeconfig", S["kubeconfig"], "--namespace", NS,
-            "--instance", RELEASE, "--listen", "127.0.0.1:%d" % S["ctl_port"],
-            "--ops-listen", "127.0.0.1:%d" % harness.free_port(), "--admin-socket", "none",
-            "--pod-service-account", "%s-function" % RELEASE,
-            "--url-prefix", "http://%s-activator.%s.svc:80/fn/" % (RELEASE, NS),
-            "--ready-timeout", "60s", "--leader-elect", "--lease-name",
-            "%s-controller" % RELEASE, "--lease-duration", "15s", "--identity", identity,
-            "--channel-token-file", S["token"], "--log-level", "debug"]
-    p = subprocess.Popen(argv, stdout=open(logpath, "wb"), stderr=subprocess.STDOUT,
-                         start_new_session=True)
-    harness.record_pid(p.pid)
-    return p, logpath
-
-
-def setup():
-    global C
-    C = kcluster.Cluster().start()
-    C.add_node()
-    C.create_namespace(NS)
-    S["tmp"] = tempfile.mkdtemp(prefix="stoke-kube-e2e-")
-    kubectl("apply", "--server-side", "-f", CRD_FILE)
-    kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/functions.stoke.dev")
-    # The chart's ServiceAccounts and the controller's Role, as helm renders them.
-    r = subprocess.run([os.path.join(C.bin, "helm"), "template", RELEASE,
-                        os.path.join(ROOT, "charts", "stoke"), "-n", NS,
-                        "--show-only", "templates/serviceaccounts.yaml",
-                        "--show-only", "templates/rbac.yaml"],
-                       env=C.env(), capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    kubectl("apply", "-n", NS, "-f", "-", input=r.stdout)
-    S["ctl_port"] = harness.free_port()
-    S["port"] = harness.free_port()
-    S["act_log"] = os.path.join(S["tmp"], "activator.log")
-    S["kubeconfig"] = controller_kubeconfig()
-    # The channel is TCP, as between pods: both daemons need its token.
-    S["token"] = os.path.join(S["tmp"], "channel-token")
-    with open(S["token"], "w") as f:
-        f.write(secrets.token_hex(24) + "\n")
-    S["ctl"], S["ctl_log"] = start_controller("e2e-1")
-    S["act"] = subprocess.Popen(
-        [os.path.join(BUILD, "stoke-activator"), "--listen", "127.0.0.1:%d" % S["port"],
-         "--ops-listen", "127.0.0.1:%d" % harness.free_port(),
-         "--controller", "127.0.0.1:%d" % S["ctl_port"], "--channel-token-file", S["token"],
-         "--workers", "1"],  # one channel: test_7 waits for it to come back
-        stdout=open(S["act_log"], "wb"), stderr=subprocess.STDOUT, start_new_session=True)
-    wait_log('"ready: Functions of namespace %s' % NS, 60)
-    # A second controller on the same channel address: it follows (and does not
-    # listen) until the leader's Lease is gone.
-    S["standby"], S["standby_log"] = start_controller("e2e-2")
-    kapi.wait_for(lambda: '"following: waiting for Lease' in ctl_log(S["standby_log"]), 30,
-                  "the standby to follow")
-
-
-def teardown():
-    problems = []
-    for p in [S.get(n) for n in ("act", "ctl", "standby")] + S["killed"]:
-        if not p:
-            continue
-        name = p.args[0] if isinstance(p.args, list) else str(p.args)
-        if p.poll() is None:
-            p.terminate()
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-                problems.append("%s did not stop on SIGTERM" % name)
-        if p.returncode != 0 and p not in S["killed"]:
-            problems.append("%s exited %s" % (name, p.returncode))
-    # Sanitizer builds (STOKE_BUILD_DIR=build-asan) report into the daemons' logs.
-    for f in sorted(os.listdir(S.get("tmp", "/nonexistent"))) if S.get("tmp") else []:
-        if f.endswith(".log"):
-            text = ctl_log(os.path.join(S["tmp"], f))
-            if "Sanitizer" in text or "runtime error:" in text:
-                problems.append("%s:\n%s" % (f, text[-4000:]))
-    run = C.run_id if C else None
-    if C:
-        C.stop()
-    if run:
-        left = kubelet.Docker().list({kubelet.L_RUN: run})
-        if left:
-            problems.append("containers left: %s" % [c["Names"] for c in left])
-    if S.get("tmp") and not os.environ.get("STOKE_K8S_KEEP"):
-        shutil.rmtree(S["tmp"], ignore_errors=True)  # it holds a token
-    assert not problems, "\n".join(problems)
 
 
 def test_1_scale_from_zero_to_an_owned_pod():
@@ -291,7 +92,7 @@ def test_3_concurrent_requests_at_zero_one_pod():
     kapi.wait_for(lambda: pods("hello") == [], 90, "hello at 0 pods")
     created = []
     # Every pod of the function from now on, seen by a watch of our own.
-    rv = C.admin.get("/api/v1/namespaces/%s/pods?limit=1" % NS)["metadata"]["resourceVersion"]
+    rv = k8s.C.admin.get("/api/v1/namespaces/%s/pods?limit=1" % NS)["metadata"]["resourceVersion"]
     n = 30
     with concurrent.futures.ThreadPoolExecutor(n) as ex:
         results = list(ex.map(lambda i: call("hello"), range(n)))
@@ -301,44 +102,11 @@ def test_3_concurrent_requests_at_zero_one_pod():
     assert len(names) == 1, names
     path = "/api/v1/namespaces/%s/pods?labelSelector=%s" % (
         NS, urllib.parse.quote("stoke.dev/function=hello"))
-    for ev in C.admin.watch_stream(path, rv, timeout_seconds=2):
+    for ev in k8s.C.admin.watch_stream(path, rv, timeout_seconds=2):
         if ev["type"] == "ADDED":
             created.append(ev["object"]["metadata"]["name"])
     assert len(created) == 1, "pods created for %d requests at zero: %s" % (n, created)
     assert len(live_pods("hello")) == 1, [p["metadata"]["name"] for p in live_pods("hello")]
-
-
-class Load:
-    """Requests to `fn` through the activator in a loop, in a thread, until stopped."""
-
-    def __init__(self, fn):
-        import threading
-        self.fn, self.results, self.stopping = fn, [], threading.Event()
-        self.t = threading.Thread(target=self.run, daemon=True)
-        self.t.start()
-
-    def run(self):
-        while not self.stopping.is_set():
-            try:
-                self.results.append(call(self.fn, timeout=60))
-            except OSError as e:
-                self.results.append((0, str(e)))
-            time.sleep(0.05)
-
-    def stop(self):
-        self.stopping.set()
-        self.t.join(90)
-        return self.results
-
-
-def steady_pods(load, fn):
-    """The names of `fn`'s one live pod once `load` has had answers from it (a pod the
-    autoscaler scaled to zero just before the load came does not count)."""
-    def steady():
-        ps = [p["metadata"]["name"] for p in live_pods(fn)]
-        return ps if len(ps) == 1 and len(load.results) >= 5 and all(
-            r[0] == 200 and ps[0] in r[1] for r in load.results[-3:]) else None
-    return kapi.wait_for(steady, 60, "one steady pod of %s under load" % fn)
 
 
 def test_4_pod_deleted_outside_is_replaced():
@@ -349,7 +117,7 @@ def test_4_pod_deleted_outside_is_replaced():
     old = old[0]["metadata"]["name"]
     load = Load("hello")
     try:
-        C.admin.delete("/api/v1/namespaces/%s/pods/%s" % (NS, old))
+        k8s.C.admin.delete("/api/v1/namespaces/%s/pods/%s" % (NS, old))
         wait_log("was removed outside stoke", 30)
 
         def replaced():
@@ -396,7 +164,7 @@ def test_5_leader_killed_standby_takes_over_and_adopts():
     assert not bad, "%d of %d failed: %s" % (len(bad), len(results), bad[:3])
     after = [p["metadata"]["name"] for p in live_pods("hello")]
     assert after == before, (before, after)
-    lease = C.admin.get("/apis/coordination.k8s.io/v1/namespaces/%s/leases/%s-controller" %
+    lease = k8s.C.admin.get("/apis/coordination.k8s.io/v1/namespaces/%s/leases/%s-controller" %
                         (NS, RELEASE))
     assert lease["spec"]["holderIdentity"] == "e2e-2", lease["spec"]
     print("leader kill -9: the standby held the Lease %.1f s later (lease 15 s), adopted %s; "
@@ -458,11 +226,6 @@ def test_7_restarted_controller_removes_the_stale_revision():
     assert len(new) == 1 and new[0]["metadata"]["labels"]["stoke.dev/revision"] != old_rev, new
 
 
-def cold_name(i):
-    """Names of the longest kind (63 characters): the pod's name is cut to fit."""
-    return ("cold-%d-" % i).ljust(63, "x")
-
-
 def test_8_cold_start_median_of_10():
     times = []
     for i in range(10):
@@ -517,7 +280,7 @@ def test_10_unstartable_pod_is_reported_and_retried_with_back_off():
     apply(fn_doc("noimage", {"image": "stoke-no-such-image:1", "queue": {"timeout": "3s"}}))
     kapi.wait_for(lambda: (function("noimage").get("status") or {}).get("observedGeneration")
                   == 1, 30, "noimage applied")
-    rv = C.admin.get("/api/v1/namespaces/%s/pods?limit=1" % NS)["metadata"]["resourceVersion"]
+    rv = k8s.C.admin.get("/api/v1/namespaces/%s/pods?limit=1" % NS)["metadata"]["resourceVersion"]
     status, body = call("noimage", timeout=30)
     assert status in (502, 503, 504), (status, body)
 
@@ -531,7 +294,7 @@ def test_10_unstartable_pod_is_reported_and_retried_with_back_off():
     path = "/api/v1/namespaces/%s/pods?labelSelector=%s" % (
         NS, urllib.parse.quote("stoke.dev/function=noimage"))
     created = {ev["object"]["metadata"]["name"] for ev in
-               C.admin.watch_stream(path, rv, timeout_seconds=8) if ev["type"] == "ADDED"}
+               k8s.C.admin.watch_stream(path, rv, timeout_seconds=8) if ev["type"] == "ADDED"}
     assert 1 <= len(created) <= 6, created
     kubectl("delete", "function", "-n", NS, "noimage")
     kapi.wait_for(lambda: pods("noimage") == [], 60, "noimage's pods gone")
@@ -540,7 +303,7 @@ def test_10_unstartable_pod_is_reported_and_retried_with_back_off():
 
 def test_11_api_server_stopped_10s_under_load():
     connected = act_log().count("connected to the controller")
-    api = C.procs["kube-apiserver"]
+    api = k8s.C.procs["kube-apiserver"]
     load = Load("hello")
     try:
         before = steady_pods(load, "hello")
@@ -595,4 +358,4 @@ def test_12_delete_function_removes_its_pods():
 
 
 if __name__ == "__main__":
-    harness.run_tests(dict(globals()), setup=setup, teardown=teardown)
+    harness.run_tests(dict(globals()), setup=k8s.setup, teardown=k8s.teardown)
