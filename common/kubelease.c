@@ -5,7 +5,11 @@
  * a free or expired one is taken, ours renewed, each by a PUT carrying the
  * resourceVersion that was read (a POST when there is none), so of two
  * candidates that read the same version only one write succeeds: the other
- * gets 409 and follows. A leader that could not renew for renew_s (shorter
+ * gets 409 and follows. A leader whose renewal gets 409 (another writer
+ * changed the Lease since it was read: a label, an annotation, or a
+ * candidate that took it) reads it again at once and decides on what it
+ * holds now: it renews while the Lease is still its own, and follows only
+ * when another holder's is live. A leader that could not renew for renew_s (shorter
  * than the lease) stops leading before anyone else may take the lease.
  * Expiry compares renewTime with this host's wall clock: the candidates'
  * clocks are assumed in sync to well under the lease duration. */
@@ -166,6 +170,7 @@ struct stoke_kube_elector {
     char ns[254], name[254], id[254];
     unsigned lease_s, renew_s, retry_s;
     void (*on_change)(bool leading, void *data);
+    void (*on_error)(int err, const char *message, void *data);
     void *data;
     uv_timer_t timer;
     struct stoke__kube_call *call; /* GET, POST or PUT in flight */
@@ -174,8 +179,16 @@ struct stoke_kube_elector {
     bool stopped;
     bool releasing;
     bool timer_open;
+    unsigned rereads;    /* re-reads after 409 since the last tick */
+    uint64_t conflicts;  /* writes answered 409 */
     uint64_t renewed_ms; /* uv_now() of our last successful write */
 };
+
+/* Re-reads after a 409 before the next tick: a writer that keeps changing
+ * the Lease cannot keep the leader busy; its deadline still holds. */
+#define REREADS_MAX 4
+
+static void read_lease(struct stoke_kube_elector *el);
 
 static int64_t wall_ms(void)
 {
@@ -212,6 +225,17 @@ static void check_deadline(struct stoke_kube_elector *el)
         set_leading(el, false);
 }
 
+static void failed(struct stoke_kube_elector *el, const char *what,
+                   const struct stoke_kube_result *res)
+{
+    char msg[1200];
+    if (!el->on_error)
+        return;
+    (void)snprintf(msg, sizeof(msg), "%s Lease %s/%s: %.400s", what, el->ns, el->name,
+                   res->status.message);
+    el->on_error(res->err, msg, el->data);
+}
+
 static void on_write(const struct stoke_kube_result *res, void *data)
 {
     struct stoke_kube_elector *el = data;
@@ -219,12 +243,21 @@ static void on_write(const struct stoke_kube_result *res, void *data)
     el->call = NULL;
     if (res->err == -ECANCELED)
         return;
+    if (res->err < 0)
+        failed(el, el->leading ? "renewing" : "taking", res);
     if (res->err < 0) {
-        /* 409: another candidate wrote first; it leads. */
-        if (res->err == -ESTALE || res->err == -EEXIST)
-            set_leading(el, false);
-        else
-            check_deadline(el);
+        if (res->err == -ESTALE || res->err == -EEXIST) {
+            /* 409: someone wrote the Lease since we read it. A candidate that
+             * loses the race to take it simply follows; a leader reads it
+             * again and renews unless another holder took it. */
+            el->conflicts++;
+            if (el->leading && !el->stopped && el->rereads < REREADS_MAX) {
+                el->rereads++;
+                read_lease(el);
+                return;
+            }
+        }
+        check_deadline(el);
         return;
     }
     el->renewed_ms = uv_now(stoke__kube_loop(el->k));
@@ -245,6 +278,7 @@ static void on_read(const struct stoke_kube_result *res, void *data)
     if (res->err == -ECANCELED)
         return;
     if (res->err < 0 && res->err != -ENOENT) {
+        failed(el, "reading", res);
         check_deadline(el);
         return;
     }
@@ -276,16 +310,23 @@ static void on_read(const struct stoke_kube_result *res, void *data)
         check_deadline(el);
 }
 
+static void read_lease(struct stoke_kube_elector *el)
+{
+    char path[1024];
+
+    if (stoke_kube_path(&stoke_kube_leases, el->ns, el->name, NULL, path, sizeof(path)) == 0)
+        (void)stoke__kube_request_ex(el->k, STOKE_KUBE_GET, path, NULL, on_read, el, &el->call);
+}
+
 static void on_tick(uv_timer_t *t)
 {
     struct stoke_kube_elector *el = t->data;
-    char path[1024];
 
     check_deadline(el);
     if (el->stopped || el->call)
         return;
-    if (stoke_kube_path(&stoke_kube_leases, el->ns, el->name, NULL, path, sizeof(path)) == 0)
-        (void)stoke__kube_request_ex(el->k, STOKE_KUBE_GET, path, NULL, on_read, el, &el->call);
+    el->rereads = 0;
+    read_lease(el);
 }
 
 int stoke_kube_elector_start(struct stoke_kube *k, const struct stoke_kube_elector_opts *opts,
@@ -315,6 +356,7 @@ int stoke_kube_elector_start(struct stoke_kube *k, const struct stoke_kube_elect
         return -EINVAL;
     }
     el->on_change = opts->on_change;
+    el->on_error = opts->on_error;
     el->data = opts->data;
     (void)uv_timer_init(stoke__kube_loop(k), &el->timer);
     el->timer.data = el;
@@ -327,6 +369,11 @@ int stoke_kube_elector_start(struct stoke_kube *k, const struct stoke_kube_elect
 bool stoke_kube_elector_leading(const struct stoke_kube_elector *el)
 {
     return el->leading;
+}
+
+uint64_t stoke_kube_elector_conflicts(const struct stoke_kube_elector *el)
+{
+    return el->conflicts;
 }
 
 static void on_timer_closed(uv_handle_t *h)

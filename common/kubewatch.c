@@ -242,6 +242,15 @@ static void report(struct stoke_kube_informer *inf, int err, const char *message
         inf->o.on_error(err, message, inf->o.data);
 }
 
+/* 410 Gone: the next step is a LIST. */
+static void gone(struct stoke_kube_informer *inf)
+{
+    inf->stats.gone++;
+    inf->relist = true;
+    if (inf->o.on_gone && !inf->stopped)
+        inf->o.on_gone(inf->rv, inf->o.data);
+}
+
 /* Tries again after back-off: a LIST when `relist`, else a WATCH. */
 static void on_retry(uv_timer_t *t)
 {
@@ -316,7 +325,9 @@ static void on_list(const struct stoke_kube_result *res, void *data)
             return; /* the client is closing */
         if (res->err == -EIDRM && inf->cont) {
             /* The continue token expired: the list starts over at once. */
-            inf->stats.gone++;
+            gone(inf);
+            if (inf->stopped)
+                return;
             start_list(inf);
             return;
         }
@@ -436,8 +447,8 @@ static void deliver_one(struct stoke_kube_informer *inf, struct queued *q)
     inf->stats.events++;
     if (q->type == STOKE_KUBE_ERROR) {
         if (stoke_kube_status_parse(q->obj, &st) == 0 && st.code == 410) {
-            inf->stats.gone++;
-            inf->relist = true;
+            if (!inf->relist)
+                gone(inf);
         } else {
             report(inf, -EIO, st.message);
         }
@@ -540,8 +551,9 @@ static void on_watch_end(const struct stoke_kube_result *res, void *data)
     (void)uv_timer_stop(&inf->deliver);
     if (res->err == -EIDRM) {
         /* 410 Gone: our resourceVersion is compacted away. */
-        inf->stats.gone++;
-        inf->relist = true;
+        gone(inf);
+        if (inf->stopped)
+            return;
     }
     if (inf->relist) {
         start_list(inf);

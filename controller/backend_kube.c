@@ -56,6 +56,7 @@ struct kube_be {
     bool closing;
     bool scan_closed;
     uint64_t pods_created, pods_deleted, start_failures;
+    uint64_t pods_unanswered; /* creates without an answer (kb_create) */
 };
 
 /* What the backend keeps of each replica (backend_replica.priv). */
@@ -395,6 +396,12 @@ static struct krep *krep_find(struct kube_be *k, const char *name)
     return NULL;
 }
 
+static void on_pods_gone(const char *rv, void *data)
+{
+    (void)data;
+    stoke_info(NULL, "pods: resourceVersion %s is gone (410 Gone): relisting", rv);
+}
+
 static void on_scan(uv_timer_t *t);
 
 /* Runs the scan soon (from the loop, never inside the caller's call). */
@@ -436,7 +443,21 @@ static void on_created(const struct stoke_kube_result *res, void *data)
     struct req *q = data;
     struct kube_be *k = q->k;
     struct backend_result out = {.err = res->err, .message = res->status.message, .how = ""};
-    if (res->err == 0 && !k->closing) {
+    if (res->err < 0 && res->http_status == 0 && res->err != -ECANCELED && !k->closing) {
+        /* No answer (the connection was cut, a timeout): the API server may
+         * have created the pod. It is taken as created under the name we gave
+         * it, its uid learnt from the informer: the start waits for it to be
+         * seen running, and a pod never seen fails the start at its deadline
+         * and is deleted by name. A retry under a new name could leave this
+         * one running beside it, a duplicate nobody routes to. */
+        stoke_warn(q->p->r->function, res->err,
+                   "creating pod %s: no answer (%s); waiting for the informer to see it",
+                   q->p->r->name, res->status.message);
+        snprintf(q->p->r->id, sizeof(q->p->r->id), "%.64s", q->p->r->name);
+        q->p->uid[0] = '\0';
+        out.err = 0;
+        k->pods_unanswered++;
+    } else if (res->err == 0 && !k->closing) {
         json_object *md = stoke_json_obj(res->json, "metadata");
         const char *uid = stoke_json_str(md, "uid");
         const char *name = stoke_json_str(md, "name");
@@ -743,6 +764,11 @@ static void on_pod_event(enum stoke_kube_event_type type, json_object *pod, void
     struct krep *p = name ? krep_find(k, name) : NULL;
     if (!p)
         return;
+    if (!p->uid[0] && type != STOKE_KUBE_DELETED) {
+        /* A create without an answer: the pod exists after all. */
+        const char *uid = stoke_json_str(stoke_json_obj(pod, "metadata"), "uid");
+        snprintf(p->uid, sizeof(p->uid), "%s", uid ? uid : "");
+    }
     if (p->start_cb)
         kick(k); /* a start waits for this pod */
     if (type == STOKE_KUBE_DELETED) {
@@ -886,14 +912,18 @@ static int kb_metrics(struct backend *b, struct stoke_buf *out)
         "# HELP stoke_controller_kube_start_failures_total Pods that did not run.\n"
         "# TYPE stoke_controller_kube_start_failures_total counter\n"
         "stoke_controller_kube_start_failures_total %" PRIu64 "\n"
+        "# HELP stoke_controller_kube_pod_creates_unanswered_total Pod creations whose answer "
+        "was lost (connection cut, timeout): taken as created, confirmed by the informer.\n"
+        "# TYPE stoke_controller_kube_pod_creates_unanswered_total counter\n"
+        "stoke_controller_kube_pod_creates_unanswered_total %" PRIu64 "\n"
         "# HELP stoke_controller_kube_pod_informer_total The pod informer's LISTs, WATCHes, "
         "410 Gone and errors.\n# TYPE stoke_controller_kube_pod_informer_total counter\n"
         "stoke_controller_kube_pod_informer_total{what=\"list\"} %" PRIu64 "\n"
         "stoke_controller_kube_pod_informer_total{what=\"watch\"} %" PRIu64 "\n"
         "stoke_controller_kube_pod_informer_total{what=\"gone\"} %" PRIu64 "\n"
         "stoke_controller_kube_pod_informer_total{what=\"error\"} %" PRIu64 "\n",
-        k->pods_created, k->pods_deleted, k->start_failures, st.lists, st.watches, st.gone,
-        st.errors);
+        k->pods_created, k->pods_deleted, k->start_failures, k->pods_unanswered, st.lists,
+        st.watches, st.gone, st.errors);
 }
 
 static void kb_close(struct backend *b)
@@ -977,6 +1007,7 @@ int backend_kube_new(uv_loop_t *loop, const struct backend_kube_config *cfg, str
         .on_event = on_pod_event,
         .on_synced = on_pods_synced,
         .on_error = on_pods_error,
+        .on_gone = on_pods_gone,
         .data = k,
     };
     int r = stoke_kube_informer_start(k->kube, &io, &k->pods);

@@ -44,6 +44,7 @@ struct kubefn {
     void (*on_synced)(struct ctrl *c);
     bool synced, loaded, closing;
     unsigned inflight;
+    uint64_t rewrites; /* statuses another writer changed, written again */
     struct stoke_list fns;
 };
 
@@ -167,14 +168,42 @@ static void fn_delete(struct kubefn *kf, json_object *obj)
     }
 }
 
+/* Another writer changed the status we wrote (a stale write of its own, a
+ * `kubectl patch --subresource=status`): ours is written again at the next
+ * tick. Our own patches come back as they were written (the schema keeps
+ * every field we write), so they compare equal; a status seen while our
+ * patch is in flight is not judged. */
+static void status_check(struct kubefn *kf, json_object *obj)
+{
+    const char *name = stoke_json_str(stoke_json_obj(obj, "metadata"), "name");
+    struct kfn *f = name ? kfn_find(kf, name, false) : NULL;
+    if (!f || f->patching || !f->written)
+        return;
+    json_object *mine = json_tokener_parse(f->written);
+    json_object *theirs = json_object_object_get(obj, "status");
+    bool same = mine && theirs && json_object_equal(mine, theirs);
+    json_object_put(mine);
+    if (same)
+        return;
+    stoke_warn(name, 0,
+               "the status of Function %s/%s was changed by another writer: writing it again",
+               kf->ns, name);
+    free(f->written);
+    f->written = NULL;
+    kf->rewrites++;
+}
+
 static void fn_changed(struct kubefn *kf, enum stoke_kube_event_type type, json_object *obj)
 {
     /* Being deleted (foreground deletion waits for its pods): deleted. */
     if (type == STOKE_KUBE_DELETED ||
         json_object_object_get(stoke_json_obj(obj, "metadata"), "deletionTimestamp"))
         fn_delete(kf, obj);
-    else
+    else {
         fn_apply(kf, obj);
+        if (type == STOKE_KUBE_MODIFIED)
+            status_check(kf, obj);
+    }
 }
 
 static void on_fn_event(enum stoke_kube_event_type type, json_object *obj, void *data)
@@ -197,6 +226,32 @@ static void on_fn_error(int err, const char *message, void *data)
 {
     (void)data;
     stoke_warn(NULL, err, "functions: %s; the informer retries", message);
+}
+
+static void on_fn_gone(const char *rv, void *data)
+{
+    (void)data;
+    stoke_info(NULL, "functions: resourceVersion %s is gone (410 Gone): relisting", rv);
+}
+
+int kubefn_metrics(const struct kubefn *kf, struct stoke_buf *out)
+{
+    struct stoke_kube_informer_stats st = {0};
+    stoke_kube_informer_stats(kf->inf, &st);
+    return stoke_buf_printf(
+        out,
+        "# HELP stoke_controller_kube_function_informer_total The Function informer's LISTs, "
+        "WATCHes, 410 Gone and errors.\n"
+        "# TYPE stoke_controller_kube_function_informer_total counter\n"
+        "stoke_controller_kube_function_informer_total{what=\"list\"} %" PRIu64 "\n"
+        "stoke_controller_kube_function_informer_total{what=\"watch\"} %" PRIu64 "\n"
+        "stoke_controller_kube_function_informer_total{what=\"gone\"} %" PRIu64 "\n"
+        "stoke_controller_kube_function_informer_total{what=\"error\"} %" PRIu64 "\n"
+        "# HELP stoke_controller_kube_status_rewrites_total Function statuses written again "
+        "because another writer changed them.\n"
+        "# TYPE stoke_controller_kube_status_rewrites_total counter\n"
+        "stoke_controller_kube_status_rewrites_total %" PRIu64 "\n",
+        st.lists, st.watches, st.gone, st.errors, kf->rewrites);
 }
 
 int kubefn_load(struct ctrl *c)
@@ -388,6 +443,7 @@ int kubefn_new(struct ctrl *c, const struct kubefn_config *cfg, struct kubefn **
         .on_event = on_fn_event,
         .on_synced = on_fn_synced,
         .on_error = on_fn_error,
+        .on_gone = on_fn_gone,
         .data = kf,
     };
     int r = stoke_kube_informer_start(kf->kube, &io, &kf->inf);

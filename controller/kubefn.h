@@ -27,6 +27,8 @@ void kubefn_write_status(struct kubefn *kf);
 /* The uid of Function `name` for its pods' ownerReference, or NULL when
  * there is none (or it is being deleted); `data` is the kubefn. */
 const char *kubefn_owner_uid(const char *name, void *data);
+/* Its informer's counters and the statuses written again, as metrics. */
+int kubefn_metrics(const struct kubefn *kf, struct stoke_buf *out);
 void kubefn_close(struct kubefn *kf);
 
 #endif

@@ -132,6 +132,16 @@ static int ops_metrics(struct stoke_buf *out, void *data)
                              "the Lease, or runs without leader election).\n"
                              "# TYPE stoke_controller_leader gauge\nstoke_controller_leader %d\n",
                              c->be ? 1 : 0);
+    if (elector)
+        r |= stoke_buf_printf(out,
+                              "# HELP stoke_controller_lease_conflicts_total Writes of the Lease "
+                              "answered 409 Conflict (another writer changed it since it was "
+                              "read; a leader reads it again and renews).\n"
+                              "# TYPE stoke_controller_lease_conflicts_total counter\n"
+                              "stoke_controller_lease_conflicts_total %" PRIu64 "\n",
+                              stoke_kube_elector_conflicts(elector));
+    if (c->kubefn)
+        r |= kubefn_metrics(c->kubefn, out);
     /* A follower has no backend and no functions yet. */
     return c->be ? r | ctrl_metrics_render(c, out) : r;
 }
@@ -393,6 +403,12 @@ static void on_lead_change(bool lead, void *data)
         uv_timer_stop(&c->tick);
         ctrl_shutdown(c, on_stopped);
     }
+}
+
+static void on_lease_error(int err, const char *message, void *data)
+{
+    (void)data;
+    stoke_log(STOKE_LOG_DEBUG, NULL, err, "%s; the elector retries", message);
 }
 
 /* Kubernetes: the client, from inside a pod or from a kubeconfig. */
@@ -811,6 +827,7 @@ int main(int argc, char **argv)
             .renew_s = renew_s,
             .retry_s = retry_s,
             .on_change = on_lead_change,
+            .on_error = on_lease_error,
             .data = c,
         };
         r = stoke_kube_elector_start(kube, &eo, &elector);

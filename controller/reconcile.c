@@ -160,8 +160,12 @@ out:
 void ctrl_push_routes(struct ctrl *c)
 {
     /* While adopting, the table would lack the replicas being adopted:
-     * activators keep the one they have until adoption is over. */
-    if (c->adopting)
+     * activators keep the one they have until adoption is over. A stopping
+     * controller (SIGTERM, a lost Lease) sends none either: its replicas are
+     * being freed or left to the next controller, and a table without them
+     * would fail the requests in flight and queued in the activators, which
+     * keep routing on the last table until the next controller's. */
+    if (c->adopting || c->stopping)
         return;
     struct push p = {.t = {.gen = ++c->route_gen}};
     struct stoke_route_table *t = &p.t;

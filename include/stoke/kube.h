@@ -265,6 +265,9 @@ struct stoke_kube_informer_opts {
     /* A LIST or WATCH failed; the informer retries with back-off itself.
      * May be NULL. */
     void (*on_error)(int err, const char *message, void *data);
+    /* 410 Gone: resourceVersion `rv` (of the watch, or of an expired LIST
+     * continue token) was compacted away; a new LIST follows. May be NULL. */
+    void (*on_gone)(const char *rv, void *data);
     void *data;
 };
 
@@ -335,6 +338,8 @@ struct stoke_kube_elector_opts {
     unsigned retry_s;     /* how often to try (0: 2); renew_s + retry_s < lease_s */
     /* Leading started (true) or stopped (false). */
     void (*on_change)(bool leading, void *data);
+    /* A read or write of the Lease failed (it retries itself); may be NULL. */
+    void (*on_error)(int err, const char *message, void *data);
     void *data;
 };
 
@@ -346,6 +351,9 @@ struct stoke_kube_elector;
 int stoke_kube_elector_start(struct stoke_kube *k, const struct stoke_kube_elector_opts *opts,
                              struct stoke_kube_elector **ret);
 bool stoke_kube_elector_leading(const struct stoke_kube_elector *el);
+/* Its writes of the Lease answered 409 Conflict (a renewal is then read
+ * again and retried). */
+uint64_t stoke_kube_elector_conflicts(const struct stoke_kube_elector *el);
 
 /* Stops trying. When leading and `release`, writes the Lease free (best
  * effort) first; on_change(false) is called (from within this call) when it
