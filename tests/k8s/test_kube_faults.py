@@ -306,6 +306,7 @@ def test_3_lease_409_renewal_read_again_not_stepping_down():
             k8s.C.admin.patch(path, {"metadata": {"annotations": {
                 "stoke.dev/test-writer": str(writes)}}})
             writes += 1
+            assert S["ctl"].poll() is None, "the leader stepped down: " + ctl_log()[-2000:]
             if metrics()["stoke_controller_lease_conflicts_total"] >= c0 + 2:
                 break
             time.sleep(0.1)
@@ -335,7 +336,8 @@ def test_4_status_overwritten_is_written_back():
     status, _ = call("hello")
     assert status == 200
     ready = len([p for p in live_pods("hello")])
-    kapi.wait_for(lambda: function("hello")["status"].get("readyReplicas") == ready, 30,
+    kapi.wait_for(lambda: (function("hello").get("status") or {}).get("readyReplicas") == ready,
+                  30,
                   "hello's status readyReplicas %d" % ready)
     r0 = metrics().get("stoke_controller_kube_status_rewrites_total", 0)
     kubectl("patch", "function", "hello", "-n", NS, "--subresource=status", "--type=merge",
