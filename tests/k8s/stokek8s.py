@@ -251,11 +251,12 @@ class Load:
 
 
 def steady_pods(load, fn):
-    """The names of `fn`'s one live pod once `load` has had answers from it (a pod the
-    autoscaler scaled to zero just before the load came does not count)."""
+    """The names of `fn`'s one live pod once `load` has had answers from it for 2 s or
+    more (a pod the autoscaler scaled to zero as the load came, its deletion maybe not
+    through yet, does not count: the autoscaler sees the load a second later)."""
     def steady():
         ps = [p["metadata"]["name"] for p in live_pods(fn)]
-        return ps if len(ps) == 1 and len(load.results) >= 5 and all(
+        return ps if len(ps) == 1 and len(load.results) >= 40 and all(
             r[0] == 200 and ps[0] in r[1] for r in load.results[-3:]) else None
     return kapi.wait_for(steady, 60, "one steady pod of %s under load" % fn)
 

@@ -25,6 +25,7 @@ Run: python3 tests/k8s/test_kube_faults.py [test_name ...]   (ctest -R k8s.kube_
 
 import calendar
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -352,15 +353,60 @@ def test_4_status_overwritten_is_written_back():
     assert "was changed by another writer: writing it again" in ctl_log()
 
 
+def start_activator():
+    """A second activator on the channel (its joining makes the leader send every
+    activator a new route table)."""
+    logpath = os.path.join(S["tmp"], "activator-2.log")
+    p = subprocess.Popen(
+        [os.path.join(k8s.BUILD, "stoke-activator"), "--listen",
+         "127.0.0.1:%d" % harness.free_port(), "--ops-listen",
+         "127.0.0.1:%d" % harness.free_port(), "--controller", "127.0.0.1:%d" % S["ctl_port"],
+         "--channel-token-file", S["token"], "--workers", "1", "--log-level", "debug"],
+        stdout=open(logpath, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    harness.record_pid(p.pid)
+    S["killed"].append(p)  # teardown ends it
+    return p, logpath
+
+
 def test_5_leader_sigterm_under_load_standby_takes_over():
+    """The leader SIGTERMed while it waits for a pod creation's answer (its API traffic
+    delayed 2 s each way), with a request queued for that pod and the load on hello; while
+    it stops, another activator joins the channel: a stopping controller must send no
+    route table (its replicas are retired: one would fail hello's requests in flight and
+    queued), and the standby takes over with 0 failed requests."""
     apply(fn_doc("hello"))  # test_1's (unchanged): each test runs alone as well
+    apply(lasting("queued"))
+    observed("queued", 1)
+    proxy = P["proxy"]
     connected = act_log().count("connected to the controller")
     load = Load("hello")
+    queued, extra = [], None
     try:
         before = steady_pods(load, "hello")
-        old = S["ctl"]
+        proxy.delay(2)
+        threading.Thread(target=lambda: queued.append(call("queued", timeout=120)),
+                         daemon=True).start()
+        kapi.wait_for(lambda: any('"fn":"queued"' in line and " from new: 0 -> 1" in line
+                                  for line in ctl_log().splitlines()), 30,
+                      "the leader creating queued's pod")
+        old, old_log = S["ctl"], S["ctl_log"]
+        joined = ctl_log().count("connected (process")
         old.terminate()
+        extra, extra_log = start_activator()
+        kapi.wait_for(lambda: ctl_log(old_log).count("connected (process") > joined or
+                      old.poll() is not None, 30, "the second activator on the channel")
+        proxy.delay(0)
         assert old.wait(60) == 0, ctl_log()[-3000:]
+        text = ctl_log(old_log)
+        stopping = text[text.index('"signal 15'):]
+        assert "connected (process" in stopping and "exiting" in stopping, stopping[-3000:]
+        # The new activator got no route table from the stopping leader (it logs each
+        # one it gets): none before its next connection (to the new leader).
+        elog = ctl_log(extra_log)
+        first = elog.find("connected to the controller")
+        second = elog.find("connected to the controller", first + 1)
+        assert first >= 0, elog
+        assert "route table" not in elog[:second if second > 0 else len(elog)], elog
         S["killed"].append(old)
         wait_standby = '"leading: holding Lease %s/%s-controller as e2e-2' % (NS, RELEASE)
         kapi.wait_for(lambda: wait_standby in ctl_log(S["standby_log"]), 40,
@@ -370,14 +416,21 @@ def test_5_leader_sigterm_under_load_standby_takes_over():
         kapi.wait_for(lambda: act_log().count("connected to the controller") > connected, 30,
                       "the activator on the new leader's channel")
         more_requests(load, "the takeover", 10)
+        kapi.wait_for(lambda: queued, 120, "the queued request's answer")
     finally:
+        proxy.delay(0)
         results = load.stop()
+        if extra:
+            extra.terminate()
     S["ctl"], S["ctl_log"] = S.pop("standby"), S.pop("standby_log")
     bad = all_200(results)
+    assert queued[0][0] == 200, queued
     assert [p["metadata"]["name"] for p in live_pods("hello")] == before
+    assert len(live_pods("queued")) == 1, [p["metadata"]["name"] for p in live_pods("queued")]
     assert lease()["spec"]["holderIdentity"] == "e2e-2"
-    log("leader SIGTERM under load: the standby took the Lease and adopted %s; %d requests, "
-        "%d failed" % (before[0], len(results), len(bad)))
+    log("leader SIGTERM under load, its pod creation in flight and an activator joining: "
+        "the standby took the Lease and adopted %s; %d requests to hello, %d failed; the "
+        "queued request: %d" % (before[0], len(results), len(bad), queued[0][0]))
 
 
 if __name__ == "__main__":
