@@ -408,7 +408,9 @@ static void on_lead_change(bool lead, void *data)
 static void on_lease_error(int err, const char *message, void *data)
 {
     (void)data;
-    stoke_log(STOKE_LOG_DEBUG, NULL, err, "%s; the elector retries", message);
+    /* err goes into the text: libuv names no ESTALE (a 409), and
+     * uv_err_name() allocates a name it does not know. */
+    stoke_debug(NULL, "%s (%s); the elector retries", message, strerror(-err));
 }
 
 /* Kubernetes: the client, from inside a pod or from a kubeconfig. */
