@@ -274,6 +274,8 @@ static void on_adopted(struct ctrl *c, int err)
         ctrl_shutdown(c, on_stopped);
         return;
     }
+    if (c->stopping)
+        return; /* a signal came while adopting: the replicas go, nothing starts */
     adopted = true;
     ctrl_push_routes(c);
     ctrl_reconcile_all(c);
