@@ -31,6 +31,7 @@ static const char *const reason_names[METRICS_REASONS] = {
     [METRICS_NOT_IMPLEMENTED] = "not_implemented",
     [METRICS_UPSTREAM_ERROR] = "upstream_error",
     [METRICS_QUEUE_FULL] = "queue_full",
+    [METRICS_NO_ROUTES] = "no_routes",
     [METRICS_QUEUE_TIMEOUT] = "queue_timeout",
     [METRICS_DEADLINE] = "deadline",
     [METRICS_CONNECTIONS_LIMIT] = "connections_limit",

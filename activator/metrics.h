@@ -47,6 +47,7 @@ enum metrics_reason {
     METRICS_NOT_IMPLEMENTED,    /* 501: CONNECT, Upgrade */
     METRICS_UPSTREAM_ERROR,     /* 502 */
     METRICS_QUEUE_FULL,         /* 503 */
+    METRICS_NO_ROUTES,          /* 503: no route table from the controller yet */
     METRICS_QUEUE_TIMEOUT,      /* 504 while queued */
     METRICS_DEADLINE,           /* 504 past the function's timeout */
     METRICS_CONNECTIONS_LIMIT,  /* closed at accept: --max-connections */

@@ -206,6 +206,7 @@ struct proxy {
     void *closed_data;
     struct proxy_hooks hooks;
     uint64_t gen;               /* of the route table in use */
+    bool routed;                /* it has had a route table */
     struct stoke_list draining; /* endpoints gone with requests in flight */
     struct fn **fns;            /* sorted by name */
     size_t n_fns;
@@ -722,6 +723,7 @@ void proxy_set_routes(struct proxy *px, struct stoke_route_table *t)
     free(old);
     free(kept);
     px->gen = t->gen;
+    px->routed = true;
     stoke_route_table_done(t);
 
     for (size_t i = 0; i < px->n_fns; i++) {
@@ -1092,7 +1094,8 @@ static const char *connection_header(const struct client *c, bool close_conn)
     return c->http_minor == 0 ? "Connection: keep-alive\r\n" : "";
 }
 
-static void send_error(struct client *c, int status, bool close_conn)
+/* An error answer of the activator's own, counted under `reason`. */
+static void send_error_as(struct client *c, int status, bool close_conn, enum metrics_reason reason)
 {
     char head[256 + REQUEST_ID_MAX], body[128];
     int bl = snprintf(body, sizeof(body), "%d %s\n", status, status_reason(status));
@@ -1107,7 +1110,7 @@ static void send_error(struct client *c, int status, bool close_conn)
                       c->request_id, c->request_id[0] ? "\r\n" : "");
     uv_buf_t parts[2] = {uv_buf_init(head, (unsigned)hl), uv_buf_init(body, (unsigned)bl)};
     bool head_only = c->method == HTTP_HEAD;
-    metrics_error(c->px->hooks.metrics, status, c->state == C_QUEUED);
+    metrics_rejected(c->px->hooks.metrics, reason);
     c->status = status;
     client_abort_upstream(c);
     int r = client_writev(c, parts, head_only ? 1 : 2);
@@ -1117,6 +1120,11 @@ static void send_error(struct client *c, int status, bool close_conn)
         client_close_after_flush(c);
     else
         client_finish_request(c);
+}
+
+static void send_error(struct client *c, int status, bool close_conn)
+{
+    send_error_as(c, status, close_conn, metrics_reason_of(status, c->state == C_QUEUED));
 }
 
 /* ---- request parsing ---------------------------------------------------- */
@@ -2133,7 +2141,10 @@ static void dispatch(struct client *c)
         }
     }
     if (!fn) {
-        send_error(c, 404, false);
+        if (!px->routed && px->cfg.await_routes)
+            send_error_as(c, 503, false, METRICS_NO_ROUTES);
+        else
+            send_error(c, 404, false);
         return;
     }
     if (build_upstream_request(c, lname, path, path_len) < 0) {

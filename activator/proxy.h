@@ -36,6 +36,9 @@ struct proxy_config {
     uint32_t max_idle_upstream;  /* idle pooled connections per replica */
     bool reuse_port;             /* SO_REUSEPORT: several workers share the port */
     bool access_log;             /* a log line per request (info level) */
+    bool await_routes;           /* routes come from the controller: until the first
+                                    table, a request gets 503 (not 404: the function
+                                    may well exist) */
     /* Peers whose forwarding headers (X-Forwarded-For, Forwarded,
      * X-Real-IP) are passed on; from anyone else they are replaced or
      * dropped. */

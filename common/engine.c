@@ -18,6 +18,7 @@
 #include "stoke/curluv.h"
 #include "stoke/json.h"
 #include "stoke/linebuf.h"
+#include "stoke/list.h"
 #include "stoke/util.h"
 
 /* 1.41 is Docker 20.10's and is served by later Dockers and by Podman's
@@ -34,6 +35,11 @@
  * events waiting for the loop are capped, the stream ends past either. */
 #define EVENT_LINE_MAX (64u << 10)
 #define EVENT_QUEUE_MAX 4096
+#define ENGINE_DEFAULT_MAX_INFLIGHT 16
+
+/* Calls past the in-flight limit wait in one of two queues: those on a cold
+ * start's way (and the cheap reads) go before the housekeeping ones. */
+enum call_class { CLASS_URGENT, CLASS_HOUSEKEEPING, CLASSES };
 
 struct stoke_engine {
     uv_loop_t *loop;
@@ -43,7 +49,8 @@ struct stoke_engine {
     bool closing;
     void (*on_closed)(void *data);
     void *closed_data;
-    struct stoke_engine_stats stats;
+    struct stoke_engine_stats stats; /* its in_flight, queued, limit: the queue's */
+    struct stoke_list queued[CLASSES];
 };
 
 struct watch;
@@ -58,6 +65,8 @@ struct call {
     int write_err;           /* why on_write stopped the transfer: -ENOBUFS, -ENOMEM */
     bool want_id;            /* create: res->id from "Id" */
     enum stoke_engine_op op; /* what it is counted as (stoke_engine_stats()) */
+    bool limited;            /* counted in the in-flight limit (not a stream) */
+    struct stoke_list qnode; /* in e->queued while it waits for a place */
     char errbuf[CURL_ERROR_SIZE];
     stoke_engine_cb cb;
     void *data;
@@ -135,6 +144,7 @@ static const char *text_message(struct stoke_buf *b)
 
 static void watch_end(struct watch *w, const struct stoke_engine_result *res);
 static void count_call(struct call *c, int err);
+static void pump(struct stoke_engine *e);
 
 static void on_done(CURL *easy, CURLcode rc, void *data)
 {
@@ -202,12 +212,18 @@ static void on_done(CURL *easy, CURLcode rc, void *data)
     }
 out:
     count_call(c, res.err);
+    struct stoke_engine *e = c->e;
+    bool limited = c->limited;
     if (c->watch)
         watch_end(c->watch, &res);
     else
         c->cb(&res, c->data);
     json_object_put(json);
     call_free(c);
+    if (limited) {
+        e->stats.in_flight--;
+        pump(e);
+    }
 }
 
 static int watch_feed(struct watch *w, const char *data, size_t len);
@@ -315,11 +331,68 @@ out:
     return r;
 }
 
+static enum call_class call_class(enum stoke_engine_op op)
+{
+    switch (op) {
+    case STOKE_ENGINE_OP_PAUSE:
+    case STOKE_ENGINE_OP_STOP:
+    case STOKE_ENGINE_OP_REMOVE:
+    case STOKE_ENGINE_OP_LIST:
+        return CLASS_HOUSEKEEPING;
+    default:
+        return CLASS_URGENT; /* ping, image inspect, create, start, inspect, unpause */
+    }
+}
+
+/* Starts waiting calls while there is room. One that cannot start gets its
+ * callback with the error (it has returned 0 to its caller long ago). */
+static void pump(struct stoke_engine *e)
+{
+    while (!e->closing && e->stats.in_flight < e->stats.limit) {
+        struct stoke_list *q = &e->queued[CLASS_URGENT];
+        if (stoke_list_empty(q))
+            q = &e->queued[CLASS_HOUSEKEEPING];
+        if (stoke_list_empty(q))
+            return;
+        struct call *c = stoke_container_of(stoke_list_first(q), struct call, qnode);
+        stoke_list_remove(&c->qnode);
+        e->stats.queued--;
+        e->stats.in_flight++;
+        if (e->stats.in_flight > e->stats.in_flight_max)
+            e->stats.in_flight_max = e->stats.in_flight;
+        int r = stoke_curluv_add(e->cu, c->easy, on_done, c);
+        if (r < 0) {
+            struct stoke_engine_result res = {.err = r, .message = "cannot start the engine call"};
+            e->stats.in_flight--;
+            count_call(c, r);
+            c->cb(&res, c->data);
+            call_free(c);
+        }
+    }
+}
+
+/* A stream (events) starts at once; any other call takes a place among the
+ * e->stats.limit in flight, or waits for one in its class's queue. */
 static int call_start(struct call *c)
 {
-    int r = stoke_curluv_add(c->e->cu, c->easy, on_done, c);
-    if (r < 0)
+    struct stoke_engine *e = c->e;
+    if (!c->watch) {
+        c->limited = true;
+        if (e->stats.in_flight >= e->stats.limit || e->stats.queued > 0) {
+            stoke_list_insert_tail(&e->queued[call_class(c->op)], &c->qnode);
+            e->stats.queued++;
+            return 0;
+        }
+        e->stats.in_flight++;
+        if (e->stats.in_flight > e->stats.in_flight_max)
+            e->stats.in_flight_max = e->stats.in_flight;
+    }
+    int r = stoke_curluv_add(e->cu, c->easy, on_done, c);
+    if (r < 0) {
+        if (c->limited)
+            e->stats.in_flight--;
         call_free(c);
+    }
     return r;
 }
 
@@ -407,6 +480,9 @@ int stoke_engine_new(uv_loop_t *loop, const char *docker_host, struct stoke_engi
     e->loop = loop;
     memcpy(e->socket_path, path, len + 1);
     e->timeout_ms = ENGINE_DEFAULT_TIMEOUT_MS;
+    e->stats.limit = ENGINE_DEFAULT_MAX_INFLIGHT;
+    for (int k = 0; k < CLASSES; k++)
+        stoke_list_init(&e->queued[k]);
     r = stoke_curluv_new(loop, &e->cu);
     if (r < 0) {
         free(e);
@@ -433,9 +509,28 @@ void stoke_engine_close(struct stoke_engine *e, void (*on_closed)(void *data), v
     e->closing = true;
     e->on_closed = on_closed;
     e->closed_data = data;
-    /* Runs every in-flight on_done() with CURLE_ABORTED_BY_CALLBACK, so each
-     * callback sees -ECANCELED before this returns. */
+    /* Waiting calls end first, then every in-flight on_done() runs with
+     * CURLE_ABORTED_BY_CALLBACK: each callback sees -ECANCELED before this
+     * returns. */
+    for (int k = 0; k < CLASSES; k++) {
+        while (!stoke_list_empty(&e->queued[k])) {
+            struct call *c =
+                stoke_container_of(stoke_list_first(&e->queued[k]), struct call, qnode);
+            struct stoke_engine_result res = {.err = -ECANCELED, .message = "engine client closed"};
+            stoke_list_remove(&c->qnode);
+            e->stats.queued--;
+            count_call(c, res.err);
+            c->cb(&res, c->data);
+            call_free(c);
+        }
+    }
     stoke_curluv_close(e->cu, on_cu_closed, e);
+}
+
+void stoke_engine_set_max_inflight(struct stoke_engine *e, unsigned n)
+{
+    e->stats.limit = n > 0 ? n : 1;
+    pump(e);
 }
 
 void stoke_engine_set_timeout(struct stoke_engine *e, uint64_t timeout_ms)

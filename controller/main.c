@@ -69,6 +69,8 @@ static void usage(FILE *f)
             "                        (default " DEFAULT_OPS ")\n"
             "  --pause-with WAY      cgroup (freeze idle replicas through their cgroup,\n"
             "                        the default) or engine (the engine's pause/unpause)\n"
+            "  --engine-concurrency N  engine calls in flight at most (default 16); more\n"
+            "                        wait, cold starts' before housekeeping (stop, remove)\n"
             "  --backend-without CAPS  act as a backend without these: a comma list of\n"
             "                        freeze, stop, precreate, cgroups (idle tiers then\n"
             "                        degrade as on a backend that lacks them)\n"
@@ -532,6 +534,7 @@ int main(int argc, char **argv)
         O_LEASE_NAME,
         O_LEASE_DURATION,
         O_IDENTITY,
+        O_ENGINE_CONC,
     };
     static const struct option opts[] = {
         {"functions-dir", required_argument, NULL, O_DIR},
@@ -542,6 +545,7 @@ int main(int argc, char **argv)
         {"ready-timeout", required_argument, NULL, O_READY},
         {"log-level", required_argument, NULL, O_LOG},
         {"pause-with", required_argument, NULL, O_PAUSE},
+        {"engine-concurrency", required_argument, NULL, O_ENGINE_CONC},
         {"ops-listen", required_argument, NULL, O_OPS},
         {"admin-socket", required_argument, NULL, O_ADMIN_SOCKET},
         {"admin-listen", required_argument, NULL, O_ADMIN_LISTEN},
@@ -613,6 +617,14 @@ int main(int argc, char **argv)
             docker_cfg.freeze_with_engine = strcmp(optarg, "engine") == 0;
             r = docker_cfg.freeze_with_engine || strcmp(optarg, "cgroup") == 0 ? 0 : -EINVAL;
             break;
+        case O_ENGINE_CONC: {
+            uint64_t n;
+            r = stoke_parse_u64(optarg, &n);
+            if (r == 0 && (n < 1 || n > 1024))
+                r = -EINVAL;
+            docker_cfg.max_inflight = (unsigned)n;
+            break;
+        }
         case O_OPS:
             r = stoke_opsd_parse_addr(optarg, &ops_addr, &use_ops);
             break;

@@ -41,6 +41,10 @@ LABELS = {
     "stoke_controller_engine_calls_total": {"op"},
     "stoke_controller_engine_errors_total": {"op"},
     "stoke_controller_engine_up": set(),
+    "stoke_controller_engine_calls_in_flight": set(),
+    "stoke_controller_engine_calls_in_flight_max": set(),
+    "stoke_controller_engine_calls_limit": set(),
+    "stoke_controller_engine_calls_queued": set(),
     "stoke_controller_engine_event_stream_reopens_total": set(),
     "stoke_controller_replicas": {"function", "state"},
     "stoke_controller_panic": {"function"},
@@ -391,6 +395,27 @@ def test_grafana_dashboard_uses_exported_metrics():
         s.stop()
     missing = sorted(used - exported)
     assert not missing, "the dashboard queries metrics nobody exports: %s" % missing
+
+
+def test_engine_calls_stay_under_the_limit():
+    """--engine-concurrency 2: twelve replicas asked for at once (six
+    functions of min 2) are made two engine calls at a time, all the same."""
+    s = Stoke("engine-limit", extra_controller_args=["--engine-concurrency", "2"]).start()
+    try:
+        c0 = scrape_controller(s)
+        assert value(c0, "stoke_controller_engine_calls_limit") == 2
+        for i in range(6):
+            s.write_spec("lim%d" % i, scale={"min": 2})
+        c1 = wait_scrape(s, "12 ready replicas", lambda f: sum(
+            replicas(f, "lim%d" % i, "ready") for i in range(6)) == 12, timeout=120)
+        # Twelve creates and starts were wanted at once: the limit was
+        # reached, never passed.
+        assert value(c1, "stoke_controller_engine_calls_in_flight_max") == 2, c1
+        assert value(c1, "stoke_controller_engine_calls_total", op="create") >= 12
+        assert value(c1, "stoke_controller_engine_errors_total", op="create") == 0
+    finally:
+        s.stop()
+    assert s.containers() == [], s.containers()
 
 
 if __name__ == "__main__":
