@@ -388,6 +388,9 @@ struct stoke_kube_elector;
 int stoke_kube_elector_start(struct stoke_kube *k, const struct stoke_kube_elector_opts *opts,
                              struct stoke_kube_elector **ret);
 bool stoke_kube_elector_leading(const struct stoke_kube_elector *el);
+/* The Lease's holderIdentity as last read or written ("" when not known or
+ * free). Borrowed, valid until the next read of the Lease. */
+const char *stoke_kube_elector_holder(const struct stoke_kube_elector *el);
 
 /* Stops trying. When leading and `release`, writes the Lease free (best
  * effort) first; on_change(false) is called (from within this call) when it
