@@ -838,9 +838,16 @@ static int kb_watch(struct backend *b, backend_event_cb on_event, backend_cb on_
  * API server's (a pod gone: -ENOENT; a kubelet it cannot reach: -EIO). */
 struct klogs {
     struct stoke_kube_logs *h;
+    backend_log_cb on_data;
     backend_cb on_end;
     void *data;
 };
+
+static void on_logs_data(int stream, const char *bytes, size_t len, void *data)
+{
+    struct klogs *kl = data;
+    kl->on_data(stream, bytes, len, kl->data);
+}
 
 static void on_logs_end(const struct stoke_kube_result *kr, void *data)
 {
@@ -869,9 +876,10 @@ static int kb_logs(struct backend *b, const char *id, const struct backend_logs_
     struct klogs *kl = calloc(1, sizeof(*kl));
     if (!kl)
         return -ENOMEM;
+    kl->on_data = on_data;
     kl->on_end = on_end;
     kl->data = data;
-    int e = stoke_kube_pod_logs(k->kube, k->ns, id, &ko, on_data, on_logs_end, kl, &kl->h);
+    int e = stoke_kube_pod_logs(k->kube, k->ns, id, &ko, on_logs_data, on_logs_end, kl, &kl->h);
     if (e < 0) {
         free(kl);
         return e;
