@@ -8,7 +8,9 @@ API), so a permission the chart lacks fails here; with `--leader-elect` on the c
 Lease. stoke-activator runs as a host process beside it. A Function applied with kubectl
 scales from zero on the first request through the activator, to a pod the controller
 created (owned by the Function), back to zero when idle; deleting the Function removes its
-pods; a bad Function is refused by the API server's schema while the running one serves.
+pods; a bad Function is refused by the API server's schema while the running one serves;
+a pod's log reads through the controller's read-only admin API and `kubectl logs` (the
+kubelet stand-in's containerLogs behind the API server's pods/log).
 Prints the cold start (first request to 200) from zero, median of 10.
 
 Needs the binaries of tests/k8s/build.sh (fails, never skips, without them: the cluster
