@@ -25,6 +25,9 @@
 #define AUTH_TIMEOUT_MS 5000
 #define AUTH_LINE_MAX 8192
 #define AUTH_PENDING_MAX 64
+/* How long the hub counts as settling (hub_settling()): after it starts and
+ * after an activator that said hello leaves. */
+#define SETTLE_MS 5000
 
 struct peer {
     union {
@@ -68,8 +71,10 @@ struct hub {
         uv_stream_t stream;
     } listener;
     struct hub_callbacks cbs;
-    char *token;       /* TCP: the channel token every peer must send first; NULL on unix */
-    uv_timer_t reaper; /* TCP with a token: closes peers past their hello's deadline */
+    char *token;         /* TCP: the channel token every peer must send first; NULL on unix */
+    uv_timer_t reaper;   /* TCP with a token: closes peers past their hello's deadline */
+    uv_timer_t settle;   /* ends the settling time: on_drain */
+    uint64_t settled_ms; /* settling until then (of uv_now()) */
     struct stoke_list peers;
     unsigned n_peers;
     unsigned n_pending;         /* TCP peers yet to send the token */
@@ -96,6 +101,27 @@ static void hub_handle_closed(struct hub *hub)
     if (hub->on_closed)
         hub->on_closed(hub->closed_data);
     free(hub);
+}
+
+static void on_settled(uv_timer_t *t)
+{
+    struct hub *hub = t->data;
+    hub->cbs.on_drain(hub->cbs.data); /* drains held up by the settling go on */
+}
+
+/* An activator may have requests in flight that no connected one reports:
+ * one that has not connected yet (this controller has just started: the
+ * one before may have routed it) or one that has just left (it may be
+ * back, still serving). */
+static void hub_settle(struct hub *hub)
+{
+    hub->settled_ms = uv_now(hub->loop) + SETTLE_MS;
+    uv_timer_start(&hub->settle, on_settled, SETTLE_MS, 0);
+}
+
+bool hub_settling(const struct hub *hub)
+{
+    return uv_now(hub->loop) < hub->settled_ms;
 }
 
 static void peer_draining_free(struct peer *p)
@@ -129,6 +155,7 @@ static void peer_close(struct peer *p)
         p->hub->n_pending--;
     uv_close(&p->conn.handle, on_peer_closed);
     if (p->process[0] && !p->hub->closing) {
+        hub_settle(p->hub);
         if (p->hub->sending)
             p->hub->members_changed = true;
         else
@@ -533,6 +560,10 @@ int hub_new(uv_loop_t *loop, const struct stoke_addr *addr, const char *token,
         uv_close(&hub->listener.handle, on_listener_closed);
         return r;
     }
+    uv_timer_init(loop, &hub->settle);
+    hub->settle.data = hub;
+    hub->handles++;
+    hub_settle(hub);
     if (hub->token) {
         uv_timer_init(loop, &hub->reaper);
         hub->reaper.data = hub;
@@ -635,5 +666,6 @@ void hub_close(struct hub *hub, void (*on_closed)(void *data), void *data)
         peer_close(stoke_container_of(stoke_list_first(&hub->peers), struct peer, node));
     if (hub->token)
         uv_close((uv_handle_t *)&hub->reaper, on_listener_closed);
+    uv_close((uv_handle_t *)&hub->settle, on_listener_closed);
     uv_close(&hub->listener.handle, on_listener_closed);
 }

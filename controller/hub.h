@@ -75,6 +75,12 @@ unsigned hub_activators(const struct hub *hub);
  * request is in flight to that replica through any activator. */
 bool hub_is_drained(const struct hub *hub, const char *addr, uint64_t gen);
 
+/* True for 5 s after the hub starts and after an activator that said hello
+ * leaves: requests may be in flight through an activator it does not hear
+ * (yet), so hub_is_drained() says nothing of them. on_drain is called when
+ * the time is up. */
+bool hub_settling(const struct hub *hub);
+
 void hub_close(struct hub *hub, void (*on_closed)(void *data), void *data);
 
 #endif

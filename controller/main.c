@@ -275,6 +275,8 @@ static void on_adopted(struct ctrl *c, int err)
         ctrl_shutdown(c, on_stopped);
         return;
     }
+    if (c->stopping)
+        return; /* a signal came while adopting: the replicas go, nothing starts */
     adopted = true;
     api_set_serving(api, true);
     ctrl_push_routes(c);

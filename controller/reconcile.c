@@ -333,9 +333,14 @@ static void on_drain_timeout(uv_timer_t *t)
     replica_remove_container(r);
 }
 
+/* No activator can have a request in flight to `r`: none that is connected
+ * (hub_is_drained()), and none that may connect or come back (the hub is
+ * not settling: a restarted controller does not remove a replica that the
+ * activators of the one before may still be sending to). */
 static bool replica_drained(struct replica *r)
 {
-    return hub_is_drained(r->fn->ctrl->hub, r->br.addr, r->unrouted_gen);
+    struct hub *hub = r->fn->ctrl->hub;
+    return !hub_settling(hub) && hub_is_drained(hub, r->br.addr, r->unrouted_gen);
 }
 
 void ctrl_on_drain(struct ctrl *c)
@@ -1287,6 +1292,11 @@ static void adoption_step(struct adoption *ad)
         uint32_t ready = count_ready(fn);
         if (ready == 0)
             continue;
+        /* Replicas of an earlier revision count: the current one's take
+         * their place. Not over the spec's max, should it have been
+         * lowered meanwhile. */
+        if (fn->spec.scale.max > 0 && ready > fn->spec.scale.max)
+            ready = fn->spec.scale.max;
         stoke_autoscaler_init(&fn->as, now, ready);
         stoke_autoscaler_seed(&fn->as, ready);
         fn->desired = ready;
@@ -1294,6 +1304,16 @@ static void adoption_step(struct adoption *ad)
     c->adopting = false;
     ad->done(c, 0);
     free(ad);
+}
+
+static void log_adopted(const struct replica *r, const char *word)
+{
+    if (is_current(r))
+        stoke_info(r->fn->spec.name, "adopted %s%sreplica %.12s on %s", word, *word ? " " : "",
+                   r->br.id, r->br.addr);
+    else
+        stoke_info(r->fn->spec.name, "adopted %s%sreplica %.12s on %s of earlier revision %s", word,
+                   *word ? " " : "", r->br.id, r->br.addr, r->revision);
 }
 
 static void on_stray_removed(const struct backend_result *res, void *data)
@@ -1313,14 +1333,15 @@ static void on_adopt_inspected(const struct backend_result *res, void *data)
     r->op_pending = false;
     r->adoption = NULL;
     if (res->err == 0 && res->state == BACKEND_FROZEN) {
+        /* One of an earlier revision is never woken: the reconciler
+         * removes it. */
         r->state = R_PAUSED;
         idle_timer(r, r->fn->spec.scale.stop_after_ms);
-        stoke_info(r->fn->spec.name, "adopted paused (frozen) replica %.12s on %s", r->br.id,
-                   r->br.addr);
+        log_adopted(r, "paused (frozen)");
     } else {
         r->state = R_READY;
         r->ready_ms = uv_now(r->fn->ctrl->loop);
-        stoke_info(r->fn->spec.name, "adopted replica %.12s on %s", r->br.id, r->br.addr);
+        log_adopted(r, "");
     }
     if (r->retire_asap) {
         /* Shutdown began while its inspect was in flight. */
@@ -1356,11 +1377,14 @@ static bool adopt_state(enum backend_state st, enum replica_state *ret, const ch
     }
 }
 
-/* Takes over a replica of the current revision: a running one keeps
- * serving (or stays frozen, when we froze it), a paused, stopped or created
- * one joins the warm tier with its timers from the start. The backend check
- * replaces a serving one should it be gone. Returns false when it cannot be
- * adopted (the caller removes it). */
+/* Takes over a replica of this instance: a running one keeps serving (or
+ * stays frozen, when we froze it), a paused, stopped or created one of the
+ * current revision joins the warm tier with its timers from the start. A
+ * running one of an earlier revision serves until the rollout retires it
+ * (drained first, as any rollout's: activators of the controller before may
+ * have requests in flight to it). The backend check replaces a serving one
+ * should it be gone. Returns false when it cannot be adopted (the caller
+ * removes it). */
 static bool adopt(struct adoption *ad, const struct backend_listed *l)
 {
     struct ctrl *c = ad->c;
@@ -1368,7 +1392,8 @@ static bool adopt(struct adoption *ad, const struct backend_listed *l)
     enum replica_state state;
     const char *word;
     if (!adopt_state(l->state, &state, &word) || !fn || fn->deleted || !l->revision ||
-        strcmp(l->revision, fn->revision) != 0)
+        strlen(l->revision) >= sizeof(fn->revision) ||
+        (strcmp(l->revision, fn->revision) != 0 && state != R_READY))
         return false;
     /* Idle ones only as the idle state asks: no paused ones with
      * `idle: stop`, none at all with `idle: remove` (but pre-created). */
@@ -1387,7 +1412,7 @@ static bool adopt(struct adoption *ad, const struct backend_listed *l)
         free(r);
         return false;
     }
-    memcpy(r->revision, fn->revision, sizeof(r->revision));
+    snprintf(r->revision, sizeof(r->revision), "%s", l->revision);
     uv_timer_init(c->loop, &r->timer);
     r->timer.data = r;
     r->created_ms = uv_now(c->loop);
@@ -1406,7 +1431,7 @@ static bool adopt(struct adoption *ad, const struct backend_listed *l)
             return true;
         }
         r->ready_ms = r->created_ms;
-        stoke_info(fn->spec.name, "adopted replica %.12s on %s", r->br.id, r->br.addr);
+        log_adopted(r, "");
         return true;
     case R_PAUSED:
         idle_timer(r, fn->spec.scale.stop_after_ms);
@@ -1419,7 +1444,7 @@ static bool adopt(struct adoption *ad, const struct backend_listed *l)
     default:
         break;
     }
-    stoke_info(fn->spec.name, "adopted %s replica %.12s on %s", word, r->br.id, r->br.addr);
+    log_adopted(r, word);
     return true;
 }
 

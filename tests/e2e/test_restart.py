@@ -43,7 +43,10 @@ def test_restart_removes_containers_of_an_old_revision():
     s._spawn("controller", s._controller_argv(), logname="controller-2")
     s.wait_log("controller", '"ready: functions from', 30)
     s.wait_log("controller", "ready on 127.0.0.1", 30)
-    assert "of an earlier run" in s.log("controller")
+    # The old revision's replica serves until the new one is ready, then
+    # goes through the rollout (drained), not at once.
+    assert "of earlier revision" in s.log("controller"), s.log("controller")
+    s.wait_log("controller", "rollout: 1 ready of revision", 30)
     s.wait_containers("moving", 1, 20)
     assert [c["Id"] for c in s.containers("moving")] != old
     # The activator kept the old table while no controller ran; the new
@@ -54,6 +57,46 @@ def test_restart_removes_containers_of_an_old_revision():
         time.sleep(0.05)
         r = s.fn_request("moving", timeout=10)
     assert r.status == 200 and "v2" in r.body, r
+    s.stop()
+
+
+def test_restarted_controller_waits_for_the_activator_before_draining():
+    """A controller killed with requests in flight, its function changed
+    meanwhile: the new controller rolls the old revision's replica over, and
+    removes it only once the activator (which reconnects after it started)
+    says it has no request in flight to it. Each request takes 400 ms, so
+    removing the old replica at once (or while no activator is connected)
+    fails the requests in flight on it."""
+    s = Stoke("restart-settle", activator_args=["--workers", "1"]).start()
+    s.deploy_warm("settle", 1, env={"GREETING": "v1"})
+    old = [c["Id"] for c in s.containers("settle")]
+    load = Load(s, "settle", "/delay/400", 4, classify=lambda r: r.body.strip()[:40])
+    try:
+        deadline = time.time() + 20
+        while sum(load.counts.values()) < 8 and time.time() < deadline:
+            time.sleep(0.05)
+        s.procs["controller"].kill()
+        s.procs["controller"].wait()
+        s.write_spec("settle", scale={"min": 1}, env={"GREETING": "v2"})
+        # The activator's reconnect back-off grows (50 ms doubling, to 2 s):
+        # after 6 attempts it comes back up to 2 s after the new controller
+        # starts, later than the new replica is ready.
+        tries = s.log("activator").count("controller not reachable")
+        s.wait_log("activator", "controller not reachable", 20, count=tries + 6)
+        s._spawn("controller", s._controller_argv(), logname="controller-2")
+        s.wait_log("controller", "of earlier revision", 30)
+        s.wait_log("controller", "rollout: 1 ready of revision", 30)
+        cs = s.wait_containers("settle", 1, 30)
+        assert cs[0]["Id"] not in old, (old, cs)
+        n = sum(v for k, v in load.counts.items() if "v2" in k)
+        deadline = time.time() + 20
+        while sum(v for k, v in load.counts.items() if "v2" in k) < n + 8 and \
+                time.time() < deadline:
+            time.sleep(0.05)
+    finally:
+        load.stop()
+    load.finish(may_fail=0, min_ok=16)
+    assert any("v1" in k for k in load.counts) and any("v2" in k for k in load.counts), load.counts
     s.stop()
 
 

@@ -201,11 +201,12 @@ def test_6_spec_change_rolls_the_pod_over_without_a_failed_request():
         old[0]["metadata"]["name"], new[0]["metadata"]["name"], len(results)))
 
 
-def test_7_restarted_controller_removes_the_stale_revision():
+def test_7_restarted_controller_rolls_the_stale_revision_over():
     status, body = call("hello")
     assert status == 200, (status, body)
     old = live_pods("hello")
     assert len(old) == 1
+    old_name = old[0]["metadata"]["name"]
     old_rev = old[0]["metadata"]["labels"]["stoke.dev/revision"]
     connected = act_log().count("connected to the controller")
     S["ctl"].kill()
@@ -216,12 +217,14 @@ def test_7_restarted_controller_removes_the_stale_revision():
     apply(fn_doc("hello", {"env": {"BIND_ADDR": "0.0.0.0", "GREETING": "hallo"}}))
     S["ctl"], S["ctl_log"] = start_controller("e2e-2")
     wait_log('"ready: Functions of namespace %s' % NS, 60)
-    assert "removing replica %s of an earlier run" % old[0]["metadata"]["name"][:12] in \
-        ctl_log(), ctl_log()[-3000:]
-    kapi.wait_for(lambda: pods("hello") == [], 60, "the stale pod gone")
-    # Until the activator is back on the channel it routes to what it knew: the
-    # stale pod, now gone (the reconciler removes stale replicas at adoption
-    # without draining them; on Docker as well).
+    # The stale pod is adopted and serves until a pod of the new revision is
+    # ready; then it is drained (the activator, back on the channel, says it
+    # has nothing in flight to it) and deleted: a rollout, as on Docker.
+    assert "adopted replica %s on" % old_name[:12] in ctl_log() and \
+        "of earlier revision %s" % old_rev in ctl_log(), ctl_log()[-3000:]
+    wait_log("rollout: 1 ready of revision", 60)
+    kapi.wait_for(lambda: old_name not in [p["metadata"]["name"] for p in pods("hello")], 60,
+                  "the stale pod gone")
     kapi.wait_for(lambda: act_log().count("connected to the controller") > connected, 30,
                   "the activator back on the channel")
     status, body = call("hello")
