@@ -796,8 +796,13 @@ int main(int argc, char **argv)
     if (r < 0) {
         if (opsd)
             stoke_opsd_close(opsd);
-        hub_close(c->hub, NULL, NULL);
-        c->be->ops->close(c->be);
+        if (kube) {
+            /* Nothing leads yet: no hub, no backend. */
+            stoke_kube_close(kube, NULL, NULL);
+        } else {
+            hub_close(c->hub, NULL, NULL);
+            c->be->ops->close(c->be);
+        }
         uv_run(c->loop, UV_RUN_DEFAULT);
         return 1;
     }
