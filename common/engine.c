@@ -19,6 +19,7 @@
 #include "stoke/json.h"
 #include "stoke/linebuf.h"
 #include "stoke/list.h"
+#include "stoke/logq.h"
 #include "stoke/util.h"
 
 /* 1.41 is Docker 20.10's and is served by later Dockers and by Podman's
@@ -1193,12 +1194,7 @@ void stoke_engine_stats(const struct stoke_engine *e, struct stoke_engine_stats 
 
 /* ---- container logs ---- */
 
-/* Output waiting for the loop, above which the transfer is paused, and the
- * most that may wait (one paused write of curl's on top of the mark). */
-#define LOGS_HIGH (256u << 10)
-#define LOGS_MAX (1u << 20)
 #define LOGS_ERR_MAX (64u << 10)
-#define LOGS_RECORD 5 /* stream byte and u32 length before each piece in `out` */
 
 int stoke_log_demux_feed(struct stoke_log_demux *d, const char *data, size_t len,
                          stoke_log_demux_cb cb, void *cbdata)
@@ -1247,81 +1243,30 @@ int stoke_log_demux_feed(struct stoke_log_demux *d, const char *data, size_t len
 }
 
 struct stoke_engine_logs {
+    struct stoke_logq q;    /* the output on its way to on_data */
     struct stoke_engine *e; /* used only while the transfer runs */
     CURL *easy;             /* NULL once the transfer is over */
     char errbuf[CURL_ERROR_SIZE];
-    uv_timer_t deliver;
     struct stoke_log_demux demux;
-    struct stoke_buf out;     /* records for the loop: stream, length, bytes */
     struct stoke_buf errbody; /* the body of an answer other than 2xx */
     int err;                  /* why we stopped the transfer, or 0 */
-    bool paused;              /* by the consumer */
-    bool curl_paused;         /* on_write answered CURL_WRITEFUNC_PAUSE */
-    bool ended;               /* the transfer is over: on_end once `out` is out */
-    bool cancelled;
-    bool finished; /* on_end has run */
     struct stoke_engine_result end;
     char end_message[CURL_ERROR_SIZE];
-    stoke_engine_log_cb on_data;
     stoke_engine_cb on_end;
     void *data;
 };
 
-static void on_logs_closed(uv_handle_t *h)
+static void on_logs_closed(struct stoke_logq *q)
 {
-    struct stoke_engine_logs *l = h->data;
-    stoke_buf_done(&l->out);
+    struct stoke_engine_logs *l = stoke_container_of(q, struct stoke_engine_logs, q);
     stoke_buf_done(&l->errbody);
     free(l);
 }
 
-static void logs_finish(struct stoke_engine_logs *l)
+static void on_logs_end(struct stoke_logq *q)
 {
-    l->finished = true;
+    struct stoke_engine_logs *l = stoke_container_of(q, struct stoke_engine_logs, q);
     l->on_end(&l->end, l->data);
-    uv_close((uv_handle_t *)&l->deliver, on_logs_closed);
-}
-
-/* From the loop: the waiting output, then the end once it is all out. */
-static void logs_deliver(uv_timer_t *t)
-{
-    struct stoke_engine_logs *l = t->data;
-    size_t off = 0;
-    while (!l->paused && !l->cancelled && off + LOGS_RECORD <= l->out.len) {
-        uint32_t len;
-        int stream = (unsigned char)l->out.data[off];
-        memcpy(&len, l->out.data + off + 1, sizeof(len));
-        l->on_data(stream, l->out.data + off + LOGS_RECORD, len, l->data);
-        off += LOGS_RECORD + len;
-    }
-    if (l->cancelled)
-        stoke_buf_clear(&l->out);
-    else
-        stoke_buf_consume(&l->out, off);
-    if (l->easy && l->curl_paused && !l->paused && l->out.len < LOGS_HIGH) {
-        l->curl_paused = false;
-        /* May call logs_on_write() at once with what curl kept. */
-        (void)curl_easy_pause(l->easy, CURLPAUSE_CONT);
-    }
-    if (l->ended && !l->finished && (l->out.len == 0 || l->cancelled))
-        logs_finish(l);
-}
-
-static int logs_record(int stream, const char *data, size_t len, void *cbdata)
-{
-    struct stoke_engine_logs *l = cbdata;
-    unsigned char head[LOGS_RECORD];
-    uint32_t n = (uint32_t)len;
-    if (len == 0)
-        return 0;
-    head[0] = (unsigned char)stream;
-    memcpy(head + 1, &n, sizeof(n));
-    if (l->out.len + sizeof(head) + len > l->out.limit)
-        return -ENOBUFS;
-    int r = stoke_buf_append(&l->out, head, sizeof(head));
-    if (r == 0)
-        r = stoke_buf_append(&l->out, data, len);
-    return r;
 }
 
 static size_t logs_on_write(char *ptr, size_t size, size_t nmemb, void *userdata)
@@ -1337,17 +1282,13 @@ static size_t logs_on_write(char *ptr, size_t size, size_t nmemb, void *userdata
             (void)stoke_buf_append(&l->errbody, ptr, n);
         return n;
     }
-    if (l->paused || l->out.len >= LOGS_HIGH) {
-        /* curl keeps this piece and hands it again after CURLPAUSE_CONT. */
-        l->curl_paused = true;
+    if (stoke_logq_must_pause(&l->q))
         return CURL_WRITEFUNC_PAUSE;
-    }
-    int r = stoke_log_demux_feed(&l->demux, ptr, n, logs_record, l);
+    int r = stoke_log_demux_feed(&l->demux, ptr, n, stoke_logq_push, &l->q);
     if (r < 0) {
         l->err = r;
         return 0; /* less than n: curl ends the transfer with CURLE_WRITE_ERROR */
     }
-    uv_timer_start(&l->deliver, logs_deliver, 0, 0);
     return n;
 }
 
@@ -1390,16 +1331,10 @@ static void logs_on_done(CURL *easy, CURLcode rc, void *data)
     json_object_put(json);
     curl_easy_cleanup(easy);
     l->easy = NULL;
-    l->ended = true;
     /* Counted now: the engine may be gone by the time the end is delivered. */
     count(l->e, STOKE_ENGINE_OP_LOGS, res->err);
-    if (rc == CURLE_ABORTED_BY_CALLBACK && l->e->closing) {
-        /* From within stoke_engine_close(): the end now, the output dropped. */
-        l->cancelled = true;
-        logs_finish(l);
-        return;
-    }
-    uv_timer_start(&l->deliver, logs_deliver, 0, 0);
+    /* From within stoke_engine_close(): the end now, the output dropped. */
+    stoke_logq_done(&l->q, rc == CURLE_ABORTED_BY_CALLBACK && l->e->closing);
 }
 
 int stoke_engine_logs(struct stoke_engine *e, const char *id,
@@ -1437,10 +1372,8 @@ int stoke_engine_logs(struct stoke_engine *e, const char *id,
     if (!l)
         return -ENOMEM;
     l->e = e;
-    l->on_data = on_data;
     l->on_end = on_end;
     l->data = data;
-    stoke_buf_init(&l->out, LOGS_MAX);
     stoke_buf_init(&l->errbody, LOGS_ERR_MAX);
     l->easy = curl_easy_init();
     if (!l->easy) {
@@ -1460,14 +1393,12 @@ int stoke_engine_logs(struct stoke_engine *e, const char *id,
     r = stoke_curluv_add(e->cu, l->easy, logs_on_done, l);
     if (r < 0)
         goto fail;
-    uv_timer_init(e->loop, &l->deliver);
-    l->deliver.data = l;
+    stoke_logq_init(&l->q, e->loop, l->easy, on_data, on_logs_end, on_logs_closed, data);
     *ret = l;
     return 0;
 fail:
     if (l->easy)
         curl_easy_cleanup(l->easy);
-    stoke_buf_done(&l->out);
     stoke_buf_done(&l->errbody);
     free(l);
     return r;
@@ -1475,23 +1406,18 @@ fail:
 
 void stoke_engine_logs_pause(struct stoke_engine_logs *l, bool pause)
 {
-    if (l->finished || l->paused == pause)
-        return;
-    l->paused = pause;
-    if (!pause)
-        uv_timer_start(&l->deliver, logs_deliver, 0, 0);
+    stoke_logq_pause(&l->q, pause);
 }
 
 void stoke_engine_logs_cancel(struct stoke_engine_logs *l)
 {
-    if (l->cancelled || l->finished)
+    if (!stoke_logq_cancel(&l->q))
         return;
-    l->cancelled = true;
     if (l->easy && stoke_curluv_remove(l->e->cu, l->easy) == 0) {
         curl_easy_cleanup(l->easy);
         l->easy = NULL;
-        l->ended = true;
         count(l->e, STOKE_ENGINE_OP_LOGS, -ECANCELED);
+        stoke_logq_done(&l->q, false);
     }
     if (!l->easy) {
         memset(&l->end, 0, sizeof(l->end));
@@ -1499,5 +1425,4 @@ void stoke_engine_logs_cancel(struct stoke_engine_logs *l)
         (void)snprintf(l->end_message, sizeof(l->end_message), "cancelled");
         l->end.message = l->end_message;
     }
-    uv_timer_start(&l->deliver, logs_deliver, 0, 0);
 }

@@ -175,6 +175,7 @@ struct stoke_kube_elector {
     bool releasing;
     bool timer_open;
     uint64_t renewed_ms; /* uv_now() of our last successful write */
+    char holder[254];    /* holderIdentity as last read or written */
 };
 
 static int64_t wall_ms(void)
@@ -228,6 +229,7 @@ static void on_write(const struct stoke_kube_result *res, void *data)
         return;
     }
     el->renewed_ms = uv_now(stoke__kube_loop(el->k));
+    (void)snprintf(el->holder, sizeof(el->holder), "%s", el->id);
     json_object_put(el->mine);
     el->mine = json_object_get(res->json);
     set_leading(el, true);
@@ -250,6 +252,8 @@ static void on_read(const struct stoke_kube_result *res, void *data)
     }
     if (res->err == 0)
         lease = res->json;
+    const char *holder = stoke_json_str(stoke_json_obj(lease, "spec"), "holderIdentity");
+    (void)snprintf(el->holder, sizeof(el->holder), "%s", holder ? holder : "");
     a = stoke_kube_lease_decide(lease, now, el->id, NULL);
     if (a == STOKE_KUBE_LEASE_WAIT) {
         set_leading(el, false);
@@ -327,6 +331,11 @@ int stoke_kube_elector_start(struct stoke_kube *k, const struct stoke_kube_elect
 bool stoke_kube_elector_leading(const struct stoke_kube_elector *el)
 {
     return el->leading;
+}
+
+const char *stoke_kube_elector_holder(const struct stoke_kube_elector *el)
+{
+    return el->holder;
 }
 
 static void on_timer_closed(uv_handle_t *h)

@@ -242,6 +242,10 @@ void usage_sample_all(struct ctrl *c);
 void usage_sample(struct replica *r);
 /* Whether a replica in this state runs (uses CPU and bills GB-seconds). */
 bool usage_is_running(enum replica_state s);
+/* NULL when the backend measures CPU and memory, else what to show in their
+ * place (status, describe, metrics' help), naming the backend. Borrowed,
+ * valid until the next call. */
+const char *usage_not_measured(const struct ctrl *c);
 
 /* events.c: the backend's watch, reopened with back-off. */
 void ctrl_watch_init(struct ctrl *c);

@@ -75,7 +75,8 @@ static void usage(FILE *f)
             "                        freeze, stop, precreate, cgroups (idle tiers then\n"
             "                        degrade as on a backend that lacks them)\n"
             "  --admin-socket PATH   admin API unix socket, mode 0660, or none\n"
-            "                        (default " DEFAULT_ADMIN_SOCKET ")\n"
+            "                        (default " DEFAULT_ADMIN_SOCKET "; kubernetes: none,\n"
+            "                        and the API is read-only: list, get, status, logs)\n"
             "  --admin-socket-group GROUP  the admin socket's group (default the\n"
             "                        process's); the controller must be a member\n"
             "  --admin-listen IP:PORT  admin API on TCP too (needs --admin-token-file)\n"
@@ -279,6 +280,7 @@ static void on_adopted(struct ctrl *c, int err)
     if (c->stopping)
         return; /* a signal came while adopting: the replicas go, nothing starts */
     adopted = true;
+    api_set_serving(api, true);
     ctrl_push_routes(c);
     ctrl_reconcile_all(c);
     uv_timer_start(&c->tick, on_tick, c->cfg.tick_ms, c->cfg.tick_ms);
@@ -286,6 +288,14 @@ static void on_adopted(struct ctrl *c, int err)
         stoke_info(NULL, "ready: Functions of namespace %s", kube_cfg.ns);
     else
         stoke_info(NULL, "ready: functions from %s", c->cfg.functions_dir);
+}
+
+/* The admin API on Kubernetes: whether this controller leads, else who. */
+static bool api_leading(const char **leader, void *data)
+{
+    (void)data;
+    *leader = elector ? stoke_kube_elector_holder(elector) : "";
+    return leading;
 }
 
 static void on_ping(const struct backend_result *res, void *data)
@@ -714,12 +724,9 @@ int main(int argc, char **argv)
                         "activator channel is never on TCP without a token\n");
         return 2;
     }
-    if (kube_mode && (admin_tcp || (admin_socket_set && admin_socket))) {
-        fprintf(stderr, "stoke-controller: --backend kubernetes has no admin API (the Function "
-                        "objects are the specs): use --admin-socket none\n");
-        return 2;
-    }
-    if (kube_mode)
+    /* On Kubernetes the admin API is read-only (the Function objects are
+     * the specs) and off unless asked for: a pod's root is read-only. */
+    if (kube_mode && !admin_socket_set)
         admin_socket = NULL;
     if (admin_token_file && read_token("admin-token-file", admin_token_file, &admin_token) < 0)
         return 2;
@@ -783,10 +790,16 @@ int main(int argc, char **argv)
         }
         stoke_info(NULL, "ops port listening on %s", a);
     }
-    struct api_config acfg = {.unix_path = admin_socket,
-                              .unix_gid = admin_gid,
-                              .tcp = admin_tcp ? &admin_addr : NULL,
-                              .token = admin_token};
+    struct api_config acfg = {
+        .unix_path = admin_socket,
+        .unix_gid = admin_gid,
+        .tcp = admin_tcp ? &admin_addr : NULL,
+        .token = admin_token,
+        .read_only = kube_mode ? "on Kubernetes the Function objects are the specs: change "
+                                 "them with kubectl apply -f FILE or kubectl delete function NAME"
+                               : NULL,
+        .leading = kube_mode ? api_leading : NULL,
+    };
     r = admin_socket || admin_tcp ? api_new(c, &acfg, &api) : 0;
     if (admin_token) {
         explicit_bzero(admin_token, strlen(admin_token));
@@ -795,8 +808,13 @@ int main(int argc, char **argv)
     if (r < 0) {
         if (opsd)
             stoke_opsd_close(opsd);
-        hub_close(c->hub, NULL, NULL);
-        c->be->ops->close(c->be);
+        if (kube) {
+            /* Nothing leads yet: no hub, no backend. */
+            stoke_kube_close(kube, NULL, NULL);
+        } else {
+            hub_close(c->hub, NULL, NULL);
+            c->be->ops->close(c->be);
+        }
         uv_run(c->loop, UV_RUN_DEFAULT);
         return 1;
     }

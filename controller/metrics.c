@@ -202,8 +202,14 @@ static int render_functions(struct ctrl *c, struct stoke_buf *out)
     struct function *fn;
     int r = 0;
     for (size_t i = 0; i < STOKE_ARRAY_SIZE(fn_families); i++) {
-        if (fn_families[i].cgroups && !backend_can(c->be, BACKEND_HAS_CGROUPS))
+        const char *not_measured = usage_not_measured(c);
+        if (fn_families[i].cgroups && not_measured) {
+            /* The family, said to be not measured, and no series (not zeros). */
+            char help[512];
+            (void)snprintf(help, sizeof(help), "%s %s.", fn_families[i].help, not_measured);
+            r |= family(out, fn_families[i].name, fn_families[i].type, help);
             continue;
+        }
         r |= family(out, fn_families[i].name, fn_families[i].type, fn_families[i].help);
         for_each_fn(c, fn)
         {
