@@ -574,6 +574,12 @@ atexit.register(_cleanup)
 signal.signal(signal.SIGTERM, lambda *a: sys.exit(1))
 
 
+class Skip(Exception):
+    """Raised by a test whose check cannot run under a condition the README
+    names (test_image on a sanitizer build): reported as SKIP with its
+    reason, never counted as a pass. Any other condition is a failure."""
+
+
 def run_tests(namespace, setup=None, teardown=None, after_each=None, need_image=True):
     """Runs every test_* function of the module, each with a fresh cleanup,
     and prints 'N passed, N failed'. Exit status 1 on any failure.
@@ -586,7 +592,7 @@ def run_tests(namespace, setup=None, teardown=None, after_each=None, need_image=
             sys.exit(1)
     tests = [(k, v) for k, v in namespace.items() if k.startswith("test_") and callable(v)]
     only = sys.argv[1:]
-    passed = failed = 0
+    passed = failed = skipped = 0
     try:
         if setup:
             setup()
@@ -598,6 +604,9 @@ def run_tests(namespace, setup=None, teardown=None, after_each=None, need_image=
                 fn()
                 passed += 1
                 print("PASS %s (%.1fs)" % (name, time.time() - t0), flush=True)
+            except Skip as e:
+                skipped += 1
+                print("SKIP %s: %s" % (name, e), flush=True)
             except Exception:  # noqa: BLE001 - any failure fails the test
                 failed += 1
                 print("FAIL %s (%.1fs)" % (name, time.time() - t0), flush=True)
@@ -620,5 +629,6 @@ def run_tests(namespace, setup=None, teardown=None, after_each=None, need_image=
                 failed += 1
                 print("FAIL teardown")
                 traceback.print_exc()
-    print("%d passed, %d failed" % (passed, failed))
+    print("%d passed, %d failed%s" % (passed, failed,
+                                      ", %d skipped" % skipped if skipped else ""))
     sys.exit(1 if failed or passed == 0 else 0)
