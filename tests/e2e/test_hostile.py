@@ -709,7 +709,6 @@ def test_many_bad_clients_then_healthy():
                 post(b"Content-Length: 10\r\n", b"abc")][i % 4])
     for c in conns:
         c.close()
-    time.sleep(0.5)
     up.take(0.1)
     run_case(act, up, "healthy after the battery", GET, [200], False, [FWD_GET])
     # Idle pooled upstream connections are legitimate (the valid GETs above
