@@ -23,7 +23,8 @@ SECONDS = int(os.environ.get("STOKE_LOAD_SECONDS", "60"))
 TARGET, UTILIZATION = 10, 70
 DECISION = re.compile(r'"ts":"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?)Z".*'
                       r'"msg":"autoscale: desired (\d+) '
-                      r'\(was (\d+)\), ready (\d+), stable ([\d.]+), panic ([\d.]+), (\w+)(, no data)?')
+                      r'\(was (\d+)\), ready (\d+), stable ([\d.]+), panic ([\d.]+), (\w+)'
+                      r'(, no data)?')
 
 
 def decisions(log):
