@@ -1090,8 +1090,9 @@ void ctrl_on_stats(struct ctrl *c, const char *name, uint64_t second, double con
         t->second_requests += requests;
         t->second_concurrency += concurrency;
     }
-    /* Reports of several activators for one second add up. */
-    (void)stoke_metric_window_add(&fn->metrics, second, concurrency);
+    /* Reports of several activators for one second add up; zeros while
+     * the function is at zero are silence (see stoke_autoscaler_record()). */
+    (void)stoke_autoscaler_record(&fn->as, count_ready(fn), &fn->metrics, second, concurrency);
 }
 
 /* ---- what the backend tells ---------------------------------------------- */
