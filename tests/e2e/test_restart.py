@@ -76,8 +76,7 @@ def test_restarted_controller_waits_for_the_activator_before_draining():
         deadline = time.time() + 20
         while sum(load.counts.values()) < 8 and time.time() < deadline:
             time.sleep(0.05)
-        s.procs["controller"].kill()
-        s.procs["controller"].wait()
+        s.kill9("controller")
         s.write_spec("settle", scale={"min": 1}, env={"GREETING": "v2"})
         # The activator's reconnect back-off grows (50 ms doubling, to 2 s):
         # after 6 attempts it comes back up to 2 s after the new controller
