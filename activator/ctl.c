@@ -344,8 +344,10 @@ static int on_update(struct ctl *ctl, const char *line, size_t len)
         return 0;
     }
     size_t entries = u.n_routes + u.n_removed;
-    stoke_debug(NULL, "route update %llu: %zu functions", (unsigned long long)u.gen, entries);
+    uint64_t gen = u.gen;
     proxy_update_routes(ctl->px, &u);
+    stoke_debug(NULL, "route update %llu (%zu entries): %zu functions", (unsigned long long)gen,
+                entries, proxy_functions(ctl->px));
     count_applied(ctl, METRICS_ROUTE_UPDATE, entries, len, t0);
     ctl_drain_changed(ctl);
     return 0;

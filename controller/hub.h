@@ -1,7 +1,8 @@
 /* The controller's end of the activator channel (stoke/routes.h): listens on
  * a unix socket or loopback TCP, accepts any number of activators, sends
- * each the route table made for its process once it has said hello and on
- * every change, and hands their pokes and stats to the controller. An
+ * each the route table made for its process once it has said hello, when
+ * activators come or go and when it asks again (resync), an update on any
+ * other change, and hands their pokes and stats to the controller. An
  * activator process opens one channel per worker; its hello names the
  * process, and limits are divided among processes (stoke_route_share()).
  * Thread: the loop's. */
