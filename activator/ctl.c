@@ -331,7 +331,7 @@ static int on_update(struct ctl *ctl, const char *line, size_t len)
         return 0;
     }
     if (r < 0 || !ctl->got_table || u.gen != proxy_routes_gen(ctl->px) + 1) {
-        stoke_warn(NULL, -ESTALE,
+        stoke_warn(NULL, -EPROTO,
                    "route update %llu does not follow table %llu (one was missed); asking the "
                    "controller for the whole table",
                    (unsigned long long)u.gen, (unsigned long long)proxy_routes_gen(ctl->px));
