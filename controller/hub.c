@@ -77,7 +77,8 @@ struct hub {
     uint64_t refused_logged_ms; /* the last refusal logged: at most one a second */
     unsigned refused_quiet;     /* refusals since, not logged */
     bool sending;               /* in hub_send_routes() */
-    bool members_changed;       /* a peer left meanwhile: on_members after it */
+    struct hub_counters counters;
+    bool members_changed; /* a peer left meanwhile: on_members after it */
     int handles;
     bool closing;
     void (*on_closed)(void *);
@@ -190,6 +191,7 @@ static void handle_stats(struct peer *p, json_object *msg)
     if (p->last_second && p->last_second >= now_s && p->last_second < now_s + 2)
         second = p->last_second + 1;
     p->last_second = second;
+    p->hub->counters.stats_reports++;
     json_object_object_foreach(fns, name, st)
     {
         json_object *c, *n;
@@ -201,6 +203,7 @@ static void handle_stats(struct peer *p, json_object *msg)
         int64_t reqs = json_object_get_int64(n);
         if (!(conc >= 0) || conc > 1e9 || reqs < 0)
             continue;
+        p->hub->counters.stats_entries++;
         p->hub->cbs.on_stats(p->id, name, second, conc, (uint64_t)reqs, p->hub->cbs.data);
     }
     if (p->hub->cbs.on_stats_done)
@@ -614,9 +617,16 @@ void hub_send_routes(struct hub *hub,
         for (unsigned i = 0; i < k; i++) {
             if (p->authed && lines[i] && strcmp(names[i], p->process) == 0) {
                 /* A table answers a resync (an update does not). */
-                if (strncmp(lines[i], "{\"op\":\"routes\"", 15) == 0)
+                size_t len = strlen(lines[i]);
+                if (strncmp(lines[i], "{\"op\":\"routes\"", 15) == 0) {
                     p->want_table = false;
-                peer_send(p, lines[i], strlen(lines[i]));
+                    hub->counters.tables++;
+                    hub->counters.table_bytes += len + 1;
+                } else {
+                    hub->counters.updates++;
+                    hub->counters.update_bytes += len + 1;
+                }
+                peer_send(p, lines[i], len);
                 break;
             }
         }
@@ -630,6 +640,11 @@ void hub_send_routes(struct hub *hub,
         hub->members_changed = false;
         hub->cbs.on_members(hub->cbs.data);
     }
+}
+
+void hub_get_counters(const struct hub *hub, struct hub_counters *ret)
+{
+    *ret = hub->counters;
 }
 
 unsigned hub_activators(const struct hub *hub)

@@ -77,6 +77,15 @@ void hub_send_routes(struct hub *hub,
                      char *(*make)(const char *process, unsigned i, unsigned n, void *data),
                      void *data, bool only_resync);
 
+/* What went over the channels since the hub started. */
+struct hub_counters {
+    uint64_t tables, table_bytes;   /* whole route tables sent (one per channel) */
+    uint64_t updates, update_bytes; /* route updates sent */
+    uint64_t stats_reports;         /* the activators' stats reports */
+    uint64_t stats_entries;         /* function entries in them */
+};
+void hub_get_counters(const struct hub *hub, struct hub_counters *ret);
+
 /* Connected activators (on TCP: those that sent the token). */
 unsigned hub_activators(const struct hub *hub);
 

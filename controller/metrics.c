@@ -125,6 +125,31 @@ static int render_controller(struct ctrl *c, struct stoke_buf *out)
                 "Activator channels connected (each activator worker thread keeps its own).");
     r |= stoke_buf_printf(out, "stoke_controller_activators %u\n",
                           c->hub ? hub_activators(c->hub) : 0);
+    struct hub_counters hc = {0};
+    if (c->hub)
+        hub_get_counters(c->hub, &hc);
+    r |= family(out, "stoke_controller_route_messages_total", "counter",
+                "Route messages sent on the activator channels (one per channel), by kind: "
+                "whole tables and updates of the functions that changed.");
+    r |= stoke_buf_printf(out,
+                          "stoke_controller_route_messages_total{kind=\"table\"} %llu\n"
+                          "stoke_controller_route_messages_total{kind=\"update\"} %llu\n",
+                          (unsigned long long)hc.tables, (unsigned long long)hc.updates);
+    r |= family(out, "stoke_controller_route_bytes_total", "counter",
+                "Bytes of the route messages sent, by kind.");
+    r |= stoke_buf_printf(out,
+                          "stoke_controller_route_bytes_total{kind=\"table\"} %llu\n"
+                          "stoke_controller_route_bytes_total{kind=\"update\"} %llu\n",
+                          (unsigned long long)hc.table_bytes, (unsigned long long)hc.update_bytes);
+    r |= family(out, "stoke_controller_stats_reports_total", "counter",
+                "Stats reports from the activators (one a second per channel).");
+    r |= stoke_buf_printf(out, "stoke_controller_stats_reports_total %llu\n",
+                          (unsigned long long)hc.stats_reports);
+    r |= family(out, "stoke_controller_stats_entries_total", "counter",
+                "Function entries in the activators' stats reports (only functions with "
+                "traffic are reported).");
+    r |= stoke_buf_printf(out, "stoke_controller_stats_entries_total %llu\n",
+                          (unsigned long long)hc.stats_entries);
     return r;
 }
 

@@ -32,6 +32,16 @@ def metrics(port):
         c.close()
 
 
+def ctl_counters(s):
+    """The controller's channel counters."""
+    text = metrics(s.ctl_ops_port)
+    out = {}
+    for m in re.finditer(r'^(stoke_controller_(?:route|stats)_\w+)(?:\{kind="(\w+)"\})? (\S+)$',
+                         text, re.M):
+        out[m.group(1) + ("." + m.group(2) if m.group(2) else "")] = float(m.group(3))
+    return out
+
+
 def counters(port):
     """The route counters of the activator whose ops port is `port`."""
     text = metrics(port)
@@ -103,6 +113,7 @@ def test_one_change_sends_one_entry():
                    c0["stoke_activator_route_messages_total.table"])
 
     # One function changes (its queue bound), one comes, one goes.
+    k0 = ctl_counters(s)
     add_fn(s, "fn-0500", max=7, timeout="1s")
     c1 = wait_for("the update of fn-0500", lambda: (lambda c: c if c[
         "stoke_activator_route_messages_total.update"] >=
@@ -128,6 +139,20 @@ def test_one_change_sends_one_entry():
     assert c1["stoke_activator_route_entries_total.update"] - \
         c0["stoke_activator_route_entries_total.update"] == 1, (c0, c1)
     assert table_bytes > 100 * (ubytes / updates), (table_bytes, ubytes, updates)
+    # The controller's side of the wire: three updates, as many bytes as
+    # the activator got, no table.
+    k1 = ctl_counters(s)
+    assert (k1["stoke_controller_route_messages_total.update"] -
+            k0["stoke_controller_route_messages_total.update"] == 3), (k0, k1)
+    assert (k1["stoke_controller_route_messages_total.table"] ==
+            k0["stoke_controller_route_messages_total.table"]), (k0, k1)
+    assert (k1["stoke_controller_route_bytes_total.update"] -
+            k0["stoke_controller_route_bytes_total.update"] == ubytes), (k0, k1, ubytes)
+    # Stats name only functions with traffic: none had any, so the
+    # activator's reports (one a second) name none of the 1,000.
+    k2 = wait_for("two stats reports", lambda: (lambda k: k if k[
+        "stoke_controller_stats_reports_total"] >= 2 else None)(ctl_counters(s)))
+    assert k2["stoke_controller_stats_entries_total"] == 0, k2
     # The function that went is gone from the activator's table: 404.
     r = s.fn_request("fn-0001", timeout=10)
     assert r.status == 404, r
