@@ -368,7 +368,8 @@ static int on_line(char *line, size_t len, void *data)
         json_object_put(o);
         return 0;
     }
-    if (strncmp(line, "{\"op\":\"update\"", 14) == 0)
+    static const char update_op[] = "{\"op\":\"update\"";
+    if (strncmp(line, update_op, sizeof(update_op) - 1) == 0)
         return on_update(ctl, line, len);
     uint64_t t0 = uv_hrtime();
     int r = stoke_route_table_parse(line, len, &t);

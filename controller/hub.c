@@ -618,7 +618,8 @@ void hub_send_routes(struct hub *hub,
             if (p->authed && lines[i] && strcmp(names[i], p->process) == 0) {
                 /* A table answers a resync (an update does not). */
                 size_t len = strlen(lines[i]);
-                if (strncmp(lines[i], "{\"op\":\"routes\"", 15) == 0) {
+                static const char table_op[] = "{\"op\":\"routes\"";
+                if (strncmp(lines[i], table_op, sizeof(table_op) - 1) == 0) {
                     p->want_table = false;
                     hub->counters.tables++;
                     hub->counters.table_bytes += len + 1;

@@ -114,6 +114,7 @@ def test_one_change_sends_one_entry():
 
     # One function changes (its queue bound), one comes, one goes.
     k0 = ctl_counters(s)
+    assert k0["stoke_controller_route_messages_total.table"] >= 1, k0
     add_fn(s, "fn-0500", max=7, timeout="1s")
     c1 = wait_for("the update of fn-0500", lambda: (lambda c: c if c[
         "stoke_activator_route_messages_total.update"] >=
@@ -174,6 +175,7 @@ def test_missed_update_recovers_table():
         "stoke_activator_route_messages_total.table"] > before else None)(counters(s.ops_port)))
     l0 = table_with(lossy, N)
 
+    k0 = ctl_counters(s)
     add_fn(s, "missed")
     s.wait_log("lossy", "test hook: dropping route update 1", 30)
     wait_for("the first activator's update",
@@ -197,6 +199,13 @@ def test_missed_update_recovers_table():
     a1 = table_with(s.ops_port, N + 2)
     assert (a1["stoke_activator_route_messages_total.table"] ==
             a0["stoke_activator_route_messages_total.table"]), (a0, a1)
+    # The controller sent one table (to the lossy one's channel) and two
+    # updates to each of the two channels.
+    k1 = ctl_counters(s)
+    assert (k1["stoke_controller_route_messages_total.table"] -
+            k0["stoke_controller_route_messages_total.table"] == 1), (k0, k1)
+    assert (k1["stoke_controller_route_messages_total.update"] -
+            k0["stoke_controller_route_messages_total.update"] == 4), (k0, k1)
 
     # Back in step: the next change is an update again, applied.
     add_fn(s, "after")
@@ -206,6 +215,9 @@ def test_missed_update_recovers_table():
     assert (l2["stoke_activator_route_messages_total.update"] >
             l1["stoke_activator_route_messages_total.update"]), (l1, l2)
     assert l2["stoke_activator_route_resyncs_total"] == 1, l2
+    k2 = ctl_counters(s)
+    assert (k2["stoke_controller_route_messages_total.table"] ==
+            k1["stoke_controller_route_messages_total.table"]), (k1, k2)
     s.stop()
 
 
