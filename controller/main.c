@@ -188,9 +188,20 @@ static void on_hub_stats(const char *activator, const char *fn, uint64_t second,
     ctrl_on_stats(data, fn, second, conc, reqs);
 }
 
+static void on_hub_stats_done(uint64_t second, void *data)
+{
+    ctrl_on_stats_done(data, second);
+}
+
 static void on_hub_drain(void *data)
 {
     ctrl_on_drain(data);
+}
+
+/* An activator missed an update: it gets its whole table again. */
+static void on_hub_resync(void *data)
+{
+    ctrl_resync_routes(data);
 }
 
 /* An activator came or went: limits are divided among the activators, so
@@ -320,6 +331,8 @@ static void on_hub_poke(const char *fn, void *data);
 static void on_hub_stats(const char *activator, const char *fn, uint64_t second, double conc,
                          uint64_t reqs, void *data);
 static void on_hub_drain(void *data);
+static void on_hub_stats_done(uint64_t second, void *data);
+static void on_hub_resync(void *data);
 
 /* Opens the activator channel: at start on Docker, when it starts leading
  * on Kubernetes. */
@@ -329,6 +342,8 @@ static int start_hub(struct ctrl *c)
                                 .on_stats = on_hub_stats,
                                 .on_drain = on_hub_drain,
                                 .on_members = on_hub_members,
+                                .on_stats_done = on_hub_stats_done,
+                                .on_resync = on_hub_resync,
                                 .data = c};
     int r = hub_new(c->loop, &c->cfg.ctl_addr, channel_token, &cbs, &c->hub);
     c->shares_settle_ms = uv_now(c->loop) + CTRL_SHARES_SETTLE_MS;

@@ -39,6 +39,10 @@ OPS = ("ping", "image_inspect", "create", "start", "inspect", "pause", "unpause"
 LABELS = {
     "stoke_controller_functions": set(),
     "stoke_controller_activators": set(),
+    "stoke_controller_route_messages_total": {"kind"},
+    "stoke_controller_route_bytes_total": {"kind"},
+    "stoke_controller_stats_reports_total": set(),
+    "stoke_controller_stats_entries_total": set(),
     "stoke_controller_engine_calls_total": {"op"},
     "stoke_controller_engine_errors_total": {"op"},
     "stoke_controller_engine_up": set(),
