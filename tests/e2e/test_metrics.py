@@ -421,8 +421,10 @@ def test_engine_calls_stay_under_the_limit():
         assert value(c0, "stoke_controller_engine_calls_limit") == 2
         for i in range(6):
             s.write_spec("lim%d" % i, scale={"min": 2})
+        # (A function's series appear once the controller has its spec.)
         c1 = wait_scrape(s, "12 ready replicas", lambda f: sum(
-            replicas(f, "lim%d" % i, "ready") for i in range(6)) == 12, timeout=120)
+            value_or_none(f, "stoke_controller_replicas", function="lim%d" % i, state="ready")
+            or 0 for i in range(6)) == 12, timeout=120)
         # Twelve creates and starts were wanted at once: the limit was
         # reached, never passed.
         assert value(c1, "stoke_controller_engine_calls_in_flight_max") == 2, c1
