@@ -8,6 +8,7 @@
 
 #include <json-c/json.h>
 
+#include "metrics.h"
 #include "stoke/linebuf.h"
 #include "stoke/log.h"
 #include "stoke/uvbuf.h"
@@ -17,6 +18,7 @@
 #define STATS_PERIOD_MS 1000
 #define MAX_UNSENT (4 * 1024 * 1024) /* a controller not reading: reconnect */
 #define MAX_CANDIDATES 32
+#define RESYNC_AGAIN_MS 1000 /* asks again at an update this long after, table still missing */
 
 struct ctl {
     uv_loop_t *loop;
@@ -26,7 +28,12 @@ struct ctl {
     struct sockaddr_storage cand[MAX_CANDIDATES];
     size_t n_cand, i_cand, i_target;
     uv_getaddrinfo_t gai;
-    bool got_table;    /* the current connection has delivered a route table */
+    bool got_table; /* the current connection has delivered a route table */
+    bool resyncing; /* missed an update: updates are ignored until a table */
+    uint64_t resync_ms;
+    /* Test hook (STOKE_TEST_DROP_ROUTE_UPDATE=N): the Nth update this
+     * channel receives is dropped as if lost; 0: none. */
+    uint64_t drop_update, n_updates;
     bool cycle_warned; /* said that no address took the channel */
     char id[64];
     char *token; /* NULL: none; wiped at free */
@@ -272,6 +279,80 @@ static void drop_connection(struct ctl *ctl, int err)
     uv_close(&ctl->conn.handle, on_handle_closed);
 }
 
+static void count_applied(struct ctl *ctl, enum metrics_route_kind kind, size_t entries,
+                          size_t bytes, uint64_t t0)
+{
+    struct metrics_worker *mw = proxy_metrics(ctl->px);
+    if (!mw)
+        return;
+    metrics_add(&mw->route_msgs[kind], 1);
+    metrics_add(&mw->route_entries[kind], (int64_t)entries);
+    metrics_add(&mw->route_bytes[kind], (int64_t)bytes + 1); /* and its '\n' */
+    metrics_add(&mw->route_apply_ns[kind], (int64_t)(uv_hrtime() - t0));
+    atomic_store_explicit(&mw->route_functions, proxy_functions(ctl->px), memory_order_relaxed);
+}
+
+/* {"op":"resync","gen":G}: this channel missed an update. */
+static void send_resync(struct ctl *ctl)
+{
+    char line[64];
+    uint64_t gen = ctl->px ? proxy_routes_gen(ctl->px) : 0;
+    int n =
+        snprintf(line, sizeof(line), "{\"op\":\"resync\",\"gen\":%llu}", (unsigned long long)gen);
+    ctl->resync_ms = uv_now(ctl->loop);
+    ctl_send(ctl, line, (size_t)n);
+}
+
+/* An update applies on top of the table of the gen before it; any other
+ * gen means one was missed (or the table was): the whole table again. */
+static int on_update(struct ctl *ctl, const char *line, size_t len)
+{
+    uint64_t t0 = uv_hrtime();
+    struct stoke_route_update u;
+    if (!ctl->px)
+        return 0;
+    if (ctl->drop_update && ++ctl->n_updates == ctl->drop_update) {
+        stoke_warn(NULL, -EAGAIN, "test hook: dropping route update %llu",
+                   (unsigned long long)ctl->n_updates);
+        return 0;
+    }
+    int r = stoke_route_update_parse(line, len, &u);
+    if (r < 0) {
+        /* It may have changed anything: the table again. */
+        stoke_warn(NULL, r, "a bad route update from the controller; asking for the table");
+        u.gen = 0;
+    }
+    if (ctl->resyncing) {
+        /* The table is on its way; ask again should the ask have been lost
+         * (the controller could not build the table). */
+        if (uv_now(ctl->loop) - ctl->resync_ms >= RESYNC_AGAIN_MS)
+            send_resync(ctl);
+        stoke_route_update_done(&u);
+        return 0;
+    }
+    if (r < 0 || !ctl->got_table || u.gen != proxy_routes_gen(ctl->px) + 1) {
+        stoke_warn(NULL, -EPROTO,
+                   "route update %llu does not follow table %llu (one was missed); asking the "
+                   "controller for the whole table",
+                   (unsigned long long)u.gen, (unsigned long long)proxy_routes_gen(ctl->px));
+        stoke_route_update_done(&u);
+        ctl->resyncing = true;
+        struct metrics_worker *mw = proxy_metrics(ctl->px);
+        if (mw)
+            metrics_add(&mw->route_resyncs, 1);
+        send_resync(ctl);
+        return 0;
+    }
+    size_t entries = u.n_routes + u.n_removed;
+    uint64_t gen = u.gen;
+    proxy_update_routes(ctl->px, &u);
+    stoke_debug(NULL, "route update %llu (%zu entries): %zu functions", (unsigned long long)gen,
+                entries, proxy_functions(ctl->px));
+    count_applied(ctl, METRICS_ROUTE_UPDATE, entries, len, t0);
+    ctl_drain_changed(ctl);
+    return 0;
+}
+
 static int on_line(char *line, size_t len, void *data)
 {
     struct ctl *ctl = data;
@@ -287,6 +368,10 @@ static int on_line(char *line, size_t len, void *data)
         json_object_put(o);
         return 0;
     }
+    static const char update_op[] = "{\"op\":\"update\"";
+    if (strncmp(line, update_op, sizeof(update_op) - 1) == 0)
+        return on_update(ctl, line, len);
+    uint64_t t0 = uv_hrtime();
     int r = stoke_route_table_parse(line, len, &t);
     if (r < 0) {
         stoke_warn(NULL, r, "ignoring a bad message from the controller");
@@ -298,9 +383,12 @@ static int on_line(char *line, size_t len, void *data)
         ctl->cycle_warned = false;
         ctl->backoff_ms = BACKOFF_MIN_MS;
     }
+    ctl->resyncing = false;
     stoke_debug(NULL, "route table %llu: %zu functions", (unsigned long long)t.gen, t.n_routes);
+    size_t entries = t.n_routes;
     if (ctl->px) {
         proxy_set_routes(ctl->px, &t);
+        count_applied(ctl, METRICS_ROUTE_TABLE, entries, len, t0);
         /* Tells the controller this table is in use, and which replicas
          * that left it still have requests in flight. */
         ctl_drain_changed(ctl);
@@ -427,6 +515,7 @@ static void open_conn(struct ctl *ctl)
     ctl->handles++;
     ctl->connect.data = ctl;
     ctl->got_table = false;
+    ctl->resyncing = false;
 }
 
 static void connect_candidate(struct ctl *ctl)
@@ -557,6 +646,9 @@ int ctl_new(uv_loop_t *loop, const struct ctl_targets *controller, const char *i
     snprintf(ctl->id, sizeof(ctl->id), "%s", id);
     snprintf(ctl->process, sizeof(ctl->process), "%s", process);
     ctl->backoff_ms = BACKOFF_MIN_MS;
+    const char *drop = getenv("STOKE_TEST_DROP_ROUTE_UPDATE");
+    if (drop && stoke_parse_u64(drop, &ctl->drop_update) < 0)
+        ctl->drop_update = 0;
     stoke_linebuf_init(&ctl->lines, STOKE_CTL_MAX_LINE);
     stoke_buf_init(&ctl->msg, STOKE_CTL_MAX_LINE);
     uv_timer_init(loop, &ctl->retry);

@@ -1,7 +1,13 @@
 /* The activator's end of the channel to the controller (stoke/routes.h):
- * connects, receives route tables for the proxy, sends pokes at once and
- * stats every second; reconnects with backoff when the controller goes away,
- * while the proxy keeps serving the replicas it knows. Thread: the loop's. */
+ * connects, receives route tables and updates for the proxy (an update whose
+ * gen does not follow the table's: asks for the table again, "resync"),
+ * sends pokes at once and stats every second (functions with traffic only);
+ * reconnects with backoff when the controller goes away, while the proxy
+ * keeps serving the replicas it knows. Thread: the loop's.
+ *
+ * Test hook: with STOKE_TEST_DROP_ROUTE_UPDATE=N in its environment, a
+ * channel drops the Nth update it receives, as if lost (tests/e2e/
+ * test_channel.py). */
 #ifndef ACTIVATOR_CTL_H
 #define ACTIVATOR_CTL_H
 

@@ -443,6 +443,7 @@ int main(int argc, char **argv)
         stoke_route_table_done(&routes);
         return 2;
     }
+    cfg.await_routes = use_ctl;
     if (token_file) {
         r = stoke_token_read(token_file, &token);
         if (r < 0) {

@@ -31,6 +31,7 @@ static const char *const reason_names[METRICS_REASONS] = {
     [METRICS_NOT_IMPLEMENTED] = "not_implemented",
     [METRICS_UPSTREAM_ERROR] = "upstream_error",
     [METRICS_QUEUE_FULL] = "queue_full",
+    [METRICS_NO_ROUTES] = "no_routes",
     [METRICS_QUEUE_TIMEOUT] = "queue_timeout",
     [METRICS_DEADLINE] = "deadline",
     [METRICS_CONNECTIONS_LIMIT] = "connections_limit",
@@ -331,6 +332,64 @@ static const struct {
                      METRICS_UPSTREAMS},
 };
 
+/* A family of one unlabelled series. */
+static int single(struct stoke_buf *out, const char *name, const char *type, const char *help,
+                  uint64_t v)
+{
+    int r = family(out, name, type, help);
+    return r == 0 ? stoke_buf_printf(out, "%s %llu\n", name, (unsigned long long)v) : r;
+}
+
+/* The channel's route messages, summed over the workers (each worker has
+ * its own channel, so each gets every message). */
+static int format_routes(struct metrics *m, struct stoke_buf *out)
+{
+    static const char *const kinds[METRICS_ROUTE_KINDS] = {"table", "update"};
+    static const struct {
+        const char *name, *type, *help;
+    } fam[] = {
+        {"stoke_activator_route_messages_total", "counter",
+         "Route messages from the controller applied, by kind: whole tables (at connect, when "
+         "activators come or go, on a resync) and updates of the functions that changed."},
+        {"stoke_activator_route_entries_total", "counter",
+         "Function entries in the route messages applied, by kind."},
+        {"stoke_activator_route_bytes_total", "counter",
+         "Bytes of the route messages applied, by kind."},
+        {"stoke_activator_route_apply_seconds_total", "counter",
+         "Time spent parsing and applying route messages, by kind."},
+    };
+    uint64_t v[4][METRICS_ROUTE_KINDS] = {{0}}, resyncs = 0, fns = 0;
+    for (unsigned i = 0; i < m->n; i++) {
+        for (size_t k = 0; k < METRICS_ROUTE_KINDS; k++) {
+            v[0][k] += load(&m->w[i]->route_msgs[k]);
+            v[1][k] += load(&m->w[i]->route_entries[k]);
+            v[2][k] += load(&m->w[i]->route_bytes[k]);
+            v[3][k] += load(&m->w[i]->route_apply_ns[k]);
+        }
+        resyncs += load(&m->w[i]->route_resyncs);
+        fns += load(&m->w[i]->route_functions);
+    }
+    int r = 0;
+    for (size_t f = 0; f < 4 && r == 0; f++) {
+        r = family(out, fam[f].name, fam[f].type, fam[f].help);
+        for (size_t k = 0; k < METRICS_ROUTE_KINDS && r == 0; k++) {
+            if (f == 3)
+                r = stoke_buf_printf(out, "%s{kind=\"%s\"} %.9f\n", fam[f].name, kinds[k],
+                                     (double)v[f][k] / 1e9);
+            else
+                r = stoke_buf_printf(out, "%s{kind=\"%s\"} %llu\n", fam[f].name, kinds[k],
+                                     (unsigned long long)v[f][k]);
+        }
+    }
+    if (r == 0)
+        r = single(out, "stoke_activator_route_resyncs_total", "counter",
+                   "Whole tables asked for again after a missed route update.", resyncs);
+    if (r == 0)
+        r = single(out, "stoke_activator_route_functions", "gauge",
+                   "Functions in the route tables of the workers, summed.", fns);
+    return r;
+}
+
 static int format_global(struct metrics *m, struct stoke_buf *out)
 {
     uint64_t conns = 0, rejected[METRICS_REASONS] = {0};
@@ -354,6 +413,8 @@ static int format_global(struct metrics *m, struct stoke_buf *out)
     for (size_t k = 0; k < METRICS_REASONS && r == 0; k++)
         r = stoke_buf_printf(out, "stoke_activator_rejected_total{reason=\"%s\"} %llu\n",
                              reason_names[k], (unsigned long long)rejected[k]);
+    if (r == 0)
+        r = format_routes(m, out);
     return r;
 }
 

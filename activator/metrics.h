@@ -47,6 +47,7 @@ enum metrics_reason {
     METRICS_NOT_IMPLEMENTED,    /* 501: CONNECT, Upgrade */
     METRICS_UPSTREAM_ERROR,     /* 502 */
     METRICS_QUEUE_FULL,         /* 503 */
+    METRICS_NO_ROUTES,          /* 503: no route table from the controller yet */
     METRICS_QUEUE_TIMEOUT,      /* 504 while queued */
     METRICS_DEADLINE,           /* 504 past the function's timeout */
     METRICS_CONNECTIONS_LIMIT,  /* closed at accept: --max-connections */
@@ -80,8 +81,18 @@ struct metrics_fn {
     _Atomic uint64_t gauge[METRICS_GAUGES];
 };
 
+/* The route messages a worker's channel applied, by kind (the `kind`
+ * label): whole tables, and updates of the functions that changed. */
+enum metrics_route_kind { METRICS_ROUTE_TABLE, METRICS_ROUTE_UPDATE, METRICS_ROUTE_KINDS };
+
 struct metrics_worker {
     _Atomic uint64_t beat_ms; /* uv_hrtime() in ms at the last heartbeat */
+    _Atomic uint64_t route_msgs[METRICS_ROUTE_KINDS];
+    _Atomic uint64_t route_entries[METRICS_ROUTE_KINDS]; /* function entries in them */
+    _Atomic uint64_t route_bytes[METRICS_ROUTE_KINDS];
+    _Atomic uint64_t route_apply_ns[METRICS_ROUTE_KINDS]; /* parse and apply */
+    _Atomic uint64_t route_resyncs;                       /* tables asked for after a gap */
+    _Atomic uint64_t route_functions;                     /* in its table now */
     _Atomic uint64_t connections;
     _Atomic uint64_t rejected[METRICS_REASONS];
     _Atomic(struct metrics_fn *) fns; /* append-only; see above */

@@ -56,6 +56,7 @@ struct endpoint {
     bool gone;               /* no longer in the route table */
     struct stoke_list idle;  /* pooled upstream connections */
     struct stoke_list dnode; /* px->draining while gone with requests in flight */
+    struct stoke_list onode; /* px->over while its share was lowered below its requests */
     uint32_t n_idle;
 };
 
@@ -63,8 +64,12 @@ struct endpoint {
  * that was dispatched or queued for it. */
 struct fn {
     struct proxy *px;
-    struct lim_fn *lim;     /* the process's queue count and waiters (shared.h) */
-    struct stoke_route cfg; /* cfg.endpoints unused: see eps */
+    struct fn *hnext;        /* px->buckets chain */
+    struct stoke_list lnode; /* px->fn_list */
+    struct stoke_list anode; /* px->active while it has traffic to report */
+    uint64_t seen;           /* the table apply that listed it last */
+    struct lim_fn *lim;      /* the process's queue count and waiters (shared.h) */
+    struct stoke_route cfg;  /* cfg.endpoints unused: see eps */
     struct endpoint **eps;
     size_t n_eps;
     struct stoke_list queue; /* waiting clients, oldest first */
@@ -206,9 +211,18 @@ struct proxy {
     void *closed_data;
     struct proxy_hooks hooks;
     uint64_t gen;               /* of the route table in use */
+    bool routed;                /* it has had a route table */
     struct stoke_list draining; /* endpoints gone with requests in flight */
-    struct fn **fns;            /* sorted by name */
+    struct stoke_list over;     /* endpoints whose lowered share they may be over */
+    /* The routed functions: a hash table by name (chained, a power of two
+     * buckets, grown at one function per bucket), and a list to walk. */
+    struct fn **buckets;
+    size_t n_buckets;
     size_t n_fns;
+    struct stoke_list fn_list;
+    struct stoke_list active; /* functions with traffic since the last stats report */
+    uint64_t stats_ns;        /* the last stats report (uv_hrtime()) */
+    uint64_t apply_seq;
     struct stoke_list clients;
     uint32_t n_clients;
     struct stoke_list kicks;
@@ -485,6 +499,12 @@ static void fn_mark(struct fn *fn)
     uint64_t now = uv_hrtime();
     fn->integral += (double)(fn->inflight + fn->queued) * (double)(now - fn->mark_ns);
     fn->mark_ns = now;
+    if (!fn->gone && stoke_list_empty(&fn->anode)) {
+        /* Traffic again: its report covers the time since the last one. */
+        stoke_list_insert_tail(&fn->px->active, &fn->anode);
+        if (fn->stats_base_ns < fn->px->stats_ns)
+            fn->stats_base_ns = fn->px->stats_ns;
+    }
 }
 
 /* One more or one less request in this worker's queue of `fn` (the
@@ -522,37 +542,70 @@ static void endpoint_unref(struct endpoint *ep)
 {
     if (--ep->refs > 0)
         return;
+    stoke_list_remove(&ep->onode);
     if (ep->lim)
         limits_ep_put(ep->lim, ep->worker);
     free(ep);
 }
 
-static int cmp_fn(const void *a, const void *b)
+static size_t name_hash(const char *s)
 {
-    return strcmp((*(struct fn *const *)a)->cfg.name, (*(struct fn *const *)b)->cfg.name);
-}
-
-/* The index of the function named `name` in px->fns, or -1. */
-static ssize_t fn_index(const struct proxy *px, const char *name)
-{
-    size_t lo = 0, hi = px->n_fns;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        int c = strcmp(px->fns[mid]->cfg.name, name);
-        if (c == 0)
-            return (ssize_t)mid;
-        if (c < 0)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return -1;
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 16777619u;
+    return h;
 }
 
 static struct fn *fn_find(struct proxy *px, const char *name)
 {
-    ssize_t i = fn_index(px, name);
-    return i < 0 ? NULL : px->fns[i];
+    if (!px->n_buckets)
+        return NULL;
+    for (struct fn *fn = px->buckets[name_hash(name) & (px->n_buckets - 1)]; fn; fn = fn->hnext) {
+        if (strcmp(fn->cfg.name, name) == 0)
+            return fn;
+    }
+    return NULL;
+}
+
+/* Adds a function (not there yet) to the table. Returns 0 or -ENOMEM. */
+static int fn_insert(struct proxy *px, struct fn *fn)
+{
+    if (px->n_fns >= px->n_buckets) {
+        size_t nb = px->n_buckets ? px->n_buckets * 2 : 64;
+        struct fn **b = calloc(nb, sizeof(*b));
+        if (!b)
+            return -ENOMEM;
+        for (size_t i = 0; i < px->n_buckets; i++) {
+            for (struct fn *f = px->buckets[i], *next; f; f = next) {
+                next = f->hnext;
+                size_t h = name_hash(f->cfg.name) & (nb - 1);
+                f->hnext = b[h];
+                b[h] = f;
+            }
+        }
+        free(px->buckets);
+        px->buckets = b;
+        px->n_buckets = nb;
+    }
+    size_t h = name_hash(fn->cfg.name) & (px->n_buckets - 1);
+    fn->hnext = px->buckets[h];
+    px->buckets[h] = fn;
+    stoke_list_insert_tail(&px->fn_list, &fn->lnode);
+    px->n_fns++;
+    return 0;
+}
+
+/* Takes a function out of the table (the caller retires it). */
+static void fn_unlink(struct proxy *px, struct fn *fn)
+{
+    struct fn **pp = &px->buckets[name_hash(fn->cfg.name) & (px->n_buckets - 1)];
+    while (*pp && *pp != fn)
+        pp = &(*pp)->hnext;
+    if (*pp)
+        *pp = fn->hnext;
+    fn->hnext = NULL;
+    stoke_list_remove(&fn->lnode);
+    px->n_fns--;
 }
 
 static bool addr_equal(const struct stoke_addr *a, const struct stoke_addr *b)
@@ -582,6 +635,7 @@ static void endpoint_retire(struct endpoint *ep)
 static void fn_retire(struct fn *fn)
 {
     fn->gone = true;
+    stoke_list_remove(&fn->anode);
     for (size_t i = 0; i < fn->n_eps; i++)
         endpoint_retire(fn->eps[i]);
     fn->n_eps = 0;
@@ -639,6 +693,7 @@ static int fn_update(struct fn *fn, const struct stoke_route *r)
             ep->refs = 1;
             stoke_list_init(&ep->idle);
             stoke_list_init(&ep->dnode);
+            stoke_list_init(&ep->onode);
         }
         eps[n++] = ep;
     }
@@ -655,6 +710,9 @@ static int fn_update(struct fn *fn, const struct stoke_route *r)
         eps[i]->share = r->shares ? r->shares[i] : 0;
         limits_ep_configure(eps[i]->lim, fn->px->worker,
                             r->shares ? r->shares[i] : r->concurrency_limit);
+        /* Only a lowered share puts it over: proxy_draining() watches it. */
+        if (lim_ep_over(eps[i]->lim) && stoke_list_empty(&eps[i]->onode))
+            stoke_list_insert_tail(&fn->px->over, &eps[i]->onode);
     }
     limits_fn_configure(fn->lim, fn->px->worker, r->queue_max);
     /* Waiters in other workers may fit now. */
@@ -667,73 +725,102 @@ static int fn_update(struct fn *fn, const struct stoke_route *r)
     return 0;
 }
 
+/* Sets function `r` (found by name, or added) from its route. Returns it,
+ * or NULL on OOM (a new one is then left out, a known one keeps its
+ * replicas). */
+static struct fn *fn_apply(struct proxy *px, const struct stoke_route *r)
+{
+    struct fn *fn = fn_find(px, r->name);
+    if (!fn) {
+        fn = calloc(1, sizeof(*fn));
+        if (fn && !(fn->lim = limits_fn_get(px->limits, px->worker, r->name))) {
+            free(fn);
+            fn = NULL;
+        }
+        if (!fn)
+            return NULL;
+        fn->px = px;
+        fn->refs = 1;
+        fn->mark_ns = uv_hrtime();
+        fn->stats_base_ns = fn->mark_ns;
+        fn->m = metrics_fn_get(px->hooks.metrics, r->name);
+        snprintf(fn->cfg.name, sizeof(fn->cfg.name), "%s", r->name);
+        stoke_list_init(&fn->queue);
+        stoke_list_init(&fn->kick);
+        stoke_list_init(&fn->wnode);
+        stoke_list_init(&fn->anode);
+        if (fn_insert(px, fn) < 0) {
+            fn_unref(fn);
+            return NULL;
+        }
+    }
+    if (fn_update(fn, r) < 0)
+        stoke_error(r->name, -ENOMEM, "replica list update dropped");
+    /* Queued requests may go to replicas that arrived. */
+    if (fn->queued > 0)
+        kick(fn);
+    return fn;
+}
+
+static void fn_remove(struct proxy *px, struct fn *fn)
+{
+    fn_unlink(px, fn);
+    fn_retire(fn);
+}
+
 void proxy_set_routes(struct proxy *px, struct stoke_route_table *t)
 {
-    struct fn **fns = calloc(t->n_routes ? t->n_routes : 1, sizeof(*fns));
-    /* Which old functions the new table keeps; px->fns stays intact (and
-     * searchable) until the new array replaces it. */
-    bool *kept = calloc(px->n_fns ? px->n_fns : 1, sizeof(*kept));
-    if (!fns || !kept) {
-        stoke_error(NULL, -ENOMEM, "route table update dropped, keeping the old one");
-        free(fns);
-        free(kept);
-        stoke_route_table_done(t);
-        return;
-    }
-    /* Routes arrive sorted by name (stoke_route_table_parse), so fns is too. */
-    size_t n = 0;
+    uint64_t seq = ++px->apply_seq;
     for (size_t i = 0; i < t->n_routes; i++) {
-        const struct stoke_route *r = &t->routes[i];
-        ssize_t k = fn_index(px, r->name);
-        struct fn *fn = k >= 0 ? px->fns[k] : NULL;
-        if (fn) {
-            kept[k] = true;
-        } else {
-            fn = calloc(1, sizeof(*fn));
-            if (fn && !(fn->lim = limits_fn_get(px->limits, px->worker, r->name))) {
-                free(fn);
-                fn = NULL;
-            }
-            if (!fn)
-                continue;
-            fn->px = px;
-            fn->refs = 1;
-            fn->mark_ns = uv_hrtime();
-            fn->stats_base_ns = fn->mark_ns;
-            fn->m = metrics_fn_get(px->hooks.metrics, r->name);
-            stoke_list_init(&fn->queue);
-            stoke_list_init(&fn->kick);
-            stoke_list_init(&fn->wnode);
-        }
-        if (fn_update(fn, r) < 0)
-            stoke_error(r->name, -ENOMEM, "replica list update dropped");
-        fns[n++] = fn;
+        struct fn *fn = fn_apply(px, &t->routes[i]);
+        if (fn)
+            fn->seen = seq;
+        else
+            stoke_error(t->routes[i].name, -ENOMEM, "left out of the route table");
     }
-    struct fn **old = px->fns;
-    size_t n_old = px->n_fns;
-    px->fns = fns;
-    px->n_fns = n;
-    if (px->n_fns > 1)
-        qsort(px->fns, px->n_fns, sizeof(*px->fns), cmp_fn);
-    for (size_t j = 0; j < n_old; j++) {
-        if (!kept[j])
-            fn_retire(old[j]);
+    /* The functions the table no longer lists leave. */
+    for (struct stoke_list *n = px->fn_list.next; n != &px->fn_list;) {
+        struct fn *fn = stoke_container_of(n, struct fn, lnode);
+        n = n->next;
+        if (fn->seen != seq)
+            fn_remove(px, fn);
     }
-    free(old);
-    free(kept);
     px->gen = t->gen;
+    px->routed = true;
     stoke_route_table_done(t);
+}
 
-    for (size_t i = 0; i < px->n_fns; i++) {
-        if (px->fns[i]->queued > 0)
-            kick(px->fns[i]);
+void proxy_update_routes(struct proxy *px, struct stoke_route_update *u)
+{
+    for (size_t i = 0; i < u->n_routes; i++) {
+        if (!fn_apply(px, &u->routes[i]))
+            stoke_error(u->routes[i].name, -ENOMEM, "route update dropped");
     }
+    for (size_t i = 0; i < u->n_removed; i++) {
+        struct fn *fn = fn_find(px, u->removed[i]);
+        if (fn)
+            fn_remove(px, fn);
+    }
+    px->gen = u->gen;
+    stoke_route_update_done(u);
+}
+
+size_t proxy_functions(const struct proxy *px)
+{
+    return px->n_fns;
+}
+
+struct metrics_worker *proxy_metrics(const struct proxy *px)
+{
+    return px->hooks.metrics;
 }
 
 void proxy_stats(struct proxy *px, proxy_stat_cb cb, void *data)
 {
-    for (size_t i = 0; i < px->n_fns; i++) {
-        struct fn *fn = px->fns[i];
+    px->stats_ns = uv_hrtime();
+    for (struct stoke_list *n = px->active.next; n != &px->active;) {
+        struct fn *fn = stoke_container_of(n, struct fn, anode);
+        n = n->next;
         fn_mark(fn);
         /* The window is the time since the previous report; at least 1 ms
          * so a report right after the first does not divide by zero. */
@@ -745,6 +832,10 @@ void proxy_stats(struct proxy *px, proxy_stat_cb cb, void *data)
         fn->integral = 0;
         fn->requests = 0;
         fn->stats_base_ns = fn->mark_ns;
+        /* Idle now: reported again once it has traffic (the controller
+         * counts a function not reported as idle that second). */
+        if (fn->inflight + fn->queued == 0)
+            stoke_list_remove(&fn->anode);
     }
 }
 
@@ -762,39 +853,41 @@ void proxy_draining(struct proxy *px, void (*cb)(const char *addr, void *data), 
         cb(addr, data);
     }
     /* And those with more requests in flight than a lowered share allows:
-     * the controller gives the slots to another activator once they end. */
-    for (size_t i = 0; i < px->n_fns; i++) {
-        for (size_t j = 0; j < px->fns[i]->n_eps; j++) {
-            struct endpoint *ep = px->fns[i]->eps[j];
-            char addr[80];
-            if (!lim_ep_over(ep->lim))
-                continue;
-            stoke_addr_format(&ep->addr, addr, sizeof(addr));
-            cb(addr, data);
+     * the controller gives the slots to another activator once they end.
+     * Only a lowering puts one over (fn_update() lists it); once back
+     * within its share, or gone, it leaves the list. */
+    for (struct stoke_list *n = px->over.next; n != &px->over;) {
+        struct endpoint *ep = stoke_container_of(n, struct endpoint, onode);
+        char addr[80];
+        n = n->next;
+        if (ep->gone || !lim_ep_over(ep->lim)) {
+            stoke_list_remove(&ep->onode);
+            continue;
         }
+        stoke_addr_format(&ep->addr, addr, sizeof(addr));
+        cb(addr, data);
     }
 }
 
 void proxy_slots(struct proxy *px, proxy_slots_cb cb, void *data)
 {
-    for (size_t i = 0; i < px->n_fns; i++) {
-        for (size_t j = 0; j < px->fns[i]->n_eps; j++) {
-            const struct endpoint *ep = px->fns[i]->eps[j];
+    for (struct stoke_list *n = px->fn_list.next; n != &px->fn_list; n = n->next) {
+        const struct fn *fn = stoke_container_of(n, struct fn, lnode);
+        for (size_t j = 0; j < fn->n_eps; j++) {
+            const struct endpoint *ep = fn->eps[j];
             char addr[80];
             if (ep->share == 0)
                 continue;
             stoke_addr_format(&ep->addr, addr, sizeof(addr));
-            cb(px->fns[i]->cfg.name, addr, ep->share, data);
+            cb(fn->cfg.name, addr, ep->share, data);
         }
     }
 }
 
 void proxy_waiting(struct proxy *px, proxy_poke_cb cb, void *data)
 {
-    for (size_t i = 0; i < px->n_fns; i++) {
-        if (px->fns[i]->queued > 0)
-            cb(px->fns[i]->cfg.name, data);
-    }
+    for (struct stoke_list *n = px->waiting.next; n != &px->waiting; n = n->next)
+        cb(stoke_container_of(n, struct fn, wnode)->cfg.name, data);
 }
 
 /* ---- client writes ----------------------------------------------------- */
@@ -1092,7 +1185,8 @@ static const char *connection_header(const struct client *c, bool close_conn)
     return c->http_minor == 0 ? "Connection: keep-alive\r\n" : "";
 }
 
-static void send_error(struct client *c, int status, bool close_conn)
+/* An error answer of the activator's own, counted under `reason`. */
+static void send_error_as(struct client *c, int status, bool close_conn, enum metrics_reason reason)
 {
     char head[256 + REQUEST_ID_MAX], body[128];
     int bl = snprintf(body, sizeof(body), "%d %s\n", status, status_reason(status));
@@ -1107,7 +1201,7 @@ static void send_error(struct client *c, int status, bool close_conn)
                       c->request_id, c->request_id[0] ? "\r\n" : "");
     uv_buf_t parts[2] = {uv_buf_init(head, (unsigned)hl), uv_buf_init(body, (unsigned)bl)};
     bool head_only = c->method == HTTP_HEAD;
-    metrics_error(c->px->hooks.metrics, status, c->state == C_QUEUED);
+    metrics_rejected(c->px->hooks.metrics, reason);
     c->status = status;
     client_abort_upstream(c);
     int r = client_writev(c, parts, head_only ? 1 : 2);
@@ -1117,6 +1211,11 @@ static void send_error(struct client *c, int status, bool close_conn)
         client_close_after_flush(c);
     else
         client_finish_request(c);
+}
+
+static void send_error(struct client *c, int status, bool close_conn)
+{
+    send_error_as(c, status, close_conn, metrics_reason_of(status, c->state == C_QUEUED));
 }
 
 /* ---- request parsing ---------------------------------------------------- */
@@ -2133,7 +2232,10 @@ static void dispatch(struct client *c)
         }
     }
     if (!fn) {
-        send_error(c, 404, false);
+        if (!px->routed && px->cfg.await_routes)
+            send_error_as(c, 503, false, METRICS_NO_ROUTES);
+        else
+            send_error(c, 404, false);
         return;
     }
     if (build_upstream_request(c, lname, path, path_len) < 0) {
@@ -2889,6 +2991,9 @@ int proxy_new(uv_loop_t *loop, const struct proxy_config *cfg, const struct prox
     px->hooks = *hooks;
     stoke_list_init(&px->clients);
     stoke_list_init(&px->draining);
+    stoke_list_init(&px->over);
+    stoke_list_init(&px->fn_list);
+    stoke_list_init(&px->active);
     stoke_list_init(&px->kicks);
     stoke_list_init(&px->waiting);
     px->limits = hooks->limits;
@@ -2973,11 +3078,11 @@ void proxy_close(struct proxy *px, void (*on_closed)(void *data), void *data)
     px->closed_data = data;
     while (!stoke_list_empty(&px->clients))
         client_close(stoke_container_of(stoke_list_first(&px->clients), struct client, node));
-    for (size_t i = 0; i < px->n_fns; i++)
-        fn_retire(px->fns[i]);
-    free(px->fns);
-    px->fns = NULL;
-    px->n_fns = 0;
+    while (!stoke_list_empty(&px->fn_list))
+        fn_remove(px, stoke_container_of(stoke_list_first(&px->fn_list), struct fn, lnode));
+    free(px->buckets);
+    px->buckets = NULL;
+    px->n_buckets = 0;
     uv_close((uv_handle_t *)&px->listener, on_proxy_handle_closed);
     uv_close((uv_handle_t *)&px->drain, on_proxy_handle_closed);
     limits_set_wake(px->limits, px->worker, NULL); /* no send reaches it after this */

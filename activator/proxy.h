@@ -36,6 +36,9 @@ struct proxy_config {
     uint32_t max_idle_upstream;  /* idle pooled connections per replica */
     bool reuse_port;             /* SO_REUSEPORT: several workers share the port */
     bool access_log;             /* a log line per request (info level) */
+    bool await_routes;           /* routes come from the controller: until the first
+                                    table, a request gets 503 (not 404: the function
+                                    may well exist) */
     /* Peers whose forwarding headers (X-Forwarded-For, Forwarded,
      * X-Real-IP) are passed on; from anyone else they are replaced or
      * dropped. */
@@ -91,8 +94,21 @@ int proxy_new(uv_loop_t *loop, const struct proxy_config *cfg, const struct prox
  * queued requests are sent on to replicas that arrived. */
 void proxy_set_routes(struct proxy *px, struct stoke_route_table *t);
 
-/* Reports, per function, the time-weighted average of requests in flight
- * plus queued since the previous call, and the requests received. */
+/* Applies an update (stoke/routes.h) to the table in use: each entry
+ * replaces its function's (or adds it), removed functions leave as from a
+ * table; in time independent of the number of functions routed. Takes
+ * ownership of `u`'s contents (u is zeroed). The caller checked its gen. */
+void proxy_update_routes(struct proxy *px, struct stoke_route_update *u);
+
+/* The number of functions routed. */
+size_t proxy_functions(const struct proxy *px);
+
+/* This worker's counters (hooks.metrics), or NULL. */
+struct metrics_worker *proxy_metrics(const struct proxy *px);
+
+/* Reports, per function with traffic since the previous call (requests,
+ * or some in flight or queued), the time-weighted average of requests in
+ * flight plus queued since the previous call, and the requests received. */
 void proxy_stats(struct proxy *px, proxy_stat_cb cb, void *data);
 
 /* The generation of the route table in use (0 before the first). */

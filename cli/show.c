@@ -353,8 +353,14 @@ static void describe_status(json_object *st)
                  sizeof(mem));
     field("Traffic:", "%" PRId64 " requests, %.2f/s, concurrency %.2f", jint(st, "requests", 0),
           jdouble(st, "requests_per_second", 0), jdouble(st, "concurrency", 0));
-    field("Usage:", "cpu %.2f s, memory %s, %.2f GB-s", jdouble(st, "cpu_seconds", 0), mem,
-          jdouble(st, "gb_seconds", 0));
+    const char *usage_note = jstr(st, "usage_note", NULL);
+    if (usage_note) {
+        field("Usage:", "cpu -, memory -, %.2f GB-s", jdouble(st, "gb_seconds", 0));
+        field("", "%s", usage_note);
+    } else {
+        field("Usage:", "cpu %.2f s, memory %s, %.2f GB-s", jdouble(st, "cpu_seconds", 0), mem,
+              jdouble(st, "gb_seconds", 0));
+    }
 }
 
 int cmd_describe(struct globals *g, int argc, char **argv)
@@ -419,6 +425,10 @@ int cmd_top(struct globals *g, int argc, char **argv)
             snprintf(cpu, sizeof(cpu), "%.2f", jdouble(st, "cpu_seconds", 0));
             int64_t mb = jint(st, "memory_bytes", 0);
             format_bytes(mb > 0 ? (uint64_t)mb : 0, mem, sizeof(mem));
+            if (jstr(st, "usage_note", NULL)) { /* not measured on this backend */
+                snprintf(cpu, sizeof(cpu), "-");
+                snprintf(mem, sizeof(mem), "-");
+            }
             snprintf(gbs, sizeof(gbs), "%.2f", jdouble(st, "gb_seconds", 0));
             const char *row[] = {jstr(fn, "name", "?"), reps, rps, conc, reqs, cpu, mem, gbs};
             if (table_add(&t, row) < 0)

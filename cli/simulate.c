@@ -3,7 +3,8 @@
  * The model. Time runs second by second from 0 to the trace's last second.
  * Each second, the trace's concurrency for it (if the trace has that second:
  * a missing second is a gap, as when no activator reports) goes into the
- * metric window, as the controller does with the activators' reports. Every
+ * metric window, as the controller does with the activators' reports (a 0
+ * while at zero is silence: stoke_autoscaler_record()). Every
  * tick (second % tick == 0) the autoscaler decides; between ticks it also
  * decides on a poke, as the controller does: when the second has load, no
  * replica is ready and none is desired. Replicas desired become ready
@@ -285,14 +286,14 @@ static int run(const struct stoke_spec *spec, const struct trace *t, uint64_t ti
     for (uint64_t sec = 0; sec <= last; sec++) {
         uint64_t now_ms = sec * 1000;
         double load = 0;
+        fleet_promote(&fl, now_ms);
         if (next < t->len && t->v[next].second == sec) {
             load = t->v[next].value;
-            r = stoke_metric_window_add(&w, sec, load);
+            r = stoke_autoscaler_record(&a, fl.ready, &w, sec, load);
             if (r < 0)
                 goto out;
             next++;
         }
-        fleet_promote(&fl, now_ms);
         bool cold = fl.ready == 0 && load > 0;
         bool tick = sec % tick_s == 0;
         if (!tick && !(cold && desired == 0))

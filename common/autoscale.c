@@ -124,6 +124,15 @@ void stoke_autoscaler_seed(struct stoke_autoscaler *a, uint32_t desired)
     a->last_desired = desired;
 }
 
+int stoke_autoscaler_record(const struct stoke_autoscaler *a, uint32_t ready,
+                            struct stoke_metric_window *history, uint64_t second, double value)
+{
+    bool at_zero = ready == 0 && (!a->has_last || a->last_desired == 0);
+    if (at_zero && value == 0)
+        return 1;
+    return stoke_metric_window_add(history, second, value);
+}
+
 /* ceil(x) as a replica count. The small tolerance keeps a quotient such as
  * 2.1 / 0.7 = 3.0000000000000004 at 3 replicas, not 4; it is far below the
  * 1e-6 resolution of the averages. */

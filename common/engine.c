@@ -18,6 +18,8 @@
 #include "stoke/curluv.h"
 #include "stoke/json.h"
 #include "stoke/linebuf.h"
+#include "stoke/list.h"
+#include "stoke/logq.h"
 #include "stoke/util.h"
 
 /* 1.41 is Docker 20.10's and is served by later Dockers and by Podman's
@@ -34,6 +36,11 @@
  * events waiting for the loop are capped, the stream ends past either. */
 #define EVENT_LINE_MAX (64u << 10)
 #define EVENT_QUEUE_MAX 4096
+#define ENGINE_DEFAULT_MAX_INFLIGHT 16
+
+/* Calls past the in-flight limit wait in one of two queues: those on a cold
+ * start's way (and the cheap reads) go before the housekeeping ones. */
+enum call_class { CLASS_URGENT, CLASS_HOUSEKEEPING, CLASSES };
 
 struct stoke_engine {
     uv_loop_t *loop;
@@ -43,7 +50,8 @@ struct stoke_engine {
     bool closing;
     void (*on_closed)(void *data);
     void *closed_data;
-    struct stoke_engine_stats stats;
+    struct stoke_engine_stats stats; /* its in_flight, queued, limit: the queue's */
+    struct stoke_list queued[CLASSES];
 };
 
 struct watch;
@@ -58,6 +66,8 @@ struct call {
     int write_err;           /* why on_write stopped the transfer: -ENOBUFS, -ENOMEM */
     bool want_id;            /* create: res->id from "Id" */
     enum stoke_engine_op op; /* what it is counted as (stoke_engine_stats()) */
+    bool limited;            /* counted in the in-flight limit (not a stream) */
+    struct stoke_list qnode; /* in e->queued while it waits for a place */
     char errbuf[CURL_ERROR_SIZE];
     stoke_engine_cb cb;
     void *data;
@@ -135,6 +145,7 @@ static const char *text_message(struct stoke_buf *b)
 
 static void watch_end(struct watch *w, const struct stoke_engine_result *res);
 static void count_call(struct call *c, int err);
+static void pump(struct stoke_engine *e);
 
 static void on_done(CURL *easy, CURLcode rc, void *data)
 {
@@ -202,12 +213,18 @@ static void on_done(CURL *easy, CURLcode rc, void *data)
     }
 out:
     count_call(c, res.err);
+    struct stoke_engine *e = c->e;
+    bool limited = c->limited;
     if (c->watch)
         watch_end(c->watch, &res);
     else
         c->cb(&res, c->data);
     json_object_put(json);
     call_free(c);
+    if (limited) {
+        e->stats.in_flight--;
+        pump(e);
+    }
 }
 
 static int watch_feed(struct watch *w, const char *data, size_t len);
@@ -315,11 +332,68 @@ out:
     return r;
 }
 
+static enum call_class call_class(enum stoke_engine_op op)
+{
+    switch (op) {
+    case STOKE_ENGINE_OP_PAUSE:
+    case STOKE_ENGINE_OP_STOP:
+    case STOKE_ENGINE_OP_REMOVE:
+    case STOKE_ENGINE_OP_LIST:
+        return CLASS_HOUSEKEEPING;
+    default:
+        return CLASS_URGENT; /* ping, image inspect, create, start, inspect, unpause */
+    }
+}
+
+/* Starts waiting calls while there is room. One that cannot start gets its
+ * callback with the error (it has returned 0 to its caller long ago). */
+static void pump(struct stoke_engine *e)
+{
+    while (!e->closing && e->stats.in_flight < e->stats.limit) {
+        struct stoke_list *q = &e->queued[CLASS_URGENT];
+        if (stoke_list_empty(q))
+            q = &e->queued[CLASS_HOUSEKEEPING];
+        if (stoke_list_empty(q))
+            return;
+        struct call *c = stoke_container_of(stoke_list_first(q), struct call, qnode);
+        stoke_list_remove(&c->qnode);
+        e->stats.queued--;
+        e->stats.in_flight++;
+        if (e->stats.in_flight > e->stats.in_flight_max)
+            e->stats.in_flight_max = e->stats.in_flight;
+        int r = stoke_curluv_add(e->cu, c->easy, on_done, c);
+        if (r < 0) {
+            struct stoke_engine_result res = {.err = r, .message = "cannot start the engine call"};
+            e->stats.in_flight--;
+            count_call(c, r);
+            c->cb(&res, c->data);
+            call_free(c);
+        }
+    }
+}
+
+/* A stream (events) starts at once; any other call takes a place among the
+ * e->stats.limit in flight, or waits for one in its class's queue. */
 static int call_start(struct call *c)
 {
-    int r = stoke_curluv_add(c->e->cu, c->easy, on_done, c);
-    if (r < 0)
+    struct stoke_engine *e = c->e;
+    if (!c->watch) {
+        c->limited = true;
+        if (e->stats.in_flight >= e->stats.limit || e->stats.queued > 0) {
+            stoke_list_insert_tail(&e->queued[call_class(c->op)], &c->qnode);
+            e->stats.queued++;
+            return 0;
+        }
+        e->stats.in_flight++;
+        if (e->stats.in_flight > e->stats.in_flight_max)
+            e->stats.in_flight_max = e->stats.in_flight;
+    }
+    int r = stoke_curluv_add(e->cu, c->easy, on_done, c);
+    if (r < 0) {
+        if (c->limited)
+            e->stats.in_flight--;
         call_free(c);
+    }
     return r;
 }
 
@@ -407,6 +481,9 @@ int stoke_engine_new(uv_loop_t *loop, const char *docker_host, struct stoke_engi
     e->loop = loop;
     memcpy(e->socket_path, path, len + 1);
     e->timeout_ms = ENGINE_DEFAULT_TIMEOUT_MS;
+    e->stats.limit = ENGINE_DEFAULT_MAX_INFLIGHT;
+    for (int k = 0; k < CLASSES; k++)
+        stoke_list_init(&e->queued[k]);
     r = stoke_curluv_new(loop, &e->cu);
     if (r < 0) {
         free(e);
@@ -433,9 +510,28 @@ void stoke_engine_close(struct stoke_engine *e, void (*on_closed)(void *data), v
     e->closing = true;
     e->on_closed = on_closed;
     e->closed_data = data;
-    /* Runs every in-flight on_done() with CURLE_ABORTED_BY_CALLBACK, so each
-     * callback sees -ECANCELED before this returns. */
+    /* Waiting calls end first, then every in-flight on_done() runs with
+     * CURLE_ABORTED_BY_CALLBACK: each callback sees -ECANCELED before this
+     * returns. */
+    for (int k = 0; k < CLASSES; k++) {
+        while (!stoke_list_empty(&e->queued[k])) {
+            struct call *c =
+                stoke_container_of(stoke_list_first(&e->queued[k]), struct call, qnode);
+            struct stoke_engine_result res = {.err = -ECANCELED, .message = "engine client closed"};
+            stoke_list_remove(&c->qnode);
+            e->stats.queued--;
+            count_call(c, res.err);
+            c->cb(&res, c->data);
+            call_free(c);
+        }
+    }
     stoke_curluv_close(e->cu, on_cu_closed, e);
+}
+
+void stoke_engine_set_max_inflight(struct stoke_engine *e, unsigned n)
+{
+    e->stats.limit = n > 0 ? n : 1;
+    pump(e);
 }
 
 void stoke_engine_set_timeout(struct stoke_engine *e, uint64_t timeout_ms)
@@ -1098,12 +1194,7 @@ void stoke_engine_stats(const struct stoke_engine *e, struct stoke_engine_stats 
 
 /* ---- container logs ---- */
 
-/* Output waiting for the loop, above which the transfer is paused, and the
- * most that may wait (one paused write of curl's on top of the mark). */
-#define LOGS_HIGH (256u << 10)
-#define LOGS_MAX (1u << 20)
 #define LOGS_ERR_MAX (64u << 10)
-#define LOGS_RECORD 5 /* stream byte and u32 length before each piece in `out` */
 
 int stoke_log_demux_feed(struct stoke_log_demux *d, const char *data, size_t len,
                          stoke_log_demux_cb cb, void *cbdata)
@@ -1152,81 +1243,30 @@ int stoke_log_demux_feed(struct stoke_log_demux *d, const char *data, size_t len
 }
 
 struct stoke_engine_logs {
+    struct stoke_logq q;    /* the output on its way to on_data */
     struct stoke_engine *e; /* used only while the transfer runs */
     CURL *easy;             /* NULL once the transfer is over */
     char errbuf[CURL_ERROR_SIZE];
-    uv_timer_t deliver;
     struct stoke_log_demux demux;
-    struct stoke_buf out;     /* records for the loop: stream, length, bytes */
     struct stoke_buf errbody; /* the body of an answer other than 2xx */
     int err;                  /* why we stopped the transfer, or 0 */
-    bool paused;              /* by the consumer */
-    bool curl_paused;         /* on_write answered CURL_WRITEFUNC_PAUSE */
-    bool ended;               /* the transfer is over: on_end once `out` is out */
-    bool cancelled;
-    bool finished; /* on_end has run */
     struct stoke_engine_result end;
     char end_message[CURL_ERROR_SIZE];
-    stoke_engine_log_cb on_data;
     stoke_engine_cb on_end;
     void *data;
 };
 
-static void on_logs_closed(uv_handle_t *h)
+static void on_logs_closed(struct stoke_logq *q)
 {
-    struct stoke_engine_logs *l = h->data;
-    stoke_buf_done(&l->out);
+    struct stoke_engine_logs *l = stoke_container_of(q, struct stoke_engine_logs, q);
     stoke_buf_done(&l->errbody);
     free(l);
 }
 
-static void logs_finish(struct stoke_engine_logs *l)
+static void on_logs_end(struct stoke_logq *q)
 {
-    l->finished = true;
+    struct stoke_engine_logs *l = stoke_container_of(q, struct stoke_engine_logs, q);
     l->on_end(&l->end, l->data);
-    uv_close((uv_handle_t *)&l->deliver, on_logs_closed);
-}
-
-/* From the loop: the waiting output, then the end once it is all out. */
-static void logs_deliver(uv_timer_t *t)
-{
-    struct stoke_engine_logs *l = t->data;
-    size_t off = 0;
-    while (!l->paused && !l->cancelled && off + LOGS_RECORD <= l->out.len) {
-        uint32_t len;
-        int stream = (unsigned char)l->out.data[off];
-        memcpy(&len, l->out.data + off + 1, sizeof(len));
-        l->on_data(stream, l->out.data + off + LOGS_RECORD, len, l->data);
-        off += LOGS_RECORD + len;
-    }
-    if (l->cancelled)
-        stoke_buf_clear(&l->out);
-    else
-        stoke_buf_consume(&l->out, off);
-    if (l->easy && l->curl_paused && !l->paused && l->out.len < LOGS_HIGH) {
-        l->curl_paused = false;
-        /* May call logs_on_write() at once with what curl kept. */
-        (void)curl_easy_pause(l->easy, CURLPAUSE_CONT);
-    }
-    if (l->ended && !l->finished && (l->out.len == 0 || l->cancelled))
-        logs_finish(l);
-}
-
-static int logs_record(int stream, const char *data, size_t len, void *cbdata)
-{
-    struct stoke_engine_logs *l = cbdata;
-    unsigned char head[LOGS_RECORD];
-    uint32_t n = (uint32_t)len;
-    if (len == 0)
-        return 0;
-    head[0] = (unsigned char)stream;
-    memcpy(head + 1, &n, sizeof(n));
-    if (l->out.len + sizeof(head) + len > l->out.limit)
-        return -ENOBUFS;
-    int r = stoke_buf_append(&l->out, head, sizeof(head));
-    if (r == 0)
-        r = stoke_buf_append(&l->out, data, len);
-    return r;
 }
 
 static size_t logs_on_write(char *ptr, size_t size, size_t nmemb, void *userdata)
@@ -1242,17 +1282,13 @@ static size_t logs_on_write(char *ptr, size_t size, size_t nmemb, void *userdata
             (void)stoke_buf_append(&l->errbody, ptr, n);
         return n;
     }
-    if (l->paused || l->out.len >= LOGS_HIGH) {
-        /* curl keeps this piece and hands it again after CURLPAUSE_CONT. */
-        l->curl_paused = true;
+    if (stoke_logq_must_pause(&l->q))
         return CURL_WRITEFUNC_PAUSE;
-    }
-    int r = stoke_log_demux_feed(&l->demux, ptr, n, logs_record, l);
+    int r = stoke_log_demux_feed(&l->demux, ptr, n, stoke_logq_push, &l->q);
     if (r < 0) {
         l->err = r;
         return 0; /* less than n: curl ends the transfer with CURLE_WRITE_ERROR */
     }
-    uv_timer_start(&l->deliver, logs_deliver, 0, 0);
     return n;
 }
 
@@ -1295,16 +1331,10 @@ static void logs_on_done(CURL *easy, CURLcode rc, void *data)
     json_object_put(json);
     curl_easy_cleanup(easy);
     l->easy = NULL;
-    l->ended = true;
     /* Counted now: the engine may be gone by the time the end is delivered. */
     count(l->e, STOKE_ENGINE_OP_LOGS, res->err);
-    if (rc == CURLE_ABORTED_BY_CALLBACK && l->e->closing) {
-        /* From within stoke_engine_close(): the end now, the output dropped. */
-        l->cancelled = true;
-        logs_finish(l);
-        return;
-    }
-    uv_timer_start(&l->deliver, logs_deliver, 0, 0);
+    /* From within stoke_engine_close(): the end now, the output dropped. */
+    stoke_logq_done(&l->q, rc == CURLE_ABORTED_BY_CALLBACK && l->e->closing);
 }
 
 int stoke_engine_logs(struct stoke_engine *e, const char *id,
@@ -1342,10 +1372,8 @@ int stoke_engine_logs(struct stoke_engine *e, const char *id,
     if (!l)
         return -ENOMEM;
     l->e = e;
-    l->on_data = on_data;
     l->on_end = on_end;
     l->data = data;
-    stoke_buf_init(&l->out, LOGS_MAX);
     stoke_buf_init(&l->errbody, LOGS_ERR_MAX);
     l->easy = curl_easy_init();
     if (!l->easy) {
@@ -1365,14 +1393,12 @@ int stoke_engine_logs(struct stoke_engine *e, const char *id,
     r = stoke_curluv_add(e->cu, l->easy, logs_on_done, l);
     if (r < 0)
         goto fail;
-    uv_timer_init(e->loop, &l->deliver);
-    l->deliver.data = l;
+    stoke_logq_init(&l->q, e->loop, l->easy, on_data, on_logs_end, on_logs_closed, data);
     *ret = l;
     return 0;
 fail:
     if (l->easy)
         curl_easy_cleanup(l->easy);
-    stoke_buf_done(&l->out);
     stoke_buf_done(&l->errbody);
     free(l);
     return r;
@@ -1380,23 +1406,18 @@ fail:
 
 void stoke_engine_logs_pause(struct stoke_engine_logs *l, bool pause)
 {
-    if (l->finished || l->paused == pause)
-        return;
-    l->paused = pause;
-    if (!pause)
-        uv_timer_start(&l->deliver, logs_deliver, 0, 0);
+    stoke_logq_pause(&l->q, pause);
 }
 
 void stoke_engine_logs_cancel(struct stoke_engine_logs *l)
 {
-    if (l->cancelled || l->finished)
+    if (!stoke_logq_cancel(&l->q))
         return;
-    l->cancelled = true;
     if (l->easy && stoke_curluv_remove(l->e->cu, l->easy) == 0) {
         curl_easy_cleanup(l->easy);
         l->easy = NULL;
-        l->ended = true;
         count(l->e, STOKE_ENGINE_OP_LOGS, -ECANCELED);
+        stoke_logq_done(&l->q, false);
     }
     if (!l->easy) {
         memset(&l->end, 0, sizeof(l->end));
@@ -1404,5 +1425,4 @@ void stoke_engine_logs_cancel(struct stoke_engine_logs *l)
         (void)snprintf(l->end_message, sizeof(l->end_message), "cancelled");
         l->end.message = l->end_message;
     }
-    uv_timer_start(&l->deliver, logs_deliver, 0, 0);
 }

@@ -5,6 +5,7 @@
 #include <assert.h>
 #include <errno.h>
 #include <limits.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +19,7 @@
 #include "stoke/json.h"
 #include "stoke/kube.h"
 #include "stoke/list.h"
+#include "stoke/logq.h"
 #include "stoke/util.h"
 
 #define KUBE_DEFAULT_TIMEOUT_MS 30000
@@ -198,6 +200,8 @@ static size_t on_write(char *ptr, size_t size, size_t nmemb, void *userdata)
     if (c->on_data && curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &status) == CURLE_OK &&
         status >= 200 && status < 300) {
         r = c->on_data(ptr, n, c->data);
+        if (r > 0)
+            return CURL_WRITEFUNC_PAUSE;
         if (r < 0) {
             /* Returning less than n makes curl abort with CURLE_WRITE_ERROR. */
             c->write_err = r;
@@ -221,7 +225,9 @@ static int launch(struct stoke__kube_call *c)
     struct curl_slist *h = NULL;
     char ct[64] = "", *auth = NULL;
     /* Expect: empty, or curl waits for a 100-continue before big bodies. */
-    const char *lines[4] = {"Accept: application/json", "Expect:", ct, NULL};
+    const char *lines[4] = {c->on_data ? "Accept: application/json, */*"
+                                       : "Accept: application/json",
+                            "Expect:", ct, NULL};
     int r = -ENOMEM;
 
     token_refresh(k, false);
@@ -846,4 +852,143 @@ const char *stoke_kube_namespace(const struct stoke_kube *k)
 uv_loop_t *stoke__kube_loop(const struct stoke_kube *k)
 {
     return k->loop;
+}
+
+/* --- pod logs ------------------------------------------------------------------ */
+
+/* An error's body (a Status) is read up to this much. */
+#define KUBE_LOG_ERR_MAX (64u << 10)
+
+struct stoke_kube_logs {
+    struct stoke_logq q;
+    struct stoke_kube *k;          /* used only while the call runs */
+    struct stoke__kube_call *call; /* NULL once its callback has run */
+    struct stoke_kube_result end;  /* for on_end (json NULL) */
+    stoke_kube_cb on_end;
+    void *data;
+};
+
+static void logs_on_closed(struct stoke_logq *q)
+{
+    free(stoke_container_of(q, struct stoke_kube_logs, q));
+}
+
+static void logs_on_end(struct stoke_logq *q)
+{
+    struct stoke_kube_logs *l = stoke_container_of(q, struct stoke_kube_logs, q);
+    l->on_end(&l->end, l->data);
+}
+
+/* From inside libcurl's write callback: queue it, or pause the transfer. */
+static int logs_on_write(const char *p, size_t n, void *data)
+{
+    struct stoke_kube_logs *l = data;
+    if (stoke_logq_must_pause(&l->q))
+        return 1;
+    return stoke_logq_push(1, p, n, &l->q);
+}
+
+static void logs_on_call_done(const struct stoke_kube_result *res, void *data)
+{
+    struct stoke_kube_logs *l = data;
+    bool closing = l->k->closing;
+    l->call = NULL;
+    if (!l->q.cancelled) {
+        l->end = *res;
+        l->end.json = NULL;
+    }
+    /* From within stoke_kube_close(): the end now, the output dropped. */
+    stoke_logq_done(&l->q, closing);
+}
+
+static int query_add(char *buf, size_t size, size_t *len, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int query_add(char *buf, size_t size, size_t *len, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf + *len, size - *len, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= size - *len)
+        return -ENAMETOOLONG;
+    *len += (size_t)n;
+    return 0;
+}
+
+int stoke_kube_pod_logs(struct stoke_kube *k, const char *ns, const char *pod,
+                        const struct stoke_kube_logs_opts *o,
+                        void (*on_data)(int stream, const char *bytes, size_t len, void *data),
+                        stoke_kube_cb on_end, void *data, struct stoke_kube_logs **ret)
+{
+    struct stoke_kube_logs *l = NULL;
+    struct stoke__kube_call *c = NULL;
+    char path[1024];
+    size_t len;
+    int r;
+
+    if (!on_data || !on_end || (o->container && !is_name(o->container)))
+        return -EINVAL;
+    r = stoke_kube_path(&stoke_kube_pods, ns ? ns : k->cfg.namespace, pod, "log", path,
+                        sizeof(path));
+    if (r < 0)
+        return r;
+    len = strlen(path);
+    r = query_add(path, sizeof(path), &len, "?follow=%s&timestamps=%s",
+                  o->follow ? "true" : "false", o->timestamps ? "true" : "false");
+    if (r == 0 && o->container)
+        r = query_add(path, sizeof(path), &len, "&container=%s", o->container);
+    if (r == 0 && o->tail_lines >= 0)
+        r = query_add(path, sizeof(path), &len, "&tailLines=%lld", (long long)o->tail_lines);
+    if (r == 0 && o->since_seconds)
+        r = query_add(path, sizeof(path), &len, "&sinceSeconds=%llu",
+                      (unsigned long long)o->since_seconds);
+    if (r == 0 && o->limit_bytes)
+        r = query_add(path, sizeof(path), &len, "&limitBytes=%llu",
+                      (unsigned long long)o->limit_bytes);
+    if (r < 0)
+        return r;
+    l = calloc(1, sizeof(*l));
+    if (!l)
+        return -ENOMEM;
+    l->k = k;
+    l->on_end = on_end;
+    l->data = data;
+    /* No time limit: a follow lasts as long as the container runs, and a
+     * paused transfer as long as its reader is slow. */
+    r = call_new(k, STOKE_KUBE_GET, path, NULL, 0, logs_on_call_done, l, &c);
+    if (r < 0) {
+        free(l);
+        return r;
+    }
+    c->stream = true;
+    c->on_data = logs_on_write;
+    c->resp.limit = KUBE_LOG_ERR_MAX;
+    stoke_logq_init(&l->q, k->loop, c->easy, on_data, logs_on_end, logs_on_closed, data);
+    r = call_start(c); /* frees c on failure */
+    if (r < 0) {
+        stoke_logq_abandon(&l->q); /* frees l once its timer has closed */
+        return r;
+    }
+    l->call = c;
+    *ret = l;
+    return 0;
+}
+
+void stoke_kube_logs_pause(struct stoke_kube_logs *l, bool pause)
+{
+    stoke_logq_pause(&l->q, pause);
+}
+
+void stoke_kube_logs_cancel(struct stoke_kube_logs *l)
+{
+    if (!stoke_logq_cancel(&l->q))
+        return;
+    memset(&l->end, 0, sizeof(l->end));
+    l->end.err = -ECANCELED;
+    (void)snprintf(l->end.status.message, sizeof(l->end.status.message), "cancelled");
+    if (l->call) {
+        stoke__kube_cancel(l->call);
+        l->call = NULL;
+        stoke_logq_done(&l->q, false);
+    }
 }

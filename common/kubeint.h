@@ -24,7 +24,8 @@ int stoke__kube_request_ex(struct stoke_kube *k, enum stoke_kube_method method,
 
 /* Called with the body of a 2xx answer as it arrives, from inside libcurl's
  * write callback: start no request from here. A negative return stops the
- * transfer; its callback then gets that errno. */
+ * transfer; its callback then gets that errno. 1: pause the transfer
+ * (libcurl hands the same piece again once it is resumed). */
 typedef int (*stoke__kube_stream_fn)(const char *p, size_t n, void *data);
 
 /* A GET whose 2xx body goes to on_data (not to res->json) and that is not

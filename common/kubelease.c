@@ -182,6 +182,7 @@ struct stoke_kube_elector {
     unsigned rereads;    /* re-reads after 409 since the last tick */
     uint64_t conflicts;  /* writes answered 409 */
     uint64_t renewed_ms; /* uv_now() of our last successful write */
+    char holder[254];    /* holderIdentity as last read or written */
 };
 
 /* Re-reads after a 409 before the next tick: a writer that keeps changing
@@ -261,6 +262,7 @@ static void on_write(const struct stoke_kube_result *res, void *data)
         return;
     }
     el->renewed_ms = uv_now(stoke__kube_loop(el->k));
+    (void)snprintf(el->holder, sizeof(el->holder), "%s", el->id);
     json_object_put(el->mine);
     el->mine = json_object_get(res->json);
     set_leading(el, true);
@@ -284,6 +286,8 @@ static void on_read(const struct stoke_kube_result *res, void *data)
     }
     if (res->err == 0)
         lease = res->json;
+    const char *holder = stoke_json_str(stoke_json_obj(lease, "spec"), "holderIdentity");
+    (void)snprintf(el->holder, sizeof(el->holder), "%s", holder ? holder : "");
     a = stoke_kube_lease_decide(lease, now, el->id, NULL);
     if (a == STOKE_KUBE_LEASE_WAIT) {
         set_leading(el, false);
@@ -374,6 +378,11 @@ bool stoke_kube_elector_leading(const struct stoke_kube_elector *el)
 uint64_t stoke_kube_elector_conflicts(const struct stoke_kube_elector *el)
 {
     return el->conflicts;
+}
+
+const char *stoke_kube_elector_holder(const struct stoke_kube_elector *el)
+{
+    return el->holder;
 }
 
 static void on_timer_closed(uv_handle_t *h)

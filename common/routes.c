@@ -1,6 +1,7 @@
 #include "stoke/routes.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -14,68 +15,105 @@ void stoke_route_table_done(struct stoke_route_table *t)
 {
     if (!t)
         return;
-    for (size_t i = 0; i < t->n_routes; i++) {
-        free(t->routes[i].endpoints);
-        free(t->routes[i].shares);
-    }
+    for (size_t i = 0; i < t->n_routes; i++)
+        stoke_route_done(&t->routes[i]);
     free(t->routes);
     memset(t, 0, sizeof(*t));
 }
 
-char *stoke_route_table_format(const struct stoke_route_table *t)
+void stoke_route_done(struct stoke_route *r)
+{
+    free(r->endpoints);
+    free(r->shares);
+    r->endpoints = NULL;
+    r->shares = NULL;
+    r->n_endpoints = 0;
+}
+
+/* One function's entry of a table or an update, or NULL on OOM. */
+static json_object *route_json(const struct stoke_route *r)
+{
+    json_object *fn = json_object_new_object();
+    json_object *eps = json_object_new_array();
+    if (!fn || !eps) {
+        json_object_put(fn);
+        json_object_put(eps);
+        return NULL;
+    }
+    for (size_t j = 0; j < r->n_endpoints; j++) {
+        char a[80];
+        stoke_addr_format(&r->endpoints[j], a, sizeof(a));
+        json_object_array_add(eps, json_object_new_string(a));
+    }
+    /* json_object_object_add() steals the references. */
+    json_object_object_add(fn, "name", json_object_new_string(r->name));
+    json_object_object_add(fn, "timeout_ms", json_object_new_int64((int64_t)r->timeout_ms));
+    json_object_object_add(fn, "queue_max", json_object_new_int64(r->queue_max));
+    json_object_object_add(fn, "queue_timeout_ms",
+                           json_object_new_int64((int64_t)r->queue_timeout_ms));
+    json_object_object_add(fn, "concurrency_limit", json_object_new_int64(r->concurrency_limit));
+    json_object_object_add(fn, "endpoints", eps);
+    if (r->shares) {
+        json_object *sh = json_object_new_array();
+        if (!sh) {
+            json_object_put(fn);
+            return NULL;
+        }
+        for (size_t j = 0; j < r->n_endpoints; j++)
+            json_object_array_add(sh, json_object_new_int64(r->shares[j]));
+        json_object_object_add(fn, "shares", sh);
+    }
+    return fn;
+}
+
+/* {"op":op,"gen":gen,"functions":[routes...]} plus `extra` (stolen, may be
+ * NULL) as "removed", as one owned line, or NULL on OOM. */
+static char *format_msg(const char *op, uint64_t gen, const struct stoke_route *routes, size_t n,
+                        json_object *extra)
 {
     char *out = NULL;
     json_object *root = json_object_new_object();
     json_object *fns = json_object_new_array();
     if (!root || !fns)
         goto out;
-
-    for (size_t i = 0; i < t->n_routes; i++) {
-        const struct stoke_route *r = &t->routes[i];
-        json_object *fn = json_object_new_object();
-        json_object *eps = json_object_new_array();
-        if (!fn || !eps) {
-            json_object_put(fn);
-            json_object_put(eps);
+    for (size_t i = 0; i < n; i++) {
+        json_object *fn = route_json(&routes[i]);
+        if (!fn)
             goto out;
-        }
-        for (size_t j = 0; j < r->n_endpoints; j++) {
-            char a[80];
-            stoke_addr_format(&r->endpoints[j], a, sizeof(a));
-            json_object_array_add(eps, json_object_new_string(a));
-        }
-        /* json_object_object_add() steals the references. */
-        json_object_object_add(fn, "name", json_object_new_string(r->name));
-        json_object_object_add(fn, "timeout_ms", json_object_new_int64((int64_t)r->timeout_ms));
-        json_object_object_add(fn, "queue_max", json_object_new_int64(r->queue_max));
-        json_object_object_add(fn, "queue_timeout_ms",
-                               json_object_new_int64((int64_t)r->queue_timeout_ms));
-        json_object_object_add(fn, "concurrency_limit",
-                               json_object_new_int64(r->concurrency_limit));
-        json_object_object_add(fn, "endpoints", eps);
-        if (r->shares) {
-            json_object *sh = json_object_new_array();
-            if (!sh) {
-                json_object_put(fn);
-                goto out;
-            }
-            for (size_t j = 0; j < r->n_endpoints; j++)
-                json_object_array_add(sh, json_object_new_int64(r->shares[j]));
-            json_object_object_add(fn, "shares", sh);
-        }
         json_object_array_add(fns, fn);
     }
-    json_object_object_add(root, "op", json_object_new_string("routes"));
-    json_object_object_add(root, "gen", json_object_new_int64((int64_t)t->gen));
+    json_object_object_add(root, "op", json_object_new_string(op));
+    json_object_object_add(root, "gen", json_object_new_int64((int64_t)gen));
     json_object_object_add(root, "functions", fns);
     fns = NULL;
+    if (extra) {
+        json_object_object_add(root, "removed", extra);
+        extra = NULL;
+    }
 
     const char *s = json_object_to_json_string_ext(root, JSON_C_TO_STRING_PLAIN);
     out = s ? strdup(s) : NULL;
 out:
+    json_object_put(extra);
     json_object_put(fns);
     json_object_put(root);
     return out;
+}
+
+char *stoke_route_table_format(const struct stoke_route_table *t)
+{
+    return format_msg("routes", t->gen, t->routes, t->n_routes, NULL);
+}
+
+char *stoke_route_update_format(uint64_t gen, const struct stoke_route *routes, size_t n,
+                                const char *const *removed, size_t n_removed)
+{
+    json_object *rm = json_object_new_array();
+    if (!rm)
+        return NULL;
+    for (size_t i = 0; i < n_removed; i++)
+        json_object_array_add(rm, json_object_new_string(removed[i]));
+    return format_msg("update", gen, routes, n, rm);
 }
 
 static int get_u64(json_object *o, const char *key, uint64_t max, uint64_t *ret)
@@ -157,58 +195,139 @@ static int parse_route(json_object *fn, struct stoke_route *r)
     return 0;
 }
 
-int stoke_route_table_parse(const char *json, size_t len, struct stoke_route_table *ret)
+/* Parses `json` as a message whose op is `op`: *root (to put) and its
+ * routes, in message order, into *routes / *n (counted as parsed, so a
+ * half-parsed route is freed with the others). Returns 0 or -EINVAL /
+ * -ENOMEM; the caller frees what was filled either way. */
+static int parse_msg(const char *json, size_t len, const char *op, json_object **root,
+                     uint64_t *gen, struct stoke_route **routes, size_t *n_routes)
 {
-    int r = -EINVAL;
-    json_object *root = NULL, *v, *fns;
+    json_object *v, *fns;
     struct json_tokener *tok = json_tokener_new_ex(32);
+    int r = -EINVAL;
 
-    memset(ret, 0, sizeof(*ret));
+    *root = NULL;
     if (!tok)
         return -ENOMEM;
-    root = json_tokener_parse_ex(tok, json, (int)len);
-    if (!root || json_tokener_get_error(tok) != json_tokener_success ||
-        !json_object_is_type(root, json_type_object))
+    *root = json_tokener_parse_ex(tok, json, (int)len);
+    if (!*root || json_tokener_get_error(tok) != json_tokener_success ||
+        !json_object_is_type(*root, json_type_object))
         goto out;
-    if (!json_object_object_get_ex(root, "op", &v) || !json_object_is_type(v, json_type_string) ||
-        strcmp(json_object_get_string(v), "routes") != 0)
+    if (!json_object_object_get_ex(*root, "op", &v) || !json_object_is_type(v, json_type_string) ||
+        strcmp(json_object_get_string(v), op) != 0)
         goto out;
-    if (get_u64(root, "gen", INT64_MAX, &ret->gen) < 0)
+    if (get_u64(*root, "gen", INT64_MAX, gen) < 0)
         goto out;
-    if (!json_object_object_get_ex(root, "functions", &fns) ||
+    if (!json_object_object_get_ex(*root, "functions", &fns) ||
         !json_object_is_type(fns, json_type_array))
         goto out;
     size_t n = json_object_array_length(fns);
     if (n > STOKE_ROUTES_MAX_FUNCTIONS)
         goto out;
     if (n > 0) {
-        ret->routes = calloc(n, sizeof(*ret->routes));
-        if (!ret->routes) {
+        *routes = calloc(n, sizeof(**routes));
+        if (!*routes) {
             r = -ENOMEM;
             goto out;
         }
     }
     for (size_t i = 0; i < n; i++) {
-        /* Count first so a half-parsed route's endpoints are freed too. */
-        ret->n_routes++;
-        r = parse_route(json_object_array_get_idx(fns, i), &ret->routes[i]);
+        (*n_routes)++;
+        r = parse_route(json_object_array_get_idx(fns, i), &(*routes)[i]);
         if (r < 0)
             goto out;
     }
-    if (ret->n_routes > 1)
-        qsort(ret->routes, ret->n_routes, sizeof(*ret->routes), cmp_route);
-    for (size_t i = 1; i < ret->n_routes; i++) {
-        if (strcmp(ret->routes[i - 1].name, ret->routes[i].name) == 0) {
-            r = -EINVAL;
-            goto out;
-        }
-    }
     r = 0;
 out:
+    json_tokener_free(tok);
+    return r;
+}
+
+int stoke_route_table_parse(const char *json, size_t len, struct stoke_route_table *ret)
+{
+    json_object *root;
+    memset(ret, 0, sizeof(*ret));
+    int r = parse_msg(json, len, "routes", &root, &ret->gen, &ret->routes, &ret->n_routes);
+    if (r == 0 && ret->n_routes > 1)
+        qsort(ret->routes, ret->n_routes, sizeof(*ret->routes), cmp_route);
+    for (size_t i = 1; r == 0 && i < ret->n_routes; i++) {
+        if (strcmp(ret->routes[i - 1].name, ret->routes[i].name) == 0)
+            r = -EINVAL;
+    }
     if (r < 0)
         stoke_route_table_done(ret);
     json_object_put(root);
-    json_tokener_free(tok);
+    return r;
+}
+
+void stoke_route_update_done(struct stoke_route_update *u)
+{
+    if (!u)
+        return;
+    for (size_t i = 0; i < u->n_routes; i++)
+        stoke_route_done(&u->routes[i]);
+    free(u->routes);
+    free(u->removed);
+    memset(u, 0, sizeof(*u));
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+int stoke_route_update_parse(const char *json, size_t len, struct stoke_route_update *ret)
+{
+    json_object *root, *rm;
+    const char **names = NULL;
+    memset(ret, 0, sizeof(*ret));
+    int r = parse_msg(json, len, "update", &root, &ret->gen, &ret->routes, &ret->n_routes);
+    if (r < 0)
+        goto out;
+    r = -EINVAL;
+    if (json_object_object_get_ex(root, "removed", &rm)) {
+        if (!json_object_is_type(rm, json_type_array))
+            goto out;
+        size_t n = json_object_array_length(rm);
+        if (n > STOKE_ROUTES_MAX_FUNCTIONS)
+            goto out;
+        if (n > 0 && !(ret->removed = calloc(n, sizeof(*ret->removed)))) {
+            r = -ENOMEM;
+            goto out;
+        }
+        for (size_t i = 0; i < n; i++) {
+            json_object *e = json_object_array_get_idx(rm, i);
+            if (!json_object_is_type(e, json_type_string) ||
+                !stoke_is_valid_name(json_object_get_string(e)))
+                goto out;
+            snprintf(ret->removed[i], sizeof(ret->removed[i]), "%s", json_object_get_string(e));
+            ret->n_removed++;
+        }
+    }
+    /* A name at most once over the entries and the removals. */
+    size_t total = ret->n_routes + ret->n_removed;
+    if (total > STOKE_ROUTES_MAX_FUNCTIONS)
+        goto out;
+    names = calloc(total ? total : 1, sizeof(*names));
+    if (!names) {
+        r = -ENOMEM;
+        goto out;
+    }
+    for (size_t i = 0; i < ret->n_routes; i++)
+        names[i] = ret->routes[i].name;
+    for (size_t i = 0; i < ret->n_removed; i++)
+        names[ret->n_routes + i] = ret->removed[i];
+    qsort(names, total, sizeof(*names), cmp_str);
+    for (size_t i = 1; i < total; i++) {
+        if (strcmp(names[i - 1], names[i]) == 0)
+            goto out;
+    }
+    r = 0;
+out:
+    free(names);
+    if (r < 0)
+        stoke_route_update_done(ret);
+    json_object_put(root);
     return r;
 }
 

@@ -1,6 +1,8 @@
 /* The admin API's endpoints (docs/admin-api.md): functions as JSON, PUT and
  * DELETE through the functions directory (fnset.h), status, logs
- * (api_logs.c) and the version. */
+ * (api_logs.c) and the version. On Kubernetes it is read-only (the
+ * Function objects are the specs: PUT and DELETE answer 405) and a follower
+ * answers 503 naming the leader. */
 #include "api.h"
 
 #include <errno.h>
@@ -47,6 +49,10 @@ struct api {
     struct fnset *fs;
     struct stoke_httpd *http;
     struct api_logs *logs;
+    char *read_only; /* Kubernetes: the 405's hint for PUT and DELETE */
+    bool serving;    /* read-only: the functions are adopted */
+    bool (*leading)(const char **leader, void *data);
+    void *leading_data;
     struct stoke_list pending; /* struct pending.node: PUTs and DELETEs waiting for fnset */
 };
 
@@ -313,8 +319,17 @@ static json_object *status_json(struct function *fn, int *err)
     jadd(o, "concurrency", json_object_new_double(fn->traffic.concurrency), err);
     jadd(o, "requests_per_second", json_object_new_double(fn->traffic.rps), err);
     jadd(o, "requests", ju64(fn->traffic.requests), err);
-    jadd(o, "cpu_seconds", json_object_new_double(fn->usage.cpu_seconds), err);
-    jadd(o, "memory_bytes", ju64(fn->usage.memory_bytes), err);
+    const char *not_measured = usage_not_measured(fn->ctrl);
+    if (!not_measured) {
+        jadd(o, "cpu_seconds", json_object_new_double(fn->usage.cpu_seconds), err);
+        jadd(o, "memory_bytes", ju64(fn->usage.memory_bytes), err);
+    } else {
+        /* null, not a zero that reads as idle (no cgroup of a pod is read
+         * on Kubernetes). */
+        jnull(o, "cpu_seconds", err);
+        jnull(o, "memory_bytes", err);
+        jadd(o, "usage_note", jstr(not_measured), err);
+    }
     jadd(o, "gb_seconds", json_object_new_double(fn->usage.gb_seconds), err);
     jadd(o, "replicas", replicas, err);
     return o;
@@ -621,7 +636,15 @@ static bool method_ok(struct stoke_httpd_req *req, unsigned allowed, const char 
  * its containers or stops. */
 static bool ready(struct api *a, struct stoke_httpd_req *req)
 {
-    if (a->fs && !a->c->adopting && !a->c->stopping)
+    const char *leader = "";
+    if (a->leading && !a->leading(&leader, a->leading_data) && !a->c->stopping) {
+        /* A follower knows no functions: the leader does. */
+        stoke_httpd_reply_error(req, 503, RETRY_AFTER, NULL,
+                                "this controller follows; the leader is %s: ask it",
+                                leader[0] ? leader : "not known yet");
+        return false;
+    }
+    if ((a->fs || (a->read_only && a->serving)) && !a->c->adopting && !a->c->stopping)
         return true;
     stoke_httpd_reply_error(req, 503, RETRY_AFTER, NULL,
                             a->c->stopping ? "the controller is shutting down"
@@ -678,8 +701,14 @@ static void handle(struct stoke_httpd_req *req, void *data)
 
     if (*sub == '\0') {
         if (!method_ok(req, M(HTTP_GET) | M(HTTP_PUT) | M(HTTP_DELETE),
-                       "Allow: GET, PUT, DELETE\r\n") ||
-            !ready(a, req))
+                       "Allow: GET, PUT, DELETE\r\n"))
+            return;
+        if (a->read_only && req->method != HTTP_GET) {
+            /* Leader or follower alike: the change belongs in the Function. */
+            stoke_httpd_reply_error(req, 405, "Allow: GET\r\n", NULL, "%s", a->read_only);
+            return;
+        }
+        if (!ready(a, req))
             return;
         if (req->method == HTTP_GET)
             get_one(a, req, name, false);
@@ -707,8 +736,12 @@ int api_new(struct ctrl *c, const struct api_config *cfg, struct api **ret)
         return -ENOMEM;
     a->c = c;
     stoke_list_init(&a->pending);
-    int r = api_logs_new(c, &a->logs);
+    a->leading = cfg->leading;
+    a->leading_data = cfg->leading_data;
+    a->read_only = cfg->read_only ? strdup(cfg->read_only) : NULL;
+    int r = cfg->read_only && !a->read_only ? -ENOMEM : api_logs_new(c, &a->logs);
     if (r < 0) {
+        free(a->read_only);
         free(a);
         return r;
     }
@@ -730,6 +763,7 @@ int api_new(struct ctrl *c, const struct api_config *cfg, struct api **ret)
     if (r < 0) {
         stoke_error(NULL, r, "admin API: cannot listen on %s", what);
         api_logs_free(a->logs);
+        free(a->read_only);
         free(a);
         return r;
     }
@@ -749,6 +783,12 @@ void api_set_fnset(struct api *a, struct fnset *fs)
     a->fs = fs;
 }
 
+void api_set_serving(struct api *a, bool serving)
+{
+    if (a)
+        a->serving = serving;
+}
+
 void api_stop_streams(struct api *a)
 {
     if (a)
@@ -764,5 +804,6 @@ void api_close(struct api *a)
     api_logs_stop(a->logs);
     stoke_httpd_close(a->http);
     api_logs_free(a->logs);
+    free(a->read_only);
     free(a);
 }

@@ -6,6 +6,11 @@
  * all at once, and a timer looks for replicas started later (and for
  * stopped ones woken again, read from where they ended) until the function
  * is gone. Output is cut into lines, each sent as "[<replica>] <line>\n".
+ * The answer's head waits for the first output or the first log read to
+ * its end (follow: at most one poll), so that when every replica's log
+ * fails the status says so: 404 for a replica gone, 502 when the backend
+ * cannot read it (on Kubernetes the API server's message, e.g. about the
+ * kubelet it cannot reach).
  * When the client does not keep up, every backend stream of the request is
  * paused (on Docker libcurl stops reading the engine's socket) until the answer
  * drains, so memory stays bounded whatever the client does. */
@@ -42,7 +47,10 @@ struct lstream {
     struct stoke_list sources; /* struct lsource.node */
     bool ended;                /* no more output; freed once the sources are over */
     bool paused;               /* the client is behind: backend streams paused */
-    struct stoke_buf out;      /* lines of one delivery, sent as one chunk */
+    bool begun;                /* the answer's head is sent (200, chunked) */
+    int fail_status;           /* before the head: 404 or 502 for the first failed source */
+    char fail_message[600];
+    struct stoke_buf out; /* lines of one delivery, sent as one chunk */
 };
 
 struct lsource {
@@ -119,8 +127,15 @@ static void stream_end(struct lstream *st, bool send_end)
         st->req = NULL;
         req->on_abort = NULL;
         req->on_drain = NULL;
-        if (send_end)
+        if (send_end && !st->begun && st->fail_status) {
+            /* Nothing was read, every replica's log failed: the first
+             * failure is the answer. */
+            stoke_httpd_reply_error(req, st->fail_status, NULL, NULL, "%s", st->fail_message);
+        } else if (send_end) {
+            if (!st->begun)
+                stoke_httpd_stream_begin(req, "text/plain; charset=utf-8");
             stoke_httpd_stream_end(req);
+        }
     }
     if (st->poll_open && !uv_is_closing((uv_handle_t *)&st->poll))
         uv_close((uv_handle_t *)&st->poll, on_poll_closed);
@@ -145,10 +160,22 @@ static void set_paused(struct lstream *st, bool paused)
     }
 }
 
+/* The answer's head goes with the first output, the first log read to its
+ * end, or (follow) the first poll: until then a failure can still be the
+ * answer's status. */
+static void begin(struct lstream *st)
+{
+    if (st->begun || !st->req)
+        return;
+    st->begun = true;
+    stoke_httpd_stream_begin(st->req, "text/plain; charset=utf-8");
+}
+
 static void flush_out(struct lstream *st)
 {
     if (st->out.len == 0)
         return;
+    begin(st);
     bool keeps_up = st->req && stoke_httpd_stream_write(st->req, st->out.data, st->out.len);
     stoke_buf_clear(&st->out);
     if (!keeps_up)
@@ -209,6 +236,26 @@ static void on_source_data(int stream, const char *bytes, size_t len, void *data
 static bool all_done(struct lstream *st);
 static void start_next(struct lstream *st);
 
+/* The first failure is kept for the answer while its head is not sent: a
+ * replica gone (on Kubernetes, its pod) is 404, anything else (the engine,
+ * or the kubelet behind the API server, cannot be read) 502 with the
+ * backend's words. */
+static void source_failed(struct lsource *src, const struct backend_result *res)
+{
+    struct lstream *st = src->st;
+    stoke_debug(st->fn, "logs of %s: %s", src->name, res->message);
+    if (st->begun || st->fail_status)
+        return;
+    st->fail_status = res->err == -ENOENT ? 404 : 502;
+    if (res->err == -ENOENT)
+        snprintf(st->fail_message, sizeof(st->fail_message), "replica %s is gone: %s", src->name,
+                 res->message);
+    else
+        snprintf(st->fail_message, sizeof(st->fail_message),
+                 "cannot read the logs of %s from %s: %s", src->name, st->l->c->be->what,
+                 res->message);
+}
+
 static void on_source_end(const struct backend_result *res, void *data)
 {
     struct lsource *src = data;
@@ -223,7 +270,9 @@ static void on_source_end(const struct backend_result *res, void *data)
         }
         flush_out(st);
         if (res->err < 0 && res->err != -ECANCELED)
-            stoke_debug(st->fn, "logs of %s: %s", src->name, res->message);
+            source_failed(src, res);
+        else if (res->err == 0)
+            begin(st);
         if (!st->follow || res->err == -ENOENT)
             src->done = true;
         if (!st->follow) {
@@ -305,16 +354,26 @@ static struct lsource *source_find(struct lstream *st, const char *id)
     return NULL;
 }
 
+static bool any_reading(struct lstream *st)
+{
+    for (struct stoke_list *n = st->sources.next; n != &st->sources; n = n->next) {
+        if (stoke_container_of(n, struct lsource, node)->h)
+            return true;
+    }
+    return false;
+}
+
 /* Follow: attaches to replicas not yet read, and again to those woken since
  * their stream ended (from where it ended); ends when the function is gone. */
 static void on_poll(uv_timer_t *t)
 {
     struct lstream *st = t->data;
     struct function *fn = live_function(st->l, st->fn);
-    if (!fn) {
+    if (!fn || (!st->begun && st->fail_status && !any_reading(st))) {
         stream_end(st, true);
         return; /* freed once the timer is closed */
     }
+    begin(st);
     for (struct stoke_list *n = fn->replicas.next; n != &fn->replicas; n = n->next) {
         const struct replica *r = stoke_container_of(n, struct replica, node);
         if (!r->br.id[0])
@@ -469,7 +528,8 @@ void api_logs_serve(struct api_logs *l, struct stoke_httpd_req *req, const char 
     req->on_abort = on_abort;
     req->on_drain = on_drain;
     req->handler_data = st;
-    stoke_httpd_stream_begin(req, "text/plain; charset=utf-8");
+    if (stoke_list_empty(&st->sources))
+        begin(st); /* nothing to wait for */
     if (!st->follow) {
         start_next(st);
         stream_maybe_free(st);

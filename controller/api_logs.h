@@ -1,5 +1,6 @@
 /* GET /api/v1/functions/{name}/logs (api_logs.c): the output of a
- * function's containers, read from the engine and streamed to the client
+ * function's replicas, read through the backend (the engine's container
+ * logs; on Kubernetes the API server's pods/log) and streamed to the client
  * as chunked text, each line prefixed with "[<replica name>] ".
  * Thread: the loop's. */
 #ifndef CONTROLLER_API_LOGS_H

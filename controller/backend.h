@@ -235,6 +235,7 @@ struct backend_docker_config {
     const char *instance;    /* io.stoke.instance label of our containers */
     uint16_t port_min, port_max;
     bool freeze_with_engine; /* --pause-with engine: the engine's pause, not the cgroup */
+    unsigned max_inflight;   /* engine calls in flight at most; 0: the default */
 };
 
 /* Returns 0 and *ret, or a negative errno (-EINVAL: a bad engine address). */

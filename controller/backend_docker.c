@@ -739,6 +739,21 @@ static int dk_metrics(struct backend *b, struct stoke_buf *out)
                        "Container engine API calls that failed (engine error status, transport "
                        "error, timeout), by operation.",
                        st.errors);
+    const struct {
+        const char *name, *help;
+        unsigned v;
+    } g[] = {
+        {"stoke_controller_engine_calls_in_flight", "Engine calls in flight now.", st.in_flight},
+        {"stoke_controller_engine_calls_in_flight_max",
+         "The most engine calls in flight at once since the controller started.", st.in_flight_max},
+        {"stoke_controller_engine_calls_limit",
+         "Engine calls in flight at most (--engine-concurrency).", st.limit},
+        {"stoke_controller_engine_calls_queued",
+         "Engine calls waiting for a place under the limit.", st.queued},
+    };
+    for (size_t i = 0; i < STOKE_ARRAY_SIZE(g); i++)
+        r |= stoke_buf_printf(out, "# HELP %s %s\n# TYPE %s gauge\n%s %u\n", g[i].name, g[i].help,
+                              g[i].name, g[i].name, g[i].v);
     return r;
 }
 
@@ -797,6 +812,8 @@ int backend_docker_new(uv_loop_t *loop, const struct backend_docker_config *cfg,
         free(d);
         return r;
     }
+    if (cfg->max_inflight)
+        stoke_engine_set_max_inflight(d->engine, cfg->max_inflight);
     /* The engine can always pause, stop and create without starting; the
      * cgroups decide how a pause is done and whether usage is measured. */
     d->b.ops = &docker_ops;

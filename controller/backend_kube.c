@@ -14,13 +14,14 @@
  * exits makes the pod Failed, which is an EXITED event, and the reconciler
  * replaces it with back-off as on Docker. A pod deleted by someone else, or
  * evicted, is GONE. There is no freezer, no stopped pod and no pre-created
- * pod, and no per-pod cgroup to read: none of those capabilities. Logs are
- * not streamed (kubectl logs reads them). */
+ * pod, and no per-pod cgroup to read: none of those capabilities (usage is
+ * not measured). Logs are read through the API server's pods/log. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "backend.h"
 #include "stoke/json.h"
@@ -858,21 +859,69 @@ static int kb_watch(struct backend *b, backend_event_cb on_event, backend_cb on_
     return 0;
 }
 
+/* A pod's log through the API server (pods/log, which proxies the node's
+ * kubelet): the pod's one container, "function". The end's message is the
+ * API server's (a pod gone: -ENOENT; a kubelet it cannot reach: -EIO). */
+struct klogs {
+    struct stoke_kube_logs *h;
+    backend_log_cb on_data;
+    backend_cb on_end;
+    void *data;
+};
+
+static void on_logs_data(int stream, const char *bytes, size_t len, void *data)
+{
+    struct klogs *kl = data;
+    kl->on_data(stream, bytes, len, kl->data);
+}
+
+static void on_logs_end(const struct stoke_kube_result *kr, void *data)
+{
+    struct klogs *kl = data;
+    struct backend_result res = {.err = kr->err, .message = kr->status.message, .how = ""};
+    kl->on_end(&res, kl->data);
+    free(kl);
+}
+
 static int kb_logs(struct backend *b, const char *id, const struct backend_logs_opts *opts,
                    backend_log_cb on_data, backend_cb on_end, void *data, struct backend_logs **ret)
 {
-    (void)b, (void)id, (void)opts, (void)on_data, (void)on_end, (void)data, (void)ret;
-    return -ENOTSUP;
+    struct kube_be *k = to_kube(b);
+    struct stoke_kube_logs_opts ko = {.container = "function",
+                                      .follow = opts->follow,
+                                      .timestamps = opts->timestamps,
+                                      .tail_lines = opts->tail};
+    if (opts->since_ms) {
+        /* pods/log takes a number of seconds before now: rounded up, so
+         * nothing since then is left out. */
+        struct timespec ts;
+        (void)clock_gettime(CLOCK_REALTIME, &ts);
+        uint64_t now = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+        ko.since_seconds = opts->since_ms < now ? (now - opts->since_ms + 999) / 1000 : 1;
+    }
+    struct klogs *kl = calloc(1, sizeof(*kl));
+    if (!kl)
+        return -ENOMEM;
+    kl->on_data = on_data;
+    kl->on_end = on_end;
+    kl->data = data;
+    int e = stoke_kube_pod_logs(k->kube, k->ns, id, &ko, on_logs_data, on_logs_end, kl, &kl->h);
+    if (e < 0) {
+        free(kl);
+        return e;
+    }
+    *ret = (struct backend_logs *)kl;
+    return 0;
 }
 
 static void kb_logs_pause(struct backend_logs *l, bool pause)
 {
-    (void)l, (void)pause;
+    stoke_kube_logs_pause(((struct klogs *)l)->h, pause);
 }
 
 static void kb_logs_cancel(struct backend_logs *l)
 {
-    (void)l;
+    stoke_kube_logs_cancel(((struct klogs *)l)->h);
 }
 
 static int kb_usage(struct backend *b, struct backend_replica *r, enum backend_run run,

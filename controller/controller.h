@@ -196,12 +196,22 @@ void ctrl_on_poke(struct ctrl *c, const char *fn);
 /* A report of the average concurrency of `fn` over one second. */
 void ctrl_on_stats(struct ctrl *c, const char *fn, uint64_t second, double concurrency,
                    uint64_t requests);
+/* An activator's report for `second` ended: the functions it did not list
+ * had no traffic through it (zero for each). */
+void ctrl_on_stats_done(struct ctrl *c, uint64_t second);
 /* Runs the autoscaler of every function (each tick). */
 void ctrl_autoscale_all(struct ctrl *c);
 /* An activator's drain state changed: removes replicas no longer in use. */
 void ctrl_on_drain(struct ctrl *c);
-/* Sends the current route table to the activators. */
+/* Sends every activator its whole route table (activators came or went,
+ * or adoption ended). */
 void ctrl_push_routes(struct ctrl *c);
+/* Sends every activator an update of `fn` alone (its entry, or its
+ * removal once deleted): any change of one function. */
+void ctrl_push_function(struct function *fn);
+/* Sends the activators that asked (hub: "resync") their whole table at the
+ * current gen, with the slots last dealt. */
+void ctrl_resync_routes(struct ctrl *c);
 
 /* Pushes the tables again when an activator's share of a replica's slots
  * waits to be raised and may be now (on each activator drain message and
@@ -242,6 +252,10 @@ void usage_sample_all(struct ctrl *c);
 void usage_sample(struct replica *r);
 /* Whether a replica in this state runs (uses CPU and bills GB-seconds). */
 bool usage_is_running(enum replica_state s);
+/* NULL when the backend measures CPU and memory, else what to show in their
+ * place (status, describe, metrics' help), naming the backend. Borrowed,
+ * valid until the next call. */
+const char *usage_not_measured(const struct ctrl *c);
 
 /* events.c: the backend's watch, reopened with back-off. */
 void ctrl_watch_init(struct ctrl *c);

@@ -25,6 +25,9 @@
 #define AUTH_TIMEOUT_MS 5000
 #define AUTH_LINE_MAX 8192
 #define AUTH_PENDING_MAX 64
+/* How long the hub counts as settling (hub_settling()): after it starts and
+ * after an activator that said hello leaves. */
+#define SETTLE_MS 5000
 
 struct peer {
     union {
@@ -44,6 +47,7 @@ struct peer {
     bool authed;          /* may talk: a unix socket peer, or a TCP one that sent the token */
     uint64_t accepted_ms; /* for the hello's deadline */
     uint64_t gen;         /* route table in use, from its last drain message */
+    bool want_table;      /* it asked for a resync */
     uint64_t last_second; /* the second its last stats report counted for */
     char **draining;      /* replicas it still has requests in flight to */
     size_t n_draining;
@@ -68,15 +72,18 @@ struct hub {
         uv_stream_t stream;
     } listener;
     struct hub_callbacks cbs;
-    char *token;       /* TCP: the channel token every peer must send first; NULL on unix */
-    uv_timer_t reaper; /* TCP with a token: closes peers past their hello's deadline */
+    char *token;         /* TCP: the channel token every peer must send first; NULL on unix */
+    uv_timer_t reaper;   /* TCP with a token: closes peers past their hello's deadline */
+    uv_timer_t settle;   /* ends the settling time: on_drain */
+    uint64_t settled_ms; /* settling until then (of uv_now()) */
     struct stoke_list peers;
     unsigned n_peers;
     unsigned n_pending;         /* TCP peers yet to send the token */
     uint64_t refused_logged_ms; /* the last refusal logged: at most one a second */
     unsigned refused_quiet;     /* refusals since, not logged */
     bool sending;               /* in hub_send_routes() */
-    bool members_changed;       /* a peer left meanwhile: on_members after it */
+    struct hub_counters counters;
+    bool members_changed; /* a peer left meanwhile: on_members after it */
     int handles;
     bool closing;
     void (*on_closed)(void *);
@@ -96,6 +103,27 @@ static void hub_handle_closed(struct hub *hub)
     if (hub->on_closed)
         hub->on_closed(hub->closed_data);
     free(hub);
+}
+
+static void on_settled(uv_timer_t *t)
+{
+    struct hub *hub = t->data;
+    hub->cbs.on_drain(hub->cbs.data); /* drains held up by the settling go on */
+}
+
+/* An activator may have requests in flight that no connected one reports:
+ * one that has not connected yet (this controller has just started: the
+ * one before may have routed it) or one that has just left (it may be
+ * back, still serving). */
+static void hub_settle(struct hub *hub)
+{
+    hub->settled_ms = uv_now(hub->loop) + SETTLE_MS;
+    uv_timer_start(&hub->settle, on_settled, SETTLE_MS, 0);
+}
+
+bool hub_settling(const struct hub *hub)
+{
+    return uv_now(hub->loop) < hub->settled_ms;
 }
 
 static void peer_draining_free(struct peer *p)
@@ -129,6 +157,7 @@ static void peer_close(struct peer *p)
         p->hub->n_pending--;
     uv_close(&p->conn.handle, on_peer_closed);
     if (p->process[0] && !p->hub->closing) {
+        hub_settle(p->hub);
         if (p->hub->sending)
             p->hub->members_changed = true;
         else
@@ -189,6 +218,7 @@ static void handle_stats(struct peer *p, json_object *msg)
     if (p->last_second && p->last_second >= now_s && p->last_second < now_s + 2)
         second = p->last_second + 1;
     p->last_second = second;
+    p->hub->counters.stats_reports++;
     json_object_object_foreach(fns, name, st)
     {
         json_object *c, *n;
@@ -200,8 +230,11 @@ static void handle_stats(struct peer *p, json_object *msg)
         int64_t reqs = json_object_get_int64(n);
         if (!(conc >= 0) || conc > 1e9 || reqs < 0)
             continue;
+        p->hub->counters.stats_entries++;
         p->hub->cbs.on_stats(p->id, name, second, conc, (uint64_t)reqs, p->hub->cbs.data);
     }
+    if (p->hub->cbs.on_stats_done)
+        p->hub->cbs.on_stats_done(second, p->hub->cbs.data);
 }
 
 /* {"op":"drain","gen":N,"draining":["127.0.0.1:30001",...]} */
@@ -396,6 +429,14 @@ static int on_line(char *line, size_t len, void *data)
         handle_stats(p, msg);
     } else if (strcmp(op, "drain") == 0) {
         handle_drain(p, msg);
+    } else if (strcmp(op, "resync") == 0) {
+        if (p->process[0]) {
+            if (!p->want_table)
+                stoke_info(NULL, "activator %s missed a route update; sending it the table", p->id);
+            p->want_table = true;
+            if (p->hub->cbs.on_resync)
+                p->hub->cbs.on_resync(p->hub->cbs.data); /* may send on p */
+        }
     } else if (strcmp(op, "hello") == 0) {
         const char *id = get_string(msg, "activator");
         const char *proc = get_string(msg, "process");
@@ -533,6 +574,10 @@ int hub_new(uv_loop_t *loop, const struct stoke_addr *addr, const char *token,
         uv_close(&hub->listener.handle, on_listener_closed);
         return r;
     }
+    uv_timer_init(loop, &hub->settle);
+    hub->settle.data = hub;
+    hub->handles++;
+    hub_settle(hub);
     if (hub->token) {
         uv_timer_init(loop, &hub->reaper);
         hub->reaper.data = hub;
@@ -570,24 +615,50 @@ char (*hub_processes(const struct hub *hub, unsigned *ret_n))[HUB_PROCESS_MAX]
     return names;
 }
 
+/* Whether a channel of process `name` waits for a resync. */
+static bool process_wants_table(const struct hub *hub, const char *name)
+{
+    for (const struct stoke_list *it = hub->peers.next; it != &hub->peers; it = it->next) {
+        const struct peer *p = stoke_container_of(it, struct peer, node);
+        if (p->authed && p->want_table && strcmp(p->process, name) == 0)
+            return true;
+    }
+    return false;
+}
+
 void hub_send_routes(struct hub *hub,
                      char *(*make)(const char *process, unsigned i, unsigned n, void *data),
-                     void *data)
+                     void *data, bool only_resync)
 {
     unsigned k;
     char(*names)[HUB_PROCESS_MAX] = hub_processes(hub, &k);
     /* Lines first, then sends: a send may drop a peer. */
     char **lines = calloc(k ? k : 1, sizeof(*lines));
-    for (unsigned i = 0; lines && names && i < k; i++)
-        lines[i] = make(names[i], i, k, data);
+    for (unsigned i = 0; lines && names && i < k; i++) {
+        if (!only_resync || process_wants_table(hub, names[i]))
+            lines[i] = make(names[i], i, k, data);
+    }
     hub->sending = true;
     struct stoke_list *it = hub->peers.next;
     while (lines && names && it != &hub->peers) {
         struct peer *p = stoke_container_of(it, struct peer, node);
         it = it->next; /* peer_send may drop p */
+        if (only_resync && !p->want_table)
+            continue;
         for (unsigned i = 0; i < k; i++) {
             if (p->authed && lines[i] && strcmp(names[i], p->process) == 0) {
-                peer_send(p, lines[i], strlen(lines[i]));
+                /* A table answers a resync (an update does not). */
+                size_t len = strlen(lines[i]);
+                static const char table_op[] = "{\"op\":\"routes\"";
+                if (strncmp(lines[i], table_op, sizeof(table_op) - 1) == 0) {
+                    p->want_table = false;
+                    hub->counters.tables++;
+                    hub->counters.table_bytes += len + 1;
+                } else {
+                    hub->counters.updates++;
+                    hub->counters.update_bytes += len + 1;
+                }
+                peer_send(p, lines[i], len);
                 break;
             }
         }
@@ -601,6 +672,11 @@ void hub_send_routes(struct hub *hub,
         hub->members_changed = false;
         hub->cbs.on_members(hub->cbs.data);
     }
+}
+
+void hub_get_counters(const struct hub *hub, struct hub_counters *ret)
+{
+    *ret = hub->counters;
 }
 
 unsigned hub_activators(const struct hub *hub)
@@ -635,5 +711,6 @@ void hub_close(struct hub *hub, void (*on_closed)(void *data), void *data)
         peer_close(stoke_container_of(stoke_list_first(&hub->peers), struct peer, node));
     if (hub->token)
         uv_close((uv_handle_t *)&hub->reaper, on_listener_closed);
+    uv_close((uv_handle_t *)&hub->settle, on_listener_closed);
     uv_close(&hub->listener.handle, on_listener_closed);
 }

@@ -1,7 +1,8 @@
 /* The controller's end of the activator channel (stoke/routes.h): listens on
  * a unix socket or loopback TCP, accepts any number of activators, sends
- * each the route table made for its process once it has said hello and on
- * every change, and hands their pokes and stats to the controller. An
+ * each the route table made for its process once it has said hello, when
+ * activators come or go and when it asks again (resync), an update on any
+ * other change, and hands their pokes and stats to the controller. An
  * activator process opens one channel per worker; its hello names the
  * process, and limits are divided among processes (stoke_route_share()).
  * Thread: the loop's. */
@@ -30,6 +31,12 @@ struct hub_callbacks {
     /* A channel said hello or one that had went away: the tables are to be
      * made again (hub_send_routes()). */
     void (*on_members)(void *data);
+    /* An activator's report for `second` ended (after its on_stats calls):
+     * it lists only functions with traffic. */
+    void (*on_stats_done)(uint64_t second, void *data);
+    /* An activator asked for its whole table again (it missed an update):
+     * hub_send_routes(..., true) sends it to those that asked. */
+    void (*on_resync)(void *data);
     void *data;
 };
 
@@ -59,13 +66,25 @@ bool hub_reported_slots(const struct hub *hub, const char *process, const char *
  * this one divided some replica's). */
 bool hub_any_reported_slots(const struct hub *hub);
 
-/* Makes one routes message per activator process (`make` is called with
- * the process's id and index among the `n` of hub_processes(); it returns
- * a malloc'd line without '\n', or NULL on OOM: that process keeps its
- * table) and sends it on each of that process's channels. */
+/* Makes one routes (or update) message per activator process (`make` is
+ * called with the process's id and index among the `n` of hub_processes();
+ * it returns a malloc'd line without '\n', or NULL on OOM: that process
+ * misses it, and asks again at the next update) and sends it on each of
+ * that process's channels; with `only_resync`, only on those that asked
+ * for a resync (and only for their processes). Either way, a channel that
+ * gets a line no longer waits for a resync. */
 void hub_send_routes(struct hub *hub,
                      char *(*make)(const char *process, unsigned i, unsigned n, void *data),
-                     void *data);
+                     void *data, bool only_resync);
+
+/* What went over the channels since the hub started. */
+struct hub_counters {
+    uint64_t tables, table_bytes;   /* whole route tables sent (one per channel) */
+    uint64_t updates, update_bytes; /* route updates sent */
+    uint64_t stats_reports;         /* the activators' stats reports */
+    uint64_t stats_entries;         /* function entries in them */
+};
+void hub_get_counters(const struct hub *hub, struct hub_counters *ret);
 
 /* Connected activators (on TCP: those that sent the token). */
 unsigned hub_activators(const struct hub *hub);
@@ -74,6 +93,12 @@ unsigned hub_activators(const struct hub *hub);
  * (one without `addr`) and no longer lists `addr` as draining, i.e. no
  * request is in flight to that replica through any activator. */
 bool hub_is_drained(const struct hub *hub, const char *addr, uint64_t gen);
+
+/* True for 5 s after the hub starts and after an activator that said hello
+ * leaves: requests may be in flight through an activator it does not hear
+ * (yet), so hub_is_drained() says nothing of them. on_drain is called when
+ * the time is up. */
+bool hub_settling(const struct hub *hub);
 
 void hub_close(struct hub *hub, void (*on_closed)(void *data), void *data);
 

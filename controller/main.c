@@ -69,11 +69,14 @@ static void usage(FILE *f)
             "                        (default " DEFAULT_OPS ")\n"
             "  --pause-with WAY      cgroup (freeze idle replicas through their cgroup,\n"
             "                        the default) or engine (the engine's pause/unpause)\n"
+            "  --engine-concurrency N  engine calls in flight at most (default 16); more\n"
+            "                        wait, cold starts' before housekeeping (stop, remove)\n"
             "  --backend-without CAPS  act as a backend without these: a comma list of\n"
             "                        freeze, stop, precreate, cgroups (idle tiers then\n"
             "                        degrade as on a backend that lacks them)\n"
             "  --admin-socket PATH   admin API unix socket, mode 0660, or none\n"
-            "                        (default " DEFAULT_ADMIN_SOCKET ")\n"
+            "                        (default " DEFAULT_ADMIN_SOCKET "; kubernetes: none,\n"
+            "                        and the API is read-only: list, get, status, logs)\n"
             "  --admin-socket-group GROUP  the admin socket's group (default the\n"
             "                        process's); the controller must be a member\n"
             "  --admin-listen IP:PORT  admin API on TCP too (needs --admin-token-file)\n"
@@ -195,9 +198,20 @@ static void on_hub_stats(const char *activator, const char *fn, uint64_t second,
     ctrl_on_stats(data, fn, second, conc, reqs);
 }
 
+static void on_hub_stats_done(uint64_t second, void *data)
+{
+    ctrl_on_stats_done(data, second);
+}
+
 static void on_hub_drain(void *data)
 {
     ctrl_on_drain(data);
+}
+
+/* An activator missed an update: it gets its whole table again. */
+static void on_hub_resync(void *data)
+{
+    ctrl_resync_routes(data);
 }
 
 /* An activator came or went: limits are divided among the activators, so
@@ -284,7 +298,10 @@ static void on_adopted(struct ctrl *c, int err)
         ctrl_shutdown(c, on_stopped);
         return;
     }
+    if (c->stopping)
+        return; /* a signal came while adopting: the replicas go, nothing starts */
     adopted = true;
+    api_set_serving(api, true);
     ctrl_push_routes(c);
     ctrl_reconcile_all(c);
     uv_timer_start(&c->tick, on_tick, c->cfg.tick_ms, c->cfg.tick_ms);
@@ -292,6 +309,14 @@ static void on_adopted(struct ctrl *c, int err)
         stoke_info(NULL, "ready: Functions of namespace %s", kube_cfg.ns);
     else
         stoke_info(NULL, "ready: functions from %s", c->cfg.functions_dir);
+}
+
+/* The admin API on Kubernetes: whether this controller leads, else who. */
+static bool api_leading(const char **leader, void *data)
+{
+    (void)data;
+    *leader = elector ? stoke_kube_elector_holder(elector) : "";
+    return leading;
 }
 
 static void on_ping(const struct backend_result *res, void *data)
@@ -316,6 +341,8 @@ static void on_hub_poke(const char *fn, void *data);
 static void on_hub_stats(const char *activator, const char *fn, uint64_t second, double conc,
                          uint64_t reqs, void *data);
 static void on_hub_drain(void *data);
+static void on_hub_stats_done(uint64_t second, void *data);
+static void on_hub_resync(void *data);
 
 /* Opens the activator channel: at start on Docker, when it starts leading
  * on Kubernetes. */
@@ -325,6 +352,8 @@ static int start_hub(struct ctrl *c)
                                 .on_stats = on_hub_stats,
                                 .on_drain = on_hub_drain,
                                 .on_members = on_hub_members,
+                                .on_stats_done = on_hub_stats_done,
+                                .on_resync = on_hub_resync,
                                 .data = c};
     int r = hub_new(c->loop, &c->cfg.ctl_addr, channel_token, &cbs, &c->hub);
     c->shares_settle_ms = uv_now(c->loop) + CTRL_SHARES_SETTLE_MS;
@@ -548,6 +577,7 @@ int main(int argc, char **argv)
         O_LEASE_NAME,
         O_LEASE_DURATION,
         O_IDENTITY,
+        O_ENGINE_CONC,
     };
     static const struct option opts[] = {
         {"functions-dir", required_argument, NULL, O_DIR},
@@ -558,6 +588,7 @@ int main(int argc, char **argv)
         {"ready-timeout", required_argument, NULL, O_READY},
         {"log-level", required_argument, NULL, O_LOG},
         {"pause-with", required_argument, NULL, O_PAUSE},
+        {"engine-concurrency", required_argument, NULL, O_ENGINE_CONC},
         {"ops-listen", required_argument, NULL, O_OPS},
         {"admin-socket", required_argument, NULL, O_ADMIN_SOCKET},
         {"admin-listen", required_argument, NULL, O_ADMIN_LISTEN},
@@ -629,6 +660,14 @@ int main(int argc, char **argv)
             docker_cfg.freeze_with_engine = strcmp(optarg, "engine") == 0;
             r = docker_cfg.freeze_with_engine || strcmp(optarg, "cgroup") == 0 ? 0 : -EINVAL;
             break;
+        case O_ENGINE_CONC: {
+            uint64_t n;
+            r = stoke_parse_u64(optarg, &n);
+            if (r == 0 && (n < 1 || n > 1024))
+                r = -EINVAL;
+            docker_cfg.max_inflight = (unsigned)n;
+            break;
+        }
         case O_OPS:
             r = stoke_opsd_parse_addr(optarg, &ops_addr, &use_ops);
             break;
@@ -718,12 +757,9 @@ int main(int argc, char **argv)
                         "activator channel is never on TCP without a token\n");
         return 2;
     }
-    if (kube_mode && (admin_tcp || (admin_socket_set && admin_socket))) {
-        fprintf(stderr, "stoke-controller: --backend kubernetes has no admin API (the Function "
-                        "objects are the specs): use --admin-socket none\n");
-        return 2;
-    }
-    if (kube_mode)
+    /* On Kubernetes the admin API is read-only (the Function objects are
+     * the specs) and off unless asked for: a pod's root is read-only. */
+    if (kube_mode && !admin_socket_set)
         admin_socket = NULL;
     if (admin_token_file && read_token("admin-token-file", admin_token_file, &admin_token) < 0)
         return 2;
@@ -787,10 +823,16 @@ int main(int argc, char **argv)
         }
         stoke_info(NULL, "ops port listening on %s", a);
     }
-    struct api_config acfg = {.unix_path = admin_socket,
-                              .unix_gid = admin_gid,
-                              .tcp = admin_tcp ? &admin_addr : NULL,
-                              .token = admin_token};
+    struct api_config acfg = {
+        .unix_path = admin_socket,
+        .unix_gid = admin_gid,
+        .tcp = admin_tcp ? &admin_addr : NULL,
+        .token = admin_token,
+        .read_only = kube_mode ? "on Kubernetes the Function objects are the specs: change "
+                                 "them with kubectl apply -f FILE or kubectl delete function NAME"
+                               : NULL,
+        .leading = kube_mode ? api_leading : NULL,
+    };
     r = admin_socket || admin_tcp ? api_new(c, &acfg, &api) : 0;
     if (admin_token) {
         explicit_bzero(admin_token, strlen(admin_token));
@@ -799,8 +841,13 @@ int main(int argc, char **argv)
     if (r < 0) {
         if (opsd)
             stoke_opsd_close(opsd);
-        hub_close(c->hub, NULL, NULL);
-        c->be->ops->close(c->be);
+        if (kube) {
+            /* Nothing leads yet: no hub, no backend. */
+            stoke_kube_close(kube, NULL, NULL);
+        } else {
+            hub_close(c->hub, NULL, NULL);
+            c->be->ops->close(c->be);
+        }
         uv_run(c->loop, UV_RUN_DEFAULT);
         return 1;
     }

@@ -125,6 +125,36 @@ static int render_controller(struct ctrl *c, struct stoke_buf *out)
                 "Activator channels connected (each activator worker thread keeps its own).");
     r |= stoke_buf_printf(out, "stoke_controller_activators %u\n",
                           c->hub ? hub_activators(c->hub) : 0);
+    struct hub_counters hc = {0};
+    if (c->hub)
+        hub_get_counters(c->hub, &hc);
+    static const char *const help[] = {
+        "Route messages sent on the activator channels (one per channel), by kind: whole "
+        "tables and updates of the functions that changed.",
+        "Bytes of the route messages sent, by kind.",
+        "Stats reports from the activators (one a second per channel).",
+        "Function entries in the activators' stats reports (only functions with traffic are "
+        "reported).",
+    };
+    const struct {
+        const char *name;
+        uint64_t table, update; /* update unused without a kind */
+        bool by_kind;
+    } ch[] = {
+        {"stoke_controller_route_messages_total", hc.tables, hc.updates, true},
+        {"stoke_controller_route_bytes_total", hc.table_bytes, hc.update_bytes, true},
+        {"stoke_controller_stats_reports_total", hc.stats_reports, 0, false},
+        {"stoke_controller_stats_entries_total", hc.stats_entries, 0, false},
+    };
+    for (size_t i = 0; i < sizeof(ch) / sizeof(ch[0]); i++) {
+        r |= family(out, ch[i].name, "counter", help[i]);
+        if (ch[i].by_kind)
+            r |= stoke_buf_printf(out, "%s{kind=\"table\"} %llu\n%s{kind=\"update\"} %llu\n",
+                                  ch[i].name, (unsigned long long)ch[i].table, ch[i].name,
+                                  (unsigned long long)ch[i].update);
+        else
+            r |= stoke_buf_printf(out, "%s %llu\n", ch[i].name, (unsigned long long)ch[i].table);
+    }
     return r;
 }
 
@@ -202,8 +232,14 @@ static int render_functions(struct ctrl *c, struct stoke_buf *out)
     struct function *fn;
     int r = 0;
     for (size_t i = 0; i < STOKE_ARRAY_SIZE(fn_families); i++) {
-        if (fn_families[i].cgroups && !backend_can(c->be, BACKEND_HAS_CGROUPS))
+        const char *not_measured = usage_not_measured(c);
+        if (fn_families[i].cgroups && not_measured) {
+            /* The family, said to be not measured, and no series (not zeros). */
+            char help[512];
+            (void)snprintf(help, sizeof(help), "%s %s.", fn_families[i].help, not_measured);
+            r |= family(out, fn_families[i].name, fn_families[i].type, help);
             continue;
+        }
         r |= family(out, fn_families[i].name, fn_families[i].type, fn_families[i].help);
         for_each_fn(c, fn)
         {

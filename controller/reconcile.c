@@ -44,13 +44,21 @@ struct function *ctrl_function_find(struct ctrl *c, const char *name)
 
 /* ---- routes -------------------------------------------------------------- */
 
-/* A route table being pushed: the whole table, and for each function with
- * containerConcurrency the slots each activator process gets on each of its
- * replicas. */
+/* What is being pushed: a whole table, or an update of one function; for
+ * each function with containerConcurrency, the slots each activator
+ * process gets on each of its replicas. */
+enum push_kind {
+    PUSH_TABLE,  /* the whole table, a new gen, to every activator */
+    PUSH_UPDATE, /* one function's entry (or its removal), a new gen, to every activator */
+    PUSH_RESYNC, /* the whole table at the current gen, as last dealt, to those that asked */
+};
+
 struct push {
     struct stoke_route_table t;
     uint32_t **slots; /* per route, NULL or [endpoint * k + process] */
     unsigned k;
+    enum push_kind kind;
+    const char *removed; /* PUSH_UPDATE: the function that left, or NULL */
 };
 
 /* A restarted controller waits before raising shares while the activators
@@ -114,9 +122,23 @@ static void replica_grant(struct ctrl *c, struct replica *rp, uint32_t cc,
     rp->n_grants = k;
 }
 
-/* The table of activator process i of n: each function's limits divided
- * among the processes (stoke_route_share(), rules in stoke/routes.h), with
- * the slots replica_grant() gave. */
+/* For a resync: the slots replica_grant() last gave each process, changing
+ * nothing (0 for a process it gave none). */
+static void replica_granted(const struct replica *rp, char (*procs)[HUB_PROCESS_MAX], unsigned k,
+                            uint32_t *out)
+{
+    for (unsigned i = 0; i < k; i++) {
+        out[i] = 0;
+        for (unsigned g = 0; g < rp->n_grants; g++) {
+            if (strcmp(rp->grants[g].process, procs[i]) == 0)
+                out[i] = rp->grants[g].slots;
+        }
+    }
+}
+
+/* The table (or update) of activator process i of n: each function's
+ * limits divided among the processes (stoke_route_share(), rules in
+ * stoke/routes.h), with the slots replica_grant() gave. */
 static char *make_routes(const char *process, unsigned i, unsigned n, void *data)
 {
     const struct push *p = data;
@@ -149,74 +171,104 @@ static char *make_routes(const char *process, unsigned i, unsigned n, void *data
             r->shares[r->n_endpoints++] = s;
         }
     }
-    line = stoke_route_table_format(&t);
+    if (p->kind == PUSH_UPDATE)
+        line =
+            stoke_route_update_format(t.gen, t.routes, t.n_routes, &p->removed, p->removed ? 1 : 0);
+    else
+        line = stoke_route_table_format(&t);
 out:
     if (!line)
-        stoke_error(NULL, -ENOMEM, "cannot build a route table; an activator keeps the old one");
+        stoke_error(NULL, -ENOMEM,
+                    "cannot build a route message; an activator keeps its table until it asks "
+                    "for it again");
     stoke_route_table_done(&t);
     return line;
 }
 
-void ctrl_push_routes(struct ctrl *c)
+/* Fills route `r` (and the slots of each process on its replicas) for `fn`. */
+static int push_add(struct ctrl *c, struct push *p, struct function *fn,
+                    char (*procs)[HUB_PROCESS_MAX], uint32_t *grant)
+{
+    uint32_t **slots = &p->slots[p->t.n_routes];
+    struct stoke_route *r = &p->t.routes[p->t.n_routes++];
+    snprintf(r->name, sizeof(r->name), "%s", fn->spec.name);
+    r->timeout_ms = fn->spec.timeout_ms;
+    r->queue_max = fn->spec.queue.max;
+    r->queue_timeout_ms = fn->spec.queue.timeout_ms;
+    r->concurrency_limit = fn->spec.scale.container_concurrency;
+    size_t ne = 0;
+    for (struct stoke_list *b = fn->replicas.next; b != &fn->replicas; b = b->next)
+        ne++;
+    r->endpoints = calloc(ne ? ne : 1, sizeof(*r->endpoints));
+    if (!r->endpoints)
+        return -ENOMEM;
+    if (r->concurrency_limit && p->k > 0) {
+        *slots = calloc((ne ? ne : 1) * p->k, sizeof(**slots));
+        if (!*slots)
+            return -ENOMEM;
+    }
+    for (struct stoke_list *b = fn->replicas.next; b != &fn->replicas; b = b->next) {
+        struct replica *rp = stoke_container_of(b, struct replica, node);
+        if (rp->state != R_READY)
+            continue;
+        if (stoke_addr_parse(rp->br.addr, &r->endpoints[r->n_endpoints]) < 0)
+            continue;
+        if (*slots) {
+            if (p->kind == PUSH_RESYNC)
+                replica_granted(rp, procs, p->k, grant);
+            else
+                replica_grant(c, rp, r->concurrency_limit, procs, p->k, grant);
+            memcpy(*slots + r->n_endpoints * p->k, grant, p->k * sizeof(*grant));
+        }
+        r->n_endpoints++;
+    }
+    return 0;
+}
+
+/* Builds and sends a push: of every function, or of `only`. */
+static void push_routes(struct ctrl *c, enum push_kind kind, struct function *only)
 {
     /* While adopting, the table would lack the replicas being adopted:
-     * activators keep the one they have until adoption is over. A stopping
-     * controller (SIGTERM, a lost Lease) sends none either: its replicas are
-     * being freed or left to the next controller, and a table without them
-     * would fail the requests in flight and queued in the activators, which
-     * keep routing on the last table until the next controller's. */
-    if (c->adopting || c->stopping)
+     * activators keep the one they have until adoption is over (and the
+     * table after it goes to all). A stopping controller (SIGTERM, a lost
+     * Lease) sends none either: its replicas are being freed or left to the
+     * next controller, and a table without them would fail the requests in
+     * flight and queued in the activators, which keep routing on the last
+     * table until the next controller's. */
+    if (c->adopting || c->stopping || (kind == PUSH_RESYNC && c->route_gen == 0))
         return;
-    struct push p = {.t = {.gen = ++c->route_gen}};
+    struct push p = {.t = {.gen = kind == PUSH_RESYNC ? c->route_gen : ++c->route_gen},
+                     .kind = kind};
     struct stoke_route_table *t = &p.t;
     char(*procs)[HUB_PROCESS_MAX] = hub_processes(c->hub, &p.k);
     uint32_t *grant = calloc(2 * (p.k + 1), sizeof(*grant));
-    size_t n = 0;
-    for (struct stoke_list *a = c->functions.next; a != &c->functions; a = a->next)
-        n++;
+    size_t n = 1;
+    if (!only) {
+        n = 0;
+        for (struct stoke_list *a = c->functions.next; a != &c->functions; a = a->next)
+            n++;
+    }
     t->routes = calloc(n ? n : 1, sizeof(*t->routes));
     p.slots = calloc(n ? n : 1, sizeof(*p.slots));
     if (!t->routes || !p.slots || !procs || !grant)
         goto oom;
-    for (struct stoke_list *a = c->functions.next; a != &c->functions; a = a->next) {
-        struct function *fn = stoke_container_of(a, struct function, node);
-        if (fn->deleted)
-            continue;
-        uint32_t **slots = &p.slots[t->n_routes];
-        struct stoke_route *r = &t->routes[t->n_routes++];
-        snprintf(r->name, sizeof(r->name), "%s", fn->spec.name);
-        r->timeout_ms = fn->spec.timeout_ms;
-        r->queue_max = fn->spec.queue.max;
-        r->queue_timeout_ms = fn->spec.queue.timeout_ms;
-        r->concurrency_limit = fn->spec.scale.container_concurrency;
-        size_t ne = 0;
-        for (struct stoke_list *b = fn->replicas.next; b != &fn->replicas; b = b->next)
-            ne++;
-        r->endpoints = calloc(ne ? ne : 1, sizeof(*r->endpoints));
-        if (!r->endpoints)
+    if (only && only->deleted) {
+        p.removed = only->spec.name;
+    } else if (only) {
+        if (push_add(c, &p, only, procs, grant) < 0)
             goto oom;
-        if (r->concurrency_limit && p.k > 0) {
-            *slots = calloc((ne ? ne : 1) * p.k, sizeof(**slots));
-            if (!*slots)
+    } else {
+        for (struct stoke_list *a = c->functions.next; a != &c->functions; a = a->next) {
+            struct function *fn = stoke_container_of(a, struct function, node);
+            if (!fn->deleted && push_add(c, &p, fn, procs, grant) < 0)
                 goto oom;
         }
-        for (struct stoke_list *b = fn->replicas.next; b != &fn->replicas; b = b->next) {
-            struct replica *rp = stoke_container_of(b, struct replica, node);
-            if (rp->state != R_READY)
-                continue;
-            if (stoke_addr_parse(rp->br.addr, &r->endpoints[r->n_endpoints]) < 0)
-                continue;
-            if (*slots) {
-                replica_grant(c, rp, r->concurrency_limit, procs, p.k, grant);
-                memcpy(*slots + r->n_endpoints * p.k, grant, p.k * sizeof(*grant));
-            }
-            r->n_endpoints++;
-        }
     }
-    hub_send_routes(c->hub, make_routes, &p);
+    hub_send_routes(c->hub, make_routes, &p, kind == PUSH_RESYNC);
     goto done;
 oom:
-    stoke_error(NULL, -ENOMEM, "cannot build the route table; activators keep the old one");
+    /* An activator that misses this gen asks for the table at the next. */
+    stoke_error(NULL, -ENOMEM, "cannot build the routes; activators keep the ones they have");
 done:
     for (size_t j = 0; p.slots && j < t->n_routes; j++)
         free(p.slots[j]);
@@ -224,6 +276,21 @@ done:
     free(procs);
     free(grant);
     stoke_route_table_done(t);
+}
+
+void ctrl_push_routes(struct ctrl *c)
+{
+    push_routes(c, PUSH_TABLE, NULL);
+}
+
+void ctrl_push_function(struct function *fn)
+{
+    push_routes(fn->ctrl, PUSH_UPDATE, fn);
+}
+
+void ctrl_resync_routes(struct ctrl *c)
+{
+    push_routes(c, PUSH_RESYNC, NULL);
 }
 
 void ctrl_push_settled_raises(struct ctrl *c)
@@ -236,8 +303,8 @@ void ctrl_push_settled_raises(struct ctrl *c)
             struct replica *r = stoke_container_of(b, struct replica, node);
             if (r->raise_waiting && r->state == R_READY &&
                 hub_is_drained(c->hub, r->br.addr, r->lowered_gen)) {
-                ctrl_push_routes(c);
-                return;
+                ctrl_push_function(fn);
+                break;
             }
         }
     }
@@ -337,9 +404,14 @@ static void on_drain_timeout(uv_timer_t *t)
     replica_remove_container(r);
 }
 
+/* No activator can have a request in flight to `r`: none that is connected
+ * (hub_is_drained()), and none that may connect or come back (the hub is
+ * not settling: a restarted controller does not remove a replica that the
+ * activators of the one before may still be sending to). */
 static bool replica_drained(struct replica *r)
 {
-    return hub_is_drained(r->fn->ctrl->hub, r->br.addr, r->unrouted_gen);
+    struct hub *hub = r->fn->ctrl->hub;
+    return !hub_settling(hub) && hub_is_drained(hub, r->br.addr, r->unrouted_gen);
 }
 
 void ctrl_on_drain(struct ctrl *c)
@@ -381,7 +453,7 @@ static void replica_retire(struct replica *r)
         /* Out of the routes first; removed once no activator has a request
          * in flight to it (or after the function's timeout). */
         struct ctrl *c = r->fn->ctrl;
-        ctrl_push_routes(c);
+        ctrl_push_function(r->fn);
         r->unrouted_gen = c->route_gen;
         if (!replica_drained(r)) {
             r->draining = true;
@@ -439,7 +511,7 @@ static void on_probe_ready(void *data)
     fn->last_error[0] = '\0';
     stoke_info(fn->spec.name, "replica %.12s ready on %s, %llu ms after %s", r->br.id, r->br.addr,
                (unsigned long long)(r->ready_ms - r->created_ms), r->woke_from);
-    ctrl_push_routes(fn->ctrl);
+    ctrl_push_function(fn);
     ctrl_reconcile(fn); /* a rollout may retire an old replica now */
 }
 
@@ -1032,7 +1104,7 @@ int ctrl_function_apply(struct ctrl *c, const struct stoke_spec *spec)
     }
     fn->spec = copy;
     memcpy(fn->revision, rev, sizeof(rev));
-    ctrl_push_routes(c);
+    ctrl_push_function(fn);
     ctrl_reconcile(fn);
     return 0;
 }
@@ -1044,7 +1116,7 @@ void ctrl_function_delete(struct ctrl *c, const char *name)
         return;
     stoke_info(name, "spec removed: scaling to zero");
     fn->deleted = true;
-    ctrl_push_routes(c);
+    ctrl_push_function(fn);
     for (struct stoke_list *n = fn->replicas.next; n != &fn->replicas;) {
         struct replica *r = stoke_container_of(n, struct replica, node);
         n = n->next;
@@ -1066,12 +1138,8 @@ void ctrl_on_poke(struct ctrl *c, const char *name)
     }
 }
 
-void ctrl_on_stats(struct ctrl *c, const char *name, uint64_t second, double concurrency,
-                   uint64_t requests)
+static void fn_stats(struct function *fn, uint64_t second, double concurrency, uint64_t requests)
 {
-    struct function *fn = ctrl_function_find(c, name);
-    if (!fn || fn->deleted)
-        return;
     /* A second's totals are shown once reports for a later one arrive:
      * by then every activator has reported it. */
     struct fn_traffic *t = &fn->traffic;
@@ -1089,8 +1157,30 @@ void ctrl_on_stats(struct ctrl *c, const char *name, uint64_t second, double con
         t->second_requests += requests;
         t->second_concurrency += concurrency;
     }
-    /* Reports of several activators for one second add up. */
-    (void)stoke_metric_window_add(&fn->metrics, second, concurrency);
+    /* Reports of several activators for one second add up; zeros while
+     * the function is at zero are silence (see stoke_autoscaler_record()). */
+    (void)stoke_autoscaler_record(&fn->as, count_ready(fn), &fn->metrics, second, concurrency);
+}
+
+void ctrl_on_stats(struct ctrl *c, const char *name, uint64_t second, double concurrency,
+                   uint64_t requests)
+{
+    struct function *fn = ctrl_function_find(c, name);
+    if (fn && !fn->deleted)
+        fn_stats(fn, second, concurrency, requests);
+}
+
+void ctrl_on_stats_done(struct ctrl *c, uint64_t second)
+{
+    /* An activator reports only the functions it had traffic for: the
+     * others had none that second (a second nobody reported would be
+     * missing, not zero, to the autoscaler). Adding zero changes nothing
+     * for those it reported. */
+    for (struct stoke_list *a = c->functions.next; a != &c->functions; a = a->next) {
+        struct function *fn = stoke_container_of(a, struct function, node);
+        if (!fn->deleted)
+            fn_stats(fn, second, 0, 0);
+    }
 }
 
 /* ---- what the backend tells ---------------------------------------------- */
@@ -1291,6 +1381,11 @@ static void adoption_step(struct adoption *ad)
         uint32_t ready = count_ready(fn);
         if (ready == 0)
             continue;
+        /* Replicas of an earlier revision count: the current one's take
+         * their place. Not over the spec's max, should it have been
+         * lowered meanwhile. */
+        if (fn->spec.scale.max > 0 && ready > fn->spec.scale.max)
+            ready = fn->spec.scale.max;
         stoke_autoscaler_init(&fn->as, now, ready);
         stoke_autoscaler_seed(&fn->as, ready);
         fn->desired = ready;
@@ -1298,6 +1393,16 @@ static void adoption_step(struct adoption *ad)
     c->adopting = false;
     ad->done(c, 0);
     free(ad);
+}
+
+static void log_adopted(const struct replica *r, const char *word)
+{
+    if (is_current(r))
+        stoke_info(r->fn->spec.name, "adopted %s%sreplica %.12s on %s", word, *word ? " " : "",
+                   r->br.id, r->br.addr);
+    else
+        stoke_info(r->fn->spec.name, "adopted %s%sreplica %.12s on %s of earlier revision %s", word,
+                   *word ? " " : "", r->br.id, r->br.addr, r->revision);
 }
 
 static void on_stray_removed(const struct backend_result *res, void *data)
@@ -1317,14 +1422,15 @@ static void on_adopt_inspected(const struct backend_result *res, void *data)
     r->op_pending = false;
     r->adoption = NULL;
     if (res->err == 0 && res->state == BACKEND_FROZEN) {
+        /* One of an earlier revision is never woken: the reconciler
+         * removes it. */
         r->state = R_PAUSED;
         idle_timer(r, r->fn->spec.scale.stop_after_ms);
-        stoke_info(r->fn->spec.name, "adopted paused (frozen) replica %.12s on %s", r->br.id,
-                   r->br.addr);
+        log_adopted(r, "paused (frozen)");
     } else {
         r->state = R_READY;
         r->ready_ms = uv_now(r->fn->ctrl->loop);
-        stoke_info(r->fn->spec.name, "adopted replica %.12s on %s", r->br.id, r->br.addr);
+        log_adopted(r, "");
     }
     if (r->retire_asap) {
         /* Shutdown began while its inspect was in flight. */
@@ -1360,11 +1466,14 @@ static bool adopt_state(enum backend_state st, enum replica_state *ret, const ch
     }
 }
 
-/* Takes over a replica of the current revision: a running one keeps
- * serving (or stays frozen, when we froze it), a paused, stopped or created
- * one joins the warm tier with its timers from the start. The backend check
- * replaces a serving one should it be gone. Returns false when it cannot be
- * adopted (the caller removes it). */
+/* Takes over a replica of this instance: a running one keeps serving (or
+ * stays frozen, when we froze it), a paused, stopped or created one of the
+ * current revision joins the warm tier with its timers from the start. A
+ * running one of an earlier revision serves until the rollout retires it
+ * (drained first, as any rollout's: activators of the controller before may
+ * have requests in flight to it). The backend check replaces a serving one
+ * should it be gone. Returns false when it cannot be adopted (the caller
+ * removes it). */
 static bool adopt(struct adoption *ad, const struct backend_listed *l)
 {
     struct ctrl *c = ad->c;
@@ -1372,7 +1481,8 @@ static bool adopt(struct adoption *ad, const struct backend_listed *l)
     enum replica_state state;
     const char *word;
     if (!adopt_state(l->state, &state, &word) || !fn || fn->deleted || !l->revision ||
-        strcmp(l->revision, fn->revision) != 0)
+        strlen(l->revision) >= sizeof(fn->revision) ||
+        (strcmp(l->revision, fn->revision) != 0 && state != R_READY))
         return false;
     /* Idle ones only as the idle state asks: no paused ones with
      * `idle: stop`, none at all with `idle: remove` (but pre-created). */
@@ -1391,7 +1501,7 @@ static bool adopt(struct adoption *ad, const struct backend_listed *l)
         free(r);
         return false;
     }
-    memcpy(r->revision, fn->revision, sizeof(r->revision));
+    snprintf(r->revision, sizeof(r->revision), "%s", l->revision);
     uv_timer_init(c->loop, &r->timer);
     r->timer.data = r;
     r->created_ms = uv_now(c->loop);
@@ -1410,7 +1520,7 @@ static bool adopt(struct adoption *ad, const struct backend_listed *l)
             return true;
         }
         r->ready_ms = r->created_ms;
-        stoke_info(fn->spec.name, "adopted replica %.12s on %s", r->br.id, r->br.addr);
+        log_adopted(r, "");
         return true;
     case R_PAUSED:
         idle_timer(r, fn->spec.scale.stop_after_ms);
@@ -1423,7 +1533,7 @@ static bool adopt(struct adoption *ad, const struct backend_listed *l)
     default:
         break;
     }
-    stoke_info(fn->spec.name, "adopted %s replica %.12s on %s", word, r->br.id, r->br.addr);
+    log_adopted(r, word);
     return true;
 }
 

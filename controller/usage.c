@@ -17,6 +17,7 @@
  * the time the replica was running, i.e. not frozen, not stopped, not
  * gone; samples at each change of state split the time exactly. */
 #include <errno.h>
+#include <stdio.h>
 
 #include "controller.h"
 #include "stoke/cgusage.h"
@@ -98,4 +99,16 @@ void usage_sample_all(struct ctrl *c)
         }
         fn->usage.memory_bytes = memory;
     }
+}
+
+const char *usage_not_measured(const struct ctrl *c)
+{
+    static char note[160];
+    if (backend_can(c->be, BACKEND_HAS_CGROUPS))
+        return NULL;
+    (void)snprintf(note, sizeof(note),
+                   "CPU and memory are not measured: the %s backend reads no cgroups of its "
+                   "replicas (GB-seconds use the specs' memory limits)",
+                   c->be->name);
+    return note;
 }

@@ -16,10 +16,18 @@
  * Knative's algorithm (pkg/autoscaler/scaling/autoscaler.go and the KPA
  * reconciler's scale-to-zero rule), with these deliberate differences:
  * - a second no activator reported is missing, not zero: averages are over
- *   the seconds that have data (Knative counts gaps as zeros), and a window
- *   with no data at all changes nothing (Knative likewise skips the tick).
- *   So an activator must report 0 for an idle function it routes: silence
- *   is not idleness, and never scales a function to zero;
+ *   the seconds that have data (Knative counts gaps inside the data as
+ *   zeros), and a window with no data at all changes nothing (Knative
+ *   likewise skips the tick). So an activator must report 0 for an idle
+ *   function it routes: silence is not idleness, and never scales a
+ *   function to zero;
+ * - but a 0 reported while the function is at zero (see
+ *   stoke_autoscaler_record()) is silence, as in Knative, whose activator
+ *   stops reporting an idle revision: after a window of it the next report
+ *   restarts the window (Knative's TimedFloat64Buckets.Record resets its
+ *   buckets then), and seconds after the last report are left out of the
+ *   averages (its WindowAverage), so the first burst after zero is seen at
+ *   its full size at once, not averaged with the zeros of the silence;
  * - scale-up from zero ready replicas has no rate limit at all (Knative
  *   allows 1000 replicas from zero);
  * - the activator is always on the request path, so scale-down is always
@@ -119,6 +127,17 @@ void stoke_autoscaler_init(struct stoke_autoscaler *a, uint64_t now_ms, uint32_t
  * zero for the grace period, as Knative keeps a new revision's initial
  * scale. Cannot fail. */
 void stoke_autoscaler_seed(struct stoke_autoscaler *a, uint32_t desired);
+
+/* Records an activator's report of `value` for `second` into `history` (as
+ * stoke_metric_window_add()), unless it is silence: a 0 while the function
+ * is at zero, that is with no replica ready and a last decision of 0 (or
+ * none yet). Knative's activator stops reporting an idle revision, so its
+ * autoscaler sees no data then, not zeros; the controller and `stokectl
+ * simulate` both record through here so that they agree. Returns 0
+ * (recorded), 1 (silence, nothing recorded) or what
+ * stoke_metric_window_add() returns. */
+int stoke_autoscaler_record(const struct stoke_autoscaler *a, uint32_t ready,
+                            struct stoke_metric_window *history, uint64_t second, double value);
 
 struct stoke_scale_decision {
     uint32_t desired;        /* replicas to have, within [min, max] */

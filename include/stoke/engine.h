@@ -178,7 +178,19 @@ enum stoke_engine_op {
 struct stoke_engine_stats {
     uint64_t calls[STOKE_ENGINE_OPS];
     uint64_t errors[STOKE_ENGINE_OPS];
+    /* The work queue: calls other than the event stream and logs count in
+     * `limit` (stoke_engine_set_max_inflight()); past it they wait, create,
+     * start, unpause and the reads first, then pause, stop, remove and list,
+     * each kind in the order made. */
+    unsigned limit;
+    unsigned in_flight;     /* now */
+    unsigned in_flight_max; /* the most at once since the engine was made */
+    unsigned queued;        /* waiting now */
 };
+
+/* At most `n` calls in flight (at least 1; default 16): more wait, see
+ * struct stoke_engine_stats. */
+void stoke_engine_set_max_inflight(struct stoke_engine *e, unsigned n);
 
 /* Copies the counters into *ret. */
 void stoke_engine_stats(const struct stoke_engine *e, struct stoke_engine_stats *ret);

@@ -203,6 +203,48 @@ int stoke_kube_update(struct stoke_kube *k, const struct stoke_kube_resource *re
                       const char *name, const char *subresource, unsigned attempts,
                       stoke_kube_mutate_fn mutate, stoke_kube_cb cb, void *data);
 
+/* --- pod logs ------------------------------------------------------------------- */
+
+/* GET .../pods/NAME/log: the API server proxies the node's kubelet
+ * (containerLogs). One stream, stdout and stderr merged as the kubelet
+ * sends them. */
+struct stoke_kube_logs_opts {
+    const char *container;  /* NULL: the pod's only container */
+    bool follow;            /* until the container stops */
+    bool timestamps;        /* RFC 3339 time and a space before each line */
+    int64_t tail_lines;     /* the last lines only; < 0: all */
+    uint64_t since_seconds; /* only what is newer than this; 0: all */
+    uint64_t limit_bytes;   /* the server stops after about this much; 0: no limit */
+};
+
+struct stoke_kube_logs;
+
+/* Streams the log of container `o->container` of pod `ns`/`pod` (`ns` NULL:
+ * the client's namespace). `on_data` gets each piece (stream 1, borrowed)
+ * from the loop, never from inside libcurl; `on_end` once, after the last
+ * piece: err 0 at the end of the log (without follow: all of it; with
+ * follow: the container stopped), else the API server's answer (its Status
+ * in res->status: -ENOENT for a pod or container that is not there, -EINVAL
+ * for one that has not started, -EIO with the API server's message when it
+ * could not reach the kubelet), a transport errno, -ECANCELED after
+ * stoke_kube_logs_cancel() or from within stoke_kube_close(). res->json is
+ * NULL. Bounded as stoke/logq.h: while paused or with 256 KiB waiting the
+ * socket is not read; an error body is read up to 64 KiB. No time limit
+ * (connecting has one). Not counted in max_inflight. Returns 0 and *ret
+ * (valid until on_end has run), or a negative errno (-EINVAL: a bad name)
+ * and no callback runs. */
+int stoke_kube_pod_logs(struct stoke_kube *k, const char *ns, const char *pod,
+                        const struct stoke_kube_logs_opts *o,
+                        void (*on_data)(int stream, const char *bytes, size_t len, void *data),
+                        stoke_kube_cb on_end, void *data, struct stoke_kube_logs **ret);
+
+/* Backpressure: while paused on_data does not run and nothing is read. */
+void stoke_kube_logs_pause(struct stoke_kube_logs *l, bool pause);
+
+/* on_data runs no more; on_end runs later, from the loop, with -ECANCELED.
+ * Not from inside on_end. */
+void stoke_kube_logs_cancel(struct stoke_kube_logs *l);
+
 /* --- watch events and the cache (pure) ------------------------------------- */
 
 enum stoke_kube_event_type {
@@ -354,6 +396,9 @@ bool stoke_kube_elector_leading(const struct stoke_kube_elector *el);
 /* Its writes of the Lease answered 409 Conflict (a renewal is then read
  * again and retried). */
 uint64_t stoke_kube_elector_conflicts(const struct stoke_kube_elector *el);
+/* The Lease's holderIdentity as last read or written ("" when not known or
+ * free). Borrowed, valid until the next read of the Lease. */
+const char *stoke_kube_elector_holder(const struct stoke_kube_elector *el);
 
 /* Stops trying. When leading and `release`, writes the Lease free (best
  * effort) first; on_change(false) is called (from within this call) when it

@@ -19,8 +19,20 @@
  *       "endpoints":["127.0.0.1:31001", ...], "shares":[1, ...]}, ...]}
  *     ("shares", optional, parallel to "endpoints": this activator's
  *     concurrency on each replica; "queue_max" is its share of queue.max)
- * A routes message always carries the whole table, made for the process the
- * channel belongs to; `gen` grows with each. */
+ *     {"op":"update","gen":8,"functions":[<entries as above>],
+ *       "removed":["<name>", ...]}
+ *   activator -> controller, again:
+ *     {"op":"resync","gen":7}      an update's gen was not the one after the
+ *                                  table's it has: it wants the whole table
+ * A routes message carries the whole table, made for the process the
+ * channel belongs to: on hello, when activators come or go (limits are
+ * divided among them), and on a resync. Any other change goes as an update
+ * of the functions it touches only (entries replace the function's whole
+ * entry; "removed" functions leave), to every process. `gen` grows by one
+ * with each message sent to all (a resync's table carries the current gen),
+ * so every activator sees every gen: an update whose gen is not its table's
+ * plus one means it missed one, and it asks for a resync, ignoring updates
+ * until the table comes. */
 #ifndef STOKE_ROUTES_H
 #define STOKE_ROUTES_H
 
@@ -56,6 +68,16 @@ struct stoke_route_table {
     size_t n_routes;
 };
 
+/* An "update" message: entries for the functions that changed, names of
+ * those that left. */
+struct stoke_route_update {
+    uint64_t gen;
+    struct stoke_route *routes; /* owned, in message order, names unique */
+    size_t n_routes;
+    char (*removed)[STOKE_NAME_MAX + 1]; /* owned */
+    size_t n_removed;
+};
+
 /* Frees what the table owns and zeroes it. Safe on a zeroed table. */
 void stoke_route_table_done(struct stoke_route_table *t);
 
@@ -68,6 +90,22 @@ char *stoke_route_table_format(const struct stoke_route_table *t);
  * sorts by name. Returns 0 and fills `ret` (zeroed on error), or -EINVAL /
  * -ENOMEM. */
 int stoke_route_table_parse(const char *json, size_t len, struct stoke_route_table *ret);
+
+/* Serialises an "update" of `n` routes and `n_removed` removed names as one
+ * line (without '\n'). Returns an owned string or NULL on OOM. */
+char *stoke_route_update_format(uint64_t gen, const struct stoke_route *routes, size_t n,
+                                const char *const *removed, size_t n_removed);
+
+/* Parses an "update" message, validated like a table (a name at most once
+ * over entries and removals). Returns 0 and fills `ret` (zeroed on error),
+ * or -EINVAL / -ENOMEM. */
+int stoke_route_update_parse(const char *json, size_t len, struct stoke_route_update *ret);
+
+/* Frees what the update owns and zeroes it. Safe on a zeroed one. */
+void stoke_route_update_done(struct stoke_route_update *u);
+
+/* Frees what one route owns (endpoints, shares). */
+void stoke_route_done(struct stoke_route *r);
 
 /* Several activator processes: how a function's limits are divided so that
  * they hold exactly whatever activator a request comes through (there is no

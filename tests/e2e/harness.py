@@ -98,6 +98,22 @@ def stop_checked(proc, logpath, name="activator"):
         raise AssertionError("%s: %s\n%s" % (name, "; ".join(problems), text[-6000:]))
 
 
+# Every daemon a test starts dies with the test: setpriv sets
+# PR_SET_PDEATHSIG (kept across its exec of the daemon), so the kernel sends
+# SIGKILL when the test's process ends, however it ends (ctest's timeout
+# kills it with SIGKILL, which no atexit handler sees). The signal follows
+# the thread that started the daemon: start daemons from the main thread.
+DIE_WITH_TEST = ["setpriv", "--pdeathsig", "KILL", "--"]
+
+
+def popen_daemon(argv, **kw):
+    """subprocess.Popen(argv, **kw) of a process that dies with the test
+    (see DIE_WITH_TEST), listed for tests/run.sh too (record_pid)."""
+    p = subprocess.Popen(DIE_WITH_TEST + list(argv), **kw)
+    record_pid(p.pid)
+    return p
+
+
 def record_pid(pid):
     """Lists a daemon the test started in $STOKE_TEST_PIDFILE, so tests/run.sh
     kills it should the test itself be killed."""
@@ -137,10 +153,9 @@ class Activator:
                 "--log-level", "debug"]
         for r in routes:
             argv += ["--route", r]
-        self.proc = subprocess.Popen(argv + list(args), stdout=self.log_f,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = popen_daemon(argv + list(args), stdout=self.log_f, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
         _activators.append(self)
-        record_pid(self.proc.pid)
 
     def wait_ready(self, timeout=10.0):
         deadline = time.time() + timeout
@@ -252,6 +267,7 @@ class Stoke:
         self.port_range = "%d-%d" % (lo, lo + 127)
         self.procs = {}
         self.logs = {}
+        self.killed = []  # logs of daemons killed by kill9(), checked again at stop()
         self.extra = list(extra_controller_args)
         self.activator_args = list(activator_args)
         _live.append(self)
@@ -260,10 +276,25 @@ class Stoke:
     def _spawn(self, name, argv, logname=None):
         log = open(os.path.join(self.tmp, (logname or name) + ".log"), "wb")
         self.logs[name] = log.name
-        p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        p = popen_daemon(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs[name] = p
-        record_pid(p.pid)
         return p
+
+    def kill9(self, name):
+        """SIGKILL to daemon `name`, which must still be running (had it died
+        on its own, say of a sanitizer finding, that is the failure); its
+        exit status must then be that of the SIGKILL, and its log is checked
+        for sanitizer findings now and again at stop()."""
+        p = self.procs[name]
+        assert p.poll() is None, "%s died before it was killed (%s):\n%s" % (
+            name, p.returncode, self.log(name)[-6000:])
+        p.kill()
+        p.wait()
+        assert p.returncode == -signal.SIGKILL, (name, p.returncode)
+        self.killed.append(self.logs[name])
+        text = self.log(name)
+        found = [m for m in SANITIZER_MARKERS if m in text]
+        assert not found, "%s log has %s:\n%s" % (name, found, text[-6000:])
 
     def _controller_argv(self):
         return [os.path.join(BUILD, "stoke-controller"), "--functions-dir", self.fndir,
@@ -275,9 +306,7 @@ class Stoke:
     def restart_controller(self, logname):
         """kill -9 of the controller, then a new one (logging to
         `logname`.log, which becomes the "controller" log)."""
-        old = self.procs["controller"]
-        old.kill()
-        old.wait()
+        self.kill9("controller")
         self._spawn("controller", self._controller_argv(), logname=logname)
         self.wait_log("controller", '"ready: functions from', 30)
 
@@ -341,6 +370,11 @@ class Stoke:
         # The controller removes its replicas on SIGTERM; make sure anyway.
         remove_containers({"io.stoke.instance": self.instance})
         problems = []
+        for path in self.killed:
+            with open(path, "rb") as f:
+                text = f.read().decode(errors="replace")
+            problems += ["killed daemon's %s has %r" % (os.path.basename(path), m)
+                         for m in SANITIZER_MARKERS if m in text]
         for name, p in self.procs.items():
             text = self.log(name)
             for marker in SANITIZER_MARKERS:
@@ -465,6 +499,20 @@ class Load:
         for t in self._threads:
             t.start()
 
+    def ok(self):
+        with self._lock:
+            return sum(self.counts.values())
+
+    def wait_ok(self, n, timeout=30):
+        """Waits until n more 200s than now were counted (fails on a
+        failed request meanwhile, or at the deadline)."""
+        want = self.ok() + n
+        deadline = time.time() + timeout
+        while self.ok() < want:
+            assert not self.failed, self.failed[:5]
+            assert time.time() < deadline, "only %d of %d answers" % (self.ok(), want)
+            time.sleep(0.02)
+
     def stop(self):
         self._stop.set()
         for t in self._threads:
@@ -526,6 +574,12 @@ atexit.register(_cleanup)
 signal.signal(signal.SIGTERM, lambda *a: sys.exit(1))
 
 
+class Skip(Exception):
+    """Raised by a test whose check cannot run under a condition the README
+    names (test_image on a sanitizer build): reported as SKIP with its
+    reason, never counted as a pass. Any other condition is a failure."""
+
+
 def run_tests(namespace, setup=None, teardown=None, after_each=None, need_image=True):
     """Runs every test_* function of the module, each with a fresh cleanup,
     and prints 'N passed, N failed'. Exit status 1 on any failure.
@@ -538,7 +592,7 @@ def run_tests(namespace, setup=None, teardown=None, after_each=None, need_image=
             sys.exit(1)
     tests = [(k, v) for k, v in namespace.items() if k.startswith("test_") and callable(v)]
     only = sys.argv[1:]
-    passed = failed = 0
+    passed = failed = skipped = 0
     try:
         if setup:
             setup()
@@ -550,6 +604,9 @@ def run_tests(namespace, setup=None, teardown=None, after_each=None, need_image=
                 fn()
                 passed += 1
                 print("PASS %s (%.1fs)" % (name, time.time() - t0), flush=True)
+            except Skip as e:
+                skipped += 1
+                print("SKIP %s: %s" % (name, e), flush=True)
             except Exception:  # noqa: BLE001 - any failure fails the test
                 failed += 1
                 print("FAIL %s (%.1fs)" % (name, time.time() - t0), flush=True)
@@ -572,5 +629,6 @@ def run_tests(namespace, setup=None, teardown=None, after_each=None, need_image=
                 failed += 1
                 print("FAIL teardown")
                 traceback.print_exc()
-    print("%d passed, %d failed" % (passed, failed))
+    print("%d passed, %d failed%s" % (passed, failed,
+                                      ", %d skipped" % skipped if skipped else ""))
     sys.exit(1 if failed or passed == 0 else 0)

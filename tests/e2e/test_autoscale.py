@@ -5,6 +5,7 @@ both sides, so observed concurrency wandering by a request or two around 45
 never crosses to 6 or 8), without a single failed request, and
 the function returns to min once the load stops and the grace passes."""
 
+import datetime
 import math
 import os
 import re
@@ -20,20 +21,27 @@ from harness import Stoke, run_tests  # noqa: E402
 CLIENTS = 45
 SECONDS = int(os.environ.get("STOKE_LOAD_SECONDS", "60"))
 TARGET, UTILIZATION = 10, 70
-TICK_S = 2.0  # the controller's autoscaler period
-DECISION = re.compile(r'"ts":"[^"]*T(\d\d):(\d\d):(\d\d\.\d+)Z".*"msg":"autoscale: desired (\d+) '
-                      r'\(was (\d+)\), ready (\d+), stable ([\d.]+), panic ([\d.]+), (\w+)')
+DECISION = re.compile(r'"ts":"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?)Z".*'
+                      r'"msg":"autoscale: desired (\d+) '
+                      r'\(was (\d+)\), ready (\d+), stable ([\d.]+), panic ([\d.]+), (\w+)'
+                      r'(, no data)?')
 
 
 def decisions(log):
+    """The controller's decisions for "load", each with "t" in seconds since
+    the epoch: the whole timestamp, date included, so that a run across
+    midnight keeps its order."""
     out = []
     for line in log.splitlines():
         m = DECISION.search(line)
         if m and '"fn":"load"' in line:
-            h, mi, sec = int(m.group(1)), int(m.group(2)), float(m.group(3))
-            out.append({"t": h * 3600 + mi * 60 + sec, "desired": int(m.group(4)),
-                        "ready": int(m.group(6)), "stable": float(m.group(7)),
-                        "panic": float(m.group(8)), "mode": m.group(9)})
+            t = datetime.datetime.fromisoformat(m.group(1)).replace(
+                tzinfo=datetime.timezone.utc).timestamp()
+            out.append({"t": t, "desired": int(m.group(2)),
+                        "ready": int(m.group(4)), "stable": float(m.group(5)),
+                        "panic": float(m.group(6)), "mode": m.group(7),
+                        "data": m.group(8) is None})
+    assert all(a["t"] <= b["t"] for a, b in zip(out, out[1:])), "decisions out of order"
     return out
 
 
@@ -92,15 +100,14 @@ def test_load_reaches_predicted_replicas_and_returns_to_min():
     assert CLIENTS - 2 <= peak_observed <= CLIENTS + 1, peak_observed
     peak = max(d["desired"] for d in ds)
     assert peak == predicted, (peak, predicted)
-    # Reached within the expected ticks: panic takes it there at the first
-    # decisions with data; the replicas are ready a few ticks later.
-    # Counted in time, not in decisions: each activator worker's poke at the
-    # cold start adds a decision of its own between the ticks.
-    first = next(i for i, d in enumerate(ds) if d["desired"] > 0)
+    # Reached at once: the burst after zero is seen at its full size (the
+    # zeros of the silence are not data), so the peak comes within the
+    # first decisions with data (the first second reported may hold only
+    # part of the burst: wrk's clients arrive over it). Counted in
+    # decisions, not in time: how fast is bench/'s business.
+    with_data = [i for i, d in enumerate(ds) if d["data"]]
     reached = next(i for i, d in enumerate(ds) if d["desired"] == peak)
-    assert ds[reached]["t"] - ds[first]["t"] <= 3 * TICK_S + 0.5, (first, reached)
-    ready_at = next(i for i, d in enumerate(ds) if d["ready"] == peak)
-    assert ds[ready_at]["t"] - ds[reached]["t"] <= 3 * TICK_S + 0.5, (reached, ready_at)
+    assert reached in with_data[:3], (reached, with_data[:3])
     # No scale-down while the load lasted.
     during = [d for d in ds[reached:] if d["t"] < ds[reached]["t"] + SECONDS - 10]
     assert all(d["desired"] == peak for d in during), during

@@ -421,16 +421,7 @@ def test_unreachable_server_says_where():
     assert p.returncode == 1 and "expected unix:/PATH or http://HOST:PORT" in p.stderr, p.stderr
 
 
-def controller_has_tcp():
-    p = subprocess.run([os.path.join(BUILD, "stoke-controller"), "--help"], capture_output=True,
-                       text=True)
-    return "--admin-listen" in p.stdout + p.stderr
-
-
 def test_wrong_token_over_tcp():
-    if not controller_has_tcp():
-        print("skipped: this stoke-controller has no --admin-listen")
-        return
     port = free_port()
     tmp = tempfile.mkdtemp(prefix="stoke-cli-token-")
     try:

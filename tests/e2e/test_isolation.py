@@ -22,7 +22,8 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import BUILD, Stoke, engine, free_port, run_tests, spec_text  # noqa: E402
+from harness import (  # noqa: E402
+    BUILD, Activator, Stoke, engine, free_port, run_tests, spec_text)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HOSTILE_IMAGE = os.environ.get("STOKE_HOSTILE_IMAGE", "stoke-hostile:test")
@@ -282,6 +283,36 @@ def test_admin_socket_group_and_spec_files_0600():
     st = os.stat(os.path.join(s.fndir, "secret.yaml"))
     assert stat.S_IMODE(st.st_mode) == 0o600, oct(st.st_mode)
     s.stop()
+
+
+def test_activator_before_its_first_route_table_answers_503():
+    """An activator whose controller has not answered yet knows no function:
+    it says 503 with Retry-After (try again), not 404 (there is no such
+    function), and counts it as no_routes."""
+    import http.client
+    import tempfile
+    with tempfile.NamedTemporaryFile("w", prefix="stoke-token-") as tok:
+        tok.write("0123456789abcdef0123456789abcdef\n")
+        tok.flush()
+        act = Activator([], args=["--controller", "127.0.0.1:%d" % free_port(),
+                                  "--channel-token-file", tok.name, "--workers", "1"])
+        try:
+            act.wait_ready()
+            c = http.client.HTTPConnection("127.0.0.1", act.port, timeout=10)
+            c.request("GET", "/fn/anything/")
+            r = c.getresponse()
+            r.read()
+            assert r.status == 503 and r.getheader("Retry-After") == "1", (
+                r.status, r.getheaders())
+            c.close()
+            c = http.client.HTTPConnection("127.0.0.1", act.ops, timeout=10)
+            c.request("GET", "/metrics")
+            text = c.getresponse().read().decode()
+            c.close()
+            assert 'stoke_activator_rejected_total{reason="no_routes"} 1' in text, text
+            assert 'stoke_activator_rejected_total{reason="no_function"} 0' in text, text
+        finally:
+            act.stop()
 
 
 if __name__ == "__main__":

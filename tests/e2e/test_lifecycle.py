@@ -34,8 +34,10 @@ def inspect(cid):
 
 
 def freezer_state(cid):
-    """The container's v1 freezer state (or v2 cgroup.freeze), read from
-    the kernel, not from the engine."""
+    """The container's v1 freezer state (or v2's, from cgroup.events, as
+    FROZEN or THAWED), read from the kernel, not from the engine. On a
+    hybrid host (v1 hierarchies with v2 at /sys/fs/cgroup/unified, as this
+    one) the v1 freezer is the one that exists for the container."""
     pid = inspect(cid)["State"]["Pid"]
     assert pid > 0, "not running"
     with open("/proc/%d/cgroup" % pid) as f:
@@ -46,8 +48,11 @@ def freezer_state(cid):
                 return f.read().strip()
     for num, ctrls, path in lines:
         if num == "0" and ctrls == "":
-            with open("/sys/fs/cgroup%s/cgroup.freeze" % path) as f:
-                return "FROZEN" if f.read().strip() == "1" else "THAWED"
+            for root in ("/sys/fs/cgroup/unified", "/sys/fs/cgroup"):
+                events = "%s%s/cgroup.events" % (root, path)
+                if os.path.exists(events):
+                    with open(events) as f:
+                        return "FROZEN" if "frozen 1" in f.read().split("\n") else "THAWED"
     raise AssertionError("no freezer cgroup for %s" % cid)
 
 
@@ -215,12 +220,12 @@ def test_killed_replica_is_replaced_under_load():
     clients = 4
     load = Load(s, "sturdy", "/delay/20", clients)
     try:
-        time.sleep(1)
+        load.wait_ok(50)
         st, _ = engine("POST", "/containers/%s/kill" % before[0])
         assert st == 204, st
         s.wait_log("controller", "replica %s failed: exited" % before[0][:12], 10)
         s.wait_log("controller", "ready on 127.0.0.1", 30, count=3)
-        time.sleep(1)
+        load.wait_ok(50)
     finally:
         load.stop()
     # Only requests in flight on the killed replica may fail: each client
@@ -261,14 +266,14 @@ def test_stopped_engine_fails_no_request_to_ready_replicas():
     pid = dockerd_pid()
     load = Load(s, "steady", "/delay/10", 4)
     try:
-        time.sleep(1)
+        load.wait_ok(50)
         os.kill(pid, signal.SIGSTOP)
         try:
-            time.sleep(5)
+            time.sleep(5)  # the fault: an engine stopped for 5 s
             assert s.procs["controller"].poll() is None, "the controller exited"
         finally:
             os.kill(pid, signal.SIGCONT)
-        time.sleep(2)
+        load.wait_ok(50)  # and the load goes on after it
     finally:
         load.stop()
     load.finish()

@@ -221,19 +221,33 @@ def scrape(act):
     return parse_exposition(body.decode())
 
 
-def value(fams, family, name=None, **labels):
-    """The sample's value, 0 when the series is absent."""
+def value_or_none(fams, family, name=None, **labels):
+    """The sample's value, None when the series (or its family) is absent:
+    absent is not 0."""
+    if family not in fams:
+        return None
     for n, ls, v in fams[family]["samples"]:
         if n == (name or family) and ls == labels:
             return v
-    return 0
+    return None
+
+
+def value(fams, family, name=None, **labels):
+    """The sample's value; fails when the series is absent, so that an
+    assertion of 0 cannot pass on a series that went missing."""
+    v = value_or_none(fams, family, name, **labels)
+    if v is None:
+        raise AssertionError("no series %s%r; the family has: %r" % (
+            name or family, labels, fams.get(family, {}).get("samples")))
+    return v
 
 
 def wait_value(act, family, want, **labels):
+    """Scrapes until the series exists and has the value `want`."""
     deadline = time.time() + WAIT
     while True:
         fams = scrape(act)
-        v = value(fams, family, **labels)
+        v = value_or_none(fams, family, **labels)
         if v == want:
             return fams
         if time.time() > deadline:

@@ -15,14 +15,15 @@ def test_rollout_under_load_fails_no_request():
 
     load = Load(s, "web", "/delay/50", 6, classify=lambda r: "v2" if "v2" in r.body else "v1")
     try:
-        time.sleep(1)
+        load.wait_ok(30)  # v1 serves
         s.write_spec("web", scale={"min": 2}, env={"GREETING": "v2"})
         s.wait_log("controller", "rolling out", 10)
         # The old containers go once the new ones serve.
         deadline = time.time() + 30
-        while time.time() < deadline and any(c["Id"] in old for c in s.containers("web")):
+        while any(c["Id"] in old for c in s.containers("web")):
+            assert time.time() < deadline, "the old replicas are still there"
             time.sleep(0.1)
-        time.sleep(1)
+        load.wait_ok(30)  # and the new ones serve alone
     finally:
         load.stop()
     load.finish(min_ok=0)

@@ -8,6 +8,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 from harness import Stoke, concurrent, run_tests  # noqa: E402
+from test_ops import get, parse_exposition, value_or_none  # noqa: E402
 
 
 def test_host_and_path_routing_and_404():
@@ -159,7 +160,17 @@ def test_replica_leaving_finishes_its_requests_in_flight():
           for _ in range(5)]
     for t in ts:
         t.start()
-    time.sleep(0.5)
+    # All five in flight on the old replica (the activator's gauge says so)
+    # before the new revision comes.
+    deadline = time.time() + 20
+    while True:
+        _, _, body = get(s.ops_port, "/metrics")
+        v = value_or_none(parse_exposition(body.decode()), "stoke_activator_requests_in_flight",
+                          function="slow")
+        if v == 5:
+            break
+        assert time.time() < deadline, "in flight: %r" % v
+        time.sleep(0.05)
     s.write_spec("slow", scale={"min": 1}, env={"GREETING": "v2"})
     s.wait_log("controller", "new revision", 10)
     for t in ts:

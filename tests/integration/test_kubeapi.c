@@ -5,6 +5,9 @@
  *   STOKE_TEST_NS         a namespace of this run
  *   STOKE_TEST_TOKEN      a service account token allowed to read configmaps there
  *   STOKE_TEST_WIDGETS    "1": the Widget CRD (test.stoke.dev/v1, status subresource) exists
+ *   STOKE_TEST_LOG_POD    a running pod (on a kubelet stand-in node) whose container "main"
+ *                         logged a line with "listening"
+ *   STOKE_TEST_GHOST_POD  a pod bound to a node whose kubelet port nothing listens on
  * For the 410 test this program prints "PARTITION <rv>" (and BLOCK, UNBLOCK) and waits for "GO":
  * meanwhile the driver cuts the proxy, changes configmaps and compacts etcd.
  *
@@ -22,6 +25,7 @@
 #include <cmocka.h>
 
 #include "stoke/kube.h"
+#include "stoke/util.h"
 
 #define WAIT_MS 30000
 
@@ -828,6 +832,172 @@ static void test_leader_election(void **state)
     reply_reset(&rp);
 }
 
+/* --- pod logs ------------------------------------------------------------------------ */
+
+struct logread {
+    struct stoke_kube_logs *h;
+    struct stoke_buf text;
+    unsigned pieces;
+    bool done;
+    int err;
+    long status;
+    char message[512];
+};
+
+static void on_log_data(int stream, const char *bytes, size_t len, void *data)
+{
+    struct logread *lr = data;
+    assert_int_equal(stream, 1);
+    assert_false(lr->done);
+    lr->pieces++;
+    (void)stoke_buf_append(&lr->text, bytes, len);
+}
+
+static void on_log_end(const struct stoke_kube_result *res, void *data)
+{
+    struct logread *lr = data;
+    assert_false(lr->done);
+    assert_null(res->json);
+    lr->done = true;
+    lr->err = res->err;
+    lr->status = res->http_status;
+    memcpy(lr->message, res->status.message, sizeof(lr->message));
+}
+
+static bool log_done(void *arg)
+{
+    return ((struct logread *)arg)->done;
+}
+
+static bool log_has(void *arg)
+{
+    struct logread *lr = arg;
+    return lr->done || (lr->text.len && memmem(lr->text.data, lr->text.len, "listening", 9));
+}
+
+static void log_start(struct logread *lr, const char *pod, const struct stoke_kube_logs_opts *o)
+{
+    memset(lr, 0, sizeof(*lr));
+    stoke_buf_init(&lr->text, 1u << 20);
+    assert_int_equal(stoke_kube_pod_logs(g_k, g_ns, pod, o, on_log_data, on_log_end, lr, &lr->h),
+                     0);
+}
+
+/* Reads a whole log (no follow); the text NUL-terminated. */
+static void log_read(struct logread *lr, const char *pod, const struct stoke_kube_logs_opts *o)
+{
+    log_start(lr, pod, o);
+    if (!run_until(log_done, lr, WAIT_MS))
+        fail_msg("the log of %s did not end within %d ms", pod, WAIT_MS);
+    (void)stoke_buf_append(&lr->text, "", 1);
+}
+
+static unsigned count_lines(const char *s)
+{
+    unsigned n = 0;
+    for (; *s; s++)
+        n += *s == '\n';
+    return n;
+}
+
+static void test_pod_logs(void **state)
+{
+    (void)state;
+    const char *pod = getenv("STOKE_TEST_LOG_POD"), *ghost = getenv("STOKE_TEST_GHOST_POD");
+    struct logread lr;
+    assert_non_null(pod);
+    assert_non_null(ghost);
+
+    /* All of it: the line the container wrote when it listened. */
+    const struct stoke_kube_logs_opts all = {.container = "main", .tail_lines = -1};
+    log_read(&lr, pod, &all);
+    assert_int_equal(lr.err, 0);
+    assert_int_equal(lr.status, 200);
+    assert_non_null(strstr(lr.text.data, "listening"));
+    unsigned lines = count_lines(lr.text.data);
+    assert_true(lines >= 1);
+    stoke_buf_done(&lr.text);
+
+    /* tailLines, timestamps, sinceSeconds, limitBytes go through to the kubelet. */
+    const struct stoke_kube_logs_opts none = {.container = "main", .tail_lines = 0};
+    log_read(&lr, pod, &none);
+    assert_int_equal(lr.err, 0);
+    assert_string_equal(lr.text.data, "");
+    stoke_buf_done(&lr.text);
+    const struct stoke_kube_logs_opts last = {
+        .container = "main", .tail_lines = 1, .timestamps = true};
+    log_read(&lr, pod, &last);
+    assert_int_equal(lr.err, 0);
+    assert_int_equal(count_lines(lr.text.data), 1);
+    assert_memory_equal(lr.text.data, "20", 2); /* RFC 3339 time, a space, the line */
+    assert_non_null(strstr(lr.text.data, "Z "));
+    stoke_buf_done(&lr.text);
+    const struct stoke_kube_logs_opts hour = {
+        .container = "main", .tail_lines = -1, .since_seconds = 3600};
+    log_read(&lr, pod, &hour);
+    assert_int_equal(lr.err, 0);
+    assert_int_equal(count_lines(lr.text.data), lines);
+    stoke_buf_done(&lr.text);
+    const struct stoke_kube_logs_opts five = {
+        .container = "main", .tail_lines = -1, .limit_bytes = 5};
+    log_read(&lr, pod, &five);
+    assert_int_equal(lr.err, 0);
+    assert_int_equal(strlen(lr.text.data), 5);
+    stoke_buf_done(&lr.text);
+
+    /* Follow: paused, nothing is handed out; resumed, the log comes; cancelled, the
+     * end is -ECANCELED and no more output. */
+    const struct stoke_kube_logs_opts follow = {
+        .container = "main", .tail_lines = -1, .follow = true};
+    log_start(&lr, pod, &follow);
+    stoke_kube_logs_pause(lr.h, true);
+    uint64_t until = uv_now(&g_loop) + 1000;
+    while (uv_now(&g_loop) < until)
+        uv_run(&g_loop, UV_RUN_ONCE);
+    assert_int_equal(lr.pieces, 0);
+    assert_false(lr.done);
+    stoke_kube_logs_pause(lr.h, false);
+    if (!run_until(log_has, &lr, WAIT_MS))
+        fail_msg("no log within %d ms after resuming", WAIT_MS);
+    assert_false(lr.done); /* a follow lasts while the container runs */
+    stoke_kube_logs_cancel(lr.h);
+    unsigned pieces = lr.pieces;
+    if (!run_until(log_done, &lr, WAIT_MS))
+        fail_msg("no end within %d ms after the cancel", WAIT_MS);
+    assert_int_equal(lr.err, -ECANCELED);
+    assert_int_equal(lr.pieces, pieces);
+    stoke_buf_done(&lr.text);
+
+    /* A pod that is not there: 404 with the API server's Status. */
+    log_read(&lr, "no-such-pod", &all);
+    assert_int_equal(lr.err, -ENOENT);
+    assert_int_equal(lr.status, 404);
+    assert_non_null(strstr(lr.message, "not found"));
+    stoke_buf_done(&lr.text);
+    /* A container that is not there: the API server refuses it (400). */
+    const struct stoke_kube_logs_opts other = {.container = "other", .tail_lines = -1};
+    log_read(&lr, pod, &other);
+    assert_int_equal(lr.err, -EINVAL);
+    assert_int_equal(lr.status, 400);
+    assert_non_null(strstr(lr.message, "other"));
+    stoke_buf_done(&lr.text);
+    /* A node whose kubelet cannot be reached: the API server's 5xx and its words. */
+    log_read(&lr, ghost, &all);
+    assert_int_equal(lr.err, -EIO);
+    assert_true(lr.status >= 500);
+    assert_true(lr.message[0] != '\0');
+    printf("# a pod on a node without a kubelet: HTTP %ld: %s\n", lr.status, lr.message);
+    stoke_buf_done(&lr.text);
+
+    /* Bad names never leave the client. */
+    const struct stoke_kube_logs_opts bad = {.container = "Bad_Name", .tail_lines = -1};
+    struct stoke_kube_logs *h = NULL;
+    assert_int_equal(stoke_kube_pod_logs(g_k, g_ns, pod, &bad, on_log_data, on_log_end, &lr, &h),
+                     -EINVAL);
+    assert_int_equal(stoke_kube_pod_logs(g_k, g_ns, "../x", &all, on_log_data, on_log_end, &lr, &h),
+                     -EINVAL);
+}
+
 static int setup(void **state)
 {
     struct stoke_diag d;
@@ -868,6 +1038,7 @@ int main(void)
         cmocka_unit_test(test_informer),
         cmocka_unit_test(test_bookmarks),
         cmocka_unit_test(test_leader_election),
+        cmocka_unit_test(test_pod_logs),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

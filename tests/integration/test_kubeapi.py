@@ -10,6 +10,11 @@ deletes/changes/adds configmaps the program's informer watches, compacts etcd to
 revision, unblocks, and answers "GO". On "BLOCK" it cuts and blocks the proxy and adds a
 configmap; on "UNBLOCK" it lets connections through again; each answered "GO".
 
+For pod logs it starts a kubelet stand-in node (tests/k8s/kubelet.py: the API server's
+pods/log reaches its containerLogs) running a pod of the example image (deploy/build-example.sh)
+whose container logs a "listening" line, and a Node "ghost" whose kubelet port nothing listens
+on, with a pod bound to it.
+
 Needs the binaries: it fails (never skips) when they are missing; `tests/k8s/build.sh` builds
 them. Environment: STOKE_BUILD_DIR (the build with tests/test_kubeapi), STOKE_K8S_HARNESS (default
 tests/k8s of this tree).
@@ -195,6 +200,35 @@ def main():
             "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
             "spec": {"expirationSeconds": 3600}})
         token = tr["status"]["token"]
+        # Pod logs: a pod on a kubelet stand-in, and one on a node without a kubelet.
+        c.add_node()
+        image = os.environ.get("STOKE_HELLO_IMAGE", "stoke-hello:1")
+        a.create("/api/v1/namespaces/%s/pods" % ns, {
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "talk"},
+            "spec": {"containers": [{"name": "main", "image": image,
+                                     "imagePullPolicy": "Never",
+                                     "env": [{"name": "PORT", "value": "8080"},
+                                             {"name": "BIND_ADDR", "value": "0.0.0.0"}]}]}})
+        def listening():
+            try:
+                return "listening" in c.pod_logs(ns, "talk")
+            except AssertionError:  # no container yet
+                return False
+        k8s.kapi.wait_for(listening, 90, "pod talk to log its listening line")
+        with socket.socket() as s:  # a port nothing listens on
+            s.bind(("127.0.0.1", 0))
+            ghost_port = s.getsockname()[1]
+        a.create("/api/v1/nodes", {"apiVersion": "v1", "kind": "Node",
+                                   "metadata": {"name": "ghost"}})
+        a.request("PATCH", "/api/v1/nodes/ghost/status", {"status": {
+            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": ghost_port}}}},
+            content_type="application/strategic-merge-patch+json")
+        a.create("/api/v1/namespaces/%s/pods" % ns, {
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "ghost"},
+            "spec": {"nodeName": "ghost", "containers": [{"name": "main", "image": image}],
+                     # Not evicted from the NotReady node while the test runs.
+                     "tolerations": [{"operator": "Exists", "effect": "NoExecute"}]}})
         # The admin kubeconfig, through the proxy.
         with open(c.kubeconfig) as f:
             kc = f.read().replace(c.server, "https://127.0.0.1:%d" % proxy.port)
@@ -203,7 +237,8 @@ def main():
             f.write(kc)
 
         env = dict(os.environ, KUBECONFIG=kcpath, STOKE_TEST_NS=ns, STOKE_TEST_TOKEN=token,
-                   STOKE_TEST_WIDGETS="1")
+                   STOKE_TEST_WIDGETS="1", STOKE_TEST_LOG_POD="talk",
+                   STOKE_TEST_GHOST_POD="ghost")
         proc = subprocess.Popen([exe], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
                                 text=True, bufsize=1)
         deadline = time.monotonic() + 600

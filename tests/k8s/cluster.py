@@ -244,8 +244,13 @@ class Cluster:
                 "--cert-dir", os.path.join(self.dir, "apiserver-certs"),
                 "--tls-cert-file", p + "/apiserver.crt", "--tls-private-key-file",
                 p + "/apiserver.key", "--client-ca-file", self.ca,
+                # pods/log goes to the kubelet stand-in's HTTPS port (kubelet.py) with this
+                # client certificate; the node's serving certificate is checked against the
+                # test CA, at the node's InternalIP (127.0.0.1, each node its own port).
                 "--kubelet-client-certificate", p + "/apiserver-kubelet-client.crt",
                 "--kubelet-client-key", p + "/apiserver-kubelet-client.key",
+                "--kubelet-certificate-authority", self.ca,
+                "--kubelet-preferred-address-types", "InternalIP,Hostname",
                 "--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
                 "--service-account-key-file", p + "/sa.pub",
                 "--service-account-signing-key-file", p + "/sa.key",
@@ -333,7 +338,10 @@ class Cluster:
         Ready. Returns the node name."""
         idx = len(self.nodes)
         name = name or "node-%d" % idx
-        crt, key = self._cert("node-" + name, "/O=system:nodes/CN=system:node:" + name)
+        # Its client certificate, and its kubelet API's serving one (the address the API
+        # server dials: the node's InternalIP, 127.0.0.1).
+        crt, key = self._cert("node-" + name, "/O=system:nodes/CN=system:node:" + name,
+                              ["IP:127.0.0.1", "DNS:" + name])
         pname = "kubelet-" + name
         argv = [sys.executable, os.path.join(HERE, "kubelet.py"),
                 "--server", self.server, "--ca", self.ca, "--cert", crt, "--key", key,
@@ -364,9 +372,10 @@ class Cluster:
                 p.wait()
 
     def pod_logs(self, ns, name, container=None, previous=False):
-        """The log (stdout and stderr) of a pod's newest container, read from the engine: the
-        stand-in has no kubelet API, so `kubectl logs` cannot. previous=True: the newest one
-        that exited (kept until the next exit, as the kubelet keeps it)."""
+        """The log (stdout and stderr) of a pod's newest container, read from the engine
+        directly (`kubectl logs` reads it through the API server and the stand-in's
+        containerLogs). previous=True: the newest one that exited (kept until the next exit,
+        as the kubelet keeps it)."""
         import kubelet
         d = kubelet.Docker()
         cs = [c for c in d.list({kubelet.L_RUN: self.run_id, kubelet.L_POD: ns + "/" + name})

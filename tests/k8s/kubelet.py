@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """A kubelet stand-in for tests: the node side of the test cluster, on the local Docker
 engine, talking to the real kube-apiserver. It is NOT a kubelet: no CRI, no cgroups of its
-own, no kubelet API (so no kubectl logs/exec/port-forward), no kube-proxy, no DNS. What it
-does, through the real API (so RBAC, the Node authorizer and NodeRestriction judge it):
+own, of the kubelet API only containerLogs (so kubectl logs works, not exec/port-forward),
+no kube-proxy, no DNS. What it does, through the real API (so RBAC, the Node authorizer and
+NodeRestriction judge it):
 
 - registers its Node (as system:node:NAME) and keeps it Ready (status heartbeat and a Lease);
 - binds unscheduled pods to itself through pods/binding (as system:kube-scheduler: there is
@@ -30,6 +31,11 @@ does, through the real API (so RBAC, the Node authorizer and NodeRestriction jud
   termination messages), podIP, hostIP, written with strategic merge patches on pods/status;
 - graceful deletion: SIGTERM (or the image's stop signal), SIGKILL at the grace period (a
   shorter grace given later wins), then the terminal status and DELETE with grace 0;
+- the kubelet's HTTPS port for the API server's pods/log: GET /containerLogs/NS/POD/CONTAINER
+  (tailLines, sinceSeconds, sinceTime, timestamps, follow, limitBytes, previous) from the
+  engine's logs, with the node's serving certificate, on the node's address (port in
+  status.daemonEndpoints); the client must present a certificate of the cluster CA (the API
+  server's --kubelet-client-certificate); other kubelet paths answer 404;
 - Services: an /etc/hosts file per pod (rewritten in place) naming each Service (name,
   name.ns, name.ns.svc, name.ns.svc.cluster.local) after ONE ready pod's IP that its selector
   matches. A Service whose port differs from its targetPort is therefore not reachable on its
@@ -45,6 +51,7 @@ import base64
 import datetime
 import fcntl
 import http.client
+import http.server
 import io
 import json
 import math
@@ -250,6 +257,107 @@ class Docker:
             out += raw[8:8 + n]
             raw = raw[8 + n:]
         return out.decode(errors="replace")
+
+
+class LogHandler(http.server.BaseHTTPRequestHandler):
+    """The kubelet API's containerLogs, which the API server's pods/log proxies to."""
+    protocol_version = "HTTP/1.1"
+    kl = None  # the Kubelet, set by serve_logs()
+
+    def log_message(self, fmt, *args):
+        pass
+
+    def reply(self, status, text):
+        body = text.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        u = urllib.parse.urlsplit(self.path)
+        parts = u.path.split("/")
+        if len(parts) != 5 or parts[1] != "containerLogs":
+            return self.reply(404, "404 page not found (the stand-in serves containerLogs only)")
+        ns, pod, cname = (urllib.parse.unquote(x) for x in parts[2:])
+        q = {k: v[-1] for k, v in urllib.parse.parse_qs(u.query).items()}
+        try:
+            tail = int(q["tailLines"]) if "tailLines" in q else None
+            since = int(q["sinceSeconds"]) if "sinceSeconds" in q else None
+            limit = int(q["limitBytes"]) if "limitBytes" in q else None
+        except ValueError:
+            return self.reply(400, "bad number in %s" % u.query)
+        if "sinceTime" in q:
+            since_ts = docker_time(q["sinceTime"])
+        else:
+            since_ts = time.time() - since if since is not None else None
+        flag = lambda k: q.get(k, "false").lower() in ("true", "1")  # noqa: E731
+        follow, stamps, previous = flag("follow"), flag("timestamps"), flag("previous")
+        cs = [c for c in self.kl.docker.list({L_RUN: self.kl.run_id, L_NODE: self.kl.node,
+                                              L_POD: ns + "/" + pod, L_CONTAINER: cname})
+              if not (previous and c["State"] == "running")]
+        if not cs:
+            return self.reply(404, 'container "%s" in pod "%s" is not available' % (cname, pod))
+        cid = max(cs, key=lambda c: int(c["Labels"][L_ATTEMPT]))["Id"]
+        path = "/containers/%s/logs?stdout=1&stderr=1&follow=%d&timestamps=%d&tail=%s" % (
+            cid, follow, stamps, "all" if tail is None else tail)
+        if since_ts is not None:
+            path += "&since=%.3f" % max(since_ts, 0.001)
+        conn = _UnixConn(self.kl.docker.sock, None if follow else 60)
+        try:
+            conn.request("GET", path)
+            r = conn.getresponse()
+            if r.status != 200:
+                return self.reply(404 if r.status == 404 else 500, r.read().decode(
+                    errors="replace"))
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            sent = 0
+            for chunk in demux_frames(r):
+                if limit is not None:
+                    chunk = chunk[:max(0, limit - sent)]
+                if chunk:
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                    self.wfile.flush()
+                    sent += len(chunk)
+                if limit is not None and sent >= limit:
+                    break
+            self.wfile.write(b"0\r\n\r\n")
+        except (OSError, http.client.HTTPException):
+            self.close_connection = True  # the client went, or the engine did
+        finally:
+            conn.close()
+
+
+def demux_frames(r):
+    """The payloads of the engine's multiplexed log stream (8-byte headers), as they come."""
+    while True:
+        hdr = r.read(8)
+        if len(hdr) < 8:
+            return
+        n = int.from_bytes(hdr[4:8], "big")
+        data = r.read(n)
+        if not data:
+            return
+        yield data
+
+
+def serve_logs(kl, cert, key, ca):
+    """The kubelet's HTTPS port on the node's address (a free port: several stand-ins share
+    127.0.0.1); the API server's client certificate must be the cluster CA's."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    ctx.load_verify_locations(ca)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    handler = type("NodeLogHandler", (LogHandler,), {"kl": kl})
+    srv = http.server.ThreadingHTTPServer((kl.host_ip, 0), handler)
+    srv.daemon_threads = True
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    threading.Thread(target=srv.serve_forever, daemon=True, name="kubelet-api").start()
+    return srv
 
 
 def reap_orphans(docker):
@@ -1257,6 +1365,8 @@ class Kubelet:
         self.docker = Docker()
         self.owner = "%d:%s" % (os.getpid(), proc_start_time(os.getpid()))
         self.podnet = PodNet(a.pod_net)
+        self.tls = (a.cert, a.key, a.ca)  # also the kubelet API's serving certificate
+        self.kubelet_port = 0
         self.backoff_base, self.backoff_max = a.backoff_base, a.backoff_max
         self.token_rotate = a.token_rotate_after
         with open("/proc/meminfo") as f:
@@ -1307,7 +1417,7 @@ class Kubelet:
             "conditions": conds,
             "addresses": [{"type": "InternalIP", "address": self.host_ip},
                           {"type": "Hostname", "address": self.node}],
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.kubelet_port}},
             "nodeInfo": {"machineID": "", "systemUUID": "", "bootID": "",
                          "kernelVersion": os.uname().release, "osImage": "stoke test node",
                          "containerRuntimeVersion": "docker://engine",
@@ -1578,6 +1688,8 @@ class Kubelet:
     def run(self):
         self.started = now_rfc3339()
         reap_orphans(self.docker)
+        self.logs_server = serve_logs(self, *self.tls)
+        self.kubelet_port = self.logs_server.server_address[1]
         self.register()
         log("node %s registered; pod IPs %s.0/24; API server %s" % (
             self.node, self.podnet.prefix, self.api.server))
@@ -1601,6 +1713,9 @@ class Kubelet:
         """SIGTERM: every container of this stand-in goes (the pods stay in the API, bound to
         a node that will stop heartbeating, as when a node goes away)."""
         self.stopping.set()
+        if getattr(self, "logs_server", None):
+            self.logs_server.shutdown()
+            self.logs_server.server_close()
         for i in getattr(self, "informers", []):
             i.stop()
         # Twice: a worker may be creating a container as the first sweep runs; the workers
@@ -1624,7 +1739,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--server", required=True)
     ap.add_argument("--ca", required=True)
-    ap.add_argument("--cert", required=True, help="client certificate of system:node:NAME")
+    ap.add_argument("--cert", required=True, help="client certificate of system:node:NAME, "
+                    "also the serving one of its kubelet API (SANs: the node's address)")
     ap.add_argument("--key", required=True)
     ap.add_argument("--scheduler-cert", required=True,
                     help="client certificate of system:kube-scheduler (for pods/binding)")

@@ -133,12 +133,15 @@ current-context: x
 
 
 def start_controller(identity):
+    """A controller as `identity`, its admin API (read-only on Kubernetes) on a unix socket
+    of its own: admin_api(p, ...)."""
     S["starts"] = S.get("starts", 0) + 1
     logpath = os.path.join(S["tmp"], "controller-%d-%s.log" % (S["starts"], identity))
+    sock = os.path.join(S["tmp"], "admin-%d.sock" % S["starts"])
     argv = [os.path.join(BUILD, "stoke-controller"), "--backend", "kubernetes",
             "--kubeconfig", S["kubeconfig"], "--namespace", NS,
             "--instance", RELEASE, "--listen", "127.0.0.1:%d" % S["ctl_port"],
-            "--ops-listen", "127.0.0.1:%d" % harness.free_port(), "--admin-socket", "none",
+            "--ops-listen", "127.0.0.1:%d" % harness.free_port(), "--admin-socket", sock,
             "--pod-service-account", "%s-function" % RELEASE,
             "--url-prefix", "http://%s-activator.%s.svc:80/fn/" % (RELEASE, NS),
             "--ready-timeout", "60s", "--leader-elect", "--lease-name",
@@ -147,7 +150,19 @@ def start_controller(identity):
     p = subprocess.Popen(argv, stdout=open(logpath, "wb"), stderr=subprocess.STDOUT,
                          start_new_session=True)
     harness.record_pid(p.pid)
+    S.setdefault("admin", {})[p.pid] = sock
     return p, logpath
+
+
+def admin_api(p, method, path, body=None, timeout=60):
+    """One call to controller `p`'s admin API: (status, headers, text)."""
+    c = harness.UnixHTTPConnection(S["admin"][p.pid], timeout=timeout)
+    try:
+        c.request(method, path, body=body)
+        r = c.getresponse()
+        return r.status, dict(r.getheaders()), r.read().decode(errors="replace")
+    finally:
+        c.close()
 
 
 def setup(apiserver_args=(), standby=True):

@@ -8,7 +8,9 @@ API), so a permission the chart lacks fails here; with `--leader-elect` on the c
 Lease. stoke-activator runs as a host process beside it. A Function applied with kubectl
 scales from zero on the first request through the activator, to a pod the controller
 created (owned by the Function), back to zero when idle; deleting the Function removes its
-pods; a bad Function is refused by the API server's schema while the running one serves.
+pods; a bad Function is refused by the API server's schema while the running one serves;
+a pod's log reads through the controller's read-only admin API and `kubectl logs` (the
+kubelet stand-in's containerLogs behind the API server's pods/log).
 Prints the cold start (first request to 200) from zero, median of 10.
 
 Needs the binaries of tests/k8s/build.sh (fails, never skips, without them: the cluster
@@ -17,9 +19,11 @@ Run: python3 tests/k8s/test_kube_backend.py [test_name ...]   (ctest -L k8s)
 """
 
 import concurrent.futures
+import json
 import os
 import signal
 import statistics
+import subprocess
 import sys
 import time
 import urllib.parse
@@ -197,11 +201,12 @@ def test_6_spec_change_rolls_the_pod_over_without_a_failed_request():
         old[0]["metadata"]["name"], new[0]["metadata"]["name"], len(results)))
 
 
-def test_7_restarted_controller_removes_the_stale_revision():
+def test_7_restarted_controller_rolls_the_stale_revision_over():
     status, body = call("hello")
     assert status == 200, (status, body)
     old = live_pods("hello")
     assert len(old) == 1
+    old_name = old[0]["metadata"]["name"]
     old_rev = old[0]["metadata"]["labels"]["stoke.dev/revision"]
     connected = act_log().count("connected to the controller")
     S["ctl"].kill()
@@ -212,12 +217,14 @@ def test_7_restarted_controller_removes_the_stale_revision():
     apply(fn_doc("hello", {"env": {"BIND_ADDR": "0.0.0.0", "GREETING": "hallo"}}))
     S["ctl"], S["ctl_log"] = start_controller("e2e-2")
     wait_log('"ready: Functions of namespace %s' % NS, 60)
-    assert "removing replica %s of an earlier run" % old[0]["metadata"]["name"][:12] in \
-        ctl_log(), ctl_log()[-3000:]
-    kapi.wait_for(lambda: pods("hello") == [], 60, "the stale pod gone")
-    # Until the activator is back on the channel it routes to what it knew: the
-    # stale pod, now gone (the reconciler removes stale replicas at adoption
-    # without draining them; on Docker as well).
+    # The stale pod is adopted and serves until a pod of the new revision is
+    # ready; then it is drained (the activator, back on the channel, says it
+    # has nothing in flight to it) and deleted: a rollout, as on Docker.
+    assert "adopted replica %s on" % old_name[:12] in ctl_log() and \
+        "of earlier revision %s" % old_rev in ctl_log(), ctl_log()[-3000:]
+    wait_log("rollout: 1 ready of revision", 60)
+    kapi.wait_for(lambda: old_name not in [p["metadata"]["name"] for p in pods("hello")], 60,
+                  "the stale pod gone")
     kapi.wait_for(lambda: act_log().count("connected to the controller") > connected, 30,
                   "the activator back on the channel")
     status, body = call("hello")
@@ -355,6 +362,110 @@ def test_12_delete_function_removes_its_pods():
     kapi.wait_for(lambda: all(pods(cold_name(i)) == [] for i in range(10)), 120,
                   "the cold-* functions' pods gone")
     assert S["ctl"].poll() is None, ctl_log()[-4000:]
+
+
+def test_13_pod_logs():
+    """A function pod's log through the leader's admin API (what `stokectl logs` reads: the
+    controller's pods/log call, which the API server proxies to the kubelet stand-in's
+    containerLogs) and through `kubectl logs`; the admin API is read-only on Kubernetes and
+    a follower names the leader; CPU and memory say they are not measured; with the node's
+    kubelet gone, 502 with the API server's words."""
+    scale = {"min": 1, "initial": 1, "max": 2, "window": "6s", "scaleToZeroGrace": "5s"}
+    apply(fn_doc("talk", {"scale": scale}))
+
+    def one_ready():
+        st = function("talk").get("status") or {}
+        ps = live_pods("talk")
+        return ps if st.get("readyReplicas") == 1 and len(ps) == 1 else None
+    pod = kapi.wait_for(one_ready, 90, "talk's pod ready")[0]["metadata"]["name"]
+    ctl = S["ctl"]
+    fn = "/api/v1/functions/talk"
+
+    def logs(query=""):
+        return k8s.admin_api(ctl, "GET", fn + "/logs" + query)
+
+    # The example logs one line when it listens (stderr).
+    def listening():
+        st, h, text = logs()
+        return (st, h, text) if st == 200 and '"listening"' in text else None
+    st, h, text = kapi.wait_for(listening, 30, "the pod's log through the admin API")
+    assert h.get("Content-Type", "").startswith("text/plain"), h
+    assert h.get("Transfer-Encoding") == "chunked", h
+    lines = text.splitlines()
+    assert lines and all(x.startswith("[%s] " % pod) for x in lines), lines
+    st, _, text = logs("?tail=0")
+    assert (st, text) == (200, ""), (st, text)
+    st, _, text = logs("?timestamps=1&tail=1")
+    assert st == 200 and len(text.splitlines()) == 1, (st, text)
+    word = text.split(" ")[1]
+    assert word[:2] == "20" and word.endswith("Z"), text  # RFC 3339, from the kubelet side
+    st, _, text = logs("?since=1h")
+    assert st == 200 and '"listening"' in text, (st, text)
+    st, _, text = logs("?tail=x")
+    assert st == 400 and "tail" in text, (st, text)
+
+    # follow=1: the stream stays open; the client closing it ends the controller's call.
+    c = harness.UnixHTTPConnection(S["admin"][ctl.pid], timeout=30)
+    c.request("GET", fn + "/logs?follow=1")
+    r = c.getresponse()
+    assert r.status == 200, r.status
+    first = r.fp.readline()  # a chunk-size line, then the first line of the log
+    first += r.fp.readline()
+    assert b"[%s] " % pod.encode() in first, first
+    c.close()
+
+    # stokectl logs, as a user runs it against the controller's socket.
+    out = subprocess.run([os.path.join(k8s.BUILD, "stokectl"), "--server",
+                          "unix:" + S["admin"][ctl.pid], "logs", "talk", "--tail", "1"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.startswith("[%s] " % pod), out
+
+    # kubectl logs: the same log through the API server and the kubelet stand-in.
+    out = kubectl("logs", "-n", NS, pod, "-c", "function").stdout
+    assert '"listening"' in out, out
+    out = kubectl("logs", "-n", NS, pod, "--tail=1", "--timestamps").stdout
+    assert len(out.splitlines()) == 1 and out[:2] == "20", out
+
+    # Read-only: the Function objects are the specs.
+    st, _, text = k8s.admin_api(ctl, "PUT", fn, body=b"{}")
+    assert st == 405 and "kubectl" in text, (st, text)
+    st, _, text = k8s.admin_api(ctl, "DELETE", fn)
+    assert st == 405 and "kubectl" in text, (st, text)
+    st, _, text = k8s.admin_api(ctl, "GET", "/api/v1/functions")
+    assert st == 200 and "talk" in [f["name"] for f in json.loads(text)["items"]], (st, text)
+    st, _, text = k8s.admin_api(ctl, "GET", fn + "/status")
+    status = json.loads(text)
+    assert st == 200 and status["backend"] == "kubernetes", (st, text)
+    # Not measured: null and a note, not zeros.
+    assert status["cpu_seconds"] is None and status["memory_bytes"] is None, status
+    assert "not measured" in status["usage_note"], status
+    out = subprocess.run([os.path.join(k8s.BUILD, "stokectl"), "--server",
+                          "unix:" + S["admin"][ctl.pid], "describe", "talk"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "not measured" in out.stdout, out
+    # A follower knows no functions: 503 naming the Lease holder.
+    standby = S.get("standby")
+    if standby and standby.poll() is None:
+        lease = k8s.C.admin.get("/apis/coordination.k8s.io/v1/namespaces/%s/leases/%s-controller"
+                                % (NS, RELEASE))
+        holder = lease["spec"]["holderIdentity"]
+        st, _, text = k8s.admin_api(standby, "GET", fn + "/logs")
+        assert st == 503 and holder in text, (st, text, holder)
+        st, _, text = k8s.admin_api(standby, "PUT", fn, body=b"{}")
+        assert st == 405, (st, text)
+
+    # The node's kubelet goes away (its containers with it): the API server cannot dial it,
+    # and says so; the controller answers 502 with those words, kubectl shows the same.
+    node = k8s.C.nodes[0]
+    k8s.C.stop_node(node)
+    st, _, text = logs()
+    assert st == 502, (st, text)
+    err = json.loads(text)["error"]
+    assert pod in err and "the Kubernetes API server" in err, err
+    out = kubectl("logs", "-n", NS, pod, check=False)
+    assert out.returncode != 0, out
+    log("pod logs: admin API, stokectl and kubectl read %s; without its kubelet: 502 %s; "
+        "kubectl: %s" % (pod, err, out.stderr.strip()))
 
 
 if __name__ == "__main__":

@@ -962,6 +962,63 @@ static void test_initial_seed_kept_until_grace(void **state)
 }
 
 /* Bad arguments change nothing. */
+/* After zero (Knative's rule): the activators report 0 each second for an
+ * idle function, but at zero that is silence, so the first burst is seen at
+ * its full size. 60 concurrent requests arrive at second 100 after 100 s at
+ * zero: the stable and panic windows hold only second 100 (60), so desired
+ * is ceil(60 / 7) = ceil(8.57) = 9 at once, as Knative's TimedFloat64Buckets
+ * give (a write a window after the last one restarts the window). Were the
+ * zeros data, the stable average would be 60 / 60 = 1 and the panic one
+ * (5 * 0 + 60) / 6 = 10, so ceil(10 / 7) = 2 replicas. */
+static void test_after_zero_burst_seen_at_full_size(void **state)
+{
+    (void)state;
+    struct fx f;
+    fx_init(&f, scale_t10());
+    for (uint64_t s = 0; s < 100; s++) {
+        assert_int_equal(stoke_autoscaler_record(&f.a, 0, &f.w, s, 0), 1);
+        if (s % 2 == 0)
+            assert_int_equal(decide_full(&f, s * 1000, 0, false), 0);
+    }
+    assert_false(f.d.has_data);
+    assert_int_equal(stoke_autoscaler_record(&f.a, 0, &f.w, 100, 60), 0);
+    f.fed = 101; /* recorded by hand above */
+    assert_int_equal(decide_full(&f, 100000, 0, true), 9);
+    assert_true(f.d.panic);
+    assert_true(fabs(f.d.stable_avg - 60) < 1e-9 && fabs(f.d.panic_avg - 60) < 1e-9);
+    fx_done(&f);
+
+    /* The same reports recorded as data give the averaged-down answer. */
+    fx_init(&f, scale_t10());
+    load(&f, 0, 100, 0);
+    load(&f, 100, 101, 60);
+    assert_int_equal(decide_full(&f, 100000, 0, true), 2);
+    assert_true(fabs(f.d.stable_avg - 1) < 1e-9 && fabs(f.d.panic_avg - 10) < 1e-9);
+    fx_done(&f);
+}
+
+/* Zeros are data while replicas are ready or wanted (an idle function with
+ * replicas must reach zero through its stable average), and a non-zero
+ * report is data always. */
+static void test_record_zero_is_data_unless_at_zero(void **state)
+{
+    (void)state;
+    struct fx f;
+    fx_init(&f, scale_t10());
+    assert_int_equal(stoke_autoscaler_record(&f.a, 0, &f.w, 1, 0), 1); /* no decision yet */
+    assert_int_equal(stoke_autoscaler_record(&f.a, 1, &f.w, 2, 0), 0); /* one ready */
+    assert_int_equal(stoke_autoscaler_record(&f.a, 0, &f.w, 3, 0.5), 0);
+    stoke_autoscaler_seed(&f.a, 2); /* wanted, none ready yet */
+    assert_int_equal(stoke_autoscaler_record(&f.a, 0, &f.w, 4, 0), 0);
+    stoke_autoscaler_seed(&f.a, 0);
+    assert_int_equal(stoke_autoscaler_record(&f.a, 0, &f.w, 5, 0), 1);
+    assert_int_equal(stoke_autoscaler_record(&f.a, 0, &f.w, 6, -1), -EINVAL);
+    double avg = -1;
+    assert_true(stoke_metric_window_average(&f.w, 6000, 60000, &avg));
+    assert_true(fabs(avg - 0.5 / 3) < 1e-6); /* seconds 2, 3 and 4 */
+    fx_done(&f);
+}
+
 static void test_bad_arguments(void **state)
 {
     (void)state;
@@ -1031,6 +1088,8 @@ int main(void)
         cmocka_unit_test(test_several_activators_summed),
         cmocka_unit_test(test_restart_starts_in_panic),
         cmocka_unit_test(test_initial_seed_kept_until_grace),
+        cmocka_unit_test(test_after_zero_burst_seen_at_full_size),
+        cmocka_unit_test(test_record_zero_is_data_unless_at_zero),
         cmocka_unit_test(test_bad_arguments),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

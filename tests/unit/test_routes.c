@@ -170,6 +170,65 @@ static void test_table_parse_refuses(void **state)
     }
 }
 
+/* An update formats and parses back: entries (shares kept) and removals,
+ * and refuses what a table would, plus a name twice. */
+static void test_update_roundtrip(void **state)
+{
+    (void)state;
+    struct stoke_route r = {.name = "hello",
+                            .timeout_ms = 1000,
+                            .queue_max = 3,
+                            .queue_timeout_ms = 500,
+                            .concurrency_limit = 4,
+                            .n_endpoints = 1};
+    struct stoke_addr ep;
+    uint32_t share = 2;
+    assert_int_equal(stoke_addr_parse("127.0.0.1:31001", &ep), 0);
+    r.endpoints = &ep;
+    r.shares = &share;
+    const char *removed[] = {"gone", "old"};
+    char *line = stoke_route_update_format(42, &r, 1, removed, 2);
+    assert_non_null(line);
+    struct stoke_route_update u;
+    assert_int_equal(stoke_route_update_parse(line, strlen(line), &u), 0);
+    assert_int_equal(u.gen, 42);
+    assert_int_equal(u.n_routes, 1);
+    assert_string_equal(u.routes[0].name, "hello");
+    assert_int_equal(u.routes[0].queue_max, 3);
+    assert_int_equal(u.routes[0].n_endpoints, 1);
+    assert_non_null(u.routes[0].shares);
+    assert_int_equal(u.routes[0].shares[0], 2);
+    assert_int_equal(u.n_removed, 2);
+    assert_string_equal(u.removed[0], "gone");
+    assert_string_equal(u.removed[1], "old");
+    stoke_route_update_done(&u);
+    assert_null(u.routes);
+    /* A table is not an update, nor an update a table. */
+    struct stoke_route_table t;
+    assert_int_equal(stoke_route_table_parse(line, strlen(line), &t), -EINVAL);
+    free(line);
+
+    static const char *const bad[] = {
+        "{\"op\":\"routes\",\"gen\":1,\"functions\":[]}",
+        "{\"op\":\"update\",\"functions\":[]}",
+        "{\"op\":\"update\",\"gen\":1,\"functions\":[],\"removed\":[\"Bad\"]}",
+        "{\"op\":\"update\",\"gen\":1,\"functions\":[],\"removed\":\"x\"}",
+        "{\"op\":\"update\",\"gen\":1,\"functions\":[],\"removed\":[\"a\",\"a\"]}",
+        "{\"op\":\"update\",\"gen\":1,\"functions\":[{\"name\":\"a\",\"timeout_ms\":1,"
+        "\"queue_max\":1,\"queue_timeout_ms\":1,\"concurrency_limit\":0,\"endpoints\":[]}],"
+        "\"removed\":[\"a\"]}",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        assert_int_equal(stoke_route_update_parse(bad[i], strlen(bad[i]), &u), -EINVAL);
+        assert_null(u.routes);
+        assert_null(u.removed);
+    }
+    const char *ok = "{\"op\":\"update\",\"gen\":2,\"functions\":[]}";
+    assert_int_equal(stoke_route_update_parse(ok, strlen(ok), &u), 0);
+    assert_int_equal(u.n_routes + u.n_removed, 0);
+    stoke_route_update_done(&u);
+}
+
 static void test_addr_parse(void **state)
 {
     (void)state;
@@ -336,7 +395,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_match_table),         cmocka_unit_test(test_table_roundtrip),
         cmocka_unit_test(test_table_parse_refuses), cmocka_unit_test(test_addr_parse),
-        cmocka_unit_test(test_share_sums),          cmocka_unit_test(test_route_share),
+        cmocka_unit_test(test_update_roundtrip),    cmocka_unit_test(test_share_sums),
+        cmocka_unit_test(test_route_share),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
