@@ -444,13 +444,16 @@ static void on_created(const struct stoke_kube_result *res, void *data)
     struct req *q = data;
     struct kube_be *k = q->k;
     struct backend_result out = {.err = res->err, .message = res->status.message, .how = ""};
-    if (res->err < 0 && res->http_status == 0 && res->err != -ECANCELED && !k->closing) {
-        /* No answer (the connection was cut, a timeout): the API server may
-         * have created the pod. It is taken as created under the name we gave
-         * it, its uid learnt from the informer: the start waits for it to be
-         * seen running, and a pod never seen fails the start at its deadline
-         * and is deleted by name. A retry under a new name could leave this
-         * one running beside it, a duplicate nobody routes to. */
+    /* No answer, or not all of it (the connection was cut, a timeout; a
+     * 504: the API server's own timeout): the API server may have created
+     * the pod. A 4xx or another 5xx refused it. */
+    bool unknown = res->http_status == 0 || res->http_status / 100 == 2 || res->http_status == 504;
+    if (res->err < 0 && unknown && res->err != -ECANCELED && !k->closing) {
+        /* Taken as created under the name we gave it, its uid learnt from
+         * the informer: the start waits for it to be seen running, and a
+         * pod never seen fails the start at its deadline and is deleted by
+         * name. A retry under a new name could leave this one running
+         * beside it, a duplicate nobody routes to. */
         stoke_warn(q->p->r->function, res->err,
                    "creating pod %s: no answer (%s); waiting for the informer to see it",
                    q->p->r->name, res->status.message);

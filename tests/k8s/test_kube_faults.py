@@ -369,11 +369,13 @@ def start_activator():
 
 
 def test_5_leader_sigterm_under_load_standby_takes_over():
-    """The leader SIGTERMed while it waits for a pod creation's answer (its API traffic
-    delayed 2 s each way), with a request queued for that pod and the load on hello; while
-    it stops, another activator joins the channel: a stopping controller must send no
-    route table (its replicas are retired: one would fail hello's requests in flight and
-    queued), and the standby takes over with 0 failed requests."""
+    """The leader SIGTERMed while it starts a pod, with a request queued for that pod and
+    the load on hello. Its API server connections are refused from just before the signal,
+    so it stays stopping (it waits for that pod's start, which waits for the pod to be seen
+    by its informer) until the test lets them through again; meanwhile another activator
+    joins the channel: a stopping controller must send no route table (its replicas are
+    retired: one would fail hello's requests in flight and queued). Then the standby takes
+    over with 0 failed requests and the queued request answered."""
     apply(fn_doc("hello"))  # test_1's (unchanged): each test runs alone as well
     apply(lasting("queued"))
     observed("queued", 1)
@@ -383,20 +385,20 @@ def test_5_leader_sigterm_under_load_standby_takes_over():
     queued, extra = [], None
     try:
         before = steady_pods(load, "hello")
-        proxy.delay(2)
-        threading.Thread(target=lambda: queued.append(call("queued", timeout=120)),
+        threading.Thread(target=lambda: queued.append(call("queued", timeout=150)),
                          daemon=True).start()
         kapi.wait_for(lambda: any('"fn":"queued"' in line and " from new: 0 -> 1" in line
                                   for line in ctl_log().splitlines()), 30,
                       "the leader creating queued's pod")
+        proxy.down()
         old, old_log = S["ctl"], S["ctl_log"]
         joined = ctl_log().count("connected (process")
         old.terminate()
         extra, extra_log = start_activator()
         kapi.wait_for(lambda: ctl_log(old_log).count("connected (process") > joined or
                       old.poll() is not None, 30, "the second activator on the channel")
-        proxy.delay(0)
-        assert old.wait(60) == 0, ctl_log()[-3000:]
+        proxy.up()
+        assert old.wait(90) == 0, ctl_log()[-3000:]
         text = ctl_log(old_log)
         stopping = text[text.index('"signal 15'):]
         assert "connected (process" in stopping and "exiting" in stopping, stopping[-3000:]
@@ -418,7 +420,7 @@ def test_5_leader_sigterm_under_load_standby_takes_over():
         more_requests(load, "the takeover", 10)
         kapi.wait_for(lambda: queued, 120, "the queued request's answer")
     finally:
-        proxy.delay(0)
+        proxy.up()
         results = load.stop()
         if extra:
             extra.terminate()
