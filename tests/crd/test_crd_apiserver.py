@@ -325,6 +325,14 @@ class TestChart(Base):
                           "templates/tests/test-call.yaml").stdout
         r = self.c.kubectl("apply", "--dry-run=server", "-n", "stoke", "-f", "-", input=hooks)
         self.assertEqual(r.stdout.count("(server dry run)"), 2, r.stdout)
+        # hostNetwork (the test cluster's switch) is what Pod Security "restricted" refuses.
+        hooks = self.helm("template", "s1", CHART, "-n", "stoke", "--show-only",
+                          "templates/tests/test-call.yaml", "--set", "hostNetwork=true").stdout
+        r = self.c.kubectl("apply", "--dry-run=server", "-n", "stoke", "-f", "-", input=hooks,
+                           check=False)
+        self.assertNotEqual(r.returncode, 0, r.stdout)
+        self.assertIn('violates PodSecurity "restricted:latest": host namespaces '
+                      '(hostNetwork=true)', r.stderr)
         # Uninstall keeps the CRD (and so the Functions).
         self.helm("uninstall", "s1", "-n", "stoke", "--wait")
         st, _ = self.c.admin.request("GET", "/apis/apiextensions.k8s.io/v1/"
