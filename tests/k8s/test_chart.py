@@ -299,6 +299,17 @@ def test_1_install_runs_the_chart_pods_from_the_local_image():
         dump()
         raise
     wait_channels(holder)
+    # The headless Service names both controller pods in the activators' /etc/hosts (the
+    # stand-in's DNS): a follower may come first, and the activator passes over it.
+    ips = sorted(p["status"]["podIP"] for p in component("controller"))
+
+    def named(a):
+        with open(os.path.join(C.dir, "kubelet-%s" % C.nodes[0], "pods", a["metadata"]["uid"],
+                               "etc-hosts")) as f:
+            return sorted(ln.split()[0] for ln in f if " stoke-controller.%s.svc " % NS in ln)
+    for a in component("activator"):
+        kapi.wait_for(lambda: named(a) == ips, 10, "both controllers in %s's /etc/hosts (%s)"
+                      % (a["metadata"]["name"], ips))
     follower = (names - {holder}).pop()
     assert '"following: waiting for Lease' in C.pod_logs(NS, follower, "controller")
     log("leader %s, follower %s; activators %s, channels %s" % (
