@@ -64,71 +64,15 @@ fi
 ACTIVATOR=$BUILD/stoke-activator
 [ -x "$ACTIVATOR" ] || die "$ACTIVATOR not found (build first, or unset STOKE_BUILD_DIR)"
 
-TMP=$(mktemp -d /tmp/stoke-bench-profile.XXXXXX)
-PIDS=""
-stop_pid() {
-    local pid=$1
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 100); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-cleanup() {
-    local rc=$? pid
-    trap - EXIT INT TERM
-    for pid in $PIDS; do stop_pid "$pid"; done
-    if [ "${KEEP_TMP:-0}" = 1 ] || [ "$rc" -ne 0 ]; then
-        say "(temp dir kept: $TMP)" >&2
-    else
-        rm -rf "$TMP"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-nginx_conf() { # NAME PORT LOCATION-BODY [HTTP-EXTRA] [MAIN-EXTRA]
-    local dir=$TMP/$1
-    mkdir -p "$dir"
-    cat >"$dir/nginx.conf" <<EOF
-worker_processes 1;
-pid $dir/nginx.pid;
-error_log $dir/error.log warn;
-${5:-}
-events { worker_connections 1024; }
-http {
-    access_log off;
-    client_body_temp_path $dir/client_body;
-    proxy_temp_path $dir/proxy;
-    fastcgi_temp_path $dir/fastcgi;
-    uwsgi_temp_path $dir/uwsgi;
-    scgi_temp_path $dir/scgi;
-    default_type text/plain;
-    keepalive_timeout 300s;
-    keepalive_requests 1000000000;
-    server {
-        listen 127.0.0.1:$2;
-        location / { $3 }
-    }
-${4:-}
-}
-EOF
-}
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
+bench_tmp profile
 
 UP_PORT=$(free_port)
 ACT_PORT=$(free_port)
 NGX_PORT=$(free_port)
 
-nginx_conf upstream "$UP_PORT" 'return 200 "hello, world\n";'
+nginx_conf upstream "$UP_PORT" '        location / { return 200 "hello, world\n"; }'
 "$NGINX" -p "$TMP/upstream" -c "$TMP/upstream/nginx.conf" -g 'daemon off;' >"$TMP/upstream.log" 2>&1 &
 PIDS="$! $PIDS"
 
@@ -219,9 +163,18 @@ stop_pid "$ACT_PID"
 
 NGX_IR=""
 if [ "$NGINX_TOO" = 1 ]; then
-    nginx_conf proxy "$NGX_PORT" "proxy_pass http://bench_upstream; proxy_http_version 1.1;
-            proxy_set_header Connection \"\"; proxy_set_header Host \$host;" \
-        "    upstream bench_upstream { server 127.0.0.1:$UP_PORT; keepalive 256; }" \
+    nginx_conf proxy "$NGX_PORT" "        location / {
+            proxy_pass http://bench_upstream;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+            proxy_set_header Host \$host;
+        }" \
+        "    upstream bench_upstream {
+        server 127.0.0.1:$UP_PORT;
+        keepalive 256;
+        keepalive_requests 1000000000;
+        keepalive_timeout 300s;
+    }" \
         "master_process off;"
     # shellcheck disable=SC2086
     $VG --callgrind-out-file="$TMP/nginx.cg.%p" "$NGINX" -p "$TMP/proxy" -c "$TMP/proxy/nginx.conf" \
