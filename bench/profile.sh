@@ -193,7 +193,7 @@ say '```'
 say "REQUESTS=$REQUESTS WARMUP=$WARMUP CONNS=$CONNS NGINX=$NGINX_TOO${STOKE_BUILD_DIR:+ STOKE_BUILD_DIR=$STOKE_BUILD_DIR} bench/profile.sh"
 say '```'
 say
-say "- stoke $rev; $(valgrind --version); $("$NGINX" -v 2>&1 | sed 's/^nginx version: //')"
+say "- stoke-activator of $BUILD (the tree: $rev); $(valgrind --version); $("$NGINX" -v 2>&1 | sed 's/^nginx version: //')"
 say "- $REQUESTS keep-alive GETs over $CONNS connections after $WARMUP not counted; upstream: nginx, 13-byte body"
 say
 say "| proxy | instructions per request (user space) |"
