@@ -387,6 +387,24 @@ static int token_sort_cmp(const void *a, const void *b)
     return token_cmp(x->p, x->n, y->p, y->n);
 }
 
+/* The next element of the comma-separated list at *p (before `end`), less
+ * spaces and tabs around it, and its length in *len (0: an empty one); *p
+ * moves past its comma. */
+static const char *next_token(const char **p, const char *end, size_t *len)
+{
+    const char *s = *p;
+    const char *comma = memchr(s, ',', (size_t)(end - s));
+    const char *tend = comma ? comma : end;
+    while (s < tend && (*s == ' ' || *s == '\t'))
+        s++;
+    const char *q = tend;
+    while (q > s && (q[-1] == ' ' || q[-1] == '\t'))
+        q--;
+    *len = (size_t)(q - s);
+    *p = tend + 1;
+    return s;
+}
+
 /* Returns 0 or -ENOMEM; `list` must outlive `tk`. */
 static int tokens_parse(struct tokens *tk, const struct stoke_buf *list)
 {
@@ -403,16 +421,10 @@ static int tokens_parse(struct tokens *tk, const struct stoke_buf *list)
         return -ENOMEM;
     const char *p = list->data, *end = list->data + list->len;
     while (p < end) {
-        const char *comma = memchr(p, ',', (size_t)(end - p));
-        const char *tend = comma ? comma : end;
-        while (p < tend && (*p == ' ' || *p == '\t'))
-            p++;
-        const char *q = tend;
-        while (q > p && (q[-1] == ' ' || q[-1] == '\t'))
-            q--;
-        if (q > p)
-            tk->t[tk->n++] = (struct token){p, (size_t)(q - p)};
-        p = tend + 1;
+        size_t tl;
+        const char *t = next_token(&p, end, &tl);
+        if (tl > 0)
+            tk->t[tk->n++] = (struct token){t, tl};
     }
     qsort(tk->t, tk->n, sizeof(*tk->t), token_sort_cmp);
     return 0;
@@ -1546,20 +1558,14 @@ static int conn_tokens_add(struct stoke_buf *list, const char *val, size_t n,
     const char *p = val, *end = val + n;
     int r = 0;
     while (r == 0 && p < end) {
-        const char *comma = memchr(p, ',', (size_t)(end - p));
-        const char *tend = comma ? comma : end;
-        while (p < tend && (*p == ' ' || *p == '\t'))
-            p++;
-        const char *q = tend;
-        while (q > p && (q[-1] == ' ' || q[-1] == '\t'))
-            q--;
-        if (q > p && kept(header_kind(p, (size_t)(q - p)))) {
+        size_t tl;
+        const char *t = next_token(&p, end, &tl);
+        if (tl > 0 && kept(header_kind(t, tl))) {
             if (list->len)
                 r = BUF_LIT(list, ",");
             if (r == 0)
-                r = buf_put(list, p, (size_t)(q - p));
+                r = buf_put(list, t, tl);
         }
-        p = tend + 1;
     }
     return r;
 }
