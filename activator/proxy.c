@@ -29,6 +29,8 @@
 #define REQUEST_ID_MAX 128            /* longest X-Request-Id passed on as it came */
 #define LINGER_MS 2000                /* reading what a closed-on client still sends */
 #define LINGER_MAX_BYTES (1u << 20)   /* ... and at most this much of it */
+#define RQ_FREE_MAX 256               /* free request states a worker keeps */
+#define RQ_KEEP_BYTES 4096            /* a request buffer's storage kept for the next */
 
 struct proxy;
 struct fn;
@@ -105,32 +107,50 @@ enum client_state {
 };
 
 struct upstream;
+struct request;
 
+/* A client connection. While it is between requests it holds only this:
+ * the request state (struct request, with the parser, the body timer and
+ * every buffer) is taken from the worker's free list at a request's first
+ * byte and given back once its answer is out, so an idle keep-alive
+ * connection costs its socket, its timer and these few fields. */
 struct client {
     uv_tcp_t tcp;
-    uv_timer_t timer;      /* header, idle, queue or deadline: see the states */
-    uv_timer_t body_timer; /* the longest pause while a request body streams in */
-    int handles;
+    uv_timer_t timer; /* header, idle, queue or deadline: see the states */
     struct proxy *px;
+    struct request *rq;      /* the request in progress; NULL between requests */
     struct stoke_list node;  /* px->clients */
     struct stoke_list qnode; /* fn->queue while queued */
-    llhttp_t parser;
-    enum client_state state;
-    struct stoke_buf in;    /* bytes received while busy with a request */
-    size_t in_off;          /* ... of which those before this are parsed */
-    bool driving;           /* in client_drive(): held input is parsed in its loop */
-    bool trusted;           /* the peer is a trusted proxy (--trusted-proxies) */
-    size_t lingered;        /* bytes dropped in C_LINGER */
-    struct stoke_buf batch; /* response bytes of one upstream read, see client_flush() */
-    bool batching;
+    struct stoke_buf in;     /* bytes received while busy with a request */
+    size_t in_off;           /* ... of which those before this are parsed */
+    uv_timer_cb due_cb;      /* what the timer runs, and when (loop time): */
+    uint64_t due;            /* see timer_start() */
+    uint64_t armed;          /* when the libuv timer fires */
+    uint32_t lingered;       /* bytes dropped in C_LINGER */
+    uint32_t pending_writes;
+    uint8_t handles;
+    uint8_t state; /* enum client_state */
+    bool driving;  /* in client_drive(): held input is parsed in its loop */
+    bool trusted;  /* the peer is a trusted proxy (--trusted-proxies) */
     bool read_stopped;
+    bool counted; /* holds a place under --max-connections */
+    char ip[INET6_ADDRSTRLEN];
+};
+
+/* The state of one request, from its first byte until its answer is out
+ * (or its connection closes). Free ones wait in px->free_rqs with their
+ * timer initialised and their buffers' small storage kept, so a request
+ * allocates nothing. */
+struct request {
+    struct stoke_list fnode; /* px->free_rqs while free */
+    llhttp_t parser;
+    uv_timer_t body_timer; /* the longest pause while a request body streams in */
     const char *exec_base; /* the buffer llhttp is parsing, and the byte */
     char prev_byte;        /* before it: see on_req_value */
     const char *exec_end;
     struct chunk_check chunk;
-    unsigned pending_writes;
-    bool counted; /* holds a place under --max-connections */
-    char ip[64];
+    struct stoke_buf batch; /* response bytes of one upstream read, see client_flush() */
+    bool batching;
 
     /* The request being read. */
     struct stoke_buf url, field, value, headers, host, xff, upgrade;
@@ -160,7 +180,7 @@ struct client {
      * and a large one passes in constant memory. See request_pump(). */
     struct stoke_buf out;  /* the head, less framing and the blank line */
     struct stoke_buf hold; /* body bytes not sent yet (or kept for a retry) */
-    bool head_sent;        /* on c->up */
+    bool head_sent;        /* on c->rq->up */
     bool streaming;        /* the body goes on as it comes */
     bool last_sent;        /* the end of a streamed chunked body */
     bool retry_lost;       /* streamed bytes are gone: no retry */
@@ -171,6 +191,7 @@ struct client {
     bool response_started;
     bool close_after;
     bool tunnel_eof; /* the client half-closed its side of the tunnel */
+    bool head_timed; /* the header timer runs (see on_req_begin()) */
 };
 
 struct upstream {
@@ -182,6 +203,7 @@ struct upstream {
     struct endpoint *ep;
     struct client *c;
     struct stoke_list node; /* ep->idle while pooled */
+    uint64_t pooled_at;     /* loop time it was last put in the pool */
     struct metrics_fn *m;
     llhttp_t parser;
     bool connected;
@@ -225,6 +247,8 @@ struct proxy {
     uint64_t apply_seq;
     struct stoke_list clients;
     uint32_t n_clients;
+    struct stoke_list free_rqs; /* struct request, ready for the next request */
+    uint32_t n_free_rqs;
     struct stoke_list kicks;
     struct stoke_list waiting; /* functions with requests in this worker's queue */
     struct limits *limits;     /* shared by the workers (hooks), or this proxy's own */
@@ -232,11 +256,64 @@ struct proxy {
     unsigned worker;
     uv_async_t wake; /* another worker freed a slot a queued request may take */
     unsigned rr;
-    uint64_t request_seq;
-    char request_id_base[24]; /* random: ids differ across workers and restarts */
+    /* The last request id given: 16 random hex digits (so ids differ
+     * across workers and restarts), then a sequence number in 16. */
+    char request_id_next[33];
     llhttp_settings_t req_settings;
     llhttp_settings_t resp_settings;
 };
+
+/* ---- formatting ------------------------------------------------------- */
+
+/* Writes `pre`, then `v` in base 10 or 16 (base 0: no number and no
+ * `post`), then `post` at `dst`, NUL-terminated; returns the length. The
+ * framing lines of every request, without printf's cost. `dst` must hold
+ * strlen(pre) + strlen(post) + 21. */
+static size_t fmt_line(char *dst, const char *pre, const char *post, uint64_t v, unsigned base)
+{
+    size_t n = strlen(pre);
+    memcpy(dst, pre, n);
+    if (base) {
+        char t[20];
+        size_t k = 0;
+        do {
+            t[k++] = "0123456789abcdef"[v % base];
+            v /= base;
+        } while (v);
+        while (k)
+            dst[n++] = t[--k];
+        size_t pl = strlen(post);
+        memcpy(dst + n, post, pl);
+        n += pl;
+    }
+    dst[n] = '\0';
+    return n;
+}
+
+/* stoke_buf_append() with its common case, bytes that fit the storage
+ * already there, inline: the head builders call it a few dozen times per
+ * request. */
+static inline int buf_put(struct stoke_buf *b, const void *p, size_t n)
+{
+    if (n < b->cap - b->len && n <= b->limit - b->len) {
+        if (n)
+            memcpy(b->data + b->len, p, n);
+        b->len += n;
+        b->data[b->len] = '\0';
+        return 0;
+    }
+    return stoke_buf_append(b, p, n);
+}
+
+#define BUF_LIT(b, s) buf_put((b), (s), sizeof(s) - 1)
+
+/* stoke_buf_clear(), inline. */
+static inline void buf_clear(struct stoke_buf *b)
+{
+    b->len = 0;
+    if (b->data)
+        b->data[0] = '\0';
+}
 
 /* ---- checks both parsers share ------------------------------------------ */
 
@@ -310,6 +387,24 @@ static int token_sort_cmp(const void *a, const void *b)
     return token_cmp(x->p, x->n, y->p, y->n);
 }
 
+/* The next element of the comma-separated list at *p (before `end`), less
+ * spaces and tabs around it, and its length in *len (0: an empty one); *p
+ * moves past its comma. */
+static const char *next_token(const char **p, const char *end, size_t *len)
+{
+    const char *s = *p;
+    const char *comma = memchr(s, ',', (size_t)(end - s));
+    const char *tend = comma ? comma : end;
+    while (s < tend && (*s == ' ' || *s == '\t'))
+        s++;
+    const char *q = tend;
+    while (q > s && (q[-1] == ' ' || q[-1] == '\t'))
+        q--;
+    *len = (size_t)(q - s);
+    *p = tend + 1;
+    return s;
+}
+
 /* Returns 0 or -ENOMEM; `list` must outlive `tk`. */
 static int tokens_parse(struct tokens *tk, const struct stoke_buf *list)
 {
@@ -326,16 +421,10 @@ static int tokens_parse(struct tokens *tk, const struct stoke_buf *list)
         return -ENOMEM;
     const char *p = list->data, *end = list->data + list->len;
     while (p < end) {
-        const char *comma = memchr(p, ',', (size_t)(end - p));
-        const char *tend = comma ? comma : end;
-        while (p < tend && (*p == ' ' || *p == '\t'))
-            p++;
-        const char *q = tend;
-        while (q > p && (q[-1] == ' ' || q[-1] == '\t'))
-            q--;
-        if (q > p)
-            tk->t[tk->n++] = (struct token){p, (size_t)(q - p)};
-        p = tend + 1;
+        size_t tl;
+        const char *t = next_token(&p, end, &tl);
+        if (tl > 0)
+            tk->t[tk->n++] = (struct token){t, tl};
     }
     qsort(tk->t, tk->n, sizeof(*tk->t), token_sort_cmp);
     return 0;
@@ -366,7 +455,7 @@ static int append_filtered(struct stoke_buf *dst, const struct stoke_buf *src,
     if (src->len == 0)
         return 0;
     if (list->len == 0)
-        return stoke_buf_append(dst, src->data, src->len);
+        return buf_put(dst, src->data, src->len);
     struct tokens tk;
     int r = tokens_parse(&tk, list);
     const char *p = src->data, *end = src->data + src->len;
@@ -376,7 +465,7 @@ static int append_filtered(struct stoke_buf *dst, const struct stoke_buf *src,
         if (!colon || !eol)
             break;
         if (!tokens_has(&tk, p, (size_t)(colon - p)))
-            r = stoke_buf_append(dst, p, (size_t)(eol + 1 - p));
+            r = buf_put(dst, p, (size_t)(eol + 1 - p));
         p = eol + 1;
     }
     free(tk.t);
@@ -934,8 +1023,8 @@ static void on_client_write(uv_write_t *req, int status)
     }
     if (uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) >= WRITE_HIGH_WATER / 2)
         return;
-    if (c->up && !c->up->reading)
-        upstream_resume(c->up);
+    if (c->rq && c->rq->up && !c->rq->up->reading)
+        upstream_resume(c->rq->up);
     else if ((c->state == C_IDLE || c->state == C_HEAD) && c->read_stopped)
         client_drive(c); /* it caught up: its held requests are next */
 }
@@ -975,16 +1064,16 @@ static int client_writev(struct client *c, const uv_buf_t *parts, size_t n)
     size_t total = 0;
     for (size_t i = 0; i < n; i++)
         total += parts[i].len;
-    if (c->batching) {
+    if (c->rq->batching) {
         /* Collected and written once the upstream read is parsed: a head
          * and a body arriving together leave in one write. */
-        if (c->batch.len + total > c->batch.limit) {
+        if (c->rq->batch.len + total > c->rq->batch.limit) {
             int r = client_flush(c);
             if (r < 0)
                 return r;
         }
         for (size_t i = 0; i < n; i++) {
-            int r = stoke_buf_append(&c->batch, parts[i].base, parts[i].len);
+            int r = buf_put(&c->rq->batch, parts[i].base, parts[i].len);
             if (r < 0)
                 return r;
         }
@@ -1014,19 +1103,19 @@ static int client_writev(struct client *c, const uv_buf_t *parts, size_t n)
 /* Writes what was batched, in one write. Returns 0 or a negative errno. */
 static int client_flush(struct client *c)
 {
-    if (c->batch.len == 0)
+    if (c->rq->batch.len == 0)
         return 0;
-    uv_buf_t all = uv_buf_init(c->batch.data, (unsigned)c->batch.len);
+    uv_buf_t all = uv_buf_init(c->rq->batch.data, (unsigned)c->rq->batch.len);
     ssize_t done = try_write((uv_stream_t *)&c->tcp, &all, 1);
     if (done < 0)
         return (int)done;
-    if ((size_t)done == c->batch.len) {
+    if ((size_t)done == c->rq->batch.len) {
         /* Small storage is kept for the next answer; a big one goes, so an
          * idle connection holds little. */
-        if (c->batch.cap > 4096)
-            stoke_buf_done(&c->batch);
+        if (c->rq->batch.cap > 4096)
+            stoke_buf_done(&c->rq->batch);
         else
-            stoke_buf_clear(&c->batch);
+            buf_clear(&c->rq->batch);
         return 0;
     }
     struct wreq *w = malloc(sizeof(*w));
@@ -1034,7 +1123,7 @@ static int client_flush(struct client *c)
         return -ENOMEM;
     size_t len;
     w->c = c;
-    w->heap = stoke_buf_steal(&c->batch, &len);
+    w->heap = stoke_buf_steal(&c->rq->batch, &len);
     uv_buf_t b = uv_buf_init(w->heap + done, (unsigned)(len - (size_t)done));
     int r = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_client_write);
     if (r < 0) {
@@ -1084,28 +1173,53 @@ static const char *status_reason(int status)
  * and logged when the access log is on. Only once per request. */
 static void request_end(struct client *c)
 {
-    uint64_t start = c->start_ns;
-    c->start_ns = 0;
+    if (!c->rq)
+        return;
+    uint64_t start = c->rq->start_ns;
+    c->rq->start_ns = 0;
     if (c->px->cfg.access_log && start) {
         uint64_t now = uv_hrtime();
         struct stoke_log_field f[] = {
-            {.key = "request_id", .str = c->request_id[0] ? c->request_id : "-"},
+            {.key = "request_id", .str = c->rq->request_id[0] ? c->rq->request_id : "-"},
             {.key = "client", .str = c->ip},
-            {.key = "method", .str = llhttp_method_name(c->method)},
-            {.key = "target", .str = c->url.data ? c->url.data : ""},
-            {.key = "status", .num = c->status > 0 ? c->status : 499},
+            {.key = "method", .str = llhttp_method_name(c->rq->method)},
+            {.key = "target", .str = c->rq->url.data ? c->rq->url.data : ""},
+            {.key = "status", .num = c->rq->status > 0 ? c->rq->status : 499},
             {.key = "duration_ms", .num = (double)(now - start) / 1e6, .decimals = 3},
-            {.key = "request_body_bytes", .num = (double)c->body_bytes},
+            {.key = "request_body_bytes", .num = (double)c->rq->body_bytes},
         };
-        stoke_log_fields(STOKE_LOG_INFO, c->fn ? c->fn->cfg.name : NULL, 0, f, STOKE_ARRAY_SIZE(f),
-                         "request");
+        stoke_log_fields(STOKE_LOG_INFO, c->rq->fn ? c->rq->fn->cfg.name : NULL, 0, f,
+                         STOKE_ARRAY_SIZE(f), "request");
     }
-    metrics_request_end(&c->m, c->status, start);
+    metrics_request_end(&c->rq->m, c->rq->status, start);
+}
+
+/* The client's one timer runs `cb` `ms` from now (replacing what it was
+ * set to). The libuv timer is moved only when that is earlier than it is
+ * armed for: when it fires early, it is armed again for what is due then.
+ * An idle, a request and the next idle time each come later than the one
+ * before, so a request costs no timer-heap operation. */
+static void on_client_timer(uv_timer_t *t)
+{
+    struct client *c = t->data;
+    uint64_t now = uv_now(c->px->loop);
+    if (now < c->due) {
+        c->armed = c->due;
+        uv_timer_start(t, on_client_timer, c->due - now, 0);
+        return;
+    }
+    c->due_cb(t);
 }
 
 static void timer_start(struct client *c, uv_timer_cb cb, uint64_t ms)
 {
-    uv_timer_start(&c->timer, cb, ms, 0);
+    uint64_t now = uv_now(c->px->loop);
+    c->due = now + ms;
+    c->due_cb = cb;
+    if (!uv_is_active((uv_handle_t *)&c->timer) || c->armed > c->due) {
+        c->armed = c->due;
+        uv_timer_start(&c->timer, on_client_timer, ms, 0);
+    }
 }
 
 static void on_idle_timeout(uv_timer_t *t);
@@ -1131,7 +1245,8 @@ static void client_linger(struct client *c)
         return;
     }
     c->state = C_LINGER;
-    uv_timer_stop(&c->body_timer);
+    if (c->rq)
+        uv_timer_stop(&c->rq->body_timer);
     timer_start(c, on_idle_timeout, LINGER_MS);
     if (uv_read_start((uv_stream_t *)&c->tcp, read_alloc, on_client_read) < 0)
         client_close(c);
@@ -1144,7 +1259,8 @@ static void client_close_after_flush(struct client *c)
 {
     request_end(c);
     uv_read_stop((uv_stream_t *)&c->tcp);
-    uv_timer_stop(&c->body_timer);
+    if (c->rq)
+        uv_timer_stop(&c->rq->body_timer);
     if (c->pending_writes == 0) {
         client_linger(c);
         return;
@@ -1167,12 +1283,11 @@ static void client_log(const struct client *c, const char *fn, enum stoke_log_le
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    struct stoke_log_field f = {.key = "request_id", .str = c->request_id};
-    stoke_log_fields(level,
-                     fn      ? fn
-                     : c->fn ? c->fn->cfg.name
-                             : NULL,
-                     err, &f, c->request_id[0] ? 1 : 0, "%s", msg);
+    const struct request *rq = c->rq;
+    struct stoke_log_field f = {.key = "request_id", .str = rq ? rq->request_id : ""};
+    if (!fn && rq && rq->fn)
+        fn = rq->fn->cfg.name;
+    stoke_log_fields(level, fn, err, &f, rq && rq->request_id[0] ? 1 : 0, "%s", msg);
 }
 
 /* The Connection header of an answer: "close" when the connection closes
@@ -1182,7 +1297,7 @@ static const char *connection_header(const struct client *c, bool close_conn)
 {
     if (close_conn)
         return "Connection: close\r\n";
-    return c->http_minor == 0 ? "Connection: keep-alive\r\n" : "";
+    return c->rq->http_minor == 0 ? "Connection: keep-alive\r\n" : "";
 }
 
 /* An error answer of the activator's own, counted under `reason`. */
@@ -1191,18 +1306,19 @@ static void send_error_as(struct client *c, int status, bool close_conn, enum me
     char head[256 + REQUEST_ID_MAX], body[128];
     int bl = snprintf(body, sizeof(body), "%d %s\n", status, status_reason(status));
     /* Unread body bytes would be taken for the next request. */
-    if (!c->keep_alive || c->in_body)
+    if (!c->rq->keep_alive || c->rq->in_body)
         close_conn = true;
-    int hl = snprintf(head, sizeof(head),
-                      "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
-                      "%s%s%s%s%s\r\n",
-                      status, status_reason(status), bl, status == 503 ? "Retry-After: 1\r\n" : "",
-                      connection_header(c, close_conn), c->request_id[0] ? "X-Request-Id: " : "",
-                      c->request_id, c->request_id[0] ? "\r\n" : "");
+    int hl =
+        snprintf(head, sizeof(head),
+                 "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+                 "%s%s%s%s%s\r\n",
+                 status, status_reason(status), bl, status == 503 ? "Retry-After: 1\r\n" : "",
+                 connection_header(c, close_conn), c->rq->request_id[0] ? "X-Request-Id: " : "",
+                 c->rq->request_id, c->rq->request_id[0] ? "\r\n" : "");
     uv_buf_t parts[2] = {uv_buf_init(head, (unsigned)hl), uv_buf_init(body, (unsigned)bl)};
-    bool head_only = c->method == HTTP_HEAD;
+    bool head_only = c->rq->method == HTTP_HEAD;
     metrics_rejected(c->px->hooks.metrics, reason);
-    c->status = status;
+    c->rq->status = status;
     client_abort_upstream(c);
     int r = client_writev(c, parts, head_only ? 1 : 2);
     if (r < 0)
@@ -1234,16 +1350,16 @@ static int buf_cat(struct stoke_buf *b, ...)
     va_start(ap, b);
     int r = 0;
     for (const char *p; r == 0 && (p = va_arg(ap, const char *));)
-        r = stoke_buf_append(b, p, strlen(p));
+        r = buf_put(b, p, strlen(p));
     va_end(ap);
     return r;
 }
 
 static int head_grow(struct client *c, struct stoke_buf *b, const char *at, size_t len, int status)
 {
-    c->head_bytes += len;
-    if (c->head_bytes > c->px->cfg.max_header_bytes || stoke_buf_append(b, at, len) < 0) {
-        c->error_status = status;
+    c->rq->head_bytes += len;
+    if (c->rq->head_bytes > c->px->cfg.max_header_bytes || buf_put(b, at, len) < 0) {
+        c->rq->error_status = status;
         return -1;
     }
     return 0;
@@ -1252,8 +1368,10 @@ static int head_grow(struct client *c, struct stoke_buf *b, const char *at, size
 static int on_req_begin(llhttp_t *p)
 {
     struct client *c = parser_client(p);
+    /* The header timer starts when the head is not complete in the read
+     * that began it (client_parse()): the same time, as the loop's clock
+     * stands still in a callback, and no timer work for most requests. */
     c->state = C_HEAD;
-    timer_start(c, on_idle_timeout, c->px->cfg.header_timeout_ms);
     return 0;
 }
 
@@ -1262,48 +1380,158 @@ static int on_req_url(llhttp_t *p, const char *at, size_t len)
     struct client *c = parser_client(p);
     /* A line end right after the target is an HTTP/0.9 request ("GET /"),
      * which llhttp 8 would wait on for a version: refused now. */
-    if (at + len < c->exec_end && (at[len] == '\r' || at[len] == '\n')) {
-        c->error_status = 400;
+    if (at + len < c->rq->exec_end && (at[len] == '\r' || at[len] == '\n')) {
+        c->rq->error_status = 400;
         return -1;
     }
-    return head_grow(c, &c->url, at, len, 414);
+    return head_grow(c, &c->rq->url, at, len, 414);
 }
 
 static int on_req_field(llhttp_t *p, const char *at, size_t len)
 {
     struct client *c = parser_client(p);
-    return head_grow(c, &c->field, at, len, 431);
+    return head_grow(c, &c->rq->field, at, len, 431);
 }
 
 static int on_req_value(llhttp_t *p, const char *at, size_t len)
 {
     struct client *c = parser_client(p);
-    if (is_fold(at, c->exec_base, c->prev_byte)) {
-        c->error_status = 400;
+    if (is_fold(at, c->rq->exec_base, c->rq->prev_byte)) {
+        c->rq->error_status = 400;
         return -1;
     }
-    return head_grow(c, &c->value, at, len, 431);
+    return head_grow(c, &c->rq->value, at, len, 431);
+}
+
+/* The header names either parser acts on (see header_kind()). */
+enum hdr {
+    H_OTHER,
+    H_HOST,
+    H_XFF,
+    H_FORWARDED,
+    H_X_REAL_IP,
+    H_EXPECT,
+    H_TRANSFER_ENCODING,
+    H_CONNECTION,
+    H_UPGRADE,
+    H_REQUEST_ID,
+    H_KEEP_ALIVE,
+    H_PROXY_CONNECTION,
+    H_TE,
+    H_TRAILER,
+    H_CONTENT_LENGTH,
+    H_XF_PROTO,
+    H_XF_HOST,
+    H_PROXY_AUTHORIZATION,
+};
+
+/* Their names in lower case, by kind. */
+static const char *const hdr_name[] = {
+    [H_HOST] = "host",
+    [H_XFF] = "x-forwarded-for",
+    [H_FORWARDED] = "forwarded",
+    [H_X_REAL_IP] = "x-real-ip",
+    [H_EXPECT] = "expect",
+    [H_TRANSFER_ENCODING] = "transfer-encoding",
+    [H_CONNECTION] = "connection",
+    [H_UPGRADE] = "upgrade",
+    [H_REQUEST_ID] = "x-request-id",
+    [H_KEEP_ALIVE] = "keep-alive",
+    [H_PROXY_CONNECTION] = "proxy-connection",
+    [H_TE] = "te",
+    [H_TRAILER] = "trailer",
+    [H_CONTENT_LENGTH] = "content-length",
+    [H_XF_PROTO] = "x-forwarded-proto",
+    [H_XF_HOST] = "x-forwarded-host",
+    [H_PROXY_AUTHORIZATION] = "proxy-authorization",
+};
+
+/* Whether `s` (`len` bytes) is `lower` in any case; `lower` is lower case
+ * letters and '-', as every name in hdr_name[]. Eight bytes at a time:
+ * setting bit 5 of each byte puts A-Z in lower case and leaves a-z and '-'
+ * as they are, and of the other bytes only CR (0x0d) becomes one of them
+ * ('-'): a header name (a token, checked first) has none, and a Connection
+ * token that did could name no header line anyway. */
+static bool lower_eq(const char *s, const char *lower, size_t len)
+{
+    size_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        uint64_t a, b;
+        memcpy(&a, s + i, 8);
+        memcpy(&b, lower + i, 8);
+        if ((a | 0x2020202020202020ull) != b)
+            return false;
+    }
+    for (; i < len; i++) {
+        if (((unsigned char)s[i] | 0x20) != (unsigned char)lower[i])
+            return false;
+    }
+    return true;
+}
+
+/* The kind of header `name` is: its length, and for two lengths its first
+ * letter, pick the one name it can be, which is then compared whole. */
+static enum hdr header_kind(const char *name, size_t len)
+{
+    static const struct {
+        uint8_t kind, other; /* other: when the first letter is `first` */
+        char first;
+    } by_len[20] = {
+        [2] = {H_TE, 0, 0},
+        [4] = {H_HOST, 0, 0},
+        [6] = {H_EXPECT, 0, 0},
+        [7] = {H_TRAILER, H_UPGRADE, 'u'},
+        [9] = {H_X_REAL_IP, H_FORWARDED, 'f'},
+        [10] = {H_KEEP_ALIVE, H_CONNECTION, 'c'},
+        [12] = {H_REQUEST_ID, 0, 0},
+        [14] = {H_CONTENT_LENGTH, 0, 0},
+        [15] = {H_XFF, 0, 0},
+        [16] = {H_XF_HOST, H_PROXY_CONNECTION, 'p'},
+        [17] = {H_XF_PROTO, H_TRANSFER_ENCODING, 't'},
+        [19] = {H_PROXY_AUTHORIZATION, 0, 0},
+    };
+    if (len >= STOKE_ARRAY_SIZE(by_len) || by_len[len].kind == H_OTHER)
+        return H_OTHER;
+    char f = (char)(name[0] | 0x20); /* a letter in lower case */
+    enum hdr k = by_len[len].first && f == by_len[len].first ? by_len[len].other : by_len[len].kind;
+    return lower_eq(name, hdr_name[k], len) ? k : H_OTHER;
 }
 
 /* Headers that describe one connection, not the message: never forwarded
- * (RFC 9110 7.6.1). Content-Length and Expect are dropped too: the body goes
- * on with framing set here, and 100 Continue is answered here. The
- * client's X-Forwarded-Proto/-Host are replaced by ours; X-Request-Id is
- * checked and sent on by build_upstream_request(). */
-static bool is_dropped_request_header(const char *name, size_t len)
+ * either way (RFC 9110 7.6.1). */
+static bool is_hop_by_hop(enum hdr k)
 {
-    static const char *const names[] = {
-        "connection",   "keep-alive",        "proxy-connection", "te",
-        "trailer",      "transfer-encoding", "upgrade",          "content-length",
-        "expect",       "x-forwarded-proto", "x-forwarded-host", "proxy-authorization",
-        "x-request-id",
-    };
-    for (size_t i = 0; i < STOKE_ARRAY_SIZE(names); i++) {
-        if (stoke_strieq(name, len, names[i]))
-            return true;
+    switch (k) {
+    case H_CONNECTION:
+    case H_KEEP_ALIVE:
+    case H_PROXY_CONNECTION:
+    case H_TE:
+    case H_TRAILER:
+    case H_TRANSFER_ENCODING:
+    case H_UPGRADE:
+        return true;
+    default:
+        return false;
     }
-    return false;
 }
+
+/* The client's headers not forwarded as they came: the hop-by-hop ones;
+ * Content-Length and Expect, as the body goes on with framing set here and
+ * 100 Continue is answered here; X-Forwarded-Proto/-Host, replaced by ours;
+ * Proxy-Authorization; X-Request-Id, checked and sent on by
+ * build_upstream_request(). */
+static bool is_dropped_request_header(enum hdr k)
+{
+    return is_hop_by_hop(k) || k == H_CONTENT_LENGTH || k == H_EXPECT || k == H_XF_PROTO ||
+           k == H_XF_HOST || k == H_PROXY_AUTHORIZATION || k == H_REQUEST_ID;
+}
+
+/* RFC 9110 5.6.2: tchar. */
+static const char tchar[256] = {
+    ['0' ... '9'] = 1, ['a' ... 'z'] = 1, ['A' ... 'Z'] = 1, ['!'] = 1, ['#'] = 1, ['$'] = 1,
+    ['%'] = 1,         ['&'] = 1,         ['\''] = 1,        ['*'] = 1, ['+'] = 1, ['-'] = 1,
+    ['.'] = 1,         ['^'] = 1,         ['_'] = 1,         ['`'] = 1, ['|'] = 1, ['~'] = 1,
+};
 
 /* RFC 9110 5.1: a field name is a token. llhttp 8 lets whitespace before
  * the colon through ("Transfer-Encoding : chunked"), which other parsers on
@@ -1313,12 +1541,46 @@ static bool is_token(const char *s, size_t len)
     if (len == 0)
         return false;
     for (size_t i = 0; i < len; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
-              (ch && strchr("!#$%&'*+-.^_`|~", ch))))
+        if (!tchar[(unsigned char)s[i]])
             return false;
     }
     return true;
+}
+
+/* Appends the comma-separated tokens of Connection header value `val` to
+ * `list` (comma-separated), less those naming headers that are never in the
+ * lines it filters (see append_filtered()): `kept` says which are. So
+ * "Connection: keep-alive" leaves nothing to filter by. Returns 0 or a
+ * negative errno. */
+static int conn_tokens_add(struct stoke_buf *list, const char *val, size_t n,
+                           bool (*kept)(enum hdr))
+{
+    const char *p = val, *end = val + n;
+    int r = 0;
+    while (r == 0 && p < end) {
+        size_t tl;
+        const char *t = next_token(&p, end, &tl);
+        if (tl > 0 && kept(header_kind(t, tl))) {
+            if (list->len)
+                r = BUF_LIT(list, ",");
+            if (r == 0)
+                r = buf_put(list, t, tl);
+        }
+    }
+    return r;
+}
+
+/* Whether a header of kind k may be among the request lines filtered by
+ * the client's Connection tokens (c->rq->headers). */
+static bool in_request_lines(enum hdr k)
+{
+    return k == H_OTHER || k == H_FORWARDED || k == H_X_REAL_IP;
+}
+
+/* ... among the response lines filtered by the replica's (up->head). */
+static bool in_response_lines(enum hdr k)
+{
+    return !is_hop_by_hop(k);
 }
 
 /* RFC 9110 7.2 and RFC 3986 3.2.2: a Host (or an absolute-form target's
@@ -1329,10 +1591,18 @@ static bool is_valid_host(const char *s, size_t len)
     size_t i = 0;
     if (len == 0)
         return false;
+    /* 1: a reg-name's character; 2: also an IP literal's */
+    static const char hostchar[256] = {
+        ['0' ... '9'] = 3, ['a' ... 'f'] = 3, ['A' ... 'F'] = 3, ['g' ... 'z'] = 1,
+        ['G' ... 'Z'] = 1, ['.'] = 3,         [':'] = 2,         ['-'] = 1,
+        ['_'] = 1,         ['~'] = 1,         ['!'] = 1,         ['$'] = 1,
+        ['&'] = 1,         ['\''] = 1,        ['('] = 1,         [')'] = 1,
+        ['*'] = 1,         ['+'] = 1,         [','] = 1,         [';'] = 1,
+        ['='] = 1,         ['%'] = 1,
+    };
     if (s[0] == '[') {
         for (i = 1; i < len && s[i] != ']'; i++) {
-            unsigned char ch = (unsigned char)s[i];
-            if (!(isxdigit(ch) || ch == ':' || ch == '.'))
+            if (!(hostchar[(unsigned char)s[i]] & 2))
                 return false;
         }
         if (i == len || i == 1)
@@ -1340,8 +1610,7 @@ static bool is_valid_host(const char *s, size_t len)
         i++;
     } else {
         for (; i < len && s[i] != ':'; i++) {
-            unsigned char ch = (unsigned char)s[i];
-            if (!(isalnum(ch) || (ch && strchr("-._~!$&'()*+,;=%", ch))))
+            if (!(hostchar[(unsigned char)s[i]] & 1))
                 return false;
         }
         if (i == 0)
@@ -1352,7 +1621,7 @@ static bool is_valid_host(const char *s, size_t len)
     if (s[i] != ':' || len - i - 1 > 5)
         return false;
     for (i++; i < len; i++) {
-        if (!isdigit((unsigned char)s[i]))
+        if (s[i] < '0' || s[i] > '9')
             return false;
     }
     return true;
@@ -1367,70 +1636,101 @@ static void trim_value(struct stoke_buf *v)
 static int on_req_header_done(llhttp_t *p)
 {
     struct client *c = parser_client(p);
-    const char *name = c->field.data ? c->field.data : "";
-    size_t nl = c->field.len;
-    trim_value(&c->value);
-    const char *val = c->value.data ? c->value.data : "";
+    struct request *rq = c->rq;
+    const char *name = rq->field.data ? rq->field.data : "";
+    size_t nl = rq->field.len;
+    trim_value(&rq->value);
+    const char *val = rq->value.data ? rq->value.data : "";
+    size_t vl = rq->value.len;
     int r = 0;
 
-    if (c->dispatched) {
+    if (rq->dispatched) {
         /* A trailer of a chunked body: not forwarded (the head is gone
          * already, and nothing declared it). */
-        stoke_buf_clear(&c->field);
-        stoke_buf_clear(&c->value);
+        buf_clear(&rq->field);
+        buf_clear(&rq->value);
         return 0;
     }
     if (!is_token(name, nl)) {
-        c->error_status = 400;
+        rq->error_status = 400;
         return -1;
     }
-    if (stoke_strieq(name, nl, "host")) {
-        if (c->host.len > 0 || !is_valid_host(val, c->value.len)) {
-            c->error_status = 400; /* several Host headers, or a bad one */
+    enum hdr kind = header_kind(name, nl);
+    switch (kind) {
+    case H_HOST:
+        if (rq->host.len > 0 || !is_valid_host(val, vl)) {
+            rq->error_status = 400; /* several Host headers, or a bad one */
             return -1;
         }
-        r = stoke_buf_append(&c->host, val, c->value.len);
-    } else if (stoke_strieq(name, nl, "x-forwarded-for")) {
+        r = buf_put(&rq->host, val, vl);
+        break;
+    case H_XFF:
         /* A client's own claim is dropped: the replica sees the peer's
          * address alone, unless the peer is a trusted proxy. */
+        if (c->trusted) {
+            if (rq->xff.len)
+                r = BUF_LIT(&rq->xff, ", ");
+            if (r == 0)
+                r = buf_put(&rq->xff, val, vl);
+        }
+        break;
+    case H_FORWARDED:
+    case H_X_REAL_IP:
+        /* claims about the client only a trusted proxy may make */
         if (c->trusted)
-            r = stoke_buf_printf(&c->xff, "%s%s", c->xff.len ? ", " : "", val);
-    } else if (!c->trusted &&
-               (stoke_strieq(name, nl, "forwarded") || stoke_strieq(name, nl, "x-real-ip"))) {
-        /* dropped: claims about the client only a trusted proxy may make */
-    } else if (stoke_strieq(name, nl, "expect")) {
+            goto forward;
+        break;
+    case H_EXPECT:
         if (strcasecmp(val, "100-continue") != 0) {
-            c->error_status = 417;
+            rq->error_status = 417;
             return -1;
         }
-        c->expect_continue = true;
-    } else if (stoke_strieq(name, nl, "transfer-encoding")) {
+        rq->expect_continue = true;
+        break;
+    case H_TRANSFER_ENCODING:
         /* The body is de-chunked here (and sent on with a Content-Length,
          * or re-chunked when it streams), so any other coding ("gzip,
          * chunked") could not be forwarded as it came; a second header is
          * how TE.TE smuggling starts. */
-        if (c->chunked_seen || strcasecmp(val, "chunked") != 0) {
-            c->error_status = 400;
+        if (rq->chunked_seen || strcasecmp(val, "chunked") != 0) {
+            rq->error_status = 400;
             return -1;
         }
-        c->chunked_seen = true;
-    } else if (stoke_strieq(name, nl, "connection")) {
-        r = stoke_buf_printf(&c->conn_tokens, "%s%s", c->conn_tokens.len ? "," : "", val);
-    } else if (stoke_strieq(name, nl, "upgrade")) {
-        r = stoke_buf_printf(&c->upgrade, "%s%s", c->upgrade.len ? ", " : "", val);
-    } else if (stoke_strieq(name, nl, "x-request-id")) {
+        rq->chunked_seen = true;
+        break;
+    case H_CONNECTION:
+        r = conn_tokens_add(&rq->conn_tokens, val, vl, in_request_lines);
+        break;
+    case H_UPGRADE:
+        if (rq->upgrade.len)
+            r = BUF_LIT(&rq->upgrade, ", ");
+        if (r == 0)
+            r = buf_put(&rq->upgrade, val, vl);
+        break;
+    case H_REQUEST_ID:
         /* Kept when it is a plain token of sane length; else ours replaces
          * it, so a log line or header never carries what a client made up
          * to confuse them. */
-        if (c->value.len <= REQUEST_ID_MAX && is_token(val, c->value.len) && !c->request_id[0])
-            memcpy(c->request_id, val, c->value.len + 1);
-    } else if (!is_dropped_request_header(name, nl)) {
-        r = buf_cat(&c->headers, name, ": ", val, "\r\n", (char *)NULL);
+        if (vl <= REQUEST_ID_MAX && is_token(val, vl) && !rq->request_id[0])
+            memcpy(rq->request_id, val, vl + 1);
+        break;
+    default:
+        if (is_dropped_request_header(kind))
+            break;
+    forward:
+        r = buf_put(&rq->headers, name, nl);
+        if (r == 0)
+            r = BUF_LIT(&rq->headers, ": ");
+        if (r == 0)
+            r = buf_put(&rq->headers, val, vl);
+        if (r == 0)
+            r = BUF_LIT(&rq->headers, "\r\n");
+        break;
     }
-    stoke_buf_clear(&c->field);
-    stoke_buf_clear(&c->value);
+    buf_clear(&rq->field);
+    buf_clear(&rq->value);
     if (r < 0) {
-        c->error_status = 431;
+        rq->error_status = 431;
         return -1;
     }
     return 0;
@@ -1441,8 +1741,8 @@ static int on_req_header_done(llhttp_t *p)
  * the target becomes the origin-form rest. Returns 0 or -EINVAL. */
 static int absolute_form(struct client *c)
 {
-    const char *u = c->url.data;
-    size_t n = c->url.len, skip;
+    const char *u = c->rq->url.data;
+    size_t n = c->rq->url.len, skip;
     if (n > 7 && strncasecmp(u, "http://", 7) == 0)
         skip = 7;
     else if (n > 8 && strncasecmp(u, "https://", 8) == 0)
@@ -1454,20 +1754,20 @@ static int absolute_form(struct client *c)
         rest++;
     if (!is_valid_host(auth, (size_t)(rest - auth)))
         return -EINVAL;
-    stoke_buf_clear(&c->host);
+    buf_clear(&c->rq->host);
     struct stoke_buf path;
-    stoke_buf_init(&path, c->url.limit);
-    int r = stoke_buf_append(&c->host, auth, (size_t)(rest - auth));
+    stoke_buf_init(&path, c->rq->url.limit);
+    int r = buf_put(&c->rq->host, auth, (size_t)(rest - auth));
     if (r == 0)
         r = buf_cat(&path, *rest == '/' ? "" : "/", (char *)NULL);
     if (r == 0)
-        r = stoke_buf_append(&path, rest, (size_t)(end - rest));
+        r = buf_put(&path, rest, (size_t)(end - rest));
     if (r < 0) {
         stoke_buf_done(&path);
         return -EINVAL;
     }
-    stoke_buf_done(&c->url);
-    c->url = path;
+    stoke_buf_done(&c->rq->url);
+    c->rq->url = path;
     return 0;
 }
 
@@ -1475,50 +1775,51 @@ static int on_req_headers_complete(llhttp_t *p)
 {
     struct client *c = parser_client(p);
     c->state = C_BODY;
-    c->start_ns = uv_hrtime();
-    c->method = (uint8_t)llhttp_get_method(p);
-    c->http_minor = llhttp_get_http_minor(p);
+    c->rq->start_ns = uv_hrtime();
+    c->rq->method = (uint8_t)llhttp_get_method(p);
+    c->rq->http_minor = llhttp_get_http_minor(p);
     if (llhttp_get_http_major(p) != 1) {
-        c->error_status = 400;
+        c->rq->error_status = 400;
         return -1;
     }
-    if (c->host.len == 0 && c->http_minor >= 1) {
-        c->error_status = 400; /* HTTP/1.1 requires Host (RFC 9112 3.2) */
+    if (c->rq->host.len == 0 && c->rq->http_minor >= 1) {
+        c->rq->error_status = 400; /* HTTP/1.1 requires Host (RFC 9112 3.2) */
         return -1;
     }
-    if (c->chunked_seen && c->http_minor == 0) {
-        c->error_status = 400; /* framing an HTTP/1.0 peer cannot mean (RFC 9112 6.1) */
+    if (c->rq->chunked_seen && c->rq->http_minor == 0) {
+        c->rq->error_status = 400; /* framing an HTTP/1.0 peer cannot mean (RFC 9112 6.1) */
         return -1;
     }
-    if (c->method == HTTP_CONNECT) {
-        c->error_status = 501; /* no tunnels: this is not a forward proxy */
+    if (c->rq->method == HTTP_CONNECT) {
+        c->rq->error_status = 501; /* no tunnels: this is not a forward proxy */
         return -1;
     }
-    if (c->url.len > 0 && c->url.data[0] != '/' && absolute_form(c) < 0) {
+    if (c->rq->url.len > 0 && c->rq->url.data[0] != '/' && absolute_form(c) < 0) {
         /* Origin-form or absolute-form only: authority-form is CONNECT's,
          * and asterisk-form (OPTIONS *) names no function. */
-        c->error_status = 400;
+        c->rq->error_status = 400;
         return -1;
     }
-    if (c->url.len == 0) {
-        c->error_status = 400;
+    if (c->rq->url.len == 0) {
+        c->rq->error_status = 400;
         return -1;
     }
     uint64_t limit = c->px->cfg.max_body_bytes;
     if (limit && p->content_length > limit && !(p->flags & F_CHUNKED)) {
-        c->error_status = 413;
+        c->rq->error_status = 413;
         return -1;
     }
-    c->keep_alive = llhttp_should_keep_alive(p);
-    uv_timer_stop(&c->timer);
-    c->content_length = p->content_length;
-    c->has_body = (p->flags & F_CHUNKED) || p->content_length > 0;
-    if (!c->has_body)
+    c->rq->keep_alive = llhttp_should_keep_alive(p);
+    /* (the client's timer is set next, as the request is routed or
+     * answered, in this same callback) */
+    c->rq->content_length = p->content_length;
+    c->rq->has_body = (p->flags & F_CHUNKED) || p->content_length > 0;
+    if (!c->rq->has_body)
         return 0; /* routed once complete, see client_parse() */
     /* Routed now; the body follows as it arrives (client_parse()). */
-    c->in_body = true;
+    c->rq->in_body = true;
     uint64_t t = c->px->cfg.header_timeout_ms;
-    uv_timer_start(&c->body_timer, on_idle_timeout, t, t);
+    uv_timer_start(&c->rq->body_timer, on_idle_timeout, t, t);
     return HPE_PAUSED;
 }
 
@@ -1527,7 +1828,8 @@ static void client_stop_reading(struct client *c)
     if (!c->read_stopped) {
         c->read_stopped = true;
         uv_read_stop((uv_stream_t *)&c->tcp);
-        uv_timer_stop(&c->body_timer); /* waiting on us, not on the client */
+        if (c->rq)
+            uv_timer_stop(&c->rq->body_timer); /* waiting on us, not on the client */
     }
 }
 
@@ -1539,8 +1841,8 @@ static void client_resume_reading(struct client *c)
         c->read_stopped = false;
         uv_read_start((uv_stream_t *)&c->tcp, read_alloc, on_client_read);
         uint64_t t = c->px->cfg.header_timeout_ms;
-        if (c->in_body && !c->response_started)
-            uv_timer_start(&c->body_timer, on_idle_timeout, t, t);
+        if (c->rq && c->rq->in_body && !c->rq->response_started)
+            uv_timer_start(&c->rq->body_timer, on_idle_timeout, t, t);
     }
 }
 
@@ -1552,57 +1854,56 @@ static int upstream_writev(struct upstream *up, const uv_buf_t *parts, size_t n)
  * Returns 0 or a negative errno. */
 static int request_pump(struct client *c)
 {
-    struct upstream *up = c->up;
+    struct upstream *up = c->rq->up;
     if (!up || !up->connected)
         return 0;
     uv_buf_t parts[5];
     size_t n = 0;
     char framing[64];
-    bool complete = !c->in_body;
-    if (!c->head_sent) {
-        if (!complete && c->hold.len <= BODY_HOLD)
+    bool complete = !c->rq->in_body;
+    if (!c->rq->head_sent) {
+        if (!complete && c->rq->hold.len <= BODY_HOLD)
             return 0;
-        c->head_sent = true;
-        c->streaming = !complete;
-        int fl = 0;
-        if (c->chunked_seen && c->streaming)
-            fl = snprintf(framing, sizeof(framing), "Transfer-Encoding: chunked\r\n\r\n");
-        else if (c->chunked_seen)
-            fl = snprintf(framing, sizeof(framing), "Content-Length: %zu\r\n\r\n", c->hold.len);
-        else if (c->has_body || c->method == HTTP_POST || c->method == HTTP_PUT ||
-                 c->method == HTTP_PATCH)
-            fl = snprintf(framing, sizeof(framing), "Content-Length: %" PRIu64 "\r\n\r\n",
-                          c->content_length);
+        c->rq->head_sent = true;
+        c->rq->streaming = !complete;
+        size_t fl;
+        if (c->rq->chunked_seen && c->rq->streaming)
+            fl = fmt_line(framing, "Transfer-Encoding: chunked\r\n\r\n", NULL, 0, 0);
+        else if (c->rq->chunked_seen)
+            fl = fmt_line(framing, "Content-Length: ", "\r\n\r\n", c->rq->hold.len, 10);
+        else if (c->rq->has_body || c->rq->method == HTTP_POST || c->rq->method == HTTP_PUT ||
+                 c->rq->method == HTTP_PATCH)
+            fl = fmt_line(framing, "Content-Length: ", "\r\n\r\n", c->rq->content_length, 10);
         else
-            fl = snprintf(framing, sizeof(framing), "\r\n");
-        parts[n++] = uv_buf_init(c->out.data, (unsigned)c->out.len);
+            fl = fmt_line(framing, "\r\n", NULL, 0, 0);
+        parts[n++] = uv_buf_init(c->rq->out.data, (unsigned)c->rq->out.len);
         parts[n++] = uv_buf_init(framing, (unsigned)fl);
-        if (!c->streaming && c->hold.len)
-            parts[n++] = uv_buf_init(c->hold.data, (unsigned)c->hold.len);
+        if (!c->rq->streaming && c->rq->hold.len)
+            parts[n++] = uv_buf_init(c->rq->hold.data, (unsigned)c->rq->hold.len);
     }
     char size[24];
-    if (c->streaming && c->hold.len) {
-        if (c->chunked_seen) {
-            int sl = snprintf(size, sizeof(size), "%zx\r\n", c->hold.len);
+    if (c->rq->streaming && c->rq->hold.len) {
+        if (c->rq->chunked_seen) {
+            size_t sl = fmt_line(size, "", "\r\n", c->rq->hold.len, 16);
             parts[n++] = uv_buf_init(size, (unsigned)sl);
         }
-        parts[n++] = uv_buf_init(c->hold.data, (unsigned)c->hold.len);
-        if (c->chunked_seen)
+        parts[n++] = uv_buf_init(c->rq->hold.data, (unsigned)c->rq->hold.len);
+        if (c->rq->chunked_seen)
             parts[n++] = uv_buf_init("\r\n", 2);
     }
-    if (c->streaming && complete && !c->last_sent) {
-        c->last_sent = true;
-        if (c->chunked_seen)
+    if (c->rq->streaming && complete && !c->rq->last_sent) {
+        c->rq->last_sent = true;
+        if (c->rq->chunked_seen)
             parts[n++] = uv_buf_init("0\r\n\r\n", 5);
     }
     if (n == 0)
         return 0;
     int r = upstream_writev(up, parts, n);
-    if (c->streaming) {
+    if (c->rq->streaming) {
         /* What streamed is gone: a failure from here on is a 502. The held
          * bytes of a complete body stay for a retry instead. */
-        c->retry_lost = true;
-        stoke_buf_clear(&c->hold);
+        c->rq->retry_lost = true;
+        buf_clear(&c->rq->hold);
     }
     return r;
 }
@@ -1611,19 +1912,19 @@ static int on_req_body(llhttp_t *p, const char *at, size_t len)
 {
     struct client *c = parser_client(p);
     uint64_t limit = c->px->cfg.max_body_bytes;
-    c->body_bytes += len;
-    if (limit && c->body_bytes > limit) {
-        c->error_status = 413;
+    c->rq->body_bytes += len;
+    if (limit && c->rq->body_bytes > limit) {
+        c->rq->error_status = 413;
         return -1;
     }
-    if (!c->response_started)
-        uv_timer_again(&c->body_timer);
-    if ((p->flags & F_CHUNKED) && !chunk_data(&c->chunk, at, len, c->exec_end)) {
-        c->error_status = 400;
+    if (!c->rq->response_started)
+        uv_timer_again(&c->rq->body_timer);
+    if ((p->flags & F_CHUNKED) && !chunk_data(&c->rq->chunk, at, len, c->rq->exec_end)) {
+        c->rq->error_status = 400;
         return -1;
     }
-    if (stoke_buf_append(&c->hold, at, len) < 0) {
-        c->error_status = 413;
+    if (buf_put(&c->rq->hold, at, len) < 0) {
+        c->rq->error_status = 413;
         return -1;
     }
     return 0;
@@ -1631,57 +1932,165 @@ static int on_req_body(llhttp_t *p, const char *at, size_t len)
 
 static int on_req_chunk_header(llhttp_t *p)
 {
-    chunk_header(&parser_client(p)->chunk, p);
+    chunk_header(&parser_client(p)->rq->chunk, p);
     return 0;
 }
 
 static int on_req_complete(llhttp_t *p)
 {
     struct client *c = parser_client(p);
-    if (c->in_body) {
-        c->in_body = false;
-        uv_timer_stop(&c->body_timer);
+    if (c->rq->in_body) {
+        c->rq->in_body = false;
+        uv_timer_stop(&c->rq->body_timer);
     }
     return HPE_PAUSED;
 }
 
-static void request_reset(struct client *c)
+/* A buffer's storage is kept for the next request when it is this small,
+ * and freed when it is bigger. */
+static void buf_trim(struct stoke_buf *b)
 {
-    stoke_buf_clear(&c->url);
-    stoke_buf_clear(&c->field);
-    stoke_buf_clear(&c->value);
-    stoke_buf_clear(&c->headers);
-    stoke_buf_clear(&c->host);
-    stoke_buf_clear(&c->xff);
-    stoke_buf_clear(&c->conn_tokens);
-    stoke_buf_clear(&c->upgrade);
-    stoke_buf_done(&c->out);
-    stoke_buf_done(&c->hold);
-    c->head_sent = false;
-    c->streaming = false;
-    c->last_sent = false;
-    c->retry_lost = false;
-    c->request_id[0] = '\0';
-    c->start_ns = 0;
-    c->head_bytes = 0;
-    c->body_bytes = 0;
-    c->error_status = 0;
-    c->expect_continue = false;
-    c->chunked_seen = false;
-    c->chunk = (struct chunk_check){0};
-    c->dispatched = false;
-    c->in_body = false;
-    c->has_body = false;
-    c->method = HTTP_GET;
-    c->tries = 0;
-    c->response_started = false;
-    c->close_after = false;
-    c->keep_alive = true;
+    if (b->cap > RQ_KEEP_BYTES)
+        stoke_buf_done(b);
+    else
+        buf_clear(b);
+}
+
+static void request_reset(struct request *rq)
+{
+    buf_trim(&rq->url);
+    buf_trim(&rq->field);
+    buf_trim(&rq->value);
+    buf_trim(&rq->headers);
+    buf_trim(&rq->host);
+    buf_trim(&rq->xff);
+    buf_trim(&rq->conn_tokens);
+    buf_trim(&rq->upgrade);
+    buf_trim(&rq->out);
+    buf_trim(&rq->hold);
+    rq->head_sent = false;
+    rq->streaming = false;
+    rq->last_sent = false;
+    rq->retry_lost = false;
+    rq->request_id[0] = '\0';
+    rq->start_ns = 0;
+    rq->head_bytes = 0;
+    rq->body_bytes = 0;
+    rq->content_length = 0;
+    rq->error_status = 0;
+    rq->expect_continue = false;
+    rq->chunked_seen = false;
+    rq->chunk = (struct chunk_check){0};
+    rq->dispatched = false;
+    rq->in_body = false;
+    rq->has_body = false;
+    rq->method = HTTP_GET;
+    rq->http_minor = 0;
+    rq->m = NULL;
+    rq->status = 0;
+    rq->tries = 0;
+    rq->response_started = false;
+    rq->close_after = false;
+    rq->tunnel_eof = false;
+    rq->head_timed = false;
+    rq->keep_alive = true;
+}
+
+/* ---- request state: the worker's free list ------------------------------ */
+
+static void proxy_handle_closed(struct proxy *px);
+
+static void on_request_closed(uv_handle_t *h)
+{
+    struct request *rq = stoke_container_of(h, struct request, body_timer);
+    struct proxy *px = h->data;
+    stoke_buf_done(&rq->batch);
+    stoke_buf_done(&rq->url);
+    stoke_buf_done(&rq->field);
+    stoke_buf_done(&rq->value);
+    stoke_buf_done(&rq->headers);
+    stoke_buf_done(&rq->host);
+    stoke_buf_done(&rq->xff);
+    stoke_buf_done(&rq->conn_tokens);
+    stoke_buf_done(&rq->upgrade);
+    stoke_buf_done(&rq->out);
+    stoke_buf_done(&rq->hold);
+    free(rq);
+    proxy_handle_closed(px);
+}
+
+static void request_free(struct proxy *px, struct request *rq)
+{
+    rq->body_timer.data = px;
+    uv_close((uv_handle_t *)&rq->body_timer, on_request_closed);
+}
+
+/* The request state for client c's next request: a free one, or a new one.
+ * NULL when out of memory. */
+static struct request *request_get(struct client *c)
+{
+    struct proxy *px = c->px;
+    struct request *rq;
+    if (!stoke_list_empty(&px->free_rqs)) {
+        /* the last put back: the warmest in the caches */
+        rq = stoke_container_of(px->free_rqs.prev, struct request, fnode);
+        stoke_list_remove(&rq->fnode);
+        px->n_free_rqs--;
+    } else {
+        rq = calloc(1, sizeof(*rq));
+        if (!rq)
+            return NULL;
+        size_t h = px->cfg.max_header_bytes;
+        stoke_list_init(&rq->fnode);
+        uv_timer_init(px->loop, &rq->body_timer);
+        px->handles++;
+        stoke_buf_init(&rq->batch, 2 * WRITE_HIGH_WATER);
+        stoke_buf_init(&rq->url, h);
+        stoke_buf_init(&rq->field, h);
+        stoke_buf_init(&rq->value, h);
+        stoke_buf_init(&rq->headers, 2 * h);
+        stoke_buf_init(&rq->host, h);
+        stoke_buf_init(&rq->xff, h + 64);
+        stoke_buf_init(&rq->conn_tokens, h);
+        stoke_buf_init(&rq->upgrade, h);
+        stoke_buf_init(&rq->out, 4 * h);
+        /* Reading stops past BODY_HOLD, so the held pipelined input (parsed
+         * in one go) fits on top of it. */
+        stoke_buf_init(&rq->hold, BODY_HOLD + MAX_PENDING_INPUT + 4 * 65536);
+        request_reset(rq);
+        llhttp_init(&rq->parser, HTTP_REQUEST, &px->req_settings);
+    }
+    rq->parser.data = c;
+    rq->body_timer.data = c;
+    c->rq = rq;
+    return rq;
+}
+
+/* Gives client c's request state back (reset already, see request_reset()):
+ * to the free list, or freed when that holds RQ_FREE_MAX. */
+static void request_put(struct client *c)
+{
+    struct proxy *px = c->px;
+    struct request *rq = c->rq;
+    c->rq = NULL;
+    uv_timer_stop(&rq->body_timer);
+    if (rq->batch.cap > 4096)
+        stoke_buf_done(&rq->batch);
+    else
+        buf_clear(&rq->batch);
+    rq->batching = false;
+    rq->prev_byte = '\0';
+    rq->exec_base = rq->exec_end = NULL;
+    llhttp_reset(&rq->parser);
+    if (px->closing || px->n_free_rqs >= RQ_FREE_MAX) {
+        request_free(px, rq);
+        return;
+    }
+    stoke_list_insert_tail(&px->free_rqs, &rq->fnode);
+    px->n_free_rqs++;
 }
 
 /* ---- client lifecycle -------------------------------------------------- */
-
-static void proxy_handle_closed(struct proxy *px);
 
 static void on_client_handle_closed(uv_handle_t *h)
 {
@@ -1690,17 +2099,10 @@ static void on_client_handle_closed(uv_handle_t *h)
         return;
     struct proxy *px = c->px;
     stoke_buf_done(&c->in);
-    stoke_buf_done(&c->batch);
-    stoke_buf_done(&c->url);
-    stoke_buf_done(&c->field);
-    stoke_buf_done(&c->value);
-    stoke_buf_done(&c->headers);
-    stoke_buf_done(&c->host);
-    stoke_buf_done(&c->xff);
-    stoke_buf_done(&c->conn_tokens);
-    stoke_buf_done(&c->upgrade);
-    stoke_buf_done(&c->out);
-    stoke_buf_done(&c->hold);
+    if (c->rq) {
+        request_reset(c->rq);
+        request_put(c);
+    }
     free(c);
     proxy_handle_closed(px);
 }
@@ -1708,16 +2110,18 @@ static void on_client_handle_closed(uv_handle_t *h)
 /* Releases the replica slot and function reference of the request. */
 static void client_release(struct client *c)
 {
-    if (c->up) {
-        c->up->c = NULL;
-        c->up = NULL;
+    if (!c->rq)
+        return;
+    if (c->rq->up) {
+        c->rq->up->c = NULL;
+        c->rq->up = NULL;
     }
-    if (c->ep) {
-        struct fn *fn = c->ep->fn;
+    if (c->rq->ep) {
+        struct fn *fn = c->rq->ep->fn;
         fn_mark(fn);
-        c->ep->inflight--;
+        c->rq->ep->inflight--;
         fn->inflight--;
-        if (lim_ep_put(c->ep->lim))
+        if (lim_ep_put(c->rq->ep->lim))
             limits_drain_changed(c->px->limits); /* back within a lowered share */
         metrics_gauge(fn->m, METRICS_IN_FLIGHT, -1);
         if (fn->queued > 0 && !fn->gone)
@@ -1725,21 +2129,21 @@ static void client_release(struct client *c)
         /* A queued request of another worker may take the slot. */
         if (lim_fn_queued(fn->lim) > fn->queued)
             lim_fn_wake(fn->lim, c->px->worker);
-        if (c->ep->gone && c->ep->inflight == 0 && !stoke_list_empty(&c->ep->dnode)) {
-            stoke_list_remove(&c->ep->dnode);
+        if (c->rq->ep->gone && c->rq->ep->inflight == 0 && !stoke_list_empty(&c->rq->ep->dnode)) {
+            stoke_list_remove(&c->rq->ep->dnode);
             c->px->hooks.on_drained(c->px->hooks.data);
         }
-        endpoint_unref(c->ep);
-        c->ep = NULL;
+        endpoint_unref(c->rq->ep);
+        c->rq->ep = NULL;
     }
-    if (c->fn) {
+    if (c->rq->fn) {
         if (c->state == C_QUEUED) {
             stoke_list_remove(&c->qnode);
-            fn_queued_add(c->fn, -1);
+            fn_queued_add(c->rq->fn, -1);
             c->state = C_BODY;
         }
-        fn_unref(c->fn);
-        c->fn = NULL;
+        fn_unref(c->rq->fn);
+        c->rq->fn = NULL;
     }
 }
 
@@ -1747,7 +2151,7 @@ static void client_release(struct client *c)
  * closed, since a half-read response leaves it unusable. */
 static void client_abort_upstream(struct client *c)
 {
-    struct upstream *up = c->up;
+    struct upstream *up = c->rq ? c->rq->up : NULL;
     client_release(c);
     if (up)
         upstream_close(up);
@@ -1764,7 +2168,8 @@ static void client_close(struct client *c)
     c->px->n_clients--;
     if (c->counted)
         limits_conn_put(c->px->limits);
-    uv_close((uv_handle_t *)&c->body_timer, on_client_handle_closed);
+    if (c->rq)
+        uv_timer_stop(&c->rq->body_timer); /* the request state is put back when closed */
     metrics_connections(c->px->hooks.metrics, -1);
     uv_close((uv_handle_t *)&c->timer, on_client_handle_closed);
     uv_close((uv_handle_t *)&c->tcp, on_client_handle_closed);
@@ -1773,7 +2178,8 @@ static void client_close(struct client *c)
 static void on_idle_timeout(uv_timer_t *t)
 {
     struct client *c = t->data;
-    if (c->state == C_HEAD || (c->in_body && c->state != C_FLUSH && c->state != C_LINGER)) {
+    if (c->state == C_HEAD ||
+        (c->rq && c->rq->in_body && c->state != C_FLUSH && c->state != C_LINGER)) {
         /* A slow sender: closed, and a replica that got part of the
          * request sees its connection close too. */
         client_log(c, NULL, STOKE_LOG_DEBUG, 0, "client timed out sending a request");
@@ -1799,7 +2205,7 @@ static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     if (c->state == C_LINGER) {
-        c->lingered += nread > 0 ? (size_t)nread : 0;
+        c->lingered += nread > 0 ? (uint32_t)nread : 0;
         if (nread < 0 || c->lingered > LINGER_MAX_BYTES)
             client_close(c);
         return;
@@ -1812,7 +2218,7 @@ static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
     if (nread > 0) {
         if (c->state == C_IDLE || c->state == C_HEAD ||
-            (c->in_body && (c->state == C_QUEUED || c->state == C_UPSTREAM))) {
+            (c->rq->in_body && (c->state == C_QUEUED || c->state == C_UPSTREAM))) {
             /* Parsed in place; what follows a complete request is held
              * until its answer is out (client_drive() parses it then). */
             c->driving = true;
@@ -1821,16 +2227,16 @@ static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
             if (c->state == C_CLOSED || c->state == C_FLUSH || c->state == C_LINGER)
                 return;
             if (used < (size_t)nread &&
-                stoke_buf_append(&c->in, buf->base + used, (size_t)nread - used) < 0) {
+                buf_put(&c->in, buf->base + used, (size_t)nread - used) < 0) {
                 client_close(c);
                 return;
             }
-            if (c->in_body && request_pump(c) < 0) {
+            if (c->rq->in_body && request_pump(c) < 0) {
                 send_error(c, 502, true);
-            } else if (c->in_body &&
-                       (c->hold.len > BODY_HOLD ||
-                        (c->up && uv_stream_get_write_queue_size((uv_stream_t *)&c->up->tcp) >
-                                      WRITE_HIGH_WATER))) {
+            } else if (c->rq->in_body &&
+                       (c->rq->hold.len > BODY_HOLD ||
+                        (c->rq->up && uv_stream_get_write_queue_size(
+                                          (uv_stream_t *)&c->rq->up->tcp) > WRITE_HIGH_WATER))) {
                 /* Backpressure: the replica, or the wait for one, holds
                  * enough of this body for now. */
                 client_stop_reading(c);
@@ -1839,8 +2245,7 @@ static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
             }
         } else if (c->state != C_FLUSH && c->state != C_CLOSED) {
             /* Pipelined bytes while a request is busy: hold them, bounded. */
-            if (stoke_buf_append(&c->in, buf->base, (size_t)nread) < 0 ||
-                c->in.len >= MAX_PENDING_INPUT)
+            if (buf_put(&c->in, buf->base, (size_t)nread) < 0 || c->in.len >= MAX_PENDING_INPUT)
                 client_stop_reading(c);
         }
     }
@@ -1866,45 +2271,53 @@ static int bad_method_status(const char *data, size_t len)
  * waits for its answer) or all of them. Returns the bytes used. */
 static size_t client_parse(struct client *c, const char *data, size_t len)
 {
-    if (!chunk_start_read(&c->chunk, data, len)) {
+    if (!c->rq && !request_get(c)) {
+        client_close(c);
+        return len;
+    }
+    if (!chunk_start_read(&c->rq->chunk, data, len)) {
         client_log(c, NULL, STOKE_LOG_DEBUG, 0, "bad request (400): no CRLF after chunk data");
         send_error(c, 400, true);
         return len;
     }
-    c->exec_base = data;
-    c->exec_end = data + len;
-    llhttp_errno_t err = llhttp_execute(&c->parser, data, len);
-    c->exec_base = c->exec_end = NULL;
+    c->rq->exec_base = data;
+    c->rq->exec_end = data + len;
+    llhttp_errno_t err = llhttp_execute(&c->rq->parser, data, len);
+    c->rq->exec_base = c->rq->exec_end = NULL;
     if (err == HPE_OK) {
         if (len > 0)
-            c->prev_byte = data[len - 1];
+            c->rq->prev_byte = data[len - 1];
+        if (c->state == C_HEAD && !c->rq->head_timed) {
+            c->rq->head_timed = true; /* from the head's first byte, see on_req_begin() */
+            timer_start(c, on_idle_timeout, c->px->cfg.header_timeout_ms);
+        }
         return len;
     }
-    c->prev_byte = '\0'; /* a request ended: held bytes start the next */
+    c->rq->prev_byte = '\0'; /* a request ended: held bytes start the next */
     if (err == HPE_PAUSED) {
-        const char *pos = llhttp_get_error_pos(&c->parser);
+        const char *pos = llhttp_get_error_pos(&c->rq->parser);
         size_t used = pos ? (size_t)(pos - data) : len;
-        if (!c->dispatched && c->in_body) {
+        if (!c->rq->dispatched && c->rq->in_body) {
             /* The head of a request with a body: route it, then stream the
              * body to wherever it went (an error answer closes). */
             dispatch(c);
             if (c->state != C_QUEUED && c->state != C_UPSTREAM)
                 return len;
-            llhttp_resume(&c->parser);
+            llhttp_resume(&c->rq->parser);
             return used < len ? used + client_parse(c, data + used, len - used) : len;
         }
         /* A request is complete: what follows waits for its answer. */
-        if (!c->dispatched)
+        if (!c->rq->dispatched)
             dispatch(c);
         else if (request_pump(c) < 0)
             send_error(c, 502, true);
         return used;
     }
-    int status = c->error_status ? c->error_status : 400;
+    int status = c->rq->error_status ? c->rq->error_status : 400;
     if (err == HPE_INVALID_METHOD)
         status = bad_method_status(data, len);
     client_log(c, NULL, STOKE_LOG_DEBUG, 0, "bad request (%d): %s", status,
-               llhttp_get_error_reason(&c->parser));
+               llhttp_get_error_reason(&c->rq->parser));
     send_error(c, status, true);
     return len;
 }
@@ -1929,10 +2342,16 @@ static void client_drive(struct client *c)
         stoke_buf_consume(&c->in, c->in_off);
         c->in_off = 0;
     }
+    if (c->in.len == 0 && c->in.cap > 0)
+        stoke_buf_done(&c->in);
     if (c->state == C_CLOSED || c->state == C_FLUSH || c->state == C_LINGER)
         return;
-    if (c->in_body) {
-        if (c->hold.len <= BODY_HOLD)
+    /* Between requests with nothing held: the request state goes back to
+     * the worker's free list until the next request's first byte. */
+    if (c->state == C_IDLE && c->rq && c->in.len == 0)
+        request_put(c);
+    if (c->rq && c->rq->in_body) {
+        if (c->rq->hold.len <= BODY_HOLD)
             client_resume_reading(c);
     } else if (!client_backlogged(c) && c->in.len < MAX_PENDING_INPUT) {
         if (c->read_stopped) {
@@ -1951,16 +2370,16 @@ static void client_finish_request(struct client *c)
 {
     request_end(c);
     client_release(c);
-    request_reset(c);
+    request_reset(c->rq);
     c->state = C_IDLE;
     timer_start(c, on_idle_timeout, c->px->cfg.idle_timeout_ms);
     /* An Upgrade the replica was never asked for (the header is dropped)
      * was declined by its answer, so HTTP goes on (RFC 9110 7.8); llhttp
      * would otherwise treat what follows as the tunnel. */
-    if (c->parser.upgrade)
-        llhttp_reset(&c->parser);
+    if (c->rq->parser.upgrade)
+        llhttp_reset(&c->rq->parser);
     else
-        llhttp_resume(&c->parser);
+        llhttp_resume(&c->rq->parser);
     client_drive(c);
 }
 
@@ -1972,11 +2391,9 @@ static struct client *client_new(struct proxy *px)
     c->px = px;
     uv_tcp_init(px->loop, &c->tcp);
     uv_timer_init(px->loop, &c->timer);
-    uv_timer_init(px->loop, &c->body_timer);
     c->tcp.data = c;
     c->timer.data = c;
-    c->body_timer.data = c;
-    c->handles = 3;
+    c->handles = 2;
     px->handles++;
     stoke_list_init(&c->qnode);
     stoke_list_insert_tail(&px->clients, &c->node);
@@ -1984,22 +2401,6 @@ static struct client *client_new(struct proxy *px)
     metrics_connections(px->hooks.metrics, 1);
     c->state = C_IDLE;
     stoke_buf_init(&c->in, MAX_PENDING_INPUT + 65536);
-    stoke_buf_init(&c->batch, 2 * WRITE_HIGH_WATER);
-    stoke_buf_init(&c->url, px->cfg.max_header_bytes);
-    stoke_buf_init(&c->field, px->cfg.max_header_bytes);
-    stoke_buf_init(&c->value, px->cfg.max_header_bytes);
-    stoke_buf_init(&c->headers, 2 * px->cfg.max_header_bytes);
-    stoke_buf_init(&c->host, px->cfg.max_header_bytes);
-    stoke_buf_init(&c->xff, px->cfg.max_header_bytes + 64);
-    stoke_buf_init(&c->conn_tokens, px->cfg.max_header_bytes);
-    stoke_buf_init(&c->upgrade, px->cfg.max_header_bytes);
-    stoke_buf_init(&c->out, 4 * px->cfg.max_header_bytes);
-    /* Reading stops past BODY_HOLD, so the held pipelined input (parsed in
-     * one go) fits on top of it. */
-    stoke_buf_init(&c->hold, BODY_HOLD + MAX_PENDING_INPUT + 4 * 65536);
-    request_reset(c);
-    llhttp_init(&c->parser, HTTP_REQUEST, &px->req_settings);
-    c->parser.data = c;
     return c;
 }
 
@@ -2051,9 +2452,10 @@ bool proxy_busy(const struct proxy *px)
 {
     for (const struct stoke_list *it = px->clients.next; it != &px->clients; it = it->next) {
         const struct client *c = stoke_container_of(it, struct client, node);
-        bool waits_on_client = c->state == C_IDLE || c->state == C_HEAD || c->state == C_LINGER ||
-                               (c->state == C_TUNNEL && !c->read_stopped) ||
-                               (c->in_body && !c->read_stopped && c->state != C_QUEUED);
+        bool waits_on_client =
+            c->state == C_IDLE || c->state == C_HEAD || c->state == C_LINGER ||
+            (c->state == C_TUNNEL && !c->read_stopped) ||
+            (c->rq && c->rq->in_body && !c->read_stopped && c->state != C_QUEUED);
         if (c->pending_writes > 0 || !waits_on_client)
             return true;
     }
@@ -2086,7 +2488,7 @@ static void on_queue_timeout(uv_timer_t *t)
 static void on_request_deadline(uv_timer_t *t)
 {
     struct client *c = t->data;
-    if (c->response_started) {
+    if (c->rq->response_started) {
         client_close(c); /* the status is out already: cut the response */
         return;
     }
@@ -2126,7 +2528,7 @@ static void upstream_send(struct client *c, struct endpoint *ep);
 
 static void enqueue(struct client *c)
 {
-    struct fn *fn = c->fn;
+    struct fn *fn = c->rq->fn;
     /* queue.max (or this activator's share of it) bounds the process's
      * queue, whichever worker holds the requests. */
     if (!lim_fn_queue_take(fn->lim)) {
@@ -2156,8 +2558,8 @@ static void enqueue(struct client *c)
 static void route_request(struct client *c, struct endpoint *avoid)
 {
     struct endpoint *ep = NULL;
-    if (lim_fn_queued(c->fn->lim) == 0)
-        ep = pick_endpoint(c->fn, avoid);
+    if (lim_fn_queued(c->rq->fn->lim) == 0)
+        ep = pick_endpoint(c->rq->fn, avoid);
     if (!ep) {
         enqueue(c);
         return;
@@ -2168,37 +2570,68 @@ static void route_request(struct client *c, struct endpoint *avoid)
 static int build_upstream_request(struct client *c, const char *fn_name, const char *path,
                                   size_t path_len)
 {
-    struct stoke_buf *o = &c->out;
+    struct stoke_buf *o = &c->rq->out;
     struct proxy *px = c->px;
-    if (!c->request_id[0]) {
-        /* The worker's random base, then the sequence number in hex. */
-        static const char hex[] = "0123456789abcdef";
-        uint64_t seq = ++px->request_seq;
-        memcpy(c->request_id, px->request_id_base, 16);
-        for (int i = 15; i >= 0; i--, seq >>= 4)
-            c->request_id[16 + i] = hex[seq & 15];
-        c->request_id[32] = '\0';
+    if (!c->rq->request_id[0]) {
+        /* The worker's random base, then the sequence number in hex,
+         * counted up in place. */
+        for (int i = 31; i >= 16; i--) {
+            char *d = &px->request_id_next[i];
+            *d = *d == '9' ? 'a' : *d == 'f' ? '0' : (char)(*d + 1);
+            if (*d != '0')
+                break;
+        }
+        memcpy(c->rq->request_id, px->request_id_next, 33);
     }
-    const char *method = llhttp_method_name(c->method);
-    int r = buf_cat(o, method, " ", (path_len == 0 || path[0] != '/') ? "/" : "", (char *)NULL);
-    if (r == 0 && path_len)
-        r = stoke_buf_append(o, path, path_len);
-    if (r == 0)
-        r = buf_cat(o, " HTTP/1.1\r\nHost: ", c->host.len ? c->host.data : fn_name, "\r\n",
-                    (char *)NULL);
+    struct request *rq = c->rq;
+    const char *method = llhttp_method_name(rq->method);
     /* (an HTTP/1.0 client may send no Host; HTTP/1.1 requires one) */
-    if (r == 0 && c->host.len)
-        r = buf_cat(o, "X-Forwarded-Host: ", c->host.data, "\r\n", (char *)NULL);
+    const char *host = rq->host.len ? rq->host.data : fn_name;
+    size_t host_len = rq->host.len ? rq->host.len : strlen(fn_name);
+    int r = buf_put(o, method, strlen(method));
     if (r == 0)
-        r = append_filtered(o, &c->headers, &c->conn_tokens);
+        r = (path_len == 0 || path[0] != '/') ? BUF_LIT(o, " /") : BUF_LIT(o, " ");
+    if (r == 0 && path_len)
+        r = buf_put(o, path, path_len);
     if (r == 0)
-        r = buf_cat(o, "X-Forwarded-For: ", c->xff.len ? c->xff.data : "", c->xff.len ? ", " : "",
-                    c->ip, "\r\nX-Forwarded-Proto: http\r\nX-Request-Id: ", c->request_id, "\r\n",
-                    (char *)NULL);
+        r = BUF_LIT(o, " HTTP/1.1\r\nHost: ");
+    if (r == 0)
+        r = buf_put(o, host, host_len);
+    if (r == 0)
+        r = BUF_LIT(o, "\r\n");
+    if (r == 0 && rq->host.len) {
+        r = BUF_LIT(o, "X-Forwarded-Host: ");
+        if (r == 0)
+            r = buf_put(o, rq->host.data, rq->host.len);
+        if (r == 0)
+            r = BUF_LIT(o, "\r\n");
+    }
+    if (r == 0)
+        r = append_filtered(o, &rq->headers, &rq->conn_tokens);
+    if (r == 0)
+        r = BUF_LIT(o, "X-Forwarded-For: ");
+    if (r == 0 && rq->xff.len) {
+        r = buf_put(o, rq->xff.data, rq->xff.len);
+        if (r == 0)
+            r = BUF_LIT(o, ", ");
+    }
+    if (r == 0)
+        r = buf_put(o, c->ip, strlen(c->ip));
+    if (r == 0)
+        r = BUF_LIT(o, "\r\nX-Forwarded-Proto: http\r\nX-Request-Id: ");
+    if (r == 0)
+        r = buf_put(o, rq->request_id, strlen(rq->request_id));
+    if (r == 0)
+        r = BUF_LIT(o, "\r\n");
     /* An upgrade (WebSocket) is asked of the replica as the client asked
      * it; a 101 answer turns both connections into a tunnel. */
-    if (r == 0 && c->parser.upgrade && c->upgrade.len)
-        r = stoke_buf_printf(o, "Connection: upgrade\r\nUpgrade: %s\r\n", c->upgrade.data);
+    if (r == 0 && rq->parser.upgrade && rq->upgrade.len) {
+        r = BUF_LIT(o, "Connection: upgrade\r\nUpgrade: ");
+        if (r == 0)
+            r = buf_put(o, rq->upgrade.data, rq->upgrade.len);
+        if (r == 0)
+            r = BUF_LIT(o, "\r\n");
+    }
     return r; /* framing and the blank line: request_pump() */
 }
 
@@ -2210,15 +2643,15 @@ static void dispatch(struct client *c)
     char lname[STOKE_NAME_MAX + 1];
 
     c->state = C_BODY; /* not idle: held bytes wait until this request ends */
-    c->dispatched = true;
+    c->rq->dispatched = true;
     /* A Host that names a function is that function's origin: its path is
      * its own, never routed to another function by /fn/<name>/ (which
      * would hand it this origin's cookies). Path routing is for other
      * Hosts only. */
     struct fn *fn = NULL;
-    const char *url = c->url.data ? c->url.data : "";
+    const char *url = c->rq->url.data ? c->rq->url.data : "";
     for (int by_host = 1; by_host >= 0 && !fn; by_host--) {
-        if (stoke_route_match(c->host.data, c->host.len, url, by_host ? 0 : c->url.len,
+        if (stoke_route_match(c->rq->host.data, c->rq->host.len, url, by_host ? 0 : c->rq->url.len,
                               px->cfg.domain, &name, &name_len, &path, &path_len) < 0 ||
             name_len > STOKE_NAME_MAX)
             continue;
@@ -2228,7 +2661,7 @@ static void dispatch(struct client *c)
         fn = fn_find(px, lname);
         if (by_host) {
             path = url;
-            path_len = c->url.len;
+            path_len = c->rq->url.len;
         }
     }
     if (!fn) {
@@ -2242,7 +2675,7 @@ static void dispatch(struct client *c)
         send_error(c, 431, true);
         return;
     }
-    if (c->expect_continue && c->in_body) {
+    if (c->rq->expect_continue && c->rq->in_body) {
         /* Routed: the client may send the body now (RFC 9110 10.1.1). */
         static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
         if (client_write(c, cont, sizeof(cont) - 1) < 0) {
@@ -2251,9 +2684,9 @@ static void dispatch(struct client *c)
         }
     }
     fn->refs++;
-    c->fn = fn;
-    c->m = fn->m;
-    c->status = 0;
+    c->rq->fn = fn;
+    c->rq->m = fn->m;
+    c->rq->status = 0;
     fn_mark(fn);
     fn->requests++;
     route_request(c, NULL);
@@ -2331,7 +2764,7 @@ static void upstream_close(struct upstream *up)
     up->closing = true;
     metrics_gauge(up->m, METRICS_UPSTREAMS, -1);
     if (up->c) {
-        up->c->up = NULL;
+        up->c->rq->up = NULL;
         up->c = NULL;
     }
     if (!stoke_list_empty(&up->node)) {
@@ -2370,7 +2803,7 @@ static void on_upstream_written(uv_write_t *req, int status)
     /* The client waits while the replica is behind on its body or, in a
      * tunnel, on anything it sent. */
     struct client *c = up->c;
-    if (c && c->read_stopped && (c->in_body || c->state == C_TUNNEL) &&
+    if (c && c->read_stopped && (c->rq->in_body || c->state == C_TUNNEL) &&
         uv_stream_get_write_queue_size((uv_stream_t *)&up->tcp) < WRITE_HIGH_WATER / 2)
         client_resume_reading(c);
 }
@@ -2408,8 +2841,8 @@ static void upstream_start_request(struct upstream *up)
     up->done = false;
     up->rechunk = false;
     up->has_request_id = false;
-    stoke_buf_clear(&up->head);
-    c->head_sent = false;
+    buf_clear(&up->head);
+    c->rq->head_sent = false;
     int r = request_pump(c);
     if (r < 0) {
         upstream_failed(up, r);
@@ -2477,8 +2910,8 @@ static void upstream_send(struct client *c, struct endpoint *ep)
     fn->inflight++;
     metrics_gauge(fn->m, METRICS_IN_FLIGHT, 1);
     ep->refs++;
-    c->ep = ep;
-    c->tries++;
+    c->rq->ep = ep;
+    c->rq->tries++;
     c->state = C_UPSTREAM;
     timer_start(c, on_request_deadline, fn->cfg.timeout_ms);
 
@@ -2487,10 +2920,10 @@ static void upstream_send(struct client *c, struct endpoint *ep)
         up = stoke_container_of(stoke_list_first(&ep->idle), struct upstream, node);
         stoke_list_remove(&up->node);
         ep->n_idle--;
-        uv_timer_stop(&up->timer);
+        /* (its pool timer may run on: see on_pooled_timeout()) */
         up->reused = true;
         up->c = c;
-        c->up = up;
+        c->rq->up = up;
         upstream_start_request(up);
         return;
     }
@@ -2501,7 +2934,7 @@ static void upstream_send(struct client *c, struct endpoint *ep)
         return;
     }
     up->c = c;
-    c->up = up;
+    c->rq->up = up;
     int r = uv_tcp_connect(&up->connect, &up->tcp, (const struct sockaddr *)&ep->addr.ss,
                            on_upstream_connected);
     if (r < 0) {
@@ -2525,34 +2958,47 @@ static void upstream_failed(struct upstream *up, int err)
 {
     struct client *c = up->c;
     bool not_sent = !up->connected;
-    bool retry_ok = !up->got_bytes && c && !c->retry_lost &&
-                    (not_sent || (up->reused && is_idempotent(c->method)));
+    bool retry_ok = !up->got_bytes && c && !c->rq->retry_lost &&
+                    (not_sent || (up->reused && is_idempotent(c->rq->method)));
     struct endpoint *ep = up->ep;
     upstream_close(up);
     if (!c)
         return;
-    if (c->response_started) {
+    if (c->rq->response_started) {
         client_close(c);
         return;
     }
     client_log(c, ep->fn->cfg.name, STOKE_LOG_WARN, err, "upstream request failed%s",
-               retry_ok && c->tries < MAX_TRIES ? ", retrying" : "");
+               retry_ok && c->rq->tries < MAX_TRIES ? ", retrying" : "");
     /* Keep the function (and its reference) while the replica's slot is
      * given back. */
-    struct fn *fn = c->fn;
-    c->fn = NULL;
+    struct fn *fn = c->rq->fn;
+    c->rq->fn = NULL;
     client_release(c);
-    c->fn = fn;
-    if (retry_ok && c->tries < MAX_TRIES && !fn->gone) {
+    c->rq->fn = fn;
+    if (retry_ok && c->rq->tries < MAX_TRIES && !fn->gone) {
         route_request(c, ep);
         return;
     }
     send_error(c, 502, false);
 }
 
+/* A pooled connection closes once it has been idle for the idle timeout.
+ * Its timer is not stopped when a request takes it and started again when
+ * it is back (a timer-heap operation each): it fires as set when the
+ * connection was first pooled, and then closes it, or waits for it to be
+ * back, or is set again for the rest of its idle time. */
 static void on_pooled_timeout(uv_timer_t *t)
 {
-    upstream_close(t->data);
+    struct upstream *up = t->data;
+    if (up->c)
+        return; /* in use: upstream_release() sets it again */
+    uint64_t now = uv_now(up->px->loop), idle = up->px->cfg.idle_timeout_ms;
+    if (now - up->pooled_at < idle) {
+        uv_timer_start(t, on_pooled_timeout, idle - (now - up->pooled_at), 0);
+        return;
+    }
+    upstream_close(up);
 }
 
 /* The response is complete: the connection goes back to its replica's pool
@@ -2570,7 +3016,9 @@ static void upstream_release(struct upstream *up, bool reusable)
     up->reused = true;
     /* Keep reading so a replica closing an idle connection is noticed. */
     upstream_resume(up);
-    uv_timer_start(&up->timer, on_pooled_timeout, up->px->cfg.idle_timeout_ms, 0);
+    up->pooled_at = uv_now(up->px->loop);
+    if (!uv_is_active((uv_handle_t *)&up->timer))
+        uv_timer_start(&up->timer, on_pooled_timeout, up->px->cfg.idle_timeout_ms, 0);
 }
 
 static void response_done(struct upstream *up, bool reusable)
@@ -2579,8 +3027,8 @@ static void response_done(struct upstream *up, bool reusable)
     upstream_release(up, reusable);
     if (!c)
         return;
-    c->up = NULL;
-    if (!c->keep_alive || c->close_after) {
+    c->rq->up = NULL;
+    if (!c->rq->keep_alive || c->rq->close_after) {
         client_release(c);
         client_close_after_flush(c);
         return;
@@ -2601,7 +3049,7 @@ static void on_shutdown(uv_shutdown_t *req, int status)
 static void tunnel_half_close(struct client *c, uv_stream_t *from, uv_stream_t *to)
 {
     uv_read_stop(from);
-    if (c->tunnel_eof && c->up && c->up->tunnel_eof) {
+    if (c->rq->tunnel_eof && c->rq->up && c->rq->up->tunnel_eof) {
         client_close_after_flush(c);
         return;
     }
@@ -2614,9 +3062,9 @@ static void tunnel_half_close(struct client *c, uv_stream_t *from, uv_stream_t *
 
 static void tunnel_client_read(struct client *c, ssize_t nread, const uv_buf_t *buf)
 {
-    struct upstream *up = c->up;
+    struct upstream *up = c->rq->up;
     if (nread == UV_EOF && up) {
-        c->tunnel_eof = true;
+        c->rq->tunnel_eof = true;
         c->read_stopped = true;
         tunnel_half_close(c, (uv_stream_t *)&c->tcp, (uv_stream_t *)&up->tcp);
         return;
@@ -2627,7 +3075,7 @@ static void tunnel_client_read(struct client *c, ssize_t nread, const uv_buf_t *
     }
     uv_buf_t b = uv_buf_init(buf->base, (unsigned)nread);
     if (nread > 0)
-        uv_timer_again(&c->timer);
+        timer_start(c, on_idle_timeout, c->px->cfg.idle_timeout_ms);
     int r = nread > 0 ? upstream_writev(up, &b, 1) : 0;
     if (r < 0)
         client_close(c);
@@ -2649,7 +3097,7 @@ static void tunnel_upstream_read(struct upstream *up, ssize_t nread, const uv_bu
         return;
     }
     if (nread > 0)
-        uv_timer_again(&c->timer);
+        timer_start(c, on_idle_timeout, c->px->cfg.idle_timeout_ms);
     int r = nread > 0 ? client_write(c, buf->base, (size_t)nread) : 0;
     if (r < 0) {
         client_close(c);
@@ -2666,10 +3114,9 @@ static void tunnel_start(struct upstream *up, const char *rest, size_t n)
 {
     struct client *c = up->c;
     c->state = C_TUNNEL;
-    c->status = 101; /* counted when the tunnel ends */
+    c->rq->status = 101; /* counted when the tunnel ends */
     /* Closed when no byte passes either way for the idle timeout. */
-    uint64_t idle = c->px->cfg.idle_timeout_ms;
-    uv_timer_start(&c->timer, on_idle_timeout, idle, idle);
+    timer_start(c, on_idle_timeout, c->px->cfg.idle_timeout_ms);
     if (n > 0 && client_write(c, rest, n) < 0) {
         client_close(c);
         return;
@@ -2727,7 +3174,7 @@ static void on_upstream_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         upstream_failed(up, -EPROTO);
         return;
     }
-    c->batching = true;
+    c->rq->batching = true;
     up->exec_base = buf->base;
     up->exec_end = buf->base + nread;
     llhttp_errno_t err = llhttp_execute(&up->parser, buf->base, (size_t)nread);
@@ -2735,7 +3182,7 @@ static void on_upstream_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     const char *pos = llhttp_get_error_pos(&up->parser);
     /* Bytes after the response are a protocol error: do not reuse. */
     bool clean = err == HPE_PAUSED && pos == buf->base + nread;
-    c->batching = false;
+    c->rq->batching = false;
     if (c->state != C_CLOSED && client_flush(c) < 0) {
         client_close(c);
         return;
@@ -2744,14 +3191,14 @@ static void on_upstream_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     if (err == HPE_PAUSED_UPGRADE && up->c && llhttp_get_status_code(&up->parser) == 101) {
-        c->response_started = true;
+        c->rq->response_started = true;
         tunnel_start(up, pos, (size_t)(buf->base + nread - pos));
         return;
     }
     if (err == HPE_PAUSED) {
         /* A replica that answered before reading the whole body may still
          * expect the rest: its connection is not reused. */
-        response_done(up, clean && llhttp_should_keep_alive(&up->parser) && !c->in_body);
+        response_done(up, clean && llhttp_should_keep_alive(&up->parser) && !c->rq->in_body);
         return;
     }
     if (err != HPE_OK) {
@@ -2775,27 +3222,27 @@ static void on_upstream_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 static int on_resp_begin(llhttp_t *p)
 {
     struct upstream *up = p->data;
-    stoke_buf_clear(&up->reason);
-    stoke_buf_clear(&up->head);
-    stoke_buf_clear(&up->upgrade);
-    stoke_buf_clear(&up->conn_tokens);
+    buf_clear(&up->reason);
+    buf_clear(&up->head);
+    buf_clear(&up->upgrade);
+    buf_clear(&up->conn_tokens);
     up->has_request_id = false;
     up->chunk = (struct chunk_check){0};
-    stoke_buf_clear(&up->field);
-    stoke_buf_clear(&up->value);
+    buf_clear(&up->field);
+    buf_clear(&up->value);
     return 0;
 }
 
 static int on_resp_status(llhttp_t *p, const char *at, size_t len)
 {
     struct upstream *up = p->data;
-    return stoke_buf_append(&up->reason, at, len) < 0 ? -1 : 0;
+    return buf_put(&up->reason, at, len) < 0 ? -1 : 0;
 }
 
 static int on_resp_field(llhttp_t *p, const char *at, size_t len)
 {
     struct upstream *up = p->data;
-    return stoke_buf_append(&up->field, at, len) < 0 ? -1 : 0;
+    return buf_put(&up->field, at, len) < 0 ? -1 : 0;
 }
 
 static int on_resp_value(llhttp_t *p, const char *at, size_t len)
@@ -2803,20 +3250,7 @@ static int on_resp_value(llhttp_t *p, const char *at, size_t len)
     struct upstream *up = p->data;
     if (is_fold(at, up->exec_base, up->prev_byte))
         return -1;
-    return stoke_buf_append(&up->value, at, len) < 0 ? -1 : 0;
-}
-
-static bool is_dropped_response_header(const char *name, size_t len)
-{
-    static const char *const names[] = {
-        "connection", "keep-alive",        "proxy-connection", "te",
-        "trailer",    "transfer-encoding", "upgrade",
-    };
-    for (size_t i = 0; i < STOKE_ARRAY_SIZE(names); i++) {
-        if (stoke_strieq(name, len, names[i]))
-            return true;
-    }
-    return false;
+    return buf_put(&up->value, at, len) < 0 ? -1 : 0;
 }
 
 static int on_resp_header_done(llhttp_t *p)
@@ -2824,22 +3258,33 @@ static int on_resp_header_done(llhttp_t *p)
     struct upstream *up = p->data;
     int r = 0;
     const char *name = up->field.data ? up->field.data : "";
+    size_t nl = up->field.len;
     trim_value(&up->value);
-    if (!is_token(name, up->field.len))
+    const char *val = up->value.data ? up->value.data : "";
+    size_t vl = up->value.len;
+    if (!is_token(name, nl))
         return -1;
-    if (stoke_strieq(name, up->field.len, "connection"))
-        r = stoke_buf_printf(&up->conn_tokens, "%s%s", up->conn_tokens.len ? "," : "",
-                             up->value.data ? up->value.data : "");
-    else if (stoke_strieq(name, up->field.len, "upgrade"))
-        r = stoke_buf_printf(&up->upgrade, "%s%s", up->upgrade.len ? ", " : "",
-                             up->value.data ? up->value.data : "");
-    else if (!is_dropped_response_header(name, up->field.len))
-        r = buf_cat(&up->head, name, ": ", up->value.data ? up->value.data : "", "\r\n",
-                    (char *)NULL);
-    if (stoke_strieq(name, up->field.len, "x-request-id"))
+    enum hdr kind = header_kind(name, nl);
+    if (kind == H_CONNECTION) {
+        r = conn_tokens_add(&up->conn_tokens, val, vl, in_response_lines);
+    } else if (kind == H_UPGRADE) {
+        if (up->upgrade.len)
+            r = BUF_LIT(&up->upgrade, ", ");
+        if (r == 0)
+            r = buf_put(&up->upgrade, val, vl);
+    } else if (!is_hop_by_hop(kind)) {
+        r = buf_put(&up->head, name, nl);
+        if (r == 0)
+            r = BUF_LIT(&up->head, ": ");
+        if (r == 0)
+            r = buf_put(&up->head, val, vl);
+        if (r == 0)
+            r = BUF_LIT(&up->head, "\r\n");
+    }
+    if (kind == H_REQUEST_ID)
         up->has_request_id = true;
-    stoke_buf_clear(&up->field);
-    stoke_buf_clear(&up->value);
+    buf_clear(&up->field);
+    buf_clear(&up->value);
     return r < 0 ? -1 : 0;
 }
 
@@ -2860,65 +3305,85 @@ static int on_resp_headers_complete(llhttp_t *p)
         }
         stoke_buf_done(&up->head);
         up->head = kept;
-        stoke_buf_clear(&up->conn_tokens);
+        buf_clear(&up->conn_tokens);
     }
-    char line[128];
-    int ll = snprintf(line, sizeof(line), "HTTP/1.1 %d %.80s\r\n", status,
-                      up->reason.data ? up->reason.data : "");
+    char line[128]; /* "HTTP/1.1 %d %.80s\r\n" */
+    size_t ll;
+    if (status >= 100 && status <= 999) {
+        memcpy(line, "HTTP/1.1 ", 9);
+        line[9] = (char)('0' + status / 100);
+        line[10] = (char)('0' + status / 10 % 10);
+        line[11] = (char)('0' + status % 10);
+        line[12] = ' ';
+        ll = 13;
+    } else {
+        ll = fmt_line(line, "HTTP/1.1 ", " ", (uint64_t)status, 10);
+    }
+    const char *reason = up->reason.data ? up->reason.data : "";
+    size_t rl = strnlen(reason, 80);
+    memcpy(line + ll, reason, rl);
+    memcpy(line + ll + rl, "\r\n", 2);
+    ll += rl + 2;
     if (status < 200) {
         /* 100 Continue was answered here already; 101 switches protocols
          * when the client asked for that upgrade (the tunnel starts when the
          * head is parsed, see on_upstream_read()); other interim answers
          * (103 Early Hints) go to clients that know them. */
-        if (status == 100 || (status != 101 && c->http_minor == 0))
+        if (status == 100 || (status != 101 && c->rq->http_minor == 0))
             return 0;
-        if (status == 101 && (!c->parser.upgrade || !c->upgrade.len || !up->upgrade.len))
+        if (status == 101 && (!c->rq->parser.upgrade || !c->rq->upgrade.len || !up->upgrade.len))
             return -1;
         int r = 0;
         if (status == 101)
             r = stoke_buf_printf(&up->head, "Connection: upgrade\r\nUpgrade: %s\r\n",
                                  up->upgrade.data);
         if (r == 0)
-            r = stoke_buf_append(&up->head, "\r\n", 2);
+            r = buf_put(&up->head, "\r\n", 2);
         uv_buf_t parts[2] = {uv_buf_init(line, (unsigned)ll),
                              uv_buf_init(up->head.data, (unsigned)up->head.len)};
         return r < 0 || client_writev(c, parts, 2) < 0 ? -1 : 0;
     }
-    if (c->in_body) {
+    if (c->rq->in_body) {
         /* Answered before the whole body came: the connection closes after
          * the answer, and the client may stop sending to read it (its
          * pace is now the request deadline's, not the body timer's). */
-        c->close_after = true;
-        uv_timer_stop(&c->body_timer);
+        c->rq->close_after = true;
+        uv_timer_stop(&c->rq->body_timer);
     }
-    c->status = status;
+    c->rq->status = status;
     bool chunked = (p->flags & F_CHUNKED) != 0;
     bool has_length = (p->flags & F_CONTENT_LENGTH) != 0;
-    bool bodyless = c->method == HTTP_HEAD || status == 204 || status == 304;
+    bool bodyless = c->rq->method == HTTP_HEAD || status == 204 || status == 304;
     int r = 0;
     if (chunked && !bodyless) {
-        if (c->http_minor >= 1) {
+        if (c->rq->http_minor >= 1) {
             up->rechunk = true;
-            r = stoke_buf_append(&up->head, "Transfer-Encoding: chunked\r\n", 28);
+            r = buf_put(&up->head, "Transfer-Encoding: chunked\r\n", 28);
         } else {
-            c->close_after = true; /* HTTP/1.0: the body ends with the connection */
+            c->rq->close_after = true; /* HTTP/1.0: the body ends with the connection */
         }
     } else if (!has_length && !bodyless) {
-        c->close_after = true;
+        c->rq->close_after = true;
+    }
+    if (r == 0) {
+        const char *ch = connection_header(c, !c->rq->keep_alive || c->rq->close_after);
+        r = buf_put(&up->head, ch, strlen(ch));
+    }
+    if (r == 0 && !up->has_request_id) {
+        r = BUF_LIT(&up->head, "X-Request-Id: ");
+        if (r == 0)
+            r = buf_put(&up->head, c->rq->request_id, strlen(c->rq->request_id));
+        if (r == 0)
+            r = BUF_LIT(&up->head, "\r\n");
     }
     if (r == 0)
-        r = buf_cat(&up->head, connection_header(c, !c->keep_alive || c->close_after),
-                    (char *)NULL);
-    if (r == 0 && !up->has_request_id)
-        r = buf_cat(&up->head, "X-Request-Id: ", c->request_id, "\r\n", (char *)NULL);
-    if (r == 0)
-        r = stoke_buf_append(&up->head, "\r\n", 2);
+        r = BUF_LIT(&up->head, "\r\n");
     uv_buf_t parts[2] = {uv_buf_init(line, (unsigned)ll),
                          uv_buf_init(up->head.data, (unsigned)up->head.len)};
     if (r < 0 || client_writev(c, parts, 2) < 0)
         return -1;
-    c->response_started = true;
-    return c->method == HTTP_HEAD ? 1 : 0;
+    c->rq->response_started = true;
+    return c->rq->method == HTTP_HEAD ? 1 : 0;
 }
 
 static int on_resp_body(llhttp_t *p, const char *at, size_t len)
@@ -2930,7 +3395,7 @@ static int on_resp_body(llhttp_t *p, const char *at, size_t len)
     if (!up->rechunk)
         return client_write(c, at, len) < 0 ? -1 : 0;
     char size[24];
-    int n = snprintf(size, sizeof(size), "%zx\r\n", len);
+    size_t n = fmt_line(size, "", "\r\n", len, 16);
     uv_buf_t parts[3] = {uv_buf_init(size, (unsigned)n), uv_buf_init((char *)at, (unsigned)len),
                          uv_buf_init("\r\n", 2)};
     return client_writev(c, parts, 3) < 0 ? -1 : 0;
@@ -2990,6 +3455,7 @@ int proxy_new(uv_loop_t *loop, const struct proxy_config *cfg, const struct prox
     px->cfg = *cfg;
     px->hooks = *hooks;
     stoke_list_init(&px->clients);
+    stoke_list_init(&px->free_rqs);
     stoke_list_init(&px->draining);
     stoke_list_init(&px->over);
     stoke_list_init(&px->fn_list);
@@ -3009,7 +3475,7 @@ int proxy_new(uv_loop_t *loop, const struct proxy_config *cfg, const struct prox
     uint64_t seed = 0;
     if (uv_random(NULL, NULL, &seed, sizeof(seed), 0, NULL) < 0)
         seed = (uint64_t)uv_hrtime() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)px;
-    snprintf(px->request_id_base, sizeof(px->request_id_base), "%016" PRIx64, seed);
+    snprintf(px->request_id_next, sizeof(px->request_id_next), "%016" PRIx64 "%016d", seed, 0);
 
     llhttp_settings_init(&px->req_settings);
     px->req_settings.on_message_begin = on_req_begin;
@@ -3078,6 +3544,13 @@ void proxy_close(struct proxy *px, void (*on_closed)(void *data), void *data)
     px->closed_data = data;
     while (!stoke_list_empty(&px->clients))
         client_close(stoke_container_of(stoke_list_first(&px->clients), struct client, node));
+    while (!stoke_list_empty(&px->free_rqs)) {
+        struct request *rq =
+            stoke_container_of(stoke_list_first(&px->free_rqs), struct request, fnode);
+        stoke_list_remove(&rq->fnode);
+        request_free(px, rq);
+    }
+    px->n_free_rqs = 0;
     while (!stoke_list_empty(&px->fn_list))
         fn_remove(px, stoke_container_of(stoke_list_first(&px->fn_list), struct fn, lnode));
     free(px->buckets);

@@ -105,40 +105,9 @@ if [ "$nofile" != unlimited ] && [ "$nofile" -lt $((IDLE_CONNS + 64)) ]; then
 fi
 
 # --- temp dir, process bookkeeping, cleanup ---------------------------------------------
-TMP=$(mktemp -d /tmp/stoke-bench-proxy.XXXXXX)
-PIDS="" # every process this script started, stopped on exit
-CIDS="" # every container this script started, removed on exit
-
-stop_pid() { # PID: TERM, wait up to 5 s, then KILL; only PIDs this script started
-    local pid=$1
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-cleanup() {
-    local rc=$? pid
-    trap - EXIT INT TERM
-    for pid in $PIDS; do stop_pid "$pid"; done
-    for cid in $CIDS; do docker rm -f "$cid" >/dev/null 2>&1 || true; done
-    if [ "${KEEP_TMP:-0}" = 1 ] || [ "$rc" -ne 0 ]; then
-        say "(temp dir with configs and logs kept: $TMP)" >&2
-    else
-        rm -rf "$TMP"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
+bench_tmp proxy
 
 wait_http() { # URL NAME PID: until it answers 200 with the body, 10 s at most
     local url=$1 name=$2 pid=$3
@@ -155,37 +124,6 @@ EOF
     die "$name did not answer 200 on $url"
 }
 
-# nginx: one worker, private prefix, no access log, keep-alive without a request cap (nginx
-# closes a keep-alive connection after 1000 requests by default; that would make wrk
-# reconnect against nginx targets only). The temp paths are set because Debian's compiled-in
-# defaults point at /var/lib/nginx.
-nginx_conf() { # NAME PORT SERVER-BLOCK-BODY [HTTP-BLOCK-EXTRA]
-    local dir=$TMP/$1
-    mkdir -p "$dir"
-    cat >"$dir/nginx.conf" <<EOF
-worker_processes 1;
-worker_rlimit_nofile $((IDLE_CONNS * 2 + 4096));
-pid $dir/nginx.pid;
-error_log $dir/error.log warn;
-events { worker_connections $((IDLE_CONNS * 2 + 2048)); multi_accept off; }
-http {
-    access_log off;
-    client_body_temp_path $dir/client_body;
-    proxy_temp_path $dir/proxy;
-    fastcgi_temp_path $dir/fastcgi;
-    uwsgi_temp_path $dir/uwsgi;
-    scgi_temp_path $dir/scgi;
-    default_type text/plain;
-    keepalive_timeout 300s;
-    keepalive_requests 1000000000;
-    server {
-        listen 127.0.0.1:$2 backlog=4096;
-$3
-    }
-${4:-}
-}
-EOF
-}
 start_nginx() { # NAME; sets NGINX_PID
     local dir=$TMP/$1
     "$NGINX" -t -q -p "$dir" -c "$dir/nginx.conf" 2>"$TMP/$1.log" || { cat "$TMP/$1.log" >&2; die "$1: bad nginx config"; }

@@ -77,6 +77,10 @@ printf 'root:x:0:0:root:/:/sbin/nologin\nstoke:x:%d:%d:stoke:/:/sbin/nologin\n' 
     >"$root/etc/passwd"
 printf 'root:x:0:\nstoke:x:%d:\n' $uid >"$root/etc/group"
 printf 'hosts: files dns\n' >"$root/etc/nsswitch.conf"
+# Every address /etc/hosts gives a name, not only the first (glibc's default without this file
+# is the first): where names are written there (a headless Service on stoke's test cluster)
+# the activator tries every controller in turn, as it does with cluster DNS's answers.
+printf 'multi on\n' >"$root/etc/host.conf"
 
 # The contents' hash: names, modes and bytes, in a fixed order.
 sum=$(cd "$root" && find . -type f | LC_ALL=C sort | while read -r f; do

@@ -214,7 +214,8 @@ class TestChart(Base):
         self.helm("lint", CHART, "--strict")
         switches = ["networkPolicy.enabled=true", "serviceMonitor.enabled=true",
                     "activator.ingress.enabled=true", "activator.domain=fn.example.com",
-                    "activator.ingress.hosts={fn.example.com}", "crd.keep=false"]
+                    "activator.ingress.hosts={fn.example.com}", "crd.keep=false",
+                    "hostNetwork=true"]
         self.helm("lint", CHART, "--strict", *sum((["--set", s] for s in switches), []))
         plain = self.render()
         on = self.render(*switches)
@@ -228,6 +229,18 @@ class TestChart(Base):
         self.assertNotIn("annotations", crd["metadata"])
         self.assertNotIn("CustomResourceDefinition",
                          kinds(self.render("crd.install=false")))
+        # hostNetwork: every pod of the chart (helm test's too) on the node's network, still
+        # resolving cluster names; off by default.
+        def pod_specs(docs):
+            return [d["spec"]["template"]["spec"] if d["kind"] == "Deployment" else d["spec"]
+                    for d in docs if d["kind"] in ("Deployment", "Pod")]
+        self.assertEqual(len(pod_specs(on)), 3)  # controller, activator, helm test's pod
+        for pod in pod_specs(on):
+            self.assertEqual((pod["hostNetwork"], pod["dnsPolicy"]),
+                             (True, "ClusterFirstWithHostNet"))
+        for pod in pod_specs(plain):
+            self.assertNotIn("hostNetwork", pod)
+            self.assertNotIn("dnsPolicy", pod)
         for d in plain:
             if d["kind"] != "Deployment":
                 continue
@@ -312,6 +325,14 @@ class TestChart(Base):
                           "templates/tests/test-call.yaml").stdout
         r = self.c.kubectl("apply", "--dry-run=server", "-n", "stoke", "-f", "-", input=hooks)
         self.assertEqual(r.stdout.count("(server dry run)"), 2, r.stdout)
+        # hostNetwork (the test cluster's switch) is what Pod Security "restricted" refuses.
+        hooks = self.helm("template", "s1", CHART, "-n", "stoke", "--show-only",
+                          "templates/tests/test-call.yaml", "--set", "hostNetwork=true").stdout
+        r = self.c.kubectl("apply", "--dry-run=server", "-n", "stoke", "-f", "-", input=hooks,
+                           check=False)
+        self.assertNotEqual(r.returncode, 0, r.stdout)
+        self.assertIn('violates PodSecurity "restricted:latest": host namespaces '
+                      '(hostNetwork=true)', r.stderr)
         # Uninstall keeps the CRD (and so the Functions).
         self.helm("uninstall", "s1", "-n", "stoke", "--wait")
         st, _ = self.c.admin.request("GET", "/apis/apiextensions.k8s.io/v1/"

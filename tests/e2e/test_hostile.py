@@ -1051,6 +1051,50 @@ def test_trusted_proxy_forwarding_headers():
         a.discard()
 
 
+def test_request_state_reused_clean():
+    """A request's state (parser, buffers, flags) goes back to the worker's
+    free list once its connection is idle or closed, and the next request
+    takes it from there: what a client left half-sent (headers, Connection
+    tokens, its X-Request-Id, a chunked body after 100 Continue) reaches no
+    later request on any connection, and connections that went idle serve
+    their next requests."""
+    act, up = _env["act"], _env["up"]
+    base = _env["fds"]
+    for dirty in (
+            b"GET /fn/echo/ HTTP/1.1\r\nHost: dirty\r\nX-Custom: 1\r\n"
+            b"Connection: x-custom, x-other\r\nX-Request-Id: leftover\r\nUpgrade: ws\r\nX-Par",
+            b"POST /fn/echo/p HTTP/1.1\r\nHost: dirty\r\nTransfer-Encoding: chunked\r\n"
+            b"Expect: 100-continue\r\nX-Request-Id: leftover\r\nX-Custom: 1\r\n\r\n5\r\nab"):
+        c = Conn(act.port)
+        c.send(dirty)
+        if dirty.startswith(b"POST"):
+            assert c.response()[0] == 100
+        c.close()
+        # Closed on the activator's side too (its descriptors back to the
+        # baseline): the state it held is free again.
+        deadline = time.monotonic() + WAIT
+        while act.fds() - up.open > base and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert act.fds() - up.open <= base, "the half-sent request's connection stays open"
+    up.take(0.2)
+    conns = [Conn(act.port) for _ in range(5)]
+    try:
+        ids = []
+        for _ in range(2):  # each connection idle (its state given back) in between
+            for c in conns:
+                c.send(GET)
+                st, hdrs, body, _ = c.response()
+                assert (st, body) == (200, ok_body(b"GET", b"/")), (st, body)
+                ids.append(hdrs.get("x-request-id"))
+        reqs, left = up.take(0.1)
+        assert [r for _, r in reqs] == [FWD_GET] * 10, reqs
+        assert not left, left
+        assert "leftover" not in ids and len(set(ids)) == 10, ids
+    finally:
+        for c in conns:
+            c.close()
+
+
 def _activator_alive():
     act = _env.get("act")
     return not act or act.check_alive()

@@ -38,8 +38,11 @@ NodeRestriction judge it):
   server's --kubelet-client-certificate); other kubelet paths answer 404;
 - Services: an /etc/hosts file per pod (rewritten in place) naming each Service (name,
   name.ns, name.ns.svc, name.ns.svc.cluster.local) after ONE ready pod's IP that its selector
-  matches. A Service whose port differs from its targetPort is therefore not reachable on its
-  port: this is a stand-in for kube-proxy and DNS, not either.
+  matches, or, for a headless Service (clusterIP: None), after EVERY ready pod's IP (one line
+  each: what cluster DNS answers for it). A Service whose port differs from its targetPort is
+  therefore not reachable on its port: this is a stand-in for kube-proxy and DNS, not either;
+- fsGroup: secret, configMap, downwardAPI, projected and emptyDir volumes are chowned to the
+  group and made group-readable (emptyDir group-writable), as the kubelet does.
 
 Every container it creates is labelled with its run id, node and owner (pid and start time
 of this process); on SIGTERM it removes them all, and a stand-in starting (or any that is
@@ -749,7 +752,8 @@ class PodWorker(threading.Thread):
                         t = src["serviceAccountToken"]
                         tok, exp = self.request_token(t)
                         self.write_files(path, [(t["path"], tok, None)], mode)
-                        self.tokens.append([time.time() + self.kl.token_life(exp), path, t])
+                        self.tokens.append([time.time() + self.kl.token_life(exp), path, t,
+                                            mode])
                     elif "configMap" in src:
                         s = src["configMap"]
                         self.write_files(path, self.keyed_files(self.obj_data(
@@ -768,20 +772,41 @@ class PodWorker(threading.Thread):
             else:
                 raise ConfigError("ContainerCreating", "volume %s: type %s is not supported by "
                                   "the stand-in kubelet" % (name, [k for k in v if k != "name"]))
+            if "hostPath" not in v:
+                self.set_ownership(path, readonly="emptyDir" not in v)
             vols[name] = path
         self.volumes = vols
+
+    def set_ownership(self, path, readonly):
+        """The pod's fsGroup owns the volume, as the kubelet's SetVolumeOwnership does: group
+        fsGroup, group-readable (read-only volumes) or group-writable (emptyDir), directories
+        setgid; hostPath is left alone."""
+        gid = (self.pod["spec"].get("securityContext") or {}).get("fsGroup")
+        if gid is None:
+            return
+        mask = 0o440 if readonly else 0o660
+        for d, dirs, files in os.walk(path):
+            for f in [d] + [os.path.join(d, x) for x in files]:
+                st = os.lstat(f)
+                os.lchown(f, -1, gid)
+                if os.path.islink(f):
+                    continue
+                m = st.st_mode & 0o7777
+                os.chmod(f, m | mask | (0o2110 if os.path.isdir(f) else 0))
 
     def rotate_tokens(self):
         for t in self.tokens:
             if time.time() >= t[0]:
                 tok, exp = self.request_token(t[2])
-                self.write_files(t[1], [(t[2]["path"], tok, None)], 0o644)
+                self.write_files(t[1], [(t[2]["path"], tok, None)], t[3])
+                self.set_ownership(t[1], readonly=True)
                 t[0] = time.time() + self.kl.token_life(exp)
                 log("%s/%s: service account token rotated" % (self.ns, self.pname))
 
     def write_hosts(self):
         lines = ["# Written by stoke's kubelet stand-in (tests/k8s/kubelet.py): Services name",
-                 "# one ready pod's IP each. There is no kube-proxy and no DNS.",
+                 "# one ready pod's IP each (a headless one every ready pod's). There is no",
+                 "# kube-proxy and no DNS.",
                  "127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
         if self.ip:
             lines.append("%s\t%s" % (self.ip, self.pod["spec"].get("hostname") or self.pname))
@@ -1375,7 +1400,7 @@ class Kubelet:
         self.workers = {}
         self.all_pods = {}  # uid -> pod, every pod in the cluster (for Services)
         self.services = {}  # (ns, name) -> service
-        self.svc_choice = {}  # (ns, name) -> pod IP
+        self.svc_choice = {}  # (ns, name) -> [pod IP]: one, every ready one when headless
         self.hosts_dirty = threading.Event()
         self.bind_queue = []
         self.ready_nodes = set()
@@ -1629,19 +1654,22 @@ class Kubelet:
                 ips = [p["status"]["podIP"] for p in cands]
                 if not ips:
                     continue
+                if spec.get("clusterIP") == "None":
+                    choice[key] = ips  # headless: its name lists every ready pod
+                    continue
                 old = self.svc_choice.get(key)
-                choice[key] = old if old in ips else ips[0]
+                choice[key] = old if old and old[0] in ips else ips[:1]
             self.svc_choice = choice
 
     def service_hosts(self, ns):
         with self.lock:
             out = []
-            for (sns, name), ip in sorted(self.svc_choice.items()):
+            for (sns, name), ips in sorted(self.svc_choice.items()):
                 names = ["%s.%s" % (name, sns), "%s.%s.svc" % (name, sns),
                          "%s.%s.svc.cluster.local" % (name, sns)]
                 if sns == ns:
                     names.insert(0, name)
-                out.append("%s\t%s" % (ip, " ".join(names)))
+                out += ["%s\t%s" % (ip, " ".join(names)) for ip in ips]
             return out
 
     def hosts_loop(self):

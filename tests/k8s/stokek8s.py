@@ -230,16 +230,28 @@ def teardown():
             text = ctl_log(os.path.join(S["tmp"], f))
             if "Sanitizer" in text or "runtime error:" in text:
                 problems.append("%s:\n%s" % (f, text[-4000:]))
-    run = C.run_id if C else None
-    if C:
-        C.stop()
-    if run:
-        left = kubelet.Docker().list({kubelet.L_RUN: run})
-        if left:
-            problems.append("containers left: %s" % [c["Names"] for c in left])
+    problems += stop_cluster(C)
     if S.get("tmp") and not os.environ.get("STOKE_K8S_KEEP"):
         shutil.rmtree(S["tmp"], ignore_errors=True)  # it holds a token
     assert not problems, "\n".join(problems)
+
+
+def stop_cluster(c):
+    """Stops cluster `c` (None: nothing to do); what it left behind, as problems."""
+    if not c:
+        return []
+    c.stop()
+    left = kubelet.Docker().list({kubelet.L_RUN: c.run_id})
+    return ["containers left: %s" % [x["Names"] for x in left]] if left else []
+
+
+def pods_added(c, ns, fn, rv, seconds=2):
+    """The names of `fn`'s pods created in `ns` since resourceVersion `rv` (a watch of
+    `seconds`)."""
+    path = "/api/v1/namespaces/%s/pods?labelSelector=%s" % (
+        ns, urllib.parse.quote("stoke.dev/function=" + fn))
+    return [ev["object"]["metadata"]["name"] for ev in c.admin.watch_stream(
+        path, rv, timeout_seconds=seconds) if ev["type"] == "ADDED"]
 
 
 class Load:
@@ -265,12 +277,13 @@ class Load:
         return self.results
 
 
-def steady_pods(load, fn):
-    """The names of `fn`'s one live pod once `load` has had answers from it for 2 s or
-    more (a pod the autoscaler scaled to zero as the load came, its deletion maybe not
-    through yet, does not count: the autoscaler sees the load a second later)."""
+def steady_pods(load, fn, live=None):
+    """The names of `fn`'s one live pod (`live(fn)`, default live_pods) once `load` has had
+    answers from it for 2 s or more (a pod the autoscaler scaled to zero as the load came,
+    its deletion maybe not through yet, does not count: the autoscaler sees the load a
+    second later)."""
     def steady():
-        ps = [p["metadata"]["name"] for p in live_pods(fn)]
+        ps = [p["metadata"]["name"] for p in (live or live_pods)(fn)]
         return ps if len(ps) == 1 and len(load.results) >= 40 and all(
             r[0] == 200 and ps[0] in r[1] for r in load.results[-3:]) else None
     return kapi.wait_for(steady, 60, "one steady pod of %s under load" % fn)

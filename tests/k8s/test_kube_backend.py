@@ -94,7 +94,6 @@ def test_2_idle_back_to_zero_pods():
 
 def test_3_concurrent_requests_at_zero_one_pod():
     kapi.wait_for(lambda: pods("hello") == [], 90, "hello at 0 pods")
-    created = []
     # Every pod of the function from now on, seen by a watch of our own.
     rv = k8s.C.admin.get("/api/v1/namespaces/%s/pods?limit=1" % NS)["metadata"]["resourceVersion"]
     n = 30
@@ -104,11 +103,7 @@ def test_3_concurrent_requests_at_zero_one_pod():
     assert not bad, "%d of %d failed: %s" % (len(bad), n, bad[:3])
     names = {r[1].strip() for r in results}
     assert len(names) == 1, names
-    path = "/api/v1/namespaces/%s/pods?labelSelector=%s" % (
-        NS, urllib.parse.quote("stoke.dev/function=hello"))
-    for ev in k8s.C.admin.watch_stream(path, rv, timeout_seconds=2):
-        if ev["type"] == "ADDED":
-            created.append(ev["object"]["metadata"]["name"])
+    created = k8s.pods_added(k8s.C, NS, "hello", rv)
     assert len(created) == 1, "pods created for %d requests at zero: %s" % (n, created)
     assert len(live_pods("hello")) == 1, [p["metadata"]["name"] for p in live_pods("hello")]
 

@@ -126,3 +126,11 @@ $(POD_IP):{{ .port }}
   mountPath: /var/run/stoke/channel
   readOnly: true
 {{- end -}}
+
+{{/* The pod's network: the node's when hostNetwork is on (cluster DNS still used). */}}
+{{- define "stoke.podNetwork" -}}
+{{- if .Values.hostNetwork -}}
+hostNetwork: true
+dnsPolicy: ClusterFirstWithHostNet
+{{- end -}}
+{{- end -}}
