@@ -89,7 +89,7 @@ sleep 0.3 # the route reaches the activator
 n=$(docker ps -q --filter label=io.stoke.instance=quickstart | wc -l)
 say "hello is applied with $n replicas running; sending the first request"
 say "\$ curl http://127.0.0.1:$port/fn/hello/"
-answer=$(curl -sS --max-time 60 -w '%{http_code} in %{time_total}s' "http://127.0.0.1:$port/fn/hello/")
+answer=$(curl -sS --retry 3 --max-time 60 -w '%{http_code} in %{time_total}s' "http://127.0.0.1:$port/fn/hello/")
 echo "$answer"
 say "the same function by Host: curl http://hello.localhost:$port/"
 say "the function's state: $build/stokectl --server unix:$home/admin.sock get (or describe hello, top, logs hello)"
