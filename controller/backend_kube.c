@@ -42,6 +42,7 @@
 struct kube_be {
     struct backend b;
     uv_loop_t *loop;
+    uint64_t walks; /* each_start() */
     struct stoke_kube *kube;
     struct backend_kube_config cfg;
     char *ns, *instance, *sa;
@@ -72,6 +73,7 @@ struct krep {
     backend_cb start_cb;
     void *start_data;
     uint64_t start_deadline_ms;
+    uint64_t walked; /* the each_start() walk that called it last */
 };
 
 struct req {
@@ -571,6 +573,32 @@ static void start_check(struct krep *p, uint64_t now)
     }
 }
 
+/* Calls fn(p, arg) once on each replica with a start in flight. Its
+ * callback may forget any replica (this one or another: the reconciler
+ * acts on it), so the walk starts over after each call. */
+static void each_start(struct kube_be *k, void (*fn)(struct krep *p, uint64_t arg), uint64_t arg)
+{
+    uint64_t walk = ++k->walks;
+    for (;;) {
+        struct krep *p = NULL;
+        for (struct stoke_list *a = k->reps.next; a != &k->reps && !p; a = a->next) {
+            struct krep *q = stoke_container_of(a, struct krep, node);
+            if (q->start_cb && q->walked != walk)
+                p = q;
+        }
+        if (!p)
+            return;
+        p->walked = walk;
+        fn(p, arg);
+    }
+}
+
+static void start_cancel(struct krep *p, uint64_t unused)
+{
+    (void)unused;
+    start_done(p, -ECANCELED, "closing");
+}
+
 static int kb_start(struct backend *b, struct backend_replica *r, backend_cb cb, void *data)
 {
     struct kube_be *k = to_kube(b);
@@ -839,14 +867,11 @@ static void on_scan(uv_timer_t *t)
             free(op);
         }
     }
+    if (k->synced)
+        each_start(k, start_check, now);
     bool waiting = false;
-    for (struct stoke_list *a = k->reps.next; a != &k->reps;) {
-        struct krep *p = stoke_container_of(a, struct krep, node);
-        a = a->next; /* the callback may forget it */
-        if (p->start_cb && k->synced)
-            start_check(p, now);
-        waiting |= p->start_cb != NULL;
-    }
+    for (struct stoke_list *a = k->reps.next; a != &k->reps; a = a->next)
+        waiting |= stoke_container_of(a, struct krep, node)->start_cb != NULL;
     if (!waiting && stoke_list_empty(&k->lists))
         uv_timer_stop(t);
 }
@@ -992,11 +1017,7 @@ static void kb_close(struct backend *b)
         op->cb(&res, NULL, 0, op->data);
         free(op);
     }
-    for (struct stoke_list *a = k->reps.next; a != &k->reps; a = a->next) {
-        struct krep *p = stoke_container_of(a, struct krep, node);
-        if (p->start_cb)
-            start_done(p, -ECANCELED, "closing");
-    }
+    each_start(k, start_cancel, 0);
     if (k->on_watch_end) {
         k->on_watch_end(&res, k->watch_data);
         k->on_watch_end = NULL;
