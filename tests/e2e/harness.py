@@ -12,6 +12,7 @@ import http.client
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -318,8 +319,28 @@ class Stoke:
             "--controller", self.ctl, "--log-level", "debug"] + self.channel_args +
             self.activator_args)
         self.wait_log("controller", '"ready: functions from', 30)
-        self.wait_log("activator", "connected to the controller", 30)
+        self.wait_routed("activator")
         return self
+
+    def workers(self, name):
+        """How many workers activator `name` runs (it says so once listening)."""
+        m = re.search(r'"listening on \S+ with (\d+) worker', self.log(name))
+        assert m, self.log(name)
+        return int(m.group(1))
+
+    def wait_functions(self, name, n, timeout, times=1):
+        """Waits until every worker of activator `name` has applied a route
+        table or update leaving it `n` functions, for the `times`-th time
+        (each worker applies and logs it on its own)."""
+        self.wait_log(name, ": %d functions" % n, timeout, count=times * self.workers(name))
+
+    def wait_routed(self, name, timeout=30):
+        """Waits until every worker of activator `name` has its first route
+        table (until then a worker answers 503), which each logs."""
+        deadline = time.time() + timeout
+        self.wait_log(name, '"listening on ', timeout)
+        self.wait_log(name, '"msg":"route table ', max(1, deadline - time.time()),
+                      count=self.workers(name))
 
     def add_activator(self, name, controller=None):
         """Starts another activator on its own port (and ops port), given
@@ -331,7 +352,7 @@ class Stoke:
             "--ops-listen", "127.0.0.1:%d" % free_port(),
             "--controller", controller or self.ctl, "--id", name, "--log-level", "debug"] +
             self.channel_args)
-        self.wait_log(name, "connected to the controller", 30)
+        self.wait_routed(name)
         return port
 
     def log(self, name):

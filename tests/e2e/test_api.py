@@ -625,7 +625,7 @@ def test_logs_follow_a_replica_stopped_and_woken():
     quick = {"min": 0, "initial": 0, "window": "6s", "scaleToZeroGrace": "1s", "idle": "stop",
              "removeAfter": "1h"}
     assert s.api("PUT", FN + "nap", body=spec("nap", scale=quick)).status == 201
-    s.wait_log("activator", ": 1 functions", 20)
+    s.wait_functions("activator", 1, 20)
     r = s.fn_request("nap")
     assert r.status == 200, r
     name = [w for w in r.body.split() if w.startswith("stoke-")][0]

@@ -51,7 +51,7 @@ def test_load_reaches_predicted_replicas_and_returns_to_min():
     s.write_spec("load", scale={"min": 0, "initial": 0, "target": TARGET, "window": "6s",
                                 "scaleToZeroGrace": "6s", "max": 20,
                                 "idle": "remove"})
-    s.wait_log("activator", ": 1 functions", 20)
+    s.wait_functions("activator", 1, 20)
 
     # Every request is held 100 ms by the function, so each client keeps one
     # request in flight nearly all the time: observed concurrency ~45.
@@ -124,8 +124,8 @@ def test_two_activators_reports_add_up():
     second = s.add_activator("activator2")
     s.write_spec("load", scale={"min": 0, "initial": 0, "target": TARGET, "window": "6s",
                                 "scaleToZeroGrace": "6s", "idle": "remove"})
-    s.wait_log("activator", ": 1 functions", 20)
-    s.wait_log("activator2", ": 1 functions", 20)
+    s.wait_functions("activator", 1, 20)
+    s.wait_functions("activator2", 1, 20)
 
     # 20 clients on each activator: neither alone sees more than 20, the
     # controller must see their sum, 40: ceil(40 / 7) = 6 replicas.

@@ -23,7 +23,7 @@ def status(s, fn):
 def test_without_freeze_or_stop_idle_replicas_are_removed():
     s = Stoke("caps-none", extra_controller_args=["--backend-without", "freeze,stop"]).start()
     s.write_spec("bare", scale=dict(QUICK, idle="pause"))
-    s.wait_log("activator", ": 1 functions", 20)
+    s.wait_functions("activator", 1, 20)
     st = status(s, "bare")
     assert st["backend"] == "docker" and st["idle"] == "remove", st
     assert "removed" in st["idle_note"], st
@@ -47,7 +47,7 @@ def test_without_freeze_or_stop_idle_replicas_are_removed():
 def test_without_freeze_idle_replicas_stop():
     s = Stoke("caps-nofreeze", extra_controller_args=["--backend-without", "freeze"]).start()
     s.write_spec("stopper", scale=dict(QUICK, idle="pause", removeAfter="1h"))
-    s.wait_log("activator", ": 1 functions", 20)
+    s.wait_functions("activator", 1, 20)
     st = status(s, "stopper")
     assert st["idle"] == "stop" and "freeze" in st["idle_note"], st
     r = s.fn_request("stopper")
@@ -67,7 +67,7 @@ def test_spec_idle_kept_where_the_backend_can():
     # No note on a backend that can do what the spec asks.
     s = Stoke("caps-all").start()
     s.write_spec("full", scale=dict(QUICK, idle="stop"))
-    s.wait_log("activator", ": 1 functions", 20)
+    s.wait_functions("activator", 1, 20)
     st = status(s, "full")
     assert st["idle"] == "stop" and "idle_note" not in st, st
     p = ctl(s, "describe", "full")

@@ -183,7 +183,7 @@ def read_all(sock, timeout):
 def test_tcp_channel_needs_the_token():
     s = Stoke("iso-chan", channel_tcp=True).start()
     s.write_spec("quiet", scale={"min": 0, "initial": 0})
-    s.wait_log("activator", ": 1 functions", 20)
+    s.wait_functions("activator", 1, 20)
     assert "connected (token checked)" in s.log("controller")
 
     cases = [
@@ -203,7 +203,7 @@ def test_tcp_channel_needs_the_token():
     # even the route table broadcast meanwhile.
     with socket.create_connection(("127.0.0.1", s.ctl_port), 5) as c:
         s.write_spec("other", scale={"min": 0, "initial": 0})
-        s.wait_log("activator", ": 2 functions", 20)
+        s.wait_functions("activator", 2, 20)
         data, closed = read_all(c, 15)
     assert closed and data == b"", data
     assert "sent no token in 5 s" in s.log("controller")
@@ -229,7 +229,7 @@ def test_channel_addresses_tried_in_turn_and_names_resolved():
     route table (a controller that does not lead), is passed over."""
     s = Stoke("iso-addrs", channel_tcp=True).start()
     s.write_spec("quiet", scale={"min": 0, "initial": 0})
-    s.wait_log("activator", ": 1 functions", 20)
+    s.wait_functions("activator", 1, 20)
     refused = free_port()
     closer = socket.socket()
     closer.bind(("127.0.0.1", 0))
@@ -250,12 +250,12 @@ def test_channel_addresses_tried_in_turn_and_names_resolved():
         s.add_activator("a2", controller="127.0.0.1:%d,127.0.0.1:%d,localhost:%d" % (
             refused, closer.getsockname()[1], s.ctl_port))
         s.wait_log("a2", "connected to the controller at 127.0.0.1:%d" % s.ctl_port, 20)
-        s.wait_log("a2", ": 1 functions", 20)
+        s.wait_functions("a2", 1, 20)
         assert accepted, "the closing address was never tried"
         # The controller restarts: the activator goes round again and finds it.
         s.restart_controller("controller2")
         s.wait_log("a2", "connected to the controller at 127.0.0.1:%d" % s.ctl_port, 30, count=2)
-        s.wait_log("a2", ": 1 functions", 30, count=2)
+        s.wait_functions("a2", 1, 30, times=2)
     finally:
         closer.close()
         s.stop()

@@ -65,7 +65,7 @@ def only_container(s, fn):
 def test_pause_then_thaw_reuses_the_replica():
     s = Stoke("life-pause").start()
     s.write_spec("napper", scale=dict(QUICK, idle="pause"))
-    s.wait_log("activator", ": 1 functions", 20)
+    s.wait_functions("activator", 1, 20)
     r = s.fn_request("napper")
     assert r.status == 200, r
     c = only_container(s, "napper")
@@ -102,7 +102,7 @@ def test_engine_pause_when_asked():
     # The fallback for hosts where the cgroup cannot be written, forced.
     s = Stoke("life-epause", extra_controller_args=["--pause-with", "engine"]).start()
     s.write_spec("dozer", scale=dict(QUICK, idle="pause"))
-    s.wait_log("activator", ": 1 functions", 20)
+    s.wait_functions("activator", 1, 20)
     r = s.fn_request("dozer")
     assert r.status == 200, r
     c = only_container(s, "dozer")
@@ -127,7 +127,7 @@ def test_stop_tier_then_start_reuses_the_replica():
     s = Stoke("life-stop").start()
     s.write_spec("sleeper", scale=dict(QUICK, idle="pause", stopAfter="1s", removeAfter="1h"),
                  extra="  readOnlyRootFilesystem: false\n")
-    s.wait_log("activator", ": 1 functions", 20)
+    s.wait_functions("activator", 1, 20)
     r = s.fn_request("sleeper")
     assert r.status == 200, r
     c = only_container(s, "sleeper")
@@ -151,7 +151,7 @@ def test_stop_tier_then_start_reuses_the_replica():
 def test_idle_stop_then_removed_then_created_anew():
     s = Stoke("life-remove").start()
     s.write_spec("brief", scale=dict(QUICK, idle="stop", removeAfter="1s"))
-    s.wait_log("activator", ": 1 functions", 20)
+    s.wait_functions("activator", 1, 20)
     assert s.fn_request("brief").status == 200
     first = only_container(s, "brief")["Id"]
     s.wait_log("controller", "stopped (idle)", 30)
@@ -189,7 +189,7 @@ def test_restarted_controller_adopts_paused_and_stopped_replicas():
     s = Stoke("life-adopt").start()
     s.write_spec("frozen", scale=dict(QUICK, idle="pause", stopAfter="1h"))
     s.write_spec("parked", scale=dict(QUICK, idle="stop", removeAfter="1h"))
-    s.wait_log("activator", ": 2 functions", 20)
+    s.wait_functions("activator", 2, 20)
     assert s.fn_request("frozen").status == 200
     assert s.fn_request("parked").status == 200
     frozen = only_container(s, "frozen")["Id"]

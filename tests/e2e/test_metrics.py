@@ -130,7 +130,7 @@ def wait_frozen(cid, timeout=WAIT):
 def start(name, scale):
     s = Stoke(name).start()
     s.write_spec("hello", scale=scale)
-    s.wait_log("activator", ": 1 functions", 20)
+    s.wait_functions("activator", 1, 20)
     return s
 
 

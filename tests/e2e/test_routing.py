@@ -195,7 +195,7 @@ def test_two_workers_share_the_port():
     s.wait_log("controller", "activator act-w1 connected", 10)
     s.wait_log("controller", "activator act-w0 connected", 10)
     s.write_spec("shared", scale={"min": 0, "initial": 0, "target": 1000000})
-    s.wait_log("activator", ": 1 functions", 10, count=2)
+    s.wait_functions("activator", 1, 10)
     # Cold requests spread over both workers' queues: each pokes, one cold
     # start serves them all.
     results = concurrent(40, lambda i: s.fn_request("shared", "/w/%d" % i))
