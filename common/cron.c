@@ -402,3 +402,20 @@ int64_t stoke_cron_next(const struct stoke_cron *c, int64_t after)
     pthread_mutex_unlock(&tz_lock);
     return r;
 }
+
+int64_t stoke_cron_latest(const struct stoke_cron *c, int64_t after, int64_t now)
+{
+    /* Forward from a window before now, widened until a run is in it or it
+     * reaches back to `after`: a few steps, however long ago `after` was. */
+    static const int64_t windows[] = {3600, 86400, 32 * 86400, 367 * 86400,
+                                      (int64_t)YEARS_AHEAD * 366 * 86400};
+    for (size_t i = 0; i < sizeof(windows) / sizeof(windows[0]); i++) {
+        int64_t from = now - windows[i] > after ? now - windows[i] : after;
+        int64_t last = -1;
+        for (int64_t t = stoke_cron_next(c, from); t >= 0 && t <= now; t = stoke_cron_next(c, t))
+            last = t;
+        if (last >= 0 || from == after)
+            return last;
+    }
+    return -1;
+}

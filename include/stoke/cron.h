@@ -51,4 +51,9 @@ int stoke_cron_parse(const char *expr, const char *zone, struct stoke_cron *c, c
  * -1 when there is none within 30 years (stoke_cron_parse refuses those). */
 int64_t stoke_cron_next(const struct stoke_cron *c, int64_t after);
 
+/* The latest run in (after, now], or -1 when there is none: after a
+ * scheduler was down from `after`, the one run it owes (never one per run
+ * it missed); whether it is still worth running is the caller's deadline. */
+int64_t stoke_cron_latest(const struct stoke_cron *c, int64_t after, int64_t now);
+
 #endif

@@ -245,6 +245,46 @@ static void test_bad(void **state)
     }
 }
 
+/* The one run owed after a downtime: the latest in (after, now]. */
+static void test_latest(void **state)
+{
+    (void)state;
+    const struct {
+        const char *expr, *zone;
+        int64_t after, now, want;
+    } cases[] = {
+        /* Every 15 minutes, down from 10:00 to 12:07: the 12:00 one. */
+        {"*/15 * * * *", NULL, utc(2026, 12, 5, 10, 0), utc(2026, 12, 5, 12, 7),
+         utc(2026, 12, 5, 12, 0)},
+        /* Daily at 09:00, down from December 1st's run to the 5th 08:00:
+         * the 4th's. */
+        {"0 9 * * *", NULL, utc(2026, 12, 1, 9, 0), utc(2026, 12, 5, 8, 0), utc(2026, 12, 4, 9, 0)},
+        /* Nothing due: 12:00 ran, now 12:14. */
+        {"*/15 * * * *", NULL, utc(2026, 12, 5, 12, 0), utc(2026, 12, 5, 12, 14), -1},
+        /* A run exactly at now counts; one exactly at after does not. */
+        {"0 * * * *", NULL, utc(2026, 12, 5, 12, 0), utc(2026, 12, 5, 13, 0),
+         utc(2026, 12, 5, 13, 0)},
+        /* Leap days: from 2024-02-29 to 2027-12-05, none. */
+        {"0 0 29 2 *", NULL, utc(2024, 2, 29, 0, 0), utc(2027, 12, 5, 0, 0), -1},
+        /* Down for three years: the last of them, not the first; midnight
+         * of January 1st in Berlin is 23:00 UTC the day before. */
+        {"0 0 1 1 *", "Europe/Berlin", utc(2023, 6, 1, 0, 0), utc(2026, 12, 5, 0, 0),
+         utc(2025, 12, 31, 23, 0)},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct stoke_cron c;
+        char err[256];
+        assert_int_equal(stoke_cron_parse(cases[i].expr, cases[i].zone, &c, err, sizeof(err)), 0);
+        int64_t got = stoke_cron_latest(&c, cases[i].after, cases[i].now);
+        if (got != cases[i].want) {
+            print_error("case %zu: %s\n", i, cases[i].expr);
+            show("  want ", cases[i].want);
+            show("  got  ", got);
+        }
+        assert_true(got == cases[i].want);
+    }
+}
+
 /* The day fields' '?' is '*' (Kubernetes accepts it). */
 static void test_question_mark(void **state)
 {
@@ -267,6 +307,7 @@ int main(void)
         cmocka_unit_test(test_daylight_saving),
         cmocka_unit_test(test_against_every_minute),
         cmocka_unit_test(test_bad),
+        cmocka_unit_test(test_latest),
         cmocka_unit_test(test_question_mark),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
