@@ -13,6 +13,7 @@ it ends (PR_SET_PDEATHSIG, the pidfile of tests/run.sh, and a cleanup at
 exit).
 """
 
+import datetime
 import http.client
 import math
 import os
@@ -53,6 +54,7 @@ class Clients:
         self.done = []  # (number, port, status or exception text)
         self.down = set()  # ports no client sends to any more
         self.seq = 0
+        self.sent_at = {}  # request number -> time.time() when sent
         self._stop = threading.Event()
 
         def client(i):
@@ -65,6 +67,7 @@ class Clients:
                         wait = False
                         self.seq += 1
                         k = self.seq
+                        self.sent_at[k] = time.time()
                         self.inflight[k] = port
                 if wait:
                     time.sleep(0.02)
@@ -114,6 +117,17 @@ class Clients:
         for t in self.threads:
             t.join(120)
         assert not any(t.is_alive() for t in self.threads)
+
+
+def log_times(text, needle):
+    """The times (seconds since the epoch) of the JSON log lines with `needle`."""
+    out = []
+    for line in text.splitlines():
+        m = re.match(r'\{"ts":"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+)Z"', line)
+        if m and needle in line:
+            t = datetime.datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S.%f")
+            out.append(t.replace(tzinfo=datetime.timezone.utc).timestamp())
+    return out
 
 
 def stop_and_count(s):
@@ -366,9 +380,9 @@ def test_dockerd_restarted_under_load():
     arrive once the engine is down wait in the activator's queue and get
     their 200. Those that may fail are the ones sent while the engine was
     stopping: in flight on a replica when it died, or sent to a dead
-    replica before the controller had its route withdrawn (the activator
-    tries 3 connects, then answers 502; it does not wait for a new replica
-    after a refused connect)."""
+    replica before the activator had its route withdrawn (it tries 3
+    connects, then answers 502; it does not wait for a new replica after a
+    refused connect); the activator's log tells when that was."""
     eng = PrivateEngine().start()
     saved_sock = harness.DOCKER_SOCK
     harness.DOCKER_SOCK = eng.sock  # the harness's engine calls go to it
@@ -388,7 +402,9 @@ def test_dockerd_restarted_under_load():
         try:
             clients.wait_ok(50)
             at_stop = clients.seq  # requests after this one were sent as it stopped
+            t_stop = time.time()
             eng.stop()
+            t_down = time.time()
             down_from = clients.seq  # those after this one, once it was down
             # The engine stays down (5 s) while the requests wait.
             deadline = time.time() + 5
@@ -423,6 +439,20 @@ def test_dockerd_restarted_under_load():
         assert all(at_stop - n < k <= down_from for k, _, _ in failed), (failed, at_stop,
                                                                          down_from)
         assert len(failed) <= down_from - at_stop + n, failed
+        # And of those, only the ones sent before the activator had the
+        # dead replicas' routes withdrawn (its route updates while the
+        # engine stopped, logged with the time in ms): every request sent
+        # after that waited and got its 200.
+        withdrawn = [t for t in log_times(s.log("activator"), "route update")
+                     if t_stop <= t <= t_down]
+        assert withdrawn, "no route update while the engine stopped"
+        late = [(k, st) for k, _, st in failed if clients.sent_at[k] > max(withdrawn) + 0.001]
+        assert not late, (late, max(withdrawn))
+        after = [k for k, t in clients.sent_at.items() if t > max(withdrawn) + 0.001]
+        print("routes withdrawn %.0f ms after the engine began to stop; %d requests sent "
+              "after that, %d of them 200" % (1000 * (max(withdrawn) - t_stop), len(after),
+                                              sum(1 for k in after if answers.get(k) == 200)))
+        assert all(answers[k] == 200 for k in after if k in answers)
         # Each client had a request waiting in the queue while the engine was
         # down (sent after it was), and each got its 200.
         assert len(waiting) == n and all(k > at_stop for k in waiting), (waiting, at_stop)
