@@ -277,6 +277,7 @@ class PrivateEngine:
         while True:
             try:
                 if self._ping():
+                    self.record()
                     return self
             except OSError:
                 pass
@@ -292,6 +293,12 @@ class PrivateEngine:
             return c.getresponse().status == 200
         finally:
             c.close()
+
+    def record(self):
+        """Lists its containerd and shims for tests/run.sh (record_pid), which
+        kills them should this test be killed (dockerd dies with the test)."""
+        for pid in self._pids():
+            harness.record_pid(pid)
 
     def log(self):
         with open(os.path.join(self.dir, "dockerd.log"), "rb") as f:
@@ -396,6 +403,7 @@ def test_dockerd_restarted_under_load():
         s.wait_log("controller", "ready on 127.0.0.1", 60, count=before + 2)
         old = sorted(c["Id"] for c in s.running("eng"))
         assert len(old) == 2, old
+        eng.record()  # the replicas' shims
 
         n = 4
         clients = Clients([s.port], "eng", "/delay/50", n, timeout=150)
