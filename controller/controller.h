@@ -20,6 +20,9 @@ struct probe;
 
 /* The backend is listed this often, for what its watch missed. */
 #define CTRL_CHECK_PERIOD_MS 5000
+/* Replicas whose removal failed, tried again at each check (more are left
+ * to the next start, whose adoption removes what it does not know). */
+#define CTRL_UNREMOVED_MAX 64
 
 struct ctrl_config {
     const char *functions_dir;
@@ -162,7 +165,12 @@ struct ctrl {
     uint64_t shares_settle_ms; /* start + CTRL_SHARES_SETTLE_MS */
     uv_timer_t tick;
     uint64_t last_check_ms;
-    bool checking;          /* a list for ctrl_check_replicas() is in flight */
+    bool checking; /* a list for ctrl_check_replicas() is in flight */
+    struct ctrl_unremoved {
+        struct ctrl *c;
+        char id[65]; /* "" when the slot is free */
+        bool pending;
+    } unremoved[CTRL_UNREMOVED_MAX];
     uv_timer_t watch_timer; /* reopens the backend's watch */
     uint32_t watch_failures;
     uint64_t watch_since_ms; /* the stream (re)opened */

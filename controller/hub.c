@@ -49,6 +49,7 @@ struct peer {
     uint64_t gen;         /* route table in use, from its last drain message */
     bool want_table;      /* it asked for a resync */
     uint64_t last_second; /* the second its last stats report counted for */
+    json_object *stats;   /* its newest stats report of this read, handled at its end */
     char **draining;      /* replicas it still has requests in flight to */
     size_t n_draining;
     uv_shutdown_t shutdown; /* refused: the error line goes out, then it closes */
@@ -140,6 +141,7 @@ static void on_peer_closed(uv_handle_t *h)
     struct peer *p = h->data;
     struct hub *hub = p->hub;
     peer_draining_free(p);
+    json_object_put(p->stats);
     free(p->slots);
     stoke_linebuf_done(&p->lines);
     free(p);
@@ -205,19 +207,32 @@ static const char *get_string(json_object *o, const char *key)
     return json_object_get_string(v);
 }
 
-static void handle_stats(struct peer *p, json_object *msg)
+/* A stats report. `current`: the newest this peer has sent; one that
+ * another report of the same read follows is not (see stash_stats()): its
+ * requests count, its concurrencies do not. */
+static void handle_stats(struct peer *p, json_object *msg, bool current)
 {
     json_object *fns;
     if (!json_object_object_get_ex(msg, "fns", &fns) || !json_object_is_type(fns, json_type_object))
         return;
     /* An activator reports once a second; timer jitter can bring two
      * reports into one second of ours and none into the next, so each
-     * report takes the second after the previous one unless it is late. */
+     * report takes the second after the previous one unless it is late.
+     * One that would run more than two seconds ahead of ours is a backlog
+     * too: added to a second this peer has reported already, it would
+     * count the same requests in flight twice. */
     uint64_t now_s = uv_now(p->hub->loop) / 1000;
     uint64_t second = now_s;
-    if (p->last_second && p->last_second >= now_s && p->last_second < now_s + 2)
-        second = p->last_second + 1;
-    p->last_second = second;
+    if (p->last_second && p->last_second >= now_s) {
+        if (p->last_second >= now_s + 2)
+            current = false;
+        else
+            second = p->last_second + 1;
+    }
+    if (current)
+        p->last_second = second;
+    else
+        second = p->last_second; /* adds 0 to what this peer reported there */
     p->hub->counters.stats_reports++;
     json_object_object_foreach(fns, name, st)
     {
@@ -231,10 +246,27 @@ static void handle_stats(struct peer *p, json_object *msg)
         if (!(conc >= 0) || conc > 1e9 || reqs < 0)
             continue;
         p->hub->counters.stats_entries++;
-        p->hub->cbs.on_stats(p->id, name, second, conc, (uint64_t)reqs, p->hub->cbs.data);
+        p->hub->cbs.on_stats(p->id, name, second, current ? conc : 0, (uint64_t)reqs,
+                             p->hub->cbs.data);
     }
-    if (p->hub->cbs.on_stats_done)
+    if (current && p->hub->cbs.on_stats_done)
         p->hub->cbs.on_stats_done(second, p->hub->cbs.data);
+}
+
+/* Reports that arrive together are a backlog: they queued up while this
+ * process did not read (it was stopped, or its loop was busy), or while the
+ * network held them. They are not one burst, nor seconds of now: only the
+ * newest tells the present concurrency, so the others count for their
+ * requests alone. The newest is handled at the end of the read (on_read()),
+ * the seconds it did not place are missing, as they would be had the reports
+ * been lost, and the autoscaler leaves them out. */
+static void stash_stats(struct peer *p, json_object *msg)
+{
+    if (p->stats) {
+        handle_stats(p, p->stats, false);
+        json_object_put(p->stats);
+    }
+    p->stats = json_object_get(msg);
 }
 
 /* {"op":"drain","gen":N,"draining":["127.0.0.1:30001",...]} */
@@ -426,7 +458,7 @@ static int on_line(char *line, size_t len, void *data)
         if (fn && stoke_is_valid_name(fn))
             p->hub->cbs.on_poke(fn, p->hub->cbs.data);
     } else if (strcmp(op, "stats") == 0) {
-        handle_stats(p, msg);
+        stash_stats(p, msg);
     } else if (strcmp(op, "drain") == 0) {
         handle_drain(p, msg);
     } else if (strcmp(op, "resync") == 0) {
@@ -464,6 +496,11 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         peer_close(p);
     } else if (nread > 0 && !p->closing) {
         int r = stoke_linebuf_feed(&p->lines, buf->base, (size_t)nread, on_line, p);
+        if (p->stats) {
+            handle_stats(p, p->stats, true);
+            json_object_put(p->stats);
+            p->stats = NULL;
+        }
         if (r == -EACCES)
             ; /* refused: closes once the error is out */
         else if (r == -ENOBUFS && !p->authed)

@@ -353,14 +353,32 @@ static void replica_free(struct replica *r)
     uv_close((uv_handle_t *)&r->timer, on_replica_timer_closed);
 }
 
+/* Remembers a container whose removal failed (the engine was down, say):
+ * the next checks remove it once the backend lists it again. */
+static bool unremoved_add(struct ctrl *c, const char *id)
+{
+    for (size_t i = 0; i < CTRL_UNREMOVED_MAX; i++) {
+        struct ctrl_unremoved *u = &c->unremoved[i];
+        if (u->id[0] == '\0') {
+            u->c = c;
+            snprintf(u->id, sizeof(u->id), "%s", id);
+            u->pending = false;
+            return true;
+        }
+    }
+    return false;
+}
+
 static void on_removed(const struct backend_result *res, void *data)
 {
     struct replica *r = data;
     r->op_pending = false;
     if (res->err < 0 && res->err != -ENOENT && res->err != -ECANCELED)
-        stoke_warn(r->fn->spec.name, res->err,
-                   "removing replica %.12s failed: %s; it is removed at the next start", r->br.id,
-                   res->message);
+        stoke_warn(r->fn->spec.name, res->err, "removing replica %.12s failed: %s; %s", r->br.id,
+                   res->message,
+                   !r->fn->ctrl->stopping && unremoved_add(r->fn->ctrl, r->br.id)
+                       ? "trying again at the next check"
+                       : "it is removed at the next start");
     else
         stoke_debug(r->fn->spec.name, "replica %.12s removed", r->br.id);
     replica_free(r);
@@ -1301,6 +1319,36 @@ static const struct backend_listed *list_find(const struct backend_listed *items
     return NULL;
 }
 
+static void on_unremoved_removed(const struct backend_result *res, void *data)
+{
+    struct ctrl_unremoved *u = data;
+    u->pending = false;
+    if (res->err == -ECANCELED)
+        return;
+    if (res->err < 0 && res->err != -ENOENT) {
+        stoke_warn(NULL, res->err, "removing replica %.12s failed again: %s", u->id, res->message);
+        return;
+    }
+    stoke_info(NULL, "removed replica %.12s, whose removal had failed", u->id);
+    u->id[0] = '\0';
+}
+
+/* Removes the containers whose removal failed, now that the backend lists
+ * again; forgets those it no longer lists. */
+static void unremoved_retry(struct ctrl *c, const struct backend_listed *items, size_t n)
+{
+    for (size_t i = 0; i < CTRL_UNREMOVED_MAX; i++) {
+        struct ctrl_unremoved *u = &c->unremoved[i];
+        if (u->id[0] == '\0' || u->pending)
+            continue;
+        const struct backend_listed *l = list_find(items, n, u->id);
+        if (!l)
+            u->id[0] = '\0';
+        else if (c->be->ops->remove_listed(c->be, l, on_unremoved_removed, u) == 0)
+            u->pending = true;
+    }
+}
+
 static void on_checked(const struct backend_result *res, const struct backend_listed *items,
                        size_t n, void *data)
 {
@@ -1336,6 +1384,7 @@ static void on_checked(const struct backend_result *res, const struct backend_li
             }
         }
     }
+    unremoved_retry(c, items, n);
 }
 
 void ctrl_check_replicas(struct ctrl *c)

@@ -44,7 +44,8 @@ cleanup() {
     while read -r pid; do
         [ -r "/proc/$pid/cmdline" ] || continue
         case $(tr '\0' ' ' <"/proc/$pid/cmdline") in
-        *stoke-controller* | *stoke-activator*) kill -9 "$pid" 2>/dev/null || true ;;
+        # (/tmp/stoke-de-*: e2e.test_chaos's private dockerd, containerd, shims)
+        *stoke-controller* | *stoke-activator* | */tmp/stoke-de-*) kill -9 "$pid" 2>/dev/null || true ;;
         esac
     done <"$pidfile"
     rm -f "$pidfile"
