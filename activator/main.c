@@ -99,6 +99,9 @@ static void usage(FILE *f)
         "                           peers whose X-Forwarded-For, Forwarded and\n"
         "                           X-Real-IP are passed on (default none: they\n"
         "                           are replaced or dropped)\n"
+        "  --events IP:PORT         stoke-events' ingest: async invocations (Prefer:\n"
+        "                           respond-async, /async-function/<name>/) and\n"
+        "                           /_stoke/calls/ go there (default none: 501)\n"
         "  --log-level LEVEL        debug, info, warn, error (default info)\n"
         "  -h, --help\n"
         "DUR is like 250ms, 10s, 1m.\n",
@@ -250,6 +253,7 @@ static int add_static_route(struct stoke_route_table *t, const char *arg)
     r->timeout_ms = defaults.timeout_ms;
     r->queue_max = defaults.queue.max;
     r->queue_timeout_ms = defaults.queue.timeout_ms;
+    r->async = defaults.async;
     t->n_routes++; /* counted now so stoke_route_table_done() frees it */
     for (const char *p = eq + 1; *p;) {
         const char *comma = strchr(p, ',');
@@ -308,6 +312,7 @@ int main(int argc, char **argv)
         O_OPS,
         O_TRUSTED,
         O_TOKEN,
+        O_EVENTS,
     };
     static const struct option opts[] = {
         {"listen", required_argument, NULL, O_LISTEN},
@@ -328,6 +333,7 @@ int main(int argc, char **argv)
         {"ops-listen", required_argument, NULL, O_OPS},
         {"trusted-proxies", required_argument, NULL, O_TRUSTED},
         {"channel-token-file", required_argument, NULL, O_TOKEN},
+        {"events", required_argument, NULL, O_EVENTS},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -377,6 +383,12 @@ int main(int argc, char **argv)
             break;
         case O_TOKEN:
             token_file = optarg;
+            break;
+        case O_EVENTS:
+            r = stoke_addr_parse(optarg, &cfg.events);
+            if (r == 0 && cfg.events.is_unix)
+                r = -EINVAL;
+            cfg.has_events = r == 0;
             break;
         case O_DOMAIN:
             cfg.domain = optarg;
