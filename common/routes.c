@@ -171,15 +171,17 @@ static int parse_route(json_object *fn, struct stoke_route *r)
     /* Optional: a controller from before async sends none. */
     stoke_async_defaults(&r->async);
     if (json_object_object_get_ex(fn, "async", &v)) {
-        uint64_t retries, inflight;
+        uint64_t retries, inflight, max_body;
         if (!json_object_is_type(v, json_type_object) || get_u64(v, "retries", 100, &retries) < 0 ||
             get_u64(v, "backoff_ms", UINT32_MAX, &r->async.backoff_ms) < 0 ||
             get_u64(v, "max_age_ms", UINT32_MAX, &r->async.max_age_ms) < 0 ||
-            get_u64(v, "max_in_flight", 10000, &inflight) < 0 || inflight == 0 ||
-            get_u64(v, "max_body", UINT32_MAX, &r->async.max_body) < 0)
+            get_u64(v, "max_in_flight", 10000, &inflight) < 0 ||
+            get_u64(v, "max_body", UINT32_MAX, &max_body) < 0)
             return -EINVAL;
         r->async.retries = (uint32_t)retries;
-        r->async.max_in_flight = (uint32_t)inflight;
+        if (inflight) /* (0: the default) */
+            r->async.max_in_flight = (uint32_t)inflight;
+        r->async.max_body = (uint32_t)max_body;
     }
 
     if (!json_object_object_get_ex(fn, "endpoints", &eps) ||

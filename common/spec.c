@@ -515,7 +515,7 @@ static const struct field async_fields[] = {
     TYPED_FIELD("backoff", T_DURATION, async.backoff_ms, 1, MS_PER_H),
     TYPED_FIELD("maxEventAge", T_DURATION, async.max_age_ms, 1, 6 * MS_PER_H),
     UINT_FIELD("maxInFlight", async.max_in_flight, 1, 10000),
-    TYPED_FIELD("maxBody", T_MEMORY, async.max_body, 0, 6 * MIB),
+    UINT_FIELD("maxBody", async.max_body, 0, 6 * MIB),
     {0},
 };
 

@@ -44,10 +44,10 @@
 #define DEFAULT_DB "/var/lib/stoke/events.db"
 #define DEFAULT_OPS "127.0.0.1:9093"
 #define CALLS_PREFIX "/_stoke/calls/"
-/* How much longer than the activator's longest time a lease is, and how
- * much longer than it our own request waits: the lease ends last. */
-#define LEASE_MARGIN_MS 30000
-#define CLIENT_MARGIN_MS 10000
+/* A lease is the activator's longest time for a call (its queue timeout
+ * plus its timeout) plus lease_margin_ms; our own request gives up at half
+ * the margin, so the lease always ends last. */
+static uint64_t lease_margin_ms = 30000;
 #define MAX_RESP_HEADERS (16 * 1024)
 #define MAX_LIST 1000
 #define CALLBACK_TRIES 3
@@ -439,7 +439,7 @@ static void attempt_send(struct pend *p)
     curl_easy_setopt(e, CURLOPT_WRITEDATA, p);
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, p);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(c->timeout_ms + CLIENT_MARGIN_MS));
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(c->timeout_ms + lease_margin_ms / 2));
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, 5000L);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http");
@@ -490,7 +490,7 @@ static void deliver(struct pend *p)
     p->fn->inflight++;
     c->state = EV_RUNNING;
     c->attempts++;
-    c->lease_ms = now_ms() + (int64_t)(c->timeout_ms + LEASE_MARGIN_MS);
+    c->lease_ms = now_ms() + (int64_t)(c->timeout_ms + lease_margin_ms);
     p->busy = true;
     if (write_call(p, on_running_written) < 0) {
         c->attempts--;
@@ -1101,7 +1101,7 @@ static void ingest_call(struct stoke_httpd_req *req, const char *fn, size_t fn_l
         a.backoff_ms = param_u64(v, vl, "backoff_ms", a.backoff_ms);
         a.max_age_ms = param_u64(v, vl, "max_age_ms", a.max_age_ms);
         a.max_in_flight = (uint32_t)param_u64(v, vl, "max_in_flight", a.max_in_flight);
-        a.max_body = param_u64(v, vl, "max_body", a.max_body);
+        a.max_body = (uint32_t)param_u64(v, vl, "max_body", a.max_body);
     }
     if (header_last(req->headers, "x-stoke-timeout-ms", &v, &vl)) {
         uint64_t t = 0;
@@ -1117,7 +1117,7 @@ static void ingest_call(struct stoke_httpd_req *req, const char *fn, size_t fn_l
     }
     if (req->body_len > a.max_body) {
         stoke_httpd_reply_error(req, 413, NULL, NULL,
-                                "the body is over the function's async limit (%" PRIu64 " bytes)",
+                                "the body is over the function's async limit (%" PRIu32 " bytes)",
                                 a.max_body);
         return;
     }
@@ -1392,13 +1392,15 @@ static void usage(FILE *f)
             "  --retention DUR         ended calls are kept this long (default 24h)\n"
             "  --max-queued N          calls waiting at most, 503 past it (default 100000)\n"
             "  --max-body-bytes N      largest body taken at all (default 6291456)\n"
+            "  --lease-margin DUR      a running call's lease: the activator's longest\n"
+            "                          time for it plus this (default 30s)\n"
             "  --log-level LEVEL       debug, info, warn, error (default info)\n"
             "  -h, --help\n");
 }
 
 int main(int argc, char **argv)
 {
-    enum { O_LISTEN = 256, O_ACT, O_DB, O_ADMIN, O_OPS, O_RET, O_MAXQ, O_MAXB, O_LOG };
+    enum { O_LISTEN = 256, O_ACT, O_DB, O_ADMIN, O_OPS, O_RET, O_MAXQ, O_MAXB, O_LOG, O_LEASE };
     static const struct option opts[] = {
         {"listen", required_argument, NULL, O_LISTEN},
         {"activator", required_argument, NULL, O_ACT},
@@ -1409,6 +1411,7 @@ int main(int argc, char **argv)
         {"max-queued", required_argument, NULL, O_MAXQ},
         {"max-body-bytes", required_argument, NULL, O_MAXB},
         {"log-level", required_argument, NULL, O_LOG},
+        {"lease-margin", required_argument, NULL, O_LEASE},
         {"help", no_argument, NULL, 'h'},
         {0},
     };
@@ -1452,6 +1455,10 @@ int main(int argc, char **argv)
             break;
         case O_LOG:
             r = stoke_log_level_parse(optarg, &level);
+            break;
+        case O_LEASE:
+            r = stoke_parse_duration(optarg, &lease_margin_ms);
+            r = r == 0 && lease_margin_ms < 2 ? -EINVAL : r;
             break;
         case 'h':
             usage(stdout);

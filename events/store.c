@@ -342,6 +342,11 @@ static void on_async(uv_async_t *h)
     run_done(h->data);
 }
 
+static void on_store_closed_early(uv_handle_t *h)
+{
+    free(h->data);
+}
+
 int ev_store_new(uv_loop_t *loop, sqlite3 *db, struct ev_store **ret)
 {
     struct ev_store *s = calloc(1, sizeof(*s));
@@ -361,9 +366,10 @@ int ev_store_new(uv_loop_t *loop, sqlite3 *db, struct ev_store **ret)
     s->async.data = s;
     r = -pthread_create(&s->thread, NULL, store_main, s);
     if (r < 0) {
-        uv_close((uv_handle_t *)&s->async, NULL); /* freed below: the loop must not run it */
         pthread_mutex_destroy(&s->mu);
         pthread_cond_destroy(&s->cond);
+        s->db = NULL;                                              /* the caller keeps it */
+        uv_close((uv_handle_t *)&s->async, on_store_closed_early); /* frees s */
         return r;
     }
     *ret = s;
@@ -380,9 +386,12 @@ void ev_store_submit(struct ev_store *s, struct ev_job *job)
     pthread_mutex_unlock(&s->mu);
 }
 
-uint64_t ev_store_commits(const struct ev_store *s)
+uint64_t ev_store_commits(struct ev_store *s)
 {
-    return s->commits; /* (a torn read is harmless: metrics) */
+    pthread_mutex_lock(&s->mu);
+    uint64_t n = s->commits;
+    pthread_mutex_unlock(&s->mu);
+    return n;
 }
 
 static void on_store_closed(uv_handle_t *h)

@@ -90,12 +90,13 @@ struct ev_job {
 struct ev_store;
 
 /* Starts the thread on `db` (taken: closed by ev_store_close()). Returns 0
- * and *ret or a negative errno. */
+ * and *ret, or a negative errno (the caller keeps `db`; run the loop to
+ * free what was made). */
 int ev_store_new(uv_loop_t *loop, sqlite3 *db, struct ev_store **ret);
 /* Queues `job`; its done runs later on the loop, never from this call. */
 void ev_store_submit(struct ev_store *s, struct ev_job *job);
 /* Commits so far (one per batch), for metrics and tests. */
-uint64_t ev_store_commits(const struct ev_store *s);
+uint64_t ev_store_commits(struct ev_store *s);
 /* Runs the jobs already submitted (their done callbacks run from here),
  * stops the thread, closes the database and frees `s` once its handle has
  * closed (run the loop). */

@@ -73,7 +73,7 @@ struct stoke_async {
     uint64_t backoff_ms;    /* default 1 min, 1 ms..1 h; the first retry's delay, doubled after */
     uint64_t max_age_ms;    /* default 6 h, 1 ms..6 h; a call older is dead-lettered */
     uint32_t max_in_flight; /* default 10, 1..10000; calls delivered at once */
-    uint64_t max_body;      /* default 256Ki, 0..6Mi; a larger body is refused (413) */
+    uint32_t max_body;      /* bytes, default 262144, 0..6291456 (6Mi); larger: 413 */
 };
 
 struct stoke_spec {

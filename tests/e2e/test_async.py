@@ -8,6 +8,7 @@ import json
 import os
 import re
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -37,13 +38,13 @@ class Async:
             os.path.join(BUILD, "stoke-events"), "--listen", "127.0.0.1:%d" % self.events_port,
             "--activator", "127.0.0.1:%d" % self.s.port, "--db", self.db,
             "--admin-socket", self.sock, "--ops-listen", "127.0.0.1:%d" % self.ops_port,
-            "--log-level", "debug"], logname=logname)
+            "--lease-margin", "2s", "--log-level", "debug"], logname=logname)
         self.s.wait_log("events", '"listening on', 20)
 
-    def deploy(self, name, scale=None, asyncs=None):
+    def deploy(self, name, scale=None, asyncs=None, extra=""):
         a = {"retries": 2, "backoff": "200ms", "maxInFlight": 10}
         a.update(asyncs or {})
-        extra = "  async: { %s }\n" % ", ".join("%s: %s" % kv for kv in a.items())
+        extra += "  async: { %s }\n" % ", ".join("%s: %s" % kv for kv in a.items())
         sc = {"min": 0, "initial": 0, "scaleToZeroGrace": "2s", "window": "6s"}
         sc.update(scale or {})
         n = len([f for f in os.listdir(self.s.fndir) if f.endswith(".yaml")])
@@ -63,6 +64,20 @@ class Async:
             return r.status, json.loads(r.read() or b"null")
         finally:
             c.close()
+
+    def ctl(self, *args):
+        """stokectl with this stoke-events' admin socket and activator."""
+        env = dict(os.environ, STOKE_EVENTS="unix:" + self.sock,
+                   STOKE_ACTIVATOR="http://127.0.0.1:%d" % self.s.port)
+        p = subprocess.run([os.path.join(BUILD, "stokectl")] + list(args), env=env,
+                           capture_output=True, timeout=60)
+        assert p.returncode == 0, (args, p.returncode, p.stderr)
+        return p.stdout.decode()
+
+    def ready(self, fn):
+        """(desired, ready) replicas of `fn`, as the controller says."""
+        st = self.s.api("GET", "/api/v1/functions/" + fn).json["status"]
+        return st["desired"], st["ready"]
 
     def state(self, call_id):
         r = self.s.request("/_stoke/calls/" + call_id)
@@ -172,10 +187,14 @@ def test_accept_after_commit_404_413_and_state():
     # A plain request is still synchronous.
     r = a.s.request("/fn/echo/async/0", method="POST", body=b"")
     assert r.status == 200, r
+    # stokectl invoke, both ways.
+    assert "hi from echo" in a.ctl("invoke", "echo", "--path", "/async/0")
+    cid2 = a.ctl("invoke", "echo", "--async", "--path", "/async/0", "-d", "x").strip()
+    assert a.wait_state(cid2, ("succeeded",), 60)["method"] == "POST"
     # An unknown id: 404.
     r = a.s.request("/_stoke/calls/" + "0" * 32)
     assert r.status == 404, r
-    assert a.metric("stoke_async_succeeded_total", "echo") == 2
+    assert a.metric("stoke_async_succeeded_total", "echo") == 3
     a.s.stop()
 
 
@@ -209,6 +228,12 @@ def test_dead_letter_then_redrive():
     assert rec["requestPayload"] == "payload-1", rec
     status, lst = a.admin("GET", "/v1/dlq/bad")
     assert status == 200 and [c["id"] for c in lst["calls"]] == [cid], lst
+    # The same through stokectl.
+    out = a.ctl("dlq", "list", "bad")
+    assert cid in out and "RetriesExhausted" in out, out
+    rec2 = json.loads(a.ctl("dlq", "show", cid))
+    assert rec2 == rec, (rec2, rec)
+    assert json.loads(a.ctl("calls", "get", cid))["state"] == "dead"
     # A non-retryable answer is not retried (and not dead-lettered).
     r = a.s.request("/fn/bad/status/404", method="POST", headers={"Prefer": "respond-async"})
     st = a.wait_state(r.headers["X-Call-Id"], ("failed",), 60)
@@ -216,8 +241,7 @@ def test_dead_letter_then_redrive():
     # Redrive: it runs again (two more attempts), and is dead again.
     before = len([x for x in a.attempts("bad") if x[1] == cid and x[0] == "end"])
     assert before == 2
-    status, out = a.admin("POST", "/v1/dlq/bad/redrive?id=" + cid)
-    assert status == 200 and out["redriven"] == 1, out
+    assert a.ctl("dlq", "redrive", cid).strip() == "call/%s redriven" % cid
     deadline = time.time() + 60
     while time.time() < deadline:
         n = len([x for x in a.attempts("bad") if x[1] == cid and x[0] == "end"])
@@ -225,11 +249,172 @@ def test_dead_letter_then_redrive():
             break
         time.sleep(0.2)
     assert n == 4, n
-    status, out = a.admin("DELETE", "/v1/dlq/bad")
-    assert status == 200 and out["purged"] == 1, out
+    assert a.ctl("dlq", "purge", "bad").strip() == "bad: 1 dead calls purged"
     status, lst = a.admin("GET", "/v1/dlq/bad")
     assert lst["calls"] == [], lst
     a.s.stop()
+
+
+def send_many(a, fn, path, n, headers=None):
+    """n async calls from 8 clients; returns their ids (all 202)."""
+    ids, bad = [], []
+    lock = threading.Lock()
+
+    def client(k):
+        import http.client
+        c = http.client.HTTPConnection("127.0.0.1", a.s.port, timeout=60)
+        try:
+            for _ in range(k):
+                h = {"Prefer": "respond-async"}
+                h.update(headers or {})
+                c.request("POST", "/fn/%s%s" % (fn, path), body=b"", headers=h)
+                r = c.getresponse()
+                r.read()
+                with lock:
+                    if r.status == 202:
+                        ids.append(r.getheader("X-Call-Id"))
+                    else:
+                        bad.append(r.status)
+        finally:
+            c.close()
+
+    ts = [threading.Thread(target=client, args=(n // 8 + (1 if i < n % 8 else 0),))
+          for i in range(8)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not bad and len(ids) == n and len(set(ids)) == n, (len(ids), bad[:10])
+    return ids
+
+
+def db_states(a):
+    import sqlite3
+    db = sqlite3.connect("file:%s?mode=ro" % a.db, uri=True)
+    try:
+        return dict(db.execute("select id, state from calls").fetchall())
+    finally:
+        db.close()
+
+
+def assert_never_twice_at_once(runs):
+    """No call's attempts overlap in time (start..end per attempt)."""
+    by = {}
+    for what, cid, attempt, status, t in runs:
+        by.setdefault((cid, attempt), {})[what] = t
+    spans = {}
+    for (cid, attempt), d in by.items():
+        assert "start" in d and "end" in d, (cid, attempt, d)
+        spans.setdefault(cid, []).append((d["start"], d["end"], attempt))
+    for cid, ss in spans.items():
+        ss.sort()
+        for x, y in zip(ss, ss[1:]):
+            assert x[1] <= y[0], ("call ran twice at once", cid, ss)
+
+
+def test_thousand_calls_from_zero_exactly_once():
+    a = Async("async-d").start()
+    a.deploy("many", scale={"max": 4, "target": 10}, asyncs={"maxInFlight": 40})
+    assert a.s.containers("many") == []
+    ids = send_many(a, "many", "/async/0/20", 1000)
+    # It scales up from zero (the backlog comes as requests) ...
+    deadline = time.time() + 240
+    while time.time() < deadline and a.metric("stoke_async_succeeded_total", "many") < 1000:
+        time.sleep(0.5)
+    assert a.metric("stoke_async_succeeded_total", "many") == 1000, a.metrics()
+    assert a.metric("stoke_async_retried_total", "many") == 0
+    # ... every call ran exactly once ...
+    runs = a.attempts("many")
+    ends = {}
+    for what, cid, attempt, status, t in runs:
+        if what == "end":
+            ends[cid] = ends.get(cid, 0) + 1
+    assert set(ends) == set(ids), (len(ends), len(ids))
+    assert all(n == 1 for n in ends.values()), [k for k, n in ends.items() if n != 1][:5]
+    assert len({c["Id"] for c in a.s.containers("many")}) >= 1
+    states = db_states(a)
+    assert all(states[i] == 2 for i in ids)
+    # ... and it goes back to zero (idle replicas are frozen: none ready).
+    assert a.s.log("controller").count("ready on 127.0.0.1") >= 1
+    deadline = time.time() + 90
+    while time.time() < deadline and a.ready("many") != (0, 0):
+        time.sleep(0.5)
+    assert a.ready("many") == (0, 0), a.s.api("GET", "/api/v1/functions/many").json
+    a.s.stop()
+
+
+def test_kill9_of_stoke_events_loses_none_runs_none_twice_at_once():
+    a = Async("async-e").start()
+    a.deploy("steady", scale={"min": 1, "initial": 1, "max": 2},
+             asyncs={"maxInFlight": 20}, extra="  timeout: 2s\n  queue: { timeout: 2s }\n")
+    ids = send_many(a, "steady", "/async/0/100", 500)
+    deadline = time.time() + 60
+    while time.time() < deadline and a.metric("stoke_async_succeeded_total", "steady") < 100:
+        time.sleep(0.05)
+    assert 100 <= a.metric("stoke_async_succeeded_total", "steady") < 500
+    a.s.kill9("events")
+    held = [i for i, st in db_states(a).items() if st in (0, 1)]
+    assert held, "nothing left to deliver after the kill"
+    a.start_events(logname="events2")
+    assert "%d calls pending" % len(held) in a.s.log("events"), a.s.log("events")
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        states = db_states(a)
+        if all(states.get(i) == 2 for i in ids):
+            break
+        time.sleep(0.5)
+    states = db_states(a)
+    assert all(states.get(i) == 2 for i in ids), sorted(set(states.values()))
+    runs = a.attempts("steady")
+    ok = {cid for what, cid, attempt, status, t in runs if what == "end" and status == 200}
+    assert ok >= set(ids), len(set(ids) - ok)
+    assert_never_twice_at_once(runs)
+    a.s.stop()
+
+
+def test_callback_url_gets_each_result():
+    got = []
+    lock = threading.Lock()
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            n = int(self.headers.get("Content-Length", 0))
+            body = self.rfile.read(n)
+            with lock:
+                got.append((self.headers["X-Call-Id"], self.headers["X-Stoke-Call-State"],
+                            self.headers["X-Stoke-Status"], body))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        a = Async("async-f").start()
+        a.deploy("cb", scale={"min": 1, "initial": 1}, asyncs={"retries": 0})
+        url = "http://127.0.0.1:%d/done" % srv.server_address[1]
+        ok = send_many(a, "cb", "/async/0", 5, headers={"X-Callback-Url": url})
+        bad = send_many(a, "cb", "/async/9", 3, headers={"X-Callback-Url": url})
+        deadline = time.time() + 60
+        while time.time() < deadline and len(got) < 8:
+            time.sleep(0.1)
+        with lock:
+            res = {g[0]: g for g in got}
+        assert len(got) == 8 and set(res) == set(ok) | set(bad), got
+        for i in ok:
+            assert res[i][1:3] == ("succeeded", "200") and b"hi from cb" in res[i][3], res[i]
+        for i in bad:
+            assert res[i][1:3] == ("dead", "500"), res[i]
+        # A callback URL that is not http(s): 400, nothing stored.
+        r = a.call("cb", "/async/0", headers={"X-Callback-Url": "file:///etc/passwd"})
+        assert r.status == 400, r
+        a.s.stop()
+    finally:
+        srv.shutdown()
+        srv.server_close()
 
 
 if __name__ == "__main__":
