@@ -94,7 +94,8 @@ int cmd_invoke(struct globals *g, int argc, char **argv)
     const char *activator = getenv("STOKE_ACTIVATOR"), *data = NULL, *path = "/", *method = NULL;
     bool async = false;
     int opt;
-    optind = 1;
+    optind = 0;
+    opterr = 0;
     while ((opt = getopt_long(argc, argv, ":d:X:h", opts, NULL)) != -1) {
         switch (opt) {
         case OPT_ACTIVATOR:
@@ -176,24 +177,39 @@ static bool is_call_id(const char *s)
     return n == 32 && s[n] == '\0';
 }
 
-int cmd_calls(struct globals *g, int argc, char **argv)
+/* The options of calls and dlq: --events, and --all FN when `all` is not
+ * NULL. Returns -1 with optind at the first operand, or the exit status. */
+static int parse_events_options(struct globals *g, const char *cmd, int argc, char **argv,
+                                const char **events, const char **all)
 {
     static const struct option opts[] = {
         {"events", required_argument, NULL, OPT_EVENTS},
+        {"all", required_argument, NULL, OPT_ALL},
         COMMON_LONGOPTS,
     };
-    const char *events = NULL;
     int opt;
-    optind = 1;
+    optind = 0;
+    opterr = 0;
     while ((opt = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
         if (opt == OPT_EVENTS) {
-            events = optarg;
-            continue;
+            *events = optarg;
+        } else if (opt == OPT_ALL && all) {
+            *all = optarg;
+        } else {
+            int st = common_option(g, cmd, opt == OPT_ALL ? '?' : opt, argv);
+            if (st >= 0)
+                return st;
         }
-        int st = common_option(g, "calls", opt, argv);
-        if (st >= 0)
-            return st;
     }
+    return -1;
+}
+
+int cmd_calls(struct globals *g, int argc, char **argv)
+{
+    const char *events = NULL;
+    int st = parse_events_options(g, "calls", argc, argv, &events, NULL);
+    if (st >= 0)
+        return st;
     if (argc - optind != 2 || strcmp(argv[optind], "get") != 0)
         return usage_error("calls", "usage: stokectl calls get ID");
     const char *id = argv[optind + 1];
@@ -207,27 +223,10 @@ int cmd_calls(struct globals *g, int argc, char **argv)
 
 int cmd_dlq(struct globals *g, int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"events", required_argument, NULL, OPT_EVENTS},
-        {"all", required_argument, NULL, OPT_ALL},
-        COMMON_LONGOPTS,
-    };
     const char *events = NULL, *all = NULL;
-    int opt;
-    optind = 1;
-    while ((opt = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
-        if (opt == OPT_EVENTS) {
-            events = optarg;
-            continue;
-        }
-        if (opt == OPT_ALL) {
-            all = optarg;
-            continue;
-        }
-        int st = common_option(g, "dlq", opt, argv);
-        if (st >= 0)
-            return st;
-    }
+    int pst = parse_events_options(g, "dlq", argc, argv, &events, &all);
+    if (pst >= 0)
+        return pst;
     int n = argc - optind;
     const char *sub = n > 0 ? argv[optind] : "";
     const char *arg = n > 1 ? argv[optind + 1] : NULL;
