@@ -221,7 +221,7 @@ static void on_final_written(struct write_job *w)
     struct pend *p = w->p;
     if (w->job.result < 0)
         stoke_error(p->fn->name, w->job.result, "call %s: its end was not stored", p->c->id);
-    else if (p->c->callback && p->c->state != EV_CANCELLED)
+    else if (p->c->callback && p->c->state != EV_CANCELLED && !stopping)
         send_callback(p->c);
     pend_free(p);
 }
@@ -561,6 +561,7 @@ static void on_pump_idle(uv_idle_t *h)
 /* ---- callbacks (X-Callback-Url) ---------------------------------------- */
 
 struct cbk {
+    struct stoke_list node; /* cbks */
     char *url;
     char *body;
     size_t body_len;
@@ -571,9 +572,12 @@ struct cbk {
     char id[33];
 };
 
+static struct stoke_list cbks;
+
 static void cbk_free_handle(uv_handle_t *h)
 {
     struct cbk *k = h->data;
+    stoke_list_remove(&k->node);
     curl_slist_free_all(k->hdrs);
     free(k->url);
     free(k->body);
@@ -655,6 +659,7 @@ static void send_callback(const struct ev_call *c)
     t = t ? curl_slist_append(t, "Expect:") : NULL;
     uv_timer_init(loop, &k->timer);
     k->timer.data = k;
+    stoke_list_insert_tail(&cbks, &k->node);
     if (!t || !k->url || !k->body) {
         uv_close((uv_handle_t *)&k->timer, cbk_free_handle);
         return;
@@ -1365,8 +1370,14 @@ static void on_signal(uv_signal_t *s, int signum)
     stoke_httpd_close(ingest);
     stoke_httpd_close(admin);
     stoke_opsd_close(opsd);
-    stoke_curluv_close(curl, NULL, NULL); /* attempts end: pend_free() */
-    ev_store_close(store);                /* runs the jobs queued */
+    stoke_curluv_close(curl, NULL, NULL); /* attempts and callbacks in flight end */
+    /* Callbacks waiting for their next try are dropped (not durable). */
+    for (struct stoke_list *n = cbks.next; n != &cbks; n = n->next) {
+        struct cbk *k = stoke_container_of(n, struct cbk, node);
+        if (!uv_is_closing((uv_handle_t *)&k->timer))
+            uv_close((uv_handle_t *)&k->timer, cbk_free_handle);
+    }
+    ev_store_close(store); /* runs the jobs queued */
     /* What is still held: waiting calls (stored). */
     while (!stoke_list_empty(&fns)) {
         struct efn *f = stoke_container_of(stoke_list_first(&fns), struct efn, node);
@@ -1482,6 +1493,7 @@ int main(int argc, char **argv)
     stoke_addr_format(&act_addr, activator_base + 7, sizeof(activator_base) - 7);
     memcpy(activator_base, "http://", 7);
     stoke_list_init(&fns);
+    stoke_list_init(&cbks);
 
     /* Startup, before the loop runs: open, and read what is pending
      * (blocking here is fine). */

@@ -212,6 +212,24 @@ def test_retries_then_success_with_the_same_id():
     a.s.stop()
 
 
+def test_cancel_a_queued_call():
+    a = Async("async-g").start()
+    a.deploy("slow", scale={"min": 1, "initial": 1}, asyncs={"maxInFlight": 1})
+    first = a.call("slow", "/async/0/3000").headers["X-Call-Id"]
+    a.wait_state(first, ("running",), 30)
+    second = a.call("slow", "/async/0").headers["X-Call-Id"]
+    assert a.state(second)["state"] == "queued"
+    # The running one cannot be cancelled; the queued one can.
+    r = a.s.request("/_stoke/calls/" + first, method="DELETE")
+    assert r.status == 409, r
+    r = a.s.request("/_stoke/calls/" + second, method="DELETE")
+    assert r.status == 200 and json.loads(r.body)["state"] == "cancelled", r
+    assert a.wait_state(first, ("succeeded",), 30)["attempts"] == 1
+    assert a.state(second)["state"] == "cancelled"
+    assert [x for x in a.attempts("slow") if x[1] == second] == []
+    a.s.stop()
+
+
 def test_dead_letter_then_redrive():
     a = Async("async-c").start()
     a.deploy("bad", scale={"min": 1, "initial": 1}, asyncs={"retries": 1})
