@@ -101,7 +101,8 @@ static void usage(FILE *f)
         "                           are replaced or dropped)\n"
         "  --events IP:PORT         stoke-events' ingest: async invocations (Prefer:\n"
         "                           respond-async, /async-function/<name>/) and\n"
-        "                           /_stoke/calls/ go there (default none: 501)\n"
+        "                           /_stoke/calls/ go there (default none: the\n"
+        "                           header is ignored, the prefix answered 501)\n"
         "  --log-level LEVEL        debug, info, warn, error (default info)\n"
         "  -h, --help\n"
         "DUR is like 250ms, 10s, 1m.\n",

@@ -2772,7 +2772,9 @@ static void dispatch(struct client *c)
         fn = px->events_fn;
         goto routed;
     }
-    bool async = header_has_token(&c->rq->headers, "prefer", "respond-async");
+    /* A preference (RFC 7240): without stoke-events it is not honoured
+     * and the call is served as usual. */
+    bool async = px->events_fn && header_has_token(&c->rq->headers, "prefer", "respond-async");
     for (int by_host = 1; by_host >= 0 && !fn; by_host--) {
         int m;
         if (!by_host && async_prefix_match(url, url_len, &name, &name_len, &path, &path_len) == 0) {
