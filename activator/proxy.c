@@ -2737,13 +2737,17 @@ static int async_prefix_match(const char *u, size_t ul, const char **ret_name, s
 static int async_headers(struct client *c, const struct fn *fn)
 {
     const struct stoke_route *r = &fn->cfg;
-    return stoke_buf_printf(
-        &c->rq->out,
-        "X-Stoke-Function: %s\r\nX-Stoke-Timeout-Ms: %" PRIu64 "\r\nX-Stoke-Async: retries=%" PRIu32
-        ";backoff_ms=%" PRIu64 ";max_age_ms=%" PRIu64 ";max_in_flight=%" PRIu32 ";max_body=%" PRIu32
-        "\r\n",
-        r->name, r->queue_timeout_ms + r->timeout_ms, r->async.retries, r->async.backoff_ms,
-        r->async.max_age_ms, r->async.max_in_flight, r->async.max_body);
+    int e = stoke_buf_printf(&c->rq->out, "X-Stoke-Events-Token: %s\r\n",
+                             c->px->cfg.events_token ? c->px->cfg.events_token : "");
+    if (e == 0)
+        e = stoke_buf_printf(
+            &c->rq->out,
+            "X-Stoke-Function: %s\r\nX-Stoke-Timeout-Ms: %" PRIu64
+            "\r\nX-Stoke-Async: retries=%" PRIu32 ";backoff_ms=%" PRIu64 ";max_age_ms=%" PRIu64
+            ";max_in_flight=%" PRIu32 ";max_body=%" PRIu32 "\r\n",
+            r->name, r->queue_timeout_ms + r->timeout_ms, r->async.retries, r->async.backoff_ms,
+            r->async.max_age_ms, r->async.max_in_flight, r->async.max_body);
+    return e;
 }
 
 static void dispatch(struct client *c)

@@ -54,6 +54,9 @@ struct proxy_config {
      * go. has_events false: they get 501. */
     struct stoke_addr events;
     bool has_events;
+    /* Sent to stoke-events with every async call (X-Stoke-Events-Token),
+     * which refuses a call without it; borrowed. */
+    const char *events_token;
 };
 
 /* Adds the comma-separated "IP[/bits]" networks of `list` to

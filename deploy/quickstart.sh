@@ -60,12 +60,15 @@ setsid nohup "$build/stoke-controller" --functions-dir "$home/functions" \
     --listen "unix:$home/ctl.sock" --admin-socket "$home/admin.sock" --instance quickstart \
     >>"$home/controller.log" 2>&1 </dev/null &
 echo $! >"$home/controller.pid"
+# The token the activator sends stoke-events with each async call.
+[ -s "$home/events.token" ] || (umask 077 && od -An -tx1 -N16 /dev/urandom | tr -d ' \n' >"$home/events.token")
 setsid nohup "$build/stoke-activator" --listen "127.0.0.1:$port" \
     --controller "unix:$home/ctl.sock" --events 127.0.0.1:8091 \
+    --events-token-file "$home/events.token" \
     >>"$home/activator.log" 2>&1 </dev/null &
 echo $! >"$home/activator.pid"
 setsid nohup "$build/stoke-events" --listen 127.0.0.1:8091 --activator "127.0.0.1:$port" \
-    --db "$home/events.db" --admin-socket "$home/events.sock" \
+    --db "$home/events.db" --admin-socket "$home/events.sock" --token-file "$home/events.token" \
     >>"$home/events.log" 2>&1 </dev/null &
 echo $! >"$home/events.pid"
 

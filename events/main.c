@@ -85,6 +85,7 @@ static char activator_base[128];
 static uint64_t max_queued = 100000, n_queued;
 static uint64_t retention_ms = 24 * 3600 * 1000ULL;
 static bool stopping;
+static char *ingest_token; /* --token-file's: every async call carries it */
 
 static int64_t now_ms(void)
 {
@@ -1214,6 +1215,15 @@ static void on_ingest(struct stoke_httpd_req *req, void *data)
                                 "not an async call from the activator");
         return;
     }
+    /* Only the activator knows the token (the last header is its own). */
+    const char *t;
+    size_t tl;
+    if (!header_last(req->headers, "x-stoke-events-token", &t, &tl) ||
+        !stoke_token_equal(ingest_token, t, tl)) {
+        stoke_httpd_reply_error(req, 401, NULL, "X-Stoke-Events-Token",
+                                "no or a wrong token: calls come through the activator");
+        return;
+    }
     ingest_call(req, v, vl);
 }
 
@@ -1394,6 +1404,9 @@ static void usage(FILE *f)
             "usage: stoke-events [options]\n"
             "  --listen IP:PORT        ingest, where the activator's --events points\n"
             "                          (loopback; default " DEFAULT_LISTEN ")\n"
+            "  --token-file FILE       required: the token every async call must carry\n"
+            "                          (X-Stoke-Events-Token; the activator's\n"
+            "                          --events-token-file), the file's first line\n"
             "  --activator IP:PORT     where calls are delivered (default " DEFAULT_ACTIVATOR ")\n"
             "  --db FILE               the SQLite store (default " DEFAULT_DB ")\n"
             "  --admin-socket PATH     admin API for stokectl (mode 0660; default\n"
@@ -1411,7 +1424,19 @@ static void usage(FILE *f)
 
 int main(int argc, char **argv)
 {
-    enum { O_LISTEN = 256, O_ACT, O_DB, O_ADMIN, O_OPS, O_RET, O_MAXQ, O_MAXB, O_LOG, O_LEASE };
+    enum {
+        O_LISTEN = 256,
+        O_ACT,
+        O_DB,
+        O_ADMIN,
+        O_OPS,
+        O_RET,
+        O_MAXQ,
+        O_MAXB,
+        O_LOG,
+        O_LEASE,
+        O_TOKEN
+    };
     static const struct option opts[] = {
         {"listen", required_argument, NULL, O_LISTEN},
         {"activator", required_argument, NULL, O_ACT},
@@ -1423,10 +1448,11 @@ int main(int argc, char **argv)
         {"max-body-bytes", required_argument, NULL, O_MAXB},
         {"log-level", required_argument, NULL, O_LOG},
         {"lease-margin", required_argument, NULL, O_LEASE},
+        {"token-file", required_argument, NULL, O_TOKEN},
         {"help", no_argument, NULL, 'h'},
         {0},
     };
-    const char *db_path = DEFAULT_DB, *admin_path = DEFAULT_ADMIN_SOCKET;
+    const char *db_path = DEFAULT_DB, *admin_path = DEFAULT_ADMIN_SOCKET, *token_file = NULL;
     struct stoke_addr listen_addr, act_addr, ops_addr;
     bool use_ops = true;
     uint64_t max_body = 6 * 1024 * 1024;
@@ -1467,6 +1493,9 @@ int main(int argc, char **argv)
         case O_LOG:
             r = stoke_log_level_parse(optarg, &level);
             break;
+        case O_TOKEN:
+            token_file = optarg;
+            break;
         case O_LEASE:
             r = stoke_parse_duration(optarg, &lease_margin_ms);
             r = r == 0 && lease_margin_ms < 2 ? -EINVAL : r;
@@ -1486,6 +1515,19 @@ int main(int argc, char **argv)
     }
     if (optind < argc) {
         usage(stderr);
+        return 2;
+    }
+    if (!token_file) {
+        fprintf(stderr, "stoke-events: --token-file is required (the token the activator's "
+                        "--events-token-file names)\n");
+        return 2;
+    }
+    r = stoke_token_read(token_file, &ingest_token);
+    if (r < 0) {
+        fprintf(stderr, "stoke-events: --token-file %s: %s\n", token_file,
+                r == -EINVAL ? "the first line must be a token of 16 to 4096 printable bytes "
+                               "without spaces"
+                             : strerror(-r));
         return 2;
     }
     stoke_log_init("events", level);
@@ -1572,6 +1614,8 @@ int main(int argc, char **argv)
     schedule_pump();
     uv_run(loop, UV_RUN_DEFAULT);
     int rc = uv_loop_close(loop);
+    explicit_bzero(ingest_token, strlen(ingest_token));
+    free(ingest_token);
     stoke_info(NULL, "stopped");
     return rc == 0 ? 0 : 1;
 }

@@ -6,6 +6,7 @@ activator, against the real engine. The function is the example image's
 import http.server
 import json
 import os
+import random
 import re
 import socket
 import subprocess
@@ -23,7 +24,13 @@ class Async:
 
     def __init__(self, name):
         self.events_port = free_port()
-        self.s = Stoke(name, activator_args=["--events", "127.0.0.1:%d" % self.events_port])
+        self.s = Stoke(name)
+        # The token the activator sends with each call, in the test's directory.
+        self.token_file = os.path.join(self.s.tmp, "events.token")
+        with open(self.token_file, "w") as f:
+            f.write("%032x\n" % random.getrandbits(128))
+        self.s.activator_args += ["--events", "127.0.0.1:%d" % self.events_port,
+                                  "--events-token-file", self.token_file]
         self.db = os.path.join(self.s.tmp, "events.db")
         self.sock = os.path.join(self.s.tmp, "events.sock")
         self.ops_port = free_port()
@@ -38,6 +45,7 @@ class Async:
             os.path.join(BUILD, "stoke-events"), "--listen", "127.0.0.1:%d" % self.events_port,
             "--activator", "127.0.0.1:%d" % self.s.port, "--db", self.db,
             "--admin-socket", self.sock, "--ops-listen", "127.0.0.1:%d" % self.ops_port,
+            "--token-file", self.token_file,
             "--lease-margin", "2s", "--log-level", "debug"], logname=logname)
         self.s.wait_log("events", '"listening on', 20)
 
@@ -191,10 +199,25 @@ def test_accept_after_commit_404_413_and_state():
     assert "hi from echo" in a.ctl("invoke", "echo", "--path", "/async/0")
     cid2 = a.ctl("invoke", "echo", "--async", "--path", "/async/0", "-d", "x").strip()
     assert a.wait_state(cid2, ("succeeded",), 60)["method"] == "POST"
+    # stoke-events' ingest takes calls from the activator only: its token.
+    import http.client
+    for token in (None, "wrong-token-0123456789"):
+        c = http.client.HTTPConnection("127.0.0.1", a.events_port, timeout=10)
+        h = {"X-Stoke-Function": "echo"}
+        if token:
+            h["X-Stoke-Events-Token"] = token
+        c.request("POST", "/async/0", body=b"", headers=h)
+        r = c.getresponse()
+        assert r.status == 401, (token, r.status, r.read())
+        c.close()
+    # A client's own token header does not get through the activator either.
+    r = a.call("echo", "/async/0", headers={"X-Stoke-Events-Token": "x" * 32})
+    assert r.status == 202, r
+    a.wait_state(r.headers["X-Call-Id"], ("succeeded",), 60)
     # An unknown id: 404.
     r = a.s.request("/_stoke/calls/" + "0" * 32)
     assert r.status == 404, r
-    assert a.metric("stoke_async_succeeded_total", "echo") == 3
+    assert a.metric("stoke_async_succeeded_total", "echo") == 4
     a.s.stop()
 
 
