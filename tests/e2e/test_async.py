@@ -160,6 +160,9 @@ def demux(raw):
 def test_accept_after_commit_404_413_and_state():
     a = Async("async-a").start()
     a.deploy("echo", asyncs={"maxBody": 1024})
+    spec = a.s.api("GET", "/api/v1/functions/echo").json["spec"]
+    assert spec["async"] == {"retries": 2, "backoff": "200ms", "maxEventAge": "21600s",
+                             "maxInFlight": 10, "maxBody": 1024}, spec
     # An unknown function: 404, never 202; nothing reaches the store.
     r = a.call("nope", "/")
     assert r.status == 404, r
