@@ -116,6 +116,10 @@ class Async:
             c.close()
         return data.decode()
 
+    def metric_total(self, name):
+        m = re.search(r"^%s (\S+)$" % name, self.metrics(), re.M)
+        return float(m.group(1)) if m else 0.0
+
     def metric(self, name, fn):
         m = re.search(r'^%s\{function="%s"\} (\S+)$' % (name, fn), self.metrics(), re.M)
         return float(m.group(1)) if m else 0.0
