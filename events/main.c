@@ -23,6 +23,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include <curl/curl.h>
@@ -1539,6 +1540,8 @@ int main(int argc, char **argv)
 
     /* Startup, before the loop runs: open, and read what is pending
      * (blocking here is fine). */
+    /* The store holds requests (headers, bodies): the owner's only. */
+    (void)umask(077);
     char err[512];
     sqlite3 *db = NULL;
     if (ev_db_open(db_path, &db, err, sizeof(err)) < 0) {
