@@ -187,6 +187,7 @@ def test_accept_after_commit_404_413_and_state():
     # The row is in the SQLite file (read with the sqlite3 module: the
     # commit reached the file before the 202).
     import sqlite3
+    assert os.stat(a.db).st_mode & 0o077 == 0, oct(os.stat(a.db).st_mode)
     db = sqlite3.connect(a.db)
     assert db.execute("select fn, method, path from calls where id=?", (cid,)).fetchone() == (
         "echo", "POST", "/async/0?x=1")
