@@ -404,6 +404,9 @@ def test_kill9_of_stoke_events_loses_none_runs_none_twice_at_once():
     a.s.kill9("events")
     held = [i for i, st in db_states(a).items() if st in (0, 1)]
     assert held, "nothing left to deliver after the kill"
+    # With the store's owner down, no 202.
+    r = a.call("steady", "/async/0")
+    assert r.status == 502, r
     a.start_events(logname="events2")
     assert "%d calls pending" % len(held) in a.s.log("events"), a.s.log("events")
     deadline = time.time() + 180
