@@ -261,6 +261,26 @@ def test_cancel_a_queued_call():
     a.s.stop()
 
 
+def test_throttling_spends_no_retry_and_age_ends_it():
+    a = Async("async-h").start()
+    a.deploy("busy", scale={"min": 1, "initial": 1},
+             asyncs={"retries": 0, "maxEventAge": "4s"})
+    # 429 every time: tried again (1 s, 2 s, ...) though retries is 0, until
+    # the call is older than maxEventAge.
+    r = a.call("busy", "/status/429")
+    cid = r.headers["X-Call-Id"]
+    st = a.wait_state(cid, ("dead",), 30)
+    assert st["condition"] == "EventAgeExceeded", st
+    assert st["throttled"] >= 2 and st["attempts"] == 0, st
+    assert st["response"]["status"] == 429, st
+    assert a.metric("stoke_async_throttled_total", "busy") == st["throttled"]
+    # A 500 with retries 0: dead at once, after one attempt.
+    r = a.call("busy", "/async/9")
+    st = a.wait_state(r.headers["X-Call-Id"], ("dead",), 30)
+    assert st["condition"] == "RetriesExhausted" and st["attempts"] == 1, st
+    a.s.stop()
+
+
 def test_dead_letter_then_redrive():
     a = Async("async-c").start()
     a.deploy("bad", scale={"min": 1, "initial": 1}, asyncs={"retries": 1})
