@@ -9,7 +9,7 @@
 #include "commands.h"
 #include "output.h"
 
-#define DEFAULT_EVENTS "unix:/run/stoke/events.sock"
+#define DEFAULT_EVENTS "unix:/run/stoke-events/events.sock"
 #define DEFAULT_ACTIVATOR "http://127.0.0.1:8080"
 
 enum { OPT_EVENTS = 0x200, OPT_ACTIVATOR, OPT_ASYNC, OPT_DATA, OPT_PATH, OPT_METHOD, OPT_ALL };

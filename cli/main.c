@@ -102,7 +102,7 @@ static const struct command commands[] = {
      "Prints an async call's state, attempts, times and stored answer (JSON).\n"
      "\n"
      "  --events ADDR        stoke-events' admin API (env STOKE_EVENTS; default\n"
-     "                       unix:/run/stoke/events.sock)\n"},
+     "                       unix:/run/stoke-events/events.sock)\n"},
     {"dlq", cmd_dlq, "list, show, redrive and purge dead-lettered calls",
      "usage: stokectl dlq list FN | show ID | redrive ID | redrive --all FN | purge FN\n"
      "\n"
@@ -112,7 +112,7 @@ static const struct command commands[] = {
      "deletes the list.\n"
      "\n"
      "  --events ADDR        stoke-events' admin API (env STOKE_EVENTS; default\n"
-     "                       unix:/run/stoke/events.sock)\n"},
+     "                       unix:/run/stoke-events/events.sock)\n"},
     {"version", cmd_version, "print the client's and the server's versions",
      "usage: stokectl version\n"
      "\n"

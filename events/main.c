@@ -41,8 +41,8 @@
 
 #define DEFAULT_LISTEN "127.0.0.1:8091"
 #define DEFAULT_ACTIVATOR "127.0.0.1:8080"
-#define DEFAULT_ADMIN_SOCKET "/run/stoke/events.sock"
-#define DEFAULT_DB "/var/lib/stoke/events.db"
+#define DEFAULT_ADMIN_SOCKET "/run/stoke-events/events.sock"
+#define DEFAULT_DB "/var/lib/stoke-events/events.db"
 #define DEFAULT_OPS "127.0.0.1:9093"
 #define CALLS_PREFIX "/_stoke/calls/"
 /* A lease is the activator's longest time for a call (its queue timeout
