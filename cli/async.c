@@ -18,7 +18,11 @@ enum { OPT_EVENTS = 0x200, OPT_ACTIVATOR, OPT_ASYNC, OPT_DATA, OPT_PATH, OPT_MET
 static int connect_events(const char *events, struct client *c)
 {
     const char *e = events ? events : getenv("STOKE_EVENTS");
-    return client_init(c, e && *e ? e : DEFAULT_EVENTS, NULL) < 0 ? 1 : 0;
+    if (client_init(c, e && *e ? e : DEFAULT_EVENTS, NULL) < 0)
+        return 1;
+    c->peer = "stoke-events";
+    c->hint = "is stoke-events running there? Choose another with --events or STOKE_EVENTS.";
+    return 0;
 }
 
 static void print_json(json_object *o)
@@ -139,6 +143,9 @@ int cmd_invoke(struct globals *g, int argc, char **argv)
         return 1;
     }
     c.timeout_ms = 0; /* a synchronous call lasts as long as the function */
+    c.peer = "the activator";
+    c.hint = "is stoke-activator running there? Choose another with --activator or "
+             "STOKE_ACTIVATOR.";
     size_t ul = strlen(path) + strlen(name) + 32;
     char *url = malloc(ul);
     int status = 1;
