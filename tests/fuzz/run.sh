@@ -12,7 +12,7 @@ set -eu
 root=$(cd "$(dirname "$0")/../.." && pwd)
 build=${STOKE_FUZZ_BUILD_DIR:-$root/build-fuzz}
 seconds=${STOKE_FUZZ_SECONDS:-30}
-targets=${*:-"spec routes engine proxy httpd kube"}
+targets=${*:-"spec routes engine proxy httpd kube cron"}
 
 CC=clang cmake -S "$root" -B "$build" -DSTOKE_FUZZ=ON -DSTOKE_TESTS=OFF \
     -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
