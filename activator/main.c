@@ -99,6 +99,12 @@ static void usage(FILE *f)
         "                           peers whose X-Forwarded-For, Forwarded and\n"
         "                           X-Real-IP are passed on (default none: they\n"
         "                           are replaced or dropped)\n"
+        "  --events IP:PORT         stoke-events' ingest: async invocations (Prefer:\n"
+        "                           respond-async, /async-function/<name>/) and\n"
+        "                           /_stoke/calls/ go there (default none: the\n"
+        "                           header is ignored, the prefix answered 501)\n"
+        "  --events-token-file FILE token sent to stoke-events with each async call\n"
+        "                           (its --token-file; needed with --events)\n"
         "  --log-level LEVEL        debug, info, warn, error (default info)\n"
         "  -h, --help\n"
         "DUR is like 250ms, 10s, 1m.\n",
@@ -250,6 +256,7 @@ static int add_static_route(struct stoke_route_table *t, const char *arg)
     r->timeout_ms = defaults.timeout_ms;
     r->queue_max = defaults.queue.max;
     r->queue_timeout_ms = defaults.queue.timeout_ms;
+    r->async = defaults.async;
     t->n_routes++; /* counted now so stoke_route_table_done() frees it */
     for (const char *p = eq + 1; *p;) {
         const char *comma = strchr(p, ',');
@@ -308,6 +315,8 @@ int main(int argc, char **argv)
         O_OPS,
         O_TRUSTED,
         O_TOKEN,
+        O_EVENTS,
+        O_EVENTS_TOKEN,
     };
     static const struct option opts[] = {
         {"listen", required_argument, NULL, O_LISTEN},
@@ -328,6 +337,8 @@ int main(int argc, char **argv)
         {"ops-listen", required_argument, NULL, O_OPS},
         {"trusted-proxies", required_argument, NULL, O_TRUSTED},
         {"channel-token-file", required_argument, NULL, O_TOKEN},
+        {"events", required_argument, NULL, O_EVENTS},
+        {"events-token-file", required_argument, NULL, O_EVENTS_TOKEN},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -335,7 +346,8 @@ int main(int argc, char **argv)
     struct ctl_targets ctl_targets;
     struct stoke_route_table routes = {.gen = 0};
     bool use_ctl = true;
-    const char *token_file = NULL;
+    const char *token_file = NULL, *events_token_file = NULL;
+    char *events_token = NULL;
     char *token = NULL;
     unsigned workers = default_workers();
     struct stoke_addr ops_addr;
@@ -377,6 +389,15 @@ int main(int argc, char **argv)
             break;
         case O_TOKEN:
             token_file = optarg;
+            break;
+        case O_EVENTS:
+            r = stoke_addr_parse(optarg, &cfg.events);
+            if (r == 0 && cfg.events.is_unix)
+                r = -EINVAL;
+            cfg.has_events = r == 0;
+            break;
+        case O_EVENTS_TOKEN:
+            events_token_file = optarg;
             break;
         case O_DOMAIN:
             cfg.domain = optarg;
@@ -443,6 +464,24 @@ int main(int argc, char **argv)
         stoke_route_table_done(&routes);
         return 2;
     }
+    if (cfg.has_events != (events_token_file != NULL)) {
+        fprintf(stderr, "stoke-activator: --events and --events-token-file go together (the "
+                        "token stoke-events' --token-file names)\n");
+        stoke_route_table_done(&routes);
+        return 2;
+    }
+    if (events_token_file) {
+        r = stoke_token_read(events_token_file, &events_token);
+        if (r < 0) {
+            fprintf(stderr, "stoke-activator: --events-token-file %s: %s\n", events_token_file,
+                    r == -EINVAL ? "the first line must be a token of 16 to 4096 printable bytes "
+                                   "without spaces"
+                                 : strerror(-r));
+            stoke_route_table_done(&routes);
+            return 2;
+        }
+        cfg.events_token = events_token;
+    }
     cfg.await_routes = use_ctl;
     if (token_file) {
         r = stoke_token_read(token_file, &token);
@@ -452,6 +491,7 @@ int main(int argc, char **argv)
                                    "without spaces"
                                  : strerror(-r));
             stoke_route_table_done(&routes);
+            free_token(events_token);
             return 2;
         }
     }
@@ -467,6 +507,7 @@ int main(int argc, char **argv)
         if (!routes_line) {
             stoke_route_table_done(&routes);
             free_token(token);
+            free_token(events_token);
             return 1;
         }
     }
@@ -482,6 +523,7 @@ int main(int argc, char **argv)
         metrics_free(metrics);
         free(routes_line);
         free_token(token);
+        free_token(events_token);
         return 1;
     }
     cfg.reuse_port = workers > 1;
@@ -564,5 +606,6 @@ int main(int argc, char **argv)
     limits_free(limits); /* the workers that used it have ended */
     free(routes_line);
     free_token(token);
+    free_token(events_token);
     return status;
 }

@@ -81,6 +81,7 @@ struct fn {
     uint32_t refs;
     bool gone;
     bool kicked;
+    bool internal;          /* px->events_fn: never reported to the controller */
     struct stoke_list kick; /* in px->kicks while queued work may proceed */
     /* Time-weighted concurrency since the last stats call, in request-ns:
      * the monotonic clock, not the loop's millisecond, or requests that
@@ -245,6 +246,7 @@ struct proxy {
     struct stoke_list active; /* functions with traffic since the last stats report */
     uint64_t stats_ns;        /* the last stats report (uv_hrtime()) */
     uint64_t apply_seq;
+    struct fn *events_fn; /* cfg.has_events: stoke-events, outside the table */
     struct stoke_list clients;
     uint32_t n_clients;
     struct stoke_list free_rqs; /* struct request, ready for the next request */
@@ -588,7 +590,7 @@ static void fn_mark(struct fn *fn)
     uint64_t now = uv_hrtime();
     fn->integral += (double)(fn->inflight + fn->queued) * (double)(now - fn->mark_ns);
     fn->mark_ns = now;
-    if (!fn->gone && stoke_list_empty(&fn->anode)) {
+    if (!fn->gone && !fn->internal && stoke_list_empty(&fn->anode)) {
         /* Traffic again: its report covers the time since the last one. */
         stoke_list_insert_tail(&fn->px->active, &fn->anode);
         if (fn->stats_base_ns < fn->px->stats_ns)
@@ -814,6 +816,56 @@ static int fn_update(struct fn *fn, const struct stoke_route *r)
     return 0;
 }
 
+/* A new function named `name`, in no table, or NULL on OOM. */
+static struct fn *fn_new(struct proxy *px, const char *name)
+{
+    struct fn *fn = calloc(1, sizeof(*fn));
+    if (fn && !(fn->lim = limits_fn_get(px->limits, px->worker, name))) {
+        free(fn);
+        fn = NULL;
+    }
+    if (!fn)
+        return NULL;
+    fn->px = px;
+    fn->refs = 1;
+    fn->mark_ns = uv_hrtime();
+    fn->stats_base_ns = fn->mark_ns;
+    fn->m = metrics_fn_get(px->hooks.metrics, name);
+    snprintf(fn->cfg.name, sizeof(fn->cfg.name), "%s", name);
+    stoke_list_init(&fn->queue);
+    stoke_list_init(&fn->kick);
+    stoke_list_init(&fn->wnode);
+    stoke_list_init(&fn->anode);
+    return fn;
+}
+
+/* stoke-events as a function of its own, outside the table (so neither
+ * routed by name nor reported to the controller): one replica, its ingest
+ * address, no concurrency limit. Its metrics read function="_events".
+ * Returns 0 or -ENOMEM. */
+static int events_fn_new(struct proxy *px)
+{
+    struct stoke_route r;
+    memset(&r, 0, sizeof(r));
+    snprintf(r.name, sizeof(r.name), "_events");
+    r.timeout_ms = 30 * 1000;
+    r.queue_max = 10000;
+    r.queue_timeout_ms = 10 * 1000;
+    r.endpoints = &px->cfg.events;
+    r.n_endpoints = 1;
+    stoke_async_defaults(&r.async);
+    struct fn *fn = fn_new(px, r.name);
+    if (!fn)
+        return -ENOMEM;
+    fn->internal = true;
+    if (fn_update(fn, &r) < 0) {
+        fn_unref(fn);
+        return -ENOMEM;
+    }
+    px->events_fn = fn;
+    return 0;
+}
+
 /* Sets function `r` (found by name, or added) from its route. Returns it,
  * or NULL on OOM (a new one is then left out, a known one keeps its
  * replicas). */
@@ -821,23 +873,9 @@ static struct fn *fn_apply(struct proxy *px, const struct stoke_route *r)
 {
     struct fn *fn = fn_find(px, r->name);
     if (!fn) {
-        fn = calloc(1, sizeof(*fn));
-        if (fn && !(fn->lim = limits_fn_get(px->limits, px->worker, r->name))) {
-            free(fn);
-            fn = NULL;
-        }
+        fn = fn_new(px, r->name);
         if (!fn)
             return NULL;
-        fn->px = px;
-        fn->refs = 1;
-        fn->mark_ns = uv_hrtime();
-        fn->stats_base_ns = fn->mark_ns;
-        fn->m = metrics_fn_get(px->hooks.metrics, r->name);
-        snprintf(fn->cfg.name, sizeof(fn->cfg.name), "%s", r->name);
-        stoke_list_init(&fn->queue);
-        stoke_list_init(&fn->kick);
-        stoke_list_init(&fn->wnode);
-        stoke_list_init(&fn->anode);
         if (fn_insert(px, fn) < 0) {
             fn_unref(fn);
             return NULL;
@@ -2635,6 +2673,83 @@ static int build_upstream_request(struct client *c, const char *fn_name, const c
     return r; /* framing and the blank line: request_pump() */
 }
 
+/* Async invocations (README "Async invocations"). */
+#define CALLS_PREFIX "/_stoke/calls/"
+#define ASYNC_PREFIX "/async-function/"
+
+/* Whether a header `name` (lower case) of the "Name: value\r\n" lines in
+ * `h` has `token` among its comma- or semicolon-separated parts
+ * (case-insensitive). */
+static bool header_has_token(const struct stoke_buf *h, const char *name, const char *token)
+{
+    size_t nl = strlen(name), tl = strlen(token);
+    const char *p = h->data, *end = h->data ? h->data + h->len : NULL;
+    while (p && p < end) {
+        const char *eol = memchr(p, '\n', (size_t)(end - p));
+        const char *colon = memchr(p, ':', (size_t)(end - p));
+        if (!eol || !colon)
+            break;
+        if (colon < eol && (size_t)(colon - p) == nl && strncasecmp(p, name, nl) == 0) {
+            const char *v = colon + 1;
+            while (v < eol) {
+                while (v < eol && (*v == ' ' || *v == '\t' || *v == ',' || *v == ';'))
+                    v++;
+                const char *e = v;
+                while (e < eol && *e != ',' && *e != ';' && *e != '\r')
+                    e++;
+                const char *t = e;
+                while (t > v && (t[-1] == ' ' || t[-1] == '\t'))
+                    t--;
+                if ((size_t)(t - v) == tl && strncasecmp(v, token, tl) == 0)
+                    return true;
+                v = e;
+                if (v < eol && *v == '\r')
+                    break;
+            }
+        }
+        p = eol + 1;
+    }
+    return false;
+}
+
+/* "/async-function/<name>[/...|?...]": the name and the function's path
+ * (as stoke_route_match() gives them). Returns 0 or -ENOENT. */
+static int async_prefix_match(const char *u, size_t ul, const char **ret_name, size_t *ret_name_len,
+                              const char **ret_path, size_t *ret_path_len)
+{
+    size_t n = sizeof(ASYNC_PREFIX) - 1;
+    if (ul <= n || memcmp(u, ASYNC_PREFIX, n) != 0)
+        return -ENOENT;
+    size_t i = n;
+    while (i < ul && u[i] != '/' && u[i] != '?')
+        i++;
+    if (i == n)
+        return -ENOENT;
+    *ret_name = u + n;
+    *ret_name_len = i - n;
+    *ret_path = u + i;
+    *ret_path_len = ul - i;
+    return 0;
+}
+
+/* What stoke-events needs of the function, after the client's headers (it
+ * reads the last of each, so a client cannot set them). */
+static int async_headers(struct client *c, const struct fn *fn)
+{
+    const struct stoke_route *r = &fn->cfg;
+    int e = stoke_buf_printf(&c->rq->out, "X-Stoke-Events-Token: %s\r\n",
+                             c->px->cfg.events_token ? c->px->cfg.events_token : "");
+    if (e == 0)
+        e = stoke_buf_printf(
+            &c->rq->out,
+            "X-Stoke-Function: %s\r\nX-Stoke-Timeout-Ms: %" PRIu64
+            "\r\nX-Stoke-Async: retries=%" PRIu32 ";backoff_ms=%" PRIu64 ";max_age_ms=%" PRIu64
+            ";max_in_flight=%" PRIu32 ";max_body=%" PRIu32 "\r\n",
+            r->name, r->queue_timeout_ms + r->timeout_ms, r->async.retries, r->async.backoff_ms,
+            r->async.max_age_ms, r->async.max_in_flight, r->async.max_body);
+    return e;
+}
+
 static void dispatch(struct client *c)
 {
     struct proxy *px = c->px;
@@ -2650,10 +2765,30 @@ static void dispatch(struct client *c)
      * Hosts only. */
     struct fn *fn = NULL;
     const char *url = c->rq->url.data ? c->rq->url.data : "";
+    size_t url_len = c->rq->url.len;
+    /* Async calls' state (stoke-events answers), on every Host. */
+    if (px->events_fn && url_len > sizeof(CALLS_PREFIX) - 1 &&
+        memcmp(url, CALLS_PREFIX, sizeof(CALLS_PREFIX) - 1) == 0) {
+        if (build_upstream_request(c, "_events", url, url_len) < 0) {
+            send_error(c, 431, true);
+            return;
+        }
+        fn = px->events_fn;
+        goto routed;
+    }
+    /* A preference (RFC 7240): without stoke-events it is not honoured
+     * and the call is served as usual. */
+    bool async = px->events_fn && header_has_token(&c->rq->headers, "prefer", "respond-async");
     for (int by_host = 1; by_host >= 0 && !fn; by_host--) {
-        if (stoke_route_match(c->rq->host.data, c->rq->host.len, url, by_host ? 0 : c->rq->url.len,
-                              px->cfg.domain, &name, &name_len, &path, &path_len) < 0 ||
-            name_len > STOKE_NAME_MAX)
+        int m;
+        if (!by_host && async_prefix_match(url, url_len, &name, &name_len, &path, &path_len) == 0) {
+            async = true;
+            m = 0;
+        } else {
+            m = stoke_route_match(c->rq->host.data, c->rq->host.len, url, by_host ? 0 : url_len,
+                                  px->cfg.domain, &name, &name_len, &path, &path_len);
+        }
+        if (m < 0 || name_len > STOKE_NAME_MAX)
             continue;
         for (size_t i = 0; i < name_len; i++)
             lname[i] = (char)((name[i] >= 'A' && name[i] <= 'Z') ? name[i] + 32 : name[i]);
@@ -2661,7 +2796,7 @@ static void dispatch(struct client *c)
         fn = fn_find(px, lname);
         if (by_host) {
             path = url;
-            path_len = c->rq->url.len;
+            path_len = url_len;
         }
     }
     if (!fn) {
@@ -2675,6 +2810,25 @@ static void dispatch(struct client *c)
         send_error(c, 431, true);
         return;
     }
+    if (async) {
+        /* Checked here, so that a 202 is never given for what cannot run:
+         * the function exists (above) and the body fits its async limit
+         * (a chunked one is measured by stoke-events). */
+        if (!px->events_fn) {
+            send_error(c, 501, !c->rq->has_body);
+            return;
+        }
+        if (c->rq->content_length > fn->cfg.async.max_body && !c->rq->chunked_seen) {
+            send_error(c, 413, true);
+            return;
+        }
+        if (async_headers(c, fn) < 0) {
+            send_error(c, 431, true);
+            return;
+        }
+        fn = px->events_fn;
+    }
+routed:
     if (c->rq->expect_continue && c->rq->in_body) {
         /* Routed: the client may send the body now (RFC 9110 10.1.1). */
         static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
@@ -3508,7 +3662,9 @@ int proxy_new(uv_loop_t *loop, const struct proxy_config *cfg, const struct prox
     limits_set_wake(px->limits, px->worker, &px->wake);
     px->handles = 3;
 
-    int r = cfg->reuse_port
+    int r = cfg->has_events ? events_fn_new(px) : 0;
+    if (r == 0)
+        r = cfg->reuse_port
                 ? bind_reuseport(&px->listener, &cfg->listen)
                 : uv_tcp_bind(&px->listener, (const struct sockaddr *)&cfg->listen.ss, 0);
     if (r == 0)
@@ -3553,6 +3709,9 @@ void proxy_close(struct proxy *px, void (*on_closed)(void *data), void *data)
     px->n_free_rqs = 0;
     while (!stoke_list_empty(&px->fn_list))
         fn_remove(px, stoke_container_of(stoke_list_first(&px->fn_list), struct fn, lnode));
+    if (px->events_fn)
+        fn_retire(px->events_fn);
+    px->events_fn = NULL;
     free(px->buckets);
     px->buckets = NULL;
     px->n_buckets = 0;

@@ -48,6 +48,15 @@ struct proxy_config {
         unsigned bits;
     } trusted[PROXY_MAX_TRUSTED];
     size_t n_trusted;
+    /* Async invocations (README "Async invocations"): stoke-events' ingest
+     * address (loopback IP:port), where requests with "Prefer:
+     * respond-async" or under /async-function/<name>/, and /_stoke/calls/,
+     * go. has_events false: they get 501. */
+    struct stoke_addr events;
+    bool has_events;
+    /* Sent to stoke-events with every async call (X-Stoke-Events-Token),
+     * which refuses a call without it; borrowed. */
+    const char *events_token;
 };
 
 /* Adds the comma-separated "IP[/bits]" networks of `list` to

@@ -173,10 +173,13 @@ static void print_transfer_error(const struct client *c, CURLcode rc, const char
         if (why)
             detail = why;
     }
-    fprintf(stderr, "stokectl: cannot reach the controller at %s: %s\n", c->server, detail);
+    fprintf(stderr, "stokectl: cannot reach %s at %s: %s\n", c->peer ? c->peer : "the controller",
+            c->server, detail);
     if (rc == CURLE_COULDNT_CONNECT || rc == CURLE_OPERATION_TIMEDOUT)
-        fprintf(stderr, "stokectl: is stoke-controller running there? Choose another with "
-                        "--server or STOKE_SERVER.\n");
+        fprintf(stderr, "stokectl: %s\n",
+                c->hint ? c->hint
+                        : "is stoke-controller running there? Choose another with --server or "
+                          "STOKE_SERVER.");
 }
 
 static int perform(struct client *c, const char *method, const char *path, const char *body,

@@ -19,6 +19,9 @@
 
 struct client {
     const char *server; /* borrowed: as given, for messages */
+    /* For messages: what the server is and where else to look; NULL: the
+     * controller and --server (set after client_init()). */
+    const char *peer, *hint;
     bool is_unix;
     char unix_path[108];
     char base[256]; /* "http://localhost" for the socket, else the URL without a trailing '/' */

@@ -71,5 +71,8 @@ int cmd_delete(struct globals *g, int argc, char **argv);
 int cmd_logs(struct globals *g, int argc, char **argv);
 int cmd_top(struct globals *g, int argc, char **argv);
 int cmd_version(struct globals *g, int argc, char **argv);
+int cmd_invoke(struct globals *g, int argc, char **argv);
+int cmd_calls(struct globals *g, int argc, char **argv);
+int cmd_dlq(struct globals *g, int argc, char **argv);
 
 #endif

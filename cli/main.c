@@ -85,6 +85,34 @@ static const struct command commands[] = {
      "Shows per function: replicas (ready/desired), requests per second and\n"
      "concurrency over the last second, CPU seconds, memory in use and GB-seconds\n"
      "(memory limit x time running) since the controller started.\n"},
+    {"invoke", cmd_invoke, "call a function, or queue an async call",
+     "usage: stokectl invoke NAME [--async] [-d DATA|@FILE|@-] [--path P] [-X METHOD]\n"
+     "\n"
+     "Calls the function through the activator and prints its answer's body; with\n"
+     "--async, queues the call (stoke-events) and prints its id (see calls get).\n"
+     "\n"
+     "  --activator URL      the activator (env STOKE_ACTIVATOR; default\n"
+     "                       http://127.0.0.1:8080)\n"
+     "  -d, --data DATA      the body (POST unless -X): text, @FILE or @- (stdin)\n"
+     "  --path P             the function's path (default /)\n"
+     "  -X, --method M       the method (default GET, or POST with a body)\n"},
+    {"calls", cmd_calls, "show an async call",
+     "usage: stokectl calls get ID [--events ADDR]\n"
+     "\n"
+     "Prints an async call's state, attempts, times and stored answer (JSON).\n"
+     "\n"
+     "  --events ADDR        stoke-events' admin API (env STOKE_EVENTS; default\n"
+     "                       unix:/run/stoke-events/events.sock)\n"},
+    {"dlq", cmd_dlq, "list, show, redrive and purge dead-lettered calls",
+     "usage: stokectl dlq list FN | show ID | redrive ID | redrive --all FN | purge FN\n"
+     "\n"
+     "A function's dead-letter list: async calls whose retries were used up or\n"
+     "that grew older than async.maxEventAge. show prints a call's record;\n"
+     "redrive queues calls again as new (no attempts, a fresh age); purge\n"
+     "deletes the list.\n"
+     "\n"
+     "  --events ADDR        stoke-events' admin API (env STOKE_EVENTS; default\n"
+     "                       unix:/run/stoke-events/events.sock)\n"},
     {"version", cmd_version, "print the client's and the server's versions",
      "usage: stokectl version\n"
      "\n"

@@ -259,6 +259,14 @@ static void describe_spec(json_object *spec)
     field("Timeout:", "%s per request", dur(spec, "timeout", d1, sizeof(d1)));
     field("Queue:", "%" PRId64 " requests, %s", jint(queue, "max", 0),
           dur(queue, "timeout", d1, sizeof(d1)));
+    json_object *as = json_object_object_get(spec, "async");
+    if (as)
+        field("Async:",
+              "%" PRId64 " retries from %s, max age %s, %" PRId64 " in flight, body %" PRId64
+              " bytes",
+              jint(as, "retries", 0), dur(as, "backoff", d1, sizeof(d1)),
+              dur(as, "maxEventAge", d2, sizeof(d2)), jint(as, "maxInFlight", 0),
+              jint(as, "maxBody", 0));
     char mem[32] = "-";
     const char *ms = jstr(res, "memory", NULL);
     uint64_t bytes;

@@ -86,7 +86,8 @@ struct conn {
 
     /* The request being read. */
     struct stoke_buf url, body, auth;
-    char field[24]; /* the header name being read, lower case, if short */
+    struct stoke_buf hdrs; /* cfg.keep_headers: "Name: value\r\n" lines */
+    char field[24];        /* the header name being read, lower case, if short */
     size_t field_len;
     enum hdr_kind hdr;
     char expect[24];
@@ -131,6 +132,8 @@ const char *stoke_httpd_reason(int status)
         return "OK";
     case 201:
         return "Created";
+    case 202:
+        return "Accepted";
     case 400:
         return "Bad Request";
     case 401:
@@ -186,6 +189,7 @@ static void forget_request(struct conn *c)
     if (c->auth.data)
         explicit_bzero(c->auth.data, c->auth.len);
     stoke_buf_clear(&c->auth);
+    stoke_buf_clear(&c->hdrs);
 }
 
 static void on_conn_handle_closed(uv_handle_t *h)
@@ -198,6 +202,7 @@ static void on_conn_handle_closed(uv_handle_t *h)
     stoke_buf_done(&c->url);
     stoke_buf_done(&c->body);
     stoke_buf_done(&c->auth);
+    stoke_buf_done(&c->hdrs);
     stoke_buf_done(&c->rest);
     free(c);
     server_unref(s);
@@ -623,6 +628,9 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len)
             c->field[c->field_len] = (char)(at[i] | 0x20); /* ASCII lower case; tokens only */
         c->field_len++;
     }
+    /* (the head's size is bounded by count_head(): hdrs fits in max_head) */
+    if (c->s->cfg.keep_headers && stoke_buf_append(&c->hdrs, at, len) < 0)
+        return parse_error(c, 431, NULL, "request head too large");
     return 0;
 }
 
@@ -636,6 +644,8 @@ static int on_header_field_complete(llhttp_t *p)
 {
     struct conn *c = p->data;
     c->hdr = H_OTHER;
+    if (c->s->cfg.keep_headers && stoke_buf_append(&c->hdrs, ": ", 2) < 0)
+        return parse_error(c, 431, NULL, "request head too large");
     if (c->needs_auth && field_is(c, "authorization")) {
         c->hdr = H_AUTH;
         c->n_auth++;
@@ -653,6 +663,8 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len)
         return -1;
     if (c->hdr == H_AUTH && stoke_buf_append(&c->auth, at, len) < 0)
         return parse_error(c, 431, NULL, "Authorization header too long");
+    if (c->s->cfg.keep_headers && stoke_buf_append(&c->hdrs, at, len) < 0)
+        return parse_error(c, 431, NULL, "request head too large");
     if (c->hdr == H_EXPECT) {
         for (size_t i = 0; i < len; i++) {
             if (c->expect_len < sizeof(c->expect))
@@ -668,6 +680,8 @@ static int on_header_value_complete(llhttp_t *p)
     struct conn *c = p->data;
     c->field_len = 0;
     c->hdr = H_OTHER;
+    if (c->s->cfg.keep_headers && stoke_buf_append(&c->hdrs, "\r\n", 2) < 0)
+        return parse_error(c, 431, NULL, "request head too large");
     return 0;
 }
 
@@ -683,6 +697,8 @@ static void req_start(struct conn *c)
     c->req.path = url;
     c->req.query = q ? q : "";
     c->req.body = "";
+    c->req.headers = c->hdrs.data ? c->hdrs.data : "";
+    c->req.headers_len = c->hdrs.len;
     c->req.is_tcp = c->is_tcp;
 }
 
@@ -879,6 +895,7 @@ static struct conn *conn_new(struct stoke_httpd *s, bool tcp_handle, bool is_tcp
     stoke_buf_init(&c->url, s->cfg.limits.max_head);
     stoke_buf_init(&c->body, s->cfg.limits.max_body);
     stoke_buf_init(&c->auth, 4096);
+    stoke_buf_init(&c->hdrs, 2 * s->cfg.limits.max_head);
     stoke_buf_init(&c->rest, REST_MAX + (64 << 10));
     llhttp_init(&c->parser, HTTP_REQUEST, &s->settings);
     c->parser.data = c;

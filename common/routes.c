@@ -52,6 +52,18 @@ static json_object *route_json(const struct stoke_route *r)
     json_object_object_add(fn, "queue_timeout_ms",
                            json_object_new_int64((int64_t)r->queue_timeout_ms));
     json_object_object_add(fn, "concurrency_limit", json_object_new_int64(r->concurrency_limit));
+    json_object *as = json_object_new_object();
+    if (!as) {
+        json_object_put(eps);
+        json_object_put(fn);
+        return NULL;
+    }
+    json_object_object_add(as, "retries", json_object_new_int64(r->async.retries));
+    json_object_object_add(as, "backoff_ms", json_object_new_int64((int64_t)r->async.backoff_ms));
+    json_object_object_add(as, "max_age_ms", json_object_new_int64((int64_t)r->async.max_age_ms));
+    json_object_object_add(as, "max_in_flight", json_object_new_int64(r->async.max_in_flight));
+    json_object_object_add(as, "max_body", json_object_new_int64((int64_t)r->async.max_body));
+    json_object_object_add(fn, "async", as);
     json_object_object_add(fn, "endpoints", eps);
     if (r->shares) {
         json_object *sh = json_object_new_array();
@@ -156,6 +168,21 @@ static int parse_route(json_object *fn, struct stoke_route *r)
     if (get_u64(fn, "concurrency_limit", UINT32_MAX, &n) < 0)
         return -EINVAL;
     r->concurrency_limit = (uint32_t)n;
+    /* Optional: a controller from before async sends none. */
+    stoke_async_defaults(&r->async);
+    if (json_object_object_get_ex(fn, "async", &v)) {
+        uint64_t retries, inflight, max_body;
+        if (!json_object_is_type(v, json_type_object) || get_u64(v, "retries", 100, &retries) < 0 ||
+            get_u64(v, "backoff_ms", UINT32_MAX, &r->async.backoff_ms) < 0 ||
+            get_u64(v, "max_age_ms", UINT32_MAX, &r->async.max_age_ms) < 0 ||
+            get_u64(v, "max_in_flight", 10000, &inflight) < 0 ||
+            get_u64(v, "max_body", UINT32_MAX, &max_body) < 0)
+            return -EINVAL;
+        r->async.retries = (uint32_t)retries;
+        if (inflight) /* (0: the default) */
+            r->async.max_in_flight = (uint32_t)inflight;
+        r->async.max_body = (uint32_t)max_body;
+    }
 
     if (!json_object_object_get_ex(fn, "endpoints", &eps) ||
         !json_object_is_type(eps, json_type_array))

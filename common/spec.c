@@ -510,6 +510,15 @@ static const struct field queue_fields[] = {
     {0},
 };
 
+static const struct field async_fields[] = {
+    UINT_FIELD("retries", async.retries, 0, 100),
+    TYPED_FIELD("backoff", T_DURATION, async.backoff_ms, 1, MS_PER_H),
+    TYPED_FIELD("maxEventAge", T_DURATION, async.max_age_ms, 1, 6 * MS_PER_H),
+    UINT_FIELD("maxInFlight", async.max_in_flight, 1, 10000),
+    UINT_FIELD("maxBody", async.max_body, 0, 6 * MIB),
+    {0},
+};
+
 static const struct field resources_fields[] = {
     TYPED_FIELD("memory", T_MEMORY, resources.memory_bytes, MIN_MEMORY, UINT64_MAX),
     TYPED_FIELD("cpu", T_CPU, resources.cpu_millis, 1, MAX_CPU_MILLIS),
@@ -535,6 +544,7 @@ static const struct field spec_fields[] = {
     {.key = "scale", .type = T_MAP, .sub = scale_fields, .check = check_scale},
     TYPED_FIELD("timeout", T_DURATION, timeout_ms, 1, MS_PER_H),
     {.key = "queue", .type = T_MAP, .sub = queue_fields},
+    {.key = "async", .type = T_MAP, .sub = async_fields},
     {.key = "resources", .type = T_MAP, .sub = resources_fields},
     {.key = "readiness", .type = T_MAP, .sub = readiness_fields},
     TYPED_FIELD("readOnlyRootFilesystem", T_BOOL, read_only_rootfs, 0, 0),
@@ -634,11 +644,21 @@ void stoke_spec_defaults(struct stoke_spec *spec)
     spec->timeout_ms = 300 * MS_PER_S;
     spec->queue.max = 1000;
     spec->queue.timeout_ms = 60 * MS_PER_S;
+    stoke_async_defaults(&spec->async);
     spec->resources.memory_bytes = 128 * MIB;
     spec->resources.cpu_millis = 500;
     spec->resources.pids = 256;
     spec->readiness.path = NULL;
     spec->readiness.period_ms = 10;
+}
+
+void stoke_async_defaults(struct stoke_async *a)
+{
+    a->retries = 2;
+    a->backoff_ms = 60 * MS_PER_S;
+    a->max_age_ms = 6 * MS_PER_H;
+    a->max_in_flight = 10;
+    a->max_body = 256 * 1024;
 }
 
 int stoke_spec_parse(const char *buf, size_t len, const char *filename, struct stoke_spec *ret,

@@ -185,6 +185,15 @@ static json_object *spec_json(const struct stoke_spec *s, int *err)
     jadd(queue, "max", ju64(s->queue.max), err);
     jadd(queue, "timeout", jduration(s->queue.timeout_ms), err);
     jadd(o, "queue", queue, err);
+    json_object *as = json_object_new_object();
+    if (as) {
+        jadd(as, "retries", ju64(s->async.retries), err);
+        jadd(as, "backoff", jduration(s->async.backoff_ms), err);
+        jadd(as, "maxEventAge", jduration(s->async.max_age_ms), err);
+        jadd(as, "maxInFlight", ju64(s->async.max_in_flight), err);
+        jadd(as, "maxBody", ju64(s->async.max_body), err);
+    }
+    jadd(o, "async", as, err);
     (void)snprintf(mem, sizeof(mem), "%" PRIu64, s->resources.memory_bytes);
     (void)snprintf(cpu, sizeof(cpu), "%" PRIu64 "m", s->resources.cpu_millis);
     jadd(res, "memory", jstr(mem), err);

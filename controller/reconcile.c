@@ -196,6 +196,7 @@ static int push_add(struct ctrl *c, struct push *p, struct function *fn,
     r->queue_max = fn->spec.queue.max;
     r->queue_timeout_ms = fn->spec.queue.timeout_ms;
     r->concurrency_limit = fn->spec.scale.container_concurrency;
+    r->async = fn->spec.async;
     size_t ne = 0;
     for (struct stoke_list *b = fn->replicas.next; b != &fn->replicas; b = b->next)
         ne++;

@@ -7,7 +7,7 @@
 set -eu
 
 PACKAGES="build-essential cmake pkg-config git curl ca-certificates python3 python3-yaml
-libuv1-dev libcurl4-openssl-dev libjson-c-dev libyaml-dev libcgroup-dev node-llhttp libcmocka-dev
+libuv1-dev libcurl4-openssl-dev libjson-c-dev libyaml-dev libcgroup-dev node-llhttp libcmocka-dev libsqlite3-dev
 docker.io valgrind clang libclang-rt-14-dev clang-format wrk systemd tzdata
 libhiredis-dev redis-server"
 DOCKERD_LOG=/var/log/stoke-dockerd.log

@@ -8,10 +8,11 @@ build=$(cd "$1" && pwd)
 here=$(cd "$(dirname "$0")" && pwd)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-for u in stoke-controller stoke-activator; do
+for u in stoke-controller stoke-activator stoke-events; do
     sed "s|/usr/local/bin/|$build/|" "$here/$u.service" >"$tmp/$u.service"
 done
-out=$(systemd-analyze verify "$tmp/stoke-controller.service" "$tmp/stoke-activator.service" 2>&1) || {
+out=$(systemd-analyze verify "$tmp/stoke-controller.service" "$tmp/stoke-activator.service" \
+    "$tmp/stoke-events.service" 2>&1) || {
     printf '%s\n' "$out"
     exit 1
 }

@@ -27,6 +27,11 @@ struct stoke_httpd_req {
     const char *query; /* after '?', or "" */
     const char *body;  /* NUL-terminated; "" when none */
     size_t body_len;
+    /* With cfg.keep_headers, the request's header lines as sent
+     * ("Name: value\r\n"..., NUL-terminated; the Authorization of a
+     * token-checked request included); else "". */
+    const char *headers;
+    size_t headers_len;
     bool is_tcp; /* came over TCP (then authenticated, when there is a token) */
     /* Set by the handler of an answer it gives later. */
     void (*on_abort)(struct stoke_httpd_req *req, void *data);
@@ -86,6 +91,7 @@ struct stoke_httpd_config {
      * e.g. "Cache-Control: no-store\r\n"; copied. */
     const char *headers;
     struct stoke_httpd_limits limits;
+    bool keep_headers;       /* give handlers req->headers */
     stoke_httpd_check check; /* NULL: every head is read on */
     stoke_httpd_handler handler;
     stoke_httpd_error on_error;

@@ -16,6 +16,8 @@
  *   controller -> activator:
  *     {"op":"routes","gen":7,"functions":[{"name":..., "timeout_ms":...,
  *       "queue_max":..., "queue_timeout_ms":..., "concurrency_limit":...,
+ *       "async":{"retries":2,"backoff_ms":...,"max_age_ms":...,
+ *                "max_in_flight":10,"max_body":...},
  *       "endpoints":["127.0.0.1:31001", ...], "shares":[1, ...]}, ...]}
  *     ("shares", optional, parallel to "endpoints": this activator's
  *     concurrency on each replica; "queue_max" is its share of queue.max)
@@ -53,6 +55,7 @@ struct stoke_route {
     uint32_t queue_max;
     uint64_t queue_timeout_ms;
     uint32_t concurrency_limit;   /* 0 = none */
+    struct stoke_async async;     /* "async": {...}; absent: the defaults */
     struct stoke_addr *endpoints; /* owned; ready replicas only */
     /* Owned, parallel to endpoints, or NULL: the requests this activator may
      * have in flight on each replica at once, its share of

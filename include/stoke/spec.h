@@ -66,6 +66,16 @@ struct stoke_scale {
     uint32_t precreated; /* default 0, 0..100 */
 };
 
+/* Async invocations (README "Async invocations"): how stoke-events delivers
+ * a function's calls. */
+struct stoke_async {
+    uint32_t retries;       /* default 2, 0..100; attempts after the first */
+    uint64_t backoff_ms;    /* default 1 min, 1 ms..1 h; the first retry's delay, doubled after */
+    uint64_t max_age_ms;    /* default 6 h, 1 ms..6 h; a call older is dead-lettered */
+    uint32_t max_in_flight; /* default 10, 1..10000; calls delivered at once */
+    uint32_t max_body;      /* bytes, default 262144, 0..6291456 (6Mi); larger: 413 */
+};
+
 struct stoke_spec {
     char name[STOKE_NAME_MAX + 1]; /* metadata.name, a DNS label */
     char *image;                   /* owned, required; printable ASCII, no spaces, <= 1024 bytes */
@@ -90,9 +100,13 @@ struct stoke_spec {
                                printable ASCII, no spaces, <= 1024 bytes */
         uint64_t period_ms; /* default 10 ms, 1 ms..1 h; the prober backs off */
     } readiness;
+    struct stoke_async async;
     bool read_only_rootfs;      /* readOnlyRootFilesystem, default true */
     enum stoke_network network; /* default bridge */
 };
+
+/* Fills `a` with the async block's defaults. */
+void stoke_async_defaults(struct stoke_async *a);
 
 /* Fills `spec` with every default; name and image stay empty. */
 void stoke_spec_defaults(struct stoke_spec *spec);

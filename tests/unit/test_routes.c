@@ -77,6 +77,8 @@ static struct stoke_route_table sample_table(void)
     t.routes[1].queue_max = 1;
     t.routes[1].queue_timeout_ms = 500;
     t.routes[1].concurrency_limit = 4;
+    t.routes[1].async = (struct stoke_async){
+        .retries = 5, .backoff_ms = 250, .max_age_ms = 90000, .max_in_flight = 7, .max_body = 1024};
     t.routes[1].n_endpoints = 2;
     t.routes[1].endpoints = calloc(2, sizeof(struct stoke_addr));
     assert_non_null(t.routes[1].endpoints);
@@ -98,6 +100,22 @@ static void test_table_roundtrip(void **state)
     /* Sorted by name on parse. */
     assert_string_equal(back.routes[0].name, "alpha");
     assert_string_equal(back.routes[1].name, "zeta");
+    /* The async block travels whole (max_in_flight 0: the default). */
+    assert_int_equal(back.routes[0].async.retries, 5);
+    assert_int_equal(back.routes[0].async.backoff_ms, 250);
+    assert_int_equal(back.routes[0].async.max_age_ms, 90000);
+    assert_int_equal(back.routes[0].async.max_in_flight, 7);
+    assert_int_equal(back.routes[0].async.max_body, 1024);
+    assert_int_equal(back.routes[1].async.max_in_flight, 10);
+    /* A controller from before async sends none: the defaults. */
+    static const char old[] = "{\"op\":\"routes\",\"gen\":1,\"functions\":[{\"name\":\"a\","
+                              "\"timeout_ms\":1,\"queue_max\":1,\"queue_timeout_ms\":1,"
+                              "\"concurrency_limit\":0,\"endpoints\":[]}]}";
+    struct stoke_route_table o;
+    assert_int_equal(stoke_route_table_parse(old, strlen(old), &o), 0);
+    assert_int_equal(o.routes[0].async.retries, 2);
+    assert_int_equal(o.routes[0].async.backoff_ms, 60000);
+    stoke_route_table_done(&o);
     assert_int_equal(back.routes[0].concurrency_limit, 4);
     assert_int_equal(back.routes[0].queue_max, 1);
     assert_int_equal(back.routes[0].queue_timeout_ms, 500);

@@ -532,8 +532,8 @@ static void test_fields(void **state)
 
     (void)state;
     stoke_spec_fields(see_field, &seen);
-    /* 4 at the root, 3 in metadata, 10 in spec, 15 + 2 + 3 + 2 below it */
-    assert_int_equal(seen.count, 39);
+    /* 4 at the root, 3 in metadata, 11 in spec, 15 + 2 + 5 + 3 + 2 below it */
+    assert_int_equal(seen.count, 45);
     assert_true(seen.idle && seen.api_version && seen.min && seen.image && seen.env);
 }
 
@@ -553,6 +553,41 @@ static void test_valid(void **state)
         gc->check(&s);
         stoke_spec_done(&s);
         assert_true(is_zeroed(&s));
+    }
+}
+
+/* The async block: its defaults, each field, and its bounds. */
+static void test_async_block(void **state)
+{
+    (void)state;
+    static const char head[] = "apiVersion: stoke.dev/v1\nkind: Function\nmetadata: {name: a}\n"
+                               "spec:\n  image: x\n";
+    struct stoke_spec s;
+    struct stoke_diag d;
+    assert_int_equal(stoke_spec_parse(head, strlen(head), "a.yaml", &s, &d), 0);
+    assert_int_equal(s.async.retries, 2);
+    assert_int_equal(s.async.backoff_ms, 60000);
+    assert_int_equal(s.async.max_age_ms, 6 * 3600 * 1000);
+    assert_int_equal(s.async.max_in_flight, 10);
+    assert_int_equal(s.async.max_body, 262144);
+    stoke_spec_done(&s);
+    char y[512];
+    snprintf(y, sizeof(y),
+             "%s  async: {retries: 0, backoff: 250ms, maxEventAge: 90s, "
+             "maxInFlight: 3, maxBody: 100}\n",
+             head);
+    assert_int_equal(stoke_spec_parse(y, strlen(y), "a.yaml", &s, &d), 0);
+    assert_int_equal(s.async.retries, 0);
+    assert_int_equal(s.async.backoff_ms, 250);
+    assert_int_equal(s.async.max_age_ms, 90000);
+    assert_int_equal(s.async.max_in_flight, 3);
+    assert_int_equal(s.async.max_body, 100);
+    stoke_spec_done(&s);
+    static const char *const bad[] = {"retries: 101",     "maxEventAge: 7h", "maxInFlight: 0",
+                                      "maxBody: 6291457", "backoff: 0ms",    "nope: 1"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        snprintf(y, sizeof(y), "%s  async: {%s}\n", head, bad[i]);
+        assert_int_equal(stoke_spec_parse(y, strlen(y), "a.yaml", &s, &d), -EINVAL);
     }
 }
 
@@ -1532,6 +1567,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_valid),
         cmocka_unit_test(test_fields),
+        cmocka_unit_test(test_async_block),
         cmocka_unit_test(test_invalid),
         cmocka_unit_test(test_env_limit),
         cmocka_unit_test(test_deep_nesting),

@@ -6,7 +6,10 @@
  * $STOKE_REPLICA (the replica's container name, set by stoke) or else the hostname, except
  * /status/<code> (that status), /delay/<ms> (200 after <ms>, without blocking other
  * connections) and /concurrency ("<now> <max>\n": the /delay requests in progress now, and
- * the most ever in progress at once, so a test can check the concurrency this replica saw).
+ * the most ever in progress at once, so a test can check the concurrency this replica saw),
+ * and /async/<n>[/<ms>] for async invocations: 500 while X-Stoke-Attempt is below <n>, else
+ * 200 (after <ms>); a request with X-Stoke-Call-Id logs a "call start" and a "call end" line
+ * with the id, attempt, status and wall-clock ms, so a test can check that a call ran once.
  * Keep-alive, pipelining and request bodies (Content-Length or chunked, read and discarded) are
  * supported. Env: PORT (8080), BIND_ADDR (0.0.0.0), GREETING (hello). When TARGET is set and not
  * empty, the answer is "Hello <TARGET>!\n" instead, as Knative's helloworld-go sample answers, so
@@ -61,6 +64,9 @@ struct resp {
     bool ka10;        /* HTTP/1.0 keep-alive: must be confirmed in the response */
     bool concurrency; /* /concurrency: the body is the counts below */
     uint64_t delay_ms;
+    char call[40];       /* X-Stoke-Call-Id, or "" */
+    uint64_t attempt;    /* X-Stoke-Attempt */
+    uint64_t fail_below; /* /async/<n>: 500 while attempt < n */
 };
 
 struct conn {
@@ -165,6 +171,24 @@ static const char *reason(int status)
     return "Status";
 }
 
+static uint64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* The log line of an async call's start or end (ids are hex: no escaping). */
+static void call_log(const struct resp *r, const char *what)
+{
+    if (r->call[0])
+        fprintf(stderr,
+                "{\"level\":\"info\",\"msg\":\"call %s\",\"call\":\"%s\",\"attempt\":%llu,"
+                "\"status\":%d,\"t_ms\":%llu}\n",
+                what, r->call, (unsigned long long)r->attempt, r->status,
+                (unsigned long long)wall_ms());
+}
+
 static bool out_append(struct conn *c, const char *p, size_t n)
 {
     if (c->out_len + n > c->out_cap) {
@@ -196,6 +220,7 @@ static void emit(struct conn *c, const struct resp *r)
         body = ebody;
     }
     bool nobody = r->status == 204 || r->status == 304;
+    call_log(r, "end");
     char h[256];
     int n = snprintf(h, sizeof h, "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\n", r->status,
                      reason(r->status));
@@ -277,6 +302,8 @@ static int parse_head(const char *p, size_t len, struct resp *r, uint64_t *ret_b
             return 400;
     bool v10 = sp2[8] == '0', conn_close = false, conn_ka = false, have_cl = false, te = false;
     uint64_t cl = 0;
+    char call[40] = "";
+    uint64_t attempt = 0;
     for (const char *line = eol + 2; line < end; line = eol + 2) {
         eol = memchr(line, '\r', (size_t)(end + 2 - line));
         if (eol[1] != '\n')
@@ -310,6 +337,16 @@ static int parse_head(const char *p, size_t len, struct resp *r, uint64_t *ret_b
         } else if (nl == 10 && strncasecmp(line, "connection", nl) == 0) {
             conn_close |= has_token(v, vl, "close");
             conn_ka |= has_token(v, vl, "keep-alive");
+        } else if (nl == 15 && strncasecmp(line, "x-stoke-call-id", nl) == 0 && vl < sizeof call) {
+            bool hex = true;
+            for (size_t i = 0; i < vl; i++)
+                hex &= isxdigit((unsigned char)v[i]) != 0;
+            if (hex) {
+                memcpy(call, v, vl);
+                call[vl] = '\0';
+            }
+        } else if (nl == 15 && strncasecmp(line, "x-stoke-attempt", nl) == 0) {
+            (void)parse_uint(v, vl, 1000000, &attempt);
         }
     }
     if (te && have_cl)
@@ -330,7 +367,18 @@ static int parse_head(const char *p, size_t len, struct resp *r, uint64_t *ret_b
         r->delay_ms = n;
     } else if (pe - target == 12 && memcmp(target, "/concurrency", 12) == 0) {
         r->concurrency = true;
+    } else if (pe - target > 7 && memcmp(target, "/async/", 7) == 0) {
+        const char *a = target + 7, *sl = memchr(a, '/', (size_t)(pe - a));
+        const char *ae = sl ? sl : pe;
+        if (!parse_uint(a, (size_t)(ae - a), 1000000, &r->fail_below) ||
+            (sl && !parse_uint(sl + 1, (size_t)(pe - sl - 1), MAX_DELAY_MS, &r->delay_ms)))
+            return 400;
+        if (attempt < r->fail_below)
+            r->status = 500;
     }
+    memcpy(r->call, call, sizeof call);
+    r->attempt = attempt;
+    call_log(r, "start");
     *ret_body = cl;
     *ret_chunked = te;
     return 0;

@@ -1,0 +1,204 @@
+/* stoke-events' store (events/store.h): the SQL round trip, and the store
+ * thread's group commit (jobs that wait together commit together, and
+ * their done callbacks run after it, in order). */
+#include <errno.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "store.h"
+
+static char dir[64];
+static char path[128];
+
+static int setup(void **state)
+{
+    (void)state;
+    snprintf(dir, sizeof(dir), "/tmp/stoke-store-XXXXXX");
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof(path), "%s/events.db", dir);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    char p[160];
+    const char *sfx[] = {"", "-wal", "-shm"};
+    for (size_t i = 0; i < 3; i++) {
+        snprintf(p, sizeof(p), "%s%s", path, sfx[i]);
+        (void)unlink(p);
+    }
+    (void)rmdir(dir);
+    return 0;
+}
+
+static struct ev_call *make_call(int i)
+{
+    struct ev_call *c = calloc(1, sizeof(*c));
+    assert_non_null(c);
+    snprintf(c->id, sizeof(c->id), "%032x", i);
+    snprintf(c->fn, sizeof(c->fn), "%s", i % 2 ? "odd" : "even");
+    c->method = strdup("POST");
+    c->path = strdup("/x?y=1");
+    c->headers = strdup("Content-Type: text/plain\r\n");
+    c->body = malloc(4);
+    memcpy(c->body, "a\0b", 4);
+    c->body_len = 3; /* with a NUL inside */
+    c->timeout_ms = 1000;
+    stoke_async_defaults(&c->a);
+    c->created_ms = c->due_ms = 1000 + i;
+    return c;
+}
+
+static void test_sql_round_trip(void **state)
+{
+    (void)state;
+    sqlite3 *db;
+    char err[256];
+    assert_int_equal(ev_db_open(path, &db, err, sizeof(err)), 0);
+    struct ev_call *c = make_call(7);
+    assert_int_equal(ev_db_insert(db, c), 0);
+    assert_int_equal(ev_db_insert(db, c), -EIO); /* the id is the key */
+
+    struct ev_call *got = NULL;
+    assert_int_equal(ev_db_get(db, c->id, &got), 0);
+    assert_string_equal(got->fn, "odd");
+    assert_string_equal(got->path, "/x?y=1");
+    assert_int_equal(got->body_len, 3);
+    assert_memory_equal(got->body, "a\0b", 3);
+    assert_int_equal(got->state, EV_QUEUED);
+    assert_int_equal(got->a.retries, 2);
+    ev_call_free(got);
+
+    c->state = EV_DEAD;
+    c->attempts = 3;
+    c->status = 500;
+    c->finished_ms = 5000;
+    c->resp_body = strdup("boom");
+    c->resp_body_len = 4;
+    snprintf(c->condition, sizeof(c->condition), "RetriesExhausted");
+    assert_int_equal(ev_db_update(db, c), 0);
+    assert_int_equal(ev_db_get(db, c->id, &got), 0);
+    assert_int_equal(got->state, EV_DEAD);
+    assert_int_equal(got->attempts, 3);
+    assert_int_equal(got->status, 500);
+    assert_string_equal(got->condition, "RetriesExhausted");
+    assert_memory_equal(got->resp_body, "boom", 4);
+    ev_call_free(got);
+    assert_int_equal(ev_db_get(db, "00000000000000000000000000000000", &got), -ENOENT);
+
+    /* dead ones are not pending; ended ones go after their retention */
+    assert_int_equal(ev_db_delete(db, NULL, -1, 4000), 0);
+    assert_int_equal(ev_db_delete(db, "even", EV_DEAD, 0), 0);
+    assert_int_equal(ev_db_delete(db, "odd", EV_DEAD, 0), 1);
+    ev_call_free(c);
+    sqlite3_close(db);
+}
+
+/* ---- group commit ---- */
+
+static pthread_mutex_t gate_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t gate_cond = PTHREAD_COND_INITIALIZER;
+static int gate_open, gate_entered;
+static int done_order[101], n_done;
+
+struct tjob {
+    struct ev_job job;
+    struct ev_call *c;
+    int i;
+};
+
+static int run_insert(sqlite3 *db, struct ev_job *job)
+{
+    struct tjob *t = (struct tjob *)job;
+    if (t->i == 0) {
+        /* The first job holds the thread until the test has queued the rest. */
+        pthread_mutex_lock(&gate_mu);
+        gate_entered = 1;
+        pthread_cond_broadcast(&gate_cond);
+        while (!gate_open)
+            pthread_cond_wait(&gate_cond, &gate_mu);
+        pthread_mutex_unlock(&gate_mu);
+    }
+    return ev_db_insert(db, t->c);
+}
+
+static void on_done(struct ev_job *job)
+{
+    struct tjob *t = (struct tjob *)job;
+    assert_int_equal(job->result, 0);
+    done_order[n_done++] = t->i;
+    ev_call_free(t->c);
+    free(t);
+}
+
+static void test_group_commit(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    assert_int_equal(uv_loop_init(&loop), 0);
+    sqlite3 *db;
+    char err[256];
+    assert_int_equal(ev_db_open(path, &db, err, sizeof(err)), 0);
+    struct ev_store *s;
+    assert_int_equal(ev_store_new(&loop, db, &s), 0);
+
+    for (int i = 0; i <= 100; i++) {
+        struct tjob *t = calloc(1, sizeof(*t));
+        t->i = i;
+        t->c = make_call(100 + i);
+        t->job.run = run_insert;
+        t->job.done = on_done;
+        ev_store_submit(s, &t->job);
+        if (i == 0) {
+            pthread_mutex_lock(&gate_mu);
+            while (!gate_entered)
+                pthread_cond_wait(&gate_cond, &gate_mu);
+            pthread_mutex_unlock(&gate_mu);
+        }
+    }
+    assert_int_equal(n_done, 0); /* never from submit */
+    pthread_mutex_lock(&gate_mu);
+    gate_open = 1;
+    pthread_cond_broadcast(&gate_cond);
+    pthread_mutex_unlock(&gate_mu);
+    while (n_done < 101)
+        uv_run(&loop, UV_RUN_ONCE);
+    /* job 0 alone, then the 100 that waited: two transactions, two syncs */
+    assert_int_equal(ev_store_commits(s), 2);
+    for (int i = 0; i <= 100; i++)
+        assert_int_equal(done_order[i], i);
+    ev_store_close(s);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&loop), 0);
+
+    /* Durable: another connection reads all 101. */
+    assert_int_equal(ev_db_open(path, &db, err, sizeof(err)), 0);
+    int n = 0;
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_prepare_v2(db, "SELECT count(*) FROM calls", -1, &st, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    n = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    assert_int_equal(n, 101);
+    sqlite3_close(db);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_sql_round_trip, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_group_commit, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
