@@ -75,6 +75,7 @@ struct replica {
     bool exited;               /* the backend said it exited while a call was in flight */
     int exit_code;             /* with it */
     bool oom;                  /* the backend said the kernel OOM-killed it */
+    uint32_t remove_tries;     /* removals of its container that failed */
     const char *woke_from;     /* how it last left zero: "create", "thaw", "unpause", "start" */
     struct adoption *adoption; /* startup: the adoption waiting for its inspect */
     struct replica_usage usage;
@@ -131,6 +132,9 @@ struct function {
     uint64_t retry_at_ms; /* no new replica before this (backoff) */
     uint64_t backoff_ms;  /* the current back-off; 0 when not failing */
     char last_error[256];
+    char last_failure[256];    /* last_error's last value, kept once a replica is ready again */
+    uint64_t replica_failures; /* replicas that failed, since the controller started */
+    uint64_t oom_kills;        /* of them, killed by the kernel's OOM killer */
     uint64_t cold_starts;
     uint64_t wakes[4]; /* cold starts by tier: paused, stopped, created, new */
     bool deleted;      /* spec gone: scale to zero, then free */
@@ -168,8 +172,9 @@ struct ctrl {
     uint64_t watch_since_ms; /* the stream (re)opened */
     bool watching;
     bool stopping;
-    bool adopting;          /* startup: specs load, nothing is started yet */
-    uint64_t watch_reopens; /* the backend's watch ended and was reopened */
+    bool adopting;           /* startup: specs load, nothing is started yet */
+    uint64_t watch_reopens;  /* the backend's watch ended and was reopened */
+    uint64_t strays_removed; /* listed replicas no replica tracked, removed */
     /* The backend's health for /healthz: pinged every CTRL_CHECK_PERIOD_MS. */
     bool pinging;
     int backend_err;         /* the last ping's result: 0 or a negative errno */
