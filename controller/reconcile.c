@@ -1331,8 +1331,10 @@ static const struct backend_listed *list_find(const struct backend_listed *items
 
 static void on_stray_gone(const struct backend_result *res, void *data)
 {
-    (void)data;
-    if (res->err < 0 && res->err != -ENOENT && res->err != -ECANCELED)
+    struct ctrl *c = data;
+    if (res->err == 0)
+        c->strays_removed++;
+    else if (res->err != -ENOENT && res->err != -ECANCELED)
         stoke_warn(NULL, res->err,
                    "cannot remove an untracked replica: %s; trying again at the "
                    "next check",
@@ -1374,8 +1376,7 @@ static void remove_strays(struct ctrl *c, const struct backend_listed *items, si
         stoke_warn(items[i].function, -ENOENT,
                    "replica %.12s on %s is not tracked (a call's answer was lost): removing it",
                    items[i].id, items[i].addr ? items[i].addr : "");
-        c->strays_removed++;
-        if (c->be->ops->remove_listed(c->be, &items[i], on_stray_gone, NULL) < 0)
+        if (c->be->ops->remove_listed(c->be, &items[i], on_stray_gone, c) < 0)
             stoke_warn(items[i].function, -ENOMEM, "cannot remove replica %.12s", items[i].id);
     }
 }

@@ -213,7 +213,9 @@ def test_misbehaving_engine():
         print("creates dropped %d, untracked containers removed %d, engine errors %d" % (
             creates_dropped, removed, errors1 - errors0))
         assert removed <= creates_dropped, (removed, creates_dropped)
-        assert s.log("controller").count("is not tracked (a call's answer was lost)") == removed
+        # Each removal was said (a removal the faults failed is tried again
+        # at the next list, and counted once it is done).
+        assert s.log("controller").count("is not tracked (a call's answer was lost)") >= removed
         s.stop()
         assert s.containers() == []
     finally:
