@@ -7,7 +7,9 @@ while a spec is PUT through the admin API."""
 import http.client
 import json
 import os
+import random
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -38,6 +40,30 @@ def metric(m, key):
     """A series' value; fails when it is absent (absent is not 0)."""
     assert key in m, "no series %s in %r" % (key, sorted(m)[:80])
     return m[key]
+
+
+def stoke(name):
+    """A Stoke whose replica ports are a block of 128 that nothing holds
+    now: the harness's random block may be taken by a benchmark's
+    hundreds of replicas beside this test, and every create would then
+    fail with EADDRINUSE before any fault is injected."""
+    s = Stoke(name)
+    blocks = list(range(30000, 32512, 128))
+    random.shuffle(blocks)
+    for lo in blocks:
+        if all(port_free(p) for p in range(lo, lo + 128)):
+            s.port_range = "%d-%d" % (lo, lo + 127)
+            break
+    return s
+
+
+def port_free(port):
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
 
 
 def status(s, name):
@@ -125,7 +151,7 @@ def strays(s, st, cs):
 
 
 def test_misbehaving_engine():
-    s = Stoke("faults-engine")
+    s = stoke("faults-engine")
     proxy = EngineProxy(s.tmp)
     s.extra += ["--docker-host", "unix://" + proxy.sock]
     try:
@@ -232,7 +258,7 @@ def test_oom_killed_replica_under_load():
     directly for more memory than its limit: the kernel kills it, and
     exactly the requests in flight on it (its own /concurrency said how
     many) fail."""
-    s = Stoke("faults-oom").start()
+    s = stoke("faults-oom").start()
     ids = s.deploy_warm("hog", 2, extra="  resources: { memory: 32Mi }\n")
     victim = [c for c in s.containers("hog") if c["Id"] == ids[0]][0]
     port = int(victim["Labels"]["io.stoke.port"])
@@ -344,7 +370,7 @@ def fill(path):
 
 
 def test_disk_full_while_a_spec_is_put():
-    s = Stoke("faults-disk")
+    s = stoke("faults-disk")
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", s.fndir],
                    check=True)
     try:
