@@ -356,6 +356,10 @@ static void describe_status(json_object *st)
     } else {
         field("Last error:", "none");
     }
+    if (jint(st, "replica_failures", 0) > 0)
+        field("Failures:", "%" PRId64 " (%" PRId64 " OOM-killed); last: %s",
+              jint(st, "replica_failures", 0), jint(st, "oom_kills", 0),
+              jstr(st, "last_failure", ""));
     char mem[32];
     format_bytes((uint64_t)(jint(st, "memory_bytes", 0) > 0 ? jint(st, "memory_bytes", 0) : 0), mem,
                  sizeof(mem));

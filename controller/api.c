@@ -319,6 +319,9 @@ static json_object *status_json(struct function *fn, int *err)
         jadd(o, "idle_note", jstr(idle_why), err);
     jadd(o, "last_error", jstr(fn->last_error), err);
     jadd(o, "failures", ju64(fn->failures), err);
+    jadd(o, "last_failure", jstr(fn->last_failure), err);
+    jadd(o, "replica_failures", ju64(fn->replica_failures), err);
+    jadd(o, "oom_kills", ju64(fn->oom_kills), err);
     jadd(o, "backoff_ms", ju64(fn->retry_at_ms > now ? fn->retry_at_ms - now : 0), err);
     jadd(o, "cold_starts", ju64(fn->cold_starts), err);
     static const char *const tier_names[4] = {"paused", "stopped", "created", "new"};

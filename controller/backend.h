@@ -42,6 +42,10 @@ enum backend_cap {
     BACKEND_CAN_PRECREATE = 1u << 2,
     /* backend_usage() reads each replica's CPU and memory (cgroups). */
     BACKEND_HAS_CGROUPS = 1u << 3,
+    /* list() names every replica of this controller (its instance), each
+     * with the address it was created for: one no replica tracks (its
+     * create was done, its answer lost) is removed by the periodic check. */
+    BACKEND_LISTS_OWN = 1u << 4,
 };
 
 /* A replica as its backend knows it; the reconciler embeds one in each of

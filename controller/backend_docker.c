@@ -204,6 +204,15 @@ static void on_created(const struct stoke_engine_result *res, void *data)
     struct dreplica *p = data;
     if (res->err == 0)
         snprintf(p->r->id, sizeof(p->r->id), "%s", res->id ? res->id : "");
+    else if ((res->http_status < 400 || res->http_status >= 500) &&
+             strlen(p->r->name) < sizeof(p->r->id))
+        /* No answer (a connection cut, a timeout) or a server error: the
+         * engine may have made the container all the same. Its name stands
+         * for its id, so that the failed replica's removal removes it, or
+         * learns from a 404 that there is none. (A name too long for the
+         * id, of a function named with more than 43 characters, is not
+         * covered.) */
+        snprintf(p->r->id, sizeof(p->r->id), "%s", p->r->name);
     op_done(p, res->err, res->message, NULL, BACKEND_CREATED);
 }
 
@@ -819,7 +828,8 @@ int backend_docker_new(uv_loop_t *loop, const struct backend_docker_config *cfg,
     d->b.ops = &docker_ops;
     d->b.name = "docker";
     d->b.what = "the container engine";
-    d->b.caps = BACKEND_CAN_FREEZE | BACKEND_CAN_STOP_KEEP | BACKEND_CAN_PRECREATE;
+    d->b.caps =
+        BACKEND_CAN_FREEZE | BACKEND_CAN_STOP_KEEP | BACKEND_CAN_PRECREATE | BACKEND_LISTS_OWN;
     int fr = stoke_freezer_init();
     if (fr == 0)
         d->b.caps |= BACKEND_HAS_CGROUPS;

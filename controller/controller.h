@@ -20,9 +20,6 @@ struct probe;
 
 /* The backend is listed this often, for what its watch missed. */
 #define CTRL_CHECK_PERIOD_MS 5000
-/* Replicas whose removal failed, tried again at each check (more are left
- * to the next start, whose adoption removes what it does not know). */
-#define CTRL_UNREMOVED_MAX 64
 
 struct ctrl_config {
     const char *functions_dir;
@@ -78,6 +75,7 @@ struct replica {
     bool exited;               /* the backend said it exited while a call was in flight */
     int exit_code;             /* with it */
     bool oom;                  /* the backend said the kernel OOM-killed it */
+    uint32_t remove_tries;     /* removals of its container that failed */
     const char *woke_from;     /* how it last left zero: "create", "thaw", "unpause", "start" */
     struct adoption *adoption; /* startup: the adoption waiting for its inspect */
     struct replica_usage usage;
@@ -134,6 +132,9 @@ struct function {
     uint64_t retry_at_ms; /* no new replica before this (backoff) */
     uint64_t backoff_ms;  /* the current back-off; 0 when not failing */
     char last_error[256];
+    char last_failure[256];    /* last_error's last value, kept once a replica is ready again */
+    uint64_t replica_failures; /* replicas that failed, since the controller started */
+    uint64_t oom_kills;        /* of them, killed by the kernel's OOM killer */
     uint64_t cold_starts;
     uint64_t wakes[4]; /* cold starts by tier: paused, stopped, created, new */
     bool deleted;      /* spec gone: scale to zero, then free */
@@ -165,19 +166,15 @@ struct ctrl {
     uint64_t shares_settle_ms; /* start + CTRL_SHARES_SETTLE_MS */
     uv_timer_t tick;
     uint64_t last_check_ms;
-    bool checking; /* a list for ctrl_check_replicas() is in flight */
-    struct ctrl_unremoved {
-        struct ctrl *c;
-        char id[65]; /* "" when the slot is free */
-        bool pending;
-    } unremoved[CTRL_UNREMOVED_MAX];
+    bool checking;          /* a list for ctrl_check_replicas() is in flight */
     uv_timer_t watch_timer; /* reopens the backend's watch */
     uint32_t watch_failures;
     uint64_t watch_since_ms; /* the stream (re)opened */
     bool watching;
     bool stopping;
-    bool adopting;          /* startup: specs load, nothing is started yet */
-    uint64_t watch_reopens; /* the backend's watch ended and was reopened */
+    bool adopting;           /* startup: specs load, nothing is started yet */
+    uint64_t watch_reopens;  /* the backend's watch ended and was reopened */
+    uint64_t strays_removed; /* listed replicas no replica tracked, removed */
     /* The backend's health for /healthz: pinged every CTRL_CHECK_PERIOD_MS. */
     bool pinging;
     int backend_err;         /* the last ping's result: 0 or a negative errno */

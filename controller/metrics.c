@@ -58,6 +58,24 @@ static int render_replicas(struct ctrl *c, struct stoke_buf *out)
                                   "stoke_controller_replicas{function=\"%s\",state=\"%s\"} %u\n",
                                   fn->spec.name, state_names[s], count[s]);
     }
+    r |= family(out, "stoke_controller_replica_failures_total", "counter",
+                "Replicas that failed (an engine call on them failed, they exited or were killed, "
+                "were not ready in time), since the controller started.");
+    for_each_fn(c, fn)
+    {
+        r |= stoke_buf_printf(
+            out, "stoke_controller_replica_failures_total{function=\"%s\"} %" PRIu64 "\n",
+            fn->spec.name, fn->replica_failures);
+    }
+    r |= family(out, "stoke_controller_oom_kills_total", "counter",
+                "Replicas the kernel's OOM killer ended (the engine said so), since the "
+                "controller started; counted in stoke_controller_replica_failures_total too.");
+    for_each_fn(c, fn)
+    {
+        r |=
+            stoke_buf_printf(out, "stoke_controller_oom_kills_total{function=\"%s\"} %" PRIu64 "\n",
+                             fn->spec.name, fn->oom_kills);
+    }
     r |= family(out, "stoke_controller_panic", "gauge",
                 "1 while the function's autoscaler is in panic mode.");
     for_each_fn(c, fn)
@@ -111,6 +129,11 @@ static int render_backend(struct ctrl *c, struct stoke_buf *out)
                 "Times the engine's event stream ended and was reopened.");
     r |= stoke_buf_printf(out, "stoke_controller_engine_event_stream_reopens_total %" PRIu64 "\n",
                           c->watch_reopens);
+    r |= family(out, "stoke_controller_untracked_replicas_removed_total", "counter",
+                "Containers of this controller that no replica tracked (a create done by the "
+                "engine whose answer was lost), found by the periodic list and removed.");
+    r |= stoke_buf_printf(out, "stoke_controller_untracked_replicas_removed_total %" PRIu64 "\n",
+                          c->strays_removed);
     return r;
 }
 

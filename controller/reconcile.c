@@ -23,6 +23,12 @@
 #define CRASH_LOOP_FAILURES 3
 #define PROBE_MAX_PERIOD_MS 500
 #define STOP_GRACE_S 5
+/* A removal the engine failed is tried again, with a back-off from 200 ms
+ * to 2 s, this many times (about 12 s): a container is not left behind
+ * for the next start to remove because of a passing engine error. */
+#define REMOVE_TRIES 10
+#define REMOVE_BACKOFF_MIN_MS 200
+#define REMOVE_BACKOFF_MAX_MS 2000
 
 enum tier { TIER_PAUSED, TIER_STOPPED, TIER_CREATED, TIER_NEW };
 static const char *const tier_names[] = {"paused", "stopped", "created", "new"};
@@ -354,32 +360,33 @@ static void replica_free(struct replica *r)
     uv_close((uv_handle_t *)&r->timer, on_replica_timer_closed);
 }
 
-/* Remembers a container whose removal failed (the engine was down, say):
- * the next checks remove it once the backend lists it again. */
-static bool unremoved_add(struct ctrl *c, const char *id)
+static void replica_remove_container(struct replica *r);
+
+static void on_remove_retry(uv_timer_t *t)
 {
-    for (size_t i = 0; i < CTRL_UNREMOVED_MAX; i++) {
-        struct ctrl_unremoved *u = &c->unremoved[i];
-        if (u->id[0] == '\0') {
-            u->c = c;
-            snprintf(u->id, sizeof(u->id), "%s", id);
-            u->pending = false;
-            return true;
-        }
-    }
-    return false;
+    replica_remove_container(t->data);
 }
 
 static void on_removed(const struct backend_result *res, void *data)
 {
     struct replica *r = data;
     r->op_pending = false;
+    if (res->err < 0 && res->err != -ENOENT && res->err != -ECANCELED &&
+        ++r->remove_tries < REMOVE_TRIES) {
+        /* Still retiring, out of the routes: the timer is free. */
+        uint64_t ms =
+            stoke_backoff_ms(r->remove_tries, REMOVE_BACKOFF_MIN_MS, REMOVE_BACKOFF_MAX_MS);
+        stoke_warn(r->fn->spec.name, res->err,
+                   "removing replica %.12s failed: %s; trying again in %llu ms", r->br.id,
+                   res->message, (unsigned long long)ms);
+        uv_timer_start(&r->timer, on_remove_retry, ms, 0);
+        return;
+    }
     if (res->err < 0 && res->err != -ENOENT && res->err != -ECANCELED)
-        stoke_warn(r->fn->spec.name, res->err, "removing replica %.12s failed: %s; %s", r->br.id,
-                   res->message,
-                   !r->fn->ctrl->stopping && unremoved_add(r->fn->ctrl, r->br.id)
-                       ? "trying again at the next check"
-                       : "it is removed at the next start");
+        stoke_warn(r->fn->spec.name, res->err,
+                   "removing replica %.12s failed %u times: %s; a later check removes it as "
+                   "untracked",
+                   r->br.id, r->remove_tries, res->message);
     else
         stoke_debug(r->fn->spec.name, "replica %.12s removed", r->br.id);
     replica_free(r);
@@ -493,10 +500,12 @@ static void replica_failed(struct replica *r, int err, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(fn->last_error, sizeof(fn->last_error), fmt, ap);
     va_end(ap);
+    memcpy(fn->last_failure, fn->last_error, sizeof(fn->last_failure));
     uint64_t now = uv_now(fn->ctrl->loop);
     if (r->ready_ms && now - r->ready_ms >= CRASH_RESET_MS)
         fn->failures = 0;
     fn->failures++;
+    fn->replica_failures++;
     fn->backoff_ms = stoke_backoff_ms(fn->failures, BACKOFF_MIN_MS, BACKOFF_MAX_MS);
     fn->retry_at_ms = now + fn->backoff_ms;
     stoke_error(fn->spec.name, err, "replica %.12s failed: %s; next try in %llu ms",
@@ -1231,12 +1240,14 @@ static void replica_exited(struct replica *r, int exit_code, const char *how)
     case R_PROBING:
     case R_READY: {
         bool was_ready = r->state == R_READY;
-        if (r->oom)
+        if (r->oom) {
+            fn->oom_kills++;
             replica_failed(r, -ENOMEM,
                            "killed by the kernel's OOM killer (memory limit %llu bytes)",
                            (unsigned long long)fn->spec.resources.memory_bytes);
-        else
+        } else {
             replica_failed(r, -ESRCH, "%s (exit status %d)", how, exit_code);
+        }
         if (was_ready)
             ctrl_reconcile(fn);
         break;
@@ -1320,33 +1331,55 @@ static const struct backend_listed *list_find(const struct backend_listed *items
     return NULL;
 }
 
-static void on_unremoved_removed(const struct backend_result *res, void *data)
+static void on_stray_gone(const struct backend_result *res, void *data)
 {
-    struct ctrl_unremoved *u = data;
-    u->pending = false;
-    if (res->err == -ECANCELED)
-        return;
-    if (res->err < 0 && res->err != -ENOENT) {
-        stoke_warn(NULL, res->err, "removing replica %.12s failed again: %s", u->id, res->message);
-        return;
-    }
-    stoke_info(NULL, "removed replica %.12s, whose removal had failed", u->id);
-    u->id[0] = '\0';
+    struct ctrl *c = data;
+    if (res->err == 0)
+        c->strays_removed++;
+    else if (res->err != -ENOENT && res->err != -ECANCELED)
+        stoke_warn(NULL, res->err,
+                   "cannot remove an untracked replica: %s; trying again at the "
+                   "next check",
+                   res->message);
 }
 
-/* Removes the containers whose removal failed, now that the backend lists
- * again; forgets those it no longer lists. */
-static void unremoved_retry(struct ctrl *c, const struct backend_listed *items, size_t n)
+/* Whether listed replica `l` is one of ours: by its id, or by its address
+ * for one whose create answered no id. */
+static bool listed_tracked(struct ctrl *c, const struct backend_listed *l, bool *creating)
 {
-    for (size_t i = 0; i < CTRL_UNREMOVED_MAX; i++) {
-        struct ctrl_unremoved *u = &c->unremoved[i];
-        if (u->id[0] == '\0' || u->pending)
+    for (struct stoke_list *a = c->functions.next; a != &c->functions; a = a->next) {
+        struct function *fn = stoke_container_of(a, struct function, node);
+        for (struct stoke_list *b = fn->replicas.next; b != &fn->replicas; b = b->next) {
+            struct replica *r = stoke_container_of(b, struct replica, node);
+            if (r->state == R_CREATING)
+                *creating = true;
+            if (strcmp(r->br.id, l->id) == 0 ||
+                (l->addr && l->addr[0] && !r->br.id[0] && strcmp(r->br.addr, l->addr) == 0))
+                return true;
+        }
+    }
+    return false;
+}
+
+/* Containers of this controller that no replica tracks: a create the
+ * engine did but whose answer was lost (a connection cut after it, which
+ * the HTTP client may even send again, to a 409). Removed when no create
+ * is in flight (its container may be listed before its answer comes). */
+static void remove_strays(struct ctrl *c, const struct backend_listed *items, size_t n)
+{
+    if (!backend_can(c->be, BACKEND_LISTS_OWN) || c->adopting)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        bool creating = false;
+        if (listed_tracked(c, &items[i], &creating))
             continue;
-        const struct backend_listed *l = list_find(items, n, u->id);
-        if (!l)
-            u->id[0] = '\0';
-        else if (c->be->ops->remove_listed(c->be, l, on_unremoved_removed, u) == 0)
-            u->pending = true;
+        if (creating)
+            return;
+        stoke_warn(items[i].function, -ENOENT,
+                   "replica %.12s on %s is not tracked (a call's answer was lost): removing it",
+                   items[i].id, items[i].addr ? items[i].addr : "");
+        if (c->be->ops->remove_listed(c->be, &items[i], on_stray_gone, c) < 0)
+            stoke_warn(items[i].function, -ENOMEM, "cannot remove replica %.12s", items[i].id);
     }
 }
 
@@ -1385,7 +1418,7 @@ static void on_checked(const struct backend_result *res, const struct backend_li
             }
         }
     }
-    unremoved_retry(c, items, n);
+    remove_strays(c, items, n);
 }
 
 void ctrl_check_replicas(struct ctrl *c)

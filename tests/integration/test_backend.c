@@ -275,6 +275,8 @@ static void test_ping_and_capabilities(void **state)
     assert_true(backend_can(f->b, BACKEND_CAN_FREEZE));
     assert_true(backend_can(f->b, BACKEND_CAN_STOP_KEEP));
     assert_true(backend_can(f->b, BACKEND_CAN_PRECREATE));
+    /* Its list names every replica of the instance: strays are removed. */
+    assert_true(backend_can(f->b, BACKEND_LISTS_OWN));
     assert_non_null(f->b->name);
 }
 

@@ -7,6 +7,8 @@
  * /status/<code> (that status), /delay/<ms> (200 after <ms>, without blocking other
  * connections) and /concurrency ("<now> <max>\n": the /delay requests in progress now, and
  * the most ever in progress at once, so a test can check the concurrency this replica saw),
+ * /alloc/<MiB> (allocates and touches that many MiB, kept until the process ends, then 200
+ * "allocated <MiB> MiB\n": past the container's memory limit the kernel's OOM killer ends it),
  * and /async/<n>[/<ms>] for async invocations: 500 while X-Stoke-Attempt is below <n>, else
  * 200 (after <ms>); a request with X-Stoke-Call-Id logs a "call start" and a "call end" line
  * with the id, attempt, status and wall-clock ms, so a test can check that a call ran once.
@@ -59,10 +61,11 @@ enum state {
 
 struct resp {
     int status;
-    bool head;        /* HEAD: headers only */
-    bool keep;        /* keep the connection open afterwards */
-    bool ka10;        /* HTTP/1.0 keep-alive: must be confirmed in the response */
-    bool concurrency; /* /concurrency: the body is the counts below */
+    bool head;          /* HEAD: headers only */
+    bool keep;          /* keep the connection open afterwards */
+    bool ka10;          /* HTTP/1.0 keep-alive: must be confirmed in the response */
+    bool concurrency;   /* /concurrency: the body is the counts below */
+    unsigned alloc_mib; /* /alloc/<MiB>: the body says how much is held */
     uint64_t delay_ms;
     char call[40];       /* X-Stoke-Call-Id, or "" */
     uint64_t attempt;    /* X-Stoke-Attempt */
@@ -214,6 +217,9 @@ static void emit(struct conn *c, const struct resp *r)
     size_t blen = greeting_len;
     if (r->concurrency && r->status == 200) {
         blen = (size_t)snprintf(ebody, sizeof ebody, "%u %u\n", delaying, delaying_max);
+        body = ebody;
+    } else if (r->alloc_mib && r->status == 200) {
+        blen = (size_t)snprintf(ebody, sizeof ebody, "allocated %u MiB\n", r->alloc_mib);
         body = ebody;
     } else if (r->status == 400 || r->status == 431 || r->status == 501) {
         blen = (size_t)snprintf(ebody, sizeof ebody, "%s\n", reason(r->status));
@@ -375,6 +381,20 @@ static int parse_head(const char *p, size_t len, struct resp *r, uint64_t *ret_b
             return 400;
         if (attempt < r->fail_below)
             r->status = 500;
+    } else if (pe - target > 7 && memcmp(target, "/alloc/", 7) == 0) {
+        if (!parse_uint(target + 7, (size_t)(pe - target - 7), 65536, &n))
+            return 400;
+        /* Touched, chained and never freed: the memory stays charged. */
+        static void *kept;
+        for (uint64_t i = 0; i < n; i++) {
+            void **m = malloc(1 << 20);
+            if (!m)
+                return 500;
+            memset(m, 1, 1 << 20);
+            *m = kept;
+            kept = m;
+        }
+        r->alloc_mib = (unsigned)n;
     }
     memcpy(r->call, call, sizeof call);
     r->attempt = attempt;
