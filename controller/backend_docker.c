@@ -137,6 +137,7 @@ static int engine_call(struct dreplica *p,
                        int (*call)(struct stoke_engine *, const char *, stoke_engine_cb, void *),
                        stoke_engine_cb done, backend_cb cb, void *data)
 {
+    stoke_engine_next_key(p->d->engine, p->r->function);
     int e = call(p->d->engine, p->r->id, done, p);
     if (e == 0)
         op_arm(p, cb, data);
@@ -272,6 +273,7 @@ static int dk_create(struct backend *b, struct backend_replica *r, const struct 
         .pids = s->resources.pids,
         .read_only_rootfs = s->read_only_rootfs,
     };
+    stoke_engine_next_key(d->engine, r->function);
     e = stoke_engine_create(d->engine, &cfg, on_created, p);
     if (e == 0)
         op_arm(p, cb, data);
@@ -318,6 +320,7 @@ static int pause_by_engine(struct dreplica *p, int why)
                    "instead; waking will take the engine's unpause (said once)",
                    p->r->id);
     d->fallback_said = d->fallback_said || d->freezer_ok;
+    stoke_engine_next_key(d->engine, p->r->function);
     return stoke_engine_pause(d->engine, p->r->id, on_engine_paused, p);
 }
 
@@ -354,6 +357,7 @@ static int dk_freeze(struct backend *b, struct backend_replica *r, backend_cb cb
     if (!p)
         return -ENOMEM;
     /* The pid, for its cgroup; off the request path, like the freeze. */
+    stoke_engine_next_key(d->engine, r->function);
     int e = d->freezer_ok ? stoke_engine_inspect(d->engine, r->id, on_freeze_inspected, p) : -1;
     if (e < 0)
         e = pause_by_engine(p, d->freezer_ok ? e : -ENOTSUP);
@@ -398,6 +402,7 @@ static int dk_stop(struct backend *b, struct backend_replica *r, unsigned grace_
     if (!p)
         return -ENOMEM;
     thaw_before_engine(p);
+    stoke_engine_next_key(p->d->engine, r->function);
     int e = stoke_engine_stop(p->d->engine, r->id, grace_s, on_stopped, p);
     if (e == 0)
         op_arm(p, cb, data);
@@ -411,6 +416,7 @@ static int dk_remove(struct backend *b, struct backend_replica *r, backend_cb cb
         return -ENOMEM;
     thaw_before_engine(p);
     /* Force: SIGKILL. The reconciler drained it first. */
+    stoke_engine_next_key(p->d->engine, r->function);
     int e = stoke_engine_remove(p->d->engine, r->id, true, on_engine_done, p);
     if (e == 0)
         op_arm(p, cb, data);
@@ -567,6 +573,7 @@ static int dk_remove_listed(struct backend *b, const struct backend_listed *l, b
     struct cb_op *op = cb_op_new(cb, data);
     if (!op)
         return -ENOMEM;
+    stoke_engine_next_key(to_docker(b)->engine, l->function);
     int e = stoke_engine_remove(to_docker(b)->engine, l->id, true, on_forward, op);
     if (e < 0)
         free(op);
