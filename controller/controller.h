@@ -18,8 +18,13 @@
 struct hub;
 struct probe;
 
-/* The backend is listed this often, for what its watch missed. */
+/* The backend is listed this often, for what its watch missed, while no
+ * watch is open (and pinged this often always); while one is, the list is
+ * a fallback for a stream that stays open but misses events, and is rare:
+ * a list of a thousand containers costs the engine. A watch that (re)opens
+ * lists at once. */
 #define CTRL_CHECK_PERIOD_MS 5000
+#define CTRL_CHECK_WATCHED_MS 60000
 
 struct ctrl_config {
     const char *functions_dir;
@@ -161,8 +166,10 @@ struct ctrl {
      * use the shares they had (see replica_grant()). */
     uint64_t shares_settle_ms; /* start + CTRL_SHARES_SETTLE_MS */
     uv_timer_t tick;
-    uint64_t last_check_ms;
+    uint64_t last_check_ms; /* the last list's */
+    uint64_t last_ping_ms;
     bool checking;          /* a list for ctrl_check_replicas() is in flight */
+    bool check_again;       /* asked for while one was: a list once it is back */
     uv_timer_t watch_timer; /* reopens the backend's watch */
     uint32_t watch_failures;
     uint64_t watch_since_ms; /* the stream (re)opened */

@@ -178,11 +178,12 @@ static void on_tick(uv_timer_t *t)
     if (c->kubefn)
         kubefn_write_status(c->kubefn);
     uint64_t now = uv_now(c->loop);
-    if (now - c->last_check_ms >= CTRL_CHECK_PERIOD_MS) {
-        c->last_check_ms = now;
-        ctrl_check_replicas(c);
+    if (now - c->last_ping_ms >= CTRL_CHECK_PERIOD_MS) {
+        c->last_ping_ms = now;
         health_ping(c);
     }
+    if (now - c->last_check_ms >= (c->watching ? CTRL_CHECK_WATCHED_MS : CTRL_CHECK_PERIOD_MS))
+        ctrl_check_replicas(c);
     ctrl_push_settled_raises(c);
 }
 

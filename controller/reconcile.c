@@ -1309,6 +1309,12 @@ static void on_checked(const struct backend_result *res, const struct backend_li
     uint64_t sent = ck->sent_ms;
     free(ck);
     c->checking = false;
+    if (c->check_again && !c->stopping) {
+        /* Asked for after this one was sent (the watch reopened): what this
+         * one says is older than the events missed; the next one tells. */
+        c->check_again = false;
+        ctrl_check_replicas(c);
+    }
     if (res->err < 0 || c->stopping) {
         if (res->err < 0 && res->err != -ECANCELED)
             stoke_warn(NULL, res->err,
@@ -1341,8 +1347,11 @@ static void on_checked(const struct backend_result *res, const struct backend_li
 void ctrl_check_replicas(struct ctrl *c)
 {
     /* One list at a time: a slow backend answers late, not many times. */
-    if (c->checking)
+    c->last_check_ms = uv_now(c->loop);
+    if (c->checking) {
+        c->check_again = true;
         return;
+    }
     struct check *ck = malloc(sizeof(*ck));
     if (!ck)
         return;
