@@ -634,6 +634,20 @@ void stoke_engine_close(struct stoke_engine *e, void (*on_closed)(void *data), v
     stoke_curluv_close(e->cu, on_cu_closed, e);
 }
 
+unsigned stoke_engine_cancel_housekeeping(struct stoke_engine *e)
+{
+    unsigned n = 0;
+    struct call *c;
+    while ((c = dequeue(e, CLASS_HOUSEKEEPING))) {
+        struct stoke_engine_result res = {.err = -ECANCELED, .message = "engine call cancelled"};
+        count_call(c, res.err);
+        c->cb(&res, c->data);
+        call_free(c);
+        n++;
+    }
+    return n;
+}
+
 void stoke_engine_next_key(struct stoke_engine *e, const char *key)
 {
     (void)snprintf(e->next_key, sizeof(e->next_key), "%s", key ? key : "");

@@ -37,6 +37,7 @@ struct docker {
     bool freezer_ok;    /* idle replicas are frozen through their cgroup */
     bool fallback_said; /* the engine's pause was used instead: said once */
     bool usage_warned;  /* a replica's cgroup was not found: said once */
+    bool abandoned;     /* dk_abandon(): no more removals or stops */
 };
 
 /* What the backend keeps of each replica (backend_replica.priv). */
@@ -402,6 +403,8 @@ static int dk_stop(struct backend *b, struct backend_replica *r, unsigned grace_
     if (!p)
         return -ENOMEM;
     thaw_before_engine(p);
+    if (p->d->abandoned)
+        return -ECANCELED;
     stoke_engine_next_key(p->d->engine, r->function);
     int e = stoke_engine_stop(p->d->engine, r->id, grace_s, on_stopped, p);
     if (e == 0)
@@ -409,18 +412,53 @@ static int dk_stop(struct backend *b, struct backend_replica *r, unsigned grace_
     return e;
 }
 
+static int remove_container(struct dreplica *p)
+{
+    if (p->d->abandoned)
+        return -ECANCELED;
+    /* Force: SIGKILL. The reconciler drained it first. */
+    stoke_engine_next_key(p->d->engine, p->r->function);
+    return stoke_engine_remove(p->d->engine, p->r->id, true, on_engine_done, p);
+}
+
+/* The engine's unpause before its removal: an urgent call, ahead of every
+ * removal waiting, so that a shutdown cut short leaves none paused. */
+static void on_unpaused_to_remove(const struct stoke_engine_result *res, void *data)
+{
+    struct dreplica *p = data;
+    if (res->err == 0)
+        p->engine_paused = false;
+    int e = remove_container(p);
+    if (e < 0)
+        op_done(p, e, e == -ECANCELED ? "shutdown cut short" : "cannot remove", NULL,
+                BACKEND_OTHER);
+}
+
 static int dk_remove(struct backend *b, struct backend_replica *r, backend_cb cb, void *data)
 {
     struct dreplica *p = dreplica_get(to_docker(b), r);
     if (!p)
         return -ENOMEM;
+    /* Even after dk_abandon(): none is left frozen. */
     thaw_before_engine(p);
-    /* Force: SIGKILL. The reconciler drained it first. */
-    stoke_engine_next_key(p->d->engine, r->function);
-    int e = stoke_engine_remove(p->d->engine, r->id, true, on_engine_done, p);
+    int e;
+    if (p->engine_paused) {
+        stoke_engine_next_key(p->d->engine, r->function);
+        e = stoke_engine_unpause(p->d->engine, r->id, on_unpaused_to_remove, p);
+    } else {
+        e = remove_container(p);
+    }
     if (e == 0)
         op_arm(p, cb, data);
     return e;
+}
+
+static void dk_abandon(struct backend *b)
+{
+    struct docker *d = to_docker(b);
+    d->abandoned = true;
+    unsigned n = stoke_engine_cancel_housekeeping(d->engine);
+    stoke_debug(NULL, "%u engine calls not sent", n);
 }
 
 /* A running container may be one we froze before a restart: the engine
@@ -785,6 +823,7 @@ static const struct backend_ops docker_ops = {
     .thaw = dk_thaw,
     .stop = dk_stop,
     .remove = dk_remove,
+    .abandon = dk_abandon,
     .inspect = dk_inspect,
     .note = dk_note,
     .forget = dk_forget,

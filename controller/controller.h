@@ -186,6 +186,10 @@ struct ctrl {
      * adopt (Kubernetes: a restart or a new leader) instead of removing
      * them. */
     bool keep_on_stop;
+    /* Shutdown's progress: replicas with a container when it began, those
+     * removed since, and whether it stopped waiting (ctrl_shutdown_now()). */
+    unsigned shutdown_total, shutdown_removed;
+    bool shutdown_cut;
     struct kubefn *kubefn; /* the Kubernetes backend's specs, or NULL */
 };
 
@@ -235,6 +239,11 @@ int ctrl_adopt(struct ctrl *c, int (*load)(struct ctrl *c), void (*done)(struct 
 /* Retires every replica (for shutdown); cb when the last is removed.
  * Frozen replicas are thawed first. */
 void ctrl_shutdown(struct ctrl *c, void (*cb)(struct ctrl *c));
+/* After ctrl_shutdown(): stops waiting for the removals not yet sent (a
+ * second signal, the shutdown deadline); those in flight and the wakes of
+ * paused replicas go on, so that no replica is left frozen. The rest are
+ * left for the next controller (it adopts or removes them). */
+void ctrl_shutdown_now(struct ctrl *c);
 /* A change the backend's watch saw of one of this instance's replicas. */
 void ctrl_on_event(struct ctrl *c, const struct backend_event *ev);
 /* What `idle` does for the function on this backend (its spec's, unless the

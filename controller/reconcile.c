@@ -363,6 +363,8 @@ static void on_removed(const struct backend_result *res, void *data)
                    res->message);
     else
         stoke_debug(r->fn->spec.name, "replica %.12s removed", r->br.id);
+    if (r->fn->ctrl->stopping && (res->err == 0 || res->err == -ENOENT))
+        r->fn->ctrl->shutdown_removed++;
     replica_free(r);
 }
 
@@ -378,7 +380,10 @@ static void replica_remove_container(struct replica *r)
     struct backend *be = r->fn->ctrl->be;
     int e = be->ops->remove(be, &r->br, on_removed, r);
     if (e < 0) {
-        stoke_warn(r->fn->spec.name, e, "cannot remove replica %.12s", r->br.id);
+        if (e == -ECANCELED)
+            stoke_debug(r->fn->spec.name, "replica %.12s left (shutdown cut short)", r->br.id);
+        else
+            stoke_warn(r->fn->spec.name, e, "cannot remove replica %.12s", r->br.id);
         replica_free(r);
         return;
     }
@@ -1617,6 +1622,15 @@ void ctrl_shutdown(struct ctrl *c, void (*cb)(struct ctrl *c))
 {
     c->stopping = true;
     c->on_stopped = cb;
+    c->shutdown_total = 0;
+    c->shutdown_removed = 0;
+    for (struct stoke_list *a = c->functions.next; a != &c->functions; a = a->next) {
+        struct function *fn = stoke_container_of(a, struct function, node);
+        for (struct stoke_list *b = fn->replicas.next; b != &fn->replicas; b = b->next)
+            c->shutdown_total += stoke_container_of(b, struct replica, node)->br.id[0] != '\0';
+    }
+    /* Every removal goes at once to the backend, which thaws a frozen
+     * replica first and sends them at its bounded concurrency. */
     for (struct stoke_list *a = c->functions.next; a != &c->functions; a = a->next) {
         struct function *fn = stoke_container_of(a, struct function, node);
         for (struct stoke_list *b = fn->replicas.next; b != &fn->replicas;) {
@@ -1625,5 +1639,15 @@ void ctrl_shutdown(struct ctrl *c, void (*cb)(struct ctrl *c))
             replica_retire(r);
         }
     }
+    shutdown_check(c);
+}
+
+void ctrl_shutdown_now(struct ctrl *c)
+{
+    if (!c->stopping || c->shutdown_cut)
+        return;
+    c->shutdown_cut = true;
+    if (c->be->ops->abandon)
+        c->be->ops->abandon(c->be);
     shutdown_check(c);
 }

@@ -194,6 +194,12 @@ struct stoke_engine_stats {
  * 63 bytes count. See struct stoke_engine_stats. */
 void stoke_engine_next_key(struct stoke_engine *e, const char *key);
 
+/* Ends every housekeeping call still waiting for a place (pause, stop,
+ * remove, list) with -ECANCELED, its callback run before this returns (it
+ * may make calls; housekeeping ones made there wait again). Calls in flight
+ * and urgent ones go on. Returns how many ended. */
+unsigned stoke_engine_cancel_housekeeping(struct stoke_engine *e);
+
 /* At most `n` calls in flight (at least 1; default 16): more wait, see
  * struct stoke_engine_stats. */
 void stoke_engine_set_max_inflight(struct stoke_engine *e, unsigned n);
