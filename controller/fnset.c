@@ -143,6 +143,19 @@ static void load_file(struct fnset *fs, struct fnfile *f, const char *path)
 
 static void ops_next(struct fnset *fs);
 
+/* A new entry for file `name`, all else zero; NULL when out of memory. */
+static struct fnfile *file_add(struct fnset *fs, const char *name)
+{
+    struct fnfile *n = realloc(fs->files, (fs->n_files + 1) * sizeof(*n));
+    if (!n)
+        return NULL;
+    fs->files = n;
+    struct fnfile *f = &fs->files[fs->n_files++];
+    memset(f, 0, sizeof(*f));
+    snprintf(f->name, sizeof(f->name), "%s", name);
+    return f;
+}
+
 /* Reads file `name` of the directory again if it changed, as a rescan
  * does. Returns its entry, or NULL when it is no (readable, regular) spec
  * file now or there is no room. */
@@ -155,15 +168,9 @@ static struct fnfile *consider(struct fnset *fs, const char *name)
         return NULL;
     struct fnfile *f = file_find(fs, name);
     if (!f) {
-        if (fs->n_files >= MAX_FILES)
+        f = fs->n_files < MAX_FILES ? file_add(fs, name) : NULL;
+        if (!f)
             return NULL;
-        struct fnfile *n = realloc(fs->files, (fs->n_files + 1) * sizeof(*n));
-        if (!n)
-            return NULL;
-        fs->files = n;
-        f = &fs->files[fs->n_files++];
-        memset(f, 0, sizeof(*f));
-        snprintf(f->name, sizeof(f->name), "%s", name);
     } else if (unchanged(f, &st)) {
         return f;
     }
@@ -504,15 +511,10 @@ static struct fnfile *file_record(struct fnset *fs, const char *name, const char
                                   const struct stat *st)
 {
     struct fnfile *f = file_find(fs, name);
-    if (!f) {
-        struct fnfile *n = realloc(fs->files, (fs->n_files + 1) * sizeof(*n));
-        if (!n)
-            return NULL;
-        fs->files = n;
-        f = &fs->files[fs->n_files++];
-        memset(f, 0, sizeof(*f));
-        snprintf(f->name, sizeof(f->name), "%s", name);
-    }
+    if (!f)
+        f = file_add(fs, name);
+    if (!f)
+        return NULL;
     f->dev = st->st_dev;
     f->ino = st->st_ino;
     f->size = st->st_size;
