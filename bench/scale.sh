@@ -5,6 +5,7 @@
 #
 # Usage: bench/scale.sh [N]     (default 100; the README has N = 1, 100, 1000)
 # Env:   STOKE_BUILD_DIR  a build to use (default: configure and build build/)
+#        STOKE_BENCH_NETWORK  bridge (default) or host (N = 1000: a bridge holds 1,024 ports)
 set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
 . "$root/bench/lib.sh"
