@@ -75,3 +75,15 @@ EOF
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
+
+bench_build() { # sets STOKE_BUILD_DIR (configures and builds build/ when unset); the example image
+    local root
+    root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+    if [ -z "${STOKE_BUILD_DIR:-}" ]; then
+        cmake -S "$root" -B "$root/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+        cmake --build "$root/build" -j "$(nproc)" >/dev/null
+        STOKE_BUILD_DIR=$root/build
+    fi
+    export STOKE_BUILD_DIR
+    docker image inspect "${STOKE_HELLO_IMAGE:-stoke-hello:1}" >/dev/null 2>&1 || "$root/deploy/build-example.sh"
+}

@@ -38,9 +38,23 @@
 #define EVENT_QUEUE_MAX 4096
 #define ENGINE_DEFAULT_MAX_INFLIGHT 16
 
-/* Calls past the in-flight limit wait in one of two queues: those on a cold
- * start's way (and the cheap reads) go before the housekeeping ones. */
+/* Calls past the in-flight limit wait in one of two classes: those on a cold
+ * start's way (and the cheap reads) go before the housekeeping ones. Within
+ * a class, calls wait in one flow per key (a function's name, "" for none),
+ * and the flows take turns: a thousand removals of one function leave a
+ * place for another's every turn. */
 enum call_class { CLASS_URGENT, CLASS_HOUSEKEEPING, CLASSES };
+#define KEY_MAX 64
+
+/* The calls of one key and class waiting for a place; lives while any does. */
+struct flow {
+    struct flow *hnext;     /* in e->flows' bucket */
+    struct stoke_list ring; /* in e->ring[cls]: the flows taking turns */
+    struct stoke_list calls;
+    uint32_t hash;
+    enum call_class cls;
+    char key[KEY_MAX];
+};
 
 struct stoke_engine {
     uv_loop_t *loop;
@@ -51,7 +65,10 @@ struct stoke_engine {
     void (*on_closed)(void *data);
     void *closed_data;
     struct stoke_engine_stats stats; /* its in_flight, queued, limit: the queue's */
-    struct stoke_list queued[CLASSES];
+    struct stoke_list ring[CLASSES]; /* flows with waiting calls, next turn first */
+    struct flow **flows;             /* by hash of (class, key), chained */
+    size_t flows_cap, flows_len;     /* buckets (a power of two), flows */
+    char next_key[KEY_MAX];          /* stoke_engine_next_key(), for the next call */
 };
 
 struct watch;
@@ -67,7 +84,8 @@ struct call {
     bool want_id;            /* create: res->id from "Id" */
     enum stoke_engine_op op; /* what it is counted as (stoke_engine_stats()) */
     bool limited;            /* counted in the in-flight limit (not a stream) */
-    struct stoke_list qnode; /* in e->queued while it waits for a place */
+    struct stoke_list qnode; /* in its flow's calls while it waits for a place */
+    char key[KEY_MAX];       /* its flow's key */
     char errbuf[CURL_ERROR_SIZE];
     stoke_engine_cb cb;
     void *data;
@@ -264,7 +282,11 @@ static int call_new(struct stoke_engine *e, enum stoke_engine_op op, enum method
     uint64_t timeout_ms = e->timeout_ms + extra_ms;
     int r = -ENOMEM;
     int n;
+    char key[KEY_MAX];
 
+    /* The key is the next call's, whether or not this one is made. */
+    memcpy(key, e->next_key, sizeof(key));
+    e->next_key[0] = '\0';
     if (e->closing)
         return -ECANCELED;
     n = snprintf(url, sizeof(url), "http://localhost/" ENGINE_API_VERSION "%s", path);
@@ -278,6 +300,7 @@ static int call_new(struct stoke_engine *e, enum stoke_engine_op op, enum method
     c->cb = cb;
     c->op = op;
     c->data = data;
+    memcpy(c->key, key, sizeof(c->key));
     stoke_buf_init(&c->body, ENGINE_BODY_MAX);
     c->easy = curl_easy_init();
     if (!c->easy)
@@ -345,19 +368,101 @@ static enum call_class call_class(enum stoke_engine_op op)
     }
 }
 
+static uint32_t flow_hash(enum call_class cls, const char *key)
+{
+    uint32_t h = 2166136261u ^ (uint32_t)cls; /* FNV-1a */
+    for (; *key; key++)
+        h = (h ^ (unsigned char)*key) * 16777619u;
+    return h;
+}
+
+/* Doubles the buckets once there are as many flows; -ENOMEM keeps them. */
+static int flows_grow(struct stoke_engine *e)
+{
+    size_t cap = e->flows_cap ? e->flows_cap * 2 : 64;
+    struct flow **nb = calloc(cap, sizeof(*nb));
+    if (!nb)
+        return -ENOMEM;
+    for (size_t i = 0; i < e->flows_cap; i++) {
+        struct flow *f = e->flows[i];
+        while (f) {
+            struct flow *next = f->hnext;
+            f->hnext = nb[f->hash & (cap - 1)];
+            nb[f->hash & (cap - 1)] = f;
+            f = next;
+        }
+    }
+    free(e->flows);
+    e->flows = nb;
+    e->flows_cap = cap;
+    return 0;
+}
+
+/* Queues `c` at the tail of its flow, made (last in its class's turns) if
+ * none waits. O(1) but for the buckets' growth. */
+static int enqueue(struct stoke_engine *e, struct call *c)
+{
+    enum call_class cls = call_class(c->op);
+    uint32_t h = flow_hash(cls, c->key);
+    struct flow *f = NULL;
+    if (e->flows_cap)
+        f = e->flows[h & (e->flows_cap - 1)];
+    while (f && (f->hash != h || f->cls != cls || strcmp(f->key, c->key) != 0))
+        f = f->hnext;
+    if (!f) {
+        if (e->flows_len >= e->flows_cap && flows_grow(e) < 0 && !e->flows_cap)
+            return -ENOMEM;
+        f = calloc(1, sizeof(*f));
+        if (!f)
+            return -ENOMEM;
+        f->hash = h;
+        f->cls = cls;
+        memcpy(f->key, c->key, sizeof(f->key));
+        stoke_list_init(&f->calls);
+        stoke_list_insert_tail(&e->ring[cls], &f->ring);
+        f->hnext = e->flows[h & (e->flows_cap - 1)];
+        e->flows[h & (e->flows_cap - 1)] = f;
+        e->flows_len++;
+    }
+    stoke_list_insert_tail(&f->calls, &c->qnode);
+    e->stats.queued++;
+    return 0;
+}
+
+/* Takes the first call of the flow whose turn it is in `cls` (that flow's
+ * turn then goes to the next), or NULL. */
+static struct call *dequeue(struct stoke_engine *e, enum call_class cls)
+{
+    if (stoke_list_empty(&e->ring[cls]))
+        return NULL;
+    struct flow *f = stoke_container_of(stoke_list_first(&e->ring[cls]), struct flow, ring);
+    struct call *c = stoke_container_of(stoke_list_first(&f->calls), struct call, qnode);
+    stoke_list_remove(&c->qnode);
+    e->stats.queued--;
+    stoke_list_remove(&f->ring);
+    if (!stoke_list_empty(&f->calls)) {
+        stoke_list_insert_tail(&e->ring[cls], &f->ring);
+        return c;
+    }
+    struct flow **pp = &e->flows[f->hash & (e->flows_cap - 1)];
+    while (*pp != f)
+        pp = &(*pp)->hnext;
+    *pp = f->hnext;
+    e->flows_len--;
+    free(f);
+    return c;
+}
+
 /* Starts waiting calls while there is room. One that cannot start gets its
  * callback with the error (it has returned 0 to its caller long ago). */
 static void pump(struct stoke_engine *e)
 {
     while (!e->closing && e->stats.in_flight < e->stats.limit) {
-        struct stoke_list *q = &e->queued[CLASS_URGENT];
-        if (stoke_list_empty(q))
-            q = &e->queued[CLASS_HOUSEKEEPING];
-        if (stoke_list_empty(q))
+        struct call *c = dequeue(e, CLASS_URGENT);
+        if (!c)
+            c = dequeue(e, CLASS_HOUSEKEEPING);
+        if (!c)
             return;
-        struct call *c = stoke_container_of(stoke_list_first(q), struct call, qnode);
-        stoke_list_remove(&c->qnode);
-        e->stats.queued--;
         e->stats.in_flight++;
         if (e->stats.in_flight > e->stats.in_flight_max)
             e->stats.in_flight_max = e->stats.in_flight;
@@ -380,9 +485,10 @@ static int call_start(struct call *c)
     if (!c->watch) {
         c->limited = true;
         if (e->stats.in_flight >= e->stats.limit || e->stats.queued > 0) {
-            stoke_list_insert_tail(&e->queued[call_class(c->op)], &c->qnode);
-            e->stats.queued++;
-            return 0;
+            int r = enqueue(e, c);
+            if (r < 0)
+                call_free(c);
+            return r;
         }
         e->stats.in_flight++;
         if (e->stats.in_flight > e->stats.in_flight_max)
@@ -483,7 +589,7 @@ int stoke_engine_new(uv_loop_t *loop, const char *docker_host, struct stoke_engi
     e->timeout_ms = ENGINE_DEFAULT_TIMEOUT_MS;
     e->stats.limit = ENGINE_DEFAULT_MAX_INFLIGHT;
     for (int k = 0; k < CLASSES; k++)
-        stoke_list_init(&e->queued[k]);
+        stoke_list_init(&e->ring[k]);
     r = stoke_curluv_new(loop, &e->cu);
     if (r < 0) {
         free(e);
@@ -514,18 +620,37 @@ void stoke_engine_close(struct stoke_engine *e, void (*on_closed)(void *data), v
      * CURLE_ABORTED_BY_CALLBACK: each callback sees -ECANCELED before this
      * returns. */
     for (int k = 0; k < CLASSES; k++) {
-        while (!stoke_list_empty(&e->queued[k])) {
-            struct call *c =
-                stoke_container_of(stoke_list_first(&e->queued[k]), struct call, qnode);
+        struct call *c;
+        while ((c = dequeue(e, (enum call_class)k))) {
             struct stoke_engine_result res = {.err = -ECANCELED, .message = "engine client closed"};
-            stoke_list_remove(&c->qnode);
-            e->stats.queued--;
             count_call(c, res.err);
             c->cb(&res, c->data);
             call_free(c);
         }
     }
+    free(e->flows);
+    e->flows = NULL;
+    e->flows_cap = 0;
     stoke_curluv_close(e->cu, on_cu_closed, e);
+}
+
+unsigned stoke_engine_cancel_housekeeping(struct stoke_engine *e)
+{
+    unsigned n = 0;
+    struct call *c;
+    while ((c = dequeue(e, CLASS_HOUSEKEEPING))) {
+        struct stoke_engine_result res = {.err = -ECANCELED, .message = "engine call cancelled"};
+        count_call(c, res.err);
+        c->cb(&res, c->data);
+        call_free(c);
+        n++;
+    }
+    return n;
+}
+
+void stoke_engine_next_key(struct stoke_engine *e, const char *key)
+{
+    (void)snprintf(e->next_key, sizeof(e->next_key), "%s", key ? key : "");
 }
 
 void stoke_engine_set_max_inflight(struct stoke_engine *e, unsigned n)

@@ -215,6 +215,12 @@ struct backend_ops {
     /* The backend's own metric families (Prometheus text), appended. */
     int (*metrics)(struct backend *b, struct stoke_buf *out);
 
+    /* Optional. At a shutdown that stops waiting: removals and stops not
+     * yet sent end with -ECANCELED (their callbacks run first), later ones
+     * are refused with -ECANCELED; what wakes a paused replica (the
+     * engine's unpause) goes on, so that none is left frozen. */
+    void (*abandon)(struct backend *b);
+
     /* Aborts what is in flight (callbacks run with -ECANCELED) and frees
      * the backend once its handles have closed. */
     void (*close)(struct backend *b);

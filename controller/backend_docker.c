@@ -37,6 +37,7 @@ struct docker {
     bool freezer_ok;    /* idle replicas are frozen through their cgroup */
     bool fallback_said; /* the engine's pause was used instead: said once */
     bool usage_warned;  /* a replica's cgroup was not found: said once */
+    bool abandoned;     /* dk_abandon(): no more removals or stops */
 };
 
 /* What the backend keeps of each replica (backend_replica.priv). */
@@ -137,6 +138,7 @@ static int engine_call(struct dreplica *p,
                        int (*call)(struct stoke_engine *, const char *, stoke_engine_cb, void *),
                        stoke_engine_cb done, backend_cb cb, void *data)
 {
+    stoke_engine_next_key(p->d->engine, p->r->function);
     int e = call(p->d->engine, p->r->id, done, p);
     if (e == 0)
         op_arm(p, cb, data);
@@ -281,6 +283,7 @@ static int dk_create(struct backend *b, struct backend_replica *r, const struct 
         .pids = s->resources.pids,
         .read_only_rootfs = s->read_only_rootfs,
     };
+    stoke_engine_next_key(d->engine, r->function);
     e = stoke_engine_create(d->engine, &cfg, on_created, p);
     if (e == 0)
         op_arm(p, cb, data);
@@ -327,6 +330,7 @@ static int pause_by_engine(struct dreplica *p, int why)
                    "instead; waking will take the engine's unpause (said once)",
                    p->r->id);
     d->fallback_said = d->fallback_said || d->freezer_ok;
+    stoke_engine_next_key(d->engine, p->r->function);
     return stoke_engine_pause(d->engine, p->r->id, on_engine_paused, p);
 }
 
@@ -363,6 +367,7 @@ static int dk_freeze(struct backend *b, struct backend_replica *r, backend_cb cb
     if (!p)
         return -ENOMEM;
     /* The pid, for its cgroup; off the request path, like the freeze. */
+    stoke_engine_next_key(d->engine, r->function);
     int e = d->freezer_ok ? stoke_engine_inspect(d->engine, r->id, on_freeze_inspected, p) : -1;
     if (e < 0)
         e = pause_by_engine(p, d->freezer_ok ? e : -ENOTSUP);
@@ -407,10 +412,35 @@ static int dk_stop(struct backend *b, struct backend_replica *r, unsigned grace_
     if (!p)
         return -ENOMEM;
     thaw_before_engine(p);
+    if (p->d->abandoned)
+        return -ECANCELED;
+    stoke_engine_next_key(p->d->engine, r->function);
     int e = stoke_engine_stop(p->d->engine, r->id, grace_s, on_stopped, p);
     if (e == 0)
         op_arm(p, cb, data);
     return e;
+}
+
+static int remove_container(struct dreplica *p)
+{
+    if (p->d->abandoned)
+        return -ECANCELED;
+    /* Force: SIGKILL. The reconciler drained it first. */
+    stoke_engine_next_key(p->d->engine, p->r->function);
+    return stoke_engine_remove(p->d->engine, p->r->id, true, on_engine_done, p);
+}
+
+/* The engine's unpause before its removal: an urgent call, ahead of every
+ * removal waiting, so that a shutdown cut short leaves none paused. */
+static void on_unpaused_to_remove(const struct stoke_engine_result *res, void *data)
+{
+    struct dreplica *p = data;
+    if (res->err == 0)
+        p->engine_paused = false;
+    int e = remove_container(p);
+    if (e < 0)
+        op_done(p, e, e == -ECANCELED ? "shutdown cut short" : "cannot remove", NULL,
+                BACKEND_OTHER);
 }
 
 static int dk_remove(struct backend *b, struct backend_replica *r, backend_cb cb, void *data)
@@ -418,12 +448,26 @@ static int dk_remove(struct backend *b, struct backend_replica *r, backend_cb cb
     struct dreplica *p = dreplica_get(to_docker(b), r);
     if (!p)
         return -ENOMEM;
+    /* Even after dk_abandon(): none is left frozen. */
     thaw_before_engine(p);
-    /* Force: SIGKILL. The reconciler drained it first. */
-    int e = stoke_engine_remove(p->d->engine, r->id, true, on_engine_done, p);
+    int e;
+    if (p->engine_paused) {
+        stoke_engine_next_key(p->d->engine, r->function);
+        e = stoke_engine_unpause(p->d->engine, r->id, on_unpaused_to_remove, p);
+    } else {
+        e = remove_container(p);
+    }
     if (e == 0)
         op_arm(p, cb, data);
     return e;
+}
+
+static void dk_abandon(struct backend *b)
+{
+    struct docker *d = to_docker(b);
+    d->abandoned = true;
+    unsigned n = stoke_engine_cancel_housekeeping(d->engine);
+    stoke_debug(NULL, "%u engine calls not sent", n);
 }
 
 /* A running container may be one we froze before a restart: the engine
@@ -576,6 +620,7 @@ static int dk_remove_listed(struct backend *b, const struct backend_listed *l, b
     struct cb_op *op = cb_op_new(cb, data);
     if (!op)
         return -ENOMEM;
+    stoke_engine_next_key(to_docker(b)->engine, l->function);
     int e = stoke_engine_remove(to_docker(b)->engine, l->id, true, on_forward, op);
     if (e < 0)
         free(op);
@@ -787,6 +832,7 @@ static const struct backend_ops docker_ops = {
     .thaw = dk_thaw,
     .stop = dk_stop,
     .remove = dk_remove,
+    .abandon = dk_abandon,
     .inspect = dk_inspect,
     .note = dk_note,
     .forget = dk_forget,

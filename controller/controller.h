@@ -18,8 +18,13 @@
 struct hub;
 struct probe;
 
-/* The backend is listed this often, for what its watch missed. */
+/* The backend is listed this often, for what its watch missed, while no
+ * watch is open (and pinged this often always); while one is, the list is
+ * a fallback for a stream that stays open but misses events, and is rare:
+ * a list of a thousand containers costs the engine. A watch that (re)opens
+ * lists at once. */
 #define CTRL_CHECK_PERIOD_MS 5000
+#define CTRL_CHECK_WATCHED_MS 60000
 
 struct ctrl_config {
     const char *functions_dir;
@@ -165,8 +170,10 @@ struct ctrl {
      * use the shares they had (see replica_grant()). */
     uint64_t shares_settle_ms; /* start + CTRL_SHARES_SETTLE_MS */
     uv_timer_t tick;
-    uint64_t last_check_ms;
+    uint64_t last_check_ms; /* the last list's */
+    uint64_t last_ping_ms;
     bool checking;          /* a list for ctrl_check_replicas() is in flight */
+    bool check_again;       /* asked for while one was: a list once it is back */
     uv_timer_t watch_timer; /* reopens the backend's watch */
     uint32_t watch_failures;
     uint64_t watch_since_ms; /* the stream (re)opened */
@@ -184,6 +191,10 @@ struct ctrl {
      * adopt (Kubernetes: a restart or a new leader) instead of removing
      * them. */
     bool keep_on_stop;
+    /* Shutdown's progress: replicas with a container when it began, those
+     * removed since, and whether it stopped waiting (ctrl_shutdown_now()). */
+    unsigned shutdown_total, shutdown_removed;
+    bool shutdown_cut;
     struct kubefn *kubefn; /* the Kubernetes backend's specs, or NULL */
 };
 
@@ -233,6 +244,11 @@ int ctrl_adopt(struct ctrl *c, int (*load)(struct ctrl *c), void (*done)(struct 
 /* Retires every replica (for shutdown); cb when the last is removed.
  * Frozen replicas are thawed first. */
 void ctrl_shutdown(struct ctrl *c, void (*cb)(struct ctrl *c));
+/* After ctrl_shutdown(): stops waiting for the removals not yet sent (a
+ * second signal, the shutdown deadline); those in flight and the wakes of
+ * paused replicas go on, so that no replica is left frozen. The rest are
+ * left for the next controller (it adopts or removes them). */
+void ctrl_shutdown_now(struct ctrl *c);
 /* A change the backend's watch saw of one of this instance's replicas. */
 void ctrl_on_event(struct ctrl *c, const struct backend_event *ev);
 /* What `idle` does for the function on this backend (its spec's, unless the

@@ -1,7 +1,9 @@
 /* The functions directory: every *.yaml / *.yml file in it is one function
- * spec. Changes are noticed through inotify (uv_fs_event) and, as a
- * fallback for events that get lost, a periodic rescan; a file is re-read
- * only when its inode, size or mtime changed. The admin API writes and
+ * spec. Changes are noticed through inotify (uv_fs_event), which names the
+ * file: only that one is read again; as a fallback for events that get
+ * lost, a periodic rescan of the whole directory (every 30 s while inotify
+ * watches, 2 s while not); a file is re-read only when its inode, size or
+ * mtime changed. The admin API writes and
  * removes files through the queued operations of fnset.h. */
 #include "fnset.h"
 
@@ -21,7 +23,12 @@
 
 #define DEBOUNCE_MS 50
 #define RESCAN_MS 2000
+/* While inotify watches, it names each file that changed and only those
+ * are read again; the whole directory is rescanned this rarely. */
+#define RESCAN_WATCHED_MS 30000
 #define MAX_FILES 10000
+/* Files named by events within one debounce; past it, a full rescan. */
+#define MAX_PENDING 64
 
 struct fnfile {
     char name[NAME_MAX + 1];
@@ -48,6 +55,12 @@ struct fnset {
     struct stoke_list ops;    /* struct fnset_op.node, queued in arrival order */
     struct fnset_op *running; /* the head, its file work on the thread pool */
     bool rescan_wanted;       /* a rescan came while an operation ran */
+    uint64_t last_full_ms;    /* the last fnset_rescan() */
+    /* The files inotify named since the debounce began; a full rescan if
+     * it named none (overflow) or too many. */
+    char pending[MAX_PENDING][NAME_MAX + 1];
+    size_t n_pending;
+    bool pending_all;
 };
 
 static bool has_spec_suffix(const char *name)
@@ -130,6 +143,56 @@ static void load_file(struct fnset *fs, struct fnfile *f, const char *path)
 
 static void ops_next(struct fnset *fs);
 
+/* A new entry for file `name`, all else zero; NULL when out of memory. */
+static struct fnfile *file_add(struct fnset *fs, const char *name)
+{
+    struct fnfile *n = realloc(fs->files, (fs->n_files + 1) * sizeof(*n));
+    if (!n)
+        return NULL;
+    fs->files = n;
+    struct fnfile *f = &fs->files[fs->n_files++];
+    memset(f, 0, sizeof(*f));
+    snprintf(f->name, sizeof(f->name), "%s", name);
+    return f;
+}
+
+/* Reads file `name` of the directory again if it changed, as a rescan
+ * does. Returns its entry, or NULL when it is no (readable, regular) spec
+ * file now or there is no room. */
+static struct fnfile *consider(struct fnset *fs, const char *name)
+{
+    char path[PATH_MAX];
+    struct stat st;
+    if (snprintf(path, sizeof(path), "%s/%s", fs->dir, name) >= (int)sizeof(path) ||
+        stat(path, &st) < 0 || !S_ISREG(st.st_mode))
+        return NULL;
+    struct fnfile *f = file_find(fs, name);
+    if (!f) {
+        f = fs->n_files < MAX_FILES ? file_add(fs, name) : NULL;
+        if (!f)
+            return NULL;
+    } else if (unchanged(f, &st)) {
+        return f;
+    }
+    f->dev = st.st_dev;
+    f->ino = st.st_ino;
+    f->size = st.st_size;
+    f->mtime = st.st_mtim;
+    load_file(fs, f, path);
+    return f;
+}
+
+/* Forgets entry `f` (its file is gone), and its function unless another
+ * file defines it. */
+static void file_drop(struct fnset *fs, struct fnfile *f)
+{
+    char fn[sizeof(f->fn)];
+    memcpy(fn, f->fn, sizeof(fn));
+    *f = fs->files[--fs->n_files];
+    if (fn[0] && !owner_of(fs, fn, NULL))
+        ctrl_function_delete(fs->c, fn);
+}
+
 void fnset_rescan(struct fnset *fs)
 {
     if (fs->running) {
@@ -146,6 +209,7 @@ void fnset_rescan(struct fnset *fs)
         return;
     }
     fs->dir_missing_logged = false;
+    fs->last_full_ms = uv_now(fs->c->loop);
     for (size_t i = 0; i < fs->n_files; i++)
         fs->files[i].seen = false;
 
@@ -153,60 +217,64 @@ void fnset_rescan(struct fnset *fs)
     while ((de = readdir(d)) != NULL) {
         if (!has_spec_suffix(de->d_name))
             continue;
-        char path[PATH_MAX];
-        struct stat st;
-        if (snprintf(path, sizeof(path), "%s/%s", fs->dir, de->d_name) >= (int)sizeof(path) ||
-            stat(path, &st) < 0 || !S_ISREG(st.st_mode))
-            continue;
-        struct fnfile *f = file_find(fs, de->d_name);
-        if (!f) {
-            if (fs->n_files >= MAX_FILES)
-                continue;
-            struct fnfile *n = realloc(fs->files, (fs->n_files + 1) * sizeof(*n));
-            if (!n)
-                continue;
-            fs->files = n;
-            f = &fs->files[fs->n_files++];
-            memset(f, 0, sizeof(*f));
-            snprintf(f->name, sizeof(f->name), "%s", de->d_name);
-        } else if (unchanged(f, &st)) {
+        struct fnfile *f = consider(fs, de->d_name);
+        if (f)
             f->seen = true;
-            continue;
-        }
-        f->seen = true;
-        f->dev = st.st_dev;
-        f->ino = st.st_ino;
-        f->size = st.st_size;
-        f->mtime = st.st_mtim;
-        load_file(fs, f, path);
     }
     closedir(d);
 
     for (size_t i = 0; i < fs->n_files;) {
         struct fnfile *f = &fs->files[i];
-        if (f->seen) {
+        if (f->seen)
             i++;
-            continue;
-        }
-        char fn[sizeof(f->fn)];
-        memcpy(fn, f->fn, sizeof(fn));
-        fs->files[i] = fs->files[--fs->n_files];
-        if (fn[0] && !owner_of(fs, fn, NULL))
-            ctrl_function_delete(fs->c, fn);
+        else
+            file_drop(fs, f);
     }
 }
 
+/* The files inotify named, each read again (or forgotten, when gone): the
+ * cost of a change does not grow with the number of functions. */
 static void on_debounce(uv_timer_t *t)
 {
-    fnset_rescan(t->data);
+    struct fnset *fs = t->data;
+    bool all = fs->pending_all || fs->running;
+    size_t n = fs->n_pending;
+    fs->pending_all = false;
+    fs->n_pending = 0;
+    if (all) {
+        fnset_rescan(fs);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const char *name = fs->pending[i];
+        struct fnfile *f = consider(fs, name);
+        struct fnfile *old = f ? NULL : file_find(fs, name);
+        if (old)
+            file_drop(fs, old);
+    }
 }
 
 static void on_dir_event(uv_fs_event_t *h, const char *filename, int events, int status)
 {
     struct fnset *fs = h->data;
-    (void)filename;
     (void)events;
-    (void)status;
+    if (status < 0 || !filename) {
+        fs->pending_all = true; /* the queue overflowed, or no name */
+    } else if (has_spec_suffix(filename)) {
+        size_t i = 0;
+        while (i < fs->n_pending && strcmp(fs->pending[i], filename) != 0)
+            i++;
+        if (i == fs->n_pending) {
+            if (fs->n_pending < MAX_PENDING)
+                snprintf(fs->pending[fs->n_pending++], NAME_MAX + 1, "%s", filename);
+            else
+                fs->pending_all = true;
+        }
+    } else if (filename[0] == '.') {
+        return; /* a temp file beside one being written: no spec changed */
+    } else {
+        fs->pending_all = true; /* another file, or the directory itself */
+    }
     /* Editors write in several steps; read once they are done. */
     uv_timer_start(&fs->debounce, on_debounce, DEBOUNCE_MS, 0);
 }
@@ -217,7 +285,8 @@ static void on_rescan(uv_timer_t *t)
     if (!fs->watching) {
         fs->watching = uv_fs_event_start(&fs->watch, on_dir_event, fs->dir, 0) == 0;
     }
-    fnset_rescan(fs);
+    if (!fs->watching || uv_now(fs->c->loop) - fs->last_full_ms >= RESCAN_WATCHED_MS)
+        fnset_rescan(fs);
 }
 
 int fnset_new(struct ctrl *c, const char *dir, struct fnset **ret)
@@ -442,15 +511,10 @@ static struct fnfile *file_record(struct fnset *fs, const char *name, const char
                                   const struct stat *st)
 {
     struct fnfile *f = file_find(fs, name);
-    if (!f) {
-        struct fnfile *n = realloc(fs->files, (fs->n_files + 1) * sizeof(*n));
-        if (!n)
-            return NULL;
-        fs->files = n;
-        f = &fs->files[fs->n_files++];
-        memset(f, 0, sizeof(*f));
-        snprintf(f->name, sizeof(f->name), "%s", name);
-    }
+    if (!f)
+        f = file_add(fs, name);
+    if (!f)
+        return NULL;
     f->dev = st->st_dev;
     f->ino = st->st_ino;
     f->size = st->st_size;

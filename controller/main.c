@@ -39,6 +39,11 @@ static uint64_t lease_ms = 15000;
 static struct stoke_kube_elector *elector;
 static bool leading;
 static uv_timer_t release_timer;
+/* Shutdown: its progress, said every SHUTDOWN_SAY_MS, and its deadline. */
+static uv_timer_t shutdown_timer;
+static uint64_t shutdown_timeout_ms = 80000;
+static uint64_t shutdown_began_ms;
+#define SHUTDOWN_SAY_MS 2000
 static unsigned without;
 static char *channel_token; /* --channel-token-file's; hub_new() copies it */
 static struct fnset *fnset;
@@ -71,6 +76,9 @@ static void usage(FILE *f)
             "                        the default) or engine (the engine's pause/unpause)\n"
             "  --engine-concurrency N  engine calls in flight at most (default 16); more\n"
             "                        wait, cold starts' before housekeeping (stop, remove)\n"
+            "  --shutdown-timeout DUR  on SIGTERM, stop waiting for removals after this\n"
+            "                        (default 80s; a second SIGTERM too): none is left\n"
+            "                        frozen, the rest stay for the next controller\n"
             "  --backend-without CAPS  act as a backend without these: a comma list of\n"
             "                        freeze, stop, precreate, cgroups (idle tiers then\n"
             "                        degrade as on a backend that lacks them)\n"
@@ -178,11 +186,12 @@ static void on_tick(uv_timer_t *t)
     if (c->kubefn)
         kubefn_write_status(c->kubefn);
     uint64_t now = uv_now(c->loop);
-    if (now - c->last_check_ms >= CTRL_CHECK_PERIOD_MS) {
-        c->last_check_ms = now;
-        ctrl_check_replicas(c);
+    if (now - c->last_ping_ms >= CTRL_CHECK_PERIOD_MS) {
+        c->last_ping_ms = now;
         health_ping(c);
     }
+    if (now - c->last_check_ms >= (c->watching ? CTRL_CHECK_WATCHED_MS : CTRL_CHECK_PERIOD_MS))
+        ctrl_check_replicas(c);
     ctrl_push_settled_raises(c);
 }
 
@@ -235,8 +244,17 @@ static void on_release_timer(uv_timer_t *t)
 
 static void on_stopped(struct ctrl *c)
 {
-    stoke_info(NULL, c->keep_on_stop ? "replicas left running for the next controller; exiting"
-                                     : "all replicas removed; exiting");
+    if (c->keep_on_stop)
+        stoke_info(NULL, "replicas left running for the next controller; exiting");
+    else if (c->shutdown_cut)
+        stoke_info(NULL,
+                   "removed %u of %u replicas; the others left for the next controller (none "
+                   "frozen); exiting",
+                   c->shutdown_removed, c->shutdown_total);
+    else
+        stoke_info(NULL, "all %u replicas removed (%u by this shutdown); exiting",
+                   c->shutdown_total, c->shutdown_removed);
+    uv_close((uv_handle_t *)&shutdown_timer, NULL);
     kubefn_close(c->kubefn);
     c->kubefn = NULL;
     /* Before the fnset: the API forgets the changes it still waits for. */
@@ -267,15 +285,42 @@ static void on_stopped(struct ctrl *c)
     uv_close((uv_handle_t *)&sigterm, NULL);
 }
 
+static void shutdown_cut(struct ctrl *c, const char *why)
+{
+    if (c->shutdown_cut || c->keep_on_stop)
+        return;
+    stoke_info(NULL, "%s: not waiting for the other removals; removed %u of %u replicas", why,
+               c->shutdown_removed, c->shutdown_total);
+    ctrl_shutdown_now(c);
+}
+
+static void on_shutdown_timer(uv_timer_t *t)
+{
+    struct ctrl *c = t->data;
+    if (uv_now(c->loop) - shutdown_began_ms >= shutdown_timeout_ms) {
+        shutdown_cut(c, "shutdown deadline");
+        return;
+    }
+    if (!c->keep_on_stop && !c->shutdown_cut)
+        stoke_info(NULL, "removed %u of %u replicas", c->shutdown_removed, c->shutdown_total);
+}
+
 static void on_signal(uv_signal_t *s, int signum)
 {
     (void)s;
-    if (ctrl.stopping)
+    if (ctrl.stopping) {
+        char why[32];
+        (void)snprintf(why, sizeof(why), "signal %d again", signum);
+        shutdown_cut(&ctrl, why);
         return;
+    }
     stoke_info(NULL, "signal %d: %s and shutting down", signum,
                ctrl.keep_on_stop ? "leaving the replicas running" : "removing replicas");
     api_stop_streams(api);
     uv_timer_stop(&ctrl.tick);
+    shutdown_began_ms = uv_now(ctrl.loop);
+    uint64_t say = SHUTDOWN_SAY_MS < shutdown_timeout_ms ? SHUTDOWN_SAY_MS : shutdown_timeout_ms;
+    uv_timer_start(&shutdown_timer, on_shutdown_timer, say, say);
     ctrl_shutdown(&ctrl, on_stopped);
 }
 
@@ -578,6 +623,7 @@ int main(int argc, char **argv)
         O_LEASE_DURATION,
         O_IDENTITY,
         O_ENGINE_CONC,
+        O_SHUTDOWN_TIMEOUT,
     };
     static const struct option opts[] = {
         {"functions-dir", required_argument, NULL, O_DIR},
@@ -589,6 +635,7 @@ int main(int argc, char **argv)
         {"log-level", required_argument, NULL, O_LOG},
         {"pause-with", required_argument, NULL, O_PAUSE},
         {"engine-concurrency", required_argument, NULL, O_ENGINE_CONC},
+        {"shutdown-timeout", required_argument, NULL, O_SHUTDOWN_TIMEOUT},
         {"ops-listen", required_argument, NULL, O_OPS},
         {"admin-socket", required_argument, NULL, O_ADMIN_SOCKET},
         {"admin-listen", required_argument, NULL, O_ADMIN_LISTEN},
@@ -652,6 +699,11 @@ int main(int argc, char **argv)
             break;
         case O_READY:
             r = stoke_parse_duration(optarg, &c->cfg.ready_timeout_ms);
+            break;
+        case O_SHUTDOWN_TIMEOUT:
+            r = stoke_parse_duration(optarg, &shutdown_timeout_ms);
+            if (r == 0 && shutdown_timeout_ms == 0)
+                r = -EINVAL;
             break;
         case O_LOG:
             r = stoke_log_level_parse(optarg, &level);
@@ -853,6 +905,8 @@ int main(int argc, char **argv)
     }
     uv_timer_init(c->loop, &c->tick);
     c->tick.data = c;
+    uv_timer_init(c->loop, &shutdown_timer);
+    shutdown_timer.data = c;
     ctrl_watch_init(c);
     uv_signal_init(c->loop, &sigint);
     uv_signal_init(c->loop, &sigterm);

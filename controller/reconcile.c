@@ -389,6 +389,8 @@ static void on_removed(const struct backend_result *res, void *data)
                    r->br.id, r->remove_tries, res->message);
     else
         stoke_debug(r->fn->spec.name, "replica %.12s removed", r->br.id);
+    if (r->fn->ctrl->stopping && (res->err == 0 || res->err == -ENOENT))
+        r->fn->ctrl->shutdown_removed++;
     replica_free(r);
 }
 
@@ -404,7 +406,10 @@ static void replica_remove_container(struct replica *r)
     struct backend *be = r->fn->ctrl->be;
     int e = be->ops->remove(be, &r->br, on_removed, r);
     if (e < 0) {
-        stoke_warn(r->fn->spec.name, e, "cannot remove replica %.12s", r->br.id);
+        if (e == -ECANCELED)
+            stoke_debug(r->fn->spec.name, "replica %.12s left (shutdown cut short)", r->br.id);
+        else
+            stoke_warn(r->fn->spec.name, e, "cannot remove replica %.12s", r->br.id);
         replica_free(r);
         return;
     }
@@ -1391,6 +1396,12 @@ static void on_checked(const struct backend_result *res, const struct backend_li
     uint64_t sent = ck->sent_ms;
     free(ck);
     c->checking = false;
+    if (c->check_again && !c->stopping) {
+        /* Asked for after this one was sent (the watch reopened): what this
+         * one says is older than the events missed; the next one tells. */
+        c->check_again = false;
+        ctrl_check_replicas(c);
+    }
     if (res->err < 0 || c->stopping) {
         if (res->err < 0 && res->err != -ECANCELED)
             stoke_warn(NULL, res->err,
@@ -1424,8 +1435,11 @@ static void on_checked(const struct backend_result *res, const struct backend_li
 void ctrl_check_replicas(struct ctrl *c)
 {
     /* One list at a time: a slow backend answers late, not many times. */
-    if (c->checking)
+    c->last_check_ms = uv_now(c->loop);
+    if (c->checking) {
+        c->check_again = true;
         return;
+    }
     struct check *ck = malloc(sizeof(*ck));
     if (!ck)
         return;
@@ -1691,6 +1705,15 @@ void ctrl_shutdown(struct ctrl *c, void (*cb)(struct ctrl *c))
 {
     c->stopping = true;
     c->on_stopped = cb;
+    c->shutdown_total = 0;
+    c->shutdown_removed = 0;
+    for (struct stoke_list *a = c->functions.next; a != &c->functions; a = a->next) {
+        struct function *fn = stoke_container_of(a, struct function, node);
+        for (struct stoke_list *b = fn->replicas.next; b != &fn->replicas; b = b->next)
+            c->shutdown_total += stoke_container_of(b, struct replica, node)->br.id[0] != '\0';
+    }
+    /* Every removal goes at once to the backend, which thaws a frozen
+     * replica first and sends them at its bounded concurrency. */
     for (struct stoke_list *a = c->functions.next; a != &c->functions; a = a->next) {
         struct function *fn = stoke_container_of(a, struct function, node);
         for (struct stoke_list *b = fn->replicas.next; b != &fn->replicas;) {
@@ -1699,5 +1722,15 @@ void ctrl_shutdown(struct ctrl *c, void (*cb)(struct ctrl *c))
             replica_retire(r);
         }
     }
+    shutdown_check(c);
+}
+
+void ctrl_shutdown_now(struct ctrl *c)
+{
+    if (!c->stopping || c->shutdown_cut)
+        return;
+    c->shutdown_cut = true;
+    if (c->be->ops->abandon)
+        c->be->ops->abandon(c->be);
     shutdown_check(c);
 }

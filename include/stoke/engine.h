@@ -180,13 +180,25 @@ struct stoke_engine_stats {
     uint64_t errors[STOKE_ENGINE_OPS];
     /* The work queue: calls other than the event stream and logs count in
      * `limit` (stoke_engine_set_max_inflight()); past it they wait, create,
-     * start, unpause and the reads first, then pause, stop, remove and list,
-     * each kind in the order made. */
+     * start, unpause and the reads first, then pause, stop, remove and list.
+     * Within each of the two, the keys (stoke_engine_next_key()) take turns,
+     * one call each, and one key's calls go in the order made. */
     unsigned limit;
     unsigned in_flight;     /* now */
     unsigned in_flight_max; /* the most at once since the engine was made */
     unsigned queued;        /* waiting now */
 };
+
+/* The fairness key (a function's name; NULL or "" for none, one shared
+ * key) of the next call made on `e`, after which it is "" again; its first
+ * 63 bytes count. See struct stoke_engine_stats. */
+void stoke_engine_next_key(struct stoke_engine *e, const char *key);
+
+/* Ends every housekeeping call still waiting for a place (pause, stop,
+ * remove, list) with -ECANCELED, its callback run before this returns (it
+ * may make calls; housekeeping ones made there wait again). Calls in flight
+ * and urgent ones go on. Returns how many ended. */
+unsigned stoke_engine_cancel_housekeeping(struct stoke_engine *e);
 
 /* At most `n` calls in flight (at least 1; default 16): more wait, see
  * struct stoke_engine_stats. */

@@ -1231,6 +1231,58 @@ static void test_work_queue_limit_and_priority(void **state)
     assert_int_equal(st.in_flight_max, LIMIT);
 }
 
+enum { FAIR_A = 200 };
+
+static bool fair_done(void *arg)
+{
+    const struct queued_probe *p = arg;
+    for (size_t i = 0; i <= FAIR_A; i++) {
+        if (!p[i].done)
+            return false;
+    }
+    return true;
+}
+
+/* Within a class the keys take turns: 200 removals queued for function A
+ * before one for B leave B's the second place after the one in flight, not
+ * the last. Without keys B's would finish 201st. */
+static void test_work_queue_fair(void **state)
+{
+    struct fixture *f = *state;
+    static struct queued_probe p[FAIR_A + 1];
+    struct stoke_engine_stats st;
+    int order = 0;
+    char id[96];
+
+    stoke_engine_set_max_inflight(f->e, 1);
+    memset(p, 0, sizeof(p));
+    g_in_call = true;
+    for (size_t i = 0; i <= FAIR_A; i++) {
+        p[i].e = f->e;
+        p[i].order = &order;
+        (void)snprintf(id, sizeof(id), "stoke-enginetest-%s-absent-%zu", g_run, i);
+        stoke_engine_next_key(f->e, i < FAIR_A ? "fn-a" : "fn-b");
+        assert_int_equal(stoke_engine_remove(f->e, id, true, on_queued_probe, &p[i]), 0);
+    }
+    g_in_call = false;
+    stoke_engine_stats(f->e, &st);
+    assert_int_equal(st.in_flight, 1);
+    assert_int_equal(st.queued, FAIR_A);
+
+    wait_until(f, fair_done, p);
+    for (size_t i = 0; i <= FAIR_A; i++)
+        assert_int_equal(p[i].err, -ENOENT);
+    /* A's first in flight, then A's second (its flow's turn came first),
+     * then B's. */
+    assert_true(p[FAIR_A].at <= 2);
+    /* One key's calls keep their order. */
+    for (size_t i = 1; i < FAIR_A; i++)
+        assert_true(p[i].at > p[i - 1].at);
+    stoke_engine_stats(f->e, &st);
+    assert_int_equal(st.queued, 0);
+    assert_int_equal(st.in_flight_max, 1);
+}
+
 /* Calls waiting for a place end with -ECANCELED at close, like those in
  * flight, before close returns. */
 static void test_work_queue_close(void **state)
@@ -1652,6 +1704,7 @@ int main(void)
         cmocka_unit_test(test_event_parse_hostile),
         cmocka_unit_test_setup_teardown(test_ping, setup, teardown),
         cmocka_unit_test_setup_teardown(test_work_queue_limit_and_priority, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_work_queue_fair, setup, teardown),
         cmocka_unit_test_setup_teardown(test_work_queue_close, setup, teardown),
         cmocka_unit_test_setup_teardown(test_image_inspect_present, setup, teardown),
         cmocka_unit_test_setup_teardown(test_image_inspect_missing, setup, teardown),
