@@ -56,12 +56,13 @@ import random
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "../tests/e2e"))
-from harness import Stoke, containers, spec_text, terminate  # noqa: E402
+from harness import Stoke, containers, spec_text  # noqa: E402
 
 SAMPLE_S = 10
 GROUPS = [
@@ -234,6 +235,18 @@ def write_specs(s, names, rev):
     for fn, group in names:
         scale = dict(BASE_SCALE, **dict(GROUPS)[group])
         s.write_file(fn + ".yaml", spec_text(fn, scale=scale, env={"SOAK_REV": rev}))
+
+
+def terminate(proc, wait_s=120):
+    """SIGTERM, then SIGKILL after `wait_s` (the controller removes every
+    replica first, which takes a while on a slow engine)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(wait_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 class Interrupted(Exception):
