@@ -75,6 +75,8 @@ struct replica {
     uint64_t unrouted_gen;     /* the route generation without it */
     uint64_t created_ms;       /* created, or last woken */
     uint64_t ready_ms;         /* became ready, or 0 */
+    uint64_t settled_ms;       /* its last create, start or thaw finished (a list sent
+                                * before may not show it as it is) */
     bool to_idle;              /* retiring into the warm tier, not removed */
     bool precreate;            /* R_CREATING: stays created, is not started */
     bool exited;               /* the backend said it exited while a call was in flight */

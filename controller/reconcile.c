@@ -561,6 +561,7 @@ static void on_started(const struct backend_result *res, void *data)
 {
     struct replica *r = data;
     r->op_pending = false;
+    r->settled_ms = uv_now(r->fn->ctrl->loop);
     if (res->err < 0) {
         replica_failed(r, res->err, "%s: %s",
                        strcmp(r->woke_from, "unpause") == 0 ? "unpause" : "start", res->message);
@@ -606,6 +607,7 @@ static void on_created(const struct backend_result *res, void *data)
 {
     struct replica *r = data;
     r->op_pending = false;
+    r->settled_ms = uv_now(r->fn->ctrl->loop);
     if (res->err < 0) {
         replica_failed(r, res->err, "create: %s", res->message);
         return;
@@ -1415,8 +1417,12 @@ static void on_checked(const struct backend_result *res, const struct backend_li
             struct replica *r = stoke_container_of(b, struct replica, node);
             b = b->next;
             /* Only replicas that were in their state before the list was
-             * asked for, and with no call in flight. */
-            if (r->op_pending || r->created_ms >= sent || r->br.id[0] == '\0')
+             * asked for, and with no call in flight: a create, start or thaw
+             * the engine finished after (a slow engine, or one queued behind
+             * the limit) may be missing from the list, a created replica not
+             * listed, a running one listed as stopped. */
+            if (r->op_pending || r->created_ms >= sent || r->settled_ms >= sent ||
+                r->br.id[0] == '\0')
                 continue;
             const struct backend_listed *l = list_find(items, n, r->br.id);
             if (r->state == R_READY || r->state == R_PROBING) {
