@@ -14,13 +14,7 @@ set -eu
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 . "$ROOT/bench/lib.sh"
 
-if [ -z "${STOKE_BUILD_DIR:-}" ]; then
-    cmake -S "$ROOT" -B "$ROOT/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-    cmake --build "$ROOT/build" -j "$(nproc)" >/dev/null
-    STOKE_BUILD_DIR=$ROOT/build
-fi
-export STOKE_BUILD_DIR
-docker image inspect "${STOKE_HELLO_IMAGE:-stoke-hello:1}" >/dev/null 2>&1 || "$ROOT/deploy/build-example.sh"
+bench_build
 
 # soak.py's containers carry io.stoke.instance=e2e-$STOKE_E2E_RUN-soak-<its pid>: should it
 # die without removing them (SIGKILL), they are found by that prefix here.
