@@ -346,8 +346,8 @@ static int on_update(struct ctl *ctl, const char *line, size_t len)
     size_t entries = u.n_routes + u.n_removed;
     uint64_t gen = u.gen;
     proxy_update_routes(ctl->px, &u);
-    stoke_debug(NULL, "route update %llu (%zu entries): %zu functions", (unsigned long long)gen,
-                entries, proxy_functions(ctl->px));
+    stoke_debug(NULL, "route update %llu (%zu entries) for %s: %zu functions",
+                (unsigned long long)gen, entries, ctl->id, proxy_functions(ctl->px));
     count_applied(ctl, METRICS_ROUTE_UPDATE, entries, len, t0);
     ctl_drain_changed(ctl);
     return 0;
@@ -384,7 +384,8 @@ static int on_line(char *line, size_t len, void *data)
         ctl->backoff_ms = BACKOFF_MIN_MS;
     }
     ctl->resyncing = false;
-    stoke_debug(NULL, "route table %llu: %zu functions", (unsigned long long)t.gen, t.n_routes);
+    stoke_debug(NULL, "route table %llu for %s: %zu functions", (unsigned long long)t.gen, ctl->id,
+                t.n_routes);
     size_t entries = t.n_routes;
     if (ctl->px) {
         proxy_set_routes(ctl->px, &t);

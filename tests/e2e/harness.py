@@ -332,15 +332,40 @@ class Stoke:
         """Waits until every worker of activator `name` has applied a route
         table or update leaving it `n` functions, for the `times`-th time
         (each worker applies and logs it on its own)."""
-        self.wait_log(name, ": %d functions" % n, timeout, count=times * self.workers(name))
+        workers = self.workers(name)
+        pattern = re.compile(r'"msg":"route (?:table|update) [^"]* for (\S+): %d functions"' % n)
+
+        def done():
+            seen = {}
+            for w in pattern.findall(self.log(name)):
+                seen[w] = seen.get(w, 0) + 1
+            return len(seen) >= workers and all(c >= times for c in seen.values())
+        self.wait_until(name, done, timeout, "every worker at %d functions (%d times)" % (n, times))
 
     def wait_routed(self, name, timeout=30):
         """Waits until every worker of activator `name` has its first route
         table (until then a worker answers 503), which each logs."""
         deadline = time.time() + timeout
         self.wait_log(name, '"listening on ', timeout)
-        self.wait_log(name, '"msg":"route table ', max(1, deadline - time.time()),
-                      count=self.workers(name))
+        n = self.workers(name)
+        # A worker may get two tables before another gets one: count workers,
+        # not lines ("route table GEN for ID: N functions").
+        self.wait_until(name, lambda: len(set(re.findall(
+            r'"msg":"route table \d+ for (\S+):', self.log(name)))) >= n,
+            max(1, deadline - time.time()), "a route table at each of %d workers" % n)
+
+    def wait_until(self, name, cond, timeout, what):
+        """Waits until cond() holds, failing at the deadline or as soon as
+        process `name` exits."""
+        deadline = time.time() + timeout
+        while not cond():
+            p = self.procs[name]
+            if p.poll() is not None:
+                raise AssertionError("%s exited (%s):\n%s" % (name, p.returncode, self.log(name)))
+            if time.time() > deadline:
+                raise AssertionError("no %s in the %s log after %ss:\n%s"
+                                     % (what, name, timeout, self.log(name)))
+            time.sleep(0.02)
 
     def add_activator(self, name, controller=None):
         """Starts another activator on its own port (and ops port), given
