@@ -34,7 +34,9 @@ static const char schema[] =
     " created_ms INTEGER NOT NULL, due_ms INTEGER NOT NULL, lease_ms INTEGER NOT NULL,"
     " finished_ms INTEGER NOT NULL, status INTEGER NOT NULL, resp_headers BLOB, resp_body BLOB,"
     " condition TEXT NOT NULL);"
-    "CREATE INDEX IF NOT EXISTS calls_fn_state ON calls(fn, state, created_ms);";
+    "CREATE INDEX IF NOT EXISTS calls_fn_state ON calls(fn, state, created_ms);"
+    /* The ended calls whose X-Callback-Url has not taken the result yet. */
+    "CREATE TABLE IF NOT EXISTS callbacks(id TEXT PRIMARY KEY);";
 
 int ev_db_open(const char *path, sqlite3 **ret, char *err, size_t errsize)
 {
@@ -413,4 +415,49 @@ void ev_store_close(struct ev_store *s)
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->cond);
     uv_close((uv_handle_t *)&s->async, on_store_closed);
+}
+
+/* Runs one statement with `id` bound as ?1. */
+static int exec_id(sqlite3 *db, const char *sql, const char *id)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return -EIO;
+    return step_done(st, bind_text(st, 1, id));
+}
+
+int ev_db_callback_due(sqlite3 *db, const char *id)
+{
+    return exec_id(db, "INSERT OR IGNORE INTO callbacks(id) VALUES(?1)", id);
+}
+
+int ev_db_callback_done(sqlite3 *db, const char *id)
+{
+    return exec_id(db, "DELETE FROM callbacks WHERE id=?1", id);
+}
+
+int ev_db_list_callbacks(sqlite3 *db, void (*cb)(struct ev_call *c, void *data), void *data)
+{
+    sqlite3_stmt *st = NULL;
+    /* (calls deleted meanwhile, by retention or a purge, take theirs along) */
+    if (sqlite3_exec(db, "DELETE FROM callbacks WHERE id NOT IN (SELECT id FROM calls)", NULL, NULL,
+                     NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(db,
+                           "SELECT " COLUMNS " FROM calls WHERE id IN (SELECT id FROM callbacks)"
+                           " ORDER BY finished_ms, id",
+                           -1, &st, NULL) != SQLITE_OK)
+        return -EIO;
+    int rc, r = 0;
+    while (r == 0 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        struct ev_call *c = row_call(st);
+        if (!c)
+            r = -ENOMEM;
+        else
+            cb(c, data);
+    }
+    if (r == 0 && rc != SQLITE_DONE)
+        r = -EIO;
+    sqlite3_finalize(st);
+    return r;
 }
