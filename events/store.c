@@ -226,6 +226,24 @@ int ev_db_get(sqlite3 *db, const char *id, struct ev_call **ret)
     return r;
 }
 
+/* Steps `st` (when r is 0), calling `cb` with each row's call, and
+ * finalizes it. Returns r, -ENOMEM or -EIO. */
+static int each_call(sqlite3_stmt *st, int r, void (*cb)(struct ev_call *c, void *data), void *data)
+{
+    int rc = SQLITE_DONE;
+    while (r == 0 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        struct ev_call *c = row_call(st);
+        if (!c)
+            r = -ENOMEM;
+        else
+            cb(c, data);
+    }
+    if (r == 0 && rc != SQLITE_DONE)
+        r = -EIO;
+    sqlite3_finalize(st);
+    return r;
+}
+
 int ev_db_list(sqlite3 *db, const char *fn, int state, size_t limit,
                void (*cb)(struct ev_call *c, void *data), void *data)
 {
@@ -239,18 +257,7 @@ int ev_db_list(sqlite3 *db, const char *fn, int state, size_t limit,
     int rc = bind_text(st, 1, fn);
     rc |= sqlite3_bind_int(st, 2, state);
     rc |= sqlite3_bind_int64(st, 3, limit > INT64_MAX ? INT64_MAX : (sqlite3_int64)limit);
-    int r = rc == SQLITE_OK ? 0 : -EIO;
-    while (r == 0 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
-        struct ev_call *c = row_call(st);
-        if (!c)
-            r = -ENOMEM;
-        else
-            cb(c, data);
-    }
-    if (r == 0 && rc != SQLITE_DONE)
-        r = -EIO;
-    sqlite3_finalize(st);
-    return r;
+    return each_call(st, rc == SQLITE_OK ? 0 : -EIO, cb, data);
 }
 
 int ev_db_delete(sqlite3 *db, const char *fn, int state, int64_t before_ms)
@@ -448,16 +455,5 @@ int ev_db_list_callbacks(sqlite3 *db, void (*cb)(struct ev_call *c, void *data),
                            " ORDER BY finished_ms, id",
                            -1, &st, NULL) != SQLITE_OK)
         return -EIO;
-    int rc, r = 0;
-    while (r == 0 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
-        struct ev_call *c = row_call(st);
-        if (!c)
-            r = -ENOMEM;
-        else
-            cb(c, data);
-    }
-    if (r == 0 && rc != SQLITE_DONE)
-        r = -EIO;
-    sqlite3_finalize(st);
-    return r;
+    return each_call(st, 0, cb, data);
 }
