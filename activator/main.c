@@ -99,7 +99,8 @@ static void usage(FILE *f)
         "                           peers whose X-Forwarded-For, Forwarded and\n"
         "                           X-Real-IP are passed on (default none: they\n"
         "                           are replaced or dropped)\n"
-        "  --events IP:PORT         stoke-events' ingest: async invocations (Prefer:\n"
+        "  --events HOST:PORT       stoke-events' ingest (an IP, or a name looked up\n"
+        "                           every 5 s): async invocations (Prefer:\n"
         "                           respond-async, /async-function/<name>/) and\n"
         "                           /_stoke/calls/ go there (default none: the\n"
         "                           header is ignored, the prefix answered 501)\n"
@@ -343,7 +344,7 @@ int main(int argc, char **argv)
         {NULL, 0, NULL, 0},
     };
     struct proxy_config cfg;
-    struct ctl_targets ctl_targets;
+    struct ctl_targets ctl_targets, ctl_events;
     struct stoke_route_table routes = {.gen = 0};
     bool use_ctl = true;
     const char *token_file = NULL, *events_token_file = NULL;
@@ -391,9 +392,16 @@ int main(int argc, char **argv)
             token_file = optarg;
             break;
         case O_EVENTS:
+            /* An IP literal, or a name (a Service's) resolved again and again. */
             r = stoke_addr_parse(optarg, &cfg.events);
             if (r == 0 && cfg.events.is_unix)
                 r = -EINVAL;
+            if (r < 0 && strncmp(optarg, "unix:", 5) != 0 && strchr(optarg, ',') == NULL &&
+                ctl_parse_targets(optarg, &ctl_events) == 0) {
+                memcpy(cfg.events_host, ctl_events.t[0].host, sizeof(cfg.events_host));
+                memcpy(cfg.events_port, ctl_events.t[0].port, sizeof(cfg.events_port));
+                r = 0;
+            }
             cfg.has_events = r == 0;
             break;
         case O_EVENTS_TOKEN:

@@ -4,6 +4,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -252,7 +253,10 @@ struct proxy {
     struct stoke_list active; /* functions with traffic since the last stats report */
     uint64_t stats_ns;        /* the last stats report (uv_hrtime()) */
     uint64_t apply_seq;
-    struct fn *events_fn; /* cfg.has_events: stoke-events, outside the table */
+    struct fn *events_fn;    /* cfg.has_events: stoke-events, outside the table */
+    uv_timer_t events_timer; /* cfg.events_host: resolved again on it */
+    uv_getaddrinfo_t events_gai;
+    bool events_resolved;
     struct stoke_list clients;
     uint32_t n_clients;
     struct stoke_list free_rqs; /* struct request, ready for the next request */
@@ -491,6 +495,7 @@ static void dispatch(struct client *c);
 static void upstream_close(struct upstream *up);
 static void upstream_failed(struct upstream *up, int err);
 static void kick(struct fn *fn);
+static void proxy_handle_closed(struct proxy *px);
 static void client_linger(struct client *c);
 static void client_drive(struct client *c);
 static void timer_start(struct client *c, uv_timer_cb cb, uint64_t ms);
@@ -847,9 +852,9 @@ static struct fn *fn_new(struct proxy *px, const char *name)
 
 /* stoke-events as a function of its own, outside the table (so neither
  * routed by name nor reported to the controller): one replica, its ingest
- * address, no concurrency limit. Its metrics read function="_events".
- * Returns 0 or -ENOMEM. */
-static int events_fn_new(struct proxy *px)
+ * address (none while a name has not been resolved yet), no concurrency
+ * limit. Its metrics read function="_events". Returns 0 or -ENOMEM. */
+static int events_route(struct proxy *px)
 {
     struct stoke_route r;
     memset(&r, 0, sizeof(r));
@@ -858,18 +863,69 @@ static int events_fn_new(struct proxy *px)
     r.queue_max = 10000;
     r.queue_timeout_ms = 10 * 1000;
     r.endpoints = &px->cfg.events;
-    r.n_endpoints = 1;
+    r.n_endpoints = px->cfg.events_host[0] && !px->events_resolved ? 0 : 1;
     stoke_async_defaults(&r.async);
-    struct fn *fn = fn_new(px, r.name);
-    if (!fn)
-        return -ENOMEM;
-    fn->internal = true;
-    if (fn_update(fn, &r) < 0) {
-        fn_unref(fn);
-        return -ENOMEM;
+    struct fn *fn = px->events_fn;
+    if (!fn) {
+        fn = fn_new(px, r.name);
+        if (!fn)
+            return -ENOMEM;
+        fn->internal = true;
+        px->events_fn = fn;
     }
-    px->events_fn = fn;
+    if (fn_update(fn, &r) < 0)
+        return -ENOMEM;
+    if (fn->queued > 0)
+        kick(fn);
     return 0;
+}
+
+static void on_events_timer(uv_timer_t *t);
+
+/* The first address of cfg.events_host becomes stoke-events' replica when
+ * it differs from the one in use (a Service's ClusterIP stays; a name
+ * that lists pods, as the test cluster's stand-in does, moves with its
+ * pod). A failed lookup keeps the address in use. */
+static void on_events_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    struct proxy *px = req->data;
+    if (!px->closing) {
+        struct stoke_addr a;
+        memset(&a, 0, sizeof(a));
+        if (status == 0 && res && res->ai_addrlen <= sizeof(a.ss))
+            memcpy(&a.ss, res->ai_addr, res->ai_addrlen);
+        if (status < 0 || !res) {
+            stoke_debug(NULL, "stoke-events name %s: %s", px->cfg.events_host, uv_strerror(status));
+        } else if (!px->events_resolved || !addr_equal(&a, &px->cfg.events)) {
+            char f[80];
+            stoke_addr_format(&a, f, sizeof(f));
+            px->cfg.events = a;
+            px->events_resolved = true;
+            if (events_route(px) < 0)
+                stoke_error(NULL, -ENOMEM, "stoke-events address update dropped");
+            else if (px->worker == 0)
+                stoke_info(NULL, "stoke-events %s is at %s", px->cfg.events_host, f);
+        }
+        uv_timer_start(&px->events_timer, on_events_timer, PROXY_EVENTS_RESOLVE_MS, 0);
+    }
+    uv_freeaddrinfo(res);
+    proxy_handle_closed(px);
+}
+
+static void on_events_timer(uv_timer_t *t)
+{
+    struct proxy *px = t->data;
+    const struct addrinfo hints = {
+        .ai_family = AF_UNSPEC,
+        .ai_socktype = SOCK_STREAM,
+        .ai_flags = AI_NUMERICSERV,
+    };
+    px->events_gai.data = px;
+    if (uv_getaddrinfo(px->loop, &px->events_gai, on_events_resolved, px->cfg.events_host,
+                       px->cfg.events_port, &hints) == 0)
+        px->handles++; /* the request holds the proxy until its callback */
+    else
+        uv_timer_start(&px->events_timer, on_events_timer, PROXY_EVENTS_RESOLVE_MS, 0);
 }
 
 /* Sets function `r` (found by name, or added) from its route. Returns it,
@@ -2041,8 +2097,6 @@ static void request_reset(struct request *rq)
 }
 
 /* ---- request state: the worker's free list ------------------------------ */
-
-static void proxy_handle_closed(struct proxy *px);
 
 static void on_request_closed(uv_handle_t *h)
 {
@@ -3693,7 +3747,12 @@ int proxy_new(uv_loop_t *loop, const struct proxy_config *cfg, const struct prox
     limits_set_wake(px->limits, px->worker, &px->wake);
     px->handles = 4;
 
-    int r = cfg->has_events ? events_fn_new(px) : 0;
+    uv_timer_init(loop, &px->events_timer);
+    px->events_timer.data = px;
+    px->handles++;
+    int r = cfg->has_events ? events_route(px) : 0;
+    if (r == 0 && cfg->has_events && cfg->events_host[0])
+        uv_timer_start(&px->events_timer, on_events_timer, 0, 0);
     if (r == 0)
         r = cfg->reuse_port
                 ? bind_reuseport(&px->listener, &cfg->listen)
@@ -3749,6 +3808,7 @@ void proxy_close(struct proxy *px, void (*on_closed)(void *data), void *data)
     uv_close((uv_handle_t *)&px->listener, on_proxy_handle_closed);
     uv_close((uv_handle_t *)&px->drain, on_proxy_handle_closed);
     uv_close((uv_handle_t *)&px->refused, on_proxy_handle_closed);
+    uv_close((uv_handle_t *)&px->events_timer, on_proxy_handle_closed);
     limits_set_wake(px->limits, px->worker, NULL); /* no send reaches it after this */
     uv_close((uv_handle_t *)&px->wake, on_proxy_handle_closed);
 }

@@ -49,11 +49,16 @@ struct proxy_config {
     } trusted[PROXY_MAX_TRUSTED];
     size_t n_trusted;
     /* Async invocations (README "Async invocations"): stoke-events' ingest
-     * address (loopback IP:port), where requests with "Prefer:
-     * respond-async" or under /async-function/<name>/, and /_stoke/calls/,
-     * go. has_events false: they get 501. */
+     * address (IP:port), where requests with "Prefer: respond-async" or
+     * under /async-function/<name>/, and /_stoke/calls/, go. has_events
+     * false: they get 501. With events_host set (a DNS name, such as a
+     * Service's), `events` is its address, resolved every
+     * PROXY_EVENTS_RESOLVE_MS on the loop's thread pool (until the first
+     * answer, async calls wait in the queue). */
     struct stoke_addr events;
     bool has_events;
+    char events_host[254];
+    char events_port[6];
     /* Sent to stoke-events with every async call (X-Stoke-Events-Token),
      * which refuses a call without it; borrowed. */
     const char *events_token;
@@ -63,6 +68,8 @@ struct proxy_config {
  * cfg->trusted. Returns 0 or -EINVAL (a bad entry, or more than
  * PROXY_MAX_TRUSTED in all). */
 int proxy_parse_trusted(const char *list, struct proxy_config *cfg);
+
+#define PROXY_EVENTS_RESOLVE_MS 5000
 
 void proxy_config_defaults(struct proxy_config *cfg);
 

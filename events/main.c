@@ -1,7 +1,7 @@
 /* stoke-events: async invocations (README "Async invocations").
  *
  * One libuv loop; the store (store.h) on its own thread. The activator
- * forwards an async request here (--listen, loopback TCP): it is written
+ * forwards an async request here (--listen, TCP, with a token): it is written
  * to the store and answered 202 once the commit is synced. Every call
  * waiting or running is also held in memory, per function, and delivered
  * from there as an ordinary request through the activator (--activator),
@@ -1476,28 +1476,45 @@ static void on_signal(uv_signal_t *s, int signum)
     }
 }
 
+/* "name:port" with a DNS name (a Service's), which libcurl looks up. */
+static bool host_port_ok(const char *s)
+{
+    const char *colon = strrchr(s, ':');
+    uint64_t port;
+    if (!colon || colon == s || colon - s > 100 || stoke_parse_u64(colon + 1, &port) < 0 ||
+        port == 0 || port > 65535)
+        return false;
+    for (const char *p = s; p < colon; p++) {
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+              *p == '-' || *p == '.'))
+            return false;
+    }
+    return true;
+}
+
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: stoke-events [options]\n"
-            "  --listen IP:PORT        ingest, where the activator's --events points\n"
-            "                          (loopback; default " DEFAULT_LISTEN ")\n"
-            "  --token-file FILE       required: the token every async call must carry\n"
-            "                          (X-Stoke-Events-Token; the activator's\n"
-            "                          --events-token-file), the file's first line\n"
-            "  --activator IP:PORT     where calls are delivered (default " DEFAULT_ACTIVATOR ")\n"
-            "  --db FILE               the SQLite store (default " DEFAULT_DB ")\n"
-            "  --admin-socket PATH     admin API for stokectl (mode 0660; default\n"
-            "                          " DEFAULT_ADMIN_SOCKET ")\n"
-            "  --ops-listen ADDR       GET /healthz and /metrics, IP:port or none\n"
-            "                          (default " DEFAULT_OPS ")\n"
-            "  --retention DUR         ended calls are kept this long (default 24h)\n"
-            "  --max-queued N          calls waiting at most, 503 past it (default 100000)\n"
-            "  --max-body-bytes N      largest body taken at all (default 6291456)\n"
-            "  --lease-margin DUR      a running call's lease: the activator's longest\n"
-            "                          time for it plus this (default 30s)\n"
-            "  --log-level LEVEL       debug, info, warn, error (default info)\n"
-            "  -h, --help\n");
+    fprintf(f, "usage: stoke-events [options]\n"
+               "  --listen IP:PORT        ingest, where the activator's --events points\n"
+               "                          (default " DEFAULT_LISTEN "; another address, such\n"
+               "                          as a pod's, is protected by the token alone)\n"
+               "  --token-file FILE       required: the token every async call must carry\n"
+               "                          (X-Stoke-Events-Token; the activator's\n"
+               "                          --events-token-file), the file's first line\n"
+               "  --activator HOST:PORT   where calls are delivered, an IP or a name\n"
+               "                          (default " DEFAULT_ACTIVATOR ")\n"
+               "  --db FILE               the SQLite store (default " DEFAULT_DB ")\n"
+               "  --admin-socket PATH     admin API for stokectl (mode 0660; default\n"
+               "                          " DEFAULT_ADMIN_SOCKET ")\n"
+               "  --ops-listen ADDR       GET /healthz and /metrics, IP:port or none\n"
+               "                          (default " DEFAULT_OPS ")\n"
+               "  --retention DUR         ended calls are kept this long (default 24h)\n"
+               "  --max-queued N          calls waiting at most, 503 past it (default 100000)\n"
+               "  --max-body-bytes N      largest body taken at all (default 6291456)\n"
+               "  --lease-margin DUR      a running call's lease: the activator's longest\n"
+               "                          time for it plus this (default 30s)\n"
+               "  --log-level LEVEL       debug, info, warn, error (default info)\n"
+               "  -h, --help\n");
 }
 
 int main(int argc, char **argv)
@@ -1531,6 +1548,7 @@ int main(int argc, char **argv)
         {0},
     };
     const char *db_path = DEFAULT_DB, *admin_path = DEFAULT_ADMIN_SOCKET, *token_file = NULL;
+    const char *act_name = NULL; /* --activator as a name */
     struct stoke_addr listen_addr, act_addr, ops_addr;
     bool use_ops = true;
     uint64_t max_body = 6 * 1024 * 1024;
@@ -1549,6 +1567,8 @@ int main(int argc, char **argv)
         case O_ACT:
             r = stoke_addr_parse(optarg, &act_addr);
             r = r == 0 && act_addr.is_unix ? -EINVAL : r;
+            act_name = r < 0 && host_port_ok(optarg) ? optarg : NULL;
+            r = act_name ? 0 : r;
             break;
         case O_DB:
             db_path = optarg;
@@ -1595,9 +1615,11 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    /* The token is what protects the ingest, on loopback and, in a pod, on
+     * the pod's address. */
     if (!token_file) {
         fprintf(stderr, "stoke-events: --token-file is required (the token the activator's "
-                        "--events-token-file names)\n");
+                        "--events-token-file names; it protects --listen on any address)\n");
         return 2;
     }
     r = stoke_token_read(token_file, &ingest_token);
@@ -1610,7 +1632,10 @@ int main(int argc, char **argv)
     }
     stoke_log_init("events", level);
     signal(SIGPIPE, SIG_IGN);
-    stoke_addr_format(&act_addr, activator_base + 7, sizeof(activator_base) - 7);
+    if (act_name)
+        snprintf(activator_base + 7, sizeof(activator_base) - 7, "%s", act_name);
+    else
+        stoke_addr_format(&act_addr, activator_base + 7, sizeof(activator_base) - 7);
     memcpy(activator_base, "http://", 7);
     stoke_list_init(&fns);
     stoke_list_init(&cbks);

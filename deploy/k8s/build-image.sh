@@ -1,14 +1,14 @@
 #!/bin/sh
 # Builds stoke's own image (default stoke:<version>, the version in CMakeLists.txt) FROM scratch
 # with no registry and no BuildKit, as deploy/build-example.sh does: stoke-controller,
-# stoke-activator and stokectl from a CMake build, curl (the chart's `helm test` client), exactly
+# stoke-activator, stoke-events and stokectl from a CMake build, curl (the chart's `helm test` client), exactly
 # the shared libraries they load (ldd) and the dynamic loader, and the CA certificates, packed
 # into one root filesystem and imported with `docker import`. It runs as 65532:65532; the chart
 # gives each daemon its command.
 #
 # Usage: build-image.sh [IMAGE]
 #   IMAGE   image name (env STOKE_IMAGE; default stoke:<version>)
-# Env: STOKE_BUILD_DIR  the CMake build dir (default ./build); its three programs are built
+# Env: STOKE_BUILD_DIR  the CMake build dir (default ./build); its four programs are built
 #      first. A sanitizer build is refused (its runtime is not for shipping).
 #      DOCKER (default docker), DOCKER_HOST as usual.
 #
@@ -40,7 +40,7 @@ image=${1:-${STOKE_IMAGE:-stoke:$version}}
 if grep -q '^STOKE_SANITIZE:BOOL=ON' "$build/CMakeCache.txt"; then
     die "$build is a sanitizer build; use a plain one"
 fi
-cmake --build "$build" --target stoke-controller stoke-activator stokectl >/dev/null ||
+cmake --build "$build" --target stoke-controller stoke-activator stoke-events stokectl >/dev/null ||
     die "cannot build the programs in $build"
 curl_bin=$(command -v curl) || die "no curl to put in the image (apt-get install curl)"
 ca=/etc/ssl/certs/ca-certificates.crt
@@ -51,10 +51,10 @@ trap 'rm -rf "$tmp"' EXIT
 trap 'exit 130' INT TERM
 root=$tmp/root
 mkdir -p "$root/usr/bin" "$root/etc/ssl/certs" "$root/etc/stoke/functions" "$root/tmp" \
-    "$root/run/stoke"
+    "$root/run/stoke" "$root/run/stoke-events" "$root/var/lib/stoke-events"
 chmod 1777 "$root/tmp"
 
-for p in stoke-controller stoke-activator stokectl; do
+for p in stoke-controller stoke-activator stoke-events stokectl; do
     cp "$build/$p" "$root/usr/bin/$p"
 done
 cp "$curl_bin" "$root/usr/bin/curl"
@@ -99,7 +99,7 @@ tar --numeric-owner --owner=0 --group=0 --mtime=@0 --sort=name -C "$root" -cf "$
 "$docker" import \
     --change 'CMD ["/usr/bin/stoke-controller", "--help"]' \
     --change "USER $uid:$uid" \
-    --change 'EXPOSE 8080/tcp 9000/tcp 9091/tcp 9092/tcp' \
+    --change 'EXPOSE 8080/tcp 8091/tcp 9000/tcp 9091/tcp 9092/tcp 9093/tcp' \
     --change "LABEL $label=$sum" \
     --change "LABEL org.opencontainers.image.title=stoke" \
     --change "LABEL org.opencontainers.image.version=$version" \

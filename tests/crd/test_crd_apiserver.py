@@ -220,8 +220,19 @@ class TestChart(Base):
         plain = self.render()
         on = self.render(*switches)
         kinds = lambda docs: sorted(d["kind"] for d in docs)  # noqa: E731
-        self.assertEqual(kinds(on), sorted(kinds(plain) + ["NetworkPolicy"] * 3 +
+        self.assertEqual(kinds(on), sorted(kinds(plain) + ["NetworkPolicy"] * 4 +
                                            ["ServiceMonitor", "Ingress"]))
+        # events.enabled=false: no stoke-events object at all, and no activator flag for it.
+        off = self.render("events.enabled=false", *switches)
+        names = lambda docs: sorted("%s/%s" % (d["kind"], d["metadata"]["name"])  # noqa: E731
+                                    for d in docs)
+        self.assertEqual(sorted(set(names(on)) - set(names(off))), [
+            "NetworkPolicy/t-stoke-events", "Pod/t-stoke-test-async",
+            "Secret/t-stoke-events-token", "Service/t-stoke-events", "Service/t-stoke-events-headless",
+            "ServiceAccount/t-stoke-events", "StatefulSet/t-stoke-events"])
+        self.assertFalse([d for d in off if "events" in d["metadata"]["name"]])
+        self.assertNotIn("events", json.dumps([d for d in off if d["kind"] in (
+            "Deployment", "ServiceMonitor", "NetworkPolicy")]))
         (crd,) = [d for d in plain if d["kind"] == "CustomResourceDefinition"]
         self.assertEqual(crd["spec"], self.crd["spec"], "the chart's CRD is files/ unchanged")
         self.assertEqual(crd["metadata"]["annotations"], {"helm.sh/resource-policy": "keep"})
@@ -232,9 +243,10 @@ class TestChart(Base):
         # hostNetwork: every pod of the chart (helm test's too) on the node's network, still
         # resolving cluster names; off by default.
         def pod_specs(docs):
-            return [d["spec"]["template"]["spec"] if d["kind"] == "Deployment" else d["spec"]
-                    for d in docs if d["kind"] in ("Deployment", "Pod")]
-        self.assertEqual(len(pod_specs(on)), 3)  # controller, activator, helm test's pod
+            return [d["spec"]["template"]["spec"] if d["kind"] != "Pod" else d["spec"]
+                    for d in docs if d["kind"] in ("Deployment", "StatefulSet", "Pod")]
+        # controller, activator, stoke-events, helm test's two pods
+        self.assertEqual(len(pod_specs(on)), 5)
         for pod in pod_specs(on):
             self.assertEqual((pod["hostNetwork"], pod["dnsPolicy"]),
                              (True, "ClusterFirstWithHostNet"))
@@ -242,7 +254,7 @@ class TestChart(Base):
             self.assertNotIn("hostNetwork", pod)
             self.assertNotIn("dnsPolicy", pod)
         for d in plain:
-            if d["kind"] != "Deployment":
+            if d["kind"] not in ("Deployment", "StatefulSet"):
                 continue
             pod = d["spec"]["template"]["spec"]
             self.assertTrue(pod["securityContext"]["runAsNonRoot"])
@@ -273,7 +285,8 @@ class TestChart(Base):
                      "svc/s1-stoke-activator 8080:80", "helm test s1 -n stoke",
                      "Lease s1-stoke-controller"):
             self.assertIn(line, notes)
-        want = {"controller": 2, "activator": 2}
+        # stoke-events' pod is made too (its claim stays Pending: no PersistentVolume here).
+        want = {"controller": 2, "activator": 2, "events": 1}
         pods = {}
         deadline = time.monotonic() + 60
         while pods != want:
@@ -308,23 +321,29 @@ class TestChart(Base):
                                "--as=system:serviceaccount:stoke:s1-stoke-controller",
                                check=False)
             self.assertEqual(r.stdout.strip(), want, f"controller {verb} {res}")
-        for verb, res in (("get", "pods"), ("get", "secrets"), ("list", "functions.stoke.dev")):
-            r = self.c.kubectl("auth", "can-i", verb, res, "-n", "stoke",
-                               "--as=system:serviceaccount:stoke:s1-stoke-activator",
-                               check=False)
-            self.assertEqual(r.stdout.strip(), "no", f"activator {verb} {res}")
+        for sa in ("activator", "events"):
+            for verb, res in (("get", "pods"), ("get", "secrets"),
+                              ("list", "functions.stoke.dev")):
+                r = self.c.kubectl("auth", "can-i", verb, res, "-n", "stoke",
+                                   "--as=system:serviceaccount:stoke:s1-stoke-" + sa,
+                                   check=False)
+                self.assertEqual(r.stdout.strip(), "no", f"{sa} {verb} {res}")
+        ev_token = self.c.admin.get("/api/v1/namespaces/stoke/secrets/s1-stoke-events-token")[
+            "data"]["token"]
         # Upgrade: the token is looked up and kept.
         self.helm("upgrade", "s1", CHART, "-n", "stoke", *sets, "--set",
                   "activator.replicas=3")
         secret = self.c.admin.get("/api/v1/namespaces/stoke/secrets/s1-stoke-channel-token")
         self.assertEqual(secret["data"]["token"], token)
+        secret = self.c.admin.get("/api/v1/namespaces/stoke/secrets/s1-stoke-events-token")
+        self.assertEqual(secret["data"]["token"], ev_token)
         dep = self.c.admin.get("/apis/apps/v1/namespaces/stoke/deployments/s1-stoke-activator")
         self.assertEqual(dep["spec"]["replicas"], 3)
         # `helm test`'s hooks (a Function and the calling pod) pass the server's checks too.
         hooks = self.helm("template", "s1", CHART, "-n", "stoke", "--show-only",
                           "templates/tests/test-call.yaml").stdout
         r = self.c.kubectl("apply", "--dry-run=server", "-n", "stoke", "-f", "-", input=hooks)
-        self.assertEqual(r.stdout.count("(server dry run)"), 2, r.stdout)
+        self.assertEqual(r.stdout.count("(server dry run)"), 3, r.stdout)
         # hostNetwork (the test cluster's switch) is what Pod Security "restricted" refuses.
         hooks = self.helm("template", "s1", CHART, "-n", "stoke", "--show-only",
                           "templates/tests/test-call.yaml", "--set", "hostNetwork=true").stdout

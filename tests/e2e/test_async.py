@@ -546,5 +546,40 @@ def test_callback_owed_survives_a_kill_9():
         srv.server_close()
 
 
+def test_ingest_on_any_address_with_the_token_and_names():
+    """As in a pod (the Helm chart): --listen on 0.0.0.0 (allowed: the token
+    protects it; without --token-file stoke-events refuses to start), the
+    activator's --events and stoke-events' --activator as names (a
+    Service's there; localhost here)."""
+    port = free_port()
+    p = subprocess.run([os.path.join(BUILD, "stoke-events"), "--listen", "0.0.0.0:%d" % port,
+                        "--db", "/nonexistent/events.db"], capture_output=True, timeout=30)
+    assert p.returncode == 2 and b"--token-file is required" in p.stderr, p
+    a = Async("async-g")
+    i = a.s.activator_args.index("--events")
+    a.s.activator_args[i + 1] = "localhost:%d" % a.events_port
+    a.s.start()
+    a.s._spawn("events", [
+        os.path.join(BUILD, "stoke-events"), "--listen", "0.0.0.0:%d" % a.events_port,
+        "--activator", "localhost:%d" % a.s.port, "--db", a.db, "--admin-socket", a.sock,
+        "--ops-listen", "127.0.0.1:%d" % a.ops_port, "--token-file", a.token_file])
+    a.s.wait_log("events", '"listening on 0.0.0.0:%d' % a.events_port, 20)
+    assert "delivering to http://localhost:%d" % a.s.port in a.s.log("events")
+    a.deploy("any", scale={"min": 1, "initial": 1})
+    a.s.wait_log("activator", "stoke-events localhost is at", 20)
+    r = a.call("any", "/async/0")
+    assert r.status == 202, r
+    st = a.wait_state(r.headers["X-Call-Id"], ("succeeded",), 60)
+    assert st["response"]["status"] == 200 and "hi from any" in st["response"]["body"], st
+    # Without the token, the ingest on every address refuses the call.
+    import http.client
+    c = http.client.HTTPConnection("127.0.0.1", a.events_port, timeout=10)
+    c.request("POST", "/async/0", body=b"", headers={"X-Stoke-Function": "any"})
+    r = c.getresponse()
+    assert r.status == 401, (r.status, r.read())
+    c.close()
+    a.s.stop()
+
+
 if __name__ == "__main__":
     run_tests(globals())

@@ -83,7 +83,7 @@ def test_config():
 def test_programs_start():
     if sanitized():
         raise Skip(SANITIZED)
-    for prog in ("stoke-controller", "stoke-activator", "stokectl"):
+    for prog in ("stoke-controller", "stoke-activator", "stoke-events", "stokectl"):
         r = docker("run", "--rm", *RESTRICTED, IMAGE, "/usr/bin/" + prog, "--help",
                    check=False)
         assert r.returncode == 0, (prog, r.returncode, r.stderr)

@@ -21,7 +21,8 @@ NodeRestriction judge it):
   command/args, the service account token from the TokenRequest API (bound to the pod,
   rotated at 80% of its life) with ca.crt and namespace (the projected volume the
   ServiceAccount admission plugin adds), secret/configMap/downwardAPI/projected/emptyDir/
-  hostPath volumes, KUBERNETES_SERVICE_HOST/PORT = the API server on 127.0.0.1;
+  hostPath volumes and persistentVolumeClaims bound to a `local` PersistentVolume (its
+  directory), KUBERNETES_SERVICE_HOST/PORT = the API server on 127.0.0.1;
 - securityContext: runAsUser/runAsGroup/runAsNonRoot/fsGroup/supplementalGroups,
   readOnlyRootFilesystem, capabilities, allowPrivilegeEscalation, privileged, seccomp;
   resources limits (memory, cpu) and cpu requests;
@@ -41,8 +42,9 @@ NodeRestriction judge it):
   matches, or, for a headless Service (clusterIP: None), after EVERY ready pod's IP (one line
   each: what cluster DNS answers for it). A Service whose port differs from its targetPort is
   therefore not reachable on its port: this is a stand-in for kube-proxy and DNS, not either;
-- fsGroup: secret, configMap, downwardAPI, projected and emptyDir volumes are chowned to the
-  group and made group-readable (emptyDir group-writable), as the kubelet does.
+- fsGroup: secret, configMap, downwardAPI, projected, emptyDir and claimed `local` volumes
+  are chowned to the group and made group-readable (emptyDir and claims group-writable), as
+  the kubelet does.
 
 Every container it creates is labelled with its run id, node and owner (pid and start time
 of this process); on SIGTERM it removes them all, and a stand-in starting (or any that is
@@ -731,6 +733,8 @@ class PodWorker(threading.Thread):
                 path = v["hostPath"]["path"]
                 if v["hostPath"].get("type") == "DirectoryOrCreate":
                     os.makedirs(path, exist_ok=True)
+            elif "persistentVolumeClaim" in v:
+                path = self.claim_path(v["persistentVolumeClaim"]["claimName"])
             elif "secret" in v:
                 s = v["secret"]
                 self.write_files(path, self.keyed_files(self.obj_data(
@@ -773,9 +777,33 @@ class PodWorker(threading.Thread):
                 raise ConfigError("ContainerCreating", "volume %s: type %s is not supported by "
                                   "the stand-in kubelet" % (name, [k for k in v if k != "name"]))
             if "hostPath" not in v:
-                self.set_ownership(path, readonly="emptyDir" not in v)
+                self.set_ownership(path, readonly="emptyDir" not in v and
+                                   "persistentVolumeClaim" not in v)
             vols[name] = path
         self.volumes = vols
+
+    def claim_path(self, claim):
+        """The directory of the `local` PersistentVolume that the real PV controller bound
+        `claim` to (ContainerCreating until it is bound), as the kubelet's local volume plugin
+        mounts it; the Node authorizer lets a node read only the claims of its pods and their
+        volumes. Other PV types are not supported."""
+        pvc = self.get_obj("persistentvolumeclaims", claim)
+        if pvc is None:
+            raise ConfigError("ContainerCreating", 'persistentvolumeclaim "%s" not found' % claim)
+        pv_name = pvc["spec"].get("volumeName")
+        if (pvc.get("status") or {}).get("phase") != "Bound" or not pv_name:
+            raise ConfigError("ContainerCreating", 'persistentvolumeclaim "%s" is not bound'
+                              % claim)
+        st, pv = self.kl.api.request("GET", "/api/v1/persistentvolumes/" + pv_name)
+        if st != 200:
+            raise ConfigError("ContainerCreating", "cannot get persistentvolume %s: %s"
+                              % (pv_name, st))
+        path = (pv["spec"].get("local") or {}).get("path")
+        if not path or not os.path.isdir(path):
+            raise ConfigError("ContainerCreating", "persistentvolume %s: only a `local` volume "
+                              "with an existing directory is supported by the stand-in kubelet"
+                              % pv_name)
+        return path
 
     def set_ownership(self, path, readonly):
         """The pod's fsGroup owns the volume, as the kubelet's SetVolumeOwnership does: group

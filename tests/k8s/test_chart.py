@@ -3,21 +3,27 @@ kube-controller-manager: Deployments, ReplicaSets, garbage collection) and the k
 stand-in (pods as containers on the local Docker engine, 127.0.0.x pod IPs).
 
 stoke's image is built locally (deploy/k8s/build-image.sh, under a name of this run; no
-registry) and `helm install` of charts/stoke runs the controller (two pods, a Lease) and the
-activators (two pods) from it, under the chart's own ServiceAccounts, Role and channel-token
-Secret: a permission the chart lacks, a flag a daemon refuses, a volume it cannot read fail
-here. The one value set for the test cluster is `hostNetwork=true` (the stand-in's bridge
-pods cannot reach loopback addresses: the API server, pod IPs), plus the image's name and
-`activator.service.port=8080` (the stand-in's Services reach a pod only on its targetPort).
+registry) and `helm install` of charts/stoke runs the controller (two pods, a Lease), the
+activators (two pods) and stoke-events (a StatefulSet's pod, its store on a PersistentVolumeClaim)
+from it, under the chart's own ServiceAccounts, Role and token Secrets: a permission the chart
+lacks, a flag a daemon refuses, a volume it cannot read fail here. The one value set for the
+test cluster is `hostNetwork=true` (the stand-in's bridge pods cannot reach loopback addresses:
+the API server, pod IPs), plus the image's name, `activator.service.port=8080` (the stand-in's
+Services reach a pod only on its targetPort) and `events.persistence.storageClass` naming the
+`local` PersistentVolume this test makes (no dynamic provisioner here: the real PV controller
+binds the StatefulSet's claim to it, and the stand-in mounts its directory).
 
 Then: the README's example Function applied with kubectl has 0 pods, its first request
 through an activator pod gets 200 from a pod the controller created; 100 concurrent requests
 at zero (over both activator pods) all get 200 from one cold start; load scales the example
-up and idle scales it back to 0 pods with no failed request; `helm test` passes; the
+up and idle scales it back to 0 pods with no failed request; `helm test` passes (with an
+async call); async calls through the activator pods (202, then their state through the
+Location) are still there, ended or queued, after stoke-events' pod is deleted and made again
+on the same claim, and the queued one is delivered by the new pod; the
 leader's container killed with SIGKILL (the stand-in restarts it, as a kubelet would) and
 then the leader's pod deleted hand the Lease over with no failed request and no duplicate
-pod; `kubectl delete function` removes its pods; `helm uninstall` leaves no pod and no
-container. Prints the cold start from zero through the chart's pods (median of 10).
+pod; `kubectl delete function` removes its pods; no daemon logged a 403; `helm uninstall`
+leaves no pod and no container (and the claim, as documented). Prints the cold start from zero through the chart's pods (median of 10).
 
 Needs the binaries of tests/k8s/build.sh (built when missing) and stoke-hello:1
 (deploy/build-example.sh); fails, never skips, without them.
@@ -27,6 +33,7 @@ Run: STOKE_BUILD_DIR=build python3 tests/k8s/test_chart.py [test_name ...]   (ct
 import http.client
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -49,6 +56,8 @@ EXAMPLE = os.path.join(ROOT, "deploy", "examples", "hello", "hello.yaml")  # the
 NS = "stoke-chart"
 RELEASE = "stoke"  # fullname "stoke": stoke-controller, stoke-activator, ...
 STOKE_IMAGE = ("stoke-chart-%d" % os.getpid(), "1")
+STORAGE_CLASS = "stoke-chart-local"  # the class of the PersistentVolume made for the test
+EVENTS_PVC = "data-%s-events-0" % RELEASE
 C = None
 S = {}
 
@@ -130,6 +139,20 @@ def call(fn, path="", i=0, timeout=90):
         c.close()
 
 
+def request(method, path, i=0, headers=None, body=None, timeout=60):
+    """`method` `path` through activator pod i % 2: (status, headers, body)."""
+    ip = S["activators"][i % len(S["activators"])]
+    c = http.client.HTTPConnection(ip, 8080, timeout=timeout)
+    try:
+        c.request(method, path, body=body, headers=headers or {})
+        r = c.getresponse()
+        return r.status, dict(r.getheaders()), r.read().decode(errors="replace")
+    except (OSError, http.client.HTTPException) as e:
+        return 0, {}, "%s: %s" % (type(e).__name__, e)
+    finally:
+        c.close()
+
+
 def containers(pod, name):
     """The engine's containers of one container of a pod (every attempt)."""
     return kubelet.Docker().list({kubelet.L_RUN: C.run_id, kubelet.L_POD: NS + "/" + pod,
@@ -166,10 +189,10 @@ def wait_channels(leader):
 
 
 def dump():
-    for name in ("controller", "activator"):
+    for name in ("controller", "activator", "events"):
         for k, v in sorted(daemon_logs(name).items()):
             print("---- %s ----\n%s" % (k, v[-4000:]), flush=True)
-    print(kubectl("get", "pods,fn,lease", "-n", NS, "-o", "wide", check=False).stdout)
+    print(kubectl("get", "pods,fn,lease,pvc,pv", "-n", NS, "-o", "wide", check=False).stdout)
 
 
 class Load:
@@ -237,6 +260,19 @@ def setup():
     C = kcluster.Cluster().start()
     C.add_node()
     C.create_namespace(NS)
+    # stoke-events' volume: a `local` PersistentVolume on the node (a directory), which the
+    # real PV controller binds to the StatefulSet's claim (by its class; no StorageClass
+    # object, so binding is immediate).
+    path = os.path.join(C.dir, "pv-events")
+    os.makedirs(path)
+    C.admin.call("POST", "/api/v1/persistentvolumes", {
+        "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "stoke-events"},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                 "persistentVolumeReclaimPolicy": "Retain", "storageClassName": STORAGE_CLASS,
+                 "local": {"path": path},
+                 "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                     {"key": "kubernetes.io/hostname", "operator": "In",
+                      "values": [C.nodes[0]]}]}]}}}}, ok=(201,))
 
 
 def teardown():
@@ -254,7 +290,8 @@ def test_1_install_runs_the_chart_pods_from_the_local_image():
              "--set", "hostNetwork=true",
              "--set", "image.repository=%s" % STOKE_IMAGE[0], "--set-string",
              "image.tag=%s" % STOKE_IMAGE[1], "--set", "image.pullPolicy=Never",
-             "--set", "activator.service.port=8080", check=False)
+             "--set", "activator.service.port=8080",
+             "--set", "events.persistence.storageClass=" + STORAGE_CLASS, check=False)
     if r.returncode != 0:
         dump()
         raise AssertionError("helm install: %s%s" % (r.stdout, r.stderr))
@@ -277,11 +314,25 @@ def test_1_install_runs_the_chart_pods_from_the_local_image():
             assert info["Config"]["Image"] == image, info["Config"]["Image"]
             assert info["Config"]["User"] == "65532:65532", info["Config"]["User"]
             assert info["HostConfig"]["ReadonlyRootfs"], info["HostConfig"]
+    # stoke-events: the StatefulSet's one pod, its own ServiceAccount, its store on the claim
+    # bound to the test's PersistentVolume, owned by the chart's user (fsGroup).
+    (ev,) = component("events")
+    assert is_ready(ev) and ev["spec"]["serviceAccountName"] == "stoke-events", ev["spec"]
+    assert ev["metadata"]["ownerReferences"][0]["kind"] == "StatefulSet", ev["metadata"]
+    assert ev["metadata"]["name"] == "%s-events-0" % RELEASE
+    (c,) = [c for c in containers(ev["metadata"]["name"], "events") if c["State"] == "running"]
+    info = kubelet.Docker().inspect(c["Id"])
+    assert info["Config"]["User"] == "65532:65532" and info["HostConfig"]["ReadonlyRootfs"], info
+    pvc = C.admin.get("/api/v1/namespaces/%s/persistentvolumeclaims/%s" % (NS, EVENTS_PVC))
+    assert pvc["status"]["phase"] == "Bound" and pvc["spec"]["volumeName"] == "stoke-events", pvc
+    db = os.path.join(C.dir, "pv-events", "events.db")
+    assert os.path.exists(db) and os.stat(db).st_uid == 65532, db
+    S["events_pod"] = ev["metadata"]["uid"]
     # Only the controller's ServiceAccount token is mounted.
     ctl = component("controller")[0]
     assert any(v.get("projected") for v in ctl["spec"]["volumes"]), ctl["spec"]["volumes"]
-    act = component("activator")[0]
-    assert not any(v.get("projected") for v in act["spec"]["volumes"]), act["spec"]["volumes"]
+    for p in (component("activator")[0], ev):
+        assert not any(v.get("projected") for v in p["spec"]["volumes"]), p["spec"]["volumes"]
     # One leader, the other follows; both activators on the leader's channel, found
     # through the controllers' headless Service.
     names = {p["metadata"]["name"] for p in component("controller")}
@@ -383,9 +434,86 @@ def test_5_helm_test_passes():
         dump()
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Phase:          Succeeded" in r.stdout, r.stdout
+    assert "stoke-test-async" in r.stdout, r.stdout
     # Its hooks are gone (hook-succeeded), its Function's pods with them.
     kapi.wait_for(lambda: not [p for p in sel_pods("app.kubernetes.io/component=test")] and
                   not fn_pods("test-stoke"), 120, "helm test's pods gone")
+
+
+def call_state(location, i=0, timeout=60):
+    """The state of an async call, read through activator pod i (retried while stoke-events
+    is not there: a new pod, the activators' next look-up of its Service)."""
+    def get():
+        st, _, body = request("GET", location, i)
+        return json.loads(body) if st == 200 else None
+    return kapi.wait_for(get, timeout, "the state of " + location)
+
+
+def wait_call(location, states, timeout):
+    return kapi.wait_for(lambda: (lambda st: st if st["state"] in states else None)(
+        call_state(location)), timeout, "%s to be %s" % (location, states))
+
+
+def events_metric(name, fn):
+    """A stoke-events metric on its pod's ops port (what the ServiceMonitor scrapes)."""
+    (ev,) = [p for p in component("events") if is_ready(p)]
+    c = http.client.HTTPConnection(ev["status"]["podIP"], 9093, timeout=10)
+    try:
+        c.request("GET", "/metrics")
+        text = c.getresponse().read().decode()
+    finally:
+        c.close()
+    m = re.search(r'^%s\{function="%s"\} (\S+)$' % (name, fn), text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+@step
+def test_5b_async_calls_survive_the_events_pod():
+    # retries 1, 16 to 24 s after the first attempt: a call failing once is still queued
+    # when the pod goes (it comes back in seconds).
+    doc = fast_doc("asy")
+    doc["spec"]["async"] = {"retries": 1, "backoff": "20s"}
+    apply(doc)
+    applied("asy")
+    loc = {}
+    for i, (k, path) in enumerate((("ok", "async/0"), ("dead", "async/9"),
+                                   ("later", "async/2"))):
+        st, h, body = request("POST", "/fn/asy/" + path, i, {"Prefer": "respond-async"}, b"x")
+        assert st == 202 and h["Location"].startswith("/_stoke/calls/"), (st, h, body)
+        loc[k] = h["Location"]
+    ok = wait_call(loc["ok"], ("succeeded",), 120)
+    assert ok["attempts"] == 1 and ok["response"]["status"] == 200, ok
+    for k in ("dead", "later"):
+        st = kapi.wait_for(lambda: (lambda st: st if st["attempts"] == 1 and st["state"] ==
+                                    "queued" else None)(call_state(loc[k])), 60,
+                           "%s's first attempt" % k)
+        assert st["response"]["status"] == 500, st
+    assert events_metric("stoke_async_accepted_total", "asy") == 3
+    # The pod deleted: the StatefulSet makes stoke-events-0 again, on the same claim.
+    old = component("events")[0]
+    t0 = time.monotonic()
+    kubectl("delete", "pod", "-n", NS, old["metadata"]["name"], "--wait=false")
+    new = kapi.wait_for(lambda: (lambda ps: ps[0] if len(ps) == 1 and is_ready(ps[0]) and ps[0][
+        "metadata"]["uid"] != old["metadata"]["uid"] else None)(component("events")), 120,
+        "a new stoke-events pod")
+    took = time.monotonic() - t0
+    # The store survived: the ended call reads as before, the queued ones are still queued
+    # (their retry is due 16 to 24 s after their first attempt).
+    after = call_state(loc["ok"], 1)
+    assert after == ok, (ok, after)
+    for k in ("dead", "later"):
+        st = call_state(loc[k])
+        assert st["state"] == "queued" and st["attempts"] == 1, (k, st, took)
+    # ... and the new pod delivers them: one succeeds on its second attempt, one is dead.
+    later = wait_call(loc["later"], ("succeeded",), 120)
+    assert later["attempts"] == 2 and later["response"]["status"] == 200, later
+    dead = wait_call(loc["dead"], ("dead",), 120)
+    assert dead["attempts"] == 2 and dead["condition"] == "RetriesExhausted", dead
+    assert events_metric("stoke_async_succeeded_total", "asy") == 1
+    assert events_metric("stoke_async_accepted_total", "asy") == 0
+    log("async: 3 calls 202; stoke-events' pod deleted, %s back in %.1f s on claim %s: the "
+        "ended call read the same, the queued ones delivered by it (succeeded, dead)" % (
+            new["metadata"]["name"], took, EVENTS_PVC))
 
 
 @step
@@ -473,7 +601,7 @@ def test_8_delete_function_removes_its_pods():
 @step
 def test_9_no_forbidden_then_uninstall_leaves_nothing():
     # A permission the chart lacks shows as a 403 in the daemons' logs.
-    for name in ("controller", "activator"):
+    for name in ("controller", "activator", "events"):
         for k, v in daemon_logs(name).items():
             assert "forbidden" not in v.lower() and " 403" not in v, "%s:\n%s" % (k, v[-3000:])
     helm("uninstall", RELEASE, "-n", NS, "--wait", "--timeout", "3m")
@@ -481,6 +609,12 @@ def test_9_no_forbidden_then_uninstall_leaves_nothing():
                   "no pods in %s" % NS)
     kapi.wait_for(lambda: not kubelet.Docker().list({kubelet.L_RUN: C.run_id}), 60,
                   "no containers of the run")
+    # The StatefulSet's claim is kept (its calls with it), as the chart says; deleting it frees
+    # the volume.
+    pvc = C.admin.get("/api/v1/namespaces/%s/persistentvolumeclaims/%s" % (NS, EVENTS_PVC))
+    assert pvc["status"]["phase"] == "Bound", pvc
+    kubectl("delete", "pvc", "-n", NS, EVENTS_PVC)
+    kubectl("delete", "pv", "stoke-events")
 
 
 if __name__ == "__main__":

@@ -74,6 +74,34 @@ stoke.dev/instance: {{ .Release.Name }}
 {{- end -}}
 {{- end -}}
 
+{{- define "stoke.eventsServiceAccount" -}}
+{{- if .Values.events.serviceAccount.create -}}
+{{- default (printf "%s-events" (include "stoke.fullname" .)) .Values.events.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.events.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "stoke.eventsTokenSecret" -}}
+{{- default (printf "%s-events-token" (include "stoke.fullname" .)) .Values.events.token.existingSecret -}}
+{{- end -}}
+
+{{/* The events token volume and its mount: stoke-events and the activators. */}}
+{{- define "stoke.eventsTokenVolume" -}}
+- name: events-token
+  secret:
+    secretName: {{ include "stoke.eventsTokenSecret" . }}
+    defaultMode: 0440
+    items:
+      - key: token
+        path: token
+{{- end -}}
+{{- define "stoke.eventsTokenMount" -}}
+- name: events-token
+  mountPath: /var/run/stoke/events
+  readOnly: true
+{{- end -}}
+
 {{- define "stoke.tokenSecret" -}}
 {{- default (printf "%s-channel-token" (include "stoke.fullname" .)) .Values.channel.token.existingSecret -}}
 {{- end -}}
@@ -95,7 +123,7 @@ $(POD_IP):{{ .port }}
 {{- printf "http://%s-activator.%s.svc:%v" (include "stoke.fullname" .) .Release.Namespace .Values.activator.service.port -}}
 {{- end -}}
 
-{{/* The env both daemons get from the downward API. */}}
+{{/* The env the daemons get from the downward API. */}}
 {{- define "stoke.podEnv" -}}
 - name: POD_NAME
   valueFrom:
