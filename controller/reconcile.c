@@ -203,6 +203,10 @@ static int push_add(struct ctrl *c, struct push *p, struct function *fn,
     r->queue_timeout_ms = fn->spec.queue.timeout_ms;
     r->concurrency_limit = fn->spec.scale.container_concurrency;
     r->async = fn->spec.async;
+    /* Queue triggers, for stoke-events (activators ignore them). */
+    if (stoke_route_triggers_dup(fn->spec.triggers, fn->spec.n_triggers, &r->triggers) < 0)
+        return -ENOMEM;
+    r->n_triggers = fn->spec.n_triggers;
     size_t ne = 0;
     for (struct stoke_list *b = fn->replicas.next; b != &fn->replicas; b = b->next)
         ne++;
