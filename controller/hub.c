@@ -253,6 +253,29 @@ static void handle_stats(struct peer *p, json_object *msg, bool current)
         p->hub->cbs.on_stats_done(second, p->hub->cbs.data);
 }
 
+/* {"op":"backlog","fns":{"<fn>":{"backlog":N,"target":T}}}: stoke-events'
+ * queue-trigger backlog per function. */
+static void handle_backlog(struct peer *p, json_object *msg)
+{
+    json_object *fns;
+    if (!p->hub->cbs.on_backlog || !json_object_object_get_ex(msg, "fns", &fns) ||
+        !json_object_is_type(fns, json_type_object))
+        return;
+    json_object_object_foreach(fns, name, st)
+    {
+        json_object *b, *t;
+        if (!stoke_is_valid_name(name) || !json_object_is_type(st, json_type_object) ||
+            !json_object_object_get_ex(st, "backlog", &b) ||
+            !json_object_object_get_ex(st, "target", &t) ||
+            !json_object_is_type(b, json_type_int) || !json_object_is_type(t, json_type_int))
+            continue;
+        int64_t backlog = json_object_get_int64(b), target = json_object_get_int64(t);
+        if (backlog < 0 || target < 1 || target > 1000000)
+            continue;
+        p->hub->cbs.on_backlog(name, (uint64_t)backlog, (uint32_t)target, p->hub->cbs.data);
+    }
+}
+
 /* Reports that arrive together are a backlog: they queued up while this
  * process did not read (it was stopped, or its loop was busy), or while the
  * network held them. They are not one burst, nor seconds of now: only the
@@ -459,6 +482,8 @@ static int on_line(char *line, size_t len, void *data)
             p->hub->cbs.on_poke(fn, p->hub->cbs.data);
     } else if (strcmp(op, "stats") == 0) {
         stash_stats(p, msg);
+    } else if (strcmp(op, "backlog") == 0) {
+        handle_backlog(p, msg);
     } else if (strcmp(op, "drain") == 0) {
         handle_drain(p, msg);
     } else if (strcmp(op, "resync") == 0) {

@@ -37,6 +37,10 @@ struct hub_callbacks {
     /* An activator asked for its whole table again (it missed an update):
      * hub_send_routes(..., true) sends it to those that asked. */
     void (*on_resync)(void *data);
+    /* stoke-events' report of the queue-trigger backlog of `fn`: `backlog`
+     * messages waiting at `target` per replica (README "Queue triggers").
+     * One per function per report (about once a second); may be NULL. */
+    void (*on_backlog)(const char *fn, uint64_t backlog, uint32_t target, void *data);
     void *data;
 };
 
