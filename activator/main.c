@@ -45,9 +45,9 @@ struct worker {
     struct limits *limits;
     const char *process; /* the activator's id, which its workers share */
     const struct proxy_config *cfg;
-    const struct ctl_targets *ctl_targets; /* NULL: --controller none */
-    const char *ctl_token;                 /* --channel-token-file's, or NULL */
-    const char *routes_line;               /* static routes as a routes message, or NULL */
+    const struct stoke_chan_targets *ctl_targets; /* NULL: --controller none */
+    const char *ctl_token;                        /* --channel-token-file's, or NULL */
+    const char *routes_line;                      /* static routes as a routes message, or NULL */
 };
 
 struct activator {
@@ -343,7 +343,7 @@ int main(int argc, char **argv)
         {NULL, 0, NULL, 0},
     };
     struct proxy_config cfg;
-    struct ctl_targets ctl_targets;
+    struct stoke_chan_targets ctl_targets;
     struct stoke_route_table routes = {.gen = 0};
     bool use_ctl = true;
     const char *token_file = NULL, *events_token_file = NULL;
@@ -359,7 +359,7 @@ int main(int argc, char **argv)
     int c, r;
 
     proxy_config_defaults(&cfg);
-    (void)ctl_parse_targets(DEFAULT_CONTROLLER, &ctl_targets);
+    (void)stoke_chan_parse_targets(DEFAULT_CONTROLLER, &ctl_targets);
     (void)stoke_addr_parse(DEFAULT_OPS, &ops_addr);
     snprintf(id, sizeof(id), "activator-%d", (int)getpid());
 
@@ -373,7 +373,7 @@ int main(int argc, char **argv)
             break;
         case O_CONTROLLER:
             use_ctl = strcmp(optarg, "none") != 0;
-            r = use_ctl ? ctl_parse_targets(optarg, &ctl_targets) : 0;
+            r = use_ctl ? stoke_chan_parse_targets(optarg, &ctl_targets) : 0;
             break;
         case O_ROUTE:
             r = add_static_route(&routes, optarg);

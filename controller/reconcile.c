@@ -145,7 +145,8 @@ static void replica_granted(const struct replica *rp, char (*procs)[HUB_PROCESS_
 
 /* The table (or update) of activator process i of n: each function's
  * limits divided among the processes (stoke_route_share(), rules in
- * stoke/routes.h), with the slots replica_grant() gave. */
+ * stoke/routes.h), with the slots replica_grant() gave. `process` NULL:
+ * an events peer's, undivided. */
 static char *make_routes(const char *process, unsigned i, unsigned n, void *data)
 {
     const struct push *p = data;
@@ -153,7 +154,17 @@ static char *make_routes(const char *process, unsigned i, unsigned n, void *data
     struct stoke_route_table t = {.gen = all->gen};
     t.routes = calloc(all->n_routes ? all->n_routes : 1, sizeof(*t.routes));
     char *line = NULL;
-    (void)process;
+    if (!process) {
+        /* An events peer's: undivided. */
+        free(t.routes);
+        t.routes = NULL;
+        if (p->kind == PUSH_UPDATE)
+            line = stoke_route_update_format(all->gen, all->routes, all->n_routes, &p->removed,
+                                             p->removed ? 1 : 0);
+        else
+            line = stoke_route_table_format(all);
+        goto out;
+    }
     if (!t.routes || n != p->k)
         goto out;
     for (size_t j = 0; j < all->n_routes; j++) {

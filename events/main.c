@@ -30,6 +30,7 @@
 #include <llhttp.h>
 #include <uv.h>
 
+#include "fnspec.h"
 #include "stoke/curluv.h"
 #include "stoke/httpd.h"
 #include "stoke/list.h"
@@ -1293,8 +1294,11 @@ static int ops_metrics(struct stoke_buf *out, void *data)
         out,
         "# HELP stoke_events_store_commits_total Store transactions committed (each synced)\n"
         "# TYPE stoke_events_store_commits_total counter\n"
-        "stoke_events_store_commits_total %" PRIu64 "\n",
-        ev_store_commits(store));
+        "stoke_events_store_commits_total %" PRIu64 "\n"
+        "# HELP stoke_events_functions Functions known from the controller's channel\n"
+        "# TYPE stoke_events_functions gauge\n"
+        "stoke_events_functions %zu\n",
+        ev_store_commits(store), fnspec_count());
     static const char *const names[][3] = {
         {"accepted_total", "counter", "Async calls accepted (202)"},
         {"succeeded_total", "counter", "Async calls that succeeded"},
@@ -1388,6 +1392,7 @@ static void on_signal(uv_signal_t *s, int signum)
         if (!uv_is_closing((uv_handle_t *)&k->timer))
             uv_close((uv_handle_t *)&k->timer, cbk_free_handle);
     }
+    fnspec_stop();
     ev_store_close(store); /* runs the jobs queued */
     /* What is still held: waiting calls (stored). */
     while (!stoke_list_empty(&fns)) {
@@ -1419,6 +1424,11 @@ static void usage(FILE *f)
             "  --max-body-bytes N      largest body taken at all (default 6291456)\n"
             "  --lease-margin DUR      a running call's lease: the activator's longest\n"
             "                          time for it plus this (default 30s)\n"
+            "  --controller ADDR       the controller's channel (unix:/path, or\n"
+            "                          host:port[,...]): learns the functions' specs\n"
+            "                          (schedules); default: none\n"
+            "  --controller-token-file FILE  the controller's channel token (its\n"
+            "                          first line), required with a TCP --controller\n"
             "  --log-level LEVEL       debug, info, warn, error (default info)\n"
             "  -h, --help\n");
 }
@@ -1436,7 +1446,9 @@ int main(int argc, char **argv)
         O_MAXB,
         O_LOG,
         O_LEASE,
-        O_TOKEN
+        O_TOKEN,
+        O_CTL,
+        O_CTL_TOKEN
     };
     static const struct option opts[] = {
         {"listen", required_argument, NULL, O_LISTEN},
@@ -1450,10 +1462,16 @@ int main(int argc, char **argv)
         {"log-level", required_argument, NULL, O_LOG},
         {"lease-margin", required_argument, NULL, O_LEASE},
         {"token-file", required_argument, NULL, O_TOKEN},
+        {"controller", required_argument, NULL, O_CTL},
+        {"controller-token-file", required_argument, NULL, O_CTL_TOKEN},
         {"help", no_argument, NULL, 'h'},
         {0},
     };
     const char *db_path = DEFAULT_DB, *admin_path = DEFAULT_ADMIN_SOCKET, *token_file = NULL;
+    const char *ctl_token_file = NULL;
+    struct stoke_chan_targets ctl_targets;
+    bool use_ctl = false;
+    char *ctl_token = NULL;
     struct stoke_addr listen_addr, act_addr, ops_addr;
     bool use_ops = true;
     uint64_t max_body = 6 * 1024 * 1024;
@@ -1497,6 +1515,13 @@ int main(int argc, char **argv)
         case O_TOKEN:
             token_file = optarg;
             break;
+        case O_CTL:
+            r = stoke_chan_parse_targets(optarg, &ctl_targets);
+            use_ctl = r == 0;
+            break;
+        case O_CTL_TOKEN:
+            ctl_token_file = optarg;
+            break;
         case O_LEASE:
             r = stoke_parse_duration(optarg, &lease_margin_ms);
             r = r == 0 && lease_margin_ms < 2 ? -EINVAL : r;
@@ -1526,6 +1551,18 @@ int main(int argc, char **argv)
     r = stoke_token_read(token_file, &ingest_token);
     if (r < 0) {
         fprintf(stderr, "stoke-events: --token-file %s: %s\n", token_file,
+                r == -EINVAL ? "the first line must be a token of 16 to 4096 printable bytes "
+                               "without spaces"
+                             : strerror(-r));
+        return 2;
+    }
+    if (use_ctl && !ctl_targets.is_unix && !ctl_token_file) {
+        fprintf(stderr, "stoke-events: a TCP --controller needs --controller-token-file (the "
+                        "controller's channel token)\n");
+        return 2;
+    }
+    if (ctl_token_file && (r = stoke_token_read(ctl_token_file, &ctl_token)) < 0) {
+        fprintf(stderr, "stoke-events: --controller-token-file %s: %s\n", ctl_token_file,
                 r == -EINVAL ? "the first line must be a token of 16 to 4096 printable bytes "
                                "without spaces"
                              : strerror(-r));
@@ -1610,6 +1647,17 @@ int main(int argc, char **argv)
     uv_signal_start(&sigint, on_signal, SIGINT);
     uv_signal_start(&sigterm, on_signal, SIGTERM);
     uv_timer_start(&gc_timer, on_gc_timer, 1000, 60000);
+    if (use_ctl) {
+        r = fnspec_start(loop, &ctl_targets, ctl_token);
+        if (ctl_token) {
+            explicit_bzero(ctl_token, strlen(ctl_token));
+            free(ctl_token);
+        }
+        if (r < 0) {
+            stoke_error(NULL, r, "cannot open the controller's channel");
+            return 1;
+        }
+    }
     char la[80];
     stoke_addr_format(&listen_addr, la, sizeof(la));
     stoke_info(NULL, "listening on %s, delivering to %s, %" PRIu64 " calls pending in %s", la,
