@@ -319,8 +319,8 @@ int stoke_redisq_new(uv_loop_t *loop, const struct stoke_redisq_cfg *cfg,
                      const struct stoke_redisq_hooks *hooks, struct stoke_redisq **out)
 {
     *out = NULL;
-    if ((!cfg->unix_path && (!cfg->host || cfg->port <= 0 || cfg->port > 65535)) ||
-        !cfg->stream || !cfg->group || !cfg->consumer || !hooks->on_msg ||
+    if ((!cfg->unix_path && (!cfg->host || cfg->port <= 0 || cfg->port > 65535)) || !cfg->stream ||
+        !cfg->group || !cfg->consumer || !hooks->on_msg ||
         (cfg->start_id && strcmp(cfg->start_id, "0") != 0 && strcmp(cfg->start_id, "$") != 0))
         return -EINVAL;
     struct stoke_redisq *q = calloc(1, sizeof(*q));

@@ -495,7 +495,8 @@ static int on_line(char *line, size_t len, void *data)
     } else if (strcmp(op, "stats") == 0) {
         stash_stats(p, msg);
     } else if (strcmp(op, "backlog") == 0) {
-        handle_backlog(p, msg);
+        if (p->events) /* stoke-events' only */
+            handle_backlog(p, msg);
     } else if (strcmp(op, "drain") == 0) {
         handle_drain(p, msg);
     } else if (strcmp(op, "resync") == 0) {

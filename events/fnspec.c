@@ -203,3 +203,9 @@ void fnspec_stop(void)
     chan = NULL;
     stoke_route_table_done(&table);
 }
+
+void fnspec_send(const char *line, size_t len)
+{
+    if (chan && stoke_chan_connected(chan))
+        stoke_chan_send(chan, line, len);
+}

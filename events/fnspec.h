@@ -48,4 +48,8 @@ void fnspec_apply_update(struct stoke_route_update *u);
  * nothing). */
 void fnspec_stop(void);
 
+/* Sends one line (without '\n') to the controller, such as the queue
+ * triggers' backlog report; dropped while not connected. */
+void fnspec_send(const char *line, size_t len);
+
 #endif

@@ -25,6 +25,7 @@
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <curl/curl.h>
 #include <llhttp.h>
@@ -39,6 +40,7 @@
 #include "stoke/spec.h"
 #include "stoke/util.h"
 #include "store.h"
+#include "triggers.h"
 
 #define DEFAULT_LISTEN "127.0.0.1:8091"
 #define DEFAULT_ACTIVATOR "127.0.0.1:8080"
@@ -226,6 +228,8 @@ static void on_final_written(struct write_job *w)
         stoke_error(p->fn->name, w->job.result, "call %s: its end was not stored", p->c->id);
     else if (p->c->callback && p->c->state != EV_CANCELLED && !stopping)
         send_callback(p->c);
+    if (w->job.result >= 0 && !stopping)
+        triggers_call_ended(p->c); /* a queue trigger's message: acknowledged now */
     pend_free(p);
 }
 
@@ -367,7 +371,9 @@ static void attempt_end(struct pend *p, long status, CURLcode rc)
             requeue(p, ra > d ? ra : d);
         }
     } else {
-        finish(p, EV_FAILED, "NotRetryable");
+        /* A queue trigger's message is never lost: dead-lettered, so that
+         * it can be redriven. */
+        finish(p, triggers_is_trigger_call(c) ? EV_DEAD : EV_FAILED, "NotRetryable");
     }
     schedule_pump();
 }
@@ -1202,6 +1208,16 @@ oom:
     stoke_httpd_reply_error(req, 503, NULL, NULL, "out of memory");
 }
 
+/* A queue trigger's message, stored: delivered as any call. */
+static void add_trigger_call(struct ev_call *c)
+{
+    struct pend *p = pend_new(c);
+    if (p && !stopping) {
+        p->fn->accepted++;
+        schedule_pump();
+    }
+}
+
 static void on_ingest(struct stoke_httpd_req *req, void *data)
 {
     (void)data;
@@ -1333,6 +1349,7 @@ static int ops_metrics(struct stoke_buf *out, void *data)
                                       f->name, (double)(now - oldest) / 1000.0);
         }
     }
+    r |= triggers_metrics(out);
     return r ? -ENOBUFS : 0;
 }
 
@@ -1392,6 +1409,7 @@ static void on_signal(uv_signal_t *s, int signum)
         if (!uv_is_closing((uv_handle_t *)&k->timer))
             uv_close((uv_handle_t *)&k->timer, cbk_free_handle);
     }
+    triggers_stop();
     fnspec_stop();
     ev_store_close(store); /* runs the jobs queued */
     /* What is still held: waiting calls (stored). */
@@ -1429,6 +1447,10 @@ static void usage(FILE *f)
             "                          (schedules); default: none\n"
             "  --controller-token-file FILE  the controller's channel token (its\n"
             "                          first line), required with a TCP --controller\n"
+            "  --consumer NAME         this process's consumer name in the queue\n"
+            "                          triggers' groups; keep it across restarts, so\n"
+            "                          that messages read and not acknowledged are\n"
+            "                          read again (default: the host name)\n"
             "  --log-level LEVEL       debug, info, warn, error (default info)\n"
             "  -h, --help\n");
 }
@@ -1448,7 +1470,8 @@ int main(int argc, char **argv)
         O_LEASE,
         O_TOKEN,
         O_CTL,
-        O_CTL_TOKEN
+        O_CTL_TOKEN,
+        O_CONSUMER
     };
     static const struct option opts[] = {
         {"listen", required_argument, NULL, O_LISTEN},
@@ -1464,11 +1487,14 @@ int main(int argc, char **argv)
         {"token-file", required_argument, NULL, O_TOKEN},
         {"controller", required_argument, NULL, O_CTL},
         {"controller-token-file", required_argument, NULL, O_CTL_TOKEN},
+        {"consumer", required_argument, NULL, O_CONSUMER},
         {"help", no_argument, NULL, 'h'},
         {0},
     };
     const char *db_path = DEFAULT_DB, *admin_path = DEFAULT_ADMIN_SOCKET, *token_file = NULL;
     const char *ctl_token_file = NULL;
+    const char *consumer_name = NULL;
+    char hostname[128] = "stoke-events";
     struct stoke_chan_targets ctl_targets;
     bool use_ctl = false;
     char *ctl_token = NULL;
@@ -1521,6 +1547,11 @@ int main(int argc, char **argv)
             break;
         case O_CTL_TOKEN:
             ctl_token_file = optarg;
+            break;
+        case O_CONSUMER:
+            r = strlen(optarg) > 0 && strlen(optarg) < 128 && !strpbrk(optarg, " \t\r\n") ? 0
+                                                                                          : -EINVAL;
+            consumer_name = optarg;
             break;
         case O_LEASE:
             r = stoke_parse_duration(optarg, &lease_margin_ms);
@@ -1647,6 +1678,18 @@ int main(int argc, char **argv)
     uv_signal_start(&sigint, on_signal, SIGINT);
     uv_signal_start(&sigterm, on_signal, SIGTERM);
     uv_timer_start(&gc_timer, on_gc_timer, 1000, 60000);
+    if (!consumer_name) {
+        if (gethostname(hostname, sizeof(hostname) - 1) < 0 || !hostname[0])
+            snprintf(hostname, sizeof(hostname), "stoke-events");
+        consumer_name = hostname;
+    }
+    struct triggers_host th = {
+        .loop = loop, .store = store, .consumer = consumer_name, .add_call = add_trigger_call};
+    r = triggers_start(&th);
+    if (r < 0) {
+        stoke_error(NULL, r, "cannot start the queue triggers");
+        return 1;
+    }
     if (use_ctl) {
         r = fnspec_start(loop, &ctl_targets, ctl_token);
         if (ctl_token) {

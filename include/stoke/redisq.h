@@ -25,7 +25,7 @@ struct stoke_redisq_cfg {
     const char *host; /* IP address */
     int port;
     const char *unix_path; /* or a unix socket (host and port unused); NULL: TCP */
-    const char *password; /* NULL: no AUTH */
+    const char *password;  /* NULL: no AUTH */
     const char *stream, *group, *consumer;
     unsigned batch;         /* most messages asked for at once (default 16) */
     unsigned block_ms;      /* how long a read waits for new ones (default 1000) */
