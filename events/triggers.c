@@ -191,7 +191,8 @@ static char *body_json(const struct stoke_redisq_msg *m, size_t *ret_len)
     for (size_t i = 0; i < m->n_fields; i++)
         json_object_object_add(o, m->keys[i],
                                json_object_new_string_len(m->values[i], (int)m->value_lens[i]));
-    const char *s = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN);
+    const char *s =
+        json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
     char *d = s ? strdup(s) : NULL;
     *ret_len = d ? strlen(d) : 0;
     json_object_put(o);
