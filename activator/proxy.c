@@ -21,9 +21,13 @@
 #include "stoke/log.h"
 
 #define POKE_INTERVAL_MS 100
-#define DRAIN_BATCH 64                /* queued requests sent on per loop iteration */
-#define WRITE_HIGH_WATER (1 << 20)    /* stop reading upstream past this much unsent */
-#define MAX_TRIES 3                   /* sends of one request before 502 */
+#define DRAIN_BATCH 64             /* queued requests sent on per loop iteration */
+#define WRITE_HIGH_WATER (1 << 20) /* stop reading upstream past this much unsent */
+#define MAX_TRIES 3                /* sends of one request before 502 */
+/* A replica that refused a connect (or did not answer it) is passed over
+ * this long: its requests wait in the queue for another, or for the
+ * controller to replace it, instead of failing. */
+#define REFUSED_MS 1000
 #define MAX_PENDING_INPUT (64 * 1024) /* pipelined bytes held while busy */
 #define BODY_HOLD (256 * 1024)        /* request body read before it streams on */
 #define REQUEST_ID_MAX 128            /* longest X-Request-Id passed on as it came */
@@ -55,6 +59,7 @@ struct endpoint {
     uint32_t share;  /* the slots the controller gave this activator, 0: not divided */
     uint32_t inflight;
     uint32_t refs;
+    uint64_t refused_until;  /* loop ms: a connect to it failed; passed over until then */
     bool gone;               /* no longer in the route table */
     struct stoke_list idle;  /* pooled upstream connections */
     struct stoke_list dnode; /* px->draining while gone with requests in flight */
@@ -228,6 +233,7 @@ struct proxy {
     struct proxy_config cfg;
     uv_tcp_t listener;
     uv_idle_t drain;
+    uv_timer_t refused; /* when replicas passed over (REFUSED_MS) may be tried again */
     int handles;
     bool closing;
     void (*on_closed)(void *);
@@ -2545,13 +2551,14 @@ static struct endpoint *pick_endpoint(struct fn *fn, struct endpoint *avoid)
     size_t n = fn->n_eps;
     if (n == 0)
         return NULL;
+    uint64_t now = uv_now(fn->px->loop);
     for (;;) {
         struct endpoint *best = NULL;
         uint32_t best_inflight = 0;
         size_t start = fn->px->rr++ % n;
         for (size_t k = 0; k < n; k++) {
             struct endpoint *ep = fn->eps[(start + k) % n];
-            if (!lim_ep_has_room(ep->lim) || (ep == avoid && n > 1))
+            if (!lim_ep_has_room(ep->lim) || (ep == avoid && n > 1) || ep->refused_until > now)
                 continue;
             uint32_t inflight = lim_ep_inflight(ep->lim);
             if (!best || inflight < best_inflight) {
@@ -3106,10 +3113,25 @@ static bool is_idempotent(uint8_t m)
            m == HTTP_DELETE || m == HTTP_TRACE;
 }
 
+/* Queued requests try again once replicas passed over may be tried. */
+static void on_refused_timer(uv_timer_t *t)
+{
+    struct proxy *px = t->data;
+    for (struct stoke_list *n = px->waiting.next; n != &px->waiting; n = n->next)
+        kick(stoke_container_of(n, struct fn, wnode));
+}
+
 /* The connection to a replica failed. Before any byte of a response came
  * back, the request is tried again elsewhere when that is safe: always when
  * the connect itself failed (nothing was sent), and for idempotent methods
- * when a pooled connection turned out to be closed. Else 502. */
+ * when a pooled connection turned out to be closed. Else 502.
+ *
+ * With a controller, a failed connect (a replica that died: killed, OOM,
+ * its engine restarted) passes the replica over for REFUSED_MS and does
+ * not count as a try, so the request goes to another replica, or waits in
+ * the queue (up to queue.timeout) for one, as at zero, until the
+ * controller has replaced it. Static routes (--controller none) and
+ * stoke-events' ingest have nobody to replace them: 502 after MAX_TRIES. */
 static void upstream_failed(struct upstream *up, int err)
 {
     struct client *c = up->c;
@@ -3117,6 +3139,13 @@ static void upstream_failed(struct upstream *up, int err)
     bool retry_ok = !up->got_bytes && c && !c->rq->retry_lost &&
                     (not_sent || (up->reused && is_idempotent(c->rq->method)));
     struct endpoint *ep = up->ep;
+    struct proxy *px = up->px;
+    if (not_sent && px->cfg.await_routes && ep->fn != px->events_fn) {
+        ep->refused_until = uv_now(px->loop) + REFUSED_MS;
+        uv_timer_start(&px->refused, on_refused_timer, REFUSED_MS, 0);
+        if (c && c->rq->tries > 0)
+            c->rq->tries--;
+    }
     upstream_close(up);
     if (!c)
         return;
@@ -3659,10 +3688,12 @@ int proxy_new(uv_loop_t *loop, const struct proxy_config *cfg, const struct prox
     px->listener.data = px;
     uv_idle_init(loop, &px->drain);
     px->drain.data = px;
+    uv_timer_init(loop, &px->refused);
+    px->refused.data = px;
     uv_async_init(loop, &px->wake, on_wake);
     px->wake.data = px;
     limits_set_wake(px->limits, px->worker, &px->wake);
-    px->handles = 3;
+    px->handles = 4;
 
     int r = cfg->has_events ? events_fn_new(px) : 0;
     if (r == 0)
@@ -3719,6 +3750,7 @@ void proxy_close(struct proxy *px, void (*on_closed)(void *data), void *data)
     px->n_buckets = 0;
     uv_close((uv_handle_t *)&px->listener, on_proxy_handle_closed);
     uv_close((uv_handle_t *)&px->drain, on_proxy_handle_closed);
+    uv_close((uv_handle_t *)&px->refused, on_proxy_handle_closed);
     limits_set_wake(px->limits, px->worker, NULL); /* no send reaches it after this */
     uv_close((uv_handle_t *)&px->wake, on_proxy_handle_closed);
 }

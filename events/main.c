@@ -147,15 +147,27 @@ struct write_job {
     struct ev_job job;
     struct ev_call snap; /* method, path, headers, body, callback: NULL */
     bool insert;
-    struct pend *p; /* for done, or NULL */
+    bool callback_due; /* and the callback it owes now (callback_owed()) */
+    struct pend *p;    /* for done, or NULL */
     void (*then)(struct write_job *w);
     struct stoke_httpd_req *req; /* an ingest waiting for its 202 */
 };
 
+/* Whether call `c`, as it is now, owes its X-Callback-Url the result: it
+ * has one and ended other than cancelled. */
+static bool callback_owed(const struct ev_call *c)
+{
+    return c->callback && c->state >= EV_SUCCEEDED && c->state != EV_CANCELLED;
+}
+
 static int run_write(sqlite3 *db, struct ev_job *job)
 {
     struct write_job *w = (struct write_job *)job;
-    return w->insert ? ev_db_insert(db, &w->snap) : ev_db_update(db, &w->snap);
+    int r = w->insert ? ev_db_insert(db, &w->snap) : ev_db_update(db, &w->snap);
+    /* The callback owed is stored with the end, in its transaction. */
+    if (r == 0 && w->callback_due)
+        r = ev_db_callback_due(db, w->snap.id);
+    return r;
 }
 
 static void write_free(struct write_job *w)
@@ -198,6 +210,7 @@ static int write_call(struct pend *p, void (*then)(struct write_job *w))
     w->snap.resp_headers =
         dup_or_null(p->c->resp_headers, p->c->resp_headers ? strlen(p->c->resp_headers) : 0);
     w->snap.resp_body = dup_or_null(p->c->resp_body, p->c->resp_body_len);
+    w->callback_due = callback_owed(p->c);
     w->p = p;
     w->then = then;
     w->job.run = run_write;
@@ -226,7 +239,7 @@ static void on_final_written(struct write_job *w)
     struct pend *p = w->p;
     if (w->job.result < 0)
         stoke_error(p->fn->name, w->job.result, "call %s: its end was not stored", p->c->id);
-    else if (p->c->callback && p->c->state != EV_CANCELLED && !stopping)
+    else if (callback_owed(p->c) && !stopping)
         send_callback(p->c);
     if (w->job.result >= 0 && !stopping)
         triggers_call_ended(p->c); /* a queue trigger's message: acknowledged now */
@@ -595,6 +608,33 @@ static void cbk_free_handle(uv_handle_t *h)
 
 static void cbk_try(struct cbk *k);
 
+/* The store forgets a callback once taken or given up. */
+struct cbk_done_job {
+    struct ev_job job;
+    char id[33];
+};
+
+static int run_cbk_done(sqlite3 *db, struct ev_job *job)
+{
+    return ev_db_callback_done(db, ((struct cbk_done_job *)job)->id);
+}
+
+static void on_cbk_done_written(struct ev_job *job)
+{
+    free(job);
+}
+
+static void cbk_forget(const struct cbk *k)
+{
+    struct cbk_done_job *j = calloc(1, sizeof(*j));
+    if (!j)
+        return; /* sent again after a restart: at least once */
+    memcpy(j->id, k->id, sizeof(j->id));
+    j->job.run = run_cbk_done;
+    j->job.done = on_cbk_done_written;
+    ev_store_submit(store, &j->job);
+}
+
 static void on_cbk_timer(uv_timer_t *t)
 {
     cbk_try(t->data);
@@ -614,10 +654,15 @@ static void on_cbk_done(CURL *easy, CURLcode rc, void *data)
     if (rc == CURLE_OK)
         curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
     curl_easy_cleanup(easy);
-    if ((status >= 200 && status < 300) || stopping || ++k->tries >= CALLBACK_TRIES) {
+    if (stopping) {
+        uv_close((uv_handle_t *)&k->timer, cbk_free_handle); /* owed still: sent after a restart */
+        return;
+    }
+    if ((status >= 200 && status < 300) || ++k->tries >= CALLBACK_TRIES) {
         if (!(status >= 200 && status < 300))
             stoke_warn(k->fn, 0, "call %s: callback %s not taken (status %ld, curl %d)", k->id,
                        k->url, status, (int)rc);
+        cbk_forget(k);
         uv_close((uv_handle_t *)&k->timer, cbk_free_handle);
         return;
     }
@@ -646,7 +691,8 @@ static void cbk_try(struct cbk *k)
 
 /* POSTs the result of an ended call to its X-Callback-Url: the answer's
  * body, X-Call-Id, X-Stoke-Call-State and X-Stoke-Status; tried up to
- * CALLBACK_TRIES times (in memory: not after a restart). */
+ * CALLBACK_TRIES times. Owed in the store until then (ev_db_callback_due):
+ * a restart sends it again, so a callback comes at least once. */
 static void send_callback(const struct ev_call *c)
 {
     struct cbk *k = calloc(1, sizeof(*k));
@@ -1376,6 +1422,36 @@ static void load_one(struct ev_call *c, void *data)
         (*n)++;
 }
 
+/* Calls whose callback is owed, read at start (sent once the loop is up). */
+struct owed {
+    struct ev_call **calls;
+    size_t n, cap;
+};
+
+static void keep_owed(struct ev_call *c, void *data)
+{
+    struct owed *o = data;
+    if (o->n == o->cap) {
+        size_t cap = o->cap ? o->cap * 2 : 16;
+        struct ev_call **n = realloc(o->calls, cap * sizeof(*n));
+        if (!n) {
+            ev_call_free(c); /* stays owed in the store: the next start */
+            return;
+        }
+        o->calls = n;
+        o->cap = cap;
+    }
+    o->calls[o->n++] = c;
+}
+
+static void free_owed(struct owed *o)
+{
+    for (size_t i = 0; i < o->n; i++)
+        ev_call_free(o->calls[i]);
+    free(o->calls);
+    *o = (struct owed){0};
+}
+
 static void on_gc_timer(uv_timer_t *t)
 {
     (void)t;
@@ -1403,7 +1479,8 @@ static void on_signal(uv_signal_t *s, int signum)
     stoke_httpd_close(admin);
     stoke_opsd_close(opsd);
     stoke_curluv_close(curl, NULL, NULL); /* attempts and callbacks in flight end */
-    /* Callbacks waiting for their next try are dropped (not durable). */
+    /* Callbacks waiting for their next try stop here; the store still owes
+     * them, and the next start sends them. */
     for (struct stoke_list *n = cbks.next; n != &cbks; n = n->next) {
         struct cbk *k = stoke_container_of(n, struct cbk, node);
         if (!uv_is_closing((uv_handle_t *)&k->timer))
@@ -1618,8 +1695,12 @@ int main(int argc, char **argv)
     }
     uint64_t loaded = 0;
     r = ev_db_list(db, NULL, -1, SIZE_MAX, load_one, &loaded);
+    struct owed owed = {0};
+    if (r == 0)
+        r = ev_db_list_callbacks(db, keep_owed, &owed);
     if (r < 0) {
         stoke_error(NULL, r, "store: reading the pending calls failed");
+        free_owed(&owed);
         sqlite3_close(db);
         return 1;
     }
@@ -1705,6 +1786,11 @@ int main(int argc, char **argv)
     stoke_addr_format(&listen_addr, la, sizeof(la));
     stoke_info(NULL, "listening on %s, delivering to %s, %" PRIu64 " calls pending in %s", la,
                activator_base, loaded, db_path);
+    if (owed.n)
+        stoke_info(NULL, "%zu callbacks owed from before the restart: sending them", owed.n);
+    for (size_t i = 0; i < owed.n; i++)
+        send_callback(owed.calls[i]);
+    free_owed(&owed);
     schedule_pump();
     uv_run(loop, UV_RUN_DEFAULT);
     int rc = uv_loop_close(loop);

@@ -34,7 +34,9 @@ static const char schema[] =
     " created_ms INTEGER NOT NULL, due_ms INTEGER NOT NULL, lease_ms INTEGER NOT NULL,"
     " finished_ms INTEGER NOT NULL, status INTEGER NOT NULL, resp_headers BLOB, resp_body BLOB,"
     " condition TEXT NOT NULL);"
-    "CREATE INDEX IF NOT EXISTS calls_fn_state ON calls(fn, state, created_ms);";
+    "CREATE INDEX IF NOT EXISTS calls_fn_state ON calls(fn, state, created_ms);"
+    /* The ended calls whose X-Callback-Url has not taken the result yet. */
+    "CREATE TABLE IF NOT EXISTS callbacks(id TEXT PRIMARY KEY);";
 
 int ev_db_open(const char *path, sqlite3 **ret, char *err, size_t errsize)
 {
@@ -253,6 +255,24 @@ int ev_db_get(sqlite3 *db, const char *id, struct ev_call **ret)
     return r;
 }
 
+/* Steps `st` (when r is 0), calling `cb` with each row's call, and
+ * finalizes it. Returns r, -ENOMEM or -EIO. */
+static int each_call(sqlite3_stmt *st, int r, void (*cb)(struct ev_call *c, void *data), void *data)
+{
+    int rc = SQLITE_DONE;
+    while (r == 0 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        struct ev_call *c = row_call(st);
+        if (!c)
+            r = -ENOMEM;
+        else
+            cb(c, data);
+    }
+    if (r == 0 && rc != SQLITE_DONE)
+        r = -EIO;
+    sqlite3_finalize(st);
+    return r;
+}
+
 int ev_db_list(sqlite3 *db, const char *fn, int state, size_t limit,
                void (*cb)(struct ev_call *c, void *data), void *data)
 {
@@ -266,18 +286,7 @@ int ev_db_list(sqlite3 *db, const char *fn, int state, size_t limit,
     int rc = bind_text(st, 1, fn);
     rc |= sqlite3_bind_int(st, 2, state);
     rc |= sqlite3_bind_int64(st, 3, limit > INT64_MAX ? INT64_MAX : (sqlite3_int64)limit);
-    int r = rc == SQLITE_OK ? 0 : -EIO;
-    while (r == 0 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
-        struct ev_call *c = row_call(st);
-        if (!c)
-            r = -ENOMEM;
-        else
-            cb(c, data);
-    }
-    if (r == 0 && rc != SQLITE_DONE)
-        r = -EIO;
-    sqlite3_finalize(st);
-    return r;
+    return each_call(st, rc == SQLITE_OK ? 0 : -EIO, cb, data);
 }
 
 int ev_db_delete(sqlite3 *db, const char *fn, int state, int64_t before_ms)
@@ -442,4 +451,38 @@ void ev_store_close(struct ev_store *s)
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->cond);
     uv_close((uv_handle_t *)&s->async, on_store_closed);
+}
+
+/* Runs one statement with `id` bound as ?1. */
+static int exec_id(sqlite3 *db, const char *sql, const char *id)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return -EIO;
+    return step_done(st, bind_text(st, 1, id));
+}
+
+int ev_db_callback_due(sqlite3 *db, const char *id)
+{
+    return exec_id(db, "INSERT OR IGNORE INTO callbacks(id) VALUES(?1)", id);
+}
+
+int ev_db_callback_done(sqlite3 *db, const char *id)
+{
+    return exec_id(db, "DELETE FROM callbacks WHERE id=?1", id);
+}
+
+int ev_db_list_callbacks(sqlite3 *db, void (*cb)(struct ev_call *c, void *data), void *data)
+{
+    sqlite3_stmt *st = NULL;
+    /* (calls deleted meanwhile, by retention or a purge, take theirs along) */
+    if (sqlite3_exec(db, "DELETE FROM callbacks WHERE id NOT IN (SELECT id FROM calls)", NULL, NULL,
+                     NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(db,
+                           "SELECT " COLUMNS " FROM calls WHERE id IN (SELECT id FROM callbacks)"
+                           " ORDER BY finished_ms, id",
+                           -1, &st, NULL) != SQLITE_OK)
+        return -EIO;
+    return each_call(st, 0, cb, data);
 }

@@ -79,6 +79,15 @@ int ev_db_list(sqlite3 *db, const char *fn, int state, size_t limit,
  * finished before `before_ms`). Returns the count or -EIO. */
 int ev_db_delete(sqlite3 *db, const char *fn, int state, int64_t before_ms);
 
+/* A callback owed: call `id` ended and its X-Callback-Url is yet to take
+ * the result (written in the same transaction as the end), and done: it
+ * took it, or its tries are used up. */
+int ev_db_callback_due(sqlite3 *db, const char *id);
+int ev_db_callback_done(sqlite3 *db, const char *id);
+/* Calls `cb` with each call (owned by cb) whose callback is owed, oldest
+ * end first (after a restart: they are sent again). */
+int ev_db_list_callbacks(sqlite3 *db, void (*cb)(struct ev_call *c, void *data), void *data);
+
 /* ---- the store thread ---- */
 
 struct ev_job;

@@ -180,7 +180,9 @@ struct stoke_engine_stats {
     uint64_t errors[STOKE_ENGINE_OPS];
     /* The work queue: calls other than the event stream and logs count in
      * `limit` (stoke_engine_set_max_inflight()); past it they wait, create,
-     * start, unpause and the reads first, then pause, stop, remove and list.
+     * start, unpause and the reads first, then pause, stop, remove and list,
+     * which may still hold a quarter of the places (limit / 4) ahead of
+     * waiting urgent calls, so they are never starved.
      * Within each of the two, the keys (stoke_engine_next_key()) take turns,
      * one call each, and one key's calls go in the order made. */
     unsigned limit;

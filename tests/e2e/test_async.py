@@ -495,5 +495,62 @@ def test_callback_url_gets_each_result():
         srv.server_close()
 
 
+def test_callback_owed_survives_a_kill_9():
+    """A callback not yet taken is owed in the store: stoke-events killed
+    while its receiver refuses sends it after the restart, once taken."""
+    tries, got = [], []
+    lock = threading.Lock()
+    taking = threading.Event()
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            with lock:
+                tries.append(self.headers["X-Call-Id"])
+                if taking.is_set():
+                    got.append((self.headers["X-Call-Id"], self.headers["X-Stoke-Call-State"],
+                                body))
+            self.send_response(204 if taking.is_set() else 503)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        a = Async("async-g").start()
+        a.deploy("owed", scale={"min": 1, "initial": 1}, asyncs={"retries": 0})
+        url = "http://127.0.0.1:%d/done" % srv.server_address[1]
+        r = a.call("owed", "/async/0", headers={"X-Callback-Url": url})
+        assert r.status == 202, r
+        cid = r.headers["X-Call-Id"]
+        deadline = time.time() + 60
+        while time.time() < deadline and not tries:
+            time.sleep(0.05)
+        assert tries == [cid], tries  # refused once; the next try is 2 s later
+        a.s.kill9("events")
+        taking.set()
+        a.start_events(logname="events2")
+        assert "1 callbacks owed" in a.s.log("events"), a.s.log("events")
+        deadline = time.time() + 30
+        while time.time() < deadline and not got:
+            time.sleep(0.05)
+        assert [g[:2] for g in got] == [(cid, "succeeded")] and b"hi from owed" in got[0][2], got
+        # Taken: no longer owed, so a third start sends nothing.
+        deadline = time.time() + 10
+        while time.time() < deadline and a.metric_total("stoke_events_store_commits_total") < 1:
+            time.sleep(0.05)
+        a.s.kill9("events")
+        a.start_events(logname="events3")
+        assert "callbacks owed" not in a.s.log("events"), a.s.log("events")
+        with lock:
+            assert len(got) == 1, got
+        a.s.stop()
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
 if __name__ == "__main__":
     run_tests(globals())

@@ -8,69 +8,37 @@ waiting and leaves no container paused."""
 import os
 import re
 import signal
-import socket
 import sys
 import threading
 import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import DOCKER_SOCK, Stoke, containers, engine, run_tests  # noqa: E402
+from enginepump import EnginePump  # noqa: E402
+from harness import Stoke, containers, engine, run_tests  # noqa: E402
 from test_lifecycle import freezer_state  # noqa: E402
 
 QUICK = {"min": 0, "initial": 0, "window": "6s", "scaleToZeroGrace": "1s"}
 
 
-class EngineProxy:
-    """Forwards a unix socket to the engine's, byte for byte, one thread
-    pair per connection; remembers the request lines it saw and can cut the
-    event streams (connections whose first request is GET .../events)."""
+class EngineProxy(EnginePump):
+    """Remembers the request lines it saw and can cut the event streams
+    (connections whose first request is GET .../events)."""
 
     def __init__(self, path):
-        self.path = path
         self.lock = threading.Lock()
-        self.requests = []  # first request line of each connection, in order
-        self.streams = []  # (client, upstream) sockets of event streams
-        self.srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.srv.bind(path)
-        self.srv.listen(64)
-        self.closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
+        self.requests = []  # request lines, in order
+        self.streams = []  # Conns of event streams
+        super().__init__(path)
 
-    def _accept(self):
-        while not self.closed:
-            try:
-                cl, _ = self.srv.accept()
-            except OSError:
-                return
-            up = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            up.connect(DOCKER_SOCK)
-            threading.Thread(target=self._pump, args=(cl, up, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(up, cl, False), daemon=True).start()
-
-    def _pump(self, src, dst, from_client):
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                if from_client:
-                    # Every request head that starts a packet (curl sends
-                    # one per write): enough to tell lists and streams.
-                    for line in re.findall(rb"(?:GET|POST|DELETE) \S+", data):
-                        text = line.decode(errors="replace")
-                        with self.lock:
-                            self.requests.append(text)
-                            if "/events" in text:
-                                self.streams.append((src, dst))
-                dst.sendall(data)
-        except OSError:
-            pass
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+    def on_up(self, conn, data):
+        for line in re.findall(rb"(?:GET|POST|DELETE) \S+", data):
+            text = line.decode(errors="replace")
+            with self.lock:
+                self.requests.append(text)
+                if "/events" in text:
+                    self.streams.append(conn)
+        return data
 
     def count(self, needle):
         with self.lock:
@@ -79,17 +47,9 @@ class EngineProxy:
     def cut_streams(self):
         with self.lock:
             streams, self.streams = self.streams, []
-        for pair in streams:
-            for s in pair:
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+        for conn in streams:
+            conn.shutdown()
         return len(streams)
-
-    def close(self):
-        self.closed = True
-        self.srv.close()
 
 
 def metric(s, name, labels):

@@ -17,90 +17,47 @@ engine gave it, so nearly every cold start finishes while a list is held.
 """
 
 import os
-import socket
 import sys
-import threading
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import DOCKER_SOCK, Stoke, run_tests, terminate  # noqa: E402
+from enginepump import EnginePump  # noqa: E402
+from harness import Stoke, run_tests, terminate  # noqa: E402
 
 HOLD_S = 4.5
 
 
-class ListHoldingProxy:
-    """Passes bytes between the controller and the engine, one engine
-    connection per client connection; the answer to a request that asks for
-    the container list (GET .../containers/json) is held HOLD_S seconds
-    before it goes on (libcurl sends one request at a time on a connection),
-    and a create (POST .../containers/create) reaches the engine
-    `create_delay_s` late. The event stream is refused (cut at its
-    request), so that the controller lists every 5 s."""
+class ListHoldingProxy(EnginePump):
+    """The answer to a request that asks for the container list (GET
+    .../containers/json) is held HOLD_S seconds before it goes on (libcurl
+    sends one request at a time on a connection), and a create (POST
+    .../containers/create) reaches the engine `create_delay_s` late. The
+    event stream is refused (cut at its request), so that the controller
+    lists every 5 s."""
 
     def __init__(self, path, create_delay_s=0.0):
-        self.path = path
         self.create_delay_s = create_delay_s
         self.held = 0
-        self.srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.srv.bind(path)
-        self.srv.listen(64)
-        self.closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(path)
 
-    def _accept(self):
-        while not self.closed:
-            try:
-                c, _ = self.srv.accept()
-            except OSError:
-                return
-            e = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            e.connect(DOCKER_SOCK)
-            hold = threading.Event()
-            threading.Thread(target=self._up, args=(c, e, hold), daemon=True).start()
-            threading.Thread(target=self._down, args=(e, c, hold), daemon=True).start()
+    def on_up(self, conn, data):
+        line = data.split(b"\r\n", 1)[0]
+        if data.startswith(b"GET ") and b"/events" in line:
+            # No event stream: the controller then lists every 5 s (every
+            # 60 s while a stream is open), which this test needs to meet
+            # late lists in every cycle.
+            return None
+        if data.startswith(b"GET ") and b"/containers/json" in line:
+            conn.state["hold"] = True
+        if data.startswith(b"POST ") and b"/containers/create" in line:
+            time.sleep(self.create_delay_s)
+        return data
 
-    def _up(self, src, dst, hold):
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                line = data.split(b"\r\n", 1)[0]
-                if data.startswith(b"GET ") and b"/events" in line:
-                    # No event stream: the controller then lists every 5 s
-                    # (every 60 s while a stream is open), which this test
-                    # needs to meet late lists in every cycle.
-                    src.close()
-                    break
-                if data.startswith(b"GET ") and b"/containers/json" in line:
-                    hold.set()
-                if data.startswith(b"POST ") and b"/containers/create" in line:
-                    time.sleep(self.create_delay_s)
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            dst.close()
-
-    def _down(self, src, dst, hold):
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                if hold.is_set():
-                    hold.clear()
-                    self.held += 1
-                    time.sleep(HOLD_S)
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            dst.close()
-
-    def close(self):
-        self.closed = True
-        self.srv.close()
+    def on_down(self, conn, data):
+        if conn.state.pop("hold", False):
+            self.held += 1
+            time.sleep(HOLD_S)
+        return data
 
 
 def stoke_behind_proxy(name, create_delay_s=0.0):

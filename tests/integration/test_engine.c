@@ -1231,6 +1231,64 @@ static void test_work_queue_limit_and_priority(void **state)
     assert_int_equal(st.in_flight_max, LIMIT);
 }
 
+enum { RES_LIMIT = 4, RES_FIRST = 4, RES_HK = 8, RES_URGENT = 40 };
+enum { RES_N = RES_FIRST + RES_HK + RES_URGENT };
+
+static bool reserve_done(void *arg)
+{
+    const struct queued_probe *p = arg;
+    for (size_t i = 0; i < RES_N; i++) {
+        if (!p[i].done)
+            return false;
+    }
+    return true;
+}
+
+/* Housekeeping keeps a quarter of the places while urgent calls wait: with
+ * a limit of 4 taken by inspects, 8 removes queued and then 40 more
+ * inspects, a remove takes the first place freed. In strict order every
+ * inspect would go first and the first remove would finish 45th or later. */
+static void test_work_queue_housekeeping_reserve(void **state)
+{
+    struct fixture *f = *state;
+    static struct queued_probe p[RES_N];
+    struct stoke_engine_stats st;
+    int order = 0;
+    char id[96];
+
+    stoke_engine_set_max_inflight(f->e, RES_LIMIT);
+    memset(p, 0, sizeof(p));
+    g_in_call = true;
+    for (size_t i = 0; i < RES_N; i++) {
+        p[i].e = f->e;
+        p[i].order = &order;
+        (void)snprintf(id, sizeof(id), "stoke-enginetest-%s-absent-%zu", g_run, i);
+        bool hk = i >= RES_FIRST && i < RES_FIRST + RES_HK;
+        int r = hk ? stoke_engine_remove(f->e, id, true, on_queued_probe, &p[i])
+                   : stoke_engine_inspect(f->e, id, on_queued_probe, &p[i]);
+        assert_int_equal(r, 0);
+    }
+    g_in_call = false;
+    stoke_engine_stats(f->e, &st);
+    assert_int_equal(st.in_flight, RES_LIMIT);
+    assert_int_equal(st.queued, RES_N - RES_LIMIT);
+
+    wait_until(f, reserve_done, p);
+    int first_hk = RES_N;
+    for (size_t i = 0; i < RES_N; i++) {
+        assert_int_equal(p[i].err, -ENOENT);
+        if (i >= RES_FIRST && i < RES_FIRST + RES_HK && p[i].at < first_hk)
+            first_hk = p[i].at;
+    }
+    /* It started when the first place freed (places 0-3 were inspects):
+     * it ends while most of the 40 queued inspects still wait. */
+    assert_true(first_hk < RES_FIRST + RES_HK + RES_URGENT / 2);
+    stoke_engine_stats(f->e, &st);
+    assert_int_equal(st.queued, 0);
+    assert_int_equal(st.in_flight, 0);
+    assert_int_equal(st.in_flight_max, RES_LIMIT);
+}
+
 enum { FAIR_A = 200 };
 
 static bool fair_done(void *arg)
@@ -1705,6 +1763,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_ping, setup, teardown),
         cmocka_unit_test_setup_teardown(test_work_queue_limit_and_priority, setup, teardown),
         cmocka_unit_test_setup_teardown(test_work_queue_fair, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_work_queue_housekeeping_reserve, setup, teardown),
         cmocka_unit_test_setup_teardown(test_work_queue_close, setup, teardown),
         cmocka_unit_test_setup_teardown(test_image_inspect_present, setup, teardown),
         cmocka_unit_test_setup_teardown(test_image_inspect_missing, setup, teardown),

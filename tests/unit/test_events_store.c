@@ -142,6 +142,54 @@ static void test_insert_once(void **state)
     sqlite3_close(db);
 }
 
+/* ---- callbacks owed ---- */
+
+static void collect_ids(struct ev_call *c, void *data)
+{
+    char *ids = data;
+    strcat(ids, c->id + 28); /* the last 4 hex digits */
+    strcat(ids, " ");
+    ev_call_free(c);
+}
+
+/* A callback is owed from ev_db_callback_due() until ev_db_callback_done(),
+ * listed oldest end first, once however often it was marked, and no longer
+ * once its call is gone. */
+static void test_callbacks_owed(void **state)
+{
+    (void)state;
+    sqlite3 *db;
+    char err[256], ids[128] = "";
+    assert_int_equal(ev_db_open(path, &db, err, sizeof(err)), 0);
+    for (int i = 1; i <= 3; i++) {
+        struct ev_call *c = make_call(i);
+        c->state = EV_SUCCEEDED;
+        c->finished_ms = 10000 - i; /* the third ended first */
+        assert_int_equal(ev_db_insert(db, c), 0);
+        ev_call_free(c);
+    }
+    struct ev_call *c1 = make_call(1), *c3 = make_call(3);
+    assert_int_equal(ev_db_callback_due(db, c1->id), 0);
+    assert_int_equal(ev_db_callback_due(db, c3->id), 0);
+    assert_int_equal(ev_db_callback_due(db, c3->id), 0); /* once */
+    assert_int_equal(ev_db_list_callbacks(db, collect_ids, ids), 0);
+    assert_string_equal(ids, "0003 0001 ");
+
+    assert_int_equal(ev_db_callback_done(db, c3->id), 0);
+    ids[0] = '\0';
+    assert_int_equal(ev_db_list_callbacks(db, collect_ids, ids), 0);
+    assert_string_equal(ids, "0001 ");
+
+    /* Its call deleted (retention, purge): nothing owed. */
+    assert_int_equal(ev_db_delete(db, NULL, -1, 20000), 3);
+    ids[0] = '\0';
+    assert_int_equal(ev_db_list_callbacks(db, collect_ids, ids), 0);
+    assert_string_equal(ids, "");
+    ev_call_free(c1);
+    ev_call_free(c3);
+    sqlite3_close(db);
+}
+
 /* ---- group commit ---- */
 
 static pthread_mutex_t gate_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -238,6 +286,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_sql_round_trip, setup, teardown),
         cmocka_unit_test_setup_teardown(test_group_commit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_insert_once, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_callbacks_owed, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
