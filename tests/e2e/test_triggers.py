@@ -4,7 +4,8 @@ controller's channel) and delivered as async calls through the activator,
 against the real engine, the example image (its /async/<n>[/<ms>] logs a
 "call start" and a "call end" line per attempt with the call id) and a real
 redis-server (Debian's) started here on a free loopback port without
-persistence, killed at the end of each test, also on failure.
+persistence, killed at the end of each test, also on failure (and with the
+test's process: DIE_WITH_TEST).
 
 The call ids are derived from the function, the trigger, the stream and the
 message id (events/triggers.c); the test derives them the same way and
@@ -21,7 +22,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import free_port, run_tests  # noqa: E402
+from harness import DIE_WITH_TEST, free_port, run_tests  # noqa: E402
 from test_async import Async, ops_metrics  # noqa: E402
 
 _redises = []
@@ -34,7 +35,7 @@ class Redis:
     def __init__(self):
         self.port = free_port()
         self.proc = subprocess.Popen(
-            [shutil.which("redis-server") or "redis-server", "--port", str(self.port),
+            DIE_WITH_TEST + [shutil.which("redis-server") or "redis-server", "--port", str(self.port),
              "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         _redises.append(self)
@@ -151,9 +152,9 @@ def stack(name):
     return a.start()
 
 
-def deploy(a, fn, redis, triggers, scale=None, asyncs=None):
+def deploy(a, fn, redis, triggers, scale=None, asyncs=None, extra=""):
     """`triggers`: (name, stream, path, targetBacklog) each."""
-    text = "  triggers:\n"
+    text = extra + "  triggers:\n"
     for name, stream, path, target in triggers:
         text += ("    - name: %s\n      redis: { address: \"%s\", stream: %s, startFrom: \"0\" }\n"
                  "      path: %s\n      targetBacklog: %d\n" % (name, redis.address, stream, path,
@@ -192,6 +193,23 @@ def trigger_metric(a, name, fn, trigger, result=None):
     return float(m.group(1)) if m else None
 
 
+def events_log_on_failure(a, r):
+    """On a failure, the tail of stoke-events' log(s) and the groups of the
+    streams in Redis, with the traceback."""
+    try:
+        for key in r.cmd("KEYS", "*"):
+            print("---- stream %s: XLEN %s, groups %s" % (key, r.cmd("XLEN", key),
+                                                         r.cmd("XINFO", "GROUPS", key)),
+                  file=sys.stderr)
+    except Exception as e:  # noqa: BLE001 - a report only
+        print("---- redis: %r" % e, file=sys.stderr)
+    for name in ("events", "events2"):
+        if name in a.s.logs:
+            lines = [ln for ln in a.s.log(name).splitlines() if '"level":"debug"' not in ln]
+            print("---- %s log (last 40 lines but debug) ----" % name, file=sys.stderr)
+            print("\n".join(lines[-40:]), file=sys.stderr)
+
+
 def ctl_backlog(a, fn):
     m = re.search(r'^stoke_controller_backlog\{function="%s"\} (\S+)$' % fn,
                   ops_metrics(a.s.ctl_ops_port), re.M)
@@ -199,7 +217,7 @@ def ctl_backlog(a, fn):
 
 
 def test_stream_scales_from_zero_every_message_once_acked_back_to_zero():
-    """200 messages on the stream of a function at zero: the backlog scales
+    """500 messages on the stream of a function at zero: the backlog scales
     it from zero (the test sends no HTTP request), every message is
     delivered and succeeds once, all are acknowledged, the backlog goes
     back to 0 and the function back to zero replicas."""
@@ -207,14 +225,16 @@ def test_stream_scales_from_zero_every_message_once_acked_back_to_zero():
     a = stack("trig-a")
     try:
         deploy(a, "orders", r, [("orders", "orders", "/async/0", 10)],
-               scale={"max": 5, "scaleToZeroGrace": "2s"}, asyncs={"maxInFlight": 10})
+               scale={"max": 5, "initial": 0, "scaleToZeroGrace": "2s"},
+               asyncs={"maxInFlight": 10})
         assert a.ready("orders") == (0, 0)
-        msg_ids = r.xadd("orders", 200)
+        msg_ids = r.xadd("orders", 500)
         ids = [call_id("orders", "orders", "orders", m) for m in msg_ids]
-        # The controller scales on the backlog, before any call ran.
-        a.s.wait_log("controller", "for a backlog of", 30)
+        # No client request: stoke-events' first deliveries (the activator's
+        # poke) or its first backlog report, whichever comes first, start it.
+        wait_for(lambda: a.ready("orders")[1] >= 1, 60, "scaled from zero")
         wait_for(lambda: all(st == 2 for st, _ in db_states(a, ids).values())
-                 and len(db_states(a, ids)) == 200, 180, "200 calls succeeded")
+                 and len(db_states(a, ids)) == 500, 300, "500 calls succeeded")
         # Acknowledged, each after its success: nothing pending, no lag.
         wait_for(lambda: r.group("orders", "stoke-orders") == (0, 0), 30, "acks")
         assert r.cmd("XPENDING", "orders", "stoke-orders")[0] == 0
@@ -229,13 +249,16 @@ def test_stream_scales_from_zero_every_message_once_acked_back_to_zero():
         st = a.state(ids[0])
         assert st["method"] == "POST" and st["state"] == "succeeded", st
         assert trigger_metric(a, "stoke_trigger_messages_total", "orders", "orders",
-                              "accepted") == 200
+                              "accepted") == 500
         wait_for(lambda: trigger_metric(a, "stoke_trigger_messages_total", "orders", "orders",
-                                        "succeeded") == 200, 10, "succeeded metric")
+                                        "succeeded") == 500, 10, "succeeded metric")
         wait_for(lambda: trigger_metric(a, "stoke_trigger_backlog", "orders", "orders") == 0,
                  10, "backlog 0 at stoke-events")
         wait_for(lambda: ctl_backlog(a, "orders") == 0, 10, "backlog 0 at the controller")
         wait_for(lambda: a.ready("orders") == (0, 0), 120, "back to zero")
+    except BaseException:
+        events_log_on_failure(a, r)
+        raise
     finally:
         a.s.stop()
         r.stop()
@@ -259,6 +282,12 @@ def test_body_headers_failures_dead_lettered_and_acked():
         assert st1["attempts"] == 2 and st1["condition"] == "RetriesExhausted", st1
         assert st1["record"]["requestPayload"] == \
             '{"order":"42","note":"a \\"quoted\\" value"}', st1["record"]
+        db = sqlite3.connect("file:%s?mode=ro" % a.db, uri=True, timeout=30)
+        hdrs = db.execute("select headers from calls where id=?", (c1,)).fetchone()[0]
+        db.close()
+        hdrs = hdrs.decode() if isinstance(hdrs, bytes) else hdrs
+        assert "Content-Type: application/json\r\n" in hdrs, hdrs
+        assert "X-Stoke-Stream: boom\r\nX-Stoke-Message-Id: %s\r\n" % m1 in hdrs, hdrs
         st2 = a.wait_state(c2, ("dead",), 60)
         assert st2["attempts"] == 1 and st2["condition"] == "NotRetryable", st2
         status, dlq = a.admin("GET", "/v1/dlq/bad")
@@ -270,6 +299,9 @@ def test_body_headers_failures_dead_lettered_and_acked():
         status, out = a.admin("POST", "/v1/dlq/bad/redrive?id=" + c1)
         assert status == 200 and out["redriven"] == 1, out
         a.wait_state(c1, ("dead",), 60)
+    except BaseException:
+        events_log_on_failure(a, r)
+        raise
     finally:
         a.s.stop()
         r.stop()
@@ -282,8 +314,10 @@ def test_kill9_of_stoke_events_loses_no_message_reruns_none_that_succeeded():
     r = Redis()
     a = stack("trig-c")
     try:
+        # A short timeout: the leases of the calls running at the kill end soon.
         deploy(a, "steady", r, [("in", "in", "/async/0/100", 100)],
-               scale={"min": 1, "initial": 1, "max": 1}, asyncs={"maxInFlight": 10})
+               scale={"min": 1, "initial": 1, "max": 1}, asyncs={"maxInFlight": 10},
+               extra="  timeout: 2s\n  queue: { timeout: 2s }\n")
         msg_ids = r.xadd("in", 300)
         ids = [call_id("steady", "in", "in", m) for m in msg_ids]
         wait_for(lambda: sum(1 for st, _ in db_states(a, ids).values() if st == 2) >= 50, 120,
@@ -309,6 +343,9 @@ def test_kill9_of_stoke_events_loses_no_message_reruns_none_that_succeeded():
         assert done_before <= starts_before
         # Read again after the restart and found in the store: duplicates.
         assert "events-test" in str(r.cmd("XINFO", "CONSUMERS", "in", "stoke-steady"))
+    except BaseException:
+        events_log_on_failure(a, r)
+        raise
     finally:
         a.s.stop()
         r.stop()
@@ -322,7 +359,8 @@ def test_backlog_drives_replicas_to_max():
     a = stack("trig-d")
     try:
         deploy(a, "wide", r, [("w", "w", "/async/0/50", 10)],
-               scale={"max": 3, "scaleToZeroGrace": "2s"}, asyncs={"maxInFlight": 10})
+               scale={"max": 3, "initial": 0, "scaleToZeroGrace": "2s"},
+               asyncs={"maxInFlight": 10})
         msg_ids = r.xadd("w", 1000)
         ids = [call_id("wide", "w", "w", m) for m in msg_ids]
         wait_for(lambda: a.ready("wide")[1] == 3, 120, "3 replicas ready")
@@ -335,6 +373,9 @@ def test_backlog_drives_replicas_to_max():
                  "1000 succeeded")
         wait_for(lambda: r.group("w", "stoke-wide") == (0, 0), 30, "all acknowledged")
         wait_for(lambda: a.ready("wide") == (0, 0), 120, "back to zero")
+    except BaseException:
+        events_log_on_failure(a, r)
+        raise
     finally:
         a.s.stop()
         r.stop()
