@@ -217,8 +217,8 @@ def ctl_backlog(a, fn):
 
 
 def test_stream_scales_from_zero_every_message_once_acked_back_to_zero():
-    """500 messages on the stream of a function at zero: the backlog scales
-    it from zero (the test sends no HTTP request), every message is
+    """500 messages on the stream of a function at zero: it scales from zero
+    (the test sends no HTTP request), every message is
     delivered and succeeds once, all are acknowledged, the backlog goes
     back to 0 and the function back to zero replicas."""
     r = Redis()
