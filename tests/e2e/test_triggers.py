@@ -12,6 +12,7 @@ message id (events/triggers.c); the test derives them the same way and
 looks for them in the store, the dead-letter list and the function's log."""
 
 import atexit
+import contextlib
 import os
 import re
 import shutil
@@ -210,6 +211,25 @@ def events_log_on_failure(a, r):
             print("\n".join(lines[-40:]), file=sys.stderr)
 
 
+@contextlib.contextmanager
+def triggers_stack(name):
+    """A redis-server and a stack with stoke-events on the channel; both
+    stopped at the end, the logs printed on a failure."""
+    r = Redis()
+    a = None
+    try:
+        a = stack(name)
+        yield a, r
+    except BaseException:
+        if a:
+            events_log_on_failure(a, r)
+        raise
+    finally:
+        if a:
+            a.s.stop()
+        r.stop()
+
+
 def ctl_backlog(a, fn):
     m = re.search(r'^stoke_controller_backlog\{function="%s"\} (\S+)$' % fn,
                   ops_metrics(a.s.ctl_ops_port), re.M)
@@ -221,9 +241,7 @@ def test_stream_scales_from_zero_every_message_once_acked_back_to_zero():
     (the test sends no HTTP request), every message is
     delivered and succeeds once, all are acknowledged, the backlog goes
     back to 0 and the function back to zero replicas."""
-    r = Redis()
-    a = stack("trig-a")
-    try:
+    with triggers_stack("trig-a") as (a, r):
         deploy(a, "orders", r, [("orders", "orders", "/async/0", 10)],
                scale={"max": 5, "initial": 0, "scaleToZeroGrace": "2s"},
                asyncs={"maxInFlight": 10})
@@ -256,21 +274,13 @@ def test_stream_scales_from_zero_every_message_once_acked_back_to_zero():
                  10, "backlog 0 at stoke-events")
         wait_for(lambda: ctl_backlog(a, "orders") == 0, 10, "backlog 0 at the controller")
         wait_for(lambda: a.ready("orders") == (0, 0), 120, "back to zero")
-    except BaseException:
-        events_log_on_failure(a, r)
-        raise
-    finally:
-        a.s.stop()
-        r.stop()
 
 
 def test_body_headers_failures_dead_lettered_and_acked():
     """A message's fields are the JSON body; a call that keeps failing (500)
     is dead-lettered after its retries and its message acknowledged; one
     answered 404 (not retryable) is dead-lettered at once: none is lost."""
-    r = Redis()
-    a = stack("trig-b")
-    try:
+    with triggers_stack("trig-b") as (a, r):
         deploy(a, "bad", r, [("boom", "boom", "/status/500", 10),
                              ("gone", "gone", "/status/404", 10)],
                scale={"min": 1, "initial": 1, "max": 1},
@@ -299,21 +309,13 @@ def test_body_headers_failures_dead_lettered_and_acked():
         status, out = a.admin("POST", "/v1/dlq/bad/redrive?id=" + c1)
         assert status == 200 and out["redriven"] == 1, out
         a.wait_state(c1, ("dead",), 60)
-    except BaseException:
-        events_log_on_failure(a, r)
-        raise
-    finally:
-        a.s.stop()
-        r.stop()
 
 
 def test_kill9_of_stoke_events_loses_no_message_reruns_none_that_succeeded():
     """kill -9 of stoke-events while messages are being delivered: after
     its restart every message is delivered, the calls stored as succeeded
     before the kill are not run again, and all are acknowledged."""
-    r = Redis()
-    a = stack("trig-c")
-    try:
+    with triggers_stack("trig-c") as (a, r):
         # A short timeout: the leases of the calls running at the kill end soon.
         deploy(a, "steady", r, [("in", "in", "/async/0/100", 100)],
                scale={"min": 1, "initial": 1, "max": 1}, asyncs={"maxInFlight": 10},
@@ -343,21 +345,13 @@ def test_kill9_of_stoke_events_loses_no_message_reruns_none_that_succeeded():
         assert done_before <= starts_before
         # Read again after the restart and found in the store: duplicates.
         assert "events-test" in str(r.cmd("XINFO", "CONSUMERS", "in", "stoke-steady"))
-    except BaseException:
-        events_log_on_failure(a, r)
-        raise
-    finally:
-        a.s.stop()
-        r.stop()
 
 
 def test_backlog_drives_replicas_to_max():
     """1000 messages at targetBacklog 10 and scale.max 3: the backlog asks
     for 100 replicas, bounded by max; the controller runs 3 (counted by the
     engine and the controller's status), then goes back to zero."""
-    r = Redis()
-    a = stack("trig-d")
-    try:
+    with triggers_stack("trig-d") as (a, r):
         deploy(a, "wide", r, [("w", "w", "/async/0/50", 10)],
                scale={"max": 3, "initial": 0, "scaleToZeroGrace": "2s"},
                asyncs={"maxInFlight": 10})
@@ -373,12 +367,6 @@ def test_backlog_drives_replicas_to_max():
                  "1000 succeeded")
         wait_for(lambda: r.group("w", "stoke-wide") == (0, 0), 30, "all acknowledged")
         wait_for(lambda: a.ready("wide") == (0, 0), 120, "back to zero")
-    except BaseException:
-        events_log_on_failure(a, r)
-        raise
-    finally:
-        a.s.stop()
-        r.stop()
 
 
 if __name__ == "__main__":
