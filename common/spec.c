@@ -407,12 +407,9 @@ static int set_list(struct stoke__yaml *y, const struct field *f, int seq, void 
     if (r < 0)
         return r;
     size_t n = y->nodes[seq].nchild;
-    if (n > f->max) {
-        int k = y->nodes[seq].first;
-        for (size_t j = 0; j < f->max; j++)
-            k = y->nodes[k].next;
-        return stoke__yaml_fail(y, k, NULL, "too many entries (the limit is %d)", (int)f->max);
-    }
+    if (n > f->max) /* named as the list, as the CRD's maxItems names it */
+        return stoke__yaml_fail(y, seq, NULL, "too many entries: %zu (the limit is %d)", n,
+                                (int)f->max);
     if (n == 0)
         return 0;
     *items = calloc(n, f->size);

@@ -652,8 +652,10 @@ static void test_triggers_block(void **state)
         assert_int_equal(r, n == 8 ? 0 : -EINVAL);
         if (r == 0)
             assert_int_equal(s.n_triggers, 8);
-        else
-            assert_non_null(strstr(d.message, "too many entries"));
+        else {
+            assert_non_null(strstr(d.message, "too many entries: 9"));
+            assert_string_equal(d.field, "spec.triggers");
+        }
         stoke_spec_done(&s);
     }
     static const struct {
