@@ -1,40 +1,19 @@
-/* The activator's end of the channel to the controller (stoke/routes.h):
- * connects, receives route tables and updates for the proxy (an update whose
+/* The activator's end of the channel to the controller (stoke/routes.h), on
+ * stoke/chan.h's client: receives route tables and updates for the proxy (an update whose
  * gen does not follow the table's: asks for the table again, "resync"),
  * sends pokes at once and stats every second (functions with traffic only);
  * reconnects with backoff when the controller goes away, while the proxy
- * keeps serving the replicas it knows. Thread: the loop's.
- *
- * Test hook: with STOKE_TEST_DROP_ROUTE_UPDATE=N in its environment, a
- * channel drops the Nth update it receives, as if lost (tests/e2e/
- * test_channel.py). */
+ * keeps serving the replicas it knows. Thread: the loop's. */
 #ifndef ACTIVATOR_CTL_H
 #define ACTIVATOR_CTL_H
 
 #include <uv.h>
 
 #include "proxy.h"
+#include "stoke/chan.h"
 #include "stoke/util.h"
 
 struct ctl;
-
-#define CTL_MAX_TARGETS 8
-
-/* Where the controller is: one unix socket, or up to CTL_MAX_TARGETS
- * "host:port" entries (an IP literal, "[IPv6]", or a DNS name such as a
- * headless Service's, resolved again at every connection attempt). */
-struct ctl_targets {
-    bool is_unix;
-    struct stoke_addr unix_addr;
-    size_t n;
-    struct {
-        char host[254];
-        char port[6];
-    } t[CTL_MAX_TARGETS];
-};
-
-/* Parses "unix:/path" or "host:port[,host:port...]". Returns 0 or -EINVAL. */
-int ctl_parse_targets(const char *s, struct ctl_targets *ret);
 
 /* Connects to `controller` (copied): every address of every target in turn,
  * until one takes the channel (a controller that is not the leader does not
@@ -44,7 +23,7 @@ int ctl_parse_targets(const char *s, struct ctl_targets *ret);
  * limits among processes. `token` (copied, may be NULL) is sent in the hello
  * that opens each connection: a TCP channel refuses a connection without the
  * controller's token. */
-int ctl_new(uv_loop_t *loop, const struct ctl_targets *controller, const char *id,
+int ctl_new(uv_loop_t *loop, const struct stoke_chan_targets *controller, const char *id,
             const char *process, const char *token, struct ctl **ret);
 
 /* The proxy whose routes this channel feeds; set once, before traffic. */

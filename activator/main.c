@@ -45,9 +45,9 @@ struct worker {
     struct limits *limits;
     const char *process; /* the activator's id, which its workers share */
     const struct proxy_config *cfg;
-    const struct ctl_targets *ctl_targets; /* NULL: --controller none */
-    const char *ctl_token;                 /* --channel-token-file's, or NULL */
-    const char *routes_line;               /* static routes as a routes message, or NULL */
+    const struct stoke_chan_targets *ctl_targets; /* NULL: --controller none */
+    const char *ctl_token;                        /* --channel-token-file's, or NULL */
+    const char *routes_line;                      /* static routes as a routes message, or NULL */
 };
 
 struct activator {
@@ -344,7 +344,7 @@ int main(int argc, char **argv)
         {NULL, 0, NULL, 0},
     };
     struct proxy_config cfg;
-    struct ctl_targets ctl_targets, ctl_events;
+    struct stoke_chan_targets ctl_targets, ctl_events;
     struct stoke_route_table routes = {.gen = 0};
     bool use_ctl = true;
     const char *token_file = NULL, *events_token_file = NULL;
@@ -360,7 +360,7 @@ int main(int argc, char **argv)
     int c, r;
 
     proxy_config_defaults(&cfg);
-    (void)ctl_parse_targets(DEFAULT_CONTROLLER, &ctl_targets);
+    (void)stoke_chan_parse_targets(DEFAULT_CONTROLLER, &ctl_targets);
     (void)stoke_addr_parse(DEFAULT_OPS, &ops_addr);
     snprintf(id, sizeof(id), "activator-%d", (int)getpid());
 
@@ -374,7 +374,7 @@ int main(int argc, char **argv)
             break;
         case O_CONTROLLER:
             use_ctl = strcmp(optarg, "none") != 0;
-            r = use_ctl ? ctl_parse_targets(optarg, &ctl_targets) : 0;
+            r = use_ctl ? stoke_chan_parse_targets(optarg, &ctl_targets) : 0;
             break;
         case O_ROUTE:
             r = add_static_route(&routes, optarg);
@@ -397,7 +397,7 @@ int main(int argc, char **argv)
             if (r == 0 && cfg.events.is_unix)
                 r = -EINVAL;
             if (r < 0 && strncmp(optarg, "unix:", 5) != 0 && strchr(optarg, ',') == NULL &&
-                ctl_parse_targets(optarg, &ctl_events) == 0) {
+                stoke_chan_parse_targets(optarg, &ctl_events) == 0) {
                 memcpy(cfg.events_host, ctl_events.t[0].host, sizeof(cfg.events_host));
                 memcpy(cfg.events_port, ctl_events.t[0].port, sizeof(cfg.events_port));
                 r = 0;

@@ -824,6 +824,8 @@ static int fn_update(struct fn *fn, const struct stoke_route *r)
     fn->cfg.endpoints = NULL; /* owned by the table; see fn->eps */
     fn->cfg.shares = NULL;
     fn->cfg.n_endpoints = 0;
+    fn->cfg.triggers = NULL; /* stoke-events' business: not kept */
+    fn->cfg.n_triggers = 0;
     return 0;
 }
 

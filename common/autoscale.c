@@ -291,3 +291,20 @@ out:
     *ret = d;
     return 0;
 }
+
+uint32_t stoke_autoscale_backlog(const struct stoke_scale *scale, uint32_t desired,
+                                 uint64_t backlog, uint32_t target, uint64_t now_ms,
+                                 uint64_t *last_ms)
+{
+    uint64_t t = target ? target : 1;
+    uint64_t need = backlog / t + (backlog % t != 0);
+    if (scale->max && need > scale->max)
+        need = scale->max;
+    if (need > UINT32_MAX)
+        need = UINT32_MAX;
+    if (backlog > 0)
+        *last_ms = now_ms;
+    else if (*last_ms && now_ms - *last_ms < scale->scale_to_zero_grace_ms && need < 1)
+        need = 1;
+    return desired > need ? desired : (uint32_t)need;
+}

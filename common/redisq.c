@@ -30,6 +30,7 @@ struct stoke_redisq {
     unsigned connected; /* of the two */
     bool group_ready, reading, claiming, resetting, closing;
     bool own_pending;          /* still reading this consumer's pending ones */
+    bool group_made;           /* made (or found) once: made again from "0" */
     char pending_from[ID_MAX]; /* ... after this id */
     char claim_from[ID_MAX];   /* XAUTOCLAIM's cursor */
     unsigned credit;
@@ -133,6 +134,7 @@ static void on_group(redisAsyncContext *ac, void *reply, void *priv)
         return;
     }
     q->group_ready = true;
+    q->group_made = true;
     q->failures = 0;
     say(q, 0, "ready");
     read_more(q);
@@ -141,8 +143,10 @@ static void on_group(redisAsyncContext *ac, void *reply, void *priv)
 static void create_group(struct stoke_redisq *q)
 {
     q->group_ready = false;
-    redisAsyncCommand(q->cmd, on_group, q, "XGROUP CREATE %s %s 0 MKSTREAM", q->cfg.stream,
-                      q->cfg.group);
+    /* A stream that went away and came back is read from its start: "$"
+     * is for a group's first creation only. */
+    redisAsyncCommand(q->cmd, on_group, q, "XGROUP CREATE %s %s %s MKSTREAM", q->cfg.stream,
+                      q->cfg.group, q->group_made ? "0" : q->cfg.start_id);
 }
 
 static void on_auth(redisAsyncContext *ac, void *reply, void *priv)
@@ -159,7 +163,8 @@ static void on_auth(redisAsyncContext *ac, void *reply, void *priv)
 
 static redisAsyncContext *connect_one(struct stoke_redisq *q)
 {
-    redisAsyncContext *ac = redisAsyncConnect(q->cfg.host, q->cfg.port);
+    redisAsyncContext *ac = q->cfg.unix_path ? redisAsyncConnectUnix(q->cfg.unix_path)
+                                             : redisAsyncConnect(q->cfg.host, q->cfg.port);
     if (!ac)
         return NULL;
     if (ac->err || redisLibuvAttach(ac, q->loop) != REDIS_OK) {
@@ -314,14 +319,20 @@ int stoke_redisq_new(uv_loop_t *loop, const struct stoke_redisq_cfg *cfg,
                      const struct stoke_redisq_hooks *hooks, struct stoke_redisq **out)
 {
     *out = NULL;
-    if (!cfg->host || !cfg->stream || !cfg->group || !cfg->consumer || !hooks->on_msg ||
-        cfg->port <= 0 || cfg->port > 65535)
+    if ((!cfg->unix_path && (!cfg->host || cfg->port <= 0 || cfg->port > 65535)) || !cfg->stream ||
+        !cfg->group || !cfg->consumer || !hooks->on_msg ||
+        (cfg->start_id && strcmp(cfg->start_id, "0") != 0 && strcmp(cfg->start_id, "$") != 0))
         return -EINVAL;
     struct stoke_redisq *q = calloc(1, sizeof(*q));
-    const char *src[] = {cfg->host, cfg->stream, cfg->group, cfg->consumer,
-                         cfg->password ? cfg->password : ""};
+    const char *src[] = {cfg->host ? cfg->host : "",
+                         cfg->stream,
+                         cfg->group,
+                         cfg->consumer,
+                         cfg->password ? cfg->password : "",
+                         cfg->unix_path ? cfg->unix_path : "",
+                         cfg->start_id ? cfg->start_id : "0"};
     size_t total = 0;
-    for (size_t i = 0; i < 5; i++)
+    for (size_t i = 0; i < 7; i++)
         total += strlen(src[i]) + 1;
     char *s = q ? malloc(total) : NULL;
     if (!s) {
@@ -331,9 +342,9 @@ int stoke_redisq_new(uv_loop_t *loop, const struct stoke_redisq_cfg *cfg,
     q->loop = loop;
     q->cfg = *cfg;
     q->strings = s;
-    const char **dst[] = {&q->cfg.host, &q->cfg.stream, &q->cfg.group, &q->cfg.consumer,
-                          &q->cfg.password};
-    for (size_t i = 0; i < 5; i++) {
+    const char **dst[] = {&q->cfg.host,     &q->cfg.stream,    &q->cfg.group,   &q->cfg.consumer,
+                          &q->cfg.password, &q->cfg.unix_path, &q->cfg.start_id};
+    for (size_t i = 0; i < 7; i++) {
         size_t n = strlen(src[i]) + 1;
         memcpy(s, src[i], n);
         *dst[i] = s;
@@ -341,6 +352,8 @@ int stoke_redisq_new(uv_loop_t *loop, const struct stoke_redisq_cfg *cfg,
     }
     if (!cfg->password)
         q->cfg.password = NULL;
+    if (!cfg->unix_path)
+        q->cfg.unix_path = NULL;
     if (!q->cfg.batch)
         q->cfg.batch = 16;
     if (!q->cfg.block_ms)

@@ -28,6 +28,143 @@ void stoke_route_done(struct stoke_route *r)
     r->endpoints = NULL;
     r->shares = NULL;
     r->n_endpoints = 0;
+    for (size_t i = 0; i < r->n_triggers; i++)
+        stoke_trigger_done(&r->triggers[i]);
+    free(r->triggers);
+    r->triggers = NULL;
+    r->n_triggers = 0;
+}
+
+/* ---- queue triggers in a route entry (stoke-events reads them) ---- */
+
+static int get_u64(json_object *o, const char *key, uint64_t max, uint64_t *ret);
+
+int stoke_route_triggers_dup(const struct stoke_trigger *t, size_t n, struct stoke_trigger **ret)
+{
+    *ret = NULL;
+    if (n == 0)
+        return 0;
+    struct stoke_trigger *d = calloc(n, sizeof(*d));
+    if (!d)
+        return -ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+        d[i] = t[i];
+        d[i].address = strdup(t[i].address ? t[i].address : "");
+        d[i].stream = strdup(t[i].stream ? t[i].stream : "");
+        d[i].group = strdup(t[i].group ? t[i].group : "");
+        d[i].path = strdup(t[i].path ? t[i].path : "/");
+        d[i].password_file = t[i].password_file ? strdup(t[i].password_file) : NULL;
+        if (!d[i].address || !d[i].stream || !d[i].group || !d[i].path ||
+            (t[i].password_file && !d[i].password_file)) {
+            for (size_t j = 0; j <= i; j++)
+                stoke_trigger_done(&d[j]);
+            free(d);
+            return -ENOMEM;
+        }
+    }
+    *ret = d;
+    return 0;
+}
+
+/* "triggers":[...] of an entry, or NULL on OOM. */
+static json_object *triggers_json(const struct stoke_route *r)
+{
+    json_object *a = json_object_new_array();
+    for (size_t i = 0; a && i < r->n_triggers; i++) {
+        const struct stoke_trigger *t = &r->triggers[i];
+        json_object *o = json_object_new_object();
+        if (!o) {
+            json_object_put(a);
+            return NULL;
+        }
+        json_object_object_add(o, "name", json_object_new_string(t->name));
+        json_object_object_add(o, "address", json_object_new_string(t->address));
+        json_object_object_add(o, "stream", json_object_new_string(t->stream));
+        json_object_object_add(o, "group", json_object_new_string(t->group));
+        if (t->password_file)
+            json_object_object_add(o, "password_file", json_object_new_string(t->password_file));
+        json_object_object_add(o, "start_from",
+                               json_object_new_string(stoke_start_from_names[t->start_from]));
+        json_object_object_add(o, "path", json_object_new_string(t->path));
+        json_object_object_add(o, "target_backlog", json_object_new_int64(t->target_backlog));
+        json_object_array_add(a, o);
+    }
+    return a;
+}
+
+/* A string member of 1..STOKE_TRIGGER_MAX_STRING printable bytes without
+ * spaces (starting with '/' when `path`), dup'd into *ret. */
+static int trigger_string(json_object *o, const char *key, bool path, char **ret)
+{
+    json_object *v;
+    if (!json_object_object_get_ex(o, key, &v) || !json_object_is_type(v, json_type_string))
+        return -EINVAL;
+    const char *s = json_object_get_string(v);
+    size_t n = strlen(s);
+    if (n == 0 || n > STOKE_TRIGGER_MAX_STRING || (size_t)json_object_get_string_len(v) != n ||
+        (path && s[0] != '/'))
+        return -EINVAL;
+    for (size_t i = 0; i < n; i++)
+        if (s[i] <= ' ' || s[i] > '~')
+            return -EINVAL;
+    *ret = strdup(s);
+    return *ret ? 0 : -ENOMEM;
+}
+
+/* "triggers" of an entry, validated as the spec validates them. */
+static int parse_triggers(json_object *a, struct stoke_route *r)
+{
+    if (!json_object_is_type(a, json_type_array))
+        return -EINVAL;
+    size_t n = json_object_array_length(a);
+    if (n > STOKE_SPEC_MAX_TRIGGERS)
+        return -EINVAL;
+    if (n == 0)
+        return 0;
+    r->triggers = calloc(n, sizeof(*r->triggers));
+    if (!r->triggers)
+        return -ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+        json_object *o = json_object_array_get_idx(a, i), *v;
+        struct stoke_trigger *t = &r->triggers[r->n_triggers++];
+        if (!json_object_is_type(o, json_type_object))
+            return -EINVAL;
+        if (!json_object_object_get_ex(o, "name", &v) ||
+            !json_object_is_type(v, json_type_string) ||
+            !stoke_is_valid_name(json_object_get_string(v)))
+            return -EINVAL;
+        snprintf(t->name, sizeof(t->name), "%s", json_object_get_string(v));
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(r->triggers[j].name, t->name) == 0)
+                return -EINVAL;
+        int e = trigger_string(o, "address", false, &t->address);
+        e = e ? e : trigger_string(o, "stream", false, &t->stream);
+        e = e ? e : trigger_string(o, "group", false, &t->group);
+        e = e ? e : trigger_string(o, "path", true, &t->path);
+        if (!e && json_object_object_get_ex(o, "password_file", &v))
+            e = trigger_string(o, "password_file", true, &t->password_file);
+        if (e)
+            return e;
+        char host[STOKE_TRIGGER_MAX_STRING + 1];
+        int port;
+        const char *up;
+        if (stoke_trigger_address(t->address, host, sizeof(host), &port, &up) < 0)
+            return -EINVAL;
+        t->start_from = STOKE_START_NEW;
+        if (json_object_object_get_ex(o, "start_from", &v)) {
+            const char *sf =
+                json_object_is_type(v, json_type_string) ? json_object_get_string(v) : "";
+            if (strcmp(sf, "0") == 0)
+                t->start_from = STOKE_START_ALL;
+            else if (strcmp(sf, "$") != 0)
+                return -EINVAL;
+        }
+        uint64_t tb;
+        if (get_u64(o, "target_backlog", 1000000, &tb) < 0 || tb == 0)
+            return -EINVAL;
+        t->target_backlog = (uint32_t)tb;
+    }
+    return 0;
 }
 
 /* One function's entry of a table or an update, or NULL on OOM. */
@@ -74,6 +211,14 @@ static json_object *route_json(const struct stoke_route *r)
         for (size_t j = 0; j < r->n_endpoints; j++)
             json_object_array_add(sh, json_object_new_int64(r->shares[j]));
         json_object_object_add(fn, "shares", sh);
+    }
+    if (r->n_triggers) {
+        json_object *tr = triggers_json(r);
+        if (!tr) {
+            json_object_put(fn);
+            return NULL;
+        }
+        json_object_object_add(fn, "triggers", tr);
     }
     return fn;
 }
@@ -219,6 +364,9 @@ static int parse_route(json_object *fn, struct stoke_route *r)
             r->shares[j] = (uint32_t)s;
         }
     }
+    /* Optional: a controller from before triggers sends none. */
+    if (json_object_object_get_ex(fn, "triggers", &v))
+        return parse_triggers(v, r);
     return 0;
 }
 
@@ -397,6 +545,10 @@ int stoke_route_share(const struct stoke_route *in, unsigned i, unsigned k, stru
     out->endpoints = NULL;
     out->shares = NULL;
     out->n_endpoints = 0;
+    if (stoke_route_triggers_dup(in->triggers, in->n_triggers, &out->triggers) < 0) {
+        memset(out, 0, sizeof(*out));
+        return -ENOMEM;
+    }
     bool divide = k > 1 && in->concurrency_limit > 0;
     if (k > 1)
         out->queue_max = stoke_share(in->queue_max, k, i, name_hash(in->name) % k);
@@ -406,8 +558,7 @@ int stoke_route_share(const struct stoke_route *in, unsigned i, unsigned k, stru
     if (divide)
         out->shares = calloc(in->n_endpoints, sizeof(*out->shares));
     if (!out->endpoints || (divide && !out->shares)) {
-        free(out->endpoints);
-        free(out->shares);
+        stoke_route_done(out);
         memset(out, 0, sizeof(*out));
         return -ENOMEM;
     }

@@ -54,6 +54,8 @@ enum ftype {
     T_MAP = STOKE_SPEC_MAP,
     T_ENV = STOKE_SPEC_ENV,
     T_STRMAP = STOKE_SPEC_STRMAP,
+    T_LIST = STOKE_SPEC_LIST,
+    T_ADDRESS = STOKE_SPEC_ADDRESS,
     T_ENUM,
 };
 
@@ -61,7 +63,7 @@ struct field;
 
 /* Checks that involve several fields of mapping `map`; `at` holds the value
  * node of each field of its table, or -1 when absent. */
-typedef int (*check_fn)(struct stoke__yaml *y, int map, const int *at, struct stoke_spec *s);
+typedef int (*check_fn)(struct stoke__yaml *y, int map, const int *at, void *s);
 
 struct field {
     const char *key;
@@ -71,8 +73,13 @@ struct field {
     uint64_t min, max;
     bool required;
     const char *const *values; /* T_CONST, T_ENUM: the accepted values, NULL-terminated */
-    const struct field *sub;   /* T_MAP: its fields, ending with a NULL key */
-    check_fn check;            /* T_MAP: run after the mapping's fields */
+    const struct field *sub;   /* T_MAP, T_LIST: its (an item's) fields, ending with a NULL key */
+    check_fn check;            /* T_MAP, T_LIST: run after the mapping's (an item's) fields */
+    /* T_LIST: the array's pointer is at off, its count (size_t) at
+     * count_off, an item is `size` bytes, begins with its name (char[])
+     * and is filled with defaults by `init`. */
+    size_t count_off;
+    void (*init)(void *item);
 };
 
 #define MAX_FIELDS 16
@@ -101,7 +108,7 @@ static void format_ms(uint64_t ms, char *buf, size_t size)
 
 static int read_digits(const char **s, uint64_t *v);
 
-static int set_uint(struct stoke__yaml *y, const struct field *f, int i, struct stoke_spec *s)
+static int set_uint(struct stoke__yaml *y, const struct field *f, int i, void *s)
 {
     const struct stoke__yaml_node *nd = &y->nodes[i];
     const char *p = nd->text;
@@ -136,7 +143,7 @@ static int set_uint(struct stoke__yaml *y, const struct field *f, int i, struct 
 
 static int parse_duration(const char *s, uint64_t *ret_ms);
 
-static int set_duration(struct stoke__yaml *y, const struct field *f, int i, struct stoke_spec *s)
+static int set_duration(struct stoke__yaml *y, const struct field *f, int i, void *s)
 {
     const char *text = NULL;
     char lo[32], hi[32];
@@ -165,7 +172,7 @@ static int set_duration(struct stoke__yaml *y, const struct field *f, int i, str
 static int parse_memory(const char *s, uint64_t *ret_bytes);
 static int parse_cpu(const char *s, uint64_t *ret_millis);
 
-static int set_memory(struct stoke__yaml *y, const struct field *f, int i, struct stoke_spec *s)
+static int set_memory(struct stoke__yaml *y, const struct field *f, int i, void *s)
 {
     const char *text = NULL;
     uint64_t v;
@@ -192,7 +199,7 @@ static int set_memory(struct stoke__yaml *y, const struct field *f, int i, struc
     return 0;
 }
 
-static int set_cpu(struct stoke__yaml *y, const struct field *f, int i, struct stoke_spec *s)
+static int set_cpu(struct stoke__yaml *y, const struct field *f, int i, void *s)
 {
     const char *text = NULL;
     uint64_t v;
@@ -216,8 +223,7 @@ static int set_cpu(struct stoke__yaml *y, const struct field *f, int i, struct s
     return 0;
 }
 
-static int dup_into(struct stoke__yaml *y, const struct field *f, const char *text,
-                    struct stoke_spec *s)
+static int dup_into(struct stoke__yaml *y, const struct field *f, const char *text, void *s)
 {
     char **dst = (char **)((char *)s + f->off);
     char *d = strdup(text);
@@ -244,7 +250,7 @@ static int fail_values(struct stoke__yaml *y, int i, const struct field *f, cons
     return stoke__yaml_fail(y, i, NULL, "must be %s (found \"%.64s\")", list, text);
 }
 
-static int set_string(struct stoke__yaml *y, const struct field *f, int i, struct stoke_spec *s)
+static int set_string(struct stoke__yaml *y, const struct field *f, int i, void *s)
 {
     const char *text = NULL;
     int r = stoke__yaml_text(y, i, NULL, "a string", &text);
@@ -272,8 +278,21 @@ static int set_string(struct stoke__yaml *y, const struct field *f, int i, struc
                 "invalid name \"%.64s\": use 1 to 63 lowercase letters, digits and "
                 "'-', starting with a letter and not ending with '-'",
                 text);
-        memcpy(s->name, text, n + 1);
+        memcpy((char *)s + f->off, text, n + 1);
         return 0;
+    case T_ADDRESS: {
+        char host[STOKE_TRIGGER_MAX_STRING + 1];
+        int port;
+        const char *unix_path;
+        if (n > f->max || !stoke__yaml_is_token(text) ||
+            stoke_trigger_address(text, host, sizeof(host), &port, &unix_path) < 0)
+            return stoke__yaml_fail(y, i, NULL,
+                                    "invalid address \"%.64s\": use host:port (port 1 to 65535; "
+                                    "an IPv6 address in brackets) or unix:/path, at most %d "
+                                    "characters",
+                                    text, (int)f->max);
+        return dup_into(y, f, text, s);
+    }
     case T_IMAGE:
     case T_PATH:
         if (f->type == T_IMAGE && n == 0)
@@ -293,7 +312,7 @@ static int set_string(struct stoke__yaml *y, const struct field *f, int i, struc
 
 /* YAML 1.2's core booleans only: yes/no/on/off (YAML 1.1) are refused
  * rather than guessed, and a quoted "true" is a string. */
-static int set_bool(struct stoke__yaml *y, const struct field *f, int i, struct stoke_spec *s)
+static int set_bool(struct stoke__yaml *y, const struct field *f, int i, void *s)
 {
     static const char *const yes[] = {"true", "True", "TRUE"};
     static const char *const no[] = {"false", "False", "FALSE"};
@@ -375,9 +394,43 @@ static int check_strmap(struct stoke__yaml *y, int map)
 }
 
 static int walk_map(struct stoke__yaml *y, int map, const struct field *fields, check_fn check,
-                    struct stoke_spec *s);
+                    void *s);
 
-static int set_field(struct stoke__yaml *y, const struct field *f, int v, struct stoke_spec *s)
+/* A sequence of mappings (spec.triggers): each item walked with its own
+ * table into an array of f->size items, names unique. */
+static int set_list(struct stoke__yaml *y, const struct field *f, int seq, void *s)
+{
+    void **items = (void **)((char *)s + f->off);
+    size_t *count = (size_t *)((char *)s + f->count_off);
+    int r = stoke__yaml_want_seq(y, seq, NULL);
+
+    if (r < 0)
+        return r;
+    size_t n = y->nodes[seq].nchild;
+    if (n > f->max) /* named as the list, as the CRD's maxItems names it */
+        return stoke__yaml_fail(y, seq, NULL, "too many entries: %zu (the limit is %d)", n,
+                                (int)f->max);
+    if (n == 0)
+        return 0;
+    *items = calloc(n, f->size);
+    if (!*items)
+        return stoke__yaml_oom(y);
+    for (int k = y->nodes[seq].first; k >= 0; k = y->nodes[k].next) {
+        char *item = (char *)*items + *count * f->size;
+        f->init(item);
+        (*count)++; /* so that stoke_spec_done() frees a half-built one */
+        r = walk_map(y, k, f->sub, f->check, item);
+        if (r < 0)
+            return r;
+        for (size_t j = 0; j + 1 < *count; j++) {
+            if (strcmp((char *)*items + j * f->size, item) == 0)
+                return stoke__yaml_fail(y, k, NULL, "the name \"%s\" is used twice", item);
+        }
+    }
+    return 0;
+}
+
+static int set_field(struct stoke__yaml *y, const struct field *f, int v, void *s)
 {
     switch (f->type) {
     case T_UINT:
@@ -392,6 +445,8 @@ static int set_field(struct stoke__yaml *y, const struct field *f, int v, struct
         return set_bool(y, f, v, s);
     case T_MAP:
         return walk_map(y, v, f->sub, f->check, s);
+    case T_LIST:
+        return set_list(y, f, v, s);
     case T_ENV:
         return set_env(y, v, s);
     case T_STRMAP:
@@ -410,7 +465,7 @@ static const struct field *find_field(const struct field *fields, const char *ke
 }
 
 static int walk_map(struct stoke__yaml *y, int map, const struct field *fields, check_fn check,
-                    struct stoke_spec *s)
+                    void *s)
 {
     int at[MAX_FIELDS];
     size_t nf = 0;
@@ -452,9 +507,9 @@ static int walk_map(struct stoke__yaml *y, int map, const struct field *fields, 
 /* Indexes into scale_fields[], for check_scale(). */
 enum { SCALE_MIN, SCALE_MAX, SCALE_INITIAL };
 
-static int check_scale(struct stoke__yaml *y, int map, const int *at, struct stoke_spec *s)
+static int check_scale(struct stoke__yaml *y, int map, const int *at, void *s)
 {
-    const struct stoke_scale *sc = &s->scale;
+    const struct stoke_scale *sc = &((const struct stoke_spec *)s)->scale;
 
     /* max 0 means unbounded, so there is nothing to exceed. A default min
      * (0) or initial (1) cannot exceed a max that is set, so the value
@@ -479,6 +534,12 @@ const char *const stoke_idle_names[] = {
 const char *const stoke_network_names[] = {
     [STOKE_NETWORK_BRIDGE] = "bridge",
     [STOKE_NETWORK_HOST] = "host",
+    NULL,
+};
+
+const char *const stoke_start_from_names[] = {
+    [STOKE_START_NEW] = "$",
+    [STOKE_START_ALL] = "0",
     NULL,
 };
 
@@ -532,6 +593,50 @@ static const struct field readiness_fields[] = {
     {0},
 };
 
+/* spec.triggers: fields of an item (struct stoke_trigger). */
+#define TRIGGER_STRING(k, t, m, req)                                                               \
+    {                                                                                              \
+        .key = (k), .type = (t), .off = offsetof(struct stoke_trigger, m), .min = 1,               \
+        .max = STOKE_TRIGGER_MAX_STRING, .required = (req)                                         \
+    }
+
+static const struct field trigger_redis_fields[] = {
+    TRIGGER_STRING("address", T_ADDRESS, address, true),
+    TRIGGER_STRING("stream", T_IMAGE, stream, true),
+    TRIGGER_STRING("group", T_IMAGE, group, false),
+    TRIGGER_STRING("passwordFile", T_PATH, password_file, false),
+    {.key = "startFrom",
+     .type = T_ENUM,
+     .off = offsetof(struct stoke_trigger, start_from),
+     .values = stoke_start_from_names},
+    {0},
+};
+
+static const struct field trigger_fields[] = {
+    {.key = "name",
+     .type = T_NAME,
+     .off = offsetof(struct stoke_trigger, name),
+     .min = 1,
+     .max = STOKE_NAME_MAX,
+     .required = true},
+    {.key = "redis", .type = T_MAP, .sub = trigger_redis_fields, .required = true},
+    TRIGGER_STRING("path", T_PATH, path, false),
+    {.key = "targetBacklog",
+     .type = T_UINT,
+     .off = offsetof(struct stoke_trigger, target_backlog),
+     .size = sizeof(uint32_t),
+     .min = 1,
+     .max = 1000000},
+    {0},
+};
+
+static void trigger_init(void *item)
+{
+    struct stoke_trigger *t = item;
+    t->start_from = STOKE_START_NEW;
+    t->target_backlog = 10;
+}
+
 static const struct field spec_fields[] = {
     {.key = "image",
      .type = T_IMAGE,
@@ -552,11 +657,24 @@ static const struct field spec_fields[] = {
      .type = T_ENUM,
      .off = offsetof(struct stoke_spec, network),
      .values = stoke_network_names},
+    {.key = "triggers",
+     .type = T_LIST,
+     .off = offsetof(struct stoke_spec, triggers),
+     .count_off = offsetof(struct stoke_spec, n_triggers),
+     .size = sizeof(struct stoke_trigger),
+     .max = STOKE_SPEC_MAX_TRIGGERS,
+     .sub = trigger_fields,
+     .init = trigger_init},
     {0},
 };
 
 static const struct field metadata_fields[] = {
-    {.key = "name", .type = T_NAME, .min = 1, .max = STOKE_NAME_MAX, .required = true},
+    {.key = "name",
+     .type = T_NAME,
+     .off = offsetof(struct stoke_spec, name),
+     .min = 1,
+     .max = STOKE_NAME_MAX,
+     .required = true},
     {.key = "labels", .type = T_STRMAP},
     {.key = "annotations", .type = T_STRMAP},
     {0},
@@ -609,7 +727,7 @@ static void walk_fields(const struct field *fields, char *path, size_t len,
         int n = snprintf(path + len, 128 - len, "%s%s", len ? "." : "", f->key);
         assert(n > 0 && (size_t)n < 128 - len);
         fn(&info, data);
-        if (f->type == T_MAP)
+        if (f->type == T_MAP || f->type == T_LIST)
             walk_fields(f->sub, path, len + (size_t)n, fn, data);
         path[len] = '\0';
     }
@@ -661,6 +779,87 @@ void stoke_async_defaults(struct stoke_async *a)
     a->max_body = 256 * 1024;
 }
 
+/* The triggers' defaults that need the whole spec: group "stoke-<name>",
+ * path "/". */
+static int trigger_defaults(struct stoke__yaml *y, struct stoke_spec *s)
+{
+    for (size_t i = 0; i < s->n_triggers; i++) {
+        struct stoke_trigger *t = &s->triggers[i];
+        if (!t->group) {
+            size_t n = strlen(s->name) + sizeof("stoke-");
+            t->group = malloc(n);
+            if (!t->group)
+                return stoke__yaml_oom(y);
+            (void)snprintf(t->group, n, "stoke-%s", s->name);
+        }
+        if (!t->path) {
+            t->path = strdup("/");
+            if (!t->path)
+                return stoke__yaml_oom(y);
+        }
+    }
+    return 0;
+}
+
+int stoke_trigger_address(const char *address, char *host, size_t host_size, int *ret_port,
+                          const char **ret_unix)
+{
+    size_t n = strlen(address);
+    *ret_unix = NULL;
+    *ret_port = 0;
+    if (host_size)
+        host[0] = '\0';
+    if (n == 0 || n > STOKE_TRIGGER_MAX_STRING)
+        return -EINVAL;
+    if (strncmp(address, "unix:/", 6) == 0) {
+        *ret_unix = address + 5;
+        return 0;
+    }
+    const char *colon = strrchr(address, ':');
+    const char *h = address, *he = colon;
+    if (!colon || colon == address)
+        return -EINVAL;
+    if (address[0] == '[') {
+        /* [v6]:port */
+        if (colon[-1] != ']' || colon - address < 3)
+            return -EINVAL;
+        h = address + 1;
+        he = colon - 1;
+        for (const char *p = h; p < he; p++)
+            if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f') ||
+                  (*p >= 'A' && *p <= 'F') || *p == ':' || *p == '.'))
+                return -EINVAL;
+    } else {
+        /* a DNS name or an IPv4 address */
+        for (const char *p = h; p < he; p++)
+            if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'z') ||
+                  (*p >= 'A' && *p <= 'Z') || *p == '.' || *p == '-'))
+                return -EINVAL;
+    }
+    const char *d = colon + 1;
+    uint64_t port = 0;
+    if (*d == '0' || read_digits(&d, &port) <= 0 || *d || port < 1 || port > 65535)
+        return -EINVAL;
+    if ((size_t)(he - h) + 1 > host_size)
+        return -EINVAL;
+    memcpy(host, h, (size_t)(he - h));
+    host[he - h] = '\0';
+    *ret_port = (int)port;
+    return 0;
+}
+
+void stoke_trigger_done(struct stoke_trigger *t)
+{
+    if (!t)
+        return;
+    free(t->address);
+    free(t->stream);
+    free(t->group);
+    free(t->password_file);
+    free(t->path);
+    memset(t, 0, sizeof(*t));
+}
+
 int stoke_spec_parse(const char *buf, size_t len, const char *filename, struct stoke_spec *ret,
                      struct stoke_diag *reterr)
 {
@@ -687,6 +886,9 @@ int stoke_spec_parse_ex(const char *buf, size_t len, const char *filename, struc
     if (r < 0)
         goto out;
     r = walk_root(&y, &s);
+    if (r < 0)
+        goto out;
+    r = trigger_defaults(&y, &s);
     if (r < 0)
         goto out;
     *ret = s;
@@ -798,6 +1000,9 @@ void stoke_spec_done(struct stoke_spec *spec)
     }
     free(spec->env);
     free(spec->readiness.path);
+    for (size_t i = 0; i < spec->n_triggers; i++)
+        stoke_trigger_done(&spec->triggers[i]);
+    free(spec->triggers);
     memset(spec, 0, sizeof(*spec));
 }
 
@@ -809,6 +1014,29 @@ int stoke_spec_dup(const struct stoke_spec *spec, struct stoke_spec *ret)
     d.env = NULL;
     d.env_len = 0;
     d.readiness.path = NULL;
+    d.triggers = NULL;
+    d.n_triggers = 0;
+    if (spec->n_triggers) {
+        d.triggers = calloc(spec->n_triggers, sizeof(*d.triggers));
+        if (!d.triggers)
+            goto fail;
+        for (; d.n_triggers < spec->n_triggers; d.n_triggers++) {
+            const struct stoke_trigger *from = &spec->triggers[d.n_triggers];
+            struct stoke_trigger *t = &d.triggers[d.n_triggers];
+            *t = *from;
+            t->address = from->address ? strdup(from->address) : NULL;
+            t->stream = from->stream ? strdup(from->stream) : NULL;
+            t->group = from->group ? strdup(from->group) : NULL;
+            t->password_file = from->password_file ? strdup(from->password_file) : NULL;
+            t->path = from->path ? strdup(from->path) : NULL;
+            if ((from->address && !t->address) || (from->stream && !t->stream) ||
+                (from->group && !t->group) || (from->password_file && !t->password_file) ||
+                (from->path && !t->path)) {
+                d.n_triggers++;
+                goto fail;
+            }
+        }
+    }
     if (spec->image) {
         d.image = strdup(spec->image);
         if (!d.image)

@@ -134,7 +134,13 @@ struct function {
     struct stoke_autoscaler as;
     uint32_t desired; /* the autoscaler's last decision */
     bool panic;
-    uint64_t poked_ms;    /* last poke */
+    uint64_t poked_ms; /* last poke */
+    /* Queue-trigger backlog as stoke-events reported it (ctrl_on_backlog):
+     * messages waiting, at target per replica, when (uv_now()), and the
+     * backlog's scale-to-zero clock (stoke_autoscale_backlog()). */
+    uint64_t backlog;
+    uint32_t backlog_target;
+    uint64_t backlog_at_ms, backlog_last_ms;
     uint32_t failures;    /* replicas that failed in a row */
     uint64_t retry_at_ms; /* no new replica before this (backoff) */
     uint64_t backoff_ms;  /* the current back-off; 0 when not failing */
@@ -211,6 +217,12 @@ void ctrl_function_delete(struct ctrl *c, const char *name);
 void ctrl_reconcile(struct function *fn);
 void ctrl_reconcile_all(struct ctrl *c);
 void ctrl_on_poke(struct ctrl *c, const char *fn);
+/* A report of the queue-trigger backlog of `fn` (stoke-events). */
+void ctrl_on_backlog(struct ctrl *c, const char *fn, uint64_t backlog, uint32_t target);
+/* The backlog of `fn` the autoscaler uses now: 0 once reports stopped
+ * (CTRL_BACKLOG_TTL_MS). */
+uint64_t ctrl_backlog(const struct function *fn);
+#define CTRL_BACKLOG_TTL_MS 5000
 /* A report of the average concurrency of `fn` over one second. */
 void ctrl_on_stats(struct ctrl *c, const char *fn, uint64_t second, double concurrency,
                    uint64_t requests);

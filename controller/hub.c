@@ -48,6 +48,10 @@ struct peer {
     uint64_t accepted_ms; /* for the hello's deadline */
     uint64_t gen;         /* route table in use, from its last drain message */
     bool want_table;      /* it asked for a resync */
+    /* Its hello said "role":"events" (stoke-events): it gets the whole
+     * tables and updates, undivided, but is no activator: it holds no
+     * share, has no process and sends no drain state. */
+    bool events;
     uint64_t last_second; /* the second its last stats report counted for */
     json_object *stats;   /* its newest stats report of this read, handled at its end */
     char **draining;      /* replicas it still has requests in flight to */
@@ -80,6 +84,7 @@ struct hub {
     struct stoke_list peers;
     unsigned n_peers;
     unsigned n_pending;         /* TCP peers yet to send the token */
+    unsigned n_events;          /* peers that said hello as "role":"events" */
     uint64_t refused_logged_ms; /* the last refusal logged: at most one a second */
     unsigned refused_quiet;     /* refusals since, not logged */
     bool sending;               /* in hub_send_routes() */
@@ -155,6 +160,8 @@ static void peer_close(struct peer *p)
     p->closing = true;
     stoke_list_remove(&p->node);
     p->hub->n_peers--;
+    if (p->events)
+        p->hub->n_events--;
     if (!p->authed)
         p->hub->n_pending--;
     uv_close(&p->conn.handle, on_peer_closed);
@@ -178,10 +185,15 @@ static void on_written(uv_write_t *req, int status)
     free(stoke_container_of(req, struct hub_write, req));
 }
 
+static const char *peer_kind(const struct peer *p)
+{
+    return p->events ? "events peer" : "activator";
+}
+
 static void peer_send(struct peer *p, const char *line, size_t len)
 {
     if (uv_stream_get_write_queue_size(&p->conn.stream) > MAX_UNSENT) {
-        stoke_warn(NULL, -ENOBUFS, "activator %s is not reading, dropping it", p->id);
+        stoke_warn(NULL, -ENOBUFS, "%s %s is not reading, dropping it", peer_kind(p), p->id);
         peer_close(p);
         return;
     }
@@ -251,6 +263,29 @@ static void handle_stats(struct peer *p, json_object *msg, bool current)
     }
     if (current && p->hub->cbs.on_stats_done)
         p->hub->cbs.on_stats_done(second, p->hub->cbs.data);
+}
+
+/* {"op":"backlog","fns":{"<fn>":{"backlog":N,"target":T}}}: stoke-events'
+ * queue-trigger backlog per function. */
+static void handle_backlog(struct peer *p, json_object *msg)
+{
+    json_object *fns;
+    if (!p->hub->cbs.on_backlog || !json_object_object_get_ex(msg, "fns", &fns) ||
+        !json_object_is_type(fns, json_type_object))
+        return;
+    json_object_object_foreach(fns, name, st)
+    {
+        json_object *b, *t;
+        if (!stoke_is_valid_name(name) || !json_object_is_type(st, json_type_object) ||
+            !json_object_object_get_ex(st, "backlog", &b) ||
+            !json_object_object_get_ex(st, "target", &t) ||
+            !json_object_is_type(b, json_type_int) || !json_object_is_type(t, json_type_int))
+            continue;
+        int64_t backlog = json_object_get_int64(b), target = json_object_get_int64(t);
+        if (backlog < 0 || target < 1 || target > 1000000)
+            continue;
+        p->hub->cbs.on_backlog(name, (uint64_t)backlog, (uint32_t)target, p->hub->cbs.data);
+    }
 }
 
 /* Reports that arrive together are a backlog: they queued up while this
@@ -358,7 +393,7 @@ static int authenticate(struct peer *p, const char *op, json_object *msg)
     }
     p->authed = true;
     hub->n_pending--;
-    stoke_info(NULL, "activator channel connected (token checked)");
+    stoke_info(NULL, "a channel connected (token checked)");
     /* Lines may now be as long as any message. */
     p->lines.buf.limit = MAX_PEER_LINE + 1;
     return 0;
@@ -459,12 +494,16 @@ static int on_line(char *line, size_t len, void *data)
             p->hub->cbs.on_poke(fn, p->hub->cbs.data);
     } else if (strcmp(op, "stats") == 0) {
         stash_stats(p, msg);
+    } else if (strcmp(op, "backlog") == 0) {
+        if (p->events) /* stoke-events' only */
+            handle_backlog(p, msg);
     } else if (strcmp(op, "drain") == 0) {
         handle_drain(p, msg);
     } else if (strcmp(op, "resync") == 0) {
-        if (p->process[0]) {
+        if (p->process[0] || p->events) {
             if (!p->want_table)
-                stoke_info(NULL, "activator %s missed a route update; sending it the table", p->id);
+                stoke_info(NULL, "%s %s missed a route update; sending it the table", peer_kind(p),
+                           p->id);
             p->want_table = true;
             if (p->hub->cbs.on_resync)
                 p->hub->cbs.on_resync(p->hub->cbs.data); /* may send on p */
@@ -472,8 +511,27 @@ static int on_line(char *line, size_t len, void *data)
     } else if (strcmp(op, "hello") == 0) {
         const char *id = get_string(msg, "activator");
         const char *proc = get_string(msg, "process");
+        const char *role = get_string(msg, "role");
         if (id)
             snprintf(p->id, sizeof(p->id), "%s", id);
+        if (role && strcmp(role, "events") == 0) {
+            /* stoke-events: no member among whom limits are divided; its
+             * table (undivided) comes as a resync's does. */
+            if (!p->events && !p->process[0]) {
+                p->events = true;
+                p->hub->n_events++;
+            }
+            stoke_info(NULL, "events peer %s connected", p->id);
+            json_object_put(msg);
+            p->want_table = true;
+            if (p->hub->cbs.on_resync)
+                p->hub->cbs.on_resync(p->hub->cbs.data); /* may send on p */
+            return 0;
+        }
+        if (p->events) {
+            json_object_put(msg);
+            return 0; /* one role per channel */
+        }
         /* An activator that names no process is one of its own. */
         snprintf(p->process, sizeof(p->process), "%s", proc && *proc ? proc : p->id);
         parse_slots(p, msg);
@@ -492,7 +550,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     struct peer *p = s->data;
     if (nread < 0) {
         if (!p->closing)
-            stoke_info(NULL, "activator %s disconnected", p->id);
+            stoke_info(NULL, "%s %s disconnected", peer_kind(p), p->id);
         peer_close(p);
     } else if (nread > 0 && !p->closing) {
         int r = stoke_linebuf_feed(&p->lines, buf->base, (size_t)nread, on_line, p);
@@ -663,6 +721,49 @@ static bool process_wants_table(const struct hub *hub, const char *name)
     return false;
 }
 
+/* Sends a routes or update line on `p`, counted. A table answers a resync
+ * (an update does not). */
+static void send_routes_line(struct peer *p, const char *line)
+{
+    struct hub *hub = p->hub;
+    size_t len = strlen(line);
+    static const char table_op[] = "{\"op\":\"routes\"";
+    if (strncmp(line, table_op, sizeof(table_op) - 1) == 0) {
+        p->want_table = false;
+        hub->counters.tables++;
+        hub->counters.table_bytes += len + 1;
+    } else {
+        hub->counters.updates++;
+        hub->counters.update_bytes += len + 1;
+    }
+    peer_send(p, line, len);
+}
+
+/* The events peers' line: the whole table (or update), undivided. */
+static void send_events_peers(struct hub *hub,
+                              char *(*make)(const char *process, unsigned i, unsigned n,
+                                            void *data),
+                              void *data, bool only_resync)
+{
+    char *line = NULL;
+    bool made = false;
+    struct stoke_list *it = hub->peers.next;
+    while (hub->n_events > 0 && it != &hub->peers) {
+        struct peer *p = stoke_container_of(it, struct peer, node);
+        it = it->next; /* peer_send may drop p */
+        if (!p->events || !p->authed || (only_resync && !p->want_table))
+            continue;
+        if (!made) {
+            line = make(NULL, 0, 1, data);
+            made = true;
+        }
+        if (!line)
+            break;
+        send_routes_line(p, line);
+    }
+    free(line);
+}
+
 void hub_send_routes(struct hub *hub,
                      char *(*make)(const char *process, unsigned i, unsigned n, void *data),
                      void *data, bool only_resync)
@@ -684,22 +785,12 @@ void hub_send_routes(struct hub *hub,
             continue;
         for (unsigned i = 0; i < k; i++) {
             if (p->authed && lines[i] && strcmp(names[i], p->process) == 0) {
-                /* A table answers a resync (an update does not). */
-                size_t len = strlen(lines[i]);
-                static const char table_op[] = "{\"op\":\"routes\"";
-                if (strncmp(lines[i], table_op, sizeof(table_op) - 1) == 0) {
-                    p->want_table = false;
-                    hub->counters.tables++;
-                    hub->counters.table_bytes += len + 1;
-                } else {
-                    hub->counters.updates++;
-                    hub->counters.update_bytes += len + 1;
-                }
-                peer_send(p, lines[i], len);
+                send_routes_line(p, lines[i]);
                 break;
             }
         }
     }
+    send_events_peers(hub, make, data, only_resync);
     hub->sending = false;
     for (unsigned i = 0; lines && i < k; i++)
         free(lines[i]);
@@ -718,7 +809,7 @@ void hub_get_counters(const struct hub *hub, struct hub_counters *ret)
 
 unsigned hub_activators(const struct hub *hub)
 {
-    return hub->n_peers - hub->n_pending;
+    return hub->n_peers - hub->n_pending - hub->n_events;
 }
 
 bool hub_is_drained(const struct hub *hub, const char *addr, uint64_t gen)
@@ -727,7 +818,7 @@ bool hub_is_drained(const struct hub *hub, const char *addr, uint64_t gen)
         const struct peer *p = stoke_container_of(n, struct peer, node);
         /* One that never sent the token has no routes: nothing to wait for
          * (and it must not hold a drain up). */
-        if (p->closing || !p->authed)
+        if (p->closing || !p->authed || p->events)
             continue;
         if (p->gen < gen)
             return false;

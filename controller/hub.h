@@ -5,6 +5,10 @@
  * other change, and hands their pokes and stats to the controller. An
  * activator process opens one channel per worker; its hello names the
  * process, and limits are divided among processes (stoke_route_share()).
+ * A channel whose hello says "role":"events" (stoke-events) gets the whole
+ * tables and updates, undivided, and is no member: it changes no
+ * activator's shares, takes no part in drains, and is not counted as an
+ * activator. Its first table comes as a resync's does (on_resync).
  * Thread: the loop's. */
 #ifndef CONTROLLER_HUB_H
 #define CONTROLLER_HUB_H
@@ -37,6 +41,10 @@ struct hub_callbacks {
     /* An activator asked for its whole table again (it missed an update):
      * hub_send_routes(..., true) sends it to those that asked. */
     void (*on_resync)(void *data);
+    /* stoke-events' report of the queue-trigger backlog of `fn`: `backlog`
+     * messages waiting at `target` per replica (README "Queue triggers").
+     * One per function per report (about once a second); may be NULL. */
+    void (*on_backlog)(const char *fn, uint64_t backlog, uint32_t target, void *data);
     void *data;
 };
 
@@ -72,7 +80,8 @@ bool hub_any_reported_slots(const struct hub *hub);
  * misses it, and asks again at the next update) and sends it on each of
  * that process's channels; with `only_resync`, only on those that asked
  * for a resync (and only for their processes). Either way, a channel that
- * gets a line no longer waits for a resync. */
+ * gets a line no longer waits for a resync. The events peers' line is made
+ * by make(NULL, 0, 1): the table or update undivided. */
 void hub_send_routes(struct hub *hub,
                      char *(*make)(const char *process, unsigned i, unsigned n, void *data),
                      void *data, bool only_resync);

@@ -207,6 +207,11 @@ static void on_hub_stats(const char *activator, const char *fn, uint64_t second,
     ctrl_on_stats(data, fn, second, conc, reqs);
 }
 
+static void on_hub_backlog(const char *fn, uint64_t backlog, uint32_t target, void *data)
+{
+    ctrl_on_backlog(data, fn, backlog, target);
+}
+
 static void on_hub_stats_done(uint64_t second, void *data)
 {
     ctrl_on_stats_done(data, second);
@@ -399,6 +404,7 @@ static int start_hub(struct ctrl *c)
                                 .on_members = on_hub_members,
                                 .on_stats_done = on_hub_stats_done,
                                 .on_resync = on_hub_resync,
+                                .on_backlog = on_hub_backlog,
                                 .data = c};
     int r = hub_new(c->loop, &c->cfg.ctl_addr, channel_token, &cbs, &c->hub);
     c->shares_settle_ms = uv_now(c->loop) + CTRL_SHARES_SETTLE_MS;

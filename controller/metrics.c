@@ -76,6 +76,15 @@ static int render_replicas(struct ctrl *c, struct stoke_buf *out)
             stoke_buf_printf(out, "stoke_controller_oom_kills_total{function=\"%s\"} %" PRIu64 "\n",
                              fn->spec.name, fn->oom_kills);
     }
+    r |=
+        family(out, "stoke_controller_backlog", "gauge",
+               "Queue-trigger messages waiting that the autoscaler counts as demand (stoke-events' "
+               "report; 0 once it stops for 5 s).");
+    for_each_fn(c, fn)
+    {
+        r |= stoke_buf_printf(out, "stoke_controller_backlog{function=\"%s\"} %" PRIu64 "\n",
+                              fn->spec.name, ctrl_backlog(fn));
+    }
     r |= family(out, "stoke_controller_panic", "gauge",
                 "1 while the function's autoscaler is in panic mode.");
     for_each_fn(c, fn)

@@ -2,6 +2,7 @@
  * backend operations that get there (backend.h): the lifecycle, the warm
  * tier, drain, rollout, back-off and adoption, one copy for every backend. */
 #include <errno.h>
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -144,7 +145,8 @@ static void replica_granted(const struct replica *rp, char (*procs)[HUB_PROCESS_
 
 /* The table (or update) of activator process i of n: each function's
  * limits divided among the processes (stoke_route_share(), rules in
- * stoke/routes.h), with the slots replica_grant() gave. */
+ * stoke/routes.h), with the slots replica_grant() gave. `process` NULL:
+ * an events peer's, undivided. */
 static char *make_routes(const char *process, unsigned i, unsigned n, void *data)
 {
     const struct push *p = data;
@@ -152,7 +154,17 @@ static char *make_routes(const char *process, unsigned i, unsigned n, void *data
     struct stoke_route_table t = {.gen = all->gen};
     t.routes = calloc(all->n_routes ? all->n_routes : 1, sizeof(*t.routes));
     char *line = NULL;
-    (void)process;
+    if (!process) {
+        /* An events peer's: undivided. */
+        free(t.routes);
+        t.routes = NULL;
+        if (p->kind == PUSH_UPDATE)
+            line = stoke_route_update_format(all->gen, all->routes, all->n_routes, &p->removed,
+                                             p->removed ? 1 : 0);
+        else
+            line = stoke_route_table_format(all);
+        goto out;
+    }
     if (!t.routes || n != p->k)
         goto out;
     for (size_t j = 0; j < all->n_routes; j++) {
@@ -203,6 +215,10 @@ static int push_add(struct ctrl *c, struct push *p, struct function *fn,
     r->queue_timeout_ms = fn->spec.queue.timeout_ms;
     r->concurrency_limit = fn->spec.scale.container_concurrency;
     r->async = fn->spec.async;
+    /* Queue triggers, for stoke-events (activators ignore them). */
+    if (stoke_route_triggers_dup(fn->spec.triggers, fn->spec.n_triggers, &r->triggers) < 0)
+        return -ENOMEM;
+    r->n_triggers = fn->spec.n_triggers;
     size_t ne = 0;
     for (struct stoke_list *b = fn->replicas.next; b != &fn->replicas; b = b->next)
         ne++;
@@ -926,8 +942,38 @@ static void autoscale(struct function *fn, bool cold)
               "autoscale: desired %u (was %u), ready %u, stable %.2f, panic %.2f, %s%s", d.desired,
               fn->desired, ready, d.stable_avg, d.panic_avg, d.panic ? "panicking" : "stable",
               d.has_data ? "" : ", no data");
-    fn->desired = d.desired;
+    /* Queue triggers' backlog is demand too (KEDA's rule). */
+    uint64_t backlog = ctrl_backlog(fn);
+    uint32_t want = stoke_autoscale_backlog(&fn->spec.scale, d.desired, backlog, fn->backlog_target,
+                                            now, &fn->backlog_last_ms);
+    if (want != d.desired)
+        stoke_log(want != fn->desired ? STOKE_LOG_INFO : STOKE_LOG_DEBUG, fn->spec.name, 0,
+                  "autoscale: desired %u for a backlog of %" PRIu64 " (target %u), was %u", want,
+                  backlog, fn->backlog_target, fn->desired);
+    fn->desired = want;
     fn->panic = d.panic;
+}
+
+uint64_t ctrl_backlog(const struct function *fn)
+{
+    uint64_t now = uv_now(fn->ctrl->loop);
+    return fn->backlog_at_ms && now - fn->backlog_at_ms <= CTRL_BACKLOG_TTL_MS ? fn->backlog : 0;
+}
+
+void ctrl_on_backlog(struct ctrl *c, const char *name, uint64_t backlog, uint32_t target)
+{
+    struct function *fn = ctrl_function_find(c, name);
+    if (!fn || fn->deleted)
+        return;
+    bool rise = backlog > 0 && ctrl_backlog(fn) == 0;
+    fn->backlog = backlog;
+    fn->backlog_target = target;
+    fn->backlog_at_ms = uv_now(c->loop);
+    /* Messages came while at zero: scale from zero now, not at the tick. */
+    if (rise && count_ready(fn) == 0) {
+        autoscale(fn, false);
+        ctrl_reconcile(fn);
+    }
 }
 
 void ctrl_autoscale_all(struct ctrl *c)

@@ -25,11 +25,13 @@
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <curl/curl.h>
 #include <llhttp.h>
 #include <uv.h>
 
+#include "fnspec.h"
 #include "stoke/curluv.h"
 #include "stoke/httpd.h"
 #include "stoke/list.h"
@@ -38,6 +40,7 @@
 #include "stoke/spec.h"
 #include "stoke/util.h"
 #include "store.h"
+#include "triggers.h"
 
 #define DEFAULT_LISTEN "127.0.0.1:8091"
 #define DEFAULT_ACTIVATOR "127.0.0.1:8080"
@@ -238,6 +241,8 @@ static void on_final_written(struct write_job *w)
         stoke_error(p->fn->name, w->job.result, "call %s: its end was not stored", p->c->id);
     else if (callback_owed(p->c) && !stopping)
         send_callback(p->c);
+    if (w->job.result >= 0 && !stopping)
+        triggers_call_ended(p->c); /* a queue trigger's message: acknowledged now */
     pend_free(p);
 }
 
@@ -379,7 +384,9 @@ static void attempt_end(struct pend *p, long status, CURLcode rc)
             requeue(p, ra > d ? ra : d);
         }
     } else {
-        finish(p, EV_FAILED, "NotRetryable");
+        /* A queue trigger's message is never lost: dead-lettered, so that
+         * it can be redriven. */
+        finish(p, triggers_is_trigger_call(c) ? EV_DEAD : EV_FAILED, "NotRetryable");
     }
     schedule_pump();
 }
@@ -1247,6 +1254,16 @@ oom:
     stoke_httpd_reply_error(req, 503, NULL, NULL, "out of memory");
 }
 
+/* A queue trigger's message, stored: delivered as any call. */
+static void add_trigger_call(struct ev_call *c)
+{
+    struct pend *p = pend_new(c);
+    if (p && !stopping) {
+        p->fn->accepted++;
+        schedule_pump();
+    }
+}
+
 static void on_ingest(struct stoke_httpd_req *req, void *data)
 {
     (void)data;
@@ -1339,8 +1356,11 @@ static int ops_metrics(struct stoke_buf *out, void *data)
         out,
         "# HELP stoke_events_store_commits_total Store transactions committed (each synced)\n"
         "# TYPE stoke_events_store_commits_total counter\n"
-        "stoke_events_store_commits_total %" PRIu64 "\n",
-        ev_store_commits(store));
+        "stoke_events_store_commits_total %" PRIu64 "\n"
+        "# HELP stoke_events_functions Functions known from the controller's channel\n"
+        "# TYPE stoke_events_functions gauge\n"
+        "stoke_events_functions %zu\n",
+        ev_store_commits(store), fnspec_count());
     static const char *const names[][3] = {
         {"accepted_total", "counter", "Async calls accepted (202)"},
         {"succeeded_total", "counter", "Async calls that succeeded"},
@@ -1375,6 +1395,7 @@ static int ops_metrics(struct stoke_buf *out, void *data)
                                       f->name, (double)(now - oldest) / 1000.0);
         }
     }
+    r |= triggers_metrics(out);
     return r ? -ENOBUFS : 0;
 }
 
@@ -1465,6 +1486,8 @@ static void on_signal(uv_signal_t *s, int signum)
         if (!uv_is_closing((uv_handle_t *)&k->timer))
             uv_close((uv_handle_t *)&k->timer, cbk_free_handle);
     }
+    triggers_stop();
+    fnspec_stop();
     ev_store_close(store); /* runs the jobs queued */
     /* What is still held: waiting calls (stored). */
     while (!stoke_list_empty(&fns)) {
@@ -1513,6 +1536,15 @@ static void usage(FILE *f)
                "  --max-body-bytes N      largest body taken at all (default 6291456)\n"
                "  --lease-margin DUR      a running call's lease: the activator's longest\n"
                "                          time for it plus this (default 30s)\n"
+               "  --controller ADDR       the controller's channel (unix:/path, or\n"
+               "                          host:port[,...]): learns the functions' specs\n"
+               "                          (schedules, triggers); default: none\n"
+               "  --controller-token-file FILE  the controller's channel token (its\n"
+               "                          first line), required with a TCP --controller\n"
+               "  --consumer NAME         this process's consumer name in the queue\n"
+               "                          triggers' groups; keep it across restarts, so\n"
+               "                          that messages read and not acknowledged are\n"
+               "                          read again (default: the host name)\n"
                "  --log-level LEVEL       debug, info, warn, error (default info)\n"
                "  -h, --help\n");
 }
@@ -1530,7 +1562,10 @@ int main(int argc, char **argv)
         O_MAXB,
         O_LOG,
         O_LEASE,
-        O_TOKEN
+        O_TOKEN,
+        O_CTL,
+        O_CTL_TOKEN,
+        O_CONSUMER
     };
     static const struct option opts[] = {
         {"listen", required_argument, NULL, O_LISTEN},
@@ -1544,11 +1579,20 @@ int main(int argc, char **argv)
         {"log-level", required_argument, NULL, O_LOG},
         {"lease-margin", required_argument, NULL, O_LEASE},
         {"token-file", required_argument, NULL, O_TOKEN},
+        {"controller", required_argument, NULL, O_CTL},
+        {"controller-token-file", required_argument, NULL, O_CTL_TOKEN},
+        {"consumer", required_argument, NULL, O_CONSUMER},
         {"help", no_argument, NULL, 'h'},
         {0},
     };
     const char *db_path = DEFAULT_DB, *admin_path = DEFAULT_ADMIN_SOCKET, *token_file = NULL;
     const char *act_name = NULL; /* --activator as a name */
+    const char *ctl_token_file = NULL;
+    const char *consumer_name = NULL;
+    char hostname[128] = "stoke-events";
+    struct stoke_chan_targets ctl_targets;
+    bool use_ctl = false;
+    char *ctl_token = NULL;
     struct stoke_addr listen_addr, act_addr, ops_addr;
     bool use_ops = true;
     uint64_t max_body = 6 * 1024 * 1024;
@@ -1594,6 +1638,18 @@ int main(int argc, char **argv)
         case O_TOKEN:
             token_file = optarg;
             break;
+        case O_CTL:
+            r = stoke_chan_parse_targets(optarg, &ctl_targets);
+            use_ctl = r == 0;
+            break;
+        case O_CTL_TOKEN:
+            ctl_token_file = optarg;
+            break;
+        case O_CONSUMER:
+            r = strlen(optarg) > 0 && strlen(optarg) < 128 && !strpbrk(optarg, " \t\r\n") ? 0
+                                                                                          : -EINVAL;
+            consumer_name = optarg;
+            break;
         case O_LEASE:
             r = stoke_parse_duration(optarg, &lease_margin_ms);
             r = r == 0 && lease_margin_ms < 2 ? -EINVAL : r;
@@ -1625,6 +1681,18 @@ int main(int argc, char **argv)
     r = stoke_token_read(token_file, &ingest_token);
     if (r < 0) {
         fprintf(stderr, "stoke-events: --token-file %s: %s\n", token_file,
+                r == -EINVAL ? "the first line must be a token of 16 to 4096 printable bytes "
+                               "without spaces"
+                             : strerror(-r));
+        return 2;
+    }
+    if (use_ctl && !ctl_targets.is_unix && !ctl_token_file) {
+        fprintf(stderr, "stoke-events: a TCP --controller needs --controller-token-file (the "
+                        "controller's channel token)\n");
+        return 2;
+    }
+    if (ctl_token_file && (r = stoke_token_read(ctl_token_file, &ctl_token)) < 0) {
+        fprintf(stderr, "stoke-events: --controller-token-file %s: %s\n", ctl_token_file,
                 r == -EINVAL ? "the first line must be a token of 16 to 4096 printable bytes "
                                "without spaces"
                              : strerror(-r));
@@ -1716,6 +1784,29 @@ int main(int argc, char **argv)
     uv_signal_start(&sigint, on_signal, SIGINT);
     uv_signal_start(&sigterm, on_signal, SIGTERM);
     uv_timer_start(&gc_timer, on_gc_timer, 1000, 60000);
+    if (!consumer_name) {
+        if (gethostname(hostname, sizeof(hostname) - 1) < 0 || !hostname[0])
+            snprintf(hostname, sizeof(hostname), "stoke-events");
+        consumer_name = hostname;
+    }
+    struct triggers_host th = {
+        .loop = loop, .store = store, .consumer = consumer_name, .add_call = add_trigger_call};
+    r = triggers_start(&th);
+    if (r < 0) {
+        stoke_error(NULL, r, "cannot start the queue triggers");
+        return 1;
+    }
+    if (use_ctl) {
+        r = fnspec_start(loop, &ctl_targets, ctl_token);
+        if (ctl_token) {
+            explicit_bzero(ctl_token, strlen(ctl_token));
+            free(ctl_token);
+        }
+        if (r < 0) {
+            stoke_error(NULL, r, "cannot open the controller's channel");
+            return 1;
+        }
+    }
     char la[80];
     stoke_addr_format(&listen_addr, la, sizeof(la));
     stoke_info(NULL, "listening on %s, delivering to %s, %" PRIu64 " calls pending in %s", la,

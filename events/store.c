@@ -81,16 +81,21 @@ static int step_done(sqlite3_stmt *st, int rc)
     return rc == SQLITE_OK ? 0 : -EIO;
 }
 
-int ev_db_insert(sqlite3 *db, const struct ev_call *c)
+static int insert(sqlite3 *db, const struct ev_call *c, bool once)
 {
     sqlite3_stmt *st = NULL;
     int rc = sqlite3_prepare_v2(
         db,
-        "INSERT INTO calls(id, fn, state, method, path, headers, body, callback, timeout_ms,"
-        " retries, backoff_ms, max_age_ms, max_in_flight, attempts, throttles, created_ms,"
-        " due_ms, lease_ms, finished_ms, status, resp_headers, resp_body, condition)"
-        " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,"
-        " ?18, ?19, ?20, NULL, NULL, ?21)",
+        once ? "INSERT OR IGNORE INTO calls(id, fn, state, method, path, headers, body, callback,"
+               " timeout_ms, retries, backoff_ms, max_age_ms, max_in_flight, attempts, throttles,"
+               " created_ms, due_ms, lease_ms, finished_ms, status, resp_headers, resp_body,"
+               " condition) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,"
+               " ?15, ?16, ?17, ?18, ?19, ?20, NULL, NULL, ?21)"
+             : "INSERT INTO calls(id, fn, state, method, path, headers, body, callback, timeout_ms,"
+               " retries, backoff_ms, max_age_ms, max_in_flight, attempts, throttles, created_ms,"
+               " due_ms, lease_ms, finished_ms, status, resp_headers, resp_body, condition)"
+               " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,"
+               " ?18, ?19, ?20, NULL, NULL, ?21)",
         -1, &st, NULL);
     if (rc != SQLITE_OK)
         return -EIO;
@@ -117,6 +122,30 @@ int ev_db_insert(sqlite3 *db, const struct ev_call *c)
     rc |= sqlite3_bind_int(st, i++, c->status);
     rc |= bind_text(st, i++, c->condition);
     return step_done(st, rc == SQLITE_OK ? SQLITE_OK : SQLITE_ERROR);
+}
+
+int ev_db_insert(sqlite3 *db, const struct ev_call *c)
+{
+    return insert(db, c, false);
+}
+
+int ev_db_insert_once(sqlite3 *db, const struct ev_call *c, int *ret_state)
+{
+    int r = insert(db, c, true);
+    if (r < 0)
+        return r;
+    if (sqlite3_changes(db) == 1)
+        return 1;
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(db, "SELECT state FROM calls WHERE id=?1", -1, &st, NULL) != SQLITE_OK)
+        return -EIO;
+    r = -EIO;
+    if (bind_text(st, 1, c->id) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW) {
+        *ret_state = sqlite3_column_int(st, 0);
+        r = 0;
+    }
+    sqlite3_finalize(st);
+    return r;
 }
 
 int ev_db_update(sqlite3 *db, const struct ev_call *c)

@@ -61,6 +61,11 @@ void ev_call_free(struct ev_call *c);
  * schema. Returns 0 and *ret, or -EIO with a message in `err`. */
 int ev_db_open(const char *path, sqlite3 **ret, char *err, size_t errsize);
 int ev_db_insert(sqlite3 *db, const struct ev_call *c);
+/* Inserts `c` unless a call with its id is stored already (a queue
+ * trigger's message read again after a restart: its id is derived from
+ * the message). Returns 1 (inserted), 0 (it was there: *ret_state is its
+ * state, the stored call untouched) or -EIO. */
+int ev_db_insert_once(sqlite3 *db, const struct ev_call *c, int *ret_state);
 /* Writes state, attempts, throttles, due, lease, finished, the answer and
  * condition of `c` (by id). */
 int ev_db_update(sqlite3 *db, const struct ev_call *c);

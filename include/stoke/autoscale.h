@@ -183,4 +183,20 @@ int stoke_autoscale(struct stoke_autoscaler *a, const struct stoke_scale *scale,
                     const struct stoke_metric_window *history, uint64_t now_ms, uint32_t ready,
                     bool cold, struct stoke_scale_decision *ret);
 
+/* Queue-trigger backlog as demand (README "Queue triggers"), as KEDA
+ * scales on a stream's lag: `backlog` messages waiting (read or not, not
+ * yet acknowledged) at `target` per replica need ceil(backlog / target)
+ * replicas (target 0 counts as 1), at most scale->max when it is not 0.
+ * Returns `desired` (the autoscaler's decision) raised to that. A function
+ * at zero with a backlog so scales from zero without a request.
+ *
+ * `*last_ms` is the scale-to-zero clock of the backlog: set to now_ms
+ * while the backlog is above 0; once it is 0, at least 1 replica is kept
+ * until scale_to_zero_grace_ms after *last_ms (*last_ms 0: never had one),
+ * so the last messages' calls are not cut off by a scale to zero. A backlog
+ * report that stopped is the caller's to expire (pass 0). Pure. */
+uint32_t stoke_autoscale_backlog(const struct stoke_scale *scale, uint32_t desired,
+                                 uint64_t backlog, uint32_t target, uint64_t now_ms,
+                                 uint64_t *last_ms);
+
 #endif

@@ -24,11 +24,13 @@ struct stoke_redisq;
 struct stoke_redisq_cfg {
     const char *host; /* IP address */
     int port;
-    const char *password; /* NULL: no AUTH */
+    const char *unix_path; /* or a unix socket (host and port unused); NULL: TCP */
+    const char *password;  /* NULL: no AUTH */
     const char *stream, *group, *consumer;
     unsigned batch;         /* most messages asked for at once (default 16) */
     unsigned block_ms;      /* how long a read waits for new ones (default 1000) */
     uint64_t claim_idle_ms; /* take over others' pending after this (0: never) */
+    const char *start_id;   /* where a group made here starts: "0" (default) or "$" */
 };
 
 /* One message; valid during the callback only. values[i] has value_lens[i]

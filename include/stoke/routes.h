@@ -18,9 +18,14 @@
  *       "queue_max":..., "queue_timeout_ms":..., "concurrency_limit":...,
  *       "async":{"retries":2,"backoff_ms":...,"max_age_ms":...,
  *                "max_in_flight":10,"max_body":...},
- *       "endpoints":["127.0.0.1:31001", ...], "shares":[1, ...]}, ...]}
+ *       "endpoints":["127.0.0.1:31001", ...], "shares":[1, ...],
+ *       "triggers":[{"name":"orders","address":"127.0.0.1:6379","stream":"orders",
+ *                    "group":"stoke-fn","password_file":"/etc/...","start_from":"$",
+ *                    "path":"/","target_backlog":10}, ...]}, ...]}
  *     ("shares", optional, parallel to "endpoints": this activator's
- *     concurrency on each replica; "queue_max" is its share of queue.max)
+ *     concurrency on each replica; "queue_max" is its share of queue.max;
+ *     "triggers", optional, the function's queue triggers as in its spec, for
+ *     stoke-events: activators parse and ignore them)
  *     {"op":"update","gen":8,"functions":[<entries as above>],
  *       "removed":["<name>", ...]}
  *   activator -> controller, again:
@@ -63,7 +68,13 @@ struct stoke_route {
      * controller/shares.h). NULL: concurrency_limit on each. */
     uint32_t *shares;
     size_t n_endpoints;
+    struct stoke_trigger *triggers; /* owned, or NULL; "triggers" (stoke-events') */
+    size_t n_triggers;              /* <= STOKE_SPEC_MAX_TRIGGERS */
 };
+
+/* Deep copy of `n` triggers into *ret (NULL when n is 0). Returns 0 or
+ * -ENOMEM (*ret NULL). */
+int stoke_route_triggers_dup(const struct stoke_trigger *t, size_t n, struct stoke_trigger **ret);
 
 struct stoke_route_table {
     uint64_t gen;
@@ -107,7 +118,7 @@ int stoke_route_update_parse(const char *json, size_t len, struct stoke_route_up
 /* Frees what the update owns and zeroes it. Safe on a zeroed one. */
 void stoke_route_update_done(struct stoke_route_update *u);
 
-/* Frees what one route owns (endpoints, shares). */
+/* Frees what one route owns (endpoints, shares, triggers). */
 void stoke_route_done(struct stoke_route *r);
 
 /* Several activator processes: how a function's limits are divided so that

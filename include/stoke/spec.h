@@ -76,6 +76,28 @@ struct stoke_async {
     uint32_t max_body;      /* bytes, default 262144, 0..6291456 (6Mi); larger: 413 */
 };
 
+/* Queue triggers (README "Queue triggers"): a Redis stream whose messages
+ * stoke-events delivers to the function as async calls, its backlog
+ * counting as demand for the autoscaler. */
+#define STOKE_SPEC_MAX_TRIGGERS 8
+#define STOKE_TRIGGER_MAX_STRING 255 /* address, stream, group, passwordFile, path */
+
+enum stoke_start_from {
+    STOKE_START_NEW = 0, /* "$": a new group reads what is added from then on */
+    STOKE_START_ALL,     /* "0": a new group reads the whole stream */
+};
+
+struct stoke_trigger {
+    char name[STOKE_NAME_MAX + 1]; /* a DNS label, unique in the function */
+    char *address;                 /* owned; "host:port" ([v6]:port) or "unix:/path" */
+    char *stream;                  /* owned */
+    char *group;                   /* owned; default "stoke-<function>" */
+    char *password_file;           /* owned, or NULL: no AUTH */
+    enum stoke_start_from start_from;
+    char *path;              /* owned; the request path, default "/" */
+    uint32_t target_backlog; /* messages per replica, default 10, 1..1000000 */
+};
+
 struct stoke_spec {
     char name[STOKE_NAME_MAX + 1]; /* metadata.name, a DNS label */
     char *image;                   /* owned, required; printable ASCII, no spaces, <= 1024 bytes */
@@ -101,9 +123,21 @@ struct stoke_spec {
         uint64_t period_ms; /* default 10 ms, 1 ms..1 h; the prober backs off */
     } readiness;
     struct stoke_async async;
-    bool read_only_rootfs;      /* readOnlyRootFilesystem, default true */
-    enum stoke_network network; /* default bridge */
+    bool read_only_rootfs;          /* readOnlyRootFilesystem, default true */
+    enum stoke_network network;     /* default bridge */
+    struct stoke_trigger *triggers; /* owned array, in file order */
+    size_t n_triggers;              /* <= STOKE_SPEC_MAX_TRIGGERS */
 };
+
+/* Frees what `t` owns (not `t`). */
+void stoke_trigger_done(struct stoke_trigger *t);
+
+/* Splits a trigger's "host:port" (an IPv6 literal in brackets) or
+ * "unix:/path" address: into host (NUL-terminated) and *ret_port, or
+ * *ret_unix set to the path (borrowed from `address`) and host "".
+ * Returns 0 or -EINVAL (a port outside 1..65535, no port, too long). */
+int stoke_trigger_address(const char *address, char *host, size_t host_size, int *ret_port,
+                          const char **ret_unix);
 
 /* Fills `a` with the async block's defaults. */
 void stoke_async_defaults(struct stoke_async *a);
@@ -194,6 +228,9 @@ enum stoke_spec_type {
     STOKE_SPEC_MAP,      /* a mapping of the fields whose paths follow it */
     STOKE_SPEC_ENV,      /* a mapping of env names to scalars, at most max */
     STOKE_SPEC_STRMAP,   /* a mapping of any keys to scalars */
+    STOKE_SPEC_LIST,     /* a sequence of at most max mappings of the fields whose
+                            paths follow it; "name" is a unique key */
+    STOKE_SPEC_ADDRESS,  /* host:port or unix:/path, 1..max bytes (stoke_trigger_address()) */
 };
 
 struct stoke_spec_field_info {
@@ -209,9 +246,10 @@ struct stoke_spec_field_info {
  * scale.max when it is not 0) are not in the tree. */
 void stoke_spec_fields(void (*fn)(const struct stoke_spec_field_info *f, void *data), void *data);
 
-/* The names of enum stoke_idle and of enum stoke_network, in their order,
- * NULL-terminated. */
+/* The names of enum stoke_idle, enum stoke_network and enum
+ * stoke_start_from, in their order, NULL-terminated. */
 extern const char *const stoke_idle_names[];
 extern const char *const stoke_network_names[];
+extern const char *const stoke_start_from_names[];
 
 #endif

@@ -24,6 +24,8 @@ SPECS = os.path.join(ROOT, "tests", "specs")
 DURATION_PATTERN = "^([0-9]+(ms|s|m|h))+$"
 MEMORY_PATTERN = r"^[0-9]+((\.[0-9]{1,3})?(Ki|Mi|Gi|Ti|k|K|M|G|T))?$"
 CPU_PATTERN = r"^([0-9]+m|[0-9]+(\.[0-9]{1,3})?)$"
+PORT_RE = r"([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+ADDRESS_PATTERN = r"^(unix:/[!-~]*|([-.A-Za-z0-9]+|\[[.:0-9A-Fa-f]+\]):" + PORT_RE + ")$"
 
 
 def build_dir():
@@ -105,13 +107,26 @@ def base_doc(apiver, name="case"):
             "spec": {"image": "stoke-hello:1"}}
 
 
+# A list field's path (spec.triggers) and a valid item of it: a value for
+# a field inside an item is set in this item, the list's only one.
+LIST_ITEMS = {
+    "spec.triggers": {"name": "t", "redis": {"address": "127.0.0.1:6379", "stream": "s"}},
+}
+
+
 def with_value(apiver, path, value):
-    """The base document with `path` (dotted, under spec or metadata) set."""
+    """The base document with `path` (dotted, under spec or metadata) set;
+    a path inside a list's item sets it in the one item of that list."""
     doc = base_doc(apiver)
     parts = path.split(".")
     node = doc
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
+    for i, p in enumerate(parts[:-1]):
+        lst = ".".join(parts[:i + 1])
+        if lst in LIST_ITEMS:
+            items = node.setdefault(p, [json.loads(json.dumps(LIST_ITEMS[lst]))])
+            node = items[0]
+        else:
+            node = node.setdefault(p, {})
     node[parts[-1]] = value
     return doc
 
@@ -164,9 +179,9 @@ def values_for(f):
     elif t == "string":
         for v in f["values"]:
             out.append((f"value {v}", v, True, False))
-        out += [("another value", "sleep", False, False),
-                ("another case", f["values"][0].capitalize(), False, False),
-                ("a number", 1, False, False)]
+        out += [("another value", "sleep", False, False), ("a number", 1, False, False)]
+        if f["values"][0].capitalize() != f["values"][0]:
+            out.append(("another case", f["values"][0].capitalize(), False, False))
     elif t in ("image", "path"):
         first = "/" if t == "path" else "a"
         out += [("shortest", first, True, False),
@@ -185,6 +200,26 @@ def values_for(f):
                 ("ends with a dash", "ab-", False, False),
                 ("starts with a digit", "1ab", False, False),
                 ("dot", "a.b", False, False)]
+    elif t == "address":
+        out += [("host:port", "127.0.0.1:6379", True, False),
+                ("a name", "redis.default.svc:1", True, False),
+                ("IPv6", "[::1]:65535", True, False), ("unix", "unix:/run/r.sock", True, False),
+                ("longest", "h" * (hi - 2) + ":1", True, False),
+                ("too long", "h" * (hi - 1) + ":1", False, False),
+                ("no port", "h", False, False), ("port 0", "h:0", False, False),
+                ("port 65536", "h:65536", False, False), ("a leading zero", "h:01", False, False),
+                ("IPv6 without brackets", "::1:80", False, False),
+                ("unix relative", "unix:r", False, False), ("space", "h :1", False, False),
+                ("a number", 6379, False, False)]
+    elif t == "list":
+        item = LIST_ITEMS[f["path"]]
+        many = [dict(json.loads(json.dumps(item)), name=f"n{i}") for i in range(hi + 1)]
+        out += [("empty", [], True, False), ("one", [item], True, False),
+                (f"{hi} items", many[:hi], True, False),
+                (f"{hi + 1} items", many, False, False),
+                ("a mapping", item, False, False), ("a string", "x", False, False),
+                ("an item not a mapping", ["x"], False, False),
+                ("a name twice", [item, item], False, True)]
     elif t == "bool":
         out += [("true", True, True, False), ("false", False, True, False),
                 ("a string", "true", False, False), ("a number", 1, False, False)]
@@ -216,7 +251,10 @@ def cases(apiver):
                             False))
             out.append(Case(f"{path}: a string", with_value(apiver, path, "x"), False))
             if path != "spec":
-                out.append(Case(f"{path}: empty", with_value(apiver, path, {}), True))
+                # empty is valid unless the mapping has required fields
+                req = any(c["required"] for c in fields
+                          if c["path"].rsplit(".", 1)[0] == path and c["path"] != path)
+                out.append(Case(f"{path}: empty", with_value(apiver, path, {}), not req))
             continue
         if t == "strmap":
             continue
@@ -293,7 +331,8 @@ def openapi_errors(node, v, path="", top=True):
     known = {"type", "description", "properties", "required", "additionalProperties",
              "x-kubernetes-int-or-string", "nullable", "minimum", "maximum", "minLength",
              "maxLength", "pattern", "enum", "maxProperties", "x-kubernetes-validations",
-             "items", "format", "x-kubernetes-list-type", "x-kubernetes-list-map-keys"}
+             "items", "format", "x-kubernetes-list-type", "x-kubernetes-list-map-keys",
+             "maxItems"}
     unknown = set(node) - known
     if unknown:
         raise ValueError(f"{path}: schema keywords this check does not know: {unknown}")
@@ -338,6 +377,8 @@ def openapi_errors(node, v, path="", top=True):
                 errs += openapi_errors(node["additionalProperties"], x, p, top=False)
             else:
                 errs.append(f"{p}: unknown field")
+    if isinstance(v, list) and "maxItems" in node and len(v) > node["maxItems"]:
+        errs.append(f"{path}: more than {node['maxItems']} items")
     if isinstance(v, list) and "items" in node:
         for i, x in enumerate(v):
             errs += openapi_errors(node["items"], x, f"{path}[{i}]", top=False)
@@ -348,6 +389,8 @@ def node_at(schema, path):
     """The schema node of a dotted field path, or None."""
     node = schema
     for p in path.split("."):
+        if node.get("type") == "array":
+            node = node.get("items") or {}
         node = (node.get("properties") or {}).get(p)
         if node is None:
             return None
@@ -357,6 +400,8 @@ def node_at(schema, path):
 def schema_paths(schema, prefix=""):
     """Every field path the schema declares under spec and metadata."""
     out = []
+    if schema.get("type") == "array":
+        schema = schema.get("items") or {}
     for k, v in (schema.get("properties") or {}).items():
         p = f"{prefix}.{k}" if prefix else k
         out.append(p)

@@ -12,10 +12,13 @@
 #include "stoke/spec.h"
 
 static const char *const type_names[] = {
-    [STOKE_SPEC_STRING] = "string", [STOKE_SPEC_NAME] = "name", [STOKE_SPEC_IMAGE] = "image",
-    [STOKE_SPEC_PATH] = "path",     [STOKE_SPEC_UINT] = "uint", [STOKE_SPEC_DURATION] = "duration",
-    [STOKE_SPEC_MEMORY] = "memory", [STOKE_SPEC_CPU] = "cpu",   [STOKE_SPEC_BOOL] = "bool",
-    [STOKE_SPEC_MAP] = "map",       [STOKE_SPEC_ENV] = "env",   [STOKE_SPEC_STRMAP] = "strmap",
+    [STOKE_SPEC_STRING] = "string", [STOKE_SPEC_NAME] = "name",
+    [STOKE_SPEC_IMAGE] = "image",   [STOKE_SPEC_PATH] = "path",
+    [STOKE_SPEC_UINT] = "uint",     [STOKE_SPEC_DURATION] = "duration",
+    [STOKE_SPEC_MEMORY] = "memory", [STOKE_SPEC_CPU] = "cpu",
+    [STOKE_SPEC_BOOL] = "bool",     [STOKE_SPEC_MAP] = "map",
+    [STOKE_SPEC_ENV] = "env",       [STOKE_SPEC_STRMAP] = "strmap",
+    [STOKE_SPEC_LIST] = "list",     [STOKE_SPEC_ADDRESS] = "address",
 };
 
 static void add_field(const struct stoke_spec_field_info *f, void *data)

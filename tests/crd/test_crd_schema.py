@@ -103,6 +103,21 @@ class TestFields(unittest.TestCase):
                     self.assertEqual(node.get("maxProperties"), hi)
                     self.assertTrue(node["additionalProperties"].get("x-kubernetes-int-or-string"))
                     self.assertIn("'PORT' in self", rules)
+                elif t == "address":
+                    self.assertEqual(node.get("type"), "string")
+                    self.assertEqual((node.get("minLength"), node.get("maxLength")), (lo, hi))
+                    self.assertEqual(node.get("pattern"), cc.ADDRESS_PATTERN)
+                elif t == "list":
+                    self.assertEqual(node.get("type"), "array")
+                    self.assertEqual(node.get("maxItems"), hi)
+                    self.assertEqual(node.get("x-kubernetes-list-type"), "map")
+                    self.assertEqual(node.get("x-kubernetes-list-map-keys"), ["name"])
+                    item = node["items"]
+                    self.assertEqual(item.get("type"), "object")
+                    children = [c for c in self.fields if c["path"].rsplit(".", 1)[0] == path
+                                and c["path"] != path]
+                    want = sorted(c["path"].rsplit(".", 1)[1] for c in children if c["required"])
+                    self.assertEqual(sorted(item.get("required", [])), want)
                 elif t == "map":
                     self.assertEqual(node.get("type"), "object")
                     children = [c for c in self.fields if c["path"].rsplit(".", 1)[0] == path

@@ -18,6 +18,22 @@ sys.path.insert(0, os.path.dirname(__file__))
 from harness import BUILD, DOCKER_SOCK, Stoke, UnixHTTPConnection, free_port, run_tests  # noqa: E402
 
 
+def ops_metrics(port):
+    """The text of GET /metrics on an ops port."""
+    c = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        c.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while True:
+            b = c.recv(65536)
+            if not b:
+                break
+            data += b
+    finally:
+        c.close()
+    return data.decode()
+
+
 class Async:
     """A controller, an activator and stoke-events (its store in the test's
     directory) wired together."""
@@ -34,6 +50,7 @@ class Async:
         self.db = os.path.join(self.s.tmp, "events.db")
         self.sock = os.path.join(self.s.tmp, "events.sock")
         self.ops_port = free_port()
+        self.events_args = []  # more of stoke-events' flags (e.g. --controller)
 
     def start(self):
         self.s.start()
@@ -46,7 +63,7 @@ class Async:
             "--activator", "127.0.0.1:%d" % self.s.port, "--db", self.db,
             "--admin-socket", self.sock, "--ops-listen", "127.0.0.1:%d" % self.ops_port,
             "--token-file", self.token_file,
-            "--lease-margin", "2s", "--log-level", "debug"], logname=logname)
+            "--lease-margin", "2s", "--log-level", "debug"] + self.events_args, logname=logname)
         self.s.wait_log("events", '"listening on', 20)
 
     def deploy(self, name, scale=None, asyncs=None, extra=""):
@@ -103,18 +120,7 @@ class Async:
         raise AssertionError("call %s: %s, not %s after %ss" % (call_id, st, states, timeout))
 
     def metrics(self):
-        c = socket.create_connection(("127.0.0.1", self.ops_port), timeout=10)
-        try:
-            c.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            data = b""
-            while True:
-                b = c.recv(65536)
-                if not b:
-                    break
-                data += b
-        finally:
-            c.close()
-        return data.decode()
+        return ops_metrics(self.ops_port)
 
     def metric_total(self, name):
         m = re.search(r"^%s (\S+)$" % name, self.metrics(), re.M)

@@ -30,11 +30,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                   &t.routes[i]);
             for (size_t j = 0; j < t.routes[i].n_endpoints; j++)
                 check(!t.routes[i].endpoints[j].is_unix);
+            check(t.routes[i].n_triggers <= STOKE_SPEC_MAX_TRIGGERS);
+            for (size_t j = 0; j < t.routes[i].n_triggers; j++) {
+                const struct stoke_trigger *tr = &t.routes[i].triggers[j];
+                char host[STOKE_TRIGGER_MAX_STRING + 1];
+                int port;
+                const char *up;
+                check(stoke_is_valid_name(tr->name) && tr->target_backlog >= 1);
+                check(stoke_trigger_address(tr->address, host, sizeof(host), &port, &up) == 0);
+                check(tr->path[0] == '/' && tr->stream[0] && tr->group[0]);
+            }
         }
         char *line = stoke_route_table_format(&t);
         check(line != NULL);
         check(stoke_route_table_parse(line, strlen(line), &back) == 0);
         check(back.n_routes == t.n_routes && back.gen == t.gen);
+        for (size_t i = 0; i < t.n_routes; i++)
+            check(back.routes[i].n_triggers == t.routes[i].n_triggers);
         free(line);
         stoke_route_table_done(&back);
         stoke_route_table_done(&t);

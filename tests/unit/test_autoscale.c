@@ -1047,6 +1047,56 @@ static void test_bad_arguments(void **state)
     fx_done(&f);
 }
 
+/* The backlog of queue triggers as demand: ceil(backlog / target),
+ * bounded by max, never lowering the autoscaler's own decision, and its
+ * grace once the backlog is gone. */
+static void test_backlog_demand(void **state)
+{
+    (void)state;
+    struct stoke_scale sc = {.max = 0, .scale_to_zero_grace_ms = 30000};
+    static const struct {
+        uint32_t max, desired, target;
+        uint64_t backlog;
+        uint32_t want;
+    } cases[] = {
+        {0, 0, 10, 0, 0},                  /* nothing waiting, never had a backlog */
+        {0, 0, 10, 1, 1},                  /* one message: from zero */
+        {0, 0, 10, 10, 1},                 /* exactly one replica's worth */
+        {0, 0, 10, 11, 2},                 /* rounded up */
+        {0, 0, 10, 1000, 100},             /* unbounded */
+        {3, 0, 10, 1000, 3},               /* bounded by max */
+        {3, 5, 10, 1000, 5},               /* the autoscaler's decision is not lowered */
+        {0, 4, 10, 5, 4},                  /* ... whatever the backlog */
+        {0, 0, 0, 7, 7},                   /* target 0 counts as 1 */
+        {0, 0, 1, UINT64_MAX, UINT32_MAX}, /* no overflow */
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        uint64_t last = 0;
+        sc.max = cases[i].max;
+        uint32_t got = stoke_autoscale_backlog(&sc, cases[i].desired, cases[i].backlog,
+                                               cases[i].target, 1000, &last);
+        if (got != cases[i].want) {
+            print_error("case %zu: %u, want %u\n", i, got, cases[i].want);
+            fail();
+        }
+        assert_int_equal(last, cases[i].backlog ? 1000 : 0);
+    }
+    /* Grace: 1 is kept for scale_to_zero_grace_ms after the last backlog. */
+    sc.max = 0;
+    uint64_t last = 0;
+    assert_int_equal(stoke_autoscale_backlog(&sc, 0, 25, 10, 100000, &last), 3);
+    assert_int_equal(last, 100000);
+    assert_int_equal(stoke_autoscale_backlog(&sc, 0, 0, 10, 110000, &last), 1);
+    assert_int_equal(stoke_autoscale_backlog(&sc, 0, 0, 10, 129999, &last), 1);
+    assert_int_equal(stoke_autoscale_backlog(&sc, 0, 0, 10, 130000, &last), 0);
+    assert_int_equal(last, 100000);
+    /* no grace: straight to the autoscaler's decision */
+    sc.scale_to_zero_grace_ms = 0;
+    last = 0;
+    assert_int_equal(stoke_autoscale_backlog(&sc, 0, 5, 10, 1000, &last), 1);
+    assert_int_equal(stoke_autoscale_backlog(&sc, 0, 0, 10, 1000, &last), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1091,6 +1141,7 @@ int main(void)
         cmocka_unit_test(test_after_zero_burst_seen_at_full_size),
         cmocka_unit_test(test_record_zero_is_data_unless_at_zero),
         cmocka_unit_test(test_bad_arguments),
+        cmocka_unit_test(test_backlog_demand),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

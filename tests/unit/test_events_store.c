@@ -104,6 +104,44 @@ static void test_sql_round_trip(void **state)
     sqlite3_close(db);
 }
 
+/* A queue trigger's message read again (after a restart) is inserted
+ * once: the second insert changes nothing and tells the stored state,
+ * also across a reopen of the database. */
+static void test_insert_once(void **state)
+{
+    (void)state;
+    sqlite3 *db;
+    char err[256];
+    int st = -1;
+    assert_int_equal(ev_db_open(path, &db, err, sizeof(err)), 0);
+    struct ev_call *c = make_call(9);
+    assert_int_equal(ev_db_insert_once(db, c, &st), 1);
+    assert_int_equal(st, -1); /* untouched when inserted */
+    assert_int_equal(ev_db_insert_once(db, c, &st), 0);
+    assert_int_equal(st, EV_QUEUED);
+    c->state = EV_SUCCEEDED;
+    c->attempts = 1;
+    assert_int_equal(ev_db_update(db, c), 0);
+    sqlite3_close(db);
+    assert_int_equal(ev_db_open(path, &db, err, sizeof(err)), 0);
+    /* the message again, as new: the stored call is not reset */
+    c->state = EV_QUEUED;
+    c->attempts = 0;
+    assert_int_equal(ev_db_insert_once(db, c, &st), 0);
+    assert_int_equal(st, EV_SUCCEEDED);
+    struct ev_call *got = NULL;
+    assert_int_equal(ev_db_get(db, c->id, &got), 0);
+    assert_int_equal(got->state, EV_SUCCEEDED);
+    assert_int_equal(got->attempts, 1);
+    ev_call_free(got);
+    /* another id is inserted */
+    struct ev_call *d = make_call(10);
+    assert_int_equal(ev_db_insert_once(db, d, &st), 1);
+    ev_call_free(d);
+    ev_call_free(c);
+    sqlite3_close(db);
+}
+
 /* ---- callbacks owed ---- */
 
 static void collect_ids(struct ev_call *c, void *data)
@@ -247,6 +285,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_sql_round_trip, setup, teardown),
         cmocka_unit_test_setup_teardown(test_group_commit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_insert_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_callbacks_owed, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

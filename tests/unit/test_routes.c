@@ -87,6 +87,93 @@ static struct stoke_route_table sample_table(void)
     return t;
 }
 
+/* Triggers travel in an entry (for stoke-events), copied by a share, and
+ * are validated as the spec validates them. */
+static void test_triggers_roundtrip(void **state)
+{
+    (void)state;
+    struct stoke_route_table t = sample_table(), back;
+    struct stoke_trigger in[2] = {
+        {.name = "orders",
+         .address = "127.0.0.1:6379",
+         .stream = "orders",
+         .group = "stoke-alpha",
+         .start_from = STOKE_START_NEW,
+         .path = "/",
+         .target_backlog = 10},
+        {.name = "b",
+         .address = "unix:/run/r.sock",
+         .stream = "s",
+         .group = "g",
+         .password_file = "/etc/pw",
+         .start_from = STOKE_START_ALL,
+         .path = "/x",
+         .target_backlog = 1},
+    };
+    assert_int_equal(stoke_route_triggers_dup(in, 2, &t.routes[1].triggers), 0);
+    t.routes[1].n_triggers = 2;
+    char *line = stoke_route_table_format(&t);
+    assert_non_null(line);
+    assert_int_equal(stoke_route_table_parse(line, strlen(line), &back), 0);
+    const struct stoke_route *r = &back.routes[0];
+    assert_int_equal(r->n_triggers, 2);
+    assert_string_equal(r->triggers[0].name, "orders");
+    assert_string_equal(r->triggers[0].address, "127.0.0.1:6379");
+    assert_string_equal(r->triggers[0].group, "stoke-alpha");
+    assert_null(r->triggers[0].password_file);
+    assert_int_equal(r->triggers[0].start_from, STOKE_START_NEW);
+    assert_int_equal(r->triggers[0].target_backlog, 10);
+    assert_string_equal(r->triggers[1].password_file, "/etc/pw");
+    assert_int_equal(r->triggers[1].start_from, STOKE_START_ALL);
+    assert_string_equal(r->triggers[1].path, "/x");
+    assert_int_equal(back.routes[1].n_triggers, 0);
+    /* a share keeps its own copy */
+    struct stoke_route sh;
+    assert_int_equal(stoke_route_share(r, 1, 3, &sh), 0);
+    assert_int_equal(sh.n_triggers, 2);
+    assert_ptr_not_equal(sh.triggers, r->triggers);
+    assert_string_equal(sh.triggers[1].stream, "s");
+    stoke_route_done(&sh);
+    stoke_route_table_done(&back);
+    free(line);
+    stoke_route_table_done(&t);
+
+    static const char *const bad[] = {
+        "[{\"name\":\"A\",\"address\":\"h:1\",\"stream\":\"s\",\"group\":\"g\","
+        "\"path\":\"/\",\"target_backlog\":1}]",
+        "[{\"name\":\"a\",\"address\":\"h\",\"stream\":\"s\",\"group\":\"g\","
+        "\"path\":\"/\",\"target_backlog\":1}]",
+        "[{\"name\":\"a\",\"address\":\"h:1\",\"stream\":\"s s\",\"group\":\"g\","
+        "\"path\":\"/\",\"target_backlog\":1}]",
+        "[{\"name\":\"a\",\"address\":\"h:1\",\"stream\":\"s\",\"group\":\"g\","
+        "\"path\":\"x\",\"target_backlog\":1}]",
+        "[{\"name\":\"a\",\"address\":\"h:1\",\"stream\":\"s\",\"group\":\"g\","
+        "\"path\":\"/\",\"target_backlog\":0}]",
+        "[{\"name\":\"a\",\"address\":\"h:1\",\"stream\":\"s\",\"group\":\"g\","
+        "\"path\":\"/\",\"target_backlog\":1,\"start_from\":\"1\"}]",
+        "[{\"name\":\"a\",\"address\":\"h:1\",\"stream\":\"s\",\"group\":\"g\","
+        "\"path\":\"/\",\"target_backlog\":1},{\"name\":\"a\",\"address\":\"h:1\","
+        "\"stream\":\"s\",\"group\":\"g\",\"path\":\"/\",\"target_backlog\":1}]",
+        "[{\"name\":\"a\",\"address\":\"h:1\",\"group\":\"g\",\"path\":\"/\","
+        "\"target_backlog\":1}]",
+        "{}",
+        "[1]",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char msg[1024];
+        snprintf(msg, sizeof(msg),
+                 "{\"op\":\"routes\",\"gen\":1,\"functions\":[{\"name\":\"a\","
+                 "\"timeout_ms\":1,\"queue_max\":1,\"queue_timeout_ms\":1,"
+                 "\"concurrency_limit\":0,\"endpoints\":[],\"triggers\":%s}]}",
+                 bad[i]);
+        struct stoke_route_table o;
+        if (stoke_route_table_parse(msg, strlen(msg), &o) != -EINVAL) {
+            print_error("bad triggers %zu accepted\n", i);
+            fail();
+        }
+    }
+}
+
 static void test_table_roundtrip(void **state)
 {
     (void)state;
@@ -411,10 +498,10 @@ static void test_route_share(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_match_table),         cmocka_unit_test(test_table_roundtrip),
-        cmocka_unit_test(test_table_parse_refuses), cmocka_unit_test(test_addr_parse),
-        cmocka_unit_test(test_update_roundtrip),    cmocka_unit_test(test_share_sums),
-        cmocka_unit_test(test_route_share),
+        cmocka_unit_test(test_match_table),        cmocka_unit_test(test_table_roundtrip),
+        cmocka_unit_test(test_triggers_roundtrip), cmocka_unit_test(test_table_parse_refuses),
+        cmocka_unit_test(test_addr_parse),         cmocka_unit_test(test_update_roundtrip),
+        cmocka_unit_test(test_share_sums),         cmocka_unit_test(test_route_share),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -532,8 +532,8 @@ static void test_fields(void **state)
 
     (void)state;
     stoke_spec_fields(see_field, &seen);
-    /* 4 at the root, 3 in metadata, 11 in spec, 15 + 2 + 5 + 3 + 2 below it */
-    assert_int_equal(seen.count, 45);
+    /* 4 at the root, 3 in metadata, 12 in spec, 15 + 2 + 5 + 3 + 2 + 4 + 5 below it */
+    assert_int_equal(seen.count, 55);
     assert_true(seen.idle && seen.api_version && seen.min && seen.image && seen.env);
 }
 
@@ -589,6 +589,182 @@ static void test_async_block(void **state)
         snprintf(y, sizeof(y), "%s  async: {%s}\n", head, bad[i]);
         assert_int_equal(stoke_spec_parse(y, strlen(y), "a.yaml", &s, &d), -EINVAL);
     }
+}
+
+/* spec.triggers: defaults, each field, the bounds, and refusals. */
+static void test_triggers_block(void **state)
+{
+    (void)state;
+    static const char head[] = "apiVersion: stoke.dev/v1\nkind: Function\nmetadata: {name: fa}\n"
+                               "spec:\n  image: x\n";
+    struct stoke_spec s, d2;
+    struct stoke_diag d;
+    char y[4096];
+    assert_int_equal(stoke_spec_parse(head, strlen(head), "a.yaml", &s, &d), 0);
+    assert_int_equal(s.n_triggers, 0);
+    assert_null(s.triggers);
+    stoke_spec_done(&s);
+    snprintf(y, sizeof(y),
+             "%s  triggers:\n"
+             "    - name: orders\n"
+             "      redis: {address: \"127.0.0.1:6379\", stream: orders}\n"
+             "    - name: b-2\n"
+             "      redis: {address: \"unix:/run/r.sock\", stream: s2, group: g1,\n"
+             "              passwordFile: /etc/pw, startFrom: \"0\"}\n"
+             "      path: /hook?x=1\n"
+             "      targetBacklog: 1000000\n",
+             head);
+    assert_int_equal(stoke_spec_parse(y, strlen(y), "a.yaml", &s, &d), 0);
+    assert_int_equal(s.n_triggers, 2);
+    const struct stoke_trigger *t = &s.triggers[0];
+    assert_string_equal(t->name, "orders");
+    assert_string_equal(t->address, "127.0.0.1:6379");
+    assert_string_equal(t->stream, "orders");
+    assert_string_equal(t->group, "stoke-fa");
+    assert_null(t->password_file);
+    assert_int_equal(t->start_from, STOKE_START_NEW);
+    assert_string_equal(t->path, "/");
+    assert_int_equal(t->target_backlog, 10);
+    t = &s.triggers[1];
+    assert_string_equal(t->name, "b-2");
+    assert_string_equal(t->address, "unix:/run/r.sock");
+    assert_string_equal(t->group, "g1");
+    assert_string_equal(t->password_file, "/etc/pw");
+    assert_int_equal(t->start_from, STOKE_START_ALL);
+    assert_string_equal(t->path, "/hook?x=1");
+    assert_int_equal(t->target_backlog, 1000000);
+    /* a deep copy */
+    assert_int_equal(stoke_spec_dup(&s, &d2), 0);
+    assert_int_equal(d2.n_triggers, 2);
+    assert_ptr_not_equal(d2.triggers[1].path, s.triggers[1].path);
+    assert_string_equal(d2.triggers[1].password_file, "/etc/pw");
+    stoke_spec_done(&d2);
+    stoke_spec_done(&s);
+    assert_true(is_zeroed(&s));
+    /* eight are allowed, nine are not */
+    for (int n = 8; n <= 9; n++) {
+        size_t len = (size_t)snprintf(y, sizeof(y), "%s  triggers:\n", head);
+        for (int i = 0; i < n; i++)
+            len += (size_t)snprintf(y + len, sizeof(y) - len,
+                                    "    - {name: t%d, redis: {address: \"h:1\", stream: s}}\n", i);
+        memset(&d, 0, sizeof(d));
+        int r = stoke_spec_parse(y, len, "a.yaml", &s, &d);
+        assert_int_equal(r, n == 8 ? 0 : -EINVAL);
+        if (r == 0)
+            assert_int_equal(s.n_triggers, 8);
+        else {
+            assert_non_null(strstr(d.message, "too many entries: 9"));
+            assert_string_equal(d.field, "spec.triggers");
+        }
+        stoke_spec_done(&s);
+    }
+    static const struct {
+        const char *item, *field, *message;
+    } bad[] = {
+        {"{redis: {address: \"h:1\", stream: s}}", "spec.triggers[0].name", "missing required"},
+        {"{name: a}", "spec.triggers[0].redis", "missing required field \"redis\""},
+        {"{name: a, redis: {stream: s}}", "spec.triggers[0].redis.address", "\"address\""},
+        {"{name: a, redis: {address: \"h:1\"}}", "spec.triggers[0].redis.stream", "\"stream\""},
+        {"{name: A, redis: {address: \"h:1\", stream: s}}", "spec.triggers[0].name",
+         "invalid name"},
+        {"{name: a, redis: {address: \"h\", stream: s}}", "spec.triggers[0].redis.address",
+         "invalid address"},
+        {"{name: a, redis: {address: \"h:0\", stream: s}}", "spec.triggers[0].redis.address",
+         "invalid address"},
+        {"{name: a, redis: {address: \"h:65536\", stream: s}}", "spec.triggers[0].redis.address",
+         "invalid address"},
+        {"{name: a, redis: {address: \"h_x:1\", stream: s}}", "spec.triggers[0].redis.address",
+         "invalid address"},
+        {"{name: a, redis: {address: \"unix:rel\", stream: s}}", "spec.triggers[0].redis.address",
+         "invalid address"},
+        {"{name: a, redis: {address: \"h:1\", stream: \"a b\"}}", "spec.triggers[0].redis.stream",
+         "printable"},
+        {"{name: a, redis: {address: \"h:1\", stream: s, startFrom: \"1\"}}",
+         "spec.triggers[0].redis.startFrom", "must be"},
+        {"{name: a, redis: {address: \"h:1\", stream: s, password: x}}",
+         "spec.triggers[0].redis.password", "unknown field"},
+        {"{name: a, redis: {address: \"h:1\", stream: s, passwordFile: rel}}",
+         "spec.triggers[0].redis.passwordFile", "must start with '/'"},
+        {"{name: a, redis: {address: \"h:1\", stream: s}, targetBacklog: 0}",
+         "spec.triggers[0].targetBacklog", "between 1 and 1000000"},
+        {"{name: a, redis: {address: \"h:1\", stream: s}, path: x}", "spec.triggers[0].path",
+         "must start with '/'"},
+        {"x", "spec.triggers[0]", "mapping"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        snprintf(y, sizeof(y), "%s  triggers:\n    - %s\n", head, bad[i].item);
+        memset(&d, 0, sizeof(d));
+        int r = stoke_spec_parse(y, strlen(y), "a.yaml", &s, &d);
+        if (r != -EINVAL || strcmp(d.field, bad[i].field) != 0 ||
+            !strstr(d.message, bad[i].message)) {
+            print_error("trigger case %zu: %d %s: %s\n", i, r, d.field, d.message);
+            fail();
+        }
+        assert_true(is_zeroed(&s));
+    }
+    /* a name twice; not a list */
+    snprintf(y, sizeof(y),
+             "%s  triggers:\n    - {name: a, redis: {address: \"h:1\", stream: s}}\n"
+             "    - {name: a, redis: {address: \"h:2\", stream: t}}\n",
+             head);
+    assert_int_equal(stoke_spec_parse(y, strlen(y), "a.yaml", &s, &d), -EINVAL);
+    assert_non_null(strstr(d.message, "used twice"));
+    assert_string_equal(d.field, "spec.triggers[1]");
+    snprintf(y, sizeof(y), "%s  triggers: {name: a}\n", head);
+    assert_int_equal(stoke_spec_parse(y, strlen(y), "a.yaml", &s, &d), -EINVAL);
+}
+
+static void test_trigger_address(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *in;
+        int r;
+        const char *host;
+        int port;
+        const char *unix_path;
+    } cases[] = {
+        {"127.0.0.1:6379", 0, "127.0.0.1", 6379, NULL},
+        {"redis.default.svc:1", 0, "redis.default.svc", 1, NULL},
+        {"[::1]:65535", 0, "::1", 65535, NULL},
+        {"unix:/run/redis.sock", 0, "", 0, "/run/redis.sock"},
+        {"h:65536", -EINVAL, "", 0, NULL},
+        {"h:0", -EINVAL, "", 0, NULL},
+        {"h:01", -EINVAL, "", 0, NULL},
+        {"h:", -EINVAL, "", 0, NULL},
+        {":1", -EINVAL, "", 0, NULL},
+        {"h", -EINVAL, "", 0, NULL},
+        {"::1:80", -EINVAL, "", 0, NULL},
+        {"[::1:80", -EINVAL, "", 0, NULL},
+        {"[]:80", -EINVAL, "", 0, NULL},
+        {"h/x:80", -EINVAL, "", 0, NULL},
+        {"h:8a", -EINVAL, "", 0, NULL},
+        {"", -EINVAL, "", 0, NULL},
+        {"unix:", -EINVAL, "", 0, NULL},
+        {"h:99999999999999999999999", -EINVAL, "", 0, NULL},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char host[256];
+        int port = -1;
+        const char *up = "x";
+        int r = stoke_trigger_address(cases[i].in, host, sizeof(host), &port, &up);
+        if (r != cases[i].r) {
+            print_error("address \"%s\": %d\n", cases[i].in, r);
+            fail();
+        }
+        if (r == 0) {
+            assert_string_equal(host, cases[i].host);
+            assert_int_equal(port, cases[i].port);
+            if (cases[i].unix_path)
+                assert_string_equal(up, cases[i].unix_path);
+            else
+                assert_null(up);
+        }
+    }
+    char small[4];
+    int port;
+    const char *up;
+    assert_int_equal(stoke_trigger_address("abcd:1", small, sizeof(small), &port, &up), -EINVAL);
 }
 
 /* --- invalid specs ---------------------------------------------------------- */
@@ -1568,6 +1744,8 @@ int main(void)
         cmocka_unit_test(test_valid),
         cmocka_unit_test(test_fields),
         cmocka_unit_test(test_async_block),
+        cmocka_unit_test(test_triggers_block),
+        cmocka_unit_test(test_trigger_address),
         cmocka_unit_test(test_invalid),
         cmocka_unit_test(test_env_limit),
         cmocka_unit_test(test_deep_nesting),
