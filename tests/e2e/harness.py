@@ -125,11 +125,21 @@ def record_pid(pid):
 
 
 def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+    """A port free now for a daemon to listen on: from 20000-29999, below
+    the kernel's ephemeral range (32768 up, where any outgoing connection
+    may take a port between this check and the daemon's bind: that made
+    stoke-events fail with EADDRINUSE) and the replicas' ports (30000 up)."""
+    for _ in range(200):
+        p = random.randrange(20000, 30000)
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", p))
+            return p
+        except OSError:
+            continue
+        finally:
+            s.close()
+    raise AssertionError("no free port in 20000-29999")
 
 
 _activators = []  # standalone activators (class Activator) still running
