@@ -360,6 +360,10 @@ def test_backlog_drives_replicas_to_max():
         wait_for(lambda: a.ready("wide")[1] == 3, 120, "3 replicas ready")
         assert len(a.s.running("wide")) == 3, a.s.running("wide")
         assert a.ready("wide")[0] == 3
+        # The 3 is the backlog's decision (requests alone, 10 in flight at a
+        # target of 100, would ask for 1).
+        assert re.search(r"desired 3 for a backlog of \d+ \(target 10\)",
+                         a.s.log("controller")), "no backlog decision in the controller's log"
         wait_for(lambda: ctl_backlog(a, "wide") is not None and ctl_backlog(a, "wide") > 30, 10,
                  "the controller's backlog metric")
         wait_for(lambda: len(db_states(a, ids)) == 1000
