@@ -23,7 +23,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import DIE_WITH_TEST, free_port, run_tests  # noqa: E402
+from harness import DIE_WITH_TEST, free_port, run_tests, wait_for  # noqa: E402
 from test_async import Async, ops_metrics  # noqa: E402
 
 _redises = []
@@ -174,16 +174,6 @@ def db_states(a, ids):
         db.close()
     want = set(ids)
     return {i: (st, n) for i, st, n in rows if i in want}
-
-
-def wait_for(cond, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.25)
-    raise AssertionError("not within %ss: %s" % (timeout, what))
 
 
 def trigger_metric(a, name, fn, trigger, result=None):
