@@ -688,3 +688,15 @@ def run_tests(namespace, setup=None, teardown=None, after_each=None, need_image=
     print("%d passed, %d failed%s" % (passed, failed,
                                       ", %d skipped" % skipped if skipped else ""))
     sys.exit(1 if failed or passed == 0 else 0)
+
+
+def wait_for(cond, timeout, what, period=0.25):
+    """Polls cond() until it returns something true, and returns that;
+    fails after `timeout` seconds naming `what`."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(period)
+    raise AssertionError("not within %ss: %s" % (timeout, what))

@@ -23,7 +23,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import DIE_WITH_TEST, free_port, run_tests  # noqa: E402
+from harness import DIE_WITH_TEST, free_port, run_tests, wait_for  # noqa: E402
 from test_async import Async, ops_metrics  # noqa: E402
 
 _redises = []
@@ -174,16 +174,6 @@ def db_states(a, ids):
         db.close()
     want = set(ids)
     return {i: (st, n) for i, st, n in rows if i in want}
-
-
-def wait_for(cond, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.25)
-    raise AssertionError("not within %ss: %s" % (timeout, what))
 
 
 def trigger_metric(a, name, fn, trigger, result=None):
@@ -360,6 +350,10 @@ def test_backlog_drives_replicas_to_max():
         wait_for(lambda: a.ready("wide")[1] == 3, 120, "3 replicas ready")
         assert len(a.s.running("wide")) == 3, a.s.running("wide")
         assert a.ready("wide")[0] == 3
+        # The 3 is the backlog's decision (requests alone, 10 in flight at a
+        # target of 100, would ask for 1).
+        assert re.search(r"desired 3 for a backlog of \d+ \(target 10\)",
+                         a.s.log("controller")), "no backlog decision in the controller's log"
         wait_for(lambda: ctl_backlog(a, "wide") is not None and ctl_backlog(a, "wide") > 30, 10,
                  "the controller's backlog metric")
         wait_for(lambda: len(db_states(a, ids)) == 1000
