@@ -56,6 +56,7 @@ LABELS = {
     "stoke_controller_oom_kills_total": {"function"},
     "stoke_controller_replicas": {"function", "state"},
     "stoke_controller_panic": {"function"},
+    "stoke_controller_backlog": {"function"},
     "stoke_controller_cold_starts_total": {"function", "tier"},
     "stoke_controller_cold_start_duration_seconds": {"function", "tier"},
     "stoke_function_requests_total": {"function"},
