@@ -1,6 +1,8 @@
 #include "stoke/routes.h"
 
+#include <assert.h>
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +12,8 @@
 #include <netinet/in.h>
 
 #include <json-c/json.h>
+
+#include "stoke/cron.h"
 
 void stoke_route_table_done(struct stoke_route_table *t)
 {
@@ -33,6 +37,11 @@ void stoke_route_done(struct stoke_route *r)
     free(r->triggers);
     r->triggers = NULL;
     r->n_triggers = 0;
+    for (size_t i = 0; i < r->n_schedules; i++)
+        stoke_schedule_done(&r->schedules[i]);
+    free(r->schedules);
+    r->schedules = NULL;
+    r->n_schedules = 0;
 }
 
 /* ---- queue triggers in a route entry (stoke-events reads them) ---- */
@@ -111,33 +120,61 @@ static int trigger_string(json_object *o, const char *key, bool path, char **ret
     return *ret ? 0 : -ENOMEM;
 }
 
-/* "triggers" of an entry, validated as the spec validates them. */
-static int parse_triggers(json_object *a, struct stoke_route *r)
+/* An entry's array of at most `max` named objects (triggers, schedules):
+ * its length into *ret_n and a zeroed array of as many items of `size`
+ * bytes into *ret (NULL when empty). */
+static int named_items(json_object *a, size_t max, size_t size, void **ret, size_t *ret_n)
 {
+    *ret = NULL;
+    *ret_n = 0;
     if (!json_object_is_type(a, json_type_array))
         return -EINVAL;
     size_t n = json_object_array_length(a);
-    if (n > STOKE_SPEC_MAX_TRIGGERS)
+    if (n > max)
         return -EINVAL;
     if (n == 0)
         return 0;
-    r->triggers = calloc(n, sizeof(*r->triggers));
-    if (!r->triggers)
+    *ret = calloc(n, size);
+    if (!*ret)
         return -ENOMEM;
+    *ret_n = n;
+    return 0;
+}
+
+/* Item i's "name" (a DNS label) into the name its struct begins with, in
+ * `items` (`stride` bytes each); the items before it have other names. */
+static_assert(offsetof(struct stoke_trigger, name) == 0, "an item begins with its name");
+static_assert(offsetof(struct stoke_schedule, name) == 0, "an item begins with its name");
+static int item_name(json_object *o, char *items, size_t stride, size_t i)
+{
+    json_object *v;
+    if (!json_object_is_type(o, json_type_object) || !json_object_object_get_ex(o, "name", &v) ||
+        !json_object_is_type(v, json_type_string) ||
+        !stoke_is_valid_name(json_object_get_string(v)))
+        return -EINVAL;
+    char *name = items + i * stride;
+    snprintf(name, STOKE_NAME_MAX + 1, "%s", json_object_get_string(v));
+    for (size_t j = 0; j < i; j++)
+        if (strcmp(items + j * stride, name) == 0)
+            return -EINVAL;
+    return 0;
+}
+
+/* "triggers" of an entry, validated as the spec validates them. */
+static int parse_triggers(json_object *a, struct stoke_route *r)
+{
+    size_t n;
+    int e =
+        named_items(a, STOKE_SPEC_MAX_TRIGGERS, sizeof(*r->triggers), (void **)&r->triggers, &n);
+    if (e < 0)
+        return e;
     for (size_t i = 0; i < n; i++) {
         json_object *o = json_object_array_get_idx(a, i), *v;
         struct stoke_trigger *t = &r->triggers[r->n_triggers++];
-        if (!json_object_is_type(o, json_type_object))
-            return -EINVAL;
-        if (!json_object_object_get_ex(o, "name", &v) ||
-            !json_object_is_type(v, json_type_string) ||
-            !stoke_is_valid_name(json_object_get_string(v)))
-            return -EINVAL;
-        snprintf(t->name, sizeof(t->name), "%s", json_object_get_string(v));
-        for (size_t j = 0; j < i; j++)
-            if (strcmp(r->triggers[j].name, t->name) == 0)
-                return -EINVAL;
-        int e = trigger_string(o, "address", false, &t->address);
+        e = item_name(o, (char *)r->triggers, sizeof(*t), i);
+        if (e < 0)
+            return e;
+        e = trigger_string(o, "address", false, &t->address);
         e = e ? e : trigger_string(o, "stream", false, &t->stream);
         e = e ? e : trigger_string(o, "group", false, &t->group);
         e = e ? e : trigger_string(o, "path", true, &t->path);
@@ -163,6 +200,102 @@ static int parse_triggers(json_object *a, struct stoke_route *r)
         if (get_u64(o, "target_backlog", 1000000, &tb) < 0 || tb == 0)
             return -EINVAL;
         t->target_backlog = (uint32_t)tb;
+    }
+    return 0;
+}
+
+/* ---- schedules in a route entry (stoke-events reads them) ---- */
+
+/* "schedules":[...] of an entry, or NULL on OOM. */
+static json_object *schedules_json(const struct stoke_route *r)
+{
+    json_object *a = json_object_new_array();
+    for (size_t i = 0; a && i < r->n_schedules; i++) {
+        const struct stoke_schedule *sc = &r->schedules[i];
+        json_object *o = json_object_new_object();
+        if (!o) {
+            json_object_put(a);
+            return NULL;
+        }
+        json_object_object_add(o, "name", json_object_new_string(sc->name));
+        json_object_object_add(o, "schedule", json_object_new_string(sc->schedule));
+        if (sc->time_zone)
+            json_object_object_add(o, "time_zone", json_object_new_string(sc->time_zone));
+        if (sc->data)
+            json_object_object_add(o, "data", json_object_new_string(sc->data));
+        json_object_object_add(o, "content_type", json_object_new_string(sc->content_type));
+        json_object_object_add(o, "path", json_object_new_string(sc->path));
+        json_object_object_add(o, "policy", json_object_new_string(stoke_policy_names[sc->policy]));
+        json_object_object_add(o, "starting_deadline_s",
+                               json_object_new_int64(sc->starting_deadline_s));
+        json_object_object_add(o, "suspend", json_object_new_boolean(sc->suspend));
+        json_object_array_add(a, o);
+    }
+    return a;
+}
+
+/* An optional string member of at most `max` bytes, dup'd into *ret
+ * (absent: NULL). */
+static int schedule_string(json_object *o, const char *key, size_t max, char **ret)
+{
+    json_object *v;
+    *ret = NULL;
+    if (!json_object_object_get_ex(o, key, &v))
+        return 0;
+    if (!json_object_is_type(v, json_type_string) || (size_t)json_object_get_string_len(v) > max ||
+        strlen(json_object_get_string(v)) != (size_t)json_object_get_string_len(v))
+        return -EINVAL;
+    *ret = strdup(json_object_get_string(v));
+    return *ret ? 0 : -ENOMEM;
+}
+
+/* "schedules" of an entry, validated as the spec validates them. */
+static int parse_schedules(json_object *a, struct stoke_route *r)
+{
+    size_t n;
+    int e =
+        named_items(a, STOKE_SPEC_MAX_SCHEDULES, sizeof(*r->schedules), (void **)&r->schedules, &n);
+    if (e < 0)
+        return e;
+    for (size_t i = 0; i < n; i++) {
+        json_object *o = json_object_array_get_idx(a, i), *v;
+        struct stoke_schedule *sc = &r->schedules[r->n_schedules++];
+        e = item_name(o, (char *)r->schedules, sizeof(*sc), i);
+        if (e < 0)
+            return e;
+        e = schedule_string(o, "schedule", STOKE_SCHEDULE_MAX_STRING, &sc->schedule);
+        e = e ? e : schedule_string(o, "time_zone", STOKE_CRON_ZONE_MAX - 1, &sc->time_zone);
+        e = e ? e : schedule_string(o, "data", STOKE_SCHEDULE_MAX_DATA, &sc->data);
+        e = e ? e : trigger_string(o, "content_type", false, &sc->content_type);
+        e = e ? e : trigger_string(o, "path", true, &sc->path);
+        if (e)
+            return e;
+        struct stoke_cron c;
+        char err[160];
+        if (!sc->schedule ||
+            stoke_cron_parse(sc->schedule, sc->time_zone, &c, err, sizeof(err)) < 0)
+            return -EINVAL;
+        sc->policy = STOKE_POLICY_ALLOW;
+        if (json_object_object_get_ex(o, "policy", &v)) {
+            const char *p =
+                json_object_is_type(v, json_type_string) ? json_object_get_string(v) : "";
+            size_t k = 0;
+            while (stoke_policy_names[k] && strcmp(stoke_policy_names[k], p) != 0)
+                k++;
+            if (!stoke_policy_names[k])
+                return -EINVAL;
+            sc->policy = (enum stoke_concurrency_policy)k;
+        }
+        uint64_t d = 0;
+        if (json_object_object_get_ex(o, "starting_deadline_s", &v) &&
+            get_u64(o, "starting_deadline_s", STOKE_SCHEDULE_MAX_DEADLINE_S, &d) < 0)
+            return -EINVAL;
+        sc->starting_deadline_s = (uint32_t)d;
+        if (json_object_object_get_ex(o, "suspend", &v)) {
+            if (!json_object_is_type(v, json_type_boolean))
+                return -EINVAL;
+            sc->suspend = json_object_get_boolean(v);
+        }
     }
     return 0;
 }
@@ -219,6 +352,14 @@ static json_object *route_json(const struct stoke_route *r)
             return NULL;
         }
         json_object_object_add(fn, "triggers", tr);
+    }
+    if (r->n_schedules) {
+        json_object *sc = schedules_json(r);
+        if (!sc) {
+            json_object_put(fn);
+            return NULL;
+        }
+        json_object_object_add(fn, "schedules", sc);
     }
     return fn;
 }
@@ -364,9 +505,14 @@ static int parse_route(json_object *fn, struct stoke_route *r)
             r->shares[j] = (uint32_t)s;
         }
     }
-    /* Optional: a controller from before triggers sends none. */
-    if (json_object_object_get_ex(fn, "triggers", &v))
-        return parse_triggers(v, r);
+    /* Optional: a controller from before triggers (schedules) sends none. */
+    if (json_object_object_get_ex(fn, "triggers", &v)) {
+        int e = parse_triggers(v, r);
+        if (e < 0)
+            return e;
+    }
+    if (json_object_object_get_ex(fn, "schedules", &v))
+        return parse_schedules(v, r);
     return 0;
 }
 
@@ -545,7 +691,14 @@ int stoke_route_share(const struct stoke_route *in, unsigned i, unsigned k, stru
     out->endpoints = NULL;
     out->shares = NULL;
     out->n_endpoints = 0;
+    out->schedules = NULL;
     if (stoke_route_triggers_dup(in->triggers, in->n_triggers, &out->triggers) < 0) {
+        memset(out, 0, sizeof(*out));
+        return -ENOMEM;
+    }
+    if (stoke_schedules_dup(in->schedules, in->n_schedules, &out->schedules) < 0) {
+        out->n_schedules = 0;
+        stoke_route_done(out);
         memset(out, 0, sizeof(*out));
         return -ENOMEM;
     }

@@ -10,6 +10,7 @@
  * whatever the input. Doing the YAML checks first means a broken file is
  * reported as such before any field is judged. */
 #include "stoke/spec.h"
+#include "stoke/cron.h"
 #include "stoke/knative.h"
 #include "yamltree.h"
 
@@ -56,6 +57,9 @@ enum ftype {
     T_STRMAP = STOKE_SPEC_STRMAP,
     T_LIST = STOKE_SPEC_LIST,
     T_ADDRESS = STOKE_SPEC_ADDRESS,
+    T_CRON = STOKE_SPEC_CRON,
+    T_ZONE = STOKE_SPEC_ZONE,
+    T_TEXT = STOKE_SPEC_TEXT,
     T_ENUM,
 };
 
@@ -293,6 +297,24 @@ static int set_string(struct stoke__yaml *y, const struct field *f, int i, void 
                                     text, (int)f->max);
         return dup_into(y, f, text, s);
     }
+    case T_CRON:
+    case T_ZONE: {
+        char err[160];
+        if (n == 0 || n > f->max)
+            return stoke__yaml_fail(y, i, NULL, "must be 1 to %d characters", (int)f->max);
+        /* A zone is judged with a schedule that always runs; the schedule
+         * in UTC (whether it ever runs does not depend on the zone). */
+        if (stoke_cron_parse(f->type == T_CRON ? text : "* * * * *",
+                             f->type == T_ZONE ? text : NULL, &(struct stoke_cron){0}, err,
+                             sizeof(err)) < 0)
+            return stoke__yaml_fail(y, i, NULL, "%s", err);
+        return dup_into(y, f, text, s);
+    }
+    case T_TEXT:
+        if (n < f->min || n > f->max)
+            return stoke__yaml_fail(y, i, NULL, "must be %d to %d bytes (found %zu)", (int)f->min,
+                                    (int)f->max, n);
+        return dup_into(y, f, text, s);
     case T_IMAGE:
     case T_PATH:
         if (f->type == T_IMAGE && n == 0)
@@ -637,6 +659,52 @@ static void trigger_init(void *item)
     t->target_backlog = 10;
 }
 
+const char *const stoke_policy_names[] = {
+    [STOKE_POLICY_ALLOW] = "Allow",
+    [STOKE_POLICY_FORBID] = "Forbid",
+    [STOKE_POLICY_REPLACE] = "Replace",
+    NULL,
+};
+
+/* spec.schedules: fields of an item (struct stoke_schedule). */
+#define SCHEDULE_STRING(k, t, m, lo, hi, req)                                                      \
+    {                                                                                              \
+        .key = (k), .type = (t), .off = offsetof(struct stoke_schedule, m), .min = (lo),           \
+        .max = (hi), .required = (req)                                                             \
+    }
+
+static const struct field schedule_fields[] = {
+    {.key = "name",
+     .type = T_NAME,
+     .off = offsetof(struct stoke_schedule, name),
+     .min = 1,
+     .max = STOKE_NAME_MAX,
+     .required = true},
+    SCHEDULE_STRING("schedule", T_CRON, schedule, 1, STOKE_SCHEDULE_MAX_STRING, true),
+    SCHEDULE_STRING("timeZone", T_ZONE, time_zone, 1, STOKE_CRON_ZONE_MAX - 1, false),
+    SCHEDULE_STRING("data", T_TEXT, data, 0, STOKE_SCHEDULE_MAX_DATA, false),
+    SCHEDULE_STRING("contentType", T_IMAGE, content_type, 1, STOKE_SCHEDULE_MAX_STRING, false),
+    SCHEDULE_STRING("path", T_PATH, path, 1, STOKE_SCHEDULE_MAX_STRING, false),
+    {.key = "concurrencyPolicy",
+     .type = T_ENUM,
+     .off = offsetof(struct stoke_schedule, policy),
+     .values = stoke_policy_names},
+    {.key = "startingDeadlineSeconds",
+     .type = T_UINT,
+     .off = offsetof(struct stoke_schedule, starting_deadline_s),
+     .size = sizeof(uint32_t),
+     .min = 1,
+     .max = STOKE_SCHEDULE_MAX_DEADLINE_S},
+    {.key = "suspend", .type = T_BOOL, .off = offsetof(struct stoke_schedule, suspend)},
+    {0},
+};
+
+static void schedule_init(void *item)
+{
+    struct stoke_schedule *sc = item;
+    sc->policy = STOKE_POLICY_ALLOW;
+}
+
 static const struct field spec_fields[] = {
     {.key = "image",
      .type = T_IMAGE,
@@ -665,6 +733,14 @@ static const struct field spec_fields[] = {
      .max = STOKE_SPEC_MAX_TRIGGERS,
      .sub = trigger_fields,
      .init = trigger_init},
+    {.key = "schedules",
+     .type = T_LIST,
+     .off = offsetof(struct stoke_spec, schedules),
+     .count_off = offsetof(struct stoke_spec, n_schedules),
+     .size = sizeof(struct stoke_schedule),
+     .max = STOKE_SPEC_MAX_SCHEDULES,
+     .sub = schedule_fields,
+     .init = schedule_init},
     {0},
 };
 
@@ -801,6 +877,80 @@ static int trigger_defaults(struct stoke__yaml *y, struct stoke_spec *s)
     return 0;
 }
 
+/* The schedules' defaults: contentType "application/json", path "/". */
+static int schedule_defaults(struct stoke__yaml *y, struct stoke_spec *s)
+{
+    for (size_t i = 0; i < s->n_schedules; i++) {
+        struct stoke_schedule *sc = &s->schedules[i];
+        if (!sc->content_type && !(sc->content_type = strdup("application/json")))
+            return stoke__yaml_oom(y);
+        if (!sc->path && !(sc->path = strdup("/")))
+            return stoke__yaml_oom(y);
+    }
+    return 0;
+}
+
+void stoke_schedule_done(struct stoke_schedule *sc)
+{
+    if (!sc)
+        return;
+    free(sc->schedule);
+    free(sc->time_zone);
+    free(sc->data);
+    free(sc->content_type);
+    free(sc->path);
+    memset(sc, 0, sizeof(*sc));
+}
+
+static char *dup_opt(const char *s, bool *failed)
+{
+    char *d = s ? strdup(s) : NULL;
+    if (s && !d)
+        *failed = true;
+    return d;
+}
+
+int stoke_schedules_dup(const struct stoke_schedule *from, size_t n, struct stoke_schedule **ret)
+{
+    *ret = NULL;
+    if (n == 0)
+        return 0;
+    struct stoke_schedule *d = calloc(n, sizeof(*d));
+    if (!d)
+        return -ENOMEM;
+    bool failed = false;
+    for (size_t i = 0; i < n; i++) {
+        d[i] = from[i];
+        d[i].schedule = dup_opt(from[i].schedule, &failed);
+        d[i].time_zone = dup_opt(from[i].time_zone, &failed);
+        d[i].data = dup_opt(from[i].data, &failed);
+        d[i].content_type = dup_opt(from[i].content_type, &failed);
+        d[i].path = dup_opt(from[i].path, &failed);
+    }
+    if (failed) {
+        for (size_t i = 0; i < n; i++)
+            stoke_schedule_done(&d[i]);
+        free(d);
+        return -ENOMEM;
+    }
+    *ret = d;
+    return 0;
+}
+
+static bool str_same(const char *a, const char *b)
+{
+    return (!a && !b) || (a && b && strcmp(a, b) == 0);
+}
+
+bool stoke_schedule_equal(const struct stoke_schedule *a, const struct stoke_schedule *b)
+{
+    return strcmp(a->name, b->name) == 0 && str_same(a->schedule, b->schedule) &&
+           str_same(a->time_zone, b->time_zone) && str_same(a->data, b->data) &&
+           str_same(a->content_type, b->content_type) && str_same(a->path, b->path) &&
+           a->policy == b->policy && a->starting_deadline_s == b->starting_deadline_s &&
+           a->suspend == b->suspend;
+}
+
 int stoke_trigger_address(const char *address, char *host, size_t host_size, int *ret_port,
                           const char **ret_unix)
 {
@@ -889,6 +1039,8 @@ int stoke_spec_parse_ex(const char *buf, size_t len, const char *filename, struc
     if (r < 0)
         goto out;
     r = trigger_defaults(&y, &s);
+    if (r == 0)
+        r = schedule_defaults(&y, &s);
     if (r < 0)
         goto out;
     *ret = s;
@@ -1003,6 +1155,9 @@ void stoke_spec_done(struct stoke_spec *spec)
     for (size_t i = 0; i < spec->n_triggers; i++)
         stoke_trigger_done(&spec->triggers[i]);
     free(spec->triggers);
+    for (size_t i = 0; i < spec->n_schedules; i++)
+        stoke_schedule_done(&spec->schedules[i]);
+    free(spec->schedules);
     memset(spec, 0, sizeof(*spec));
 }
 
@@ -1016,6 +1171,11 @@ int stoke_spec_dup(const struct stoke_spec *spec, struct stoke_spec *ret)
     d.readiness.path = NULL;
     d.triggers = NULL;
     d.n_triggers = 0;
+    d.schedules = NULL;
+    d.n_schedules = 0;
+    if (stoke_schedules_dup(spec->schedules, spec->n_schedules, &d.schedules) < 0)
+        goto fail;
+    d.n_schedules = spec->n_schedules;
     if (spec->n_triggers) {
         d.triggers = calloc(spec->n_triggers, sizeof(*d.triggers));
         if (!d.triggers)

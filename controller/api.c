@@ -157,6 +157,38 @@ static json_object *scale_json(const struct stoke_scale *s, int *err)
     return o;
 }
 
+/* spec.schedules, defaults filled in (timeZone UTC; no data, no
+ * startingDeadlineSeconds: left out). */
+static json_object *schedules_json(const struct stoke_spec *s, int *err)
+{
+    json_object *a = json_object_new_array();
+    if (!a) {
+        *err = -ENOMEM;
+        return NULL;
+    }
+    for (size_t i = 0; i < s->n_schedules; i++) {
+        const struct stoke_schedule *sc = &s->schedules[i];
+        json_object *o = json_object_new_object();
+        if (!o) {
+            *err = -ENOMEM;
+            break;
+        }
+        jadd(o, "name", jstr(sc->name), err);
+        jadd(o, "schedule", jstr(sc->schedule), err);
+        jadd(o, "timeZone", jstr(sc->time_zone ? sc->time_zone : "UTC"), err);
+        if (sc->data)
+            jadd(o, "data", jstr(sc->data), err);
+        jadd(o, "contentType", jstr(sc->content_type), err);
+        jadd(o, "path", jstr(sc->path), err);
+        jadd(o, "concurrencyPolicy", jstr(stoke_policy_names[sc->policy]), err);
+        if (sc->starting_deadline_s)
+            jadd(o, "startingDeadlineSeconds", ju64(sc->starting_deadline_s), err);
+        jadd(o, "suspend", json_object_new_boolean(sc->suspend), err);
+        json_object_array_add(a, o);
+    }
+    return a;
+}
+
 /* The spec in effect with every default filled in. */
 static json_object *spec_json(const struct stoke_spec *s, int *err)
 {
@@ -208,6 +240,8 @@ static json_object *spec_json(const struct stoke_spec *s, int *err)
     jadd(o, "readiness", ready, err);
     jadd(o, "readOnlyRootFilesystem", json_object_new_boolean(s->read_only_rootfs), err);
     jadd(o, "network", jstr(s->network == STOKE_NETWORK_HOST ? "host" : "bridge"), err);
+    if (s->n_schedules)
+        jadd(o, "schedules", schedules_json(s, err), err);
     return o;
 }
 

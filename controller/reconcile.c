@@ -219,6 +219,10 @@ static int push_add(struct ctrl *c, struct push *p, struct function *fn,
     if (stoke_route_triggers_dup(fn->spec.triggers, fn->spec.n_triggers, &r->triggers) < 0)
         return -ENOMEM;
     r->n_triggers = fn->spec.n_triggers;
+    /* Schedules, for stoke-events too. */
+    if (stoke_schedules_dup(fn->spec.schedules, fn->spec.n_schedules, &r->schedules) < 0)
+        return -ENOMEM;
+    r->n_schedules = fn->spec.n_schedules;
     size_t ne = 0;
     for (struct stoke_list *b = fn->replicas.next; b != &fn->replicas; b = b->next)
         ne++;

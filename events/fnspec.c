@@ -37,13 +37,39 @@ uint64_t fnspec_gen(void)
     return table.gen;
 }
 
-/* Whether two entries of one function say the same of it, replicas aside. */
+static bool str_same(const char *a, const char *b)
+{
+    return (!a && !b) || (a && b && strcmp(a, b) == 0);
+}
+
+static bool triggers_same(const struct stoke_route *a, const struct stoke_route *b)
+{
+    if (a->n_triggers != b->n_triggers)
+        return false;
+    for (size_t i = 0; i < a->n_triggers; i++) {
+        const struct stoke_trigger *x = &a->triggers[i], *y = &b->triggers[i];
+        if (strcmp(x->name, y->name) != 0 || !str_same(x->address, y->address) ||
+            !str_same(x->stream, y->stream) || !str_same(x->group, y->group) ||
+            !str_same(x->password_file, y->password_file) || !str_same(x->path, y->path) ||
+            x->start_from != y->start_from || x->target_backlog != y->target_backlog)
+            return false;
+    }
+    return true;
+}
+
+/* Whether two entries of one function say the same of it, replicas aside
+ * (a change of its triggers or schedules alone is a change too). */
 static bool route_same(const struct stoke_route *a, const struct stoke_route *b)
 {
+    if (a->n_schedules != b->n_schedules)
+        return false;
+    for (size_t i = 0; i < a->n_schedules; i++)
+        if (!stoke_schedule_equal(&a->schedules[i], &b->schedules[i]))
+            return false;
     return a->timeout_ms == b->timeout_ms && a->queue_max == b->queue_max &&
            a->queue_timeout_ms == b->queue_timeout_ms &&
            a->concurrency_limit == b->concurrency_limit &&
-           memcmp(&a->async, &b->async, sizeof(a->async)) == 0;
+           memcmp(&a->async, &b->async, sizeof(a->async)) == 0 && triggers_same(a, b);
 }
 
 static void tell_set(const struct stoke_route *r, const struct stoke_route *old)
@@ -129,6 +155,10 @@ void fnspec_apply_update(struct stoke_route_update *u)
             old.routes[i].endpoints = NULL;
             old.routes[i].shares = NULL;
             old.routes[i].n_endpoints = 0;
+            old.routes[i].triggers = NULL;
+            old.routes[i].n_triggers = 0;
+            old.routes[i].schedules = NULL;
+            old.routes[i].n_schedules = 0;
         }
     }
     for (size_t i = 0; i < u->n_routes; i++)

@@ -32,6 +32,7 @@
 #include <uv.h>
 
 #include "fnspec.h"
+#include "schedules.h"
 #include "stoke/curluv.h"
 #include "stoke/httpd.h"
 #include "stoke/list.h"
@@ -1254,8 +1255,20 @@ oom:
     stoke_httpd_reply_error(req, 503, NULL, NULL, "out of memory");
 }
 
-/* A queue trigger's message, stored: delivered as any call. */
-static void add_trigger_call(struct ev_call *c)
+/* A schedule's call: ended as cancelled if it waits (Replace). */
+static bool cancel_waiting(const char *id, const char *condition)
+{
+    bool busy;
+    struct pend *p = pend_find(id, &busy);
+    if (!p || busy || stopping)
+        return false;
+    finish(p, EV_CANCELLED, condition);
+    return true;
+}
+
+/* A queue trigger's message or a schedule's run, stored: delivered as any
+ * call. */
+static void add_stored_call(struct ev_call *c)
 {
     struct pend *p = pend_new(c);
     if (p && !stopping) {
@@ -1396,6 +1409,7 @@ static int ops_metrics(struct stoke_buf *out, void *data)
         }
     }
     r |= triggers_metrics(out);
+    r |= schedules_metrics(out);
     return r ? -ENOBUFS : 0;
 }
 
@@ -1487,6 +1501,7 @@ static void on_signal(uv_signal_t *s, int signum)
             uv_close((uv_handle_t *)&k->timer, cbk_free_handle);
     }
     triggers_stop();
+    schedules_stop();
     fnspec_stop();
     ev_store_close(store); /* runs the jobs queued */
     /* What is still held: waiting calls (stored). */
@@ -1790,10 +1805,21 @@ int main(int argc, char **argv)
         consumer_name = hostname;
     }
     struct triggers_host th = {
-        .loop = loop, .store = store, .consumer = consumer_name, .add_call = add_trigger_call};
+        .loop = loop, .store = store, .consumer = consumer_name, .add_call = add_stored_call};
     r = triggers_start(&th);
     if (r < 0) {
         stoke_error(NULL, r, "cannot start the queue triggers");
+        return 1;
+    }
+    struct schedules_host sh = {.loop = loop,
+                                .store = store,
+                                .add_call = add_stored_call,
+                                .cancel_waiting = cancel_waiting};
+    r = schedules_start(&sh);
+    if (r < 0) {
+        stoke_error(NULL, r,
+                    "cannot start the schedules (STOKE_EVENTS_TEST_CLOCK_SKEW: whole seconds; "
+                    "STOKE_EVENTS_TEST_CLOCK_RATE: 1 to 3600)");
         return 1;
     }
     if (use_ctl) {

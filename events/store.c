@@ -36,7 +36,11 @@ static const char schema[] =
     " condition TEXT NOT NULL);"
     "CREATE INDEX IF NOT EXISTS calls_fn_state ON calls(fn, state, created_ms);"
     /* The ended calls whose X-Callback-Url has not taken the result yet. */
-    "CREATE TABLE IF NOT EXISTS callbacks(id TEXT PRIMARY KEY);";
+    "CREATE TABLE IF NOT EXISTS callbacks(id TEXT PRIMARY KEY);"
+    /* Each schedule's last scheduled time handled (events/schedules.c). */
+    "CREATE TABLE IF NOT EXISTS schedule_runs(fn TEXT NOT NULL, name TEXT NOT NULL,"
+    " key TEXT NOT NULL, last_s INTEGER NOT NULL, call_id TEXT NOT NULL,"
+    " PRIMARY KEY(fn, name));";
 
 int ev_db_open(const char *path, sqlite3 **ret, char *err, size_t errsize)
 {
@@ -136,16 +140,11 @@ int ev_db_insert_once(sqlite3 *db, const struct ev_call *c, int *ret_state)
         return r;
     if (sqlite3_changes(db) == 1)
         return 1;
-    sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(db, "SELECT state FROM calls WHERE id=?1", -1, &st, NULL) != SQLITE_OK)
+    int state = ev_db_call_state(db, c->id);
+    if (state < 0)
         return -EIO;
-    r = -EIO;
-    if (bind_text(st, 1, c->id) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW) {
-        *ret_state = sqlite3_column_int(st, 0);
-        r = 0;
-    }
-    sqlite3_finalize(st);
-    return r;
+    *ret_state = state;
+    return 0;
 }
 
 int ev_db_update(sqlite3 *db, const struct ev_call *c)
@@ -485,4 +484,80 @@ int ev_db_list_callbacks(sqlite3 *db, void (*cb)(struct ev_call *c, void *data),
                            -1, &st, NULL) != SQLITE_OK)
         return -EIO;
     return each_call(st, 0, cb, data);
+}
+
+/* ---- schedules' progress ---- */
+
+int ev_db_sched_get(sqlite3 *db, const char *fn, const char *name, struct ev_sched_run *ret)
+{
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(db,
+                           "SELECT key, last_s, call_id FROM schedule_runs WHERE fn=?1 AND name=?2",
+                           -1, &st, NULL) != SQLITE_OK)
+        return -EIO;
+    int r = -EIO;
+    if (bind_text(st, 1, fn) == SQLITE_OK && bind_text(st, 2, name) == SQLITE_OK) {
+        int rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW) {
+            memset(ret, 0, sizeof(*ret));
+            snprintf(ret->fn, sizeof(ret->fn), "%s", fn);
+            snprintf(ret->name, sizeof(ret->name), "%s", name);
+            const unsigned char *k = sqlite3_column_text(st, 0);
+            snprintf(ret->key, sizeof(ret->key), "%s", k ? (const char *)k : "");
+            ret->last_s = sqlite3_column_int64(st, 1);
+            const unsigned char *id = sqlite3_column_text(st, 2);
+            snprintf(ret->call_id, sizeof(ret->call_id), "%s", id ? (const char *)id : "");
+            r = 0;
+        } else if (rc == SQLITE_DONE) {
+            r = -ENOENT;
+        }
+    }
+    sqlite3_finalize(st);
+    return r;
+}
+
+int ev_db_sched_put(sqlite3 *db, const struct ev_sched_run *row)
+{
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(db,
+                           "INSERT OR REPLACE INTO schedule_runs(fn, name, key, last_s, call_id)"
+                           " VALUES(?1, ?2, ?3, ?4, ?5)",
+                           -1, &st, NULL) != SQLITE_OK)
+        return -EIO;
+    int rc = bind_text(st, 1, row->fn);
+    rc |= bind_text(st, 2, row->name);
+    rc |= bind_text(st, 3, row->key);
+    rc |= sqlite3_bind_int64(st, 4, row->last_s);
+    rc |= bind_text(st, 5, row->call_id);
+    return step_done(st, rc == SQLITE_OK ? SQLITE_OK : SQLITE_ERROR);
+}
+
+int ev_db_sched_delete(sqlite3 *db, const char *fn, const char *name)
+{
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(db, "DELETE FROM schedule_runs WHERE fn=?1 AND (?2 IS NULL OR name=?2)",
+                           -1, &st, NULL) != SQLITE_OK)
+        return -EIO;
+    int rc = bind_text(st, 1, fn);
+    rc |= bind_text(st, 2, name);
+    if (step_done(st, rc == SQLITE_OK ? SQLITE_OK : SQLITE_ERROR) < 0)
+        return -EIO;
+    return sqlite3_changes(db);
+}
+
+int ev_db_call_state(sqlite3 *db, const char *id)
+{
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(db, "SELECT state FROM calls WHERE id=?1", -1, &st, NULL) != SQLITE_OK)
+        return -EIO;
+    int r = -EIO;
+    if (bind_text(st, 1, id) == SQLITE_OK) {
+        int rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW)
+            r = sqlite3_column_int(st, 0);
+        else if (rc == SQLITE_DONE)
+            r = -ENOENT;
+    }
+    sqlite3_finalize(st);
+    return r;
 }

@@ -88,6 +88,32 @@ int ev_db_callback_done(sqlite3 *db, const char *id);
  * end first (after a restart: they are sent again). */
 int ev_db_list_callbacks(sqlite3 *db, void (*cb)(struct ev_call *c, void *data), void *data);
 
+/* ---- schedules' progress (events/schedules.c) ---- */
+
+#define EV_SCHED_KEY_MAX 320 /* "<schedule>|<time zone>" */
+
+/* What a schedule has done, durably: the last scheduled time handled (run,
+ * or skipped for a reason that ends it), and the call made for its last
+ * run. `key` names the schedule's expression and zone: a row whose key is
+ * not the schedule's now is of an older schedule of that name. */
+struct ev_sched_run {
+    char fn[STOKE_NAME_MAX + 1];
+    char name[STOKE_NAME_MAX + 1];
+    char key[EV_SCHED_KEY_MAX + 1];
+    int64_t last_s;   /* Unix seconds */
+    char call_id[33]; /* "" when none */
+};
+
+/* Reads the row of (fn, name) into *ret. Returns 0, -ENOENT or -EIO. */
+int ev_db_sched_get(sqlite3 *db, const char *fn, const char *name, struct ev_sched_run *ret);
+/* Writes (inserts or replaces) row `r`. Returns 0 or -EIO. */
+int ev_db_sched_put(sqlite3 *db, const struct ev_sched_run *r);
+/* Deletes the row of (fn, name), or every row of fn when name is NULL.
+ * Returns the count or -EIO. */
+int ev_db_sched_delete(sqlite3 *db, const char *fn, const char *name);
+/* The state (enum ev_state) of call `id`: >= 0, -ENOENT or -EIO. */
+int ev_db_call_state(sqlite3 *db, const char *id);
+
 /* ---- the store thread ---- */
 
 struct ev_job;

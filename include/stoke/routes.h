@@ -21,11 +21,17 @@
  *       "endpoints":["127.0.0.1:31001", ...], "shares":[1, ...],
  *       "triggers":[{"name":"orders","address":"127.0.0.1:6379","stream":"orders",
  *                    "group":"stoke-fn","password_file":"/etc/...","start_from":"$",
- *                    "path":"/","target_backlog":10}, ...]}, ...]}
+ *                    "path":"/","target_backlog":10}, ...],
+ *       "schedules":[{"name":"nightly","schedule":"0 3 * * *",
+ *                     "time_zone":"Europe/Berlin","data":"{}",
+ *                     "content_type":"application/json","path":"/",
+ *                     "policy":"Forbid","starting_deadline_s":600,
+ *                     "suspend":false}, ...]}, ...]}
  *     ("shares", optional, parallel to "endpoints": this activator's
  *     concurrency on each replica; "queue_max" is its share of queue.max;
- *     "triggers", optional, the function's queue triggers as in its spec, for
- *     stoke-events: activators parse and ignore them)
+ *     "triggers" and "schedules", optional, the function's queue triggers and
+ *     schedules as in its spec, for stoke-events: activators parse and
+ *     ignore them; "time_zone" and "data" are left out when absent)
  *     {"op":"update","gen":8,"functions":[<entries as above>],
  *       "removed":["<name>", ...]}
  *   activator -> controller, again:
@@ -68,8 +74,10 @@ struct stoke_route {
      * controller/shares.h). NULL: concurrency_limit on each. */
     uint32_t *shares;
     size_t n_endpoints;
-    struct stoke_trigger *triggers; /* owned, or NULL; "triggers" (stoke-events') */
-    size_t n_triggers;              /* <= STOKE_SPEC_MAX_TRIGGERS */
+    struct stoke_trigger *triggers;   /* owned, or NULL; "triggers" (stoke-events') */
+    size_t n_triggers;                /* <= STOKE_SPEC_MAX_TRIGGERS */
+    struct stoke_schedule *schedules; /* owned, or NULL; "schedules" (stoke-events') */
+    size_t n_schedules;               /* <= STOKE_SPEC_MAX_SCHEDULES */
 };
 
 /* Deep copy of `n` triggers into *ret (NULL when n is 0). Returns 0 or
@@ -118,7 +126,7 @@ int stoke_route_update_parse(const char *json, size_t len, struct stoke_route_up
 /* Frees what the update owns and zeroes it. Safe on a zeroed one. */
 void stoke_route_update_done(struct stoke_route_update *u);
 
-/* Frees what one route owns (endpoints, shares, triggers). */
+/* Frees what one route owns (endpoints, shares, triggers, schedules). */
 void stoke_route_done(struct stoke_route *r);
 
 /* Several activator processes: how a function's limits are divided so that

@@ -98,6 +98,31 @@ struct stoke_trigger {
     uint32_t target_backlog; /* messages per replica, default 10, 1..1000000 */
 };
 
+/* Schedules (README "Schedules"): cron runs that stoke-events makes async
+ * calls of the function, as CloudEvents in binary mode. */
+#define STOKE_SPEC_MAX_SCHEDULES 16
+#define STOKE_SCHEDULE_MAX_STRING 255          /* schedule, contentType, path */
+#define STOKE_SCHEDULE_MAX_DATA (64 * 1024)    /* data, bytes */
+#define STOKE_SCHEDULE_MAX_DEADLINE_S 31622400 /* startingDeadlineSeconds: 366 days */
+
+enum stoke_concurrency_policy {
+    STOKE_POLICY_ALLOW = 0, /* every run is a call, whatever the last one does */
+    STOKE_POLICY_FORBID,    /* a run is skipped while the last run's call is queued or running */
+    STOKE_POLICY_REPLACE,   /* the last run's call is cancelled if still queued */
+};
+
+struct stoke_schedule {
+    char name[STOKE_NAME_MAX + 1]; /* a DNS label, unique in the function */
+    char *schedule;                /* owned; a cron expression (stoke/cron.h) */
+    char *time_zone;               /* owned, or NULL: UTC; an IANA name the system has */
+    char *data;                    /* owned, or NULL: no body; at most STOKE_SCHEDULE_MAX_DATA */
+    char *content_type;            /* owned; default "application/json" */
+    char *path;                    /* owned; the request path, default "/" */
+    enum stoke_concurrency_policy policy; /* concurrencyPolicy, default Allow */
+    uint32_t starting_deadline_s;         /* startingDeadlineSeconds; 0: none */
+    bool suspend;
+};
+
 struct stoke_spec {
     char name[STOKE_NAME_MAX + 1]; /* metadata.name, a DNS label */
     char *image;                   /* owned, required; printable ASCII, no spaces, <= 1024 bytes */
@@ -123,14 +148,26 @@ struct stoke_spec {
         uint64_t period_ms; /* default 10 ms, 1 ms..1 h; the prober backs off */
     } readiness;
     struct stoke_async async;
-    bool read_only_rootfs;          /* readOnlyRootFilesystem, default true */
-    enum stoke_network network;     /* default bridge */
-    struct stoke_trigger *triggers; /* owned array, in file order */
-    size_t n_triggers;              /* <= STOKE_SPEC_MAX_TRIGGERS */
+    bool read_only_rootfs;            /* readOnlyRootFilesystem, default true */
+    enum stoke_network network;       /* default bridge */
+    struct stoke_trigger *triggers;   /* owned array, in file order */
+    size_t n_triggers;                /* <= STOKE_SPEC_MAX_TRIGGERS */
+    struct stoke_schedule *schedules; /* owned array, in file order */
+    size_t n_schedules;               /* <= STOKE_SPEC_MAX_SCHEDULES */
 };
 
 /* Frees what `t` owns (not `t`). */
 void stoke_trigger_done(struct stoke_trigger *t);
+
+/* Frees what `s` owns (not `s`). */
+void stoke_schedule_done(struct stoke_schedule *s);
+
+/* Deep copy of `n` schedules into *ret (NULL when n is 0). Returns 0 or
+ * -ENOMEM (*ret NULL). */
+int stoke_schedules_dup(const struct stoke_schedule *s, size_t n, struct stoke_schedule **ret);
+
+/* Whether two schedules say the same. */
+bool stoke_schedule_equal(const struct stoke_schedule *a, const struct stoke_schedule *b);
 
 /* Splits a trigger's "host:port" (an IPv6 literal in brackets) or
  * "unix:/path" address: into host (NUL-terminated) and *ret_port, or
@@ -231,6 +268,9 @@ enum stoke_spec_type {
     STOKE_SPEC_LIST,     /* a sequence of at most max mappings of the fields whose
                             paths follow it; "name" is a unique key */
     STOKE_SPEC_ADDRESS,  /* host:port or unix:/path, 1..max bytes (stoke_trigger_address()) */
+    STOKE_SPEC_CRON,     /* a cron expression stoke_cron_parse() takes, 1..max bytes */
+    STOKE_SPEC_ZONE,     /* an IANA time zone the system has, 1..max bytes */
+    STOKE_SPEC_TEXT,     /* any string, min..max bytes */
 };
 
 struct stoke_spec_field_info {
@@ -246,8 +286,10 @@ struct stoke_spec_field_info {
  * scale.max when it is not 0) are not in the tree. */
 void stoke_spec_fields(void (*fn)(const struct stoke_spec_field_info *f, void *data), void *data);
 
-/* The names of enum stoke_idle, enum stoke_network and enum
- * stoke_start_from, in their order, NULL-terminated. */
+/* The names of enum stoke_idle, enum stoke_network, enum
+ * stoke_start_from and enum stoke_concurrency_policy, in their order,
+ * NULL-terminated. */
+extern const char *const stoke_policy_names[];
 extern const char *const stoke_idle_names[];
 extern const char *const stoke_network_names[];
 extern const char *const stoke_start_from_names[];

@@ -26,6 +26,9 @@ MEMORY_PATTERN = r"^[0-9]+((\.[0-9]{1,3})?(Ki|Mi|Gi|Ti|k|K|M|G|T))?$"
 CPU_PATTERN = r"^([0-9]+m|[0-9]+(\.[0-9]{1,3})?)$"
 PORT_RE = r"([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
 ADDRESS_PATTERN = r"^(unix:/[!-~]*|([-.A-Za-z0-9]+|\[[.:0-9A-Fa-f]+\]):" + PORT_RE + ")$"
+CRON_PATTERN = (r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)"
+                r"|[-0-9A-Za-z*?,/]+( +[-0-9A-Za-z*?,/]+){4})$")
+ZONE_PATTERN = r"^[A-Za-z0-9_+]([-A-Za-z0-9_+]*)(/[A-Za-z0-9_+][-A-Za-z0-9_+]*)*$"
 
 
 def build_dir():
@@ -111,6 +114,7 @@ def base_doc(apiver, name="case"):
 # a field inside an item is set in this item, the list's only one.
 LIST_ITEMS = {
     "spec.triggers": {"name": "t", "redis": {"address": "127.0.0.1:6379", "stream": "s"}},
+    "spec.schedules": {"name": "s", "schedule": "@hourly"},
 }
 
 
@@ -211,6 +215,28 @@ def values_for(f):
                 ("IPv6 without brackets", "::1:80", False, False),
                 ("unix relative", "unix:r", False, False), ("space", "h :1", False, False),
                 ("a number", 6379, False, False)]
+    elif t == "cron":
+        # What only the parser can judge (a value out of its field's range,
+        # a day that never comes) is a known difference: the schema checks
+        # the shape, the controller refuses the rest (docs/kubernetes.md).
+        out += [("every minute", "* * * * *", True, False),
+                ("steps, ranges and names", "*/15 9-17 * jan-jun mon-fri", True, False),
+                ("a macro", "@daily", True, False), ("another macro", "@annually", True, False),
+                ("four fields", "* * * *", False, False),
+                ("six fields", "0 * * * * *", False, False),
+                ("an unknown macro", "@sometimes", False, False),
+                ("empty", "", False, False), ("a number", 5, False, False),
+                ("too long", "* * * * " + "0," * ((hi - 7) // 2) + "0", False, False)]
+    elif t == "zone":
+        out += [("UTC", "UTC", True, False), ("a region", "Europe/Berlin", True, False),
+                ("three parts", "America/Argentina/Buenos_Aires", True, False),
+                ("a dot dot", "../etc", False, False), ("a space", "Europe/ Berlin", False, False),
+                ("too long", "A" * (hi + 1), False, False), ("a number", 1, False, False)]
+    elif t == "text":
+        out += [("empty", "", True, False), ("JSON", '{"a": [1, "b"]}', True, False),
+                ("lines", "a\nb\n", True, False), ("longest", "x" * hi, True, False),
+                ("too long", "x" * (hi + 1), False, False), ("a mapping", {"a": 1}, False, False),
+                ("a list", ["a"], False, False)]
     elif t == "list":
         item = LIST_ITEMS[f["path"]]
         many = [dict(json.loads(json.dumps(item)), name=f"n{i}") for i in range(hi + 1)]
@@ -286,6 +312,18 @@ def cases(apiver):
         Case("cpu: a fraction unquoted", with_value(apiver, "spec.resources.cpu", 1.5), True,
              known=(True, False)),
         Case("image: a number", with_value(apiver, "spec.image", 123), True,
+             known=(True, False)),
+        # Schedules: what the schema's pattern cannot see.
+        Case("schedule: a minute out of range",
+             with_value(apiver, "spec.schedules.schedule", "61 * * * *"), False,
+             known=(False, True)),
+        Case("schedule: a day that never comes",
+             with_value(apiver, "spec.schedules.schedule", "0 0 30 2 *"), False,
+             known=(False, True)),
+        Case("timeZone: unknown to tzdata",
+             with_value(apiver, "spec.schedules.timeZone", "Mars/Olympus"), False,
+             known=(False, True)),
+        Case("data: a number", with_value(apiver, "spec.schedules.data", 5), True,
              known=(True, False)),
     ]
     return out

@@ -19,6 +19,8 @@ static const char *const type_names[] = {
     [STOKE_SPEC_BOOL] = "bool",     [STOKE_SPEC_MAP] = "map",
     [STOKE_SPEC_ENV] = "env",       [STOKE_SPEC_STRMAP] = "strmap",
     [STOKE_SPEC_LIST] = "list",     [STOKE_SPEC_ADDRESS] = "address",
+    [STOKE_SPEC_CRON] = "cron",     [STOKE_SPEC_ZONE] = "zone",
+    [STOKE_SPEC_TEXT] = "text",
 };
 
 static void add_field(const struct stoke_spec_field_info *f, void *data)

@@ -107,6 +107,15 @@ class TestFields(unittest.TestCase):
                     self.assertEqual(node.get("type"), "string")
                     self.assertEqual((node.get("minLength"), node.get("maxLength")), (lo, hi))
                     self.assertEqual(node.get("pattern"), cc.ADDRESS_PATTERN)
+                elif t in ("cron", "zone"):
+                    self.assertEqual(node.get("type"), "string")
+                    self.assertEqual((node.get("minLength"), node.get("maxLength")), (lo, hi))
+                    self.assertEqual(node.get("pattern"),
+                                     cc.CRON_PATTERN if t == "cron" else cc.ZONE_PATTERN)
+                elif t == "text":
+                    self.assertEqual(node.get("type"), "string")
+                    self.assertEqual(node.get("maxLength"), hi)
+                    self.assertEqual(node.get("minLength", 0), lo)
                 elif t == "list":
                     self.assertEqual(node.get("type"), "array")
                     self.assertEqual(node.get("maxItems"), hi)

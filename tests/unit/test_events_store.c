@@ -142,6 +142,60 @@ static void test_insert_once(void **state)
     sqlite3_close(db);
 }
 
+/* ---- schedules' progress ---- */
+
+/* A schedule's row: absent, written, replaced, read back after a reopen,
+ * deleted alone or with its function's; and a call's state. */
+static void test_schedule_runs(void **state)
+{
+    (void)state;
+    sqlite3 *db;
+    char err[256];
+    struct ev_sched_run row = {.fn = "f",
+                               .name = "nightly",
+                               .key = "0 3 * * *|UTC",
+                               .last_s = 1700000000},
+                        got;
+    assert_int_equal(ev_db_open(path, &db, err, sizeof(err)), 0);
+    assert_int_equal(ev_db_sched_get(db, "f", "nightly", &got), -ENOENT);
+    assert_int_equal(ev_db_sched_put(db, &row), 0);
+    row.last_s = 1700003600;
+    snprintf(row.call_id, sizeof(row.call_id), "%032x", 7);
+    assert_int_equal(ev_db_sched_put(db, &row), 0); /* replaces */
+    struct ev_sched_run other = {
+        .fn = "f", .name = "hourly", .key = "@hourly|Europe/Berlin", .last_s = 5};
+    assert_int_equal(ev_db_sched_put(db, &other), 0);
+    struct ev_sched_run g2 = {.fn = "g", .name = "nightly", .key = "k", .last_s = 6};
+    assert_int_equal(ev_db_sched_put(db, &g2), 0);
+    sqlite3_close(db);
+    assert_int_equal(ev_db_open(path, &db, err, sizeof(err)), 0);
+    assert_int_equal(ev_db_sched_get(db, "f", "nightly", &got), 0);
+    assert_string_equal(got.fn, "f");
+    assert_string_equal(got.name, "nightly");
+    assert_string_equal(got.key, "0 3 * * *|UTC");
+    assert_int_equal(got.last_s, 1700003600);
+    assert_string_equal(got.call_id, row.call_id);
+    assert_int_equal(ev_db_sched_get(db, "f", "hourly", &got), 0);
+    assert_string_equal(got.key, "@hourly|Europe/Berlin");
+    assert_string_equal(got.call_id, "");
+    /* one schedule, then the rest of the function's; g's stays */
+    assert_int_equal(ev_db_sched_delete(db, "f", "hourly"), 1);
+    assert_int_equal(ev_db_sched_get(db, "f", "hourly", &got), -ENOENT);
+    assert_int_equal(ev_db_sched_delete(db, "f", NULL), 1);
+    assert_int_equal(ev_db_sched_get(db, "f", "nightly", &got), -ENOENT);
+    assert_int_equal(ev_db_sched_get(db, "g", "nightly", &got), 0);
+    /* a call's state */
+    struct ev_call *c = make_call(3);
+    assert_int_equal(ev_db_call_state(db, c->id), -ENOENT);
+    assert_int_equal(ev_db_insert(db, c), 0);
+    assert_int_equal(ev_db_call_state(db, c->id), EV_QUEUED);
+    c->state = EV_RUNNING;
+    assert_int_equal(ev_db_update(db, c), 0);
+    assert_int_equal(ev_db_call_state(db, c->id), EV_RUNNING);
+    ev_call_free(c);
+    sqlite3_close(db);
+}
+
 /* ---- callbacks owed ---- */
 
 static void collect_ids(struct ev_call *c, void *data)
@@ -287,6 +341,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_group_commit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_insert_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_callbacks_owed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_schedule_runs, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -532,8 +532,8 @@ static void test_fields(void **state)
 
     (void)state;
     stoke_spec_fields(see_field, &seen);
-    /* 4 at the root, 3 in metadata, 12 in spec, 15 + 2 + 5 + 3 + 2 + 4 + 5 below it */
-    assert_int_equal(seen.count, 55);
+    /* 4 at the root, 3 in metadata, 13 in spec, 15 + 2 + 5 + 3 + 2 + 4 + 5 + 9 below it */
+    assert_int_equal(seen.count, 65);
     assert_true(seen.idle && seen.api_version && seen.min && seen.image && seen.env);
 }
 
@@ -712,6 +712,160 @@ static void test_triggers_block(void **state)
     assert_string_equal(d.field, "spec.triggers[1]");
     snprintf(y, sizeof(y), "%s  triggers: {name: a}\n", head);
     assert_int_equal(stoke_spec_parse(y, strlen(y), "a.yaml", &s, &d), -EINVAL);
+}
+
+/* spec.schedules: defaults, each field, the bounds, and refusals naming
+ * the field. */
+static void test_schedules_block(void **state)
+{
+    (void)state;
+    static const char head[] = "apiVersion: stoke.dev/v1\nkind: Function\nmetadata: {name: fa}\n"
+                               "spec:\n  image: x\n";
+    struct stoke_spec s, d2;
+    struct stoke_diag d;
+    static char y[STOKE_SCHEDULE_MAX_DATA + 4096];
+    assert_int_equal(stoke_spec_parse(head, strlen(head), "a.yaml", &s, &d), 0);
+    assert_int_equal(s.n_schedules, 0);
+    assert_null(s.schedules);
+    stoke_spec_done(&s);
+    snprintf(y, sizeof(y),
+             "%s  schedules:\n"
+             "    - name: nightly\n"
+             "      schedule: \"0 3 * * *\"\n"
+             "    - name: b-2\n"
+             "      schedule: \"@hourly\"\n"
+             "      timeZone: Europe/Berlin\n"
+             "      data: '{\"k\": 1}'\n"
+             "      contentType: text/plain\n"
+             "      path: /tick?x=1\n"
+             "      concurrencyPolicy: Replace\n"
+             "      startingDeadlineSeconds: 600\n"
+             "      suspend: true\n",
+             head);
+    assert_int_equal(stoke_spec_parse(y, strlen(y), "a.yaml", &s, &d), 0);
+    assert_int_equal(s.n_schedules, 2);
+    const struct stoke_schedule *sc = &s.schedules[0];
+    assert_string_equal(sc->name, "nightly");
+    assert_string_equal(sc->schedule, "0 3 * * *");
+    assert_null(sc->time_zone);
+    assert_null(sc->data);
+    assert_string_equal(sc->content_type, "application/json");
+    assert_string_equal(sc->path, "/");
+    assert_int_equal(sc->policy, STOKE_POLICY_ALLOW);
+    assert_int_equal(sc->starting_deadline_s, 0);
+    assert_false(sc->suspend);
+    sc = &s.schedules[1];
+    assert_string_equal(sc->name, "b-2");
+    assert_string_equal(sc->schedule, "@hourly");
+    assert_string_equal(sc->time_zone, "Europe/Berlin");
+    assert_string_equal(sc->data, "{\"k\": 1}");
+    assert_string_equal(sc->content_type, "text/plain");
+    assert_string_equal(sc->path, "/tick?x=1");
+    assert_int_equal(sc->policy, STOKE_POLICY_REPLACE);
+    assert_int_equal(sc->starting_deadline_s, 600);
+    assert_true(sc->suspend);
+    /* a deep copy, equal and not shared */
+    assert_int_equal(stoke_spec_dup(&s, &d2), 0);
+    assert_int_equal(d2.n_schedules, 2);
+    assert_ptr_not_equal(d2.schedules[1].data, s.schedules[1].data);
+    assert_true(stoke_schedule_equal(&d2.schedules[1], &s.schedules[1]));
+    assert_false(stoke_schedule_equal(&d2.schedules[0], &s.schedules[1]));
+    d2.schedules[1].suspend = false;
+    assert_false(stoke_schedule_equal(&d2.schedules[1], &s.schedules[1]));
+    stoke_spec_done(&d2);
+    stoke_spec_done(&s);
+    assert_true(is_zeroed(&s));
+    /* sixteen are allowed, seventeen are not */
+    for (int n = STOKE_SPEC_MAX_SCHEDULES; n <= STOKE_SPEC_MAX_SCHEDULES + 1; n++) {
+        size_t len = (size_t)snprintf(y, sizeof(y), "%s  schedules:\n", head);
+        for (int i = 0; i < n; i++)
+            len += (size_t)snprintf(y + len, sizeof(y) - len,
+                                    "    - {name: s%d, schedule: \"@daily\"}\n", i);
+        memset(&d, 0, sizeof(d));
+        int r = stoke_spec_parse(y, len, "a.yaml", &s, &d);
+        assert_int_equal(r, n == STOKE_SPEC_MAX_SCHEDULES ? 0 : -EINVAL);
+        if (r < 0) {
+            assert_non_null(strstr(d.message, "too many entries: 17"));
+            assert_string_equal(d.field, "spec.schedules");
+        }
+        stoke_spec_done(&s);
+    }
+    /* data: 64 KiB is the most */
+    for (size_t n = STOKE_SCHEDULE_MAX_DATA; n <= STOKE_SCHEDULE_MAX_DATA + 1; n++) {
+        size_t len = (size_t)snprintf(y, sizeof(y),
+                                      "%s  schedules:\n    - name: a\n      schedule: \"@daily\"\n"
+                                      "      data: \"",
+                                      head);
+        memset(y + len, 'x', n);
+        len += n;
+        len += (size_t)snprintf(y + len, sizeof(y) - len, "\"\n");
+        memset(&d, 0, sizeof(d));
+        int r = stoke_spec_parse(y, len, "a.yaml", &s, &d);
+        assert_int_equal(r, n == STOKE_SCHEDULE_MAX_DATA ? 0 : -EINVAL);
+        if (r == 0)
+            assert_int_equal(strlen(s.schedules[0].data), n);
+        else
+            assert_string_equal(d.field, "spec.schedules[0].data");
+        stoke_spec_done(&s);
+    }
+    static const struct {
+        const char *item, *field, *message;
+    } bad[] = {
+        {"{schedule: \"@daily\"}", "spec.schedules[0].name", "missing required"},
+        {"{name: a}", "spec.schedules[0].schedule", "missing required field \"schedule\""},
+        {"{name: A, schedule: \"@daily\"}", "spec.schedules[0].name", "invalid name"},
+        {"{name: a, schedule: \"* * * *\"}", "spec.schedules[0].schedule", ""},
+        {"{name: a, schedule: \"61 * * * *\"}", "spec.schedules[0].schedule", ""},
+        {"{name: a, schedule: \"0 0 30 2 *\"}", "spec.schedules[0].schedule", ""},
+        {"{name: a, schedule: \"@sometimes\"}", "spec.schedules[0].schedule", "unknown macro"},
+        {"{name: a, schedule: \"\"}", "spec.schedules[0].schedule", "1 to 255"},
+        {"{name: a, schedule: 5}", "spec.schedules[0].schedule", ""},
+        {"{name: a, schedule: \"@daily\", timeZone: Mars/Olympus}", "spec.schedules[0].timeZone",
+         "unknown"},
+        {"{name: a, schedule: \"@daily\", timeZone: \"../etc\"}", "spec.schedules[0].timeZone",
+         "not an IANA"},
+        {"{name: a, schedule: \"@daily\", concurrencyPolicy: forbid}",
+         "spec.schedules[0].concurrencyPolicy", "must be Allow, Forbid or Replace"},
+        {"{name: a, schedule: \"@daily\", startingDeadlineSeconds: 0}",
+         "spec.schedules[0].startingDeadlineSeconds", "between 1 and 31622400"},
+        {"{name: a, schedule: \"@daily\", startingDeadlineSeconds: 31622401}",
+         "spec.schedules[0].startingDeadlineSeconds", "between 1 and 31622400"},
+        {"{name: a, schedule: \"@daily\", suspend: yes}", "spec.schedules[0].suspend",
+         "true or false"},
+        {"{name: a, schedule: \"@daily\", path: x}", "spec.schedules[0].path",
+         "must start with '/'"},
+        {"{name: a, schedule: \"@daily\", contentType: \"text/plain; a=b\"}",
+         "spec.schedules[0].contentType", "printable"},
+        {"{name: a, schedule: \"@daily\", data: {a: 1}}", "spec.schedules[0].data", "a string"},
+        {"{name: a, schedule: \"@daily\", every: 1m}", "spec.schedules[0].every", "unknown field"},
+        {"x", "spec.schedules[0]", "mapping"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        snprintf(y, sizeof(y), "%s  schedules:\n    - %s\n", head, bad[i].item);
+        memset(&d, 0, sizeof(d));
+        int r = stoke_spec_parse(y, strlen(y), "a.yaml", &s, &d);
+        if (r != -EINVAL || strcmp(d.field, bad[i].field) != 0 ||
+            !strstr(d.message, bad[i].message)) {
+            print_error("schedule case %zu: %d %s: %s\n", i, r, d.field, d.message);
+            fail();
+        }
+        assert_true(is_zeroed(&s));
+    }
+    /* the second item's field is named with its index */
+    snprintf(y, sizeof(y),
+             "%s  schedules:\n    - {name: a, schedule: \"@daily\"}\n"
+             "    - {name: b, schedule: \"@daily\", timeZone: Nowhere/Atall}\n",
+             head);
+    assert_int_equal(stoke_spec_parse(y, strlen(y), "a.yaml", &s, &d), -EINVAL);
+    assert_string_equal(d.field, "spec.schedules[1].timeZone");
+    /* a name twice */
+    snprintf(y, sizeof(y),
+             "%s  schedules:\n    - {name: a, schedule: \"@daily\"}\n"
+             "    - {name: a, schedule: \"@hourly\"}\n",
+             head);
+    assert_int_equal(stoke_spec_parse(y, strlen(y), "a.yaml", &s, &d), -EINVAL);
+    assert_non_null(strstr(d.message, "used twice"));
+    assert_string_equal(d.field, "spec.schedules[1]");
 }
 
 static void test_trigger_address(void **state)
@@ -1745,6 +1899,7 @@ int main(void)
         cmocka_unit_test(test_fields),
         cmocka_unit_test(test_async_block),
         cmocka_unit_test(test_triggers_block),
+        cmocka_unit_test(test_schedules_block),
         cmocka_unit_test(test_trigger_address),
         cmocka_unit_test(test_invalid),
         cmocka_unit_test(test_env_limit),
