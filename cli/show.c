@@ -5,9 +5,11 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "commands.h"
 #include "output.h"
+#include "stoke/cron.h"
 #include "stoke/spec.h"
 
 enum format { FMT_TABLE, FMT_JSON, FMT_YAML };
@@ -287,6 +289,42 @@ static void describe_spec(json_object *spec)
                                      : "bridge (own namespace, port on 127.0.0.1)");
 }
 
+/* Each schedule with its next run, computed here from the spec (the same
+ * cron code stoke-events runs; stoke-events' own clock decides). */
+static void describe_schedules(json_object *spec)
+{
+    json_object *a = jget(spec, "schedules");
+    if (!a || !json_object_is_type(a, json_type_array) || json_object_array_length(a) == 0)
+        return;
+    const char *label = "Schedules:";
+    for (size_t i = 0; i < json_object_array_length(a); i++) {
+        json_object *o = json_object_array_get_idx(a, i);
+        const char *name = or_dash(jstr(o, "name", NULL)), *expr = jstr(o, "schedule", NULL);
+        const char *zone = jstr(o, "timeZone", "UTC");
+        char next[64] = "-", err[160];
+        struct stoke_cron c;
+        bool suspend = jbool(o, "suspend", 0);
+        if (suspend) {
+            snprintf(next, sizeof(next), "none (suspended)");
+        } else if (expr && stoke_cron_parse(expr, zone, &c, err, sizeof(err)) == 0) {
+            int64_t t = stoke_cron_next(&c, (int64_t)time(NULL));
+            struct tm tm;
+            time_t tt = (time_t)t;
+            if (t >= 0 && gmtime_r(&tt, &tm))
+                strftime(next, sizeof(next), "%Y-%m-%dT%H:%M:%SZ", &tm);
+        }
+        int64_t deadline = jint(o, "startingDeadlineSeconds", 0);
+        char dl[48] = "";
+        if (deadline)
+            snprintf(dl, sizeof(dl), ", starting deadline %" PRId64 "s", deadline);
+        field(label, "%s: \"%s\" in %s, next run %s", name, or_dash(expr), zone, next);
+        field("", "  POST %s (%s), concurrency %s%s", or_dash(jstr(o, "path", NULL)),
+              or_dash(jstr(o, "contentType", NULL)), or_dash(jstr(o, "concurrencyPolicy", NULL)),
+              dl);
+        label = "";
+    }
+}
+
 static void describe_replicas(json_object *st)
 {
     json_object *reps = jget(st, "replicas");
@@ -398,6 +436,7 @@ int cmd_describe(struct globals *g, int argc, char **argv)
         field("Name:", "%s", jstr(fn, "name", "?"));
         field("Revision:", "%s", or_dash(jstr(st, "revision", NULL)));
         describe_spec(jget(fn, "spec"));
+        describe_schedules(jget(fn, "spec"));
         describe_status(st);
     }
     json_object_put(items);

@@ -69,6 +69,7 @@ setsid nohup "$build/stoke-activator" --listen "127.0.0.1:$port" \
 echo $! >"$home/activator.pid"
 setsid nohup "$build/stoke-events" --listen 127.0.0.1:8091 --activator "127.0.0.1:$port" \
     --db "$home/events.db" --admin-socket "$home/events.sock" --token-file "$home/events.token" \
+    --controller "unix:$home/ctl.sock" \
     >>"$home/events.log" 2>&1 </dev/null &
 echo $! >"$home/events.pid"
 

@@ -284,10 +284,11 @@ class Stoke:
         _live.append(self)
 
     # -- processes --------------------------------------------------------
-    def _spawn(self, name, argv, logname=None):
+    def _spawn(self, name, argv, logname=None, env=None):
         log = open(os.path.join(self.tmp, (logname or name) + ".log"), "wb")
         self.logs[name] = log.name
-        p = popen_daemon(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        p = popen_daemon(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                         env=dict(os.environ, **env) if env else None)
         self.procs[name] = p
         return p
 

@@ -51,6 +51,7 @@ class Async:
         self.sock = os.path.join(self.s.tmp, "events.sock")
         self.ops_port = free_port()
         self.events_args = []  # more of stoke-events' flags (e.g. --controller)
+        self.events_env = {}  # more of its environment (e.g. the schedules' test clock)
 
     def start(self):
         self.s.start()
@@ -63,7 +64,8 @@ class Async:
             "--activator", "127.0.0.1:%d" % self.s.port, "--db", self.db,
             "--admin-socket", self.sock, "--ops-listen", "127.0.0.1:%d" % self.ops_port,
             "--token-file", self.token_file,
-            "--lease-margin", "2s", "--log-level", "debug"] + self.events_args, logname=logname)
+            "--lease-margin", "2s", "--log-level", "debug"] + self.events_args, logname=logname,
+            env=self.events_env)
         self.s.wait_log("events", '"listening on', 20)
 
     def deploy(self, name, scale=None, asyncs=None, extra=""):
