@@ -174,6 +174,81 @@ static void test_triggers_roundtrip(void **state)
     }
 }
 
+/* Schedules in a route entry: as the spec has them, back; a share keeps
+ * its own copy; what the spec refuses is refused. */
+static void test_schedules_roundtrip(void **state)
+{
+    (void)state;
+    struct stoke_route_table t = sample_table(), back;
+    struct stoke_schedule in[2] = {
+        {.name = "nightly",
+         .schedule = "30 2 * * *",
+         .time_zone = "Europe/Berlin",
+         .data = "{\"a\": \"b\\n\"}",
+         .content_type = "application/json",
+         .path = "/r?x=1",
+         .policy = STOKE_POLICY_FORBID,
+         .starting_deadline_s = 600,
+         .suspend = true},
+        {.name = "b", .schedule = "@hourly", .content_type = "text/plain", .path = "/"},
+    };
+    assert_int_equal(stoke_schedules_dup(in, 2, &t.routes[0].schedules), 0);
+    t.routes[0].n_schedules = 2;
+    char *line = stoke_route_table_format(&t);
+    assert_non_null(line);
+    assert_int_equal(stoke_route_table_parse(line, strlen(line), &back), 0);
+    const struct stoke_route *r =
+        stoke_route_table_find(&back, t.routes[0].name, strlen(t.routes[0].name));
+    assert_non_null(r);
+    assert_int_equal(r->n_schedules, 2);
+    assert_true(stoke_schedule_equal(&r->schedules[0], &in[0]));
+    assert_true(stoke_schedule_equal(&r->schedules[1], &in[1]));
+    assert_null(r->schedules[1].time_zone);
+    assert_null(r->schedules[1].data);
+    struct stoke_route sh;
+    assert_int_equal(stoke_route_share(r, 0, 2, &sh), 0);
+    assert_int_equal(sh.n_schedules, 2);
+    assert_ptr_not_equal(sh.schedules, r->schedules);
+    assert_true(stoke_schedule_equal(&sh.schedules[0], &in[0]));
+    stoke_route_done(&sh);
+    stoke_route_table_done(&back);
+    free(line);
+    stoke_route_table_done(&t);
+
+    static const char *const bad[] = {
+        "[{\"name\":\"A\",\"schedule\":\"@daily\",\"content_type\":\"a\",\"path\":\"/\"}]",
+        "[{\"name\":\"a\",\"schedule\":\"61 * * * *\",\"content_type\":\"a\",\"path\":\"/\"}]",
+        "[{\"name\":\"a\",\"content_type\":\"a\",\"path\":\"/\"}]",
+        "[{\"name\":\"a\",\"schedule\":\"@daily\",\"time_zone\":\"Mars/X\","
+        "\"content_type\":\"a\",\"path\":\"/\"}]",
+        "[{\"name\":\"a\",\"schedule\":\"@daily\",\"content_type\":\"a b\",\"path\":\"/\"}]",
+        "[{\"name\":\"a\",\"schedule\":\"@daily\",\"content_type\":\"a\",\"path\":\"x\"}]",
+        "[{\"name\":\"a\",\"schedule\":\"@daily\",\"content_type\":\"a\",\"path\":\"/\","
+        "\"policy\":\"forbid\"}]",
+        "[{\"name\":\"a\",\"schedule\":\"@daily\",\"content_type\":\"a\",\"path\":\"/\","
+        "\"starting_deadline_s\":-1}]",
+        "[{\"name\":\"a\",\"schedule\":\"@daily\",\"content_type\":\"a\",\"path\":\"/\","
+        "\"suspend\":1}]",
+        "[{\"name\":\"a\",\"schedule\":\"@daily\",\"content_type\":\"a\",\"path\":\"/\"},"
+        "{\"name\":\"a\",\"schedule\":\"@daily\",\"content_type\":\"a\",\"path\":\"/\"}]",
+        "{}",
+        "[1]",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char msg[1024];
+        snprintf(msg, sizeof(msg),
+                 "{\"op\":\"routes\",\"gen\":1,\"functions\":[{\"name\":\"a\","
+                 "\"timeout_ms\":1,\"queue_max\":1,\"queue_timeout_ms\":1,"
+                 "\"concurrency_limit\":0,\"endpoints\":[],\"schedules\":%s}]}",
+                 bad[i]);
+        struct stoke_route_table o;
+        if (stoke_route_table_parse(msg, strlen(msg), &o) != -EINVAL) {
+            print_error("bad schedules %zu accepted\n", i);
+            fail();
+        }
+    }
+}
+
 static void test_table_roundtrip(void **state)
 {
     (void)state;
@@ -498,10 +573,11 @@ static void test_route_share(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_match_table),        cmocka_unit_test(test_table_roundtrip),
-        cmocka_unit_test(test_triggers_roundtrip), cmocka_unit_test(test_table_parse_refuses),
-        cmocka_unit_test(test_addr_parse),         cmocka_unit_test(test_update_roundtrip),
-        cmocka_unit_test(test_share_sums),         cmocka_unit_test(test_route_share),
+        cmocka_unit_test(test_match_table),         cmocka_unit_test(test_table_roundtrip),
+        cmocka_unit_test(test_triggers_roundtrip),  cmocka_unit_test(test_table_parse_refuses),
+        cmocka_unit_test(test_schedules_roundtrip), cmocka_unit_test(test_addr_parse),
+        cmocka_unit_test(test_update_roundtrip),    cmocka_unit_test(test_share_sums),
+        cmocka_unit_test(test_route_share),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
