@@ -338,14 +338,20 @@ static void evaluate(struct sched *s, int64_t now_ms)
 
 /* ---- the timer ---- */
 
+static void sched_load(struct sched *s);
+
 static void on_timer(uv_timer_t *t)
 {
     (void)t;
     int64_t now = clock_ms();
     for (struct stoke_list *n = scheds.next; n != &scheds; n = n->next) {
         struct sched *s = stoke_container_of(n, struct sched, node);
-        if (s->loaded && !s->busy && s->next_s >= 0 && s->next_s * 1000 <= now)
+        if (s->busy || s->next_s < 0 || s->next_s * 1000 > now)
+            continue;
+        if (s->loaded)
             evaluate(s, now);
+        else
+            sched_load(s); /* its first read failed: again */
     }
     arm();
 }
@@ -358,7 +364,7 @@ static void arm(void)
     int64_t next = -1;
     for (struct stoke_list *n = scheds.next; n != &scheds; n = n->next) {
         struct sched *s = stoke_container_of(n, struct sched, node);
-        if (s->loaded && !s->busy && s->next_s >= 0 && (next < 0 || s->next_s < next))
+        if (!s->busy && s->next_s >= 0 && (next < 0 || s->next_s < next))
             next = s->next_s;
     }
     if (next < 0) {
@@ -408,7 +414,9 @@ static void sched_load(struct sched *s)
 {
     struct sched_job *j = job_new(J_LOAD, s);
     if (!j) {
-        stoke_error(s->fn, -ENOMEM, "schedule %s not started", s->cfg.name);
+        stoke_error(s->fn, -ENOMEM, "schedule %s not started; trying again in %d ms", s->cfg.name,
+                    RETRY_MS);
+        s->next_s = floor_s(clock_ms() + RETRY_MS);
         return;
     }
     j->now_s = floor_s(clock_ms());

@@ -137,6 +137,12 @@ class TestCRD(Base):
                 for _, o in stored]
         self.assertGreater(len(docs), 80)
         for (c, o), (ok, field, err), d in zip(stored, cc.parser_verdicts(docs), docs):
+            if c.known and not c.known[0]:
+                # Kept by the server, refused by the parser (a schedule that
+                # never runs): the controller reports it in the Function's
+                # lastError (docs/kubernetes.md). It must stay refused.
+                self.assertFalse(ok, f"{c.what}: the stored object parses")
+                continue
             self.assertTrue(ok, f"{c.what}: the stored object: {field}: {err}")
             want = c.doc["spec"]
             if "env" in want:

@@ -156,7 +156,8 @@ def test_every_minute_once_retries_dead_letters_and_suspend():
     function, schedule and time; ce-time the scheduled minute) with the
     schedule's data, delivered through retries like any async call (its
     first attempt fails). A schedule whose calls fail every attempt
-    dead-letters them; a suspended one makes none."""
+    dead-letters them; a suspended one makes none, and once resumed runs
+    the latest time it missed once; a removed one stops at once."""
     a = sched_stack("sched-tick", rate=6).start()
     try:
         a.s.wait_log("controller", "events peer events-", 20)
@@ -206,6 +207,19 @@ def test_every_minute_once_retries_dead_letters_and_suspend():
         assert sched_metric(a, "stoke_schedule_next_run_timestamp_seconds", "off",
                             "never") is None
         assert "not made: suspended" in a.s.log("events")
+        # Resumed: the latest time it missed runs once, the earlier ones never.
+        a.s.write_spec("off", scale={"min": 0, "initial": 0, "scaleToZeroGrace": "2s",
+                                     "window": "6s"},
+                       extra=schedules_yaml([{"name": "never", "schedule": '"* * * * *"',
+                                              "path": "/async/0"}])
+                       + "  async: { retries: 2, backoff: 200ms }\n")
+        a.s.wait_log("events", "schedule never resumed", 30)
+        skipped = [calendar.timegm(time.strptime(m, "%Y-%m-%dT%H:%M:%SZ")) for m in re.findall(
+            r"schedule never: run of (\S+) not made: suspended", a.s.log("events"))]
+        assert len(skipped) >= 2, skipped
+        first = wait_for(lambda: runs(a, "off"), 60, "a run of the resumed schedule")[0]
+        assert at_of(first) in (max(skipped), max(skipped) + 60), (first, skipped)
+        assert not [r for r in runs(a, "off") if at_of(r) < max(skipped)], runs(a, "off")
         # Removed: no more runs of it, at once.
         a.s.remove_spec("tick.yaml")
         a.s.wait_log("events", "schedule every removed", 30)
