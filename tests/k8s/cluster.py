@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -33,15 +32,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import kapi  # noqa: E402
 
+sys.path.insert(0, os.path.join(HERE, "..", "e2e"))
+# A port below the ephemeral range, which an outgoing connection cannot take
+# between the check and etcd's or the API server's bind.
+from harness import free_port  # noqa: E402
+
 _live = []
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def bindir(build=True):
