@@ -187,6 +187,13 @@ struct ctrl {
     uint64_t watch_since_ms; /* the stream (re)opened */
     bool watching;
     bool stopping;
+    /* Some replica may be draining / waiting for a raise of its shares:
+     * set with the replica's flag, cleared by a scan that finds none, so
+     * that the scans of ctrl_on_drain() and ctrl_push_settled_raises()
+     * cost nothing per report and tick while there is nothing to find
+     * (they walk every replica of every function). */
+    bool any_draining;
+    bool any_raise_waiting;
     bool adopting;           /* startup: specs load, nothing is started yet */
     uint64_t watch_reopens;  /* the backend's watch ended and was reopened */
     uint64_t strays_removed; /* listed replicas no replica tracked, removed */

@@ -114,6 +114,7 @@ static void replica_grant(struct ctrl *c, struct replica *rp, uint32_t cc,
         if (!settled && held[i] < out[i]) {
             out[i] = held[i];
             rp->raise_waiting = true;
+            c->any_raise_waiting = true;
         }
     }
     if (lowering)
@@ -322,15 +323,18 @@ void ctrl_resync_routes(struct ctrl *c)
 
 void ctrl_push_settled_raises(struct ctrl *c)
 {
-    if (ctrl_shares_settling(c))
+    if (!c->any_raise_waiting || ctrl_shares_settling(c))
         return;
+    c->any_raise_waiting = false; /* set again by each replica still waiting */
     for (struct stoke_list *a = c->functions.next; a != &c->functions; a = a->next) {
         struct function *fn = stoke_container_of(a, struct function, node);
         for (struct stoke_list *b = fn->replicas.next; b != &fn->replicas; b = b->next) {
             struct replica *r = stoke_container_of(b, struct replica, node);
-            if (r->raise_waiting && r->state == R_READY &&
-                hub_is_drained(c->hub, r->br.addr, r->lowered_gen)) {
-                ctrl_push_function(fn);
+            if (!r->raise_waiting)
+                continue;
+            c->any_raise_waiting = true;
+            if (r->state == R_READY && hub_is_drained(c->hub, r->br.addr, r->lowered_gen)) {
+                ctrl_push_function(fn); /* (its replicas' grants again) */
                 break;
             }
         }
@@ -467,12 +471,16 @@ static bool replica_drained(struct replica *r)
 
 void ctrl_on_drain(struct ctrl *c)
 {
-    for (struct stoke_list *a = c->functions.next; a != &c->functions; a = a->next) {
+    bool scan = c->any_draining;
+    c->any_draining = false; /* set again by each replica still draining */
+    for (struct stoke_list *a = c->functions.next; scan && a != &c->functions; a = a->next) {
         struct function *fn = stoke_container_of(a, struct function, node);
         for (struct stoke_list *b = fn->replicas.next; b != &fn->replicas;) {
             struct replica *r = stoke_container_of(b, struct replica, node);
             b = b->next;
-            if (r->draining && replica_drained(r)) {
+            if (r->draining && !replica_drained(r))
+                c->any_draining = true;
+            else if (r->draining) {
                 r->draining = false;
                 uv_timer_stop(&r->timer);
                 stoke_debug(fn->spec.name, "replica %.12s drained", r->br.id);
@@ -508,6 +516,7 @@ static void replica_retire(struct replica *r)
         r->unrouted_gen = c->route_gen;
         if (!replica_drained(r)) {
             r->draining = true;
+            c->any_draining = true;
             uv_timer_start(&r->timer, on_drain_timeout, r->fn->spec.timeout_ms, 0);
             return;
         }
@@ -1341,6 +1350,11 @@ static void replica_gone(struct replica *r, const char *how)
 
 void ctrl_on_event(struct ctrl *c, const struct backend_event *ev)
 {
+    if (ev->kind == BACKEND_EV_OTHER) {
+        /* (not looked up: every replica's create and start come here) */
+        stoke_debug(NULL, "backend event %s on %.12s", ev->what, ev->id);
+        return;
+    }
     struct replica *r = replica_find(c, ev->id);
     if (!r || c->stopping)
         return;

@@ -1,7 +1,7 @@
 /* Per-function resource use from what the backend reads of its replicas
  * (backend_usage(): their cgroups through libcgroup on Docker).
  *
- * Every tick each replica is sampled once: on Docker two small reads of
+ * Every tick each replica not paused is sampled once: on Docker two small reads of
  * cgroupfs (CPU counter, memory in use; the memory limit once per run of
  * its container). That is in-memory kernel state, a few microseconds a
  * read, so it stays on the loop: a thread (uv_queue_work) would cost more
@@ -94,7 +94,13 @@ void usage_sample_all(struct ctrl *c)
         uint64_t memory = 0;
         for (struct stoke_list *b = fn->replicas.next; b != &fn->replicas; b = b->next) {
             struct replica *r = stoke_container_of(b, struct replica, node);
-            usage_sample(r);
+            /* A paused replica's frozen process uses no CPU and takes no
+             * memory: it keeps its sample from the pause (paused()) until
+             * it wakes (replica_wake() samples it then), and costs no
+             * cgroup reads per tick, which add up with a thousand of them
+             * paused. Stopped and created ones have no cgroup to read. */
+            if (r->state != R_PAUSED)
+                usage_sample(r);
             memory += r->usage.memory_bytes;
         }
         fn->usage.memory_bytes = memory;
