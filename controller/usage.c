@@ -1,11 +1,12 @@
 /* Per-function resource use from what the backend reads of its replicas
  * (backend_usage(): their cgroups through libcgroup on Docker).
  *
- * Every tick each replica not paused is sampled once: on Docker two small reads of
- * cgroupfs (CPU counter, memory in use; the memory limit once per run of
- * its container). That is in-memory kernel state, a few microseconds a
- * read, so it stays on the loop: a thread (uv_queue_work) would cost more
- * in copying replica state back and forth than the reads themselves take.
+ * Every tick each replica but the paused ones is sampled once: on Docker
+ * two small reads of cgroupfs (CPU counter, memory in use; the memory
+ * limit once per run of its container). That is in-memory kernel state, a
+ * few microseconds a read, so it stays on the loop: a thread
+ * (uv_queue_work) would cost more in copying replica state back and forth
+ * than the reads themselves take.
  * Nothing here is on the request path: the activators never wait for it.
  *
  * The function's counters only grow. CPU: each sample adds the growth of
@@ -94,11 +95,11 @@ void usage_sample_all(struct ctrl *c)
         uint64_t memory = 0;
         for (struct stoke_list *b = fn->replicas.next; b != &fn->replicas; b = b->next) {
             struct replica *r = stoke_container_of(b, struct replica, node);
-            /* A paused replica's frozen process uses no CPU and takes no
-             * memory: it keeps its sample from the pause (paused()) until
-             * it wakes (replica_wake() samples it then), and costs no
-             * cgroup reads per tick, which add up with a thousand of them
-             * paused. Stopped and created ones have no cgroup to read. */
+            /* A paused replica's frozen process uses no CPU and its memory
+             * stays as it was: it keeps its sample from the pause
+             * (paused()) until it wakes (replica_wake() samples it then),
+             * and costs no cgroup reads per tick, which add up with a
+             * thousand of them paused. */
             if (r->state != R_PAUSED)
                 usage_sample(r);
             memory += r->usage.memory_bytes;
