@@ -469,28 +469,37 @@ static bool replica_drained(struct replica *r)
     return !hub_settling(hub) && hub_is_drained(hub, r->br.addr, r->unrouted_gen);
 }
 
-void ctrl_on_drain(struct ctrl *c)
+/* Each draining replica with no request left in flight goes idle or is
+ * removed. */
+static void finish_drains(struct ctrl *c)
 {
-    bool scan = c->any_draining;
     c->any_draining = false; /* set again by each replica still draining */
-    for (struct stoke_list *a = c->functions.next; scan && a != &c->functions; a = a->next) {
+    for (struct stoke_list *a = c->functions.next; a != &c->functions; a = a->next) {
         struct function *fn = stoke_container_of(a, struct function, node);
         for (struct stoke_list *b = fn->replicas.next; b != &fn->replicas;) {
             struct replica *r = stoke_container_of(b, struct replica, node);
             b = b->next;
-            if (r->draining && !replica_drained(r))
+            if (!r->draining)
+                continue;
+            if (!replica_drained(r)) {
                 c->any_draining = true;
-            else if (r->draining) {
-                r->draining = false;
-                uv_timer_stop(&r->timer);
-                stoke_debug(fn->spec.name, "replica %.12s drained", r->br.id);
-                if (r->to_idle)
-                    replica_go_idle(r);
-                else
-                    replica_remove_container(r);
+                continue;
             }
+            r->draining = false;
+            uv_timer_stop(&r->timer);
+            stoke_debug(fn->spec.name, "replica %.12s drained", r->br.id);
+            if (r->to_idle)
+                replica_go_idle(r);
+            else
+                replica_remove_container(r);
         }
     }
+}
+
+void ctrl_on_drain(struct ctrl *c)
+{
+    if (c->any_draining)
+        finish_drains(c);
     ctrl_push_settled_raises(c);
 }
 
