@@ -124,16 +124,25 @@ def record_pid(pid):
             f.write("%d\n" % pid)
 
 
+_given_ports = set()  # what free_port() returned in this process
+
+
 def free_port():
     """A port free now for a daemon to listen on: from 20000-29999, below
     the kernel's ephemeral range (32768 up, where any outgoing connection
     may take a port between this check and the daemon's bind: that made
-    stoke-events fail with EADDRINUSE) and the replicas' ports (30000 up)."""
+    stoke-events fail with EADDRINUSE) and the replicas' ports (30000 up).
+    Never the same port twice in one process: nothing holds a port between
+    this check and the daemon's bind, so two daemons of one test (stoke-events'
+    data and ops ports, say) could otherwise be given the same one."""
     for _ in range(200):
         p = random.randrange(20000, 30000)
+        if p in _given_ports:
+            continue
         s = socket.socket()
         try:
             s.bind(("127.0.0.1", p))
+            _given_ports.add(p)
             return p
         except OSError:
             continue
