@@ -8,6 +8,11 @@
 # For each connection count wrk (Debian's package; same -t for every target) runs against
 # (a) the backend directly, (b) the nginx proxy, (c) the activator; a markdown table gives
 # requests/s, p50, p99 and errors, then the ratios activator/nginx and activator/direct.
+# Then where the CPU went: per request, what wrk, the backend and the proxy each spent (the
+# proxy's user and system time apart), the requests/s the cores allow at their sum and how
+# busy the cores were; and, per connection count, the most the activator could be over nginx
+# at the same core use if its own user-space CPU were 0 (its system time, wrk and the backend
+# stay).
 # Then the replica's network: the example function (a container) on the host network and on
 # the engine's bridge with its port published on 127.0.0.1 (stoke's default), each straight
 # and through the activator, in the same run, with the ratios bridge/host.
@@ -227,28 +232,52 @@ EOF
 fmt_ms() { awk -v us="$1" 'BEGIN { printf "%.2f ms", us / 1000 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f×", a / b; else print "-" }'; }
 
-cpu_ticks() { # PID -> utime + stime in clock ticks (fields after the ")" of comm)
-    sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'
+cpu_ticks() { # PID -> "utime stime" in clock ticks (fields after the ")" of comm)
+    sed 's/.*) //' "/proc/$1/stat" | awk '{print $12, $13}'
 }
 CLK_TCK=$(getconf CLK_TCK)
 
-# wrk_run NAME URL CONNS CPU-PID -> sets RPS P50 P99 ERRS CPU_US (status = non-2xx/3xx;
-# socket = connect, read, write, timeout; CPU_US = CPU time of the serving process, user +
-# system, per request)
+# The user + system CPU of this shell's children that have ended (wrk among them): the
+# `times` builtin into a file (in this shell: a subshell's would count from 0), then its
+# second line in µs.
+save_times() { times >"$TMP/times.$1"; }
+times_us() {
+    awk 'NR == 2 { t = 0; for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); t += a[1] * 60 + a[2] }
+                   printf "%.0f", t * 1e6 }' "$TMP/times.$1"
+}
+
+per_req() { # TICKS REQUESTS -> µs per request
+    awk -v t="$1" -v hz="$CLK_TCK" -v n="$2" 'BEGIN { if (n > 0) printf "%.1f", t * 1e6 / hz / n; else print "-" }'
+}
+
+# wrk_run NAME URL CONNS CPU-PID -> sets RPS P50 P99 ERRS (status = non-2xx/3xx; socket =
+# connect, read, write, timeout) and, per request: CPU_US, CPU_USER_US and CPU_SYS_US (the
+# serving process, user + system, each), BACK_US (the nginx backend's worker) and WRK_US
+# (wrk itself)
 wrk_run() {
-    local out line c0 c1
-    c0=$(cpu_ticks "$4")
+    local out line c0 c1 b0 b1 w0 w1
+    # shellcheck disable=SC2046
+    set -- "$@" $(cpu_ticks "$4") $(cpu_ticks "$BACKEND_WORKER")
+    c0="$5 $6" b0=$(($7 + $8))
+    save_times 0
     out=$(wrk -t"$WRK_THREADS" -c"$3" -d"${DURATION}s" --latency -s "$TMP/report.lua" "$2" 2>&1) ||
         { printf '%s\n' "$out" >&2; die "wrk failed against $1"; }
+    save_times 1
     c1=$(cpu_ticks "$4")
+    b1=$(cpu_ticks "$BACKEND_WORKER" | awk '{print $1 + $2}')
     printf '%s\n' "$out" >>"$TMP/wrk.log"
     line=$(printf '%s\n' "$out" | awk '/^WRKRESULT/ {print; exit}')
     [ -n "$line" ] || { printf '%s\n' "$out" >&2; die "no result from wrk against $1"; }
+    w0=$(times_us 0) w1=$(times_us 1)
     # shellcheck disable=SC2086
-    set -- $line
+    set -- $line $c0 $c1
     RPS=$2 P50=$3 P99=$4 ERRS="$6 + $7"
     [ "$6" = 0 ] && [ "$7" = 0 ] && ERRS=0
-    CPU_US=$(awk -v t=$((c1 - c0)) -v hz="$CLK_TCK" -v n="$5" 'BEGIN { if (n > 0) printf "%.1f", t * 1e6 / hz / n; else print "-" }')
+    CPU_USER_US=$(per_req $((${10} - $8)) "$5")
+    CPU_SYS_US=$(per_req $((${11} - $9)) "$5")
+    CPU_US=$(per_req $((${10} - $8 + ${11} - $9)) "$5")
+    BACK_US=$(per_req $((b1 - b0)) "$5")
+    WRK_US=$(awk -v us=$((w1 - w0)) -v n="$5" 'BEGIN { if (n > 0) printf "%.1f", us / n; else print "-" }')
     kill -0 "$ACT_PID" 2>/dev/null || die "activator died during the run (see $TMP/activator.log)"
 }
 
@@ -261,17 +290,39 @@ say "## Throughput and latency"
 say
 say "| target | connections | requests/s | p50 | p99 | errors (non-2xx + socket) | CPU µs/req |"
 say "|---|---:|---:|---:|---:|---:|---:|"
-RATIOS=""
+RATIOS="" BUDGET="" BOUNDS=""
+# budget_row TARGET CONNS RPS WRK BACKEND PROXY-USER PROXY-SYS -> a row of the CPU table: µs per
+# request of each process, their sum, the requests/s 2 cores allow at that sum, and how busy
+# the cores were
+budget_row() {
+    awk -v t="$1" -v c="$2" -v r="$3" -v w="$4" -v b="$5" -v u="$6" -v k="$7" -v n="$(nproc)" 'BEGIN {
+        sum = w + b + u + k
+        p = t == "direct" ? "-" : sprintf("%.1f (%.1f + %.1f)", u + k, u, k)
+        printf "| %s | %d | %.0f | %.1f | %.1f | %s | %.1f | %.0f | %.0f %% |", t, c, r, w, b, p, sum,
+            n * 1e6 / sum, r * sum / (n * 1e4) }'
+}
 for c in $CONNS; do
     wrk_run direct "$URL_DIRECT" "$c" "$BACKEND_WORKER"
     d_rps=$RPS d_p99=$P99
     say "| direct (backend) | $c | $(printf '%.0f' "$RPS") | $(fmt_ms "$P50") | $(fmt_ms "$P99") | $ERRS | $CPU_US |"
+    BUDGET="$BUDGET$(budget_row direct "$c" "$RPS" "$WRK_US" "$BACK_US" 0 0)
+"
     wrk_run nginx "$URL_NGINX" "$c" "$PROXY_WORKER"
     n_rps=$RPS n_p99=$P99
+    n_sum=$(awk -v a="$WRK_US" -v b="$BACK_US" -v p="$CPU_US" 'BEGIN { print a + b + p }')
     say "| nginx proxy | $c | $(printf '%.0f' "$RPS") | $(fmt_ms "$P50") | $(fmt_ms "$P99") | $ERRS | $CPU_US |"
+    BUDGET="$BUDGET$(budget_row "nginx proxy" "$c" "$RPS" "$WRK_US" "$BACK_US" "$CPU_USER_US" "$CPU_SYS_US")
+"
     wrk_run activator "$URL_ACT" "$c" "$ACT_PID"
     say "| stoke activator | $c | $(printf '%.0f' "$RPS") | $(fmt_ms "$P50") | $(fmt_ms "$P99") | $ERRS | $CPU_US |"
+    BUDGET="$BUDGET$(budget_row "stoke activator" "$c" "$RPS" "$WRK_US" "$BACK_US" "$CPU_USER_US" "$CPU_SYS_US")
+"
     RATIOS="$RATIOS| $c | $(ratio "$RPS" "$n_rps") | $(ratio "$P99" "$n_p99") | $(ratio "$RPS" "$d_rps") | $(ratio "$P99" "$d_p99") |
+"
+    # The most the activator could reach over nginx were its user-space CPU 0: the same
+    # wrk, backend and system time against nginx's whole sum.
+    BOUNDS="$BOUNDS| $c | $(awk -v n="$n_sum" -v a="$WRK_US" -v b="$BACK_US" -v k="$CPU_SYS_US" \
+        'BEGIN { printf "%.1f µs | %.1f µs | %.2f×", a + b + k, n, n / (a + b + k) }') |
 "
 done
 say
@@ -283,6 +334,24 @@ say "(req/s: higher is better, goal ≥ 1.00× nginx; p99: lower is better, goal
 say "CPU µs/req: user + system CPU of the serving process alone (the backend's worker for direct,"
 say "the proxy's worker for nginx, the activator) over the run, divided by the requests served;"
 say "it is what a request costs the proxy, and depends less on how the 2 cores were shared.)"
+say
+say "## Where the CPU goes"
+say
+say "Per request, the CPU of every process serving it (user + system; wrk's from the shell's"
+say "children times, the others' from /proc), the requests/s the $(nproc) cores allow at their sum,"
+say "and how much of the cores the run used (near 100 %: CPU-bound, requests/s follows the sum):"
+say
+say "| target | connections | requests/s | wrk µs | backend µs | proxy µs (user + system) | sum µs | $(nproc) cores ÷ sum | cores busy |"
+say "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+printf '%s' "$BUDGET"
+say
+say "The activator's bound: with no user-space CPU at all it would still cost its system time,"
+say "and wrk and the backend theirs; that sum against nginx's is the most the activator's"
+say "requests/s could be over nginx's at the same core use:"
+say
+say "| connections | activator with 0 user-space CPU: sum | nginx: sum | at most, at nginx's core use |"
+say "|---:|---:|---:|---:|"
+printf '%s' "$BOUNDS"
 say
 
 # --- the replica's network: host against bridge --------------------------------------------
