@@ -232,10 +232,9 @@ EOF
 fmt_ms() { awk -v us="$1" 'BEGIN { printf "%.2f ms", us / 1000 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f×", a / b; else print "-" }'; }
 
-cpu_ticks() { # PID -> "utime stime" in clock ticks (fields after the ")" of comm)
-    sed 's/.*) //' "/proc/$1/stat" | awk '{print $12, $13}'
+cpu_us() { # PID -> "user system" CPU time in µs (fields 14 and 15, after the ")" of comm)
+    sed 's/.*) //' "/proc/$1/stat" | awk -v hz="$(getconf CLK_TCK)" '{printf "%.0f %.0f\n", $12 * 1e6 / hz, $13 * 1e6 / hz}'
 }
-CLK_TCK=$(getconf CLK_TCK)
 
 # The user + system CPU of this shell's children that have ended (wrk among them): the
 # `times` builtin into a file (in this shell: a subshell's would count from 0), then its
@@ -246,8 +245,8 @@ times_us() {
                    printf "%.0f", t * 1e6 }' "$TMP/times.$1"
 }
 
-per_req() { # TICKS REQUESTS -> µs per request
-    awk -v t="$1" -v hz="$CLK_TCK" -v n="$2" 'BEGIN { if (n > 0) printf "%.1f", t * 1e6 / hz / n; else print "-" }'
+per_req() { # µs REQUESTS -> µs per request
+    awk -v us="$1" -v n="$2" 'BEGIN { if (n > 0) printf "%.1f", us / n; else print "-" }'
 }
 
 # wrk_run NAME URL CONNS CPU-PID -> sets RPS P50 P99 ERRS (status = non-2xx/3xx; socket =
@@ -255,29 +254,27 @@ per_req() { # TICKS REQUESTS -> µs per request
 # serving process, user + system, each), BACK_US (the nginx backend's worker) and WRK_US
 # (wrk itself)
 wrk_run() {
-    local out line c0 c1 b0 b1 w0 w1
-    # shellcheck disable=SC2046
-    set -- "$@" $(cpu_ticks "$4") $(cpu_ticks "$BACKEND_WORKER")
-    c0="$5 $6" b0=$(($7 + $8))
+    local out line pu0 ps0 pu1 ps1 bu0 bs0 bu1 bs1
+    read -r pu0 ps0 < <(cpu_us "$4")
+    read -r bu0 bs0 < <(cpu_us "$BACKEND_WORKER")
     save_times 0
     out=$(wrk -t"$WRK_THREADS" -c"$3" -d"${DURATION}s" --latency -s "$TMP/report.lua" "$2" 2>&1) ||
         { printf '%s\n' "$out" >&2; die "wrk failed against $1"; }
     save_times 1
-    c1=$(cpu_ticks "$4")
-    b1=$(cpu_ticks "$BACKEND_WORKER" | awk '{print $1 + $2}')
+    read -r pu1 ps1 < <(cpu_us "$4")
+    read -r bu1 bs1 < <(cpu_us "$BACKEND_WORKER")
     printf '%s\n' "$out" >>"$TMP/wrk.log"
     line=$(printf '%s\n' "$out" | awk '/^WRKRESULT/ {print; exit}')
     [ -n "$line" ] || { printf '%s\n' "$out" >&2; die "no result from wrk against $1"; }
-    w0=$(times_us 0) w1=$(times_us 1)
     # shellcheck disable=SC2086
-    set -- $line $c0 $c1
+    set -- $line
     RPS=$2 P50=$3 P99=$4 ERRS="$6 + $7"
     [ "$6" = 0 ] && [ "$7" = 0 ] && ERRS=0
-    CPU_USER_US=$(per_req $((${10} - $8)) "$5")
-    CPU_SYS_US=$(per_req $((${11} - $9)) "$5")
-    CPU_US=$(per_req $((${10} - $8 + ${11} - $9)) "$5")
-    BACK_US=$(per_req $((b1 - b0)) "$5")
-    WRK_US=$(awk -v us=$((w1 - w0)) -v n="$5" 'BEGIN { if (n > 0) printf "%.1f", us / n; else print "-" }')
+    CPU_USER_US=$(per_req $((pu1 - pu0)) "$5")
+    CPU_SYS_US=$(per_req $((ps1 - ps0)) "$5")
+    CPU_US=$(per_req $((pu1 - pu0 + ps1 - ps0)) "$5")
+    BACK_US=$(per_req $((bu1 - bu0 + bs1 - bs0)) "$5")
+    WRK_US=$(per_req $(($(times_us 1) - $(times_us 0))) "$5")
     kill -0 "$ACT_PID" 2>/dev/null || die "activator died during the run (see $TMP/activator.log)"
 }
 
