@@ -194,7 +194,7 @@ struct ctrl {
      * (they walk every replica of every function). */
     bool any_draining;
     bool any_raise_waiting;
-    bool adopting;           /* startup: specs load, nothing is started yet */
+    bool adopting;           /* until adoption is over: no table, nothing started */
     uint64_t watch_reopens;  /* the backend's watch ended and was reopened */
     uint64_t strays_removed; /* listed replicas no replica tracked, removed */
     /* The backend's health for /healthz: pinged every CTRL_CHECK_PERIOD_MS. */

@@ -838,6 +838,11 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     c->loop = uv_default_loop();
     stoke_list_init(&c->functions);
+    /* Until adoption is over, no table goes out: the channel listens before
+     * the functions and replicas are known, and an activator that connects
+     * in between would get a table of none and answer 404 until the next
+     * (a restart, a new leader on Kubernetes). It keeps the one it has. */
+    c->adopting = true;
 
     if (kube_mode) {
         /* The pods stay for the next controller (a restart, a new leader). */

@@ -8,6 +8,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 from harness import Load, Stoke, run_tests  # noqa: E402
+from test_faults import EngineProxy  # noqa: E402
 
 
 def test_kill_9_and_restart_adopts_replicas_without_failures():
@@ -97,6 +98,46 @@ def test_restarted_controller_waits_for_the_activator_before_draining():
         load.stop()
     load.finish(may_fail=0, min_ok=16)
     assert any("v1" in k for k in load.counts) and any("v2" in k for k in load.counts), load.counts
+    s.stop()
+
+
+def test_activator_connecting_before_adoption_keeps_its_routes():
+    """A restarted controller whose engine is slow to list the replicas:
+    the activator connects (and says hello) before the controller knows any
+    function. It gets no table until adoption is over, and serves on the
+    one it has; a table made before adoption would hold no function, and
+    every request would get a 404 until the next."""
+    s = Stoke("restart-early")
+    proxy = EngineProxy(s.tmp)
+    s.extra += ["--docker-host", "unix://" + proxy.sock]
+    try:
+        s.start()
+        s.deploy_warm("early", 1)
+        load = Load(s, "early", "/delay/20", 4)
+        try:
+            load.wait_ok(50)
+            proxy.faults([{"method": "^GET$", "path": r"^(/v[0-9.]+)?/(_ping|containers/json)",
+                           "fault": "delay", "delay_s": 5}])
+            tables = s.log("activator").count('"route table')
+            s.kill9("controller")
+            s._spawn("controller", s._controller_argv(), logname="controller-2")
+            s.wait_log("controller", "connected (process", 10)
+            # The activator is on the channel, the list not answered yet.
+            assert '"ready: functions from' not in s.log("controller"), s.log("controller")
+            load.wait_ok(50)
+            assert '"ready: functions from' not in s.log("controller"), \
+                "the list was answered too soon to show anything"
+            assert s.log("activator").count('"route table') == tables, s.log("activator")[-3000:]
+            s.wait_log("controller", '"ready: functions from', 30)
+            proxy.faults([])
+            s.wait_log("activator", '"route table', 10, count=tables + 1)
+            load.wait_ok(50)
+        finally:
+            load.stop()
+        load.finish()
+        assert proxy.counts().get("delay", 0) >= 1, proxy.log()
+    finally:
+        proxy.stop()
     s.stop()
 
 
