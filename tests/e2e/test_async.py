@@ -145,6 +145,16 @@ class Async:
                 out.append((j["msg"][5:], j["call"], j["attempt"], j["status"], j["t_ms"]))
         return out
 
+    def traces(self, fn):
+        """The traceparent each attempt came with: {(call id, attempt): value}."""
+        out = {}
+        for c in self.s.containers(fn):
+            for line in demux(container_log(c["Id"])).splitlines():
+                if '"msg":"call start"' in line:
+                    j = json.loads(line)
+                    out[(j["call"], j["attempt"])] = j["trace"]
+        return out
+
 
 def container_log(cid):
     """A container's log stream, raw bytes, from the engine."""
@@ -248,6 +258,46 @@ def test_retries_then_success_with_the_same_id():
     runs = [x for x in a.attempts("flaky") if x[0] == "end" and x[1] == cid]
     assert sorted((x[2], x[3]) for x in runs) == [(1, 500), (2, 500), (3, 200)], runs
     assert a.metric("stoke_async_retried_total", "flaky") == 2
+    # Every attempt carries a traceparent whose trace id is the call id (a
+    # new span each time); one the client sent goes on unchanged.
+    traces = a.traces("flaky")
+    spans = set()
+    for n in (1, 2, 3):
+        m = re.fullmatch(r"00-([0-9a-f]{32})-([0-9a-f]{16})-01", traces.get((cid, n), ""))
+        assert m and m.group(1) == cid, (n, traces)
+        spans.add(m.group(2))
+    assert len(spans) == 3, traces
+    theirs = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    r = a.call("flaky", "/async/2", headers={"traceparent": theirs})
+    own = r.headers["X-Call-Id"]
+    assert a.wait_state(own, ("succeeded", "dead", "failed"), 60)["state"] == "succeeded"
+    traces = a.traces("flaky")
+    assert traces.get((own, 1)) == theirs and traces.get((own, 2)) == theirs, traces
+    a.s.stop()
+
+
+def test_retry_after_is_honoured():
+    """A 500 with Retry-After: 2 is tried again no sooner than 2 s later,
+    though the back-off is 200 ms (a call without it is printed beside)."""
+    a = Async("async-ra").start()
+    a.deploy("later", scale={"min": 1, "initial": 1})
+    ids = {}
+    for path in ("/async/2/0/2", "/async/2"):
+        r = a.call("later", path)
+        assert r.status == 202, r
+        ids[path] = r.headers["X-Call-Id"]
+    gaps = {}
+    for path, cid in ids.items():
+        st = a.wait_state(cid, ("succeeded", "dead", "failed"), 60)
+        assert st["state"] == "succeeded" and st["attempts"] == 2, st
+        runs = a.attempts("later")
+        end1 = [x[4] for x in runs if x[:3] == ("end", cid, 1)]
+        start2 = [x[4] for x in runs if x[:3] == ("start", cid, 2)]
+        assert len(end1) == 1 and len(start2) == 1, runs
+        gaps[path] = start2[0] - end1[0]
+    assert gaps["/async/2/0/2"] >= 2000, gaps
+    print("Retry-After: attempt 2 came %d ms after attempt 1 (with Retry-After: 2), %d ms "
+          "(without: the back-off, 200 ms)" % (gaps["/async/2/0/2"], gaps["/async/2"]))
     a.s.stop()
 
 

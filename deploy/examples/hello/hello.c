@@ -9,9 +9,10 @@
  * the most ever in progress at once, so a test can check the concurrency this replica saw),
  * /alloc/<MiB> (allocates and touches that many MiB, kept until the process ends, then 200
  * "allocated <MiB> MiB\n": past the container's memory limit the kernel's OOM killer ends it),
- * and /async/<n>[/<ms>] for async invocations: 500 while X-Stoke-Attempt is below <n>, else
- * 200 (after <ms>); a request with X-Stoke-Call-Id logs a "call start" and a "call end" line
- * with the id, attempt, status and wall-clock ms, so a test can check that a call ran once.
+ * and /async/<n>[/<ms>[/<s>]] for async invocations: 500 (with Retry-After: <s> when given)
+ * while X-Stoke-Attempt is below <n>, else 200 (after <ms>); a request with X-Stoke-Call-Id
+ * logs a "call start" and a "call end" line with the id, attempt, traceparent, status and
+ * wall-clock ms, so a test can check that a call ran once.
  * Keep-alive, pipelining and request bodies (Content-Length or chunked, read and discarded) are
  * supported. Env: PORT (8080), BIND_ADDR (0.0.0.0), GREETING (hello). When TARGET is set and not
  * empty, the answer is "Hello <TARGET>!\n" instead, as Knative's helloworld-go sample answers, so
@@ -67,9 +68,11 @@ struct resp {
     bool concurrency;   /* /concurrency: the body is the counts below */
     unsigned alloc_mib; /* /alloc/<MiB>: the body says how much is held */
     uint64_t delay_ms;
-    char call[40];       /* X-Stoke-Call-Id, or "" */
-    uint64_t attempt;    /* X-Stoke-Attempt */
-    uint64_t fail_below; /* /async/<n>: 500 while attempt < n */
+    char call[40];        /* X-Stoke-Call-Id, or "" */
+    uint64_t attempt;     /* X-Stoke-Attempt */
+    uint64_t fail_below;  /* /async/<n>: 500 while attempt < n */
+    uint64_t retry_after; /* /async/<n>/<ms>/<s>: Retry-After of those 500s, or 0 */
+    char trace[56];       /* traceparent (hex digits and dashes), or "" */
 };
 
 struct conn {
@@ -187,8 +190,8 @@ static void call_log(const struct resp *r, const char *what)
     if (r->call[0])
         fprintf(stderr,
                 "{\"level\":\"info\",\"msg\":\"call %s\",\"call\":\"%s\",\"attempt\":%llu,"
-                "\"status\":%d,\"t_ms\":%llu}\n",
-                what, r->call, (unsigned long long)r->attempt, r->status,
+                "\"trace\":\"%s\",\"status\":%d,\"t_ms\":%llu}\n",
+                what, r->call, (unsigned long long)r->attempt, r->trace, r->status,
                 (unsigned long long)wall_ms());
 }
 
@@ -232,6 +235,9 @@ static void emit(struct conn *c, const struct resp *r)
                      reason(r->status));
     if (!nobody)
         n += snprintf(h + n, sizeof h - (size_t)n, "Content-Length: %zu\r\n", blen);
+    if (r->retry_after)
+        n += snprintf(h + n, sizeof h - (size_t)n, "Retry-After: %llu\r\n",
+                      (unsigned long long)r->retry_after);
     n += snprintf(h + n, sizeof h - (size_t)n, "%s\r\n",
                   !r->keep  ? "Connection: close\r\n"
                   : r->ka10 ? "Connection: keep-alive\r\n"
@@ -308,7 +314,7 @@ static int parse_head(const char *p, size_t len, struct resp *r, uint64_t *ret_b
             return 400;
     bool v10 = sp2[8] == '0', conn_close = false, conn_ka = false, have_cl = false, te = false;
     uint64_t cl = 0;
-    char call[40] = "";
+    char call[40] = "", trace[56] = "";
     uint64_t attempt = 0;
     for (const char *line = eol + 2; line < end; line = eol + 2) {
         eol = memchr(line, '\r', (size_t)(end + 2 - line));
@@ -353,6 +359,14 @@ static int parse_head(const char *p, size_t len, struct resp *r, uint64_t *ret_b
             }
         } else if (nl == 15 && strncasecmp(line, "x-stoke-attempt", nl) == 0) {
             (void)parse_uint(v, vl, 1000000, &attempt);
+        } else if (nl == 11 && strncasecmp(line, "traceparent", nl) == 0 && vl < sizeof trace) {
+            bool ok = true;
+            for (size_t i = 0; i < vl; i++)
+                ok &= isxdigit((unsigned char)v[i]) || v[i] == '-';
+            if (ok) {
+                memcpy(trace, v, vl);
+                trace[vl] = '\0';
+            }
         }
     }
     if (te && have_cl)
@@ -374,13 +388,25 @@ static int parse_head(const char *p, size_t len, struct resp *r, uint64_t *ret_b
     } else if (pe - target == 12 && memcmp(target, "/concurrency", 12) == 0) {
         r->concurrency = true;
     } else if (pe - target > 7 && memcmp(target, "/async/", 7) == 0) {
-        const char *a = target + 7, *sl = memchr(a, '/', (size_t)(pe - a));
-        const char *ae = sl ? sl : pe;
-        if (!parse_uint(a, (size_t)(ae - a), 1000000, &r->fail_below) ||
-            (sl && !parse_uint(sl + 1, (size_t)(pe - sl - 1), MAX_DELAY_MS, &r->delay_ms)))
-            return 400;
-        if (attempt < r->fail_below)
+        /* <n>[/<ms>[/<s>]] */
+        const uint64_t max[3] = {1000000, MAX_DELAY_MS, 86400};
+        uint64_t v[3] = {0, 0, 0};
+        const char *a = target + 7;
+        for (size_t k = 0;; k++) {
+            const char *sl = memchr(a, '/', (size_t)(pe - a));
+            const char *ae = sl ? sl : pe;
+            if (k == 3 || !parse_uint(a, (size_t)(ae - a), max[k], &v[k]))
+                return 400;
+            if (!sl)
+                break;
+            a = sl + 1;
+        }
+        r->fail_below = v[0];
+        r->delay_ms = v[1];
+        if (attempt < r->fail_below) {
             r->status = 500;
+            r->retry_after = v[2];
+        }
     } else if (pe - target > 7 && memcmp(target, "/alloc/", 7) == 0) {
         if (!parse_uint(target + 7, (size_t)(pe - target - 7), 65536, &n))
             return 400;
@@ -397,6 +423,7 @@ static int parse_head(const char *p, size_t len, struct resp *r, uint64_t *ret_b
         r->alloc_mib = (unsigned)n;
     }
     memcpy(r->call, call, sizeof call);
+    memcpy(r->trace, trace, sizeof trace);
     r->attempt = attempt;
     call_log(r, "start");
     *ret_body = cl;
