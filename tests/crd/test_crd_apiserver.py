@@ -312,7 +312,9 @@ class TestChart(Base):
         # The controller's permissions are what it needs, and no more.
         for verb, res, want in (("create", "pods", "yes"), ("delete", "pods", "yes"),
                                 ("watch", "functions.stoke.dev", "yes"),
-                                ("update", "functions.stoke.dev/status", "yes"),
+                                ("patch", "functions.stoke.dev/status", "yes"),
+                                ("update", "functions.stoke.dev/status", "no"),
+                                ("get", "pods", "no"), ("create", "events", "no"),
                                 ("update", "functions.stoke.dev/finalizers", "yes"),
                                 ("update", "functions.stoke.dev", "no"),
                                 ("get", "pods/log", "yes"), ("create", "leases", "yes"),
@@ -321,7 +323,8 @@ class TestChart(Base):
                                 ("create", "deployments.apps", "no"),
                                 ("patch", "pods", "no")):
             sub = []
-            if res.count("/") == 1 and not res.startswith(("leases", "pods/")):
+            # leases/NAME is a resource and a name; the others, a subresource.
+            if res.count("/") == 1 and not res.startswith("leases/"):
                 res, sub = res.split("/")[0], ["--subresource=" + res.split("/")[1]]
             r = self.c.kubectl("auth", "can-i", verb, res, *sub, "-n", "stoke",
                                "--as=system:serviceaccount:stoke:s1-stoke-controller",

@@ -273,9 +273,24 @@ def test_9_bad_function_refused_running_one_serves():
     bad = fn_doc("hello", {"timeout": "forever"})
     r = apply(bad, check=False)
     assert r.returncode != 0 and "spec.timeout" in r.stderr, r.stderr
+    # What the schema cannot judge (a day that never comes) the API server
+    # keeps: the controller refuses it in the status, naming the field, and
+    # starts nothing for it.
+    apply(fn_doc("never", {"schedules": [{"name": "feb30", "schedule": "0 0 30 2 *"}]}))
+
+    def refused():
+        st = function("never").get("status") or {}
+        ready = [c for c in st.get("conditions", []) if c["type"] == "Ready"]
+        return st if ready and ready[0]["status"] == "False" and \
+            ready[0]["reason"] == "InvalidSpec" else None
+    st = kapi.wait_for(refused, 30, "never's status InvalidSpec")
+    assert "schedule" in st["lastError"] and "never runs" in st["lastError"], st
+    assert pods("never") == [], pods("never")
     status, body = call("hello")
     assert status == 200, (status, body)
     assert function("hello")["metadata"]["generation"] == 3  # test_7's
+    kubectl("delete", "function", "-n", NS, "never")
+    log("a Function the schema keeps and the parser refuses: %s" % st["lastError"])
 
 
 def test_10_unstartable_pod_is_reported_and_retried_with_back_off():
