@@ -102,8 +102,9 @@ def test_restarted_controller_waits_for_the_activator_before_draining():
 
 
 def test_activator_connecting_before_adoption_keeps_its_routes():
-    """A restarted controller whose engine is slow to list the replicas:
-    the activator connects (and says hello) before the controller knows any
+    """A restarted controller whose engine is slow to answer (the ping and
+    the list, 5 s each): the activator connects (and says hello) before the
+    controller knows any
     function. It gets no table until adoption is over, and serves on the
     one it has; a table made before adoption would hold no function, and
     every request would get a 404 until the next."""
