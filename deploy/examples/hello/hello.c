@@ -254,6 +254,19 @@ static void fail(struct conn *c, int status)
     emit(c, &r);
 }
 
+/* A header value kept for the call log (nothing there needs escaping): copied into dst when
+ * it fits and is hex digits (and dashes, when `dashes`), else dst is left as it is. */
+static void copy_hex(char *dst, size_t size, const char *v, size_t vl, bool dashes)
+{
+    if (vl >= size)
+        return;
+    for (size_t i = 0; i < vl; i++)
+        if (!isxdigit((unsigned char)v[i]) && !(dashes && v[i] == '-'))
+            return;
+    memcpy(dst, v, vl);
+    dst[vl] = '\0';
+}
+
 /* Parses 1..18 decimal digits no greater than max. */
 static bool parse_uint(const char *p, size_t n, uint64_t max, uint64_t *ret)
 {
@@ -349,24 +362,12 @@ static int parse_head(const char *p, size_t len, struct resp *r, uint64_t *ret_b
         } else if (nl == 10 && strncasecmp(line, "connection", nl) == 0) {
             conn_close |= has_token(v, vl, "close");
             conn_ka |= has_token(v, vl, "keep-alive");
-        } else if (nl == 15 && strncasecmp(line, "x-stoke-call-id", nl) == 0 && vl < sizeof call) {
-            bool hex = true;
-            for (size_t i = 0; i < vl; i++)
-                hex &= isxdigit((unsigned char)v[i]) != 0;
-            if (hex) {
-                memcpy(call, v, vl);
-                call[vl] = '\0';
-            }
+        } else if (nl == 15 && strncasecmp(line, "x-stoke-call-id", nl) == 0) {
+            copy_hex(call, sizeof call, v, vl, false);
         } else if (nl == 15 && strncasecmp(line, "x-stoke-attempt", nl) == 0) {
             (void)parse_uint(v, vl, 1000000, &attempt);
-        } else if (nl == 11 && strncasecmp(line, "traceparent", nl) == 0 && vl < sizeof trace) {
-            bool ok = true;
-            for (size_t i = 0; i < vl; i++)
-                ok &= isxdigit((unsigned char)v[i]) || v[i] == '-';
-            if (ok) {
-                memcpy(trace, v, vl);
-                trace[vl] = '\0';
-            }
+        } else if (nl == 11 && strncasecmp(line, "traceparent", nl) == 0) {
+            copy_hex(trace, sizeof trace, v, vl, true);
         }
     }
     if (te && have_cl)
